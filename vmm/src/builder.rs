@@ -1,0 +1,253 @@
+//! Turns a [`VmConfig`] into a running VM.
+//!
+//! Everything that depends only on the user's input (files, memory size,
+//! kernel format, initrd fit) is checked before /dev/kvm is opened, so bad
+//! input fails fast and the same way on any host.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use linux_loader::cmdline::Cmdline;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::layout::CMDLINE_MAX_SIZE;
+use crate::arch::{boot, mptable};
+use crate::config::{self, ConsoleOutput, VmConfig};
+use crate::devices::legacy::i8042::{I8042_PORT, I8042_PORT_LEN};
+use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
+use crate::devices::legacy::{SerialConsole, I8042};
+use crate::devices::{bus, Bus, VmEvent, VmEventSender};
+use crate::loader::{self, LoadedInitrd, LoadedKernel};
+use crate::vstate::vcpu::{self, Vcpu};
+use crate::vstate::{memory, vm};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid VM configuration: {0}")]
+    Config(#[from] config::Error),
+    #[error("cannot open {what} {path}: {source}")]
+    Open {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Memory(#[from] memory::Error),
+    #[error("kernel {path}: {source}")]
+    Kernel {
+        path: PathBuf,
+        #[source]
+        source: loader::Error,
+    },
+    #[error("initrd {path}: {source}")]
+    Initrd {
+        path: PathBuf,
+        #[source]
+        source: loader::Error,
+    },
+    #[error("invalid kernel command line: {0}")]
+    Cmdline(String),
+    #[error("{0}")]
+    MpTable(#[from] mptable::Error),
+    #[error("{0}")]
+    BootParams(#[from] boot::Error),
+    #[error("{0}")]
+    Kvm(#[from] vm::Error),
+    #[error("{0}")]
+    Vcpu(#[from] vcpu::Error),
+    #[error("cannot create an event file descriptor: {0}")]
+    EventFd(#[source] std::io::Error),
+    #[error("device set-up: {0}")]
+    Bus(#[from] bus::Error),
+}
+
+/// A VM whose vCPUs are running.
+pub struct RunningVm {
+    events: Receiver<VmEvent>,
+    _vcpus: Vec<JoinHandle<()>>,
+    // Guest memory and the VM must outlive the vCPU threads; the process
+    // exits while they still run, so these are never dropped before.
+    _memory: GuestMemoryMmap,
+    _vm: vm::Vm,
+}
+
+impl RunningVm {
+    /// Blocks until the first reason for the VM to stop.
+    pub fn wait(self) -> VmEvent {
+        self.events.recv().unwrap_or(VmEvent::VcpuFailed {
+            index: 0,
+            error: "every vCPU thread ended without a reason".into(),
+        })
+    }
+}
+
+fn open(what: &'static str, path: &Path) -> Result<File, Error> {
+    File::open(path).map_err(|source| Error::Open {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Validates `config`, loads the guest and starts its vCPUs.
+pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
+    config.validate()?;
+    let vcpu_count =
+        u8::try_from(config.vcpus).map_err(|_| config::Error::TooManyVcpus(config.vcpus))?;
+    let mut kernel_file = open("kernel", &config.kernel)?;
+    let mut initrd_file = match &config.initrd {
+        Some(path) => Some((path, open("initrd", path)?)),
+        None => None,
+    };
+    let console = open_console(&config.console)?;
+
+    let mem_size = config.memory_bytes();
+    let mem = memory::create_guest_memory(mem_size)?;
+    let kernel = loader::load_kernel(&mem, &mut kernel_file).map_err(|source| Error::Kernel {
+        path: config.kernel.clone(),
+        source,
+    })?;
+    let initrd = match &mut initrd_file {
+        Some((path, file)) => Some(load_initrd(&mem, mem_size, &kernel, path, file)?),
+        None => None,
+    };
+    let cmdline = kernel_cmdline(&config.cmdline)?;
+    mptable::setup(&mem, vcpu_count)?;
+    boot::write_boot_params(&mem, mem_size, &kernel, initrd, &cmdline)?;
+
+    let hypervisor = vm::Hypervisor::open(&config.kvm_device)?;
+    let vm = hypervisor.create_vm(vcpu_count)?;
+    vm.register_memory(&mem)?;
+    vm.setup_irqchip()?;
+
+    let (sender, events) = channel();
+    let stop = VmEventSender(sender);
+    let serial = attach_serial(&vm, console)?;
+    let pio = Arc::new(legacy_bus(serial.clone(), stop.clone())?);
+
+    let supported_cpuid = hypervisor.supported_cpuid()?;
+    let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
+    for index in 0..vcpu_count {
+        let vcpu = Vcpu::new(&vm, index)?;
+        vcpu.configure(&supported_cpuid, vcpu_count)?;
+        if index == 0 {
+            vcpu.set_boot_state(&mem, &kernel)?;
+        }
+        vcpus.push(vcpu);
+    }
+    let handles = vcpus
+        .into_iter()
+        .map(|vcpu| vcpu.start(pio.clone(), stop.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if config.console_input {
+        forward_stdin(serial);
+    }
+    Ok(RunningVm {
+        events,
+        _vcpus: handles,
+        _memory: mem,
+        _vm: vm,
+    })
+}
+
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    kernel: &LoadedKernel,
+    path: &Path,
+    file: &mut File,
+) -> Result<LoadedInitrd, Error> {
+    loader::load_initrd(mem, mem_size, kernel, file).map_err(|source| Error::Initrd {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn kernel_cmdline(text: &str) -> Result<Cmdline, Error> {
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| Error::Cmdline(e.to_string()))?;
+    if !text.trim().is_empty() {
+        cmdline
+            .insert_str(text.trim())
+            .map_err(|e| Error::Cmdline(e.to_string()))?;
+    }
+    Ok(cmdline)
+}
+
+fn open_console(console: &ConsoleOutput) -> Result<Box<dyn std::io::Write + Send>, Error> {
+    match console {
+        ConsoleOutput::Stdout => {
+            // A raw duplicate of fd 1, not `Stdout`: that one buffers lines,
+            // and a guest's prompt has no newline.
+            let fd = std::os::fd::AsFd::as_fd(&std::io::stdout())
+                .try_clone_to_owned()
+                .map_err(|source| Error::Open {
+                    what: "console",
+                    path: "stdout".into(),
+                    source,
+                })?;
+            Ok(Box::new(File::from(fd)))
+        }
+        ConsoleOutput::File(path) => File::create(path)
+            .map(|f| Box::new(f) as Box<dyn std::io::Write + Send>)
+            .map_err(|source| Error::Open {
+                what: "console file",
+                path: path.clone(),
+                source,
+            }),
+    }
+}
+
+fn attach_serial(
+    vm: &vm::Vm,
+    console: Box<dyn std::io::Write + Send>,
+) -> Result<Arc<Mutex<SerialConsole>>, Error> {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+    vm.connect_irq(&irq, COM1_IRQ)?;
+    Ok(Arc::new(Mutex::new(SerialConsole::new(irq, console))))
+}
+
+fn legacy_bus(serial: Arc<Mutex<SerialConsole>>, stop: VmEventSender) -> Result<Bus, Error> {
+    let mut pio = Bus::new();
+    pio.insert(serial, COM1_PORT, COM1_PORT_LEN)?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(stop))),
+        I8042_PORT,
+        I8042_PORT_LEN,
+    )?;
+    Ok(pio)
+}
+
+/// Feeds the VMM's stdin to the guest console until stdin closes.
+fn forward_stdin(serial: Arc<Mutex<SerialConsole>>) {
+    let spawned = std::thread::Builder::new()
+        .name("console-in".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = [0u8; 64];
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                let mut pending = &buf[..n];
+                while !pending.is_empty() {
+                    let taken = serial
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .queue_input(pending);
+                    pending = &pending[taken..];
+                    if taken == 0 {
+                        // The guest has not drained its receive FIFO yet.
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                }
+            }
+        });
+    // Without console input the VM still runs; nothing to undo.
+    drop(spawned);
+}

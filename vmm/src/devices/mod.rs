@@ -1,0 +1,32 @@
+//! Devices the guest talks to, and the bus that routes its accesses to them.
+
+pub mod bus;
+pub mod legacy;
+
+pub use bus::{Bus, BusDevice};
+
+use std::sync::mpsc::Sender;
+
+/// Why the VM stops, as reported by a device or a vCPU to the VMM's main
+/// thread.
+#[derive(Debug)]
+pub enum VmEvent {
+    /// The guest reset itself (keyboard controller, triple fault, PSCI-like
+    /// system event): for a VMM without reboot support that ends the VM.
+    Reset,
+    /// The guest powered itself off.
+    PowerOff,
+    /// A vCPU failed: the VM cannot go on.
+    VcpuFailed { index: u8, error: String },
+}
+
+/// A device-side handle that asks the VMM to stop the VM.
+#[derive(Clone, Debug)]
+pub struct VmEventSender(pub Sender<VmEvent>);
+
+impl VmEventSender {
+    pub fn send(&self, event: VmEvent) {
+        // The receiver only disappears while the VMM is already exiting.
+        let _ = self.0.send(event);
+    }
+}

@@ -1,0 +1,18 @@
+//! Stratum's virtual machine monitor.
+//!
+//! One process runs one VM: [`builder::build_and_start`] turns a
+//! [`config::VmConfig`] into guest memory holding the kernel, initrd and
+//! boot structures, a KVM VM with in-kernel interrupt controllers, legacy
+//! devices on port I/O, and one thread per vCPU. See DESIGN.md for the boot
+//! path step by step.
+
+pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod devices;
+pub mod loader;
+pub mod vstate;
+
+pub use builder::{build_and_start, RunningVm};
+pub use config::VmConfig;
+pub use devices::VmEvent;

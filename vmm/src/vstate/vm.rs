@@ -1,0 +1,180 @@
+//! The KVM VM: opening /dev/kvm, checking what it can do, registering guest
+//! memory and creating the in-kernel interrupt controllers and PIT.
+
+use std::os::unix::io::FromRawFd;
+use std::path::Path;
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::cpuid;
+use crate::arch::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+
+/// The only KVM API version there has ever been.
+const KVM_API_VERSION: i32 = 12;
+
+/// Capabilities without which this VMM cannot run a guest.
+const REQUIRED_CAPS: &[(Cap, &str)] = &[
+    (Cap::Irqchip, "in-kernel irqchip"),
+    (Cap::UserMemory, "user memory regions"),
+    (Cap::SetTssAddr, "TSS address"),
+    (Cap::Pit2, "in-kernel PIT"),
+    (Cap::Irqfd, "irqfd"),
+    (Cap::Ioeventfd, "ioeventfd"),
+    (Cap::ExtCpuid, "KVM_GET_SUPPORTED_CPUID"),
+    (Cap::ImmediateExit, "immediate exit"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "cannot open {path}: {source}; KVM needs hardware virtualization enabled and \
+         the kvm module loaded (on a host without it, use the nested test host: see README)"
+    )]
+    OpenKvm {
+        path: String,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("unsupported KVM API version {0} (expected {KVM_API_VERSION})")]
+    ApiVersion(i32),
+    #[error("this KVM lacks a required capability: {0}")]
+    MissingCapability(&'static str),
+    #[error("cannot create the VM: {0}")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    #[error("{requested} vCPUs asked for, but this KVM allows at most {max}")]
+    TooManyVcpus { requested: u8, max: usize },
+    #[error("cannot register guest memory with KVM: {0}")]
+    RegisterMemory(#[source] kvm_ioctls::Error),
+    #[error("cannot set up the in-kernel irqchip and PIT: {0}")]
+    Irqchip(#[source] kvm_ioctls::Error),
+    #[error("cannot get the CPUID KVM supports: {0}")]
+    SupportedCpuid(#[source] kvm_ioctls::Error),
+    #[error("cannot connect an interrupt line to IRQ {irq}: {source}")]
+    Irqfd {
+        irq: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// An open /dev/kvm whose API version and capabilities were checked.
+pub struct Hypervisor {
+    kvm: Kvm,
+}
+
+impl Hypervisor {
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let open_error = |source| Error::OpenKvm {
+            path: path.display().to_string(),
+            source,
+        };
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| open_error(kvm_ioctls::Error::new(libc::EINVAL)))?;
+        let fd = Kvm::open_with_cloexec_at(&c_path, true).map_err(open_error)?;
+        // SAFETY: `fd` was just opened on the KVM device and is owned by nobody else.
+        let kvm = unsafe { Kvm::from_raw_fd(fd) };
+        let version = kvm.get_api_version();
+        if version != KVM_API_VERSION {
+            return Err(Error::ApiVersion(version));
+        }
+        for (cap, name) in REQUIRED_CAPS {
+            if !kvm.check_extension(*cap) {
+                return Err(Error::MissingCapability(name));
+            }
+        }
+        Ok(Self { kvm })
+    }
+
+    /// The most vCPUs one VM may have on this host.
+    pub fn max_vcpus(&self) -> usize {
+        self.kvm.get_max_vcpus()
+    }
+
+    /// What KVM can offer a guest, plus the features that KVM implements
+    /// but leaves to the VMM to announce.
+    pub fn supported_cpuid(&self) -> Result<CpuId, Error> {
+        let mut cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::SupportedCpuid)?;
+        if self.kvm.check_extension(Cap::TscDeadlineTimer) {
+            cpuid::enable_tsc_deadline(&mut cpuid);
+        }
+        Ok(cpuid)
+    }
+
+    pub fn create_vm(&self, vcpus: u8) -> Result<Vm, Error> {
+        if usize::from(vcpus) > self.max_vcpus() {
+            return Err(Error::TooManyVcpus {
+                requested: vcpus,
+                max: self.max_vcpus(),
+            });
+        }
+        let fd = self.kvm.create_vm().map_err(Error::CreateVm)?;
+        Ok(Vm { fd })
+    }
+}
+
+/// A KVM VM file descriptor.
+pub struct Vm {
+    fd: VmFd,
+}
+
+impl Vm {
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// Tells KVM where each guest memory region lives in this process.
+    pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), Error> {
+        for (slot, region) in mem.iter().enumerate() {
+            let host_addr = mem
+                .get_host_address(region.start_addr())
+                .map_err(|_| Error::RegisterMemory(kvm_ioctls::Error::new(libc::EFAULT)))?;
+            let region_desc = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: host_addr as u64,
+            };
+            // SAFETY: the mapping described by `region_desc` belongs to `mem`,
+            // which the caller keeps alive for as long as the VM runs.
+            unsafe { self.fd.set_user_memory_region(region_desc) }
+                .map_err(Error::RegisterMemory)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the in-kernel PIC, IOAPIC and PIT. Must happen before vCPUs
+    /// are created so that each gets its in-kernel LAPIC.
+    pub fn setup_irqchip(&self) -> Result<(), Error> {
+        self.fd
+            .set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(Error::Irqchip)?;
+        self.fd
+            .set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(Error::Irqchip)?;
+        self.fd.create_irq_chip().map_err(Error::Irqchip)?;
+        // The dummy speaker port keeps port 0x61 in the kernel, where Linux
+        // pokes it while calibrating timers.
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.fd.create_pit2(pit).map_err(Error::Irqchip)
+    }
+
+    /// Makes every write to `line` raise interrupt `irq` in the guest.
+    pub fn connect_irq(&self, line: &EventFd, irq: u32) -> Result<(), Error> {
+        self.fd
+            .register_irqfd(line, irq)
+            .map_err(|source| Error::Irqfd { irq, source })
+    }
+}
