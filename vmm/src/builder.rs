@@ -109,10 +109,11 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
 
     let mem_size = config.memory_bytes();
     let mem = memory::create_guest_memory(mem_size)?;
-    let kernel = loader::load_kernel(&mem, &mut kernel_file).map_err(|source| Error::Kernel {
-        path: config.kernel.clone(),
-        source,
-    })?;
+    let kernel =
+        loader::load_kernel(&mem, mem_size, &mut kernel_file).map_err(|source| Error::Kernel {
+            path: config.kernel.clone(),
+            source,
+        })?;
     let initrd = match &mut initrd_file {
         Some((path, file)) => Some(load_initrd(&mem, mem_size, &kernel, path, file)?),
         None => None,

@@ -49,6 +49,10 @@ pub enum Error {
         initrd_size: u64,
         limit: u64,
     },
+    #[error(
+        "guest memory ({memory_mib} MiB) is too small for the kernel, which loads up to {kernel_end:#x}"
+    )]
+    KernelTooLarge { memory_mib: u64, kernel_end: u64 },
     #[error("cannot read the initrd: {0}")]
     ReadInitrd(#[source] std::io::Error),
     #[error("the initrd is empty")]
@@ -74,7 +78,10 @@ pub struct LoadedInitrd {
 }
 
 enum Format {
-    Elf,
+    /// With the end of the highest loadable segment.
+    Elf {
+        load_end: u64,
+    },
     BzImage,
 }
 
@@ -83,7 +90,8 @@ fn detect_format(image: &mut File) -> Result<Format, Error> {
     image.seek(SeekFrom::Start(0)).map_err(Error::Read)?;
     if image.read_exact(&mut magic).is_ok() && &magic == ELF_MAGIC {
         check_elf_architecture(image)?;
-        return Ok(Format::Elf);
+        let load_end = elf_load_end(image)?;
+        return Ok(Format::Elf { load_end });
     }
     image
         .seek(SeekFrom::Start(BZIMAGE_MAGIC_OFFSET))
@@ -109,11 +117,46 @@ fn check_elf_architecture(image: &mut File) -> Result<(), Error> {
     Ok(())
 }
 
+/// The end of the highest PT_LOAD segment, so that a kernel too large for
+/// guest memory is reported as such rather than as a read error.
+fn elf_load_end(image: &mut File) -> Result<u64, Error> {
+    const PT_LOAD: u32 = 1;
+    const PHDR_SIZE: usize = 56;
+    const MAX_PHDRS: u16 = 128;
+    let corrupt = |_| Error::Load(loader::Error::Elf(loader::elf::Error::ReadProgramHeader));
+    let mut header = [0u8; 64];
+    image.seek(SeekFrom::Start(0)).map_err(Error::Read)?;
+    image.read_exact(&mut header).map_err(corrupt)?;
+    let phoff = u64::from_le_bytes(header[32..40].try_into().unwrap_or_default());
+    let phnum = u16::from_le_bytes([header[56], header[57]]).min(MAX_PHDRS);
+    image.seek(SeekFrom::Start(phoff)).map_err(corrupt)?;
+    let mut end = 0u64;
+    for _ in 0..phnum {
+        let mut phdr = [0u8; PHDR_SIZE];
+        image.read_exact(&mut phdr).map_err(corrupt)?;
+        let field = |at: usize| u64::from_le_bytes(phdr[at..at + 8].try_into().unwrap_or_default());
+        if u32::from_le_bytes([phdr[0], phdr[1], phdr[2], phdr[3]]) == PT_LOAD {
+            end = end.max(field(24).saturating_add(field(40)));
+        }
+    }
+    Ok(end)
+}
+
 /// Loads the kernel image into guest memory.
-pub fn load_kernel(mem: &GuestMemoryMmap, image: &mut File) -> Result<LoadedKernel, Error> {
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    image: &mut File,
+) -> Result<LoadedKernel, Error> {
     let himem = Some(GuestAddress(HIMEM_START));
     match detect_format(image)? {
-        Format::Elf => {
+        Format::Elf { load_end } if load_end > low_ram_end(mem_size) => {
+            Err(Error::KernelTooLarge {
+                memory_mib: mem_size >> 20,
+                kernel_end: load_end,
+            })
+        }
+        Format::Elf { .. } => {
             let result = Elf::load(mem, None, image, himem).map_err(Error::Load)?;
             let (entry, protocol) = match result.pvh_boot_cap {
                 PvhBootCapability::PvhEntryPresent(entry) => (entry, BootProtocol::Pvh),
@@ -233,7 +276,7 @@ mod tests {
     fn loads_an_elf_without_pvh_note_for_the_64_bit_protocol() {
         let mem = memory(32 * MIB);
         let mut file = file_with(&elf_image(EM_X86_64, 0x100_0000, 0x10, 0x100));
-        let kernel = load_kernel(&mem, &mut file).unwrap();
+        let kernel = load_kernel(&mem, 32 * MIB, &mut file).unwrap();
         assert_eq!(kernel.protocol, BootProtocol::Linux64);
         assert_eq!(kernel.entry, GuestAddress(0x100_0000));
         assert_eq!(kernel.end, 0x100_0010);
@@ -249,7 +292,7 @@ mod tests {
             elf_image(183 /* aarch64 */, 0x100_0000, 0x10, 0x100),
         ] {
             let mut file = file_with(&bytes);
-            assert!(load_kernel(&mem, &mut file).is_err());
+            assert!(load_kernel(&mem, 32 * MIB, &mut file).is_err());
         }
     }
 
@@ -259,20 +302,25 @@ mod tests {
         // The segment claims more bytes than the file has.
         let mut truncated = file_with(&elf_image(EM_X86_64, 0x100_0000, 0x10_0000, 0x100));
         assert!(matches!(
-            load_kernel(&mem, &mut truncated),
+            load_kernel(&mem, 32 * MIB, &mut truncated),
             Err(Error::Load(_))
         ));
         // The segment lies beyond the end of guest memory.
         let mut beyond = file_with(&elf_image(EM_X86_64, 0x4000_0000, 0x10, 0x100));
         assert!(matches!(
-            load_kernel(&mem, &mut beyond),
-            Err(Error::Load(_))
+            load_kernel(&mem, 32 * MIB, &mut beyond),
+            Err(Error::KernelTooLarge { .. })
         ));
+        // A program header table that points past the end of the file.
+        let mut bad_phoff = elf_image(EM_X86_64, 0x100_0000, 0x10, 0x100);
+        bad_phoff[32..40].copy_from_slice(&0xffff_ffffu64.to_le_bytes());
+        let mut file = file_with(&bad_phoff);
+        assert!(load_kernel(&mem, 32 * MIB, &mut file).is_err());
         // A bzImage header claiming a 64-bit entry it does not have.
         let mut bz = vec![0u8; 0x1000];
         bz[0x202..0x206].copy_from_slice(BZIMAGE_MAGIC);
         let mut file = file_with(&bz);
-        assert!(load_kernel(&mem, &mut file).is_err());
+        assert!(load_kernel(&mem, 32 * MIB, &mut file).is_err());
     }
 
     fn kernel_ending_at(end: u64) -> LoadedKernel {

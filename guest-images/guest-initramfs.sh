@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Build the guest initramfs: busybox-static + guest-images/guest-init as /init.
+# Output (symlink): guest-initramfs.cpio.gz
+set -euo pipefail
+# shellcheck source=guest-images/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+INIT="$HERE/guest-init"
+
+ensure_pkgs busybox-static cpio gzip
+lock_cache guest-initramfs
+
+bb_ver=$(dpkg-query -W -f='${Version}' busybox-static)
+key=$(hash_inputs "$bb_ver" "$INIT" "${BASH_SOURCE[0]}")
+out="$CACHE_ROOT/guest-initramfs/$key"
+
+if [[ ! -f "$out/.done" ]]; then
+    log "building initramfs in $out"
+    rm -rf "$out"
+    stage="$out/root"
+    mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,root}
+    cp /bin/busybox "$stage/bin/busybox"
+    # Applet symlinks at build time: no `busybox --install` needed at boot.
+    /bin/busybox --list-full | while read -r applet; do
+        [[ -e "$stage/$applet" ]] || ln -s /bin/busybox "$stage/$applet"
+    done
+    install -m 0755 "$INIT" "$stage/init"
+    # Deterministic archive: fixed mtimes and owner, sorted names.
+    find "$stage" -exec touch -h -d @0 {} +
+    (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort |
+        cpio -o -H newc -R 0:0 --reproducible --quiet) | gzip -n -9 >"$out/initramfs.cpio.gz"
+    rm -rf "$stage"
+    touch "$out/.done"
+fi
+
+expose "$out/initramfs.cpio.gz" guest-initramfs.cpio.gz
+log "guest initramfs ready: $IMAGES_DIR/guest-initramfs.cpio.gz"

@@ -1,0 +1,353 @@
+//! `bench-boot`: boot-time and memory benchmark of `vmm` against
+//! `qemu-system-x86_64 -M microvm` (a benchmark, not a test: missing a
+//! target is reported, never a failure).
+//!
+//! Both VMMs run inside ONE nested test host, interleaved, booting the same
+//! ELF (PVH) guest kernel, initramfs and command line with 1 vCPU and
+//! 256 MiB. `boot-probe` (statically linked, copied into the host) measures
+//! each run; see its docs for how memory overhead is computed from smaps.
+//! Times and peak RSS come from runs without smaps sampling, the overhead
+//! from separate sampled runs, because sampling slows the boot it watches.
+//! This machine's QEMU is copied into the host with every library `ldd`
+//! lists, at the same paths, plus the microvm firmware.
+//!
+//! Exits 0 when every run was measured, 1 if any run failed (a VM did not
+//! boot or exit cleanly), 2 on setup errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Parser;
+use stratum_tests::{paths, NestedHost, Outcome, Scenario};
+
+const MARKER: &str = "STRATUM-GUEST-UP";
+const GUEST_MIB: u32 = 256;
+/// `reboot=t`: the guest's reset is a triple fault, which ends QEMU under
+/// `-no-reboot` and our vmm alike, both with status 0.
+const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+const PROBE_IN_HOST: &str = "/stratum/bin/boot-probe";
+/// microvm's default firmware (qboot) and the PVH option ROM QEMU loads
+/// for ELF kernels with a PVH note (it warns if the latter is missing).
+const QEMU_ROMS: &[&str] = &["bios-microvm.bin", "pvh.bin"];
+const QEMU_DATA_DIR: &str = "/usr/share/qemu";
+/// The issue's targets.
+const TARGET_BOOT_RATIO: f64 = 0.8;
+const TARGET_OVERHEAD_KIB: f64 = 5.0 * 1024.0;
+
+#[derive(Parser)]
+#[command(about = "Benchmark vmm against QEMU microvm inside the nested test host")]
+struct Args {
+    /// Measured runs per VMM (interleaved).
+    #[arg(long, default_value_t = 5)]
+    iterations: u32,
+    /// Unmeasured runs per VMM before the measured ones.
+    #[arg(long, default_value_t = 1)]
+    warmup: u32,
+    /// The QEMU binary copied into the nested host.
+    #[arg(long, default_value = "/usr/bin/qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// Value of QEMU's -M option.
+    #[arg(long, default_value = "microvm")]
+    machine: String,
+    /// Stream the nested host's console.
+    #[arg(long)]
+    echo: bool,
+}
+
+/// One parsed `BENCH` line.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    init_ms: f64,
+    exit_ms: f64,
+    peak_rss_kib: f64,
+    /// NaN for runs without smaps sampling.
+    overhead_kib: f64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<RunFailed>() => {
+            eprintln!("bench-boot: {e:#}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("bench-boot: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A VM run could not be measured.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct RunFailed(String);
+
+fn run(args: &Args) -> Result<()> {
+    ensure!(args.iterations > 0, "--iterations must be at least 1");
+    let host = NestedHost::from_env()?;
+    let scenario = scenario(args)?;
+    eprintln!(
+        "bench-boot: {} + {} runs per VMM in one nested host (TCG; takes a few minutes)",
+        args.warmup, args.iterations
+    );
+    let outcome = host.run(&scenario)?;
+    let samples = collect(&outcome, args.iterations)?;
+    print_table(&samples, args);
+    Ok(())
+}
+
+fn scenario(args: &Args) -> Result<Scenario> {
+    let probe = probe_path();
+    ensure!(
+        probe.is_file(),
+        "{} is missing; build it with: RUSTFLAGS='-C target-feature=+crt-static' cargo build \
+         --release -p stratum-tests --bin boot-probe --target x86_64-unknown-linux-gnu \
+         --target-dir target/static",
+        probe.display()
+    );
+    let qemu = args.qemu.to_str().context("QEMU path is not UTF-8")?;
+    let mut scenario = Scenario::new(script(args, qemu))
+        .file(PROBE_IN_HOST, probe)
+        .file(qemu, &args.qemu)
+        // Generous: each boot takes seconds under TCG.
+        .timeout(Duration::from_secs(
+            120 + 60 * u64::from(args.iterations + args.warmup),
+        ))
+        .echo(args.echo);
+    // Same paths as here, so the loader finds them without configuration.
+    for lib in shared_libs(&args.qemu)? {
+        scenario = scenario.file(lib.to_string_lossy(), &lib);
+    }
+    for rom in QEMU_ROMS {
+        let path = Path::new(QEMU_DATA_DIR).join(rom);
+        ensure!(path.is_file(), "{} is missing", path.display());
+        scenario = scenario.file(path.to_string_lossy(), &path);
+    }
+    Ok(scenario)
+}
+
+fn probe_path() -> PathBuf {
+    let default = "target/static/x86_64-unknown-linux-gnu/release/boot-probe";
+    let rel = std::env::var_os("STRATUM_BOOT_PROBE").unwrap_or_else(|| default.into());
+    NestedHost::workspace_root().join(rel)
+}
+
+/// Every absolute path in `ldd`'s output: libraries and the loader.
+fn shared_libs(binary: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("running ldd")?;
+    ensure!(
+        out.status.success(),
+        "ldd {} failed: {}",
+        binary.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let libs: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(PathBuf::from)
+        .collect();
+    ensure!(
+        !libs.is_empty(),
+        "ldd listed no libraries for {}",
+        binary.display()
+    );
+    Ok(libs)
+}
+
+/// The nested host's script. Each iteration times both VMMs without
+/// smaps sampling (it slows the boot being timed), then measures their
+/// memory with sampling; the order alternates so that neither VMM always
+/// runs first.
+fn script(args: &Args, qemu: &str) -> String {
+    let vmm = format!(
+        "{vmm} --kernel {k} --initrd {i} --cmdline \"$CL\" --vcpus 1 --memory {GUEST_MIB} \
+         --no-console-input",
+        vmm = paths::VMM,
+        k = paths::GUEST_VMLINUX,
+        i = paths::GUEST_INITRAMFS,
+    );
+    let qemu = format!(
+        "{qemu} -M {m} -enable-kvm -cpu host -smp 1 -m {GUEST_MIB} -nodefaults \
+         -no-user-config -display none -serial stdio -no-reboot -kernel {k} -initrd {i} \
+         -append \"$CL\"",
+        m = args.machine,
+        k = paths::GUEST_VMLINUX,
+        i = paths::GUEST_INITRAMFS,
+    );
+    let mut s = format!("CL='{CMDLINE}'\n");
+    for i in 0..args.warmup + args.iterations {
+        let prefix = if i < args.warmup { "warmup-" } else { "" };
+        let mut vmms = [("vmm", &vmm), ("qemu", &qemu)];
+        if i % 2 == 1 {
+            vmms.reverse();
+        }
+        for (kind, sample_ms) in [(TIME, 0), (MEM, 5)] {
+            for (name, cmd) in vmms {
+                s.push_str(&format!(
+                    "{PROBE_IN_HOST} --label {prefix}{name}-{kind} --marker {MARKER} \
+                     --guest-mib {GUEST_MIB} --sample-ms {sample_ms} -- {cmd}\n"
+                ));
+            }
+        }
+    }
+    s
+}
+
+const TIME: &str = "time";
+const MEM: &str = "mem";
+/// Labels of the measured runs (warm-up runs are prefixed `warmup-`).
+const LABELS: [&str; 4] = ["vmm-time", "qemu-time", "vmm-mem", "qemu-mem"];
+
+/// Parses the BENCH lines; fails with [`RunFailed`] unless every label has
+/// `iterations` clean runs.
+fn collect(outcome: &Outcome, iterations: u32) -> Result<Samples> {
+    let mut samples: Samples = LABELS.iter().map(|l| (*l, Vec::new())).collect();
+    let mut failures = Vec::new();
+    for line in outcome.lines_with("BENCH ") {
+        println!("{line}");
+        let fields = fields(line);
+        let label = fields.get("label").copied().unwrap_or("?");
+        match parse_sample(&fields, label.ends_with(MEM)) {
+            Ok(sample) => {
+                if let Some(list) = samples.get_mut(label) {
+                    list.push(sample);
+                }
+            }
+            Err(e) => failures.push(format!("{label}: {e}")),
+        }
+    }
+    for (label, list) in &samples {
+        if list.len() != iterations as usize {
+            failures.push(format!(
+                "{label}: {} of {iterations} runs measured",
+                list.len()
+            ));
+        }
+    }
+    if failures.is_empty() {
+        return Ok(samples);
+    }
+    Err(RunFailed(format!(
+        "could not measure: {}\nnested host console tail:\n{}",
+        failures.join("; "),
+        outcome.console_tail(60)
+    ))
+    .into())
+}
+
+fn fields(line: &str) -> BTreeMap<&str, &str> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .collect()
+}
+
+fn parse_sample(f: &BTreeMap<&str, &str>, sampled: bool) -> Result<Sample> {
+    let status = f.get("status").copied().unwrap_or("?");
+    if status != "exit:0" {
+        bail!("run ended with status {status}");
+    }
+    let num = |key: &str| -> Result<f64> {
+        let v = f.get(key).copied().unwrap_or("none");
+        v.parse().with_context(|| format!("{key}={v}"))
+    };
+    Ok(Sample {
+        init_ms: num("init_ms").context(format!("guest never printed {MARKER}"))?,
+        exit_ms: num("exit_ms")?,
+        peak_rss_kib: num("peak_rss_kib")?,
+        overhead_kib: if sampled {
+            num("overhead_kib")?
+        } else {
+            f64::NAN
+        },
+    })
+}
+
+/// Median, min and max of a metric.
+struct Stats {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stats(samples: &[Sample], metric: fn(&Sample) -> f64) -> Stats {
+    let mut v: Vec<f64> = samples.iter().map(metric).collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    };
+    Stats {
+        median,
+        min: v.first().copied().unwrap_or(f64::NAN),
+        max: v.last().copied().unwrap_or(f64::NAN),
+    }
+}
+
+type Samples = BTreeMap<&'static str, Vec<Sample>>;
+
+/// Times and peak RSS come from the unsampled runs, overhead from the
+/// sampled ones.
+fn print_table(samples: &Samples, args: &Args) {
+    type Metric = (&'static str, &'static str, &'static str, fn(&Sample) -> f64);
+    let metrics: [Metric; 4] = [
+        ("time to STRATUM-GUEST-UP", "ms", TIME, |s| s.init_ms),
+        ("time to process exit", "ms", TIME, |s| s.exit_ms),
+        ("peak RSS (ru_maxrss)", "KiB", TIME, |s| s.peak_rss_kib),
+        ("peak overhead (RSS - guest RAM)", "KiB", MEM, |s| {
+            s.overhead_kib
+        }),
+    ];
+    let get = |vmm: &str, kind: &str, metric: fn(&Sample) -> f64| {
+        let list = samples.get(format!("{vmm}-{kind}").as_str());
+        stats(list.map_or(&[][..], Vec::as_slice), metric)
+    };
+    println!(
+        "\nBoot benchmark: 1 vCPU, {GUEST_MIB} MiB, PVH vmlinux, cmdline {CMDLINE:?}, \
+         {} runs each inside the nested host (TCG); median (min..max)",
+        args.iterations
+    );
+    let qemu = format!("qemu -M {}", args.machine);
+    println!("{:<38} | {:<26} | {:<26} | vmm/qemu", "metric", "vmm", qemu);
+    println!("{}", "-".repeat(108));
+    for (name, unit, kind, metric) in metrics {
+        let (a, b) = (get("vmm", kind, metric), get("qemu", kind, metric));
+        let label = format!("{name} [{unit}]");
+        let ratio = a.median / b.median;
+        println!(
+            "{label:<38} | {:<26} | {:<26} | {ratio:.2}",
+            cell(&a),
+            cell(&b)
+        );
+    }
+    let ratio = get("vmm", TIME, |s| s.init_ms).median / get("qemu", TIME, |s| s.init_ms).median;
+    let overhead = get("vmm", MEM, |s| s.overhead_kib).max;
+    println!(
+        "\nTargets: boot time ratio (median time to {MARKER}) <= {TARGET_BOOT_RATIO}: {ratio:.2} \
+         -> {}; vmm overhead (worst run) <= 5 MiB: {:.2} MiB -> {}",
+        verdict(ratio <= TARGET_BOOT_RATIO),
+        overhead / 1024.0,
+        verdict(overhead <= TARGET_OVERHEAD_KIB)
+    );
+}
+
+fn cell(s: &Stats) -> String {
+    format!("{:.1} ({:.1}..{:.1})", s.median, s.min, s.max)
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT met"
+    }
+}

@@ -1,0 +1,82 @@
+//! Typed errors of the nested-host harness.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can go wrong while composing or running a nested host.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A build input is absent; `make_target` says how to create it.
+    #[error("missing {what}: {} (create it with `make {make_target}`)", path.display())]
+    MissingInput {
+        what: &'static str,
+        path: PathBuf,
+        make_target: &'static str,
+    },
+
+    /// An input exists but is dynamically linked; the nested host has no libc.
+    #[error("{} is dynamically linked; the nested host needs a static binary ({hint})", path.display())]
+    NotStatic { path: PathBuf, hint: &'static str },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A destination path of a scenario file is unusable inside the host.
+    #[error("invalid destination path {dest:?} in the nested host: {reason}")]
+    InvalidDest { dest: String, reason: &'static str },
+
+    #[error("cannot start {program}: {source} (install it with `apt-get install -y {package}`)")]
+    Spawn {
+        program: String,
+        package: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("`busybox --list-full` failed: {0}")]
+    BusyboxList(String),
+
+    #[error("nested host did not finish within {after:?}; console tail:\n{console_tail}")]
+    Timeout {
+        after: Duration,
+        console_tail: String,
+    },
+
+    /// QEMU ended before the host's init reported `STRATUM-HOST-UP`.
+    #[error("nested host never came up (qemu {status}); qemu stderr:\n{stderr}\nconsole tail:\n{console_tail}")]
+    HostDidNotBoot {
+        status: String,
+        stderr: String,
+        console_tail: String,
+    },
+
+    #[error(
+        "scenario exit code was {actual:?}, expected {expected}; console tail:\n{console_tail}"
+    )]
+    ExitMismatch {
+        expected: i32,
+        actual: Option<i32>,
+        console_tail: String,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds a human-readable context to `std::io` results.
+pub(crate) trait IoContext<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            context: context(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,137 @@
+//! Running QEMU (TCG) with the composed initramfs and capturing its console.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, IoContext, Result};
+use crate::outcome::{clean_console, tail, Outcome};
+use crate::scenario::Scenario;
+
+const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+const TAIL_LINES: usize = 40;
+
+type Shared = Arc<Mutex<Vec<u8>>>;
+
+pub(crate) fn run(
+    kernel: &Path,
+    base: &[u8],
+    extra: &[u8],
+    scenario: &Scenario,
+) -> Result<Outcome> {
+    let initrd = write_initrd(base, extra)?;
+    let mut child = spawn(kernel, initrd.path(), scenario.interactive)?;
+    let console: Shared = Arc::default();
+    let stderr: Shared = Arc::default();
+    let readers = [
+        child
+            .stdout
+            .take()
+            .map(|s| pump(s, Arc::clone(&console), scenario.echo)),
+        child
+            .stderr
+            .take()
+            .map(|s| pump(s, Arc::clone(&stderr), false)),
+    ];
+    let status = wait_until(&mut child, scenario.timeout);
+    // Readers end at EOF, which comes once QEMU is gone.
+    for reader in readers.into_iter().flatten() {
+        let _ = reader.join();
+    }
+    let console = text(&console);
+    let Some(status) = status? else {
+        return Err(Error::Timeout {
+            after: scenario.timeout,
+            console_tail: tail(&clean_console(&console), TAIL_LINES),
+        });
+    };
+    Outcome::parse(&console).ok_or_else(|| Error::HostDidNotBoot {
+        status: status.to_string(),
+        stderr: tail(&text(&stderr), TAIL_LINES),
+        console_tail: tail(&clean_console(&console), TAIL_LINES),
+    })
+}
+
+/// Base archive followed by the scenario archive: the kernel unpacks
+/// concatenated cpio archives in order, later files overriding earlier ones.
+fn write_initrd(base: &[u8], extra: &[u8]) -> Result<tempfile::NamedTempFile> {
+    let mut file = tempfile::Builder::new()
+        .prefix("stratum-nested-host-")
+        .suffix(".cpio")
+        .tempfile()
+        .context(|| "creating the nested host initrd".to_owned())?;
+    file.write_all(base)
+        .and_then(|()| file.write_all(extra))
+        .and_then(|()| file.flush())
+        .context(|| format!("writing {}", file.path().display()))?;
+    Ok(file)
+}
+
+fn spawn(kernel: &Path, initrd: &Path, interactive: bool) -> Result<Child> {
+    let program = std::env::var("STRATUM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
+    Command::new(&program)
+        .args(["-M", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "2"])
+        .args(["-m", "2048", "-nodefaults", "-no-user-config"])
+        .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", CMDLINE])
+        .stdin(if interactive {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            program,
+            package: "qemu-system-x86",
+            source,
+        })
+}
+
+/// Copies `src` into `sink` until EOF, optionally mirroring it to stdout.
+fn pump(mut src: impl Read + Send + 'static, sink: Shared, echo: bool) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = src.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if echo {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&buf[..n]).and_then(|()| out.flush());
+            }
+            sink.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(&buf[..n]);
+        }
+    })
+}
+
+/// `Ok(None)` on timeout, after killing QEMU.
+fn wait_until(child: &mut Child, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().context(|| "waiting for qemu".into())? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn text(buf: &Shared) -> String {
+    let bytes = buf.lock().unwrap_or_else(|e| e.into_inner());
+    String::from_utf8_lossy(&bytes).into_owned()
+}

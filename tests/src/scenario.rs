@@ -1,0 +1,108 @@
+//! What to run inside the nested host.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default wall-clock limit of one nested-host run (TCG is slow).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Where the content of an extra file comes from.
+#[derive(Debug, Clone)]
+pub enum FileSource {
+    /// Read from this path on the machine running the harness; the file's
+    /// permission bits are kept.
+    Path(PathBuf),
+    /// Literal content with the given permission bits (e.g. `0o755`).
+    Bytes { data: Vec<u8>, mode: u32 },
+}
+
+/// A file placed into the nested host in addition to the base image.
+#[derive(Debug, Clone)]
+pub struct ExtraFile {
+    /// Absolute path inside the nested host, e.g. `/stratum/data/disk.img`.
+    pub dest: String,
+    pub source: FileSource,
+}
+
+/// A shell script run as `/scenario.sh` by the nested host's init, plus
+/// files it needs and run options. Built with chained methods:
+///
+/// ```no_run
+/// # use stratum_tests::Scenario;
+/// let s = Scenario::new("vmm --help")
+///     .bytes("/etc/motd", b"hi\n".to_vec(), 0o644)
+///     .timeout(std::time::Duration::from_secs(60))
+///     .echo(true);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub(crate) script: String,
+    pub(crate) files: Vec<ExtraFile>,
+    pub(crate) timeout: Duration,
+    pub(crate) echo: bool,
+    pub(crate) interactive: bool,
+}
+
+impl Scenario {
+    /// A scenario running `script` with `sh` (not `sh -e`); its exit status
+    /// becomes [`crate::Outcome::exit_code`].
+    pub fn new(script: impl Into<String>) -> Self {
+        Self {
+            script: script.into(),
+            files: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+            echo: false,
+            interactive: false,
+        }
+    }
+
+    /// Copies the host file `src` to `dest` inside the nested host.
+    pub fn file(mut self, dest: impl Into<String>, src: impl Into<PathBuf>) -> Self {
+        self.files.push(ExtraFile {
+            dest: dest.into(),
+            source: FileSource::Path(src.into()),
+        });
+        self
+    }
+
+    /// Creates `dest` inside the nested host with literal content.
+    pub fn bytes(mut self, dest: impl Into<String>, data: Vec<u8>, mode: u32) -> Self {
+        self.files.push(ExtraFile {
+            dest: dest.into(),
+            source: FileSource::Bytes { data, mode },
+        });
+        self
+    }
+
+    /// Overrides [`DEFAULT_TIMEOUT`]; QEMU is killed when it expires.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Streams the serial console to stdout while the host runs.
+    pub fn echo(mut self, echo: bool) -> Self {
+        self.echo = echo;
+        self
+    }
+
+    /// Connects this process's stdin to the serial console (implies
+    /// [`Self::echo`]), e.g. to use a shell in the guest during `make run`.
+    pub fn interactive(mut self, interactive: bool) -> Self {
+        self.interactive = interactive;
+        self.echo |= interactive;
+        self
+    }
+
+    pub fn script(&self) -> &str {
+        &self.script
+    }
+
+    pub fn files(&self) -> &[ExtraFile] {
+        &self.files
+    }
+
+    pub fn timeout_value(&self) -> Duration {
+        self.timeout
+    }
+}
