@@ -36,9 +36,7 @@ deps:
 	fi
 
 images: deps
-	guest-images/host-kernel.sh
-	guest-images/guest-kernel.sh
-	guest-images/guest-initramfs.sh
+	guest-images/build-all.sh
 
 static:
 	$(STATIC_CARGO) -p vmm --bin vmm

@@ -5,7 +5,7 @@
 echo "== vmm boots the guest: 2 vCPUs, 256 MiB =="
 vmm --kernel /stratum/guest/vmlinux --initrd /stratum/guest/initramfs.cpio.gz \
     --vcpus 2 --memory 256 --no-console-input \
-    --cmdline "console=ttyS0 reboot=k panic=-1"
+    --cmdline "console=ttyS0 reboot=k panic=-1 pci=off"
 status=$?
 echo "== vmm exited with status $status =="
 exit $status

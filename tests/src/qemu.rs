@@ -12,6 +12,9 @@ use crate::outcome::{clean_console, tail, Outcome};
 use crate::scenario::Scenario;
 
 const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+/// Extra kernel parameters for the nested host, e.g. `loglevel=7` to see
+/// the nested kernel's own warnings while debugging.
+const CMDLINE_EXTRA_ENV: &str = "STRATUM_HOST_CMDLINE_EXTRA";
 const TAIL_LINES: usize = 40;
 
 type Shared = Arc<Mutex<Vec<u8>>>;
@@ -80,7 +83,7 @@ fn spawn(kernel: &Path, initrd: &Path, interactive: bool) -> Result<Child> {
         .arg(kernel)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", CMDLINE])
+        .args(["-append", &host_cmdline()])
         .stdin(if interactive {
             Stdio::inherit()
         } else {
@@ -94,6 +97,13 @@ fn spawn(kernel: &Path, initrd: &Path, interactive: bool) -> Result<Child> {
             package: "qemu-system-x86",
             source,
         })
+}
+
+fn host_cmdline() -> String {
+    match std::env::var(CMDLINE_EXTRA_ENV) {
+        Ok(extra) if !extra.trim().is_empty() => format!("{CMDLINE} {}", extra.trim()),
+        _ => CMDLINE.to_string(),
+    }
 }
 
 /// Copies `src` into `sink` until EOF, optionally mirroring it to stdout.

@@ -1,7 +1,9 @@
 //! `vmm` boots a real Linux guest on a real /dev/kvm, inside the nested test
 //! host: PVH entry of the ELF vmlinux with 1 and 2 vCPUs, the 64-bit Linux
-//! boot protocol of the bzImage, console input, and the error paths that
-//! need a real KVM.
+//! boot protocol of the bzImage, CPUs found through ACPI and through the MP
+//! table, every way a guest can end its VM (i8042 reset, triple fault, ACPI
+//! reset, ACPI power-off), console input, and the error paths that need a
+//! real KVM.
 
 use stratum_tests::paths::{GUEST_BZIMAGE, GUEST_INITRAMFS, GUEST_VMLINUX};
 use stratum_tests::{NestedHost, Outcome, Scenario};
@@ -22,7 +24,7 @@ fn run(script: String) -> Outcome {
 fn boot_script(kernel: &str, vcpus: u8, extra_cmdline: &str) -> String {
     format!(
         "vmm --kernel {kernel} --initrd {GUEST_INITRAMFS} --vcpus {vcpus} --memory 256 \
-         --no-console-input --cmdline 'console=ttyS0 reboot=k panic=-1 quiet {extra_cmdline}'\n\
+         --no-console-input --cmdline 'console=ttyS0 reboot=k panic=-1 pci=off quiet {extra_cmdline}'\n\
          echo VMM-EXIT=$?\n"
     )
 }
@@ -84,6 +86,32 @@ fn triple_fault_reset_also_ends_the_vm() {
 }
 
 #[test]
+fn acpi_reset_ends_the_vm() {
+    // reboot=a writes the FADT's reset register.
+    let script = boot_script(GUEST_VMLINUX, 1, "").replace("reboot=k", "reboot=a");
+    assert_booted(&run(script), 1);
+}
+
+#[test]
+fn acpi_poweroff_ends_the_vm() {
+    // poweroff enters ACPI S5 through the sleep control register; without
+    // it the guest would halt forever and vmm would never exit.
+    let outcome = run(boot_script(GUEST_VMLINUX, 2, "stratum.exit=poweroff"));
+    assert_booted(&outcome, 2);
+    assert!(
+        outcome.console.contains("reboot: Power down"),
+        "{}",
+        outcome.console_tail(20)
+    );
+}
+
+#[test]
+fn mp_table_describes_the_cpus_without_acpi() {
+    let outcome = run(boot_script(GUEST_VMLINUX, 2, "acpi=off"));
+    assert_booted(&outcome, 2);
+}
+
+#[test]
 fn console_input_reaches_the_guest_shell() {
     // The guest drops to a shell; a command typed on vmm's stdin prints a
     // value only the guest computes, waits for the UART to drain, reboots. The command is resent
@@ -94,7 +122,7 @@ fn console_input_reaches_the_guest_shell() {
         "i=0; while [ $i -lt 90 ]; do echo 'echo stdin-ok-$((6*7)) && sleep 1 && reboot -f'; \
          sleep 1; i=$((i+1)); done 2>/dev/null | \
          vmm --kernel {GUEST_VMLINUX} --initrd {GUEST_INITRAMFS} --memory 256 \
-         --cmdline 'console=ttyS0 reboot=k panic=-1 quiet stratum.exit=shell'\n\
+         --cmdline 'console=ttyS0 reboot=k panic=-1 pci=off quiet stratum.exit=shell'\n\
          echo VMM-EXIT=$?\n"
     );
     let outcome = run(script);

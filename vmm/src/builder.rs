@@ -16,12 +16,13 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::layout::CMDLINE_MAX_SIZE;
-use crate::arch::{boot, mptable};
+use crate::arch::{acpi, boot, mptable};
 use crate::config::{self, ConsoleOutput, VmConfig};
-use crate::devices::legacy::i8042::{I8042_PORT, I8042_PORT_LEN};
+use crate::devices::legacy::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN};
+use crate::devices::legacy::i8042::{I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
-use crate::devices::legacy::{SerialConsole, I8042};
-use crate::devices::{bus, Bus, VmEvent, VmEventSender};
+use crate::devices::legacy::{AcpiPm, SerialConsole, I8042};
+use crate::devices::{bus, Bus, IrqLine, VmEvent, VmEventSender};
 use crate::loader::{self, LoadedInitrd, LoadedKernel};
 use crate::vstate::vcpu::{self, Vcpu};
 use crate::vstate::{memory, vm};
@@ -55,6 +56,8 @@ pub enum Error {
     Cmdline(String),
     #[error("{0}")]
     MpTable(#[from] mptable::Error),
+    #[error("{0}")]
+    Acpi(#[from] acpi::Error),
     #[error("{0}")]
     BootParams(#[from] boot::Error),
     #[error("{0}")]
@@ -120,7 +123,13 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
     };
     let cmdline = kernel_cmdline(&config.cmdline)?;
     mptable::setup(&mem, vcpu_count)?;
-    boot::write_boot_params(&mem, mem_size, &kernel, initrd, &cmdline)?;
+    let rsdp = acpi::setup(&mem, vcpu_count)?;
+    let boot_inputs = boot::BootInputs {
+        mem_size,
+        initrd,
+        rsdp,
+    };
+    boot::write_boot_params(&mem, &kernel, &boot_inputs, &cmdline)?;
 
     let hypervisor = vm::Hypervisor::open(&config.kvm_device)?;
     let vm = hypervisor.create_vm(vcpu_count)?;
@@ -129,8 +138,16 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
 
     let (sender, events) = channel();
     let stop = VmEventSender(sender);
-    let serial = attach_serial(&vm, console)?;
-    let pio = Arc::new(legacy_bus(serial.clone(), stop.clone())?);
+    let serial = Arc::new(Mutex::new(SerialConsole::new(
+        irq_line(&vm, COM1_IRQ)?,
+        console,
+    )));
+    let i8042 = I8042::new(stop.clone(), irq_line(&vm, I8042_KBD_IRQ)?);
+    let pio = Arc::new(legacy_bus(
+        serial.clone(),
+        i8042,
+        AcpiPm::new(stop.clone()),
+    )?);
 
     let supported_cpuid = hypervisor.supported_cpuid()?;
     let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
@@ -204,22 +221,25 @@ fn open_console(console: &ConsoleOutput) -> Result<Box<dyn std::io::Write + Send
     }
 }
 
-fn attach_serial(
-    vm: &vm::Vm,
-    console: Box<dyn std::io::Write + Send>,
-) -> Result<Arc<Mutex<SerialConsole>>, Error> {
-    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
-    vm.connect_irq(&irq, COM1_IRQ)?;
-    Ok(Arc::new(Mutex::new(SerialConsole::new(irq, console))))
+/// An interrupt line wired to guest IRQ `irq` through an irqfd.
+fn irq_line(vm: &vm::Vm, irq: u32) -> Result<IrqLine, Error> {
+    let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+    vm.connect_irq(&fd, irq)?;
+    Ok(IrqLine(fd))
 }
 
-fn legacy_bus(serial: Arc<Mutex<SerialConsole>>, stop: VmEventSender) -> Result<Bus, Error> {
+fn legacy_bus(
+    serial: Arc<Mutex<SerialConsole>>,
+    i8042: I8042,
+    acpi_pm: AcpiPm,
+) -> Result<Bus, Error> {
     let mut pio = Bus::new();
     pio.insert(serial, COM1_PORT, COM1_PORT_LEN)?;
+    pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT, I8042_PORT_LEN)?;
     pio.insert(
-        Arc::new(Mutex::new(I8042::new(stop))),
-        I8042_PORT,
-        I8042_PORT_LEN,
+        Arc::new(Mutex::new(acpi_pm)),
+        ACPI_PM_PORT,
+        ACPI_PM_PORT_LEN,
     )?;
     Ok(pio)
 }

@@ -27,7 +27,7 @@ const MARKER: &str = "STRATUM-GUEST-UP";
 const GUEST_MIB: u32 = 256;
 /// `reboot=t`: the guest's reset is a triple fault, which ends QEMU under
 /// `-no-reboot` and our vmm alike, both with status 0.
-const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 pci=off quiet";
 const PROBE_IN_HOST: &str = "/stratum/bin/boot-probe";
 /// microvm's default firmware (qboot) and the PVH option ROM QEMU loads
 /// for ELF kernels with a PVH note (it warns if the latter is missing).

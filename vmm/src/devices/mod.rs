@@ -7,6 +7,28 @@ pub use bus::{Bus, BusDevice};
 
 use std::sync::mpsc::Sender;
 
+use vmm_sys_util::eventfd::EventFd;
+
+/// An interrupt line backed by an eventfd that KVM turns into an IRQ (an
+/// irqfd): raising it is one write, with no lock and no exit to take.
+pub struct IrqLine(pub EventFd);
+
+impl IrqLine {
+    pub fn raise(&self) {
+        // The eventfd counter only fails to grow at u64::MAX - 1 pending
+        // signals, which KVM drains long before.
+        let _ = self.0.write(1);
+    }
+}
+
+impl vm_superio::Trigger for IrqLine {
+    type E = std::io::Error;
+
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
 /// Why the VM stops, as reported by a device or a vCPU to the VMM's main
 /// thread.
 #[derive(Debug)]

@@ -37,21 +37,28 @@ pub enum Error {
     Write(#[source] linux_loader::configurator::Error),
 }
 
+/// What the boot parameters point the kernel at.
+#[derive(Clone, Copy, Debug)]
+pub struct BootInputs {
+    pub mem_size: u64,
+    pub initrd: Option<LoadedInitrd>,
+    pub rsdp: GuestAddress,
+}
+
 /// Writes the command line and the protocol's boot parameters.
 pub fn write_boot_params(
     mem: &GuestMemoryMmap,
-    mem_size: u64,
     kernel: &LoadedKernel,
-    initrd: Option<LoadedInitrd>,
+    inputs: &BootInputs,
     cmdline: &Cmdline,
 ) -> Result<(), Error> {
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
         .map_err(Error::Cmdline)?;
     let cmdline_len = cmdline_size(cmdline);
-    let map = memory_map(mem_size);
+    let map = memory_map(inputs.mem_size);
     match kernel.protocol {
-        BootProtocol::Pvh => write_pvh(mem, &map, initrd),
-        BootProtocol::Linux64 => write_zero_page(mem, &map, kernel, initrd, cmdline_len),
+        BootProtocol::Pvh => write_pvh(mem, &map, inputs),
+        BootProtocol::Linux64 => write_zero_page(mem, &map, kernel, inputs, cmdline_len),
     }
 }
 
@@ -65,8 +72,9 @@ fn cmdline_size(cmdline: &Cmdline) -> u32 {
 fn write_pvh(
     mem: &GuestMemoryMmap,
     map: &[MemoryMapEntry],
-    initrd: Option<LoadedInitrd>,
+    inputs: &BootInputs,
 ) -> Result<(), Error> {
+    let initrd = inputs.initrd;
     let memmap: Vec<hvm_memmap_table_entry> = map
         .iter()
         .map(|e| hvm_memmap_table_entry {
@@ -82,6 +90,7 @@ fn write_pvh(
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: memmap.len() as u32,
+        rsdp_paddr: inputs.rsdp.raw_value(),
         ..Default::default()
     };
     let modlist_addr = GuestAddress(PVH_INFO_START + std::mem::size_of::<hvm_start_info>() as u64);
@@ -106,10 +115,14 @@ fn write_zero_page(
     mem: &GuestMemoryMmap,
     map: &[MemoryMapEntry],
     kernel: &LoadedKernel,
-    initrd: Option<LoadedInitrd>,
+    inputs: &BootInputs,
     cmdline_len: u32,
 ) -> Result<(), Error> {
-    let mut params = boot_params::default();
+    let initrd = inputs.initrd;
+    let mut params = boot_params {
+        acpi_rsdp_addr: inputs.rsdp.raw_value(),
+        ..Default::default()
+    };
     if let Some(header) = kernel.setup_header {
         params.hdr = header;
     }
@@ -158,7 +171,12 @@ mod tests {
         };
         let mut cmdline = Cmdline::new(2048).unwrap();
         cmdline.insert_str("console=ttyS0 quiet").unwrap();
-        write_boot_params(&mem, 64 * MIB, &kernel, initrd, &cmdline).unwrap();
+        let inputs = BootInputs {
+            mem_size: 64 * MIB,
+            initrd,
+            rsdp: GuestAddress(0xe_0000),
+        };
+        write_boot_params(&mem, &kernel, &inputs, &cmdline).unwrap();
         mem
     }
 
@@ -181,6 +199,7 @@ mod tests {
         assert_eq!({ hdr.ramdisk_image }, 0x300_0000);
         assert_eq!({ hdr.ramdisk_size }, 4096);
         assert_eq!(params.e820_entries, 3);
+        assert_eq!({ params.acpi_rsdp_addr }, 0xe_0000);
         let last = params.e820_table[2];
         assert_eq!(
             ({ last.addr }, { last.size }, { last.r#type }),
@@ -201,6 +220,7 @@ mod tests {
         assert_eq!(info.memmap_paddr, PVH_MEMMAP_START);
         assert_eq!(info.memmap_entries, 3);
         assert_eq!(info.nr_modules, 1);
+        assert_eq!(info.rsdp_paddr, 0xe_0000);
         let module: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
         assert_eq!((module.paddr, module.size), (0x300_0000, 4096));
         let first: hvm_memmap_table_entry = mem.read_obj(GuestAddress(PVH_MEMMAP_START)).unwrap();

@@ -30,6 +30,10 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Start of the Extended BIOS Data Area, where the MP table lives.
 pub const EBDA_START: u64 = 0x9fc00;
+/// ACPI tables go in the legacy BIOS area, where Linux also scans for the
+/// RSDP when the boot protocol does not pass its address.
+pub const ACPI_START: u64 = 0xe_0000;
+pub const ACPI_END: u64 = 0x10_0000;
 /// Where high memory starts (and where bzImage kernels load by default).
 pub const HIMEM_START: u64 = 0x10_0000;
 

@@ -7,16 +7,19 @@
 //! answers costs the guest a second of timeouts, so the few commands the
 //! driver sends (read/write the command byte, self tests, port enables)
 //! get the answers a real controller gives. Keyboard commands are ACKed.
-//! No interrupt line is wired: the driver polls during the probe, and the
-//! VM never produces keystrokes.
+//! Like the real part, the controller raises IRQ 1 whenever it has a byte
+//! for the guest and the command byte enables keyboard interrupts: the
+//! keyboard driver waits for that interrupt after each command it sends
+//! (at probe and at shutdown), and without it runs into its timeouts.
 
 use std::collections::VecDeque;
 
-use crate::devices::{BusDevice, VmEvent, VmEventSender};
+use crate::devices::{BusDevice, IrqLine, VmEvent, VmEventSender};
 
 /// Base of the i8042's data port; the command/status port is base + 4.
 pub const I8042_PORT: u64 = 0x60;
 pub const I8042_PORT_LEN: u64 = 5;
+pub const I8042_KBD_IRQ: u32 = 1;
 
 const DATA_OFFSET: u64 = 0;
 const COMMAND_OFFSET: u64 = 4;
@@ -40,6 +43,7 @@ const CMD_WRITE_OUTPUT_PORT: u8 = 0xd1;
 const CMD_WRITE_AUX: u8 = 0xd4;
 const CMD_PULSE_RESET: u8 = 0xfe;
 
+const CTR_KBD_INTERRUPT: u8 = 0x01;
 const CTR_KBD_DISABLED: u8 = 0x10;
 const CTR_AUX_DISABLED: u8 = 0x20;
 /// Keyboard interrupt on, system flag set, translation on: the power-on value.
@@ -71,22 +75,27 @@ pub struct I8042 {
     pending: Pending,
     last_was_command: bool,
     reset: VmEventSender,
+    irq: IrqLine,
 }
 
 impl I8042 {
-    pub fn new(reset: VmEventSender) -> Self {
+    pub fn new(reset: VmEventSender, irq: IrqLine) -> Self {
         Self {
             ctr: CTR_DEFAULT,
             output: VecDeque::new(),
             pending: Pending::None,
             last_was_command: false,
             reset,
+            irq,
         }
     }
 
     fn push(&mut self, byte: u8) {
         if self.output.len() < OUTPUT_QUEUE_MAX {
             self.output.push_back(byte);
+        }
+        if self.ctr & CTR_KBD_INTERRUPT != 0 {
+            self.irq.raise();
         }
     }
 
@@ -175,10 +184,33 @@ impl BusDevice for I8042 {
 mod tests {
     use super::*;
     use std::sync::mpsc::{channel, Receiver};
+    use vmm_sys_util::eventfd::EventFd;
 
     fn device() -> (I8042, Receiver<VmEvent>) {
+        device_with_irq().0
+    }
+
+    fn device_with_irq() -> ((I8042, Receiver<VmEvent>), EventFd) {
         let (tx, rx) = channel();
-        (I8042::new(VmEventSender(tx)), rx)
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let line = IrqLine(irq.try_clone().unwrap());
+        ((I8042::new(VmEventSender(tx), line), rx), irq)
+    }
+
+    #[test]
+    fn answers_raise_irq1_only_when_the_command_byte_enables_it() {
+        let ((mut dev, _rx), irq) = device_with_irq();
+        dev.write(DATA_OFFSET, &[0xf4]); // keyboard enable: ACK with IRQ
+        assert_eq!(irq.read().unwrap(), 1);
+        assert_eq!(read(&mut dev, DATA_OFFSET), KBD_ACK);
+        dev.write(COMMAND_OFFSET, &[CMD_WRITE_CTR]);
+        dev.write(DATA_OFFSET, &[CTR_DEFAULT & !CTR_KBD_INTERRUPT]);
+        dev.write(COMMAND_OFFSET, &[CMD_READ_CTR]);
+        assert!(irq.read().is_err(), "no interrupt while disabled");
+        assert_eq!(
+            read(&mut dev, DATA_OFFSET),
+            CTR_DEFAULT & !CTR_KBD_INTERRUPT
+        );
     }
 
     fn read(dev: &mut I8042, offset: u64) -> u8 {

@@ -1,8 +1,10 @@
-//! Legacy PC devices on port I/O: the 16550 UART console and the i8042
-//! keyboard controller (used only for its CPU reset line).
+//! Legacy PC devices on port I/O: the 16550 UART console, the i8042
+//! keyboard controller and the ACPI power management registers.
 
+pub mod acpi_pm;
 pub mod i8042;
 pub mod serial;
 
+pub use acpi_pm::AcpiPm;
 pub use i8042::I8042;
 pub use serial::SerialConsole;

@@ -6,26 +6,13 @@
 
 use std::io::Write;
 
+use crate::devices::{BusDevice, IrqLine};
 use vm_superio::serial::NoEvents;
-use vm_superio::{Serial, Trigger};
-use vmm_sys_util::eventfd::EventFd;
-
-use crate::devices::BusDevice;
+use vm_superio::Serial;
 
 pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_PORT_LEN: u64 = 8;
 pub const COM1_IRQ: u32 = 4;
-
-/// An interrupt line backed by an eventfd that KVM turns into an IRQ.
-pub struct IrqLine(pub EventFd);
-
-impl Trigger for IrqLine {
-    type E = std::io::Error;
-
-    fn trigger(&self) -> std::io::Result<()> {
-        self.0.write(1)
-    }
-}
 
 pub type ConsoleOutput = Box<dyn Write + Send>;
 
@@ -34,9 +21,9 @@ pub struct SerialConsole {
 }
 
 impl SerialConsole {
-    pub fn new(irq: EventFd, out: ConsoleOutput) -> Self {
+    pub fn new(irq: IrqLine, out: ConsoleOutput) -> Self {
         Self {
-            uart: Serial::new(IrqLine(irq), out),
+            uart: Serial::new(irq, out),
         }
     }
 
@@ -68,6 +55,7 @@ impl BusDevice for SerialConsole {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+    use vmm_sys_util::eventfd::EventFd;
 
     #[derive(Clone, Default)]
     struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -86,7 +74,8 @@ mod tests {
     fn transmitted_bytes_reach_the_output_and_input_raises_the_irq() {
         let out = Captured::default();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut console = SerialConsole::new(irq.try_clone().unwrap(), Box::new(out.clone()));
+        let mut console =
+            SerialConsole::new(IrqLine(irq.try_clone().unwrap()), Box::new(out.clone()));
         for b in b"hi\n" {
             console.write(0, &[*b]);
         }
@@ -107,7 +96,7 @@ mod tests {
     fn odd_accesses_are_ignored() {
         let out = Captured::default();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut console = SerialConsole::new(irq, Box::new(out.clone()));
+        let mut console = SerialConsole::new(IrqLine(irq), Box::new(out.clone()));
         console.write(0, b"ab");
         console.write(300, b"c");
         let mut wide = [0xffu8; 4];
