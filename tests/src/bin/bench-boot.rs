@@ -40,8 +40,9 @@ const TARGET_OVERHEAD_KIB: f64 = 5.0 * 1024.0;
 #[derive(Parser)]
 #[command(about = "Benchmark vmm against QEMU microvm inside the nested test host")]
 struct Args {
-    /// Measured runs per VMM (interleaved).
-    #[arg(long, default_value_t = 5)]
+    /// Measured runs per VMM (interleaved). Boots under TCG vary by ±40%,
+    /// so the medians need several runs.
+    #[arg(long, default_value_t = 7)]
     iterations: u32,
     /// Unmeasured runs per VMM before the measured ones.
     #[arg(long, default_value_t = 1)]
