@@ -112,6 +112,27 @@ fn mp_table_describes_the_cpus_without_acpi() {
 }
 
 #[test]
+fn console_can_go_to_a_file() {
+    let script = boot_script(GUEST_VMLINUX, 1, "").replace(
+        "--no-console-input",
+        "--no-console-input --console /tmp/console.log",
+    ) + "echo FILE-MARKERS=$(grep -c STRATUM-GUEST-UP /tmp/console.log)\n";
+    let outcome = run(script);
+    assert_eq!(vmm_exit(&outcome), Some(0));
+    assert_eq!(
+        outcome.lines_with("FILE-MARKERS=").next(),
+        Some("FILE-MARKERS=1"),
+        "{}",
+        outcome.console_tail(20)
+    );
+    assert_eq!(
+        outcome.lines_with("STRATUM-GUEST-UP").count(),
+        0,
+        "the console went to the file, not to stdout"
+    );
+}
+
+#[test]
 fn console_input_reaches_the_guest_shell() {
     // The guest drops to a shell; a command typed on vmm's stdin prints a
     // value only the guest computes, waits for the UART to drain, reboots. The command is resent
