@@ -12,17 +12,21 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use linux_loader::cmdline::Cmdline;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::layout::CMDLINE_MAX_SIZE;
+use crate::arch::layout::{VIRTIO_FIRST_IRQ, VIRTIO_LAST_IRQ, VIRTIO_MMIO_START};
 use crate::arch::{acpi, boot, mptable};
 use crate::config::{self, ConsoleOutput, VmConfig};
 use crate::devices::legacy::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN};
 use crate::devices::legacy::i8042::{I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 use crate::devices::legacy::{AcpiPm, SerialConsole, I8042};
-use crate::devices::{bus, Bus, IrqLine, VmEvent, VmEventSender};
+use crate::devices::virtio::mmio::{self, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::{Interrupt, SharedMemory, VirtioDevice};
+use crate::devices::{bus, Bus, Buses, IrqLine, VmEvent, VmEventSender};
 use crate::loader::{self, LoadedInitrd, LoadedKernel};
 use crate::vstate::vcpu::{self, Vcpu};
 use crate::vstate::{memory, vm};
@@ -68,6 +72,10 @@ pub enum Error {
     EventFd(#[source] std::io::Error),
     #[error("device set-up: {0}")]
     Bus(#[from] bus::Error),
+    #[error("virtio device set-up: {0}")]
+    Virtio(#[from] mmio::Error),
+    #[error("{0} virtio devices asked for; at most {max} fit", max = VIRTIO_LAST_IRQ - VIRTIO_FIRST_IRQ + 1)]
+    TooManyDevices(usize),
 }
 
 /// A VM whose vCPUs are running.
@@ -76,7 +84,7 @@ pub struct RunningVm {
     _vcpus: Vec<JoinHandle<()>>,
     // Guest memory and the VM must outlive the vCPU threads; the process
     // exits while they still run, so these are never dropped before.
-    _memory: GuestMemoryMmap,
+    _memory: Arc<GuestMemoryMmap>,
     _vm: vm::Vm,
 }
 
@@ -111,7 +119,7 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
     let console = open_console(&config.console)?;
 
     let mem_size = config.memory_bytes();
-    let mem = memory::create_guest_memory(mem_size)?;
+    let mem = Arc::new(memory::create_guest_memory(mem_size)?);
     let kernel =
         loader::load_kernel(&mem, mem_size, &mut kernel_file).map_err(|source| Error::Kernel {
             path: config.kernel.clone(),
@@ -121,9 +129,21 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
         Some((path, file)) => Some(load_initrd(&mem, mem_size, &kernel, path, file)?),
         None => None,
     };
-    let cmdline = kernel_cmdline(&config.cmdline)?;
+    let virtio = place_virtio_devices(config)?;
+    let virtio_windows: Vec<acpi::MmioDevice> = virtio
+        .iter()
+        .map(|slot| acpi::MmioDevice {
+            base: slot.base,
+            size: MMIO_WINDOW_SIZE,
+            irq: slot.irq,
+        })
+        .collect();
+    let mut cmdline = kernel_cmdline(&config.cmdline)?;
+    if acpi_disabled(&config.cmdline) {
+        declare_on_cmdline(&mut cmdline, &virtio_windows)?;
+    }
     mptable::setup(&mem, vcpu_count)?;
-    let rsdp = acpi::setup(&mem, vcpu_count)?;
+    let rsdp = acpi::setup(&mem, vcpu_count, &virtio_windows)?;
     let boot_inputs = boot::BootInputs {
         mem_size,
         initrd,
@@ -143,11 +163,9 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
         console,
     )));
     let i8042 = I8042::new(stop.clone(), irq_line(&vm, I8042_KBD_IRQ)?);
-    let pio = Arc::new(legacy_bus(
-        serial.clone(),
-        i8042,
-        AcpiPm::new(stop.clone()),
-    )?);
+    let pio = legacy_bus(serial.clone(), i8042, AcpiPm::new(stop.clone()))?;
+    let mmio = virtio_bus(&vm, &mem, virtio)?;
+    let buses = Arc::new(Buses { pio, mmio });
 
     let supported_cpuid = hypervisor.supported_cpuid()?;
     let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
@@ -161,7 +179,7 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
     }
     let handles = vcpus
         .into_iter()
-        .map(|vcpu| vcpu.start(pio.clone(), stop.clone()))
+        .map(|vcpu| vcpu.start(buses.clone(), stop.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     if config.console_input {
         forward_stdin(serial);
@@ -242,6 +260,71 @@ fn legacy_bus(
         ACPI_PM_PORT_LEN,
     )?;
     Ok(pio)
+}
+
+/// Whether the guest is told to ignore ACPI.
+fn acpi_disabled(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|arg| arg == "acpi=off")
+}
+
+/// Declares virtio devices with `virtio_mmio.device=` for a guest without
+/// ACPI. With ACPI they are in the DSDT instead: a hardware-reduced ACPI
+/// platform has no legacy PIC, so Linux cannot take an IRQ given on the
+/// command line, only one the firmware describes.
+fn declare_on_cmdline(cmdline: &mut Cmdline, devices: &[acpi::MmioDevice]) -> Result<(), Error> {
+    for device in devices {
+        cmdline
+            .add_virtio_mmio_device(device.size, GuestAddress(device.base), device.irq, None)
+            .map_err(|e| Error::Cmdline(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// A virtio device and the MMIO window and IRQ it gets.
+struct VirtioSlot {
+    device: Box<dyn VirtioDevice>,
+    base: u64,
+    irq: u32,
+}
+
+/// The configured virtio devices, each with its place. Done before the
+/// command line is written, since the guest learns of them there.
+fn place_virtio_devices(config: &VmConfig) -> Result<Vec<VirtioSlot>, Error> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    if config.entropy {
+        devices.push(Box::new(Rng::new()));
+    }
+    let count = devices.len();
+    devices
+        .into_iter()
+        .zip(0u32..)
+        .map(|(device, index)| {
+            let irq = VIRTIO_FIRST_IRQ + index;
+            if irq > VIRTIO_LAST_IRQ {
+                return Err(Error::TooManyDevices(count));
+            }
+            Ok(VirtioSlot {
+                device,
+                base: VIRTIO_MMIO_START + u64::from(index) * MMIO_WINDOW_SIZE,
+                irq,
+            })
+        })
+        .collect()
+}
+
+/// Puts each virtio device's transport on the MMIO bus, with its queue
+/// notifications as ioeventfds and its interrupt as an irqfd.
+fn virtio_bus(vm: &vm::Vm, mem: &SharedMemory, slots: Vec<VirtioSlot>) -> Result<Bus, Error> {
+    let mut mmio = Bus::new();
+    for slot in slots {
+        let interrupt = Arc::new(Interrupt::new(irq_line(vm, slot.irq)?));
+        let transport = MmioTransport::new(slot.device, mem.clone(), interrupt)?;
+        for (queue, event) in transport.queue_notify_events().iter().enumerate() {
+            vm.connect_mmio_notify(event, slot.base + QUEUE_NOTIFY_OFFSET, queue as u32)?;
+        }
+        mmio.insert(Arc::new(Mutex::new(transport)), slot.base, MMIO_WINDOW_SIZE)?;
+    }
+    Ok(mmio)
 }
 
 /// Feeds the VMM's stdin to the guest console until stdin closes.

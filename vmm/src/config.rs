@@ -32,6 +32,8 @@ pub struct VmConfig {
     /// Forward the VMM's stdin to the guest's console.
     pub console_input: bool,
     pub kvm_device: PathBuf,
+    /// Give the guest a virtio-rng fed by the host's getrandom.
+    pub entropy: bool,
 }
 
 impl Default for VmConfig {
@@ -45,6 +47,7 @@ impl Default for VmConfig {
             console: ConsoleOutput::Stdout,
             console_input: true,
             kvm_device: PathBuf::from("/dev/kvm"),
+            entropy: false,
         }
     }
 }

@@ -41,6 +41,9 @@ struct Cli {
     /// KVM device node.
     #[arg(long, default_value = "/dev/kvm", value_name = "PATH")]
     kvm_device: PathBuf,
+    /// Give the guest a virtio-rng device fed by the host's getrandom.
+    #[arg(long)]
+    entropy: bool,
 }
 
 impl From<Cli> for VmConfig {
@@ -56,6 +59,7 @@ impl From<Cli> for VmConfig {
                 .map_or(ConsoleOutput::Stdout, ConsoleOutput::File),
             console_input: !cli.no_console_input,
             kvm_device: cli.kvm_device,
+            entropy: cli.entropy,
         }
     }
 }

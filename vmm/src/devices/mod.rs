@@ -2,12 +2,19 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice};
 
 use std::sync::mpsc::Sender;
 
 use vmm_sys_util::eventfd::EventFd;
+
+/// The two address spaces a vCPU exit can land in.
+pub struct Buses {
+    pub pio: Bus,
+    pub mmio: Bus,
+}
 
 /// An interrupt line backed by an eventfd that KVM turns into an IRQ (an
 /// irqfd): raising it is one write, with no lock and no exit to take.

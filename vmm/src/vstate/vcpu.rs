@@ -10,7 +10,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::arch::{cpuid, interrupts, msr, regs};
-use crate::devices::{Bus, VmEvent, VmEventSender};
+use crate::devices::{Buses, VmEvent, VmEventSender};
 use crate::loader::LoadedKernel;
 use crate::vstate::vm::Vm;
 
@@ -123,12 +123,16 @@ impl Vcpu {
     }
 
     /// Runs the vCPU on its own thread until the VM stops.
-    pub fn start(mut self, pio: Arc<Bus>, events: VmEventSender) -> Result<JoinHandle<()>, Error> {
+    pub fn start(
+        mut self,
+        buses: Arc<Buses>,
+        events: VmEventSender,
+    ) -> Result<JoinHandle<()>, Error> {
         let index = self.index;
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                if let Some(event) = self.run_loop(&pio) {
+                if let Some(event) = self.run_loop(&buses) {
                     events.send(event);
                 }
             })
@@ -136,7 +140,8 @@ impl Vcpu {
     }
 
     /// Runs the guest until it asks to stop or fails; returns why.
-    fn run_loop(&mut self, pio: &Bus) -> Option<VmEvent> {
+    fn run_loop(&mut self, buses: &Buses) -> Option<VmEvent> {
+        let (pio, mmio) = (&buses.pio, &buses.mmio);
         loop {
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
@@ -148,8 +153,14 @@ impl Vcpu {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     pio.write(u64::from(port), data);
                 }
-                Ok(VcpuExit::MmioRead(_, data)) => data.fill(0),
-                Ok(VcpuExit::MmioWrite(..)) => {}
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    if !mmio.read(addr, data) {
+                        data.fill(0);
+                    }
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    mmio.write(addr, data);
+                }
                 // With the in-kernel LAPIC, HLT only reaches us if the guest
                 // halted for good (interrupts off), i.e. it is finished.
                 Ok(VcpuExit::Hlt) => return Some(VmEvent::PowerOff),

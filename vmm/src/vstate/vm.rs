@@ -8,7 +8,7 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -55,6 +55,12 @@ pub enum Error {
     Irqchip(#[source] kvm_ioctls::Error),
     #[error("cannot get the CPUID KVM supports: {0}")]
     SupportedCpuid(#[source] kvm_ioctls::Error),
+    #[error("cannot connect a queue notification at {addr:#x}: {source}")]
+    Ioeventfd {
+        addr: u64,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     #[error("cannot connect an interrupt line to IRQ {irq}: {source}")]
     Irqfd {
         irq: u32,
@@ -169,6 +175,19 @@ impl Vm {
             ..Default::default()
         };
         self.fd.create_pit2(pit).map_err(Error::Irqchip)
+    }
+
+    /// Makes a guest write of `datamatch` to MMIO address `addr` signal
+    /// `event` inside KVM, without an exit to the VMM.
+    pub fn connect_mmio_notify(
+        &self,
+        event: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), Error> {
+        self.fd
+            .register_ioevent(event, &IoEventAddress::Mmio(addr), datamatch)
+            .map_err(|source| Error::Ioeventfd { addr, source })
     }
 
     /// Makes every write to `line` raise interrupt `irq` in the guest.

@@ -79,7 +79,33 @@ fn isa_device(path: &str, hid: &str, ports: &[(u16, u8)], irq: u32) -> Vec<u8> {
     bytes_of(&aml::Device::new(path.into(), vec![&hid, &uid, &crs]))
 }
 
-fn dsdt() -> Vec<u8> {
+/// Where a virtio-mmio device sits, for its DSDT entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioDevice {
+    pub base: u64,
+    pub size: u64,
+    pub irq: u32,
+}
+
+/// A virtio-mmio device as Linux's virtio_mmio driver matches it in ACPI
+/// (hardware ID "LNRO0005"): its register window and its interrupt.
+fn virtio_mmio_device(index: usize, device: &MmioDevice) -> Vec<u8> {
+    let window = aml::Memory32Fixed::new(true, device.base as u32, device.size as u32);
+    let interrupt = aml::Interrupt::new(true, true, false, false, device.irq);
+    let crs = aml::ResourceTemplate::new(vec![&window, &interrupt]);
+    let hid: aml::AmlStr = "LNRO0005";
+    let uid = index as u32;
+    let hid = aml::Name::new("_HID".into(), &hid);
+    let uid = aml::Name::new("_UID".into(), &uid);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    let path = format!("_SB_.V{index:03X}");
+    bytes_of(&aml::Device::new(
+        path.as_str().into(),
+        vec![&hid, &uid, &crs],
+    ))
+}
+
+fn dsdt(virtio: &[MmioDevice]) -> Vec<u8> {
     let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     // Name (_S5, Package () { 5 }): the sleep type written for soft-off.
     let s5 = aml::Name::new("_S5_".into(), &aml::Package::new(vec![&S5_SLEEP_TYPE]));
@@ -98,6 +124,9 @@ fn dsdt() -> Vec<u8> {
         I8042_KBD_IRQ,
     );
     table.append_slice(&ps2);
+    for (index, device) in virtio.iter().enumerate() {
+        table.append_slice(&virtio_mmio_device(index, device));
+    }
     table.as_slice().to_vec()
 }
 
@@ -146,10 +175,10 @@ impl Placer {
 
 /// Builds all tables for `vcpus` vCPUs; returns (address, bytes) pairs, the
 /// RSDP first.
-pub fn build(vcpus: u8) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+pub fn build(vcpus: u8, virtio: &[MmioDevice]) -> Result<Vec<(u64, Vec<u8>)>, Error> {
     let mut placer = Placer(ACPI_START);
     let rsdp_addr = placer.place(Rsdp::len());
-    let dsdt = dsdt();
+    let dsdt = dsdt(virtio);
     let dsdt_addr = placer.place(dsdt.len());
     let fadt = fadt(dsdt_addr);
     let fadt_addr = placer.place(fadt.len());
@@ -174,8 +203,12 @@ pub fn build(vcpus: u8) -> Result<Vec<(u64, Vec<u8>)>, Error> {
 }
 
 /// Writes the tables into guest memory; returns the RSDP's address.
-pub fn setup(mem: &GuestMemoryMmap, vcpus: u8) -> Result<GuestAddress, Error> {
-    let tables = build(vcpus)?;
+pub fn setup(
+    mem: &GuestMemoryMmap,
+    vcpus: u8,
+    virtio: &[MmioDevice],
+) -> Result<GuestAddress, Error> {
+    let tables = build(vcpus, virtio)?;
     for (addr, bytes) in &tables {
         mem.write_slice(bytes, GuestAddress(*addr))
             .map_err(|_| Error::Write)?;
@@ -205,7 +238,12 @@ mod tests {
 
     #[test]
     fn rsdp_leads_through_xsdt_to_valid_fadt_madt_and_dsdt() {
-        let tables = build(4).unwrap();
+        let virtio = [MmioDevice {
+            base: 0xd000_0000,
+            size: 0x1000,
+            irq: 5,
+        }];
+        let tables = build(4, &virtio).unwrap();
         let (rsdp_addr, rsdp) = &tables[0];
         assert_eq!(*rsdp_addr, ACPI_START);
         assert_eq!(&rsdp[0..8], b"RSD PTR ");
@@ -232,6 +270,8 @@ mod tests {
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
         assert!(dsdt.windows(4).any(|w| w == b"COM1"));
         assert!(dsdt.windows(4).any(|w| w == b"PS2_"));
+        assert!(dsdt.windows(8).any(|w| w == b"LNRO0005"));
+        assert!(dsdt.windows(4).any(|w| w == b"V000"));
     }
 
     #[test]
@@ -275,6 +315,16 @@ mod tests {
             assert_eq!(apic_ids, (0..vcpus).collect::<Vec<_>>());
             assert_eq!(ioapics, 1);
         }
-        assert!(build(254).is_ok(), "the most vCPUs fit the BIOS area");
+        let many: Vec<MmioDevice> = (0..19)
+            .map(|i| MmioDevice {
+                base: 0xd000_0000 + i * 0x1000,
+                size: 0x1000,
+                irq: 5 + i as u32,
+            })
+            .collect();
+        assert!(
+            build(254, &many).is_ok(),
+            "the most vCPUs and devices fit the BIOS area"
+        );
     }
 }

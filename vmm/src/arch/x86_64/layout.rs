@@ -40,6 +40,11 @@ pub const HIMEM_START: u64 = 0x10_0000;
 /// The MMIO hole below 4 GiB. RAM beyond it continues at 4 GiB.
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+/// virtio-mmio register windows, one 4 KiB page per device, in the MMIO hole.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+/// IOAPIC pins for virtio devices: 5..=23 (1 is the keyboard, 4 the UART).
+pub const VIRTIO_FIRST_IRQ: u32 = 5;
+pub const VIRTIO_LAST_IRQ: u32 = 23;
 /// Default addresses of the IOAPIC and of every vCPU's LAPIC.
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const APIC_ADDR: u64 = 0xfee0_0000;

@@ -1,0 +1,75 @@
+//! virtio devices with a real Linux guest on real KVM, in the nested test
+//! host. The guest's shell runs commands fed to vmm's stdin.
+
+use stratum_tests::paths::{GUEST_INITRAMFS, GUEST_VMLINUX};
+use stratum_tests::{NestedHost, Outcome, Scenario};
+
+fn run(script: String) -> Outcome {
+    let host = NestedHost::from_env().unwrap_or_else(|e| panic!("{e}"));
+    let outcome = host
+        .run(&Scenario::new(script))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(outcome.host_kvm, "the nested host has no /dev/kvm");
+    outcome
+}
+
+/// A scenario line that boots the guest into its shell with `vmm_args`
+/// and runs `command` there. The command is resent each second until the
+/// shell takes it (bytes typed before the guest's UART is up are lost); it
+/// must end with `reboot -f`, which ends the VM, and is chained with `&&`
+/// so that a copy that lost its first bytes does nothing.
+fn in_guest_shell(vmm_args: &str, extra_cmdline: &str, command: &str) -> String {
+    format!(
+        "i=0; while [ $i -lt 60 ]; do echo '{command}'; sleep 1; i=$((i+1)); done 2>/dev/null | \
+         vmm --kernel {GUEST_VMLINUX} --initrd {GUEST_INITRAMFS} --memory 256 {vmm_args} \
+         --cmdline 'console=ttyS0 reboot=k panic=-1 pci=off quiet stratum.exit=shell {extra_cmdline}'\n\
+         echo VMM-EXIT=$?\n"
+    )
+}
+
+/// Lines of 16 hex bytes, as `od -An -tx1` prints them.
+fn hex_lines(outcome: &Outcome) -> Vec<String> {
+    outcome
+        .console
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            let bytes: Vec<&str> = l.split_whitespace().collect();
+            bytes.len() == 16
+                && bytes
+                    .iter()
+                    .all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok())
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn virtio_rng_feeds_the_guest_through_acpi_and_the_command_line() {
+    // With ACPI the device is in the DSDT; with acpi=off it is declared
+    // on the kernel command line. Both must give the guest entropy.
+    let command = "cat /sys/class/misc/hw_random/rng_current && \
+                   head -c 32 /dev/hwrng | od -An -tx1 && sleep 1 && reboot -f";
+    let script = in_guest_shell("--entropy", "", command)
+        + &in_guest_shell("--entropy", "acpi=off", command);
+    let outcome = run(script);
+    let current: Vec<&str> = outcome.lines_with("virtio_rng").collect();
+    assert_eq!(current.len(), 2, "{}", outcome.console_tail(40));
+    let random = hex_lines(&outcome);
+    assert_eq!(random.len(), 4, "{}", outcome.console_tail(40));
+    assert_ne!(random[0], random[2], "two reads gave the same bytes");
+    let exits: Vec<&str> = outcome.lines_with("VMM-EXIT=").collect();
+    assert_eq!(exits, ["VMM-EXIT=0", "VMM-EXIT=0"]);
+}
+
+#[test]
+fn without_devices_the_guest_sees_no_virtio() {
+    let command =
+        "test -d /sys/bus/virtio/devices && ls /sys/bus/virtio/devices | wc -l | sed s/^/VIRTIO-COUNT=/ && sleep 1 && reboot -f";
+    let outcome = run(in_guest_shell("", "", command));
+    assert!(
+        outcome.lines_with("VIRTIO-COUNT=0").next().is_some(),
+        "{}",
+        outcome.console_tail(30)
+    );
+}

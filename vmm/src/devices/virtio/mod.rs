@@ -1,0 +1,170 @@
+//! virtio devices on the virtio-mmio transport (virtio 1.x).
+//!
+//! The transport ([`mmio::MmioTransport`]) owns the registers the driver
+//! programs and the queues' configuration; when the driver sets DRIVER_OK
+//! it hands the ready queues, each with the eventfd KVM signals on a
+//! QueueNotify write (ioeventfd), to the device's `activate`. Each device
+//! owns a worker thread that waits on those eventfds, processes requests
+//! and raises the device's interrupt through an irqfd: no vCPU exit is
+//! taken on the data path.
+
+pub mod mmio;
+pub mod rng;
+pub mod worker;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::IrqLine;
+
+/// Device IDs (virtio 1.1, section 5).
+pub const TYPE_NET: u32 = 1;
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_RNG: u32 = 4;
+pub const TYPE_VSOCK: u32 = 19;
+
+/// The device speaks virtio 1.x (no legacy interface).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Interrupt status bits of the virtio-mmio InterruptStatus register.
+pub const INTERRUPT_USED_RING: u32 = 0x1;
+pub const INTERRUPT_CONFIG_CHANGE: u32 = 0x2;
+
+/// Guest memory as device workers share it.
+pub type SharedMemory = Arc<GuestMemoryMmap>;
+
+/// A device's interrupt: the InterruptStatus bits the driver reads and
+/// acknowledges, and the irqfd that raises the IRQ.
+pub struct Interrupt {
+    status: AtomicU32,
+    line: IrqLine,
+}
+
+impl Interrupt {
+    pub fn new(line: IrqLine) -> Self {
+        Self {
+            status: AtomicU32::new(0),
+            line,
+        }
+    }
+
+    /// Tells the driver that used buffers are waiting.
+    pub fn signal_used_queue(&self) {
+        self.signal(INTERRUPT_USED_RING);
+    }
+
+    /// Tells the driver that the configuration space or status changed.
+    pub fn signal_config_change(&self) {
+        self.signal(INTERRUPT_CONFIG_CHANGE);
+    }
+
+    fn signal(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        self.line.raise();
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    pub fn acknowledge(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
+
+/// A queue the driver made ready, with the eventfd its notifications arrive on.
+pub struct ActiveQueue {
+    pub queue: Queue,
+    pub notify: EventFd,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("the device needs {expected} queues, the driver made {got} ready")]
+    QueueCount { expected: usize, got: usize },
+    #[error("cannot start the device worker: {0}")]
+    Worker(#[source] std::io::Error),
+}
+
+/// What a virtio device implements; the transport does the rest.
+pub trait VirtioDevice: Send {
+    fn device_type(&self) -> u32;
+    /// The most descriptors each queue may hold; its length is the number
+    /// of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits offered to the driver.
+    fn features(&self) -> u64;
+    /// The features the driver accepted (a subset of `features`).
+    fn ack_features(&mut self, _features: u64) {}
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Starts processing the queues on the device's worker.
+    fn activate(
+        &mut self,
+        mem: SharedMemory,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<ActiveQueue>,
+    ) -> Result<(), ActivateError>;
+    /// Stops the worker so the driver can start over; false if the device
+    /// cannot be reset (the driver then sees DEVICE_NEEDS_RESET).
+    fn reset(&mut self) -> bool;
+}
+
+/// Whether a descriptor chain ends properly. virtio-queue stops walking a
+/// chain after queue-size descriptors (a cycle), at an out-of-range `next`
+/// or at an unreadable descriptor, without saying so; the chain was cut
+/// short exactly when its last descriptor still points to a next one.
+/// Devices fail such requests instead of processing a truncated one.
+pub fn chain_is_well_formed<M>(chain: &virtio_queue::DescriptorChain<M>) -> bool
+where
+    M: Clone + std::ops::Deref,
+    M::Target: vm_memory::GuestMemory,
+{
+    chain.clone().last().is_some_and(|desc| !desc.has_next())
+}
+
+/// Reads `data.len()` bytes of a configuration space at `offset`, zero
+/// beyond its end, so a driver probing odd offsets gets zeros.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(available) = config.get(start..) {
+        let n = available.len().min(data.len());
+        data[..n].copy_from_slice(&available[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_are_bounded() {
+        let config = [1u8, 2, 3, 4];
+        let mut data = [0xffu8; 4];
+        read_config_bytes(&config, 2, &mut data);
+        assert_eq!(data, [3, 4, 0, 0]);
+        read_config_bytes(&config, 100, &mut data);
+        assert_eq!(data, [0; 4]);
+        read_config_bytes(&config, u64::MAX, &mut data);
+        assert_eq!(data, [0; 4]);
+    }
+
+    #[test]
+    fn interrupt_status_is_set_and_acknowledged() {
+        let fd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let interrupt = Interrupt::new(IrqLine(fd.try_clone().unwrap()));
+        interrupt.signal_used_queue();
+        interrupt.signal_config_change();
+        assert_eq!(interrupt.status(), 3);
+        assert_eq!(fd.read().unwrap(), 2);
+        interrupt.acknowledge(INTERRUPT_USED_RING);
+        assert_eq!(interrupt.status(), INTERRUPT_CONFIG_CHANGE);
+    }
+}

@@ -1,0 +1,116 @@
+//! A device's worker thread: waits on the device's eventfds (queue
+//! notifications) and hands each one that fired to the device's handler,
+//! until the device stops it.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::thread::JoinHandle;
+
+use vmm_sys_util::eventfd::EventFd;
+
+pub struct Worker {
+    kill: EventFd,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts a thread that calls `handler(i)` whenever `events[i]` fires.
+    pub fn spawn<F>(name: &str, events: Vec<EventFd>, mut handler: F) -> std::io::Result<Self>
+    where
+        F: FnMut(usize) + Send + 'static,
+    {
+        let kill = EventFd::new(libc::EFD_NONBLOCK)?;
+        let kill_fd = kill.try_clone()?;
+        let handle = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let mut fds: Vec<RawFd> = vec![kill_fd.as_raw_fd()];
+                fds.extend(events.iter().map(|e| e.as_raw_fd()));
+                while let Some(ready) = wait(&fds) {
+                    if ready[0] {
+                        return;
+                    }
+                    for (index, event) in events.iter().enumerate() {
+                        if ready[index + 1] {
+                            // Draining resets the counter; the handler then
+                            // processes everything pending, so coalesced
+                            // notifications lose nothing.
+                            let _ = event.read();
+                            handler(index);
+                        }
+                    }
+                }
+            })?;
+        Ok(Self {
+            kill,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(&mut self) {
+        let _ = self.kill.write(1);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Blocks until at least one fd is readable; None if polling itself fails.
+fn wait(fds: &[RawFd]) -> Option<Vec<bool>> {
+    let mut pollfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        // SAFETY: `pollfds` is a valid array of `pollfds.len()` entries.
+        let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, -1) };
+        if n > 0 {
+            return Some(
+                pollfds
+                    .iter()
+                    .map(|p| p.revents & libc::POLLIN != 0)
+                    .collect(),
+            );
+        }
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+
+    #[test]
+    fn handler_runs_for_the_event_that_fired_and_stop_joins() {
+        let a = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let b = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let (tx, rx) = channel();
+        let mut worker = Worker::spawn(
+            "test-worker",
+            vec![a.try_clone().unwrap(), b.try_clone().unwrap()],
+            move |i| tx.send(i).unwrap(),
+        )
+        .unwrap();
+        b.write(1).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+        a.write(3).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 0);
+        worker.stop();
+        a.write(1).unwrap();
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+    }
+}
