@@ -40,7 +40,7 @@ images: deps
 
 static:
 	$(STATIC_CARGO) -p vmm --bin vmm
-	$(STATIC_CARGO) -p stratum-tests --bin boot-probe
+	$(STATIC_CARGO) -p stratum-tests --bin boot-probe --bin api-call
 
 build:
 	$(CARGO) build --workspace

@@ -28,6 +28,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{Interrupt, SharedMemory, VirtioDevice};
 use crate::devices::{bus, Bus, Buses, IrqLine, VmEvent, VmEventSender};
 use crate::loader::{self, LoadedInitrd, LoadedKernel};
+use crate::vstate::control::{self, VcpuControl};
 use crate::vstate::vcpu::{self, Vcpu};
 use crate::vstate::{memory, vm};
 
@@ -72,6 +73,8 @@ pub enum Error {
     EventFd(#[source] std::io::Error),
     #[error("device set-up: {0}")]
     Bus(#[from] bus::Error),
+    #[error("{0}")]
+    VcpuControl(#[from] control::Error),
     #[error("virtio device set-up: {0}")]
     Virtio(#[from] mmio::Error),
     #[error("{0} virtio devices asked for; at most {max} fit", max = VIRTIO_LAST_IRQ - VIRTIO_FIRST_IRQ + 1)]
@@ -81,7 +84,7 @@ pub enum Error {
 /// A VM whose vCPUs are running.
 pub struct RunningVm {
     events: Receiver<VmEvent>,
-    _vcpus: Vec<JoinHandle<()>>,
+    controller: VmController,
     // Guest memory and the VM must outlive the vCPU threads; the process
     // exits while they still run, so these are never dropped before.
     _memory: Arc<GuestMemoryMmap>,
@@ -89,12 +92,61 @@ pub struct RunningVm {
 }
 
 impl RunningVm {
+    /// A handle to pause, resume or stop the VM from another thread (the
+    /// control API's).
+    pub fn controller(&self) -> VmController {
+        self.controller.clone()
+    }
+
     /// Blocks until the first reason for the VM to stop.
     pub fn wait(self) -> VmEvent {
         self.events.recv().unwrap_or(VmEvent::VcpuFailed {
             index: 0,
             error: "every vCPU thread ended without a reason".into(),
         })
+    }
+}
+
+/// Controls a running VM; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct VmController {
+    inner: Arc<ControllerInner>,
+}
+
+struct ControllerInner {
+    vcpus: Vec<JoinHandle<()>>,
+    run: Arc<VcpuControl>,
+    i8042: Arc<Mutex<I8042>>,
+    stop: VmEventSender,
+}
+
+impl VmController {
+    /// Stops all vCPUs; the guest's clocks stop with them.
+    pub fn pause(&self) -> Result<(), control::Error> {
+        self.inner.run.pause(&self.inner.vcpus)
+    }
+
+    pub fn resume(&self) {
+        self.inner.run.resume();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.inner.run.is_paused()
+    }
+
+    /// Asks the guest to shut down as a PC's Ctrl+Alt+Del does; the VM
+    /// ends once the guest resets or powers off.
+    pub fn send_ctrl_alt_del(&self) {
+        self.inner
+            .i8042
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send_ctrl_alt_del();
+    }
+
+    /// Ends the VM at once, whatever the guest is doing.
+    pub fn stop(&self) {
+        self.inner.stop.send(VmEvent::Stopped);
     }
 }
 
@@ -162,8 +214,11 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
         irq_line(&vm, COM1_IRQ)?,
         console,
     )));
-    let i8042 = I8042::new(stop.clone(), irq_line(&vm, I8042_KBD_IRQ)?);
-    let pio = legacy_bus(serial.clone(), i8042, AcpiPm::new(stop.clone()))?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        stop.clone(),
+        irq_line(&vm, I8042_KBD_IRQ)?,
+    )));
+    let pio = legacy_bus(serial.clone(), i8042.clone(), AcpiPm::new(stop.clone()))?;
     let mmio = virtio_bus(&vm, &mem, virtio)?;
     let buses = Arc::new(Buses { pio, mmio });
 
@@ -177,16 +232,26 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
         }
         vcpus.push(vcpu);
     }
+    control::install_kick_handler()?;
+    let run = Arc::new(VcpuControl::default());
     let handles = vcpus
         .into_iter()
-        .map(|vcpu| vcpu.start(buses.clone(), stop.clone()))
+        .map(|vcpu| vcpu.start(buses.clone(), run.clone(), stop.clone()))
         .collect::<Result<Vec<_>, _>>()?;
+    let controller = VmController {
+        inner: Arc::new(ControllerInner {
+            vcpus: handles,
+            run,
+            i8042,
+            stop,
+        }),
+    };
     if config.console_input {
         forward_stdin(serial);
     }
     Ok(RunningVm {
         events,
-        _vcpus: handles,
+        controller,
         _memory: mem,
         _vm: vm,
     })
@@ -248,12 +313,12 @@ fn irq_line(vm: &vm::Vm, irq: u32) -> Result<IrqLine, Error> {
 
 fn legacy_bus(
     serial: Arc<Mutex<SerialConsole>>,
-    i8042: I8042,
+    i8042: Arc<Mutex<I8042>>,
     acpi_pm: AcpiPm,
 ) -> Result<Bus, Error> {
     let mut pio = Bus::new();
     pio.insert(serial, COM1_PORT, COM1_PORT_LEN)?;
-    pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT, I8042_PORT_LEN)?;
+    pio.insert(i8042, I8042_PORT, I8042_PORT_LEN)?;
     pio.insert(
         Arc::new(Mutex::new(acpi_pm)),
         ACPI_PM_PORT,

@@ -6,13 +6,15 @@
 //! devices on port I/O, and one thread per vCPU. See DESIGN.md for the boot
 //! path step by step.
 
+pub mod api;
 pub mod arch;
 pub mod builder;
 pub mod config;
 pub mod devices;
 pub mod loader;
+pub mod vmm_config;
 pub mod vstate;
 
-pub use builder::{build_and_start, RunningVm};
+pub use builder::{build_and_start, RunningVm, VmController};
 pub use config::VmConfig;
 pub use devices::VmEvent;

@@ -1,14 +1,25 @@
 //! `vmm`: boot one Linux VM on KVM.
 //!
+//! Three ways to say what to boot, exactly one of which is used:
+//! `--kernel` and friends; `--config-file` (Firecracker's format); or
+//! `--api-sock` alone, where a client configures the VM and starts it over
+//! Firecracker's HTTP API. `--api-sock` with `--config-file` boots from the
+//! file and keeps serving the API, as Firecracker does.
+//!
 //! Exit status: 0 when the guest resets or powers off, 1 when the VM cannot
 //! be built or fails while running, 2 for command-line errors.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Mutex};
 
 use clap::Parser;
+use vmm::api::controller::{error_chain, DEFAULT_INSTANCE_ID};
+use vmm::api::{ApiServer, Controller};
 use vmm::config::{ConsoleOutput, DEFAULT_CMDLINE};
-use vmm::{VmConfig, VmEvent};
+use vmm::vmm_config::config_file::ConfigFile;
+use vmm::{vmm_log, RunningVm, VmConfig, VmEvent};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -18,20 +29,32 @@ use vmm::{VmConfig, VmEvent};
 )]
 struct Cli {
     /// Kernel image: an ELF vmlinux (PVH entry preferred) or a bzImage.
-    #[arg(long)]
-    kernel: PathBuf,
+    #[arg(long, required_unless_present_any = ["config_file", "api_sock"], conflicts_with_all = ["config_file", "api_sock"])]
+    kernel: Option<PathBuf>,
     /// Initial ramdisk (cpio archive, optionally compressed).
-    #[arg(long)]
+    #[arg(long, requires = "kernel")]
     initrd: Option<PathBuf>,
     /// Kernel command line.
-    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    #[arg(long, default_value = DEFAULT_CMDLINE, requires = "kernel")]
     cmdline: String,
     /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, requires = "kernel")]
     vcpus: u16,
     /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, requires = "kernel")]
     memory: u64,
+    /// Give the guest a virtio-rng device fed by the host's getrandom.
+    #[arg(long, requires = "kernel")]
+    entropy: bool,
+    /// Boot the VM described by this Firecracker config file (JSON).
+    #[arg(long, value_name = "PATH")]
+    config_file: Option<PathBuf>,
+    /// Serve the Firecracker-compatible control API on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+    /// Instance id reported by the API and in log lines.
+    #[arg(long, default_value = DEFAULT_INSTANCE_ID, value_parser = parse_id)]
+    id: String,
     /// Write the serial console to this file instead of stdout.
     #[arg(long, value_name = "PATH")]
     console: Option<PathBuf>,
@@ -41,53 +64,139 @@ struct Cli {
     /// KVM device node.
     #[arg(long, default_value = "/dev/kvm", value_name = "PATH")]
     kvm_device: PathBuf,
-    /// Give the guest a virtio-rng device fed by the host's getrandom.
-    #[arg(long)]
-    entropy: bool,
 }
 
-impl From<Cli> for VmConfig {
-    fn from(cli: Cli) -> Self {
+/// Firecracker's rule for instance ids: 1 to 64 letters, digits or dashes.
+fn parse_id(id: &str) -> Result<String, String> {
+    let valid = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if valid {
+        Ok(id.to_string())
+    } else {
+        Err("an id is 1 to 64 letters, digits or dashes".into())
+    }
+}
+
+impl Cli {
+    /// What the command line says whichever way the VM is described: where
+    /// the console goes and which KVM device to use.
+    fn base_config(&self) -> VmConfig {
         VmConfig {
-            kernel: cli.kernel,
-            initrd: cli.initrd,
-            cmdline: cli.cmdline,
-            vcpus: cli.vcpus,
-            memory_mib: cli.memory,
-            console: cli
+            console: self
                 .console
+                .clone()
                 .map_or(ConsoleOutput::Stdout, ConsoleOutput::File),
-            console_input: !cli.no_console_input,
-            kvm_device: cli.kvm_device,
-            entropy: cli.entropy,
+            console_input: !self.no_console_input,
+            kvm_device: self.kvm_device.clone(),
+            ..VmConfig::default()
         }
     }
 }
 
 fn report(error: &dyn std::error::Error) {
-    let mut message = format!("vmm: error: {error}");
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(&format!(": {text}"));
-        }
-        source = cause.source();
-    }
-    eprintln!("{message}");
+    eprintln!("vmm: error: {}", error_chain(error));
 }
 
 fn main() -> ExitCode {
-    let config = VmConfig::from(Cli::parse());
-    let vm = match vmm::build_and_start(&config) {
-        Ok(vm) => vm,
+    let cli = Cli::parse();
+    match cli.kernel.clone() {
+        Some(kernel) => run_from_command_line(kernel, cli),
+        None => run_controlled(&cli),
+    }
+}
+
+fn run_from_command_line(kernel: PathBuf, cli: Cli) -> ExitCode {
+    let config = VmConfig {
+        kernel,
+        initrd: cli.initrd.clone(),
+        cmdline: cli.cmdline.clone(),
+        vcpus: cli.vcpus,
+        memory_mib: cli.memory,
+        entropy: cli.entropy,
+        ..cli.base_config()
+    };
+    match vmm::build_and_start(&config) {
+        Ok(vm) => wait(vm),
         Err(error) => {
+            report(&error);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Removes the API socket when the process ends, so the next VMM can bind
+/// the same path.
+struct SocketFile<'a>(&'a Path);
+
+impl Drop for SocketFile<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
+    }
+}
+
+/// Boots from the config file and/or the API: both go through the same
+/// controller, which hands the started VM to this thread.
+fn run_controlled(cli: &Cli) -> ExitCode {
+    let (started, vm) = channel::<RunningVm>();
+    let controller = Arc::new(Mutex::new(Controller::new(
+        &cli.id,
+        cli.base_config(),
+        started,
+    )));
+
+    let server = match &cli.api_sock {
+        Some(path) => match ApiServer::bind(path) {
+            Ok(server) => Some(server),
+            Err(error) => {
+                report(&error);
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let _socket = server.as_ref().and(cli.api_sock.as_deref()).map(SocketFile);
+
+    if let Some(path) = &cli.config_file {
+        let booted = ConfigFile::load(path)
+            .map_err(|error| error_chain(&error))
+            .and_then(|file| {
+                let mut controller = controller.lock().unwrap_or_else(|p| p.into_inner());
+                controller
+                    .boot_from_config_file(file)
+                    .map_err(|error| error_chain(&error))
+            });
+        if let Err(message) = booted {
+            eprintln!("vmm: error: {message}");
+            return ExitCode::FAILURE;
+        }
+    }
+
+    if let Some(server) = server {
+        if let Err(error) = server.spawn(Arc::clone(&controller)) {
             report(&error);
             return ExitCode::FAILURE;
         }
-    };
-    match vm.wait() {
-        VmEvent::Reset | VmEvent::PowerOff => ExitCode::SUCCESS,
+    }
+    // Only the API thread (if any) may start the VM from here on; without
+    // it the channel closes once the VM, if any, has been received.
+    drop(controller);
+    match vm.recv() {
+        Ok(vm) => wait(vm),
+        Err(_) => {
+            eprintln!("vmm: error: the API server stopped before the VM was started");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Waits for the guest to end; the process exits with its status, taking
+/// the API thread with it.
+fn wait(vm: RunningVm) -> ExitCode {
+    let event = vm.wait();
+    vmm_log!(Info, "the microVM stopped: {event:?}");
+    match event {
+        VmEvent::Reset | VmEvent::PowerOff | VmEvent::Stopped => ExitCode::SUCCESS,
         VmEvent::VcpuFailed { index, error } => {
             eprintln!("vmm: error: vCPU {index}: {error}");
             ExitCode::FAILURE

@@ -45,6 +45,8 @@ pub enum VmEvent {
     Reset,
     /// The guest powered itself off.
     PowerOff,
+    /// The VMM was asked to end the VM (a hard stop).
+    Stopped,
     /// A vCPU failed: the VM cannot go on.
     VcpuFailed { index: u8, error: String },
 }

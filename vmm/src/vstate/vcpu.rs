@@ -12,6 +12,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::arch::{cpuid, interrupts, msr, regs};
 use crate::devices::{Buses, VmEvent, VmEventSender};
 use crate::loader::LoadedKernel;
+use crate::vstate::control::VcpuControl;
 use crate::vstate::vm::Vm;
 
 /// KVM_EXIT_INTERNAL_ERROR suberror: the instruction emulator gave up.
@@ -126,13 +127,14 @@ impl Vcpu {
     pub fn start(
         mut self,
         buses: Arc<Buses>,
+        control: Arc<VcpuControl>,
         events: VmEventSender,
     ) -> Result<JoinHandle<()>, Error> {
         let index = self.index;
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                if let Some(event) = self.run_loop(&buses) {
+                if let Some(event) = self.run_loop(&buses, &control) {
                     events.send(event);
                 }
             })
@@ -140,9 +142,10 @@ impl Vcpu {
     }
 
     /// Runs the guest until it asks to stop or fails; returns why.
-    fn run_loop(&mut self, buses: &Buses) -> Option<VmEvent> {
+    fn run_loop(&mut self, buses: &Buses, control: &VcpuControl) -> Option<VmEvent> {
         let (pio, mmio) = (&buses.pio, &buses.mmio);
         loop {
+            control.park_while_paused();
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     if !pio.read(u64::from(port), data) {

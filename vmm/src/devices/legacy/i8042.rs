@@ -45,6 +45,7 @@ const CMD_PULSE_RESET: u8 = 0xfe;
 
 const CTR_KBD_INTERRUPT: u8 = 0x01;
 const CTR_KBD_DISABLED: u8 = 0x10;
+const CTR_TRANSLATE: u8 = 0x40;
 const CTR_AUX_DISABLED: u8 = 0x20;
 /// Keyboard interrupt on, system flag set, translation on: the power-on value.
 const CTR_DEFAULT: u8 = 0x45;
@@ -56,7 +57,7 @@ const KBD_ACK: u8 = 0xfa;
 const KBD_RESET: u8 = 0xff;
 const KBD_SELF_TEST_PASSED: u8 = 0xaa;
 
-/// The longest answer any command produces; a guest that never reads them
+/// Room for the longest key sequence we type; a guest that never reads
 /// cannot make the queue grow past this.
 const OUTPUT_QUEUE_MAX: usize = 16;
 
@@ -96,6 +97,34 @@ impl I8042 {
         }
         if self.ctr & CTR_KBD_INTERRUPT != 0 {
             self.irq.raise();
+        }
+    }
+
+    /// Hands the guest the next byte. A real controller holds one byte and
+    /// interrupts again once it is read; the guest's handler reads one
+    /// byte per interrupt, so each further byte needs its own interrupt.
+    fn pop(&mut self) -> u8 {
+        let byte = self.output.pop_front().unwrap_or(0);
+        if !self.output.is_empty() && self.ctr & CTR_KBD_INTERRUPT != 0 {
+            self.irq.raise();
+        }
+        byte
+    }
+
+    /// Types Ctrl+Alt+Del, which Linux turns into a signal to init: the
+    /// graceful-shutdown request a VMM can make without ACPI events. With
+    /// translation on (the command byte's XLAT bit, Linux's default) the
+    /// guest expects scan code set 1, else set 2.
+    pub fn send_ctrl_alt_del(&mut self) {
+        let keys: &[u8] = if self.ctr & CTR_TRANSLATE != 0 {
+            &[0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d]
+        } else {
+            &[
+                0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14,
+            ]
+        };
+        for &key in keys {
+            self.push(key);
         }
     }
 
@@ -154,7 +183,7 @@ impl I8042 {
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = match offset {
-            DATA_OFFSET => self.output.pop_front().unwrap_or(0),
+            DATA_OFFSET => self.pop(),
             COMMAND_OFFSET => self.status(),
             _ => 0xff,
         };
@@ -268,6 +297,31 @@ mod tests {
         dev.write(COMMAND_OFFSET, &[CMD_TEST_KBD]);
         assert_eq!(read(&mut dev, DATA_OFFSET), PORT_TEST_PASSED);
         assert_eq!(read(&mut dev, COMMAND_OFFSET) & STATUS_OUTPUT_FULL, 0);
+    }
+
+    #[test]
+    fn ctrl_alt_del_is_typed_with_an_interrupt_per_byte() {
+        let ((mut dev, _rx), irq) = device_with_irq();
+        dev.send_ctrl_alt_del();
+        assert!(irq.read().unwrap() >= 1);
+        let mut typed = Vec::new();
+        while read(&mut dev, COMMAND_OFFSET) & STATUS_OUTPUT_FULL != 0 {
+            typed.push(read(&mut dev, DATA_OFFSET));
+            if read(&mut dev, COMMAND_OFFSET) & STATUS_OUTPUT_FULL != 0 {
+                assert_eq!(irq.read().unwrap(), 1, "an interrupt for the next byte");
+            }
+        }
+        // Set 1 (translation is on by default): Ctrl, Alt, Del down, then up.
+        assert_eq!(typed, [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d]);
+
+        dev.write(COMMAND_OFFSET, &[CMD_WRITE_CTR]);
+        dev.write(DATA_OFFSET, &[CTR_DEFAULT & !CTR_TRANSLATE]);
+        dev.send_ctrl_alt_del();
+        assert_eq!(
+            read(&mut dev, DATA_OFFSET),
+            0x14,
+            "set 2 without translation"
+        );
     }
 
     #[test]
