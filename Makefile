@@ -40,7 +40,7 @@ images: deps
 
 static:
 	$(STATIC_CARGO) -p vmm --bin vmm
-	$(STATIC_CARGO) -p stratum-tests --bin boot-probe --bin api-call
+	$(STATIC_CARGO) -p stratum-tests --bin boot-probe --bin api-call --bin mktap
 
 build:
 	$(CARGO) build --workspace

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetch Debian's cloud kernel + KVM modules for the nested test host.
-# Outputs (symlinks): host-vmlinuz, host-modules/{irqbypass,kvm,kvm-amd}.ko
+# Outputs (symlinks): host-vmlinuz, host-modules/{irqbypass,kvm,kvm-amd,tun}.ko
 set -euo pipefail
 # shellcheck source=guest-images/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -32,7 +32,8 @@ if [[ ! -f "$out/.done" ]]; then
     kver=${real#linux-image-}
     cp "$out/root/boot/vmlinuz-$kver" "$out/vmlinuz"
     moddir="$out/root/lib/modules/$kver/kernel"
-    for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
+    # tun gives the nested host /dev/net/tun for the VMs' TAP devices.
+    for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tun; do
         name=$(basename "$m")
         if [[ -f "$moddir/$m.ko.xz" ]]; then
             # busybox insmod cannot read compressed modules.

@@ -13,7 +13,7 @@ use crate::Inputs;
 /// Directory holding the KVM modules inside the host (see `host-init`).
 pub const HOST_MODULE_DIR: &str = "/lib/modules/kvm";
 /// KVM modules in load order.
-pub const HOST_MODULES: [&str; 3] = ["irqbypass.ko", "kvm.ko", "kvm-amd.ko"];
+pub const HOST_MODULES: [&str; 4] = ["irqbypass.ko", "kvm.ko", "kvm-amd.ko", "tun.ko"];
 
 const BASE_DIRS: &[&str] = &[
     "bin",

@@ -13,6 +13,7 @@
 
 mod cpio;
 mod error;
+pub mod guest;
 mod image;
 mod outcome;
 mod qemu;

@@ -18,13 +18,16 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::layout::CMDLINE_MAX_SIZE;
 use crate::arch::layout::{VIRTIO_FIRST_IRQ, VIRTIO_LAST_IRQ, VIRTIO_MMIO_START};
 use crate::arch::{acpi, boot, mptable};
-use crate::config::{self, ConsoleOutput, VmConfig};
+use crate::config::{self, ConsoleOutput, DriveConfig, NetConfig, VmConfig};
 use crate::devices::legacy::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN};
 use crate::devices::legacy::i8042::{I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 use crate::devices::legacy::{AcpiPm, SerialConsole, I8042};
+use crate::devices::virtio::block::{Block, Disk, DiskError};
 use crate::devices::virtio::mmio::{self, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::tap::Tap;
 use crate::devices::virtio::{Interrupt, SharedMemory, VirtioDevice};
 use crate::devices::{bus, Bus, Buses, IrqLine, VmEvent, VmEventSender};
 use crate::loader::{self, LoadedInitrd, LoadedKernel};
@@ -42,6 +45,19 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("network interface {id}: {source}")]
+    Net {
+        id: String,
+        #[source]
+        source: crate::devices::virtio::tap::Error,
+    },
+    #[error("drive {id}: cannot open disk image {path}: {source}")]
+    Drive {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: DiskError,
     },
     #[error("{0}")]
     Memory(#[from] memory::Error),
@@ -169,6 +185,8 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
         None => None,
     };
     let console = open_console(&config.console)?;
+    let disks = open_drives(&config.drives)?;
+    let taps = open_taps(&config.nics)?;
 
     let mem_size = config.memory_bytes();
     let mem = Arc::new(memory::create_guest_memory(mem_size)?);
@@ -181,7 +199,7 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
         Some((path, file)) => Some(load_initrd(&mem, mem_size, &kernel, path, file)?),
         None => None,
     };
-    let virtio = place_virtio_devices(config)?;
+    let virtio = place_virtio_devices(config, disks, taps)?;
     let virtio_windows: Vec<acpi::MmioDevice> = virtio
         .iter()
         .map(|slot| acpi::MmioDevice {
@@ -352,10 +370,61 @@ struct VirtioSlot {
     irq: u32,
 }
 
-/// The configured virtio devices, each with its place. Done before the
-/// command line is written, since the guest learns of them there.
-fn place_virtio_devices(config: &VmConfig) -> Result<Vec<VirtioSlot>, Error> {
+/// Attaches to each interface's TAP device.
+fn open_taps(nics: &[NetConfig]) -> Result<Vec<(Tap, [u8; 6])>, Error> {
+    nics.iter()
+        .map(|nic| {
+            let tap = Tap::open(&nic.tap).map_err(|source| Error::Net {
+                id: nic.id.clone(),
+                source,
+            })?;
+            Ok((tap, nic.mac.unwrap_or_else(random_local_mac)))
+        })
+        .collect()
+}
+
+/// A random locally administered unicast MAC, as a NIC without a
+/// configured address gets one.
+fn random_local_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most 6 bytes into `mac`.
+    unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
+/// Opens each drive's image (read-only drives O_RDONLY).
+fn open_drives(drives: &[DriveConfig]) -> Result<Vec<Disk>, Error> {
+    drives
+        .iter()
+        .map(|drive| {
+            Disk::open(&drive.path, drive.read_only, drive.serial.as_deref()).map_err(|source| {
+                Error::Drive {
+                    id: drive.id.clone(),
+                    path: drive.path.clone(),
+                    source,
+                }
+            })
+        })
+        .collect()
+}
+
+/// The configured virtio devices, each with its place: the drives in
+/// order (the guest's vda, vdb, ...), the network interfaces in order,
+/// then the entropy device. Done before
+/// the command line is written, since the guest learns of them there.
+fn place_virtio_devices(
+    config: &VmConfig,
+    disks: Vec<Disk>,
+    taps: Vec<(Tap, [u8; 6])>,
+) -> Result<Vec<VirtioSlot>, Error> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for disk in disks {
+        devices.push(Box::new(Block::new(disk)));
+    }
+    for (tap, mac) in taps {
+        devices.push(Box::new(Net::new(tap, mac)));
+    }
     if config.entropy {
         devices.push(Box::new(Rng::new()));
     }

@@ -34,6 +34,124 @@ pub struct VmConfig {
     pub kvm_device: PathBuf,
     /// Give the guest a virtio-rng fed by the host's getrandom.
     pub entropy: bool,
+    /// virtio-blk drives, in the order the guest sees them (vda, vdb, ...).
+    pub drives: Vec<DriveConfig>,
+    /// virtio-net interfaces, in the order the guest sees them (eth0, ...).
+    pub nics: Vec<NetConfig>,
+}
+
+/// The most bytes of a drive's serial (virtio-blk GET_ID).
+pub const DRIVE_SERIAL_MAX: usize = 20;
+
+/// A virtio-blk drive backed by a raw image file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriveConfig {
+    pub id: String,
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// What the guest reads as the disk's serial (at most 20 bytes).
+    pub serial: Option<String>,
+}
+
+impl DriveConfig {
+    /// Parses `--drive path=PATH[,id=ID][,ro][,serial=S]`. Without `id`,
+    /// the id is empty; [`name_drives`] numbers such drives.
+    pub fn parse_cli(text: &str) -> Result<Self, String> {
+        let mut path = None;
+        let mut id = String::new();
+        let mut read_only = false;
+        let mut serial = None;
+        for part in text.split(',') {
+            match part.split_once('=') {
+                Some(("path", value)) if !value.is_empty() => path = Some(PathBuf::from(value)),
+                Some(("id", value)) if !value.is_empty() => id = value.to_string(),
+                Some(("serial", value)) => {
+                    if value.len() > DRIVE_SERIAL_MAX {
+                        return Err(format!(
+                            "serial {value:?} is longer than {DRIVE_SERIAL_MAX} bytes"
+                        ));
+                    }
+                    serial = Some(value.to_string());
+                }
+                None if part == "ro" => read_only = true,
+                _ => {
+                    return Err(format!(
+                        "unexpected {part:?}; expected path=PATH[,id=ID][,ro][,serial=S]"
+                    ))
+                }
+            }
+        }
+        let path = path.ok_or("path=PATH is required")?;
+        Ok(Self {
+            id,
+            path,
+            read_only,
+            serial,
+        })
+    }
+}
+
+/// A virtio-net interface attached to an existing host TAP device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    pub id: String,
+    pub tap: String,
+    /// The guest's MAC address; the guest picks a random one without it.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl NetConfig {
+    /// Parses `--net tap=NAME[,id=ID][,mac=XX:XX:XX:XX:XX:XX]`.
+    pub fn parse_cli(text: &str) -> Result<Self, String> {
+        let mut tap = None;
+        let mut id = String::new();
+        let mut mac = None;
+        for part in text.split(',') {
+            match part.split_once('=') {
+                Some(("tap", value)) if !value.is_empty() => tap = Some(value.to_string()),
+                Some(("id", value)) if !value.is_empty() => id = value.to_string(),
+                Some(("mac", value)) => mac = Some(parse_mac(value)?),
+                _ => {
+                    return Err(format!(
+                        "unexpected {part:?}; expected tap=NAME[,id=ID][,mac=XX:XX:XX:XX:XX:XX]"
+                    ))
+                }
+            }
+        }
+        let tap = tap.ok_or("tap=NAME is required")?;
+        Ok(Self { id, tap, mac })
+    }
+}
+
+/// Parses a MAC address written as six colon-separated hex bytes.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).ok().filter(|_| b.len() == 2))
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("{text:?} is not a MAC address (XX:XX:XX:XX:XX:XX)"))?;
+    <[u8; 6]>::try_from(bytes)
+        .map_err(|_| format!("{text:?} is not a MAC address (XX:XX:XX:XX:XX:XX)"))
+}
+
+/// Gives each interface without an id the id `ethN`, N its index.
+pub fn name_nics(mut nics: Vec<NetConfig>) -> Vec<NetConfig> {
+    for (index, nic) in nics.iter_mut().enumerate() {
+        if nic.id.is_empty() {
+            nic.id = format!("eth{index}");
+        }
+    }
+    nics
+}
+
+/// Gives each drive without an id the id `driveN`, N its index.
+pub fn name_drives(mut drives: Vec<DriveConfig>) -> Vec<DriveConfig> {
+    for (index, drive) in drives.iter_mut().enumerate() {
+        if drive.id.is_empty() {
+            drive.id = format!("drive{index}");
+        }
+    }
+    drives
 }
 
 impl Default for VmConfig {
@@ -48,6 +166,8 @@ impl Default for VmConfig {
             console_input: true,
             kvm_device: PathBuf::from("/dev/kvm"),
             entropy: false,
+            drives: Vec::new(),
+            nics: Vec::new(),
         }
     }
 }
@@ -66,6 +186,14 @@ pub enum Error {
     CmdlineTooLong(usize),
     #[error("the kernel command line contains a NUL byte")]
     CmdlineNul,
+    #[error("a drive needs an id")]
+    DriveWithoutId,
+    #[error("two network interfaces have the id {0:?}")]
+    DuplicateNicId(String),
+    #[error("two drives have the id {0:?}")]
+    DuplicateDriveId(String),
+    #[error("drive {id}: the serial is {len} bytes; at most {DRIVE_SERIAL_MAX} fit")]
+    DriveSerialTooLong { id: String, len: usize },
 }
 
 impl VmConfig {
@@ -91,6 +219,27 @@ impl VmConfig {
         }
         if self.cmdline.contains('\0') {
             return Err(Error::CmdlineNul);
+        }
+        for (index, drive) in self.drives.iter().enumerate() {
+            if drive.id.is_empty() {
+                return Err(Error::DriveWithoutId);
+            }
+            if self.drives[..index].iter().any(|d| d.id == drive.id) {
+                return Err(Error::DuplicateDriveId(drive.id.clone()));
+            }
+            if let Some(serial) = &drive.serial {
+                if serial.len() > DRIVE_SERIAL_MAX {
+                    return Err(Error::DriveSerialTooLong {
+                        id: drive.id.clone(),
+                        len: serial.len(),
+                    });
+                }
+            }
+        }
+        for (index, nic) in self.nics.iter().enumerate() {
+            if self.nics[..index].iter().any(|n| n.id == nic.id) {
+                return Err(Error::DuplicateNicId(nic.id.clone()));
+            }
         }
         Ok(())
     }
@@ -155,11 +304,90 @@ mod tests {
     }
 
     #[test]
+    fn net_options_parse_and_ids_are_unique() {
+        let nic = NetConfig::parse_cli("tap=tap0,mac=02:00:00:00:00:2a").unwrap();
+        assert_eq!(nic.tap, "tap0");
+        assert_eq!(nic.mac, Some([2, 0, 0, 0, 0, 0x2a]));
+        assert!(NetConfig::parse_cli("mac=02:00:00:00:00:2a").is_err());
+        assert!(NetConfig::parse_cli("tap=t,mac=02:00:00:00:00").is_err());
+        assert!(NetConfig::parse_cli("tap=t,mac=02:00:00:00:00:zz").is_err());
+        assert!(NetConfig::parse_cli("tap=t,mac=2:0:0:0:0:2a").is_err());
+        let mut c = config();
+        c.nics = name_nics(vec![nic.clone(), nic]);
+        assert_eq!(c.nics[1].id, "eth1");
+        assert_eq!(c.validate(), Ok(()));
+        c.nics[1].id = "eth0".into();
+        assert_eq!(c.validate(), Err(Error::DuplicateNicId("eth0".into())));
+    }
+
+    #[test]
     fn cmdline_is_checked() {
         let mut c = config();
         c.cmdline = "x".repeat(CMDLINE_MAX_SIZE);
         assert_eq!(c.validate(), Err(Error::CmdlineTooLong(CMDLINE_MAX_SIZE)));
         c.cmdline = "console=ttyS0\0evil".into();
         assert_eq!(c.validate(), Err(Error::CmdlineNul));
+    }
+
+    fn drive(id: &str) -> DriveConfig {
+        DriveConfig {
+            id: id.into(),
+            path: "/tmp/disk.img".into(),
+            read_only: false,
+            serial: None,
+        }
+    }
+
+    #[test]
+    fn drives_are_checked() {
+        let mut c = config();
+        c.drives = vec![drive("a"), drive("b")];
+        assert_eq!(c.validate(), Ok(()));
+        c.drives = vec![drive("a"), drive("b"), drive("a")];
+        assert_eq!(c.validate(), Err(Error::DuplicateDriveId("a".into())));
+        c.drives = vec![drive("")];
+        assert_eq!(c.validate(), Err(Error::DriveWithoutId));
+        let mut d = drive("a");
+        d.serial = Some("s".repeat(20));
+        c.drives = vec![d.clone()];
+        assert_eq!(c.validate(), Ok(()));
+        d.serial = Some("s".repeat(21));
+        c.drives = vec![d];
+        assert_eq!(
+            c.validate(),
+            Err(Error::DriveSerialTooLong {
+                id: "a".into(),
+                len: 21
+            })
+        );
+    }
+
+    #[test]
+    fn drive_option_is_parsed() {
+        assert_eq!(
+            DriveConfig::parse_cli("path=/tmp/disk.img,id=root,ro,serial=SN1"),
+            Ok(DriveConfig {
+                id: "root".into(),
+                path: "/tmp/disk.img".into(),
+                read_only: true,
+                serial: Some("SN1".into()),
+            })
+        );
+        let plain = DriveConfig::parse_cli("path=/a").unwrap();
+        assert_eq!((plain.id.as_str(), plain.read_only), ("", false));
+        let named = name_drives(vec![plain.clone(), drive("x"), plain]);
+        let ids: Vec<&str> = named.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["drive0", "x", "drive2"]);
+        for bad in [
+            "",
+            "id=x",
+            "path=",
+            "path=/a,rw",
+            "path=/a,ro=1",
+            "path=/a,size=3",
+            "path=/a,serial=123456789012345678901",
+        ] {
+            assert!(DriveConfig::parse_cli(bad).is_err(), "{bad:?}");
+        }
     }
 }

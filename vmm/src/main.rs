@@ -34,18 +34,29 @@ struct Cli {
     /// Initial ramdisk (cpio archive, optionally compressed).
     #[arg(long, requires = "kernel")]
     initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, default_value = DEFAULT_CMDLINE, requires = "kernel")]
-    cmdline: String,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1, requires = "kernel")]
-    vcpus: u16,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256, requires = "kernel")]
-    memory: u64,
+    // The next three have no clap default: clap does not enforce
+    // `requires` on arguments that have one, and these only make sense
+    // with --kernel. Their defaults are applied in `run_from_command_line`.
+    /// Kernel command line [default: console=ttyS0 reboot=k panic=1 pci=off
+    /// i8042.noaux i8042.nomux i8042.dumbkbd].
+    #[arg(long, requires = "kernel")]
+    cmdline: Option<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, requires = "kernel")]
+    vcpus: Option<u16>,
+    /// Guest memory in MiB [default: 256].
+    #[arg(long, requires = "kernel")]
+    memory: Option<u64>,
     /// Give the guest a virtio-rng device fed by the host's getrandom.
     #[arg(long, requires = "kernel")]
     entropy: bool,
+    /// A virtio-blk drive backed by a raw image (repeatable; vda, vdb, ...
+    /// in order).
+    #[arg(long, requires = "kernel", value_name = "path=PATH[,id=ID][,ro][,serial=S]", value_parser = vmm::config::DriveConfig::parse_cli)]
+    drive: Vec<vmm::config::DriveConfig>,
+    /// A virtio-net interface on an existing host TAP device (repeatable).
+    #[arg(long, requires = "kernel", value_name = "tap=NAME[,id=ID][,mac=MAC]", value_parser = vmm::config::NetConfig::parse_cli)]
+    net: Vec<vmm::config::NetConfig>,
     /// Boot the VM described by this Firecracker config file (JSON).
     #[arg(long, value_name = "PATH")]
     config_file: Option<PathBuf>,
@@ -94,6 +105,10 @@ impl Cli {
     }
 }
 
+/// Command-line defaults (the API's follow Firecracker: 1 vCPU, 128 MiB).
+const DEFAULT_VCPUS: u16 = 1;
+const DEFAULT_MEMORY_MIB: u64 = 256;
+
 fn report(error: &dyn std::error::Error) {
     eprintln!("vmm: error: {}", error_chain(error));
 }
@@ -110,10 +125,12 @@ fn run_from_command_line(kernel: PathBuf, cli: Cli) -> ExitCode {
     let config = VmConfig {
         kernel,
         initrd: cli.initrd.clone(),
-        cmdline: cli.cmdline.clone(),
-        vcpus: cli.vcpus,
-        memory_mib: cli.memory,
+        cmdline: cli.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+        vcpus: cli.vcpus.unwrap_or(DEFAULT_VCPUS),
+        memory_mib: cli.memory.unwrap_or(DEFAULT_MEMORY_MIB),
         entropy: cli.entropy,
+        drives: vmm::config::name_drives(cli.drive.clone()),
+        nics: vmm::config::name_nics(cli.net.clone()),
         ..cli.base_config()
     };
     match vmm::build_and_start(&config) {

@@ -8,8 +8,11 @@
 //! and raises the device's interrupt through an irqfd: no vCPU exit is
 //! taken on the data path.
 
+pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
+pub mod tap;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};

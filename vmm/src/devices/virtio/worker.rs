@@ -18,28 +18,39 @@ impl Worker {
     where
         F: FnMut(usize) + Send + 'static,
     {
+        Self::spawn_loop(name, move |kill| {
+            let mut fds: Vec<RawFd> = vec![kill];
+            fds.extend(events.iter().map(|e| e.as_raw_fd()));
+            while let Some(ready) = wait(&fds) {
+                if ready[0] {
+                    return;
+                }
+                for (index, event) in events.iter().enumerate() {
+                    if ready[index + 1] {
+                        // Draining resets the counter; the handler then
+                        // processes everything pending, so coalesced
+                        // notifications lose nothing.
+                        let _ = event.read();
+                        handler(index);
+                    }
+                }
+            }
+        })
+    }
+
+    /// Starts a thread running `body`, which must return once the fd it is
+    /// given becomes readable: that is how [`Worker::stop`] ends it. For
+    /// devices whose set of fds to wait on changes (a TAP is only worth
+    /// reading while the guest has buffers for it).
+    pub fn spawn_loop<F>(name: &str, body: F) -> std::io::Result<Self>
+    where
+        F: FnOnce(RawFd) + Send + 'static,
+    {
         let kill = EventFd::new(libc::EFD_NONBLOCK)?;
         let kill_fd = kill.try_clone()?;
         let handle = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || {
-                let mut fds: Vec<RawFd> = vec![kill_fd.as_raw_fd()];
-                fds.extend(events.iter().map(|e| e.as_raw_fd()));
-                while let Some(ready) = wait(&fds) {
-                    if ready[0] {
-                        return;
-                    }
-                    for (index, event) in events.iter().enumerate() {
-                        if ready[index + 1] {
-                            // Draining resets the counter; the handler then
-                            // processes everything pending, so coalesced
-                            // notifications lose nothing.
-                            let _ = event.read();
-                            handler(index);
-                        }
-                    }
-                }
-            })?;
+            .spawn(move || body(kill_fd.as_raw_fd()))?;
         Ok(Self {
             kill,
             handle: Some(handle),
@@ -62,7 +73,7 @@ impl Drop for Worker {
 }
 
 /// Blocks until at least one fd is readable; None if polling itself fails.
-fn wait(fds: &[RawFd]) -> Option<Vec<bool>> {
+pub fn wait(fds: &[RawFd]) -> Option<Vec<bool>> {
     let mut pollfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|&fd| libc::pollfd {

@@ -1,0 +1,209 @@
+//! virtio-blk with a real Linux guest on real KVM, in the nested test
+//! host. Images live on the nested host's tmpfs; the guest's shell runs
+//! commands fed to vmm's stdin, and the nested host's shell checks the
+//! image after vmm exits.
+
+use stratum_tests::guest::in_guest_shell;
+use stratum_tests::paths::GUEST_VMLINUX;
+use stratum_tests::{NestedHost, Outcome, Scenario};
+
+fn run(script: String) -> Outcome {
+    let host = NestedHost::from_env().unwrap_or_else(|e| panic!("{e}"));
+    let outcome = host
+        .run(&Scenario::new(script).timeout(std::time::Duration::from_secs(300)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(outcome.host_kvm, "the nested host has no /dev/kvm");
+    outcome
+}
+
+/// The value of the first console line `NAME=value`. The guest's shell
+/// echoes the commands it is sent, wrapped at 80 columns, so a line can
+/// start with `NAME=$(...` too: values with a `$` are such echoes.
+fn value<'a>(outcome: &'a Outcome, name: &str) -> Option<&'a str> {
+    let prefix = format!("{name}=");
+    outcome
+        .console
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .find(|v| !v.contains('$'))
+}
+
+/// The hex bytes of the lines labelled `label:` (from `od -v -An -tx1 |
+/// sed s/^/label:/`), in order.
+fn labelled_bytes(outcome: &Outcome, label: &str) -> Vec<u8> {
+    let prefix = format!("{label}:");
+    outcome
+        .console
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .flat_map(|l| l.split_whitespace())
+        .map(|b| u8::from_str_radix(b, 16).unwrap_or_else(|e| panic!("{b:?}: {e}")))
+        .collect()
+}
+
+/// `count` 16-byte blocks of `image` from byte `offset`, labelled.
+fn dump(image: &str, offset: u64, count: u64, label: &str) -> String {
+    assert_eq!(offset % 16, 0);
+    format!(
+        "dd if={image} bs=16 skip={} count={count} 2>/dev/null | od -v -An -tx1 | sed s/^/{label}:/\n",
+        offset / 16
+    )
+}
+
+const SECTOR: u64 = 512;
+
+#[test]
+fn guest_and_host_see_each_others_writes_through_acpi_and_the_command_line() {
+    // An 8 MiB image with a pattern the host wrote at sector 100.
+    let mut script = String::from(
+        "dd if=/dev/zero of=/tmp/disk.img bs=1M count=8 2>/dev/null\n\
+         printf HOSTPATTERN-0123 | dd of=/tmp/disk.img bs=512 seek=100 conv=notrunc 2>/dev/null\n",
+    );
+    // First boot, with ACPI: the guest reads the host's pattern, checks
+    // size and serial, and writes its own pattern at sector 2051.
+    script += &in_guest_shell(
+        "--drive path=/tmp/disk.img,serial=stratum-sn-1",
+        "",
+        "test -b /dev/vda && echo SERIAL=$(cat /sys/block/vda/serial) && \
+         echo SIZE=$(cat /sys/block/vda/size) && \
+         echo CACHE=$(cat /sys/block/vda/queue/write_cache) && \
+         echo READ=$(dd if=/dev/vda bs=512 skip=100 count=1 2>/dev/null | head -c 16) && \
+         printf GUESTPATTERN-ABC | dd of=/dev/vda bs=512 seek=2051 conv=fsync && sync && reboot -f",
+    );
+    script += &dump("/tmp/disk.img", 2051 * SECTOR - 16, 3, "IMG-1");
+    // Second boot, without ACPI (the device is declared on the kernel
+    // command line): the guest reads what it wrote before and writes the
+    // image's last sector.
+    script += &in_guest_shell(
+        "--drive path=/tmp/disk.img",
+        "acpi=off",
+        "test -b /dev/vda && \
+         echo READ2=$(dd if=/dev/vda bs=512 skip=2051 count=1 2>/dev/null | head -c 16) && \
+         printf SECONDWRITE-XYZW | dd of=/dev/vda bs=512 seek=16383 conv=fsync && sync && reboot -f",
+    );
+    script += &dump("/tmp/disk.img", 16383 * SECTOR - 16, 2, "IMG-2");
+    script += "echo IMAGE-SIZE=$(wc -c < /tmp/disk.img)\n";
+    let outcome = run(script);
+    let tail = || outcome.console_tail(60);
+
+    let exits: Vec<&str> = outcome.lines_with("VMM-EXIT=").map(str::trim).collect();
+    assert_eq!(exits, ["VMM-EXIT=0", "VMM-EXIT=0"], "{}", tail());
+    assert_eq!(
+        value(&outcome, "SERIAL"),
+        Some("stratum-sn-1"),
+        "{}",
+        tail()
+    );
+    assert_eq!(value(&outcome, "SIZE"), Some("16384"), "{}", tail());
+    // FLUSH was negotiated: the guest flushes a write-back cache.
+    assert_eq!(value(&outcome, "CACHE"), Some("write back"), "{}", tail());
+    assert_eq!(
+        value(&outcome, "READ"),
+        Some("HOSTPATTERN-0123"),
+        "{}",
+        tail()
+    );
+    assert_eq!(
+        value(&outcome, "READ2"),
+        Some("GUESTPATTERN-ABC"),
+        "{}",
+        tail()
+    );
+
+    // The guest's writes are in the image at the right place, and nothing
+    // around them changed.
+    let mut expected = vec![0u8; 16];
+    expected.extend_from_slice(b"GUESTPATTERN-ABC");
+    expected.extend_from_slice(&[0; 16]);
+    assert_eq!(labelled_bytes(&outcome, "IMG-1"), expected, "{}", tail());
+    let mut expected = vec![0u8; 16];
+    expected.extend_from_slice(b"SECONDWRITE-XYZW");
+    assert_eq!(labelled_bytes(&outcome, "IMG-2"), expected, "{}", tail());
+    assert_eq!(value(&outcome, "IMAGE-SIZE"), Some("8388608"), "{}", tail());
+}
+
+#[test]
+fn read_only_drive_refuses_writes_drives_come_in_order_and_a_missing_image_is_an_error() {
+    let mut script = String::from(
+        "dd if=/dev/zero of=/tmp/rw.img bs=1M count=1 2>/dev/null\n\
+         dd if=/dev/zero of=/tmp/ro.img bs=1M count=2 2>/dev/null\n\
+         printf READONLYDATA-789 | dd of=/tmp/ro.img conv=notrunc 2>/dev/null\n\
+         echo BEFORE=$(md5sum < /tmp/ro.img)\n",
+    );
+    // vda is the read-write drive, vdb the read-only one, then the
+    // entropy device: all three are found.
+    script += &in_guest_shell(
+        "--drive path=/tmp/rw.img,id=rw,serial=first \
+         --drive path=/tmp/ro.img,id=ro,ro,serial=second --entropy",
+        "",
+        "test -b /dev/vdb && echo SERIALS=$(cat /sys/block/vda/serial),$(cat /sys/block/vdb/serial) && \
+         echo RO=$(cat /sys/block/vda/ro),$(cat /sys/block/vdb/ro) && \
+         echo RNG=$(cat /sys/class/misc/hw_random/rng_current) && \
+         echo READ=$(head -c 16 /dev/vdb) && \
+         { printf XXXXXXXXXXXXXXXX | dd of=/dev/vdb conv=fsync; echo WRITE-RC=$?; } && \
+         sync && reboot -f",
+    );
+    script += "echo AFTER=$(md5sum < /tmp/ro.img)\n";
+    script += &dump("/tmp/ro.img", 0, 2, "IMG");
+    // A missing image: a one-line error naming it, exit 1; a bad --drive
+    // is a command-line error, exit 2.
+    script += &format!(
+        "vmm --kernel {GUEST_VMLINUX} --drive path=/tmp/missing.img </dev/null 2>&1 | sed s/^/OUT-1:/\n\
+         vmm --kernel {GUEST_VMLINUX} --drive path=/tmp/missing.img </dev/null >/dev/null 2>&1; echo RC-1=$?\n\
+         vmm --kernel {GUEST_VMLINUX} --drive ro,id=x </dev/null 2>&1 | sed s/^/OUT-2:/\n\
+         vmm --kernel {GUEST_VMLINUX} --drive ro,id=x </dev/null >/dev/null 2>&1; echo RC-2=$?\n"
+    );
+    let outcome = run(script);
+    let tail = || outcome.console_tail(60);
+
+    let exits: Vec<&str> = outcome.lines_with("VMM-EXIT=").map(str::trim).collect();
+    assert_eq!(exits, ["VMM-EXIT=0"], "{}", tail());
+    assert_eq!(
+        value(&outcome, "SERIALS"),
+        Some("first,second"),
+        "{}",
+        tail()
+    );
+    assert_eq!(value(&outcome, "RO"), Some("0,1"), "{}", tail());
+    assert!(
+        value(&outcome, "RNG").is_some_and(|r| r.starts_with("virtio_rng")),
+        "{}",
+        tail()
+    );
+    assert_eq!(
+        value(&outcome, "READ"),
+        Some("READONLYDATA-789"),
+        "{}",
+        tail()
+    );
+    let write_rc = value(&outcome, "WRITE-RC");
+    assert!(
+        write_rc.is_some_and(|rc| rc != "0"),
+        "the guest's write to the read-only drive must fail: {write_rc:?}\n{}",
+        tail()
+    );
+    let before = value(&outcome, "BEFORE");
+    assert!(before.is_some(), "{}", tail());
+    assert_eq!(value(&outcome, "AFTER"), before, "the image changed");
+    let mut expected = b"READONLYDATA-789".to_vec();
+    expected.extend_from_slice(&[0; 16]);
+    assert_eq!(labelled_bytes(&outcome, "IMG"), expected, "{}", tail());
+
+    assert_eq!(value(&outcome, "RC-1"), Some("1"), "{}", tail());
+    let message: Vec<&str> = outcome.lines_with("OUT-1:").collect();
+    assert_eq!(message.len(), 1, "one line: {message:?}");
+    assert!(
+        message[0].contains("vmm: error:") && message[0].contains("/tmp/missing.img"),
+        "{message:?}"
+    );
+    assert_eq!(value(&outcome, "RC-2"), Some("2"), "{}", tail());
+    assert!(
+        outcome
+            .lines_with("OUT-2:")
+            .any(|l| l.contains("path=PATH")),
+        "{}",
+        tail()
+    );
+}

@@ -1,0 +1,304 @@
+//! The VMM side of the control API: typed actions in, typed data or a typed
+//! error out. Nothing here knows about HTTP, so the config file drives the
+//! same code path as the socket.
+
+use std::sync::mpsc::Sender;
+
+use serde::Serialize;
+
+use crate::config::VmConfig;
+use crate::vmm_config::boot_source::{self, BootSourceConfig};
+use crate::vmm_config::config_file::ConfigFile;
+use crate::vmm_config::logger::{self, LoggerConfig};
+use crate::vmm_config::machine_config::{self, MachineConfig, MachineConfigUpdate};
+use crate::vmm_config::metrics::{self, Metrics, MetricsConfig};
+use crate::vmm_config::resources::{self, FullVmConfig, VmResources};
+use crate::{vmm_log, RunningVm};
+
+/// Reported as `app_name` in the instance information.
+pub const APP_NAME: &str = "stratum-vmm";
+/// Firecracker's instance id when none is given.
+pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
+
+/// One request to the VMM, whatever its transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmmAction {
+    GetInstanceInfo,
+    GetVersion,
+    GetMachineConfig,
+    GetVmConfig,
+    PutBootSource(BootSourceConfig),
+    PutMachineConfig(MachineConfig),
+    PatchMachineConfig(MachineConfigUpdate),
+    PutLogger(LoggerConfig),
+    PutMetrics(MetricsConfig),
+    InstanceStart,
+    FlushMetrics,
+}
+
+/// What a successful action returns.
+#[derive(Debug)]
+pub enum VmmData {
+    Empty,
+    InstanceInfo(InstanceInfo),
+    Version(VersionInfo),
+    MachineConfig(MachineConfig),
+    FullConfig(Box<FullVmConfig>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("The requested operation is not supported after starting the microVM: {0}.")]
+    NotAllowedAfterBoot(&'static str),
+    #[error("invalid machine configuration: {0}")]
+    MachineConfig(#[from] machine_config::Error),
+    #[error("invalid boot source: {0}")]
+    BootSource(#[from] boot_source::Error),
+    #[error("{0}")]
+    Resources(#[from] resources::Error),
+    #[error("cannot start the microVM: {0}")]
+    Start(String),
+    #[error("{0}")]
+    Logger(#[from] logger::Error),
+    #[error("{0}")]
+    Metrics(#[from] metrics::Error),
+}
+
+/// Firecracker's `InstanceInfo`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceInfo {
+    pub app_name: String,
+    pub id: String,
+    pub state: InstanceState,
+    pub vmm_version: String,
+}
+
+/// Firecracker's `FirecrackerVersion`, the body of `GET /version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionInfo {
+    pub firecracker_version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum InstanceState {
+    #[serde(rename = "Not started")]
+    NotStarted,
+    Running,
+}
+
+/// Holds the configuration until boot and the instance state after it.
+///
+/// A started VM is handed to `started` (the main thread, which waits for it
+/// to end and exits the process with its status): the controller never
+/// blocks on the guest.
+pub struct Controller {
+    id: String,
+    base: VmConfig,
+    resources: VmResources,
+    metrics: Metrics,
+    state: InstanceState,
+    started: Sender<RunningVm>,
+}
+
+impl Controller {
+    /// `base` carries what only the command line sets (console, KVM device);
+    /// everything else comes from actions.
+    pub fn new(id: &str, base: VmConfig, started: Sender<RunningVm>) -> Self {
+        logger::set_instance_id(id);
+        Self {
+            id: id.to_string(),
+            base,
+            resources: VmResources::default(),
+            metrics: Metrics::default(),
+            state: InstanceState::NotStarted,
+            started,
+        }
+    }
+
+    pub fn state(&self) -> InstanceState {
+        self.state
+    }
+
+    /// Runs `action`. On error nothing changed.
+    pub fn handle(&mut self, action: VmmAction) -> Result<VmmData, ActionError> {
+        let counted = counted(&action);
+        let result = self.dispatch(action);
+        self.metrics.record(counted, result.is_ok());
+        if let Err(error) = &result {
+            vmm_log!(Warning, "{error}");
+        }
+        result
+    }
+
+    /// Applies a config file's sections in the order Firecracker does
+    /// (logger and metrics first, so the rest is logged), then boots.
+    pub fn boot_from_config_file(&mut self, file: ConfigFile) -> Result<(), ActionError> {
+        if let Some(logger) = file.logger {
+            self.handle(VmmAction::PutLogger(logger))?;
+        }
+        if let Some(metrics) = file.metrics {
+            self.handle(VmmAction::PutMetrics(metrics))?;
+        }
+        if let Some(machine) = file.machine_config {
+            self.handle(VmmAction::PutMachineConfig(machine))?;
+        }
+        self.handle(VmmAction::PutBootSource(file.boot_source))?;
+        self.handle(VmmAction::InstanceStart)?;
+        Ok(())
+    }
+
+    fn dispatch(&mut self, action: VmmAction) -> Result<VmmData, ActionError> {
+        match action {
+            VmmAction::GetInstanceInfo => Ok(VmmData::InstanceInfo(InstanceInfo {
+                app_name: APP_NAME.to_string(),
+                id: self.id.clone(),
+                state: self.state,
+                vmm_version: env!("CARGO_PKG_VERSION").to_string(),
+            })),
+            VmmAction::GetVersion => Ok(VmmData::Version(VersionInfo {
+                firecracker_version: env!("CARGO_PKG_VERSION").to_string(),
+            })),
+            VmmAction::GetMachineConfig => Ok(VmmData::MachineConfig(
+                self.resources.machine_config.clone(),
+            )),
+            VmmAction::GetVmConfig => Ok(VmmData::FullConfig(Box::new(
+                self.resources.full_config(self.metrics.config()),
+            ))),
+            VmmAction::PutBootSource(config) => {
+                self.before_boot("PUT /boot-source")?;
+                config.validate()?;
+                self.resources.boot_source = Some(config);
+                Ok(VmmData::Empty)
+            }
+            VmmAction::PutMachineConfig(config) => {
+                self.before_boot("PUT /machine-config")?;
+                self.set_machine_config(config.validated()?)
+            }
+            VmmAction::PatchMachineConfig(update) => {
+                self.before_boot("PATCH /machine-config")?;
+                let next = self.resources.machine_config.updated(&update)?;
+                self.set_machine_config(next)
+            }
+            VmmAction::PutLogger(config) => {
+                self.before_boot("PUT /logger")?;
+                logger::configure(&config)?;
+                vmm_log!(Info, "logger configured");
+                self.resources.logger = Some(config);
+                Ok(VmmData::Empty)
+            }
+            VmmAction::PutMetrics(config) => {
+                self.before_boot("PUT /metrics")?;
+                self.metrics.configure(&config)?;
+                Ok(VmmData::Empty)
+            }
+            VmmAction::FlushMetrics => {
+                self.metrics.flush()?;
+                Ok(VmmData::Empty)
+            }
+            VmmAction::InstanceStart => self.start(),
+        }
+    }
+
+    fn before_boot(&self, operation: &'static str) -> Result<(), ActionError> {
+        match self.state {
+            InstanceState::NotStarted => Ok(()),
+            InstanceState::Running => Err(ActionError::NotAllowedAfterBoot(operation)),
+        }
+    }
+
+    fn set_machine_config(&mut self, config: MachineConfig) -> Result<VmmData, ActionError> {
+        VmResources::check_machine(&config, &self.base)?;
+        self.resources.machine_config = config;
+        Ok(VmmData::Empty)
+    }
+
+    fn start(&mut self) -> Result<VmmData, ActionError> {
+        self.before_boot("InstanceStart")?;
+        let config = self.resources.vm_config(&self.base)?;
+        vmm_log!(
+            Info,
+            "starting the microVM: kernel {}, {} vCPUs, {} MiB",
+            config.kernel.display(),
+            config.vcpus,
+            config.memory_mib
+        );
+        let vm = crate::build_and_start(&config)
+            .map_err(|error| ActionError::Start(error_chain(&error)))?;
+        self.state = InstanceState::Running;
+        vmm_log!(Info, "the microVM is running");
+        // The receiver lives as long as the process's main thread; if it is
+        // gone the process is exiting anyway.
+        let _ = self.started.send(vm);
+        Ok(VmmData::Empty)
+    }
+}
+
+fn counted(action: &VmmAction) -> metrics::Request {
+    use metrics::Request;
+    match action {
+        VmmAction::GetInstanceInfo => Request::GetInstanceInfo,
+        VmmAction::GetVersion => Request::GetVersion,
+        VmmAction::GetMachineConfig => Request::GetMachineConfig,
+        VmmAction::GetVmConfig => Request::GetVmConfig,
+        VmmAction::PutBootSource(_) => Request::PutBootSource,
+        VmmAction::PutMachineConfig(_) => Request::PutMachineConfig,
+        VmmAction::PatchMachineConfig(_) => Request::PatchMachineConfig,
+        VmmAction::PutLogger(_) => Request::PutLogger,
+        VmmAction::PutMetrics(_) => Request::PutMetrics,
+        VmmAction::InstanceStart | VmmAction::FlushMetrics => Request::PutActions,
+    }
+}
+
+/// An error and its causes on one line, each cause once (many of our errors
+/// already quote their source).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+
+    fn controller() -> Controller {
+        let (sender, _receiver) = channel();
+        Controller::new("test", VmConfig::default(), sender)
+    }
+
+    #[test]
+    fn failed_updates_change_nothing() {
+        let mut c = controller();
+        let bad = MachineConfig {
+            vcpu_count: 0,
+            ..Default::default()
+        };
+        assert!(c.handle(VmmAction::PutMachineConfig(bad)).is_err());
+        let huge = MachineConfig {
+            mem_size_mib: u64::MAX >> 20,
+            ..Default::default()
+        };
+        assert!(c.handle(VmmAction::PutMachineConfig(huge)).is_err());
+        let Ok(VmmData::MachineConfig(now)) = c.handle(VmmAction::GetMachineConfig) else {
+            panic!("GET /machine-config failed");
+        };
+        assert_eq!(now, MachineConfig::default());
+    }
+
+    #[test]
+    fn start_needs_a_boot_source() {
+        let mut c = controller();
+        let error = c.handle(VmmAction::InstanceStart).unwrap_err();
+        assert!(error.to_string().contains("boot source"), "{error}");
+        assert_eq!(c.state(), InstanceState::NotStarted);
+    }
+}

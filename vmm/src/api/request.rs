@@ -1,0 +1,171 @@
+//! Routing: an HTTP request (method, path, JSON body) to a [`VmmAction`],
+//! with Firecracker's paths, bodies and error texts. Endpoints Firecracker
+//! has and we do not yet are answered 400 naming the endpoint, so a client
+//! learns what is missing rather than seeing a generic "invalid path".
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::controller::VmmAction;
+use super::http::{Method, Request};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("Invalid request method and/or path: {0} {1}.")]
+    InvalidPathMethod(Method, String),
+    #[error("{0} {1} is not supported by this VMM yet.")]
+    UnsupportedEndpoint(Method, String),
+    #[error("The action {0} is not supported by this VMM yet.")]
+    UnsupportedAction(&'static str),
+    #[error("Empty {0} request.")]
+    EmptyBody(Method),
+    #[error("GET request cannot have a body.")]
+    BodyOnGet,
+    #[error("An error occurred when deserializing the json body of a request: {0}.")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Firecracker's `InstanceActionInfo`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    action_type: ActionType,
+}
+
+#[derive(Debug, Deserialize)]
+enum ActionType {
+    FlushMetrics,
+    InstanceStart,
+    SendCtrlAltDel,
+}
+
+/// Firecracker endpoints we do not serve yet, by first path segment.
+const UNSUPPORTED: &[&str] = &[
+    "balloon",
+    "cpu-config",
+    "drives",
+    "entropy",
+    "hotplug",
+    "mmds",
+    "network-interfaces",
+    "pmem",
+    "serial",
+    "snapshot",
+    "vm",
+    "vsock",
+];
+
+/// The action `request` asks for.
+pub fn parse(request: &Request) -> Result<VmmAction, RequestError> {
+    // Empty segments are ignored, so a trailing slash changes nothing.
+    let segments: Vec<&str> = request.path.split('/').filter(|s| !s.is_empty()).collect();
+    let method = request.method;
+    if method == Method::Get && !request.body.is_empty() {
+        return Err(RequestError::BodyOnGet);
+    }
+    match (method, segments.as_slice()) {
+        (Method::Get, []) => Ok(VmmAction::GetInstanceInfo),
+        (Method::Get, ["version"]) => Ok(VmmAction::GetVersion),
+        (Method::Get, ["machine-config"]) => Ok(VmmAction::GetMachineConfig),
+        (Method::Get, ["vm", "config"]) => Ok(VmmAction::GetVmConfig),
+        (Method::Put, ["machine-config"]) => Ok(VmmAction::PutMachineConfig(body(request)?)),
+        (Method::Patch, ["machine-config"]) => Ok(VmmAction::PatchMachineConfig(body(request)?)),
+        (Method::Put, ["boot-source"]) => Ok(VmmAction::PutBootSource(body(request)?)),
+        (Method::Put, ["logger"]) => Ok(VmmAction::PutLogger(body(request)?)),
+        (Method::Put, ["metrics"]) => Ok(VmmAction::PutMetrics(body(request)?)),
+        (Method::Put, ["actions"]) => {
+            let action: ActionBody = body(request)?;
+            match action.action_type {
+                ActionType::InstanceStart => Ok(VmmAction::InstanceStart),
+                ActionType::FlushMetrics => Ok(VmmAction::FlushMetrics),
+                ActionType::SendCtrlAltDel => {
+                    Err(RequestError::UnsupportedAction("SendCtrlAltDel"))
+                }
+            }
+        }
+        (_, [first, ..]) if UNSUPPORTED.contains(first) => Err(RequestError::UnsupportedEndpoint(
+            method,
+            request.path.clone(),
+        )),
+        _ => Err(RequestError::InvalidPathMethod(
+            method,
+            request.path.clone(),
+        )),
+    }
+}
+
+fn body<T: DeserializeOwned>(request: &Request) -> Result<T, RequestError> {
+    if request.body.is_empty() {
+        return Err(RequestError::EmptyBody(request.method));
+    }
+    Ok(serde_json::from_slice(&request.body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(method: Method, path: &str, body: &str) -> Result<VmmAction, String> {
+        parse(&Request {
+            method,
+            path: path.to_string(),
+            body: body.as_bytes().to_vec(),
+            keep_alive: true,
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route(Method::Get, "/", ""), Ok(VmmAction::GetInstanceInfo));
+        assert_eq!(
+            route(Method::Get, "/vm/config/", ""),
+            Ok(VmmAction::GetVmConfig)
+        );
+        assert_eq!(
+            route(
+                Method::Put,
+                "/actions",
+                r#"{"action_type": "InstanceStart"}"#
+            ),
+            Ok(VmmAction::InstanceStart)
+        );
+        assert!(matches!(
+            route(
+                Method::Put,
+                "/machine-config",
+                r#"{"vcpu_count": 1, "mem_size_mib": 64}"#
+            ),
+            Ok(VmmAction::PutMachineConfig(_))
+        ));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = route(Method::Put, "/drives/rootfs", "{}").unwrap_err();
+        assert_eq!(e, "PUT /drives/rootfs is not supported by this VMM yet.");
+        let e = route(Method::Patch, "/vm", r#"{"state": "Paused"}"#).unwrap_err();
+        assert!(e.contains("PATCH /vm is not supported"), "{e}");
+        let e = route(Method::Get, "/nothing", "").unwrap_err();
+        assert_eq!(e, "Invalid request method and/or path: GET /nothing.");
+        let e = route(
+            Method::Put,
+            "/actions",
+            r#"{"action_type": "SendCtrlAltDel"}"#,
+        );
+        assert!(e.unwrap_err().contains("SendCtrlAltDel"));
+        let e = route(Method::Put, "/actions", r#"{"action_type": "Reboot"}"#).unwrap_err();
+        assert!(e.contains("unknown variant"), "{e}");
+        assert_eq!(
+            route(Method::Put, "/boot-source", "").unwrap_err(),
+            "Empty PUT request."
+        );
+        assert!(route(Method::Get, "/", "x").is_err());
+        let e = route(
+            Method::Put,
+            "/boot-source",
+            r#"{"kernel_image_path": "k", "x": 1}"#,
+        );
+        assert!(e.unwrap_err().contains("unknown field `x`"));
+    }
+}

@@ -1,0 +1,170 @@
+//! The API socket: accepts connections and serves each on its own thread,
+//! so an idle keep-alive client (the Go SDK pools connections) never blocks
+//! another. Requests are serialised by the controller's lock.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use super::controller::{Controller, VmmData};
+use super::http::{self, Parsed, Response, StatusCode};
+use super::request;
+use crate::vmm_log;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot bind the API socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the API thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+pub struct ApiServer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ApiServer {
+    /// Binds `path`. An existing file there is an error, as in Firecracker:
+    /// it may be another VMM's live socket.
+    pub fn bind(path: &Path) -> Result<Self, Error> {
+        let listener = UnixListener::bind(path).map_err(|source| Error::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves requests on a background thread for the rest of the process.
+    /// The thread holds no guest state: the process exits without joining
+    /// it once the VM ends.
+    pub fn spawn(self, controller: Arc<Mutex<Controller>>) -> Result<JoinHandle<()>, Error> {
+        std::thread::Builder::new()
+            .name("fc_api".into())
+            .spawn(move || self.serve(&controller))
+            .map_err(Error::Thread)
+    }
+
+    fn serve(self, controller: &Arc<Mutex<Controller>>) {
+        vmm_log!(Info, "API server listening on {}", self.path.display());
+        for stream in self.listener.incoming() {
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(error) => {
+                    vmm_log!(Warning, "API socket accept failed: {error}");
+                    continue;
+                }
+            };
+            let controller = Arc::clone(controller);
+            let spawned = std::thread::Builder::new()
+                .name("fc_api_conn".into())
+                .spawn(move || serve_connection(stream, &controller));
+            if let Err(error) = spawned {
+                vmm_log!(
+                    Error,
+                    "cannot start a thread for an API connection: {error}"
+                );
+            }
+        }
+    }
+}
+
+/// Reads requests until the client closes, asks to close, or sends bytes
+/// we cannot frame. I/O errors end the connection, never the VMM.
+fn serve_connection(mut stream: UnixStream, controller: &Mutex<Controller>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut continue_sent = false;
+    loop {
+        loop {
+            match http::parse(&buf) {
+                Ok(Parsed::Complete(request, used)) => {
+                    buf.drain(..used);
+                    continue_sent = false;
+                    let response = dispatch(&request, controller);
+                    if stream
+                        .write_all(&response.to_bytes(request.keep_alive))
+                        .is_err()
+                        || !request.keep_alive
+                    {
+                        return;
+                    }
+                }
+                Ok(Parsed::Partial { expects_continue }) => {
+                    if expects_continue && !continue_sent {
+                        if stream.write_all(http::CONTINUE).is_err() {
+                            return;
+                        }
+                        continue_sent = true;
+                    }
+                    break;
+                }
+                Err(error) => {
+                    vmm_log!(Warning, "malformed API request: {error}");
+                    let response = Response::fault(error.status(), &error.to_string());
+                    let _ = stream.write_all(&response.to_bytes(false));
+                    return;
+                }
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn dispatch(request: &http::Request, controller: &Mutex<Controller>) -> Response {
+    vmm_log!(
+        Info,
+        "The API server received a {} request on \"{}\".",
+        request.method,
+        request.path
+    );
+    let action = match request::parse(request) {
+        Ok(action) => action,
+        Err(error) => {
+            vmm_log!(Warning, "{error}");
+            return Response::fault(StatusCode::BadRequest, &error.to_string());
+        }
+    };
+    // A panic while holding the lock would poison it; the controller's
+    // state is only changed after every check passed, so it stays usable.
+    let mut controller = controller
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    match controller.handle(action) {
+        Ok(data) => data_response(data),
+        Err(error) => Response::fault(StatusCode::BadRequest, &error.to_string()),
+    }
+}
+
+fn data_response(data: VmmData) -> Response {
+    let body = match data {
+        VmmData::Empty => return Response::no_content(),
+        VmmData::InstanceInfo(info) => serde_json::to_vec(&info),
+        VmmData::Version(version) => serde_json::to_vec(&version),
+        VmmData::MachineConfig(config) => serde_json::to_vec(&config),
+        VmmData::FullConfig(config) => serde_json::to_vec(&config),
+    };
+    match body {
+        Ok(body) => Response::json(StatusCode::Ok, body),
+        Err(error) => Response::fault(
+            StatusCode::InternalServerError,
+            &format!("cannot serialise the response: {error}"),
+        ),
+    }
+}

@@ -1,0 +1,177 @@
+//! `metrics`: counters of API requests, flushed as one JSON line on
+//! `FlushMetrics`, in Firecracker's group and field names. Like
+//! Firecracker's counters, each line holds what happened since the previous
+//! flush.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open the metrics file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reinitialization of metrics is not allowed: metrics already go to {0}")]
+    AlreadyConfigured(PathBuf),
+    #[error("metrics are not configured: PUT /metrics first")]
+    NotConfigured,
+    #[error("cannot write metrics: {0}")]
+    Write(#[source] std::io::Error),
+}
+
+/// The body of `PUT /metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub metrics_path: PathBuf,
+}
+
+/// The requests we count, one per endpoint and method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    GetInstanceInfo,
+    GetVersion,
+    GetMachineConfig,
+    GetVmConfig,
+    PutActions,
+    PutBootSource,
+    PutLogger,
+    PutMachineConfig,
+    PutMetrics,
+    PatchMachineConfig,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct GetRequests {
+    instance_info_count: u64,
+    vmm_version_count: u64,
+    machine_cfg_count: u64,
+    vm_config_count: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct PutRequests {
+    actions_count: u64,
+    actions_fails: u64,
+    boot_source_count: u64,
+    boot_source_fails: u64,
+    logger_count: u64,
+    logger_fails: u64,
+    machine_cfg_count: u64,
+    machine_cfg_fails: u64,
+    metrics_count: u64,
+    metrics_fails: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct PatchRequests {
+    machine_cfg_count: u64,
+    machine_cfg_fails: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Counters {
+    get_api_requests: GetRequests,
+    put_api_requests: PutRequests,
+    patch_api_requests: PatchRequests,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    utc_timestamp_ms: u128,
+    #[serde(flatten)]
+    counters: &'a Counters,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    sink: Option<(PathBuf, File)>,
+    counters: Counters,
+}
+
+impl Metrics {
+    pub fn configure(&mut self, config: &MetricsConfig) -> Result<(), Error> {
+        if let Some((path, _)) = &self.sink {
+            return Err(Error::AlreadyConfigured(path.clone()));
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            // Same reason as the logger: a named pipe without a reader must
+            // not hang the API.
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&config.metrics_path)
+            .map_err(|source| Error::Open {
+                path: config.metrics_path.clone(),
+                source,
+            })?;
+        self.sink = Some((config.metrics_path.clone(), file));
+        Ok(())
+    }
+
+    pub fn config(&self) -> Option<MetricsConfig> {
+        self.sink.as_ref().map(|(path, _)| MetricsConfig {
+            metrics_path: path.clone(),
+        })
+    }
+
+    pub fn record(&mut self, request: Request, ok: bool) {
+        let fail = u64::from(!ok);
+        let (get, put, patch) = (
+            &mut self.counters.get_api_requests,
+            &mut self.counters.put_api_requests,
+            &mut self.counters.patch_api_requests,
+        );
+        let (count, fails) = match request {
+            Request::GetInstanceInfo => (&mut get.instance_info_count, None),
+            Request::GetVersion => (&mut get.vmm_version_count, None),
+            Request::GetMachineConfig => (&mut get.machine_cfg_count, None),
+            Request::GetVmConfig => (&mut get.vm_config_count, None),
+            Request::PutActions => (&mut put.actions_count, Some(&mut put.actions_fails)),
+            Request::PutBootSource => {
+                (&mut put.boot_source_count, Some(&mut put.boot_source_fails))
+            }
+            Request::PutLogger => (&mut put.logger_count, Some(&mut put.logger_fails)),
+            Request::PutMachineConfig => {
+                (&mut put.machine_cfg_count, Some(&mut put.machine_cfg_fails))
+            }
+            Request::PutMetrics => (&mut put.metrics_count, Some(&mut put.metrics_fails)),
+            Request::PatchMachineConfig => (
+                &mut patch.machine_cfg_count,
+                Some(&mut patch.machine_cfg_fails),
+            ),
+        };
+        *count += 1;
+        if let Some(fails) = fails {
+            *fails += fail;
+        }
+    }
+
+    /// Writes one JSON line and starts counting afresh.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        let Some((_, file)) = &mut self.sink else {
+            return Err(Error::NotConfigured);
+        };
+        let line = Line {
+            utc_timestamp_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+            counters: &self.counters,
+        };
+        // Serialising plain integers cannot fail.
+        let mut text = serde_json::to_string(&line).unwrap_or_default();
+        text.push('\n');
+        file.write_all(text.as_bytes()).map_err(Error::Write)?;
+        self.counters = Counters::default();
+        Ok(())
+    }
+}

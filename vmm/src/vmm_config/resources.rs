@@ -1,0 +1,106 @@
+//! Everything configured before boot, and the one conversion into the
+//! builder's [`VmConfig`].
+
+use serde::Serialize;
+
+use super::boot_source::BootSourceConfig;
+use super::logger::LoggerConfig;
+use super::machine_config::MachineConfig;
+use super::metrics::MetricsConfig;
+use crate::config::{self, VmConfig, DEFAULT_CMDLINE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no boot source: PUT /boot-source with a kernel_image_path before InstanceStart")]
+    NoBootSource,
+    #[error("{0}")]
+    Config(#[from] config::Error),
+}
+
+/// The VM as configured through the API or a config file, before it boots.
+#[derive(Debug, Clone, Default)]
+pub struct VmResources {
+    pub boot_source: Option<BootSourceConfig>,
+    pub machine_config: MachineConfig,
+    pub logger: Option<LoggerConfig>,
+}
+
+impl VmResources {
+    /// The builder's configuration: this VM's resources over `base`, which
+    /// carries what only the command line sets (console, KVM device).
+    pub fn vm_config(&self, base: &VmConfig) -> Result<VmConfig, Error> {
+        let boot = self.boot_source.as_ref().ok_or(Error::NoBootSource)?;
+        Ok(VmConfig {
+            kernel: boot.kernel_image_path.clone(),
+            initrd: boot.initrd_path.clone(),
+            cmdline: boot
+                .boot_args
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+            ..self.sized(base)
+        })
+    }
+
+    /// Checks `machine_config` against the limits that depend on the host
+    /// (its RAM), with the same rules as the command line.
+    pub fn check_machine(machine_config: &MachineConfig, base: &VmConfig) -> Result<(), Error> {
+        let resources = VmResources {
+            machine_config: machine_config.clone(),
+            ..Default::default()
+        };
+        resources.sized(base).validate()?;
+        Ok(())
+    }
+
+    fn sized(&self, base: &VmConfig) -> VmConfig {
+        VmConfig {
+            vcpus: u16::from(self.machine_config.vcpu_count),
+            memory_mib: self.machine_config.mem_size_mib,
+            ..base.clone()
+        }
+    }
+
+    /// `GET /vm/config`: Firecracker's full configuration document, which
+    /// is also a valid config file. Device sections are empty until the
+    /// VMM has those devices.
+    pub fn full_config(&self, metrics: Option<MetricsConfig>) -> FullVmConfig {
+        FullVmConfig {
+            balloon: None,
+            drives: Vec::new(),
+            boot_source: self.boot_source.clone(),
+            cpu_config: None,
+            logger: self.logger.clone(),
+            machine_config: self.machine_config.clone(),
+            metrics,
+            mmds_config: None,
+            network_interfaces: Vec::new(),
+            pmem: Vec::new(),
+            vsock: None,
+            entropy: None,
+        }
+    }
+}
+
+/// Firecracker's `FullVmConfiguration`. Sections we do not have yet are
+/// typed as opaque JSON so the shape is right and the devices can replace
+/// them with their own types.
+#[derive(Debug, Clone, Serialize)]
+pub struct FullVmConfig {
+    pub balloon: Option<serde_json::Value>,
+    pub drives: Vec<serde_json::Value>,
+    #[serde(rename = "boot-source")]
+    pub boot_source: Option<BootSourceConfig>,
+    #[serde(rename = "cpu-config")]
+    pub cpu_config: Option<serde_json::Value>,
+    pub logger: Option<LoggerConfig>,
+    #[serde(rename = "machine-config")]
+    pub machine_config: MachineConfig,
+    pub metrics: Option<MetricsConfig>,
+    #[serde(rename = "mmds-config")]
+    pub mmds_config: Option<serde_json::Value>,
+    #[serde(rename = "network-interfaces")]
+    pub network_interfaces: Vec<serde_json::Value>,
+    pub pmem: Vec<serde_json::Value>,
+    pub vsock: Option<serde_json::Value>,
+    pub entropy: Option<serde_json::Value>,
+}
