@@ -23,7 +23,7 @@ STATIC_CARGO := RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --relea
 DEB_PACKAGES := qemu-system-x86 qemu-utils busybox-static cpio linux-source-6.1 \
 	build-essential flex bison bc libelf-dev libssl-dev xz-utils kmod
 
-.PHONY: all deps images static build run test test-unit test-nested bench fmt clippy lint clean
+.PHONY: all deps images static build run test bench fuzz fuzz-test fmt lint clean
 
 all: build
 
@@ -50,9 +50,23 @@ run: images static
 
 test: images static
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) fuzz-test
 
 bench: images static
 	$(CARGO) run -q --release -p stratum-tests --bin bench-boot
+
+# The cargo-fuzz targets (vmm/fuzz) over seeded random inputs, on stable.
+fuzz-test:
+	$(CARGO) test --release --manifest-path vmm/fuzz/Cargo.toml
+
+# libFuzzer for FUZZ_SECONDS per target (no sanitizer: stable Rust).
+FUZZ_SECONDS ?= 30
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd vmm/fuzz && for t in $$($(CARGO) fuzz list); do \
+		echo "fuzz: $$t for $(FUZZ_SECONDS)s"; \
+		$(CARGO) fuzz run --sanitizer none $$t -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1; \
+	done
 
 fmt:
 	$(CARGO) fmt --all

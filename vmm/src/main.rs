@@ -125,7 +125,10 @@ fn run_from_command_line(kernel: PathBuf, cli: Cli) -> ExitCode {
     let config = VmConfig {
         kernel,
         initrd: cli.initrd.clone(),
-        cmdline: cli.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+        cmdline: cli
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CMDLINE.into()),
         vcpus: cli.vcpus.unwrap_or(DEFAULT_VCPUS),
         memory_mib: cli.memory.unwrap_or(DEFAULT_MEMORY_MIB),
         entropy: cli.entropy,

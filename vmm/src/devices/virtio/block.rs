@@ -341,6 +341,19 @@ impl Processor {
     }
 }
 
+/// Fuzzing entry point (vmm/fuzz): completes every available request of
+/// `queue` on `disk` as the device's worker does, with the driver having
+/// accepted `acked_features`. Not part of the device's API.
+#[doc(hidden)]
+pub fn fuzz_process_queue(
+    disk: Arc<Disk>,
+    acked_features: u64,
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+) -> bool {
+    Processor::new(disk, acked_features).process_queue(mem, queue)
+}
+
 fn bounce(buffer: &mut Vec<u8>, len: u32) -> &mut [u8] {
     // `len` is at most SIZE_MAX (checked in `parse`).
     let len = len as usize;

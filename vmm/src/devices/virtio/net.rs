@@ -62,6 +62,9 @@ fn receive(
         if rx.pending == 0 {
             match tap.read(&mut rx.frame) {
                 Ok(n) if n >= VNET_HDR_LEN => rx.pending = n,
+                // A TAP at EOF (its interface gone) has nothing more to give.
+                Ok(0) => return (used, false),
+                // A runt without a complete header: dropped.
                 Ok(_) => continue,
                 Err(_) => return (used, false),
             }
@@ -120,6 +123,24 @@ fn transmit(mem: &GuestMemoryMmap, queue: &mut Queue, tap: &mut impl Write) -> b
         used = true;
     }
     used
+}
+
+/// Fuzzing entry point (vmm/fuzz): `transmit` as the device's worker runs
+/// it. Not part of the device's API.
+#[doc(hidden)]
+pub fn fuzz_transmit(mem: &GuestMemoryMmap, queue: &mut Queue, tap: &mut impl Write) -> bool {
+    transmit(mem, queue, tap)
+}
+
+/// Fuzzing entry point (vmm/fuzz): `receive` from a fresh state, as the
+/// device's worker runs it. Not part of the device's API.
+#[doc(hidden)]
+pub fn fuzz_receive(mem: &GuestMemoryMmap, queue: &mut Queue, tap: &mut impl Read) -> (bool, bool) {
+    let mut rx = RxState {
+        frame: vec![0; MAX_FRAME],
+        pending: 0,
+    };
+    receive(mem, queue, tap, &mut rx)
 }
 
 fn notify(mem: &GuestMemoryMmap, queue: &mut Queue, interrupt: &Interrupt) {

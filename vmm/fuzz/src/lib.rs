@@ -1,0 +1,721 @@
+//! Fuzz harnesses for the vmm's virtio devices and the virtio-mmio transport.
+//!
+//! Each harness takes raw fuzzer bytes, decodes them with `arbitrary` into
+//! what a hostile guest controls (descriptor table, available ring, buffer
+//! contents, register accesses), runs the device code the worker threads
+//! run, and checks that it returns without panicking and that the device
+//! completed no more requests than the driver made available.
+//!
+//! The same harnesses are driven by libFuzzer (`cargo fuzz run <target>`,
+//! see fuzz_targets/) and by `cargo test` over seeded random inputs
+//! (tests/random_inputs.rs), so they also run on stable in CI.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arbitrary::{Arbitrary, Unstructured};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm::devices::virtio::{self, block, mmio, net, rng};
+use vmm::devices::{BusDevice, IrqLine};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::tempfile::TempFile;
+
+/// Guest memory: 4 MiB in three regions, with a seam between two adjacent
+/// regions at 2 MiB and a 64 KiB hole at 3 MiB, so buffers can straddle
+/// regions or run into unmapped guest-physical space, as they can on a
+/// real VM (e.g. around the 32-bit MMIO gap).
+pub const MEM_END: u64 = 4 << 20;
+const SEAM: u64 = 2 << 20;
+const HOLE_START: u64 = 3 << 20;
+const HOLE_END: u64 = HOLE_START + 0x1_0000;
+
+/// Where the queue's rings live (any queue size up to 256 fits).
+const DESC_TABLE: u64 = 0x0;
+const AVAIL_RING: u64 = 0x1000;
+const USED_RING: u64 = 0x2000;
+
+const NET_HDR_LEN: usize = 12;
+/// net.rs `MAX_FRAME`: header + 65550 bytes.
+const NET_MAX_FRAME: usize = NET_HDR_LEN + 65_550;
+
+pub fn guest_memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), SEAM as usize),
+        (GuestAddress(SEAM), (HOLE_START - SEAM) as usize),
+        (GuestAddress(HOLE_END), (MEM_END - HOLE_END) as usize),
+    ])
+    .expect("guest memory")
+}
+
+/// A guest-physical address: usually inside guest memory (including the
+/// hole), sometimes anything at all.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Addr {
+    Mem(u32),
+    Raw(u64),
+}
+
+impl Addr {
+    fn get(self) -> u64 {
+        match self {
+            Addr::Mem(x) => u64::from(x) % (MEM_END + 0x1000),
+            Addr::Raw(x) => x,
+        }
+    }
+}
+
+/// A descriptor length: small (headers, status bytes), whole sectors, or
+/// anything.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Len {
+    Small(u8),
+    Sectors(u8),
+    Raw(u32),
+}
+
+impl Len {
+    fn get(self) -> u32 {
+        match self {
+            Len::Small(x) => u32::from(x),
+            Len::Sectors(x) => u32::from(x) * 512,
+            Len::Raw(x) => x,
+        }
+    }
+}
+
+/// A split-queue descriptor (flags: 1 NEXT, 2 WRITE, 4 INDIRECT).
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub struct Desc {
+    addr: Addr,
+    len: Len,
+    flags: u8,
+    next: u8,
+}
+
+impl Desc {
+    fn bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.addr.get().to_le_bytes());
+        b[8..12].copy_from_slice(&self.len.get().to_le_bytes());
+        b[12..14].copy_from_slice(&u16::from(self.flags).to_le_bytes());
+        b[14..16].copy_from_slice(&u16::from(self.next).to_le_bytes());
+        b
+    }
+}
+
+/// What the guest writes into its memory besides the rings.
+#[derive(Arbitrary, Debug)]
+pub enum MemWrite {
+    Bytes {
+        addr: Addr,
+        bytes: Vec<u8>,
+    },
+    /// A virtio-blk request header: le32 type, le32 reserved, le64 sector.
+    BlkHeader {
+        addr: Addr,
+        kind: BlkKind,
+        sector: u64,
+    },
+    /// A table for an INDIRECT descriptor.
+    Indirect {
+        addr: Addr,
+        descs: Vec<Desc>,
+    },
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum BlkKind {
+    In,
+    Out,
+    Flush,
+    GetId,
+    Raw(u32),
+}
+
+impl MemWrite {
+    fn apply(&self, mem: &GuestMemoryMmap) {
+        // Writes into the hole or past the end fail: the guest cannot
+        // write there either.
+        match self {
+            MemWrite::Bytes { addr, bytes } => {
+                let _ = mem.write_slice(bytes, GuestAddress(addr.get()));
+            }
+            MemWrite::BlkHeader { addr, kind, sector } => {
+                let kind = match kind {
+                    BlkKind::In => 0,
+                    BlkKind::Out => 1,
+                    BlkKind::Flush => 4,
+                    BlkKind::GetId => 8,
+                    BlkKind::Raw(x) => *x,
+                };
+                let mut h = [0u8; 16];
+                h[..4].copy_from_slice(&kind.to_le_bytes());
+                h[8..].copy_from_slice(&sector.to_le_bytes());
+                let _ = mem.write_slice(&h, GuestAddress(addr.get()));
+            }
+            MemWrite::Indirect { addr, descs } => {
+                let table: Vec<u8> = descs.iter().flat_map(|d| d.bytes()).collect();
+                let _ = mem.write_slice(&table, GuestAddress(addr.get()));
+            }
+        }
+    }
+}
+
+/// The available index the driver publishes.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum AvailIdx {
+    /// next_avail + n.
+    Entries(u8),
+    Raw(u16),
+}
+
+/// Everything a driver controls about one split queue.
+#[derive(Arbitrary, Debug)]
+pub struct Driver {
+    /// Queue size 1 << (size_log2 % 9): 1 to 256.
+    size_log2: u8,
+    next_avail: u16,
+    next_used: u16,
+    avail_idx: AvailIdx,
+    event_idx: bool,
+    used_event: u16,
+    descriptors: Vec<Desc>,
+    /// Avail ring entries from slot next_avail % size on; unset slots hold
+    /// their own index.
+    ring: Vec<u8>,
+    writes: Vec<MemWrite>,
+}
+
+/// A queue set up as the transport hands it to a device, and what the
+/// harness needs to check the device's work.
+pub struct Setup {
+    pub mem: GuestMemoryMmap,
+    pub queue: Queue,
+    avail_before: u16,
+    ring_header_before: [u8; 4],
+}
+
+impl Driver {
+    pub fn setup(&self) -> Setup {
+        let mem = guest_memory();
+        let size: u16 = 1 << (self.size_log2 % 9);
+        for (i, d) in self.descriptors.iter().take(size.into()).enumerate() {
+            mem.write_slice(&d.bytes(), GuestAddress(DESC_TABLE + 16 * i as u64))
+                .unwrap();
+        }
+        let avail_idx = match self.avail_idx {
+            AvailIdx::Entries(n) => self.next_avail.wrapping_add(n.into()),
+            AvailIdx::Raw(x) => x,
+        };
+        let mut avail = vec![0u8; 4 + 2 * usize::from(size) + 2];
+        avail[2..4].copy_from_slice(&avail_idx.to_le_bytes());
+        for slot in 0..size {
+            let k = usize::from(slot.wrapping_sub(self.next_avail) % size);
+            let head = self.ring.get(k).map_or(slot, |&h| h.into());
+            let at = 4 + 2 * usize::from(slot);
+            avail[at..at + 2].copy_from_slice(&head.to_le_bytes());
+        }
+        let at = 4 + 2 * usize::from(size);
+        avail[at..].copy_from_slice(&self.used_event.to_le_bytes());
+        mem.write_slice(&avail, GuestAddress(AVAIL_RING)).unwrap();
+        mem.write_obj(self.next_used.to_le(), GuestAddress(USED_RING + 2))
+            .unwrap();
+        for w in &self.writes {
+            w.apply(&mem);
+        }
+
+        let mut queue = Queue::new(256).unwrap();
+        queue.set_size(size);
+        queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
+        queue.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
+        queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
+        queue.set_event_idx(self.event_idx);
+        queue.set_next_avail(self.next_avail);
+        queue.set_next_used(self.next_used);
+        queue.set_ready(true);
+        assert!(queue.is_valid(&mem), "the harness's own queue is valid");
+        let mut ring_header_before = [0u8; 4];
+        mem.read_slice(&mut ring_header_before, GuestAddress(AVAIL_RING))
+            .unwrap();
+        // The guest's other writes may have overwritten the ring.
+        let avail_before = u16::from_le_bytes([ring_header_before[2], ring_header_before[3]]);
+        Setup {
+            mem,
+            queue,
+            avail_before,
+            ring_header_before,
+        }
+    }
+}
+
+impl Setup {
+    /// Runs `process` (a device's queue processing function, which returns
+    /// whether it used any buffer) and checks what it did to the queue.
+    pub fn run(&mut self, process: impl FnOnce(&GuestMemoryMmap, &mut Queue) -> bool) {
+        let next_avail = self.queue.next_avail();
+        let next_used = self.queue.next_used();
+        let used_any = process(&self.mem, &mut self.queue);
+        let popped = self.queue.next_avail().wrapping_sub(next_avail);
+        let completed = self.queue.next_used().wrapping_sub(next_used);
+        assert_eq!(used_any, completed > 0, "return value vs used ring");
+        COMPLETED.set(COMPLETED.get() + u64::from(completed));
+        // Every request taken is completed, except one whose completion
+        // failed (then the device stops).
+        assert!(
+            completed == popped || completed + 1 == popped,
+            "popped {popped}, completed {completed}"
+        );
+        // The bound only holds if the device's own writes did not land on
+        // the available ring's index (a guest may hand out its own ring as
+        // a buffer).
+        let mut header = [0u8; 4];
+        self.mem
+            .read_slice(&mut header, GuestAddress(AVAIL_RING))
+            .unwrap();
+        if header == self.ring_header_before {
+            let available = self.avail_before.wrapping_sub(next_avail);
+            let size = self.queue.size();
+            if available > size {
+                assert_eq!(
+                    popped, 0,
+                    "avail idx {available} ahead of a queue of {size}"
+                );
+            } else {
+                assert!(popped <= available, "popped {popped} of {available}");
+            }
+        }
+        // What the worker does after processing.
+        let _ = self.queue.needs_notification(&self.mem);
+    }
+}
+
+thread_local! {
+    static DECODED: Cell<u64> = const { Cell::new(0) };
+    static COMPLETED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How much work the harnesses did on this thread: inputs that decoded,
+/// and requests the devices completed. The random-input tests check that
+/// they are not just skipping their inputs.
+pub fn counters() -> (u64, u64) {
+    (DECODED.get(), COMPLETED.get())
+}
+
+/// Runs `f` on the decoded input; inputs that do not decode are skipped.
+fn decode<'a, T: Arbitrary<'a>>(data: &'a [u8], f: impl FnOnce(T)) {
+    if let Ok(input) = T::arbitrary_take_rest(Unstructured::new(data)) {
+        DECODED.set(DECODED.get() + 1);
+        f(input);
+    }
+}
+
+// ---------------------------------------------------------------- rng
+
+/// virtio-rng: `rng::process_queue`.
+pub fn rng(data: &[u8]) {
+    decode(data, |driver: Driver| {
+        let mut setup = driver.setup();
+        setup.run(rng::process_queue);
+    });
+}
+
+// ---------------------------------------------------------------- block
+
+#[derive(Arbitrary, Debug)]
+pub struct BlockInput {
+    read_only: bool,
+    flush_acked: bool,
+    /// Image size in bytes: image_len % (16 sectors + 1), so partial last
+    /// sectors and empty images occur.
+    image_len: u16,
+    driver: Driver,
+}
+
+const IMAGE_SECTORS: u64 = 16;
+
+/// One temp file (on tmpfs when there is one, so fdatasync is cheap),
+/// unlinked at once, truncated and regrown for each input.
+fn image() -> &'static Mutex<File> {
+    static IMAGE: OnceLock<Mutex<File>> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let shm = std::path::Path::new("/dev/shm");
+        let temp = if shm.is_dir() {
+            TempFile::new_in(shm).or_else(|_| TempFile::new())
+        } else {
+            TempFile::new()
+        }
+        .expect("temp file for the block image");
+        Mutex::new(temp.into_file())
+    })
+}
+
+/// virtio-blk: the worker's request processing (`Processor::process_queue`).
+pub fn block(data: &[u8]) {
+    decode(data, |input: BlockInput| {
+        let image = image().lock().unwrap_or_else(|e| e.into_inner());
+        let len = u64::from(input.image_len) % (IMAGE_SECTORS * 512 + 1);
+        image.set_len(0).unwrap();
+        image.set_len(len).unwrap();
+        let disk = block::Disk::from_file(
+            image.try_clone().unwrap(),
+            input.read_only,
+            Some("fuzz-serial"),
+        )
+        .unwrap();
+        assert_eq!(disk.capacity(), len / 512);
+        // VIRTIO_BLK_F_FLUSH is bit 9.
+        let features = if input.flush_acked { 1 << 9 } else { 0 };
+        let disk = Arc::new(disk);
+        let mut setup = input.driver.setup();
+        setup.run(|mem, queue| block::fuzz_process_queue(disk, features, mem, queue));
+        drop(image);
+    });
+}
+
+// ---------------------------------------------------------------- net
+
+#[derive(Arbitrary, Debug)]
+pub struct NetTxInput {
+    /// The TAP refuses frames (a full queue, ENOBUFS).
+    tap_full: bool,
+    driver: Driver,
+}
+
+/// A TAP that takes frames and checks them.
+struct TapSink {
+    full: bool,
+}
+
+impl Write for TapSink {
+    fn write(&mut self, frame: &[u8]) -> io::Result<usize> {
+        assert!(
+            frame.len() > NET_HDR_LEN,
+            "a frame of {} bytes",
+            frame.len()
+        );
+        assert!(
+            frame.len() <= NET_MAX_FRAME,
+            "a frame of {} bytes",
+            frame.len()
+        );
+        if self.full {
+            Err(io::Error::from_raw_os_error(libc::ENOBUFS))
+        } else {
+            Ok(frame.len())
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// virtio-net transmit queue: `net::transmit`.
+pub fn net_tx(data: &[u8]) {
+    decode(data, |input: NetTxInput| {
+        let mut setup = input.driver.setup();
+        let mut tap = TapSink {
+            full: input.tap_full,
+        };
+        setup.run(|mem, queue| net::fuzz_transmit(mem, queue, &mut tap));
+    });
+}
+
+#[derive(Arbitrary, Debug)]
+pub enum Frame {
+    Bytes(Vec<u8>),
+    /// A frame of `len` bytes (up to the TAP's 64 KiB), filled with `fill`.
+    Sized {
+        len: u16,
+        extra: u8,
+        fill: u8,
+    },
+    /// The read fails with something other than EAGAIN.
+    Error,
+}
+
+#[derive(Arbitrary, Debug)]
+pub struct NetRxInput {
+    frames: Vec<Frame>,
+    driver: Driver,
+}
+
+/// A TAP that hands out the input's frames, one per read, then EAGAIN.
+struct TapSource {
+    frames: std::vec::IntoIter<Frame>,
+}
+
+impl Read for TapSource {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let frame = match self.frames.next() {
+            None => return Err(io::ErrorKind::WouldBlock.into()),
+            Some(Frame::Error) => return Err(io::Error::from_raw_os_error(libc::EBADFD)),
+            Some(Frame::Bytes(b)) => b,
+            Some(Frame::Sized { len, extra, fill }) => {
+                vec![fill; usize::from(len) + usize::from(extra)]
+            }
+        };
+        // A TAP truncates a frame to the read buffer.
+        let n = frame.len().min(buf.len());
+        buf[..n].copy_from_slice(&frame[..n]);
+        Ok(n)
+    }
+}
+
+/// virtio-net receive queue: `net::receive`.
+pub fn net_rx(data: &[u8]) {
+    decode(data, |input: NetRxInput| {
+        let mut setup = input.driver.setup();
+        let mut tap = TapSource {
+            frames: input.frames.into_iter(),
+        };
+        setup.run(|mem, queue| net::fuzz_receive(mem, queue, &mut tap).0);
+    });
+}
+
+// ---------------------------------------------------------------- mmio
+
+const MAGIC_VALUE: u32 = 0x7472_6976;
+/// ACKNOWLEDGE | DRIVER | DRIVER_OK | FEATURES_OK | DEVICE_NEEDS_RESET | FAILED
+const STATUS_BITS: u32 = 1 | 2 | 4 | 8 | 64 | 128;
+
+/// A device that checks what the transport asks of it.
+struct MockDevice {
+    queue_sizes: Vec<u16>,
+    features: u64,
+    config: Vec<u8>,
+    activate_ok: bool,
+    reset_ok: bool,
+    active: bool,
+}
+
+impl virtio::VirtioDevice for MockDevice {
+    fn device_type(&self) -> u32 {
+        virtio::TYPE_RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        assert_eq!(features & !self.features, 0, "acked features not offered");
+        assert!(!self.active, "features acked while active");
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        virtio::read_config_bytes(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(dst) = self.config.get_mut(start..) {
+            let n = dst.len().min(data.len());
+            dst[..n].copy_from_slice(&data[..n]);
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: virtio::SharedMemory,
+        _interrupt: Arc<virtio::Interrupt>,
+        queues: Vec<virtio::ActiveQueue>,
+    ) -> Result<(), virtio::ActivateError> {
+        assert!(!self.active, "activated twice without a reset");
+        assert!(queues.len() <= self.queue_sizes.len());
+        for q in &queues {
+            assert!(q.queue.ready());
+            assert!(q.queue.is_valid(mem.as_ref()), "an invalid queue activated");
+        }
+        if !self.activate_ok {
+            return Err(virtio::ActivateError::QueueCount {
+                expected: self.queue_sizes.len(),
+                got: queues.len(),
+            });
+        }
+        self.active = true;
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        assert!(self.active, "reset of a device that is not active");
+        if self.reset_ok {
+            self.active = false;
+        }
+        self.reset_ok
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+pub enum DeviceKind {
+    Mock {
+        queue_sizes: Vec<u16>,
+        features: u64,
+        config: Vec<u8>,
+        activate_ok: bool,
+        reset_ok: bool,
+    },
+    /// The real virtio-rng (its worker thread processes the queue on
+    /// QueueNotify writes).
+    Rng,
+}
+
+/// Register offsets: mostly the register block, also the configuration
+/// space and anything at all.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Offset {
+    Register(u8),
+    Config(u8),
+    Any(u64),
+}
+
+impl Offset {
+    fn get(self) -> u64 {
+        match self {
+            Offset::Register(x) => u64::from(x & 0xfc),
+            Offset::Config(x) => 0x100 + u64::from(x),
+            Offset::Any(x) => x,
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Width {
+    W4,
+    W1,
+    W2,
+    W8,
+    W0,
+}
+
+impl Width {
+    fn get(self) -> usize {
+        match self {
+            Width::W4 => 4,
+            Width::W1 => 1,
+            Width::W2 => 2,
+            Width::W8 => 8,
+            Width::W0 => 0,
+        }
+    }
+}
+
+/// Register values: the usual status progression and queue addresses
+/// inside guest memory come up often, anything else too.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Value {
+    Status(u8),
+    Addr(u32),
+    Raw(u64),
+}
+
+impl Value {
+    fn get(self) -> u64 {
+        match self {
+            Value::Status(x) => [0, 1, 3, 11, 15, 128, 64][usize::from(x) % 7],
+            Value::Addr(x) => u64::from(x) % MEM_END,
+            Value::Raw(x) => x,
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+pub enum Op {
+    Read {
+        offset: Offset,
+        width: Width,
+    },
+    Write {
+        offset: Offset,
+        width: Width,
+        value: Value,
+    },
+    Mem(MemWrite),
+}
+
+#[derive(Arbitrary, Debug)]
+pub struct MmioInput {
+    device: DeviceKind,
+    ops: Vec<Op>,
+}
+
+/// The virtio-mmio transport's register interface (`BusDevice` read and
+/// write): no access sequence may panic or leave the transport in a state
+/// the specification does not allow.
+pub fn mmio(data: &[u8]) {
+    decode(data, |input: MmioInput| {
+        let mem = Arc::new(guest_memory());
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let interrupt = Arc::new(virtio::Interrupt::new(IrqLine(irq)));
+        let device: Box<dyn virtio::VirtioDevice> = match input.device {
+            DeviceKind::Mock {
+                mut queue_sizes,
+                features,
+                mut config,
+                activate_ok,
+                reset_ok,
+            } => {
+                queue_sizes.truncate(4);
+                config.truncate(256);
+                Box::new(MockDevice {
+                    queue_sizes,
+                    features,
+                    config,
+                    activate_ok,
+                    reset_ok,
+                    active: false,
+                })
+            }
+            DeviceKind::Rng => Box::new(rng::Rng::new()),
+        };
+        // Invalid queue sizes are the VMM's own configuration error.
+        let Ok(mut transport) = mmio::MmioTransport::new(device, mem.clone(), interrupt) else {
+            return;
+        };
+        for op in input.ops.iter().take(512) {
+            match *op {
+                Op::Read { offset, width } => {
+                    let mut buf = [0xa5u8; 8];
+                    transport.read(offset.get(), &mut buf[..width.get()]);
+                }
+                Op::Write {
+                    offset,
+                    width,
+                    value,
+                } => {
+                    let bytes = value.get().to_le_bytes();
+                    transport.write(offset.get(), &bytes[..width.get()]);
+                }
+                Op::Mem(ref w) => w.apply(&mem),
+            }
+            let mut reg = [0u8; 4];
+            transport.read(0x00, &mut reg);
+            assert_eq!(u32::from_le_bytes(reg), MAGIC_VALUE);
+            transport.read(0x70, &mut reg);
+            let status = u32::from_le_bytes(reg);
+            assert_eq!(status & !STATUS_BITS, 0, "status {status:#x}");
+        }
+        // Dropping the transport stops the device's worker, if any.
+    });
+}
+
+/// A harness: runs one fuzzer input.
+pub type Harness = fn(&[u8]);
+
+/// The harnesses by fuzz target name.
+pub const TARGETS: &[(&str, Harness)] = &[
+    ("virtio_rng", rng),
+    ("virtio_block", block),
+    ("virtio_net_tx", net_tx),
+    ("virtio_net_rx", net_rx),
+    ("virtio_mmio", mmio),
+];
