@@ -21,6 +21,14 @@ use vmm::config::{ConsoleOutput, DEFAULT_CMDLINE};
 use vmm::vmm_config::config_file::ConfigFile;
 use vmm::{vmm_log, RunningVm, VmConfig, VmEvent};
 
+/// The options that describe a VM on the command line. They conflict with
+/// --config-file and --api-sock, which describe it themselves. (`requires =
+/// "kernel"` on each is not enough: clap lets them through once --kernel's
+/// own `required_unless_present_any` is satisfied.)
+const KERNEL_ARGS: [&str; 8] = [
+    "kernel", "initrd", "cmdline", "vcpus", "memory", "entropy", "drive", "net",
+];
+
 #[derive(Parser, Debug)]
 #[command(
     name = "vmm",
@@ -58,10 +66,10 @@ struct Cli {
     #[arg(long, requires = "kernel", value_name = "tap=NAME[,id=ID][,mac=MAC]", value_parser = vmm::config::NetConfig::parse_cli)]
     net: Vec<vmm::config::NetConfig>,
     /// Boot the VM described by this Firecracker config file (JSON).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = KERNEL_ARGS)]
     config_file: Option<PathBuf>,
     /// Serve the Firecracker-compatible control API on this Unix socket.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = KERNEL_ARGS)]
     api_sock: Option<PathBuf>,
     /// Instance id reported by the API and in log lines.
     #[arg(long, default_value = DEFAULT_INSTANCE_ID, value_parser = parse_id)]
