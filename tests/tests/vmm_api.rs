@@ -124,6 +124,36 @@ fn boot_pause_resume_and_ctrl_alt_del_through_the_api() {
 }
 
 #[test]
+fn devices_through_the_api_and_a_hard_stop() {
+    let script = "dd if=/dev/zero of=/tmp/disk.img bs=1M count=4 2>/dev/null\n".to_string()
+        + &prelude()
+        + "api PUT /drives/data '{\"drive_id\": \"data\", \"path_on_host\": \"/tmp/disk.img\", \
+           \"is_root_device\": false, \"is_read_only\": true}'\n\
+           api PUT /drives/other '{\"drive_id\": \"data\", \"path_on_host\": \"/tmp/disk.img\", \
+           \"is_root_device\": false}'\n\
+           api PUT /entropy '{}'\n"
+        + &boot_requests("console=ttyS0 reboot=k panic=-1 pci=off quiet stratum.exit=wait")
+        + "wait_for STRATUM-GUEST-TICK\n\
+           api GET /vm/config\n\
+           api PUT /drives/late '{\"drive_id\": \"late\", \"path_on_host\": \"/tmp/disk.img\", \
+           \"is_root_device\": false}'\n\
+           api PUT /stratum/actions '{\"action_type\": \"HardStop\"}'\n\
+           wait $VMM; echo VMM-EXIT=$?\n";
+    let outcome = run(script);
+    assert_status(&outcome, "PUT /drives/data", 204);
+    assert_status(&outcome, "PUT /drives/other", 400); // ids differ
+    assert_status(&outcome, "PUT /entropy", 204);
+    assert_status(&outcome, "PUT /drives/late", 400); // after boot
+    let config = status_of(&outcome, "GET /vm/config").join(" ");
+    assert!(
+        config.contains("\"drive_id\":\"data\"") && config.contains("\"is_read_only\":true"),
+        "GET /vm/config lists the drive: {config}"
+    );
+    assert_status(&outcome, "PUT /stratum/actions", 204);
+    assert_eq!(value_of(&outcome, "VMM-EXIT=").as_deref(), Some("0"));
+}
+
+#[test]
 fn boot_from_a_firecracker_config_file() {
     let config = format!(
         "{{\"boot-source\": {{\"kernel_image_path\": \"{GUEST_VMLINUX}\", \

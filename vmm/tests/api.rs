@@ -392,7 +392,7 @@ fn bad_requests_get_400_with_a_fault_message_and_change_nothing() {
             "PUT",
             "/actions",
             r#"{"action_type": "SendCtrlAltDel"}"#,
-            "SendCtrlAltDel is not supported",
+            "not supported before starting the microVM: SendCtrlAltDel",
         ),
         (
             "PUT",
@@ -410,13 +410,13 @@ fn bad_requests_get_400_with_a_fault_message_and_change_nothing() {
             "PUT",
             "/drives/rootfs",
             r#"{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true, "is_read_only": false}"#,
-            "PUT /drives/rootfs is not supported",
+            "Unable to open the drive rootfs: /r",
         ),
         (
             "PUT",
             "/network-interfaces/eth0",
-            r#"{"iface_id": "eth0", "host_dev_name": "tap0"}"#,
-            "PUT /network-interfaces/eth0 is not supported",
+            r#"{"iface_id": "eth0", "host_dev_name": "nosuchtap7"}"#,
+            "TAP device nosuchtap7 does not exist",
         ),
         (
             "PUT",
@@ -424,12 +424,17 @@ fn bad_requests_get_400_with_a_fault_message_and_change_nothing() {
             r#"{"guest_cid": 3, "uds_path": "/v"}"#,
             "PUT /vsock is not supported",
         ),
-        ("PUT", "/entropy", "{}", "PUT /entropy is not supported"),
+        (
+            "PUT",
+            "/entropy",
+            r#"{"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#,
+            "rate limiters are not supported",
+        ),
         (
             "PATCH",
             "/vm",
             r#"{"state": "Paused"}"#,
-            "PATCH /vm is not supported",
+            "not supported before starting the microVM: PATCH /vm",
         ),
         (
             "PUT",
@@ -715,7 +720,7 @@ fn config_file_errors_exit_1_and_start_nothing() {
         ),
         (
             r#"{"boot-source": {"kernel_image_path": "K"}, "drives": [{"drive_id": "rootfs"}]}"#,
-            "\"drives\" is not supported",
+            "missing field",
         ),
         (
             r#"{"boot-source": {"kernel_image_path": "K"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 8}}"#,

@@ -9,11 +9,12 @@ use serde::Serialize;
 use crate::config::VmConfig;
 use crate::vmm_config::boot_source::{self, BootSourceConfig};
 use crate::vmm_config::config_file::ConfigFile;
+use crate::vmm_config::devices::{self, DriveBody, EntropyBody, NetworkInterfaceBody};
 use crate::vmm_config::logger::{self, LoggerConfig};
 use crate::vmm_config::machine_config::{self, MachineConfig, MachineConfigUpdate};
 use crate::vmm_config::metrics::{self, Metrics, MetricsConfig};
 use crate::vmm_config::resources::{self, FullVmConfig, VmResources};
-use crate::{vmm_log, RunningVm};
+use crate::{vmm_log, RunningVm, VmController};
 
 /// Reported as `app_name` in the instance information.
 pub const APP_NAME: &str = "stratum-vmm";
@@ -34,6 +35,14 @@ pub enum VmmAction {
     PutMetrics(MetricsConfig),
     InstanceStart,
     FlushMetrics,
+    PutDrive(String, DriveBody),
+    PutNetworkInterface(String, NetworkInterfaceBody),
+    PutEntropy(EntropyBody),
+    /// `PATCH /vm`: true pauses, false resumes.
+    PatchVmPaused(bool),
+    SendCtrlAltDel,
+    /// Our addition (`PUT /stratum/actions`): end the VM at once.
+    HardStop,
 }
 
 /// What a successful action returns.
@@ -62,6 +71,12 @@ pub enum ActionError {
     Logger(#[from] logger::Error),
     #[error("{0}")]
     Metrics(#[from] metrics::Error),
+    #[error("{0}")]
+    Device(#[from] devices::Error),
+    #[error("The requested operation is not supported before starting the microVM: {0}.")]
+    NotAllowedBeforeBoot(&'static str),
+    #[error("cannot pause the microVM: {0}")]
+    Pause(String),
 }
 
 /// Firecracker's `InstanceInfo`.
@@ -84,6 +99,7 @@ pub enum InstanceState {
     #[serde(rename = "Not started")]
     NotStarted,
     Running,
+    Paused,
 }
 
 /// Holds the configuration until boot and the instance state after it.
@@ -98,6 +114,7 @@ pub struct Controller {
     metrics: Metrics,
     state: InstanceState,
     started: Sender<RunningVm>,
+    vm: Option<VmController>,
 }
 
 impl Controller {
@@ -112,6 +129,7 @@ impl Controller {
             metrics: Metrics::default(),
             state: InstanceState::NotStarted,
             started,
+            vm: None,
         }
     }
 
@@ -141,6 +159,15 @@ impl Controller {
         }
         if let Some(machine) = file.machine_config {
             self.handle(VmmAction::PutMachineConfig(machine))?;
+        }
+        for drive in file.drives {
+            self.handle(VmmAction::PutDrive(drive.drive_id.clone(), drive))?;
+        }
+        for nic in file.network_interfaces {
+            self.handle(VmmAction::PutNetworkInterface(nic.iface_id.clone(), nic))?;
+        }
+        if let Some(entropy) = file.entropy {
+            self.handle(VmmAction::PutEntropy(entropy))?;
         }
         self.handle(VmmAction::PutBootSource(file.boot_source))?;
         self.handle(VmmAction::InstanceStart)?;
@@ -196,13 +223,65 @@ impl Controller {
                 Ok(VmmData::Empty)
             }
             VmmAction::InstanceStart => self.start(),
+            VmmAction::PutDrive(id, drive) => {
+                self.before_boot("PUT /drives")?;
+                drive.validate(Some(&id))?;
+                let mut drives = self.resources.drives.clone();
+                devices::upsert(&mut drives, drive, |d| d.drive_id == id);
+                devices::check_drives(&drives)?;
+                self.resources.drives = drives;
+                Ok(VmmData::Empty)
+            }
+            VmmAction::PutNetworkInterface(id, nic) => {
+                self.before_boot("PUT /network-interfaces")?;
+                nic.validate(Some(&id))?;
+                let mut nics = self.resources.network_interfaces.clone();
+                devices::upsert(&mut nics, nic, |n| n.iface_id == id);
+                devices::check_nics(&nics)?;
+                self.resources.network_interfaces = nics;
+                Ok(VmmData::Empty)
+            }
+            VmmAction::PutEntropy(entropy) => {
+                self.before_boot("PUT /entropy")?;
+                entropy.validate()?;
+                self.resources.entropy = Some(entropy);
+                Ok(VmmData::Empty)
+            }
+            VmmAction::PatchVmPaused(pause) => {
+                let vm = self.running_vm("PATCH /vm")?;
+                if pause {
+                    vm.pause().map_err(|e| ActionError::Pause(e.to_string()))?;
+                    self.state = InstanceState::Paused;
+                } else {
+                    vm.resume();
+                    self.state = InstanceState::Running;
+                }
+                Ok(VmmData::Empty)
+            }
+            VmmAction::SendCtrlAltDel => {
+                self.running_vm("SendCtrlAltDel")?.send_ctrl_alt_del();
+                Ok(VmmData::Empty)
+            }
+            VmmAction::HardStop => {
+                self.running_vm("Stop")?.stop();
+                Ok(VmmData::Empty)
+            }
         }
+    }
+
+    /// The running VM's controller, or the error for `operation` before boot.
+    fn running_vm(&self, operation: &'static str) -> Result<VmController, ActionError> {
+        self.vm
+            .clone()
+            .ok_or(ActionError::NotAllowedBeforeBoot(operation))
     }
 
     fn before_boot(&self, operation: &'static str) -> Result<(), ActionError> {
         match self.state {
             InstanceState::NotStarted => Ok(()),
-            InstanceState::Running => Err(ActionError::NotAllowedAfterBoot(operation)),
+            InstanceState::Running | InstanceState::Paused => {
+                Err(ActionError::NotAllowedAfterBoot(operation))
+            }
         }
     }
 
@@ -225,6 +304,7 @@ impl Controller {
         let vm = crate::build_and_start(&config)
             .map_err(|error| ActionError::Start(error_chain(&error)))?;
         self.state = InstanceState::Running;
+        self.vm = Some(vm.controller());
         vmm_log!(Info, "the microVM is running");
         // The receiver lives as long as the process's main thread; if it is
         // gone the process is exiting anyway.
@@ -245,7 +325,14 @@ fn counted(action: &VmmAction) -> metrics::Request {
         VmmAction::PatchMachineConfig(_) => Request::PatchMachineConfig,
         VmmAction::PutLogger(_) => Request::PutLogger,
         VmmAction::PutMetrics(_) => Request::PutMetrics,
-        VmmAction::InstanceStart | VmmAction::FlushMetrics => Request::PutActions,
+        VmmAction::InstanceStart
+        | VmmAction::FlushMetrics
+        | VmmAction::SendCtrlAltDel
+        | VmmAction::HardStop => Request::PutActions,
+        VmmAction::PutDrive(..) => Request::PutDrive,
+        VmmAction::PutNetworkInterface(..) => Request::PutNetworkInterface,
+        VmmAction::PutEntropy(_) => Request::PutEntropy,
+        VmmAction::PatchVmPaused(_) => Request::PatchVm,
     }
 }
 

@@ -39,12 +39,38 @@ enum ActionType {
     SendCtrlAltDel,
 }
 
+/// Firecracker's `Vm` (`PATCH /vm`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmStateBody {
+    state: VmState,
+}
+
+#[derive(Debug, Deserialize)]
+enum VmState {
+    Paused,
+    Resumed,
+}
+
+/// Our own actions, under `/stratum` so they never collide with
+/// Firecracker's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StratumActionBody {
+    action_type: StratumAction,
+}
+
+#[derive(Debug, Deserialize)]
+enum StratumAction {
+    /// End the VM now, without asking the guest.
+    HardStop,
+}
+
 /// Firecracker endpoints we do not serve yet, by first path segment.
 const UNSUPPORTED: &[&str] = &[
     "balloon",
     "cpu-config",
     "drives",
-    "entropy",
     "hotplug",
     "mmds",
     "network-interfaces",
@@ -78,9 +104,26 @@ pub fn parse(request: &Request) -> Result<VmmAction, RequestError> {
             match action.action_type {
                 ActionType::InstanceStart => Ok(VmmAction::InstanceStart),
                 ActionType::FlushMetrics => Ok(VmmAction::FlushMetrics),
-                ActionType::SendCtrlAltDel => {
-                    Err(RequestError::UnsupportedAction("SendCtrlAltDel"))
-                }
+                ActionType::SendCtrlAltDel => Ok(VmmAction::SendCtrlAltDel),
+            }
+        }
+        (Method::Put, ["drives", id]) => Ok(VmmAction::PutDrive(id.to_string(), body(request)?)),
+        (Method::Put, ["network-interfaces", id]) => Ok(VmmAction::PutNetworkInterface(
+            id.to_string(),
+            body(request)?,
+        )),
+        (Method::Put, ["entropy"]) => Ok(VmmAction::PutEntropy(body(request)?)),
+        (Method::Patch, ["vm"]) => {
+            let vm: VmStateBody = body(request)?;
+            Ok(VmmAction::PatchVmPaused(matches!(
+                vm.state,
+                VmState::Paused
+            )))
+        }
+        (Method::Put, ["stratum", "actions"]) => {
+            let action: StratumActionBody = body(request)?;
+            match action.action_type {
+                StratumAction::HardStop => Ok(VmmAction::HardStop),
             }
         }
         (_, [first, ..]) if UNSUPPORTED.contains(first) => Err(RequestError::UnsupportedEndpoint(
@@ -143,17 +186,33 @@ mod tests {
     #[test]
     fn errors_name_the_problem() {
         let e = route(Method::Put, "/drives/rootfs", "{}").unwrap_err();
-        assert_eq!(e, "PUT /drives/rootfs is not supported by this VMM yet.");
-        let e = route(Method::Patch, "/vm", r#"{"state": "Paused"}"#).unwrap_err();
-        assert!(e.contains("PATCH /vm is not supported"), "{e}");
+        assert!(e.contains("missing field `drive_id`"), "{e}");
+        let e = route(Method::Put, "/vsock", "{}").unwrap_err();
+        assert_eq!(e, "PUT /vsock is not supported by this VMM yet.");
+        assert_eq!(
+            route(Method::Patch, "/vm", r#"{"state": "Paused"}"#),
+            Ok(VmmAction::PatchVmPaused(true))
+        );
+        let e = route(Method::Patch, "/vm", r#"{"state": "Asleep"}"#).unwrap_err();
+        assert!(e.contains("unknown variant"), "{e}");
+        assert_eq!(
+            route(
+                Method::Put,
+                "/stratum/actions",
+                r#"{"action_type": "HardStop"}"#
+            ),
+            Ok(VmmAction::HardStop)
+        );
         let e = route(Method::Get, "/nothing", "").unwrap_err();
         assert_eq!(e, "Invalid request method and/or path: GET /nothing.");
-        let e = route(
-            Method::Put,
-            "/actions",
-            r#"{"action_type": "SendCtrlAltDel"}"#,
+        assert_eq!(
+            route(
+                Method::Put,
+                "/actions",
+                r#"{"action_type": "SendCtrlAltDel"}"#
+            ),
+            Ok(VmmAction::SendCtrlAltDel)
         );
-        assert!(e.unwrap_err().contains("SendCtrlAltDel"));
         let e = route(Method::Put, "/actions", r#"{"action_type": "Reboot"}"#).unwrap_err();
         assert!(e.contains("unknown variant"), "{e}");
         assert_eq!(

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::boot_source::BootSourceConfig;
+use super::devices::{DriveBody, EntropyBody, NetworkInterfaceBody};
 use super::logger::LoggerConfig;
 use super::machine_config::MachineConfig;
 use super::metrics::MetricsConfig;
@@ -47,15 +48,15 @@ pub struct ConfigFile {
     // Sections for devices this VMM does not have yet: accepted when empty
     // (`[]` or `null`), as `GET /vm/config` writes them, refused otherwise.
     #[serde(default)]
-    drives: Vec<serde_json::Value>,
+    pub drives: Vec<DriveBody>,
     #[serde(rename = "network-interfaces", default)]
-    network_interfaces: Vec<serde_json::Value>,
+    pub network_interfaces: Vec<NetworkInterfaceBody>,
     #[serde(default)]
     pmem: Vec<serde_json::Value>,
     #[serde(default)]
     vsock: Option<serde_json::Value>,
     #[serde(default)]
-    entropy: Option<serde_json::Value>,
+    pub entropy: Option<EntropyBody>,
     #[serde(default)]
     balloon: Option<serde_json::Value>,
     #[serde(rename = "mmds-config", default)]
@@ -82,11 +83,8 @@ impl ConfigFile {
             source,
         })?;
         let unsupported = [
-            ("drives", !file.drives.is_empty()),
-            ("network-interfaces", !file.network_interfaces.is_empty()),
             ("pmem", !file.pmem.is_empty()),
             ("vsock", file.vsock.is_some()),
-            ("entropy", file.entropy.is_some()),
             ("balloon", file.balloon.is_some()),
             ("mmds-config", file.mmds_config.is_some()),
             ("cpu-config", file.cpu_config.is_some()),
@@ -129,9 +127,10 @@ mod tests {
     fn devices_and_unknown_keys_are_refused() {
         let drive = r#"{"boot-source": {"kernel_image_path": "k"},
             "drives": [{"drive_id": "rootfs", "path_on_host": "r.ext4", "is_root_device": true, "is_read_only": false}]}"#;
-        assert!(parse(drive)
-            .unwrap_err()
-            .contains("\"drives\" is not supported"));
+        assert_eq!(parse(drive).unwrap().drives[0].drive_id, "rootfs");
+        let bad_drive =
+            r#"{"boot-source": {"kernel_image_path": "k"}, "drives": [{"drive_id": "rootfs"}]}"#;
+        assert!(parse(bad_drive).unwrap_err().contains("missing field"));
         let vsock = r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {"guest_cid": 3, "uds_path": "v"}}"#;
         assert!(parse(vsock).unwrap_err().contains("\"vsock\""));
         let typo = r#"{"boot-source": {"kernel_image_path": "k"}, "machine_config": {}}"#;

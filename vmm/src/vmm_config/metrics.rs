@@ -47,6 +47,10 @@ pub enum Request {
     PutMachineConfig,
     PutMetrics,
     PatchMachineConfig,
+    PutDrive,
+    PutNetworkInterface,
+    PutEntropy,
+    PatchVm,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -69,12 +73,20 @@ struct PutRequests {
     machine_cfg_fails: u64,
     metrics_count: u64,
     metrics_fails: u64,
+    drive_count: u64,
+    drive_fails: u64,
+    network_count: u64,
+    network_fails: u64,
+    entropy_count: u64,
+    entropy_fails: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
 struct PatchRequests {
     machine_cfg_count: u64,
     machine_cfg_fails: u64,
+    vm_count: u64,
+    vm_fails: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -148,6 +160,10 @@ impl Metrics {
                 &mut patch.machine_cfg_count,
                 Some(&mut patch.machine_cfg_fails),
             ),
+            Request::PutDrive => (&mut put.drive_count, Some(&mut put.drive_fails)),
+            Request::PutNetworkInterface => (&mut put.network_count, Some(&mut put.network_fails)),
+            Request::PutEntropy => (&mut put.entropy_count, Some(&mut put.entropy_fails)),
+            Request::PatchVm => (&mut patch.vm_count, Some(&mut patch.vm_fails)),
         };
         *count += 1;
         if let Some(fails) = fails {

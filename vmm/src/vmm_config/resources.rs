@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::boot_source::BootSourceConfig;
+use super::devices::{self, DriveBody, EntropyBody, NetworkInterfaceBody};
 use super::logger::LoggerConfig;
 use super::machine_config::MachineConfig;
 use super::metrics::MetricsConfig;
@@ -15,6 +16,8 @@ pub enum Error {
     NoBootSource,
     #[error("{0}")]
     Config(#[from] config::Error),
+    #[error("{0}")]
+    Device(#[from] devices::Error),
 }
 
 /// The VM as configured through the API or a config file, before it boots.
@@ -23,6 +26,9 @@ pub struct VmResources {
     pub boot_source: Option<BootSourceConfig>,
     pub machine_config: MachineConfig,
     pub logger: Option<LoggerConfig>,
+    pub drives: Vec<DriveBody>,
+    pub network_interfaces: Vec<NetworkInterfaceBody>,
+    pub entropy: Option<EntropyBody>,
 }
 
 impl VmResources {
@@ -30,13 +36,34 @@ impl VmResources {
     /// carries what only the command line sets (console, KVM device).
     pub fn vm_config(&self, base: &VmConfig) -> Result<VmConfig, Error> {
         let boot = self.boot_source.as_ref().ok_or(Error::NoBootSource)?;
+        let mut cmdline = boot
+            .boot_args
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+        // As Firecracker does: the root drive becomes the guest's root
+        // filesystem. Drives are vda, vdb, ... in the order they were added.
+        if let Some((index, root)) = self
+            .drives
+            .iter()
+            .enumerate()
+            .find(|(_, d)| d.is_root_device)
+        {
+            let letter = char::from(b'a' + (index % 26) as u8);
+            let mode = if root.is_read_only { "ro" } else { "rw" };
+            cmdline.push_str(&format!(" root=/dev/vd{letter} {mode}"));
+        }
+        let nics = self
+            .network_interfaces
+            .iter()
+            .map(NetworkInterfaceBody::to_nic)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(VmConfig {
             kernel: boot.kernel_image_path.clone(),
             initrd: boot.initrd_path.clone(),
-            cmdline: boot
-                .boot_args
-                .clone()
-                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+            cmdline,
+            drives: self.drives.iter().map(DriveBody::to_drive).collect(),
+            nics,
+            entropy: self.entropy.is_some(),
             ..self.sized(base)
         })
     }
@@ -66,17 +93,17 @@ impl VmResources {
     pub fn full_config(&self, metrics: Option<MetricsConfig>) -> FullVmConfig {
         FullVmConfig {
             balloon: None,
-            drives: Vec::new(),
+            drives: self.drives.clone(),
             boot_source: self.boot_source.clone(),
             cpu_config: None,
             logger: self.logger.clone(),
             machine_config: self.machine_config.clone(),
             metrics,
             mmds_config: None,
-            network_interfaces: Vec::new(),
+            network_interfaces: self.network_interfaces.clone(),
             pmem: Vec::new(),
             vsock: None,
-            entropy: None,
+            entropy: self.entropy.clone(),
         }
     }
 }
@@ -87,7 +114,7 @@ impl VmResources {
 #[derive(Debug, Clone, Serialize)]
 pub struct FullVmConfig {
     pub balloon: Option<serde_json::Value>,
-    pub drives: Vec<serde_json::Value>,
+    pub drives: Vec<DriveBody>,
     #[serde(rename = "boot-source")]
     pub boot_source: Option<BootSourceConfig>,
     #[serde(rename = "cpu-config")]
@@ -99,8 +126,8 @@ pub struct FullVmConfig {
     #[serde(rename = "mmds-config")]
     pub mmds_config: Option<serde_json::Value>,
     #[serde(rename = "network-interfaces")]
-    pub network_interfaces: Vec<serde_json::Value>,
+    pub network_interfaces: Vec<NetworkInterfaceBody>,
     pub pmem: Vec<serde_json::Value>,
     pub vsock: Option<serde_json::Value>,
-    pub entropy: Option<serde_json::Value>,
+    pub entropy: Option<EntropyBody>,
 }
