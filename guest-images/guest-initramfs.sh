@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the guest initramfs: busybox-static + guest-images/guest-init as /init.
+# Build the guest initramfs: busybox-static + guest-images/guest-init as /init,
+# plus /bin/blkbench (guest-images/blkbench.c, static) for `bench-io`.
 # Output (symlink): guest-initramfs.cpio.gz
 set -euo pipefail
 # shellcheck source=guest-images/common.sh
@@ -7,12 +8,18 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 INIT="$HERE/guest-init"
+BLKBENCH="$HERE/blkbench.c"
 
-ensure_pkgs busybox-static cpio gzip
+ensure_pkgs busybox-static cpio gzip gcc libc6-dev
 lock_cache guest-initramfs
 
 bb_ver=$(dpkg-query -W -f='${Version}' busybox-static)
-key=$(hash_inputs "$bb_ver" "$INIT" "${BASH_SOURCE[0]}")
+# The compiler and the static libc are inputs of blkbench. Its source is
+# hashed whole: hash_inputs would drop C's `#include`/`#define` lines as
+# shell comments.
+cc_ver="$(gcc --version | head -n1) libc6-dev $(dpkg-query -W -f='${Version}' libc6-dev)"
+src_sum=$(sha256sum <"$BLKBENCH")
+key=$(hash_inputs "$bb_ver" "$cc_ver" "$src_sum" "$INIT" "${BASH_SOURCE[0]}")
 out="$CACHE_ROOT/guest-initramfs/$key"
 
 if [[ ! -f "$out/.done" ]]; then
@@ -26,6 +33,8 @@ if [[ ! -f "$out/.done" ]]; then
         [[ -e "$stage/$applet" ]] || ln -s /bin/busybox "$stage/$applet"
     done
     install -m 0755 "$INIT" "$stage/init"
+    gcc -static -O2 -Wall -Wextra -Werror -o "$stage/bin/blkbench" "$BLKBENCH"
+    strip "$stage/bin/blkbench"
     # Deterministic archive: fixed mtimes and owner, sorted names.
     find "$stage" -exec touch -h -d @0 {} +
     (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort |

@@ -11,6 +11,7 @@
 //! `/stratum/guest/{vmlinux,bzImage,initramfs.cpio.gz}`, KVM modules in
 //! `/lib/modules/kvm`, a tmpfs on `/tmp`, cgroup2 on `/sys/fs/cgroup`.
 
+pub mod bench;
 mod cpio;
 mod error;
 pub mod guest;

@@ -15,12 +15,13 @@
 //! boot or exit cleanly), 2 on setup errors.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
+use stratum_tests::bench::{fields, verdict, with_qemu, Stats};
 use stratum_tests::{paths, NestedHost, Outcome, Scenario};
 
 const MARKER: &str = "STRATUM-GUEST-UP";
@@ -29,10 +30,6 @@ const GUEST_MIB: u32 = 256;
 /// `-no-reboot` and our vmm alike, both with status 0.
 const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 pci=off quiet";
 const PROBE_IN_HOST: &str = "/stratum/bin/boot-probe";
-/// microvm's default firmware (qboot) and the PVH option ROM QEMU loads
-/// for ELF kernels with a PVH note (it warns if the latter is missing).
-const QEMU_ROMS: &[&str] = &["bios-microvm.bin", "pvh.bin"];
-const QEMU_DATA_DIR: &str = "/usr/share/qemu";
 /// The targets.
 const TARGET_BOOT_RATIO: f64 = 0.8;
 const TARGET_OVERHEAD_KIB: f64 = 5.0 * 1024.0;
@@ -112,55 +109,20 @@ fn scenario(args: &Args) -> Result<Scenario> {
         probe.display()
     );
     let qemu = args.qemu.to_str().context("QEMU path is not UTF-8")?;
-    let mut scenario = Scenario::new(script(args, qemu))
+    let scenario = Scenario::new(script(args, qemu))
         .file(PROBE_IN_HOST, probe)
-        .file(qemu, &args.qemu)
         // Generous: each boot takes seconds under TCG.
         .timeout(Duration::from_secs(
             120 + 60 * u64::from(args.iterations + args.warmup),
         ))
         .echo(args.echo);
-    // Same paths as here, so the loader finds them without configuration.
-    for lib in shared_libs(&args.qemu)? {
-        scenario = scenario.file(lib.to_string_lossy(), &lib);
-    }
-    for rom in QEMU_ROMS {
-        let path = Path::new(QEMU_DATA_DIR).join(rom);
-        ensure!(path.is_file(), "{} is missing", path.display());
-        scenario = scenario.file(path.to_string_lossy(), &path);
-    }
-    Ok(scenario)
+    with_qemu(scenario, &args.qemu)
 }
 
 fn probe_path() -> PathBuf {
     let default = "target/static/x86_64-unknown-linux-gnu/release/boot-probe";
     let rel = std::env::var_os("STRATUM_BOOT_PROBE").unwrap_or_else(|| default.into());
     NestedHost::workspace_root().join(rel)
-}
-
-/// Every absolute path in `ldd`'s output: libraries and the loader.
-fn shared_libs(binary: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd")
-        .arg(binary)
-        .output()
-        .context("running ldd")?;
-    ensure!(
-        out.status.success(),
-        "ldd {} failed: {}",
-        binary.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let libs: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-        .map(PathBuf::from)
-        .collect();
-    ensure!(
-        !libs.is_empty(),
-        "ldd listed no libraries for {}",
-        binary.display()
-    );
-    Ok(libs)
 }
 
 /// The nested host's script. Each iteration times both VMMs without
@@ -244,12 +206,6 @@ fn collect(outcome: &Outcome, iterations: u32) -> Result<Samples> {
     .into())
 }
 
-fn fields(line: &str) -> BTreeMap<&str, &str> {
-    line.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .collect()
-}
-
 fn parse_sample(f: &BTreeMap<&str, &str>, sampled: bool) -> Result<Sample> {
     let status = f.get("status").copied().unwrap_or("?");
     if status != "exit:0" {
@@ -271,27 +227,8 @@ fn parse_sample(f: &BTreeMap<&str, &str>, sampled: bool) -> Result<Sample> {
     })
 }
 
-/// Median, min and max of a metric.
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
 fn stats(samples: &[Sample], metric: fn(&Sample) -> f64) -> Stats {
-    let mut v: Vec<f64> = samples.iter().map(metric).collect();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    };
-    Stats {
-        median,
-        min: v.first().copied().unwrap_or(f64::NAN),
-        max: v.last().copied().unwrap_or(f64::NAN),
-    }
+    Stats::of(samples.iter().map(metric))
 }
 
 type Samples = BTreeMap<&'static str, Vec<Sample>>;
@@ -342,13 +279,5 @@ fn print_table(samples: &Samples, args: &Args) {
 }
 
 fn cell(s: &Stats) -> String {
-    format!("{:.1} ({:.1}..{:.1})", s.median, s.min, s.max)
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "NOT met"
-    }
+    s.cell(1)
 }

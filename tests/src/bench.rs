@@ -1,0 +1,125 @@
+//! Helpers shared by the benchmarks (`bench-boot`, `bench-io`) that run
+//! our vmm beside `qemu-system-x86_64 -M microvm` inside the nested host.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{ensure, Context, Result};
+
+use crate::Scenario;
+
+/// microvm's default firmware (qboot) and the PVH option ROM QEMU loads
+/// for ELF kernels with a PVH note (it warns if the latter is missing).
+pub const QEMU_ROMS: &[&str] = &["bios-microvm.bin", "pvh.bin"];
+pub const QEMU_DATA_DIR: &str = "/usr/share/qemu";
+
+/// Adds this machine's QEMU binary to `scenario` at the same path, with
+/// every library `ldd` lists (same paths, so the loader finds them without
+/// configuration) and the microvm firmware.
+pub fn with_qemu(mut scenario: Scenario, qemu: &Path) -> Result<Scenario> {
+    let dest = qemu.to_str().context("QEMU path is not UTF-8")?;
+    scenario = scenario.file(dest, qemu);
+    for lib in shared_libs(qemu)? {
+        scenario = scenario.file(lib.to_string_lossy(), &lib);
+    }
+    for rom in QEMU_ROMS {
+        let path = Path::new(QEMU_DATA_DIR).join(rom);
+        ensure!(path.is_file(), "{} is missing", path.display());
+        scenario = scenario.file(path.to_string_lossy(), &path);
+    }
+    Ok(scenario)
+}
+
+/// Every absolute path in `ldd`'s output: libraries and the loader.
+pub fn shared_libs(binary: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("running ldd")?;
+    ensure!(
+        out.status.success(),
+        "ldd {} failed: {}",
+        binary.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let libs: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(PathBuf::from)
+        .collect();
+    ensure!(
+        !libs.is_empty(),
+        "ldd listed no libraries for {}",
+        binary.display()
+    );
+    Ok(libs)
+}
+
+/// The `key=value` words of a line.
+pub fn fields(line: &str) -> BTreeMap<&str, &str> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .collect()
+}
+
+/// Median, min and max of some samples (NaN for none).
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stats {
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Self {
+        let mut v: Vec<f64> = values.into_iter().collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = match n {
+            0 => f64::NAN,
+            _ if n % 2 == 1 => v[n / 2],
+            _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        };
+        Self {
+            median,
+            min: v.first().copied().unwrap_or(f64::NAN),
+            max: v.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+
+    /// `median (min..max)` with `decimals` digits.
+    pub fn cell(&self, decimals: usize) -> String {
+        format!(
+            "{:.d$} ({:.d$}..{:.d$})",
+            self.median,
+            self.min,
+            self.max,
+            d = decimals
+        )
+    }
+}
+
+pub fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_and_fields() {
+        let s = Stats::of([3.0, 1.0, 2.0, 10.0]);
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 10.0));
+        assert_eq!(Stats::of([5.0]).cell(1), "5.0 (5.0..5.0)");
+        assert!(Stats::of([]).median.is_nan());
+        let f = fields("BLKBENCH randread iops=812 ios=4060");
+        assert_eq!(f.get("iops"), Some(&"812"));
+        assert_eq!(f.len(), 2);
+    }
+}
