@@ -34,8 +34,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 use super::worker::Worker;
 use super::{
-    chain_is_well_formed, read_config_bytes, ActivateError, ActiveQueue, Interrupt, SharedMemory,
-    VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
+    chain_is_well_formed, expect_queues, read_config_bytes, signal_used, stop_worker,
+    ActivateError, ActiveQueue, Interrupt, SharedMemory, VirtioDevice, TYPE_BLOCK,
+    VIRTIO_F_VERSION_1,
 };
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -505,20 +506,12 @@ impl VirtioDevice for Block {
         interrupt: Arc<Interrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        let [active]: [ActiveQueue; 1] =
-            queues
-                .try_into()
-                .map_err(|q: Vec<ActiveQueue>| ActivateError::QueueCount {
-                    expected: 1,
-                    got: q.len(),
-                })?;
+        let [active] = expect_queues::<1>(queues)?;
         let mut queue = active.queue;
         let mut processor = Processor::new(self.disk.clone(), self.acked_features);
         let worker = Worker::spawn("virtio-blk", vec![active.notify], move |_| {
-            if processor.process_queue(&mem, &mut queue)
-                && queue.needs_notification(mem.as_ref()).unwrap_or(true)
-            {
-                interrupt.signal_used_queue();
+            if processor.process_queue(&mem, &mut queue) {
+                signal_used(&mem, &mut queue, &interrupt);
             }
         })
         .map_err(ActivateError::Worker)?;
@@ -527,11 +520,8 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(mut worker) = self.worker.take() {
-            worker.stop();
-        }
         self.acked_features = 0;
-        true
+        stop_worker(&mut self.worker)
     }
 }
 

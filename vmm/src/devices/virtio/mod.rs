@@ -18,7 +18,7 @@ pub mod worker;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -128,6 +128,35 @@ where
     M::Target: vm_memory::GuestMemory,
 {
     chain.clone().last().is_some_and(|desc| !desc.has_next())
+}
+
+/// The `N` queues a device needs, as an array, or the error the transport
+/// turns into DEVICE_NEEDS_RESET.
+pub fn expect_queues<const N: usize>(
+    queues: Vec<ActiveQueue>,
+) -> Result<[ActiveQueue; N], ActivateError> {
+    queues
+        .try_into()
+        .map_err(|q: Vec<ActiveQueue>| ActivateError::QueueCount {
+            expected: N,
+            got: q.len(),
+        })
+}
+
+/// Raises the used-buffer interrupt unless the driver suppressed it
+/// (event index or NO_INTERRUPT); when that cannot be read, raises it.
+pub fn signal_used(mem: &GuestMemoryMmap, queue: &mut Queue, interrupt: &Interrupt) {
+    if queue.needs_notification(mem).unwrap_or(true) {
+        interrupt.signal_used_queue();
+    }
+}
+
+/// Stops a device's worker, if it runs: the reset every device does.
+pub fn stop_worker(worker: &mut Option<worker::Worker>) -> bool {
+    if let Some(mut worker) = worker.take() {
+        worker.stop();
+    }
+    true
 }
 
 /// Reads `data.len()` bytes of a configuration space at `offset`, zero

@@ -17,8 +17,9 @@ use vmm_sys_util::eventfd::EventFd;
 use super::tap::{Tap, VNET_HDR_LEN};
 use super::worker::{wait, Worker};
 use super::{
-    chain_is_well_formed, read_config_bytes, ActivateError, ActiveQueue, Interrupt, SharedMemory,
-    VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
+    chain_is_well_formed, expect_queues, read_config_bytes, signal_used, stop_worker,
+    ActivateError, ActiveQueue, Interrupt, SharedMemory, VirtioDevice, TYPE_NET,
+    VIRTIO_F_VERSION_1,
 };
 
 const QUEUE_SIZES: &[u16] = &[256, 256];
@@ -143,12 +144,6 @@ pub fn fuzz_receive(mem: &GuestMemoryMmap, queue: &mut Queue, tap: &mut impl Rea
     receive(mem, queue, tap, &mut rx)
 }
 
-fn notify(mem: &GuestMemoryMmap, queue: &mut Queue, interrupt: &Interrupt) {
-    if queue.needs_notification(mem).unwrap_or(true) {
-        interrupt.signal_used_queue();
-    }
-}
-
 struct NetWorker {
     mem: SharedMemory,
     interrupt: Arc<Interrupt>,
@@ -181,7 +176,7 @@ impl NetWorker {
             if ready[2] {
                 let _ = self.tx_notify.read();
                 if transmit(&self.mem, &mut self.tx_queue, &mut self.tap) {
-                    notify(&self.mem, &mut self.tx_queue, &self.interrupt);
+                    signal_used(&self.mem, &mut self.tx_queue, &self.interrupt);
                 }
             }
             if !self.rx_starved {
@@ -189,7 +184,7 @@ impl NetWorker {
                     receive(&self.mem, &mut self.rx_queue, &mut self.tap, &mut self.rx);
                 self.rx_starved = starved;
                 if used {
-                    notify(&self.mem, &mut self.rx_queue, &self.interrupt);
+                    signal_used(&self.mem, &mut self.rx_queue, &self.interrupt);
                 }
             }
         }
@@ -219,13 +214,7 @@ impl VirtioDevice for Net {
         interrupt: Arc<Interrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        let [rx, tx]: [ActiveQueue; 2] =
-            queues
-                .try_into()
-                .map_err(|q: Vec<ActiveQueue>| ActivateError::QueueCount {
-                    expected: 2,
-                    got: q.len(),
-                })?;
+        let [rx, tx] = expect_queues::<2>(queues)?;
         let tap = self
             .tap
             .as_ref()
@@ -255,10 +244,7 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(mut worker) = self.worker.take() {
-            worker.stop();
-        }
-        true
+        stop_worker(&mut self.worker)
     }
 }
 

@@ -8,8 +8,8 @@ use vm_memory::GuestMemoryMmap;
 
 use super::worker::Worker;
 use super::{
-    chain_is_well_formed, ActivateError, ActiveQueue, Interrupt, SharedMemory, VirtioDevice,
-    TYPE_RNG, VIRTIO_F_VERSION_1,
+    chain_is_well_formed, expect_queues, signal_used, stop_worker, ActivateError, ActiveQueue,
+    Interrupt, SharedMemory, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1,
 };
 
 const QUEUE_SIZES: &[u16] = &[256];
@@ -89,19 +89,11 @@ impl VirtioDevice for Rng {
         interrupt: Arc<Interrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        let [active]: [ActiveQueue; 1] =
-            queues
-                .try_into()
-                .map_err(|q: Vec<ActiveQueue>| ActivateError::QueueCount {
-                    expected: 1,
-                    got: q.len(),
-                })?;
+        let [active] = expect_queues::<1>(queues)?;
         let mut queue = active.queue;
         let worker = Worker::spawn("virtio-rng", vec![active.notify], move |_| {
-            if process_queue(&mem, &mut queue)
-                && queue.needs_notification(mem.as_ref()).unwrap_or(true)
-            {
-                interrupt.signal_used_queue();
+            if process_queue(&mem, &mut queue) {
+                signal_used(&mem, &mut queue, &interrupt);
             }
         })
         .map_err(ActivateError::Worker)?;
@@ -110,10 +102,7 @@ impl VirtioDevice for Rng {
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(mut worker) = self.worker.take() {
-            worker.stop();
-        }
-        true
+        stop_worker(&mut self.worker)
     }
 }
 
