@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
 
 use anyhow::{ensure, Context, Result};
 
@@ -121,5 +121,22 @@ mod tests {
         let f = fields("BLKBENCH randread iops=812 ios=4060");
         assert_eq!(f.get("iops"), Some(&"812"));
         assert_eq!(f.len(), 2);
+    }
+}
+
+/// A VM run could not be measured (as opposed to a setup error).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunFailed(pub String);
+
+/// A benchmark's exit status: 0 when everything was measured (whether or
+/// not a target was met), 1 when a run failed, 2 on setup errors.
+pub fn exit_code(name: &str, result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            ExitCode::from(if e.is::<RunFailed>() { 1 } else { 2 })
+        }
     }
 }

@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
-use stratum_tests::bench::{fields, verdict, with_qemu, Stats};
+use stratum_tests::bench::{self, fields, verdict, with_qemu, RunFailed, Stats};
 use stratum_tests::{paths, NestedHost, Outcome, Scenario};
 
 const GUEST_MIB: u32 = 256;
@@ -88,24 +88,8 @@ struct Sample {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<RunFailed>() => {
-            eprintln!("bench-io: {e:#}");
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("bench-io: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    bench::exit_code("bench-io", run(&Args::parse()))
 }
-
-/// A VM run could not be measured.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct RunFailed(String);
 
 fn run(args: &Args) -> Result<()> {
     ensure!(args.iterations > 0, "--iterations must be at least 1");
