@@ -137,6 +137,7 @@ fn devices_through_the_api_and_a_hard_stop() {
            api GET /vm/config\n\
            api PUT /drives/late '{\"drive_id\": \"late\", \"path_on_host\": \"/tmp/disk.img\", \
            \"is_root_device\": false}'\n\
+           api GET /stratum/stats\n\
            api PUT /stratum/actions '{\"action_type\": \"HardStop\"}'\n\
            wait $VMM; echo VMM-EXIT=$?\n";
     let outcome = run(script);
@@ -149,6 +150,22 @@ fn devices_through_the_api_and_a_hard_stop() {
         config.contains("\"drive_id\":\"data\"") && config.contains("\"is_read_only\":true"),
         "GET /vm/config lists the drive: {config}"
     );
+    assert_status(&outcome, "GET /stratum/stats", 200);
+    let stats = status_of(&outcome, "GET /stratum/stats").join(" ");
+    let body = stats.split_once("HTTP 200 ").map(|(_, b)| b).unwrap_or("");
+    let stats: serde_json::Value = serde_json::from_str(body.trim())
+        .unwrap_or_else(|e| panic!("stats are JSON ({e}): {body}"));
+    assert_eq!(stats["vcpus"].as_array().map(Vec::len), Some(2));
+    assert!(
+        stats["vcpus"][0]["exits"]["io_out"].as_u64() > Some(0),
+        "the guest's console writes are port I/O exits: {stats}"
+    );
+    let kinds: Vec<&str> = stats["devices"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|d| d["type"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(kinds, ["block", "rng"], "{stats}");
+    assert_eq!(stats["devices"][0]["id"], "data");
     assert_status(&outcome, "PUT /stratum/actions", 204);
     assert_eq!(value_of(&outcome, "VMM-EXIT=").as_deref(), Some("0"));
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -28,11 +29,13 @@ use crate::devices::virtio::mmio::{self, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::tap::Tap;
-use crate::devices::virtio::{Interrupt, SharedMemory, VirtioDevice};
+use crate::devices::virtio::{
+    Interrupt, SharedMemory, VirtioDevice, TYPE_BLOCK, TYPE_NET, TYPE_RNG,
+};
 use crate::devices::{bus, Bus, Buses, IrqLine, VmEvent, VmEventSender};
 use crate::loader::{self, LoadedInitrd, LoadedKernel};
 use crate::vstate::control::{self, VcpuControl};
-use crate::vstate::vcpu::{self, Vcpu};
+use crate::vstate::vcpu::{self, ExitCounts, Vcpu, VcpuStats};
 use crate::vstate::{memory, vm};
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +137,32 @@ struct ControllerInner {
     run: Arc<VcpuControl>,
     i8042: Arc<Mutex<I8042>>,
     stop: VmEventSender,
+    vcpu_stats: Vec<Arc<VcpuStats>>,
+    devices: Vec<DeviceHandle>,
+    started: Instant,
+}
+
+/// Counters of a running VM (`GET /stratum/stats`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VmStats {
+    /// Time since the vCPUs started.
+    pub uptime_ms: u64,
+    pub vcpus: Vec<VcpuExits>,
+    pub devices: Vec<DeviceStats>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VcpuExits {
+    pub index: usize,
+    pub exits: ExitCounts,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceStats {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub interrupts: u64,
 }
 
 impl VmController {
@@ -158,6 +187,31 @@ impl VmController {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .send_ctrl_alt_del();
+    }
+
+    pub fn stats(&self) -> VmStats {
+        let inner = &self.inner;
+        VmStats {
+            uptime_ms: u64::try_from(inner.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            vcpus: inner
+                .vcpu_stats
+                .iter()
+                .enumerate()
+                .map(|(index, stats)| VcpuExits {
+                    index,
+                    exits: stats.snapshot(),
+                })
+                .collect(),
+            devices: inner
+                .devices
+                .iter()
+                .map(|d| DeviceStats {
+                    id: d.id.clone(),
+                    kind: d.kind,
+                    interrupts: d.interrupt.raised(),
+                })
+                .collect(),
+        }
     }
 
     /// Ends the VM at once, whatever the guest is doing.
@@ -237,17 +291,19 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
         irq_line(&vm, I8042_KBD_IRQ)?,
     )));
     let pio = legacy_bus(serial.clone(), i8042.clone(), AcpiPm::new(stop.clone()))?;
-    let mmio = virtio_bus(&vm, &mem, virtio)?;
+    let (mmio, devices) = virtio_bus(&vm, &mem, virtio)?;
     let buses = Arc::new(Buses { pio, mmio });
 
     let supported_cpuid = hypervisor.supported_cpuid()?;
     let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
+    let mut vcpu_stats = Vec::with_capacity(usize::from(vcpu_count));
     for index in 0..vcpu_count {
         let vcpu = Vcpu::new(&vm, index)?;
         vcpu.configure(&supported_cpuid, vcpu_count)?;
         if index == 0 {
             vcpu.set_boot_state(&mem, &kernel)?;
         }
+        vcpu_stats.push(vcpu.stats());
         vcpus.push(vcpu);
     }
     control::install_kick_handler()?;
@@ -262,6 +318,9 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
             run,
             i8042,
             stop,
+            vcpu_stats,
+            devices,
+            started: Instant::now(),
         }),
     };
     if config.console_input {
@@ -365,6 +424,8 @@ fn declare_on_cmdline(cmdline: &mut Cmdline, devices: &[acpi::MmioDevice]) -> Re
 
 /// A virtio device and the MMIO window and IRQ it gets.
 struct VirtioSlot {
+    /// The drive or interface id, or "entropy".
+    id: String,
     device: Box<dyn VirtioDevice>,
     base: u64,
     irq: u32,
@@ -418,26 +479,27 @@ fn place_virtio_devices(
     disks: Vec<Disk>,
     taps: Vec<(Tap, [u8; 6])>,
 ) -> Result<Vec<VirtioSlot>, Error> {
-    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    for disk in disks {
-        devices.push(Box::new(Block::new(disk)));
+    let mut devices: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
+    for (drive, disk) in config.drives.iter().zip(disks) {
+        devices.push((drive.id.clone(), Box::new(Block::new(disk))));
     }
-    for (tap, mac) in taps {
-        devices.push(Box::new(Net::new(tap, mac)));
+    for (nic, (tap, mac)) in config.nics.iter().zip(taps) {
+        devices.push((nic.id.clone(), Box::new(Net::new(tap, mac))));
     }
     if config.entropy {
-        devices.push(Box::new(Rng::new()));
+        devices.push(("entropy".into(), Box::new(Rng::new())));
     }
     let count = devices.len();
     devices
         .into_iter()
         .zip(0u32..)
-        .map(|(device, index)| {
+        .map(|((id, device), index)| {
             let irq = VIRTIO_FIRST_IRQ + index;
             if irq > VIRTIO_LAST_IRQ {
                 return Err(Error::TooManyDevices(count));
             }
             Ok(VirtioSlot {
+                id,
                 device,
                 base: VIRTIO_MMIO_START + u64::from(index) * MMIO_WINDOW_SIZE,
                 irq,
@@ -448,17 +510,44 @@ fn place_virtio_devices(
 
 /// Puts each virtio device's transport on the MMIO bus, with its queue
 /// notifications as ioeventfds and its interrupt as an irqfd.
-fn virtio_bus(vm: &vm::Vm, mem: &SharedMemory, slots: Vec<VirtioSlot>) -> Result<Bus, Error> {
+fn virtio_bus(
+    vm: &vm::Vm,
+    mem: &SharedMemory,
+    slots: Vec<VirtioSlot>,
+) -> Result<(Bus, Vec<DeviceHandle>), Error> {
     let mut mmio = Bus::new();
+    let mut handles = Vec::new();
     for slot in slots {
         let interrupt = Arc::new(Interrupt::new(irq_line(vm, slot.irq)?));
+        handles.push(DeviceHandle {
+            id: slot.id,
+            kind: device_kind(slot.device.device_type()),
+            interrupt: interrupt.clone(),
+        });
         let transport = MmioTransport::new(slot.device, mem.clone(), interrupt)?;
         for (queue, event) in transport.queue_notify_events().iter().enumerate() {
             vm.connect_mmio_notify(event, slot.base + QUEUE_NOTIFY_OFFSET, queue as u32)?;
         }
         mmio.insert(Arc::new(Mutex::new(transport)), slot.base, MMIO_WINDOW_SIZE)?;
     }
-    Ok(mmio)
+    Ok((mmio, handles))
+}
+
+fn device_kind(device_type: u32) -> &'static str {
+    match device_type {
+        TYPE_BLOCK => "block",
+        TYPE_NET => "net",
+        TYPE_RNG => "rng",
+        _ => "other",
+    }
+}
+
+/// What the controller keeps of a device: its name and its interrupt
+/// counter.
+struct DeviceHandle {
+    id: String,
+    kind: &'static str,
+    interrupt: Arc<Interrupt>,
 }
 
 /// Feeds the VMM's stdin to the guest console until stdin closes.

@@ -15,6 +15,6 @@ pub mod loader;
 pub mod vmm_config;
 pub mod vstate;
 
-pub use builder::{build_and_start, RunningVm, VmController};
+pub use builder::{build_and_start, RunningVm, VmController, VmStats};
 pub use config::VmConfig;
 pub use devices::VmEvent;

@@ -43,6 +43,8 @@ pub enum VmmAction {
     SendCtrlAltDel,
     /// Our addition (`PUT /stratum/actions`): end the VM at once.
     HardStop,
+    /// Our addition (`GET /stratum/stats`): the running VM's counters.
+    GetStats,
 }
 
 /// What a successful action returns.
@@ -53,6 +55,7 @@ pub enum VmmData {
     Version(VersionInfo),
     MachineConfig(MachineConfig),
     FullConfig(Box<FullVmConfig>),
+    Stats(crate::builder::VmStats),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -266,6 +269,9 @@ impl Controller {
                 self.running_vm("Stop")?.stop();
                 Ok(VmmData::Empty)
             }
+            VmmAction::GetStats => Ok(VmmData::Stats(
+                self.running_vm("GET /stratum/stats")?.stats(),
+            )),
         }
     }
 
@@ -319,7 +325,7 @@ fn counted(action: &VmmAction) -> metrics::Request {
         VmmAction::GetInstanceInfo => Request::GetInstanceInfo,
         VmmAction::GetVersion => Request::GetVersion,
         VmmAction::GetMachineConfig => Request::GetMachineConfig,
-        VmmAction::GetVmConfig => Request::GetVmConfig,
+        VmmAction::GetVmConfig | VmmAction::GetStats => Request::GetVmConfig,
         VmmAction::PutBootSource(_) => Request::PutBootSource,
         VmmAction::PutMachineConfig(_) => Request::PutMachineConfig,
         VmmAction::PatchMachineConfig(_) => Request::PatchMachineConfig,

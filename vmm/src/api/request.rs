@@ -120,6 +120,7 @@ pub fn parse(request: &Request) -> Result<VmmAction, RequestError> {
                 VmState::Paused
             )))
         }
+        (Method::Get, ["stratum", "stats"]) => Ok(VmmAction::GetStats),
         (Method::Put, ["stratum", "actions"]) => {
             let action: StratumActionBody = body(request)?;
             match action.action_type {

@@ -159,6 +159,7 @@ fn data_response(data: VmmData) -> Response {
         VmmData::Version(version) => serde_json::to_vec(&version),
         VmmData::MachineConfig(config) => serde_json::to_vec(&config),
         VmmData::FullConfig(config) => serde_json::to_vec(&config),
+        VmmData::Stats(stats) => serde_json::to_vec(&stats),
     };
     match body {
         Ok(body) => Response::json(StatusCode::Ok, body),

@@ -1,5 +1,6 @@
 //! vCPUs: their initial state and the thread that runs each one.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -52,6 +53,46 @@ pub enum Error {
 pub struct Vcpu {
     index: u8,
     fd: VcpuFd,
+    stats: Arc<VcpuStats>,
+}
+
+/// How often a vCPU left the guest for the VMM, by reason: the cost a
+/// guest's device traffic puts on the VMM. Relaxed counters, read by the
+/// control API while the vCPU runs.
+#[derive(Debug, Default)]
+pub struct VcpuStats {
+    io_in: AtomicU64,
+    io_out: AtomicU64,
+    mmio_read: AtomicU64,
+    mmio_write: AtomicU64,
+    interrupted: AtomicU64,
+}
+
+/// A snapshot of [`VcpuStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ExitCounts {
+    pub io_in: u64,
+    pub io_out: u64,
+    pub mmio_read: u64,
+    pub mmio_write: u64,
+    /// `KVM_RUN` interrupted by a signal (a pause kick, for instance).
+    pub interrupted: u64,
+}
+
+impl VcpuStats {
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> ExitCounts {
+        ExitCounts {
+            io_in: self.io_in.load(Ordering::Relaxed),
+            io_out: self.io_out.load(Ordering::Relaxed),
+            mmio_read: self.mmio_read.load(Ordering::Relaxed),
+            mmio_write: self.mmio_write.load(Ordering::Relaxed),
+            interrupted: self.interrupted.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl Vcpu {
@@ -60,7 +101,16 @@ impl Vcpu {
             .fd()
             .create_vcpu(u64::from(index))
             .map_err(|source| Error::Create { index, source })?;
-        Ok(Self { index, fd })
+        Ok(Self {
+            index,
+            fd,
+            stats: Arc::default(),
+        })
+    }
+
+    /// The vCPU's exit counters, readable while it runs.
+    pub fn stats(&self) -> Arc<VcpuStats> {
+        self.stats.clone()
     }
 
     fn configure_error(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -144,24 +194,29 @@ impl Vcpu {
     /// Runs the guest until it asks to stop or fails; returns why.
     fn run_loop(&mut self, buses: &Buses, control: &VcpuControl) -> Option<VmEvent> {
         let (pio, mmio) = (&buses.pio, &buses.mmio);
+        let stats = self.stats.clone();
         loop {
             control.park_while_paused();
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
+                    VcpuStats::count(&stats.io_in);
                     if !pio.read(u64::from(port), data) {
                         // Nothing decodes this port: the bus floats high.
                         data.fill(0xff);
                     }
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
+                    VcpuStats::count(&stats.io_out);
                     pio.write(u64::from(port), data);
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
+                    VcpuStats::count(&stats.mmio_read);
                     if !mmio.read(addr, data) {
                         data.fill(0);
                     }
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    VcpuStats::count(&stats.mmio_write);
                     mmio.write(addr, data);
                 }
                 // With the in-kernel LAPIC, HLT only reaches us if the guest
@@ -181,7 +236,9 @@ impl Vcpu {
                     let error = format!("unexpected KVM exit: {other:?}");
                     return Some(self.failed(error));
                 }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    VcpuStats::count(&stats.interrupted);
+                }
                 Err(e) => return Some(self.failed(format!("KVM_RUN failed: {e}"))),
             }
         }

@@ -15,7 +15,7 @@ pub mod rng;
 pub mod tap;
 pub mod worker;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
@@ -45,6 +45,7 @@ pub type SharedMemory = Arc<GuestMemoryMmap>;
 pub struct Interrupt {
     status: AtomicU32,
     line: IrqLine,
+    raised: AtomicU64,
 }
 
 impl Interrupt {
@@ -52,6 +53,7 @@ impl Interrupt {
         Self {
             status: AtomicU32::new(0),
             line,
+            raised: AtomicU64::new(0),
         }
     }
 
@@ -67,7 +69,13 @@ impl Interrupt {
 
     fn signal(&self, bits: u32) {
         self.status.fetch_or(bits, Ordering::SeqCst);
+        self.raised.fetch_add(1, Ordering::Relaxed);
         self.line.raise();
+    }
+
+    /// How many interrupts the device has raised.
+    pub fn raised(&self) -> u64 {
+        self.raised.load(Ordering::Relaxed)
     }
 
     pub fn status(&self) -> u32 {
