@@ -140,3 +140,17 @@ pub fn exit_code(name: &str, result: Result<()>) -> ExitCode {
         }
     }
 }
+
+/// The options every benchmark against QEMU shares.
+#[derive(clap::Args, Debug)]
+pub struct PeerArgs {
+    /// The QEMU binary copied into the nested host.
+    #[arg(long, default_value = "/usr/bin/qemu-system-x86_64")]
+    pub qemu: PathBuf,
+    /// Value of QEMU's -M option.
+    #[arg(long, default_value = "microvm")]
+    pub machine: String,
+    /// Stream the nested host's console.
+    #[arg(long)]
+    pub echo: bool,
+}

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
-use stratum_tests::bench::{self, fields, verdict, with_qemu, RunFailed, Stats};
+use stratum_tests::bench::{self, fields, verdict, with_qemu, PeerArgs, RunFailed, Stats};
 use stratum_tests::{paths, NestedHost, Outcome, Scenario};
 
 const MARKER: &str = "STRATUM-GUEST-UP";
@@ -44,15 +44,8 @@ struct Args {
     /// Unmeasured runs per VMM before the measured ones.
     #[arg(long, default_value_t = 1)]
     warmup: u32,
-    /// The QEMU binary copied into the nested host.
-    #[arg(long, default_value = "/usr/bin/qemu-system-x86_64")]
-    qemu: PathBuf,
-    /// Value of QEMU's -M option.
-    #[arg(long, default_value = "microvm")]
-    machine: String,
-    /// Stream the nested host's console.
-    #[arg(long)]
-    echo: bool,
+    #[command(flatten)]
+    peer: PeerArgs,
 }
 
 /// One parsed `BENCH` line.
@@ -92,15 +85,15 @@ fn scenario(args: &Args) -> Result<Scenario> {
          --target-dir target/static",
         probe.display()
     );
-    let qemu = args.qemu.to_str().context("QEMU path is not UTF-8")?;
+    let qemu = args.peer.qemu.to_str().context("QEMU path is not UTF-8")?;
     let scenario = Scenario::new(script(args, qemu))
         .file(PROBE_IN_HOST, probe)
         // Generous: each boot takes seconds under TCG.
         .timeout(Duration::from_secs(
             120 + 60 * u64::from(args.iterations + args.warmup),
         ))
-        .echo(args.echo);
-    with_qemu(scenario, &args.qemu)
+        .echo(args.peer.echo);
+    with_qemu(scenario, &args.peer.qemu)
 }
 
 fn probe_path() -> PathBuf {
@@ -125,7 +118,7 @@ fn script(args: &Args, qemu: &str) -> String {
         "{qemu} -M {m} -enable-kvm -cpu host -smp 1 -m {GUEST_MIB} -nodefaults \
          -no-user-config -display none -serial stdio -no-reboot -kernel {k} -initrd {i} \
          -append \"$CL\"",
-        m = args.machine,
+        m = args.peer.machine,
         k = paths::GUEST_VMLINUX,
         i = paths::GUEST_INITRAMFS,
     );
@@ -238,7 +231,7 @@ fn print_table(samples: &Samples, args: &Args) {
          {} runs each inside the nested host (TCG); median (min..max)",
         args.iterations
     );
-    let qemu = format!("qemu -M {}", args.machine);
+    let qemu = format!("qemu -M {}", args.peer.machine);
     println!("{:<38} | {:<26} | {:<26} | vmm/qemu", "metric", "vmm", qemu);
     println!("{}", "-".repeat(108));
     for (name, unit, kind, metric) in metrics {

@@ -33,13 +33,12 @@
 //! if a run failed, 2 on setup errors.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
-use stratum_tests::bench::{self, fields, verdict, with_qemu, RunFailed, Stats};
+use stratum_tests::bench::{self, fields, verdict, with_qemu, PeerArgs, RunFailed, Stats};
 use stratum_tests::{paths, NestedHost, Outcome, Scenario};
 
 const GUEST_MIB: u32 = 256;
@@ -69,15 +68,8 @@ struct Args {
     /// Size of the disk image in MiB.
     #[arg(long, default_value_t = 256)]
     image_mib: u32,
-    /// The QEMU binary copied into the nested host.
-    #[arg(long, default_value = "/usr/bin/qemu-system-x86_64")]
-    qemu: PathBuf,
-    /// Value of QEMU's -M option.
-    #[arg(long, default_value = "microvm")]
-    machine: String,
-    /// Stream the nested host's console.
-    #[arg(long)]
-    echo: bool,
+    #[command(flatten)]
+    peer: PeerArgs,
 }
 
 /// One VM run's results.
@@ -104,8 +96,8 @@ fn run(args: &Args) -> Result<()> {
         .timeout(Duration::from_secs(
             180 + 2 * u64::from(runs) * u64::from(RUN_LIMIT_SECS),
         ))
-        .echo(args.echo);
-    let scenario = with_qemu(scenario, &args.qemu)?;
+        .echo(args.peer.echo);
+    let scenario = with_qemu(scenario, &args.peer.qemu)?;
     eprintln!(
         "bench-io: {} + {} runs per VMM in one nested host (TCG; takes a few minutes)",
         args.warmup, args.iterations
@@ -166,8 +158,8 @@ fn script(args: &Args) -> String {
          -no-user-config -display none -serial stdio -no-reboot -kernel {k} -initrd {i} \
          -append \"$CL\" -drive file={IMAGE},if=none,id=d0,format=raw,{QEMU_CACHE} \
          -device virtio-blk-device,drive=d0",
-        qemu = args.qemu.display(),
-        m = args.machine,
+        qemu = args.peer.qemu.display(),
+        m = args.peer.machine,
         k = paths::GUEST_VMLINUX,
         i = paths::GUEST_INITRAMFS,
     );
@@ -314,7 +306,7 @@ fn print_table(samples: &Samples, args: &Args) {
          {} runs each inside the nested host (TCG); median (min..max)",
         args.image_mib, args.iterations
     );
-    let qemu = format!("qemu -M {}", args.machine);
+    let qemu = format!("qemu -M {}", args.peer.machine);
     println!("{:<42} | {:<26} | {:<26} | vmm/qemu", "metric", "vmm", qemu);
     println!("{}", "-".repeat(112));
     for (name, decimals, metric) in &metrics {
