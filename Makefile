@@ -2,7 +2,7 @@
 #
 #   make run    boot the guest VM with our vmm inside the nested test host
 #   make test   every test: unit, CLI error paths, real boots in the nested host
-#   make bench  boot time, memory and disk I/O of vmm beside QEMU microvm
+#   make bench  boot time, memory, disk I/O and vsock latency of vmm beside QEMU microvm
 #
 # A fresh Debian 12 machine needs nothing but this Makefile: missing Debian
 # packages are installed, the guest kernel is built and the nested host's
@@ -40,7 +40,7 @@ images: deps
 
 static:
 	$(STATIC_CARGO) -p vmm --bin vmm
-	$(STATIC_CARGO) -p stratum-tests --bin boot-probe --bin api-call --bin mktap
+	$(STATIC_CARGO) -p stratum-tests --bin boot-probe --bin api-call --bin mktap --bin vsock-host
 
 build:
 	$(CARGO) build --workspace
@@ -55,6 +55,7 @@ test: images static
 bench: images static
 	$(CARGO) run -q --release -p stratum-tests --bin bench-boot
 	$(CARGO) run -q --release -p stratum-tests --bin bench-io
+	$(CARGO) run -q --release -p stratum-tests --bin bench-vsock
 
 # The cargo-fuzz targets (vmm/fuzz) over seeded random inputs, on stable.
 fuzz-test:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the guest initramfs: busybox-static + guest-images/guest-init as /init,
-# plus /bin/blkbench (guest-images/blkbench.c, static) for `bench-io`.
+# plus /bin/blkbench (guest-images/blkbench.c, static) for `bench-io` and
+# /bin/vsock-tool (guest-images/vsock-tool.c, static) for the vsock tests.
 # Output (symlink): guest-initramfs.cpio.gz
 set -euo pipefail
 # shellcheck source=guest-images/common.sh
@@ -9,16 +10,17 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 INIT="$HERE/guest-init"
 BLKBENCH="$HERE/blkbench.c"
+VSOCK_TOOL="$HERE/vsock-tool.c"
 
 ensure_pkgs busybox-static cpio gzip gcc libc6-dev
 lock_cache guest-initramfs
 
 bb_ver=$(dpkg-query -W -f='${Version}' busybox-static)
-# The compiler and the static libc are inputs of blkbench. Its source is
-# hashed whole: hash_inputs would drop C's `#include`/`#define` lines as
+# The compiler and the static libc are inputs of the C tools. Their sources
+# are hashed whole: hash_inputs would drop C's `#include`/`#define` lines as
 # shell comments.
 cc_ver="$(gcc --version | head -n1) libc6-dev $(dpkg-query -W -f='${Version}' libc6-dev)"
-src_sum=$(sha256sum <"$BLKBENCH")
+src_sum=$(cat "$BLKBENCH" "$VSOCK_TOOL" | sha256sum)
 key=$(hash_inputs "$bb_ver" "$cc_ver" "$src_sum" "$INIT" "${BASH_SOURCE[0]}")
 out="$CACHE_ROOT/guest-initramfs/$key"
 
@@ -34,7 +36,8 @@ if [[ ! -f "$out/.done" ]]; then
     done
     install -m 0755 "$INIT" "$stage/init"
     gcc -static -O2 -Wall -Wextra -Werror -o "$stage/bin/blkbench" "$BLKBENCH"
-    strip "$stage/bin/blkbench"
+    gcc -static -O2 -Wall -Wextra -Werror -o "$stage/bin/vsock-tool" "$VSOCK_TOOL"
+    strip "$stage/bin/blkbench" "$stage/bin/vsock-tool"
     # Deterministic archive: fixed mtimes and owner, sorted names.
     find "$stage" -exec touch -h -d @0 {} +
     (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort |

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fetch Debian's cloud kernel + KVM modules for the nested test host.
 # Outputs (symlinks): host-vmlinuz, host-modules/{irqbypass,kvm,kvm-amd,tun}.ko
+# and the vhost-vsock modules QEMU's vsock device needs in `make bench`.
 set -euo pipefail
 # shellcheck source=guest-images/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -32,8 +33,11 @@ if [[ ! -f "$out/.done" ]]; then
     kver=${real#linux-image-}
     cp "$out/root/boot/vmlinuz-$kver" "$out/vmlinuz"
     moddir="$out/root/lib/modules/$kver/kernel"
-    # tun gives the nested host /dev/net/tun for the VMs' TAP devices.
-    for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tun; do
+    # tun gives the nested host /dev/net/tun for the VMs' TAP devices;
+    # vhost_vsock (with what it needs) /dev/vhost-vsock for QEMU's vsock.
+    for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tun \
+        drivers/vhost/vhost_iotlb drivers/vhost/vhost net/vmw_vsock/vsock \
+        net/vmw_vsock/vmw_vsock_virtio_transport_common drivers/vhost/vhost_vsock; do
         name=$(basename "$m")
         if [[ -f "$moddir/$m.ko.xz" ]]; then
             # busybox insmod cannot read compressed modules.

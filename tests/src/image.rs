@@ -12,8 +12,18 @@ use crate::Inputs;
 
 /// Directory holding the KVM modules inside the host (see `host-init`).
 pub const HOST_MODULE_DIR: &str = "/lib/modules/kvm";
-/// KVM modules in load order.
-pub const HOST_MODULES: [&str; 4] = ["irqbypass.ko", "kvm.ko", "kvm-amd.ko", "tun.ko"];
+/// Kernel modules in load order: KVM, TUN, vhost-vsock (see `host-init`).
+pub const HOST_MODULES: [&str; 9] = [
+    "irqbypass.ko",
+    "kvm.ko",
+    "kvm-amd.ko",
+    "tun.ko",
+    "vhost_iotlb.ko",
+    "vhost.ko",
+    "vsock.ko",
+    "vmw_vsock_virtio_transport_common.ko",
+    "vhost_vsock.ko",
+];
 
 const BASE_DIRS: &[&str] = &[
     "bin",

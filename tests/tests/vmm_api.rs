@@ -131,19 +131,23 @@ fn devices_through_the_api_and_a_hard_stop() {
            \"is_root_device\": false, \"is_read_only\": true}'\n\
            api PUT /drives/other '{\"drive_id\": \"data\", \"path_on_host\": \"/tmp/disk.img\", \
            \"is_root_device\": false}'\n\
-           api PUT /entropy '{}'\n"
+           api PUT /entropy '{}'\n\
+           api PUT /vsock '{\"guest_cid\": 3, \"uds_path\": \"/run/api-v.sock\"}'\n"
         + &boot_requests("console=ttyS0 reboot=k panic=-1 pci=off quiet stratum.exit=wait")
         + "wait_for STRATUM-GUEST-TICK\n\
            api GET /vm/config\n\
            api PUT /drives/late '{\"drive_id\": \"late\", \"path_on_host\": \"/tmp/disk.img\", \
            \"is_root_device\": false}'\n\
            api GET /stratum/stats\n\
+           [ -S /run/api-v.sock ] && echo VSOCK-SOCKET=bound\n\
            api PUT /stratum/actions '{\"action_type\": \"HardStop\"}'\n\
-           wait $VMM; echo VMM-EXIT=$?\n";
+           wait $VMM; echo VMM-EXIT=$?\n\
+           [ -e /run/api-v.sock ] || echo VSOCK-SOCKET=removed\n";
     let outcome = run(script);
     assert_status(&outcome, "PUT /drives/data", 204);
     assert_status(&outcome, "PUT /drives/other", 400); // ids differ
     assert_status(&outcome, "PUT /entropy", 204);
+    assert_status(&outcome, "PUT /vsock", 204);
     assert_status(&outcome, "PUT /drives/late", 400); // after boot
     let config = status_of(&outcome, "GET /vm/config").join(" ");
     assert!(
@@ -164,8 +168,20 @@ fn devices_through_the_api_and_a_hard_stop() {
         .as_array()
         .map(|d| d.iter().filter_map(|d| d["type"].as_str()).collect())
         .unwrap_or_default();
-    assert_eq!(kinds, ["block", "rng"], "{stats}");
+    assert_eq!(kinds, ["block", "vsock", "rng"], "{stats}");
     assert_eq!(stats["devices"][0]["id"], "data");
+    // The guest's init wrote the boot timer before its first tick.
+    let boot_us = stats["guest_boot_time_us"].as_u64().unwrap_or(0);
+    let uptime_us = stats["uptime_ms"].as_u64().unwrap_or(0) * 1000;
+    assert!(
+        boot_us > 0 && boot_us < uptime_us + 1_000_000,
+        "guest boot time {boot_us} us, uptime {uptime_us} us: {stats}"
+    );
+    assert_eq!(value_of(&outcome, "VSOCK-SOCKET=").as_deref(), Some("bound"));
+    assert!(
+        outcome.lines_with("VSOCK-SOCKET=removed").next().is_some(),
+        "the vsock socket is removed when the VM ends"
+    );
     assert_status(&outcome, "PUT /stratum/actions", 204);
     assert_eq!(value_of(&outcome, "VMM-EXIT=").as_deref(), Some("0"));
 }

@@ -19,18 +19,20 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::layout::CMDLINE_MAX_SIZE;
 use crate::arch::layout::{VIRTIO_FIRST_IRQ, VIRTIO_LAST_IRQ, VIRTIO_MMIO_START};
 use crate::arch::{acpi, boot, mptable};
-use crate::config::{self, ConsoleOutput, DriveConfig, NetConfig, VmConfig};
+use crate::config::{self, ConsoleOutput, DriveConfig, NetConfig, VmConfig, VsockConfig};
 use crate::devices::legacy::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN};
 use crate::devices::legacy::i8042::{I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 use crate::devices::legacy::{AcpiPm, SerialConsole, I8042};
+use crate::devices::pseudo::boot_timer::{BootTime, BootTimer, BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use crate::devices::virtio::block::{Block, Disk, DiskError};
 use crate::devices::virtio::mmio::{self, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::tap::Tap;
+use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{
-    Interrupt, SharedMemory, VirtioDevice, TYPE_BLOCK, TYPE_NET, TYPE_RNG,
+    Interrupt, SharedMemory, VirtioDevice, TYPE_BLOCK, TYPE_NET, TYPE_RNG, TYPE_VSOCK,
 };
 use crate::devices::{bus, Bus, Buses, IrqLine, VmEvent, VmEventSender};
 use crate::loader::{self, LoadedInitrd, LoadedKernel};
@@ -62,6 +64,8 @@ pub enum Error {
         #[source]
         source: DiskError,
     },
+    #[error("{0}")]
+    Vsock(#[from] crate::devices::virtio::vsock::Error),
     #[error("{0}")]
     Memory(#[from] memory::Error),
     #[error("kernel {path}: {source}")]
@@ -108,6 +112,9 @@ pub struct RunningVm {
     // exits while they still run, so these are never dropped before.
     _memory: Arc<GuestMemoryMmap>,
     _vm: vm::Vm,
+    /// Socket files the devices bound, removed when the VM ends: the
+    /// process exits without dropping the devices.
+    socket_files: Vec<PathBuf>,
 }
 
 impl RunningVm {
@@ -119,10 +126,14 @@ impl RunningVm {
 
     /// Blocks until the first reason for the VM to stop.
     pub fn wait(self) -> VmEvent {
-        self.events.recv().unwrap_or(VmEvent::VcpuFailed {
+        let event = self.events.recv().unwrap_or(VmEvent::VcpuFailed {
             index: 0,
             error: "every vCPU thread ended without a reason".into(),
-        })
+        });
+        for path in &self.socket_files {
+            let _ = std::fs::remove_file(path);
+        }
+        event
     }
 }
 
@@ -140,6 +151,7 @@ struct ControllerInner {
     vcpu_stats: Vec<Arc<VcpuStats>>,
     devices: Vec<DeviceHandle>,
     started: Instant,
+    boot_time: BootTime,
 }
 
 /// Counters of a running VM (`GET /stratum/stats`).
@@ -147,6 +159,10 @@ struct ControllerInner {
 pub struct VmStats {
     /// Time since the vCPUs started.
     pub uptime_ms: u64,
+    /// From the start of the VM's build to the guest's boot-timer write
+    /// (its init is up); absent until the guest writes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_boot_time_us: Option<u64>,
     pub vcpus: Vec<VcpuExits>,
     pub devices: Vec<DeviceStats>,
 }
@@ -193,6 +209,7 @@ impl VmController {
         let inner = &self.inner;
         VmStats {
             uptime_ms: u64::try_from(inner.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            guest_boot_time_us: inner.boot_time.get(),
             vcpus: inner
                 .vcpu_stats
                 .iter()
@@ -230,6 +247,7 @@ fn open(what: &'static str, path: &Path) -> Result<File, Error> {
 
 /// Validates `config`, loads the guest and starts its vCPUs.
 pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
+    let build_start = Instant::now();
     config.validate()?;
     let vcpu_count =
         u8::try_from(config.vcpus).map_err(|_| config::Error::TooManyVcpus(config.vcpus))?;
@@ -241,6 +259,7 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
     let console = open_console(&config.console)?;
     let disks = open_drives(&config.drives)?;
     let taps = open_taps(&config.nics)?;
+    let vsock = open_vsock(config.vsock.as_ref())?;
 
     let mem_size = config.memory_bytes();
     let mem = Arc::new(memory::create_guest_memory(mem_size)?);
@@ -253,7 +272,7 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
         Some((path, file)) => Some(load_initrd(&mem, mem_size, &kernel, path, file)?),
         None => None,
     };
-    let virtio = place_virtio_devices(config, disks, taps)?;
+    let virtio = place_virtio_devices(config, disks, taps, vsock)?;
     let virtio_windows: Vec<acpi::MmioDevice> = virtio
         .iter()
         .map(|slot| acpi::MmioDevice {
@@ -291,7 +310,13 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
         irq_line(&vm, I8042_KBD_IRQ)?,
     )));
     let pio = legacy_bus(serial.clone(), i8042.clone(), AcpiPm::new(stop.clone()))?;
-    let (mmio, devices) = virtio_bus(&vm, &mem, virtio)?;
+    let (mut mmio, devices) = virtio_bus(&vm, &mem, virtio)?;
+    let boot_time = BootTime::default();
+    mmio.insert(
+        Arc::new(Mutex::new(BootTimer::new(build_start, boot_time.clone()))),
+        BOOT_TIMER_ADDR,
+        BOOT_TIMER_LEN,
+    )?;
     let buses = Arc::new(Buses { pio, mmio });
 
     let supported_cpuid = hypervisor.supported_cpuid()?;
@@ -321,6 +346,7 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
             vcpu_stats,
             devices,
             started: Instant::now(),
+            boot_time,
         }),
     };
     if config.console_input {
@@ -331,6 +357,7 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
         controller,
         _memory: mem,
         _vm: vm,
+        socket_files: config.vsock.iter().map(|v| v.uds_path.clone()).collect(),
     })
 }
 
@@ -454,6 +481,14 @@ fn random_local_mac() -> [u8; 6] {
     mac
 }
 
+/// Binds the vsock device's host socket. Dropped on a later error, the
+/// device removes the socket file again.
+fn open_vsock(config: Option<&VsockConfig>) -> Result<Option<Vsock>, Error> {
+    config
+        .map(|v| Vsock::new(u64::from(v.guest_cid), &v.uds_path).map_err(Error::from))
+        .transpose()
+}
+
 /// Opens each drive's image (read-only drives O_RDONLY).
 fn open_drives(drives: &[DriveConfig]) -> Result<Vec<Disk>, Error> {
     drives
@@ -472,12 +507,13 @@ fn open_drives(drives: &[DriveConfig]) -> Result<Vec<Disk>, Error> {
 
 /// The configured virtio devices, each with its place: the drives in
 /// order (the guest's vda, vdb, ...), the network interfaces in order,
-/// then the entropy device. Done before
+/// then vsock and the entropy device. Done before
 /// the command line is written, since the guest learns of them there.
 fn place_virtio_devices(
     config: &VmConfig,
     disks: Vec<Disk>,
     taps: Vec<(Tap, [u8; 6])>,
+    vsock: Option<Vsock>,
 ) -> Result<Vec<VirtioSlot>, Error> {
     let mut devices: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
     for (drive, disk) in config.drives.iter().zip(disks) {
@@ -485,6 +521,9 @@ fn place_virtio_devices(
     }
     for (nic, (tap, mac)) in config.nics.iter().zip(taps) {
         devices.push((nic.id.clone(), Box::new(Net::new(tap, mac))));
+    }
+    if let Some(vsock) = vsock {
+        devices.push(("vsock".into(), Box::new(vsock)));
     }
     if config.entropy {
         devices.push(("entropy".into(), Box::new(Rng::new())));
@@ -538,6 +577,7 @@ fn device_kind(device_type: u32) -> &'static str {
         TYPE_BLOCK => "block",
         TYPE_NET => "net",
         TYPE_RNG => "rng",
+        TYPE_VSOCK => "vsock",
         _ => "other",
     }
 }

@@ -38,6 +38,8 @@ pub struct VmConfig {
     pub drives: Vec<DriveConfig>,
     /// virtio-net interfaces, in the order the guest sees them (eth0, ...).
     pub nics: Vec<NetConfig>,
+    /// A virtio-vsock device with its host Unix socket.
+    pub vsock: Option<VsockConfig>,
 }
 
 /// The most bytes of a drive's serial (virtio-blk GET_ID).
@@ -123,6 +125,53 @@ impl NetConfig {
     }
 }
 
+/// A virtio-vsock device: the guest's context id and the host Unix
+/// socket of the hybrid-vsock convention.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    pub guest_cid: u32,
+    pub uds_path: PathBuf,
+}
+
+/// The longest Unix socket path (`sun_path` holds 108 bytes with the NUL).
+pub const UDS_PATH_MAX: usize = 107;
+
+impl VsockConfig {
+    /// Parses `--vsock cid=N,uds=PATH`.
+    pub fn parse_cli(text: &str) -> Result<Self, String> {
+        let mut cid = None;
+        let mut uds = None;
+        for part in text.split(',') {
+            match part.split_once('=') {
+                Some(("cid", value)) => {
+                    cid = Some(
+                        value
+                            .parse()
+                            .map_err(|_| format!("cid {value:?} is not a number"))?,
+                    )
+                }
+                Some(("uds", value)) if !value.is_empty() => uds = Some(PathBuf::from(value)),
+                _ => return Err(format!("unexpected {part:?}; expected cid=N,uds=PATH")),
+            }
+        }
+        Ok(Self {
+            guest_cid: cid.ok_or("cid=N is required")?,
+            uds_path: uds.ok_or("uds=PATH is required")?,
+        })
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        // 0, 1 and 2 are the hypervisor, local and host; -1 means any.
+        if self.guest_cid < 3 || self.guest_cid == u32::MAX {
+            return Err(Error::VsockCid(self.guest_cid));
+        }
+        if self.uds_path.as_os_str().len() > UDS_PATH_MAX {
+            return Err(Error::VsockPathTooLong(self.uds_path.clone()));
+        }
+        Ok(())
+    }
+}
+
 /// Parses a MAC address written as six colon-separated hex bytes.
 pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let bytes: Vec<u8> = text
@@ -168,12 +217,17 @@ impl Default for VmConfig {
             entropy: false,
             drives: Vec::new(),
             nics: Vec::new(),
+            vsock: None,
         }
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
+    #[error("vsock guest CID {0} is reserved; use 3 or more")]
+    VsockCid(u32),
+    #[error("vsock socket path {0:?} is longer than {UDS_PATH_MAX} bytes")]
+    VsockPathTooLong(PathBuf),
     #[error("a VM needs at least one vCPU")]
     NoVcpus,
     #[error("{0} vCPUs asked for; at most {max} are supported", max = mptable::MAX_CPUS)]
@@ -241,6 +295,9 @@ impl VmConfig {
                 return Err(Error::DuplicateNicId(nic.id.clone()));
             }
         }
+        if let Some(vsock) = &self.vsock {
+            vsock.validate()?;
+        }
         Ok(())
     }
 
@@ -278,6 +335,25 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert_eq!(config().validate(), Ok(()));
+    }
+
+    #[test]
+    fn vsock_is_parsed_and_checked() {
+        let vsock = VsockConfig::parse_cli("cid=3,uds=/run/v.sock").unwrap();
+        assert_eq!(vsock.guest_cid, 3);
+        assert!(VsockConfig::parse_cli("uds=/run/v.sock").is_err());
+        assert!(VsockConfig::parse_cli("cid=x,uds=/run/v.sock").is_err());
+        assert!(VsockConfig::parse_cli("cid=3,uds=").is_err());
+        let mut c = config();
+        c.vsock = Some(vsock);
+        assert_eq!(c.validate(), Ok(()));
+        for cid in [0, 1, 2, u32::MAX] {
+            c.vsock = Some(VsockConfig::parse_cli(&format!("cid={cid},uds=/v")).unwrap());
+            assert_eq!(c.validate(), Err(Error::VsockCid(cid)));
+        }
+        let long = "/x".repeat(60);
+        c.vsock = Some(VsockConfig::parse_cli(&format!("cid=3,uds={long}")).unwrap());
+        assert!(matches!(c.validate(), Err(Error::VsockPathTooLong(_))));
     }
 
     #[test]

@@ -25,8 +25,8 @@ use vmm::{vmm_log, RunningVm, VmConfig, VmEvent};
 /// --config-file and --api-sock, which describe it themselves. (`requires =
 /// "kernel"` on each is not enough: clap lets them through once --kernel's
 /// own `required_unless_present_any` is satisfied.)
-const KERNEL_ARGS: [&str; 8] = [
-    "kernel", "initrd", "cmdline", "vcpus", "memory", "entropy", "drive", "net",
+const KERNEL_ARGS: [&str; 9] = [
+    "kernel", "initrd", "cmdline", "vcpus", "memory", "entropy", "drive", "net", "vsock",
 ];
 
 #[derive(Parser, Debug)]
@@ -65,6 +65,11 @@ struct Cli {
     /// A virtio-net interface on an existing host TAP device (repeatable).
     #[arg(long, requires = "kernel", value_name = "tap=NAME[,id=ID][,mac=MAC]", value_parser = vmm::config::NetConfig::parse_cli)]
     net: Vec<vmm::config::NetConfig>,
+    /// A virtio-vsock device: guest CID and the host Unix socket
+    /// (hybrid vsock: host-initiated streams connect to PATH and send
+    /// `CONNECT <port>`; guest connections to port P go to PATH_P).
+    #[arg(long, requires = "kernel", value_name = "cid=N,uds=PATH", value_parser = vmm::config::VsockConfig::parse_cli)]
+    vsock: Option<vmm::config::VsockConfig>,
     /// Boot the VM described by this Firecracker config file (JSON).
     #[arg(long, value_name = "PATH", conflicts_with_all = KERNEL_ARGS)]
     config_file: Option<PathBuf>,
@@ -142,6 +147,7 @@ fn run_from_command_line(kernel: PathBuf, cli: Cli) -> ExitCode {
         entropy: cli.entropy,
         drives: vmm::config::name_drives(cli.drive.clone()),
         nics: vmm::config::name_nics(cli.net.clone()),
+        vsock: cli.vsock.clone(),
         ..cli.base_config()
     };
     match vmm::build_and_start(&config) {

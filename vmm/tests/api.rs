@@ -261,6 +261,14 @@ fn configure_like_a_firecracker_client_on_one_connection() {
     assert_eq!(config["drives"], json!([]));
     assert_eq!(config["network-interfaces"], json!([]));
     assert_eq!(config["vsock"], Value::Null);
+    let vsock_path = s.path("v.sock");
+    let vsock = json!({"guest_cid": 3, "uds_path": vsock_path});
+    assert_eq!(api.put("/vsock", &vsock).status, 204);
+    assert_eq!(api.get("/vm/config").json()["vsock"], vsock);
+    assert!(
+        !vsock_path.exists(),
+        "the socket is bound at boot, not at PUT"
+    );
 
     // A query string and a trailing slash change nothing.
     assert_eq!(api.get("/vm/config/?pretty").status, 200);
@@ -372,8 +380,26 @@ fn bad_requests_get_400_with_a_fault_message_and_change_nothing() {
         (
             "PUT",
             "/vsock",
-            r#"{"guest_cid": 3, "uds_path": "/v"}"#,
-            "PUT /vsock is not supported",
+            r#"{"guest_cid": 2, "uds_path": "/run/v.sock"}"#,
+            "guest_cid 2 is reserved",
+        ),
+        (
+            "PUT",
+            "/vsock",
+            r#"{"guest_cid": 3, "uds_path": "/no/such/dir/v.sock"}"#,
+            "directory /no/such/dir does not exist",
+        ),
+        (
+            "PUT",
+            "/vsock",
+            r#"{"guest_cid": 3, "uds_path": "/"}"#,
+            "/ already exists",
+        ),
+        (
+            "PUT",
+            "/vsock",
+            r#"{"guest_cid": 3}"#,
+            "missing field `uds_path`",
         ),
         (
             "PUT",

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use arbitrary::{Arbitrary, Unstructured};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm::devices::virtio::{self, block, mmio, net, rng};
+use vmm::devices::virtio::{self, block, mmio, net, rng, vsock};
 use vmm::devices::{BusDevice, IrqLine};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::tempfile::TempFile;
@@ -119,6 +119,12 @@ pub enum MemWrite {
         kind: BlkKind,
         sector: u64,
     },
+    /// virtio-blk discard/write-zeroes ranges: le64 sector, le32
+    /// num_sectors, le32 flags each, mostly small enough to fit the image.
+    BlkRanges {
+        addr: Addr,
+        ranges: Vec<(u8, u8, u8)>,
+    },
     /// A table for an INDIRECT descriptor.
     Indirect {
         addr: Addr,
@@ -132,6 +138,8 @@ pub enum BlkKind {
     Out,
     Flush,
     GetId,
+    Discard,
+    WriteZeroes,
     Raw(u32),
 }
 
@@ -149,12 +157,27 @@ impl MemWrite {
                     BlkKind::Out => 1,
                     BlkKind::Flush => 4,
                     BlkKind::GetId => 8,
+                    BlkKind::Discard => 11,
+                    BlkKind::WriteZeroes => 13,
                     BlkKind::Raw(x) => *x,
                 };
                 let mut h = [0u8; 16];
                 h[..4].copy_from_slice(&kind.to_le_bytes());
                 h[8..].copy_from_slice(&sector.to_le_bytes());
                 let _ = mem.write_slice(&h, GuestAddress(addr.get()));
+            }
+            MemWrite::BlkRanges { addr, ranges } => {
+                let bytes: Vec<u8> = ranges
+                    .iter()
+                    .flat_map(|&(sector, num_sectors, flags)| {
+                        let mut r = [0u8; 16];
+                        r[..8].copy_from_slice(&u64::from(sector).to_le_bytes());
+                        r[8..12].copy_from_slice(&u32::from(num_sectors).to_le_bytes());
+                        r[12..].copy_from_slice(&u32::from(flags).to_le_bytes());
+                        r
+                    })
+                    .collect();
+                let _ = mem.write_slice(&bytes, GuestAddress(addr.get()));
             }
             MemWrite::Indirect { addr, descs } => {
                 let table: Vec<u8> = descs.iter().flat_map(|d| d.bytes()).collect();
@@ -476,6 +499,89 @@ pub fn net_rx(data: &[u8]) {
     });
 }
 
+// ---------------------------------------------------------------- vsock
+
+/// A virtio-vsock packet header, with small values common so that
+/// packets address the guest's CID, the host and existing ports.
+#[derive(Arbitrary, Debug)]
+pub struct VsockHeader {
+    addr: Addr,
+    guest_cid: bool,
+    src_port: u8,
+    dst_port: u8,
+    len: Len,
+    stream: bool,
+    op: u8,
+    flags: u8,
+    buf_alloc: u32,
+    fwd_cnt: u32,
+}
+
+impl VsockHeader {
+    fn apply(&self, mem: &GuestMemoryMmap) {
+        let header = vsock::packet::Header {
+            src_cid: if self.guest_cid { VSOCK_GUEST_CID } else { 7 },
+            dst_cid: vsock::packet::HOST_CID,
+            src_port: self.src_port.into(),
+            dst_port: self.dst_port.into(),
+            len: self.len.get(),
+            socket_type: if self.stream { vsock::packet::TYPE_STREAM } else { 2 },
+            op: u16::from(self.op % 9),
+            flags: self.flags.into(),
+            buf_alloc: self.buf_alloc,
+            fwd_cnt: self.fwd_cnt,
+        };
+        let _ = mem.write_slice(&header.to_bytes(), GuestAddress(self.addr.get()));
+    }
+}
+
+const VSOCK_GUEST_CID: u64 = 3;
+
+#[derive(Arbitrary, Debug)]
+pub struct VsockInput {
+    headers: Vec<VsockHeader>,
+    tx: Driver,
+    rx: Driver,
+}
+
+/// A listening socket for the muxer, bound once per process under a
+/// fresh temp directory; guest-initiated connections to `<it>_<port>` find
+/// nothing and are reset.
+fn vsock_listener() -> &'static (std::path::PathBuf, std::os::unix::net::UnixListener) {
+    static LISTENER: OnceLock<(std::path::PathBuf, std::os::unix::net::UnixListener)> =
+        OnceLock::new();
+    LISTENER.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("stratum-vsock-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("v.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        listener.set_nonblocking(true).expect("non-blocking");
+        (path, listener)
+    })
+}
+
+/// virtio-vsock: the transmit queue's packets through the muxer
+/// (`vsock::process_tx`), then what the muxer owes the guest into the
+/// receive queue (`vsock::fill_rx`).
+pub fn vsock(data: &[u8]) {
+    decode(data, |input: VsockInput| {
+        let (path, listener) = vsock_listener();
+        let mut muxer = vsock::muxer::Muxer::new(
+            VSOCK_GUEST_CID,
+            path.clone(),
+            listener.try_clone().expect("dup"),
+        );
+        let mut tx = input.tx.setup();
+        for header in &input.headers {
+            header.apply(&tx.mem);
+        }
+        tx.run(|mem, queue| vsock::process_tx(mem, queue, &mut muxer));
+        let mut rx = input.rx.setup();
+        rx.run(|mem, queue| vsock::fill_rx(mem, queue, &mut muxer));
+    });
+}
+
 // ---------------------------------------------------------------- mmio
 
 const MAGIC_VALUE: u32 = 0x7472_6976;
@@ -718,4 +824,5 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("virtio_net_tx", net_tx),
     ("virtio_net_rx", net_rx),
     ("virtio_mmio", mmio),
+    ("virtio_vsock", vsock),
 ];

@@ -172,3 +172,8 @@ fn virtio_net_rx() {
 fn virtio_mmio() {
     run_target("virtio_mmio");
 }
+
+#[test]
+fn virtio_vsock() {
+    run_target("virtio_vsock");
+}

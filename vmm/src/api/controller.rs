@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::config::VmConfig;
 use crate::vmm_config::boot_source::{self, BootSourceConfig};
 use crate::vmm_config::config_file::ConfigFile;
-use crate::vmm_config::devices::{self, DriveBody, EntropyBody, NetworkInterfaceBody};
+use crate::vmm_config::devices::{self, DriveBody, EntropyBody, NetworkInterfaceBody, VsockBody};
 use crate::vmm_config::logger::{self, LoggerConfig};
 use crate::vmm_config::machine_config::{self, MachineConfig, MachineConfigUpdate};
 use crate::vmm_config::metrics::{self, Metrics, MetricsConfig};
@@ -38,6 +38,7 @@ pub enum VmmAction {
     PutDrive(String, DriveBody),
     PutNetworkInterface(String, NetworkInterfaceBody),
     PutEntropy(EntropyBody),
+    PutVsock(VsockBody),
     /// `PATCH /vm`: true pauses, false resumes.
     PatchVmPaused(bool),
     SendCtrlAltDel,
@@ -169,6 +170,9 @@ impl Controller {
         for nic in file.network_interfaces {
             self.handle(VmmAction::PutNetworkInterface(nic.iface_id.clone(), nic))?;
         }
+        if let Some(vsock) = file.vsock {
+            self.handle(VmmAction::PutVsock(vsock))?;
+        }
         if let Some(entropy) = file.entropy {
             self.handle(VmmAction::PutEntropy(entropy))?;
         }
@@ -248,6 +252,12 @@ impl Controller {
                 self.before_boot("PUT /entropy")?;
                 entropy.validate()?;
                 self.resources.entropy = Some(entropy);
+                Ok(VmmData::Empty)
+            }
+            VmmAction::PutVsock(vsock) => {
+                self.before_boot("PUT /vsock")?;
+                vsock.to_config()?;
+                self.resources.vsock = Some(vsock);
                 Ok(VmmData::Empty)
             }
             VmmAction::PatchVmPaused(pause) => {
@@ -338,6 +348,7 @@ fn counted(action: &VmmAction) -> metrics::Request {
         VmmAction::PutDrive(..) => Request::PutDrive,
         VmmAction::PutNetworkInterface(..) => Request::PutNetworkInterface,
         VmmAction::PutEntropy(_) => Request::PutEntropy,
+        VmmAction::PutVsock(_) => Request::PutVsock,
         VmmAction::PatchVmPaused(_) => Request::PatchVm,
     }
 }

@@ -78,7 +78,6 @@ const UNSUPPORTED: &[&str] = &[
     "serial",
     "snapshot",
     "vm",
-    "vsock",
 ];
 
 /// The action `request` asks for.
@@ -113,6 +112,7 @@ pub fn parse(request: &Request) -> Result<VmmAction, RequestError> {
             body(request)?,
         )),
         (Method::Put, ["entropy"]) => Ok(VmmAction::PutEntropy(body(request)?)),
+        (Method::Put, ["vsock"]) => Ok(VmmAction::PutVsock(body(request)?)),
         (Method::Patch, ["vm"]) => {
             let vm: VmStateBody = body(request)?;
             Ok(VmmAction::PatchVmPaused(matches!(
@@ -189,7 +189,9 @@ mod tests {
         let e = route(Method::Put, "/drives/rootfs", "{}").unwrap_err();
         assert!(e.contains("missing field `drive_id`"), "{e}");
         let e = route(Method::Put, "/vsock", "{}").unwrap_err();
-        assert_eq!(e, "PUT /vsock is not supported by this VMM yet.");
+        assert!(e.contains("missing field `guest_cid`"), "{e}");
+        let e = route(Method::Put, "/balloon", "{}").unwrap_err();
+        assert_eq!(e, "PUT /balloon is not supported by this VMM yet.");
         assert_eq!(
             route(Method::Patch, "/vm", r#"{"state": "Paused"}"#),
             Ok(VmmAction::PatchVmPaused(true))

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::boot_source::BootSourceConfig;
-use super::devices::{DriveBody, EntropyBody, NetworkInterfaceBody};
+use super::devices::{DriveBody, EntropyBody, NetworkInterfaceBody, VsockBody};
 use super::logger::LoggerConfig;
 use super::machine_config::MachineConfig;
 use super::metrics::MetricsConfig;
@@ -54,7 +54,7 @@ pub struct ConfigFile {
     #[serde(default)]
     pmem: Vec<serde_json::Value>,
     #[serde(default)]
-    vsock: Option<serde_json::Value>,
+    pub vsock: Option<VsockBody>,
     #[serde(default)]
     pub entropy: Option<EntropyBody>,
     #[serde(default)]
@@ -84,7 +84,6 @@ impl ConfigFile {
         })?;
         let unsupported = [
             ("pmem", !file.pmem.is_empty()),
-            ("vsock", file.vsock.is_some()),
             ("balloon", file.balloon.is_some()),
             ("mmds-config", file.mmds_config.is_some()),
             ("cpu-config", file.cpu_config.is_some()),
@@ -132,7 +131,9 @@ mod tests {
             r#"{"boot-source": {"kernel_image_path": "k"}, "drives": [{"drive_id": "rootfs"}]}"#;
         assert!(parse(bad_drive).unwrap_err().contains("missing field"));
         let vsock = r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {"guest_cid": 3, "uds_path": "v"}}"#;
-        assert!(parse(vsock).unwrap_err().contains("\"vsock\""));
+        assert_eq!(parse(vsock).unwrap().vsock.unwrap().guest_cid, 3);
+        let pmem = r#"{"boot-source": {"kernel_image_path": "k"}, "pmem": [{"id": "p"}]}"#;
+        assert!(parse(pmem).unwrap_err().contains("\"pmem\""));
         let typo = r#"{"boot-source": {"kernel_image_path": "k"}, "machine_config": {}}"#;
         assert!(parse(typo).unwrap_err().contains("unknown field"));
         assert!(parse(r#"{"drives": []}"#)

@@ -1,12 +1,14 @@
 //! Device bodies of the Firecracker API and config file: `Drive`,
-//! `NetworkInterface` and `EntropyDevice`, with their checks, and their
+//! `NetworkInterface`, `Vsock` and `EntropyDevice`, with their checks, and their
 //! conversion into the builder's device configuration.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{parse_mac, DriveConfig, NetConfig, DRIVE_SERIAL_MAX};
+use crate::config::{
+    parse_mac, DriveConfig, NetConfig, VsockConfig, DRIVE_SERIAL_MAX, UDS_PATH_MAX,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
@@ -32,6 +34,8 @@ pub enum Error {
     DuplicateMac(String),
     #[error("The host device {0} is already in use by another interface.")]
     DuplicateTap(String),
+    #[error("Cannot create backend for vsock device: {0}")]
+    Vsock(String),
 }
 
 fn check_id(id: &str) -> Result<(), Error> {
@@ -195,6 +199,50 @@ impl NetworkInterfaceBody {
             id: self.iface_id.clone(),
             tap: self.host_dev_name.clone(),
             mac,
+        })
+    }
+}
+
+/// Firecracker's `Vsock`. `vsock_id` is accepted and ignored, as
+/// Firecracker does since it deprecated it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+    pub guest_cid: u32,
+    pub uds_path: PathBuf,
+}
+
+impl VsockBody {
+    /// Checks the body as far as it can be before the socket is bound at
+    /// boot: the CID, the path's length, a free path in an existing
+    /// directory.
+    pub fn to_config(&self) -> Result<VsockConfig, Error> {
+        let fail = |reason: String| Err(Error::Vsock(reason));
+        if self.guest_cid < 3 || self.guest_cid == u32::MAX {
+            return fail(format!(
+                "guest_cid {} is reserved; use 3 or more",
+                self.guest_cid
+            ));
+        }
+        let path = &self.uds_path;
+        if path.as_os_str().is_empty() || path.as_os_str().len() > UDS_PATH_MAX {
+            return fail(format!("uds_path must be 1 to {UDS_PATH_MAX} bytes"));
+        }
+        if path.symlink_metadata().is_ok() {
+            return fail(format!("{} already exists", path.display()));
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !parent.is_dir() {
+            return fail(format!("directory {} does not exist", parent.display()));
+        }
+        Ok(VsockConfig {
+            guest_cid: self.guest_cid,
+            uds_path: path.clone(),
         })
     }
 }

@@ -50,6 +50,7 @@ pub enum Request {
     PutDrive,
     PutNetworkInterface,
     PutEntropy,
+    PutVsock,
     PatchVm,
 }
 
@@ -79,6 +80,8 @@ struct PutRequests {
     network_fails: u64,
     entropy_count: u64,
     entropy_fails: u64,
+    vsock_count: u64,
+    vsock_fails: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -163,6 +166,7 @@ impl Metrics {
             Request::PutDrive => (&mut put.drive_count, Some(&mut put.drive_fails)),
             Request::PutNetworkInterface => (&mut put.network_count, Some(&mut put.network_fails)),
             Request::PutEntropy => (&mut put.entropy_count, Some(&mut put.entropy_fails)),
+            Request::PutVsock => (&mut put.vsock_count, Some(&mut put.vsock_fails)),
             Request::PatchVm => (&mut patch.vm_count, Some(&mut patch.vm_fails)),
         };
         *count += 1;

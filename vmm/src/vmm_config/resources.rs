@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::boot_source::BootSourceConfig;
-use super::devices::{self, DriveBody, EntropyBody, NetworkInterfaceBody};
+use super::devices::{self, DriveBody, EntropyBody, NetworkInterfaceBody, VsockBody};
 use super::logger::LoggerConfig;
 use super::machine_config::MachineConfig;
 use super::metrics::MetricsConfig;
@@ -28,6 +28,7 @@ pub struct VmResources {
     pub logger: Option<LoggerConfig>,
     pub drives: Vec<DriveBody>,
     pub network_interfaces: Vec<NetworkInterfaceBody>,
+    pub vsock: Option<VsockBody>,
     pub entropy: Option<EntropyBody>,
 }
 
@@ -63,6 +64,7 @@ impl VmResources {
             cmdline,
             drives: self.drives.iter().map(DriveBody::to_drive).collect(),
             nics,
+            vsock: self.vsock.as_ref().map(VsockBody::to_config).transpose()?,
             entropy: self.entropy.is_some(),
             ..self.sized(base)
         })
@@ -102,7 +104,7 @@ impl VmResources {
             mmds_config: None,
             network_interfaces: self.network_interfaces.clone(),
             pmem: Vec::new(),
-            vsock: None,
+            vsock: self.vsock.clone(),
             entropy: self.entropy.clone(),
         }
     }
@@ -128,6 +130,6 @@ pub struct FullVmConfig {
     #[serde(rename = "network-interfaces")]
     pub network_interfaces: Vec<NetworkInterfaceBody>,
     pub pmem: Vec<serde_json::Value>,
-    pub vsock: Option<serde_json::Value>,
+    pub vsock: Option<VsockBody>,
     pub entropy: Option<EntropyBody>,
 }

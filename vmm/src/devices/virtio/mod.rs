@@ -13,6 +13,7 @@ pub mod mmio;
 pub mod net;
 pub mod rng;
 pub mod tap;
+pub mod vsock;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
