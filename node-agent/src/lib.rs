@@ -1,0 +1,8 @@
+//! Stratum node agent: resource pools with vSphere semantics enforced by
+//! cgroups, VM lifecycle over `vmm` processes, durable state, and the
+//! gRPC API a Supervisor drives.
+
+pub mod cgroup;
+pub mod pool;
+pub mod proto;
+pub mod state;

@@ -1,0 +1,312 @@
+//! Workloads: the leaves of the pool tree. Each lives in one pool, counts
+//! against the quotas of that pool and its ancestors from the moment it is
+//! added, and charges its reservation to the pool only while admitted
+//! (running). VMs are the one kind today; pods (issue 5) become a second
+//! [`WorkloadKind`] with their reservations taken from their requests.
+//!
+//! A VM's reservation:
+//! - **memory** = guest RAM + [`VMM_MEMORY_OVERHEAD_BYTES`]. Guest RAM is
+//!   reserved in full because without a balloon the host cannot take back
+//!   what a guest touched. The overhead constant (16 MiB) covers the `vmm`
+//!   process (measured at 1.7 MiB RSS beside the guest's RAM, README's
+//!   benchmark), its virtio worker threads, stacks and queue buffers, and
+//!   the kernel memory KVM charges to the same cgroup (vCPU state and the
+//!   EPT/NPT page tables, about 2 MiB per GiB of guest RAM touched), with
+//!   headroom: reserving too little would let a pool's VMs be OOM-killed
+//!   under a limit that admission said they fit.
+//! - **CPU** = the spec's `cpu_reservation_millicores`, or else its role's
+//!   default ([`Role::default_cpu_reservation_millicores`]), capped at one
+//!   core per vCPU. Control-plane and etcd VMs default to one full core:
+//!   a starved API server or etcd misses heartbeats and leader-election
+//!   deadlines (etcd's default election timeout is 1 s) and the whole
+//!   cluster degrades. Workers default to a quarter core, enough for the
+//!   kubelet and the node's system pods to keep reporting; what pods need
+//!   is asked of the pools by the pods themselves.
+
+use std::fmt;
+
+use super::error::PoolError;
+use super::quota::Usage;
+use super::resource::{Resources, MIB, MILLICORES_PER_CPU};
+use super::tree::PoolId;
+
+/// Memory the `vmm` process and KVM use beside the guest's RAM, reserved
+/// with every VM.
+pub const VMM_MEMORY_OVERHEAD_BYTES: u64 = 16 * MIB;
+/// Most vCPUs in one VM (APIC ids are 8 bits and the IOAPIC takes the id
+/// after the last vCPU; the `vmm` refuses more).
+pub const MAX_VCPUS: u32 = 254;
+
+/// A workload's id: opaque, unique among all workloads of all kinds on the
+/// host (the agent draws them from one sequence).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkloadId(String);
+
+impl WorkloadId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for WorkloadId {
+    fn from(s: &str) -> Self {
+        WorkloadId(s.to_string())
+    }
+}
+
+impl From<String> for WorkloadId {
+    fn from(s: String) -> Self {
+        WorkloadId(s)
+    }
+}
+
+impl fmt::Display for WorkloadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a VM is for; each role has defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Kubernetes API server, scheduler, controller manager.
+    ControlPlane,
+    /// An etcd member.
+    Etcd,
+    /// A node that runs pods.
+    Worker,
+}
+
+impl Role {
+    /// CPU reservation when the spec gives none, before the cap of one core
+    /// per vCPU.
+    pub fn default_cpu_reservation_millicores(self) -> u64 {
+        match self {
+            Role::ControlPlane | Role::Etcd => MILLICORES_PER_CPU,
+            Role::Worker => MILLICORES_PER_CPU / 4,
+        }
+    }
+}
+
+/// What a workload is, with what its quotas count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkloadKind {
+    /// A VM run by one `vmm` process.
+    Vm {
+        /// Its role.
+        role: Role,
+        /// vCPUs.
+        vcpus: u32,
+        /// Guest RAM in bytes (a whole number of MiB).
+        memory_bytes: u64,
+    },
+}
+
+/// The sizing of a VM, as its spec gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VmSizing {
+    /// Its role.
+    pub role: Role,
+    /// vCPUs, 1..=[`MAX_VCPUS`].
+    pub vcpus: u32,
+    /// Guest RAM in MiB, at least 1.
+    pub memory_mib: u64,
+    /// CPU reservation; `None` = the role's default.
+    pub cpu_reservation_millicores: Option<u64>,
+}
+
+impl VmSizing {
+    /// The VM's reservation, or why the sizing is invalid.
+    pub fn reservation(&self) -> Result<Resources, PoolError> {
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
+            return Err(invalid(format!("{} vCPUs (1..={MAX_VCPUS})", self.vcpus)));
+        }
+        Ok(Resources::new(
+            self.cpu_reservation()?,
+            self.memory_reservation()?,
+        ))
+    }
+
+    /// Guest RAM in bytes, if it fits in a `u64`.
+    fn memory_bytes(&self) -> Result<u64, PoolError> {
+        if self.memory_mib == 0 {
+            return Err(invalid("0 MiB of memory".to_string()));
+        }
+        self.memory_mib
+            .checked_mul(MIB)
+            .ok_or_else(|| invalid(format!("{} MiB of memory", self.memory_mib)))
+    }
+
+    fn memory_reservation(&self) -> Result<u64, PoolError> {
+        self.memory_bytes()?
+            .checked_add(VMM_MEMORY_OVERHEAD_BYTES)
+            .ok_or_else(|| invalid(format!("{} MiB of memory", self.memory_mib)))
+    }
+
+    fn cpu_reservation(&self) -> Result<u64, PoolError> {
+        let max = u64::from(self.vcpus) * MILLICORES_PER_CPU;
+        match self.cpu_reservation_millicores {
+            Some(r) if r > max => Err(invalid(format!(
+                "CPU reservation {r} millicores is more than {} vCPUs give ({max})",
+                self.vcpus
+            ))),
+            Some(r) => Ok(r),
+            None => Ok(self.role.default_cpu_reservation_millicores().min(max)),
+        }
+    }
+}
+
+/// A leaf of the pool tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    id: WorkloadId,
+    pool: PoolId,
+    kind: WorkloadKind,
+    reservation: Resources,
+    pub(super) admitted: bool,
+}
+
+impl Workload {
+    /// A VM in pool `pool`, not admitted.
+    pub fn vm(id: WorkloadId, pool: PoolId, sizing: &VmSizing) -> Result<Self, PoolError> {
+        let reservation = sizing.reservation()?;
+        Ok(Workload {
+            id,
+            pool,
+            kind: WorkloadKind::Vm {
+                role: sizing.role,
+                vcpus: sizing.vcpus,
+                memory_bytes: sizing.memory_bytes()?,
+            },
+            reservation,
+            admitted: false,
+        })
+    }
+
+    /// Its id.
+    pub fn id(&self) -> &WorkloadId {
+        &self.id
+    }
+
+    /// The pool it lives in.
+    pub fn pool(&self) -> &PoolId {
+        &self.pool
+    }
+
+    /// What it is.
+    pub fn kind(&self) -> &WorkloadKind {
+        &self.kind
+    }
+
+    /// What it charges its pool while admitted.
+    pub fn reservation(&self) -> Resources {
+        self.reservation
+    }
+
+    /// Whether its reservation is charged (it runs).
+    pub fn is_admitted(&self) -> bool {
+        self.admitted
+    }
+
+    /// What it charges its pool now: its reservation if admitted, else nothing.
+    pub fn charge(&self) -> Resources {
+        if self.admitted {
+            self.reservation
+        } else {
+            Resources::ZERO
+        }
+    }
+
+    /// What it adds to the usage counts of its pool and every ancestor.
+    pub fn usage(&self) -> Usage {
+        let WorkloadKind::Vm {
+            vcpus,
+            memory_bytes,
+            ..
+        } = self.kind;
+        Usage {
+            workloads: 1,
+            running: u32::from(self.admitted),
+            vms: 1,
+            vcpus,
+            memory_bytes,
+        }
+    }
+}
+
+fn invalid(reason: String) -> PoolError {
+    PoolError::InvalidWorkload(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizing(role: Role, vcpus: u32, memory_mib: u64, cpu: Option<u64>) -> VmSizing {
+        VmSizing {
+            role,
+            vcpus,
+            memory_mib,
+            cpu_reservation_millicores: cpu,
+        }
+    }
+
+    #[test]
+    fn memory_reservation_is_guest_ram_plus_vmm_overhead() {
+        let r = sizing(Role::Worker, 2, 512, None).reservation().unwrap();
+        assert_eq!(r.memory_bytes, 512 * MIB + VMM_MEMORY_OVERHEAD_BYTES);
+    }
+
+    #[test]
+    fn cpu_reservation_defaults_by_role_capped_per_vcpu() {
+        let cpu = |role, vcpus| {
+            sizing(role, vcpus, 64, None)
+                .reservation()
+                .unwrap()
+                .cpu_millicores
+        };
+        assert_eq!(cpu(Role::ControlPlane, 2), 1000);
+        assert_eq!(cpu(Role::Etcd, 1), 1000);
+        assert_eq!(cpu(Role::Worker, 4), 250);
+    }
+
+    #[test]
+    fn explicit_cpu_reservation_wins_but_not_beyond_the_vcpus() {
+        let r = sizing(Role::Worker, 2, 64, Some(1500))
+            .reservation()
+            .unwrap();
+        assert_eq!(r.cpu_millicores, 1500);
+        assert!(sizing(Role::Worker, 2, 64, Some(2001))
+            .reservation()
+            .is_err());
+    }
+
+    #[test]
+    fn bad_sizes_are_invalid_not_panics() {
+        for s in [
+            sizing(Role::Worker, 0, 64, None),
+            sizing(Role::Worker, 255, 64, None),
+            sizing(Role::Worker, 1, 0, None),
+            sizing(Role::Worker, 1, u64::MAX, None),
+            sizing(Role::Worker, 1, u64::MAX >> 20, None),
+        ] {
+            assert!(
+                matches!(s.reservation(), Err(PoolError::InvalidWorkload(_))),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_vm_charges_only_while_admitted() {
+        let s = sizing(Role::Etcd, 2, 256, None);
+        let mut vm = Workload::vm("vm-1".into(), "root".into(), &s).unwrap();
+        assert_eq!(vm.charge(), Resources::ZERO);
+        assert_eq!(vm.usage().vcpus, 2);
+        assert_eq!(vm.usage().memory_bytes, 256 * MIB);
+        vm.admitted = true;
+        assert_eq!(vm.charge(), vm.reservation());
+        assert_eq!(vm.usage().running, 1);
+    }
+}

@@ -1,0 +1,247 @@
+//! The agent's state database: one redb file in the agent's data dir with
+//! a table of pools, a table of VMs and a small table of metadata (schema
+//! version and the id sequence).
+//!
+//! Every mutation is one write transaction committed with redb's default
+//! `Durability::Immediate`: when the call returns the data has been
+//! fsynced, so an API call that acknowledges after it has survived a
+//! `kill -9` of the agent or a crash of the host. Several changes that must
+//! happen together (a VM and its pool's record, say) go through
+//! [`Store::commit`], one transaction for all of them. Reads take a
+//! read transaction, so [`Store::load`] sees one consistent snapshot.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+use super::error::StoreError;
+use super::record::{decode, encode, Record};
+use crate::proto::records::{PoolRecord, VmRecord};
+
+/// The schema this agent writes: the set of tables and what they hold.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_SCHEMA: &str = "schema_version";
+const META_NEXT_ID: &str = "next_id";
+
+/// One change in a [`Store::commit`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Insert or replace a pool.
+    PutPool(PoolRecord),
+    /// Remove the pool with this id (no error if absent).
+    DeletePool(String),
+    /// Insert or replace a VM (boxed: a VM record is several times the
+    /// size of the other changes).
+    PutVm(Box<VmRecord>),
+    /// Remove the VM with this id (no error if absent).
+    DeleteVm(String),
+}
+
+/// Everything stored, read in one transaction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Every pool, in id order.
+    pub pools: Vec<PoolRecord>,
+    /// Every VM, in id order.
+    pub vms: Vec<VmRecord>,
+    /// The id [`Store::next_id`] will hand out next.
+    pub next_id: u64,
+}
+
+/// The state database.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Open the database at `path`, creating it (and its tables) if it does
+    /// not exist. Refuses a file written with a newer schema.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let db = Database::create(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let store = Store { db, path };
+        store.init()?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Create missing tables and check or write the schema version.
+    fn init(&self) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.open_table(PoolRecord::TABLE)?;
+            tx.open_table(VmRecord::TABLE)?;
+            let mut meta = tx.open_table(META)?;
+            let found = meta.get(META_SCHEMA)?.map(|v| v.value());
+            match found {
+                Some(found) if found != SCHEMA_VERSION => Err(StoreError::UnknownSchema {
+                    found,
+                    supported: SCHEMA_VERSION,
+                }),
+                Some(_) => Ok(()),
+                None => {
+                    meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    /// Run `f` in one write transaction and commit it durably, or abort it
+    /// (writing nothing) if `f` fails.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self.db.begin_write()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// A fresh id, durably: never handed out again, even after a crash.
+    /// Ids start at 1.
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        self.write(|tx| {
+            let mut meta = tx.open_table(META)?;
+            let id = meta.get(META_NEXT_ID)?.map_or(1, |v| v.value());
+            meta.insert(META_NEXT_ID, id.saturating_add(1))?;
+            Ok(id)
+        })
+    }
+
+    /// Apply `changes` atomically: all of them or none.
+    pub fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            for change in changes {
+                match change {
+                    Change::PutPool(r) => put_in(tx, r)?,
+                    Change::DeletePool(id) => delete_in::<PoolRecord>(tx, id).map(drop)?,
+                    Change::PutVm(r) => put_in(tx, r.as_ref())?,
+                    Change::DeleteVm(id) => delete_in::<VmRecord>(tx, id).map(drop)?,
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Insert or replace `record`.
+    pub fn put<R: Record>(&self, record: &R) -> Result<(), StoreError> {
+        self.write(|tx| put_in(tx, record))
+    }
+
+    /// The record `id`, if stored.
+    pub fn get<R: Record>(&self, id: &str) -> Result<Option<R>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(R::TABLE)?;
+        let value = table.get(id)?;
+        value.map(|v| decode(id, v.value())).transpose()
+    }
+
+    /// Remove the record `id`; whether it was there.
+    pub fn delete<R: Record>(&self, id: &str) -> Result<bool, StoreError> {
+        self.write(|tx| delete_in::<R>(tx, id))
+    }
+
+    /// Every record of a kind, in id order.
+    pub fn list<R: Record>(&self) -> Result<Vec<R>, StoreError> {
+        let tx = self.db.begin_read()?;
+        list_in(&tx.open_table(R::TABLE)?)
+    }
+
+    /// Insert or replace a pool.
+    pub fn put_pool(&self, record: &PoolRecord) -> Result<(), StoreError> {
+        self.put(record)
+    }
+
+    /// The pool `id`, if stored.
+    pub fn get_pool(&self, id: &str) -> Result<Option<PoolRecord>, StoreError> {
+        self.get(id)
+    }
+
+    /// Remove the pool `id`; whether it was there.
+    pub fn delete_pool(&self, id: &str) -> Result<bool, StoreError> {
+        self.delete::<PoolRecord>(id)
+    }
+
+    /// Every pool, in id order.
+    pub fn list_pools(&self) -> Result<Vec<PoolRecord>, StoreError> {
+        self.list()
+    }
+
+    /// Insert or replace a VM.
+    pub fn put_vm(&self, record: &VmRecord) -> Result<(), StoreError> {
+        self.put(record)
+    }
+
+    /// The VM `id`, if stored.
+    pub fn get_vm(&self, id: &str) -> Result<Option<VmRecord>, StoreError> {
+        self.get(id)
+    }
+
+    /// Remove the VM `id`; whether it was there.
+    pub fn delete_vm(&self, id: &str) -> Result<bool, StoreError> {
+        self.delete::<VmRecord>(id)
+    }
+
+    /// Every VM, in id order.
+    pub fn list_vms(&self) -> Result<Vec<VmRecord>, StoreError> {
+        self.list()
+    }
+
+    /// Everything, from one consistent snapshot: what the agent rebuilds
+    /// its pools and VMs from at startup. Fails on the first unreadable
+    /// record rather than silently forgetting a VM.
+    pub fn load(&self) -> Result<Snapshot, StoreError> {
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        let next_id = meta.get(META_NEXT_ID)?.map_or(1, |v| v.value());
+        Ok(Snapshot {
+            pools: list_in(&tx.open_table(PoolRecord::TABLE)?)?,
+            vms: list_in(&tx.open_table(VmRecord::TABLE)?)?,
+            next_id,
+        })
+    }
+
+    /// Store raw bytes under `key` in `R`'s table, bypassing encoding: lets
+    /// tests plant unreadable records.
+    #[cfg(test)]
+    pub(crate) fn put_raw<R: Record>(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.open_table(R::TABLE)?.insert(key, bytes)?;
+            Ok(())
+        })
+    }
+}
+
+fn put_in<R: Record>(tx: &WriteTransaction, record: &R) -> Result<(), StoreError> {
+    let bytes = encode(record)?;
+    tx.open_table(R::TABLE)?
+        .insert(record.id(), bytes.as_slice())?;
+    Ok(())
+}
+
+fn delete_in<R: Record>(tx: &WriteTransaction, id: &str) -> Result<bool, StoreError> {
+    Ok(tx.open_table(R::TABLE)?.remove(id)?.is_some())
+}
+
+fn list_in<R: Record>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<R>, StoreError> {
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        out.push(decode(key.value(), value.value())?);
+    }
+    Ok(out)
+}

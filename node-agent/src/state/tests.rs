@@ -1,0 +1,270 @@
+//! Store behaviour on real files: round trips, reopening, durability across
+//! an aborted process, atomic commits, and unreadable records.
+
+use std::process::Command;
+
+use redb::TableDefinition;
+use tempfile::TempDir;
+
+use super::*;
+use crate::proto::records::{PoolRecord, VmRecord, VmRuntime};
+use crate::proto::{DiskSpec, ResourcePoolSpec, VmRole, VmSpec, VmState};
+
+/// Set in the child process of [`a_put_survives_abort`]: the database path.
+const ABORT_CHILD_ENV: &str = "STRATUM_STATE_TEST_ABORT_DB";
+
+fn scratch() -> (TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    (dir, path)
+}
+
+fn pool(id: &str, name: &str) -> PoolRecord {
+    PoolRecord {
+        id: id.into(),
+        parent_id: "root".into(),
+        spec: Some(ResourcePoolSpec {
+            name: name.into(),
+            ..Default::default()
+        }),
+        created_at: Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5,
+        }),
+    }
+}
+
+fn vm(id: &str) -> VmRecord {
+    VmRecord {
+        id: id.into(),
+        spec: Some(VmSpec {
+            name: format!("{id}-name"),
+            pool_id: "pool-1".into(),
+            role: VmRole::Etcd.into(),
+            vcpus: 2,
+            memory_mib: 512,
+            kernel: "/k/vmlinux".into(),
+            disks: vec![DiskSpec {
+                base_image: "/img/base.raw".into(),
+                read_only: false,
+                serial: "etcd-data".into(),
+            }],
+            labels: [("tier".to_string(), "db".to_string())].into(),
+            ..Default::default()
+        }),
+        runtime: Some(VmRuntime {
+            state: VmState::Running.into(),
+            pid: 4242,
+            process_start_time: 987_654,
+            control_socket: "/run/stratum/vm-1.sock".into(),
+            cgroup_path: "stratum/pool-1/vm-1".into(),
+            disk_paths: vec!["/var/lib/stratum/vm-1/disk0.raw".into()],
+            ..Default::default()
+        }),
+        created_at: None,
+    }
+}
+
+#[test]
+fn records_round_trip() {
+    let (_dir, path) = scratch();
+    let store = Store::open(&path).unwrap();
+    store.put_pool(&pool("pool-1", "prod")).unwrap();
+    store.put_vm(&vm("vm-1")).unwrap();
+    assert_eq!(
+        store.get_pool("pool-1").unwrap(),
+        Some(pool("pool-1", "prod"))
+    );
+    assert_eq!(store.get_vm("vm-1").unwrap(), Some(vm("vm-1")));
+    assert_eq!(store.get_vm("vm-2").unwrap(), None);
+}
+
+#[test]
+fn put_replaces_and_delete_removes() {
+    let (_dir, path) = scratch();
+    let store = Store::open(&path).unwrap();
+    store.put_pool(&pool("pool-1", "prod")).unwrap();
+    store.put_pool(&pool("pool-1", "staging")).unwrap();
+    assert_eq!(store.list_pools().unwrap(), [pool("pool-1", "staging")]);
+    assert!(store.delete_pool("pool-1").unwrap());
+    assert!(!store.delete_pool("pool-1").unwrap());
+    assert!(store.list_pools().unwrap().is_empty());
+}
+
+#[test]
+fn lists_are_in_id_order() {
+    let (_dir, path) = scratch();
+    let store = Store::open(&path).unwrap();
+    for id in ["vm-3", "vm-1", "vm-2"] {
+        store.put_vm(&vm(id)).unwrap();
+    }
+    let ids: Vec<_> = store
+        .list_vms()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(ids, ["vm-1", "vm-2", "vm-3"]);
+}
+
+#[test]
+fn data_and_ids_survive_reopening() {
+    let (_dir, path) = scratch();
+    {
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.next_id().unwrap(), 1);
+        assert_eq!(store.next_id().unwrap(), 2);
+        store.put_pool(&pool("pool-1", "prod")).unwrap();
+        store.put_vm(&vm("vm-1")).unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let snapshot = store.load().unwrap();
+    assert_eq!(snapshot.pools, [pool("pool-1", "prod")]);
+    assert_eq!(snapshot.vms, [vm("vm-1")]);
+    assert_eq!(snapshot.next_id, 3);
+    assert_eq!(store.next_id().unwrap(), 3);
+}
+
+#[test]
+fn a_fresh_store_loads_empty() {
+    let (_dir, path) = scratch();
+    let snapshot = Store::open(&path).unwrap().load().unwrap();
+    assert_eq!(
+        snapshot,
+        Snapshot {
+            next_id: 1,
+            ..Snapshot::default()
+        }
+    );
+}
+
+/// In the child: write, then abort with no destructor, flush or exit
+/// handler run. In the parent: the child must have died of SIGABRT and
+/// everything it was told was committed must be there.
+#[test]
+fn a_put_survives_abort() {
+    if let Some(path) = std::env::var_os(ABORT_CHILD_ENV) {
+        let store = Store::open(&path).unwrap();
+        store.put_vm(&vm("vm-1")).unwrap();
+        store.next_id().unwrap();
+        std::process::abort();
+    }
+    let (_dir, path) = scratch();
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "state::tests::a_put_survives_abort",
+            "--nocapture",
+        ])
+        .env(ABORT_CHILD_ENV, &path)
+        .status()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    const SIGABRT: i32 = 6;
+    assert_eq!(status.signal(), Some(SIGABRT), "child: {status:?}");
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.get_vm("vm-1").unwrap(), Some(vm("vm-1")));
+    assert_eq!(store.load().unwrap().next_id, 2);
+}
+
+#[test]
+fn a_commit_is_all_or_nothing() {
+    let (_dir, path) = scratch();
+    let store = Store::open(&path).unwrap();
+    store.put_pool(&pool("pool-1", "prod")).unwrap();
+    let bad = VmRecord {
+        runtime: None,
+        ..vm("vm-2")
+    };
+    let changes = [
+        Change::PutVm(Box::new(vm("vm-1"))),
+        Change::DeletePool("pool-1".into()),
+        Change::PutVm(Box::new(bad)),
+    ];
+    let err = store.commit(&changes).unwrap_err();
+    assert!(
+        matches!(err, StoreError::InvalidRecord { table: "vms", .. }),
+        "{err}"
+    );
+    assert_eq!(store.list_pools().unwrap().len(), 1);
+    assert!(store.list_vms().unwrap().is_empty());
+    store.commit(&changes[..2]).unwrap();
+    assert!(store.list_pools().unwrap().is_empty());
+    assert_eq!(store.list_vms().unwrap(), [vm("vm-1")]);
+}
+
+#[test]
+fn unusable_records_are_refused_before_writing() {
+    let (_dir, path) = scratch();
+    let store = Store::open(&path).unwrap();
+    let err = store.put_pool(&pool("", "prod")).unwrap_err();
+    assert!(matches!(err, StoreError::InvalidRecord { .. }));
+    assert!(store.list_pools().unwrap().is_empty());
+}
+
+#[test]
+fn unreadable_records_are_typed_errors() {
+    let (_dir, path) = scratch();
+    let store = Store::open(&path).unwrap();
+    store.put_vm(&vm("vm-1")).unwrap();
+    store
+        .put_raw::<VmRecord>("vm-2", &[1, 0xff, 0xff, 0xff, 0x0f])
+        .unwrap();
+    store
+        .put_raw::<PoolRecord>("pool-9", &[7, 0, 1, 2])
+        .unwrap();
+    let err = store.get_vm("vm-2").unwrap_err();
+    assert!(
+        matches!(err, StoreError::Corrupt { table: "vms", ref key, .. } if key == "vm-2"),
+        "{err}"
+    );
+    assert!(store.get_vm("vm-1").is_ok(), "other records stay readable");
+    let err = store.get_pool("pool-9").unwrap_err();
+    assert!(err.to_string().contains("format version 7"), "{err}");
+    assert!(matches!(store.load(), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(store.list_vms(), Err(StoreError::Corrupt { .. })));
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let (_dir, path) = scratch();
+    drop(Store::open(&path).unwrap());
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        let meta: TableDefinition<&str, u64> = TableDefinition::new("meta");
+        tx.open_table(meta)
+            .unwrap()
+            .insert("schema_version", 2)
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let err = Store::open(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::UnknownSchema {
+                found: 2,
+                supported: 1
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_an_open_error() {
+    let (_dir, path) = scratch();
+    std::fs::write(
+        &path,
+        b"this is not a redb file, just some text that is long enough",
+    )
+    .unwrap();
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    let missing_dir = path.join("no/such/dir/state.redb");
+    assert!(matches!(
+        Store::open(missing_dir),
+        Err(StoreError::Open { .. })
+    ));
+}
