@@ -11,10 +11,12 @@ use crate::Outcome;
 /// first bytes does nothing. It goes inside single quotes: it must not
 /// contain any. The shell echoes what it is sent, so a marker the test
 /// looks for should be produced by the command (`echo X=$(...)`), not
-/// appear literally in it.
+/// appear literally in it. The command runs behind `stty -echo`, so the
+/// copies still being typed while it runs are not echoed into the middle
+/// of its output.
 pub fn in_guest_shell(vmm_args: &str, extra_cmdline: &str, command: &str) -> String {
     format!(
-        "i=0; while [ $i -lt 60 ]; do echo '{command}'; sleep 1; i=$((i+1)); done 2>/dev/null | \
+        "i=0; while [ $i -lt 60 ]; do echo 'stty -echo && {command}'; sleep 1; i=$((i+1)); done 2>/dev/null | \
          vmm --kernel {GUEST_VMLINUX} --initrd {GUEST_INITRAMFS} --memory 256 {vmm_args} \
          --cmdline 'console=ttyS0 reboot=k panic=-1 pci=off quiet stratum.exit=shell {extra_cmdline}'\n\
          echo VMM-EXIT=$?\n"

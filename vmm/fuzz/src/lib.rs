@@ -525,7 +525,11 @@ impl VsockHeader {
             src_port: self.src_port.into(),
             dst_port: self.dst_port.into(),
             len: self.len.get(),
-            socket_type: if self.stream { vsock::packet::TYPE_STREAM } else { 2 },
+            socket_type: if self.stream {
+                vsock::packet::TYPE_STREAM
+            } else {
+                2
+            },
             op: u16::from(self.op % 9),
             flags: self.flags.into(),
             buf_alloc: self.buf_alloc,

@@ -1,36 +1,57 @@
-//! virtio-blk backed by a raw image file (virtio 1.1, section 5.2).
+//! virtio-blk backed by a raw image file (virtio 1.2, section 5.2).
 //!
 //! One request queue. Each request is a device-readable header (type,
-//! reserved, sector), the data (device-readable for writes, device-writable
-//! for reads and GET_ID) and a device-writable status byte, the last byte
-//! of the chain. Data moves with positioned reads and writes on the image
-//! through a bounce buffer of at most [`SIZE_MAX`] bytes, so a guest can
-//! never make the worker allocate more.
+//! reserved, sector), the data (device-readable for writes, discard and
+//! write-zeroes, device-writable for reads and GET_ID) and a
+//! device-writable status byte, the last byte of the chain.
+//!
+//! Data moves with positioned reads and writes (pread/pwrite) straight
+//! between the image and guest memory: each data buffer that lies in one
+//! guest memory region (all of them on a VM whose buffers do not cross a
+//! region boundary) is handed to the kernel as it is. A buffer that
+//! straddles two regions goes through a bounce buffer of at most
+//! [`SIZE_MAX`] bytes, so a guest can never make the worker allocate more.
 //!
 //! Writes go to the host's page cache: the device offers
 //! VIRTIO_BLK_F_FLUSH, and a flush completes only after fdatasync(2). A
 //! driver that does not accept FLUSH gets write-through instead (each
-//! write is followed by fdatasync), as the specification asks.
+//! write, discard and write-zeroes is followed by fdatasync), as the
+//! specification asks.
+//!
+//! Read-write drives also offer VIRTIO_BLK_F_DISCARD and
+//! VIRTIO_BLK_F_WRITE_ZEROES. Their requests carry up to
+//! [`MAX_DISCARD_SEG`] / [`MAX_WRITE_ZEROES_SEG`] 16-byte ranges (le64
+//! sector, le32 num_sectors, le32 flags). A discard punches a hole in the
+//! image (fallocate PUNCH_HOLE|KEEP_SIZE; advisory, so a file system
+//! without hole punching still completes it). A write-zeroes with the
+//! unmap flag punches a hole too (holes read as zeroes); without it the
+//! range stays allocated (fallocate ZERO_RANGE); either falls back to
+//! writing zeroes where the file system supports neither.
 //!
 //! A request the device cannot carry out (a malformed chain, a host I/O
 //! error, sectors beyond the capacity, a write to a read-only drive) ends
-//! with VIRTIO_BLK_S_IOERR, or VIRTIO_BLK_S_UNSUPP for an unknown type;
-//! the device goes on with the next one. A request without a writable
-//! status byte cannot be answered and is completed with used length 0.
+//! with VIRTIO_BLK_S_IOERR, or VIRTIO_BLK_S_UNSUPP for an unknown type or
+//! a discard/write-zeroes range with flags it does not allow; the device
+//! goes on with the next one. A request without a writable status byte
+//! cannot be answered and is completed with used length 0.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
-    VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
-    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions, VolatileSlice};
 
 use super::worker::Worker;
 use super::{
@@ -49,6 +70,35 @@ pub const SIZE_MAX: u32 = 1 << 20;
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Header: le32 type, le32 reserved, le64 sector.
 const HEADER_LEN: usize = 16;
+/// The most sectors in one discard range (config `max_discard_sectors`):
+/// 2 GiB.
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+/// The most ranges in one discard request (config `max_discard_seg`).
+pub const MAX_DISCARD_SEG: u32 = 32;
+/// Discard ranges should start and end on 4 KiB (config
+/// `discard_sector_alignment`, in sectors): the page size of the host's
+/// page cache and the block size of common file systems, below which a
+/// punched hole frees nothing.
+const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
+/// The most sectors in one write-zeroes range (config
+/// `max_write_zeroes_sectors`): 2 GiB, which the write fallback writes in
+/// [`SIZE_MAX`] pieces.
+pub const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 22;
+/// The most ranges in one write-zeroes request (config
+/// `max_write_zeroes_seg`). Linux sends one.
+pub const MAX_WRITE_ZEROES_SEG: u32 = 1;
+/// A discard or write-zeroes range: le64 sector, le32 num_sectors, le32
+/// flags.
+const RANGE_LEN: usize = 16;
+/// virtio_blk_config up to `write_zeroes_may_unmap` and its padding
+/// (virtio 1.2, 5.2.4; offsets as in virtio_bindings).
+const CONFIG_LEN: usize = 60;
+const CONFIG_MAX_DISCARD_SECTORS: usize = 36;
+const CONFIG_MAX_DISCARD_SEG: usize = 40;
+const CONFIG_DISCARD_SECTOR_ALIGNMENT: usize = 44;
+const CONFIG_MAX_WRITE_ZEROES_SECTORS: usize = 48;
+const CONFIG_MAX_WRITE_ZEROES_SEG: usize = 52;
+const CONFIG_WRITE_ZEROES_MAY_UNMAP: usize = 56;
 
 /// The open image and what the device tells the driver about it.
 pub struct Disk {
@@ -120,19 +170,33 @@ impl Disk {
 
 pub struct Block {
     disk: Arc<Disk>,
-    config: [u8; 16],
+    config: [u8; CONFIG_LEN],
     acked_features: u64,
     worker: Option<Worker>,
 }
 
 impl Block {
     pub fn new(disk: Disk) -> Self {
-        // virtio_blk_config: le64 capacity, le32 size_max, le32 seg_max;
-        // the rest (geometry, blk_size, ...) reads as 0.
-        let mut config = [0u8; 16];
+        // virtio_blk_config: le64 capacity, le32 size_max, le32 seg_max,
+        // then (geometry, blk_size, topology, wce, num_queues: all 0, their
+        // features are not offered) the discard and write-zeroes limits,
+        // which a read-only drive, offering neither feature, leaves at 0.
+        let mut config = [0u8; CONFIG_LEN];
+        let mut put = |offset: usize, value: u32| {
+            config[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+        };
+        put(8, SIZE_MAX);
+        put(12, SEG_MAX);
+        if !disk.read_only {
+            put(CONFIG_MAX_DISCARD_SECTORS, MAX_DISCARD_SECTORS);
+            put(CONFIG_MAX_DISCARD_SEG, MAX_DISCARD_SEG);
+            put(CONFIG_DISCARD_SECTOR_ALIGNMENT, DISCARD_SECTOR_ALIGNMENT);
+            put(CONFIG_MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SECTORS);
+            put(CONFIG_MAX_WRITE_ZEROES_SEG, MAX_WRITE_ZEROES_SEG);
+            // A write-zeroes with the unmap flag may punch a hole.
+            config[CONFIG_WRITE_ZEROES_MAY_UNMAP] = 1;
+        }
         config[..8].copy_from_slice(&disk.capacity.to_le_bytes());
-        config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
-        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         Self {
             disk: Arc::new(disk),
             config,
@@ -176,6 +240,8 @@ struct Processor {
     disk: Arc<Disk>,
     /// Write-through: the driver did not accept FLUSH.
     sync_each_write: bool,
+    /// For buffers that straddle guest memory regions and for writing
+    /// zeroes: grown on first use, to at most SIZE_MAX bytes.
     bounce: Vec<u8>,
 }
 
@@ -274,6 +340,18 @@ impl Processor {
                 }
                 write_to_segments(mem, &parsed.writable, &self.disk.id)
             }
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                if !parsed.writable.is_empty() {
+                    return Err(Failure::IoErr);
+                }
+                // The header's sector is unused: each range has its own.
+                let op = if kind == VIRTIO_BLK_T_DISCARD {
+                    RangeOp::Discard
+                } else {
+                    RangeOp::WriteZeroes
+                };
+                self.discard_or_write_zeroes(mem, op, &data_in).map(|()| 0)
+            }
             _ => Err(Failure::Unsupported),
         }
     }
@@ -302,13 +380,19 @@ impl Processor {
         let total = total_len(data);
         let mut offset = self.disk_offset(sector, total)?;
         for segment in data {
-            let buf = bounce(&mut self.bounce, segment.len);
-            self.disk
-                .file
-                .read_exact_at(buf, offset)
-                .map_err(|_| Failure::IoErr)?;
-            mem.write_slice(buf, segment.addr)
-                .map_err(|_| Failure::IoErr)?;
+            match one_region(mem, *segment) {
+                // The kernel copies straight into guest memory.
+                Some(slice) => pread_exact(&self.disk.file, &slice, offset),
+                // Across a region boundary: through the bounce buffer.
+                None => {
+                    let buf = bounce(&mut self.bounce, segment.len);
+                    self.disk
+                        .file
+                        .read_exact_at(buf, offset)
+                        .and_then(|()| mem.write_slice(buf, segment.addr).map_err(io::Error::other))
+                }
+            }
+            .map_err(|_| Failure::IoErr)?;
             offset += u64::from(segment.len);
         }
         // At most SEG_MAX * SIZE_MAX bytes, which fits in u32 less one.
@@ -326,20 +410,248 @@ impl Processor {
         }
         let mut offset = self.disk_offset(sector, total_len(data))?;
         for segment in data {
-            let buf = bounce(&mut self.bounce, segment.len);
-            mem.read_slice(buf, segment.addr)
-                .map_err(|_| Failure::IoErr)?;
-            self.disk
-                .file
-                .write_all_at(buf, offset)
-                .map_err(|_| Failure::IoErr)?;
+            match one_region(mem, *segment) {
+                Some(slice) => pwrite_all(&self.disk.file, &slice, offset),
+                None => {
+                    let buf = bounce(&mut self.bounce, segment.len);
+                    mem.read_slice(buf, segment.addr)
+                        .map_err(io::Error::other)
+                        .and_then(|()| self.disk.file.write_all_at(buf, offset))
+                }
+            }
+            .map_err(|_| Failure::IoErr)?;
             offset += u64::from(segment.len);
         }
+        self.sync_if_write_through()
+    }
+
+    fn sync_if_write_through(&self) -> Result<(), Failure> {
         if self.sync_each_write {
             self.disk.file.sync_data().map_err(|_| Failure::IoErr)?;
         }
         Ok(())
     }
+
+    /// A DISCARD or WRITE_ZEROES request whose ranges are `data`. Every
+    /// range is checked before any is carried out, so a bad request changes
+    /// nothing.
+    fn discard_or_write_zeroes(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        op: RangeOp,
+        data: &[Segment],
+    ) -> Result<(), Failure> {
+        // Not offered on a read-only drive, and a write all the same.
+        if self.disk.read_only {
+            return Err(Failure::IoErr);
+        }
+        let (max_seg, max_sectors) = match op {
+            RangeOp::Discard => (MAX_DISCARD_SEG, MAX_DISCARD_SECTORS),
+            RangeOp::WriteZeroes => (MAX_WRITE_ZEROES_SEG, MAX_WRITE_ZEROES_SECTORS),
+        };
+        let len = total_len(data);
+        if len == 0
+            || !len.is_multiple_of(RANGE_LEN as u64)
+            || len / RANGE_LEN as u64 > max_seg.into()
+        {
+            return Err(Failure::IoErr);
+        }
+        // At most max_seg * 16 bytes.
+        let mut bytes = vec![0u8; len as usize];
+        let rest = read_from_segments(mem, data, &mut bytes)?;
+        debug_assert!(rest.is_empty());
+        let mut ranges = Vec::with_capacity(bytes.len() / RANGE_LEN);
+        for raw in bytes.chunks_exact(RANGE_LEN) {
+            let sector = u64::from_le_bytes(raw[..8].try_into().unwrap_or_default());
+            let num_sectors = u32::from_le_bytes(raw[8..12].try_into().unwrap_or_default());
+            let flags = u32::from_le_bytes(raw[12..16].try_into().unwrap_or_default());
+            // Unknown flags, and unmap on a discard: UNSUPP (virtio 1.2,
+            // 5.2.6.2).
+            let allowed = match op {
+                RangeOp::Discard => 0,
+                RangeOp::WriteZeroes => VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+            };
+            if flags & !allowed != 0 {
+                return Err(Failure::Unsupported);
+            }
+            if num_sectors > max_sectors {
+                return Err(Failure::IoErr);
+            }
+            let len = u64::from(num_sectors) * SECTOR_SIZE;
+            let offset = self.disk_offset(sector, len)?;
+            let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
+            ranges.push((offset, len, unmap));
+        }
+        for (offset, len, unmap) in ranges {
+            if len == 0 {
+                continue;
+            }
+            match op {
+                RangeOp::Discard => match fallocate(&self.disk.file, PUNCH_HOLE, offset, len) {
+                    // Discard is advisory: a file system that cannot punch
+                    // holes keeps the data, which is allowed.
+                    Ok(()) | Err(FallocateError::Unsupported) => {}
+                    Err(FallocateError::Failed) => return Err(Failure::IoErr),
+                },
+                RangeOp::WriteZeroes => {
+                    // With unmap the range may be deallocated (holes read
+                    // as zeroes); without it, it must stay allocated.
+                    let mode = if unmap { PUNCH_HOLE } else { ZERO_RANGE };
+                    match fallocate(&self.disk.file, mode, offset, len) {
+                        Ok(()) => {}
+                        Err(FallocateError::Unsupported) => self.write_zeroes(offset, len)?,
+                        Err(FallocateError::Failed) => return Err(Failure::IoErr),
+                    }
+                }
+            }
+        }
+        self.sync_if_write_through()
+    }
+
+    /// Writes `len` zero bytes at `offset`, at most SIZE_MAX at a time.
+    fn write_zeroes(&mut self, mut offset: u64, len: u64) -> Result<(), Failure> {
+        let end = offset + len;
+        while offset < end {
+            // At most SIZE_MAX, so it fits in u32.
+            let n = (end - offset).min(u64::from(SIZE_MAX)) as u32;
+            let buf = bounce(&mut self.bounce, n);
+            buf.fill(0);
+            self.disk
+                .file
+                .write_all_at(buf, offset)
+                .map_err(|_| Failure::IoErr)?;
+            offset += u64::from(n);
+        }
+        Ok(())
+    }
+}
+
+/// What a DISCARD or WRITE_ZEROES request does to its ranges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RangeOp {
+    Discard,
+    WriteZeroes,
+}
+
+const PUNCH_HOLE: libc::c_int = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+const ZERO_RANGE: libc::c_int = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+
+enum FallocateError {
+    /// The file system (or file type) does not support `mode`.
+    Unsupported,
+    /// Any other error.
+    Failed,
+}
+
+/// fallocate(2) with `mode` on `len` bytes at `offset`, retried on EINTR.
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> Result<(), FallocateError> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(FallocateError::Failed);
+    };
+    loop {
+        // SAFETY: fallocate(2) reads no memory of ours; it acts on a file
+        // descriptor that `file` keeps open for the call.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) };
+        if rc == 0 {
+            return Ok(());
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP | libc::ENOSYS) => return Err(FallocateError::Unsupported),
+            _ => return Err(FallocateError::Failed),
+        }
+    }
+}
+
+/// `segment` as one slice of guest memory, if it lies in one region
+/// (`parse` has checked that it lies in guest memory).
+fn one_region(mem: &GuestMemoryMmap, segment: Segment) -> Option<VolatileSlice<'_>> {
+    // Called by its path: importing `GuestMemoryBackend` would make
+    // `check_range` (in it and in `GuestMemory`) ambiguous.
+    vm_memory::GuestMemoryBackend::get_slice(mem, segment.addr, segment.len as usize).ok()
+}
+
+/// The file offset `offset + done` as an off_t.
+fn file_position(offset: u64, done: usize) -> io::Result<libc::off_t> {
+    offset
+        .checked_add(done as u64)
+        .and_then(|p| libc::off_t::try_from(p).ok())
+        .ok_or_else(|| io::ErrorKind::InvalidInput.into())
+}
+
+/// Fills `slice` (guest memory) from `file` at `offset` with pread(2),
+/// straight from the page cache into guest memory. Short reads are
+/// continued; end of file before the slice is full is an error.
+fn pread_exact<B: BitmapSlice>(
+    file: &File,
+    slice: &VolatileSlice<'_, B>,
+    offset: u64,
+) -> io::Result<()> {
+    let guard = slice.ptr_guard_mut();
+    let (ptr, len) = (guard.as_ptr(), guard.len());
+    let mut done = 0usize;
+    while done < len {
+        let position = file_position(offset, done)?;
+        // SAFETY: `ptr` and `len` describe the slice, which lies inside one
+        // region of mapped, writable guest memory that `guard` (and the
+        // `GuestMemoryMmap` the slice borrows) keeps mapped for this call;
+        // `done < len`, so `ptr + done` and the `len - done` bytes after it
+        // stay inside the slice. The kernel writes into that memory; no
+        // Rust reference to it exists, so the guest touching the same bytes
+        // at the same time cannot break Rust's aliasing rules (it only sees
+        // a torn buffer, as with DMA on real hardware).
+        let n =
+            unsafe { libc::pread(file.as_raw_fd(), ptr.add(done).cast(), len - done, position) };
+        match n {
+            n if n < 0 => {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+            // End of file: the image shrank under the device.
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            // 0 < n <= len - done.
+            n => done += n as usize,
+        }
+    }
+    // The kernel's writes bypass the slice's dirty-page tracking.
+    slice.bitmap().mark_dirty(0, len);
+    Ok(())
+}
+
+/// Writes all of `slice` (guest memory) to `file` at `offset` with
+/// pwrite(2), straight from guest memory. Short writes are continued.
+fn pwrite_all<B: BitmapSlice>(
+    file: &File,
+    slice: &VolatileSlice<'_, B>,
+    offset: u64,
+) -> io::Result<()> {
+    let guard = slice.ptr_guard();
+    let (ptr, len) = (guard.as_ptr(), guard.len());
+    let mut done = 0usize;
+    while done < len {
+        let position = file_position(offset, done)?;
+        // SAFETY: `ptr` and `len` describe the slice, which lies inside one
+        // region of mapped guest memory that `guard` (and the
+        // `GuestMemoryMmap` the slice borrows) keeps mapped for this call;
+        // `done < len`, so `ptr + done` and the `len - done` bytes after it
+        // stay inside the slice. The kernel only reads that memory, and no
+        // Rust reference to it exists.
+        let n =
+            unsafe { libc::pwrite(file.as_raw_fd(), ptr.add(done).cast(), len - done, position) };
+        match n {
+            n if n < 0 => {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => done += n as usize,
+        }
+    }
+    Ok(())
 }
 
 /// Fuzzing entry point (vmm/fuzz): completes every available request of
@@ -488,6 +800,8 @@ impl VirtioDevice for Block {
             | 1 << VIRTIO_BLK_F_SIZE_MAX;
         if self.disk.read_only {
             features |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            features |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
         }
         features
     }
@@ -578,10 +892,23 @@ mod tests {
     /// Runs the chain `descs` through a device on `disk`; returns the
     /// used length and the status byte.
     fn run(mem: &GuestMemoryMmap, disk: Arc<Disk>, descs: &[RawDescriptor]) -> (u32, u8) {
+        run_on(
+            &mut Processor::new(disk, 1 << VIRTIO_BLK_F_FLUSH),
+            mem,
+            descs,
+        )
+    }
+
+    /// [`run`] on a given processor, whose bounce buffer tells whether it
+    /// was used.
+    fn run_on(
+        processor: &mut Processor,
+        mem: &GuestMemoryMmap,
+        descs: &[RawDescriptor],
+    ) -> (u32, u8) {
         let vq = MockSplitQueue::new(mem, 16);
         vq.build_desc_chain(descs).unwrap();
         let mut queue: Queue = vq.create_queue().unwrap();
-        let mut processor = Processor::new(disk, 1 << VIRTIO_BLK_F_FLUSH);
         assert!(processor.process_queue(mem, &mut queue));
         let used = vq.used();
         assert_eq!(used.idx().load(), 1, "the request completed");
@@ -600,6 +927,12 @@ mod tests {
     const OK: u8 = VIRTIO_BLK_S_OK as u8;
     const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 
+    fn config_u32(block: &Block, offset: u64) -> u32 {
+        let mut value = [0u8; 4];
+        block.read_config(offset, &mut value);
+        u32::from_le_bytes(value)
+    }
+
     #[test]
     fn config_space_and_features() {
         let file = image();
@@ -607,13 +940,33 @@ mod tests {
         let mut capacity = [0u8; 8];
         block.read_config(0, &mut capacity);
         assert_eq!(u64::from_le_bytes(capacity), SECTORS);
-        let mut seg_max = [0u8; 4];
-        block.read_config(12, &mut seg_max);
-        assert_eq!(u32::from_le_bytes(seg_max), SEG_MAX);
+        assert_eq!(config_u32(&block, 8), SIZE_MAX);
+        assert_eq!(config_u32(&block, 12), SEG_MAX);
         assert_ne!(block.features() & (1 << VIRTIO_BLK_F_RO), 0);
         assert_ne!(block.features() & VIRTIO_F_VERSION_1, 0);
+        // A read-only drive offers neither discard nor write-zeroes, and
+        // their limits read as 0.
+        let range_ops = 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+        assert_eq!(block.features() & range_ops, 0);
+        let mut tail = [0xffu8; 32];
+        block.read_config(36, &mut tail);
+        assert_eq!(tail, [0; 32]);
+
         let rw = Block::new(Disk::open(file.as_path(), false, None).unwrap());
         assert_eq!(rw.features() & (1 << VIRTIO_BLK_F_RO), 0);
+        assert_eq!(rw.features() & range_ops, range_ops);
+        // virtio 1.2, 5.2.4: max_discard_sectors at 36 up to
+        // write_zeroes_may_unmap at 56.
+        assert_eq!(config_u32(&rw, 36), MAX_DISCARD_SECTORS);
+        assert_eq!(config_u32(&rw, 40), MAX_DISCARD_SEG);
+        assert_eq!(config_u32(&rw, 44), 8);
+        assert_eq!(config_u32(&rw, 48), MAX_WRITE_ZEROES_SECTORS);
+        assert_eq!(config_u32(&rw, 52), MAX_WRITE_ZEROES_SEG);
+        let mut may_unmap = [0u8; 4];
+        rw.read_config(56, &mut may_unmap);
+        assert_eq!(may_unmap, [1, 0, 0, 0]);
+        // Past the end: zeroes.
+        assert_eq!(config_u32(&rw, 60), 0);
     }
 
     #[test]
@@ -870,5 +1223,306 @@ mod tests {
         assert_eq!(used.idx().load(), 1);
         assert_eq!(used.ring().ref_at(0).unwrap().load().len(), 0);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0xff);
+    }
+
+    // ------------------------------------------------ discard, write-zeroes
+
+    /// An image of `sectors` sectors of 0xab.
+    fn filled_image(sectors: u64) -> TempFile {
+        let file = TempFile::new().unwrap();
+        let bytes = vec![0xabu8; (sectors * SECTOR_SIZE) as usize];
+        file.as_file().write_all_at(&bytes, 0).unwrap();
+        file.as_file().sync_all().unwrap();
+        file
+    }
+
+    fn allocated_blocks(file: &File) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        file.metadata().unwrap().blocks()
+    }
+
+    fn image_bytes(file: &File, sector: u64, sectors: u64) -> Vec<u8> {
+        let mut data = vec![0u8; (sectors * SECTOR_SIZE) as usize];
+        file.read_exact_at(&mut data, sector * SECTOR_SIZE).unwrap();
+        data
+    }
+
+    /// A DISCARD or WRITE_ZEROES request with `ranges` (sector,
+    /// num_sectors, flags) in one readable buffer at DATA.
+    fn range_request(mem: &GuestMemoryMmap, kind: u32, ranges: &[Range]) -> Vec<RawDescriptor> {
+        header(mem, kind, 0);
+        let mut data = Vec::new();
+        for (sector, num_sectors, flags) in ranges {
+            data.extend_from_slice(&sector.to_le_bytes());
+            data.extend_from_slice(&num_sectors.to_le_bytes());
+            data.extend_from_slice(&flags.to_le_bytes());
+        }
+        mem.write_slice(&data, GuestAddress(DATA)).unwrap();
+        request(data.len() as u32, 0)
+    }
+
+    /// A discard or write-zeroes range: sector, num_sectors, flags.
+    type Range = (u64, u32, u32);
+
+    const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+    const UNMAP: u32 = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
+    const BIG: u64 = 128;
+
+    #[test]
+    fn discard_punches_holes() {
+        let mem = memory();
+        let file = filled_image(BIG);
+        let before = allocated_blocks(file.as_file());
+        // Two ranges in one request: 8 KiB at 4 KiB and 4 KiB at 32 KiB.
+        let descs = range_request(&mem, VIRTIO_BLK_T_DISCARD, &[(8, 16, 0), (64, 8, 0)]);
+        assert_eq!(run(&mem, disk(&file, false), &descs), (1, OK));
+        let after = allocated_blocks(file.as_file());
+        assert!(
+            after + 24 <= before,
+            "24 sectors freed: {before} -> {after} blocks"
+        );
+        let image = image_bytes(file.as_file(), 0, BIG);
+        let sector = |s: u64| &image[(s * SECTOR_SIZE) as usize..((s + 1) * SECTOR_SIZE) as usize];
+        for s in 0..BIG {
+            let discarded = (8..24).contains(&s) || (64..72).contains(&s);
+            let expected = if discarded { [0u8; 512] } else { [0xab; 512] };
+            assert_eq!(sector(s), expected, "sector {s}");
+        }
+    }
+
+    #[test]
+    fn write_zeroes_zeroes_with_and_without_unmap() {
+        let mem = memory();
+        let file = filled_image(BIG);
+        let disk = disk(&file, false);
+        // With unmap: a hole.
+        let before = allocated_blocks(file.as_file());
+        let descs = range_request(&mem, VIRTIO_BLK_T_WRITE_ZEROES, &[(16, 16, UNMAP)]);
+        assert_eq!(run(&mem, disk.clone(), &descs), (1, OK));
+        let after = allocated_blocks(file.as_file());
+        assert!(after + 16 <= before, "{before} -> {after} blocks");
+        assert_eq!(image_bytes(file.as_file(), 16, 16), vec![0; 16 * 512]);
+        // Without unmap, unaligned to pages: zeroes, the range stays
+        // allocated, the sectors around it keep their data.
+        let before = allocated_blocks(file.as_file());
+        let descs = range_request(&mem, VIRTIO_BLK_T_WRITE_ZEROES, &[(41, 3, 0)]);
+        assert_eq!(run(&mem, disk, &descs), (1, OK));
+        assert!(allocated_blocks(file.as_file()) >= before);
+        let image = image_bytes(file.as_file(), 40, 5);
+        assert_eq!(&image[..512], &[0xab; 512][..]);
+        assert_eq!(&image[512..2048], &[0; 1536][..]);
+        assert_eq!(&image[2048..], &[0xab; 512][..]);
+    }
+
+    /// A disk on a memfd (shmem: hole punching, but no ZERO_RANGE), so
+    /// write-zeroes without unmap falls back to writing zeroes.
+    #[test]
+    fn write_zeroes_falls_back_to_writing_zeroes() {
+        // SAFETY: the name is a NUL-terminated string; the returned
+        // descriptor, checked below, is owned by the `File` alone.
+        let fd = unsafe { libc::memfd_create(c"stratum-blk-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        let file = unsafe { <File as std::os::unix::io::FromRawFd>::from_raw_fd(fd) };
+        file.write_all_at(&[0xab; 64 * 512], 0).unwrap();
+        assert!(matches!(
+            fallocate(&file, ZERO_RANGE, 0, 512),
+            Err(FallocateError::Unsupported)
+        ));
+        let disk = Arc::new(Disk::from_file(file.try_clone().unwrap(), false, None).unwrap());
+        let mem = memory();
+        // More than SIZE_MAX would be needed to see the chunking: 28 KiB
+        // here, in one piece.
+        let descs = range_request(&mem, VIRTIO_BLK_T_WRITE_ZEROES, &[(4, 56, 0)]);
+        assert_eq!(run(&mem, disk.clone(), &descs), (1, OK));
+        let image = image_bytes(&file, 0, 64);
+        assert_eq!(&image[..2048], &[0xab; 2048][..]);
+        assert!(image[2048..60 * 512].iter().all(|&b| b == 0));
+        assert_eq!(&image[60 * 512..], &[0xab; 2048][..]);
+        // Discard on the same disk punches.
+        let descs = range_request(&mem, VIRTIO_BLK_T_DISCARD, &[(60, 4, 0)]);
+        assert_eq!(run(&mem, disk, &descs), (1, OK));
+        assert_eq!(image_bytes(&file, 60, 4), vec![0; 2048]);
+    }
+
+    #[test]
+    fn bad_discard_and_write_zeroes_requests_change_nothing() {
+        let mem = memory();
+        let file = filled_image(BIG);
+        let discard = VIRTIO_BLK_T_DISCARD;
+        let zeroes = VIRTIO_BLK_T_WRITE_ZEROES;
+        let too_many: Vec<_> = (0..=u64::from(MAX_DISCARD_SEG))
+            .map(|s| (s, 1, 0))
+            .collect();
+        let cases: Vec<(&str, u32, Vec<Range>, u8)> = vec![
+            ("past the end", discard, vec![(BIG - 1, 2, 0)], IOERR),
+            ("past the end", zeroes, vec![(BIG, 1, UNMAP)], IOERR),
+            ("sector overflow", discard, vec![(u64::MAX, 1, 0)], IOERR),
+            (
+                "sector * 512 overflow",
+                zeroes,
+                vec![(u64::MAX / 256, 1, 0)],
+                IOERR,
+            ),
+            (
+                "more than max_discard_sectors",
+                discard,
+                vec![(0, MAX_DISCARD_SECTORS + 1, 0)],
+                IOERR,
+            ),
+            (
+                "more than max_write_zeroes_sectors",
+                zeroes,
+                vec![(0, MAX_WRITE_ZEROES_SECTORS + 1, 0)],
+                IOERR,
+            ),
+            (
+                "a bad range after a good one",
+                discard,
+                vec![(0, 8, 0), (BIG, 8, 0)],
+                IOERR,
+            ),
+            ("unmap on a discard", discard, vec![(0, 8, UNMAP)], UNSUPP),
+            ("a reserved flag", discard, vec![(0, 8, 2)], UNSUPP),
+            (
+                "a reserved flag",
+                zeroes,
+                vec![(0, 8, UNMAP | 0x8000_0000)],
+                UNSUPP,
+            ),
+            (
+                "a bad flag after a good range",
+                discard,
+                vec![(0, 8, 0), (8, 8, 4)],
+                UNSUPP,
+            ),
+            ("more than max_discard_seg ranges", discard, too_many, IOERR),
+            (
+                "more than max_write_zeroes_seg ranges",
+                zeroes,
+                vec![(0, 1, 0), (1, 1, 0)],
+                IOERR,
+            ),
+            ("no range", discard, vec![], IOERR),
+        ];
+        for (what, kind, ranges, status) in cases {
+            let mut descs = range_request(&mem, kind, &ranges);
+            if ranges.is_empty() {
+                // No data buffer at all.
+                descs.remove(1);
+            }
+            assert_eq!(run(&mem, disk(&file, false), &descs), (1, status), "{what}");
+        }
+        // Not whole ranges: 24 bytes.
+        let mut descs = range_request(&mem, discard, &[(0, 8, 0), (8, 8, 0)]);
+        descs[1] = desc(DATA, 24, 0, 0);
+        assert_eq!(run(&mem, disk(&file, false), &descs), (1, IOERR));
+        // Ranges in a device-writable buffer.
+        let mut descs = range_request(&mem, discard, &[(0, 8, 0)]);
+        descs[1] = desc(DATA, 16, WRITE, 0);
+        assert_eq!(run(&mem, disk(&file, false), &descs), (1, IOERR));
+        assert_eq!(
+            image_bytes(file.as_file(), 0, BIG),
+            vec![0xab; (BIG * 512) as usize]
+        );
+    }
+
+    #[test]
+    fn read_only_drives_refuse_discard_and_write_zeroes() {
+        let mem = memory();
+        let file = filled_image(BIG);
+        for kind in [VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES] {
+            let descs = range_request(&mem, kind, &[(0, 8, 0)]);
+            assert_eq!(run(&mem, disk(&file, true), &descs), (1, IOERR));
+        }
+        assert_eq!(
+            image_bytes(file.as_file(), 0, BIG),
+            vec![0xab; (BIG * 512) as usize]
+        );
+    }
+
+    /// Guest memory in two adjacent regions, split at DATA + 0x800: a 4 KiB
+    /// buffer at DATA straddles them and goes through the bounce buffer;
+    /// one at 0xd000 lies in one region and goes straight to the kernel.
+    #[test]
+    fn direct_and_bounce_paths_read_and_write() {
+        const SEAM: u64 = DATA + 0x800;
+        const DIRECT: u64 = 0xd000;
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), SEAM as usize),
+            (GuestAddress(SEAM), 0x10_0000 - SEAM as usize),
+        ])
+        .unwrap();
+        assert_eq!(vm_memory::GuestMemoryBackend::num_regions(&mem), 2);
+        let file = image();
+        let disk = disk(&file, false);
+        let read = |sector: u64, data: u64| {
+            header(&mem, VIRTIO_BLK_T_IN, sector);
+            vec![
+                desc(HEADER, 16, 0, 0),
+                desc(data, 4096, WRITE, 0),
+                desc(STATUS, 1, WRITE, 0),
+            ]
+        };
+        let expected = |sector: u64| -> Vec<u8> {
+            (sector * 512..(sector + 8) * 512)
+                .map(|i| ((i / SECTOR_SIZE) as u8) ^ (i as u8))
+                .collect()
+        };
+        let guest = |addr: u64| {
+            let mut data = vec![0u8; 4096];
+            mem.read_slice(&mut data, GuestAddress(addr)).unwrap();
+            data
+        };
+
+        // Direct: the bounce buffer stays unused.
+        let mut processor = Processor::new(disk.clone(), 1 << VIRTIO_BLK_F_FLUSH);
+        assert_eq!(run_on(&mut processor, &mem, &read(2, DIRECT)), (4097, OK));
+        assert!(guest(DIRECT) == expected(2), "direct read");
+        mem.write_slice(&[0x5a; 4096], GuestAddress(DIRECT))
+            .unwrap();
+        header(&mem, VIRTIO_BLK_T_OUT, 8);
+        let write = [
+            desc(HEADER, 16, 0, 0),
+            desc(DIRECT, 4096, 0, 0),
+            desc(STATUS, 1, WRITE, 0),
+        ];
+        assert_eq!(run_on(&mut processor, &mem, &write), (1, OK));
+        assert!(
+            image_bytes(file.as_file(), 8, 8) == [0x5a; 4096],
+            "direct write"
+        );
+        assert!(processor.bounce.is_empty(), "the direct path bounced");
+
+        // Across the seam: through the bounce buffer.
+        assert_eq!(run_on(&mut processor, &mem, &read(0, DATA)), (4097, OK));
+        assert!(guest(DATA) == expected(0), "bounced read");
+        assert_eq!(processor.bounce.len(), 4096, "the fallback did not bounce");
+        let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+        mem.write_slice(&pattern, GuestAddress(DATA)).unwrap();
+        header(&mem, VIRTIO_BLK_T_OUT, 4);
+        let write = [
+            desc(HEADER, 16, 0, 0),
+            desc(DATA, 4096, 0, 0),
+            desc(STATUS, 1, WRITE, 0),
+        ];
+        assert_eq!(run_on(&mut processor, &mem, &write), (1, OK));
+        assert!(
+            image_bytes(file.as_file(), 4, 8) == pattern,
+            "bounced write"
+        );
+
+        // Both kinds of buffer in one request, in order.
+        header(&mem, VIRTIO_BLK_T_IN, 0);
+        let mixed = [
+            desc(HEADER, 16, 0, 0),
+            desc(DATA, 4096, WRITE, 0),
+            desc(DIRECT, 4096, WRITE, 0),
+            desc(STATUS, 1, WRITE, 0),
+        ];
+        assert_eq!(run_on(&mut processor, &mem, &mixed), (8193, OK));
+        let image = image_bytes(file.as_file(), 0, 16);
+        assert!(guest(DATA) == image[..4096], "bounced part");
+        assert!(guest(DIRECT) == image[4096..], "direct part");
     }
 }
