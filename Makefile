@@ -1,6 +1,9 @@
 # Stratum build, test and benchmark entry points.
 #
-#   make run    boot the guest VM with our vmm inside the nested test host
+#   make run    start the node agent on embedded defaults (data dir ./data,
+#               127.0.0.1:7443, mTLS with development certificates made on
+#               first start); drive it with target/release/nodectl
+#   make run-vm boot the guest VM with our vmm inside the nested test host
 #   make test   every test: unit, CLI error paths, real boots in the nested host
 #   make bench  boot time, memory, disk I/O and vsock latency of vmm beside QEMU microvm
 #
@@ -23,7 +26,7 @@ STATIC_CARGO := RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --relea
 DEB_PACKAGES := qemu-system-x86 qemu-utils busybox-static cpio linux-source-6.1 \
 	build-essential flex bison bc libelf-dev libssl-dev xz-utils kmod
 
-.PHONY: all deps images static build run test bench fuzz fuzz-test fmt lint clean
+.PHONY: all deps images static build run run-vm test bench fuzz fuzz-test fmt lint clean
 
 all: build
 
@@ -41,11 +44,16 @@ images: deps
 static:
 	$(STATIC_CARGO) -p vmm --bin vmm
 	$(STATIC_CARGO) -p stratum-tests --bin boot-probe --bin api-call --bin mktap --bin vsock-host
+	$(STATIC_CARGO) -p node-agent --bin node-agent --bin nodectl
 
 build:
 	$(CARGO) build --workspace
 
-run: images static
+run: images
+	$(CARGO) build --release -p vmm -p node-agent
+	target/release/node-agent --data-dir data --vmm target/release/vmm
+
+run-vm: images static
 	$(CARGO) run -q -p stratum-tests --bin nested-host -- --script guest-images/run-guest.sh --echo
 
 test: images static

@@ -2,7 +2,12 @@
 //! cgroups, VM lifecycle over `vmm` processes, durable state, and the
 //! gRPC API a Supervisor drives.
 
+pub mod agent;
+pub mod api;
 pub mod cgroup;
+pub mod nodectl;
 pub mod pool;
 pub mod proto;
 pub mod state;
+pub mod tls;
+pub mod vm;

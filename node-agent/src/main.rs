@@ -1,12 +1,137 @@
-//! Stratum node agent.
-//!
-//! The gRPC service, resource pools and VM lifecycle arrive with issue 4; until
-//! then the binary only states what it is, so the workspace layout is final.
+//! `node-agent`: the host's gRPC door for a Supervisor. See README.md for
+//! the walk-through and DESIGN.md for pools, cgroups and the VM lifecycle.
 
-fn main() {
-    println!(
-        "stratum node-agent {}: not implemented yet (see issue 4)",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use node_agent::agent::config::{AgentConfig, DEFAULT_SYSTEM_RESERVE};
+use node_agent::agent::Agent;
+use node_agent::pool::{Resources, MIB};
+use node_agent::{api, tls};
+
+#[derive(Parser, Debug)]
+#[command(name = "node-agent", version, about = "Stratum node agent")]
+struct Cli {
+    /// State, VM run directories and disks, certificates.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// gRPC listen address.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    listen: SocketAddr,
+    /// Serve plaintext gRPC instead of mTLS (development only; refused on
+    /// anything but a loopback address).
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// CA, server and client certificates [default: DATA_DIR/certs]. When
+    /// the directory has none, a development CA and certificates are made
+    /// on first start (`nodectl certs init` makes the same).
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+    /// The vmm binary [default: `vmm` next to this binary, else on PATH].
+    #[arg(long)]
+    vmm: Option<PathBuf>,
+    /// CPU held back for the host, in millicores.
+    #[arg(long, default_value_t = DEFAULT_SYSTEM_RESERVE.cpu_millicores)]
+    reserve_cpu: u64,
+    /// Memory held back for the host, in MiB.
+    #[arg(long, default_value_t = DEFAULT_SYSTEM_RESERVE.memory_bytes / MIB)]
+    reserve_memory_mib: u64,
+    /// Name of the agent's cgroup subtree.
+    #[arg(long, default_value = "stratum")]
+    cgroup_root: String,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("node-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = config(&cli)?;
+    if cli.insecure_plaintext {
+        tls::check_plaintext_allowed(cli.listen, true)?;
+    } else {
+        ensure_certs(&config)?;
+    }
+    let agent = Agent::start(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        agent.clone().watch_running_vms();
+        api::server::serve(agent, cli.listen, cli.insecure_plaintext, shutdown_signal()).await
+    })?;
+    tracing::info!("node-agent stopped; VMs keep running and are re-adopted at the next start");
+    Ok(())
+}
+
+fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
+    let vmm_binary = match &cli.vmm {
+        Some(path) => path.clone(),
+        None => default_vmm(),
+    };
+    let data_dir = std::path::absolute(&cli.data_dir)?;
+    Ok(AgentConfig {
+        cert_dir: cli
+            .cert_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("certs")),
+        data_dir,
+        listen: cli.listen,
+        insecure: cli.insecure_plaintext,
+        vmm_binary,
+        system_reserve: Resources::new(cli.reserve_cpu, cli.reserve_memory_mib.saturating_mul(MIB)),
+        cgroup_root: cli.cgroup_root.clone(),
+    })
+}
+
+/// `vmm` next to this binary (as `cargo build` and packages lay them out),
+/// else whatever `vmm` is on PATH.
+fn default_vmm() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("vmm")))
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from("vmm"))
+}
+
+/// A development PKI on first start, when the cert dir holds nothing.
+fn ensure_certs(config: &AgentConfig) -> anyhow::Result<()> {
+    let empty = std::fs::read_dir(&config.cert_dir).map_or(true, |mut d| d.next().is_none());
+    if empty {
+        tracing::warn!(
+            dir = %config.cert_dir.display(),
+            "no certificates: creating a development CA, server and client certificate"
+        );
+        tls::generate_dev_pki(&config.cert_dir, &[])?;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! The value is decoupled from the pool model: the pool layer turns shares
 //! levels, reservations and limits (vSphere semantics) into this, and this
-//! module turns it into files. See `node-agent/CGROUPS.md` for the table.
+//! module turns it into files. See DESIGN.md ("The node agent", cgroups sections) for the table.
 
 /// CFS period for every CPU limit, in microseconds (100 ms, the kernel's
 /// default and what Kubernetes uses): long enough that throttling overhead

@@ -16,7 +16,7 @@
 //! - [`Cgroup`]: one cgroup: apply limits, attach processes, read usage,
 //!   kill, remove.
 //!
-//! The mapping table and what v1 cannot express: `node-agent/CGROUPS.md`.
+//! The mapping table and what v1 cannot express: DESIGN.md ("The node agent", cgroups sections).
 
 mod attach;
 mod discover;

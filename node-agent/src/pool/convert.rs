@@ -161,6 +161,7 @@ impl TryFrom<&proto::VmSpec> for VmSizing {
             vcpus: s.vcpus,
             memory_mib: s.memory_mib,
             cpu_reservation_millicores: s.cpu_reservation_millicores,
+            memory_reservation_mib: s.memory_reservation_mib,
         };
         sizing.reservation()?;
         Ok(sizing)

@@ -96,6 +96,7 @@ fn sizing() -> impl Strategy<Value = VmSizing> {
             vcpus,
             memory_mib,
             cpu_reservation_millicores: Some((quarter_cores * 250).min(u64::from(vcpus) * 1000)),
+            memory_reservation_mib: None,
         })
 }
 

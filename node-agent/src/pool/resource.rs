@@ -61,7 +61,7 @@ impl Resources {
     };
 
     /// `cpu_millicores` of CPU and `memory_bytes` of memory.
-    pub fn new(cpu_millicores: u64, memory_bytes: u64) -> Self {
+    pub const fn new(cpu_millicores: u64, memory_bytes: u64) -> Self {
         Resources {
             cpu_millicores,
             memory_bytes,

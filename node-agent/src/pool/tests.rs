@@ -41,6 +41,7 @@ fn vm(t: &mut PoolTree, name: &str, pool: &str, vcpus: u32, mib: u64, cpu: u64) 
         vcpus,
         memory_mib: mib,
         cpu_reservation_millicores: Some(cpu),
+        memory_reservation_mib: None,
     };
     let w = Workload::vm(name.into(), id(pool), &sizing).unwrap();
     t.add_workload(w).unwrap();
@@ -463,6 +464,7 @@ fn vm_ids_are_unique_and_pools_must_exist() {
         vcpus: 1,
         memory_mib: 64,
         cpu_reservation_millicores: None,
+        memory_reservation_mib: None,
     };
     let again = Workload::vm("a".into(), root(), &sizing).unwrap();
     assert_eq!(
@@ -496,6 +498,7 @@ fn quotas_count_the_whole_subtree_and_bind_at_any_ancestor() {
         vcpus,
         memory_mib: 64,
         cpu_reservation_millicores: Some(0),
+        memory_reservation_mib: None,
     };
     let too_many_vcpus = Workload::vm("b".into(), id("sub"), &sizing(2)).unwrap();
     let before = t.clone();

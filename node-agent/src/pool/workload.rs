@@ -6,8 +6,11 @@
 //!
 //! A VM's reservation:
 //! - **memory** = guest RAM + [`VMM_MEMORY_OVERHEAD_BYTES`]. Guest RAM is
-//!   reserved in full because without a balloon the host cannot take back
-//!   what a guest touched. The overhead constant (16 MiB) covers the `vmm`
+//!   reserved in full by default because without a balloon the host cannot
+//!   take back what a guest touched; a spec may reserve less
+//!   (`memory_reservation_mib`, as a vSphere VM's memory reservation may be
+//!   below its configured memory) and then runs overcommitted: under a
+//!   pool limit it can be OOM-killed. The overhead constant (16 MiB) covers the `vmm`
 //!   process (measured at 1.7 MiB RSS beside the guest's RAM, README's
 //!   benchmark), its virtio worker threads, stacks and queue buffers, and
 //!   the kernel memory KVM charges to the same cgroup (vCPU state and the
@@ -114,6 +117,9 @@ pub struct VmSizing {
     pub memory_mib: u64,
     /// CPU reservation; `None` = the role's default.
     pub cpu_reservation_millicores: Option<u64>,
+    /// Memory reservation in MiB, at most `memory_mib`; `None` = all of
+    /// it. The VMM overhead is added either way.
+    pub memory_reservation_mib: Option<u64>,
 }
 
 impl VmSizing {
@@ -139,7 +145,18 @@ impl VmSizing {
     }
 
     fn memory_reservation(&self) -> Result<u64, PoolError> {
-        self.memory_bytes()?
+        let guest = self.memory_bytes()?;
+        let reserved = match self.memory_reservation_mib {
+            Some(r) if r > self.memory_mib => {
+                return Err(invalid(format!(
+                    "memory reservation {r} MiB is more than the VM's {} MiB",
+                    self.memory_mib
+                )))
+            }
+            Some(r) => r * MIB,
+            None => guest,
+        };
+        reserved
             .checked_add(VMM_MEMORY_OVERHEAD_BYTES)
             .ok_or_else(|| invalid(format!("{} MiB of memory", self.memory_mib)))
     }
@@ -249,6 +266,7 @@ mod tests {
             vcpus,
             memory_mib,
             cpu_reservation_millicores: cpu,
+            memory_reservation_mib: None,
         }
     }
 

@@ -1,0 +1,121 @@
+//! The agent: the pool tree, the VMs and the store behind the gRPC
+//! services, and the rules that keep them in step.
+//!
+//! State lives in memory behind one lock and in the store; every mutation
+//! takes the write lock, decides with the pool model, makes the change on
+//! the host (cgroups, files, processes), commits it to the store, and only
+//! then answers — undoing the earlier steps when a later one fails.
+//!
+//! - [`config`]: what the agent is started with.
+//! - [`host`]: host capacity and information.
+//! - [`pools`]: resource pool operations and their cgroups.
+//! - [`vms`]: VM lifecycle over `vmm` processes.
+//! - [`errors`]: failures and their gRPC codes.
+
+pub mod config;
+pub mod errors;
+pub mod host;
+pub mod pools;
+pub mod vms;
+
+use std::collections::BTreeMap;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+
+use prost_types::Timestamp;
+use tokio::sync::broadcast;
+
+use self::config::AgentConfig;
+use self::errors::Result;
+use self::vms::VmEntry;
+use crate::cgroup::{Hierarchy, HierarchyConfig};
+use crate::pool::PoolTree;
+use crate::proto;
+use crate::state::Store;
+
+/// Lifecycle events kept for slow watchers before they miss some.
+const EVENT_BACKLOG: usize = 1024;
+
+pub struct Agent {
+    config: AgentConfig,
+    store: Store,
+    cgroups: Hierarchy,
+    state: RwLock<State>,
+    events: broadcast::Sender<proto::VmEvent>,
+}
+
+/// What the lock guards.
+pub struct State {
+    tree: PoolTree,
+    vms: BTreeMap<String, VmEntry>,
+}
+
+impl Agent {
+    /// Opens the store, rebuilds the pool tree and its cgroups, and takes
+    /// stock of the VMs: running ones are re-adopted, dead ones marked.
+    pub fn start(config: AgentConfig) -> Result<std::sync::Arc<Agent>> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            errors::AgentError::Internal(format!("data dir {}: {e}", config.data_dir.display()))
+        })?;
+        let store = Store::open(config.store_path())?;
+        let cgroups = Hierarchy::detect_with(&HierarchyConfig {
+            root_name: config.cgroup_root.clone(),
+            ..HierarchyConfig::default()
+        })?;
+        let tree = PoolTree::new(host::capacity(), config.system_reserve)?;
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        let agent = std::sync::Arc::new(Agent {
+            config,
+            store,
+            cgroups,
+            state: RwLock::new(State {
+                tree,
+                vms: BTreeMap::new(),
+            }),
+            events,
+        });
+        let snapshot = agent.store.load()?;
+        agent.restore_pools(snapshot.pools)?;
+        agent.restore_vms(snapshot.vms)?;
+        Ok(agent)
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    pub fn host_info(&self) -> proto::HostInfo {
+        host::info(self.cgroups.version(), vmm_version(&self.config.vmm_binary))
+    }
+
+    pub fn host_capacity(&self) -> proto::HostCapacity {
+        self.read_state().tree.capacity().into()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<proto::VmEvent> {
+        self.events.subscribe()
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        // A panic while holding the lock leaves the state as consistent as
+        // the model's own all-or-nothing operations made it.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `vmm --version`, or why it could not be asked.
+fn vmm_version(binary: &std::path::Path) -> String {
+    match std::process::Command::new(binary).arg("--version").output() {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        Ok(out) => format!("unknown ({} exited {})", binary.display(), out.status),
+        Err(e) => format!("unknown ({}: {e})", binary.display()),
+    }
+}
+
+pub fn now() -> Timestamp {
+    Timestamp::from(SystemTime::now())
+}

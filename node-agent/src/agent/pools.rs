@@ -1,0 +1,188 @@
+//! Resource pool operations: the pool model decides, the cgroup tree
+//! enforces, the store remembers — in that order, each step undone if a
+//! later one fails, so a refused or failed call leaves nothing behind.
+
+use super::errors::{AgentError, Result};
+use super::{now, Agent, State};
+use crate::cgroup::{Cgroup, CgroupLimits};
+use crate::pool::{PoolId, PoolSpec, PoolTree};
+use crate::proto;
+use crate::proto::records::PoolRecord;
+
+/// What a pool's cgroup enforces. Shares are relative among siblings;
+/// limits cap the whole subtree; the memory reservation becomes
+/// `memory.min` on v2 (v1 cannot guarantee memory, see DESIGN.md, "cgroups"). CPU
+/// reservations have no cgroup form: admission control alone keeps them.
+pub fn pool_limits(spec: &PoolSpec) -> CgroupLimits {
+    CgroupLimits {
+        cpu_shares_weight: u64::from(spec.cpu.shares.value()),
+        cpu_limit_millicores: spec.cpu.limit,
+        memory_limit_bytes: spec.memory.limit,
+        memory_reservation_bytes: Some(spec.memory.reservation).filter(|&r| r > 0),
+        pids_max: None,
+    }
+}
+
+impl Agent {
+    pub fn create_pool(
+        &self,
+        parent: &str,
+        spec: &proto::ResourcePoolSpec,
+    ) -> Result<proto::ResourcePool> {
+        let spec = PoolSpec::try_from(spec)?;
+        let parent = pool_id_or_root(parent);
+        let id = PoolId::from(format!("pool-{}", self.store.next_id()?));
+        let mut state = self.write_state();
+        state.tree.create_pool(id.clone(), &parent, spec.clone())?;
+        if let Err(e) = self.persist_new_pool(&state.tree, &id, &parent, &spec) {
+            let _ = state.tree.delete_pool(&id);
+            return Err(e);
+        }
+        Ok(state.tree.to_proto(&id)?)
+    }
+
+    fn persist_new_pool(
+        &self,
+        tree: &PoolTree,
+        id: &PoolId,
+        parent: &PoolId,
+        spec: &PoolSpec,
+    ) -> Result<()> {
+        let cgroup = self.pool_cgroup(tree, id)?;
+        cgroup.apply(&pool_limits(spec))?;
+        let record = PoolRecord {
+            id: id.to_string(),
+            parent_id: parent.to_string(),
+            spec: Some(spec.into()),
+            created_at: Some(now()),
+        };
+        self.store.put_pool(&record).inspect_err(|_| {
+            let _ = cgroup.remove();
+        })?;
+        Ok(())
+    }
+
+    pub fn get_pool(&self, id: &str) -> Result<proto::ResourcePool> {
+        Ok(self.read_state().tree.to_proto(&pool_id_or_root(id))?)
+    }
+
+    /// The subtree under `root` (empty = the whole tree), parents before
+    /// children.
+    pub fn list_pools(&self, root: &str) -> Result<Vec<proto::ResourcePool>> {
+        let state = self.read_state();
+        let root = pool_id_or_root(root);
+        let ids: Vec<PoolId> = state
+            .tree
+            .subtree(&root)?
+            .iter()
+            .map(|p| p.id().clone())
+            .collect();
+        ids.iter().map(|id| Ok(state.tree.to_proto(id)?)).collect()
+    }
+
+    pub fn update_pool(
+        &self,
+        id: &str,
+        spec: &proto::ResourcePoolSpec,
+    ) -> Result<proto::ResourcePool> {
+        let spec = PoolSpec::try_from(spec)?;
+        let id = PoolId::from(id);
+        let mut state = self.write_state();
+        let old = state.tree.get(&id)?.spec().clone();
+        state.tree.update_pool(&id, spec.clone())?;
+        if let Err(e) = self.persist_pool_update(&state, &id, &spec) {
+            let _ = state.tree.update_pool(&id, old);
+            let _ = self.apply_subtree_limits(&state, &id);
+            return Err(e);
+        }
+        Ok(state.tree.to_proto(&id)?)
+    }
+
+    fn persist_pool_update(&self, state: &State, id: &PoolId, spec: &PoolSpec) -> Result<()> {
+        self.apply_subtree_limits(state, id)?;
+        let mut record = self
+            .store
+            .get_pool(id.as_str())?
+            .ok_or_else(|| AgentError::Internal(format!("pool {id} is not in the store")))?;
+        record.spec = Some(spec.into());
+        self.store.put_pool(&record)?;
+        Ok(())
+    }
+
+    /// Writes the limits of `id` and of every pool below it: on cgroup v1
+    /// a child's stored CPU quota was capped at its parent's, so raising a
+    /// parent must re-apply its children.
+    fn apply_subtree_limits(&self, state: &State, id: &PoolId) -> Result<()> {
+        for pool in state.tree.subtree(id)? {
+            self.pool_cgroup(&state.tree, pool.id())?
+                .apply(&pool_limits(pool.spec()))?;
+        }
+        for vm in state.vms.values() {
+            if state.tree.subtree(id)?.iter().any(|p| p.id() == &vm.pool) {
+                self.apply_vm_limits(state, vm)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn delete_pool(&self, id: &str) -> Result<()> {
+        let id = PoolId::from(id);
+        let mut state = self.write_state();
+        let cgroup = self.pool_cgroup(&state.tree, &id)?;
+        let removed = state.tree.delete_pool(&id)?;
+        if let Err(e) = self.store.delete_pool(id.as_str()) {
+            let parent = removed.parent().cloned().unwrap_or_else(PoolId::root);
+            let _ = state.tree.create_pool(id, &parent, removed.spec().clone());
+            return Err(e.into());
+        }
+        if let Err(e) = cgroup.remove() {
+            tracing::warn!(pool = %id, "pool deleted, its cgroup stays: {e}");
+        }
+        Ok(())
+    }
+
+    /// The cgroup of pool `id`: one directory per pool id along its path
+    /// from the root, created (or adopted) as needed.
+    pub fn pool_cgroup(&self, tree: &PoolTree, id: &PoolId) -> Result<Cgroup> {
+        let mut chain = Vec::new();
+        let mut at = tree.get(id)?;
+        while let Some(parent) = at.parent() {
+            chain.push(at.id().clone());
+            at = tree.get(parent)?;
+        }
+        let mut cgroup = self.cgroups.root()?;
+        for pool in chain.iter().rev() {
+            cgroup = self.cgroups.create_pool(&cgroup, pool.as_str())?;
+        }
+        Ok(cgroup)
+    }
+
+    /// Rebuilds the pools from the store at startup and re-applies their
+    /// cgroup limits.
+    pub(super) fn restore_pools(&self, records: Vec<PoolRecord>) -> Result<()> {
+        let mut stored = Vec::with_capacity(records.len());
+        for record in records {
+            let spec = record
+                .spec
+                .as_ref()
+                .ok_or_else(|| AgentError::Internal(format!("pool {} has no spec", record.id)))?;
+            stored.push((
+                PoolId::from(record.id.clone()),
+                pool_id_or_root(&record.parent_id),
+                PoolSpec::try_from(spec)?,
+            ));
+        }
+        let mut state = self.write_state();
+        state.tree.create_pools(stored)?;
+        self.apply_subtree_limits(&state, &PoolId::root())
+    }
+}
+
+/// Empty means the root pool.
+pub fn pool_id_or_root(id: &str) -> PoolId {
+    if id.is_empty() {
+        PoolId::root()
+    } else {
+        PoolId::from(id)
+    }
+}

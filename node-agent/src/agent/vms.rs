@@ -1,0 +1,782 @@
+//! VM lifecycle: one `vmm` process per VM, in a leaf cgroup of its pool,
+//! driven through its control API.
+//!
+//! States: CREATED → (Start) STARTING → RUNNING ⇄ PAUSED → (Shutdown)
+//! STOPPING → STOPPED; a vmm that exits on its own ends STOPPED when the
+//! guest powered off or reset (exit 0) and FAILED otherwise (killed by the
+//! kernel's OOM killer, crashed, or failed to start), with the reason.
+//! Every transition is stored before it is reported and published on the
+//! watch stream. A running VM holds its reservation in the pool tree;
+//! STOPPED, FAILED and CREATED VMs hold none but count against quotas.
+//!
+//! Launching happens outside the state lock (STARTING marks the VM busy),
+//! so a slow vmm start does not stall the API.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::errors::{AgentError, Result};
+use super::pools::pool_id_or_root;
+use super::{now, Agent, State};
+use crate::cgroup::{Cgroup, CgroupLimits};
+use crate::pool::{
+    validate_name, PoolId, Shares, VmSizing, Workload, WorkloadId, MILLICORES_PER_CPU,
+    VMM_MEMORY_OVERHEAD_BYTES,
+};
+use crate::proto;
+use crate::proto::records::{VmRecord, VmRuntime};
+use crate::proto::VmState;
+use crate::vm::{self, ExitInfo, VmProcess, VmProcessSpec};
+
+/// Grace period of a Shutdown that names none.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a hard stop through the API, how long before SIGKILL.
+const HARD_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// A VM as the agent keeps it.
+pub struct VmEntry {
+    pub record: VmRecord,
+    pub pool: PoolId,
+    /// The running vmm, while there is one.
+    pub process: Option<Arc<VmProcess>>,
+    /// The agent ended the process itself (Kill, Shutdown): its exit is a
+    /// stop, not a failure.
+    pub stop_requested: bool,
+}
+
+impl VmEntry {
+    fn state(&self) -> VmState {
+        self.runtime().state()
+    }
+
+    fn runtime(&self) -> &VmRuntime {
+        self.record.runtime.as_ref().unwrap_or(&DEFAULT_RUNTIME)
+    }
+
+    fn spec(&self) -> &proto::VmSpec {
+        self.record.spec.as_ref().unwrap_or(&DEFAULT_SPEC)
+    }
+}
+
+static DEFAULT_RUNTIME: VmRuntime = VmRuntime {
+    state: 0,
+    reason: String::new(),
+    pid: 0,
+    process_start_time: 0,
+    control_socket: String::new(),
+    cgroup_path: String::new(),
+    disk_paths: Vec::new(),
+    console_path: String::new(),
+    started_at: None,
+    updated_at: None,
+};
+
+static DEFAULT_SPEC: proto::VmSpec = proto::VmSpec {
+    name: String::new(),
+    pool_id: String::new(),
+    role: 0,
+    vcpus: 0,
+    memory_mib: 0,
+    kernel: String::new(),
+    initrd: String::new(),
+    cmdline: String::new(),
+    disks: Vec::new(),
+    nics: Vec::new(),
+    labels: BTreeMap::new(),
+    cpu_reservation_millicores: None,
+    cpu_limit_millicores: None,
+    cpu_shares: None,
+    memory_reservation_mib: None,
+};
+
+impl Agent {
+    pub fn create_vm(&self, spec: &proto::VmSpec) -> Result<proto::VirtualMachine> {
+        let sizing = check_spec(spec, self.read_state().tree.host().memory_bytes)?;
+        let pool = pool_id_or_root(&spec.pool_id);
+        let id = format!("vm-{}", self.store.next_id()?);
+        let mut state = self.write_state();
+        if state.vms.values().any(|vm| vm.spec().name == spec.name) {
+            return Err(AgentError::AlreadyExists(format!(
+                "a VM named {:?} already exists",
+                spec.name
+            )));
+        }
+        let workload = Workload::vm(WorkloadId::from(id.as_str()), pool.clone(), &sizing)?;
+        state.tree.add_workload(workload)?;
+        match self.make_vm(&id, spec) {
+            Ok(record) => {
+                let entry = VmEntry {
+                    record,
+                    pool,
+                    process: None,
+                    stop_requested: false,
+                };
+                let vm = to_proto(&state, &entry);
+                state.vms.insert(id, entry);
+                Ok(vm)
+            }
+            Err(e) => {
+                let _ = state.tree.remove_workload(&WorkloadId::from(id.as_str()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Clones the disks and stores the record; on failure removes what it
+    /// made.
+    fn make_vm(&self, id: &str, spec: &proto::VmSpec) -> Result<VmRecord> {
+        let dir = self.config.vm_dir(id);
+        let made = (|| {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| AgentError::Internal(format!("{}: {e}", dir.display())))?;
+            let disk_paths = clone_disks(&dir, spec)?;
+            let record = VmRecord {
+                id: id.to_string(),
+                spec: Some(spec.clone()),
+                runtime: Some(VmRuntime {
+                    state: VmState::Created as i32,
+                    disk_paths,
+                    console_path: dir.join("console.log").to_string_lossy().into_owned(),
+                    updated_at: Some(now()),
+                    ..VmRuntime::default()
+                }),
+                created_at: Some(now()),
+            };
+            self.store.put_vm(&record)?;
+            Ok(record)
+        })();
+        if made.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        made
+    }
+
+    pub fn start_vm(self: &Arc<Self>, id: &str) -> Result<proto::VirtualMachine> {
+        let (spec, cgroup) = self.begin_start(id)?;
+        let launched = vm::launch(
+            &self.config.vmm_binary,
+            &self.config.vm_dir(id),
+            &spec,
+            &cgroup,
+        );
+        match launched {
+            Ok(process) => self.finish_start(id, Arc::new(process), &cgroup),
+            Err(e) => {
+                let reason = format!("vmm failed to start: {e}");
+                self.fail_start(id, &cgroup, &reason);
+                Err(AgentError::FailedPrecondition(reason))
+            }
+        }
+    }
+
+    /// Admits the VM's reservation, makes its leaf cgroup and marks it
+    /// STARTING; returns what the launch needs.
+    fn begin_start(&self, id: &str) -> Result<(VmProcessSpec, Cgroup)> {
+        let mut state = self.write_state();
+        let entry = vm_entry(&state, id)?;
+        if !matches!(
+            entry.state(),
+            VmState::Created | VmState::Stopped | VmState::Failed
+        ) {
+            return Err(AgentError::FailedPrecondition(format!(
+                "VM {id} is {}; only a created, stopped or failed VM can start",
+                state_name(entry.state())
+            )));
+        }
+        let workload = WorkloadId::from(id);
+        state.tree.admit(&workload)?;
+        let prepared = (|| {
+            let entry = vm_entry(&state, id)?;
+            let pool_cgroup = self.pool_cgroup(&state.tree, &entry.pool)?;
+            let cgroup = self.cgroups.create_vm_leaf(&pool_cgroup, id)?;
+            cgroup.apply(&vm_limits(entry.spec()))?;
+            Ok((process_spec(id, entry), cgroup))
+        })();
+        let (spec, cgroup) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = state.tree.release(&workload);
+                return Err(e);
+            }
+        };
+        let cgroup_path = cgroup.path().to_string_lossy().into_owned();
+        if let Err(e) = self.transition(&mut state, id, VmState::Starting, "", |rt| {
+            rt.cgroup_path = cgroup_path;
+        }) {
+            let _ = state.tree.release(&workload);
+            let _ = cgroup.remove();
+            return Err(e);
+        }
+        Ok((spec, cgroup))
+    }
+
+    fn finish_start(
+        self: &Arc<Self>,
+        id: &str,
+        process: Arc<VmProcess>,
+        cgroup: &Cgroup,
+    ) -> Result<proto::VirtualMachine> {
+        let mut state = self.write_state();
+        let stored = self.transition(&mut state, id, VmState::Running, "", |rt| {
+            rt.pid = process.pid();
+            rt.process_start_time = process.start_time();
+            rt.control_socket = process.api_sock().to_string_lossy().into_owned();
+            rt.started_at = Some(now());
+        });
+        if let Err(e) = stored {
+            // Not recorded, so not started: nothing may outlive the call.
+            let _ = process.kill();
+            drop(state);
+            self.fail_start(id, cgroup, &format!("cannot record the start: {e}"));
+            return Err(e);
+        }
+        if let Some(entry) = state.vms.get_mut(id) {
+            entry.process = Some(process.clone());
+            entry.stop_requested = false;
+        }
+        let vm = to_proto(&state, vm_entry(&state, id)?);
+        drop(state);
+        self.watch_exit(id.to_string(), process);
+        Ok(vm)
+    }
+
+    fn fail_start(&self, id: &str, cgroup: &Cgroup, reason: &str) {
+        let _ = cgroup.kill_all(Duration::from_secs(5));
+        let _ = cgroup.remove();
+        let mut state = self.write_state();
+        let _ = state.tree.release(&WorkloadId::from(id));
+        let _ = self.transition(&mut state, id, VmState::Failed, reason, clear_process);
+    }
+
+    /// Waits for the vmm to exit on a tokio task and records how it ended.
+    fn watch_exit(self: &Arc<Self>, id: String, process: Arc<VmProcess>) {
+        let agent = Arc::clone(self);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(vm = %id, "no async runtime to watch the vmm on");
+            return;
+        };
+        runtime.spawn(async move {
+            let exit = process.wait_exit().await.unwrap_or(ExitInfo {
+                code: None,
+                signal: None,
+            });
+            let agent2 = Arc::clone(&agent);
+            let _ =
+                tokio::task::spawn_blocking(move || agent2.on_vmm_exit(&id, &process, exit)).await;
+        });
+    }
+
+    /// Watches every VM that is running (after a restart re-adopted them).
+    pub fn watch_running_vms(self: Arc<Self>) {
+        let running: Vec<(String, Arc<VmProcess>)> = self
+            .read_state()
+            .vms
+            .iter()
+            .filter_map(|(id, vm)| vm.process.clone().map(|p| (id.clone(), p)))
+            .collect();
+        for (id, process) in running {
+            self.watch_exit(id, process);
+        }
+    }
+
+    fn on_vmm_exit(&self, id: &str, process: &Arc<VmProcess>, exit: ExitInfo) {
+        let mut state = self.write_state();
+        let Some(entry) = state.vms.get(id) else {
+            return;
+        };
+        // A later start may have replaced the process already.
+        if !entry
+            .process
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, process))
+        {
+            return;
+        }
+        let cgroup = self
+            .cgroups
+            .open(Path::new(&entry.runtime().cgroup_path))
+            .ok();
+        let oom_killed = cgroup
+            .as_ref()
+            .and_then(|c| c.usage().ok())
+            .is_some_and(|u| u.oom_kills > 0);
+        let (new_state, reason) = exit_outcome(entry.stop_requested, oom_killed, &exit);
+        if let Some(cgroup) = cgroup {
+            let _ = cgroup.kill_all(Duration::from_secs(5));
+            if let Err(e) = cgroup.remove() {
+                tracing::warn!(vm = %id, "cannot remove the VM's cgroup: {e}");
+            }
+        }
+        let _ = state.tree.release(&WorkloadId::from(id));
+        if let Some(entry) = state.vms.get_mut(id) {
+            entry.process = None;
+        }
+        if let Err(e) = self.transition(&mut state, id, new_state, &reason, clear_process) {
+            tracing::error!(vm = %id, "cannot record that the vmm exited: {e}");
+        }
+    }
+
+    pub fn shutdown_vm(
+        self: &Arc<Self>,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<proto::VirtualMachine> {
+        let process = {
+            let mut state = self.write_state();
+            let process = running_process(&state, id)?;
+            if let Some(entry) = state.vms.get_mut(id) {
+                entry.stop_requested = true;
+            }
+            self.transition(
+                &mut state,
+                id,
+                VmState::Stopping,
+                "shutdown requested",
+                |_| {},
+            )?;
+            process
+        };
+        // A paused guest cannot react to Ctrl+Alt+Del.
+        let _ = process.resume();
+        if let Err(e) = process.ctrl_alt_del() {
+            tracing::warn!(vm = %id, "Ctrl+Alt+Del failed, stopping hard: {e}");
+        }
+        let agent = Arc::clone(self);
+        let id_owned = id.to_string();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if tokio::time::timeout(timeout, process.wait_exit())
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+                tracing::info!(vm = %id_owned, "guest did not shut down in time, stopping hard");
+                let _ = process.hard_stop();
+                if tokio::time::timeout(HARD_STOP_GRACE, process.wait_exit())
+                    .await
+                    .is_err()
+                {
+                    let _ = process.kill();
+                }
+                drop(agent);
+            });
+        }
+        self.get_vm(id)
+    }
+
+    pub fn kill_vm(&self, id: &str) -> Result<proto::VirtualMachine> {
+        let mut state = self.write_state();
+        let process = running_process(&state, id)?;
+        if let Some(entry) = state.vms.get_mut(id) {
+            entry.stop_requested = true;
+        }
+        process
+            .kill()
+            .map_err(|e| AgentError::Internal(format!("cannot kill VM {id}: {e}")))?;
+        self.transition(&mut state, id, VmState::Stopping, "killed", |_| {})?;
+        Ok(to_proto(&state, vm_entry(&state, id)?))
+    }
+
+    pub fn pause_vm(&self, id: &str, pause: bool) -> Result<proto::VirtualMachine> {
+        let mut state = self.write_state();
+        let process = running_process(&state, id)?;
+        let (from, to) = if pause {
+            (VmState::Running, VmState::Paused)
+        } else {
+            (VmState::Paused, VmState::Running)
+        };
+        let current = vm_entry(&state, id)?.state();
+        if current != from {
+            return Err(AgentError::FailedPrecondition(format!(
+                "VM {id} is {}, not {}",
+                state_name(current),
+                state_name(from)
+            )));
+        }
+        let done = if pause {
+            process.pause()
+        } else {
+            process.resume()
+        };
+        done.map_err(|e| AgentError::Internal(format!("VM {id}: {e}")))?;
+        self.transition(&mut state, id, to, "", |_| {})?;
+        Ok(to_proto(&state, vm_entry(&state, id)?))
+    }
+
+    pub fn delete_vm(&self, id: &str) -> Result<()> {
+        let mut state = self.write_state();
+        let entry = vm_entry(&state, id)?;
+        if !matches!(
+            entry.state(),
+            VmState::Created | VmState::Stopped | VmState::Failed
+        ) {
+            return Err(AgentError::FailedPrecondition(format!(
+                "VM {id} is {}; stop it before deleting it",
+                state_name(entry.state())
+            )));
+        }
+        self.store.delete_vm(id)?;
+        let _ = state.tree.remove_workload(&WorkloadId::from(id));
+        state.vms.remove(id);
+        let dir = self.config.vm_dir(id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(vm = %id, "cannot remove {}: {e}", dir.display());
+        }
+        Ok(())
+    }
+
+    pub fn get_vm(&self, id: &str) -> Result<proto::VirtualMachine> {
+        let state = self.read_state();
+        Ok(to_proto(&state, vm_entry(&state, id)?))
+    }
+
+    pub fn list_vms(&self, filter: &proto::ListVmsRequest) -> Vec<proto::VirtualMachine> {
+        let state = self.read_state();
+        let mut vms: Vec<proto::VirtualMachine> = state
+            .vms
+            .values()
+            .filter(|vm| matches_filter(vm, filter))
+            .map(|vm| to_proto(&state, vm))
+            .collect();
+        vms.sort_by(|a, b| name_of(a).cmp(name_of(b)));
+        vms
+    }
+
+    /// The console log of VM `id`.
+    pub fn console_path(&self, id: &str) -> Result<PathBuf> {
+        let state = self.read_state();
+        Ok(PathBuf::from(&vm_entry(&state, id)?.runtime().console_path))
+    }
+
+    /// The VM's pool, for watch filters.
+    pub fn vm_pool(&self, id: &str) -> Option<String> {
+        self.read_state().vms.get(id).map(|vm| vm.pool.to_string())
+    }
+
+    pub(super) fn apply_vm_limits(&self, state: &State, vm: &VmEntry) -> Result<()> {
+        if vm.process.is_none() || vm.runtime().cgroup_path.is_empty() {
+            return Ok(());
+        }
+        let _ = state;
+        self.cgroups
+            .open(Path::new(&vm.runtime().cgroup_path))?
+            .apply(&vm_limits(vm.spec()))?;
+        Ok(())
+    }
+
+    /// Sets the VM's state, stores the record and publishes the event;
+    /// the in-memory record changes only if the store took it.
+    fn transition(
+        &self,
+        state: &mut State,
+        id: &str,
+        to: VmState,
+        reason: &str,
+        update: impl FnOnce(&mut VmRuntime),
+    ) -> Result<()> {
+        let entry = state
+            .vms
+            .get_mut(id)
+            .ok_or_else(|| AgentError::NotFound(format!("VM {id} not found")))?;
+        let from = entry.state();
+        let mut record = entry.record.clone();
+        {
+            let runtime = record.runtime.get_or_insert_with(VmRuntime::default);
+            runtime.state = to as i32;
+            runtime.reason = reason.to_string();
+            runtime.updated_at = Some(now());
+            update(runtime);
+        }
+        self.store.put_vm(&record)?;
+        entry.record = record;
+        let _ = self.events.send(proto::VmEvent {
+            vm_id: id.to_string(),
+            old_state: from as i32,
+            new_state: to as i32,
+            reason: reason.to_string(),
+            timestamp: Some(now()),
+        });
+        Ok(())
+    }
+
+    /// Takes stock of the stored VMs at startup: running ones whose vmm
+    /// is still there (same pid, same start time, API answering) are
+    /// re-adopted with their reservation; the others are marked FAILED and
+    /// whatever they left in their cgroup is killed and removed.
+    pub(super) fn restore_vms(&self, records: Vec<VmRecord>) -> Result<()> {
+        let mut state = self.write_state();
+        for record in records {
+            let id = record.id.clone();
+            let spec = record.spec.clone().unwrap_or_default();
+            let sizing = VmSizing::try_from(&spec)?;
+            let pool = pool_id_or_root(&spec.pool_id);
+            state.tree.add_workload(Workload::vm(
+                WorkloadId::from(id.as_str()),
+                pool.clone(),
+                &sizing,
+            )?)?;
+            let mut entry = VmEntry {
+                record,
+                pool,
+                process: None,
+                stop_requested: false,
+            };
+            let was_running = matches!(
+                entry.state(),
+                VmState::Starting | VmState::Running | VmState::Paused | VmState::Stopping
+            );
+            if was_running {
+                match adopt(entry.runtime(), &self.config.vm_dir(&id)) {
+                    Ok(process) => {
+                        state.tree.admit(&WorkloadId::from(id.as_str()))?;
+                        tracing::info!(vm = %id, pid = process.pid(), "re-adopted running vmm");
+                        entry.process = Some(Arc::new(process));
+                    }
+                    Err(reason) => {
+                        self.clean_up_dead(&entry, &reason);
+                        state.vms.insert(id.clone(), entry);
+                        self.transition(&mut state, &id, VmState::Failed, &reason, clear_process)?;
+                        continue;
+                    }
+                }
+            }
+            state.vms.insert(id, entry);
+        }
+        Ok(())
+    }
+
+    fn clean_up_dead(&self, entry: &VmEntry, reason: &str) {
+        tracing::warn!(vm = %entry.record.id, "{reason}");
+        let runtime = entry.runtime();
+        if let Ok(cgroup) = self.cgroups.open(Path::new(&runtime.cgroup_path)) {
+            let _ = cgroup.kill_all(Duration::from_secs(5));
+            let _ = cgroup.remove();
+        }
+    }
+}
+
+fn adopt(runtime: &VmRuntime, run_dir: &Path) -> std::result::Result<VmProcess, String> {
+    if runtime.pid == 0 {
+        return Err("the agent stopped while the vmm was starting".into());
+    }
+    VmProcess::adopt(runtime.pid, runtime.process_start_time, run_dir)
+        .map_err(|e| format!("vmm (pid {}) is gone: {e}", runtime.pid))
+}
+
+fn clear_process(runtime: &mut VmRuntime) {
+    runtime.pid = 0;
+    runtime.process_start_time = 0;
+    runtime.control_socket.clear();
+}
+
+/// STOPPED or FAILED, and why, for a vmm that exited.
+fn exit_outcome(stop_requested: bool, oom_killed: bool, exit: &ExitInfo) -> (VmState, String) {
+    if oom_killed {
+        return (
+            VmState::Failed,
+            "the vmm was killed by the OOM killer: the VM exceeded its memory limit".into(),
+        );
+    }
+    match (exit.code, exit.signal) {
+        (Some(0), _) => (VmState::Stopped, "the guest powered off or reset".into()),
+        _ if stop_requested => (VmState::Stopped, "stopped by the agent".into()),
+        (Some(code), _) => (
+            VmState::Failed,
+            format!("the vmm exited with status {code}"),
+        ),
+        (None, Some(signal)) => (
+            VmState::Failed,
+            format!("the vmm was killed by signal {signal}"),
+        ),
+        (None, None) => (
+            VmState::Failed,
+            "the vmm exited (status unknown: adopted process)".into(),
+        ),
+    }
+}
+
+/// What a VM's leaf enforces: its CPU limit (spec, else its vCPUs), its
+/// shares scaled by vCPUs, and a memory cap of guest RAM plus the VMM
+/// overhead the pool model reserves for it.
+fn vm_limits(spec: &proto::VmSpec) -> CgroupLimits {
+    let vcpus = spec.vcpus.max(1);
+    let shares = crate::pool::convert::shares_from_proto(
+        spec.cpu_shares.as_ref(),
+        crate::pool::Resource::Cpu,
+    )
+    .unwrap_or(Shares::Normal);
+    CgroupLimits {
+        cpu_shares_weight: u64::from(shares.for_vcpus(vcpus)),
+        cpu_limit_millicores: Some(
+            spec.cpu_limit_millicores
+                .filter(|&l| l > 0)
+                .unwrap_or(u64::from(vcpus) * MILLICORES_PER_CPU),
+        ),
+        memory_limit_bytes: spec
+            .memory_mib
+            .checked_mul(crate::pool::MIB)
+            .and_then(|m| m.checked_add(VMM_MEMORY_OVERHEAD_BYTES)),
+        memory_reservation_bytes: None,
+        pids_max: None,
+    }
+}
+
+/// Checks what can be checked without touching the host's state: sizing,
+/// name, files, NICs. INVALID_ARGUMENT for all of it.
+fn check_spec(spec: &proto::VmSpec, host_memory: u64) -> Result<VmSizing> {
+    let invalid = |m: String| AgentError::InvalidArgument(m);
+    validate_name(&spec.name).map_err(|e| invalid(format!("VM name: {e}")))?;
+    let sizing = VmSizing::try_from(spec)?;
+    sizing.reservation()?;
+    if spec.memory_mib.saturating_mul(crate::pool::MIB) > host_memory {
+        return Err(invalid(format!(
+            "{} MiB of memory is more than the host has ({} MiB)",
+            spec.memory_mib,
+            host_memory / crate::pool::MIB
+        )));
+    }
+    check_file("kernel", &spec.kernel)?;
+    if !spec.initrd.is_empty() {
+        check_file("initrd", &spec.initrd)?;
+    }
+    for (i, disk) in spec.disks.iter().enumerate() {
+        check_file(&format!("disk {i} base image"), &disk.base_image)?;
+        if disk.serial.len() > 20 {
+            return Err(invalid(format!("disk {i}: serial longer than 20 bytes")));
+        }
+    }
+    for (i, nic) in spec.nics.iter().enumerate() {
+        if nic.tap_name.is_empty() || nic.tap_name.len() > 15 {
+            return Err(invalid(format!("nic {i}: tap_name must be 1 to 15 bytes")));
+        }
+    }
+    Ok(sizing)
+}
+
+fn check_file(what: &str, path: &str) -> Result<()> {
+    if path.is_empty() {
+        return Err(AgentError::InvalidArgument(format!(
+            "{what}: a path is required"
+        )));
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(AgentError::InvalidArgument(format!(
+            "{what} {path} is not a file"
+        ))),
+        Err(e) => Err(AgentError::InvalidArgument(format!("{what} {path}: {e}"))),
+    }
+}
+
+fn clone_disks(dir: &Path, spec: &proto::VmSpec) -> Result<Vec<String>> {
+    spec.disks
+        .iter()
+        .enumerate()
+        .map(|(i, disk)| {
+            let dest = dir.join(format!("disk{i}.img"));
+            vm::disk::clone_disk(Path::new(&disk.base_image), &dest)
+                .map_err(|e| AgentError::Internal(format!("disk {i}: {e}")))?;
+            Ok(dest.to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+fn process_spec(id: &str, entry: &VmEntry) -> VmProcessSpec {
+    let spec = entry.spec();
+    let runtime = entry.runtime();
+    VmProcessSpec {
+        id: id.to_string(),
+        kernel: PathBuf::from(&spec.kernel),
+        initrd: (!spec.initrd.is_empty()).then(|| PathBuf::from(&spec.initrd)),
+        cmdline: (!spec.cmdline.is_empty()).then(|| spec.cmdline.clone()),
+        vcpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
+        disks: spec
+            .disks
+            .iter()
+            .zip(&runtime.disk_paths)
+            .map(|(d, path)| vm::DiskSpec {
+                path: PathBuf::from(path),
+                read_only: d.read_only,
+                serial: (!d.serial.is_empty()).then(|| d.serial.clone()),
+            })
+            .collect(),
+        nics: spec
+            .nics
+            .iter()
+            .map(|n| vm::NicSpec {
+                tap: n.tap_name.clone(),
+                mac: (!n.mac.is_empty()).then(|| n.mac.clone()),
+            })
+            .collect(),
+    }
+}
+
+fn vm_entry<'a>(state: &'a State, id: &str) -> Result<&'a VmEntry> {
+    state
+        .vms
+        .get(id)
+        .ok_or_else(|| AgentError::NotFound(format!("VM {id} not found")))
+}
+
+fn running_process(state: &State, id: &str) -> Result<Arc<VmProcess>> {
+    let entry = vm_entry(state, id)?;
+    match (&entry.process, entry.state()) {
+        (Some(p), VmState::Running | VmState::Paused) => Ok(p.clone()),
+        _ => Err(AgentError::FailedPrecondition(format!(
+            "VM {id} is {}, not running",
+            state_name(entry.state())
+        ))),
+    }
+}
+
+fn matches_filter(vm: &VmEntry, filter: &proto::ListVmsRequest) -> bool {
+    let spec = vm.spec();
+    (filter.pool_id.is_empty() || vm.pool.as_str() == filter.pool_id)
+        && (filter.role == 0 || spec.role == filter.role)
+        && filter
+            .label_selector
+            .iter()
+            .all(|(k, v)| spec.labels.get(k) == Some(v))
+}
+
+fn to_proto(state: &State, vm: &VmEntry) -> proto::VirtualMachine {
+    let runtime = vm.runtime();
+    let reservation = state
+        .tree
+        .workload(&WorkloadId::from(vm.record.id.as_str()))
+        .filter(|w| w.is_admitted())
+        .map(|w| w.reservation().into());
+    proto::VirtualMachine {
+        id: vm.record.id.clone(),
+        spec: vm.record.spec.clone(),
+        status: Some(proto::VmStatus {
+            state: runtime.state,
+            reason: runtime.reason.clone(),
+            pid: runtime.pid,
+            created_at: vm.record.created_at,
+            started_at: runtime.started_at,
+            reservation,
+        }),
+    }
+}
+
+fn name_of(vm: &proto::VirtualMachine) -> &str {
+    vm.spec.as_ref().map_or("", |s| s.name.as_str())
+}
+
+pub fn state_name(state: VmState) -> &'static str {
+    match state {
+        VmState::Unspecified => "unspecified",
+        VmState::Created => "created",
+        VmState::Starting => "starting",
+        VmState::Running => "running",
+        VmState::Paused => "paused",
+        VmState::Stopping => "stopping",
+        VmState::Stopped => "stopped",
+        VmState::Failed => "failed",
+    }
+}

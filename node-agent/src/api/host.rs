@@ -1,0 +1,32 @@
+//! `stratum.v1.Host`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::agent::Agent;
+use crate::proto;
+use crate::proto::host_server::Host;
+
+pub struct HostService(pub Arc<Agent>);
+
+#[tonic::async_trait]
+impl Host for HostService {
+    async fn get_info(
+        &self,
+        _: Request<proto::GetHostInfoRequest>,
+    ) -> Result<Response<proto::HostInfo>, Status> {
+        super::blocking(&self.0, |a| Ok(a.host_info()))
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_capacity(
+        &self,
+        _: Request<proto::GetHostCapacityRequest>,
+    ) -> Result<Response<proto::HostCapacity>, Status> {
+        super::blocking(&self.0, |a| Ok(a.host_capacity()))
+            .await
+            .map(Response::new)
+    }
+}

@@ -1,0 +1,71 @@
+//! `stratum.v1.ResourcePools`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::agent::errors::AgentError;
+use crate::agent::Agent;
+use crate::proto;
+use crate::proto::resource_pools_server::ResourcePools;
+
+pub struct PoolService(pub Arc<Agent>);
+
+#[tonic::async_trait]
+impl ResourcePools for PoolService {
+    async fn create(
+        &self,
+        request: Request<proto::CreateResourcePoolRequest>,
+    ) -> Result<Response<proto::ResourcePool>, Status> {
+        let r = request.into_inner();
+        let spec = r
+            .spec
+            .ok_or_else(|| AgentError::InvalidArgument("spec is required".into()))?;
+        super::blocking(&self.0, move |a| a.create_pool(&r.parent_id, &spec))
+            .await
+            .map(Response::new)
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetResourcePoolRequest>,
+    ) -> Result<Response<proto::ResourcePool>, Status> {
+        let id = request.into_inner().id;
+        super::blocking(&self.0, move |a| a.get_pool(&id))
+            .await
+            .map(Response::new)
+    }
+
+    async fn list(
+        &self,
+        request: Request<proto::ListResourcePoolsRequest>,
+    ) -> Result<Response<proto::ListResourcePoolsResponse>, Status> {
+        let root = request.into_inner().root_id;
+        super::blocking(&self.0, move |a| a.list_pools(&root))
+            .await
+            .map(|pools| Response::new(proto::ListResourcePoolsResponse { pools }))
+    }
+
+    async fn update(
+        &self,
+        request: Request<proto::UpdateResourcePoolRequest>,
+    ) -> Result<Response<proto::ResourcePool>, Status> {
+        let r = request.into_inner();
+        let spec = r
+            .spec
+            .ok_or_else(|| AgentError::InvalidArgument("spec is required".into()))?;
+        super::blocking(&self.0, move |a| a.update_pool(&r.id, &spec))
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete(
+        &self,
+        request: Request<proto::DeleteResourcePoolRequest>,
+    ) -> Result<Response<proto::DeleteResourcePoolResponse>, Status> {
+        let id = request.into_inner().id;
+        super::blocking(&self.0, move |a| a.delete_pool(&id))
+            .await
+            .map(|()| Response::new(proto::DeleteResourcePoolResponse {}))
+    }
+}

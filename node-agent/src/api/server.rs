@@ -1,0 +1,87 @@
+//! The agent's gRPC listener: every service plus grpc.health.v1 and
+//! server reflection on one port, behind mTLS unless the operator asked
+//! for plaintext on a loopback address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use super::host::HostService;
+use super::pools::PoolService;
+use super::vms::VmService;
+use crate::agent::Agent;
+use crate::proto::host_server::HostServer;
+use crate::proto::resource_pools_server::ResourcePoolsServer;
+use crate::proto::virtual_machines_server::VirtualMachinesServer;
+use crate::{proto, tls};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server on {addr}: {source}")]
+    Transport {
+        addr: SocketAddr,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Serves until `shutdown` completes. With `insecure`, plaintext on a
+/// loopback `addr` only; otherwise mTLS with the certificates in the
+/// agent's cert dir.
+pub async fn serve(
+    agent: Arc<Agent>,
+    addr: SocketAddr,
+    insecure: bool,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let mut builder = Server::builder();
+    if insecure {
+        tls::check_plaintext_allowed(addr, insecure)?;
+    } else {
+        let config = tls::server_tls_config(&agent.config().cert_dir)?;
+        builder = builder
+            .tls_config(config)
+            .map_err(|source| ServeError::Transport { addr, source })?;
+    }
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<HostServer<HostService>>().await;
+    health
+        .set_serving::<ResourcePoolsServer<PoolService>>()
+        .await;
+    health
+        .set_serving::<VirtualMachinesServer<VmService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    // The bound address, port 0 resolved: tests and scripts read it here.
+    tracing::info!(%bound, tls = !insecure, "node-agent serving");
+    builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(HostServer::new(HostService(agent.clone())))
+        .add_service(ResourcePoolsServer::new(PoolService(agent.clone())))
+        .add_service(VirtualMachinesServer::new(VmService(agent)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|source| ServeError::Transport { addr, source })
+}

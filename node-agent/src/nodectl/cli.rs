@@ -1,0 +1,274 @@
+//! nodectl's command line (clap derive). Values are parsed into the API's
+//! types here, so a malformed size, role or `--disk` is a usage error
+//! (exit 2) before any connection is made.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use super::args::{parse_disk, parse_label, parse_nic, parse_role, parse_selector, parse_shares};
+use super::size::{parse_memory_mib, parse_millicores, parse_size};
+use crate::proto::{DiskSpec, NicSpec, Shares, VmRole};
+
+/// Where the agent listens by default (its `--listen` default).
+pub const DEFAULT_ADDR: &str = "https://127.0.0.1:7443";
+/// The agent's default certificate directory (`data/certs` under its
+/// working directory, i.e. the repository when started by `make run`).
+pub const DEFAULT_CERTS: &str = "data/certs";
+
+/// Operator CLI for the Stratum node agent.
+///
+/// Talks to the agent over mTLS with the client certificate in --certs
+/// (made by `nodectl certs init` or by the agent on first start).
+#[derive(Debug, Parser)]
+#[command(name = "nodectl", version, propagate_version = true)]
+pub struct Cli {
+    /// The agent's gRPC address (https://HOST:PORT; http:// or --insecure for plaintext).
+    #[arg(long, global = true, env = "NODECTL_ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: String,
+    /// Directory with ca.pem, client.pem and client.key. The default is
+    /// the agent's default, relative to the current directory.
+    #[arg(long, global = true, env = "NODECTL_CERTS", default_value = DEFAULT_CERTS)]
+    pub certs: PathBuf,
+    /// Plaintext h2c instead of mTLS; only to a loopback address, and the
+    /// agent must run with --insecure-plaintext.
+    #[arg(long, global = true)]
+    pub insecure: bool,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// The messages as JSON (one object per line for streams).
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The host: hardware, KVM, cgroups, capacity.
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// Resource pools.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Virtual machines.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Development certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// CPUs, memory, KVM, cgroup version, versions.
+    Info,
+    /// Total, system reserve, reserved and unreserved CPU and memory.
+    Capacity,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// The pool tree with reservations, limits, shares and usage.
+    List {
+        /// Only this pool's subtree.
+        #[arg(long)]
+        root: Option<String>,
+    },
+    /// One pool in full.
+    Get { id: String },
+    /// Create a pool (defaults: no reservation, no limit, normal shares,
+    /// expandable reservation as in vSphere, no quota).
+    Create {
+        name: String,
+        /// Parent pool id [default: the root pool].
+        #[arg(long)]
+        parent: Option<String>,
+        #[command(flatten)]
+        settings: PoolSettings,
+    },
+    /// Change a pool: only the given settings change (the current spec is
+    /// read, edited and written back).
+    Update {
+        id: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        settings: PoolSettings,
+    },
+    /// Delete an empty pool.
+    Delete { id: String },
+}
+
+/// Allocation and quota flags shared by `pool create` and `pool update`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct PoolSettings {
+    /// Guaranteed CPU in millicores (500 or 500m).
+    #[arg(long, value_name = "MILLICORES", value_parser = parse_millicores)]
+    pub cpu_reservation: Option<u64>,
+    /// CPU ceiling in millicores; 0 = unlimited.
+    #[arg(long, value_name = "MILLICORES", value_parser = parse_millicores)]
+    pub cpu_limit: Option<u64>,
+    /// low | normal | high | a number (2..=262144).
+    #[arg(long, value_name = "SHARES", value_parser = parse_shares)]
+    pub cpu_shares: Option<Shares>,
+    /// Guaranteed memory (512Mi, 2Gi, bytes).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub mem_reservation: Option<u64>,
+    /// Memory ceiling; 0 = unlimited.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub mem_limit: Option<u64>,
+    /// low | normal | high | a number.
+    #[arg(long, value_name = "SHARES", value_parser = parse_shares)]
+    pub mem_shares: Option<Shares>,
+    /// Children may borrow reservation from ancestors (CPU and memory).
+    #[arg(long, overrides_with = "no_expandable")]
+    pub expandable: bool,
+    /// Children's reservations must fit this pool's own.
+    #[arg(long, overrides_with = "expandable")]
+    pub no_expandable: bool,
+    /// Most VMs in this pool and below; 0 = no cap.
+    #[arg(long, value_name = "N")]
+    pub max_vms: Option<u32>,
+    /// Most vCPUs of the VMs in this pool and below; 0 = no cap.
+    #[arg(long, value_name = "N")]
+    pub max_vcpus: Option<u32>,
+    /// Most guest memory of the VMs in this pool and below; 0 = no cap.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+}
+
+impl PoolSettings {
+    /// The expandable flag given, if any (the last of the pair wins).
+    pub fn expandable(&self) -> Option<bool> {
+        match (self.expandable, self.no_expandable) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Define a VM (it does not start).
+    Create(Box<VmCreate>),
+    /// VMs in name order, optionally filtered.
+    List {
+        /// Only VMs directly in this pool.
+        #[arg(long)]
+        pool: Option<String>,
+        /// Only VMs of this role.
+        #[arg(long, value_parser = parse_role)]
+        role: Option<VmRole>,
+        /// k=v,... : every label must match (repeatable).
+        #[arg(long, value_parser = parse_selector)]
+        selector: Vec<Vec<(String, String)>>,
+    },
+    /// One VM in full.
+    Get { id: String },
+    /// Admit and start a VM.
+    Start { id: String },
+    /// Ask the guest to power off; stop it hard after the timeout.
+    Stop {
+        id: String,
+        /// Grace period in seconds [default: the agent's, 30 s].
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        timeout: u32,
+    },
+    /// Stop the VM's vmm process at once.
+    Kill { id: String },
+    /// Pause the vCPUs.
+    Pause { id: String },
+    /// Resume a paused VM.
+    Resume { id: String },
+    /// Remove a stopped VM and its disks.
+    Delete { id: String },
+    /// Stream the serial console to stdout until interrupted.
+    Console {
+        id: String,
+        /// Start with the output the agent kept.
+        #[arg(long)]
+        history: bool,
+    },
+    /// Print lifecycle events as they happen, one per line.
+    Watch {
+        /// Only this VM.
+        #[arg(long)]
+        vm: Option<String>,
+        /// Only VMs directly in this pool.
+        #[arg(long)]
+        pool: Option<String>,
+    },
+}
+
+/// `vm create`'s spec. Relative paths are made absolute against nodectl's
+/// working directory, since the agent resolves paths in its own.
+#[derive(Debug, Clone, Args)]
+pub struct VmCreate {
+    pub name: String,
+    /// Resource pool id [default: the root pool].
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// control-plane | etcd | worker.
+    #[arg(long, value_parser = parse_role)]
+    pub role: VmRole,
+    #[arg(long)]
+    pub vcpus: u32,
+    /// Guest RAM: MiB, or a size that is a whole number of MiB (2Gi).
+    #[arg(long, value_name = "MIB", value_parser = parse_memory_mib)]
+    pub memory: u64,
+    /// Guest kernel (vmlinux or bzImage).
+    #[arg(long)]
+    pub kernel: PathBuf,
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line [default: the vmm's].
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// base=PATH[,ro][,serial=S] (repeatable; cloned copy-on-write).
+    #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
+    pub disk: Vec<DiskSpec>,
+    /// tap=NAME[,mac=MAC] (repeatable).
+    #[arg(long, value_name = "SPEC", value_parser = parse_nic)]
+    pub nic: Vec<NicSpec>,
+    /// k=v (repeatable).
+    #[arg(long, value_name = "K=V", value_parser = parse_label)]
+    pub label: Vec<(String, String)>,
+    /// CPU reservation in millicores [default: the role's].
+    #[arg(long, value_name = "MILLICORES", value_parser = parse_millicores)]
+    pub cpu_reservation: Option<u64>,
+    /// CPU limit in millicores [default: vcpus x 1000].
+    #[arg(long, value_name = "MILLICORES", value_parser = parse_millicores)]
+    pub cpu_limit: Option<u64>,
+    /// low | normal | high | a number.
+    #[arg(long, value_name = "SHARES", value_parser = parse_shares)]
+    pub cpu_shares: Option<Shares>,
+    /// Memory reservation, MiB or a whole-MiB size [default: all of
+    /// --memory]; less overcommits the VM.
+    #[arg(long, value_name = "MIB", value_parser = parse_memory_mib)]
+    pub mem_reservation: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create a development CA, server and client certificate (kept if a
+    /// complete set exists).
+    Init {
+        /// Where to write them [default: --certs].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Extra DNS name or IP for the server certificate (repeatable);
+        /// localhost, 127.0.0.1 and ::1 are always included.
+        #[arg(long = "name", value_name = "HOST")]
+        names: Vec<String>,
+    },
+}

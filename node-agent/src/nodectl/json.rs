@@ -1,0 +1,203 @@
+//! `-o json`: the API's messages as JSON, written out by hand because
+//! prost messages are not serde types.
+//!
+//! Keys are the .proto field names (snake_case), enums their full proto
+//! names (`VM_STATE_RUNNING`), timestamps RFC 3339 strings, and 64-bit
+//! integers JSON numbers (not the strings of canonical proto3 JSON), so
+//! `jq` arithmetic works. Unset message fields are `null`.
+
+use serde_json::{json, Map, Value};
+
+use crate::proto::{
+    Allocation, CgroupVersion, HostCapacity, HostInfo, ListResourcePoolsResponse, ListVmsResponse,
+    Quota, ResourceAmounts, ResourcePool, ResourcePoolSpec, ResourcePoolStatus, ResourceUsage,
+    Shares, SharesLevel, VirtualMachine, VmEvent, VmRole, VmSpec, VmState, VmStatus, WorkloadUsage,
+};
+
+/// An enum's proto name, or its number when this build does not know it.
+fn enum_name<E: TryFrom<i32>>(value: i32, name: fn(&E) -> &'static str) -> Value {
+    match E::try_from(value) {
+        Ok(e) => Value::from(name(&e)),
+        Err(_) => Value::from(value),
+    }
+}
+
+fn opt<T>(value: Option<&T>, to_json: fn(&T) -> Value) -> Value {
+    value.map_or(Value::Null, to_json)
+}
+
+fn timestamp(ts: &prost_types::Timestamp) -> Value {
+    Value::from(ts.to_string())
+}
+
+/// `Host.GetInfo`'s answer.
+pub fn host_info(info: &HostInfo) -> Value {
+    json!({
+        "hostname": info.hostname,
+        "cpus": info.cpus,
+        "memory_bytes": info.memory_bytes,
+        "kvm": info.kvm.as_ref().map(|k| json!({
+            "present": k.present,
+            "unmodified_guests": k.unmodified_guests,
+            "detail": k.detail,
+        })),
+        "cgroup_version": enum_name(info.cgroup_version, CgroupVersion::as_str_name),
+        "versions": info.versions.as_ref().map(|v| json!({
+            "agent": v.agent, "vmm": v.vmm, "kernel": v.kernel, "api": v.api,
+        })),
+    })
+}
+
+fn amounts(a: &ResourceAmounts) -> Value {
+    json!({ "cpu_millicores": a.cpu_millicores, "memory_bytes": a.memory_bytes })
+}
+
+/// `Host.GetCapacity`'s answer.
+pub fn host_capacity(cap: &HostCapacity) -> Value {
+    json!({
+        "total": opt(cap.total.as_ref(), amounts),
+        "system_reserve": opt(cap.system_reserve.as_ref(), amounts),
+        "reserved": opt(cap.reserved.as_ref(), amounts),
+        "unreserved": opt(cap.unreserved.as_ref(), amounts),
+    })
+}
+
+fn shares(s: &Shares) -> Value {
+    json!({ "level": enum_name(s.level, SharesLevel::as_str_name), "custom": s.custom })
+}
+
+fn allocation(a: &Allocation) -> Value {
+    json!({
+        "shares": opt(a.shares.as_ref(), shares),
+        "reservation": a.reservation,
+        "limit": a.limit,
+        "expandable_reservation": a.expandable_reservation,
+    })
+}
+
+fn quota(q: &Quota) -> Value {
+    json!({
+        "max_vms": q.max_vms,
+        "max_vcpus": q.max_vcpus,
+        "max_memory_bytes": q.max_memory_bytes,
+    })
+}
+
+fn pool_spec(s: &ResourcePoolSpec) -> Value {
+    json!({
+        "name": s.name,
+        "cpu": opt(s.cpu.as_ref(), allocation),
+        "memory": opt(s.memory.as_ref(), allocation),
+        "quota": opt(s.quota.as_ref(), quota),
+    })
+}
+
+fn resource_usage(u: &ResourceUsage) -> Value {
+    json!({
+        "charged_to_parent": u.charged_to_parent,
+        "reserved_by_children": u.reserved_by_children,
+        "unreserved": u.unreserved,
+    })
+}
+
+fn workload_usage(u: &WorkloadUsage) -> Value {
+    json!({
+        "workloads": u.workloads,
+        "running_workloads": u.running_workloads,
+        "vms": u.vms,
+        "vcpus": u.vcpus,
+        "memory_bytes": u.memory_bytes,
+    })
+}
+
+fn pool_status(s: &ResourcePoolStatus) -> Value {
+    json!({
+        "cpu": opt(s.cpu.as_ref(), resource_usage),
+        "memory": opt(s.memory.as_ref(), resource_usage),
+        "usage": opt(s.usage.as_ref(), workload_usage),
+    })
+}
+
+/// One `ResourcePool`.
+pub fn pool(p: &ResourcePool) -> Value {
+    json!({
+        "id": p.id,
+        "parent_id": p.parent_id,
+        "spec": opt(p.spec.as_ref(), pool_spec),
+        "status": opt(p.status.as_ref(), pool_status),
+        "child_pool_ids": p.child_pool_ids,
+        "workload_ids": p.workload_ids,
+    })
+}
+
+/// `ResourcePools.List`'s answer.
+pub fn pools(resp: &ListResourcePoolsResponse) -> Value {
+    json!({ "pools": resp.pools.iter().map(pool).collect::<Vec<_>>() })
+}
+
+fn labels(map: &std::collections::BTreeMap<String, String>) -> Value {
+    Value::Object(
+        map.iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+fn vm_spec(s: &VmSpec) -> Value {
+    json!({
+        "name": s.name,
+        "pool_id": s.pool_id,
+        "role": enum_name(s.role, VmRole::as_str_name),
+        "vcpus": s.vcpus,
+        "memory_mib": s.memory_mib,
+        "kernel": s.kernel,
+        "initrd": s.initrd,
+        "cmdline": s.cmdline,
+        "disks": s.disks.iter().map(|d| json!({
+            "base_image": d.base_image, "read_only": d.read_only, "serial": d.serial,
+        })).collect::<Vec<_>>(),
+        "nics": s.nics.iter().map(|n| json!({ "tap_name": n.tap_name, "mac": n.mac }))
+            .collect::<Vec<_>>(),
+        "labels": labels(&s.labels),
+        "cpu_reservation_millicores": s.cpu_reservation_millicores,
+        "cpu_limit_millicores": s.cpu_limit_millicores,
+        "cpu_shares": opt(s.cpu_shares.as_ref(), shares),
+        "memory_reservation_mib": s.memory_reservation_mib,
+    })
+}
+
+fn vm_status(s: &VmStatus) -> Value {
+    json!({
+        "state": enum_name(s.state, VmState::as_str_name),
+        "reason": s.reason,
+        "pid": s.pid,
+        "created_at": opt(s.created_at.as_ref(), timestamp),
+        "started_at": opt(s.started_at.as_ref(), timestamp),
+        "reservation": opt(s.reservation.as_ref(), amounts),
+    })
+}
+
+/// One `VirtualMachine`.
+pub fn vm(v: &VirtualMachine) -> Value {
+    json!({
+        "id": v.id,
+        "spec": opt(v.spec.as_ref(), vm_spec),
+        "status": opt(v.status.as_ref(), vm_status),
+    })
+}
+
+/// `VirtualMachines.List`'s answer.
+pub fn vms(resp: &ListVmsResponse) -> Value {
+    json!({ "vms": resp.vms.iter().map(vm).collect::<Vec<_>>() })
+}
+
+/// One `VmEvent` (a line of `vm watch -o json`).
+pub fn vm_event(e: &VmEvent) -> Value {
+    json!({
+        "vm_id": e.vm_id,
+        "old_state": enum_name(e.old_state, VmState::as_str_name),
+        "new_state": enum_name(e.new_state, VmState::as_str_name),
+        "reason": e.reason,
+        "timestamp": opt(e.timestamp.as_ref(), timestamp),
+    })
+}

@@ -1,0 +1,467 @@
+//! The table view of the API's messages: what an operator reads at a
+//! terminal. Units as the operator types them (`500m`, `2Gi`), enums by
+//! their short names, `-` for unset or unlimited.
+
+use std::collections::{HashMap, HashSet};
+
+use super::args::role_name;
+use super::size::{format_millicores, format_size, MIB};
+use super::table::Table;
+use crate::proto::{
+    Allocation, CgroupVersion, HostCapacity, HostInfo, ListResourcePoolsResponse, ResourceAmounts,
+    ResourcePool, ResourceUsage, Shares, SharesLevel, VirtualMachine, VmEvent, VmRole, VmState,
+};
+
+/// `RUNNING` for `VM_STATE_RUNNING`; unknown numbers as `UNKNOWN(n)`.
+pub fn state_name(state: i32) -> String {
+    match VmState::try_from(state) {
+        Ok(s) => s.as_str_name().trim_start_matches("VM_STATE_").to_string(),
+        Err(_) => format!("UNKNOWN({state})"),
+    }
+}
+
+/// The role's CLI spelling; unknown numbers as `unknown(n)`.
+pub fn role_text(role: i32) -> String {
+    VmRole::try_from(role).map_or_else(|_| format!("unknown({role})"), |r| role_name(r).into())
+}
+
+/// `low`, `normal`, `high`, the custom number; unset reads as `normal`, as
+/// the agent treats it.
+pub fn shares_text(shares: Option<&Shares>) -> String {
+    let Some(shares) = shares else {
+        return "normal".into();
+    };
+    match SharesLevel::try_from(shares.level) {
+        Ok(SharesLevel::Unspecified | SharesLevel::Normal) => "normal".into(),
+        Ok(SharesLevel::Low) => "low".into(),
+        Ok(SharesLevel::High) => "high".into(),
+        Ok(SharesLevel::Custom) => shares.custom.to_string(),
+        Err(_) => format!("unknown({})", shares.level),
+    }
+}
+
+fn cgroup_text(version: i32) -> &'static str {
+    match CgroupVersion::try_from(version) {
+        Ok(CgroupVersion::V1) => "v1",
+        Ok(CgroupVersion::V2) => "v2",
+        _ => "-",
+    }
+}
+
+fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text.into()
+    }
+}
+
+/// A limit of 0 means unlimited.
+fn limit_text(limit: u64, fmt: fn(u64) -> String) -> String {
+    if limit == 0 {
+        "-".into()
+    } else {
+        fmt(limit)
+    }
+}
+
+/// `reservation/limit/shares`, e.g. `500m/2000m/high`.
+fn allocation_text(alloc: Option<&Allocation>, fmt: fn(u64) -> String) -> String {
+    let a = alloc.copied().unwrap_or_default();
+    format!(
+        "{}/{}/{}",
+        fmt(a.reservation),
+        limit_text(a.limit, fmt),
+        shares_text(a.shares.as_ref())
+    )
+}
+
+fn amounts_cells(amounts: Option<&ResourceAmounts>) -> [String; 2] {
+    let a = amounts.copied().unwrap_or_default();
+    [
+        format_millicores(a.cpu_millicores),
+        format_size(a.memory_bytes),
+    ]
+}
+
+/// `hostname`, CPUs, memory, KVM, cgroups and versions, one per line.
+pub fn host_info(info: &HostInfo) -> String {
+    let kvm = info.kvm.clone().unwrap_or_default();
+    let v = info.versions.clone().unwrap_or_default();
+    let mut t = Table::headless();
+    t.row(["HOSTNAME", &info.hostname]);
+    t.row(["CPUS".to_string(), info.cpus.to_string()]);
+    t.row(["MEMORY".to_string(), format_size(info.memory_bytes)]);
+    t.row(["KVM".to_string(), kvm_text(&kvm)]);
+    t.row(["CGROUP", cgroup_text(info.cgroup_version)]);
+    t.row(["AGENT".to_string(), or_dash(&v.agent)]);
+    t.row(["VMM".to_string(), or_dash(&v.vmm)]);
+    t.row(["KERNEL".to_string(), or_dash(&v.kernel)]);
+    t.row(["API".to_string(), or_dash(&v.api)]);
+    t.render()
+}
+
+fn kvm_text(kvm: &crate::proto::KvmInfo) -> String {
+    let what = match (kvm.present, kvm.unmodified_guests) {
+        (false, _) => "absent",
+        (true, true) => "present, runs unmodified guests",
+        (true, false) => "present, limited (no unmodified guests)",
+    };
+    if kvm.detail.is_empty() {
+        what.into()
+    } else {
+        format!("{what}: {}", kvm.detail)
+    }
+}
+
+/// Total, system reserve, reserved and unreserved CPU and memory.
+pub fn host_capacity(cap: &HostCapacity) -> String {
+    let mut t = Table::new(["", "CPU", "MEMORY"]);
+    for (name, amounts) in [
+        ("TOTAL", &cap.total),
+        ("SYSTEM RESERVE", &cap.system_reserve),
+        ("RESERVED", &cap.reserved),
+        ("UNRESERVED", &cap.unreserved),
+    ] {
+        let [cpu, mem] = amounts_cells(amounts.as_ref());
+        t.row([name.to_string(), cpu, mem]);
+    }
+    t.render()
+}
+
+/// The pool tree's columns.
+pub const POOL_TREE_HEADER: [&str; 8] = [
+    "NAME",
+    "ID",
+    "CPU RES/LIMIT/SHARES",
+    "MEM RES/LIMIT/SHARES",
+    "EXPANDABLE",
+    "USED CPU/MEM",
+    "VMS RUN/ALL",
+    "QUOTA",
+];
+
+/// The pools as an indented tree (two spaces per level), parents before
+/// their children in the order the agent lists them. The tree is rebuilt
+/// from `parent_id`/`child_pool_ids` rather than trusting the list order;
+/// a pool whose parent is not in the response starts a new tree.
+pub fn pool_tree(resp: &ListResourcePoolsResponse) -> String {
+    let mut t = Table::new(POOL_TREE_HEADER);
+    for (depth, pool) in tree_order(&resp.pools) {
+        t.row(pool_row(pool, depth));
+    }
+    t.render()
+}
+
+/// Pools in depth-first order with their depth. Every pool appears once,
+/// even if the response's links are inconsistent or cyclic.
+fn tree_order(pools: &[ResourcePool]) -> Vec<(usize, &ResourcePool)> {
+    let by_id: HashMap<&str, &ResourcePool> = pools.iter().map(|p| (p.id.as_str(), p)).collect();
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(pools.len());
+    let roots = pools
+        .iter()
+        .filter(|p| !by_id.contains_key(p.parent_id.as_str()) || p.parent_id == p.id);
+    for root in roots.chain(pools.iter()) {
+        visit(root, 0, &by_id, &mut seen, &mut out);
+    }
+    out
+}
+
+fn visit<'a>(
+    pool: &'a ResourcePool,
+    depth: usize,
+    by_id: &HashMap<&str, &'a ResourcePool>,
+    seen: &mut HashSet<&'a str>,
+    out: &mut Vec<(usize, &'a ResourcePool)>,
+) {
+    if !seen.insert(pool.id.as_str()) {
+        return;
+    }
+    out.push((depth, pool));
+    for child in &pool.child_pool_ids {
+        if let Some(child) = by_id.get(child.as_str()) {
+            visit(child, depth + 1, by_id, seen, out);
+        }
+    }
+}
+
+/// The pool's name, or its id when the spec has none (the root).
+pub fn pool_name(pool: &ResourcePool) -> String {
+    match pool.spec.as_ref().map(|s| s.name.as_str()) {
+        Some(name) if !name.is_empty() => name.into(),
+        _ => pool.id.clone(),
+    }
+}
+
+fn pool_row(pool: &ResourcePool, depth: usize) -> Vec<String> {
+    let spec = pool.spec.clone().unwrap_or_default();
+    let status = pool.status.unwrap_or_default();
+    let usage = status.usage.unwrap_or_default();
+    vec![
+        format!("{}{}", "  ".repeat(depth), pool_name(pool)),
+        pool.id.clone(),
+        allocation_text(spec.cpu.as_ref(), format_millicores),
+        allocation_text(spec.memory.as_ref(), format_size),
+        expandable_text(spec.cpu.as_ref(), spec.memory.as_ref()),
+        format!(
+            "{}/{}",
+            format_millicores(children(status.cpu)),
+            format_size(children(status.memory))
+        ),
+        format!("{}/{}", usage.running_workloads, usage.vms),
+        quota_text(spec.quota.as_ref()),
+    ]
+}
+
+fn children(usage: Option<ResourceUsage>) -> u64 {
+    usage.map_or(0, |u| u.reserved_by_children)
+}
+
+/// `yes` when both resources are expandable, `no` when neither, else the
+/// one that is.
+fn expandable_text(cpu: Option<&Allocation>, mem: Option<&Allocation>) -> String {
+    let flag = |a: Option<&Allocation>| a.is_some_and(|a| a.expandable_reservation);
+    match (flag(cpu), flag(mem)) {
+        (true, true) => "yes",
+        (false, false) => "no",
+        (true, false) => "cpu",
+        (false, true) => "mem",
+    }
+    .into()
+}
+
+/// `vms=10,vcpus=40,mem=64Gi`, the caps set (0 = none); `-` without caps.
+fn quota_text(quota: Option<&crate::proto::Quota>) -> String {
+    let q = quota.copied().unwrap_or_default();
+    let mut caps = Vec::new();
+    if q.max_vms > 0 {
+        caps.push(format!("vms={}", q.max_vms));
+    }
+    if q.max_vcpus > 0 {
+        caps.push(format!("vcpus={}", q.max_vcpus));
+    }
+    if q.max_memory_bytes > 0 {
+        caps.push(format!("mem={}", format_size(q.max_memory_bytes)));
+    }
+    if caps.is_empty() {
+        "-".into()
+    } else {
+        caps.join(",")
+    }
+}
+
+/// One pool in full, one field per line.
+pub fn pool_detail(pool: &ResourcePool) -> String {
+    let spec = pool.spec.clone().unwrap_or_default();
+    let status = pool.status.unwrap_or_default();
+    let usage = status.usage.unwrap_or_default();
+    let mut t = Table::headless();
+    t.row(["ID".to_string(), pool.id.clone()]);
+    t.row(["NAME".to_string(), pool_name(pool)]);
+    t.row(["PARENT".to_string(), or_dash(&pool.parent_id)]);
+    t.row([
+        "CPU (RES/LIMIT/SHARES)".to_string(),
+        allocation_text(spec.cpu.as_ref(), format_millicores),
+    ]);
+    t.row([
+        "MEM (RES/LIMIT/SHARES)".to_string(),
+        allocation_text(spec.memory.as_ref(), format_size),
+    ]);
+    t.row([
+        "EXPANDABLE".to_string(),
+        expandable_text(spec.cpu.as_ref(), spec.memory.as_ref()),
+    ]);
+    t.row(["QUOTA".to_string(), quota_text(spec.quota.as_ref())]);
+    t.row([
+        "CPU CHARGED/CHILDREN/FREE".to_string(),
+        usage_text(status.cpu, format_millicores),
+    ]);
+    t.row([
+        "MEM CHARGED/CHILDREN/FREE".to_string(),
+        usage_text(status.memory, format_size),
+    ]);
+    t.row([
+        "WORKLOADS".to_string(),
+        format!(
+            "{} ({} running), {} vms, {} vcpus, {} guest memory",
+            usage.workloads,
+            usage.running_workloads,
+            usage.vms,
+            usage.vcpus,
+            format_size(usage.memory_bytes)
+        ),
+    ]);
+    t.row(["CHILD POOLS".to_string(), list_text(&pool.child_pool_ids)]);
+    t.row(["VMS".to_string(), list_text(&pool.workload_ids)]);
+    t.render()
+}
+
+fn usage_text(usage: Option<ResourceUsage>, fmt: fn(u64) -> String) -> String {
+    let u = usage.unwrap_or_default();
+    format!(
+        "{}/{}/{}",
+        fmt(u.charged_to_parent),
+        fmt(u.reserved_by_children),
+        fmt(u.unreserved)
+    )
+}
+
+fn list_text(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// The VM list's columns.
+pub const VM_HEADER: [&str; 8] = [
+    "ID", "NAME", "POOL", "ROLE", "STATE", "VCPUS", "MEMORY", "PID",
+];
+
+/// VMs, one per row.
+pub fn vm_table(vms: &[VirtualMachine]) -> String {
+    let mut t = Table::new(VM_HEADER);
+    for vm in vms {
+        t.row(vm_row(vm));
+    }
+    t.render()
+}
+
+fn vm_row(vm: &VirtualMachine) -> Vec<String> {
+    let spec = vm.spec.clone().unwrap_or_default();
+    let status = vm.status.clone().unwrap_or_default();
+    vec![
+        vm.id.clone(),
+        spec.name,
+        pool_id_text(&spec.pool_id),
+        role_text(spec.role),
+        state_name(status.state),
+        spec.vcpus.to_string(),
+        format_size(spec.memory_mib.saturating_mul(MIB)),
+        pid_text(status.pid),
+    ]
+}
+
+fn pool_id_text(id: &str) -> String {
+    if id.is_empty() {
+        "root".into()
+    } else {
+        id.into()
+    }
+}
+
+fn pid_text(pid: u32) -> String {
+    if pid == 0 {
+        "-".into()
+    } else {
+        pid.to_string()
+    }
+}
+
+fn timestamp_text(ts: Option<&prost_types::Timestamp>) -> String {
+    ts.map_or_else(|| "-".into(), ToString::to_string)
+}
+
+/// One VM in full, one field per line (disks and NICs one per line).
+pub fn vm_detail(vm: &VirtualMachine) -> String {
+    let spec = vm.spec.clone().unwrap_or_default();
+    let status = vm.status.clone().unwrap_or_default();
+    let mut t = Table::headless();
+    let mut state = state_name(status.state);
+    if !status.reason.is_empty() {
+        state = format!("{state} ({})", status.reason);
+    }
+    t.row(["ID".to_string(), vm.id.clone()]);
+    t.row(["NAME".to_string(), spec.name.clone()]);
+    t.row(["POOL".to_string(), pool_id_text(&spec.pool_id)]);
+    t.row(["ROLE".to_string(), role_text(spec.role)]);
+    t.row(["STATE".to_string(), state]);
+    t.row(["PID".to_string(), pid_text(status.pid)]);
+    t.row(["VCPUS".to_string(), spec.vcpus.to_string()]);
+    t.row([
+        "MEMORY".to_string(),
+        format_size(spec.memory_mib.saturating_mul(MIB)),
+    ]);
+    t.row(["CPU (RES/LIMIT/SHARES)".to_string(), vm_cpu_text(&spec)]);
+    t.row([
+        "MEM RESERVATION".to_string(),
+        vm_mem_reservation_text(&spec),
+    ]);
+    t.row([
+        "RESERVATION".to_string(),
+        amounts_cells(status.reservation.as_ref()).join("/"),
+    ]);
+    t.row(["KERNEL".to_string(), or_dash(&spec.kernel)]);
+    t.row(["INITRD".to_string(), or_dash(&spec.initrd)]);
+    t.row(["CMDLINE".to_string(), or_dash(&spec.cmdline)]);
+    vm_devices(&mut t, &spec);
+    t.row([
+        "CREATED".to_string(),
+        timestamp_text(status.created_at.as_ref()),
+    ]);
+    t.row([
+        "STARTED".to_string(),
+        timestamp_text(status.started_at.as_ref()),
+    ]);
+    t.render()
+}
+
+fn vm_cpu_text(spec: &crate::proto::VmSpec) -> String {
+    let res = spec
+        .cpu_reservation_millicores
+        .map_or_else(|| "role default".into(), format_millicores);
+    let limit = limit_text(spec.cpu_limit_millicores.unwrap_or(0), format_millicores);
+    format!("{res}/{limit}/{}", shares_text(spec.cpu_shares.as_ref()))
+}
+
+fn vm_mem_reservation_text(spec: &crate::proto::VmSpec) -> String {
+    spec.memory_reservation_mib.map_or_else(
+        || "all of memory".into(),
+        |mib| format_size(mib.saturating_mul(MIB)),
+    )
+}
+
+fn vm_devices(t: &mut Table, spec: &crate::proto::VmSpec) {
+    for (i, disk) in spec.disks.iter().enumerate() {
+        let mut text = disk.base_image.clone();
+        if disk.read_only {
+            text.push_str(" ro");
+        }
+        if !disk.serial.is_empty() {
+            text.push_str(&format!(" serial={}", disk.serial));
+        }
+        t.row([format!("DISK {i}"), text]);
+    }
+    for (i, nic) in spec.nics.iter().enumerate() {
+        let mac = if nic.mac.is_empty() {
+            "generated"
+        } else {
+            &nic.mac
+        };
+        t.row([format!("NIC {i}"), format!("{} mac={mac}", nic.tap_name)]);
+    }
+    let labels: Vec<String> = spec
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    t.row(["LABELS".to_string(), list_text(&labels)]);
+}
+
+/// `TIME  VM  OLD -> NEW  reason` on one line.
+pub fn event_line(event: &VmEvent) -> String {
+    let mut line = format!(
+        "{}  {}  {} -> {}",
+        timestamp_text(event.timestamp.as_ref()),
+        event.vm_id,
+        state_name(event.old_state),
+        state_name(event.new_state)
+    );
+    if !event.reason.is_empty() {
+        line.push_str("  ");
+        line.push_str(&event.reason);
+    }
+    line
+}

@@ -1,0 +1,396 @@
+//! Carrying out a parsed command: one RPC (or stream) per command, the
+//! answer printed as a table or JSON.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::Value;
+use tonic::transport::Channel;
+
+use super::args::label_map;
+use super::cli::{
+    CertsCommand, Cli, Command, HostCommand, Output, PoolCommand, PoolSettings, VmCommand, VmCreate,
+};
+use super::{connect, json, render};
+use crate::proto::host_client::HostClient;
+use crate::proto::resource_pools_client::ResourcePoolsClient;
+use crate::proto::virtual_machines_client::VirtualMachinesClient;
+use crate::proto::{
+    Allocation, ConsoleRequest, CreateResourcePoolRequest, CreateVmRequest,
+    DeleteResourcePoolRequest, DeleteVmRequest, GetHostCapacityRequest, GetHostInfoRequest,
+    GetResourcePoolRequest, GetVmRequest, KillVmRequest, ListResourcePoolsRequest, ListVmsRequest,
+    PauseVmRequest, ResourcePoolSpec, ResumeVmRequest, Shares, SharesLevel, ShutdownVmRequest,
+    StartVmRequest, UpdateResourcePoolRequest, VmSpec, WatchVmsRequest,
+};
+use crate::tls;
+
+/// Runs one nodectl command to completion.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Cli {
+        addr,
+        certs,
+        insecure,
+        output,
+        command,
+    } = cli;
+    let connect = || -> anyhow::Result<Channel> {
+        let target = connect::target(&addr, insecure)?;
+        connect::channel(&target, &certs)
+    };
+    match command {
+        Command::Certs(c) => certs_command(c, &certs, output),
+        Command::Host(c) => host(HostClient::new(connect()?), c, output).await,
+        Command::Pool(c) => pool(ResourcePoolsClient::new(connect()?), c, output).await,
+        Command::Vm(c) => vm(VirtualMachinesClient::new(connect()?), c, output).await,
+    }
+}
+
+/// Writes to stdout; an error (such as a closed pipe) is returned, not a
+/// panic as with `print!`.
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Prints `msg` as its table or its JSON.
+fn emit<T>(
+    output: Output,
+    msg: &T,
+    table: fn(&T) -> String,
+    to_json: fn(&T) -> Value,
+) -> anyhow::Result<()> {
+    match output {
+        Output::Table => print(&table(msg)),
+        Output::Json => print(&format!("{:#}\n", to_json(msg))),
+    }
+}
+
+async fn host(
+    mut client: HostClient<Channel>,
+    cmd: HostCommand,
+    output: Output,
+) -> anyhow::Result<()> {
+    match cmd {
+        HostCommand::Info => {
+            let info = client.get_info(GetHostInfoRequest {}).await?.into_inner();
+            emit(output, &info, render::host_info, json::host_info)
+        }
+        HostCommand::Capacity => {
+            let cap = client
+                .get_capacity(GetHostCapacityRequest {})
+                .await?
+                .into_inner();
+            emit(output, &cap, render::host_capacity, json::host_capacity)
+        }
+    }
+}
+
+async fn pool(
+    mut client: ResourcePoolsClient<Channel>,
+    cmd: PoolCommand,
+    output: Output,
+) -> anyhow::Result<()> {
+    let pool = match cmd {
+        PoolCommand::List { root } => {
+            let root_id = root.unwrap_or_default();
+            let list = client
+                .list(ListResourcePoolsRequest { root_id })
+                .await?
+                .into_inner();
+            return emit(output, &list, render::pool_tree, json::pools);
+        }
+        PoolCommand::Delete { id } => {
+            client
+                .delete(DeleteResourcePoolRequest { id: id.clone() })
+                .await?;
+            return deleted(output, "pool", &id);
+        }
+        PoolCommand::Get { id } => client.get(GetResourcePoolRequest { id }).await?,
+        PoolCommand::Create {
+            name,
+            parent,
+            settings,
+        } => {
+            let spec = Some(pool_spec(new_pool_spec(name), &settings));
+            let request = CreateResourcePoolRequest {
+                parent_id: parent.unwrap_or_default(),
+                spec,
+            };
+            client.create(request).await?
+        }
+        PoolCommand::Update { id, name, settings } => {
+            update_pool(&mut client, id, name, &settings).await?
+        }
+    };
+    emit(output, &pool.into_inner(), render::pool_detail, json::pool)
+}
+
+/// Read, edit, write back: Update replaces the whole spec, so flags not
+/// given keep their current values. (A change made by someone else
+/// between the read and the write is overwritten.)
+async fn update_pool(
+    client: &mut ResourcePoolsClient<Channel>,
+    id: String,
+    name: Option<String>,
+    settings: &PoolSettings,
+) -> Result<tonic::Response<crate::proto::ResourcePool>, tonic::Status> {
+    let current = client
+        .get(GetResourcePoolRequest { id: id.clone() })
+        .await?;
+    let mut spec = current.into_inner().spec.unwrap_or_default();
+    if let Some(name) = name {
+        spec.name = name;
+    }
+    let spec = Some(pool_spec(spec, settings));
+    client.update(UpdateResourcePoolRequest { id, spec }).await
+}
+
+fn normal_shares() -> Shares {
+    Shares {
+        level: SharesLevel::Normal as i32,
+        custom: 0,
+    }
+}
+
+/// A new pool's spec before flags: nothing reserved, no limit, normal
+/// shares, expandable (vSphere's default for a new pool), no quota.
+pub fn new_pool_spec(name: String) -> ResourcePoolSpec {
+    let alloc = Allocation {
+        shares: Some(normal_shares()),
+        reservation: 0,
+        limit: 0,
+        expandable_reservation: true,
+    };
+    ResourcePoolSpec {
+        name,
+        cpu: Some(alloc),
+        memory: Some(alloc),
+        quota: None,
+    }
+}
+
+/// `spec` with the settings that were given applied.
+pub fn pool_spec(mut spec: ResourcePoolSpec, s: &PoolSettings) -> ResourcePoolSpec {
+    let expandable = s.expandable();
+    let cpu = spec.cpu.get_or_insert_default();
+    apply_allocation(
+        cpu,
+        s.cpu_reservation,
+        s.cpu_limit,
+        s.cpu_shares,
+        expandable,
+    );
+    let memory = spec.memory.get_or_insert_default();
+    apply_allocation(
+        memory,
+        s.mem_reservation,
+        s.mem_limit,
+        s.mem_shares,
+        expandable,
+    );
+    if s.max_vms.is_some() || s.max_vcpus.is_some() || s.max_memory.is_some() {
+        let quota = spec.quota.get_or_insert_default();
+        quota.max_vms = s.max_vms.unwrap_or(quota.max_vms);
+        quota.max_vcpus = s.max_vcpus.unwrap_or(quota.max_vcpus);
+        quota.max_memory_bytes = s.max_memory.unwrap_or(quota.max_memory_bytes);
+    }
+    spec
+}
+
+fn apply_allocation(
+    alloc: &mut Allocation,
+    reservation: Option<u64>,
+    limit: Option<u64>,
+    shares: Option<Shares>,
+    expandable: Option<bool>,
+) {
+    alloc.reservation = reservation.unwrap_or(alloc.reservation);
+    alloc.limit = limit.unwrap_or(alloc.limit);
+    if let Some(shares) = shares {
+        alloc.shares = Some(shares);
+    }
+    alloc.expandable_reservation = expandable.unwrap_or(alloc.expandable_reservation);
+}
+
+fn deleted(output: Output, kind: &str, id: &str) -> anyhow::Result<()> {
+    match output {
+        Output::Table => print(&format!("deleted {kind} {id}\n")),
+        Output::Json => print(&format!("{:#}\n", serde_json::json!({ "deleted": id }))),
+    }
+}
+
+async fn vm(
+    mut client: VirtualMachinesClient<Channel>,
+    cmd: VmCommand,
+    output: Output,
+) -> anyhow::Result<()> {
+    let vm = match cmd {
+        VmCommand::Create(c) => {
+            let spec = Some(vm_spec(*c)?);
+            client.create(CreateVmRequest { spec }).await?
+        }
+        VmCommand::Get { id } => client.get(GetVmRequest { id }).await?,
+        VmCommand::Start { id } => client.start(StartVmRequest { id }).await?,
+        VmCommand::Stop { id, timeout } => {
+            let request = ShutdownVmRequest {
+                id,
+                timeout_seconds: timeout,
+            };
+            client.shutdown(request).await?
+        }
+        VmCommand::Kill { id } => client.kill(KillVmRequest { id }).await?,
+        VmCommand::Pause { id } => client.pause(PauseVmRequest { id }).await?,
+        VmCommand::Resume { id } => client.resume(ResumeVmRequest { id }).await?,
+        VmCommand::Delete { id } => {
+            client.delete(DeleteVmRequest { id: id.clone() }).await?;
+            return deleted(output, "vm", &id);
+        }
+        other => return vm_stream_or_list(client, other, output).await,
+    };
+    emit(output, &vm.into_inner(), render::vm_detail, json::vm)
+}
+
+async fn vm_stream_or_list(
+    mut client: VirtualMachinesClient<Channel>,
+    cmd: VmCommand,
+    output: Output,
+) -> anyhow::Result<()> {
+    match cmd {
+        VmCommand::List {
+            pool,
+            role,
+            selector,
+        } => {
+            let request = ListVmsRequest {
+                pool_id: pool.unwrap_or_default(),
+                role: role.map_or(0, |r| r as i32),
+                label_selector: label_map(selector.into_iter().flatten()),
+            };
+            let list = client.list(request).await?.into_inner();
+            emit(output, &list, |l| render::vm_table(&l.vms), json::vms)
+        }
+        VmCommand::Console { id, history } => console(client, id, history).await,
+        VmCommand::Watch { vm, pool } => watch(client, vm, pool, output).await,
+        _ => Err(anyhow::anyhow!("internal error: unexpected vm command")),
+    }
+}
+
+/// Copies the serial console to stdout until the agent ends the stream or
+/// the operator presses Ctrl-C.
+async fn console(
+    mut client: VirtualMachinesClient<Channel>,
+    id: String,
+    include_history: bool,
+) -> anyhow::Result<()> {
+    let request = ConsoleRequest {
+        id,
+        include_history,
+    };
+    let mut stream = client.console(request).await?.into_inner();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        tokio::select! {
+            chunk = stream.message() => match chunk? {
+                Some(chunk) => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&chunk.data)?;
+                    out.flush()?;
+                }
+                None => return Ok(()),
+            },
+            _ = &mut interrupted => return Ok(()),
+        }
+    }
+}
+
+/// One line per lifecycle event (a JSON object per line with `-o json`)
+/// until the agent ends the stream or the operator presses Ctrl-C.
+async fn watch(
+    mut client: VirtualMachinesClient<Channel>,
+    vm: Option<String>,
+    pool: Option<String>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let request = WatchVmsRequest {
+        vm_id: vm.unwrap_or_default(),
+        pool_id: pool.unwrap_or_default(),
+    };
+    let mut stream = client.watch(request).await?.into_inner();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        tokio::select! {
+            event = stream.message() => match event? {
+                Some(event) => print(&match output {
+                    Output::Table => format!("{}\n", render::event_line(&event)),
+                    Output::Json => format!("{}\n", json::vm_event(&event)),
+                })?,
+                None => return Ok(()),
+            },
+            _ = &mut interrupted => return Ok(()),
+        }
+    }
+}
+
+/// The API's VmSpec from `vm create`'s flags.
+pub fn vm_spec(c: VmCreate) -> anyhow::Result<VmSpec> {
+    let mut disks = c.disk;
+    for disk in &mut disks {
+        disk.base_image = absolute(Path::new(&disk.base_image))?;
+    }
+    Ok(VmSpec {
+        name: c.name,
+        pool_id: c.pool.unwrap_or_default(),
+        role: c.role as i32,
+        vcpus: c.vcpus,
+        memory_mib: c.memory,
+        kernel: absolute(&c.kernel)?,
+        initrd: c
+            .initrd
+            .as_deref()
+            .map(absolute)
+            .transpose()?
+            .unwrap_or_default(),
+        cmdline: c.cmdline.unwrap_or_default(),
+        disks,
+        nics: c.nic,
+        labels: label_map(c.label),
+        cpu_reservation_millicores: c.cpu_reservation,
+        cpu_limit_millicores: c.cpu_limit,
+        cpu_shares: c.cpu_shares,
+        memory_reservation_mib: c.mem_reservation,
+    })
+}
+
+/// `path` made absolute against the current directory (the agent runs
+/// elsewhere), as UTF-8 since the API carries strings.
+fn absolute(path: &Path) -> anyhow::Result<String> {
+    let abs = std::path::absolute(path).with_context(|| format!("{}", path.display()))?;
+    abs.into_os_string()
+        .into_string()
+        .map_err(|p| anyhow::anyhow!("{}: path is not UTF-8", PathBuf::from(p).display()))
+}
+
+fn certs_command(cmd: CertsCommand, default_dir: &Path, output: Output) -> anyhow::Result<()> {
+    let CertsCommand::Init { dir, names } = cmd;
+    let dir = dir.unwrap_or_else(|| default_dir.to_path_buf());
+    let pki = tls::generate_dev_pki(&dir, &names)?;
+    match output {
+        Output::Table if pki.created => print(&format!(
+            "created a development CA, server and client certificate in {}\n",
+            dir.display()
+        )),
+        Output::Table => print(&format!(
+            "kept the complete certificate set in {}\n",
+            dir.display()
+        )),
+        Output::Json => print(&format!(
+            "{:#}\n",
+            serde_json::json!({ "dir": dir.display().to_string(), "created": pki.created })
+        )),
+    }
+}

@@ -1,0 +1,133 @@
+//! mTLS by default, end to end: the agent makes its development PKI on
+//! first start and requires client certificates; `nodectl` with the
+//! client certificate gets through, without it (or in plaintext) it does
+//! not; plaintext off loopback is refused at start. Also nodectl's pool and
+//! VM commands against the real agent.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{halting_kernel, TestAgent};
+
+fn nodectl(agent: &TestAgent, certs: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nodectl"))
+        .arg("--addr")
+        .arg(format!("https://127.0.0.1:{}", agent.port))
+        .arg("--certs")
+        .arg(certs)
+        .args(args)
+        .output()
+        .expect("run nodectl")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn mtls_is_required_and_nodectl_drives_the_agent() {
+    let agent = TestAgent::start_mtls("mtls");
+    let certs = agent.dir.join("data/certs");
+    for file in [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "client.pem",
+        "client.key",
+    ] {
+        assert!(certs.join(file).exists(), "{file} made on first start");
+    }
+    let info = nodectl(&agent, &certs, &["host", "info"]);
+    assert!(info.status.success(), "{}", text(&info));
+    assert!(text(&info).contains("CGROUP"), "{}", text(&info));
+
+    // No client certificate: refused.
+    let empty = agent.dir.join("no-certs");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::copy(certs.join("ca.pem"), empty.join("ca.pem")).unwrap();
+    let refused = nodectl(&agent, &empty, &["host", "info"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    // Plaintext against the TLS port: refused.
+    let plain = Command::new(env!("CARGO_BIN_EXE_nodectl"))
+        .args(["--insecure", "--addr"])
+        .arg(format!("http://127.0.0.1:{}", agent.port))
+        .args(["host", "info"])
+        .output()
+        .unwrap();
+    assert_eq!(plain.status.code(), Some(1), "{}", text(&plain));
+
+    // The operator's path: a pool, a VM in it, the tree, JSON.
+    let pool = nodectl(
+        &agent,
+        &certs,
+        &[
+            "pool",
+            "create",
+            "prod",
+            "--cpu-reservation",
+            "500m",
+            "--mem-reservation",
+            "256Mi",
+        ],
+    );
+    assert!(pool.status.success(), "{}", text(&pool));
+    let tree = nodectl(&agent, &certs, &["pool", "list"]);
+    assert!(text(&tree).contains("prod"), "{}", text(&tree));
+    let json = nodectl(&agent, &certs, &["-o", "json", "pool", "list"]);
+    let pools: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    let prod = pools
+        .as_array()
+        .or_else(|| pools["pools"].as_array())
+        .and_then(|a| a.iter().find(|p| p["spec"]["name"] == "prod"))
+        .cloned()
+        .unwrap_or_else(|| panic!("prod in {pools}"));
+    let pool_id = prod["id"].as_str().unwrap().to_string();
+    let kernel = halting_kernel(&agent.dir);
+    let created = nodectl(
+        &agent,
+        &certs,
+        &[
+            "vm",
+            "create",
+            "w1",
+            "--pool",
+            &pool_id,
+            "--role",
+            "worker",
+            "--vcpus",
+            "1",
+            "--memory",
+            "32",
+            "--kernel",
+            kernel.to_str().unwrap(),
+        ],
+    );
+    assert!(created.status.success(), "{}", text(&created));
+    let list = nodectl(&agent, &certs, &["vm", "list"]);
+    assert!(text(&list).contains("w1"), "{}", text(&list));
+    let bad = nodectl(&agent, &certs, &["vm", "get", "vm-does-not-exist"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad).contains("NOT_FOUND"), "{}", text(&bad));
+}
+
+#[test]
+fn plaintext_off_loopback_is_refused_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_node-agent"))
+        .args([
+            "--insecure-plaintext",
+            "--listen",
+            "0.0.0.0:0",
+            "--data-dir",
+        ])
+        .arg(std::env::temp_dir().join(format!("stratum-plain-{}", std::process::id())))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loopback"), "{err}");
+}

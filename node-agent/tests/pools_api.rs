@@ -1,0 +1,250 @@
+//! Resource pools through the real agent's gRPC API: the tree, admission
+//! control, the cgroups that enforce it (read back from the cgroup files),
+//! errors with their codes, and durability across kill -9.
+
+mod common;
+
+use common::TestAgent;
+use node_agent::proto;
+use tonic::Code;
+
+const MIB: u64 = 1 << 20;
+
+fn alloc(reservation: u64, limit: u64, expandable: bool) -> Option<proto::Allocation> {
+    Some(proto::Allocation {
+        reservation,
+        limit,
+        expandable_reservation: expandable,
+        ..Default::default()
+    })
+}
+
+fn spec(
+    name: &str,
+    cpu: Option<proto::Allocation>,
+    mem: Option<proto::Allocation>,
+) -> proto::ResourcePoolSpec {
+    proto::ResourcePoolSpec {
+        name: name.into(),
+        cpu,
+        memory: mem,
+        quota: None,
+    }
+}
+
+async fn create(
+    agent: &TestAgent,
+    parent: &str,
+    spec: proto::ResourcePoolSpec,
+) -> Result<proto::ResourcePool, tonic::Status> {
+    agent
+        .pools()
+        .await
+        .create(proto::CreateResourcePoolRequest {
+            parent_id: parent.into(),
+            spec: Some(spec),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn read(agent: &TestAgent, path: &str, file: &str) -> Option<String> {
+    agent
+        .cgroup(path)
+        .dirs()
+        .iter()
+        .map(|d| d.join(file))
+        .find(|f| f.exists())
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .map(|s| s.trim().to_string())
+}
+
+#[tokio::test]
+async fn pools_are_created_enforced_listed_and_deleted() {
+    let agent = TestAgent::start("pools");
+    let prod = create(
+        &agent,
+        "",
+        spec(
+            "prod",
+            alloc(500, 1000, false),
+            alloc(256 * MIB, 512 * MIB, true),
+        ),
+    )
+    .await
+    .unwrap();
+    let web = create(&agent, &prod.id, spec("web", alloc(250, 500, false), None))
+        .await
+        .unwrap();
+    assert_eq!(web.parent_id, prod.id);
+
+    // The cgroups mirror the tree and carry the limits.
+    let web_path = format!("{}/{}", prod.id, web.id);
+    let quota = read(&agent, &web_path, "cpu.max")
+        .or_else(|| read(&agent, &web_path, "cpu.cfs_quota_us"))
+        .unwrap();
+    assert!(
+        quota.starts_with("50000"),
+        "web's CPU limit is half a core: {quota}"
+    );
+    let mem = read(&agent, &prod.id, "memory.max")
+        .or_else(|| read(&agent, &prod.id, "memory.limit_in_bytes"))
+        .unwrap();
+    assert_eq!(mem, (512 * MIB).to_string());
+
+    let list = agent
+        .pools()
+        .await
+        .list(proto::ListResourcePoolsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = list
+        .pools
+        .iter()
+        .filter_map(|p| p.spec.as_ref().map(|s| s.name.as_str()))
+        .collect();
+    assert_eq!(names, ["root", "prod", "web"], "parents before children");
+    let prod_now = list.pools.iter().find(|p| p.id == prod.id).unwrap();
+    let cpu = prod_now.status.as_ref().unwrap().cpu.as_ref().unwrap();
+    assert_eq!(cpu.reserved_by_children, 250);
+
+    // Not empty: refused, nothing changes.
+    let e = agent
+        .pools()
+        .await
+        .delete(proto::DeleteResourcePoolRequest {
+            id: prod.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    for id in [&web.id, &prod.id] {
+        agent
+            .pools()
+            .await
+            .delete(proto::DeleteResourcePoolRequest { id: id.clone() })
+            .await
+            .unwrap();
+    }
+    assert!(!agent
+        .hierarchy()
+        .root()
+        .unwrap()
+        .children()
+        .unwrap()
+        .contains(&prod.id));
+}
+
+#[tokio::test]
+async fn bad_pool_requests_get_their_codes_and_change_nothing() {
+    let agent = TestAgent::start("badpools");
+    let small = create(&agent, "", spec("small", alloc(100, 100, false), None))
+        .await
+        .unwrap();
+    let cases = [
+        ("", spec("Bad_Name", None, None), Code::InvalidArgument),
+        ("no-such-pool", spec("x", None, None), Code::NotFound),
+        ("", spec("small", None, None), Code::AlreadyExists),
+        // Reservation above the limit.
+        (
+            "",
+            spec("y", alloc(500, 100, false), None),
+            Code::InvalidArgument,
+        ),
+        // More than the host has.
+        (
+            "",
+            spec("z", alloc(1_000_000_000, 0, false), None),
+            Code::ResourceExhausted,
+        ),
+        // More than the parent can give (fixed reservation, no expanding).
+        (
+            &small.id,
+            spec("w", alloc(200, 0, false), None),
+            Code::ResourceExhausted,
+        ),
+    ];
+    for (parent, spec, code) in cases {
+        let name = spec.name.clone();
+        let e = create(&agent, parent, spec).await.unwrap_err();
+        assert_eq!(e.code(), code, "{name}: {e:?}");
+        assert!(!e.message().is_empty());
+    }
+    let list = agent
+        .pools()
+        .await
+        .list(proto::ListResourcePoolsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.pools.len(), 2, "only root and small exist");
+    assert_eq!(
+        agent.hierarchy().root().unwrap().children().unwrap(),
+        [small.id.as_str()],
+        "no cgroup was left behind"
+    );
+}
+
+#[tokio::test]
+async fn acknowledged_pools_survive_kill_9() {
+    let mut agent = TestAgent::start("durable");
+    let a = create(&agent, "", spec("a", alloc(300, 0, false), None))
+        .await
+        .unwrap();
+    let b = create(&agent, &a.id, spec("b", alloc(100, 0, false), None))
+        .await
+        .unwrap();
+    let updated = agent
+        .pools()
+        .await
+        .update(proto::UpdateResourcePoolRequest {
+            id: b.id.clone(),
+            spec: Some(spec("b", alloc(200, 0, false), None)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.spec.unwrap().cpu.unwrap().reservation, 200);
+    agent.kill9();
+    agent.spawn();
+    let b_again = agent
+        .pools()
+        .await
+        .get(proto::GetResourcePoolRequest { id: b.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(b_again.parent_id, a.id);
+    assert_eq!(b_again.spec.unwrap().cpu.unwrap().reservation, 200);
+    // Ids keep counting after the restart.
+    let c = create(&agent, "", spec("c", None, None)).await.unwrap();
+    assert!(c.id != a.id && c.id != b.id);
+}
+
+#[tokio::test]
+async fn host_info_and_capacity() {
+    let agent = TestAgent::start("host");
+    let info = agent
+        .host()
+        .await
+        .get_info(proto::GetHostInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(info.cpus >= 1);
+    assert!(info.memory_bytes > 0);
+    assert_ne!(info.cgroup_version, 0);
+    assert!(info.versions.unwrap().vmm.contains("vmm"));
+    let cap = agent
+        .host()
+        .await
+        .get_capacity(proto::GetHostCapacityRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        cap.total.unwrap().cpu_millicores,
+        u64::from(info.cpus) * 1000
+    );
+}

@@ -1,0 +1,420 @@
+//! VMs through the real agent's gRPC API, with real `vmm` processes on
+//! this host's KVM running a guest that halts forever (real Linux guests
+//! run in the nested test host: tests/tests/node_agent.rs): lifecycle,
+//! cgroup placement, events, bad specs, quotas, admission, a vmm that dies,
+//! and re-adoption after kill -9 of the agent.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{halting_kernel, TestAgent};
+use node_agent::proto;
+use node_agent::proto::VmState;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+fn vm_spec(agent: &TestAgent, name: &str, pool: &str) -> proto::VmSpec {
+    proto::VmSpec {
+        name: name.into(),
+        pool_id: pool.into(),
+        role: proto::VmRole::Worker as i32,
+        vcpus: 1,
+        memory_mib: 32,
+        kernel: halting_kernel(&agent.dir).to_string_lossy().into_owned(),
+        cmdline: "console=ttyS0".into(),
+        ..Default::default()
+    }
+}
+
+async fn create_vm(
+    agent: &TestAgent,
+    spec: proto::VmSpec,
+) -> Result<proto::VirtualMachine, tonic::Status> {
+    agent
+        .vms()
+        .await
+        .create(proto::CreateVmRequest { spec: Some(spec) })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn state(vm: &proto::VirtualMachine) -> VmState {
+    vm.status
+        .as_ref()
+        .map_or(VmState::Unspecified, |s| s.state())
+}
+
+async fn get(agent: &TestAgent, id: &str) -> proto::VirtualMachine {
+    agent
+        .vms()
+        .await
+        .get(proto::GetVmRequest { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until VM `id` reaches `want`.
+async fn wait_state(agent: &TestAgent, id: &str, want: VmState) -> proto::VirtualMachine {
+    for _ in 0..100 {
+        let vm = get(agent, id).await;
+        if state(&vm) == want {
+            return vm;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "VM {id} never became {want:?}: {:?}\n{}",
+        get(agent, id).await,
+        agent.log()
+    );
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test]
+async fn a_vm_runs_in_its_pool_cgroup_through_its_lifecycle() {
+    let agent = TestAgent::start("lifecycle");
+    let mut events = agent
+        .vms()
+        .await
+        .watch(proto::WatchVmsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let vm = create_vm(&agent, vm_spec(&agent, "worker-1", ""))
+        .await
+        .unwrap();
+    assert_eq!(state(&vm), VmState::Created);
+    let started = agent
+        .vms()
+        .await
+        .start(proto::StartVmRequest { id: vm.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state(&started), VmState::Running, "{}", agent.log());
+    let pid = started.status.as_ref().unwrap().pid;
+    assert!(pid_alive(pid));
+    let leaf = agent.cgroup(&format!("vm-{}", vm.id));
+    assert_eq!(
+        leaf.procs().unwrap(),
+        [pid],
+        "the vmm runs in the VM's leaf cgroup"
+    );
+    let reservation = started.status.as_ref().unwrap().reservation.unwrap();
+    assert_eq!(
+        reservation.memory_bytes,
+        (32 + 16) << 20,
+        "guest RAM + VMM overhead"
+    );
+
+    let paused = agent
+        .vms()
+        .await
+        .pause(proto::PauseVmRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(state(paused.get_ref()), VmState::Paused);
+    let e = agent
+        .vms()
+        .await
+        .pause(proto::PauseVmRequest { id: vm.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    agent
+        .vms()
+        .await
+        .resume(proto::ResumeVmRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    let e = agent
+        .vms()
+        .await
+        .delete(proto::DeleteVmRequest { id: vm.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::FailedPrecondition,
+        "a running VM cannot be deleted"
+    );
+
+    agent
+        .vms()
+        .await
+        .kill(proto::KillVmRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    let stopped = wait_state(&agent, &vm.id, VmState::Stopped).await;
+    assert!(!pid_alive(pid) || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_err());
+    assert!(
+        stopped.status.unwrap().reservation.is_none(),
+        "a stopped VM holds no reservation"
+    );
+    assert!(!leaf.exists(), "the leaf cgroup is removed");
+
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("an event")
+            .unwrap()
+            .unwrap();
+        seen.push(event.new_state());
+    }
+    assert_eq!(
+        seen,
+        [
+            VmState::Starting,
+            VmState::Running,
+            VmState::Paused,
+            VmState::Running,
+            VmState::Stopping
+        ]
+    );
+    let last = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.new_state(), VmState::Stopped);
+
+    agent
+        .vms()
+        .await
+        .delete(proto::DeleteVmRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    let e = agent
+        .vms()
+        .await
+        .get(proto::GetVmRequest { id: vm.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(!agent.dir.join("data/vms").join(&vm.id).exists());
+}
+
+#[tokio::test]
+async fn bad_vm_specs_get_their_codes_and_leave_nothing() {
+    let agent = TestAgent::start("badvms");
+    create_vm(&agent, vm_spec(&agent, "taken", ""))
+        .await
+        .unwrap();
+    let base = vm_spec(&agent, "x", "");
+    let cases: Vec<(&str, proto::VmSpec, Code)> = vec![
+        (
+            "zero vCPUs",
+            proto::VmSpec {
+                vcpus: 0,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "no memory",
+            proto::VmSpec {
+                memory_mib: 0,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "beyond the host",
+            proto::VmSpec {
+                memory_mib: 1 << 30,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "missing kernel",
+            proto::VmSpec {
+                kernel: "/no/such/vmlinux".into(),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "missing disk base",
+            proto::VmSpec {
+                disks: vec![proto::DiskSpec {
+                    base_image: "/no/such.img".into(),
+                    ..Default::default()
+                }],
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "bad name",
+            proto::VmSpec {
+                name: "Not A Label".into(),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "no role",
+            proto::VmSpec {
+                role: 0,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "name in use",
+            proto::VmSpec {
+                name: "taken".into(),
+                ..base.clone()
+            },
+            Code::AlreadyExists,
+        ),
+        (
+            "unknown pool",
+            proto::VmSpec {
+                pool_id: "pool-999".into(),
+                ..base.clone()
+            },
+            Code::NotFound,
+        ),
+    ];
+    for (what, spec, code) in cases {
+        let e = create_vm(&agent, spec).await.unwrap_err();
+        assert_eq!(e.code(), code, "{what}: {e:?}");
+    }
+    let vms = agent
+        .vms()
+        .await
+        .list(proto::ListVmsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .vms;
+    assert_eq!(vms.len(), 1, "only the first VM exists");
+    let dirs = std::fs::read_dir(agent.dir.join("data/vms"))
+        .unwrap()
+        .count();
+    assert_eq!(dirs, 1, "no VM directory was left behind");
+}
+
+#[tokio::test]
+async fn quotas_and_reservations_are_enforced() {
+    let agent = TestAgent::start("admission");
+    let pool = agent
+        .pools()
+        .await
+        .create(proto::CreateResourcePoolRequest {
+            parent_id: String::new(),
+            spec: Some(proto::ResourcePoolSpec {
+                name: "tight".into(),
+                memory: Some(proto::Allocation {
+                    reservation: 64 << 20,
+                    ..Default::default()
+                }),
+                quota: Some(proto::Quota {
+                    max_vms: 2,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Each VM reserves 32 + 16 MiB: the first fits the pool's 64 MiB, the
+    // second does not; a third is over the quota.
+    let a = create_vm(&agent, vm_spec(&agent, "a", &pool.id))
+        .await
+        .unwrap();
+    let b = create_vm(&agent, vm_spec(&agent, "b", &pool.id))
+        .await
+        .unwrap();
+    let e = create_vm(&agent, vm_spec(&agent, "c", &pool.id))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    agent
+        .vms()
+        .await
+        .start(proto::StartVmRequest { id: a.id.clone() })
+        .await
+        .unwrap();
+    let e = agent
+        .vms()
+        .await
+        .start(proto::StartVmRequest { id: b.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let b_now = get(&agent, &b.id).await;
+    assert_eq!(
+        state(&b_now),
+        VmState::Created,
+        "a refused start changes nothing"
+    );
+    assert!(!agent
+        .cgroup(&pool.id)
+        .children()
+        .unwrap()
+        .contains(&format!("vm-{}", b.id)));
+}
+
+#[tokio::test]
+async fn a_dead_vmm_is_reported_and_running_vms_are_readopted_after_kill_9() {
+    let mut agent = TestAgent::start("readopt");
+    let keep = create_vm(&agent, vm_spec(&agent, "keep", ""))
+        .await
+        .unwrap();
+    let doomed = create_vm(&agent, vm_spec(&agent, "doomed", ""))
+        .await
+        .unwrap();
+    for id in [&keep.id, &doomed.id] {
+        agent
+            .vms()
+            .await
+            .start(proto::StartVmRequest { id: id.clone() })
+            .await
+            .unwrap();
+    }
+    let keep_pid = get(&agent, &keep.id).await.status.unwrap().pid;
+    let doomed_pid = get(&agent, &doomed.id).await.status.unwrap().pid;
+
+    agent.kill9();
+    // While the agent is down, one vmm dies.
+    // SAFETY: plain kill(2) of a process this test started (via the agent).
+    unsafe { libc::kill(doomed_pid as i32, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(200));
+    agent.spawn();
+
+    let kept = get(&agent, &keep.id).await;
+    assert_eq!(state(&kept), VmState::Running, "{}", agent.log());
+    assert_eq!(
+        kept.status.unwrap().pid,
+        keep_pid,
+        "the same vmm, re-adopted"
+    );
+    let dead = get(&agent, &doomed.id).await;
+    assert_eq!(state(&dead), VmState::Failed);
+    assert!(
+        dead.status.unwrap().reason.contains("gone"),
+        "{}",
+        agent.log()
+    );
+    assert!(!agent
+        .cgroup("")
+        .children()
+        .unwrap()
+        .contains(&format!("vm-{}", doomed.id)));
+
+    // The re-adopted vmm is watched: its death is reported too.
+    // SAFETY: as above.
+    unsafe { libc::kill(keep_pid as i32, libc::SIGKILL) };
+    let failed = wait_state(&agent, &keep.id, VmState::Failed).await;
+    assert!(!failed.status.unwrap().reason.is_empty());
+}
