@@ -181,6 +181,14 @@ pub struct DeviceStats {
     pub interrupts: u64,
 }
 
+impl std::fmt::Debug for VmController {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmController")
+            .field("vcpus", &self.inner.vcpus.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl VmController {
     /// Stops all vCPUs; the guest's clocks stop with them.
     pub fn pause(&self) -> Result<(), control::Error> {

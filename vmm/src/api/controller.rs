@@ -57,6 +57,9 @@ pub enum VmmData {
     MachineConfig(MachineConfig),
     FullConfig(Box<FullVmConfig>),
     Stats(crate::builder::VmStats),
+    /// 204, then the VM is stopped: stopping first would let the process
+    /// exit before the client has its answer.
+    StopAfterReply(VmController),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -275,10 +278,7 @@ impl Controller {
                 self.running_vm("SendCtrlAltDel")?.send_ctrl_alt_del();
                 Ok(VmmData::Empty)
             }
-            VmmAction::HardStop => {
-                self.running_vm("Stop")?.stop();
-                Ok(VmmData::Empty)
-            }
+            VmmAction::HardStop => Ok(VmmData::StopAfterReply(self.running_vm("Stop")?)),
             VmmAction::GetStats => Ok(VmmData::Stats(
                 self.running_vm("GET /stratum/stats")?.stats(),
             )),

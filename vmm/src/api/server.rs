@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use super::controller::{Controller, VmmData};
 use super::http::{self, Parsed, Response, StatusCode};
 use super::request;
-use crate::vmm_log;
+use crate::{vmm_log, VmController};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -94,12 +94,12 @@ fn serve_connection(mut stream: UnixStream, controller: &Mutex<Controller>) {
                 Ok(Parsed::Complete(request, used)) => {
                     buf.drain(..used);
                     continue_sent = false;
-                    let response = dispatch(&request, controller);
-                    if stream
-                        .write_all(&response.to_bytes(request.keep_alive))
-                        .is_err()
-                        || !request.keep_alive
-                    {
+                    let (response, stop) = dispatch(&request, controller);
+                    let written = stream.write_all(&response.to_bytes(request.keep_alive));
+                    if let Some(vm) = stop {
+                        vm.stop();
+                    }
+                    if written.is_err() || !request.keep_alive {
                         return;
                     }
                 }
@@ -127,7 +127,11 @@ fn serve_connection(mut stream: UnixStream, controller: &Mutex<Controller>) {
     }
 }
 
-fn dispatch(request: &http::Request, controller: &Mutex<Controller>) -> Response {
+/// The response, and the VM to stop once it is written (a hard stop).
+fn dispatch(
+    request: &http::Request,
+    controller: &Mutex<Controller>,
+) -> (Response, Option<VmController>) {
     vmm_log!(
         Info,
         "The API server received a {} request on \"{}\".",
@@ -138,7 +142,10 @@ fn dispatch(request: &http::Request, controller: &Mutex<Controller>) -> Response
         Ok(action) => action,
         Err(error) => {
             vmm_log!(Warning, "{error}");
-            return Response::fault(StatusCode::BadRequest, &error.to_string());
+            return (
+                Response::fault(StatusCode::BadRequest, &error.to_string()),
+                None,
+            );
         }
     };
     // A panic while holding the lock would poison it; the controller's
@@ -147,14 +154,18 @@ fn dispatch(request: &http::Request, controller: &Mutex<Controller>) -> Response
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     match controller.handle(action) {
-        Ok(data) => data_response(data),
-        Err(error) => Response::fault(StatusCode::BadRequest, &error.to_string()),
+        Ok(VmmData::StopAfterReply(vm)) => (Response::no_content(), Some(vm)),
+        Ok(data) => (data_response(data), None),
+        Err(error) => (
+            Response::fault(StatusCode::BadRequest, &error.to_string()),
+            None,
+        ),
     }
 }
 
 fn data_response(data: VmmData) -> Response {
     let body = match data {
-        VmmData::Empty => return Response::no_content(),
+        VmmData::Empty | VmmData::StopAfterReply(_) => return Response::no_content(),
         VmmData::InstanceInfo(info) => serde_json::to_vec(&info),
         VmmData::Version(version) => serde_json::to_vec(&version),
         VmmData::MachineConfig(config) => serde_json::to_vec(&config),
