@@ -177,7 +177,10 @@ fn devices_through_the_api_and_a_hard_stop() {
         boot_us > 0 && boot_us < uptime_us + 1_000_000,
         "guest boot time {boot_us} us, uptime {uptime_us} us: {stats}"
     );
-    assert_eq!(value_of(&outcome, "VSOCK-SOCKET=").as_deref(), Some("bound"));
+    assert_eq!(
+        value_of(&outcome, "VSOCK-SOCKET=").as_deref(),
+        Some("bound")
+    );
     assert!(
         outcome.lines_with("VSOCK-SOCKET=removed").next().is_some(),
         "the vsock socket is removed when the VM ends"

@@ -582,7 +582,7 @@ fn exit_outcome(stop_requested: bool, oom_killed: bool, exit: &ExitInfo) -> (VmS
     }
     match (exit.code, exit.signal) {
         (Some(0), _) => (VmState::Stopped, "the guest powered off or reset".into()),
-        _ if stop_requested => (VmState::Stopped, "stopped by the agent".into()),
+        _ if stop_requested => (VmState::Stopped, "stopped at the agent's request".into()),
         (Some(code), _) => (
             VmState::Failed,
             format!("the vmm exited with status {code}"),

@@ -65,7 +65,9 @@ fn connect_hybrid(uds: &str, port: u32) -> Result<UnixStream> {
             Ok(stream) => return Ok(stream),
             Err(e) if Instant::now() > deadline => {
                 let first = first_error.unwrap_or_else(|| e.clone());
-                return Err(format!("no stream in 60 s; first error: {first}; last: {e}"));
+                return Err(format!(
+                    "no stream in 60 s; first error: {first}; last: {e}"
+                ));
             }
             Err(e) => {
                 first_error.get_or_insert(e);

@@ -1,0 +1,159 @@
+//! The node agent with real Linux guests on real KVM, in the nested test
+//! host (cgroup v2 there): a VM driven through nodectl from create to a
+//! graceful shutdown, its console streamed, its leaf cgroup checked, the
+//! agent killed with -9 and the running VM re-adopted, and a VM in a pool
+//! whose memory limit it outgrows OOM-killed and reported FAILED.
+
+use std::path::PathBuf;
+
+use stratum_tests::paths::{GUEST_INITRAMFS, GUEST_VMLINUX, VMM};
+use stratum_tests::{NestedHost, Outcome, Scenario};
+
+const AGENT: &str = "/stratum/bin/node-agent";
+const NODECTL: &str = "/stratum/bin/nodectl";
+
+fn static_bin(name: &str) -> PathBuf {
+    NestedHost::workspace_root()
+        .join("target/static/x86_64-unknown-linux-gnu/release")
+        .join(name)
+}
+
+fn run(script: String) -> Outcome {
+    let host = NestedHost::from_env().unwrap_or_else(|e| panic!("{e}"));
+    let scenario = Scenario::new(script)
+        .file(AGENT, static_bin("node-agent"))
+        .file(NODECTL, static_bin("nodectl"))
+        .timeout(std::time::Duration::from_secs(400));
+    let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
+    assert!(outcome.host_kvm, "the nested host has no /dev/kvm");
+    outcome
+}
+
+/// Shell helpers: start the agent, wait for it, read a VM's state, wait
+/// for a state, take the id out of `-o json` output.
+fn prelude() -> String {
+    format!(
+        r#"N="{NODECTL} --insecure --addr http://127.0.0.1:7443"
+start_agent() {{
+    {AGENT} --data-dir /run/agent --insecure-plaintext --listen 127.0.0.1:7443 \
+        --vmm {VMM} --reserve-cpu 0 --reserve-memory-mib 256 >> /run/agent.log 2>&1 &
+    AGENT_PID=$!
+    i=0; until $N host info > /run/host.txt 2>&1 || [ $i -gt 150 ]; do sleep 0.2; i=$((i+1)); done
+}}
+state() {{ $N vm get "$1" | awk '/^STATE/ {{print $2}}'; }}
+wait_state() {{
+    i=0; while [ "$(state "$1")" != "$2" ] && [ $i -lt 450 ]; do sleep 0.2; i=$((i+1)); done
+}}
+json_id() {{ sed -n 's/^  "id": "\([a-z]*-[0-9]*\)".*/\1/p' | head -n 1; }}
+"#
+    )
+}
+
+fn value<'a>(outcome: &'a Outcome, key: &str) -> Option<&'a str> {
+    outcome
+        .console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .map(str::trim)
+}
+
+#[test]
+fn a_real_guest_through_the_agent_from_create_to_shutdown_across_an_agent_crash() {
+    let cmdline = "console=ttyS0 reboot=k panic=-1 pci=off quiet stratum.exit=wait";
+    let script = prelude()
+        + &format!(
+            r#"start_agent
+grep -E '^(CGROUP|KVM)' /run/host.txt | sed 's/^/HOST-/'
+pool=$($N -o json pool create prod --cpu-reservation 1000m --mem-reservation 1Gi | json_id)
+echo POOL=$pool
+vm=$($N -o json vm create cp1 --pool $pool --role control-plane --vcpus 1 --memory 256 \
+     --kernel {GUEST_VMLINUX} --initrd {GUEST_INITRAMFS} --cmdline '{cmdline}' | json_id)
+echo VM=$vm
+$N vm start $vm > /dev/null; echo START-RC=$?
+echo STATE-AFTER-START=$(state $vm)
+timeout 60 $N vm console $vm --history | grep -m 1 -o 'STRATUM-GUEST-TICK' | sed 's/^/CONSOLE-/'
+leaf=/sys/fs/cgroup/stratum/$pool/vm-$vm
+comms() {{ for p in $(cat $leaf/cgroup.procs); do cat /proc/$p/comm; done; }}
+echo VMM-IN-LEAF=$(comms | grep -c '^vmm$')
+# KVM puts its per-VM kernel threads (kvm-nx-lpage-recovery) in the cgroup
+# of the process that made the VM: their CPU time counts for the VM too.
+echo OTHERS-NOT-KVM=$(comms | grep -v '^vmm$' | grep -vc '^kvm')
+echo LEAF-MEMORY-MAX=$(cat $leaf/memory.max)
+echo LEAF-CPU-MAX=$(cat $leaf/cpu.max)
+echo POOL-MEMORY-MIN=$(cat /sys/fs/cgroup/stratum/$pool/memory.min)
+pid1=$($N vm get $vm | awk '/^PID/ {{print $2}}')
+kill -9 $AGENT_PID; wait $AGENT_PID 2>/dev/null
+echo VMM-ALIVE-WITHOUT-AGENT=$([ -d /proc/$pid1 ] && echo yes || echo no)
+start_agent
+echo STATE-AFTER-RESTART=$(state $vm)
+echo PID-SAME=$([ "$($N vm get $vm | awk '/^PID/ {{print $2}}')" = "$pid1" ] && echo yes || echo no)
+$N vm stop $vm --timeout 60 > /dev/null
+wait_state $vm STOPPED
+echo STATE-AFTER-STOP=$(state $vm)
+$N -o json vm get $vm | grep '"reason"' | sed 's/^ */REASON-/'
+echo GUEST-SAW-CAD=$(grep -c STRATUM-GUEST-CTRL-ALT-DEL /run/agent/vms/$vm/console.log)
+echo LEAF-GONE=$([ -d $leaf ] && echo no || echo yes)
+$N vm delete $vm; echo DELETE-RC=$?
+echo VM-DIR-GONE=$([ -d /run/agent/vms/$vm ] && echo no || echo yes)
+"#
+        );
+    let outcome = run(script);
+    let tail = outcome.console_tail(60);
+    let expect = |key: &str, want: &str| {
+        assert_eq!(value(&outcome, key), Some(want), "{key}\n{tail}");
+    };
+    expect("HOST-CGROUP", "v2");
+    expect("START-RC=", "0");
+    expect("STATE-AFTER-START=", "RUNNING");
+    expect("CONSOLE-", "STRATUM-GUEST-TICK");
+    expect("VMM-IN-LEAF=", "1");
+    expect("OTHERS-NOT-KVM=", "0");
+    expect("LEAF-MEMORY-MAX=", &((256 + 16) << 20).to_string());
+    expect("LEAF-CPU-MAX=", "100000 100000");
+    expect("POOL-MEMORY-MIN=", &(1u64 << 30).to_string());
+    expect("VMM-ALIVE-WITHOUT-AGENT=", "yes");
+    expect("STATE-AFTER-RESTART=", "RUNNING");
+    expect("PID-SAME=", "yes");
+    expect("STATE-AFTER-STOP=", "STOPPED");
+    expect("GUEST-SAW-CAD=", "1");
+    expect("LEAF-GONE=", "yes");
+    expect("DELETE-RC=", "0");
+    expect("VM-DIR-GONE=", "yes");
+    let reason = value(&outcome, "REASON-").unwrap_or_default();
+    // The agent restarted since it launched this vmm: it learns that the
+    // process ended, not its exit status.
+    assert!(reason.contains("stopped"), "{reason}\n{tail}");
+}
+
+#[test]
+fn a_vm_outgrowing_its_pool_memory_limit_is_oom_killed_and_reported() {
+    // Reservation 16 MiB (+16 overhead) fits the pool; the guest then
+    // writes 3/4 of its 256 MiB, past the pool's 96 MiB limit.
+    let cmdline = "console=ttyS0 reboot=k panic=-1 pci=off quiet stratum.exit=fill-memory";
+    let script = prelude()
+        + &format!(
+            r#"start_agent
+pool=$($N -o json pool create tiny --mem-limit 96Mi | json_id)
+vm=$($N -o json vm create hog --pool $pool --role worker --vcpus 1 --memory 256 --mem-reservation 16 \
+     --kernel {GUEST_VMLINUX} --initrd {GUEST_INITRAMFS} --cmdline '{cmdline}' | json_id)
+$N vm start $vm > /dev/null; echo START-RC=$?
+wait_state $vm FAILED
+echo HOG-STATE=$(state $vm)
+$N -o json vm get $vm | grep '"reason"' | sed 's/^ */REASON-/'
+echo OOM-KILLS=$(awk '/^oom_kill / {{print $2}}' /sys/fs/cgroup/stratum/$pool/memory.events)
+echo FILLED=$(grep -c STRATUM-GUEST-FILLED /run/agent/vms/$vm/console.log)
+"#
+        );
+    let outcome = run(script);
+    let tail = outcome.console_tail(40);
+    assert_eq!(value(&outcome, "START-RC="), Some("0"), "{tail}");
+    assert_eq!(value(&outcome, "HOG-STATE="), Some("FAILED"), "{tail}");
+    let reason = value(&outcome, "REASON-").unwrap_or_default();
+    assert!(reason.contains("OOM"), "{reason}\n{tail}");
+    assert_ne!(value(&outcome, "OOM-KILLS="), Some("0"), "{tail}");
+    assert_eq!(
+        value(&outcome, "FILLED="),
+        Some("0"),
+        "killed before it filled: {tail}"
+    );
+}
