@@ -157,3 +157,44 @@ echo FILLED=$(grep -c STRATUM-GUEST-FILLED /run/agent/vms/$vm/console.log)
         "killed before it filled: {tail}"
     );
 }
+
+#[test]
+fn a_spinning_vm_in_a_pool_limited_to_half_a_core_gets_half_a_core() {
+    let cmdline = "console=ttyS0 reboot=k panic=-1 pci=off quiet stratum.exit=spin";
+    let script = prelude()
+        + &format!(
+            r#"start_agent
+pool=$($N -o json pool create capped --cpu-limit 500m --cpu-shares high | json_id)
+vm=$($N -o json vm create spinner --pool $pool --role worker --vcpus 1 --memory 128 \
+     --kernel {GUEST_VMLINUX} --initrd {GUEST_INITRAMFS} --cmdline '{cmdline}' | json_id)
+$N vm start $vm > /dev/null; echo START-RC=$?
+i=0; until grep -q STRATUM-GUEST-SPINNING /run/agent/vms/$vm/console.log || [ $i -gt 300 ]; do sleep 0.2; i=$((i+1)); done
+cg=/sys/fs/cgroup/stratum/$pool
+usage() {{ awk '/^usage_usec/ {{print $2}}' $cg/cpu.stat; }}
+a=$(usage); t0=$(cut -d' ' -f1 /proc/uptime)
+sleep 4
+b=$(usage); t1=$(cut -d' ' -f1 /proc/uptime)
+echo CPU-CORES=$(awk "BEGIN {{printf \"%.3f\", ($b - $a) / (($t1 - $t0) * 1000000)}}")
+echo POOL-CPU-MAX=$(cat $cg/cpu.max)
+echo POOL-CPU-WEIGHT=$(cat $cg/cpu.weight)
+$N vm kill $vm > /dev/null
+"#
+        );
+    let outcome = run(script);
+    let tail = outcome.console_tail(30);
+    assert_eq!(value(&outcome, "START-RC="), Some("0"), "{tail}");
+    assert_eq!(
+        value(&outcome, "POOL-CPU-MAX="),
+        Some("50000 100000"),
+        "{tail}"
+    );
+    // HIGH shares = 2048 on the v1 scale = weight 200.
+    assert_eq!(value(&outcome, "POOL-CPU-WEIGHT="), Some("200"), "{tail}");
+    let cores: f64 = value(&outcome, "CPU-CORES=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no CPU figure:\n{tail}"));
+    assert!(
+        (0.35..=0.65).contains(&cores),
+        "the spinning VM used {cores} cores under a 500m limit:\n{tail}"
+    );
+}
