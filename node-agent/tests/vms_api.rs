@@ -85,10 +85,26 @@ async fn a_vm_runs_in_its_pool_cgroup_through_its_lifecycle() {
         .await
         .unwrap()
         .into_inner();
-    let vm = create_vm(&agent, vm_spec(&agent, "worker-1", ""))
-        .await
-        .unwrap();
+    // A sparse 64 MiB base image with some data: the VM gets its own clone.
+    let base = agent.dir.join("base.img");
+    let file = std::fs::File::create(&base).unwrap();
+    file.set_len(64 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"stratum-base", 1 << 20).unwrap();
+    let spec = proto::VmSpec {
+        disks: vec![proto::DiskSpec {
+            base_image: base.to_string_lossy().into_owned(),
+            serial: "root".into(),
+            ..Default::default()
+        }],
+        ..vm_spec(&agent, "worker-1", "")
+    };
+    let vm = create_vm(&agent, spec).await.unwrap();
     assert_eq!(state(&vm), VmState::Created);
+    let clone = agent.dir.join("data/vms").join(&vm.id).join("disk0.img");
+    assert_eq!(
+        std::fs::read(&clone).unwrap(),
+        std::fs::read(&base).unwrap()
+    );
     let started = agent
         .vms()
         .await
