@@ -64,6 +64,7 @@ bench: images static
 	$(CARGO) run -q --release -p stratum-tests --bin bench-boot
 	$(CARGO) run -q --release -p stratum-tests --bin bench-io
 	$(CARGO) run -q --release -p stratum-tests --bin bench-vsock
+	$(CARGO) build -q --release -p node-agent --bin node-agent && $(CARGO) run -q --release -p node-agent --bin bench-agent
 
 # The cargo-fuzz targets (vmm/fuzz) over seeded random inputs, on stable.
 fuzz-test:

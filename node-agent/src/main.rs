@@ -44,6 +44,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -120,6 +121,16 @@ fn ensure_certs(config: &AgentConfig) -> anyhow::Result<()> {
         tls::generate_dev_pki(&config.cert_dir, &[])?;
     }
     Ok(())
+}
+
+/// glibc gives each thread that allocates its own arena; the blocking
+/// pool's threads would each keep one (measured: RSS 50 MiB instead of 20
+/// under 16 concurrent clients). Two arenas are plenty for an agent.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only tunes the allocator; called before any thread.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 async fn shutdown_signal() {

@@ -35,6 +35,9 @@ use crate::state::Store;
 
 /// Lifecycle events kept for slow watchers before they miss some.
 const EVENT_BACKLOG: usize = 1024;
+/// Ids reserved in the store at a time: one fsync per block instead of
+/// one per create.
+const ID_BLOCK: u64 = 64;
 
 pub struct Agent {
     config: AgentConfig,
@@ -42,6 +45,10 @@ pub struct Agent {
     cgroups: Hierarchy,
     state: RwLock<State>,
     events: broadcast::Sender<proto::VmEvent>,
+    /// `vmm --version`, asked once at start.
+    vmm_version: String,
+    /// The next id to hand out and the end of the reserved block.
+    ids: std::sync::Mutex<(u64, u64)>,
 }
 
 /// What the lock guards.
@@ -64,6 +71,7 @@ impl Agent {
         })?;
         let tree = PoolTree::new(host::capacity(), config.system_reserve)?;
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        let config_vmm = config.vmm_binary.clone();
         let agent = std::sync::Arc::new(Agent {
             config,
             store,
@@ -73,6 +81,8 @@ impl Agent {
                 vms: BTreeMap::new(),
             }),
             events,
+            ids: std::sync::Mutex::new((0, 0)),
+            vmm_version: vmm_version(&config_vmm),
         });
         let snapshot = agent.store.load()?;
         agent.restore_pools(snapshot.pools)?;
@@ -80,12 +90,25 @@ impl Agent {
         Ok(agent)
     }
 
+    /// A fresh id (for `pool-N`, `vm-N`), never handed out before, even
+    /// across crashes.
+    fn next_id(&self) -> Result<u64> {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        if ids.0 == ids.1 {
+            let first = self.store.reserve_ids(ID_BLOCK)?;
+            *ids = (first, first + ID_BLOCK);
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
+    }
+
     pub fn config(&self) -> &AgentConfig {
         &self.config
     }
 
     pub fn host_info(&self) -> proto::HostInfo {
-        host::info(self.cgroups.version(), vmm_version(&self.config.vmm_binary))
+        host::info(self.cgroups.version(), self.vmm_version.clone())
     }
 
     pub fn host_capacity(&self) -> proto::HostCapacity {

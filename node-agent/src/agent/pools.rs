@@ -31,7 +31,7 @@ impl Agent {
     ) -> Result<proto::ResourcePool> {
         let spec = PoolSpec::try_from(spec)?;
         let parent = pool_id_or_root(parent);
-        let id = PoolId::from(format!("pool-{}", self.store.next_id()?));
+        let id = PoolId::from(format!("pool-{}", self.next_id()?));
         let mut state = self.write_state();
         state.tree.create_pool(id.clone(), &parent, spec.clone())?;
         if let Err(e) = self.persist_new_pool(&state.tree, &id, &parent, &spec) {
@@ -48,7 +48,7 @@ impl Agent {
         parent: &PoolId,
         spec: &PoolSpec,
     ) -> Result<()> {
-        let cgroup = self.pool_cgroup(tree, id)?;
+        let cgroup = self.make_pool_cgroup(tree, id)?;
         cgroup.apply(&pool_limits(spec))?;
         let record = PoolRecord {
             id: id.to_string(),
@@ -128,33 +128,34 @@ impl Agent {
     pub fn delete_pool(&self, id: &str) -> Result<()> {
         let id = PoolId::from(id);
         let mut state = self.write_state();
-        let cgroup = self.pool_cgroup(&state.tree, &id)?;
+        // A cgroup removed behind the agent's back does not block the delete.
+        let cgroup = self.pool_cgroup(&state.tree, &id).ok();
         let removed = state.tree.delete_pool(&id)?;
         if let Err(e) = self.store.delete_pool(id.as_str()) {
             let parent = removed.parent().cloned().unwrap_or_else(PoolId::root);
             let _ = state.tree.create_pool(id, &parent, removed.spec().clone());
             return Err(e.into());
         }
-        if let Err(e) = cgroup.remove() {
+        if let Some(Err(e)) = cgroup.map(|c| c.remove()) {
             tracing::warn!(pool = %id, "pool deleted, its cgroup stays: {e}");
         }
         Ok(())
     }
 
     /// The cgroup of pool `id`: one directory per pool id along its path
-    /// from the root, created (or adopted) as needed.
+    /// from the root (`pool-1/pool-4`). Opened, not created: pools get
+    /// their cgroup when they are made ([`Agent::make_pool_cgroup`]).
     pub fn pool_cgroup(&self, tree: &PoolTree, id: &PoolId) -> Result<Cgroup> {
-        let mut chain = Vec::new();
-        let mut at = tree.get(id)?;
-        while let Some(parent) = at.parent() {
-            chain.push(at.id().clone());
-            at = tree.get(parent)?;
-        }
-        let mut cgroup = self.cgroups.root()?;
-        for pool in chain.iter().rev() {
-            cgroup = self.cgroups.create_pool(&cgroup, pool.as_str())?;
-        }
-        Ok(cgroup)
+        Ok(self.cgroups.open(&pool_cgroup_path(tree, id)?)?)
+    }
+
+    /// Creates (or adopts) the cgroup of pool `id`, whose parent's exists.
+    fn make_pool_cgroup(&self, tree: &PoolTree, id: &PoolId) -> Result<Cgroup> {
+        let parent = match tree.get(id)?.parent() {
+            Some(parent) if parent != &PoolId::root() => self.pool_cgroup(tree, parent)?,
+            _ => self.cgroups.root()?,
+        };
+        Ok(self.cgroups.create_pool(&parent, id.as_str())?)
     }
 
     /// Rebuilds the pools from the store at startup and re-applies their
@@ -174,8 +175,26 @@ impl Agent {
         }
         let mut state = self.write_state();
         state.tree.create_pools(stored)?;
+        self.cgroups.root()?;
+        for pool in state.tree.subtree(&PoolId::root())? {
+            if pool.parent().is_some() {
+                self.make_pool_cgroup(&state.tree, pool.id())?;
+            }
+        }
         self.apply_subtree_limits(&state, &PoolId::root())
     }
+}
+
+/// A pool's cgroup path below the Stratum root: the ids from the root's
+/// child down to the pool (empty for the root).
+fn pool_cgroup_path(tree: &PoolTree, id: &PoolId) -> Result<std::path::PathBuf> {
+    let mut chain = Vec::new();
+    let mut at = tree.get(id)?;
+    while let Some(parent) = at.parent() {
+        chain.push(at.id().as_str().to_string());
+        at = tree.get(parent)?;
+    }
+    Ok(chain.iter().rev().collect())
 }
 
 /// Empty means the root pool.

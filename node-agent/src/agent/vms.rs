@@ -95,7 +95,7 @@ impl Agent {
     pub fn create_vm(&self, spec: &proto::VmSpec) -> Result<proto::VirtualMachine> {
         let sizing = check_spec(spec, self.read_state().tree.host().memory_bytes)?;
         let pool = pool_id_or_root(&spec.pool_id);
-        let id = format!("vm-{}", self.store.next_id()?);
+        let id = format!("vm-{}", self.next_id()?);
         let mut state = self.write_state();
         if state.vms.values().any(|vm| vm.spec().name == spec.name) {
             return Err(AgentError::AlreadyExists(format!(

@@ -30,10 +30,9 @@ impl ResourcePools for PoolService {
         &self,
         request: Request<proto::GetResourcePoolRequest>,
     ) -> Result<Response<proto::ResourcePool>, Status> {
+        // Reads take the state's read lock only: no need for the blocking pool.
         let id = request.into_inner().id;
-        super::blocking(&self.0, move |a| a.get_pool(&id))
-            .await
-            .map(Response::new)
+        Ok(Response::new(self.0.get_pool(&id)?))
     }
 
     async fn list(
@@ -41,9 +40,8 @@ impl ResourcePools for PoolService {
         request: Request<proto::ListResourcePoolsRequest>,
     ) -> Result<Response<proto::ListResourcePoolsResponse>, Status> {
         let root = request.into_inner().root_id;
-        super::blocking(&self.0, move |a| a.list_pools(&root))
-            .await
-            .map(|pools| Response::new(proto::ListResourcePoolsResponse { pools }))
+        let pools = self.0.list_pools(&root)?;
+        Ok(Response::new(proto::ListResourcePoolsResponse { pools }))
     }
 
     async fn update(

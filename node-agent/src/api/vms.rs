@@ -114,20 +114,17 @@ impl VirtualMachines for VmService {
         &self,
         request: Request<proto::GetVmRequest>,
     ) -> Result<Response<proto::VirtualMachine>, Status> {
+        // Reads take the state's read lock only: no need for the blocking pool.
         let id = request.into_inner().id;
-        super::blocking(&self.0, move |a| a.get_vm(&id))
-            .await
-            .map(Response::new)
+        Ok(Response::new(self.0.get_vm(&id)?))
     }
 
     async fn list(
         &self,
         request: Request<proto::ListVmsRequest>,
     ) -> Result<Response<proto::ListVmsResponse>, Status> {
-        let filter = request.into_inner();
-        super::blocking(&self.0, move |a| Ok(a.list_vms(&filter)))
-            .await
-            .map(|vms| Response::new(proto::ListVmsResponse { vms }))
+        let vms = self.0.list_vms(&request.into_inner());
+        Ok(Response::new(proto::ListVmsResponse { vms }))
     }
 
     type WatchStream = EventStream;

@@ -236,6 +236,12 @@ impl BenchAgent {
 
     /// (VmRSS, VmHWM) in KiB.
     fn rss_kib(&self) -> (u64, u64) {
+        let (rss, hwm, _) = self.status();
+        (rss, hwm)
+    }
+
+    /// (VmRSS KiB, VmHWM KiB, threads) from `/proc/<pid>/status`.
+    fn status(&self) -> (u64, u64, u64) {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
         let field = |name: &str| {
@@ -246,7 +252,7 @@ impl BenchAgent {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
-        (field("VmRSS:"), field("VmHWM:"))
+        (field("VmRSS:"), field("VmHWM:"), field("Threads:"))
     }
 
     /// User + system CPU time the agent has used.
@@ -411,6 +417,8 @@ struct Run {
     agent_cpu: Duration,
     bench_cpu: Duration,
     response_bytes: usize,
+    /// The agent's VmRSS right after the run, KiB.
+    rss_after_kib: u64,
 }
 
 impl Run {
@@ -507,6 +515,7 @@ where
             agent_cpu: agent.cpu_time().saturating_sub(cpu0),
             bench_cpu: self_cpu_time().saturating_sub(self0),
             response_bytes: 0,
+            rss_after_kib: agent.rss_kib().0,
         },
         ids,
     ))
@@ -602,6 +611,7 @@ async fn run_reads(
         agent_cpu: Duration::ZERO,
         bench_cpu: Duration::ZERO,
         response_bytes: 0,
+        rss_after_kib: 0,
     };
     for task in tasks {
         let (latencies, errors, first_error, bytes) = task.await.map_err(|e| e.to_string())?;
@@ -613,6 +623,7 @@ async fn run_reads(
     run.wall = t0.elapsed();
     run.agent_cpu = agent.cpu_time().saturating_sub(cpu0);
     run.bench_cpu = self_cpu_time().saturating_sub(self0);
+    run.rss_after_kib = agent.rss_kib().0;
     run.latencies.sort();
     Ok(run)
 }
@@ -708,6 +719,7 @@ async fn create_pools(
     top_run.wall += serial.wall;
     top_run.agent_cpu += serial.agent_cpu;
     top_run.bench_cpu += serial.bench_cpu;
+    top_run.rss_after_kib = serial.rss_after_kib;
     runs.push(top_run);
     runs.push(concurrent);
     ids.extend(more);
@@ -837,7 +849,7 @@ async fn bench(agent: &mut BenchAgent, options: &Options) -> Result<(), String> 
         }
     }
     agent.check_alive()?;
-    let (rss_end, hwm) = agent.rss_kib();
+    let (rss_end, hwm, threads) = agent.status();
 
     report(&Report {
         agent,
@@ -848,6 +860,7 @@ async fn bench(agent: &mut BenchAgent, options: &Options) -> Result<(), String> 
         populate,
         runs: &runs,
         rss: [rss_idle, rss_populated, rss_end, hwm],
+        threads,
     });
     Ok(())
 }
@@ -865,6 +878,8 @@ struct Report<'a> {
     runs: &'a [Run],
     /// idle, after populating, at the end, peak (KiB).
     rss: [u64; 4],
+    /// The agent's threads at the end.
+    threads: u64,
 }
 
 fn fmt_latency(d: Duration) -> String {
@@ -916,19 +931,19 @@ fn report(r: &Report) {
     );
     println!();
     println!(
-        "{:<24} {:>7} {:>6} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8}  reference: ≥ 2,000 calls/s, p99 < 10 ms",
-        "operation", "clients", "calls", "calls/s", "p50", "p99", "agent CPU", "own CPU", "resp"
+        "{:<24} {:>7} {:>6} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8} {:>9}  reference: ≥ 2,000 calls/s, p99 < 10 ms",
+        "operation", "clients", "calls", "calls/s", "p50", "p99", "agent CPU", "own CPU", "resp", "agent RSS"
     );
     println!(
-        "{:<24} {:>7} {:>6} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8}",
-        "", "", "", "", "", "", "per call", "per call", "bytes"
+        "{:<24} {:>7} {:>6} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8} {:>9}",
+        "", "", "", "", "", "", "per call", "per call", "bytes", "after"
     );
     for run in r.runs {
         let calls = run.latencies.len().max(1) as u32;
         let rate = run.calls_per_s();
         let p99 = run.percentile(0.99);
         println!(
-            "{:<24} {:>7} {:>6} {:>9.0} {:>9} {:>9} {:>10} {:>9} {:>8}  calls/s {}, p99 {}",
+            "{:<24} {:>7} {:>6} {:>9.0} {:>9} {:>9} {:>10} {:>9} {:>8} {:>9}  calls/s {}, p99 {}",
             run.name,
             run.clients,
             run.latencies.len(),
@@ -942,6 +957,7 @@ fn report(r: &Report) {
             } else {
                 "-".into()
             },
+            fmt_mib(run.rss_after_kib),
             verdict(rate >= TARGET_CALLS_PER_S),
             verdict(p99 < TARGET_P99),
         );
@@ -955,7 +971,10 @@ fn report(r: &Report) {
     }
     let [idle, populated, end, peak] = r.rss;
     println!();
-    println!("agent RSS                                                    reference: ≤ 30 MiB");
+    println!(
+        "agent RSS ({} threads at the end)                             reference: ≤ 30 MiB",
+        r.threads
+    );
     for (what, kib) in [
         ("idle, before populating", idle),
         ("with 1,000 pools + 1,000 VMs", populated),

@@ -120,6 +120,19 @@ impl Store {
         })
     }
 
+    /// Reserves `count` fresh ids durably and returns the first: the
+    /// caller hands out `first..first + count` without touching the store
+    /// again. Ids of a block not used before a crash are skipped, never
+    /// handed out twice.
+    pub fn reserve_ids(&self, count: u64) -> Result<u64, StoreError> {
+        self.write(|tx| {
+            let mut meta = tx.open_table(META)?;
+            let first = meta.get(META_NEXT_ID)?.map_or(1, |v| v.value());
+            meta.insert(META_NEXT_ID, first.saturating_add(count.max(1)))?;
+            Ok(first)
+        })
+    }
+
     /// Apply `changes` atomically: all of them or none.
     pub fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
         self.write(|tx| {
