@@ -24,7 +24,8 @@ STATIC_CARGO := RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --relea
 	--target $(STATIC_TARGET) --target-dir $(STATIC_DIR)
 
 DEB_PACKAGES := qemu-system-x86 qemu-utils busybox-static cpio linux-source-6.1 \
-	build-essential flex bison bc libelf-dev libssl-dev xz-utils kmod
+	build-essential flex bison bc libelf-dev libssl-dev xz-utils kmod \
+	docker-registry skopeo umoci nftables crun runc
 
 .PHONY: all deps images static build run run-vm test bench fuzz fuzz-test fmt lint clean
 
@@ -56,7 +57,7 @@ run: images
 run-vm: images static
 	$(CARGO) run -q -p stratum-tests --bin nested-host -- --script guest-images/run-guest.sh --echo
 
-test: images static
+test: deps images static
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) fuzz-test
 

@@ -5,9 +5,12 @@
 pub mod agent;
 pub mod api;
 pub mod cgroup;
+pub mod image;
 pub mod nodectl;
+pub mod podnet;
 pub mod pool;
 pub mod proto;
+pub mod runtime;
 pub mod state;
 pub mod tls;
 pub mod vm;

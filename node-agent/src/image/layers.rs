@@ -1,0 +1,122 @@
+//! The layer store: `layers/<diff-id hex>/`, each layer unpacked once in
+//! overlayfs form and used read-only as a `lowerdir` by every pod whose
+//! image has it.
+//!
+//! Keyed by diff-id (digest of the uncompressed tar) rather than chain-id:
+//! with overlayfs each layer directory holds only that layer's changes
+//! (its whiteouts included), independent of the layers below, so the same
+//! layer under different parents is the same directory.
+//!
+//! A layer is unpacked into a private temp directory, its diff-id checked
+//! against the image config, the filesystem synced (`syncfs`) and only
+//! then renamed into place: a layer directory that exists is complete, and
+//! a refused or failed unpack is deleted whole. Only blobs already in the
+//! blob store (verified against their digest) are ever unpacked.
+
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::blobs::list_digests;
+use super::digest::{Digest, HashingReader};
+use super::error::ImageError;
+use super::fsutil::{fsync_dir, remove_any, unique_name};
+use super::media::decompress;
+use super::unpack::{unpack, Mode};
+
+/// Unpacked layers under `<images>/layers/`.
+#[derive(Debug)]
+pub(crate) struct LayerStore {
+    dir: PathBuf,
+    tmp: PathBuf,
+}
+
+impl LayerStore {
+    /// Opens (creating) `root/layers`; work directories go to `tmp`.
+    pub(crate) fn open(root: &Path, tmp: &Path) -> Result<Self, ImageError> {
+        let dir = root.join("layers");
+        fs::create_dir_all(&dir).map_err(ImageError::io_at("create", &dir))?;
+        Ok(LayerStore {
+            dir,
+            tmp: tmp.to_owned(),
+        })
+    }
+
+    /// The directory of the layer with this diff-id.
+    pub(crate) fn path(&self, diff_id: &Digest) -> PathBuf {
+        self.dir.join(diff_id.hex())
+    }
+
+    /// Whether the layer is unpacked.
+    pub(crate) fn contains(&self, diff_id: &Digest) -> bool {
+        self.path(diff_id).is_dir()
+    }
+
+    /// Every unpacked layer's diff-id.
+    pub(crate) fn list(&self) -> Result<Vec<Digest>, ImageError> {
+        list_digests(&self.dir)
+    }
+
+    /// Unpacks the stored blob at `blob` (layer `digest`, compressed or
+    /// not) as the layer `diff_id`, unless it already is.
+    pub(crate) fn unpack(
+        &self,
+        blob: &Path,
+        digest: &Digest,
+        diff_id: &Digest,
+    ) -> Result<(), ImageError> {
+        if self.contains(diff_id) {
+            return Ok(());
+        }
+        let work = self.tmp.join(unique_name("layer"));
+        fs::create_dir(&work).map_err(ImageError::io_at("create", &work))?;
+        let result = self.unpack_into(&work, blob, digest, diff_id);
+        if result.is_err() {
+            let _ = remove_any(&work);
+        }
+        result
+    }
+
+    fn unpack_into(
+        &self,
+        work: &Path,
+        blob: &Path,
+        digest: &Digest,
+        diff_id: &Digest,
+    ) -> Result<(), ImageError> {
+        let file = File::open(blob).map_err(ImageError::io_at("open blob", blob))?;
+        let bad = |source| ImageError::BadArchive {
+            layer: digest.to_string(),
+            source,
+        };
+        let mut tar = HashingReader::new(decompress(file).map_err(bad)?);
+        unpack(&mut tar, work, Mode::Layer, digest.as_str())?;
+        let (actual, _) = tar.finish().map_err(bad)?;
+        if &actual != diff_id {
+            return Err(ImageError::DigestMismatch {
+                what: format!("uncompressed layer {digest} (diff-id)"),
+                expected: diff_id.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        self.publish(work, diff_id)
+    }
+
+    /// Makes the finished work directory the layer: mode 0755, data
+    /// synced, renamed into place, the rename synced.
+    fn publish(&self, work: &Path, diff_id: &Digest) -> Result<(), ImageError> {
+        fs::set_permissions(work, fs::Permissions::from_mode(0o755))
+            .map_err(ImageError::io_at("chmod", work))?;
+        let dir = File::open(work).map_err(ImageError::io_at("open", work))?;
+        rustix::fs::syncfs(&dir).map_err(|e| ImageError::io("syncfs", work, e.into()))?;
+        let dest = self.path(diff_id);
+        match fs::rename(work, &dest) {
+            Ok(()) => fsync_dir(&self.dir).map_err(ImageError::io_at("fsync", &self.dir)),
+            // Another pull of the same layer finished first: same content.
+            Err(_) if self.contains(diff_id) => {
+                remove_any(work).map_err(ImageError::io_at("remove", work))
+            }
+            Err(e) => Err(ImageError::io("rename layer to", &dest, e)),
+        }
+    }
+}

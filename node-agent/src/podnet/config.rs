@@ -1,0 +1,68 @@
+//! How a pod network is set up: bridge, CIDR, where netns files and the
+//! state file live, the nftables table, and the two host-wide switches.
+//! Everything that names a kernel object is configurable so that several
+//! networks (tests side by side, or two agents' data dirs) never collide.
+
+use std::path::{Path, PathBuf};
+
+use super::cidr::Ipv4Cidr;
+use super::error::{PodNetError, Result};
+use super::names::{check_link_name, check_table_name};
+
+/// A pod network's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodNetConfig {
+    /// The host bridge (at most 15 bytes).
+    pub bridge: String,
+    /// Pod addresses; the first host address goes to the bridge.
+    pub cidr: Ipv4Cidr,
+    /// Where each pod's netns is bound, as `<netns_dir>/<pod-id>`.
+    pub netns_dir: PathBuf,
+    /// The redb file with allocations, pod records and policies.
+    pub state_file: PathBuf,
+    /// The `inet` table holding every rule of this network.
+    pub nft_table: String,
+    /// Masquerade pod traffic leaving the CIDR.
+    pub masquerade: bool,
+    /// Turn on IPv4 forwarding at open (egress and published ports from
+    /// other hosts need it; pod↔pod and host↔pod do not).
+    pub ip_forward: bool,
+    /// The `nft` binary; `None` for /usr/sbin/nft, else `nft` on PATH.
+    pub nft_binary: Option<PathBuf>,
+}
+
+impl PodNetConfig {
+    /// The defaults, with the state file in `data_dir`: bridge `stratum0`,
+    /// CIDR 10.88.0.0/16, netns files in /run/stratum/netns, table
+    /// `inet stratum`, masquerade and forwarding on.
+    pub fn new(data_dir: &Path) -> Self {
+        PodNetConfig {
+            bridge: "stratum0".into(),
+            cidr: Ipv4Cidr::DEFAULT,
+            netns_dir: PathBuf::from("/run/stratum/netns"),
+            state_file: data_dir.join("podnet.redb"),
+            nft_table: "stratum".into(),
+            masquerade: true,
+            ip_forward: true,
+            nft_binary: None,
+        }
+    }
+
+    /// Checks names and paths.
+    pub fn validate(&self) -> Result<()> {
+        check_link_name(&self.bridge)?;
+        check_table_name(&self.nft_table)?;
+        if !self.netns_dir.is_absolute() {
+            return Err(PodNetError::InvalidConfig(format!(
+                "netns directory {} must be an absolute path",
+                self.netns_dir.display()
+            )));
+        }
+        if self.netns_dir.parent().is_none() {
+            return Err(PodNetError::InvalidConfig(
+                "netns directory cannot be /".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,165 @@
+//! What can go wrong in pod networking, one variant per cause, so the
+//! caller (the pod service) can map each to its gRPC code: a bad argument
+//! or a conflict the client can fix, exhaustion of the pod CIDR, and host
+//! failures (netlink, nftables, the state file) it cannot.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// A failed pod-network operation.
+#[derive(Debug, Error)]
+pub enum PodNetError {
+    /// The configuration cannot work (bad bridge name, CIDR too small).
+    #[error("invalid pod network configuration: {0}")]
+    InvalidConfig(String),
+    /// A request argument is malformed (pod id, namespace, port).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The pod is already attached, in another namespace.
+    #[error("pod {pod_id} is already attached to the pod network in namespace {namespace}")]
+    AlreadyAttached {
+        /// The pod.
+        pod_id: String,
+        /// The namespace it is attached in.
+        namespace: String,
+    },
+    /// A host port is already mapped to another pod.
+    #[error("host port {protocol}/{port} is already mapped to pod {holder}")]
+    PortInUse {
+        /// "tcp" or "udp".
+        protocol: &'static str,
+        /// The host port.
+        port: u16,
+        /// The pod holding it.
+        holder: String,
+    },
+    /// Every address of the pod CIDR is allocated.
+    #[error("no free address left in pod CIDR {cidr} ({capacity} pod addresses, all allocated)")]
+    Exhausted {
+        /// The configured CIDR.
+        cidr: String,
+        /// How many addresses pods can get from it.
+        capacity: u32,
+    },
+    /// The state file holds allocations from another CIDR than the
+    /// configured one: changing the CIDR under live pods would hand out
+    /// their addresses again or strand them.
+    #[error("pod network state holds live allocations from {stored}, but the configured CIDR is {configured}")]
+    CidrChanged {
+        /// The CIDR the allocations came from.
+        stored: String,
+        /// The configured one.
+        configured: String,
+    },
+    /// An address to release or look up is not in the pod CIDR.
+    #[error("{0} is not a pod address of this network")]
+    ForeignAddress(Ipv4Addr),
+    /// A netlink request failed.
+    #[error("netlink: {op}: {source}")]
+    Netlink {
+        /// What was being done.
+        op: String,
+        /// The kernel's (or the library's) answer.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// A network namespace could not be created, entered or removed.
+    #[error("network namespace {path}: {op}: {source}")]
+    Netns {
+        /// The netns file.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The `nft` binary failed or could not be run.
+    #[error("nftables: {0}")]
+    Nft(String),
+    /// A sysctl could not be read or written.
+    #[error("sysctl {path}: {source}")]
+    Sysctl {
+        /// The /proc/sys file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel has no br_netfilter, so the firewall cannot see traffic
+    /// between pods on the bridge and cannot isolate namespaces.
+    #[error(
+        "bridge netfilter (br_netfilter) is not available: /proc/sys/net/bridge is missing, \
+         so namespace isolation cannot be enforced"
+    )]
+    NoBridgeNetfilter,
+    /// A link with the bridge's name exists and is not a bridge.
+    #[error("link {0} exists and is not a bridge")]
+    NotABridge(String),
+    /// Another I/O failure (state directory, mountinfo).
+    #[error("{op}: {source}")]
+    Io {
+        /// What was being done.
+        op: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The state file could not be opened (missing directory, another
+    /// process holding it, not a redb file).
+    #[error("cannot open pod network state {path}: {source}")]
+    StoreOpen {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: redb::DatabaseError,
+    },
+    /// The state file failed (I/O error, full disk, corruption).
+    #[error("pod network state: {0}")]
+    Store(#[from] redb::Error),
+    /// A stored record cannot be read.
+    #[error("pod network state: record {key:?} is unreadable: {reason}")]
+    Corrupt {
+        /// Its key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl PodNetError {
+    pub(crate) fn netlink(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Self {
+        let op = op.into();
+        move |source| PodNetError::Netlink { op, source }
+    }
+
+    pub(crate) fn io(op: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
+        let op = op.into();
+        move |source| PodNetError::Io { op, source }
+    }
+}
+
+/// Lets `?` lift every specific redb error into [`PodNetError::Store`].
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for PodNetError {
+            fn from(e: $t) -> Self {
+                PodNetError::Store(e.into())
+            }
+        }
+    )*};
+}
+
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Shorthand for this module's results.
+pub type Result<T, E = PodNetError> = std::result::Result<T, E>;

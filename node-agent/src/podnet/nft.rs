@@ -1,0 +1,368 @@
+//! The pod network's firewall: a table of its own (`stratum` by default),
+//! in two families, `inet` for routing-level rules and `bridge` for the
+//! bridge ports, so replacing or deleting it never touches the host's
+//! rules or another program's.
+//!
+//! Both are rendered from the network's state (pods, their namespaces,
+//! veths and port mappings, the policies) and loaded with `nft -f -` in
+//! one transaction that deletes and recreates them: every change is
+//! atomic (no moment with half a ruleset), the tables always match the
+//! state exactly, and reconcile after a restart is the same operation.
+//! `nft -f` with generated text rather than the JSON API: the text format
+//! is what operators read in `nft list table`, the tables are small, and
+//! nothing here needs to parse nft's output.
+//!
+//! **Isolation.** Pods on the bridge talk at layer 2, which the `inet`
+//! family's forward hook does not see by itself; the bridge is created
+//! with `nf_call_iptables`/`nf_call_ip6tables` (per bridge, so the host's
+//! other bridges are not affected), so br_netfilter passes its IPv4/IPv6
+//! traffic through the inet hooks, with conntrack. The `bridge` family
+//! alone was tried first: it sees the frames, but this kernel has no
+//! conntrack for it (`ct state` fails with EPROTO), so replies to an
+//! allowed direction could not be told from new connections in the other.
+//! Pod→pod packets are accepted when they belong to an established
+//! connection, were DNATed to a published port, stay inside one
+//! namespace, or go from a namespace to one a policy allows; the rest are
+//! dropped. Host↔pod traffic is input/output, not forward, and is never
+//! filtered here.
+//!
+//! **Anti-spoofing.** Isolation trusts source addresses, and any pod with
+//! CAP_NET_RAW can forge one. So the `bridge` table, on every frame a pod
+//! sends into the bridge (its host veth is the ingress port), accepts only
+//! IPv4 and ARP from the pod's own address (ARP probes from 0.0.0.0 too)
+//! and drops everything else: other sources, IPv6 (pods are IPv4 only),
+//! VLAN-tagged frames that br_netfilter would not inspect.
+//!
+//! **Port mappings.** DNAT in prerouting (from other hosts and from pods)
+//! and output (from host processes), for any local destination address
+//! except loopback (which would need `route_localnet`); a pod reaching a
+//! published port of a pod on the same bridge is masqueraded (hairpin), so
+//! the reply comes back the way the request went.
+//!
+//! **Egress.** With `masquerade`, pod traffic leaving the CIDR is
+//! masqueraded behind the host's address.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::cidr::Ipv4Cidr;
+use super::error::{PodNetError, Result};
+use super::portmap::PortMapping;
+
+/// One pod as the firewall sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallPod<'a> {
+    /// The pod id (in rule comments).
+    pub pod_id: &'a str,
+    /// Its namespace.
+    pub namespace: &'a str,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// The host end of its veth pair.
+    pub host_veth: &'a str,
+    /// Its published ports.
+    pub port_mappings: &'a [PortMapping],
+}
+
+/// What the table is rendered from.
+#[derive(Debug, Clone)]
+pub struct Ruleset<'a> {
+    /// The table name (family `inet`).
+    pub table: &'a str,
+    /// The bridge.
+    pub bridge: &'a str,
+    /// What every pod's host veth name starts with.
+    pub veth_prefix: &'a str,
+    /// The pod CIDR.
+    pub cidr: Ipv4Cidr,
+    /// Masquerade pod egress.
+    pub masquerade: bool,
+    /// The pods.
+    pub pods: Vec<FirewallPod<'a>>,
+    /// Allowed (from, to) namespace pairs.
+    pub policies: &'a BTreeSet<(String, String)>,
+}
+
+impl Ruleset<'_> {
+    /// The `nft -f` script that atomically replaces the tables. Names and
+    /// ids were checked on the way in ([`super::names`]), so they cannot
+    /// break out of their quotes.
+    pub fn render(&self) -> String {
+        let t = self.table;
+        let br = self.bridge;
+        let cidr = self.cidr;
+        // namespace → its pods' addresses; set names by position.
+        let mut by_ns: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
+        for p in &self.pods {
+            by_ns.entry(p.namespace).or_default().push(p.ip);
+        }
+        let set_of: BTreeMap<&str, String> = by_ns
+            .keys()
+            .enumerate()
+            .map(|(i, ns)| (*ns, format!("ns_{i}")))
+            .collect();
+
+        let mut s = String::new();
+        // Create-then-delete so the delete cannot fail on a missing table;
+        // nft applies the whole script as one transaction.
+        let _ = writeln!(
+            s,
+            "table inet {t} {{}}\ndelete table inet {t}\ntable inet {t} {{"
+        );
+        for (ns, ips) in &by_ns {
+            let mut ips = ips.clone();
+            ips.sort();
+            let elems: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
+            let _ = writeln!(
+                s,
+                "\tset {} {{\n\t\ttype ipv4_addr\n\t\tcomment \"namespace {ns}\"\n\t\telements = {{ {} }}\n\t}}",
+                set_of[ns],
+                elems.join(", ")
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tip saddr {cidr} ip daddr {cidr} jump pod_to_pod\n\
+             \t\tiifname \"{br}\" oifname \"{br}\" meta nfproto ipv6 drop\n\t}}"
+        );
+        let _ = writeln!(
+            s,
+            "\tchain pod_to_pod {{\n\t\tct state established,related accept\n\t\tct status dnat accept"
+        );
+        for set in set_of.values() {
+            let _ = writeln!(s, "\t\tip saddr @{set} ip daddr @{set} accept");
+        }
+        for (from, to) in self.policies {
+            if let (Some(a), Some(b)) = (set_of.get(from.as_str()), set_of.get(to.as_str())) {
+                if a != b {
+                    let _ = writeln!(
+                        s,
+                        "\t\tip saddr @{a} ip daddr @{b} accept comment \"policy {from} -> {to}\""
+                    );
+                }
+            }
+        }
+        let _ = writeln!(s, "\t\tcounter drop\n\t}}");
+
+        let _ = writeln!(
+            s,
+            "\tchain host_ports {{\n\t\tmeta nfproto != ipv4 return\n\t\tip daddr 127.0.0.0/8 return"
+        );
+        let mut pods: Vec<&FirewallPod<'_>> = self.pods.iter().collect();
+        pods.sort_by_key(|p| p.pod_id);
+        for p in &pods {
+            for m in p.port_mappings {
+                let dst = m
+                    .host_ip
+                    .map(|ip| format!("ip daddr {ip} "))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "\t\t{dst}{proto} dport {hp} dnat ip to {ip}:{cp} comment \"pod {id}\"",
+                    proto = m.protocol,
+                    hp = m.host_port,
+                    ip = p.ip,
+                    cp = m.container_port,
+                    id = p.pod_id
+                );
+            }
+        }
+        let _ = writeln!(s, "\t}}");
+        // -100 is `dstnat`, a name nft 1.0.6 accepts for prerouting only.
+        for (chain, hook) in [("prerouting", "prerouting"), ("output", "output")] {
+            let _ = writeln!(
+                s,
+                "\tchain {chain} {{\n\t\ttype nat hook {hook} priority -100; policy accept;\n\
+                 \t\tfib daddr type local jump host_ports\n\t}}"
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip saddr {cidr} ip daddr {cidr} ct status dnat masquerade"
+        );
+        if self.masquerade {
+            let _ = writeln!(s, "\t\tip saddr {cidr} ip daddr != {cidr} masquerade");
+        }
+        let _ = writeln!(s, "\t}}\n}}");
+
+        let _ = writeln!(
+            s,
+            "table bridge {t} {{}}\ndelete table bridge {t}\ntable bridge {t} {{\n\
+             \tset pod_addrs {{\n\t\ttype ifname . ipv4_addr"
+        );
+        if !pods.is_empty() {
+            let elems: Vec<String> = pods
+                .iter()
+                .map(|p| format!("\"{}\" . {}", p.host_veth, p.ip))
+                .collect();
+            let _ = writeln!(s, "\t\telements = {{ {} }}", elems.join(", "));
+        }
+        let _ = writeln!(
+            s,
+            "\t}}\n\tchain pod_ingress {{\n\
+             \t\ttype filter hook prerouting priority filter; policy accept;\n\
+             \t\tiifname != \"{prefix}*\" accept\n\
+             \t\tether type != {{ ip, arp }} drop\n\
+             \t\tiifname . ip saddr @pod_addrs accept\n\
+             \t\tiifname . arp saddr ip @pod_addrs accept\n\
+             \t\tarp saddr ip 0.0.0.0 accept\n\
+             \t\tcounter drop\n\t}}\n}}",
+            prefix = self.veth_prefix
+        );
+        s
+    }
+}
+
+/// Runs `nft`.
+#[derive(Debug, Clone)]
+pub struct Nft {
+    binary: PathBuf,
+}
+
+impl Default for Nft {
+    fn default() -> Self {
+        // /usr/sbin is not on every PATH (a test runner's, say).
+        let sbin = Path::new("/usr/sbin/nft");
+        Nft {
+            binary: if sbin.exists() {
+                sbin.to_path_buf()
+            } else {
+                PathBuf::from("nft")
+            },
+        }
+    }
+}
+
+impl Nft {
+    /// Use `binary` as `nft`.
+    pub fn new(binary: impl Into<PathBuf>) -> Self {
+        Nft {
+            binary: binary.into(),
+        }
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let mut child = Command::new(&self.binary)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| PodNetError::Nft(format!("cannot run {}: {e}", self.binary.display())))?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes())
+                .map_err(|e| PodNetError::Nft(format!("writing the ruleset to nft: {e}")))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| PodNetError::Nft(format!("waiting for nft: {e}")))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(PodNetError::Nft(format!(
+                "nft {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+
+    /// Load `script` (one atomic transaction).
+    pub fn apply(&self, script: &str) -> Result<()> {
+        self.run(&["-f", "-"], Some(script)).map(drop)
+    }
+
+    /// Delete `<table>` in both families; no error if it does not exist.
+    pub fn delete_table(&self, table: &str) -> Result<()> {
+        let mut script = String::new();
+        for family in ["inet", "bridge"] {
+            let _ = writeln!(
+                script,
+                "table {family} {table} {{}}\ndelete table {family} {table}"
+            );
+        }
+        self.apply(&script)
+    }
+
+    /// `nft list table <family> <table>`, or `None` if there is no such
+    /// table.
+    pub fn list_table(&self, family: &str, table: &str) -> Result<Option<String>> {
+        let tables = self.run(&["list", "tables", family], None)?;
+        let want = format!("table {family} {table}");
+        if !tables.lines().any(|l| l.trim() == want) {
+            return Ok(None);
+        }
+        self.run(&["list", "table", family, table], None).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_isolation_policies_and_port_maps() {
+        let policies: BTreeSet<(String, String)> = [
+            ("b".to_string(), "a".to_string()),
+            ("a".to_string(), "empty".to_string()),
+        ]
+        .into();
+        let maps = [PortMapping::tcp(8080, 80)];
+        let rs = Ruleset {
+            table: "stratum",
+            bridge: "stratum0",
+            veth_prefix: "s1234",
+            cidr: "10.88.0.0/16".parse().unwrap(),
+            masquerade: true,
+            pods: vec![
+                FirewallPod {
+                    pod_id: "p1",
+                    namespace: "a",
+                    ip: Ipv4Addr::new(10, 88, 0, 2),
+                    host_veth: "s1234aaaaaaaaaa",
+                    port_mappings: &maps,
+                },
+                FirewallPod {
+                    pod_id: "p2",
+                    namespace: "b",
+                    ip: Ipv4Addr::new(10, 88, 0, 3),
+                    host_veth: "s1234bbbbbbbbbb",
+                    port_mappings: &[],
+                },
+            ],
+            policies: &policies,
+        };
+        let s = rs.render();
+        assert!(s.contains("elements = { 10.88.0.2 }"), "{s}");
+        assert!(s.contains("ip saddr @ns_0 ip daddr @ns_0 accept"), "{s}");
+        assert!(
+            s.contains("ip saddr @ns_1 ip daddr @ns_0 accept comment \"policy b -> a\""),
+            "{s}"
+        );
+        // A policy naming a namespace without pods renders nothing.
+        assert!(!s.contains("empty\""), "{s}");
+        assert!(
+            s.contains("tcp dport 8080 dnat ip to 10.88.0.2:80 comment \"pod p1\""),
+            "{s}"
+        );
+        assert!(s.contains("ip daddr != 10.88.0.0/16 masquerade"), "{s}");
+        assert!(
+            s.contains(
+                "elements = { \"s1234aaaaaaaaaa\" . 10.88.0.2, \"s1234bbbbbbbbbb\" . 10.88.0.3 }"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("iifname != \"s1234*\" accept"), "{s}");
+    }
+}

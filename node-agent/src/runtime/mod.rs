@@ -1,0 +1,64 @@
+//! The container runtime layer: pods' containers run directly on the host
+//! through an OCI runtime (crun by default, runc as the alternative), each
+//! in a leaf cgroup below its pod's cgroup, below its resource pool — so a
+//! pod counts against the pool exactly as a VM does.
+//!
+//! This is a library for the pod service; it has no gRPC surface and knows
+//! nothing about images (it takes unpacked layer directories) or pod
+//! networking (it takes a network namespace path).
+//!
+//! - [`rootfs`]: overlayfs over the image layers (or a plain directory).
+//! - [`sandbox`]: the pod's shared network/IPC/UTS namespaces, pinned as
+//!   bind-mounted namespace files (no pause process), and its `/dev/shm`.
+//! - [`cgpath`]: naming a Stratum cgroup as the runtime's `cgroupsPath`,
+//!   and the mount view that makes this possible on cgroup v1 hosts where
+//!   the agent sits in different cgroups per hierarchy.
+//! - [`resources`]: `linux.resources` echoing the limits the cgroup layer
+//!   enforces.
+//! - [`spec`]: the OCI runtime spec (oci-spec).
+//! - [`oci`]: the runtime CLI driver (create/start/state/kill/delete/exec).
+//! - [`logs`]: CRI log format, the raw-file-to-CRI pump, the follower.
+//! - [`reaper`]: exit detection: subreaper, pidfd, orphan reaping.
+//! - [`container`]: the lifecycle glue; [`restart`]: the restart policy.
+//!
+//! Typical use (the pod service's):
+//! ```text
+//! become_subreaper()?; spawn_orphan_reaper()?;            // once, at start
+//! let mapping = CgroupMapping::detect(&hierarchy.root()?)?;
+//! let runtime = OciRuntime::new(&config, mapping.view())?; runtime.check_host()?;
+//! let pod_cg = hierarchy.create_leaf(&pool_cg, "pod-7")?;
+//! let sandbox = PodSandbox::create(&pod_dir, "pod-7", PodNetwork::Existing(netns))?;
+//! let ctr = Container::create(&runtime, PodContext { .. }, &ctr_dir, &config).await?;
+//! ctr.start(&runtime).await?;  let report = ctr.wait().await?;
+//! ctr.remove(&runtime).await?; sandbox.remove()?; mapping.prune(pod path)?;
+//! ```
+
+pub mod cgpath;
+pub mod container;
+mod error;
+pub mod logs;
+pub mod mountinfo;
+pub mod oci;
+pub mod reaper;
+pub mod resources;
+pub mod restart;
+pub mod rootfs;
+pub mod sandbox;
+pub mod spec;
+
+pub use cgpath::{CgroupMapping, CgroupView, MappingMode};
+pub use container::{
+    Container, ContainerConfig, ContainerStatus, ExitReason, ExitReport, PodContext,
+};
+pub use error::{Result, RuntimeError};
+pub use logs::{CriLogLine, LogFollower, LogPaths, LogPump, LogStream, MAX_LOG_LINE};
+pub use oci::{
+    ContainerStdio, ExecOutput, OciRuntime, OciRuntimeConfig, RuntimeKind, RuntimeState,
+    RuntimeStatus,
+};
+pub use reaper::{become_subreaper, reap_orphans, spawn_orphan_reaper, ExitWatch, ProcessExit};
+pub use resources::OciResources;
+pub use restart::{decide, ExitFacts, RestartDecision, RestartPolicy};
+pub use rootfs::{Rootfs, RootfsSource};
+pub use sandbox::{PodNetwork, PodSandbox, SandboxNamespaces};
+pub use spec::{ProcessConfig, SpecConfig};

@@ -1,0 +1,368 @@
+//! The pod sandbox: the namespaces all containers of a pod share (network,
+//! IPC, UTS) and the pod's shared `/dev/shm`.
+//!
+//! Design choice: **pinned namespace files, no pause process.** The
+//! sandbox's IPC and UTS namespaces (and, when pod networking does not
+//! supply one, the network namespace) are created by a short-lived thread
+//! of the agent (`unshare(2)`; these namespace types may be unshared per
+//! thread), which sets the pod's hostname, brings up `lo` in a new network
+//! namespace, and bind-mounts `/proc/thread-self/ns/{net,ipc,uts}` onto
+//! files in the pod's directory — what `ip netns add` does for network
+//! namespaces, and what pod networking (`podnet`) hands over anyway: a
+//! netns path. Every container's spec then joins the three by path, while
+//! getting its own PID and mount namespaces.
+//!
+//! Why not a pause container (Kubernetes' way): it is a process per pod
+//! that must be started before the first container (a rootfs, a runtime
+//! create+start: latency the pod start benchmark pays), accounted in some
+//! cgroup, watched, and re-adopted after an agent restart; if it dies, the
+//! pod's namespaces go with it. A bind mount keeps the namespace alive on
+//! its own, survives an agent `kill -9` (the mounts are in the host's mount
+//! namespace), costs nothing while the pod runs, and is removed by
+//! unmounting. What pinned files cannot give — a shared PID namespace
+//! (`shareProcessNamespace`) — is not offered.
+//!
+//! `/dev/shm`: a tmpfs per pod (`<pod>/shm`), bind-mounted into every
+//! container, so POSIX shared memory is shared like System V IPC is
+//! through the IPC namespace. Its pages are charged to the memory cgroup of
+//! the container that first touches them.
+//!
+//! Layout: `<pod dir>/ns/{net,ipc,uts}`, `<pod dir>/shm/`.
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::thread;
+
+use super::error::{Result, RuntimeError};
+use super::mountinfo;
+use super::rootfs::unmount;
+
+/// Size of a pod's `/dev/shm` tmpfs (Docker's and containerd's default).
+pub const SHM_SIZE: &str = "65536k";
+
+/// Where the pod's network namespace comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodNetwork {
+    /// A namespace file prepared by pod networking (e.g. `/run/netns/…`);
+    /// the sandbox joins it and never removes it.
+    Existing(PathBuf),
+    /// A new namespace with only `lo` (up), pinned in the pod's directory
+    /// and removed with the sandbox.
+    New,
+}
+
+/// The shared namespaces of one pod, as paths containers join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxNamespaces {
+    /// Network namespace file.
+    pub net: PathBuf,
+    /// IPC namespace file.
+    pub ipc: PathBuf,
+    /// UTS namespace file (holds the pod's hostname).
+    pub uts: PathBuf,
+}
+
+/// A pod's pinned namespaces and shared `/dev/shm`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSandbox {
+    dir: PathBuf,
+    hostname: String,
+    namespaces: SandboxNamespaces,
+    owns_net: bool,
+}
+
+impl PodSandbox {
+    /// Creates the pod's namespaces and shm under `dir` (created if
+    /// missing). On failure whatever was set up is undone.
+    pub fn create(dir: &Path, hostname: &str, network: PodNetwork) -> Result<PodSandbox> {
+        validate_hostname(hostname)?;
+        let sandbox = PodSandbox::at(dir, hostname, &network);
+        if let PodNetwork::Existing(path) = &network {
+            if !path.exists() {
+                return Err(RuntimeError::invalid(
+                    "network namespace",
+                    path.to_string_lossy(),
+                    "does not exist",
+                ));
+            }
+        }
+        let ns_dir = dir.join("ns");
+        fs::create_dir_all(&ns_dir).map_err(RuntimeError::io(&ns_dir, "create directory"))?;
+        let shm = sandbox.shm_dir();
+        fs::create_dir_all(&shm).map_err(RuntimeError::io(&shm, "create directory"))?;
+        let result = sandbox.pin_namespaces().and_then(|()| mount_shm(&shm));
+        if let Err(e) = result {
+            // Best effort: the original error is the one to report.
+            let _ = sandbox.remove();
+            return Err(e);
+        }
+        Ok(sandbox)
+    }
+
+    /// The sandbox an earlier agent created in `dir`, checked to be still
+    /// mounted (after an agent restart).
+    pub fn open(dir: &Path, hostname: &str, network: PodNetwork) -> Result<PodSandbox> {
+        let sandbox = PodSandbox::at(dir, hostname, &network);
+        let mounts = mountinfo::read_self()?;
+        let mounted = |p: &Path| mounts.iter().any(|m| m.mount_point == p);
+        let mut needed = vec![
+            sandbox.namespaces.ipc.clone(),
+            sandbox.namespaces.uts.clone(),
+            sandbox.shm_dir(),
+        ];
+        if sandbox.owns_net {
+            needed.push(sandbox.namespaces.net.clone());
+        }
+        if let Some(missing) = needed.into_iter().find(|p| !mounted(p)) {
+            return Err(RuntimeError::invalid(
+                "pod sandbox",
+                missing.to_string_lossy(),
+                "not mounted (sandbox gone)",
+            ));
+        }
+        Ok(sandbox)
+    }
+
+    fn at(dir: &Path, hostname: &str, network: &PodNetwork) -> PodSandbox {
+        let ns = dir.join("ns");
+        let (net, owns_net) = match network {
+            PodNetwork::Existing(path) => (path.clone(), false),
+            PodNetwork::New => (ns.join("net"), true),
+        };
+        PodSandbox {
+            dir: dir.to_path_buf(),
+            hostname: hostname.to_string(),
+            namespaces: SandboxNamespaces {
+                net,
+                ipc: ns.join("ipc"),
+                uts: ns.join("uts"),
+            },
+            owns_net,
+        }
+    }
+
+    /// The pod's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The pod's hostname (set in its UTS namespace).
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// The namespace files containers join.
+    pub fn namespaces(&self) -> &SandboxNamespaces {
+        &self.namespaces
+    }
+
+    /// The pod's shared `/dev/shm` directory (a tmpfs).
+    pub fn shm_dir(&self) -> PathBuf {
+        self.dir.join("shm")
+    }
+
+    /// Unmounts the pinned namespaces (not an `Existing` network namespace)
+    /// and the shm, and deletes the pod directory's sandbox files.
+    /// Idempotent; containers must be gone first (a running container keeps
+    /// its namespaces alive anyway, the files just disappear).
+    pub fn remove(&self) -> Result<()> {
+        let mut targets = vec![
+            self.namespaces.ipc.clone(),
+            self.namespaces.uts.clone(),
+            self.shm_dir(),
+        ];
+        if self.owns_net {
+            targets.push(self.namespaces.net.clone());
+        }
+        let mounts = mountinfo::read_self()?;
+        for target in &targets {
+            // A file may carry several stacked mounts after a failed retry.
+            let layers = mounts.iter().filter(|m| m.mount_point == *target).count();
+            for _ in 0..layers {
+                unmount(target)?;
+            }
+        }
+        for target in &targets {
+            let removed = if target.is_dir() {
+                fs::remove_dir(target)
+            } else {
+                fs::remove_file(target)
+            };
+            match removed {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(RuntimeError::io(target, "remove")(e)),
+            }
+        }
+        let ns_dir = self.dir.join("ns");
+        match fs::remove_dir(&ns_dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RuntimeError::io(&ns_dir, "remove")(e)),
+        }
+    }
+
+    /// Creates the namespaces in a dedicated thread and pins them.
+    fn pin_namespaces(&self) -> Result<()> {
+        let mut targets = vec![
+            ("ipc", self.namespaces.ipc.clone()),
+            ("uts", self.namespaces.uts.clone()),
+        ];
+        let mut flags = libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        if self.owns_net {
+            targets.push(("net", self.namespaces.net.clone()));
+            flags |= libc::CLONE_NEWNET;
+        }
+        for (_, file) in &targets {
+            File::create(file).map_err(RuntimeError::io(file, "create namespace file"))?;
+        }
+        let hostname = self.hostname.clone();
+        let new_net = self.owns_net;
+        // The unshared namespaces belong to this thread only; it ends right
+        // after pinning them, so no other agent code ever runs inside them.
+        thread::spawn(move || -> Result<()> {
+            // SAFETY: unshare(2) with namespace flags affects this thread.
+            if unsafe { libc::unshare(flags) } != 0 {
+                return Err(RuntimeError::sys("unshare pod namespaces")(
+                    io::Error::last_os_error(),
+                ));
+            }
+            set_hostname(&hostname)?;
+            if new_net {
+                loopback_up()?;
+            }
+            for (kind, file) in &targets {
+                let source = PathBuf::from("/proc/thread-self/ns").join(kind);
+                bind(&source, file)?;
+            }
+            Ok(())
+        })
+        .join()
+        .map_err(|_| RuntimeError::sys("pin pod namespaces")(io::Error::other("thread panicked")))?
+    }
+}
+
+/// Hostnames: 1..=64 bytes of `[A-Za-z0-9.-]`, as the kernel and DNS take.
+fn validate_hostname(hostname: &str) -> Result<()> {
+    if hostname.is_empty() || hostname.len() > 64 {
+        return Err(RuntimeError::invalid(
+            "hostname",
+            hostname,
+            "must be 1 to 64 bytes",
+        ));
+    }
+    if !hostname
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(RuntimeError::invalid(
+            "hostname",
+            hostname,
+            "only letters, digits, '-' and '.' are allowed",
+        ));
+    }
+    Ok(())
+}
+
+fn c_path(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| RuntimeError::invalid("path", path.to_string_lossy(), "contains NUL"))
+}
+
+fn bind(source: &Path, target: &Path) -> Result<()> {
+    let (s, t) = (c_path(source)?, c_path(target)?);
+    // SAFETY: NUL-terminated paths; a bind mount takes no type or data.
+    let rc = unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(RuntimeError::io(target, "bind-mount namespace")(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+fn mount_shm(target: &Path) -> Result<()> {
+    let t = c_path(target)?;
+    let data = CString::new(format!("mode=1777,size={SHM_SIZE}"))
+        .map_err(|_| RuntimeError::invalid("shm options", SHM_SIZE, "contains NUL"))?;
+    // SAFETY: NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            c"shm".as_ptr(),
+            t.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(RuntimeError::io(target, "mount shm tmpfs")(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+fn set_hostname(hostname: &str) -> Result<()> {
+    // SAFETY: a pointer and length of a live byte buffer.
+    let rc = unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
+    if rc != 0 {
+        return Err(RuntimeError::sys("sethostname")(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// `ip link set lo up` in the calling thread's network namespace.
+fn loopback_up() -> Result<()> {
+    // SAFETY: socket(2) returns a new descriptor or -1.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(RuntimeError::sys("socket for lo")(
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: the descriptor was just returned to us and is owned here.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    // SAFETY: an all-zero ifreq is valid; the name is copied within bounds
+    // (3 bytes including NUL, the array holds 16).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read/write the flags of `req`.
+    unsafe {
+        if libc::ioctl(raw, libc::SIOCGIFFLAGS, &mut req) != 0 {
+            return Err(RuntimeError::sys("get lo flags")(io::Error::last_os_error()));
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(raw, libc::SIOCSIFFLAGS, &req) != 0 {
+            return Err(RuntimeError::sys("set lo up")(io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_sandbox_hostname_rules() {
+        assert!(validate_hostname("pod-7.example").is_ok());
+        assert!(validate_hostname("").is_err());
+        assert!(validate_hostname("a b").is_err());
+        assert!(validate_hostname(&"x".repeat(65)).is_err());
+    }
+}

@@ -1,0 +1,481 @@
+//! The OCI runtime spec (`config.json`) of one container, built with
+//! oci-spec.
+//!
+//! What goes in, and why:
+//! - **process**: args, env, cwd, uid/gid, no terminal (stdio goes to log
+//!   files, see `logs`), Docker's default capability set (bounding,
+//!   effective, permitted; inheritable and ambient empty),
+//!   `noNewPrivileges`, `RLIMIT_NOFILE` 1024 as containerd sets it.
+//! - **root**: the overlay mount point (see `rootfs`).
+//! - **hostname**: the pod's; the UTS namespace joined already carries it,
+//!   the runtime sets the same value again.
+//! - **mounts**: proc, sysfs (read-only), a tmpfs `/dev`, devpts,
+//!   `/dev/shm` (the pod's shared tmpfs bound in, or a private tmpfs) and
+//!   mqueue — the runtime's usual set, minus a cgroup mount.
+//! - **namespaces**: network, IPC and UTS joined by path (the pod sandbox's
+//!   pinned files); PID and mount namespaces new per container.
+//! - **linux.resources**: the effective limits of the container's cgroup
+//!   (see `resources`), and a deny-all device rule (the runtime adds its
+//!   default device nodes' rules).
+//! - **linux.cgroupsPath**: the container's cgroup below its pod, named as
+//!   the runtime resolves it (see `cgpath`).
+//! - **maskedPaths / readonlyPaths**: containerd's and runc's defaults.
+//!
+//! Seccomp is not set (the runtime default is none); a Docker-like profile
+//! is future work.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
+};
+
+use super::error::{Result, RuntimeError};
+use super::resources::OciResources;
+use super::sandbox::SandboxNamespaces;
+
+/// OCI runtime spec version written (understood by crun 1.x and runc 1.x).
+pub const OCI_VERSION: &str = "1.0.2";
+
+/// Docker's default capabilities (moby `oci/caps/defaults.go`).
+pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// Paths hidden from the container (containerd's and runc's defaults).
+pub const DEFAULT_MASKED_PATHS: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths made read-only in the container (containerd's defaults).
+pub const DEFAULT_READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Open files limit of the container process (soft = hard), as containerd.
+pub const DEFAULT_NOFILE: u64 = 1024;
+
+/// The container's process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessConfig {
+    /// Command and arguments; `args[0]` is looked up in the container's
+    /// `PATH` by the runtime.
+    pub args: Vec<String>,
+    /// `KEY=value` entries.
+    pub env: Vec<String>,
+    /// Absolute working directory inside the container.
+    pub cwd: PathBuf,
+    /// User id the process runs as.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary group ids.
+    pub additional_gids: Vec<u32>,
+}
+
+impl ProcessConfig {
+    /// `args` as root in `/` with a default `PATH`.
+    pub fn new(args: Vec<String>) -> ProcessConfig {
+        ProcessConfig {
+            args,
+            env: vec![
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            ],
+            cwd: PathBuf::from("/"),
+            uid: 0,
+            gid: 0,
+            additional_gids: Vec::new(),
+        }
+    }
+
+    /// Refuses what the runtime would refuse later with a vaguer message.
+    pub fn validate(&self) -> Result<()> {
+        if self.args.is_empty() || self.args[0].is_empty() {
+            return Err(RuntimeError::invalid(
+                "process args",
+                format!("{:?}", self.args),
+                "no command",
+            ));
+        }
+        if let Some(bad) = self
+            .env
+            .iter()
+            .find(|e| !e.contains('=') || e.starts_with('='))
+        {
+            return Err(RuntimeError::invalid(
+                "environment entry",
+                bad.as_str(),
+                "not KEY=value",
+            ));
+        }
+        if !self.cwd.is_absolute() {
+            return Err(RuntimeError::invalid(
+                "working directory",
+                self.cwd.to_string_lossy(),
+                "not absolute",
+            ));
+        }
+        let has_nul = self.args.iter().chain(&self.env).any(|s| s.contains('\0'));
+        if has_nul {
+            return Err(RuntimeError::invalid(
+                "process args or env",
+                "",
+                "contain NUL",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Everything one container's spec is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecConfig {
+    /// The process to run.
+    pub process: ProcessConfig,
+    /// The root file system directory (`root.path`).
+    pub rootfs: PathBuf,
+    /// Mount the root read-only.
+    pub readonly_rootfs: bool,
+    /// Hostname (the pod's).
+    pub hostname: Option<String>,
+    /// The pod's namespaces to join.
+    pub namespaces: SandboxNamespaces,
+    /// The pod's shared shm directory; `None` gives a private tmpfs.
+    pub shm: Option<PathBuf>,
+    /// Resource settings (the cgroup's effective limits).
+    pub resources: OciResources,
+    /// `linux.cgroupsPath` (see `cgpath`).
+    pub cgroups_path: String,
+}
+
+/// Builds the spec.
+pub fn build(config: &SpecConfig) -> Result<Spec> {
+    config.process.validate()?;
+    let caps: Capabilities = DEFAULT_CAPABILITIES.into_iter().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .inheritable(Capabilities::new())
+        .ambient(Capabilities::new())
+        .build()?;
+    let p = &config.process;
+    let user = UserBuilder::default()
+        .uid(p.uid)
+        .gid(p.gid)
+        .additional_gids(p.additional_gids.clone())
+        .build()?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(user)
+        .args(p.args.clone())
+        .env(p.env.clone())
+        .cwd(p.cwd.clone())
+        .capabilities(capabilities)
+        .no_new_privileges(true)
+        .rlimits(vec![PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .soft(DEFAULT_NOFILE)
+            .hard(DEFAULT_NOFILE)
+            .build()?])
+        .build()?;
+    let root = RootBuilder::default()
+        .path(config.rootfs.clone())
+        .readonly(config.readonly_rootfs)
+        .build()?;
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces(&config.namespaces)?)
+        .resources(resources(&config.resources)?)
+        .cgroups_path(PathBuf::from(&config.cgroups_path))
+        .masked_paths(DEFAULT_MASKED_PATHS.map(String::from).to_vec())
+        .readonly_paths(DEFAULT_READONLY_PATHS.map(String::from).to_vec())
+        .build()?;
+    let mut spec = SpecBuilder::default()
+        .version(OCI_VERSION)
+        .process(process)
+        .root(root)
+        .mounts(mounts(config.shm.as_deref())?)
+        .linux(linux)
+        .build()?;
+    spec.set_hostname(config.hostname.clone());
+    spec.set_annotations(None);
+    Ok(spec)
+}
+
+/// Writes `spec` as `<bundle>/config.json` (via a temporary file renamed
+/// into place, so a crash never leaves half a spec).
+pub fn write_config(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
+    let path = bundle.join("config.json");
+    let tmp = bundle.join("config.json.tmp");
+    let json = serde_json::to_vec_pretty(spec)
+        .map_err(|e| RuntimeError::io(&path, "serialize spec")(std::io::Error::other(e)))?;
+    fs::write(&tmp, json).map_err(RuntimeError::io(&tmp, "write"))?;
+    fs::rename(&tmp, &path).map_err(RuntimeError::io(&path, "rename into place"))?;
+    Ok(path)
+}
+
+fn namespaces(shared: &SandboxNamespaces) -> Result<Vec<LinuxNamespace>> {
+    let joined = |typ, path: &Path| {
+        LinuxNamespaceBuilder::default()
+            .typ(typ)
+            .path(path.to_path_buf())
+            .build()
+    };
+    let new = |typ| LinuxNamespaceBuilder::default().typ(typ).build();
+    Ok(vec![
+        new(LinuxNamespaceType::Pid)?,
+        new(LinuxNamespaceType::Mount)?,
+        joined(LinuxNamespaceType::Network, &shared.net)?,
+        joined(LinuxNamespaceType::Ipc, &shared.ipc)?,
+        joined(LinuxNamespaceType::Uts, &shared.uts)?,
+    ])
+}
+
+fn resources(r: &OciResources) -> Result<oci_spec::runtime::LinuxResources> {
+    let deny_all = LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()?;
+    let mut cpu = LinuxCpuBuilder::default();
+    if let Some(shares) = r.cpu_shares {
+        cpu = cpu.shares(shares);
+    }
+    if let Some(quota) = r.cpu_quota_us {
+        cpu = cpu.quota(quota);
+    }
+    if let Some(period) = r.cpu_period_us {
+        cpu = cpu.period(period);
+    }
+    let mut memory = LinuxMemoryBuilder::default();
+    if let Some(limit) = r.memory_limit_bytes {
+        memory = memory.limit(limit);
+    }
+    let mut builder = LinuxResourcesBuilder::default()
+        .devices(vec![deny_all])
+        .cpu(cpu.build()?)
+        .memory(memory.build()?);
+    if let Some(limit) = r.pids_limit {
+        builder = builder.pids(LinuxPidsBuilder::default().limit(limit).build()?);
+    }
+    if !r.unified.is_empty() {
+        builder = builder.unified(r.unified.clone());
+    }
+    Ok(builder.build()?)
+}
+
+fn mount(destination: &str, typ: &str, source: &Path, options: &[&str]) -> Result<Mount> {
+    Ok(MountBuilder::default()
+        .destination(destination)
+        .typ(typ)
+        .source(source.to_path_buf())
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()?)
+}
+
+fn mounts(shm: Option<&Path>) -> Result<Vec<Mount>> {
+    let shm_mount = match shm {
+        Some(dir) => mount(
+            "/dev/shm",
+            "bind",
+            dir,
+            &["rbind", "nosuid", "noexec", "nodev", "rw"],
+        )?,
+        None => mount(
+            "/dev/shm",
+            "tmpfs",
+            Path::new("shm"),
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+    };
+    Ok(vec![
+        mount(
+            "/proc",
+            "proc",
+            Path::new("proc"),
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/dev",
+            "tmpfs",
+            Path::new("tmpfs"),
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            Path::new("devpts"),
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        shm_mount,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            Path::new("mqueue"),
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            Path::new("sysfs"),
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> SpecConfig {
+        SpecConfig {
+            process: ProcessConfig::new(vec!["/bin/sh".into(), "-c".into(), "echo hi".into()]),
+            rootfs: PathBuf::from("/var/lib/stratum/ctr/rootfs"),
+            readonly_rootfs: false,
+            hostname: Some("pod-7".into()),
+            namespaces: SandboxNamespaces {
+                net: PathBuf::from("/run/netns/pod-7"),
+                ipc: PathBuf::from("/p/ns/ipc"),
+                uts: PathBuf::from("/p/ns/uts"),
+            },
+            shm: Some(PathBuf::from("/p/shm")),
+            resources: OciResources {
+                cpu_shares: Some(512),
+                cpu_quota_us: Some(50_000),
+                cpu_period_us: Some(100_000),
+                memory_limit_bytes: Some(32 << 20),
+                pids_limit: None,
+                unified: Default::default(),
+            },
+            cgroups_path: "/stratum/pool-1/pod-7/ctr-1".into(),
+        }
+    }
+
+    #[test]
+    fn runtime_spec_json_has_the_essentials() {
+        let spec = build(&config()).expect("spec");
+        let json = serde_json::to_value(&spec).expect("json");
+        assert_eq!(json["ociVersion"], OCI_VERSION);
+        assert_eq!(json["process"]["terminal"], false);
+        assert_eq!(json["process"]["noNewPrivileges"], true);
+        assert_eq!(json["process"]["args"][2], "echo hi");
+        assert_eq!(json["root"]["path"], "/var/lib/stratum/ctr/rootfs");
+        assert_eq!(json["hostname"], "pod-7");
+        let linux = &json["linux"];
+        assert_eq!(linux["cgroupsPath"], "/stratum/pool-1/pod-7/ctr-1");
+        assert_eq!(linux["resources"]["cpu"]["shares"], 512);
+        assert_eq!(linux["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(linux["resources"]["cpu"]["period"], 100_000);
+        assert_eq!(linux["resources"]["memory"]["limit"], 32 << 20);
+        assert_eq!(linux["resources"]["devices"][0]["allow"], false);
+        let ns = linux["namespaces"].as_array().expect("namespaces");
+        let find = |t: &str| ns.iter().find(|n| n["type"] == t).cloned();
+        assert_eq!(find("pid").expect("pid").get("path"), None);
+        assert_eq!(find("mount").expect("mount").get("path"), None);
+        assert_eq!(find("network").expect("net")["path"], "/run/netns/pod-7");
+        assert_eq!(find("ipc").expect("ipc")["path"], "/p/ns/ipc");
+        assert_eq!(find("uts").expect("uts")["path"], "/p/ns/uts");
+        assert!(find("cgroup").is_none());
+        let caps = json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .expect("caps");
+        assert_eq!(caps.len(), 14);
+        assert!(caps.iter().any(|c| c == "CAP_NET_BIND_SERVICE"));
+        assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
+        let mounts = json["mounts"].as_array().expect("mounts");
+        let dests: Vec<&str> = mounts
+            .iter()
+            .filter_map(|m| m["destination"].as_str())
+            .collect();
+        assert_eq!(
+            dests,
+            [
+                "/proc",
+                "/dev",
+                "/dev/pts",
+                "/dev/shm",
+                "/dev/mqueue",
+                "/sys"
+            ]
+        );
+        assert_eq!(mounts[3]["source"], "/p/shm");
+        assert!(mounts[5]["options"]
+            .as_array()
+            .expect("opts")
+            .iter()
+            .any(|o| o == "ro"));
+        assert!(linux["maskedPaths"]
+            .as_array()
+            .expect("masked")
+            .iter()
+            .any(|p| p == "/proc/kcore"));
+        assert!(linux["readonlyPaths"]
+            .as_array()
+            .expect("ro")
+            .iter()
+            .any(|p| p == "/proc/sys"));
+    }
+
+    #[test]
+    fn runtime_spec_unlimited_resources_are_omitted() {
+        let mut c = config();
+        c.resources = OciResources::default();
+        c.shm = None;
+        let json = serde_json::to_value(build(&c).expect("spec")).expect("json");
+        let res = &json["linux"]["resources"];
+        assert_eq!(res["memory"].get("limit"), None);
+        assert_eq!(res["cpu"].get("quota"), None);
+        assert_eq!(json["mounts"][3]["type"], "tmpfs");
+    }
+
+    #[test]
+    fn runtime_spec_refuses_bad_process() {
+        let mut c = config();
+        c.process.args.clear();
+        assert!(build(&c).is_err());
+        let mut c = config();
+        c.process.env.push("NOEQUALS".into());
+        assert!(build(&c).is_err());
+        let mut c = config();
+        c.process.cwd = PathBuf::from("relative");
+        assert!(build(&c).is_err());
+    }
+}
