@@ -1,5 +1,6 @@
-//! Helpers shared by the benchmarks (`bench-boot`, `bench-io`) that run
-//! our vmm beside `qemu-system-x86_64 -M microvm` inside the nested host.
+//! Helpers shared by the benchmarks (`bench-boot`, `bench-io`,
+//! `bench-vsock`) that run our vmm beside `qemu-system-x86_64 -M microvm`
+//! inside the nested host.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{ensure, Context, Result};
 
-use crate::Scenario;
+use crate::{Outcome, Scenario};
 
 /// microvm's default firmware (qboot) and the PVH option ROM QEMU loads
 /// for ELF kernels with a PVH note (it warns if the latter is missing).
@@ -128,6 +129,41 @@ mod tests {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct RunFailed(pub String);
+
+/// Each VMM's samples, in run order.
+pub type Samples<S> = BTreeMap<&'static str, Vec<S>>;
+
+/// Parses every measured run — `runs` gives each one's VMM and label —
+/// with `parse`, printing each sample as `show` writes it. Fails with
+/// [`RunFailed`], naming every run that could not be measured, unless all
+/// were.
+pub fn collect_runs<S>(
+    outcome: &Outcome,
+    runs: impl IntoIterator<Item = (&'static str, String)>,
+    parse: impl Fn(&Outcome, &str) -> Result<S>,
+    show: impl Fn(&S) -> String,
+) -> Result<Samples<S>> {
+    let mut samples = Samples::new();
+    let mut failures = Vec::new();
+    for (vmm, label) in runs {
+        match parse(outcome, &label) {
+            Ok(sample) => {
+                println!("{label}: {}", show(&sample));
+                samples.entry(vmm).or_default().push(sample);
+            }
+            Err(e) => failures.push(format!("{label}: {e:#}")),
+        }
+    }
+    if failures.is_empty() {
+        return Ok(samples);
+    }
+    Err(RunFailed(format!(
+        "could not measure: {}\nnested host console tail:\n{}",
+        failures.join("; "),
+        outcome.console_tail(60)
+    ))
+    .into())
+}
 
 /// A benchmark's exit status: 0 when everything was measured (whether or
 /// not a target was met), 1 when a run failed, 2 on setup errors.

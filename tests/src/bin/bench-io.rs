@@ -32,13 +32,12 @@
 //! Exits 0 when every run was measured (even if the target is missed), 1
 //! if a run failed, 2 on setup errors.
 
-use std::collections::BTreeMap;
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
-use stratum_tests::bench::{self, fields, verdict, with_qemu, PeerArgs, RunFailed, Stats};
+use stratum_tests::bench::{self, fields, verdict, with_qemu, PeerArgs, Stats};
 use stratum_tests::{paths, NestedHost, Outcome, Scenario};
 
 const GUEST_MIB: u32 = 256;
@@ -217,37 +216,16 @@ run() {{
     s
 }
 
-type Samples = BTreeMap<&'static str, Vec<Sample>>;
+type Samples = bench::Samples<Sample>;
 
-/// Parses every measured run; fails with [`RunFailed`] unless all of them
+/// Parses every measured run; fails with [`bench::RunFailed`] unless all of them
 /// exited 0 and printed both results.
 fn collect(outcome: &Outcome, args: &Args) -> Result<Samples> {
-    let mut samples: Samples = VMMS.iter().map(|v| (*v, Vec::new())).collect();
-    let mut failures = Vec::new();
-    for i in args.warmup..args.warmup + args.iterations {
-        for vmm in VMMS {
-            let label = label(vmm, i, args.warmup);
-            match parse_run(outcome, &label) {
-                Ok(sample) => {
-                    println!(
-                        "{label}: randread iops={:.0} seqwrite mibps={:.1}",
-                        sample.iops, sample.mibps
-                    );
-                    samples.entry(vmm).or_default().push(sample);
-                }
-                Err(e) => failures.push(format!("{label}: {e:#}")),
-            }
-        }
-    }
-    if failures.is_empty() {
-        return Ok(samples);
-    }
-    Err(RunFailed(format!(
-        "could not measure: {}\nnested host console tail:\n{}",
-        failures.join("; "),
-        outcome.console_tail(60)
-    ))
-    .into())
+    let runs = (args.warmup..args.warmup + args.iterations)
+        .flat_map(|i| VMMS.map(|vmm| (vmm, label(vmm, i, args.warmup))));
+    bench::collect_runs(outcome, runs, parse_run, |s| {
+        format!("randread iops={:.0} seqwrite mibps={:.1}", s.iops, s.mibps)
+    })
 }
 
 fn parse_run(outcome: &Outcome, label: &str) -> Result<Sample> {

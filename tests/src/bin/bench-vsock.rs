@@ -13,14 +13,13 @@
 //! Exits 0 when every run was measured, 1 if a run failed, 2 on setup
 //! errors.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
-use stratum_tests::bench::{self, fields, with_qemu, PeerArgs, RunFailed, Stats};
+use stratum_tests::bench::{self, fields, with_qemu, PeerArgs, Stats};
 use stratum_tests::{paths, NestedHost, Outcome, Scenario};
 
 const GUEST_MIB: u32 = 256;
@@ -161,35 +160,13 @@ run() {{
     s
 }
 
-type Samples = BTreeMap<&'static str, Vec<Sample>>;
+type Samples = bench::Samples<Sample>;
 
 fn collect(outcome: &Outcome, args: &Args) -> Result<Samples> {
-    let mut samples: Samples = VMMS.iter().map(|v| (*v, Vec::new())).collect();
-    let mut failures = Vec::new();
-    for i in 0..args.iterations {
-        for vmm in VMMS {
-            let label = format!("{vmm}-{}", i + 1);
-            match parse_run(outcome, &label) {
-                Ok(sample) => {
-                    println!(
-                        "{label}: p50 {:.0} us, p99 {:.0} us",
-                        sample.p50, sample.p99
-                    );
-                    samples.entry(vmm).or_default().push(sample);
-                }
-                Err(e) => failures.push(format!("{label}: {e:#}")),
-            }
-        }
-    }
-    if failures.is_empty() {
-        return Ok(samples);
-    }
-    Err(RunFailed(format!(
-        "could not measure: {}\nnested host console tail:\n{}",
-        failures.join("; "),
-        outcome.console_tail(60)
-    ))
-    .into())
+    let runs = (0..args.iterations).flat_map(|i| VMMS.map(|vmm| (vmm, format!("{vmm}-{}", i + 1))));
+    bench::collect_runs(outcome, runs, parse_run, |s| {
+        format!("p50 {:.0} us, p99 {:.0} us", s.p50, s.p99)
+    })
 }
 
 fn parse_run(outcome: &Outcome, label: &str) -> Result<Sample> {
