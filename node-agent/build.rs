@@ -11,11 +11,13 @@ use prost::Message;
 
 const API_DIR: &str = "../proto";
 const RECORDS_DIR: &str = "proto";
-const API_FILES: [&str; 4] = [
+const API_FILES: [&str; 6] = [
     "stratum/v1/resources.proto",
     "stratum/v1/host.proto",
     "stratum/v1/resource_pools.proto",
     "stratum/v1/virtual_machines.proto",
+    "stratum/v1/images.proto",
+    "stratum/v1/pods.proto",
 ];
 const RECORDS_FILE: &str = "stratum/agent/v1/records.proto";
 const DESCRIPTOR_FILE: &str = "stratum_v1_descriptor.bin";
@@ -32,6 +34,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Maps as BTreeMap: deterministic encoding and listing order.
         .btree_map(".")
+        // The last event of a pull carries the whole image; boxed, so every
+        // progress event is not as large as an image.
+        .boxed(".stratum.v1.PullImageProgress.event.image")
         .compile_fds(fds)?;
     Ok(())
 }

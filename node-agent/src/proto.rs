@@ -42,16 +42,28 @@ mod tests {
             "stratum/v1/host.proto",
             "stratum/v1/resource_pools.proto",
             "stratum/v1/virtual_machines.proto",
+            "stratum/v1/images.proto",
+            "stratum/v1/pods.proto",
             "google/protobuf/timestamp.proto",
         ] {
             assert!(names.contains(&file), "{file} missing from {names:?}");
         }
         assert!(!names.iter().any(|n| n.contains("agent")), "{names:?}");
-        let services: Vec<_> = fds
+        let mut services: Vec<_> = fds
             .file
             .iter()
             .flat_map(|f| f.service.iter().map(|s| s.name()))
             .collect();
-        assert_eq!(services, ["Host", "ResourcePools", "VirtualMachines"]);
+        services.sort_unstable();
+        assert_eq!(
+            services,
+            [
+                "Host",
+                "ImageService",
+                "PodService",
+                "ResourcePools",
+                "VirtualMachines"
+            ]
+        );
     }
 }

@@ -41,7 +41,10 @@ impl ResourcePools for PoolService {
     ) -> Result<Response<proto::ListResourcePoolsResponse>, Status> {
         let root = request.into_inner().root_id;
         let pools = self.0.list_pools(&root)?;
-        Ok(Response::new(proto::ListResourcePoolsResponse { pools }))
+        Ok(Response::new(proto::ListResourcePoolsResponse {
+            pools,
+            ..Default::default()
+        }))
     }
 
     async fn update(

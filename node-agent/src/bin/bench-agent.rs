@@ -662,7 +662,7 @@ async fn create_pools(
                 quota: Some(proto::Quota {
                     max_vms: 500,
                     max_vcpus: 2000,
-                    max_memory_bytes: 0,
+                    ..Default::default()
                 }),
             }),
         })
@@ -691,7 +691,7 @@ async fn create_pools(
                 quota: Some(proto::Quota {
                     max_vms: 50,
                     max_vcpus: 100,
-                    max_memory_bytes: 0,
+                    ..Default::default()
                 }),
             }),
         })

@@ -80,6 +80,7 @@ fn quota(q: &Quota) -> Value {
         "max_vms": q.max_vms,
         "max_vcpus": q.max_vcpus,
         "max_memory_bytes": q.max_memory_bytes,
+        "max_pods": q.max_pods,
     })
 }
 
@@ -107,6 +108,8 @@ fn workload_usage(u: &WorkloadUsage) -> Value {
         "vms": u.vms,
         "vcpus": u.vcpus,
         "memory_bytes": u.memory_bytes,
+        "pods": u.pods,
+        "pods_without_memory_limit": u.pods_without_memory_limit,
     })
 }
 

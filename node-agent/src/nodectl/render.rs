@@ -231,12 +231,16 @@ fn expandable_text(cpu: Option<&Allocation>, mem: Option<&Allocation>) -> String
     .into()
 }
 
-/// `vms=10,vcpus=40,mem=64Gi`, the caps set (0 = none); `-` without caps.
+/// `vms=10,pods=20,vcpus=40,mem=64Gi`, the caps set (0 = none); `-` without
+/// caps.
 fn quota_text(quota: Option<&crate::proto::Quota>) -> String {
     let q = quota.copied().unwrap_or_default();
     let mut caps = Vec::new();
     if q.max_vms > 0 {
         caps.push(format!("vms={}", q.max_vms));
+    }
+    if q.max_pods > 0 {
+        caps.push(format!("pods={}", q.max_pods));
     }
     if q.max_vcpus > 0 {
         caps.push(format!("vcpus={}", q.max_vcpus));

@@ -97,7 +97,10 @@ async fn pool(
         PoolCommand::List { root } => {
             let root_id = root.unwrap_or_default();
             let list = client
-                .list(ListResourcePoolsRequest { root_id })
+                .list(ListResourcePoolsRequest {
+                    root_id,
+                    ..Default::default()
+                })
                 .await?
                 .into_inner();
             return emit(output, &list, render::pool_tree, json::pools);

@@ -85,7 +85,9 @@ fn pool(id: &str, parent: &str, name: &str, children: &[&str]) -> ResourcePool {
                 vms: 3,
                 vcpus: 6,
                 memory_bytes: 3 << 30,
+                ..Default::default()
             }),
+            ..Default::default()
         }),
         child_pool_ids: children.iter().map(|c| c.to_string()).collect(),
         workload_ids: vec![],
@@ -98,6 +100,7 @@ fn tree() -> ListResourcePoolsResponse {
         max_vms: 10,
         max_vcpus: 0,
         max_memory_bytes: 64 << 30,
+        ..Default::default()
     });
     ListResourcePoolsResponse {
         pools: vec![
@@ -106,6 +109,7 @@ fn tree() -> ListResourcePoolsResponse {
             pool("p-web", "p-prod", "web", &[]),
             pool("p-test", "root", "test", &[]),
         ],
+        ..Default::default()
     }
 }
 
@@ -153,6 +157,7 @@ fn a_subtree_starts_at_depth_zero_and_cycles_do_not_hang() {
     assert!(text.lines().nth(1).unwrap().starts_with("prod "), "{text}");
     let cyclic = ListResourcePoolsResponse {
         pools: vec![pool("a", "b", "a", &["b"]), pool("b", "a", "b", &["a"])],
+        ..Default::default()
     };
     assert_eq!(render::pool_tree(&cyclic).lines().count(), 3);
 }

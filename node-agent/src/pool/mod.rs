@@ -7,10 +7,11 @@
 //! - [`resource`]: CPU in millicores, memory in bytes, and why.
 //! - [`shares`]: LOW/NORMAL/HIGH = 512/1024/2048, CUSTOM 2..=262144.
 //! - [`allocation`]: reservation, limit, expandable reservation.
-//! - [`quota`]: namespace-style caps on VMs, vCPUs and memory per subtree.
+//! - [`quota`]: namespace-style caps on VMs, pods, vCPUs and memory per
+//!   subtree.
 //! - [`name`]: DNS-label names, unique among siblings.
-//! - [`workload`]: VMs (pods later) as leaves, their reservations and the
-//!   VMM overhead.
+//! - [`workload`]: VMs and pods as leaves, their reservations (a VM's with
+//!   the VMM overhead, a pod's its requests) and what quotas count of them.
 //! - [`tree`]: the tree and pool create/update/delete.
 //! - [`admission`]: the reservation rule and borrowing through expandable
 //!   pools.
@@ -60,5 +61,6 @@ pub use shares::Shares;
 pub use status::{HostCapacity, PoolStatus, ResourceStatus};
 pub use tree::{Pool, PoolId, PoolSpec, PoolTree, ROOT_ID};
 pub use workload::{
-    Role, VmSizing, Workload, WorkloadId, WorkloadKind, MAX_VCPUS, VMM_MEMORY_OVERHEAD_BYTES,
+    PodLimits, PodSizing, Role, VmSizing, Workload, WorkloadId, WorkloadKind, MAX_VCPUS,
+    VMM_MEMORY_OVERHEAD_BYTES,
 };

@@ -88,6 +88,26 @@ impl PoolTree {
             .ok_or_else(|| PoolError::WorkloadNotFound(id.clone()))
     }
 
+    /// Record that pod `id` now has `containers` containers (a container
+    /// was added to or removed from it). Nothing the pools account for
+    /// changes: a pod's reservation and limits are fixed when it is
+    /// defined, and no quota counts containers.
+    pub fn set_pod_containers(
+        &mut self,
+        id: &WorkloadId,
+        containers: u32,
+    ) -> Result<(), PoolError> {
+        let w = self
+            .workloads
+            .get_mut(id)
+            .ok_or_else(|| PoolError::WorkloadNotFound(id.clone()))?;
+        if w.set_containers(containers) {
+            Ok(())
+        } else {
+            Err(PoolError::InvalidWorkload(format!("{id} is not a pod")))
+        }
+    }
+
     fn set_admitted(&mut self, id: &WorkloadId, pool: &PoolId, admitted: bool) {
         if let Some(w) = self.workloads.get_mut(id) {
             w.admitted = admitted;

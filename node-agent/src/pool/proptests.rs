@@ -1,12 +1,15 @@
 //! Property tests: random sequences of pool and workload operations on a
-//! small host, so that many of them are refused. After every operation the
-//! invariants are recomputed from scratch (not read from the caches):
+//! small host, so that many of them are refused. Workloads are VMs and pods
+//! mixed (pods with and without requests and limits, some invalid), under
+//! quotas on both kinds. After every operation the invariants are
+//! recomputed from scratch (not read from the caches):
 //! - every pool's children hold at most what it can give: its reservation,
 //!   or up to its limit through an expandable reservation, the excess being
 //!   charged to its parent, where the same holds; the root holds at most
 //!   the host minus the system reserve;
 //! - the cached per-pool amounts and counts equal the recomputed ones;
-//! - no quota is exceeded;
+//! - no quota is exceeded, and the counts it checks equal what the
+//!   workloads' kinds say (VMs, vCPUs, pods, memory ceilings);
 //! - a refused operation leaves the tree exactly as it was;
 //! - `unreserved` is exact: a new fixed child of that size fits, one more
 //!   does not.
@@ -31,9 +34,11 @@ enum Op {
     UpdatePool { pool: usize, spec: PoolSpec },
     DeletePool { pool: usize },
     AddVm { pool: usize, sizing: VmSizing },
-    RemoveVm { vm: usize },
-    Admit { vm: usize },
-    Release { vm: usize },
+    AddPod { pool: usize, sizing: PodSizing },
+    RemoveWorkload { workload: usize },
+    Admit { workload: usize },
+    Release { workload: usize },
+    SetContainers { workload: usize, containers: u32 },
     Probe { pool: usize, resource: Resource },
 }
 
@@ -62,11 +67,13 @@ fn quota() -> impl Strategy<Value = Quota> {
         prop::option::of(0u32..4),
         prop::option::of(1u32..8),
         prop::option::of(prop::sample::select(vec![256 * MIB, 1024 * MIB])),
+        prop::option::of(0u32..4),
     )
-        .prop_map(|(max_vms, max_vcpus, max_memory_bytes)| Quota {
+        .prop_map(|(max_vms, max_vcpus, max_memory_bytes, max_pods)| Quota {
             max_vms,
             max_vcpus,
             max_memory_bytes,
+            max_pods,
         })
 }
 
@@ -100,16 +107,43 @@ fn sizing() -> impl Strategy<Value = VmSizing> {
         })
 }
 
+/// Pods with requests from nothing (BestEffort) to a core and 512 MiB, and
+/// limits that are absent, above, equal to or (invalid) below them.
+fn pod_sizing() -> impl Strategy<Value = PodSizing> {
+    let limit = |unit: u64| {
+        prop::option::of(prop::sample::select(vec![1u64, 2, 4]).prop_map(move |n| n * unit))
+    };
+    (
+        0u64..=4,
+        prop::sample::select(vec![0u64, 64, 256, 512]),
+        limit(250),
+        limit(128 * MIB),
+        0u32..4,
+    )
+        .prop_map(
+            |(quarter_cores, memory_mib, cpu, memory, containers)| PodSizing {
+                requests: Resources::new(quarter_cores * 250, memory_mib * MIB),
+                limits: PodLimits {
+                    cpu_millicores: cpu,
+                    memory_bytes: memory,
+                },
+                containers,
+            },
+        )
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let i = || 0usize..16;
     prop_oneof![
         3 => (i(), spec()).prop_map(|(parent, spec)| Op::CreatePool { parent, spec }),
         2 => (i(), spec()).prop_map(|(pool, spec)| Op::UpdatePool { pool, spec }),
         1 => i().prop_map(|pool| Op::DeletePool { pool }),
-        3 => (i(), sizing()).prop_map(|(pool, sizing)| Op::AddVm { pool, sizing }),
-        1 => i().prop_map(|vm| Op::RemoveVm { vm }),
-        3 => i().prop_map(|vm| Op::Admit { vm }),
-        1 => i().prop_map(|vm| Op::Release { vm }),
+        2 => (i(), sizing()).prop_map(|(pool, sizing)| Op::AddVm { pool, sizing }),
+        2 => (i(), pod_sizing()).prop_map(|(pool, sizing)| Op::AddPod { pool, sizing }),
+        1 => i().prop_map(|workload| Op::RemoveWorkload { workload }),
+        3 => i().prop_map(|workload| Op::Admit { workload }),
+        1 => i().prop_map(|workload| Op::Release { workload }),
+        1 => (i(), 0u32..8).prop_map(|(workload, containers)| Op::SetContainers { workload, containers }),
         1 => (i(), prop::sample::select(Resource::ALL.to_vec()))
             .prop_map(|(pool, resource)| Op::Probe { pool, resource }),
     ]
@@ -127,9 +161,9 @@ impl Runner {
         pools[i % pools.len()].id().clone()
     }
 
-    fn vm_at(&self, i: usize) -> Option<WorkloadId> {
-        let vms: Vec<_> = self.tree.workloads().map(|w| w.id().clone()).collect();
-        (!vms.is_empty()).then(|| vms[i % vms.len()].clone())
+    fn workload_at(&self, i: usize) -> Option<WorkloadId> {
+        let ids: Vec<_> = self.tree.workloads().map(|w| w.id().clone()).collect();
+        (!ids.is_empty()).then(|| ids[i % ids.len()].clone())
     }
 
     fn fresh(&mut self, prefix: &str) -> String {
@@ -155,9 +189,28 @@ impl Runner {
                 self.tree
                     .add_workload(Workload::vm(id.into(), pool, sizing)?)
             }
-            Op::RemoveVm { vm } => self.with_vm(*vm, |t, id| t.remove_workload(id).map(drop)),
-            Op::Admit { vm } => self.with_vm(*vm, PoolTree::admit),
-            Op::Release { vm } => self.with_vm(*vm, PoolTree::release),
+            Op::AddPod { pool, sizing } => {
+                let (id, pool) = (self.fresh("pod"), self.pool_at(*pool));
+                self.tree
+                    .add_workload(Workload::pod(id.into(), pool, sizing)?)
+            }
+            Op::RemoveWorkload { workload } => {
+                self.with_workload(*workload, |t, id| t.remove_workload(id).map(drop))
+            }
+            Op::Admit { workload } => self.with_workload(*workload, PoolTree::admit),
+            Op::Release { workload } => self.with_workload(*workload, PoolTree::release),
+            Op::SetContainers {
+                workload,
+                containers,
+            } => self.with_workload(*workload, |t, id| {
+                let before = t.clone();
+                let result = t.set_pod_containers(id, *containers);
+                // Only the count changes: every pool's accounting stays.
+                for (a, b) in t.pools().iter().zip(before.pools()) {
+                    assert_eq!(t.status(a.id()).unwrap(), before.status(b.id()).unwrap());
+                }
+                result
+            }),
             Op::Probe { pool, resource } => {
                 probe_unreserved(&self.tree, &self.pool_at(*pool), *resource);
                 Ok(())
@@ -165,12 +218,12 @@ impl Runner {
         }
     }
 
-    fn with_vm(
+    fn with_workload(
         &mut self,
         i: usize,
         f: impl FnOnce(&mut PoolTree, &WorkloadId) -> Result<(), PoolError>,
     ) -> Result<(), PoolError> {
-        match self.vm_at(i) {
+        match self.workload_at(i) {
             Some(id) => f(&mut self.tree, &id),
             None => Ok(()),
         }
@@ -220,6 +273,66 @@ fn recompute_usage(tree: &PoolTree, pool: &Pool) -> Usage {
         .fold(own, |a, b| a.plus(&b))
 }
 
+/// The counts the quotas check, from the workloads' kinds alone (not from
+/// `Workload::usage`): VMs and their vCPUs and guest memory, pods and
+/// their memory limits.
+fn count_by_kind<'a>(workloads: impl Iterator<Item = &'a Workload>) -> Usage {
+    let mut u = Usage::default();
+    for w in workloads {
+        u.workloads += 1;
+        u.running += u32::from(w.is_admitted());
+        match *w.kind() {
+            WorkloadKind::Vm {
+                vcpus,
+                memory_bytes,
+                ..
+            } => {
+                u.vms += 1;
+                u.vcpus += vcpus;
+                u.memory_bytes += memory_bytes;
+            }
+            WorkloadKind::Pod { limits, .. } => {
+                u.pods += 1;
+                match limits.memory_bytes {
+                    Some(m) => u.memory_bytes += m,
+                    None => u.pods_without_memory_limit += 1,
+                }
+            }
+        }
+    }
+    u
+}
+
+/// Every workload in `pool`'s subtree.
+fn subtree_workloads<'a>(tree: &'a PoolTree, pool: &Pool) -> Vec<&'a Workload> {
+    let ids: Vec<PoolId> = tree
+        .subtree(pool.id())
+        .unwrap()
+        .iter()
+        .map(|p| p.id().clone())
+        .collect();
+    tree.workloads()
+        .filter(|w| ids.contains(w.pool()))
+        .collect()
+}
+
+/// Each cap of `pool`'s quota against the counts by kind, spelled out
+/// rather than through `Quota`'s own check.
+fn check_quota(pool: &Pool, u: &Usage) {
+    let q = &pool.spec().quota;
+    let id = pool.id();
+    assert!(q.max_vms.is_none_or(|m| u.vms <= m), "{id}: VMs");
+    assert!(q.max_vcpus.is_none_or(|m| u.vcpus <= m), "{id}: vCPUs");
+    assert!(q.max_pods.is_none_or(|m| u.pods <= m), "{id}: pods");
+    if let Some(max) = q.max_memory_bytes {
+        assert!(u.memory_bytes <= max, "{id}: memory");
+        assert_eq!(
+            u.pods_without_memory_limit, 0,
+            "{id}: a pod without a memory limit under a memory quota"
+        );
+    }
+}
+
 fn check_invariants(tree: &PoolTree) {
     let usable = HOST.checked_sub(&RESERVE).unwrap();
     for pool in tree.pools() {
@@ -246,12 +359,23 @@ fn check_invariants(tree: &PoolTree) {
         }
         let usage = recompute_usage(tree, pool);
         assert_eq!(pool.usage(), usage, "cached usage of {}", pool.id());
+        let by_kind = count_by_kind(subtree_workloads(tree, pool).into_iter());
+        assert_eq!(usage, by_kind, "usage of {} by kind", pool.id());
         assert_eq!(
             pool.spec().quota.first_exceeded(&usage),
             None,
             "{}",
             pool.id()
         );
+        check_quota(pool, &by_kind);
+    }
+    for w in tree.workloads() {
+        // A pod reserves exactly its requests, within its limits.
+        if let WorkloadKind::Pod { limits, .. } = w.kind() {
+            for r in Resource::ALL {
+                assert!(limits.get(r).is_none_or(|l| w.reservation().get(r) <= l));
+            }
+        }
     }
     let admitted: Vec<_> = tree.workloads().filter(|w| w.is_admitted()).collect();
     for r in Resource::ALL {

@@ -48,6 +48,28 @@ fn vm(t: &mut PoolTree, name: &str, pool: &str, vcpus: u32, mib: u64, cpu: u64) 
     WorkloadId::from(name)
 }
 
+/// A pod with requests (`cpu` millicores, `mem_mib` MiB) and an optional
+/// memory limit in MiB, added to `pool`.
+fn pod(
+    t: &mut PoolTree,
+    name: &str,
+    pool: &str,
+    cpu: u64,
+    mem_mib: u64,
+    mem_limit_mib: Option<u64>,
+) -> Result<WorkloadId, PoolError> {
+    let sizing = PodSizing {
+        requests: Resources::new(cpu, mem_mib * MIB),
+        limits: PodLimits {
+            cpu_millicores: None,
+            memory_bytes: mem_limit_mib.map(|m| m * MIB),
+        },
+        containers: 1,
+    };
+    t.add_workload(Workload::pod(name.into(), id(pool), &sizing)?)?;
+    Ok(WorkloadId::from(name))
+}
+
 fn unreserved_cpu(t: &PoolTree, pool: &str) -> u64 {
     t.unreserved(&id(pool), Resource::Cpu).unwrap()
 }
@@ -586,5 +608,159 @@ fn listing_is_depth_first_in_name_order() {
     assert_eq!(
         (p.parent_id.as_str(), p.child_pool_ids.as_slice()),
         ("root", &["3".to_string()][..])
+    );
+}
+
+#[test]
+fn a_pod_charges_its_requests_while_admitted_beside_vms() {
+    let mut t = host(4, 16);
+    create(&mut t, "p", &root(), cpu_pool("p", Allocation::fixed(1000))).unwrap();
+    let a = vm(&mut t, "vm-1", "p", 1, 64, 600);
+    let web = pod(&mut t, "pod-2", "p", 300, 128, Some(256)).unwrap();
+    t.admit(&a).unwrap();
+    t.admit(&web).unwrap();
+    let status = t.status(&id("p")).unwrap();
+    assert_eq!(status.cpu.reserved_by_children, 900);
+    assert_eq!(
+        status.memory.reserved_by_children,
+        64 * MIB + VMM_MEMORY_OVERHEAD_BYTES + 128 * MIB,
+        "the VM with its overhead, the pod its request only"
+    );
+    assert_eq!((status.usage.running, status.usage.workloads), (2, 2));
+    // A second pod asking 200 millicores does not fit the 100 left.
+    let big = pod(&mut t, "pod-3", "p", 200, 0, None).unwrap();
+    let before = t.clone();
+    assert!(matches!(
+        t.admit(&big),
+        Err(PoolError::DoesNotFit {
+            resource: Resource::Cpu,
+            requested: 200,
+            available: 100,
+            ..
+        })
+    ));
+    assert_eq!(t, before);
+    t.release(&web).unwrap();
+    t.admit(&big).unwrap();
+    assert_eq!(t.unreserved(&id("p"), Resource::Cpu).unwrap(), 200);
+}
+
+#[test]
+fn a_best_effort_pod_reserves_nothing_and_fits_a_full_pool() {
+    let mut t = host(4, 16);
+    create(&mut t, "p", &root(), cpu_pool("p", Allocation::fixed(500))).unwrap();
+    let a = vm(&mut t, "vm-1", "p", 1, 64, 500);
+    t.admit(&a).unwrap();
+    let be = pod(&mut t, "pod-2", "p", 0, 0, None).unwrap();
+    t.admit(&be).unwrap();
+    assert_eq!(t.workload(&be).unwrap().charge(), Resources::ZERO);
+    assert_eq!(t.status(&id("p")).unwrap().usage.running, 2);
+}
+
+#[test]
+fn pod_and_vm_quotas_count_their_own_kind_and_share_memory() {
+    let mut t = host(8, 16);
+    let spec = PoolSpec {
+        quota: Quota {
+            max_vms: Some(1),
+            max_pods: Some(2),
+            max_memory_bytes: Some(GIB),
+            ..Quota::default()
+        },
+        ..PoolSpec::named("ns")
+    };
+    create(&mut t, "ns", &root(), spec).unwrap();
+    create(&mut t, "sub", &id("ns"), PoolSpec::named("sub")).unwrap();
+    vm(&mut t, "vm-1", "sub", 1, 512, 0);
+    // Pods do not count against max_vms, nor VMs against max_pods.
+    pod(&mut t, "pod-2", "sub", 0, 0, Some(256)).unwrap();
+    // Memory counts the limit (256 + 256 + 512 = 1 GiB), not the request.
+    pod(&mut t, "pod-3", "sub", 0, 1, Some(256)).unwrap();
+    let usage = t.status(&id("ns")).unwrap().usage;
+    assert_eq!((usage.vms, usage.pods, usage.workloads), (1, 2, 3));
+    assert_eq!(usage.memory_bytes, GIB);
+    let before = t.clone();
+    let third = pod(&mut t, "pod-4", "sub", 0, 0, Some(1)).unwrap_err();
+    assert!(
+        matches!(
+            third,
+            PoolError::QuotaExceeded {
+                item: QuotaItem::Pods,
+                max: 2,
+                requested: 3,
+                ..
+            }
+        ),
+        "{third}"
+    );
+    assert_eq!(t, before);
+    t.remove_workload(&WorkloadId::from("pod-3")).unwrap();
+    let over_memory = pod(&mut t, "pod-4", "sub", 0, 0, Some(257)).unwrap_err();
+    assert!(matches!(
+        over_memory,
+        PoolError::QuotaExceeded {
+            pool,
+            item: QuotaItem::MemoryBytes,
+            ..
+        } if pool == id("ns")
+    ));
+}
+
+#[test]
+fn a_memory_quota_refuses_pods_without_a_memory_limit() {
+    let mut t = host(8, 16);
+    create(&mut t, "ns", &root(), PoolSpec::named("ns")).unwrap();
+    create(&mut t, "sub", &id("ns"), PoolSpec::named("sub")).unwrap();
+    // No memory cap anywhere: an unlimited pod is fine.
+    let open = pod(&mut t, "pod-1", "sub", 0, 0, None).unwrap();
+    // Now a memory cap above it is refused while that pod exists.
+    let capped = PoolSpec {
+        quota: Quota {
+            max_memory_bytes: Some(GIB),
+            ..Quota::default()
+        },
+        ..PoolSpec::named("ns")
+    };
+    let err = t.update_pool(&id("ns"), capped.clone()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+    assert!(matches!(
+        err,
+        PoolError::QuotaBelowUsage {
+            item: QuotaItem::PodsWithoutMemoryLimit,
+            usage: 1,
+            max: 0,
+            ..
+        }
+    ));
+    t.remove_workload(&open).unwrap();
+    t.update_pool(&id("ns"), capped).unwrap();
+    // Under the cap, a pod needs a memory limit.
+    let err = pod(&mut t, "pod-2", "sub", 0, 64, None).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
+    assert!(err.to_string().contains("without a memory limit"), "{err}");
+    pod(&mut t, "pod-2", "sub", 0, 64, Some(64)).unwrap();
+}
+
+#[test]
+fn a_pods_container_count_changes_nothing_the_pools_account() {
+    let mut t = host(4, 16);
+    let p = pod(&mut t, "pod-1", "root", 100, 1, Some(2)).unwrap();
+    t.admit(&p).unwrap();
+    let before = t.status(&root()).unwrap();
+    t.set_pod_containers(&p, 4).unwrap();
+    assert!(matches!(
+        t.workload(&p).unwrap().kind(),
+        WorkloadKind::Pod { containers: 4, .. }
+    ));
+    assert_eq!(t.status(&root()).unwrap(), before);
+    let v = vm(&mut t, "vm-2", "root", 1, 64, 0);
+    assert_eq!(
+        t.set_pod_containers(&v, 1).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    let gone = WorkloadId::from("nope");
+    assert_eq!(
+        t.set_pod_containers(&gone, 1).unwrap_err().kind(),
+        ErrorKind::NotFound
     );
 }

@@ -1,8 +1,8 @@
 //! Workloads: the leaves of the pool tree. Each lives in one pool, counts
 //! against the quotas of that pool and its ancestors from the moment it is
 //! added, and charges its reservation to the pool only while admitted
-//! (running). VMs are the one kind today; pods (issue 5) become a second
-//! [`WorkloadKind`] with their reservations taken from their requests.
+//! (running). Two kinds ([`WorkloadKind`]): VMs and pods. The tree treats
+//! them alike; only their reservations and what the quotas count differ.
 //!
 //! A VM's reservation:
 //! - **memory** = guest RAM + [`VMM_MEMORY_OVERHEAD_BYTES`]. Guest RAM is
@@ -25,12 +25,38 @@
 //!   cluster degrades. Workers default to a quarter core, enough for the
 //!   kubelet and the node's system pods to keep reporting; what pods need
 //!   is asked of the pools by the pods themselves.
+//!
+//! A pod's reservation ([`PodSizing`]) is its **requests**, CPU and memory,
+//! and nothing more: the agent runs no process per pod (the pod's
+//! namespaces are pinned as files, not by a pause process), so there is no
+//! overhead to add, unlike a VM's. A pod without requests reserves nothing,
+//! as a Kubernetes BestEffort pod: it is always admitted and runs on what
+//! its pool has spare. Its **limits** are the ceilings of its cgroup; a
+//! request may not exceed its limit. The agent does not default a request
+//! to its limit (Kubernetes' API server does that before a pod reaches a
+//! node; a caller translating a Kubernetes pod sends both).
+//!
+//! What the quotas count ([`Usage`], `quota.rs`):
+//! - `max_vms` counts VMs and `max_vcpus` their vCPUs; pods count in
+//!   neither.
+//! - `max_pods` counts pods, whatever their number of containers.
+//! - `max_memory_bytes` counts each workload's memory *ceiling*: a VM's
+//!   guest memory (it may touch all of it, whatever its reservation) and a
+//!   pod's memory limit. Requests would let a pod that reserves nothing
+//!   escape the cap; a limit bounds what the pod can take, as guest memory
+//!   bounds a VM. A pod without a memory limit has no ceiling to count:
+//!   under a memory quota (of its pool or any ancestor) it is refused, as
+//!   Kubernetes refuses a pod without limits in a namespace with a
+//!   `limits.memory` quota, and such a pod keeps a memory quota from being
+//!   set above it ([`QuotaItem::PodsWithoutMemoryLimit`](super::QuotaItem)).
+//!   CPU has no quota of its own: a pod's CPU is bounded by its limits and
+//!   its pools'.
 
 use std::fmt;
 
 use super::error::PoolError;
 use super::quota::Usage;
-use super::resource::{Resources, MIB, MILLICORES_PER_CPU};
+use super::resource::{Resource, Resources, MIB, MILLICORES_PER_CPU};
 use super::tree::PoolId;
 
 /// Memory the `vmm` process and KVM use beside the guest's RAM, reserved
@@ -104,6 +130,72 @@ pub enum WorkloadKind {
         /// Guest RAM in bytes (a whole number of MiB).
         memory_bytes: u64,
     },
+    /// A pod: containers in shared namespaces, in one cgroup.
+    Pod {
+        /// Its containers now (informational: no quota counts them).
+        containers: u32,
+        /// Its cgroup's ceilings; the memory limit is what the memory
+        /// quota counts.
+        limits: PodLimits,
+    },
+}
+
+/// Ceilings of a pod's cgroup; `None` = unlimited (bounded by its pools).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct PodLimits {
+    /// CPU, in millicores.
+    pub cpu_millicores: Option<u64>,
+    /// Memory, in bytes.
+    pub memory_bytes: Option<u64>,
+}
+
+impl PodLimits {
+    /// The limit on `resource`, if any.
+    pub fn get(&self, resource: Resource) -> Option<u64> {
+        match resource {
+            Resource::Cpu => self.cpu_millicores,
+            Resource::Memory => self.memory_bytes,
+        }
+    }
+
+    /// Set the limit on `resource`.
+    pub fn set(&mut self, resource: Resource, limit: Option<u64>) {
+        match resource {
+            Resource::Cpu => self.cpu_millicores = limit,
+            Resource::Memory => self.memory_bytes = limit,
+        }
+    }
+}
+
+/// The sizing of a pod, as its spec gives it (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct PodSizing {
+    /// What it reserves: CPU millicores and memory bytes; zero = nothing.
+    pub requests: Resources,
+    /// Its cgroup's ceilings, each at least the request.
+    pub limits: PodLimits,
+    /// Its containers.
+    pub containers: u32,
+}
+
+impl PodSizing {
+    /// The pod's reservation (its requests), or why the sizing is invalid.
+    pub fn reservation(&self) -> Result<Resources, PoolError> {
+        for r in Resource::ALL {
+            match self.limits.get(r) {
+                Some(0) => return Err(invalid(format!("a {r} limit of 0 {}", r.unit()))),
+                Some(l) if self.requests.get(r) > l => {
+                    return Err(invalid(format!(
+                        "{r} request {} {unit} is more than the limit {l} {unit}",
+                        self.requests.get(r),
+                        unit = r.unit()
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Ok(self.requests)
+    }
 }
 
 /// The sizing of a VM, as its spec gives it.
@@ -201,6 +293,21 @@ impl Workload {
         })
     }
 
+    /// A pod in pool `pool`, not admitted.
+    pub fn pod(id: WorkloadId, pool: PoolId, sizing: &PodSizing) -> Result<Self, PoolError> {
+        let reservation = sizing.reservation()?;
+        Ok(Workload {
+            id,
+            pool,
+            kind: WorkloadKind::Pod {
+                containers: sizing.containers,
+                limits: sizing.limits,
+            },
+            reservation,
+            admitted: false,
+        })
+    }
+
     /// Its id.
     pub fn id(&self) -> &WorkloadId {
         &self.id
@@ -237,17 +344,45 @@ impl Workload {
 
     /// What it adds to the usage counts of its pool and every ancestor.
     pub fn usage(&self) -> Usage {
-        let WorkloadKind::Vm {
-            vcpus,
-            memory_bytes,
-            ..
-        } = self.kind;
-        Usage {
+        let own = Usage {
             workloads: 1,
             running: u32::from(self.admitted),
-            vms: 1,
-            vcpus,
-            memory_bytes,
+            ..Usage::default()
+        };
+        match self.kind {
+            WorkloadKind::Vm {
+                vcpus,
+                memory_bytes,
+                ..
+            } => Usage {
+                vms: 1,
+                vcpus,
+                memory_bytes,
+                ..own
+            },
+            WorkloadKind::Pod { limits, .. } => Usage {
+                pods: 1,
+                memory_bytes: limits.memory_bytes.unwrap_or(0),
+                pods_without_memory_limit: u32::from(limits.memory_bytes.is_none()),
+                ..own
+            },
+        }
+    }
+
+    /// Whether it is a pod.
+    pub fn is_pod(&self) -> bool {
+        matches!(self.kind, WorkloadKind::Pod { .. })
+    }
+
+    /// Sets a pod's number of containers; `false` (and nothing changed)
+    /// for a VM.
+    pub(super) fn set_containers(&mut self, count: u32) -> bool {
+        match &mut self.kind {
+            WorkloadKind::Pod { containers, .. } => {
+                *containers = count;
+                true
+            }
+            WorkloadKind::Vm { .. } => false,
         }
     }
 }
@@ -314,6 +449,90 @@ mod tests {
                 "{s:?}"
             );
         }
+    }
+
+    fn pod(cpu: u64, mem: u64, limits: PodLimits) -> PodSizing {
+        PodSizing {
+            requests: Resources::new(cpu, mem),
+            limits,
+            containers: 2,
+        }
+    }
+
+    #[test]
+    fn a_pods_reservation_is_its_requests_without_overhead() {
+        let limits = PodLimits {
+            cpu_millicores: Some(500),
+            memory_bytes: Some(256 * MIB),
+        };
+        let s = pod(250, 128 * MIB, limits);
+        assert_eq!(s.reservation().unwrap(), Resources::new(250, 128 * MIB));
+        let best_effort = pod(0, 0, PodLimits::default());
+        assert_eq!(best_effort.reservation().unwrap(), Resources::ZERO);
+    }
+
+    #[test]
+    fn a_request_above_its_limit_or_a_zero_limit_is_invalid() {
+        let over = pod(
+            1000,
+            0,
+            PodLimits {
+                cpu_millicores: Some(500),
+                memory_bytes: None,
+            },
+        );
+        let zero = pod(
+            0,
+            0,
+            PodLimits {
+                cpu_millicores: None,
+                memory_bytes: Some(0),
+            },
+        );
+        for s in [over, zero] {
+            assert!(
+                matches!(s.reservation(), Err(PoolError::InvalidWorkload(_))),
+                "{s:?}"
+            );
+        }
+        // Equal is fine (a Kubernetes Guaranteed pod).
+        let equal = PodLimits {
+            cpu_millicores: Some(500),
+            memory_bytes: Some(MIB),
+        };
+        assert!(pod(500, MIB, equal).reservation().is_ok());
+    }
+
+    #[test]
+    fn a_pod_counts_as_a_pod_with_its_memory_limit() {
+        let limited = PodLimits {
+            cpu_millicores: None,
+            memory_bytes: Some(512 * MIB),
+        };
+        let w = Workload::pod("pod-1".into(), "root".into(), &pod(0, MIB, limited)).unwrap();
+        let u = w.usage();
+        assert_eq!((u.workloads, u.pods, u.vms, u.vcpus), (1, 1, 0, 0));
+        assert_eq!(u.memory_bytes, 512 * MIB, "the limit, not the request");
+        assert_eq!(u.pods_without_memory_limit, 0);
+        assert!(w.is_pod());
+        let open = Workload::pod(
+            "pod-2".into(),
+            "root".into(),
+            &pod(0, MIB, PodLimits::default()),
+        )
+        .unwrap();
+        assert_eq!(open.usage().memory_bytes, 0);
+        assert_eq!(open.usage().pods_without_memory_limit, 1);
+    }
+
+    #[test]
+    fn only_pods_take_a_container_count() {
+        let mut p = Workload::pod("pod-1".into(), "root".into(), &PodSizing::default()).unwrap();
+        assert!(p.set_containers(3));
+        assert!(matches!(p.kind(), WorkloadKind::Pod { containers: 3, .. }));
+        let s = sizing(Role::Worker, 1, 64, None);
+        let mut vm = Workload::vm("vm-1".into(), "root".into(), &s).unwrap();
+        assert!(!vm.set_containers(3));
     }
 
     #[test]
