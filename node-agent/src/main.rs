@@ -41,6 +41,11 @@ struct Cli {
     /// Name of the agent's cgroup subtree.
     #[arg(long, default_value = "stratum")]
     cgroup_root: String,
+    /// An image registry (HOST[:PORT], exactly as in image references) to
+    /// reach over plain HTTP instead of HTTPS (repeatable; development
+    /// registries only).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -97,6 +102,7 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
         vmm_binary,
         system_reserve: Resources::new(cli.reserve_cpu, cli.reserve_memory_mib.saturating_mul(MIB)),
         cgroup_root: cli.cgroup_root.clone(),
+        insecure_registries: cli.insecure_registries.clone(),
     })
 }
 

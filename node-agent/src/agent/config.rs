@@ -23,6 +23,9 @@ pub struct AgentConfig {
     pub system_reserve: Resources,
     /// Name of the agent's cgroup subtree.
     pub cgroup_root: String,
+    /// Image registries (`host[:port]`, as in references) reached over
+    /// plain HTTP instead of HTTPS.
+    pub insecure_registries: Vec<String>,
 }
 
 /// Held back for the host's own processes by default: one core's worth of

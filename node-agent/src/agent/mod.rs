@@ -29,6 +29,7 @@ use self::config::AgentConfig;
 use self::errors::Result;
 use self::vms::VmEntry;
 use crate::cgroup::{Hierarchy, HierarchyConfig};
+use crate::image::{ImageStore, PullOptions};
 use crate::pool::PoolTree;
 use crate::proto;
 use crate::state::Store;
@@ -43,6 +44,8 @@ pub struct Agent {
     config: AgentConfig,
     store: Store,
     cgroups: Hierarchy,
+    /// The node's image store (`<data_dir>/images`).
+    images: ImageStore,
     state: RwLock<State>,
     events: broadcast::Sender<proto::VmEvent>,
     /// `vmm --version`, asked once at start.
@@ -69,6 +72,8 @@ impl Agent {
             root_name: config.cgroup_root.clone(),
             ..HierarchyConfig::default()
         })?;
+        let images = ImageStore::open(&config.data_dir)
+            .map_err(|e| errors::AgentError::Internal(format!("image store: {e}")))?;
         let tree = PoolTree::new(host::capacity(), config.system_reserve)?;
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
         let config_vmm = config.vmm_binary.clone();
@@ -76,6 +81,7 @@ impl Agent {
             config,
             store,
             cgroups,
+            images,
             state: RwLock::new(State {
                 tree,
                 vms: BTreeMap::new(),
@@ -105,6 +111,20 @@ impl Agent {
 
     pub fn config(&self) -> &AgentConfig {
         &self.config
+    }
+
+    /// The node's image store.
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    /// How pulls reach registries: HTTPS except for the configured
+    /// insecure registries.
+    pub fn pull_options(&self) -> PullOptions {
+        PullOptions {
+            insecure_registries: self.config.insecure_registries.clone(),
+            ..PullOptions::default()
+        }
     }
 
     pub fn host_info(&self) -> proto::HostInfo {

@@ -3,12 +3,14 @@
 //! and spawn processes) and turn its errors into statuses.
 //!
 //! - [`host`]: the `stratum.v1.Host` service
+//! - [`images`]: the `stratum.v1.ImageService` service
 //! - [`pools`]: the `stratum.v1.ResourcePools` service
 //! - [`vms`]: the `stratum.v1.VirtualMachines` service
 //! - [`server`]: the listener: mTLS (or loopback plaintext), health,
 //!   reflection.
 
 pub mod host;
+pub mod images;
 pub mod pools;
 pub mod server;
 pub mod vms;

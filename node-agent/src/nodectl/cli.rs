@@ -61,6 +61,9 @@ pub enum Command {
     /// Virtual machines.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// OCI images in the agent's store.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Development certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -256,6 +259,39 @@ pub struct VmCreate {
     /// --memory]; less overcommits the VM.
     #[arg(long, value_name = "MIB", value_parser = parse_memory_mib)]
     pub mem_reservation: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image from its registry, showing progress.
+    Pull {
+        /// `[registry/]repository[:tag][@digest]`.
+        reference: String,
+        /// Registry user name (the password is read from stdin).
+        #[arg(long, requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the registry password (or access token) from stdin.
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+        /// A bearer token for the registry.
+        #[arg(long, conflicts_with_all = ["username", "password_stdin"])]
+        token: Option<String>,
+    },
+    /// Import an OCI layout or `docker save` archive (a path on the
+    /// agent's host; relative paths are made absolute here).
+    Import {
+        path: PathBuf,
+        /// Name the imported image this (single-image sources only).
+        #[arg(long)]
+        reference: Option<String>,
+    },
+    /// Stored images.
+    List,
+    /// One image in full (by reference, manifest digest or id).
+    Get { name: String },
+    /// Remove an image and all its names.
+    #[command(alias = "remove")]
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]

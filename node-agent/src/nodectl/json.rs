@@ -9,6 +9,10 @@
 use serde_json::{json, Map, Value};
 
 use crate::proto::{
+    pull_image_progress, Image, ImageConfig, ImageLayer, ImportImageResponse, LayerPhase,
+    ListImagesResponse, PullImageProgress,
+};
+use crate::proto::{
     Allocation, CgroupVersion, HostCapacity, HostInfo, ListResourcePoolsResponse, ListVmsResponse,
     Quota, ResourceAmounts, ResourcePool, ResourcePoolSpec, ResourcePoolStatus, ResourceUsage,
     Shares, SharesLevel, VirtualMachine, VmEvent, VmRole, VmSpec, VmState, VmStatus, WorkloadUsage,
@@ -203,4 +207,69 @@ pub fn vm_event(e: &VmEvent) -> Value {
         "reason": e.reason,
         "timestamp": opt(e.timestamp.as_ref(), timestamp),
     })
+}
+
+fn image_config(c: &ImageConfig) -> Value {
+    json!({
+        "entrypoint": c.entrypoint,
+        "cmd": c.cmd,
+        "env": c.env,
+        "working_dir": c.working_dir,
+        "user": c.user,
+        "exposed_ports": c.exposed_ports,
+        "labels": labels(&c.labels),
+    })
+}
+
+fn image_layer(l: &ImageLayer) -> Value {
+    json!({
+        "digest": l.digest,
+        "media_type": l.media_type,
+        "size_bytes": l.size_bytes,
+        "diff_id": l.diff_id,
+    })
+}
+
+/// An `Image`.
+pub fn image(i: &Image) -> Value {
+    json!({
+        "id": i.id,
+        "manifest_digest": i.manifest_digest,
+        "references": i.references,
+        "size_bytes": i.size_bytes,
+        "layers": i.layers.iter().map(image_layer).collect::<Vec<_>>(),
+        "config": opt(i.config.as_ref(), image_config),
+        "stored_at": opt(i.stored_at.as_ref(), timestamp),
+        "users": i.users,
+    })
+}
+
+/// `ImageService.List`'s answer.
+pub fn images(resp: &ListImagesResponse) -> Value {
+    json!({ "images": resp.images.iter().map(image).collect::<Vec<_>>() })
+}
+
+/// `ImageService.Import`'s answer.
+pub fn imported(resp: &ImportImageResponse) -> Value {
+    json!({ "images": resp.images.iter().map(image).collect::<Vec<_>>() })
+}
+
+/// One event of `ImageService.Pull`.
+pub fn pull_progress(p: &PullImageProgress) -> Value {
+    match &p.event {
+        Some(pull_image_progress::Event::Resolved(r)) => json!({ "resolved": {
+            "reference": r.reference,
+            "manifest_digest": r.manifest_digest,
+            "layers": r.layers,
+            "total_bytes": r.total_bytes,
+        }}),
+        Some(pull_image_progress::Event::Layer(l)) => json!({ "layer": {
+            "digest": l.digest,
+            "total_bytes": l.total_bytes,
+            "done_bytes": l.done_bytes,
+            "phase": enum_name(l.phase, LayerPhase::as_str_name),
+        }}),
+        Some(pull_image_progress::Event::Image(i)) => json!({ "image": image(i) }),
+        None => Value::Null,
+    }
 }

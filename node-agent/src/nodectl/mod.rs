@@ -18,6 +18,7 @@ pub mod args;
 pub mod cli;
 pub mod connect;
 pub mod json;
+pub mod progress;
 pub mod render;
 mod run;
 pub mod size;

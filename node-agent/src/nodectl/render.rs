@@ -5,11 +5,13 @@
 use std::collections::{HashMap, HashSet};
 
 use super::args::role_name;
+use super::progress::short_digest;
 use super::size::{format_millicores, format_size, MIB};
 use super::table::Table;
 use crate::proto::{
-    Allocation, CgroupVersion, HostCapacity, HostInfo, ListResourcePoolsResponse, ResourceAmounts,
-    ResourcePool, ResourceUsage, Shares, SharesLevel, VirtualMachine, VmEvent, VmRole, VmState,
+    Allocation, CgroupVersion, HostCapacity, HostInfo, Image, ListResourcePoolsResponse,
+    ResourceAmounts, ResourcePool, ResourceUsage, Shares, SharesLevel, VirtualMachine, VmEvent,
+    VmRole, VmState,
 };
 
 /// `RUNNING` for `VM_STATE_RUNNING`; unknown numbers as `UNKNOWN(n)`.
@@ -468,4 +470,72 @@ pub fn event_line(event: &VmEvent) -> String {
         line.push_str(&event.reason);
     }
     line
+}
+
+/// The image list's columns.
+pub const IMAGE_HEADER: [&str; 6] = ["REFERENCE", "ID", "SIZE", "LAYERS", "USERS", "STORED"];
+
+/// `<none>` for an unnamed image, else its first reference.
+fn image_name(image: &Image) -> String {
+    image
+        .references
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "<none>".into())
+}
+
+/// Images, one per row.
+pub fn image_table(images: &[Image]) -> String {
+    let mut t = Table::new(IMAGE_HEADER);
+    for image in images {
+        t.row([
+            image_name(image),
+            short_digest(&image.id).to_string(),
+            format_size(image.size_bytes),
+            image.layers.len().to_string(),
+            image.users.to_string(),
+            timestamp_text(image.stored_at.as_ref()),
+        ]);
+    }
+    t.render()
+}
+
+/// One image in full, one field per line (names and layers one per line).
+pub fn image_detail(image: &Image) -> String {
+    let config = image.config.clone().unwrap_or_default();
+    let mut t = Table::headless();
+    t.row(["ID".to_string(), image.id.clone()]);
+    t.row(["MANIFEST".to_string(), image.manifest_digest.clone()]);
+    if image.references.is_empty() {
+        t.row(["REFERENCE", "-"]);
+    }
+    for reference in &image.references {
+        t.row(["REFERENCE".to_string(), reference.clone()]);
+    }
+    t.row(["SIZE".to_string(), format_size(image.size_bytes)]);
+    t.row(["USERS".to_string(), image.users.to_string()]);
+    t.row([
+        "STORED".to_string(),
+        timestamp_text(image.stored_at.as_ref()),
+    ]);
+    t.row(["ENTRYPOINT".to_string(), list_text(&config.entrypoint)]);
+    t.row(["CMD".to_string(), list_text(&config.cmd)]);
+    t.row(["WORKDIR".to_string(), or_dash(&config.working_dir)]);
+    t.row(["USER".to_string(), or_dash(&config.user)]);
+    for env in &config.env {
+        t.row(["ENV".to_string(), env.clone()]);
+    }
+    for port in &config.exposed_ports {
+        t.row(["EXPOSE".to_string(), port.clone()]);
+    }
+    for (k, v) in &config.labels {
+        t.row(["LABEL".to_string(), format!("{k}={v}")]);
+    }
+    for layer in &image.layers {
+        t.row([
+            "LAYER".to_string(),
+            format!("{} {}", layer.digest, format_size(layer.size_bytes)),
+        ]);
+    }
+    t.render()
 }

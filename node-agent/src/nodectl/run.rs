@@ -10,20 +10,27 @@ use tonic::transport::Channel;
 
 use super::args::label_map;
 use super::cli::{
-    CertsCommand, Cli, Command, HostCommand, Output, PoolCommand, PoolSettings, VmCommand, VmCreate,
+    CertsCommand, Cli, Command, HostCommand, ImageCommand, Output, PoolCommand, PoolSettings,
+    VmCommand, VmCreate,
 };
+use super::progress::PullProgress;
 use super::{connect, json, render};
 use crate::proto::host_client::HostClient;
+use crate::proto::image_service_client::ImageServiceClient;
+use crate::proto::pull_image_progress;
+use crate::proto::pull_image_request::Auth;
 use crate::proto::resource_pools_client::ResourcePoolsClient;
 use crate::proto::virtual_machines_client::VirtualMachinesClient;
 use crate::proto::{
-    Allocation, ConsoleRequest, CreateResourcePoolRequest, CreateVmRequest,
+    Allocation, BasicAuth, ConsoleRequest, CreateResourcePoolRequest, CreateVmRequest,
     DeleteResourcePoolRequest, DeleteVmRequest, GetHostCapacityRequest, GetHostInfoRequest,
     GetResourcePoolRequest, GetVmRequest, KillVmRequest, ListResourcePoolsRequest, ListVmsRequest,
-    PauseVmRequest, ResourcePoolSpec, ResumeVmRequest, Shares, SharesLevel, ShutdownVmRequest,
-    StartVmRequest, UpdateResourcePoolRequest, VmSpec, WatchVmsRequest,
+    PauseVmRequest, PullImageRequest, ResourcePoolSpec, ResumeVmRequest, Shares, SharesLevel,
+    ShutdownVmRequest, StartVmRequest, UpdateResourcePoolRequest, VmSpec, WatchVmsRequest,
 };
 use crate::tls;
+
+use super::UsageError;
 
 /// Runs one nodectl command to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -43,6 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host(c) => host(HostClient::new(connect()?), c, output).await,
         Command::Pool(c) => pool(ResourcePoolsClient::new(connect()?), c, output).await,
         Command::Vm(c) => vm(VirtualMachinesClient::new(connect()?), c, output).await,
+        Command::Image(c) => image(c, connect, output).await,
     }
 }
 
@@ -396,4 +404,140 @@ fn certs_command(cmd: CertsCommand, default_dir: &Path, output: Output) -> anyho
             serde_json::json!({ "dir": dir.display().to_string(), "created": pki.created })
         )),
     }
+}
+
+async fn image(
+    cmd: ImageCommand,
+    connect: impl FnOnce() -> anyhow::Result<Channel>,
+    output: Output,
+) -> anyhow::Result<()> {
+    use crate::proto::{
+        GetImageRequest, ImportImageRequest, ListImagesRequest, RemoveImageRequest,
+    };
+    // Credentials are read before connecting: a usage problem is reported
+    // without touching the agent.
+    if let ImageCommand::Pull {
+        reference,
+        username,
+        password_stdin,
+        token,
+    } = cmd
+    {
+        let auth = pull_auth(username, password_stdin, token)?;
+        let client = ImageServiceClient::new(connect()?);
+        return pull(client, reference, auth, output).await;
+    }
+    let mut client = ImageServiceClient::new(connect()?);
+    match cmd {
+        ImageCommand::Pull { .. } => unreachable!("handled above"),
+        ImageCommand::Import { path, reference } => {
+            let request = ImportImageRequest {
+                path: absolute(&path)?,
+                reference: reference.unwrap_or_default(),
+            };
+            let resp = client.import(request).await?.into_inner();
+            emit(
+                output,
+                &resp,
+                |r| render::image_table(&r.images),
+                json::imported,
+            )
+        }
+        ImageCommand::List => {
+            let list = client.list(ListImagesRequest {}).await?.into_inner();
+            emit(
+                output,
+                &list,
+                |l| render::image_table(&l.images),
+                json::images,
+            )
+        }
+        ImageCommand::Get { name } => {
+            let image = client.get(GetImageRequest { name }).await?.into_inner();
+            emit(output, &image, render::image_detail, json::image)
+        }
+        ImageCommand::Rm { name } => {
+            let resp = client
+                .remove(RemoveImageRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            match output {
+                Output::Table => {
+                    let id = resp.image.map(|i| i.id).unwrap_or_default();
+                    print(&format!("removed image {name} ({id})\n"))
+                }
+                Output::Json => print(&format!(
+                    "{:#}\n",
+                    serde_json::json!({
+                        "removed": resp.image.as_ref().map(json::image),
+                    })
+                )),
+            }
+        }
+    }
+}
+
+/// The pull's credentials from the flags; the password is read from stdin
+/// (one line; the trailing newline is not part of it).
+fn pull_auth(
+    username: Option<String>,
+    password_stdin: bool,
+    token: Option<String>,
+) -> anyhow::Result<Option<Auth>> {
+    use std::io::Read;
+    if let Some(token) = token {
+        return Ok(Some(Auth::BearerToken(token)));
+    }
+    let Some(username) = username else {
+        return Ok(None);
+    };
+    if !password_stdin {
+        return Err(UsageError("--username needs --password-stdin".into()).into());
+    }
+    let mut password = String::new();
+    std::io::stdin()
+        .read_to_string(&mut password)
+        .context("reading the password from stdin")?;
+    let password = password.trim_end_matches(['\n', '\r']).to_string();
+    Ok(Some(Auth::Basic(BasicAuth { username, password })))
+}
+
+/// Streams a pull's progress, then prints the image: text (a progress
+/// bar at a terminal) or, with `-o json`, one JSON object per event.
+async fn pull(
+    mut client: ImageServiceClient<Channel>,
+    reference: String,
+    auth: Option<Auth>,
+    output: Output,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let mut stream = client
+        .pull(PullImageRequest { reference, auth })
+        .await?
+        .into_inner();
+    let mut bar = PullProgress::new(std::io::stdout().is_terminal());
+    let mut pulled = None;
+    loop {
+        let event = match stream.message().await {
+            Ok(Some(event)) => event,
+            Ok(None) => break,
+            Err(status) => {
+                print(&bar.finish())?;
+                return Err(status.into());
+            }
+        };
+        match output {
+            Output::Json => print(&format!("{}\n", json::pull_progress(&event)))?,
+            Output::Table => print(&bar.event(&event))?,
+        }
+        if let Some(pull_image_progress::Event::Image(image)) = event.event {
+            pulled = Some(image);
+        }
+    }
+    let image = pulled.ok_or_else(|| anyhow::anyhow!("the pull ended without an image"))?;
+    if output == Output::Table {
+        let name = image.references.first().cloned().unwrap_or_default();
+        print(&format!("pulled {name} {}\n", image.id))?;
+    }
+    Ok(())
 }

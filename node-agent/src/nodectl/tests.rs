@@ -523,3 +523,92 @@ async fn plaintext_reaches_a_loopback_agent_only_with_insecure() {
         .unwrap_err();
     assert!(err.starts_with("UNAVAILABLE"), "{err}");
 }
+
+#[test]
+fn image_pull_credential_flags() {
+    let cli = parse(&[
+        "image",
+        "pull",
+        "busybox",
+        "--username",
+        "u",
+        "--password-stdin",
+    ]);
+    let Command::Image(super::cli::ImageCommand::Pull {
+        username,
+        password_stdin,
+        token,
+        ..
+    }) = cli.command
+    else {
+        panic!("not image pull");
+    };
+    assert_eq!(username.as_deref(), Some("u"));
+    assert!(password_stdin);
+    assert!(token.is_none());
+    for args in [
+        &["image", "pull", "busybox", "--username", "u"][..],
+        &["image", "pull", "busybox", "--password-stdin"],
+        &[
+            "image",
+            "pull",
+            "busybox",
+            "--token",
+            "t",
+            "--username",
+            "u",
+        ],
+    ] {
+        let parsed = Cli::try_parse_from(std::iter::once("nodectl").chain(args.iter().copied()));
+        assert!(parsed.is_err(), "{args:?} should be refused");
+    }
+    assert!(matches!(
+        parse(&["image", "remove", "x"]).command,
+        Command::Image(super::cli::ImageCommand::Rm { .. })
+    ));
+}
+
+fn layer_event(done: u64, phase: crate::proto::LayerPhase) -> crate::proto::PullImageProgress {
+    use crate::proto::pull_image_progress::Event;
+    crate::proto::PullImageProgress {
+        event: Some(Event::Layer(crate::proto::LayerProgress {
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            total_bytes: 2048,
+            done_bytes: done,
+            phase: phase as i32,
+        })),
+    }
+}
+
+#[test]
+fn pull_progress_lines() {
+    use super::progress::PullProgress;
+    use crate::proto::LayerPhase::{Done, Downloading, Unpacking};
+    let events = [
+        layer_event(0, Downloading),
+        layer_event(1024, Downloading),
+        layer_event(2048, Downloading),
+        layer_event(2048, Unpacking),
+        layer_event(2048, Done),
+    ];
+    let mut plain = PullProgress::new(false);
+    let text: String = events.iter().map(|e| plain.event(e)).collect();
+    assert_eq!(
+        text,
+        "sha256:abababababab: downloading 0B/2Ki (0%)\n\
+         sha256:abababababab: unpacking (2Ki)\n\
+         sha256:abababababab: done (2Ki)\n"
+    );
+    let mut tty = PullProgress::new(true);
+    let mut text: String = events.iter().map(|e| tty.event(e)).collect();
+    text.push_str(&tty.finish());
+    assert!(text.starts_with("sha256:abababababab: downloading 0B/2Ki (0%)\r"));
+    assert!(text.contains("\rsha256:abababababab: downloading 1Ki/2Ki (50%)"));
+    // "done" is 5 characters shorter than "unpacking": blanked.
+    assert!(text.ends_with("\rsha256:abababababab: done (2Ki)     \n"));
+    assert_eq!(
+        text.matches('\n').count(),
+        1,
+        "one line per layer: {text:?}"
+    );
+}
