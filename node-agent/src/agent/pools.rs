@@ -113,14 +113,19 @@ impl Agent {
     /// a child's stored CPU quota was capped at its parent's, so raising a
     /// parent must re-apply its children.
     fn apply_subtree_limits(&self, state: &State, id: &PoolId) -> Result<()> {
-        for pool in state.tree.subtree(id)? {
+        let subtree = state.tree.subtree(id)?;
+        for pool in &subtree {
             self.pool_cgroup(&state.tree, pool.id())?
                 .apply(&pool_limits(pool.spec()))?;
         }
-        for vm in state.vms.values() {
-            if state.tree.subtree(id)?.iter().any(|p| p.id() == &vm.pool) {
-                self.apply_vm_limits(state, vm)?;
-            }
+        let in_subtree: std::collections::HashSet<&PoolId> =
+            subtree.iter().map(|p| p.id()).collect();
+        for vm in state
+            .vms
+            .values()
+            .filter(|vm| in_subtree.contains(&vm.pool))
+        {
+            self.apply_vm_limits(vm)?;
         }
         Ok(())
     }

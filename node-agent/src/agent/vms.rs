@@ -318,11 +318,7 @@ impl Agent {
         }
     }
 
-    pub fn shutdown_vm(
-        self: &Arc<Self>,
-        id: &str,
-        timeout: Duration,
-    ) -> Result<proto::VirtualMachine> {
+    pub fn shutdown_vm(&self, id: &str, timeout: Duration) -> Result<proto::VirtualMachine> {
         let process = {
             let mut state = self.write_state();
             let process = running_process(&state, id)?;
@@ -343,7 +339,6 @@ impl Agent {
         if let Err(e) = process.ctrl_alt_del() {
             tracing::warn!(vm = %id, "Ctrl+Alt+Del failed, stopping hard: {e}");
         }
-        let agent = Arc::clone(self);
         let id_owned = id.to_string();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
@@ -354,14 +349,15 @@ impl Agent {
                     return;
                 }
                 tracing::info!(vm = %id_owned, "guest did not shut down in time, stopping hard");
-                let _ = process.hard_stop();
+                // The API call blocks (a Unix-socket round trip with a timeout).
+                let stopping = process.clone();
+                let _ = tokio::task::spawn_blocking(move || stopping.hard_stop()).await;
                 if tokio::time::timeout(HARD_STOP_GRACE, process.wait_exit())
                     .await
                     .is_err()
                 {
                     let _ = process.kill();
                 }
-                drop(agent);
             });
         }
         self.get_vm(id)
@@ -456,11 +452,10 @@ impl Agent {
         self.read_state().vms.get(id).map(|vm| vm.pool.to_string())
     }
 
-    pub(super) fn apply_vm_limits(&self, state: &State, vm: &VmEntry) -> Result<()> {
+    pub(super) fn apply_vm_limits(&self, vm: &VmEntry) -> Result<()> {
         if vm.process.is_none() || vm.runtime().cgroup_path.is_empty() {
             return Ok(());
         }
-        let _ = state;
         self.cgroups
             .open(Path::new(&vm.runtime().cgroup_path))?
             .apply(&vm_limits(vm.spec()))?;
