@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use node_agent::agent::config::{AgentConfig, DEFAULT_SYSTEM_RESERVE};
+use node_agent::agent::pods::PodHostConfig;
 use node_agent::agent::Agent;
+use node_agent::podnet::Ipv4Cidr;
 use node_agent::pool::{Resources, MIB};
 use node_agent::{api, tls};
 
@@ -46,6 +48,18 @@ struct Cli {
     /// registries only).
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure_registries: Vec<String>,
+    /// The OCI runtime pods' containers run with: `crun` (default) or
+    /// `runc`, a name on PATH or a path. On a hybrid-cgroup host that crun
+    /// refuses, the agent falls back to runc when it is installed.
+    #[arg(long, default_value = "crun")]
+    oci_runtime: PathBuf,
+    /// The pod network's host bridge (at most 15 bytes); also the name of
+    /// its nftables table.
+    #[arg(long, default_value = "stratum0")]
+    pod_bridge: String,
+    /// Pod addresses (IPv4 CIDR); the first goes to the bridge.
+    #[arg(long, default_value = "10.88.0.0/16")]
+    pod_cidr: Ipv4Cidr,
 }
 
 fn main() -> ExitCode {
@@ -78,8 +92,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // Container inits are re-parented to the agent, which collects
+        // their exit status (see runtime::reaper).
+        node_agent::runtime::become_subreaper()?;
+        node_agent::runtime::spawn_orphan_reaper()?;
         agent.clone().watch_running_vms();
-        api::server::serve(agent, cli.listen, cli.insecure_plaintext, shutdown_signal()).await
+        agent.resume_pods().await;
+        api::server::serve(agent, cli.listen, cli.insecure_plaintext, shutdown_signal()).await?;
+        Ok::<_, anyhow::Error>(())
     })?;
     tracing::info!("node-agent stopped; VMs keep running and are re-adopted at the next start");
     Ok(())
@@ -103,6 +123,11 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
         system_reserve: Resources::new(cli.reserve_cpu, cli.reserve_memory_mib.saturating_mul(MIB)),
         cgroup_root: cli.cgroup_root.clone(),
         insecure_registries: cli.insecure_registries.clone(),
+        pods: PodHostConfig {
+            oci_runtime: cli.oci_runtime.clone(),
+            bridge: cli.pod_bridge.clone(),
+            cidr: cli.pod_cidr,
+        },
     })
 }
 

@@ -26,6 +26,8 @@ pub struct AgentConfig {
     /// Image registries (`host[:port]`, as in references) reached over
     /// plain HTTP instead of HTTPS.
     pub insecure_registries: Vec<String>,
+    /// OCI runtime and pod network.
+    pub pods: super::pods::PodHostConfig,
 }
 
 /// Held back for the host's own processes by default: one core's worth of
@@ -37,6 +39,11 @@ impl AgentConfig {
     /// The run directory of VM `id` (API socket, console log, disks).
     pub fn vm_dir(&self, id: &str) -> PathBuf {
         self.data_dir.join("vms").join(id)
+    }
+
+    /// The directory of pod `id` (sandbox, container bundles, logs).
+    pub fn pod_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("pods").join(id)
     }
 
     pub fn store_path(&self) -> PathBuf {

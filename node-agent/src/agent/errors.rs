@@ -5,7 +5,10 @@
 use tonic::{Code, Status};
 
 use crate::cgroup::CgroupError;
+use crate::image::ImageError;
+use crate::podnet::PodNetError;
 use crate::pool::{ErrorKind, PoolError};
+use crate::runtime::RuntimeError;
 use crate::state::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,18 @@ pub enum AgentError {
     FailedPrecondition(String),
     #[error("{0}")]
     Internal(String),
+    #[error("image: {0}")]
+    Image(#[from] ImageError),
+    #[error("pod network: {0}")]
+    PodNet(#[from] PodNetError),
+    #[error("container runtime: {0}")]
+    Runtime(#[from] RuntimeError),
+    #[error("{0}")]
+    Unimplemented(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
 }
 
 impl AgentError {
@@ -45,6 +60,20 @@ impl AgentError {
             AgentError::Store(_) | AgentError::Cgroup(_) | AgentError::Internal(_) => {
                 Code::Internal
             }
+            AgentError::Image(e) => crate::api::images::status(e).code(),
+            AgentError::PodNet(e) => match e {
+                PodNetError::InvalidArgument(_) => Code::InvalidArgument,
+                PodNetError::PortInUse { .. } | PodNetError::AlreadyAttached { .. } => {
+                    Code::AlreadyExists
+                }
+                PodNetError::Exhausted { .. } => Code::ResourceExhausted,
+                _ => Code::Internal,
+            },
+            AgentError::Runtime(RuntimeError::ExecTimeout { .. })
+            | AgentError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            AgentError::Runtime(_) => Code::Internal,
+            AgentError::Unimplemented(_) => Code::Unimplemented,
+            AgentError::Unavailable(_) => Code::Unavailable,
         }
     }
 }

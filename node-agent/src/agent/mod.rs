@@ -10,11 +10,15 @@
 //! - [`host`]: host capacity and information.
 //! - [`pools`]: resource pool operations and their cgroups.
 //! - [`vms`]: VM lifecycle over `vmm` processes.
+//! - [`pods`]: pods on the host through the OCI runtime and pod network.
+//! - [`inventory`]: the pool tree with every workload and live usage.
 //! - [`errors`]: failures and their gRPC codes.
 
 pub mod config;
 pub mod errors;
 pub mod host;
+pub mod inventory;
+pub mod pods;
 pub mod pools;
 pub mod vms;
 
@@ -27,6 +31,7 @@ use tokio::sync::broadcast;
 
 use self::config::AgentConfig;
 use self::errors::Result;
+use self::pods::PodEntry;
 use self::vms::VmEntry;
 use crate::cgroup::{Hierarchy, HierarchyConfig};
 use crate::image::{ImageStore, PullOptions};
@@ -52,12 +57,15 @@ pub struct Agent {
     vmm_version: String,
     /// The next id to hand out and the end of the reserved block.
     ids: std::sync::Mutex<(u64, u64)>,
+    /// The OCI runtime and pod network, set up on first use.
+    pod_host: tokio::sync::OnceCell<std::sync::Arc<pods::PodHost>>,
 }
 
 /// What the lock guards.
 pub struct State {
     tree: PoolTree,
     vms: BTreeMap<String, VmEntry>,
+    pods: BTreeMap<String, PodEntry>,
 }
 
 impl Agent {
@@ -85,18 +93,21 @@ impl Agent {
             state: RwLock::new(State {
                 tree,
                 vms: BTreeMap::new(),
+                pods: BTreeMap::new(),
             }),
             events,
             ids: std::sync::Mutex::new((0, 0)),
+            pod_host: tokio::sync::OnceCell::new(),
             vmm_version: vmm_version(&config_vmm),
         });
         let snapshot = agent.store.load()?;
         agent.restore_pools(snapshot.pools)?;
         agent.restore_vms(snapshot.vms)?;
+        agent.restore_pods(snapshot.pods)?;
         Ok(agent)
     }
 
-    /// A fresh id (for `pool-N`, `vm-N`), never handed out before, even
+    /// A fresh id (for `pool-N`, `vm-N`, `pod-N`), never handed out before, even
     /// across crashes.
     fn next_id(&self) -> Result<u64> {
         let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());

@@ -192,7 +192,7 @@ impl Agent {
 
 /// A pool's cgroup path below the Stratum root: the ids from the root's
 /// child down to the pool (empty for the root).
-fn pool_cgroup_path(tree: &PoolTree, id: &PoolId) -> Result<std::path::PathBuf> {
+pub(super) fn pool_cgroup_path(tree: &PoolTree, id: &PoolId) -> Result<std::path::PathBuf> {
     let mut chain = Vec::new();
     let mut at = tree.get(id)?;
     while let Some(parent) = at.parent() {

@@ -596,7 +596,7 @@ fn exit_outcome(stop_requested: bool, oom_killed: bool, exit: &ExitInfo) -> (VmS
 /// What a VM's leaf enforces: its CPU limit (spec, else its vCPUs), its
 /// shares scaled by vCPUs, and a memory cap of guest RAM plus the VMM
 /// overhead the pool model reserves for it.
-fn vm_limits(spec: &proto::VmSpec) -> CgroupLimits {
+pub(super) fn vm_limits(spec: &proto::VmSpec) -> CgroupLimits {
     let vcpus = spec.vcpus.max(1);
     let shares = crate::pool::convert::shares_from_proto(
         spec.cpu_shares.as_ref(),

@@ -4,6 +4,7 @@
 //!
 //! - [`host`]: the `stratum.v1.Host` service
 //! - [`images`]: the `stratum.v1.ImageService` service
+//! - [`pods`]: the `stratum.v1.PodService` service
 //! - [`pools`]: the `stratum.v1.ResourcePools` service
 //! - [`vms`]: the `stratum.v1.VirtualMachines` service
 //! - [`server`]: the listener: mTLS (or loopback plaintext), health,
@@ -11,6 +12,7 @@
 
 pub mod host;
 pub mod images;
+pub mod pods;
 pub mod pools;
 pub mod server;
 pub mod vms;

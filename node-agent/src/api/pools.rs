@@ -39,8 +39,14 @@ impl ResourcePools for PoolService {
         &self,
         request: Request<proto::ListResourcePoolsRequest>,
     ) -> Result<Response<proto::ListResourcePoolsResponse>, Status> {
-        let root = request.into_inner().root_id;
-        let pools = self.0.list_pools(&root)?;
+        let r = request.into_inner();
+        if r.include_workloads {
+            // Reads cgroup files: off the async threads.
+            return super::blocking(&self.0, move |a| a.inventory(&r.root_id))
+                .await
+                .map(Response::new);
+        }
+        let pools = self.0.list_pools(&r.root_id)?;
         Ok(Response::new(proto::ListResourcePoolsResponse {
             pools,
             ..Default::default()

@@ -10,11 +10,13 @@ use tonic::transport::Server;
 
 use super::host::HostService;
 use super::images::ImageApi;
+use super::pods::PodApi;
 use super::pools::PoolService;
 use super::vms::VmService;
 use crate::agent::Agent;
 use crate::proto::host_server::HostServer;
 use crate::proto::image_service_server::ImageServiceServer;
+use crate::proto::pod_service_server::PodServiceServer;
 use crate::proto::resource_pools_server::ResourcePoolsServer;
 use crate::proto::virtual_machines_server::VirtualMachinesServer;
 use crate::{proto, tls};
@@ -66,6 +68,7 @@ pub async fn serve(
         .set_serving::<VirtualMachinesServer<VmService>>()
         .await;
     health.set_serving::<ImageServiceServer<ImageApi>>().await;
+    health.set_serving::<PodServiceServer<PodApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -84,6 +87,7 @@ pub async fn serve(
         .add_service(HostServer::new(HostService(agent.clone())))
         .add_service(ResourcePoolsServer::new(PoolService(agent.clone())))
         .add_service(ImageServiceServer::new(ImageApi(agent.clone())))
+        .add_service(PodServiceServer::new(PodApi(agent.clone())))
         .add_service(VirtualMachinesServer::new(VmService(agent)))
         .serve_with_incoming_shutdown(
             // Replies are small and each waits for its request: without

@@ -481,7 +481,7 @@ impl Container {
     /// Removes everything but the CRI log: kills the container if needed,
     /// deletes the runtime state and its cgroups (in every hierarchy),
     /// finishes the log, unmounts and deletes the rootfs and the directory.
-    pub async fn remove(self, runtime: &OciRuntime) -> Result<()> {
+    pub async fn remove(&self, runtime: &OciRuntime) -> Result<()> {
         self.stop_requested.store(true, Ordering::SeqCst);
         if self.exit_report().is_none() {
             let _ = self.signal(libc::SIGKILL);

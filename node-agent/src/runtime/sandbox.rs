@@ -126,7 +126,9 @@ impl PodSandbox {
         Ok(sandbox)
     }
 
-    fn at(dir: &Path, hostname: &str, network: &PodNetwork) -> PodSandbox {
+    /// The sandbox that lives or would live in `dir`, unchecked: for
+    /// [`PodSandbox::remove`] of one whose mounts may be partly gone.
+    pub fn at(dir: &Path, hostname: &str, network: &PodNetwork) -> PodSandbox {
         let ns = dir.join("ns");
         let (net, owns_net) = match network {
             PodNetwork::Existing(path) => (path.clone(), false),

@@ -19,7 +19,7 @@ use prost::Message;
 use redb::TableDefinition;
 
 use super::error::StoreError;
-use crate::proto::records::{PoolRecord, VmRecord};
+use crate::proto::records::{PodRecord, PoolRecord, VmRecord};
 
 /// The layout version written in front of every record.
 pub const FORMAT_VERSION: u8 = 1;
@@ -76,6 +76,28 @@ impl Record for VmRecord {
             Some("no spec")
         } else if self.runtime.is_none() {
             Some("no runtime record")
+        } else {
+            None
+        }
+    }
+}
+
+impl Record for PodRecord {
+    const TABLE_NAME: &'static str = "pods";
+    const TABLE: TableDefinition<'static, &'static str, &'static [u8]> =
+        TableDefinition::new("pods");
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn missing(&self) -> Option<&'static str> {
+        if self.id.is_empty() {
+            Some("no id")
+        } else if self.spec.is_none() {
+            Some("no spec")
+        } else if self.status.is_none() {
+            Some("no status")
         } else {
             None
         }

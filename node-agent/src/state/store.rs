@@ -16,7 +16,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 
 use super::error::StoreError;
 use super::record::{decode, encode, Record};
-use crate::proto::records::{PoolRecord, VmRecord};
+use crate::proto::records::{PodRecord, PoolRecord, VmRecord};
 
 /// The schema this agent writes: the set of tables and what they hold.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub pools: Vec<PoolRecord>,
     /// Every VM, in id order.
     pub vms: Vec<VmRecord>,
+    /// Every pod, in id order.
+    pub pods: Vec<PodRecord>,
     /// The id [`Store::next_id`] will hand out next.
     pub next_id: u64,
 }
@@ -81,6 +83,7 @@ impl Store {
         self.write(|tx| {
             tx.open_table(PoolRecord::TABLE)?;
             tx.open_table(VmRecord::TABLE)?;
+            tx.open_table(PodRecord::TABLE)?;
             let mut meta = tx.open_table(META)?;
             let found = meta.get(META_SCHEMA)?.map(|v| v.value());
             match found {
@@ -222,6 +225,7 @@ impl Store {
         Ok(Snapshot {
             pools: list_in(&tx.open_table(PoolRecord::TABLE)?)?,
             vms: list_in(&tx.open_table(VmRecord::TABLE)?)?,
+            pods: list_in(&tx.open_table(PodRecord::TABLE)?)?,
             next_id,
         })
     }

@@ -1,0 +1,727 @@
+//! A pod's containers: each container has at most one *run* at a time —
+//! one OCI runtime container with its own id (`<pod>-<name>-<n>`), leaf
+//! cgroup and overlay root — and a restart is a fresh run, as the kubelet
+//! makes a fresh CRI container. Exits are seen by a watcher task per run
+//! and recorded once (a stop records the exit itself; the watcher then
+//! finds it recorded); the restart policy then schedules the next run, or,
+//! when every container of a running pod has ended for good, the pod
+//! stops on its own.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::host::PodHost;
+use super::{container_state_name, pod_entry, spec, timestamp_in, PodLive, DEFAULT_GRACE};
+use crate::agent::errors::{AgentError, Result};
+use crate::agent::{now, Agent};
+use crate::cgroup::CgroupUsage;
+use crate::pool::WorkloadId;
+use crate::proto;
+use crate::proto::records::{ContainerRuntime, PodRecord};
+use crate::proto::{ContainerState, PodState};
+use crate::runtime::{
+    decide, Container, ContainerConfig, ExitReason, ExitReport, LogFollower, PodContext,
+    RestartDecision, RootfsSource,
+};
+
+/// ExecSync output kept per stream (gRPC messages are limited to 4 MiB).
+const EXEC_OUTPUT_MAX: usize = 1 << 20;
+/// ExecSync's timeout when the request gives none.
+const EXEC_DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+type Runs = BTreeMap<String, Arc<Container>>;
+
+/// Where container `name` is in the pod's lists.
+fn index_of(record: &PodRecord, name: &str) -> Option<usize> {
+    record
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .position(|c| c.name == name)
+}
+
+fn container_mut<'a>(
+    record: &'a mut PodRecord,
+    name: &str,
+) -> Option<(&'a mut proto::ContainerStatus, &'a mut ContainerRuntime)> {
+    let i = index_of(record, name)?;
+    let status = record.status.as_mut()?.containers.get_mut(i)?;
+    let runtime = record.containers.get_mut(i)?;
+    Some((status, runtime))
+}
+
+fn is_ended(state: i32) -> bool {
+    matches!(
+        ContainerState::try_from(state),
+        Ok(ContainerState::Exited | ContainerState::OomKilled | ContainerState::Failed)
+    )
+}
+
+fn not_found(pod: &str, name: &str) -> AgentError {
+    AgentError::NotFound(format!("pod {pod} has no container {name:?}"))
+}
+
+impl Agent {
+    /// Creates a new run of container `name` (and starts it with `start`).
+    /// Failures do not fail the caller: the container is FAILED with the
+    /// reason, and the restart policy applies.
+    pub(super) async fn new_run(
+        self: &Arc<Self>,
+        host: &Arc<PodHost>,
+        pod_id: &str,
+        live: &Arc<PodLive>,
+        runs: &mut Runs,
+        name: &str,
+        start: bool,
+    ) {
+        let (config, dir) = match self.prepare_run(pod_id, name) {
+            Ok(prepared) => prepared,
+            Err(e) => return self.run_failed(pod_id, name, &e.to_string()),
+        };
+        let context = PodContext {
+            hierarchy: &self.cgroups,
+            pod_cgroup: &live.cgroup,
+            sandbox: &live.sandbox,
+            mapping: &host.mapping,
+        };
+        let run = match Container::create(&host.runtime, context, &dir, &config).await {
+            Ok(run) => Arc::new(run),
+            Err(e) => return self.run_failed(pod_id, name, &e.to_string()),
+        };
+        let created = self.update_pod(pod_id, |record| {
+            if let Some((status, _)) = container_mut(record, name) {
+                status.state = ContainerState::Created as i32;
+                status.created_at = Some(now());
+            }
+        });
+        if let Err(e) = created {
+            let _ = run.remove(&host.runtime).await;
+            return self.run_failed(pod_id, name, &e.to_string());
+        }
+        runs.insert(name.to_string(), run.clone());
+        if start {
+            self.start_run(host, pod_id, runs, name, run).await;
+        }
+    }
+
+    /// The run's configuration and bundle directory; stores the new run's
+    /// id first, so the record names whatever a crash leaves behind.
+    fn prepare_run(
+        &self,
+        pod_id: &str,
+        name: &str,
+    ) -> Result<(ContainerConfig, std::path::PathBuf)> {
+        let mut state = self.write_state();
+        let entry = pod_entry(&state, pod_id)?;
+        let i = index_of(&entry.record, name).ok_or_else(|| not_found(pod_id, name))?;
+        let container = entry.spec().containers[i].clone();
+        let lease = entry
+            .leases
+            .get(name)
+            .ok_or_else(|| AgentError::Internal(format!("container {name:?} holds no image")))?;
+        let process = spec::process(&container, lease.record())?;
+        let lowerdirs = lease.lowerdirs().to_vec();
+        let run_number = entry.record.containers.get(i).map_or(0, |c| c.runs);
+        let id = format!("{pod_id}-{name}-{run_number}");
+        let dir = self.config.pod_dir(pod_id).join("containers").join(&id);
+        let config = ContainerConfig {
+            id: id.clone(),
+            process,
+            rootfs: RootfsSource::Layers(lowerdirs),
+            readonly_rootfs: false,
+            limits: spec::container_limits(&container),
+            log_path: self.pod_log_path(pod_id, name),
+        };
+        self.update_pod_locked(&mut state, pod_id, |record| {
+            if let Some((status, runtime)) = container_mut(record, name) {
+                runtime.runs = run_number.saturating_add(1);
+                runtime.stop_requested = false;
+                status.id = id;
+                status.restart_at = None;
+                status.pid = 0;
+            }
+        })?;
+        Ok((config, dir))
+    }
+
+    /// Starts a created run and watches it.
+    async fn start_run(
+        self: &Arc<Self>,
+        host: &Arc<PodHost>,
+        pod_id: &str,
+        runs: &mut Runs,
+        name: &str,
+        run: Arc<Container>,
+    ) {
+        if let Err(e) = run.start(&host.runtime).await {
+            runs.remove(name);
+            if let Err(e) = run.remove(&host.runtime).await {
+                tracing::warn!(pod = %pod_id, container = %name, "removing a run that failed: {e}");
+            }
+            return self.run_failed(pod_id, name, &e.to_string());
+        }
+        let started = self.update_pod(pod_id, |record| {
+            if let Some((status, _)) = container_mut(record, name) {
+                status.state = ContainerState::Running as i32;
+                status.reason.clear();
+                status.exit_code = None;
+                status.pid = run.pid();
+                status.started_at = Some(now());
+                status.finished_at = None;
+            }
+        });
+        if let Err(e) = started {
+            tracing::error!(pod = %pod_id, container = %name, "cannot record a start: {e}");
+        }
+        self.watch_run(pod_id, name, run);
+    }
+
+    pub(super) fn watch_run(self: &Arc<Self>, pod_id: &str, name: &str, run: Arc<Container>) {
+        let agent = Arc::clone(self);
+        let (pod_id, name) = (pod_id.to_string(), name.to_string());
+        tokio::spawn(async move {
+            match run.wait().await {
+                Ok(report) => agent.record_exit(&pod_id, &name, &run, &report, false),
+                Err(e) => tracing::error!(pod = %pod_id, container = %name, "waiting: {e}"),
+            }
+        });
+    }
+
+    /// A run could not be created or started: FAILED, then the policy.
+    pub(super) fn run_failed(self: &Arc<Self>, pod_id: &str, name: &str, reason: &str) {
+        tracing::warn!(pod = %pod_id, container = %name, "container failed: {reason}");
+        let facts = crate::runtime::ExitFacts {
+            exit_code: None,
+            oom_killed: false,
+            stop_requested: false,
+            ran_for: Duration::ZERO,
+        };
+        self.end_run(pod_id, name, None, facts, |status| {
+            status.state = ContainerState::Failed as i32;
+            status.reason = reason.to_string();
+            status.exit_code = None;
+        });
+    }
+
+    /// Records how `run` ended, once (later calls for the same run find it
+    /// recorded), and applies the restart policy.
+    pub(super) fn record_exit(
+        self: &Arc<Self>,
+        pod_id: &str,
+        name: &str,
+        run: &Arc<Container>,
+        report: &ExitReport,
+        stop_requested: bool,
+    ) {
+        let facts = report.facts(stop_requested || run.stop_requested());
+        self.end_run(pod_id, name, Some(run.id()), facts, |status| {
+            let (state, reason) = match report.reason {
+                ExitReason::OomKilled => (ContainerState::OomKilled, "OOMKilled"),
+                ExitReason::Completed => (ContainerState::Exited, "Completed"),
+                ExitReason::Error => (ContainerState::Exited, "Error"),
+                ExitReason::Unknown => (
+                    ContainerState::Exited,
+                    "ended while the agent could not observe it",
+                ),
+            };
+            status.state = state as i32;
+            status.reason = reason.to_string();
+            status.exit_code = report.exit_code;
+            status.finished_at = Some(report.finished_at.into());
+        });
+    }
+
+    /// The end of a run (`run_id`, or the current one for a run that never
+    /// started): `mark` fills the status; the restart decision follows.
+    fn end_run(
+        self: &Arc<Self>,
+        pod_id: &str,
+        name: &str,
+        run_id: Option<&str>,
+        mut facts: crate::runtime::ExitFacts,
+        mark: impl FnOnce(&mut proto::ContainerStatus),
+    ) {
+        let mut state = self.write_state();
+        let Some(entry) = state.pods.get(pod_id) else {
+            return;
+        };
+        let pod_running = entry.state() == PodState::Running;
+        let policy = spec::restart_policy(entry.spec().restart_policy).unwrap_or_default();
+        let Some(i) = index_of(&entry.record, name) else {
+            return;
+        };
+        let status = &entry.status().containers[i];
+        if run_id.is_some_and(|id| id != status.id) || is_ended(status.state) {
+            return; // A stop recorded it already, or a newer run replaced it.
+        }
+        facts.stop_requested |= entry
+            .record
+            .containers
+            .get(i)
+            .is_some_and(|c| c.stop_requested);
+        let decision = if pod_running {
+            decide(policy, &facts, status.restart_count)
+        } else {
+            RestartDecision::Stay
+        };
+        let stored = self.update_pod_locked(&mut state, pod_id, |record| {
+            if let Some((status, _)) = container_mut(record, name) {
+                mark(status);
+                status.pid = 0;
+                if status.finished_at.is_none() {
+                    status.finished_at = Some(now());
+                }
+                if let RestartDecision::Restart {
+                    delay,
+                    restart_count,
+                } = decision
+                {
+                    status.restart_count = restart_count;
+                    status.restart_at = Some(timestamp_in(delay));
+                }
+            }
+        });
+        if let Err(e) = stored {
+            tracing::error!(pod = %pod_id, container = %name, "cannot record an exit: {e}");
+            return;
+        }
+        let idle = state.pods.get(pod_id).is_some_and(|p| is_idle(&p.record));
+        drop(state);
+        match decision {
+            RestartDecision::Restart { delay, .. } => self.schedule_restart(pod_id, name, delay),
+            RestartDecision::Stay if pod_running && idle => self.schedule_idle_stop(pod_id),
+            RestartDecision::Stay => {}
+        }
+    }
+
+    /// After `delay`, starts a fresh run of a container still waiting for
+    /// its restart (not removed, stopped or started meanwhile).
+    pub(super) fn schedule_restart(self: &Arc<Self>, pod_id: &str, name: &str, delay: Duration) {
+        let agent = Arc::clone(self);
+        let (pod_id, name) = (pod_id.to_string(), name.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Err(e) = agent.restart(&pod_id, &name).await {
+                tracing::debug!(pod = %pod_id, container = %name, "restart skipped: {e}");
+            }
+        });
+    }
+
+    async fn restart(self: &Arc<Self>, pod_id: &str, name: &str) -> Result<()> {
+        let host = self.pod_host().await?;
+        let live = self.running_pod(pod_id)?;
+        let mut runs = live.runs.lock().await;
+        {
+            let state = self.read_state();
+            let entry = pod_entry(&state, pod_id)?;
+            let i = index_of(&entry.record, name).ok_or_else(|| not_found(pod_id, name))?;
+            let status = &entry.status().containers[i];
+            if entry.state() != PodState::Running || status.restart_at.is_none() {
+                return Ok(());
+            }
+        }
+        if let Some(old) = runs.remove(name) {
+            self.remove_run(&host, pod_id, name, old).await;
+        }
+        self.new_run(&host, pod_id, &live, &mut runs, name, true)
+            .await;
+        Ok(())
+    }
+
+    /// Every container of a running pod ended for good: stop the pod.
+    fn schedule_idle_stop(self: &Arc<Self>, pod_id: &str) {
+        let agent = Arc::clone(self);
+        let pod_id = pod_id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = agent.stop_if_idle(&pod_id).await {
+                tracing::warn!(pod = %pod_id, "stopping an idle pod: {e}");
+            }
+        });
+    }
+
+    async fn stop_if_idle(self: &Arc<Self>, pod_id: &str) -> Result<()> {
+        let host = self.pod_host().await?;
+        let live = self.running_pod(pod_id)?;
+        {
+            let _runs = live.runs.lock().await;
+            let mut state = self.write_state();
+            let idle = state.pods.get(pod_id).is_some_and(|p| is_idle(&p.record));
+            if !idle {
+                return Ok(());
+            }
+            self.update_pod_locked(&mut state, pod_id, |r| {
+                super::set_pod_state(r, PodState::Stopping, "")
+            })?;
+        }
+        self.stop_sandbox(
+            &host,
+            pod_id,
+            &live,
+            Duration::ZERO,
+            PodState::Stopped,
+            "every container ended",
+        )
+        .await
+    }
+
+    /// Kills a run if it still runs, lets its watcher record the end, and
+    /// removes it (runtime state, cgroups, rootfs, bundle; not its log).
+    pub(super) async fn remove_run(
+        &self,
+        host: &PodHost,
+        pod_id: &str,
+        name: &str,
+        run: Arc<Container>,
+    ) {
+        if let Err(e) = run.remove(&host.runtime).await {
+            tracing::warn!(pod = %pod_id, container = %name, run = %run.id(), "removing a run: {e}");
+        }
+    }
+
+    /// CreateContainer: see pods.proto.
+    pub async fn create_container(
+        self: &Arc<Self>,
+        pod_id: &str,
+        container: proto::ContainerSpec,
+    ) -> Result<proto::Pod> {
+        spec::check_container(&container)?;
+        let host = self.pod_host().await?;
+        let live = self.running_pod(pod_id)?;
+        let mut runs = live.runs.lock().await;
+        let lease = self.images.acquire(&container.image).map_err(|e| {
+            AgentError::NotFound(format!(
+                "container {:?}: {e} (pull or import it first)",
+                container.name
+            ))
+        })?;
+        {
+            let mut state = self.write_state();
+            let entry = pod_entry(&state, pod_id)?;
+            if entry.state() != PodState::Running {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "pod {pod_id} is not running"
+                )));
+            }
+            if index_of(&entry.record, &container.name).is_some() {
+                return Err(AgentError::AlreadyExists(format!(
+                    "pod {pod_id} already has a container {:?}",
+                    container.name
+                )));
+            }
+            spec::check_container_fits(&container, &entry.status().limits.unwrap_or_default())?;
+            let image_id = lease.record().id.to_string();
+            let count = entry.spec().containers.len() + 1;
+            self.update_pod_locked(&mut state, pod_id, |record| {
+                if let Some(spec) = record.spec.as_mut() {
+                    spec.containers.push(container.clone());
+                }
+                if let Some(status) = record.status.as_mut() {
+                    status.containers.push(proto::ContainerStatus {
+                        name: container.name.clone(),
+                        image_id,
+                        ..Default::default()
+                    });
+                }
+                record.containers.push(ContainerRuntime::default());
+            })?;
+            let _ = state.tree.set_pod_containers(
+                &WorkloadId::from(pod_id),
+                u32::try_from(count).unwrap_or(u32::MAX),
+            );
+            if let Some(entry) = state.pods.get_mut(pod_id) {
+                entry.leases.insert(container.name.clone(), lease);
+            }
+        }
+        self.new_run(&host, pod_id, &live, &mut runs, &container.name, false)
+            .await;
+        drop(runs);
+        self.get_pod(pod_id)
+    }
+
+    /// StartContainer: see pods.proto.
+    pub async fn start_container(self: &Arc<Self>, pod_id: &str, name: &str) -> Result<proto::Pod> {
+        let host = self.pod_host().await?;
+        let live = self.running_pod(pod_id)?;
+        let mut runs = live.runs.lock().await;
+        let current = {
+            let state = self.read_state();
+            let entry = pod_entry(&state, pod_id)?;
+            if entry.state() != PodState::Running {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "pod {pod_id} is not running"
+                )));
+            }
+            let i = index_of(&entry.record, name).ok_or_else(|| not_found(pod_id, name))?;
+            ContainerState::try_from(entry.status().containers[i].state)
+                .unwrap_or(ContainerState::Unspecified)
+        };
+        match current {
+            ContainerState::Running => {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "container {name:?} of pod {pod_id} is running"
+                )))
+            }
+            ContainerState::Created if runs.contains_key(name) => {
+                self.update_pod(pod_id, |record| {
+                    if let Some((_, runtime)) = container_mut(record, name) {
+                        runtime.stop_requested = false;
+                    }
+                })?;
+                let run = runs.get(name).cloned();
+                if let Some(run) = run {
+                    self.start_run(&host, pod_id, &mut runs, name, run).await;
+                }
+            }
+            _ => {
+                if let Some(old) = runs.remove(name) {
+                    self.remove_run(&host, pod_id, name, old).await;
+                }
+                self.new_run(&host, pod_id, &live, &mut runs, name, true)
+                    .await;
+            }
+        }
+        drop(runs);
+        self.get_pod(pod_id)
+    }
+
+    /// StopContainer: see pods.proto.
+    pub async fn stop_container(
+        self: &Arc<Self>,
+        pod_id: &str,
+        name: &str,
+        grace: Duration,
+    ) -> Result<proto::Pod> {
+        let live = self.running_pod(pod_id)?;
+        let runs = live.runs.lock().await;
+        self.update_pod(pod_id, |record| {
+            if let Some((status, runtime)) = container_mut(record, name) {
+                runtime.stop_requested = true;
+                status.restart_at = None;
+            }
+        })?;
+        let state = {
+            let state = self.read_state();
+            let entry = pod_entry(&state, pod_id)?;
+            let i = index_of(&entry.record, name).ok_or_else(|| not_found(pod_id, name))?;
+            ContainerState::try_from(entry.status().containers[i].state)
+                .unwrap_or(ContainerState::Unspecified)
+        };
+        if state == ContainerState::Running {
+            if let Some(run) = runs.get(name).cloned() {
+                let report = run.stop(grace).await?;
+                self.record_exit(pod_id, name, &run, &report, true);
+            }
+        }
+        drop(runs);
+        self.get_pod(pod_id)
+    }
+
+    /// RemoveContainer: see pods.proto.
+    pub async fn remove_container(
+        self: &Arc<Self>,
+        pod_id: &str,
+        name: &str,
+    ) -> Result<proto::Pod> {
+        let live = {
+            let state = self.read_state();
+            let entry = pod_entry(&state, pod_id)?;
+            let i = index_of(&entry.record, name).ok_or_else(|| not_found(pod_id, name))?;
+            let current = ContainerState::try_from(entry.status().containers[i].state)
+                .unwrap_or(ContainerState::Unspecified);
+            if current == ContainerState::Running {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "container {name:?} of pod {pod_id} is {}; stop it first",
+                    container_state_name(current)
+                )));
+            }
+            entry.live.clone()
+        };
+        let mut runs = match &live {
+            Some(live) => Some(live.runs.lock().await),
+            None => None,
+        };
+        if let Some(run) = runs.as_mut().and_then(|r| r.remove(name)) {
+            if run.status() == crate::runtime::ContainerStatus::Running {
+                if let Some(r) = runs.as_mut() {
+                    r.insert(name.to_string(), run);
+                }
+                return Err(AgentError::FailedPrecondition(format!(
+                    "container {name:?} of pod {pod_id} is running; stop it first"
+                )));
+            }
+            let host = self.pod_host().await?;
+            self.remove_run(&host, pod_id, name, run).await;
+        }
+        {
+            let mut state = self.write_state();
+            self.update_pod_locked(&mut state, pod_id, |record| {
+                if let Some(i) = index_of(record, name) {
+                    if let Some(spec) = record.spec.as_mut() {
+                        spec.containers.remove(i);
+                    }
+                    if let Some(status) = record.status.as_mut() {
+                        if i < status.containers.len() {
+                            status.containers.remove(i);
+                        }
+                    }
+                    if i < record.containers.len() {
+                        record.containers.remove(i);
+                    }
+                }
+            })?;
+            if let Some(entry) = state.pods.get_mut(pod_id) {
+                entry.leases.remove(name);
+                let count = u32::try_from(entry.spec().containers.len()).unwrap_or(u32::MAX);
+                let _ = state
+                    .tree
+                    .set_pod_containers(&WorkloadId::from(pod_id), count);
+            }
+        }
+        let _ = std::fs::remove_file(self.pod_log_path(pod_id, name));
+        drop(runs);
+        self.get_pod(pod_id)
+    }
+
+    /// The running run of a container of a running pod.
+    async fn running_run(&self, pod_id: &str, name: &str) -> Result<Arc<Container>> {
+        let live = self.running_pod(pod_id)?;
+        let runs = live.runs.lock().await;
+        let state = self.read_state();
+        let entry = pod_entry(&state, pod_id)?;
+        let i = index_of(&entry.record, name).ok_or_else(|| not_found(pod_id, name))?;
+        let current = ContainerState::try_from(entry.status().containers[i].state)
+            .unwrap_or(ContainerState::Unspecified);
+        match runs.get(name) {
+            Some(run) if current == ContainerState::Running => Ok(run.clone()),
+            _ => Err(AgentError::FailedPrecondition(format!(
+                "container {name:?} of pod {pod_id} is {}, not running",
+                container_state_name(current)
+            ))),
+        }
+    }
+
+    /// ExecSync: see pods.proto.
+    pub async fn exec_sync(
+        &self,
+        pod_id: &str,
+        name: &str,
+        command: Vec<String>,
+        timeout_seconds: u32,
+    ) -> Result<proto::ExecSyncResponse> {
+        if command.is_empty() || command[0].is_empty() {
+            return Err(AgentError::InvalidArgument("exec: no command".into()));
+        }
+        if command.iter().any(|a| a.contains('\0')) {
+            return Err(AgentError::InvalidArgument(
+                "exec: an argument holds a NUL byte".into(),
+            ));
+        }
+        let host = self.pod_host().await?;
+        let run = self.running_run(pod_id, name).await?;
+        let timeout = match timeout_seconds {
+            0 => EXEC_DEFAULT_TIMEOUT,
+            s => Duration::from_secs(u64::from(s)),
+        };
+        let out = run.exec_sync(&host.runtime, &command, timeout).await?;
+        let cut = |mut v: Vec<u8>| {
+            v.truncate(EXEC_OUTPUT_MAX);
+            v
+        };
+        Ok(proto::ExecSyncResponse {
+            stdout: cut(out.stdout),
+            stderr: cut(out.stderr),
+            exit_code: out.exit_code,
+        })
+    }
+
+    /// A reader of the container's CRI log; `None` when it wrote nothing
+    /// yet. Following ends with the current run.
+    pub async fn container_logs(
+        &self,
+        pod_id: &str,
+        name: &str,
+        follow: bool,
+    ) -> Result<Option<LogFollower>> {
+        let live = {
+            let state = self.read_state();
+            let entry = pod_entry(&state, pod_id)?;
+            index_of(&entry.record, name).ok_or_else(|| not_found(pod_id, name))?;
+            entry.live.clone()
+        };
+        if let Some(live) = live {
+            let run = live.runs.lock().await.get(name).cloned();
+            if let Some(run) = run {
+                return Ok(Some(run.logs(follow)?));
+            }
+        }
+        let path = self.pod_log_path(pod_id, name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        Ok(Some(LogFollower::open(&path, None)?))
+    }
+
+    /// Stats: see pods.proto.
+    pub async fn pod_stats(&self, pod_id: &str) -> Result<proto::PodStats> {
+        let live = self.running_pod(pod_id)?;
+        let runs = live.runs.lock().await;
+        let pod = live.cgroup.usage()?;
+        let names: Vec<(String, bool)> = {
+            let state = self.read_state();
+            let entry = pod_entry(&state, pod_id)?;
+            entry
+                .status()
+                .containers
+                .iter()
+                .map(|c| (c.name.clone(), c.state == ContainerState::Running as i32))
+                .collect()
+        };
+        let containers = names
+            .into_iter()
+            .map(|(name, running)| {
+                let usage = runs
+                    .get(&name)
+                    .filter(|_| running)
+                    .and_then(|run| run.cgroup().usage().ok())
+                    .map(live_usage);
+                proto::ContainerStats { name, usage }
+            })
+            .collect();
+        Ok(proto::PodStats {
+            pod_id: pod_id.to_string(),
+            read_at: Some(now()),
+            pod: Some(live_usage(pod)),
+            containers,
+        })
+    }
+
+    /// Stops whatever may run after StopPod's grace: a helper for
+    /// [`Agent::stop_pod`] callers that give no period.
+    pub fn default_grace(grace: Option<u32>) -> Duration {
+        grace.map_or(DEFAULT_GRACE, |s| Duration::from_secs(u64::from(s)))
+    }
+}
+
+/// Every container ended for good (none waits for a restart) and there
+/// is at least one.
+fn is_idle(record: &PodRecord) -> bool {
+    let Some(status) = record.status.as_ref() else {
+        return false;
+    };
+    !status.containers.is_empty()
+        && status
+            .containers
+            .iter()
+            .all(|c| is_ended(c.state) && c.restart_at.is_none())
+}
+
+pub fn live_usage(u: CgroupUsage) -> proto::LiveUsage {
+    proto::LiveUsage {
+        cpu_usage_ns: u.cpu_usage_ns,
+        memory_current_bytes: u.memory_current_bytes,
+        oom_kills: u.oom_kills,
+        memory_limit_hits: u.memory_limit_hits,
+    }
+}

@@ -1,0 +1,114 @@
+//! What pods need from the host, set up once on first use (or at start
+//! when stored pods are to be taken back): the OCI runtime, the way
+//! cgroups are named to it, and the pod network. An agent that never runs
+//! a pod creates no bridge, firewall table or runtime state.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::agent::errors::{AgentError, Result};
+use crate::agent::Agent;
+use crate::podnet::{Ipv4Cidr, PodNetConfig, PodNetwork};
+use crate::runtime::{CgroupMapping, OciRuntime, OciRuntimeConfig, RuntimeError};
+
+/// The pod settings the agent is started with.
+#[derive(Debug, Clone)]
+pub struct PodHostConfig {
+    /// The OCI runtime binary (`crun` or `runc`, a name on PATH or a path).
+    pub oci_runtime: PathBuf,
+    /// The pod network's host bridge; also names its nftables table.
+    pub bridge: String,
+    /// Pod addresses.
+    pub cidr: Ipv4Cidr,
+}
+
+impl Default for PodHostConfig {
+    fn default() -> Self {
+        PodHostConfig {
+            oci_runtime: PathBuf::from("crun"),
+            bridge: "stratum0".to_string(),
+            cidr: Ipv4Cidr::DEFAULT,
+        }
+    }
+}
+
+/// The runtime, mapping and network every pod shares.
+pub struct PodHost {
+    pub runtime: OciRuntime,
+    pub mapping: CgroupMapping,
+    pub network: PodNetwork,
+}
+
+impl Agent {
+    /// The pod host, set up on first call. UNAVAILABLE when this host
+    /// cannot run pods (no runtime, a cgroup layout no runtime can use).
+    pub(super) async fn pod_host(&self) -> Result<Arc<PodHost>> {
+        self.pod_host
+            .get_or_try_init(|| async {
+                let host = self.open_pod_host().await.map_err(|e| {
+                    AgentError::Unavailable(format!("pods cannot run on this host: {e}"))
+                })?;
+                Ok::<_, AgentError>(Arc::new(host))
+            })
+            .await
+            .cloned()
+    }
+
+    async fn open_pod_host(&self) -> Result<PodHost> {
+        let pods = &self.config.pods;
+        // Per agent (its cgroup root is unique on the host), on tmpfs: the
+        // runtime's state and the netns files vanish with a reboot, as the
+        // containers do.
+        let run_dir = PathBuf::from("/run/stratum").join(&self.config.cgroup_root);
+        let mapping = CgroupMapping::detect(&self.cgroups.root()?)?;
+        let runtime = open_runtime(&pods.oci_runtime, &run_dir, &mapping)?;
+        let mut net = PodNetConfig::new(&self.config.data_dir);
+        net.bridge = pods.bridge.clone();
+        net.nft_table = pods.bridge.clone();
+        net.cidr = pods.cidr;
+        net.netns_dir = run_dir.join("netns");
+        let network = PodNetwork::open(net).await?;
+        tracing::info!(
+            runtime = %runtime.binary().display(),
+            bridge = %pods.bridge,
+            cidr = %pods.cidr,
+            "pod support ready"
+        );
+        Ok(PodHost {
+            runtime,
+            mapping,
+            network,
+        })
+    }
+}
+
+/// The configured runtime; crun on a hybrid-cgroup host it refuses falls
+/// back to runc when runc is installed (with a warning), as an operator
+/// would rather have pods than an error.
+fn open_runtime(
+    binary: &std::path::Path,
+    run_dir: &std::path::Path,
+    mapping: &CgroupMapping,
+) -> Result<OciRuntime> {
+    let config = |binary: PathBuf| OciRuntimeConfig {
+        state_root: run_dir.join(
+            binary
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "runtime".into()),
+        ),
+        binary,
+        ..OciRuntimeConfig::default()
+    };
+    let runtime = OciRuntime::new(&config(binary.to_path_buf()), mapping.view())?;
+    match runtime.check_host() {
+        Ok(()) => Ok(runtime),
+        Err(e @ RuntimeError::HybridControllers { .. }) => {
+            let runc = OciRuntime::new(&config(PathBuf::from("runc")), mapping.view())
+                .map_err(|_| AgentError::from(e))?;
+            tracing::warn!("crun refuses this host's hybrid cgroups; running pods with runc");
+            Ok(runc)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,634 @@
+//! Pods directly on the host: the PodService's rules over the container
+//! runtime (`crate::runtime`), the pod network (`crate::podnet`) and the
+//! image store, with each pod a workload of its resource pool exactly as a
+//! VM is.
+//!
+//! A pod's life: RunPod checks the spec, leases the images, counts the pod
+//! against its pool's quotas and admits its reservation, stores it
+//! STARTING, makes its cgroup (`pod-N` below the pool's), its network
+//! (address, netns, veth, port maps) and its sandbox (pinned IPC/UTS
+//! namespaces joined to the network namespace, `/dev/shm`), stores it
+//! RUNNING and then creates and starts its containers. Any failure before
+//! RUNNING undoes every step and forgets the pod. StopPod stops the
+//! containers and tears the sandbox, network and cgroup down (STOPPED);
+//! RemovePod then drops its record, logs and leases.
+//!
+//! Locking: the agent's state lock (a std `RwLock`, never held across an
+//! await) guards the records and the pool tree; each running pod has an
+//! async mutex over its containers' runs, held across runtime calls, so
+//! operations on one pod are serialised while pods proceed in parallel.
+//! Every status change is stored before it is answered.
+//!
+//! - [`spec`]: checks and the process a container runs.
+//! - [`host`]: the runtime, cgroup mapping and network, set up on first use.
+//! - [`containers`]: one container's runs: create, start, exit, restart.
+//! - [`restore`]: taking the pods back after an agent restart.
+
+mod containers;
+mod host;
+mod restore;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost_types::Timestamp;
+
+use super::errors::{AgentError, Result};
+use super::pools::pool_id_or_root;
+use super::{now, Agent, State};
+use crate::cgroup::Cgroup;
+use crate::image::ImageLease;
+use crate::pool::convert::limits_to_proto;
+use crate::pool::{PodSizing, PoolId, Workload, WorkloadId};
+use crate::proto;
+use crate::proto::records::{ContainerRuntime, PodRecord};
+use crate::proto::{ContainerState, PodState};
+use crate::runtime::{Container, PodNetwork as SandboxNetwork, PodSandbox};
+
+pub use self::containers::live_usage;
+pub use self::host::{PodHost, PodHostConfig};
+
+/// StopPod and StopContainer without a grace period.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// A pod as the agent keeps it.
+pub struct PodEntry {
+    pub record: PodRecord,
+    pub pool: PoolId,
+    /// The sandbox and containers while the pod has them (RUNNING).
+    live: Option<Arc<PodLive>>,
+    /// One lease per container, on the image it was created from: held
+    /// until the container (or the pod) is removed.
+    leases: BTreeMap<String, ImageLease>,
+}
+
+impl PodEntry {
+    pub fn state(&self) -> PodState {
+        self.status().state()
+    }
+
+    fn status(&self) -> &proto::PodStatus {
+        self.record.status.as_ref().unwrap_or(&EMPTY_STATUS)
+    }
+
+    fn spec(&self) -> &proto::PodSpec {
+        self.record.spec.as_ref().unwrap_or(&EMPTY_SPEC)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec().name
+    }
+
+    /// The pod's cgroup path below the agent's root, while it has one.
+    pub fn cgroup_path(&self) -> Option<&str> {
+        let path = self.record.cgroup_path.as_str();
+        (self.live.is_some() && !path.is_empty()).then_some(path)
+    }
+}
+
+static EMPTY_STATUS: proto::PodStatus = proto::PodStatus {
+    state: 0,
+    reason: String::new(),
+    namespace: String::new(),
+    ip: String::new(),
+    reservation: None,
+    limits: None,
+    created_at: None,
+    started_at: None,
+    finished_at: None,
+    containers: Vec::new(),
+};
+
+static EMPTY_SPEC: proto::PodSpec = proto::PodSpec {
+    name: String::new(),
+    pool_id: String::new(),
+    namespace: String::new(),
+    hostname: String::new(),
+    labels: BTreeMap::new(),
+    port_mappings: Vec::new(),
+    runtime_class: 0,
+    resources: None,
+    restart_policy: 0,
+    containers: Vec::new(),
+};
+
+/// What a running pod has on the host.
+pub struct PodLive {
+    sandbox: PodSandbox,
+    cgroup: Cgroup,
+    /// The current run of each container that has one, by name. Held
+    /// across runtime calls: one operation per pod at a time.
+    runs: tokio::sync::Mutex<BTreeMap<String, Arc<Container>>>,
+}
+
+impl Agent {
+    /// RunPod: see the module docs and pods.proto.
+    pub async fn run_pod(self: &Arc<Self>, spec: proto::PodSpec) -> Result<proto::Pod> {
+        let sizing = spec::check_pod(&spec)?;
+        let host = self.pod_host().await?;
+        let leases = self.lease_images(&spec.containers)?;
+        let pool = pool_id_or_root(&spec.pool_id);
+        let id = format!("pod-{}", self.next_id()?);
+        let namespace = self.admit_pod(&id, &spec, &pool, &sizing, leases)?;
+        let live = match self.set_up_sandbox(&host, &id, &spec, &namespace).await {
+            Ok(live) => live,
+            Err(e) => {
+                self.forget_pod(&id);
+                return Err(e);
+            }
+        };
+        let live = Arc::new(live);
+        let ip = host
+            .network
+            .get(&id)
+            .await
+            .map(|a| a.ip.to_string())
+            .unwrap_or_default();
+        let cgroup_path = live.cgroup.path().to_string_lossy().into_owned();
+        let started = self.update_pod(&id, |record| {
+            record.cgroup_path = cgroup_path;
+            let status = record.status.get_or_insert_with(Default::default);
+            status.state = PodState::Running as i32;
+            status.ip = ip;
+            status.started_at = Some(now());
+        });
+        if let Err(e) = started {
+            self.tear_down(&host, &id, &live).await;
+            self.forget_pod(&id);
+            return Err(e);
+        }
+        self.set_live(&id, Some(live.clone()));
+        {
+            let mut runs = live.runs.lock().await;
+            for container in &spec.containers {
+                self.new_run(&host, &id, &live, &mut runs, &container.name, true)
+                    .await;
+            }
+        }
+        self.get_pod(&id)
+    }
+
+    /// Leases the image of every container (NOT_FOUND for one not in the
+    /// store); dropped again if the pod is not made.
+    fn lease_images(
+        &self,
+        containers: &[proto::ContainerSpec],
+    ) -> Result<BTreeMap<String, ImageLease>> {
+        containers
+            .iter()
+            .map(|c| {
+                let lease = self.images.acquire(&c.image).map_err(|e| {
+                    AgentError::NotFound(format!(
+                        "container {:?}: {e} (pull or import it first)",
+                        c.name
+                    ))
+                })?;
+                Ok((c.name.clone(), lease))
+            })
+            .collect()
+    }
+
+    /// Counts the pod against the quotas, admits its reservation and
+    /// stores it STARTING. Returns its namespace.
+    fn admit_pod(
+        &self,
+        id: &str,
+        spec: &proto::PodSpec,
+        pool: &PoolId,
+        sizing: &PodSizing,
+        leases: BTreeMap<String, ImageLease>,
+    ) -> Result<String> {
+        let mut state = self.write_state();
+        let namespace = if spec.namespace.is_empty() {
+            default_namespace(&state, pool)?
+        } else {
+            spec.namespace.clone()
+        };
+        if state
+            .pods
+            .values()
+            .any(|p| p.name() == spec.name && p.status().namespace == namespace)
+        {
+            return Err(AgentError::AlreadyExists(format!(
+                "a pod named {:?} already exists in namespace {namespace}",
+                spec.name
+            )));
+        }
+        let workload = WorkloadId::from(id);
+        state
+            .tree
+            .add_workload(Workload::pod(workload.clone(), pool.clone(), sizing)?)?;
+        if let Err(e) = state.tree.admit(&workload) {
+            let _ = state.tree.remove_workload(&workload);
+            return Err(e.into());
+        }
+        let created = Some(now());
+        let record = PodRecord {
+            id: id.to_string(),
+            spec: Some(spec.clone()),
+            status: Some(proto::PodStatus {
+                state: PodState::Starting as i32,
+                namespace: namespace.clone(),
+                reservation: Some(sizing.requests.into()),
+                limits: Some(limits_to_proto(&sizing.limits)),
+                created_at: created,
+                containers: spec
+                    .containers
+                    .iter()
+                    .map(|c| proto::ContainerStatus {
+                        name: c.name.clone(),
+                        image_id: leases
+                            .get(&c.name)
+                            .map(|l| l.record().id.to_string())
+                            .unwrap_or_default(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            containers: vec![ContainerRuntime::default(); spec.containers.len()],
+            cgroup_path: String::new(),
+        };
+        if let Err(e) = self.store.put(&record) {
+            let _ = state.tree.release(&workload);
+            let _ = state.tree.remove_workload(&workload);
+            return Err(e.into());
+        }
+        state.pods.insert(
+            id.to_string(),
+            PodEntry {
+                record,
+                pool: pool.clone(),
+                live: None,
+                leases,
+            },
+        );
+        Ok(namespace)
+    }
+
+    /// The pod's cgroup, network and sandbox; on failure whatever was made
+    /// is removed.
+    async fn set_up_sandbox(
+        &self,
+        host: &PodHost,
+        id: &str,
+        spec: &proto::PodSpec,
+        namespace: &str,
+    ) -> Result<PodLive> {
+        let cgroup = {
+            let state = self.read_state();
+            let pool = state
+                .pods
+                .get(id)
+                .map(|p| p.pool.clone())
+                .ok_or_else(|| AgentError::NotFound(format!("pod {id}")))?;
+            let pool_cgroup = self.pool_cgroup(&state.tree, &pool)?;
+            let cgroup = self.cgroups.create_leaf(&pool_cgroup, id)?;
+            let status = state.pods.get(id).map(|p| p.status().clone());
+            if let Err(e) = cgroup.apply(&spec::pod_limits(&status.unwrap_or_default())) {
+                let _ = cgroup.remove();
+                return Err(e.into());
+            }
+            cgroup
+        };
+        let mappings = spec::port_mappings(&spec.port_mappings)?;
+        let attachment = match host.network.attach(id, namespace, &mappings).await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = host.network.detach(id).await;
+                self.remove_pod_cgroup(host, &cgroup);
+                return Err(e.into());
+            }
+        };
+        let hostname = if spec.hostname.is_empty() {
+            spec.name.clone()
+        } else {
+            spec.hostname.clone()
+        };
+        let dir = self.config.pod_dir(id).join("sandbox");
+        let network = SandboxNetwork::Existing(attachment.netns.clone());
+        let created =
+            tokio::task::spawn_blocking(move || PodSandbox::create(&dir, &hostname, network))
+                .await
+                .map_err(|e| AgentError::Internal(format!("sandbox task: {e}")));
+        match created {
+            Ok(Ok(sandbox)) => Ok(PodLive {
+                sandbox,
+                cgroup,
+                runs: tokio::sync::Mutex::new(BTreeMap::new()),
+            }),
+            Ok(Err(e)) => {
+                let _ = host.network.detach(id).await;
+                self.remove_pod_cgroup(host, &cgroup);
+                Err(e.into())
+            }
+            Err(e) => {
+                let _ = host.network.detach(id).await;
+                self.remove_pod_cgroup(host, &cgroup);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes a pod that never reached RUNNING: its workload, record,
+    /// leases and directory.
+    fn forget_pod(&self, id: &str) {
+        let mut state = self.write_state();
+        let workload = WorkloadId::from(id);
+        let _ = state.tree.release(&workload);
+        let _ = state.tree.remove_workload(&workload);
+        if let Err(e) = self.store.delete::<PodRecord>(id) {
+            tracing::error!(pod = %id, "cannot delete the record of a pod that failed to start: {e}");
+        }
+        state.pods.remove(id);
+        drop(state);
+        let _ = std::fs::remove_dir_all(self.config.pod_dir(id));
+    }
+
+    /// StopPod: see pods.proto.
+    pub async fn stop_pod(self: &Arc<Self>, id: &str, grace: Duration) -> Result<proto::Pod> {
+        let live = {
+            let state = self.read_state();
+            let entry = pod_entry(&state, id)?;
+            match (entry.state(), &entry.live) {
+                (PodState::Running, Some(live)) => live.clone(),
+                (PodState::Starting, _) => {
+                    return Err(AgentError::FailedPrecondition(format!(
+                        "pod {id} is starting"
+                    )))
+                }
+                _ => return Ok(pod_to_proto(entry)),
+            }
+        };
+        let host = self.pod_host().await?;
+        self.update_pod(id, |r| set_pod_state(r, PodState::Stopping, ""))?;
+        self.stop_sandbox(
+            &host,
+            id,
+            &live,
+            grace,
+            PodState::Stopped,
+            "stopped on request",
+        )
+        .await?;
+        self.get_pod(id)
+    }
+
+    /// Stops every container, tears the sandbox, network and cgroup down,
+    /// releases the reservation and stores `end` with `reason`.
+    async fn stop_sandbox(
+        self: &Arc<Self>,
+        host: &PodHost,
+        id: &str,
+        live: &Arc<PodLive>,
+        grace: Duration,
+        end: PodState,
+        reason: &str,
+    ) -> Result<()> {
+        {
+            let mut runs = live.runs.lock().await;
+            let names: Vec<String> = runs.keys().cloned().collect();
+            let stops = names.iter().filter_map(|name| {
+                let run = runs.get(name)?.clone();
+                Some(async move {
+                    let report = run.stop(grace).await;
+                    (name.clone(), run, report)
+                })
+            });
+            let stopped = futures_util::future::join_all(stops).await;
+            for (name, run, report) in stopped {
+                match report {
+                    Ok(report) => self.record_exit(id, &name, &run, &report, true),
+                    Err(e) => tracing::warn!(pod = %id, container = %name, "stop: {e}"),
+                }
+            }
+            for name in names {
+                if let Some(run) = runs.remove(&name) {
+                    self.remove_run(host, id, &name, run).await;
+                }
+            }
+        }
+        self.tear_down(host, id, live).await;
+        let mut state = self.write_state();
+        let _ = state.tree.release(&WorkloadId::from(id));
+        let stored = self.update_pod_locked(&mut state, id, |record| {
+            set_pod_state(record, end, reason);
+            let status = record.status.get_or_insert_with(Default::default);
+            status.ip.clear();
+            status.finished_at = Some(now());
+            for c in &mut status.containers {
+                c.restart_at = None;
+            }
+            record.cgroup_path.clear();
+        });
+        if let Some(entry) = state.pods.get_mut(id) {
+            entry.live = None;
+        }
+        stored
+    }
+
+    /// Sandbox, network and cgroup of a pod whose containers are gone.
+    async fn tear_down(&self, host: &PodHost, id: &str, live: &PodLive) {
+        let sandbox = live.sandbox.clone();
+        let removed = tokio::task::spawn_blocking(move || sandbox.remove()).await;
+        if let Ok(Err(e)) = removed {
+            tracing::warn!(pod = %id, "removing the sandbox: {e}");
+        }
+        if let Err(e) = host.network.detach(id).await {
+            tracing::warn!(pod = %id, "detaching from the pod network: {e}");
+        }
+        self.remove_pod_cgroup(host, &live.cgroup);
+    }
+
+    fn remove_pod_cgroup(&self, host: &PodHost, cgroup: &Cgroup) {
+        let runtime_path = host.mapping.runtime_path(cgroup).ok();
+        if let Err(e) = cgroup
+            .kill_all(Duration::from_secs(5))
+            .and_then(|()| cgroup.remove())
+        {
+            tracing::warn!(cgroup = %cgroup.path().display(), "removing a pod cgroup: {e}");
+        }
+        // Hierarchies the cgroup layer does not manage (the runtime made
+        // the pod's directory there for its containers).
+        if let Some(path) = runtime_path {
+            if let Err(e) = host.mapping.prune(&path) {
+                tracing::warn!(cgroup = %path, "pruning a pod cgroup: {e}");
+            }
+        }
+    }
+
+    /// RemovePod: see pods.proto.
+    pub fn remove_pod(&self, id: &str) -> Result<()> {
+        let mut state = self.write_state();
+        let entry = pod_entry(&state, id)?;
+        if !matches!(entry.state(), PodState::Stopped | PodState::Failed) {
+            return Err(AgentError::FailedPrecondition(format!(
+                "pod {id} is {}; stop it first",
+                pod_state_name(entry.state())
+            )));
+        }
+        self.store.delete::<PodRecord>(id)?;
+        let _ = state.tree.remove_workload(&WorkloadId::from(id));
+        state.pods.remove(id);
+        drop(state);
+        let dir = self.config.pod_dir(id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(pod = %id, "removing {}: {e}", dir.display());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get_pod(&self, id: &str) -> Result<proto::Pod> {
+        let state = self.read_state();
+        Ok(pod_to_proto(pod_entry(&state, id)?))
+    }
+
+    /// ListPods: by namespace, then name.
+    pub fn list_pods(&self, filter: &proto::ListPodsRequest) -> Vec<proto::Pod> {
+        let state = self.read_state();
+        let mut pods: Vec<proto::Pod> = state
+            .pods
+            .values()
+            .filter(|p| filter.pool_id.is_empty() || p.pool.as_str() == filter.pool_id)
+            .filter(|p| {
+                filter
+                    .label_selector
+                    .iter()
+                    .all(|(k, v)| p.spec().labels.get(k) == Some(v))
+            })
+            .map(pod_to_proto)
+            .collect();
+        pods.sort_by(|a, b| {
+            let key = |p: &proto::Pod| {
+                (
+                    p.status
+                        .as_ref()
+                        .map(|s| s.namespace.clone())
+                        .unwrap_or_default(),
+                    p.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+        pods
+    }
+
+    /// Applies `change` to a copy of the pod's record, stores it, then
+    /// keeps it: memory never runs ahead of the store.
+    fn update_pod(&self, id: &str, change: impl FnOnce(&mut PodRecord)) -> Result<()> {
+        let mut state = self.write_state();
+        self.update_pod_locked(&mut state, id, change)
+    }
+
+    fn update_pod_locked(
+        &self,
+        state: &mut State,
+        id: &str,
+        change: impl FnOnce(&mut PodRecord),
+    ) -> Result<()> {
+        let entry = state
+            .pods
+            .get_mut(id)
+            .ok_or_else(|| AgentError::NotFound(format!("no pod {id}")))?;
+        let mut record = entry.record.clone();
+        change(&mut record);
+        self.store.put(&record)?;
+        entry.record = record;
+        Ok(())
+    }
+
+    fn set_live(&self, id: &str, live: Option<Arc<PodLive>>) {
+        if let Some(entry) = self.write_state().pods.get_mut(id) {
+            entry.live = live;
+        }
+    }
+
+    /// The running pod's live parts, or FAILED_PRECONDITION.
+    fn running_pod(&self, id: &str) -> Result<Arc<PodLive>> {
+        let state = self.read_state();
+        let entry = pod_entry(&state, id)?;
+        match (&entry.live, entry.state()) {
+            (Some(live), PodState::Running) => Ok(live.clone()),
+            (_, s) => Err(AgentError::FailedPrecondition(format!(
+                "pod {id} is {}, not running",
+                pod_state_name(s)
+            ))),
+        }
+    }
+
+    /// The pod's directory: sandbox, container bundles, logs.
+    pub fn pod_log_path(&self, id: &str, container: &str) -> PathBuf {
+        self.config
+            .pod_dir(id)
+            .join("logs")
+            .join(format!("{container}.log"))
+    }
+}
+
+/// The namespace a pod in `pool` gets by default: the id of the top-level
+/// pool above it, or `root`.
+fn default_namespace(state: &State, pool: &PoolId) -> Result<String> {
+    let mut current = state.tree.get(pool)?;
+    loop {
+        match current.parent() {
+            None => return Ok("root".to_string()),
+            Some(parent) if parent == state.tree.root().id() => {
+                return Ok(current.id().as_str().to_string())
+            }
+            Some(parent) => current = state.tree.get(parent)?,
+        }
+    }
+}
+
+fn pod_entry<'a>(state: &'a State, id: &str) -> Result<&'a PodEntry> {
+    state
+        .pods
+        .get(id)
+        .ok_or_else(|| AgentError::NotFound(format!("no pod {id}")))
+}
+
+fn set_pod_state(record: &mut PodRecord, state: PodState, reason: &str) {
+    let status = record.status.get_or_insert_with(Default::default);
+    status.state = state as i32;
+    status.reason = reason.to_string();
+}
+
+pub fn pod_to_proto(entry: &PodEntry) -> proto::Pod {
+    proto::Pod {
+        id: entry.record.id.clone(),
+        spec: entry.record.spec.clone(),
+        status: entry.record.status.clone(),
+    }
+}
+
+pub fn pod_state_name(state: PodState) -> &'static str {
+    match state {
+        PodState::Unspecified => "unknown",
+        PodState::Starting => "starting",
+        PodState::Running => "running",
+        PodState::Stopping => "stopping",
+        PodState::Stopped => "stopped",
+        PodState::Failed => "failed",
+    }
+}
+
+pub fn container_state_name(state: ContainerState) -> &'static str {
+    match state {
+        ContainerState::Unspecified => "unknown",
+        ContainerState::Created => "created",
+        ContainerState::Running => "running",
+        ContainerState::Exited => "exited",
+        ContainerState::OomKilled => "oom-killed",
+        ContainerState::Failed => "failed",
+    }
+}
+
+/// A timestamp `after` from now.
+fn timestamp_in(after: Duration) -> Timestamp {
+    Timestamp::from(std::time::SystemTime::now() + after)
+}

@@ -1,0 +1,797 @@
+//! `stratum.v1.PodService` against real parts, as root: a real agent
+//! process, a local registry (`docker-registry`) holding a busybox image
+//! built by the fixture, crun, real cgroups below a resource pool, the
+//! real pod network (own bridge, CIDR and nftables table per test agent),
+//! overlayfs over the pulled layers.
+//!
+//! Host preparation (idempotent): crun refuses hybrid cgroup setups whose
+//! v2 hierarchy offers controllers (this machine's offers `hugetlb`); such
+//! controllers are mounted as v1 hierarchies, as systemd does on hybrid
+//! hosts. Without it the agent would fall back to runc.
+
+mod common;
+#[path = "../src/image/fixture.rs"]
+#[allow(dead_code)]
+mod fixture;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use common::TestAgent;
+use node_agent::podnet::{Ipv4Cidr, PodNetConfig, PodNetwork};
+use node_agent::proto::image_service_client::ImageServiceClient;
+use node_agent::proto::pod_service_client::PodServiceClient;
+use node_agent::proto::{
+    ContainerSpec, ContainerState, CreateResourcePoolRequest, ExecSyncRequest, GetPodRequest,
+    ListResourcePoolsRequest, LogsRequest, PodResources, PodSpec, PodState, PodStatsRequest,
+    PortMapping, PullImageRequest, RemoveImageRequest, RemovePodRequest, ResourceAmounts,
+    ResourcePoolSpec, RestartPolicy, RunPodRequest, RuntimeClass, StopPodRequest, WorkloadKind,
+};
+use tonic::transport::Channel;
+use tonic::Code;
+
+const MIB: u64 = 1 << 20;
+
+static HOST: Once = Once::new();
+static NEXT_NET: AtomicU32 = AtomicU32::new(0);
+
+/// Hybrid hosts: move controllers off the v2 hierarchy so crun accepts
+/// the host.
+fn prepare_host() {
+    HOST.call_once(|| {
+        let list = std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
+            .unwrap_or_default();
+        for controller in list.split_whitespace() {
+            let dir = PathBuf::from("/sys/fs/cgroup").join(controller);
+            std::fs::create_dir_all(&dir).expect("mkdir for a v1 hierarchy");
+            let status = Command::new("mount")
+                .args(["-t", "cgroup", "-o", controller, "cgroup"])
+                .arg(&dir)
+                .status()
+                .expect("run mount");
+            assert!(status.success(), "mount the {controller} hierarchy as v1");
+        }
+    });
+}
+
+/// An agent with its own pod network, the busybox image pulled, and a
+/// guard that unmounts and purges what its pods leave even when a test
+/// fails.
+struct PodAgent {
+    net: PodNetConfig,
+    reference: String,
+    // Dropped after `Drop::drop` below, in this order.
+    agent: TestAgent,
+    _registry: fixture::TestRegistry,
+    _work: tempfile::TempDir,
+}
+
+impl PodAgent {
+    async fn start(name: &str) -> PodAgent {
+        prepare_host();
+        let work = tempfile::tempdir().unwrap();
+        let (registry, reference) = fixture::registry_with_busybox(work.path()).expect("fixture");
+        let n = NEXT_NET.fetch_add(1, Ordering::Relaxed);
+        let tag = std::process::id() % 10_000 * 10 + n;
+        let bridge = format!("stp{tag}");
+        let cidr = format!("10.{}.{}.0/24", 200 + n % 50, std::process::id() % 250);
+        let agent = TestAgent::start_with(
+            name,
+            &[
+                "--insecure-registry",
+                registry.addr(),
+                "--pod-bridge",
+                &bridge,
+                "--pod-cidr",
+                &cidr,
+            ],
+        );
+        let mut net = PodNetConfig::new(&agent.dir.join("data"));
+        net.bridge = bridge.clone();
+        net.nft_table = bridge;
+        net.cidr = cidr.parse::<Ipv4Cidr>().unwrap();
+        net.netns_dir = PathBuf::from("/run/stratum")
+            .join(&agent.cgroup_root)
+            .join("netns");
+        let pod_agent = PodAgent {
+            net,
+            reference,
+            agent,
+            _registry: registry,
+            _work: work,
+        };
+        let mut images = ImageServiceClient::new(pod_agent.agent.channel().await);
+        let mut pull = images
+            .pull(PullImageRequest {
+                reference: pod_agent.reference.clone(),
+                auth: None,
+            })
+            .await
+            .expect("pull")
+            .into_inner();
+        while pull.message().await.expect("pull progress").is_some() {}
+        pod_agent
+    }
+
+    async fn pods(&self) -> PodServiceClient<Channel> {
+        PodServiceClient::new(self.agent.channel().await)
+    }
+
+    fn container(&self, name: &str, script: &str) -> ContainerSpec {
+        ContainerSpec {
+            name: name.into(),
+            image: self.reference.clone(),
+            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        }
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        PathBuf::from("/run/stratum").join(&self.agent.cgroup_root)
+    }
+}
+
+impl Drop for PodAgent {
+    fn drop(&mut self) {
+        self.agent.kill9();
+        for dir in [self.agent.dir.clone(), self.run_dir()] {
+            unmount_under(&dir);
+        }
+        let net = self.net.clone();
+        let purge = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(PodNetwork::purge(&net))
+        });
+        let _ = purge.join();
+        let _ = std::fs::remove_dir_all(self.run_dir());
+    }
+}
+
+/// Lazily unmounts every mount below `dir`, deepest first.
+fn unmount_under(dir: &Path) {
+    let Ok(mounts) = node_agent::runtime::mountinfo::read_self() else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = mounts
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = Command::new("umount").arg("-l").arg(&p).status();
+    }
+}
+
+fn pod_spec(name: &str, pool: &str, containers: Vec<ContainerSpec>) -> PodSpec {
+    PodSpec {
+        name: name.into(),
+        pool_id: pool.into(),
+        containers,
+        ..Default::default()
+    }
+}
+
+async fn run(
+    client: &mut PodServiceClient<Channel>,
+    spec: PodSpec,
+) -> Result<node_agent::proto::Pod, tonic::Status> {
+    client
+        .run_pod(RunPodRequest { spec: Some(spec) })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn get(client: &mut PodServiceClient<Channel>, id: &str) -> node_agent::proto::Pod {
+    client
+        .get_pod(GetPodRequest { id: id.into() })
+        .await
+        .expect("get pod")
+        .into_inner()
+}
+
+fn status(pod: &node_agent::proto::Pod) -> &node_agent::proto::PodStatus {
+    pod.status.as_ref().expect("status")
+}
+
+fn container_status<'a>(
+    pod: &'a node_agent::proto::Pod,
+    name: &str,
+) -> &'a node_agent::proto::ContainerStatus {
+    status(pod)
+        .containers
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no container {name} in {pod:?}"))
+}
+
+/// Polls the pod until `done` holds (or panics after `within`).
+async fn wait_for(
+    client: &mut PodServiceClient<Channel>,
+    id: &str,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&node_agent::proto::Pod) -> bool,
+) -> node_agent::proto::Pod {
+    let deadline = Instant::now() + within;
+    loop {
+        let pod = get(client, id).await;
+        if done(&pod) {
+            return pod;
+        }
+        assert!(Instant::now() < deadline, "{what}: {pod:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn exec(
+    client: &mut PodServiceClient<Channel>,
+    pod: &str,
+    container: &str,
+    command: &[&str],
+) -> Result<node_agent::proto::ExecSyncResponse, tonic::Status> {
+    client
+        .exec_sync(ExecSyncRequest {
+            pod_id: pod.into(),
+            container_name: container.into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            timeout_seconds: 20,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn logs(
+    client: &mut PodServiceClient<Channel>,
+    pod: &str,
+    container: &str,
+    tail: Option<u32>,
+) -> Vec<String> {
+    let mut stream = client
+        .logs(LogsRequest {
+            pod_id: pod.into(),
+            container_name: container.into(),
+            follow: false,
+            tail_lines: tail,
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let mut lines = Vec::new();
+    while let Some(record) = stream.message().await.expect("log record") {
+        lines.push(String::from_utf8_lossy(&record.message).into_owned());
+    }
+    lines
+}
+
+fn http_get(addr: SocketAddrV4) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    Ok(reply)
+}
+
+fn nodectl(agent: &TestAgent, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nodectl"))
+        .args(["--addr", &agent.url(), "--insecure"])
+        .args(args)
+        .output()
+        .expect("run nodectl")
+}
+
+async fn create_pool(agent: &TestAgent, spec: ResourcePoolSpec) -> String {
+    agent
+        .pools()
+        .await
+        .create(CreateResourcePoolRequest {
+            parent_id: String::new(),
+            spec: Some(spec),
+        })
+        .await
+        .expect("create pool")
+        .into_inner()
+        .id
+}
+
+const WEB: &str = "mkdir -p /www && echo pod-local > /www/index.html && echo web up && exec httpd -f -p 8080 -h /www";
+
+/// Two containers sharing the pod's localhost, hostname and address; exec,
+/// logs, stats, the inventory, a host port, then stop and remove with
+/// nothing left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_two_containers_share_localhost_and_leave_nothing() {
+    let pa = PodAgent::start("pods-pair").await;
+    let pool = create_pool(
+        &pa.agent,
+        ResourcePoolSpec {
+            name: "tenant".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut client = pa.pods().await;
+    let mut spec = pod_spec(
+        "pair",
+        &pool,
+        vec![
+            pa.container("web", WEB),
+            pa.container("client", "echo hello-from-client; exec sleep 1000"),
+        ],
+    );
+    spec.port_mappings = vec![PortMapping {
+        host_port: 28080,
+        container_port: 8080,
+        ..Default::default()
+    }];
+    spec.resources = Some(PodResources {
+        requests: Some(ResourceAmounts {
+            cpu_millicores: 100,
+            memory_bytes: 32 * MIB,
+        }),
+        limits: Some(ResourceAmounts {
+            cpu_millicores: 1000,
+            memory_bytes: 256 * MIB,
+        }),
+    });
+    let pod = run(&mut client, spec.clone()).await.expect("run pod");
+    let id = pod.id.clone();
+    assert!(id.starts_with("pod-"), "{id}");
+    assert_eq!(status(&pod).state(), PodState::Running, "{pod:#?}");
+    assert_eq!(
+        status(&pod).namespace,
+        pool,
+        "top-level pool is the namespace"
+    );
+    for name in ["web", "client"] {
+        let c = container_status(&pod, name);
+        assert_eq!(c.state(), ContainerState::Running, "{pod:#?}");
+        assert!(c.pid > 0 && !c.image_id.is_empty(), "{c:?}");
+    }
+    let ip: Ipv4Addr = status(&pod).ip.parse().expect("pod ip");
+
+    // The same name again in the namespace: ALREADY_EXISTS, nothing made.
+    let again = run(&mut client, spec).await.unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+
+    // localhost is shared: the client reaches web's server on 127.0.0.1.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let out = exec(
+            &mut client,
+            &id,
+            "client",
+            &["wget", "-q", "-O", "-", "http://127.0.0.1:8080/"],
+        )
+        .await
+        .expect("exec wget");
+        if out.exit_code == 0 {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(Instant::now() < deadline, "web never answered: {out:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(body.trim(), "pod-local");
+    let host = exec(&mut client, &id, "client", &["hostname"])
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&host.stdout).trim(), "pair");
+    let failing = exec(
+        &mut client,
+        &id,
+        "client",
+        &["sh", "-c", "echo oops >&2; exit 7"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (failing.exit_code, failing.stderr.as_slice()),
+        (7, &b"oops\n"[..])
+    );
+
+    // The host reaches the pod at its address and through the host port.
+    let direct = http_get(SocketAddrV4::new(ip, 8080)).expect("host → pod");
+    assert!(direct.contains("pod-local"), "{direct}");
+    let gateway = pa.net.cidr.gateway();
+    let mapped = http_get(SocketAddrV4::new(gateway, 28080)).expect("host port → pod");
+    assert!(mapped.contains("pod-local"), "{mapped}");
+
+    // Logs in CRI format, read back as records.
+    let lines = logs(&mut client, &id, "client", None).await;
+    assert_eq!(lines, vec!["hello-from-client".to_string()]);
+    assert_eq!(
+        logs(&mut client, &id, "web", Some(1)).await,
+        vec!["web up".to_string()]
+    );
+    let files =
+        std::fs::read_to_string(pa.agent.dir.join(format!("data/pods/{id}/logs/client.log")))
+            .unwrap();
+    assert!(files.contains(" stdout F hello-from-client"), "{files}");
+
+    // Stats and the one inventory read the cgroups.
+    let stats = client
+        .stats(PodStatsRequest { pod_id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stats.pod.unwrap().memory_current_bytes > 0);
+    assert!(
+        stats.containers.iter().all(|c| c.usage.is_some()),
+        "{stats:?}"
+    );
+    let inventory = pa
+        .agent
+        .pools()
+        .await
+        .list(ListResourcePoolsRequest {
+            root_id: String::new(),
+            include_workloads: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let workload = inventory
+        .workloads
+        .iter()
+        .find(|w| w.id == id)
+        .expect("pod in the inventory");
+    assert_eq!(workload.kind(), WorkloadKind::Pod);
+    assert_eq!(workload.pool_id, pool);
+    assert!(workload.running && workload.containers == 2, "{workload:?}");
+    assert_eq!(workload.reservation.unwrap().memory_bytes, 32 * MIB);
+    assert!(
+        workload.live.is_some_and(|l| l.memory_current_bytes > 0),
+        "{workload:?}"
+    );
+    let pool_status = inventory.pools.iter().find(|p| p.id == pool).unwrap();
+    assert_eq!(pool_status.workload_ids, vec![id.clone()]);
+
+    // The pod's cgroup is below its pool's, with its memory limit.
+    let cgroup = pa.agent.cgroup(&format!("{pool}/{id}"));
+    assert!(cgroup.exists());
+
+    // nodectl sees it.
+    let out = nodectl(&pa.agent, &["pod", "ls"]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("pair"),
+        "{out:?}"
+    );
+
+    // An image in use cannot be removed.
+    let mut images = ImageServiceClient::new(pa.agent.channel().await);
+    let busy = images
+        .remove(RemoveImageRequest {
+            name: pa.reference.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(busy.code(), Code::FailedPrecondition, "{busy:?}");
+
+    // Running pods cannot be removed; stop, then remove.
+    let refused = client
+        .remove_pod(RemovePodRequest { id: id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let stopped = client
+        .stop_pod(StopPodRequest {
+            id: id.clone(),
+            grace_period_seconds: Some(2),
+        })
+        .await
+        .expect("stop")
+        .into_inner();
+    assert_eq!(status(&stopped).state(), PodState::Stopped, "{stopped:#?}");
+    assert!(status(&stopped).ip.is_empty());
+    for name in ["web", "client"] {
+        let c = container_status(&stopped, name);
+        assert_eq!(c.state(), ContainerState::Exited, "{c:?}");
+        assert_eq!(c.pid, 0);
+    }
+    assert!(!cgroup.exists(), "pod cgroup removed at stop");
+    assert!(
+        http_get(SocketAddrV4::new(ip, 8080)).is_err(),
+        "pod address gone"
+    );
+    // Logs stay until removal.
+    assert_eq!(logs(&mut client, &id, "client", None).await.len(), 1);
+    client
+        .remove_pod(RemovePodRequest { id: id.clone() })
+        .await
+        .expect("remove");
+    let gone = client
+        .get_pod(GetPodRequest { id: id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    assert!(!pa.agent.dir.join(format!("data/pods/{id}")).exists());
+    let mounts = node_agent::runtime::mountinfo::read_self().unwrap();
+    assert!(
+        !mounts
+            .iter()
+            .any(|m| m.mount_point.starts_with(&pa.agent.dir)),
+        "no mount left under the data dir"
+    );
+    images
+        .remove(RemoveImageRequest {
+            name: pa.reference.clone(),
+        })
+        .await
+        .expect("the image is free once the pod is removed");
+}
+
+/// Admission: a pod fits a pool with room and is refused by a full one,
+/// leaving nothing; bad specs get their codes.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_are_admitted_into_pools_with_room_only() {
+    let pa = PodAgent::start("pods-admit").await;
+    let reserved = |mem: u64| ResourceAmounts {
+        cpu_millicores: 0,
+        memory_bytes: mem,
+    };
+    let pool = create_pool(
+        &pa.agent,
+        ResourcePoolSpec {
+            name: "small".into(),
+            memory: Some(node_agent::proto::Allocation {
+                reservation: 64 * MIB,
+                expandable_reservation: false,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut client = pa.pods().await;
+    let with_request = |name: &str, mem: u64| {
+        let mut spec = pod_spec(name, &pool, vec![pa.container("main", "exec sleep 1000")]);
+        spec.resources = Some(PodResources {
+            requests: Some(reserved(mem)),
+            limits: Some(reserved(128 * MIB)),
+        });
+        spec
+    };
+    let first = run(&mut client, with_request("first", 48 * MIB))
+        .await
+        .expect("fits");
+    assert_eq!(status(&first).state(), PodState::Running);
+    let refused = run(&mut client, with_request("second", 32 * MIB))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    let listed = client
+        .list_pods(node_agent::proto::ListPodsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pods;
+    assert_eq!(listed.len(), 1, "the refused pod left no record");
+    let pool_cgroup = pa.agent.cgroup(&pool);
+    let children = pool_cgroup.children().unwrap();
+    assert_eq!(
+        children,
+        vec![first.id.clone()],
+        "the refused pod left no cgroup"
+    );
+
+    // Bad input: each with its code, nothing made.
+    let mut missing = pod_spec("ghost", &pool, vec![pa.container("main", "true")]);
+    missing.containers[0].image = "127.0.0.1:1/nothing:here".into();
+    assert_eq!(
+        run(&mut client, missing).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let mut micro = pod_spec("micro", &pool, vec![]);
+    micro.runtime_class = RuntimeClass::Microvm as i32;
+    assert_eq!(
+        run(&mut client, micro).await.unwrap_err().code(),
+        Code::Unimplemented
+    );
+    let mut below = with_request("below", 256 * MIB);
+    below.name = "below".into();
+    assert_eq!(
+        run(&mut client, below).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let dup = pod_spec(
+        "dup",
+        &pool,
+        vec![pa.container("a", "true"), pa.container("a", "true")],
+    );
+    assert_eq!(
+        run(&mut client, dup).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let no_pool = pod_spec("nopool", "pool-999", vec![pa.container("a", "true")]);
+    assert_eq!(
+        run(&mut client, no_pool).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let listed = client
+        .list_pods(node_agent::proto::ListPodsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pods;
+    assert_eq!(listed.len(), 1);
+
+    // Once the first stops, its reservation is free again.
+    client
+        .stop_pod(StopPodRequest {
+            id: first.id.clone(),
+            grace_period_seconds: Some(0),
+        })
+        .await
+        .unwrap();
+    let second = run(&mut client, with_request("second", 32 * MIB))
+        .await
+        .expect("room after stop");
+    client
+        .stop_pod(StopPodRequest {
+            id: second.id.clone(),
+            grace_period_seconds: Some(0),
+        })
+        .await
+        .unwrap();
+}
+
+/// A container over its memory limit is OOM-killed and reported; with
+/// nothing left to run the pod stops on its own. A failing container is
+/// restarted by the on-failure policy.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_report_oom_kills_and_restart_failures() {
+    let pa = PodAgent::start("pods-oom").await;
+    let mut client = pa.pods().await;
+    let mut hog = pa.container(
+        "hog",
+        "echo start; exec dd if=/dev/zero of=/dev/null bs=128M count=1",
+    );
+    hog.limits = Some(ResourceAmounts {
+        cpu_millicores: 0,
+        memory_bytes: 32 * MIB,
+    });
+    let pod = run(&mut client, pod_spec("hog", "", vec![hog]))
+        .await
+        .expect("run");
+    let ended = wait_for(
+        &mut client,
+        &pod.id,
+        Duration::from_secs(60),
+        "OOM kill",
+        |p| status(p).state() == PodState::Stopped,
+    )
+    .await;
+    let c = container_status(&ended, "hog");
+    assert_eq!(c.state(), ContainerState::OomKilled, "{c:?}");
+    assert_eq!((c.exit_code, c.reason.as_str()), (Some(137), "OOMKilled"));
+    assert_eq!(status(&ended).reason, "every container ended");
+    assert_eq!(status(&ended).namespace, "root");
+
+    let mut flaky = pod_spec("flaky", "", vec![pa.container("main", "echo run; exit 3")]);
+    flaky.restart_policy = RestartPolicy::OnFailure as i32;
+    let pod = run(&mut client, flaky).await.expect("run");
+    let waiting = wait_for(
+        &mut client,
+        &pod.id,
+        Duration::from_secs(20),
+        "first exit",
+        |p| container_status(p, "main").restart_at.is_some(),
+    )
+    .await;
+    let c = container_status(&waiting, "main");
+    assert_eq!(
+        (c.state(), c.exit_code, c.restart_count),
+        (ContainerState::Exited, Some(3), 1)
+    );
+    assert_eq!(
+        status(&waiting).state(),
+        PodState::Running,
+        "a restart is pending"
+    );
+    // The back-off is 10 s; the second run appends to the same log.
+    let restarted = wait_for(
+        &mut client,
+        &pod.id,
+        Duration::from_secs(30),
+        "restart",
+        |p| container_status(p, "main").restart_count >= 2,
+    )
+    .await;
+    assert!(
+        container_status(&restarted, "main").id.ends_with("-1"),
+        "a fresh run id"
+    );
+    assert_eq!(
+        logs(&mut client, &pod.id, "main", None).await,
+        vec!["run", "run"]
+    );
+    client
+        .stop_pod(StopPodRequest {
+            id: pod.id.clone(),
+            grace_period_seconds: Some(0),
+        })
+        .await
+        .unwrap();
+    let after = get(&mut client, &pod.id).await;
+    assert!(container_status(&after, "main").restart_at.is_none());
+}
+
+/// Agent kill -9 with pods running: the restarted agent takes them back
+/// (same pids, exec still works, still counted in the pool); a container
+/// that died meanwhile is recorded as ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_survive_agent_kill9() {
+    let mut pa = PodAgent::start("pods-kill9").await;
+    let mut client = pa.pods().await;
+    let spec = pod_spec(
+        "durable",
+        "",
+        vec![
+            pa.container("keep", "exec sleep 1000"),
+            pa.container("victim", "exec sleep 1000"),
+        ],
+    );
+    let pod = run(&mut client, spec).await.expect("run");
+    let keep_pid = container_status(&pod, "keep").pid;
+    let victim_pid = container_status(&pod, "victim").pid;
+    let ip = status(&pod).ip.clone();
+
+    pa.agent.kill9();
+    // SAFETY: kill(2) on a pid we just read; a stale pid is harmless here.
+    unsafe { libc::kill(victim_pid as i32, libc::SIGKILL) };
+    pa.agent.spawn();
+    let mut client = pa.pods().await;
+    let back = wait_for(
+        &mut client,
+        &pod.id,
+        Duration::from_secs(20),
+        "victim recorded",
+        |p| container_status(p, "victim").state() != ContainerState::Running,
+    )
+    .await;
+    assert_eq!(status(&back).state(), PodState::Running, "{back:#?}");
+    assert_eq!(status(&back).ip, ip, "same address");
+    let keep = container_status(&back, "keep");
+    assert_eq!(
+        (keep.state(), keep.pid),
+        (ContainerState::Running, keep_pid)
+    );
+    let victim = container_status(&back, "victim");
+    assert_eq!(victim.state(), ContainerState::Exited, "{victim:?}");
+    let out = exec(&mut client, &pod.id, "keep", &["echo", "still here"])
+        .await
+        .expect("exec after restart");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
+    let root = pa
+        .agent
+        .pools()
+        .await
+        .get(node_agent::proto::GetResourcePoolRequest { id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(root.workload_ids, vec![pod.id.clone()]);
+
+    // A re-adopted container is stopped like any other.
+    let stopped = client
+        .stop_pod(StopPodRequest {
+            id: pod.id.clone(),
+            grace_period_seconds: Some(5),
+        })
+        .await
+        .expect("stop")
+        .into_inner();
+    assert_eq!(status(&stopped).state(), PodState::Stopped);
+    assert!(
+        !Path::new(&format!("/proc/{keep_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{keep_pid}/stat"))
+                .map_or(true, |s| s.contains(") Z "))
+    );
+}
