@@ -9,7 +9,7 @@ mod common;
 #[allow(dead_code)]
 mod fixture;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::TestAgent;
 use node_agent::proto::image_service_client::ImageServiceClient;
@@ -22,14 +22,6 @@ use tonic::Code;
 
 async fn images(agent: &TestAgent) -> ImageServiceClient<Channel> {
     ImageServiceClient::new(agent.channel().await)
-}
-
-fn nodectl(agent: &TestAgent, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nodectl"))
-        .args(["--addr", &agent.url(), "--insecure"])
-        .args(args)
-        .output()
-        .expect("run nodectl")
 }
 
 fn text(out: &Output) -> String {
@@ -122,7 +114,7 @@ async fn pull_list_get_nodectl_and_remove() {
     assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
 
     // nodectl: the same pull again (layer already present), then list.
-    let out = nodectl(&agent, &["image", "pull", &reference]);
+    let out = agent.nodectl(&["image", "pull", &reference]);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("resolved "), "{}", text(&out));
@@ -133,18 +125,18 @@ async fn pull_list_get_nodectl_and_remove() {
         text(&out)
     );
     assert!(!stdout.contains('\r'), "no progress bar to a pipe");
-    let out = nodectl(&agent, &["image", "list"]);
+    let out = agent.nodectl(&["image", "list"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&reference),
         "{}",
         text(&out)
     );
-    let out = nodectl(&agent, &["-o", "json", "image", "get", &reference]);
+    let out = agent.nodectl(&["-o", "json", "image", "get", &reference]);
     assert!(out.status.success(), "{}", text(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(json["id"], image.id.as_str());
-    let out = nodectl(&agent, &["-o", "json", "image", "pull", &reference]);
+    let out = agent.nodectl(&["-o", "json", "image", "pull", &reference]);
     assert!(out.status.success(), "{}", text(&out));
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -191,11 +183,11 @@ async fn pull_list_get_nodectl_and_remove() {
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
 
     // nodectl rm of what nodectl pulls.
-    let out = nodectl(&agent, &["image", "pull", &reference]);
+    let out = agent.nodectl(&["image", "pull", &reference]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = nodectl(&agent, &["image", "rm", &reference]);
+    let out = agent.nodectl(&["image", "rm", &reference]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = nodectl(&agent, &["image", "rm", &reference]);
+    let out = agent.nodectl(&["image", "rm", &reference]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"),
@@ -220,7 +212,7 @@ async fn a_plain_http_registry_must_be_listed_as_insecure() {
         .into_inner();
     assert!(list.images.is_empty(), "a failed pull stores nothing");
 
-    let out = nodectl(&agent, &["image", "pull", &reference]);
+    let out = agent.nodectl(&["image", "pull", &reference]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

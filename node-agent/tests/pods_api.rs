@@ -17,7 +17,7 @@ mod fixture;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -279,14 +279,6 @@ fn http_get(addr: SocketAddrV4) -> std::io::Result<String> {
     Ok(reply)
 }
 
-fn nodectl(agent: &TestAgent, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nodectl"))
-        .args(["--addr", &agent.url(), "--insecure"])
-        .args(args)
-        .output()
-        .expect("run nodectl")
-}
-
 async fn create_pool(agent: &TestAgent, spec: ResourcePoolSpec) -> String {
     agent
         .pools()
@@ -458,7 +450,7 @@ async fn pods_two_containers_share_localhost_and_leave_nothing() {
     assert!(cgroup.exists());
 
     // nodectl sees it.
-    let out = nodectl(&pa.agent, &["pod", "ls"]);
+    let out = pa.agent.nodectl(&["pod", "ls"]);
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("pair"),
         "{out:?}"
@@ -622,6 +614,67 @@ async fn pods_are_admitted_into_pools_with_room_only() {
         .pods;
     assert_eq!(listed.len(), 1);
 
+    // A pods quota counts defined pods, running or not.
+    let capped = create_pool(
+        &pa.agent,
+        ResourcePoolSpec {
+            name: "capped".into(),
+            quota: Some(node_agent::proto::Quota {
+                max_pods: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let ticker = pa.container("ticker", "for i in 1 2 3; do echo tick $i; sleep 0.2; done");
+    let one = run(&mut client, pod_spec("one", &capped, vec![ticker]))
+        .await
+        .expect("within the quota");
+    // Following the log streams records as written and ends with the
+    // container.
+    let mut stream = client
+        .logs(LogsRequest {
+            pod_id: one.id.clone(),
+            container_name: "ticker".into(),
+            follow: true,
+            tail_lines: None,
+        })
+        .await
+        .expect("follow")
+        .into_inner();
+    let mut ticks = Vec::new();
+    let followed = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(record) = stream.message().await.expect("record") {
+            ticks.push(String::from_utf8_lossy(&record.message).into_owned());
+        }
+    })
+    .await;
+    assert!(
+        followed.is_ok(),
+        "the followed stream ended with the container"
+    );
+    assert_eq!(ticks, ["tick 1", "tick 2", "tick 3"]);
+    wait_for(
+        &mut client,
+        &one.id,
+        Duration::from_secs(10),
+        "idle stop",
+        |p| status(p).state() == PodState::Stopped,
+    )
+    .await;
+    let over = run(&mut client, pod_spec("two", &capped, vec![]))
+        .await
+        .unwrap_err();
+    assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+    client
+        .remove_pod(RemovePodRequest { id: one.id.clone() })
+        .await
+        .expect("remove");
+    run(&mut client, pod_spec("two", &capped, vec![]))
+        .await
+        .expect("room after remove");
+
     // Once the first stops, its reservation is free again.
     client
         .stop_pod(StopPodRequest {
@@ -673,6 +726,34 @@ async fn pods_report_oom_kills_and_restart_failures() {
     assert_eq!((c.exit_code, c.reason.as_str()), (Some(137), "OOMKilled"));
     assert_eq!(status(&ended).reason, "every container ended");
     assert_eq!(status(&ended).namespace, "root");
+
+    // Over the pod's limit (the container has none of its own).
+    let mut bounded = pod_spec(
+        "bounded",
+        "",
+        vec![pa.container("hog", "exec dd if=/dev/zero of=/dev/null bs=128M count=1")],
+    );
+    bounded.resources = Some(PodResources {
+        requests: None,
+        limits: Some(ResourceAmounts {
+            cpu_millicores: 0,
+            memory_bytes: 32 * MIB,
+        }),
+    });
+    let pod = run(&mut client, bounded).await.expect("run");
+    let ended = wait_for(
+        &mut client,
+        &pod.id,
+        Duration::from_secs(60),
+        "pod OOM",
+        |p| status(p).state() == PodState::Stopped,
+    )
+    .await;
+    assert_eq!(
+        container_status(&ended, "hog").state(),
+        ContainerState::OomKilled,
+        "{ended:#?}"
+    );
 
     let mut flaky = pod_spec("flaky", "", vec![pa.container("main", "echo run; exit 3")]);
     flaky.restart_policy = RestartPolicy::OnFailure as i32;

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 
 use super::errors::Result;
 use super::pods::pod_to_proto;
-use super::pools::pool_id_or_root;
 use super::vms::vm_limits;
 use super::Agent;
 use crate::pool::{PoolId, WorkloadId, MIB};
@@ -42,13 +41,7 @@ impl Agent {
         Vec<Option<PathBuf>>,
     )> {
         let state = self.read_state();
-        let root = pool_id_or_root(root);
-        let ids: Vec<PoolId> = state
-            .tree
-            .subtree(&root)?
-            .iter()
-            .map(|p| p.id().clone())
-            .collect();
+        let ids = super::pools::subtree_ids(&state.tree, root)?;
         let mut pools = Vec::with_capacity(ids.len());
         let mut pool_cgroups = Vec::with_capacity(ids.len());
         let mut workloads = Vec::new();

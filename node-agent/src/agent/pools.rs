@@ -70,14 +70,10 @@ impl Agent {
     /// children.
     pub fn list_pools(&self, root: &str) -> Result<Vec<proto::ResourcePool>> {
         let state = self.read_state();
-        let root = pool_id_or_root(root);
-        let ids: Vec<PoolId> = state
-            .tree
-            .subtree(&root)?
+        subtree_ids(&state.tree, root)?
             .iter()
-            .map(|p| p.id().clone())
-            .collect();
-        ids.iter().map(|id| Ok(state.tree.to_proto(id)?)).collect()
+            .map(|id| Ok(state.tree.to_proto(id)?))
+            .collect()
     }
 
     pub fn update_pool(
@@ -203,6 +199,16 @@ pub(super) fn pool_cgroup_path(tree: &PoolTree, id: &PoolId) -> Result<std::path
 }
 
 /// Empty means the root pool.
+/// The ids of the subtree under `root` (empty = the whole tree), parents
+/// before children.
+pub(super) fn subtree_ids(tree: &PoolTree, root: &str) -> Result<Vec<PoolId>> {
+    Ok(tree
+        .subtree(&pool_id_or_root(root))?
+        .iter()
+        .map(|p| p.id().clone())
+        .collect())
+}
+
 pub fn pool_id_or_root(id: &str) -> PoolId {
     if id.is_empty() {
         PoolId::root()

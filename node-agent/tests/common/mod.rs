@@ -158,6 +158,15 @@ impl TestAgent {
         HostClient::new(self.channel().await)
     }
 
+    /// Runs `nodectl` against this (plaintext) agent.
+    pub fn nodectl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_nodectl"))
+            .args(["--addr", &self.url(), "--insecure"])
+            .args(args)
+            .output()
+            .expect("run nodectl")
+    }
+
     pub fn hierarchy(&self) -> Hierarchy {
         Hierarchy::detect_with(&HierarchyConfig {
             root_name: self.cgroup_root.clone(),
