@@ -60,6 +60,21 @@ struct Cli {
     /// Pod addresses (IPv4 CIDR); the first goes to the bridge.
     #[arg(long, default_value = "10.88.0.0/16")]
     pod_cidr: Ipv4Cidr,
+    /// Let pods of namespace FROM open connections to pods of namespace
+    /// TO (repeatable; one way: replies flow back, the reverse needs its
+    /// own). Pods of different namespaces are isolated otherwise.
+    #[arg(long = "allow-namespace", value_name = "FROM:TO", value_parser = parse_allow)]
+    allow_namespaces: Vec<(String, String)>,
+}
+
+/// `FROM:TO` of --allow-namespace.
+fn parse_allow(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((from, to)) if !from.is_empty() && !to.is_empty() => {
+            Ok((from.to_string(), to.to_string()))
+        }
+        _ => Err(format!("{s:?} is not FROM:TO")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -127,6 +142,7 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
             oci_runtime: cli.oci_runtime.clone(),
             bridge: cli.pod_bridge.clone(),
             cidr: cli.pod_cidr,
+            allow: cli.allow_namespaces.clone(),
         },
     })
 }

@@ -73,6 +73,10 @@ struct PodAgent {
 
 impl PodAgent {
     async fn start(name: &str) -> PodAgent {
+        Self::start_with(name, &[]).await
+    }
+
+    async fn start_with(name: &str, extra: &[&str]) -> PodAgent {
         prepare_host();
         let work = tempfile::tempdir().unwrap();
         let (registry, reference) = fixture::registry_with_busybox(work.path()).expect("fixture");
@@ -80,17 +84,16 @@ impl PodAgent {
         let tag = std::process::id() % 10_000 * 10 + n;
         let bridge = format!("stp{tag}");
         let cidr = format!("10.{}.{}.0/24", 200 + n % 50, std::process::id() % 250);
-        let agent = TestAgent::start_with(
-            name,
-            &[
-                "--insecure-registry",
-                registry.addr(),
-                "--pod-bridge",
-                &bridge,
-                "--pod-cidr",
-                &cidr,
-            ],
-        );
+        let mut args = vec![
+            "--insecure-registry",
+            registry.addr(),
+            "--pod-bridge",
+            &bridge,
+            "--pod-cidr",
+            &cidr,
+        ];
+        args.extend_from_slice(extra);
+        let agent = TestAgent::start_with(name, &args);
         let mut net = PodNetConfig::new(&agent.dir.join("data"));
         net.bridge = bridge.clone();
         net.nft_table = bridge;
@@ -875,4 +878,74 @@ async fn pods_survive_agent_kill9() {
             || std::fs::read_to_string(format!("/proc/{keep_pid}/stat"))
                 .map_or(true, |s| s.contains(") Z "))
     );
+}
+
+/// Pods of one namespace reach each other; other namespaces only where an
+/// `--allow-namespace` policy lets them, one way. This agent runs its
+/// containers with runc, the alternative runtime.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_tenants_are_isolated_unless_allowed() {
+    let pa = PodAgent::start_with(
+        "pods-tenants",
+        &["--oci-runtime", "runc", "--allow-namespace", "beta:alpha"],
+    )
+    .await;
+    let mut client = pa.pods().await;
+    let mut ips = std::collections::BTreeMap::new();
+    for (name, namespace) in [
+        ("a1", "alpha"),
+        ("a2", "alpha"),
+        ("b1", "beta"),
+        ("g1", "gamma"),
+    ] {
+        let mut spec = pod_spec(name, "", vec![pa.container("web", WEB)]);
+        spec.namespace = namespace.into();
+        let pod = run(&mut client, spec).await.expect("run");
+        assert_eq!(status(&pod).namespace, namespace);
+        ips.insert(name, (pod.id.clone(), status(&pod).ip.clone()));
+    }
+    // Every server answers the host (which reaches every pod) first.
+    for (_, ip) in ips.values() {
+        let addr = SocketAddrV4::new(ip.parse().expect("pod ip"), 8080);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(addr).is_err() {
+            assert!(Instant::now() < deadline, "{addr} never answered");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(
+        reaches(&mut client, &ips, "a2", "a1").await,
+        "same namespace"
+    );
+    assert!(
+        reaches(&mut client, &ips, "b1", "a1").await,
+        "beta → alpha is allowed"
+    );
+    assert!(
+        !reaches(&mut client, &ips, "a1", "b1").await,
+        "alpha → beta is not"
+    );
+    assert!(
+        !reaches(&mut client, &ips, "g1", "a1").await,
+        "gamma → alpha is not"
+    );
+    let log = pa.agent.log();
+    assert!(log.contains("runc"), "pods run with runc: {log}");
+}
+
+/// Whether pod `from`'s web container gets pod `to`'s page within 3 s.
+/// `timeout`, not `wget -T`: Debian's static busybox 1.35 wget crashes
+/// with -T.
+async fn reaches(
+    client: &mut PodServiceClient<Channel>,
+    pods: &std::collections::BTreeMap<&str, (String, String)>,
+    from: &str,
+    to: &str,
+) -> bool {
+    let url = format!("http://{}:8080/", pods[to].1);
+    let command = ["timeout", "3", "wget", "-q", "-O", "-", &url];
+    let out = exec(client, &pods[from].0, "web", &command)
+        .await
+        .expect("exec");
+    out.exit_code == 0
 }

@@ -2,12 +2,12 @@
 //! the exit status lives in `node_agent::nodectl`, where it is tested.
 //!
 //! Exit status: 0 success, 1 gRPC or runtime error (`nodectl: CODE:
-//! message` on stderr), 2 usage error.
+//! message` on stderr), 2 usage error; `pod exec`: the command's.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use node_agent::nodectl::{self, cli::Cli, UsageError};
+use node_agent::nodectl::{self, cli::Cli, CommandExit, UsageError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,6 +26,10 @@ fn main() -> ExitCode {
 
 /// Reports `e` on stderr and picks the exit status.
 fn fail(e: &anyhow::Error) -> ExitCode {
+    if let Some(CommandExit(code)) = e.downcast_ref::<CommandExit>() {
+        // `pod exec`: the command's own status; its stderr said the rest.
+        return ExitCode::from(nodectl::exit_status(*code));
+    }
     if let Some(status) = e.downcast_ref::<tonic::Status>() {
         eprintln!("nodectl: {}", nodectl::status_text(status));
         return ExitCode::from(1);

@@ -1,10 +1,15 @@
 //! Parsers for nodectl's structured arguments (`--disk`, `--nic`,
-//! `--label`, `--selector`, `--role`, shares), turning text straight into
-//! the API's messages so clap reports a bad value as a usage error.
+//! `--label`, `--selector`, `--role`, shares, a pod's `--port`, `--env`
+//! and `--restart`), turning text straight into the API's messages so clap
+//! reports a bad value as a usage error.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
-use crate::proto::{DiskSpec, NicSpec, Shares, SharesLevel, VmRole};
+use crate::proto::{
+    DiskSpec, EnvVar, NicSpec, PortMapping, PortProtocol, RestartPolicy, Shares, SharesLevel,
+    VmRole,
+};
 
 /// `low`, `normal`, `high` (1:2:4) or a custom number of shares.
 pub fn parse_shares(text: &str) -> Result<Shares, String> {
@@ -124,6 +129,108 @@ pub fn parse_selector(text: &str) -> Result<Vec<(String, String)>, String> {
 /// Labels or selectors as the map the API takes; a later key wins.
 pub fn label_map(pairs: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, String> {
     pairs.into_iter().collect()
+}
+
+/// `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]`, as `docker run -p`:
+/// `8080:80`, `5353:53/udp`, `127.0.0.1:8080:80`. TCP when no protocol is
+/// given; every host address but loopback when no host IP is.
+pub fn parse_port(text: &str) -> Result<PortMapping, String> {
+    let what = format!(
+        "invalid --port {text:?}: expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp], \
+         e.g. 8080:80 or 5353:53/udp"
+    );
+    let (ports, protocol) = match text.split_once('/') {
+        None => (text, PortProtocol::Tcp),
+        Some((ports, "tcp")) => (ports, PortProtocol::Tcp),
+        Some((ports, "udp")) => (ports, PortProtocol::Udp),
+        Some((_, other)) => {
+            return Err(format!(
+                "invalid --port {text:?}: protocol {other:?} is neither tcp nor udp"
+            ))
+        }
+    };
+    let parts: Vec<&str> = ports.split(':').collect();
+    let (host_ip, host, container) = match parts.as_slice() {
+        [host, container] => (String::new(), *host, *container),
+        [ip, host, container] => {
+            let ip: Ipv4Addr = ip
+                .parse()
+                .map_err(|_| format!("invalid --port {text:?}: {ip:?} is not an IPv4 address"))?;
+            (ip.to_string(), *host, *container)
+        }
+        _ => return Err(what),
+    };
+    let port = |p: &str| -> Result<u32, String> {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(what.clone());
+        }
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(u32::from(n)),
+            _ => Err(format!(
+                "invalid --port {text:?}: port {p} is not in 1..=65535"
+            )),
+        }
+    };
+    Ok(PortMapping {
+        host_port: port(host)?,
+        container_port: port(container)?,
+        protocol: protocol as i32,
+        host_ip,
+    })
+}
+
+/// A port mapping as `--port` takes it, with the protocol always spelt:
+/// `8080:80/tcp`, `127.0.0.1:5353:53/udp` (the inverse of [`parse_port`]).
+pub fn port_text(port: &PortMapping) -> String {
+    let protocol = match PortProtocol::try_from(port.protocol) {
+        Ok(PortProtocol::Unspecified | PortProtocol::Tcp) => "tcp".to_string(),
+        Ok(PortProtocol::Udp) => "udp".to_string(),
+        Err(_) => format!("unknown({})", port.protocol),
+    };
+    let ip = if port.host_ip.is_empty() {
+        String::new()
+    } else {
+        format!("{}:", port.host_ip)
+    };
+    format!("{ip}{}:{}/{protocol}", port.host_port, port.container_port)
+}
+
+/// `NAME=VALUE` for a container's environment; the value may be empty or
+/// hold `=`, the name may not be empty or hold `=`.
+pub fn parse_env(text: &str) -> Result<EnvVar, String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() && !name.contains(char::is_whitespace) => {
+            Ok(EnvVar {
+                name: name.to_string(),
+                value: value.to_string(),
+            })
+        }
+        _ => Err(format!(
+            "invalid --env {text:?}: expected NAME=VALUE (a name without blanks)"
+        )),
+    }
+}
+
+/// `never`, `on-failure` or `always`.
+pub fn parse_restart(text: &str) -> Result<RestartPolicy, String> {
+    match text {
+        "never" => Ok(RestartPolicy::Never),
+        "on-failure" => Ok(RestartPolicy::OnFailure),
+        "always" => Ok(RestartPolicy::Always),
+        _ => Err(format!(
+            "invalid restart policy {text:?}: expected never, on-failure or always"
+        )),
+    }
+}
+
+/// The restart policy as the CLI spells it; unset reads as `never`, as the
+/// agent treats it (the inverse of [`parse_restart`]).
+pub fn restart_name(policy: RestartPolicy) -> &'static str {
+    match policy {
+        RestartPolicy::Unspecified | RestartPolicy::Never => "never",
+        RestartPolicy::OnFailure => "on-failure",
+        RestartPolicy::Always => "always",
+    }
 }
 
 #[cfg(test)]

@@ -1,14 +1,17 @@
 //! nodectl's command line (clap derive). Values are parsed into the API's
-//! types here, so a malformed size, role or `--disk` is a usage error
-//! (exit 2) before any connection is made.
+//! types here, so a malformed size, role, `--disk` or `--port` is a usage
+//! error (exit 2) before any connection is made.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use super::args::{parse_disk, parse_label, parse_nic, parse_role, parse_selector, parse_shares};
+use super::args::{
+    parse_disk, parse_env, parse_label, parse_nic, parse_port, parse_restart, parse_role,
+    parse_selector, parse_shares,
+};
 use super::size::{parse_memory_mib, parse_millicores, parse_size};
-use crate::proto::{DiskSpec, NicSpec, Shares, VmRole};
+use crate::proto::{DiskSpec, EnvVar, NicSpec, PortMapping, RestartPolicy, Shares, VmRole};
 
 /// Where the agent listens by default (its `--listen` default).
 pub const DEFAULT_ADDR: &str = "https://127.0.0.1:7443";
@@ -61,6 +64,9 @@ pub enum Command {
     /// Virtual machines.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Pods: containers run on the host, in the same pools as the VMs.
+    #[command(subcommand)]
+    Pod(PodCommand),
     /// OCI images in the agent's store.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -79,11 +85,19 @@ pub enum HostCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PoolCommand {
-    /// The pool tree with reservations, limits, shares and usage.
+    /// The pool tree with reservations, limits, shares and usage; with
+    /// --workloads, the inventory: every VM and pod beneath its pool.
+    #[command(visible_alias = "ls")]
     List {
         /// Only this pool's subtree.
         #[arg(long)]
         root: Option<String>,
+        /// The one inventory: each pool's VMs and pods indented beneath it,
+        /// side by side (kind, id, state, reservation, limits), with the
+        /// live CPU time and memory of every pool and running workload
+        /// read from their cgroups.
+        #[arg(long, short = 'w')]
+        workloads: bool,
     },
     /// One pool in full.
     Get { id: String },
@@ -144,7 +158,11 @@ pub struct PoolSettings {
     /// Most vCPUs of the VMs in this pool and below; 0 = no cap.
     #[arg(long, value_name = "N")]
     pub max_vcpus: Option<u32>,
-    /// Most guest memory of the VMs in this pool and below; 0 = no cap.
+    /// Most pods in this pool and below; 0 = no cap.
+    #[arg(long, value_name = "N")]
+    pub max_pods: Option<u32>,
+    /// Most memory ceilings in this pool and below (VMs' guest memory plus
+    /// pods' memory limits); 0 = no cap.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_memory: Option<u64>,
 }
@@ -165,6 +183,7 @@ pub enum VmCommand {
     /// Define a VM (it does not start).
     Create(Box<VmCreate>),
     /// VMs in name order, optionally filtered.
+    #[command(visible_alias = "ls")]
     List {
         /// Only VMs directly in this pool.
         #[arg(long)]
@@ -286,12 +305,206 @@ pub enum ImageCommand {
         reference: Option<String>,
     },
     /// Stored images.
+    #[command(visible_alias = "ls")]
     List,
     /// One image in full (by reference, manifest digest or id).
     Get { name: String },
     /// Remove an image and all its names.
     #[command(alias = "remove")]
     Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PodCommand {
+    /// Run a pod of one container and answer it once its container is
+    /// started (add more with `pod add-container`).
+    Run(Box<PodRun>),
+    /// Add a container to a running pod and start it.
+    AddContainer(Box<PodAddContainer>),
+    /// Pods by namespace and name, optionally filtered.
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only pods directly in this pool.
+        #[arg(long)]
+        pool: Option<String>,
+        /// k=v,... : every label must match (repeatable).
+        #[arg(long, value_parser = parse_selector)]
+        selector: Vec<Vec<(String, String)>>,
+    },
+    /// One pod in full, with each container's state, exit code, restarts
+    /// and pid.
+    Get { id: String },
+    /// Stop every container (SIGTERM, then SIGKILL after the grace period)
+    /// and release the pod's reservation and address; it cannot start
+    /// again.
+    Stop {
+        id: String,
+        /// Seconds between SIGTERM and SIGKILL; 0 = SIGKILL at once
+        /// [default: the agent's, 30 s].
+        #[arg(long, value_name = "SECONDS")]
+        grace: Option<u32>,
+    },
+    /// Remove a stopped pod: its containers, logs and record.
+    #[command(visible_aliases = ["remove", "delete"])]
+    Rm { id: String },
+    /// A container's log: the output of all its runs, each record's
+    /// message written raw to stdout or stderr as the container wrote it
+    /// (`-o json`: one object per record).
+    Logs {
+        id: String,
+        /// The container [default: the pod's only container].
+        #[arg(short = 'c', long = "container", value_name = "NAME")]
+        container: Option<String>,
+        /// Keep printing new records until the container ends or Ctrl-C.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Start with the last N records (0: only new ones, with -f).
+        #[arg(long, value_name = "N")]
+        tail: Option<u32>,
+    },
+    /// Run a command in a running container (not through a shell, stdin
+    /// empty) and print its output; nodectl exits with the command's exit
+    /// status.
+    Exec {
+        id: String,
+        /// The container [default: the pod's only container].
+        #[arg(short = 'c', long = "container", value_name = "NAME")]
+        container: Option<String>,
+        /// Seconds before the command is killed (DEADLINE_EXCEEDED)
+        /// [default: the agent's, 60 s].
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            default_value_t = 0,
+            hide_default_value = true
+        )]
+        timeout: u32,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Live CPU time and memory of a running pod and of each container.
+    Stats { id: String },
+    /// Start, stop or remove one container of a pod.
+    #[command(subcommand)]
+    Container(PodContainerCommand),
+}
+
+/// What a container runs, shared by `pod run` and `pod add-container`.
+#[derive(Debug, Clone, Args)]
+pub struct ContainerArgs {
+    /// Image in the agent's store: a reference, manifest digest or image
+    /// id (`nodectl image pull` or `import` it first).
+    #[arg(long)]
+    pub image: String,
+    /// The program to run, replacing the image's ENTRYPOINT (the image's
+    /// CMD is then dropped: give its arguments after `--`).
+    #[arg(long, value_name = "CMD")]
+    pub command: Option<String>,
+    /// NAME=VALUE added to the image's environment (repeatable, in order).
+    #[arg(long, value_name = "NAME=VALUE", value_parser = parse_env)]
+    pub env: Vec<EnvVar>,
+    /// Absolute working directory [default: the image's WORKDIR, else /].
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Arguments after `--`, replacing the image's CMD.
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+}
+
+/// `pod run`: the pod's spec with one container.
+#[derive(Debug, Clone, Args)]
+pub struct PodRun {
+    /// The pod's name, unique in its namespace (a DNS label).
+    pub name: String,
+    #[command(flatten)]
+    pub container: ContainerArgs,
+    /// The container's name [default: the pod's name].
+    #[arg(long, value_name = "NAME")]
+    pub container_name: Option<String>,
+    /// Resource pool id [default: the root pool].
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Network isolation namespace [default: the pod's top-level pool].
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Host name inside the pod [default: the pod's name].
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// CPU the pod reserves in its pool, millicores (250 or 250m)
+    /// [default: none].
+    #[arg(long, value_name = "MILLICORES", value_parser = parse_millicores)]
+    pub cpu_request: Option<u64>,
+    /// Memory the pod reserves in its pool (64Mi, 1Gi) [default: none].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_request: Option<u64>,
+    /// CPU ceiling of the pod's cgroup, millicores [default: none].
+    #[arg(long, value_name = "MILLICORES", value_parser = parse_millicores)]
+    pub cpu_limit: Option<u64>,
+    /// Memory ceiling of the pod's cgroup [default: none; required under
+    /// a memory quota].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+    /// [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp], a host port
+    /// forwarded to the pod (repeatable; e.g. 8080:80).
+    #[arg(long = "port", value_name = "MAPPING", value_parser = parse_port)]
+    pub ports: Vec<PortMapping>,
+    /// never | on-failure | always [default: never].
+    #[arg(long, value_name = "POLICY", value_parser = parse_restart)]
+    pub restart: Option<RestartPolicy>,
+    /// k=v (repeatable).
+    #[arg(long, value_name = "K=V", value_parser = parse_label)]
+    pub label: Vec<(String, String)>,
+}
+
+/// `pod add-container`: one more container in a running pod.
+#[derive(Debug, Clone, Args)]
+pub struct PodAddContainer {
+    /// The pod's id.
+    pub pod: String,
+    /// The container's name, unique in the pod (a DNS label).
+    pub name: String,
+    #[command(flatten)]
+    pub container: ContainerArgs,
+    /// CPU ceiling of the container's cgroup, millicores, at most the
+    /// pod's [default: the pod's].
+    #[arg(long, value_name = "MILLICORES", value_parser = parse_millicores)]
+    pub cpu_limit: Option<u64>,
+    /// Memory ceiling of the container's cgroup, at most the pod's
+    /// [default: the pod's].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PodContainerCommand {
+    /// Start a created container, or an ended one afresh.
+    Start {
+        /// The pod's id.
+        pod: String,
+        /// The container's name.
+        name: String,
+    },
+    /// Stop a running container (SIGTERM, then SIGKILL after the grace
+    /// period); the restart policy does not restart it.
+    Stop {
+        /// The pod's id.
+        pod: String,
+        /// The container's name.
+        name: String,
+        /// Seconds between SIGTERM and SIGKILL; 0 = SIGKILL at once
+        /// [default: the agent's, 30 s].
+        #[arg(long, value_name = "SECONDS")]
+        grace: Option<u32>,
+    },
+    /// Remove a container that is not running, and its log.
+    #[command(visible_aliases = ["remove", "delete"])]
+    Rm {
+        /// The pod's id.
+        pod: String,
+        /// The container's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

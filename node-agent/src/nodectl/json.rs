@@ -4,7 +4,9 @@
 //! Keys are the .proto field names (snake_case), enums their full proto
 //! names (`VM_STATE_RUNNING`), timestamps RFC 3339 strings, and 64-bit
 //! integers JSON numbers (not the strings of canonical proto3 JSON), so
-//! `jq` arithmetic works. Unset message fields are `null`.
+//! `jq` arithmetic works. Unset message fields are `null`. Bytes (log
+//! messages, exec output) are text: a string with invalid UTF-8 replaced
+//! by U+FFFD, and then the exact bytes beside it in `<field>_base64`.
 
 use serde_json::{json, Map, Value};
 
@@ -13,9 +15,15 @@ use crate::proto::{
     ListImagesResponse, PullImageProgress,
 };
 use crate::proto::{
-    Allocation, CgroupVersion, HostCapacity, HostInfo, ListResourcePoolsResponse, ListVmsResponse,
-    Quota, ResourceAmounts, ResourcePool, ResourcePoolSpec, ResourcePoolStatus, ResourceUsage,
-    Shares, SharesLevel, VirtualMachine, VmEvent, VmRole, VmSpec, VmState, VmStatus, WorkloadUsage,
+    workload, Allocation, CgroupVersion, HostCapacity, HostInfo, ListResourcePoolsResponse,
+    ListVmsResponse, LiveUsage, Quota, ResourceAmounts, ResourcePool, ResourcePoolSpec,
+    ResourcePoolStatus, ResourceUsage, Shares, SharesLevel, VirtualMachine, VmEvent, VmRole,
+    VmSpec, VmState, VmStatus, Workload, WorkloadKind, WorkloadUsage,
+};
+use crate::proto::{
+    ContainerSpec, ContainerState, ContainerStats, ContainerStatus, EnvVar, ExecSyncResponse,
+    ListPodsResponse, LogRecord, LogStream, Pod, PodResources, PodSpec, PodState, PodStats,
+    PodStatus, PortMapping, PortProtocol, RestartPolicy, RuntimeClass,
 };
 
 /// An enum's proto name, or its number when this build does not know it.
@@ -117,11 +125,21 @@ fn workload_usage(u: &WorkloadUsage) -> Value {
     })
 }
 
+fn live_usage(u: &LiveUsage) -> Value {
+    json!({
+        "cpu_usage_ns": u.cpu_usage_ns,
+        "memory_current_bytes": u.memory_current_bytes,
+        "oom_kills": u.oom_kills,
+        "memory_limit_hits": u.memory_limit_hits,
+    })
+}
+
 fn pool_status(s: &ResourcePoolStatus) -> Value {
     json!({
         "cpu": opt(s.cpu.as_ref(), resource_usage),
         "memory": opt(s.memory.as_ref(), resource_usage),
         "usage": opt(s.usage.as_ref(), workload_usage),
+        "live": opt(s.live.as_ref(), live_usage),
     })
 }
 
@@ -137,9 +155,40 @@ pub fn pool(p: &ResourcePool) -> Value {
     })
 }
 
-/// `ResourcePools.List`'s answer.
+/// `ResourcePools.List`'s answer (`workloads` is empty unless asked for).
 pub fn pools(resp: &ListResourcePoolsResponse) -> Value {
-    json!({ "pools": resp.pools.iter().map(pool).collect::<Vec<_>>() })
+    json!({
+        "pools": resp.pools.iter().map(pool).collect::<Vec<_>>(),
+        "workloads": resp.workloads.iter().map(workload).collect::<Vec<_>>(),
+    })
+}
+
+/// One `Workload` of the inventory. The `state` oneof is its set member:
+/// `vm_state` or `pod_state`.
+pub fn workload(w: &Workload) -> Value {
+    let mut v = json!({
+        "id": w.id,
+        "kind": enum_name(w.kind, WorkloadKind::as_str_name),
+        "name": w.name,
+        "pool_id": w.pool_id,
+        "reason": w.reason,
+        "running": w.running,
+        "reservation": opt(w.reservation.as_ref(), amounts),
+        "limits": opt(w.limits.as_ref(), amounts),
+        "live": opt(w.live.as_ref(), live_usage),
+        "vcpus": w.vcpus,
+        "guest_memory_bytes": w.guest_memory_bytes,
+        "containers": w.containers,
+    });
+    let (key, state) = match w.state {
+        Some(workload::State::VmState(s)) => ("vm_state", enum_name(s, VmState::as_str_name)),
+        Some(workload::State::PodState(s)) => ("pod_state", enum_name(s, PodState::as_str_name)),
+        None => return v,
+    };
+    if let Some(map) = v.as_object_mut() {
+        map.insert(key.into(), state);
+    }
+    v
 }
 
 fn labels(map: &std::collections::BTreeMap<String, String>) -> Value {
@@ -272,4 +321,168 @@ pub fn pull_progress(p: &PullImageProgress) -> Value {
         Some(pull_image_progress::Event::Image(i)) => json!({ "image": image(i) }),
         None => Value::Null,
     }
+}
+
+fn port_mapping(p: &PortMapping) -> Value {
+    json!({
+        "host_port": p.host_port,
+        "container_port": p.container_port,
+        "protocol": enum_name(p.protocol, PortProtocol::as_str_name),
+        "host_ip": p.host_ip,
+    })
+}
+
+fn env_var(e: &EnvVar) -> Value {
+    json!({ "name": e.name, "value": e.value })
+}
+
+fn pod_resources(r: &PodResources) -> Value {
+    json!({
+        "requests": opt(r.requests.as_ref(), amounts),
+        "limits": opt(r.limits.as_ref(), amounts),
+    })
+}
+
+fn container_spec(c: &ContainerSpec) -> Value {
+    json!({
+        "name": c.name,
+        "image": c.image,
+        "command": c.command,
+        "args": c.args,
+        "env": c.env.iter().map(env_var).collect::<Vec<_>>(),
+        "working_dir": c.working_dir,
+        "limits": opt(c.limits.as_ref(), amounts),
+    })
+}
+
+fn pod_spec(s: &PodSpec) -> Value {
+    json!({
+        "name": s.name,
+        "pool_id": s.pool_id,
+        "namespace": s.namespace,
+        "hostname": s.hostname,
+        "labels": labels(&s.labels),
+        "port_mappings": s.port_mappings.iter().map(port_mapping).collect::<Vec<_>>(),
+        "runtime_class": enum_name(s.runtime_class, RuntimeClass::as_str_name),
+        "resources": opt(s.resources.as_ref(), pod_resources),
+        "restart_policy": enum_name(s.restart_policy, RestartPolicy::as_str_name),
+        "containers": s.containers.iter().map(container_spec).collect::<Vec<_>>(),
+    })
+}
+
+fn container_status(c: &ContainerStatus) -> Value {
+    json!({
+        "name": c.name,
+        "id": c.id,
+        "state": enum_name(c.state, ContainerState::as_str_name),
+        "reason": c.reason,
+        "exit_code": c.exit_code,
+        "restart_count": c.restart_count,
+        "restart_at": opt(c.restart_at.as_ref(), timestamp),
+        "image_id": c.image_id,
+        "pid": c.pid,
+        "created_at": opt(c.created_at.as_ref(), timestamp),
+        "started_at": opt(c.started_at.as_ref(), timestamp),
+        "finished_at": opt(c.finished_at.as_ref(), timestamp),
+    })
+}
+
+fn pod_status(s: &PodStatus) -> Value {
+    json!({
+        "state": enum_name(s.state, PodState::as_str_name),
+        "reason": s.reason,
+        "namespace": s.namespace,
+        "ip": s.ip,
+        "reservation": opt(s.reservation.as_ref(), amounts),
+        "limits": opt(s.limits.as_ref(), amounts),
+        "created_at": opt(s.created_at.as_ref(), timestamp),
+        "started_at": opt(s.started_at.as_ref(), timestamp),
+        "finished_at": opt(s.finished_at.as_ref(), timestamp),
+        "containers": s.containers.iter().map(container_status).collect::<Vec<_>>(),
+    })
+}
+
+/// One `Pod`.
+pub fn pod(p: &Pod) -> Value {
+    json!({
+        "id": p.id,
+        "spec": opt(p.spec.as_ref(), pod_spec),
+        "status": opt(p.status.as_ref(), pod_status),
+    })
+}
+
+/// `PodService.ListPods`' answer.
+pub fn pods(resp: &ListPodsResponse) -> Value {
+    json!({ "pods": resp.pods.iter().map(pod).collect::<Vec<_>>() })
+}
+
+fn container_stats(c: &ContainerStats) -> Value {
+    json!({ "name": c.name, "usage": opt(c.usage.as_ref(), live_usage) })
+}
+
+/// `PodService.Stats`' answer.
+pub fn pod_stats(s: &PodStats) -> Value {
+    json!({
+        "pod_id": s.pod_id,
+        "read_at": opt(s.read_at.as_ref(), timestamp),
+        "pod": opt(s.pod.as_ref(), live_usage),
+        "containers": s.containers.iter().map(container_stats).collect::<Vec<_>>(),
+    })
+}
+
+/// Puts `bytes` in `map` under `key` as text, and, when it is not UTF-8,
+/// its exact bytes under `<key>_base64` too.
+fn insert_bytes(map: &mut Map<String, Value>, key: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => {
+            map.insert(key.into(), Value::from(text));
+        }
+        Err(_) => {
+            let text = String::from_utf8_lossy(bytes).into_owned();
+            map.insert(key.into(), Value::from(text));
+            map.insert(format!("{key}_base64"), Value::from(base64(bytes)));
+        }
+    }
+}
+
+/// Standard base64 with padding (RFC 4648 section 4), as proto3 JSON
+/// writes bytes.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// One `LogRecord` (a line of `pod logs -o json`).
+pub fn log_record(r: &LogRecord) -> Value {
+    let mut map = Map::new();
+    map.insert("time".into(), opt(r.time.as_ref(), timestamp));
+    map.insert("stream".into(), enum_name(r.stream, LogStream::as_str_name));
+    map.insert("partial".into(), Value::from(r.partial));
+    insert_bytes(&mut map, "message", &r.message);
+    Value::Object(map)
+}
+
+/// `PodService.ExecSync`'s answer.
+pub fn exec_result(r: &ExecSyncResponse) -> Value {
+    let mut map = Map::new();
+    insert_bytes(&mut map, "stdout", &r.stdout);
+    insert_bytes(&mut map, "stderr", &r.stderr);
+    map.insert("exit_code".into(), Value::from(r.exit_code));
+    Value::Object(map)
 }

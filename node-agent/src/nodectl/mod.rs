@@ -12,7 +12,8 @@
 //! - `-o table|json`.
 //!
 //! Exit status: 0 on success, 1 for a gRPC or other runtime error (printed
-//! as `nodectl: CODE: message`), 2 for a usage error.
+//! as `nodectl: CODE: message`), 2 for a usage error; `pod exec` exits with
+//! the status of the command it ran.
 
 pub mod args;
 pub mod cli;
@@ -31,6 +32,19 @@ pub use run::run;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// The exit code of a command `pod exec` ran, when not 0: nodectl exits
+/// with it (see [`exit_status`]) and prints nothing more.
+#[derive(Debug, thiserror::Error)]
+#[error("the command exited with status {0}")]
+pub struct CommandExit(pub i32);
+
+/// nodectl's exit status for a command's exit code: the code itself when
+/// it fits in 1..=255, else 1 (an out-of-range code must not read as
+/// success).
+pub fn exit_status(code: i32) -> u8 {
+    u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(1)
+}
 
 /// The canonical gRPC name of a status code (`NOT_FOUND`), as in the gRPC
 /// spec and `grpcurl`, so scripts can match on it.

@@ -4,20 +4,43 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::args::role_name;
+use super::args::{port_text, restart_name, role_name};
 use super::progress::short_digest;
-use super::size::{format_millicores, format_size, MIB};
+use super::size::{format_cpu_time, format_millicores, format_size, MIB};
 use super::table::Table;
 use crate::proto::{
-    Allocation, CgroupVersion, HostCapacity, HostInfo, Image, ListResourcePoolsResponse,
-    ResourceAmounts, ResourcePool, ResourceUsage, Shares, SharesLevel, VirtualMachine, VmEvent,
-    VmRole, VmState,
+    workload, Allocation, CgroupVersion, HostCapacity, HostInfo, Image, ListResourcePoolsResponse,
+    LiveUsage, ResourceAmounts, ResourcePool, ResourceUsage, Shares, SharesLevel, VirtualMachine,
+    VmEvent, VmRole, VmState, Workload, WorkloadKind,
+};
+use crate::proto::{
+    ContainerSpec, ContainerState, ContainerStatus, Pod, PodState, PodStats, RestartPolicy,
+    RuntimeClass,
 };
 
 /// `RUNNING` for `VM_STATE_RUNNING`; unknown numbers as `UNKNOWN(n)`.
 pub fn state_name(state: i32) -> String {
     match VmState::try_from(state) {
         Ok(s) => s.as_str_name().trim_start_matches("VM_STATE_").to_string(),
+        Err(_) => format!("UNKNOWN({state})"),
+    }
+}
+
+/// `RUNNING` for `POD_STATE_RUNNING`; unknown numbers as `UNKNOWN(n)`.
+pub fn pod_state_name(state: i32) -> String {
+    match PodState::try_from(state) {
+        Ok(s) => s.as_str_name().trim_start_matches("POD_STATE_").to_string(),
+        Err(_) => format!("UNKNOWN({state})"),
+    }
+}
+
+/// `EXITED` for `CONTAINER_STATE_EXITED`; unknown numbers as `UNKNOWN(n)`.
+pub fn container_state_name(state: i32) -> String {
+    match ContainerState::try_from(state) {
+        Ok(s) => s
+            .as_str_name()
+            .trim_start_matches("CONTAINER_STATE_")
+            .to_string(),
         Err(_) => format!("UNKNOWN({state})"),
     }
 }
@@ -139,7 +162,7 @@ pub const POOL_TREE_HEADER: [&str; 8] = [
     "MEM RES/LIMIT/SHARES",
     "EXPANDABLE",
     "USED CPU/MEM",
-    "VMS RUN/ALL",
+    "WORKLOADS RUN/ALL",
     "QUOTA",
 ];
 
@@ -211,8 +234,147 @@ fn pool_row(pool: &ResourcePool, depth: usize) -> Vec<String> {
             format_millicores(children(status.cpu)),
             format_size(children(status.memory))
         ),
-        format!("{}/{}", usage.running_workloads, usage.vms),
+        format!("{}/{}", usage.running_workloads, usage.workloads),
         quota_text(spec.quota.as_ref()),
+    ]
+}
+
+/// The inventory's columns: pools and workloads side by side.
+pub const INVENTORY_HEADER: [&str; 9] = [
+    "NAME",
+    "KIND",
+    "ID",
+    "STATE",
+    "RESERVED CPU/MEM",
+    "LIMIT CPU/MEM",
+    "CPU TIME",
+    "MEMORY",
+    "DETAIL",
+];
+
+/// The one inventory (`pool list --workloads`): the pool tree, each pool
+/// followed by its VMs and pods one level deeper, then its child pools.
+/// A pool's reservation and limit are its spec's and its detail what its
+/// children and workloads hold; a workload's are what it charges its pool
+/// while it runs and its cgroup's ceilings. CPU time and memory are the
+/// cgroups' live counters (`-` when not read: a workload that does not
+/// run). Workloads of a pool missing from the answer come last, unindented.
+pub fn inventory(resp: &ListResourcePoolsResponse) -> String {
+    let mut by_pool: HashMap<&str, Vec<&Workload>> = HashMap::new();
+    for w in &resp.workloads {
+        by_pool.entry(workload_pool(w)).or_default().push(w);
+    }
+    let mut t = Table::new(INVENTORY_HEADER);
+    for (depth, pool) in tree_order(&resp.pools) {
+        t.row(inventory_pool_row(pool, depth));
+        for w in by_pool.remove(pool.id.as_str()).unwrap_or_default() {
+            t.row(workload_row(w, depth + 1));
+        }
+    }
+    // Whatever is left belongs to no listed pool: in answer order.
+    for w in &resp.workloads {
+        if by_pool.contains_key(workload_pool(w)) {
+            t.row(workload_row(w, 0));
+        }
+    }
+    t.render()
+}
+
+/// The workload's pool id, the root's for an empty one.
+fn workload_pool(w: &Workload) -> &str {
+    if w.pool_id.is_empty() {
+        "root"
+    } else {
+        &w.pool_id
+    }
+}
+
+/// `cpu/mem` with `-` for 0 (no ceiling).
+fn limits_text(amounts: Option<&ResourceAmounts>) -> String {
+    let a = amounts.copied().unwrap_or_default();
+    format!(
+        "{}/{}",
+        limit_text(a.cpu_millicores, format_millicores),
+        limit_text(a.memory_bytes, format_size)
+    )
+}
+
+/// CPU time and memory charged now, `-` for each when not read.
+fn live_cells(live: Option<&LiveUsage>) -> [String; 2] {
+    match live {
+        Some(l) => [
+            format_cpu_time(l.cpu_usage_ns),
+            format_size(l.memory_current_bytes),
+        ],
+        None => ["-".into(), "-".into()],
+    }
+}
+
+fn inventory_pool_row(pool: &ResourcePool, depth: usize) -> Vec<String> {
+    let spec = pool.spec.clone().unwrap_or_default();
+    let status = pool.status.unwrap_or_default();
+    let cpu = spec.cpu.unwrap_or_default();
+    let mem = spec.memory.unwrap_or_default();
+    let [cpu_time, memory] = live_cells(status.live.as_ref());
+    vec![
+        format!("{}{}", "  ".repeat(depth), pool_name(pool)),
+        "pool".into(),
+        pool.id.clone(),
+        "-".into(),
+        format!(
+            "{}/{}",
+            format_millicores(cpu.reservation),
+            format_size(mem.reservation)
+        ),
+        format!(
+            "{}/{}",
+            limit_text(cpu.limit, format_millicores),
+            limit_text(mem.limit, format_size)
+        ),
+        cpu_time,
+        memory,
+        format!(
+            "used {}/{}",
+            format_millicores(children(status.cpu)),
+            format_size(children(status.memory))
+        ),
+    ]
+}
+
+fn workload_row(w: &Workload, depth: usize) -> Vec<String> {
+    let kind = match WorkloadKind::try_from(w.kind) {
+        Ok(WorkloadKind::Vm) => "vm".to_string(),
+        Ok(WorkloadKind::Pod) => "pod".to_string(),
+        _ => format!("unknown({})", w.kind),
+    };
+    let state = match w.state {
+        Some(workload::State::VmState(s)) => state_name(s),
+        Some(workload::State::PodState(s)) => pod_state_name(s),
+        None => "-".into(),
+    };
+    let mut detail = match WorkloadKind::try_from(w.kind) {
+        Ok(WorkloadKind::Vm) => format!("{} vcpus, {}", w.vcpus, format_size(w.guest_memory_bytes)),
+        Ok(WorkloadKind::Pod) if w.containers == 1 => "1 container".into(),
+        Ok(WorkloadKind::Pod) => format!("{} containers", w.containers),
+        _ => String::new(),
+    };
+    if !w.reason.is_empty() {
+        if !detail.is_empty() {
+            detail.push_str("; ");
+        }
+        detail.push_str(&w.reason);
+    }
+    let [cpu_time, memory] = live_cells(w.live.as_ref());
+    vec![
+        format!("{}{}", "  ".repeat(depth), w.name),
+        kind,
+        w.id.clone(),
+        state,
+        amounts_cells(w.reservation.as_ref()).join("/"),
+        limits_text(w.limits.as_ref()),
+        cpu_time,
+        memory,
+        or_dash(&detail),
     ]
 }
 
@@ -290,16 +452,23 @@ pub fn pool_detail(pool: &ResourcePool) -> String {
     t.row([
         "WORKLOADS".to_string(),
         format!(
-            "{} ({} running), {} vms, {} vcpus, {} guest memory",
+            "{} ({} running): {} vms ({} vcpus), {} pods, {} memory ceilings",
             usage.workloads,
             usage.running_workloads,
             usage.vms,
             usage.vcpus,
+            usage.pods,
             format_size(usage.memory_bytes)
         ),
     ]);
+    if usage.pods_without_memory_limit > 0 {
+        t.row([
+            "PODS WITHOUT MEM LIMIT".to_string(),
+            usage.pods_without_memory_limit.to_string(),
+        ]);
+    }
     t.row(["CHILD POOLS".to_string(), list_text(&pool.child_pool_ids)]);
-    t.row(["VMS".to_string(), list_text(&pool.workload_ids)]);
+    t.row(["WORKLOAD IDS".to_string(), list_text(&pool.workload_ids)]);
     t.render()
 }
 
@@ -538,4 +707,309 @@ pub fn image_detail(image: &Image) -> String {
         ]);
     }
     t.render()
+}
+
+/// The pod list's columns.
+pub const POD_HEADER: [&str; 9] = [
+    "ID",
+    "NAME",
+    "NAMESPACE",
+    "POOL",
+    "STATE",
+    "READY",
+    "RESTARTS",
+    "IP",
+    "PORTS",
+];
+
+/// Pods, one per row: READY is running containers / all containers,
+/// RESTARTS the restarts of all of them.
+pub fn pod_table(pods: &[Pod]) -> String {
+    let mut t = Table::new(POD_HEADER);
+    for pod in pods {
+        t.row(pod_row(pod));
+    }
+    t.render()
+}
+
+fn pod_row(pod: &Pod) -> Vec<String> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let status = pod.status.clone().unwrap_or_default();
+    let running = status
+        .containers
+        .iter()
+        .filter(|c| c.state == ContainerState::Running as i32)
+        .count();
+    let total = status.containers.len().max(spec.containers.len());
+    let restarts: u64 = status
+        .containers
+        .iter()
+        .map(|c| u64::from(c.restart_count))
+        .sum();
+    vec![
+        pod.id.clone(),
+        spec.name.clone(),
+        pod_namespace(&spec, &status),
+        pool_id_text(&spec.pool_id),
+        pod_state_name(status.state),
+        format!("{running}/{total}"),
+        restarts.to_string(),
+        or_dash(&status.ip),
+        ports_text(&spec),
+    ]
+}
+
+/// The namespace in force, else the one asked for, else `-`.
+fn pod_namespace(spec: &crate::proto::PodSpec, status: &crate::proto::PodStatus) -> String {
+    if status.namespace.is_empty() {
+        or_dash(&spec.namespace)
+    } else {
+        status.namespace.clone()
+    }
+}
+
+fn ports_text(spec: &crate::proto::PodSpec) -> String {
+    let ports: Vec<String> = spec.port_mappings.iter().map(port_text).collect();
+    if ports.is_empty() {
+        "-".into()
+    } else {
+        ports.join(",")
+    }
+}
+
+fn restart_text(policy: i32) -> String {
+    RestartPolicy::try_from(policy)
+        .map_or_else(|_| format!("unknown({policy})"), |p| restart_name(p).into())
+}
+
+fn runtime_class_text(class: i32) -> String {
+    match RuntimeClass::try_from(class) {
+        Ok(RuntimeClass::Unspecified | RuntimeClass::Container) => "container".into(),
+        Ok(RuntimeClass::Microvm) => "microvm".into(),
+        Err(_) => format!("unknown({class})"),
+    }
+}
+
+/// `STATE (reason)`, or the state alone without a reason.
+fn with_reason(state: String, reason: &str) -> String {
+    if reason.is_empty() {
+        state
+    } else {
+        format!("{state} ({reason})")
+    }
+}
+
+/// The container table's columns in `pod get`.
+pub const CONTAINER_HEADER: [&str; 9] = [
+    "CONTAINER",
+    "STATE",
+    "EXIT",
+    "RESTARTS",
+    "PID",
+    "IMAGE",
+    "LIMIT CPU/MEM",
+    "COMMAND",
+    "REASON",
+];
+
+/// One pod in full: its fields one per line, then a table of its
+/// containers (spec and state side by side), then each container's
+/// environment, working directory and times.
+pub fn pod_detail(pod: &Pod) -> String {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let status = pod.status.clone().unwrap_or_default();
+    let requests = spec.resources.and_then(|r| r.requests);
+    let mut t = Table::headless();
+    t.row(["ID".to_string(), pod.id.clone()]);
+    t.row(["NAME".to_string(), spec.name.clone()]);
+    t.row(["NAMESPACE".to_string(), pod_namespace(&spec, &status)]);
+    t.row(["POOL".to_string(), pool_id_text(&spec.pool_id)]);
+    t.row([
+        "STATE".to_string(),
+        with_reason(pod_state_name(status.state), &status.reason),
+    ]);
+    t.row(["IP".to_string(), or_dash(&status.ip)]);
+    let hostname = if spec.hostname.is_empty() {
+        &spec.name
+    } else {
+        &spec.hostname
+    };
+    t.row(["HOSTNAME".to_string(), or_dash(hostname)]);
+    t.row([
+        "RUNTIME".to_string(),
+        runtime_class_text(spec.runtime_class),
+    ]);
+    t.row([
+        "RESTART POLICY".to_string(),
+        restart_text(spec.restart_policy),
+    ]);
+    t.row([
+        "REQUESTS CPU/MEM".to_string(),
+        amounts_cells(status.reservation.as_ref().or(requests.as_ref())).join("/"),
+    ]);
+    let limits = status
+        .limits
+        .or_else(|| spec.resources.and_then(|r| r.limits));
+    t.row(["LIMITS CPU/MEM".to_string(), limits_text(limits.as_ref())]);
+    if spec.port_mappings.is_empty() {
+        t.row(["PORTS", "-"]);
+    }
+    for port in &spec.port_mappings {
+        t.row(["PORT".to_string(), port_text(port)]);
+    }
+    let labels: Vec<String> = spec
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    t.row(["LABELS".to_string(), list_text(&labels)]);
+    t.row([
+        "CREATED".to_string(),
+        timestamp_text(status.created_at.as_ref()),
+    ]);
+    t.row([
+        "STARTED".to_string(),
+        timestamp_text(status.started_at.as_ref()),
+    ]);
+    t.row([
+        "FINISHED".to_string(),
+        timestamp_text(status.finished_at.as_ref()),
+    ]);
+    let containers = pod_containers(&spec.containers, &status.containers);
+    let mut out = t.render();
+    out.push('\n');
+    let mut c = Table::new(CONTAINER_HEADER);
+    for (spec, status) in &containers {
+        c.row(container_row(*spec, *status));
+    }
+    out.push_str(&c.render());
+    let details = container_details(&containers);
+    if !details.is_empty() {
+        out.push('\n');
+        out.push_str(&details.render());
+    }
+    out
+}
+
+type ContainerPair<'a> = (Option<&'a ContainerSpec>, Option<&'a ContainerStatus>);
+
+/// Each container's spec with its status, matched by name: in spec order,
+/// then any status without a spec.
+fn pod_containers<'a>(
+    specs: &'a [ContainerSpec],
+    statuses: &'a [ContainerStatus],
+) -> Vec<ContainerPair<'a>> {
+    let mut out: Vec<ContainerPair<'a>> = specs
+        .iter()
+        .map(|s| (Some(s), statuses.iter().find(|c| c.name == s.name)))
+        .collect();
+    for status in statuses {
+        if !specs.iter().any(|s| s.name == status.name) {
+            out.push((None, Some(status)));
+        }
+    }
+    out
+}
+
+/// The container's command line: command then args, `-` for the image's.
+fn command_text(spec: &ContainerSpec) -> String {
+    let words: Vec<&str> = spec
+        .command
+        .iter()
+        .chain(&spec.args)
+        .map(String::as_str)
+        .collect();
+    if words.is_empty() {
+        "-".into()
+    } else {
+        words.join(" ")
+    }
+}
+
+fn container_row(spec: Option<&ContainerSpec>, status: Option<&ContainerStatus>) -> Vec<String> {
+    let st = status.cloned().unwrap_or_default();
+    let name = spec
+        .map_or(st.name.as_str(), |s| s.name.as_str())
+        .to_string();
+    let image = match (spec, st.image_id.is_empty()) {
+        (Some(s), true) => s.image.clone(),
+        (Some(s), false) => format!("{} ({})", s.image, short_digest(&st.image_id)),
+        (None, _) => or_dash(short_digest(&st.image_id)),
+    };
+    let mut reason = st.reason.clone();
+    if let Some(at) = &st.restart_at {
+        if !reason.is_empty() {
+            reason.push_str("; ");
+        }
+        reason.push_str(&format!("restarts at {at}"));
+    }
+    vec![
+        name,
+        status.map_or_else(|| "-".into(), |s| container_state_name(s.state)),
+        st.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+        st.restart_count.to_string(),
+        pid_text(st.pid),
+        image,
+        limits_text(spec.and_then(|s| s.limits.as_ref())),
+        spec.map_or_else(|| "-".into(), command_text),
+        or_dash(&reason),
+    ]
+}
+
+/// Per container, what the table has no room for: environment, working
+/// directory, run id and times; `NAME FIELD value` rows.
+fn container_details(containers: &[ContainerPair<'_>]) -> Table {
+    let mut t = Table::headless();
+    for (spec, status) in containers {
+        let name = spec
+            .map(|s| s.name.as_str())
+            .or(status.map(|s| s.name.as_str()))
+            .unwrap_or_default();
+        if let Some(spec) = spec {
+            for env in &spec.env {
+                t.row([name, "ENV", &format!("{}={}", env.name, env.value)]);
+            }
+            if !spec.working_dir.is_empty() {
+                t.row([name, "WORKDIR", &spec.working_dir]);
+            }
+        }
+        if let Some(st) = status {
+            if !st.id.is_empty() {
+                t.row([name, "RUN ID", &st.id]);
+            }
+            for (field, ts) in [
+                ("CREATED", &st.created_at),
+                ("STARTED", &st.started_at),
+                ("FINISHED", &st.finished_at),
+            ] {
+                if let Some(ts) = ts {
+                    t.row([name.to_string(), field.to_string(), ts.to_string()]);
+                }
+            }
+        }
+    }
+    t
+}
+
+/// The stats table's columns.
+pub const POD_STATS_HEADER: [&str; 5] = ["NAME", "CPU TIME", "MEMORY", "OOM KILLS", "LIMIT HITS"];
+
+/// A pod's live usage, then each container's indented beneath it (`-`
+/// for a container that does not run).
+pub fn pod_stats(stats: &PodStats) -> String {
+    let mut t = Table::new(POD_STATS_HEADER);
+    t.row(stats_row(&stats.pod_id, stats.pod.as_ref()));
+    for c in &stats.containers {
+        t.row(stats_row(&format!("  {}", c.name), c.usage.as_ref()));
+    }
+    t.render()
+}
+
+fn stats_row(name: &str, usage: Option<&LiveUsage>) -> Vec<String> {
+    let [cpu, mem] = live_cells(usage);
+    let (oom, hits) = usage.map_or_else(
+        || ("-".into(), "-".into()),
+        |u| (u.oom_kills.to_string(), u.memory_limit_hits.to_string()),
+    );
+    vec![name.to_string(), cpu, mem, oom, hits]
 }

@@ -10,13 +10,14 @@ use tonic::transport::Channel;
 
 use super::args::label_map;
 use super::cli::{
-    CertsCommand, Cli, Command, HostCommand, ImageCommand, Output, PoolCommand, PoolSettings,
-    VmCommand, VmCreate,
+    CertsCommand, Cli, Command, ContainerArgs, HostCommand, ImageCommand, Output, PodAddContainer,
+    PodCommand, PodContainerCommand, PodRun, PoolCommand, PoolSettings, VmCommand, VmCreate,
 };
 use super::progress::PullProgress;
-use super::{connect, json, render};
+use super::{connect, json, render, CommandExit};
 use crate::proto::host_client::HostClient;
 use crate::proto::image_service_client::ImageServiceClient;
+use crate::proto::pod_service_client::PodServiceClient;
 use crate::proto::pull_image_progress;
 use crate::proto::pull_image_request::Auth;
 use crate::proto::resource_pools_client::ResourcePoolsClient;
@@ -27,6 +28,12 @@ use crate::proto::{
     GetResourcePoolRequest, GetVmRequest, KillVmRequest, ListResourcePoolsRequest, ListVmsRequest,
     PauseVmRequest, PullImageRequest, ResourcePoolSpec, ResumeVmRequest, Shares, SharesLevel,
     ShutdownVmRequest, StartVmRequest, UpdateResourcePoolRequest, VmSpec, WatchVmsRequest,
+};
+use crate::proto::{
+    ContainerSpec, CreateContainerRequest, ExecSyncRequest, GetPodRequest, ListPodsRequest,
+    LogRecord, LogStream, LogsRequest, Pod, PodResources, PodSpec, PodStatsRequest,
+    RemoveContainerRequest, RemovePodRequest, ResourceAmounts, RunPodRequest,
+    StartContainerRequest, StopContainerRequest, StopPodRequest,
 };
 use crate::tls;
 
@@ -50,6 +57,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host(c) => host(HostClient::new(connect()?), c, output).await,
         Command::Pool(c) => pool(ResourcePoolsClient::new(connect()?), c, output).await,
         Command::Vm(c) => vm(VirtualMachinesClient::new(connect()?), c, output).await,
+        Command::Pod(c) => pod(PodServiceClient::new(connect()?), c, output).await,
         Command::Image(c) => image(c, connect, output).await,
     }
 }
@@ -102,16 +110,21 @@ async fn pool(
     output: Output,
 ) -> anyhow::Result<()> {
     let pool = match cmd {
-        PoolCommand::List { root } => {
+        PoolCommand::List { root, workloads } => {
             let root_id = root.unwrap_or_default();
             let list = client
                 .list(ListResourcePoolsRequest {
                     root_id,
-                    ..Default::default()
+                    include_workloads: workloads,
                 })
                 .await?
                 .into_inner();
-            return emit(output, &list, render::pool_tree, json::pools);
+            let table = if workloads {
+                render::inventory
+            } else {
+                render::pool_tree
+            };
+            return emit(output, &list, table, json::pools);
         }
         PoolCommand::Delete { id } => {
             client
@@ -202,11 +215,16 @@ pub fn pool_spec(mut spec: ResourcePoolSpec, s: &PoolSettings) -> ResourcePoolSp
         s.mem_shares,
         expandable,
     );
-    if s.max_vms.is_some() || s.max_vcpus.is_some() || s.max_memory.is_some() {
+    if s.max_vms.is_some()
+        || s.max_vcpus.is_some()
+        || s.max_memory.is_some()
+        || s.max_pods.is_some()
+    {
         let quota = spec.quota.get_or_insert_default();
         quota.max_vms = s.max_vms.unwrap_or(quota.max_vms);
         quota.max_vcpus = s.max_vcpus.unwrap_or(quota.max_vcpus);
         quota.max_memory_bytes = s.max_memory.unwrap_or(quota.max_memory_bytes);
+        quota.max_pods = s.max_pods.unwrap_or(quota.max_pods);
     }
     spec
 }
@@ -384,6 +402,332 @@ fn absolute(path: &Path) -> anyhow::Result<String> {
     abs.into_os_string()
         .into_string()
         .map_err(|p| anyhow::anyhow!("{}: path is not UTF-8", PathBuf::from(p).display()))
+}
+
+async fn pod(
+    mut client: PodServiceClient<Channel>,
+    cmd: PodCommand,
+    output: Output,
+) -> anyhow::Result<()> {
+    let pod = match cmd {
+        PodCommand::Run(r) => {
+            let spec = Some(pod_spec(*r));
+            client.run_pod(RunPodRequest { spec }).await?
+        }
+        PodCommand::AddContainer(a) => return add_container(client, *a, output).await,
+        PodCommand::Get { id } => client.get_pod(GetPodRequest { id }).await?,
+        PodCommand::Stop { id, grace } => {
+            let request = StopPodRequest {
+                id,
+                grace_period_seconds: grace,
+            };
+            client.stop_pod(request).await?
+        }
+        PodCommand::Rm { id } => {
+            client
+                .remove_pod(RemovePodRequest { id: id.clone() })
+                .await?;
+            return deleted(output, "pod", &id);
+        }
+        PodCommand::Container(c) => container_command(&mut client, c).await?,
+        other => return pod_stream_or_list(client, other, output).await,
+    };
+    emit(output, &pod.into_inner(), render::pod_detail, json::pod)
+}
+
+async fn pod_stream_or_list(
+    mut client: PodServiceClient<Channel>,
+    cmd: PodCommand,
+    output: Output,
+) -> anyhow::Result<()> {
+    match cmd {
+        PodCommand::List { pool, selector } => {
+            let request = ListPodsRequest {
+                pool_id: pool.unwrap_or_default(),
+                label_selector: label_map(selector.into_iter().flatten()),
+            };
+            let list = client.list_pods(request).await?.into_inner();
+            emit(output, &list, |l| render::pod_table(&l.pods), json::pods)
+        }
+        PodCommand::Stats { id } => {
+            let stats = client
+                .stats(PodStatsRequest { pod_id: id })
+                .await?
+                .into_inner();
+            emit(output, &stats, render::pod_stats, json::pod_stats)
+        }
+        PodCommand::Logs {
+            id,
+            container,
+            follow,
+            tail,
+        } => {
+            let container_name = container_or_only(&mut client, &id, container).await?;
+            let request = LogsRequest {
+                pod_id: id,
+                container_name,
+                follow,
+                tail_lines: tail,
+            };
+            logs(client, request, output).await
+        }
+        PodCommand::Exec {
+            id,
+            container,
+            timeout,
+            command,
+        } => {
+            let container_name = container_or_only(&mut client, &id, container).await?;
+            let request = ExecSyncRequest {
+                pod_id: id,
+                container_name,
+                command,
+                timeout_seconds: timeout,
+            };
+            exec(client, request, output).await
+        }
+        _ => Err(anyhow::anyhow!("internal error: unexpected pod command")),
+    }
+}
+
+async fn container_command(
+    client: &mut PodServiceClient<Channel>,
+    cmd: PodContainerCommand,
+) -> Result<tonic::Response<Pod>, tonic::Status> {
+    match cmd {
+        PodContainerCommand::Start { pod, name } => {
+            let request = StartContainerRequest {
+                pod_id: pod,
+                container_name: name,
+            };
+            client.start_container(request).await
+        }
+        PodContainerCommand::Stop { pod, name, grace } => {
+            let request = StopContainerRequest {
+                pod_id: pod,
+                container_name: name,
+                grace_period_seconds: grace,
+            };
+            client.stop_container(request).await
+        }
+        PodContainerCommand::Rm { pod, name } => {
+            let request = RemoveContainerRequest {
+                pod_id: pod,
+                container_name: name,
+            };
+            client.remove_container(request).await
+        }
+    }
+}
+
+/// CreateContainer, then StartContainer; the pod as the start answers it.
+async fn add_container(
+    mut client: PodServiceClient<Channel>,
+    a: PodAddContainer,
+    output: Output,
+) -> anyhow::Result<()> {
+    let pod_id = a.pod.clone();
+    let name = a.name.clone();
+    let request = CreateContainerRequest {
+        pod_id: pod_id.clone(),
+        container: Some(added_container_spec(a)),
+    };
+    client.create_container(request).await?;
+    let request = StartContainerRequest {
+        pod_id: pod_id.clone(),
+        container_name: name.clone(),
+    };
+    let pod = match client.start_container(request).await {
+        Ok(pod) => pod.into_inner(),
+        Err(status) => {
+            eprintln!(
+                "nodectl: container {name} was added to {pod_id} (CREATED) but did not start; \
+                 `nodectl pod container start {pod_id} {name}` retries"
+            );
+            return Err(status.into());
+        }
+    };
+    emit(output, &pod, render::pod_detail, json::pod)
+}
+
+/// The container to read or exec in: the one named, else the pod's only
+/// container (a usage error when it has none or several).
+async fn container_or_only(
+    client: &mut PodServiceClient<Channel>,
+    pod_id: &str,
+    container: Option<String>,
+) -> anyhow::Result<String> {
+    if let Some(name) = container {
+        return Ok(name);
+    }
+    let pod = client
+        .get_pod(GetPodRequest {
+            id: pod_id.to_string(),
+        })
+        .await?
+        .into_inner();
+    Ok(only_container(&pod)?)
+}
+
+/// The name of the pod's only container, else a usage error that names
+/// them and asks for `-c`.
+pub fn only_container(pod: &Pod) -> Result<String, UsageError> {
+    let mut names: Vec<&str> = pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .map(|c| c.name.as_str())
+        .collect();
+    if names.is_empty() {
+        names = pod
+            .status
+            .iter()
+            .flat_map(|s| &s.containers)
+            .map(|c| c.name.as_str())
+            .collect();
+    }
+    match names.as_slice() {
+        [one] => Ok((*one).to_string()),
+        [] => Err(UsageError(format!("pod {} has no containers", pod.id))),
+        many => Err(UsageError(format!(
+            "pod {} has {} containers ({}): pass -c NAME",
+            pod.id,
+            many.len(),
+            many.join(", ")
+        ))),
+    }
+}
+
+/// The API's PodSpec from `pod run`'s flags: one container, named after
+/// the pod unless --container-name says otherwise.
+pub fn pod_spec(r: PodRun) -> PodSpec {
+    let container_name = r.container_name.unwrap_or_else(|| r.name.clone());
+    let amounts = |cpu: Option<u64>, memory: Option<u64>| {
+        (cpu.is_some() || memory.is_some()).then(|| ResourceAmounts {
+            cpu_millicores: cpu.unwrap_or(0),
+            memory_bytes: memory.unwrap_or(0),
+        })
+    };
+    let requests = amounts(r.cpu_request, r.memory_request);
+    let limits = amounts(r.cpu_limit, r.memory_limit);
+    let resources =
+        (requests.is_some() || limits.is_some()).then_some(PodResources { requests, limits });
+    PodSpec {
+        name: r.name,
+        pool_id: r.pool.unwrap_or_default(),
+        namespace: r.namespace.unwrap_or_default(),
+        hostname: r.hostname.unwrap_or_default(),
+        labels: label_map(r.label),
+        port_mappings: r.ports,
+        runtime_class: 0,
+        resources,
+        restart_policy: r.restart.map_or(0, |p| p as i32),
+        containers: vec![container_spec(container_name, r.container, None)],
+    }
+}
+
+/// The API's ContainerSpec from `pod add-container`'s flags.
+pub fn added_container_spec(a: PodAddContainer) -> ContainerSpec {
+    let limits = (a.cpu_limit.is_some() || a.memory_limit.is_some()).then(|| ResourceAmounts {
+        cpu_millicores: a.cpu_limit.unwrap_or(0),
+        memory_bytes: a.memory_limit.unwrap_or(0),
+    });
+    container_spec(a.name, a.container, limits)
+}
+
+/// `--command CMD -- ARGS`: CMD replaces the image's ENTRYPOINT, ARGS its
+/// CMD.
+fn container_spec(
+    name: String,
+    c: ContainerArgs,
+    limits: Option<ResourceAmounts>,
+) -> ContainerSpec {
+    ContainerSpec {
+        name,
+        image: c.image,
+        command: c.command.into_iter().collect(),
+        args: c.args,
+        env: c.env,
+        working_dir: c.workdir.unwrap_or_default(),
+        limits,
+    }
+}
+
+/// Where `pod logs` writes a record and what: its message, and the newline
+/// the log format dropped unless the record is part of a longer line.
+pub fn log_output(record: &LogRecord) -> (LogStream, Vec<u8>) {
+    let stream = match LogStream::try_from(record.stream) {
+        Ok(LogStream::Stderr) => LogStream::Stderr,
+        _ => LogStream::Stdout,
+    };
+    let mut bytes = record.message.clone();
+    if !record.partial {
+        bytes.push(b'\n');
+    }
+    (stream, bytes)
+}
+
+/// Writes `bytes` to stdout or stderr and flushes.
+fn write_to(stream: LogStream, bytes: &[u8]) -> std::io::Result<()> {
+    if stream == LogStream::Stderr {
+        let mut err = std::io::stderr().lock();
+        err.write_all(bytes)?;
+        err.flush()
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(bytes)?;
+        out.flush()
+    }
+}
+
+/// Copies a container's log: each record's message to stdout or stderr
+/// as it was written (one JSON object per line with `-o json`), until the
+/// agent ends the stream or the operator presses Ctrl-C.
+async fn logs(
+    mut client: PodServiceClient<Channel>,
+    request: LogsRequest,
+    output: Output,
+) -> anyhow::Result<()> {
+    let mut stream = client.logs(request).await?.into_inner();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        tokio::select! {
+            record = stream.message() => match record? {
+                Some(record) => match output {
+                    Output::Table => {
+                        let (to, bytes) = log_output(&record);
+                        write_to(to, &bytes)?;
+                    }
+                    Output::Json => print(&format!("{}\n", json::log_record(&record)))?,
+                },
+                None => return Ok(()),
+            },
+            _ = &mut interrupted => return Ok(()),
+        }
+    }
+}
+
+/// Runs the command, prints what it wrote (stdout to stdout, stderr to
+/// stderr; `-o json`: one object), and passes a non-zero exit code on as
+/// [`CommandExit`].
+async fn exec(
+    mut client: PodServiceClient<Channel>,
+    request: ExecSyncRequest,
+    output: Output,
+) -> anyhow::Result<()> {
+    let resp = client.exec_sync(request).await?.into_inner();
+    match output {
+        Output::Table => {
+            write_to(LogStream::Stdout, &resp.stdout)?;
+            write_to(LogStream::Stderr, &resp.stderr)?;
+        }
+        Output::Json => print(&format!("{:#}\n", json::exec_result(&resp)))?,
+    }
+    if resp.exit_code != 0 {
+        return Err(CommandExit(resp.exit_code).into());
+    }
+    Ok(())
 }
 
 fn certs_command(cmd: CertsCommand, default_dir: &Path, output: Output) -> anyhow::Result<()> {

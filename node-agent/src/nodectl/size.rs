@@ -91,6 +91,20 @@ pub fn format_millicores(millicores: u64) -> String {
     format!("{millicores}m")
 }
 
+/// CPU time (nanoseconds, as cgroups count it) as an operator reads a
+/// duration: `0.25s`, `12.3s`, `4m05s`, `3h07m`.
+pub fn format_cpu_time(ns: u64) -> String {
+    const NS: u64 = 1_000_000_000;
+    let secs = ns / NS;
+    match secs {
+        // f64 is exact enough for the decimals shown.
+        0..10 => format!("{:.2}s", ns as f64 / NS as f64),
+        10..60 => format!("{:.1}s", ns as f64 / NS as f64),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs / 60 % 60),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +163,17 @@ mod tests {
         for bytes in [1024, 512 * MIB, 2 << 30, 7 << 40] {
             assert_eq!(parse_size(&format_size(bytes)), Ok(bytes));
         }
+    }
+
+    #[test]
+    fn cpu_time_formats_as_a_duration() {
+        assert_eq!(format_cpu_time(0), "0.00s");
+        assert_eq!(format_cpu_time(250_000_000), "0.25s");
+        assert_eq!(format_cpu_time(12_340_000_000), "12.3s");
+        assert_eq!(format_cpu_time(245 * 1_000_000_000), "4m05s");
+        assert_eq!(
+            format_cpu_time((3 * 3600 + 7 * 60 + 5) * 1_000_000_000),
+            "3h07m"
+        );
     }
 }

@@ -612,3 +612,1096 @@ fn pull_progress_lines() {
         "one line per layer: {text:?}"
     );
 }
+
+// ---- pods and the inventory ----
+
+use super::args::{parse_env, parse_port, parse_restart, port_text};
+use super::cli::{PodCommand, PodContainerCommand};
+use super::run::{added_container_spec, log_output, only_container, pod_spec};
+use crate::proto::{
+    workload, ContainerSpec, ContainerState, ContainerStats, ContainerStatus, EnvVar, LiveUsage,
+    LogRecord, LogStream, Pod, PodResources, PodSpec, PodState, PodStats, PodStatus, PortMapping,
+    PortProtocol, ResourceAmounts, RestartPolicy, Workload, WorkloadKind,
+};
+
+/// The clap error for `args`, which must be a usage error (exit 2).
+fn usage_error(args: &[&str]) -> String {
+    let err = Cli::try_parse_from(std::iter::once("nodectl").chain(args.iter().copied()))
+        .expect_err("should be refused");
+    assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+    err.to_string()
+}
+
+#[test]
+fn port_mappings_parse_like_docker_run_p() {
+    let p = parse_port("8080:80").unwrap();
+    assert_eq!(
+        p,
+        PortMapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol: PortProtocol::Tcp as i32,
+            host_ip: String::new(),
+        }
+    );
+    let p = parse_port("5353:53/udp").unwrap();
+    assert_eq!(
+        (p.host_port, p.container_port, p.protocol),
+        (5353, 53, PortProtocol::Udp as i32)
+    );
+    let p = parse_port("127.0.0.1:8443:443/tcp").unwrap();
+    assert_eq!((p.host_ip.as_str(), p.host_port), ("127.0.0.1", 8443));
+    assert_eq!(parse_port("65535:1").unwrap().host_port, 65535);
+    for text in ["8080:80/tcp", "5353:53/udp", "10.0.0.1:80:8080/tcp"] {
+        assert_eq!(port_text(&parse_port(text).unwrap()), text);
+    }
+}
+
+#[test]
+fn bad_port_mappings_say_what_is_wrong() {
+    let expect = |text: &str, needle: &str| {
+        let err = parse_port(text).unwrap_err();
+        assert!(err.contains(needle), "{text:?}: {err}");
+    };
+    for text in [
+        "",
+        "80",
+        "a:80",
+        ":80",
+        "80:",
+        "1:2:3:4",
+        "+80:80",
+        "1.2.3.4:80:",
+    ] {
+        expect(text, "expected [HOST_IP:]HOST_PORT:CONTAINER_PORT");
+    }
+    expect("0:80", "port 0 is not in 1..=65535");
+    expect("8080:70000", "port 70000 is not in 1..=65535");
+    expect("8080:80/sctp", "protocol \"sctp\" is neither tcp nor udp");
+    expect("8080:80/", "protocol \"\" is neither tcp nor udp");
+    expect("localhost:8080:80", "\"localhost\" is not an IPv4 address");
+    expect("::1:8080:80", "expected");
+    expect("80:80:", "\"80\" is not an IPv4 address");
+}
+
+#[test]
+fn env_and_restart_policies_parse() {
+    assert_eq!(
+        parse_env("A=1").unwrap(),
+        EnvVar {
+            name: "A".into(),
+            value: "1".into()
+        }
+    );
+    let e = parse_env("OPTS=--x=1 --y").unwrap();
+    assert_eq!((e.name.as_str(), e.value.as_str()), ("OPTS", "--x=1 --y"));
+    assert_eq!(parse_env("EMPTY=").unwrap().value, "");
+    for bad in ["", "NOVALUE", "=x", "A B=1"] {
+        let err = parse_env(bad).unwrap_err();
+        assert!(err.contains("expected NAME=VALUE"), "{bad:?}: {err}");
+    }
+    assert_eq!(parse_restart("never"), Ok(RestartPolicy::Never));
+    assert_eq!(parse_restart("on-failure"), Ok(RestartPolicy::OnFailure));
+    assert_eq!(parse_restart("always"), Ok(RestartPolicy::Always));
+    let err = parse_restart("OnFailure").unwrap_err();
+    assert!(err.contains("never, on-failure or always"), "{err}");
+}
+
+#[test]
+fn pod_run_flags_build_a_one_container_spec() {
+    let cli = parse(&[
+        "pod",
+        "run",
+        "web",
+        "--image",
+        "registry.example:5000/busybox:1",
+        "--pool",
+        "pool-1",
+        "--namespace",
+        "shop",
+        "--cpu-request",
+        "250m",
+        "--memory-request",
+        "32Mi",
+        "--cpu-limit",
+        "500",
+        "--memory-limit",
+        "64Mi",
+        "--port",
+        "8080:80",
+        "--port",
+        "5353:53/udp",
+        "--env",
+        "A=1",
+        "--env",
+        "B=x=y",
+        "--restart",
+        "on-failure",
+        "--label",
+        "app=web",
+        "--workdir",
+        "/srv",
+        "--command",
+        "httpd",
+        "--",
+        "-f",
+        "-p",
+        "80",
+    ]);
+    let Command::Pod(PodCommand::Run(run)) = cli.command else {
+        panic!("not pod run");
+    };
+    let spec = pod_spec(*run);
+    assert_eq!(
+        (
+            spec.name.as_str(),
+            spec.pool_id.as_str(),
+            spec.namespace.as_str()
+        ),
+        ("web", "pool-1", "shop")
+    );
+    let resources = spec.resources.unwrap();
+    assert_eq!(
+        resources.requests,
+        Some(ResourceAmounts {
+            cpu_millicores: 250,
+            memory_bytes: 32 * MIB
+        })
+    );
+    assert_eq!(
+        resources.limits,
+        Some(ResourceAmounts {
+            cpu_millicores: 500,
+            memory_bytes: 64 * MIB
+        })
+    );
+    assert_eq!(spec.port_mappings.len(), 2);
+    assert_eq!(spec.port_mappings[1].protocol, PortProtocol::Udp as i32);
+    assert_eq!(spec.restart_policy, RestartPolicy::OnFailure as i32);
+    assert_eq!(spec.labels["app"], "web");
+    let [c] = spec.containers.as_slice() else {
+        panic!("one container: {:?}", spec.containers);
+    };
+    assert_eq!(c.name, "web", "named after the pod");
+    assert_eq!(c.image, "registry.example:5000/busybox:1");
+    assert_eq!(c.command, ["httpd"]);
+    assert_eq!(c.args, ["-f", "-p", "80"]);
+    assert_eq!(c.env[1].value, "x=y");
+    assert_eq!(c.working_dir, "/srv");
+    assert_eq!(c.limits, None, "the pod's limits bound it");
+
+    // The minimum: no resources, the image's command, restart unset.
+    let cli = parse(&[
+        "pod",
+        "run",
+        "job",
+        "--image",
+        "busybox",
+        "--container-name",
+        "main",
+    ]);
+    let Command::Pod(PodCommand::Run(run)) = cli.command else {
+        panic!("not pod run");
+    };
+    let spec = pod_spec(*run);
+    assert_eq!(spec.resources, None);
+    assert_eq!(spec.restart_policy, RestartPolicy::Unspecified as i32);
+    assert_eq!(spec.pool_id, "");
+    assert_eq!(spec.containers[0].name, "main");
+    assert!(spec.containers[0].command.is_empty() && spec.containers[0].args.is_empty());
+}
+
+#[test]
+fn add_container_sets_container_limits() {
+    let cli = parse(&[
+        "pod",
+        "add-container",
+        "pod-7",
+        "sidecar",
+        "--image",
+        "busybox",
+        "--memory-limit",
+        "16Mi",
+        "--env",
+        "X=1",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    let Command::Pod(PodCommand::AddContainer(add)) = cli.command else {
+        panic!("not pod add-container");
+    };
+    assert_eq!(add.pod, "pod-7");
+    let c = added_container_spec(*add);
+    assert_eq!(c.name, "sidecar");
+    assert_eq!(c.args, ["sleep", "3600"]);
+    assert!(c.command.is_empty());
+    assert_eq!(
+        c.limits,
+        Some(ResourceAmounts {
+            cpu_millicores: 0,
+            memory_bytes: 16 * MIB
+        })
+    );
+}
+
+#[test]
+fn pod_command_flags() {
+    let cli = parse(&["pod", "logs", "pod-7", "-c", "web", "-f", "--tail", "10"]);
+    let Command::Pod(PodCommand::Logs {
+        id,
+        container,
+        follow,
+        tail,
+    }) = cli.command
+    else {
+        panic!("not pod logs");
+    };
+    assert_eq!(
+        (id.as_str(), container.as_deref(), follow, tail),
+        ("pod-7", Some("web"), true, Some(10))
+    );
+    let cli = parse(&["pod", "logs", "pod-7"]);
+    let Command::Pod(PodCommand::Logs {
+        container, tail, ..
+    }) = cli.command
+    else {
+        panic!("not pod logs");
+    };
+    assert_eq!((container, tail), (None, None));
+
+    let cli = parse(&[
+        "pod",
+        "exec",
+        "pod-7",
+        "--timeout",
+        "5",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; exit 3",
+    ]);
+    let Command::Pod(PodCommand::Exec {
+        container,
+        timeout,
+        command,
+        ..
+    }) = cli.command
+    else {
+        panic!("not pod exec");
+    };
+    assert_eq!((container, timeout), (None, 5));
+    assert_eq!(command, ["sh", "-c", "echo hi; exit 3"]);
+
+    let cli = parse(&["pod", "stop", "pod-7", "--grace", "0"]);
+    assert!(matches!(
+        cli.command,
+        Command::Pod(PodCommand::Stop { grace: Some(0), .. })
+    ));
+    let cli = parse(&["pod", "stop", "pod-7"]);
+    assert!(matches!(
+        cli.command,
+        Command::Pod(PodCommand::Stop { grace: None, .. })
+    ));
+    let cli = parse(&["pod", "container", "stop", "pod-7", "web", "--grace", "3"]);
+    assert!(matches!(
+        cli.command,
+        Command::Pod(PodCommand::Container(PodContainerCommand::Stop {
+            grace: Some(3),
+            ..
+        }))
+    ));
+    assert!(matches!(
+        parse(&["pod", "ls", "--selector", "app=web"]).command,
+        Command::Pod(PodCommand::List { .. })
+    ));
+    assert!(matches!(
+        parse(&["pod", "remove", "pod-7"]).command,
+        Command::Pod(PodCommand::Rm { .. })
+    ));
+    assert!(matches!(
+        parse(&["pool", "ls", "--workloads"]).command,
+        Command::Pool(PoolCommand::List {
+            workloads: true,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn bad_pod_arguments_are_usage_errors_that_say_why() {
+    let run = ["pod", "run", "web", "--image", "busybox"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        run.iter().chain(extra.iter()).copied().collect()
+    };
+    for (args, needle) in [
+        (with(&["--port", "80"]), "invalid --port \"80\""),
+        (with(&["--port", "8080:99999"]), "not in 1..=65535"),
+        (with(&["--port", "8080:80/icmp"]), "neither tcp nor udp"),
+        (with(&["--env", "NOVALUE"]), "expected NAME=VALUE"),
+        (
+            with(&["--restart", "sometimes"]),
+            "never, on-failure or always",
+        ),
+        (with(&["--memory-limit", "64MB"]), "invalid size"),
+        (with(&["--cpu-request", "0.5"]), "invalid CPU amount"),
+        (with(&["--label", "novalue"]), "expected key=value"),
+        (vec!["pod", "run", "web"], "--image"),
+        (vec!["pod", "exec", "pod-7"], "COMMAND"),
+        (vec!["pod", "logs", "pod-7", "--tail", "-1"], "'-1'"),
+        (vec!["pod", "stop", "pod-7", "--grace", "soon"], "--grace"),
+        (vec!["pod", "container", "start", "pod-7"], "NAME"),
+    ] {
+        let err = usage_error(&args);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // Arguments for the container come only after `--`.
+    let err = usage_error(&with(&["httpd"]));
+    assert!(err.contains("unexpected argument"), "{err}");
+}
+
+fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds, nanos: 0 })
+}
+
+fn container(name: &str, image: &str, args: &[&str]) -> ContainerSpec {
+    ContainerSpec {
+        name: name.into(),
+        image: image.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn two_container_pod() -> Pod {
+    let mut sidecar = container("log", "busybox", &["tail", "-f", "/dev/null"]);
+    sidecar.limits = Some(ResourceAmounts {
+        cpu_millicores: 100,
+        memory_bytes: 16 * MIB,
+    });
+    sidecar.env = vec![EnvVar {
+        name: "LEVEL".into(),
+        value: "debug".into(),
+    }];
+    Pod {
+        id: "pod-7".into(),
+        spec: Some(PodSpec {
+            name: "web".into(),
+            pool_id: "pool-1".into(),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            port_mappings: vec![PortMapping {
+                host_port: 8080,
+                container_port: 80,
+                protocol: PortProtocol::Tcp as i32,
+                host_ip: String::new(),
+            }],
+            resources: Some(PodResources {
+                requests: Some(ResourceAmounts {
+                    cpu_millicores: 250,
+                    memory_bytes: 32 * MIB,
+                }),
+                limits: Some(ResourceAmounts {
+                    cpu_millicores: 0,
+                    memory_bytes: 64 * MIB,
+                }),
+            }),
+            restart_policy: RestartPolicy::OnFailure as i32,
+            containers: vec![
+                container("web", "registry.example:5000/busybox:1", &["httpd", "-f"]),
+                sidecar,
+            ],
+            ..Default::default()
+        }),
+        status: Some(PodStatus {
+            state: PodState::Running as i32,
+            namespace: "pool-1".into(),
+            ip: "10.88.0.5".into(),
+            reservation: Some(ResourceAmounts {
+                cpu_millicores: 250,
+                memory_bytes: 32 * MIB,
+            }),
+            limits: Some(ResourceAmounts {
+                cpu_millicores: 0,
+                memory_bytes: 64 * MIB,
+            }),
+            created_at: ts(1_700_000_000),
+            started_at: ts(1_700_000_001),
+            containers: vec![
+                ContainerStatus {
+                    name: "web".into(),
+                    id: "pod-7-web-1".into(),
+                    state: ContainerState::Running as i32,
+                    restart_count: 2,
+                    image_id: format!("sha256:{}", "cd".repeat(32)),
+                    pid: 4242,
+                    started_at: ts(1_700_000_100),
+                    ..Default::default()
+                },
+                ContainerStatus {
+                    name: "log".into(),
+                    state: ContainerState::Exited as i32,
+                    reason: "Error".into(),
+                    exit_code: Some(1),
+                    restart_count: 1,
+                    restart_at: ts(1_700_000_200),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }),
+    }
+}
+
+#[test]
+fn pods_render_as_rows() {
+    let text = render::pod_table(&[two_container_pod()]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        render::POD_HEADER
+    );
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        [
+            "pod-7",
+            "web",
+            "pool-1",
+            "pool-1",
+            "RUNNING",
+            "1/2",
+            "3",
+            "10.88.0.5",
+            "8080:80/tcp"
+        ]
+    );
+    // A pod the agent just answered without a status still renders.
+    let bare = Pod {
+        id: "pod-9".into(),
+        ..Default::default()
+    };
+    let text = render::pod_table(&[bare]);
+    assert_eq!(
+        text.lines()
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["pod-9", "-", "root", "UNSPECIFIED", "0/0", "0", "-", "-"]
+    );
+}
+
+#[test]
+fn a_pod_in_full_shows_every_container_side_by_side() {
+    let text = render::pod_detail(&two_container_pod());
+    let field = |name: &str| -> String {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}  ")))
+            .unwrap_or_else(|| panic!("{name} in {text}"))[name.len()..]
+            .trim()
+            .to_string()
+    };
+    assert_eq!(field("STATE"), "RUNNING");
+    assert_eq!(field("IP"), "10.88.0.5");
+    assert_eq!(field("HOSTNAME"), "web");
+    assert_eq!(field("RESTART POLICY"), "on-failure");
+    assert_eq!(field("REQUESTS CPU/MEM"), "250m/32Mi");
+    assert_eq!(field("LIMITS CPU/MEM"), "-/64Mi");
+    assert_eq!(field("PORT"), "8080:80/tcp");
+    assert_eq!(field("LABELS"), "app=web");
+    assert_eq!(field("CREATED"), "2023-11-14T22:13:20Z");
+    assert_eq!(field("FINISHED"), "-");
+    let header = text
+        .lines()
+        .find(|l| l.starts_with("CONTAINER "))
+        .unwrap_or_else(|| panic!("container table in {text}"));
+    let col = |name: &str| header.find(name).unwrap();
+    let web = text.lines().find(|l| l.starts_with("web ")).unwrap();
+    let log = text.lines().find(|l| l.starts_with("log ")).unwrap();
+    assert_eq!(&web[col("STATE")..col("EXIT")].trim_end(), &"RUNNING");
+    assert_eq!(&log[col("STATE")..col("EXIT")].trim_end(), &"EXITED");
+    assert_eq!(&web[col("EXIT")..col("RESTARTS")].trim_end(), &"-");
+    assert_eq!(&log[col("EXIT")..col("RESTARTS")].trim_end(), &"1");
+    assert_eq!(&web[col("RESTARTS")..col("PID")].trim_end(), &"2");
+    assert_eq!(&web[col("PID")..col("IMAGE")].trim_end(), &"4242");
+    assert_eq!(&log[col("PID")..col("IMAGE")].trim_end(), &"-");
+    assert_eq!(
+        web[col("IMAGE")..col("LIMIT CPU/MEM")].trim_end(),
+        "registry.example:5000/busybox:1 (sha256:cdcdcdcdcdcd)"
+    );
+    assert_eq!(
+        log[col("LIMIT CPU/MEM")..col("COMMAND")].trim_end(),
+        "100m/16Mi"
+    );
+    assert_eq!(web[col("COMMAND")..col("REASON")].trim_end(), "httpd -f");
+    assert_eq!(
+        &log[col("REASON")..],
+        "Error; restarts at 2023-11-14T22:16:40Z"
+    );
+    assert!(text.contains("log  ENV      LEVEL=debug"), "{text}");
+    assert!(text.contains("web  RUN ID   pod-7-web-1"), "{text}");
+}
+
+#[test]
+fn the_default_container_is_the_only_one() {
+    let mut pod = two_container_pod();
+    let err = only_container(&pod).unwrap_err().to_string();
+    assert_eq!(err, "pod pod-7 has 2 containers (web, log): pass -c NAME");
+    pod.spec.as_mut().unwrap().containers.truncate(1);
+    assert_eq!(only_container(&pod).unwrap(), "web");
+    pod.spec.as_mut().unwrap().containers.clear();
+    pod.status.as_mut().unwrap().containers.truncate(1);
+    assert_eq!(only_container(&pod).unwrap(), "web", "from the status");
+    pod.status.as_mut().unwrap().containers.clear();
+    let err = only_container(&pod).unwrap_err().to_string();
+    assert_eq!(err, "pod pod-7 has no containers");
+}
+
+#[test]
+fn pods_convert_to_json() {
+    let v = json::pod(&two_container_pod());
+    assert_eq!(v["id"], "pod-7");
+    assert_eq!(v["spec"]["restart_policy"], "RESTART_POLICY_ON_FAILURE");
+    assert_eq!(v["spec"]["runtime_class"], "RUNTIME_CLASS_UNSPECIFIED");
+    assert_eq!(
+        v["spec"]["port_mappings"][0]["protocol"],
+        "PORT_PROTOCOL_TCP"
+    );
+    assert_eq!(v["spec"]["resources"]["limits"]["memory_bytes"], 64 * MIB);
+    assert_eq!(v["spec"]["containers"][1]["env"][0]["name"], "LEVEL");
+    assert_eq!(v["spec"]["labels"]["app"], "web");
+    assert_eq!(v["status"]["state"], "POD_STATE_RUNNING");
+    let web = &v["status"]["containers"][0];
+    assert_eq!(web["state"], "CONTAINER_STATE_RUNNING");
+    assert_eq!(web["exit_code"], serde_json::Value::Null);
+    assert_eq!(web["pid"], 4242);
+    let log = &v["status"]["containers"][1];
+    assert_eq!(log["exit_code"], 1);
+    assert_eq!(log["restart_at"], "2023-11-14T22:16:40Z");
+    let list = json::pods(&crate::proto::ListPodsResponse {
+        pods: vec![two_container_pod()],
+    });
+    assert_eq!(list["pods"][0]["spec"]["name"], "web");
+}
+
+#[test]
+fn log_records_print_raw_by_stream() {
+    let record = |stream: LogStream, partial: bool, message: &[u8]| LogRecord {
+        time: ts(1_700_000_000),
+        stream: stream as i32,
+        partial,
+        message: message.to_vec(),
+    };
+    assert_eq!(
+        log_output(&record(LogStream::Stdout, false, b"hello")),
+        (LogStream::Stdout, b"hello\n".to_vec())
+    );
+    assert_eq!(
+        log_output(&record(LogStream::Stderr, false, b"oops")),
+        (LogStream::Stderr, b"oops\n".to_vec())
+    );
+    assert_eq!(
+        log_output(&record(LogStream::Stdout, true, b"part of a long ")),
+        (LogStream::Stdout, b"part of a long ".to_vec()),
+        "a partial record continues in the next one"
+    );
+    assert_eq!(
+        log_output(&record(LogStream::Unspecified, false, b"\xff\x00")),
+        (LogStream::Stdout, b"\xff\x00\n".to_vec())
+    );
+
+    let v = json::log_record(&record(LogStream::Stderr, false, b"oops"));
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "time": "2023-11-14T22:13:20Z",
+            "stream": "LOG_STREAM_STDERR",
+            "partial": false,
+            "message": "oops",
+        })
+    );
+    let v = json::log_record(&record(LogStream::Stdout, true, b"caf\xe9"));
+    assert_eq!(v["message"], "caf\u{fffd}");
+    assert_eq!(v["message_base64"], "Y2Fm6Q==");
+    assert_eq!(v["partial"], true);
+}
+
+#[test]
+fn exec_output_and_exit_codes() {
+    let v = json::exec_result(&crate::proto::ExecSyncResponse {
+        stdout: b"hi\n".to_vec(),
+        stderr: vec![],
+        exit_code: 3,
+    });
+    assert_eq!(
+        v,
+        serde_json::json!({ "stdout": "hi\n", "stderr": "", "exit_code": 3 })
+    );
+    assert_eq!(super::exit_status(3), 3);
+    assert_eq!(super::exit_status(137), 137);
+    assert_eq!(super::exit_status(255), 255);
+    assert_eq!(super::exit_status(256), 1, "not 0: that would be success");
+    assert_eq!(super::exit_status(-1), 1);
+}
+
+#[test]
+fn base64_matches_rfc_4648_vectors() {
+    for (input, output) in [
+        ("", ""),
+        ("f", "Zg=="),
+        ("fo", "Zm8="),
+        ("foo", "Zm9v"),
+        ("foob", "Zm9vYg=="),
+        ("fooba", "Zm9vYmE="),
+        ("foobar", "Zm9vYmFy"),
+    ] {
+        assert_eq!(json::base64(input.as_bytes()), output, "{input:?}");
+    }
+    assert_eq!(json::base64(&[0xfb, 0xff, 0xbf]), "+/+/");
+}
+
+#[test]
+fn pod_stats_render_pod_then_containers() {
+    let stats = PodStats {
+        pod_id: "pod-7".into(),
+        read_at: ts(1_700_000_000),
+        pod: Some(LiveUsage {
+            cpu_usage_ns: 1_500_000_000,
+            memory_current_bytes: 3 * MIB,
+            oom_kills: 1,
+            memory_limit_hits: 4,
+        }),
+        containers: vec![
+            ContainerStats {
+                name: "web".into(),
+                usage: Some(LiveUsage {
+                    cpu_usage_ns: 1_250_000_000,
+                    memory_current_bytes: 2 * MIB,
+                    ..Default::default()
+                }),
+            },
+            ContainerStats {
+                name: "log".into(),
+                usage: None,
+            },
+        ],
+    };
+    let text = render::pod_stats(&stats);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["pod-7", "1.50s", "3Mi", "1", "4"],
+            vec!["web", "1.25s", "2Mi", "0", "0"],
+            vec!["log", "-", "-", "-", "-"],
+        ]
+    );
+    assert!(text.lines().nth(2).unwrap().starts_with("  web"), "{text}");
+    let v = json::pod_stats(&stats);
+    assert_eq!(v["pod"]["cpu_usage_ns"], 1_500_000_000u64);
+    assert_eq!(v["containers"][1]["usage"], serde_json::Value::Null);
+    assert_eq!(v["read_at"], "2023-11-14T22:13:20Z");
+}
+
+fn vm_workload(id: &str, pool: &str, name: &str) -> Workload {
+    Workload {
+        id: id.into(),
+        kind: WorkloadKind::Vm as i32,
+        name: name.into(),
+        pool_id: pool.into(),
+        state: Some(workload::State::VmState(VmState::Running as i32)),
+        running: true,
+        reservation: Some(ResourceAmounts {
+            cpu_millicores: 1000,
+            memory_bytes: 544 * MIB,
+        }),
+        limits: Some(ResourceAmounts {
+            cpu_millicores: 2000,
+            memory_bytes: 544 * MIB,
+        }),
+        live: Some(LiveUsage {
+            cpu_usage_ns: 125 * 1_000_000_000,
+            memory_current_bytes: 300 * MIB,
+            ..Default::default()
+        }),
+        vcpus: 2,
+        guest_memory_bytes: 512 * MIB,
+        ..Default::default()
+    }
+}
+
+fn pod_workload(id: &str, pool: &str, name: &str) -> Workload {
+    Workload {
+        id: id.into(),
+        kind: WorkloadKind::Pod as i32,
+        name: name.into(),
+        pool_id: pool.into(),
+        state: Some(workload::State::PodState(PodState::Stopped as i32)),
+        reason: "stopped on request".into(),
+        running: false,
+        reservation: Some(ResourceAmounts {
+            cpu_millicores: 250,
+            memory_bytes: 0,
+        }),
+        limits: Some(ResourceAmounts {
+            cpu_millicores: 0,
+            memory_bytes: 64 * MIB,
+        }),
+        live: None,
+        containers: 2,
+        ..Default::default()
+    }
+}
+
+fn inventory() -> ListResourcePoolsResponse {
+    let mut resp = tree();
+    resp.pools[1].status.as_mut().unwrap().live = Some(LiveUsage {
+        cpu_usage_ns: 130 * 1_000_000_000,
+        memory_current_bytes: 310 * MIB,
+        ..Default::default()
+    });
+    resp.workloads = vec![
+        vm_workload("vm-3", "p-prod", "cp1"),
+        pod_workload("pod-7", "p-prod", "web"),
+        pod_workload("pod-9", "p-web", "api"),
+        pod_workload("pod-12", "p-gone", "lost"),
+    ];
+    resp
+}
+
+#[test]
+fn the_inventory_puts_workloads_beneath_their_pools() {
+    let text = render::inventory(&inventory());
+    let lines: Vec<&str> = text.lines().collect();
+    let firsts: Vec<(&str, &str)> = lines
+        .iter()
+        .skip(1)
+        .map(|l| {
+            let mut cells = l.split_whitespace();
+            (cells.next().unwrap(), cells.next().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        firsts,
+        [
+            ("root", "pool"),
+            ("prod", "pool"),
+            ("cp1", "vm"),
+            ("web", "pod"),
+            ("web", "pool"),
+            ("api", "pod"),
+            ("test", "pool"),
+            ("lost", "pod"),
+        ],
+        "{text}"
+    );
+    // Indented one level below their pool; a pool's workloads before its
+    // child pools; workloads of a pool not listed last, unindented.
+    for (line, indent) in [(2, 2), (3, 4), (4, 4), (5, 4), (6, 6), (7, 2), (8, 0)] {
+        let spaces = lines[line].len() - lines[line].trim_start().len();
+        assert_eq!(spaces, indent, "line {line}: {text}");
+    }
+    let header = lines[0];
+    let col = |name: &str| header.find(name).unwrap_or_else(|| panic!("{name}"));
+    let cell = |line: usize, from: &str, to: &str| lines[line][col(from)..col(to)].trim_end();
+    // A pool: its spec's reservation and limit, its cgroup's live usage.
+    assert_eq!(cell(2, "ID", "STATE"), "p-prod");
+    assert_eq!(cell(2, "STATE", "RESERVED"), "-");
+    assert_eq!(cell(2, "RESERVED", "LIMIT"), "1000m/2Gi");
+    assert_eq!(cell(2, "LIMIT", "CPU TIME"), "4000m/-");
+    assert_eq!(cell(2, "CPU TIME", "MEMORY"), "2m10s");
+    assert_eq!(cell(2, "MEMORY", "DETAIL"), "310Mi");
+    assert_eq!(&lines[2][col("DETAIL")..], "used 500m/512Mi");
+    assert_eq!(cell(1, "CPU TIME", "MEMORY"), "-", "root: live not read");
+    // A running VM.
+    assert_eq!(cell(3, "ID", "STATE"), "vm-3");
+    assert_eq!(cell(3, "STATE", "RESERVED"), "RUNNING");
+    assert_eq!(cell(3, "RESERVED", "LIMIT"), "1000m/544Mi");
+    assert_eq!(cell(3, "LIMIT", "CPU TIME"), "2000m/544Mi");
+    assert_eq!(cell(3, "CPU TIME", "MEMORY"), "2m05s");
+    assert_eq!(cell(3, "MEMORY", "DETAIL"), "300Mi");
+    assert_eq!(&lines[3][col("DETAIL")..], "2 vcpus, 512Mi");
+    // A stopped pod: no live usage, its reason.
+    assert_eq!(cell(4, "ID", "STATE"), "pod-7");
+    assert_eq!(cell(4, "STATE", "RESERVED"), "STOPPED");
+    assert_eq!(cell(4, "RESERVED", "LIMIT"), "250m/0B");
+    assert_eq!(cell(4, "LIMIT", "CPU TIME"), "-/64Mi");
+    assert_eq!(cell(4, "CPU TIME", "MEMORY"), "-");
+    assert_eq!(
+        &lines[4][col("DETAIL")..],
+        "2 containers; stopped on request"
+    );
+}
+
+#[test]
+fn the_inventory_converts_to_json() {
+    let v = json::pools(&inventory());
+    assert_eq!(
+        v["pools"][1]["status"]["live"]["cpu_usage_ns"],
+        130_000_000_000u64
+    );
+    assert_eq!(v["pools"][0]["status"]["live"], serde_json::Value::Null);
+    let vm = &v["workloads"][0];
+    assert_eq!(vm["kind"], "WORKLOAD_KIND_VM");
+    assert_eq!(vm["vm_state"], "VM_STATE_RUNNING");
+    assert!(vm.get("pod_state").is_none());
+    assert_eq!(vm["live"]["memory_current_bytes"], 300 * MIB);
+    assert_eq!(vm["vcpus"], 2);
+    let pod = &v["workloads"][1];
+    assert_eq!(pod["kind"], "WORKLOAD_KIND_POD");
+    assert_eq!(pod["pod_state"], "POD_STATE_STOPPED");
+    assert_eq!(pod["live"], serde_json::Value::Null);
+    assert_eq!(pod["running"], false);
+    assert_eq!(pod["containers"], 2);
+    // Without --workloads the list is empty, not missing.
+    assert_eq!(json::pools(&tree())["workloads"], serde_json::json!([]));
+}
+
+#[test]
+fn pool_quota_flags_include_max_pods() {
+    let cli = parse(&[
+        "pool",
+        "create",
+        "t",
+        "--max-pods",
+        "20",
+        "--max-memory",
+        "8Gi",
+    ]);
+    let Command::Pool(PoolCommand::Create { name, settings, .. }) = cli.command else {
+        panic!("not pool create");
+    };
+    let quota = pool_spec(new_pool_spec(name), &settings).quota.unwrap();
+    assert_eq!(
+        (quota.max_pods, quota.max_memory_bytes, quota.max_vms),
+        (20, 8 << 30, 0)
+    );
+}
+
+/// A PodService that records the calls it gets, to check the order of
+/// calls nodectl makes (the default container's GetPod, CreateContainer
+/// before StartContainer) and how an exec's exit code comes back. It
+/// answers nothing nodectl would print (empty output, or an error), since
+/// nodectl writes to the real stdout, which tests do not capture.
+#[derive(Clone, Default)]
+struct FakePods {
+    calls: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakePods {
+    fn record(&self, call: String) {
+        self.calls.lock().unwrap().push(call);
+    }
+
+    fn pod(id: &str) -> Pod {
+        let mut pod = two_container_pod();
+        pod.id = id.into();
+        if id == "pod-1" {
+            pod.spec.as_mut().unwrap().containers.truncate(1);
+            pod.status.as_mut().unwrap().containers.truncate(1);
+        }
+        pod
+    }
+}
+
+type PodAnswer = Result<tonic::Response<Pod>, tonic::Status>;
+
+#[tonic::async_trait]
+impl crate::proto::pod_service_server::PodService for FakePods {
+    async fn run_pod(&self, r: tonic::Request<crate::proto::RunPodRequest>) -> PodAnswer {
+        let name = r.into_inner().spec.unwrap_or_default().name;
+        self.record(format!("RunPod {name}"));
+        Ok(tonic::Response::new(Self::pod("pod-1")))
+    }
+
+    async fn stop_pod(&self, r: tonic::Request<crate::proto::StopPodRequest>) -> PodAnswer {
+        let r = r.into_inner();
+        self.record(format!("StopPod {} {:?}", r.id, r.grace_period_seconds));
+        Err(tonic::Status::failed_precondition("fake"))
+    }
+
+    async fn remove_pod(
+        &self,
+        r: tonic::Request<crate::proto::RemovePodRequest>,
+    ) -> Result<tonic::Response<crate::proto::RemovePodResponse>, tonic::Status> {
+        self.record(format!("RemovePod {}", r.into_inner().id));
+        Err(tonic::Status::failed_precondition("fake"))
+    }
+
+    async fn get_pod(&self, r: tonic::Request<crate::proto::GetPodRequest>) -> PodAnswer {
+        let id = r.into_inner().id;
+        self.record(format!("GetPod {id}"));
+        Ok(tonic::Response::new(Self::pod(&id)))
+    }
+
+    async fn list_pods(
+        &self,
+        _: tonic::Request<crate::proto::ListPodsRequest>,
+    ) -> Result<tonic::Response<crate::proto::ListPodsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("ListPods"))
+    }
+
+    async fn create_container(
+        &self,
+        r: tonic::Request<crate::proto::CreateContainerRequest>,
+    ) -> PodAnswer {
+        let r = r.into_inner();
+        let c = r.container.unwrap_or_default();
+        self.record(format!(
+            "CreateContainer {} {} {:?}",
+            r.pod_id, c.name, c.args
+        ));
+        Ok(tonic::Response::new(Self::pod(&r.pod_id)))
+    }
+
+    async fn start_container(
+        &self,
+        r: tonic::Request<crate::proto::StartContainerRequest>,
+    ) -> PodAnswer {
+        let r = r.into_inner();
+        self.record(format!("StartContainer {} {}", r.pod_id, r.container_name));
+        Err(tonic::Status::failed_precondition("fake"))
+    }
+
+    async fn stop_container(
+        &self,
+        _: tonic::Request<crate::proto::StopContainerRequest>,
+    ) -> PodAnswer {
+        Err(tonic::Status::unimplemented("StopContainer"))
+    }
+
+    async fn remove_container(
+        &self,
+        _: tonic::Request<crate::proto::RemoveContainerRequest>,
+    ) -> PodAnswer {
+        Err(tonic::Status::unimplemented("RemoveContainer"))
+    }
+
+    async fn exec_sync(
+        &self,
+        r: tonic::Request<crate::proto::ExecSyncRequest>,
+    ) -> Result<tonic::Response<crate::proto::ExecSyncResponse>, tonic::Status> {
+        let r = r.into_inner();
+        self.record(format!(
+            "ExecSync {} {} {:?} {}",
+            r.pod_id, r.container_name, r.command, r.timeout_seconds
+        ));
+        let exit_code = r.command.last().map_or(0, |c| c.parse().unwrap_or(0));
+        Ok(tonic::Response::new(crate::proto::ExecSyncResponse {
+            exit_code,
+            ..Default::default()
+        }))
+    }
+
+    type LogsStream = tokio_stream::Iter<std::vec::IntoIter<Result<LogRecord, tonic::Status>>>;
+
+    async fn logs(
+        &self,
+        r: tonic::Request<crate::proto::LogsRequest>,
+    ) -> Result<tonic::Response<Self::LogsStream>, tonic::Status> {
+        let r = r.into_inner();
+        self.record(format!(
+            "Logs {} {} {} {:?}",
+            r.pod_id, r.container_name, r.follow, r.tail_lines
+        ));
+        Ok(tonic::Response::new(tokio_stream::iter(vec![])))
+    }
+
+    async fn stats(
+        &self,
+        _: tonic::Request<crate::proto::PodStatsRequest>,
+    ) -> Result<tonic::Response<PodStats>, tonic::Status> {
+        Err(tonic::Status::unimplemented("Stats"))
+    }
+}
+
+/// Serves `pods` in plaintext on an ephemeral loopback port.
+async fn serve_fake_pods(pods: FakePods) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tonic::transport::Server::builder()
+        .add_service(crate::proto::pod_service_server::PodServiceServer::new(
+            pods,
+        ))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    tokio::spawn(server);
+    port
+}
+
+#[tokio::test]
+async fn pod_commands_make_the_calls_in_order() {
+    let fake = FakePods::default();
+    let port = serve_fake_pods(fake.clone()).await;
+    let addr = format!("http://127.0.0.1:{port}");
+    let run = |args: &[&str]| {
+        let mut argv = vec!["nodectl", "--insecure", "--addr", &addr];
+        argv.extend_from_slice(args);
+        super::run(Cli::try_parse_from(argv).unwrap())
+    };
+    let take = || std::mem::take(&mut *fake.calls.lock().unwrap());
+
+    // Exec in the only container: GetPod finds it; exit codes come back.
+    run(&["pod", "exec", "pod-1", "--", "true", "0"])
+        .await
+        .unwrap();
+    assert_eq!(
+        take(),
+        ["GetPod pod-1", "ExecSync pod-1 web [\"true\", \"0\"] 0"]
+    );
+    let err = run(&["pod", "exec", "pod-1", "--timeout", "9", "--", "false", "3"])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<super::CommandExit>().map(|e| e.0),
+        Some(3)
+    );
+    assert_eq!(take()[1], "ExecSync pod-1 web [\"false\", \"3\"] 9");
+
+    // Two containers and no -c: a usage error, nothing run.
+    let err = run(&["pod", "logs", "pod-7"]).await.unwrap_err();
+    let usage = err
+        .downcast_ref::<super::UsageError>()
+        .expect("usage error");
+    assert!(usage.0.contains("pass -c NAME"), "{usage}");
+    assert_eq!(take(), ["GetPod pod-7"]);
+    run(&["pod", "logs", "pod-7", "-c", "log", "--tail", "5"])
+        .await
+        .unwrap();
+    assert_eq!(take(), ["Logs pod-7 log false Some(5)"]);
+
+    let err = run(&[
+        "pod",
+        "add-container",
+        "pod-7",
+        "side",
+        "--image",
+        "busybox",
+        "--",
+        "sleep",
+        "9",
+    ])
+    .await
+    .unwrap_err();
+    assert_eq!(
+        take(),
+        [
+            "CreateContainer pod-7 side [\"sleep\", \"9\"]",
+            "StartContainer pod-7 side"
+        ]
+    );
+    let code = |err: anyhow::Error| err.downcast_ref::<tonic::Status>().map(|s| s.code());
+    let failed = Some(tonic::Code::FailedPrecondition);
+    assert_eq!(code(err), failed, "the start's status is the error");
+    let err = run(&["pod", "stop", "pod-7", "--grace", "2"])
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), failed);
+    let err = run(&["pod", "rm", "pod-7"]).await.unwrap_err();
+    assert_eq!(code(err), failed);
+    assert_eq!(take(), ["StopPod pod-7 Some(2)", "RemovePod pod-7"]);
+    let err = run(&["pod", "stats", "pod-7"]).await.unwrap_err();
+    assert_eq!(code(err), Some(tonic::Code::Unimplemented));
+}

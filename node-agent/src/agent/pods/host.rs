@@ -20,6 +20,9 @@ pub struct PodHostConfig {
     pub bridge: String,
     /// Pod addresses.
     pub cidr: Ipv4Cidr,
+    /// Namespaces whose pods may open connections to another namespace's
+    /// pods, as (from, to); every other pair is isolated.
+    pub allow: Vec<(String, String)>,
 }
 
 impl Default for PodHostConfig {
@@ -28,6 +31,7 @@ impl Default for PodHostConfig {
             oci_runtime: PathBuf::from("crun"),
             bridge: "stratum0".to_string(),
             cidr: Ipv4Cidr::DEFAULT,
+            allow: Vec::new(),
         }
     }
 }
@@ -68,6 +72,7 @@ impl Agent {
         net.cidr = pods.cidr;
         net.netns_dir = run_dir.join("netns");
         let network = PodNetwork::open(net).await?;
+        sync_policies(&network, &pods.allow).await?;
         tracing::info!(
             runtime = %runtime.binary().display(),
             bridge = %pods.bridge,
@@ -111,4 +116,18 @@ fn open_runtime(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Makes the network's stored policies the configured ones: the agent's
+/// flags are the one source of truth.
+async fn sync_policies(network: &PodNetwork, allow: &[(String, String)]) -> Result<()> {
+    for (from, to) in network.policies().await {
+        if !allow.iter().any(|(f, t)| *f == from && *t == to) {
+            network.revoke(&from, &to).await?;
+        }
+    }
+    for (from, to) in allow {
+        network.allow(from, to).await?;
+    }
+    Ok(())
 }
