@@ -398,7 +398,13 @@ async fn pods_two_containers_share_localhost_and_leave_nothing() {
     let mapped = http_get(SocketAddrV4::new(gateway, 28080)).expect("host port → pod");
     assert!(mapped.contains("pod-local"), "{mapped}");
 
-    // Logs in CRI format, read back as records.
+    // Logs in CRI format, read back as records (the agent converts the
+    // output every 50 ms: wait for the first record).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while logs(&mut client, &id, "client", None).await.is_empty() {
+        assert!(Instant::now() < deadline, "no log record");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let lines = logs(&mut client, &id, "client", None).await;
     assert_eq!(lines, vec!["hello-from-client".to_string()]);
     assert_eq!(
@@ -792,10 +798,15 @@ async fn pods_report_oom_kills_and_restart_failures() {
         container_status(&restarted, "main").id.ends_with("-1"),
         "a fresh run id"
     );
-    assert_eq!(
-        logs(&mut client, &pod.id, "main", None).await,
-        vec!["run", "run"]
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = logs(&mut client, &pod.id, "main", None).await;
+        if lines.len() >= 2 || Instant::now() > deadline {
+            assert_eq!(lines, vec!["run", "run"]);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     client
         .stop_pod(StopPodRequest {
             id: pod.id.clone(),
