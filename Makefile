@@ -5,7 +5,8 @@
 #               first start); drive it with target/release/nodectl
 #   make run-vm boot the guest VM with our vmm inside the nested test host
 #   make test   every test: unit, CLI error paths, real boots in the nested host
-#   make bench  boot time, memory, disk I/O and vsock latency of vmm beside QEMU microvm
+#   make bench  boot time, memory, disk I/O and vsock latency of vmm beside QEMU microvm;
+#               the agent's API under load; pod start beside containerd + crun
 #
 # A fresh Debian 12 machine needs nothing but this Makefile: missing Debian
 # packages are installed, the guest kernel is built and the nested host's
@@ -27,7 +28,7 @@ DEB_PACKAGES := qemu-system-x86 qemu-utils busybox-static cpio linux-source-6.1 
 	build-essential flex bison bc libelf-dev libssl-dev xz-utils kmod \
 	docker-registry skopeo umoci nftables crun runc
 
-.PHONY: all deps images static build run run-vm test bench fuzz fuzz-test fmt lint clean
+.PHONY: all deps bench-pod-deps images static build run run-vm test bench fuzz fuzz-test fmt lint clean
 
 all: build
 
@@ -38,6 +39,16 @@ deps:
 		apt-get update -qq; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+
+# containerd is the peer of bench-pod only: installed for `make bench`, not
+# for everything else (its Debian package would start a system daemon where
+# systemd runs; bench-pod starts a private instance of its own).
+bench-pod-deps: deps
+	@dpkg -s containerd >/dev/null 2>&1 || { \
+		echo "installing: containerd"; \
+		apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd; \
+	}
 
 images: deps
 	guest-images/build-all.sh
@@ -61,11 +72,12 @@ test: deps images static
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) fuzz-test
 
-bench: images static
+bench: images static bench-pod-deps
 	$(CARGO) run -q --release -p stratum-tests --bin bench-boot
 	$(CARGO) run -q --release -p stratum-tests --bin bench-io
 	$(CARGO) run -q --release -p stratum-tests --bin bench-vsock
 	$(CARGO) build -q --release -p node-agent --bin node-agent && $(CARGO) run -q --release -p node-agent --bin bench-agent
+	$(CARGO) build -q --release -p node-agent --bin node-agent --bin nodectl && $(CARGO) run -q --release -p node-agent --bin bench-pod
 
 # The cargo-fuzz targets (vmm/fuzz) over seeded random inputs, on stable.
 fuzz-test:

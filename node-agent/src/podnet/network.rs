@@ -199,10 +199,48 @@ impl PodNetwork {
         policies: &BTreeSet<(String, String)>,
     ) -> Result<()> {
         let prefix = veth_prefix(&self.config.bridge);
-        let script = Ruleset {
+        let script = self.ruleset(&prefix, pods, policies).render();
+        let nft = self.nft.clone();
+        blocking(move || nft.apply(&script)).await
+    }
+
+    /// Adds attached pod `new` to the firewall with additions only (see
+    /// [`Ruleset::render_attach`]); a full reload when that fails (the
+    /// tables were changed behind our back, or a pod's earlier attach
+    /// failed half-way) or the pod is already in the tables (a repair).
+    async fn add_to_firewall(
+        &self,
+        pods: &BTreeMap<String, PodRecord>,
+        policies: &BTreeSet<(String, String)>,
+        new: &PodRecord,
+    ) -> Result<()> {
+        let prefix = veth_prefix(&self.config.bridge);
+        let ruleset = self.ruleset(&prefix, pods, policies);
+        let pod = FirewallPod {
+            pod_id: &new.pod_id,
+            namespace: &new.namespace,
+            ip: new.ip,
+            host_veth: &new.host_veth,
+            port_mappings: &new.port_mappings,
+        };
+        let script = ruleset.render_attach(&pod);
+        let nft = self.nft.clone();
+        if blocking(move || nft.apply(&script)).await.is_ok() {
+            return Ok(());
+        }
+        self.apply_firewall(pods, policies).await
+    }
+
+    fn ruleset<'a>(
+        &'a self,
+        prefix: &'a str,
+        pods: &'a BTreeMap<String, PodRecord>,
+        policies: &'a BTreeSet<(String, String)>,
+    ) -> Ruleset<'a> {
+        Ruleset {
             table: &self.config.nft_table,
             bridge: &self.config.bridge,
-            veth_prefix: &prefix,
+            veth_prefix: prefix,
             cidr: self.config.cidr,
             masquerade: self.config.masquerade,
             pods: pods
@@ -217,9 +255,6 @@ impl PodNetwork {
                 .collect(),
             policies,
         }
-        .render();
-        let nft = self.nft.clone();
-        blocking(move || nft.apply(&script)).await
     }
 
     /// Give pod `pod_id` of `namespace` its network: an address, a netns
@@ -293,7 +328,8 @@ impl PodNetwork {
                 self.config.cidr,
             )
             .await?;
-            self.apply_firewall(&inner.pods, &inner.policies).await
+            self.add_to_firewall(&inner.pods, &inner.policies, &rec)
+                .await
         };
         match setup.await {
             Ok(()) => Ok(PodAttachment::new(&rec, self.config.cidr)),
