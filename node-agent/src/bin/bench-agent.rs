@@ -22,18 +22,23 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use node_agent::cgroup::{Cgroup, Hierarchy, HierarchyConfig};
 use node_agent::proto;
 use node_agent::proto::host_client::HostClient;
 use node_agent::proto::resource_pools_client::ResourcePoolsClient;
 use node_agent::proto::virtual_machines_client::VirtualMachinesClient;
 use prost::Message;
 use tonic::transport::Channel;
+
+#[path = "common/agent_process.rs"]
+#[allow(dead_code)]
+mod agent_process;
+
+use agent_process::AgentProcess;
 
 const MIB: u64 = 1 << 20;
 const TOP_POOLS: usize = 10;
@@ -143,11 +148,7 @@ fn parse_args() -> Result<Options, String> {
 // The agent process, its files and its cgroups.
 
 struct BenchAgent {
-    work: PathBuf,
-    port: u16,
-    cgroup_root: String,
-    child: Option<Child>,
-    pid: u32,
+    process: AgentProcess,
 }
 
 impl BenchAgent {
@@ -167,71 +168,27 @@ impl BenchAgent {
             std::path::absolute(base.join(format!("stratum-bench-agent-{}", std::process::id())))
                 .map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-        let log = std::fs::File::create(work.join("agent.log")).map_err(|e| e.to_string())?;
+        let args = vec!["--vmm".to_string(), options.vmm.display().to_string()];
         let cgroup_root = format!("bench-agent-{}", std::process::id());
-        let child = Command::new(&options.agent)
-            .arg("--data-dir")
-            .arg(work.join("data"))
-            .args(["--listen", "127.0.0.1:0", "--insecure-plaintext"])
-            .arg("--cgroup-root")
-            .arg(&cgroup_root)
-            .arg("--vmm")
-            .arg(&options.vmm)
-            .args(["--reserve-cpu", "0", "--reserve-memory-mib", "0"])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("{}: {e}", options.agent.display()));
-        let mut agent = BenchAgent {
-            work,
-            port: 0,
-            cgroup_root,
-            pid: 0,
-            child: None,
-        };
-        let child = child?;
-        agent.pid = child.id();
-        agent.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(port) = serving_port(&agent.log()) {
-                agent.port = port;
-                return Ok(agent);
-            }
-            agent.check_alive()?;
-            if Instant::now() > deadline {
-                return Err(format!("never listened:\n{}", agent.log()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Ok(BenchAgent {
+            process: AgentProcess::start(&options.agent, work, cgroup_root, &args)?,
+        })
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.work.join("agent.log")).unwrap_or_default()
+        self.process.log()
+    }
+
+    fn work(&self) -> &Path {
+        self.process.work()
     }
 
     fn data_dir(&self) -> PathBuf {
-        self.work.join("data")
-    }
-
-    fn check_alive(&mut self) -> Result<(), String> {
-        match self.child.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(Some(status))) => Err(format!("node-agent exited {status}")),
-            Some(Err(e)) => Err(format!("node-agent: {e}")),
-            _ => Ok(()),
-        }
+        self.work().join("data")
     }
 
     async fn channel(&self) -> Result<Channel, String> {
-        Channel::from_shared(format!("http://127.0.0.1:{}", self.port))
-            .map_err(|e| e.to_string())?
-            .connect()
-            .await
-            .map_err(|e| format!("connect: {e}"))
+        self.process.channel().await
     }
 
     /// (VmRSS, VmHWM) in KiB.
@@ -242,8 +199,8 @@ impl BenchAgent {
 
     /// (VmRSS KiB, VmHWM KiB, threads) from `/proc/<pid>/status`.
     fn status(&self) -> (u64, u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
+            .unwrap_or_default();
         let field = |name: &str| {
             status
                 .lines()
@@ -257,55 +214,16 @@ impl BenchAgent {
 
     /// User + system CPU time the agent has used.
     fn cpu_time(&self) -> Duration {
-        proc_cpu_time(&format!("/proc/{}/stat", self.pid))
+        proc_cpu_time(&format!("/proc/{}/stat", self.process.pid()))
     }
 }
 
 impl Drop for BenchAgent {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SIGTERM: the agent stops serving and leaves its VMs (none run).
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Ok(h) = Hierarchy::detect_with(&HierarchyConfig {
-            root_name: self.cgroup_root.clone(),
-            ..HierarchyConfig::default()
-        }) {
-            if let Ok(root) = h.open(Path::new("")) {
-                teardown(&h, &root, Path::new(""));
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.work);
+        // The process (and its cgroups) go with `process`, after this.
+        let work = self.work().to_path_buf();
+        let _ = std::fs::remove_dir_all(work);
     }
-}
-
-/// Kills everything in the subtree and removes it, leaves first.
-fn teardown(h: &Hierarchy, cgroup: &Cgroup, path: &Path) {
-    for child in cgroup.children().unwrap_or_default() {
-        let child_path = path.join(&child);
-        if let Ok(c) = h.open(&child_path) {
-            teardown(h, &c, &child_path);
-        }
-    }
-    let _ = cgroup.kill_all(Duration::from_secs(5));
-    if let Err(e) = cgroup.remove() {
-        eprintln!("bench-agent: cgroup {} stays: {e}", cgroup.path().display());
-    }
-}
-
-/// The port in the "node-agent serving" line (`… bound=127.0.0.1:PORT …`).
-fn serving_port(log: &str) -> Option<u16> {
-    let line = log.lines().find(|l| l.contains("node-agent serving"))?;
-    let bound = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("bound="))?;
-    bound.rsplit(':').next()?.parse().ok()
 }
 
 fn proc_cpu_time(stat_path: &str) -> Duration {
@@ -801,9 +719,9 @@ async fn create_vms(
 async fn bench(agent: &mut BenchAgent, options: &Options) -> Result<(), String> {
     let data_dir = agent.data_dir();
     let (_, fs_name) = fs_type(&data_dir);
-    let kernel = agent.work.join("kernel");
+    let kernel = agent.work().join("kernel");
     std::fs::write(&kernel, vec![0u8; 4096]).map_err(|e| e.to_string())?;
-    let fsync = fdatasync_p50(&agent.work);
+    let fsync = fdatasync_p50(agent.work());
     let (rss_idle, _) = agent.rss_kib();
 
     let channel = agent.channel().await?;
@@ -819,7 +737,7 @@ async fn bench(agent: &mut BenchAgent, options: &Options) -> Result<(), String> 
     let pool_ids = create_pools(agent, &mut runs, &unreserved).await?;
     let (vm_ids, vm_pool_ids) = create_vms(agent, &mut runs, &pool_ids, &kernel).await?;
     let populate = t.elapsed();
-    agent.check_alive()?;
+    agent.process.check_alive()?;
     let (rss_populated, _) = agent.rss_kib();
 
     let fixture = Arc::new(Fixture {
@@ -837,7 +755,7 @@ async fn bench(agent: &mut BenchAgent, options: &Options) -> Result<(), String> 
             ReadOp::ListVms,
         ] {
             let run = run_reads(agent, kind, &clients, &fixture, duration).await?;
-            agent.check_alive()?;
+            agent.process.check_alive()?;
             if run.latencies.is_empty() {
                 return Err(format!(
                     "{}: no call succeeded ({})",
@@ -848,7 +766,7 @@ async fn bench(agent: &mut BenchAgent, options: &Options) -> Result<(), String> 
             runs.push(run);
         }
     }
-    agent.check_alive()?;
+    agent.process.check_alive()?;
     let (rss_end, hwm, threads) = agent.status();
 
     report(&Report {
@@ -909,9 +827,9 @@ fn report(r: &Report) {
     println!(
         "  agent     {} (pid {}), plaintext on 127.0.0.1:{}, cgroup root {}",
         r.options.agent.display(),
-        r.agent.pid,
-        r.agent.port,
-        r.agent.cgroup_root
+        r.agent.process.pid(),
+        r.agent.process.port(),
+        r.agent.process.cgroup_root()
     );
     println!(
         "  data dir  {} ({}); 4 KiB write + fdatasync there: p50 {}",

@@ -31,19 +31,23 @@
 //! target is reported, not an error: the exit status is 0 when it
 //! measured, 1 when something failed, 2 for a usage error.
 
-use std::fmt::Write as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use node_agent::cgroup::{Cgroup, Hierarchy, HierarchyConfig};
+use node_agent::cgroup::{Hierarchy, HierarchyConfig};
 use node_agent::proto;
 use node_agent::proto::image_service_client::ImageServiceClient;
 use node_agent::proto::pod_service_client::PodServiceClient;
 use tonic::transport::Channel;
 
+use agent_process::{tail, teardown, terminate, AgentProcess};
+
+#[path = "common/agent_process.rs"]
+#[allow(dead_code)]
+mod agent_process;
 #[path = "../image/fixture.rs"]
 #[allow(dead_code)]
 mod fixture;
@@ -371,32 +375,11 @@ impl Drop for WorkDir {
     }
 }
 
-/// SIGTERM, then SIGKILL after `grace`; reaped.
-fn terminate(child: &mut Child, grace: Duration) {
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let deadline = Instant::now() + grace;
-    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn tail(log: &str, lines: usize) -> String {
-    let last: Vec<&str> = log.lines().rev().take(lines).collect();
-    last.iter().rev().fold(String::new(), |mut s, l| {
-        let _ = writeln!(s, "  {l}");
-        s
-    })
-}
-
 // ---------------------------------------------------------------------------
 // Our agent.
 
 struct BenchAgent {
-    work: PathBuf,
-    port: u16,
-    cgroup_root: String,
+    process: AgentProcess,
     /// The pod network's bridge and nftables table, when the agent takes
     /// `--pod-bridge`.
     bridge: Option<String>,
@@ -404,7 +387,6 @@ struct BenchAgent {
     pod_args: Vec<String>,
     /// /run/stratum did not exist before.
     made_run_dir: bool,
-    child: Option<Child>,
 }
 
 impl BenchAgent {
@@ -414,10 +396,6 @@ impl BenchAgent {
         work: &Path,
         registry: &str,
     ) -> Result<BenchAgent, String> {
-        let work = work.join("agent");
-        std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-        let log = std::fs::File::create(work.join("agent.log")).map_err(|e| e.to_string())?;
-        let cgroup_root = format!("bench-pod-{}", std::process::id());
         let help = Command::new(&options.agent)
             .arg("--help")
             .stdin(Stdio::null())
@@ -440,51 +418,27 @@ impl BenchAgent {
         if help.contains("--pod-cidr") {
             pod_args.extend(["--pod-cidr".into(), POD_CIDR.into()]);
         }
-        let child = Command::new(&options.agent)
-            .arg("--data-dir")
-            .arg(work.join("data"))
-            .args(["--listen", "127.0.0.1:0", "--insecure-plaintext"])
-            .arg("--cgroup-root")
-            .arg(&cgroup_root)
+        let mut args: Vec<String> = vec![
             // Never started: the bench runs no VM.
-            .args(["--vmm", "/bin/true"])
-            .args(["--reserve-cpu", "0", "--reserve-memory-mib", "0"])
-            .args(["--insecure-registry", registry])
-            .args(&pod_args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("{}: {e}", options.agent.display()));
-        let mut agent = BenchAgent {
-            work,
-            port: 0,
-            cgroup_root,
+            "--vmm".into(),
+            "/bin/true".into(),
+            "--insecure-registry".into(),
+            registry.into(),
+        ];
+        args.extend(pod_args.iter().cloned());
+        let made_run_dir = !Path::new(RUN_STRATUM).exists();
+        let cgroup_root = format!("bench-pod-{}", std::process::id());
+        let process = AgentProcess::start(&options.agent, work.join("agent"), cgroup_root, &args)?;
+        Ok(BenchAgent {
+            process,
             bridge,
             pod_args,
-            made_run_dir: !Path::new(RUN_STRATUM).exists(),
-            child: None,
-        };
-        agent.child = Some(child?);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(port) = serving_port(&agent.log()) {
-                agent.port = port;
-                return Ok(agent);
-            }
-            agent.check_alive()?;
-            if Instant::now() > deadline {
-                return Err(format!("the agent never listened:\n{}", agent.log()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            made_run_dir,
+        })
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.work.join("agent.log")).unwrap_or_default()
+        self.process.log()
     }
 
     /// What the "pod support ready" line says (runtime, bridge, CIDR).
@@ -504,41 +458,23 @@ impl BenchAgent {
     }
 
     fn addr(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn check_alive(&mut self) -> Result<(), String> {
-        match self.child.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(Some(status))) => Err(format!(
-                "node-agent exited {status}; its log ends:\n{}",
-                tail(&self.log(), 20)
-            )),
-            Some(Err(e)) => Err(format!("node-agent: {e}")),
-            _ => Ok(()),
-        }
+        self.process.addr()
     }
 
     async fn channel(&self) -> Result<Channel, String> {
-        Channel::from_shared(self.addr())
-            .map_err(|e| e.to_string())?
-            // A wedged agent fails the bench instead of hanging it.
-            .timeout(Duration::from_secs(120))
-            .connect()
-            .await
-            .map_err(|e| format!("connect: {e}"))
+        self.process.channel().await
     }
 }
 
 impl Drop for BenchAgent {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child, Duration::from_secs(10));
-        }
-        // Whatever a failed run left in the agent's subtree.
-        remove_agent_cgroups(&self.cgroup_root);
-        unmount_under(&self.work);
+        // What its pods left needs the agent gone first.
+        self.process.stop();
+        let cgroup_root = self.process.cgroup_root().to_string();
+        remove_agent_cgroups(&cgroup_root);
+        unmount_under(self.process.work());
         // Its runtime state and the pods' netns files.
-        let run_dir = Path::new(RUN_STRATUM).join(&self.cgroup_root);
+        let run_dir = Path::new(RUN_STRATUM).join(&cgroup_root);
         unmount_under(&run_dir);
         let _ = std::fs::remove_dir_all(&run_dir);
         if self.made_run_dir {
@@ -643,29 +579,6 @@ fn remove_cgroup_dirs(dir: &Path) {
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
-}
-
-/// Kills everything in the subtree and removes it, leaves first.
-fn teardown(h: &Hierarchy, cgroup: &Cgroup, path: &Path) {
-    for child in cgroup.children().unwrap_or_default() {
-        let child_path = path.join(&child);
-        if let Ok(c) = h.open(&child_path) {
-            teardown(h, &c, &child_path);
-        }
-    }
-    let _ = cgroup.kill_all(Duration::from_secs(5));
-    if let Err(e) = cgroup.remove() {
-        eprintln!("bench-pod: cgroup {} stays: {e}", cgroup.path().display());
-    }
-}
-
-/// The port in the "node-agent serving" line (`… bound=127.0.0.1:PORT …`).
-fn serving_port(log: &str) -> Option<u16> {
-    let line = log.lines().find(|l| l.contains("node-agent serving"))?;
-    let bound = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("bound="))?;
-    bound.rsplit(':').next()?.parse().ok()
 }
 
 /// Pulls `reference` into the agent's store; its image id.
@@ -1145,7 +1058,7 @@ fn run(options: &Options) -> Result<(), String> {
                     series[i].latencies.push(took);
                 }
             }
-            bench.agent.check_alive()?;
+            bench.agent.process.check_alive()?;
         }
         Ok::<(), String>(())
     })();
