@@ -148,26 +148,34 @@ impl Agent {
             .map(|a| a.ip.to_string())
             .unwrap_or_default();
         let cgroup_path = live.cgroup.path().to_string_lossy().into_owned();
-        let started = self.update_pod(&id, |record| {
-            record.cgroup_path = cgroup_path;
-            let status = record.status.get_or_insert_with(Default::default);
-            status.state = PodState::Running as i32;
-            status.ip = ip;
-            status.started_at = Some(now());
-        });
+        // Held until the containers are made: a StopPod or container call
+        // that sees the pod RUNNING waits for them.
+        let mut runs = live.runs.lock().await;
+        let started = {
+            let mut state = self.write_state();
+            let stored = self.update_pod_locked(&mut state, &id, |record| {
+                record.cgroup_path = cgroup_path;
+                let status = record.status.get_or_insert_with(Default::default);
+                status.state = PodState::Running as i32;
+                status.ip = ip;
+                status.started_at = Some(now());
+            });
+            if let (Ok(()), Some(entry)) = (&stored, state.pods.get_mut(&id)) {
+                entry.live = Some(live.clone());
+            }
+            stored
+        };
         if let Err(e) = started {
+            drop(runs);
             self.tear_down(&host, &id, &live).await;
             self.forget_pod(&id);
             return Err(e);
         }
-        self.set_live(&id, Some(live.clone()));
-        {
-            let mut runs = live.runs.lock().await;
-            for container in &spec.containers {
-                self.new_run(&host, &id, &live, &mut runs, &container.name, true)
-                    .await;
-            }
+        for container in &spec.containers {
+            self.new_run(&host, &id, &live, &mut runs, &container.name, true)
+                .await;
         }
+        drop(runs);
         self.get_pod(&id)
     }
 
