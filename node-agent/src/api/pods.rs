@@ -34,7 +34,7 @@ impl PodService for PodApi {
             .into_inner()
             .spec
             .ok_or_else(|| AgentError::InvalidArgument("spec is required".into()))?;
-        Ok(Response::new(self.0.run_pod(spec).await?))
+        detached(&self.0, move |a| async move { a.run_pod(spec).await }).await
     }
 
     async fn stop_pod(
@@ -43,7 +43,11 @@ impl PodService for PodApi {
     ) -> Result<Response<proto::Pod>, Status> {
         let r = request.into_inner();
         let grace = Agent::default_grace(r.grace_period_seconds);
-        Ok(Response::new(self.0.stop_pod(&r.id, grace).await?))
+        detached(
+            &self.0,
+            move |a| async move { a.stop_pod(&r.id, grace).await },
+        )
+        .await
     }
 
     async fn remove_pod(
@@ -79,9 +83,10 @@ impl PodService for PodApi {
         let container = r
             .container
             .ok_or_else(|| AgentError::InvalidArgument("container is required".into()))?;
-        Ok(Response::new(
-            self.0.create_container(&r.pod_id, container).await?,
-        ))
+        detached(&self.0, move |a| async move {
+            a.create_container(&r.pod_id, container).await
+        })
+        .await
     }
 
     async fn start_container(
@@ -89,9 +94,10 @@ impl PodService for PodApi {
         request: Request<proto::StartContainerRequest>,
     ) -> Result<Response<proto::Pod>, Status> {
         let r = request.into_inner();
-        Ok(Response::new(
-            self.0.start_container(&r.pod_id, &r.container_name).await?,
-        ))
+        detached(&self.0, move |a| async move {
+            a.start_container(&r.pod_id, &r.container_name).await
+        })
+        .await
     }
 
     async fn stop_container(
@@ -100,11 +106,10 @@ impl PodService for PodApi {
     ) -> Result<Response<proto::Pod>, Status> {
         let r = request.into_inner();
         let grace = Agent::default_grace(r.grace_period_seconds);
-        Ok(Response::new(
-            self.0
-                .stop_container(&r.pod_id, &r.container_name, grace)
-                .await?,
-        ))
+        detached(&self.0, move |a| async move {
+            a.stop_container(&r.pod_id, &r.container_name, grace).await
+        })
+        .await
     }
 
     async fn remove_container(
@@ -112,11 +117,10 @@ impl PodService for PodApi {
         request: Request<proto::RemoveContainerRequest>,
     ) -> Result<Response<proto::Pod>, Status> {
         let r = request.into_inner();
-        Ok(Response::new(
-            self.0
-                .remove_container(&r.pod_id, &r.container_name)
-                .await?,
-        ))
+        detached(&self.0, move |a| async move {
+            a.remove_container(&r.pod_id, &r.container_name).await
+        })
+        .await
     }
 
     async fn exec_sync(
@@ -164,6 +168,22 @@ impl PodService for PodApi {
             self.0.pod_stats(&request.into_inner().pod_id).await?,
         ))
     }
+}
+
+/// Runs a mutation on its own task: a client that goes away mid-call
+/// (tonic drops the handler's future) must not cancel it between two
+/// steps and leave a half-made pod; it finishes, or undoes itself, anyway.
+async fn detached<T, F, Fut>(agent: &Arc<Agent>, f: F) -> Result<Response<T>, Status>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<Agent>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, AgentError>> + Send + 'static,
+{
+    tokio::spawn(f(Arc::clone(agent)))
+        .await
+        .map_err(|e| Status::internal(format!("agent task failed: {e}")))?
+        .map(Response::new)
+        .map_err(Status::from)
 }
 
 /// How many records the log holds now.
