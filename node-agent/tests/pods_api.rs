@@ -454,9 +454,25 @@ async fn pods_two_containers_share_localhost_and_leave_nothing() {
     let pool_status = inventory.pools.iter().find(|p| p.id == pool).unwrap();
     assert_eq!(pool_status.workload_ids, vec![id.clone()]);
 
-    // The pod's cgroup is below its pool's, with its memory limit.
+    // The pod's cgroup is below its pool's, with its limits and the
+    // weight of its CPU request (100m → 102 shares).
     let cgroup = pa.agent.cgroup(&format!("{pool}/{id}"));
     assert!(cgroup.exists());
+    let enforced = node_agent::runtime::OciResources::effective(&cgroup).unwrap();
+    assert_eq!(
+        enforced.memory_limit_bytes,
+        Some((256 * MIB) as i64),
+        "{enforced:?}"
+    );
+    assert_eq!(
+        enforced
+            .cpu_quota_us
+            .zip(enforced.cpu_period_us)
+            .map(|(q, p)| q * 1000 / p as i64),
+        Some(1000),
+        "1000m: {enforced:?}"
+    );
+    assert_eq!(enforced.cpu_shares, Some(102), "{enforced:?}");
 
     // nodectl sees it.
     let out = pa.agent.nodectl(&["pod", "ls"]);
