@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::host::PodHost;
-use super::{container_state_name, pod_entry, spec, timestamp_in, PodLive, DEFAULT_GRACE};
+use super::{
+    container_state_name, pod_entry, spec, timestamp_in, PodEntry, PodLive, DEFAULT_GRACE,
+};
 use crate::agent::errors::{AgentError, Result};
 use crate::agent::{now, Agent};
 use crate::cgroup::CgroupUsage;
@@ -56,6 +58,25 @@ fn is_ended(state: i32) -> bool {
     matches!(
         ContainerState::try_from(state),
         Ok(ContainerState::Exited | ContainerState::OomKilled | ContainerState::Failed)
+    )
+}
+
+/// Container `name`'s status in `entry` (NOT_FOUND when it has none).
+fn status_of<'a>(
+    entry: &'a PodEntry,
+    pod_id: &str,
+    name: &str,
+) -> Result<&'a proto::ContainerStatus> {
+    index_of(&entry.record, name)
+        .and_then(|i| entry.status().containers.get(i))
+        .ok_or_else(|| not_found(pod_id, name))
+}
+
+/// Container `name`'s state in `entry`.
+fn state_of(entry: &PodEntry, pod_id: &str, name: &str) -> Result<ContainerState> {
+    Ok(
+        ContainerState::try_from(status_of(entry, pod_id, name)?.state)
+            .unwrap_or(ContainerState::Unspecified),
     )
 }
 
@@ -116,7 +137,12 @@ impl Agent {
         let mut state = self.write_state();
         let entry = pod_entry(&state, pod_id)?;
         let i = index_of(&entry.record, name).ok_or_else(|| not_found(pod_id, name))?;
-        let container = entry.spec().containers[i].clone();
+        let container = entry
+            .spec()
+            .containers
+            .get(i)
+            .cloned()
+            .ok_or_else(|| not_found(pod_id, name))?;
         let lease = entry
             .leases
             .get(name)
@@ -252,7 +278,9 @@ impl Agent {
         let Some(i) = index_of(&entry.record, name) else {
             return;
         };
-        let status = &entry.status().containers[i];
+        let Some(status) = entry.status().containers.get(i) else {
+            return;
+        };
         if run_id.is_some_and(|id| id != status.id) || is_ended(status.state) {
             return; // A stop recorded it already, or a newer run replaced it.
         }
@@ -316,8 +344,7 @@ impl Agent {
         {
             let state = self.read_state();
             let entry = pod_entry(&state, pod_id)?;
-            let i = index_of(&entry.record, name).ok_or_else(|| not_found(pod_id, name))?;
-            let status = &entry.status().containers[i];
+            let status = status_of(entry, pod_id, name)?;
             if entry.state() != PodState::Running || status.restart_at.is_none() {
                 return Ok(());
             }
@@ -453,9 +480,7 @@ impl Agent {
                     "pod {pod_id} is not running"
                 )));
             }
-            let i = index_of(&entry.record, name).ok_or_else(|| not_found(pod_id, name))?;
-            ContainerState::try_from(entry.status().containers[i].state)
-                .unwrap_or(ContainerState::Unspecified)
+            state_of(entry, pod_id, name)?
         };
         match current {
             ContainerState::Running => {
@@ -504,9 +529,7 @@ impl Agent {
         let state = {
             let state = self.read_state();
             let entry = pod_entry(&state, pod_id)?;
-            let i = index_of(&entry.record, name).ok_or_else(|| not_found(pod_id, name))?;
-            ContainerState::try_from(entry.status().containers[i].state)
-                .unwrap_or(ContainerState::Unspecified)
+            state_of(entry, pod_id, name)?
         };
         if state == ContainerState::Running {
             if let Some(run) = runs.get(name).cloned() {
@@ -527,9 +550,7 @@ impl Agent {
         let live = {
             let state = self.read_state();
             let entry = pod_entry(&state, pod_id)?;
-            let i = index_of(&entry.record, name).ok_or_else(|| not_found(pod_id, name))?;
-            let current = ContainerState::try_from(entry.status().containers[i].state)
-                .unwrap_or(ContainerState::Unspecified);
+            let current = state_of(entry, pod_id, name)?;
             if current == ContainerState::Running {
                 return Err(AgentError::FailedPrecondition(format!(
                     "container {name:?} of pod {pod_id} is {}; stop it first",
@@ -590,9 +611,7 @@ impl Agent {
         let runs = live.runs.lock().await;
         let state = self.read_state();
         let entry = pod_entry(&state, pod_id)?;
-        let i = index_of(&entry.record, name).ok_or_else(|| not_found(pod_id, name))?;
-        let current = ContainerState::try_from(entry.status().containers[i].state)
-            .unwrap_or(ContainerState::Unspecified);
+        let current = state_of(entry, pod_id, name)?;
         match runs.get(name) {
             Some(run) if current == ContainerState::Running => Ok(run.clone()),
             _ => Err(AgentError::FailedPrecondition(format!(
