@@ -976,3 +976,103 @@ async fn reaches(
         .expect("exec");
     out.exit_code == 0
 }
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The operator's path: `nodectl pod` against the real agent — run, exec
+/// passing the exit code on, add a container, logs (with the default
+/// container rule), the inventory, stop and remove.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_through_nodectl() {
+    let pa = PodAgent::start("pods-cli").await;
+    let image = pa.reference.as_str();
+    let out = pa.agent.nodectl(&[
+        "pod",
+        "run",
+        "cli",
+        "--image",
+        image,
+        "--memory-limit",
+        "64Mi",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; exec sleep 1000",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let id = stdout(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("ID"))
+        .map(|v| v.trim().to_string())
+        .expect("the pod's id");
+    assert!(stdout(&out).contains("RUNNING"), "{out:?}");
+
+    let out = pa
+        .agent
+        .nodectl(&["pod", "exec", &id, "--", "sh", "-c", "echo ok; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(stdout(&out), "ok\n");
+
+    let out = pa.agent.nodectl(&[
+        "pod",
+        "add-container",
+        &id,
+        "side",
+        "--image",
+        image,
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let mut client = pa.pods().await;
+    let pod = get(&mut client, &id).await;
+    assert_eq!(
+        container_status(&pod, "side").state(),
+        ContainerState::Running
+    );
+
+    // Two containers: logs needs -c.
+    let out = pa.agent.nodectl(&["pod", "logs", &id]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("-c"),
+        "{out:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = pa
+            .agent
+            .nodectl(&["pod", "logs", &id, "-c", "cli", "--tail", "1"]);
+        assert!(out.status.success(), "{out:?}");
+        if stdout(&out) == "hi\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let out = pa.agent.nodectl(&["pool", "list", "--workloads"]);
+    let line = stdout(&out)
+        .lines()
+        .find(|l| l.contains(&id))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(line.contains("pod") && line.contains("RUNNING"), "{out:?}");
+
+    let out = pa.agent.nodectl(&["pod", "stop", &id, "--grace", "0"]);
+    assert!(
+        out.status.success() && stdout(&out).contains("STOPPED"),
+        "{out:?}"
+    );
+    let out = pa.agent.nodectl(&["pod", "rm", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let out = pa.agent.nodectl(&["pod", "get", &id]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"),
+        "{out:?}"
+    );
+}
