@@ -44,18 +44,7 @@ static NEXT_NET: AtomicU32 = AtomicU32::new(0);
 /// the host.
 fn prepare_host() {
     HOST.call_once(|| {
-        let list = std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
-            .unwrap_or_default();
-        for controller in list.split_whitespace() {
-            let dir = PathBuf::from("/sys/fs/cgroup").join(controller);
-            std::fs::create_dir_all(&dir).expect("mkdir for a v1 hierarchy");
-            let status = Command::new("mount")
-                .args(["-t", "cgroup", "-o", controller, "cgroup"])
-                .arg(&dir)
-                .status()
-                .expect("run mount");
-            assert!(status.success(), "mount the {controller} hierarchy as v1");
-        }
+        fixture::mount_unified_controllers_as_v1().expect("mount hybrid controllers as v1");
     });
 }
 

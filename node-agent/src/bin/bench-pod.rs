@@ -220,24 +220,8 @@ fn prepare_host() -> Result<(), String> {
     if unsafe { libc::geteuid() } != 0 {
         return Err("needs root (containers, cgroups, mounts)".into());
     }
-    let list =
-        std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
-    for controller in list.split_whitespace() {
-        let dir = PathBuf::from("/sys/fs/cgroup").join(controller);
-        if mount_points().iter().any(|m| m == &dir) {
-            continue;
-        }
-        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-        run_checked(
-            Command::new("mount")
-                .args(["-t", "cgroup", "-o", controller, "cgroup"])
-                .arg(&dir),
-        )
-        .map_err(|e| format!("mounting the {controller} v1 hierarchy: {e}"))?;
-        eprintln!(
-            "bench-pod: mounted the {controller} controller as a v1 hierarchy at {}",
-            dir.display()
-        );
+    for controller in fixture::mount_unified_controllers_as_v1()? {
+        eprintln!("bench-pod: mounted the {controller} controller as a v1 hierarchy");
     }
     Ok(())
 }
@@ -286,25 +270,6 @@ fn unmount_under(dir: &Path) {
         if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
-    }
-}
-
-/// Runs a command to completion; its output on failure.
-fn run_checked(cmd: &mut Command) -> Result<String, String> {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{shown}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{shown}: {}\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
     }
 }
 
@@ -741,7 +706,7 @@ impl Containerd {
     }
 
     fn pull(&self, reference: &str) -> Result<(), String> {
-        run_checked(self.ctr().args([
+        fixture::run(self.ctr().args([
             "images",
             "pull",
             "--plain-http",
@@ -772,17 +737,17 @@ impl Containerd {
     /// Kills and deletes the task and removes the container (and its
     /// snapshot).
     fn remove(&self, id: &str) -> Result<(), String> {
-        run_checked(self.ctr().args(["task", "rm", "-f", id]))?;
-        run_checked(self.ctr().args(["container", "rm", id])).map(drop)
+        fixture::run(self.ctr().args(["task", "rm", "-f", id]))?;
+        fixture::run(self.ctr().args(["container", "rm", id])).map(drop)
     }
 
     fn remove_all(&self) {
-        let Ok(list) = run_checked(self.ctr().args(["container", "ls", "-q"])) else {
+        let Ok(list) = fixture::run(self.ctr().args(["container", "ls", "-q"])) else {
             return;
         };
         for id in list.split_whitespace() {
-            let _ = run_checked(self.ctr().args(["task", "rm", "-f", id]));
-            let _ = run_checked(self.ctr().args(["container", "rm", id]));
+            let _ = fixture::run(self.ctr().args(["task", "rm", "-f", id]));
+            let _ = fixture::run(self.ctr().args(["container", "rm", id]));
         }
     }
 }

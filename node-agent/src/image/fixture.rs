@@ -148,15 +148,39 @@ fn http_get_ok(addr: &str, path: &str) -> bool {
     stream.read_exact(&mut head).is_ok() && head.ends_with(b"200")
 }
 
-/// Runs a command, failing with its output.
-fn run(cmd: &mut Command) -> Result<(), String> {
+/// On a hybrid-cgroup host, mounts each controller the unified hierarchy
+/// offers as a v1 hierarchy at `/sys/fs/cgroup/<controller>` (as systemd
+/// does), which crun needs to accept the host; idempotent. Returns the
+/// controllers it mounted. Needs root.
+pub fn mount_unified_controllers_as_v1() -> Result<Vec<String>, String> {
+    let list = fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounted = Vec::new();
+    for controller in list.split_whitespace() {
+        let dir = format!("/sys/fs/cgroup/{controller}");
+        if mounts
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(dir.as_str()))
+        {
+            continue;
+        }
+        fs::create_dir_all(&dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
+        run(Command::new("mount").args(["-t", "cgroup", "-o", controller, "cgroup", &dir]))
+            .map_err(|e| format!("mounting the {controller} v1 hierarchy: {e}"))?;
+        mounted.push(controller.to_string());
+    }
+    Ok(mounted)
+}
+
+/// Runs a command to completion: its stdout, or an error with its output.
+pub fn run(cmd: &mut Command) -> Result<String, String> {
     let shown = format!("{cmd:?}");
     let out = cmd
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("{shown}: {e} (is the Debian package installed?)"))?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(format!(
             "{shown}: {}\n{}{}",
