@@ -2,7 +2,8 @@
 #
 #   make run    start the node agent on embedded defaults (data dir ./data,
 #               127.0.0.1:7443, mTLS with development certificates made on
-#               first start); drive it with target/release/nodectl
+#               first start); drive it with build/bin/nodectl. More agent
+#               options: make run AGENT_ARGS='--insecure-registry 127.0.0.1:5000'
 #   make run-vm boot the guest VM with our vmm inside the nested test host
 #   make test   every test: unit, CLI error paths, real boots in the nested host
 #   make bench  boot time, memory, disk I/O and vsock latency of vmm beside QEMU microvm;
@@ -56,14 +57,18 @@ images: deps
 static:
 	$(STATIC_CARGO) -p vmm --bin vmm
 	$(STATIC_CARGO) -p stratum-tests --bin boot-probe --bin api-call --bin mktap --bin vsock-host
-	$(STATIC_CARGO) -p node-agent --bin node-agent --bin nodectl
+	$(STATIC_CARGO) -p node-agent --bin node-agent -p nodectl --bin nodectl
 
 build:
 	$(CARGO) build --workspace
 
-run: images
-	$(CARGO) build --release -p vmm -p node-agent
-	target/release/node-agent --data-dir data --vmm target/release/vmm
+# The release binaries `make test` builds (static, for the nested host) are
+# the ones `make run` starts, so a run after a test builds nothing again.
+AGENT_ARGS ?=
+run: images static
+	mkdir -p build/bin
+	for b in node-agent nodectl vmm; do ln -sfn ../../$(STATIC_BIN)/$$b build/bin/$$b; done
+	build/bin/node-agent --data-dir data --vmm build/bin/vmm $(AGENT_ARGS)
 
 run-vm: images static
 	$(CARGO) run -q -p stratum-tests --bin nested-host -- --script guest-images/run-guest.sh --echo
@@ -76,8 +81,8 @@ bench: images static bench-pod-deps
 	$(CARGO) run -q --release -p stratum-tests --bin bench-boot
 	$(CARGO) run -q --release -p stratum-tests --bin bench-io
 	$(CARGO) run -q --release -p stratum-tests --bin bench-vsock
-	$(CARGO) build -q --release -p node-agent --bin node-agent && $(CARGO) run -q --release -p node-agent --bin bench-agent
-	$(CARGO) build -q --release -p node-agent --bin node-agent --bin nodectl && $(CARGO) run -q --release -p node-agent --bin bench-pod
+	$(CARGO) build -q --release -p node-agent --bin node-agent && $(CARGO) run -q --release -p stratum-testkit --bin bench-agent
+	$(CARGO) build -q --release -p node-agent --bin node-agent -p nodectl --bin nodectl && $(CARGO) run -q --release -p stratum-testkit --bin bench-pod
 
 # The cargo-fuzz targets (vmm/fuzz) over seeded random inputs, on stable.
 fuzz-test:

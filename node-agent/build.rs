@@ -1,57 +1,22 @@
-//! Compiles the gRPC API (`../proto/stratum/v1`) and the agent's private
-//! record messages (`proto/stratum/agent/v1`) with protox, a pure-Rust
-//! protobuf compiler, so building needs no `protoc` binary; tonic's codegen
-//! turns the descriptors into Rust. It also writes the public API's encoded
-//! FileDescriptorSet to `$OUT_DIR/stratum_v1_descriptor.bin` for gRPC
-//! server reflection; the private records are left out of it.
-
-use std::{env, fs, io, path::PathBuf};
-
-use prost::Message;
+//! Compiles the agent's private durable records
+//! (`proto/stratum/agent/v1/records.proto`) with protox. The records embed
+//! messages of the public API; those are not generated again here but
+//! named in `stratum_api::proto` (`extern_path`), so a record holds the
+//! very types the gRPC services take.
 
 const API_DIR: &str = "../proto";
 const RECORDS_DIR: &str = "proto";
-const API_FILES: [&str; 6] = [
-    "stratum/v1/resources.proto",
-    "stratum/v1/host.proto",
-    "stratum/v1/resource_pools.proto",
-    "stratum/v1/virtual_machines.proto",
-    "stratum/v1/images.proto",
-    "stratum/v1/pods.proto",
-];
 const RECORDS_FILE: &str = "stratum/agent/v1/records.proto";
-const DESCRIPTOR_FILE: &str = "stratum_v1_descriptor.bin";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed={API_DIR}");
     println!("cargo:rerun-if-changed={RECORDS_DIR}");
-    let mut files: Vec<&str> = API_FILES.to_vec();
-    files.push(RECORDS_FILE);
-    let fds = protox::compile(files, [API_DIR, RECORDS_DIR])?;
-    write_public_descriptor(&fds)?;
+    println!("cargo:rerun-if-changed={API_DIR}/stratum");
+    let fds = protox::compile([RECORDS_FILE], [API_DIR, RECORDS_DIR])?;
     tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        // Maps as BTreeMap: deterministic encoding and listing order.
+        .build_client(false)
+        .build_server(false)
         .btree_map(".")
-        // The last event of a pull carries the whole image; boxed, so every
-        // progress event is not as large as an image.
-        .boxed(".stratum.v1.PullImageProgress.event.image")
+        .extern_path(".stratum.v1", "::stratum_api::proto")
         .compile_fds(fds)?;
     Ok(())
-}
-
-/// The descriptor set reflection serves: every file but the private records.
-fn write_public_descriptor(fds: &prost_types::FileDescriptorSet) -> io::Result<()> {
-    let public = prost_types::FileDescriptorSet {
-        file: fds
-            .file
-            .iter()
-            .filter(|f| f.name() != RECORDS_FILE)
-            .cloned()
-            .collect(),
-    };
-    let out =
-        PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| io::Error::other("OUT_DIR unset"))?);
-    fs::write(out.join(DESCRIPTOR_FILE), public.encode_to_vec())
 }

@@ -1,16 +1,15 @@
-//! Stratum node agent: resource pools with vSphere semantics enforced by
-//! cgroups, VM lifecycle over `vmm` processes, durable state, and the
-//! gRPC API a Supervisor drives.
+//! Stratum node agent: the daemon. It owns the resource pools, the VMs,
+//! the pods and the images of one host, keeps them in its durable store,
+//! and serves them over gRPC to a Supervisor. The work on the host is done
+//! by the crates below it: `stratum-pool` (the model), `stratum-cgroup`,
+//! `stratum-image`, `stratum-podnet`, `stratum-runtime`, `stratum-vm`.
+//!
+//! - [`agent`]: the agent and its rules.
+//! - [`api`]: thin gRPC adapters over the agent.
+//! - [`state`]: the durable store.
+//! - [`records`]: the stored record messages.
 
 pub mod agent;
 pub mod api;
-pub mod cgroup;
-pub mod image;
-pub mod nodectl;
-pub mod podnet;
-pub mod pool;
-pub mod proto;
-pub mod runtime;
+pub mod records;
 pub mod state;
-pub mod tls;
-pub mod vm;

@@ -9,9 +9,10 @@ use clap::Parser;
 use node_agent::agent::config::{AgentConfig, DEFAULT_SYSTEM_RESERVE};
 use node_agent::agent::pods::PodHostConfig;
 use node_agent::agent::Agent;
-use node_agent::podnet::Ipv4Cidr;
-use node_agent::pool::{Resources, MIB};
-use node_agent::{api, tls};
+use node_agent::api;
+use stratum_api::tls;
+use stratum_podnet::Ipv4Cidr;
+use stratum_pool::{Resources, MIB};
 
 #[derive(Parser, Debug)]
 #[command(name = "node-agent", version, about = "Stratum node agent")]
@@ -45,8 +46,13 @@ struct Cli {
     cgroup_root: String,
     /// An image registry (HOST[:PORT], exactly as in image references) to
     /// reach over plain HTTP instead of HTTPS (repeatable; development
-    /// registries only).
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    /// registries only). From the environment: a comma-separated list.
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST:PORT",
+        env = "STRATUM_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
     insecure_registries: Vec<String>,
     /// The OCI runtime pods' containers run with: `crun` (default) or
     /// `runc`, a name on PATH or a path. On a hybrid-cgroup host that crun
@@ -109,8 +115,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async {
         // Container inits are re-parented to the agent, which collects
         // their exit status (see runtime::reaper).
-        node_agent::runtime::become_subreaper()?;
-        node_agent::runtime::spawn_orphan_reaper()?;
+        stratum_runtime::become_subreaper()?;
+        stratum_runtime::spawn_orphan_reaper()?;
         agent.clone().watch_running_vms();
         agent.resume_pods().await;
         api::server::serve(agent, cli.listen, cli.insecure_plaintext, shutdown_signal()).await?;

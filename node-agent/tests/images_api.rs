@@ -4,17 +4,14 @@
 //!
 //! Needs root and the Debian packages named in `src/image/fixture.rs`.
 
-mod common;
-#[path = "../src/image/fixture.rs"]
-#[allow(dead_code)]
-mod fixture;
+use stratum_testkit::fixture;
 
 use std::process::Output;
 
-use common::TestAgent;
-use node_agent::proto::image_service_client::ImageServiceClient;
-use node_agent::proto::pull_image_progress::Event;
-use node_agent::proto::{
+use stratum_testkit::test_agent::TestAgent;
+use stratum_api::proto::image_service_client::ImageServiceClient;
+use stratum_api::proto::pull_image_progress::Event;
+use stratum_api::proto::{
     GetImageRequest, LayerPhase, ListImagesRequest, PullImageRequest, RemoveImageRequest,
 };
 use tonic::transport::Channel;

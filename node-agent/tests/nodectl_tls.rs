@@ -4,14 +4,13 @@
 //! not; plaintext off loopback is refused at start. Also nodectl's pool and
 //! VM commands against the real agent.
 
-mod common;
 
 use std::process::{Command, Output};
 
-use common::{halting_kernel, TestAgent};
+use stratum_testkit::test_agent::{halting_kernel, TestAgent};
 
 fn nodectl(agent: &TestAgent, certs: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nodectl"))
+    Command::new(stratum_testkit::bins::bin("nodectl"))
         .arg("--addr")
         .arg(format!("https://127.0.0.1:{}", agent.port))
         .arg("--certs")
@@ -53,7 +52,7 @@ fn mtls_is_required_and_nodectl_drives_the_agent() {
     let refused = nodectl(&agent, &empty, &["host", "info"]);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     // Plaintext against the TLS port: refused.
-    let plain = Command::new(env!("CARGO_BIN_EXE_nodectl"))
+    let plain = Command::new(stratum_testkit::bins::bin("nodectl"))
         .args(["--insecure", "--addr"])
         .arg(format!("http://127.0.0.1:{}", agent.port))
         .args(["host", "info"])

@@ -9,10 +9,7 @@
 //! controllers are mounted as v1 hierarchies, as systemd does on hybrid
 //! hosts. Without it the agent would fall back to runc.
 
-mod common;
-#[path = "../src/image/fixture.rs"]
-#[allow(dead_code)]
-mod fixture;
+use stratum_testkit::fixture;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
@@ -22,16 +19,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use common::TestAgent;
-use node_agent::podnet::{Ipv4Cidr, PodNetConfig, PodNetwork};
-use node_agent::proto::image_service_client::ImageServiceClient;
-use node_agent::proto::pod_service_client::PodServiceClient;
-use node_agent::proto::{
+use stratum_testkit::test_agent::TestAgent;
+use stratum_api::proto::image_service_client::ImageServiceClient;
+use stratum_api::proto::pod_service_client::PodServiceClient;
+use stratum_api::proto::{
     ContainerSpec, ContainerState, CreateResourcePoolRequest, ExecSyncRequest, GetPodRequest,
     ListResourcePoolsRequest, LogsRequest, PodResources, PodSpec, PodState, PodStatsRequest,
     PortMapping, PullImageRequest, RemoveImageRequest, RemovePodRequest, ResourceAmounts,
     ResourcePoolSpec, RestartPolicy, RunPodRequest, RuntimeClass, StopPodRequest, WorkloadKind,
 };
+use stratum_podnet::{Ipv4Cidr, PodNetConfig, PodNetwork};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -147,7 +144,7 @@ impl Drop for PodAgent {
 
 /// Lazily unmounts every mount below `dir`, deepest first.
 fn unmount_under(dir: &Path) {
-    let Ok(mounts) = node_agent::runtime::mountinfo::read_self() else {
+    let Ok(mounts) = stratum_runtime::mountinfo::read_self() else {
         return;
     };
     let mut points: Vec<PathBuf> = mounts
@@ -173,14 +170,14 @@ fn pod_spec(name: &str, pool: &str, containers: Vec<ContainerSpec>) -> PodSpec {
 async fn run(
     client: &mut PodServiceClient<Channel>,
     spec: PodSpec,
-) -> Result<node_agent::proto::Pod, tonic::Status> {
+) -> Result<stratum_api::proto::Pod, tonic::Status> {
     client
         .run_pod(RunPodRequest { spec: Some(spec) })
         .await
         .map(|r| r.into_inner())
 }
 
-async fn get(client: &mut PodServiceClient<Channel>, id: &str) -> node_agent::proto::Pod {
+async fn get(client: &mut PodServiceClient<Channel>, id: &str) -> stratum_api::proto::Pod {
     client
         .get_pod(GetPodRequest { id: id.into() })
         .await
@@ -188,14 +185,14 @@ async fn get(client: &mut PodServiceClient<Channel>, id: &str) -> node_agent::pr
         .into_inner()
 }
 
-fn status(pod: &node_agent::proto::Pod) -> &node_agent::proto::PodStatus {
+fn status(pod: &stratum_api::proto::Pod) -> &stratum_api::proto::PodStatus {
     pod.status.as_ref().expect("status")
 }
 
 fn container_status<'a>(
-    pod: &'a node_agent::proto::Pod,
+    pod: &'a stratum_api::proto::Pod,
     name: &str,
-) -> &'a node_agent::proto::ContainerStatus {
+) -> &'a stratum_api::proto::ContainerStatus {
     status(pod)
         .containers
         .iter()
@@ -209,8 +206,8 @@ async fn wait_for(
     id: &str,
     within: Duration,
     what: &str,
-    done: impl Fn(&node_agent::proto::Pod) -> bool,
-) -> node_agent::proto::Pod {
+    done: impl Fn(&stratum_api::proto::Pod) -> bool,
+) -> stratum_api::proto::Pod {
     let deadline = Instant::now() + within;
     loop {
         let pod = get(client, id).await;
@@ -227,7 +224,7 @@ async fn exec(
     pod: &str,
     container: &str,
     command: &[&str],
-) -> Result<node_agent::proto::ExecSyncResponse, tonic::Status> {
+) -> Result<stratum_api::proto::ExecSyncResponse, tonic::Status> {
     client
         .exec_sync(ExecSyncRequest {
             pod_id: pod.into(),
@@ -447,7 +444,7 @@ async fn pods_two_containers_share_localhost_and_leave_nothing() {
     // weight of its CPU request (100m → 102 shares).
     let cgroup = pa.agent.cgroup(&format!("{pool}/{id}"));
     assert!(cgroup.exists());
-    let enforced = node_agent::runtime::OciResources::effective(&cgroup).unwrap();
+    let enforced = stratum_runtime::OciResources::effective(&cgroup).unwrap();
     assert_eq!(
         enforced.memory_limit_bytes,
         Some((256 * MIB) as i64),
@@ -518,7 +515,7 @@ async fn pods_two_containers_share_localhost_and_leave_nothing() {
         .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
     assert!(!pa.agent.dir.join(format!("data/pods/{id}")).exists());
-    let mounts = node_agent::runtime::mountinfo::read_self().unwrap();
+    let mounts = stratum_runtime::mountinfo::read_self().unwrap();
     assert!(
         !mounts
             .iter()
@@ -546,7 +543,7 @@ async fn pods_are_admitted_into_pools_with_room_only() {
         &pa.agent,
         ResourcePoolSpec {
             name: "small".into(),
-            memory: Some(node_agent::proto::Allocation {
+            memory: Some(stratum_api::proto::Allocation {
                 reservation: 64 * MIB,
                 expandable_reservation: false,
                 ..Default::default()
@@ -573,7 +570,7 @@ async fn pods_are_admitted_into_pools_with_room_only() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     let listed = client
-        .list_pods(node_agent::proto::ListPodsRequest::default())
+        .list_pods(stratum_api::proto::ListPodsRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -621,7 +618,7 @@ async fn pods_are_admitted_into_pools_with_room_only() {
         Code::NotFound
     );
     let listed = client
-        .list_pods(node_agent::proto::ListPodsRequest::default())
+        .list_pods(stratum_api::proto::ListPodsRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -633,7 +630,7 @@ async fn pods_are_admitted_into_pools_with_room_only() {
         &pa.agent,
         ResourcePoolSpec {
             name: "capped".into(),
-            quota: Some(node_agent::proto::Quota {
+            quota: Some(stratum_api::proto::Quota {
                 max_pods: 1,
                 ..Default::default()
             }),
@@ -873,7 +870,7 @@ async fn pods_survive_agent_kill9() {
         .agent
         .pools()
         .await
-        .get(node_agent::proto::GetResourcePoolRequest { id: String::new() })
+        .get(stratum_api::proto::GetResourcePoolRequest { id: String::new() })
         .await
         .unwrap()
         .into_inner();

@@ -2,10 +2,9 @@
 //! control, the cgroups that enforce it (read back from the cgroup files),
 //! errors with their codes, and durability across kill -9.
 
-mod common;
 
-use common::TestAgent;
-use node_agent::proto;
+use stratum_testkit::test_agent::TestAgent;
+use stratum_api::proto;
 use tonic::Code;
 
 const MIB: u64 = 1 << 20;

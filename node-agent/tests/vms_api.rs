@@ -4,13 +4,12 @@
 //! cgroup placement, events, bad specs, quotas, admission, a vmm that dies,
 //! and re-adoption after kill -9 of the agent.
 
-mod common;
 
 use std::time::Duration;
 
-use common::{halting_kernel, TestAgent};
-use node_agent::proto;
-use node_agent::proto::VmState;
+use stratum_testkit::test_agent::{halting_kernel, TestAgent};
+use stratum_api::proto;
+use stratum_api::proto::VmState;
 use tokio_stream::StreamExt;
 use tonic::Code;
 

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::pool::{Resources, MIB};
+use stratum_pool::{Resources, MIB};
 
 /// Everything the agent is started with.
 #[derive(Debug, Clone)]

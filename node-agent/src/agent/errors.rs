@@ -4,12 +4,12 @@
 
 use tonic::{Code, Status};
 
-use crate::cgroup::CgroupError;
-use crate::image::ImageError;
-use crate::podnet::PodNetError;
-use crate::pool::{ErrorKind, PoolError};
-use crate::runtime::RuntimeError;
 use crate::state::StoreError;
+use stratum_cgroup::CgroupError;
+use stratum_image::ImageError;
+use stratum_podnet::PodNetError;
+use stratum_pool::{ErrorKind, PoolError};
+use stratum_runtime::RuntimeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use crate::cgroup::CgroupVersion;
-use crate::pool::{Resources, MILLICORES_PER_CPU};
-use crate::proto;
+use stratum_api::proto;
+use stratum_cgroup::CgroupVersion;
+use stratum_pool::{Resources, MILLICORES_PER_CPU};
 
 /// The host's capacity: every online CPU and all physical memory.
 pub fn capacity() -> Resources {

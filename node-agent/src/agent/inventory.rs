@@ -11,8 +11,8 @@ use super::errors::Result;
 use super::pods::pod_to_proto;
 use super::vms::vm_limits;
 use super::Agent;
-use crate::pool::{PoolId, WorkloadId, MIB};
-use crate::proto;
+use stratum_api::proto;
+use stratum_pool::{PoolId, WorkloadId, MIB};
 
 impl Agent {
     /// The subtree under `root` with its workloads and live usage.

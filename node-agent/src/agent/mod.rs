@@ -33,11 +33,11 @@ use self::config::AgentConfig;
 use self::errors::Result;
 use self::pods::PodEntry;
 use self::vms::VmEntry;
-use crate::cgroup::{Hierarchy, HierarchyConfig};
-use crate::image::{ImageStore, PullOptions};
-use crate::pool::PoolTree;
-use crate::proto;
 use crate::state::Store;
+use stratum_api::proto;
+use stratum_cgroup::{Hierarchy, HierarchyConfig};
+use stratum_image::{ImageStore, PullOptions};
+use stratum_pool::PoolTree;
 
 /// Lifecycle events kept for slow watchers before they miss some.
 const EVENT_BACKLOG: usize = 1024;

@@ -4,10 +4,10 @@
 
 use super::errors::{AgentError, Result};
 use super::{now, Agent, State};
-use crate::cgroup::{Cgroup, CgroupLimits};
-use crate::pool::{PoolId, PoolSpec, PoolTree};
-use crate::proto;
-use crate::proto::records::PoolRecord;
+use crate::records::PoolRecord;
+use stratum_api::proto;
+use stratum_cgroup::{Cgroup, CgroupLimits};
+use stratum_pool::{PoolId, PoolSpec, PoolTree};
 
 /// What a pool's cgroup enforces. Shares are relative among siblings;
 /// limits cap the whole subtree; the memory reservation becomes

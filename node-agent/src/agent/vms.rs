@@ -20,15 +20,15 @@ use std::time::Duration;
 use super::errors::{AgentError, Result};
 use super::pools::pool_id_or_root;
 use super::{now, Agent, State};
-use crate::cgroup::{Cgroup, CgroupLimits};
-use crate::pool::{
+use crate::records::{VmRecord, VmRuntime};
+use stratum_api::proto;
+use stratum_api::proto::VmState;
+use stratum_cgroup::{Cgroup, CgroupLimits};
+use stratum_pool::{
     validate_name, PoolId, Shares, VmSizing, Workload, WorkloadId, MILLICORES_PER_CPU,
     VMM_MEMORY_OVERHEAD_BYTES,
 };
-use crate::proto;
-use crate::proto::records::{VmRecord, VmRuntime};
-use crate::proto::VmState;
-use crate::vm::{self, ExitInfo, VmProcess, VmProcessSpec};
+use stratum_vm::{ExitInfo, VmProcess, VmProcessSpec};
 
 /// Grace period of a Shutdown that names none.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -155,7 +155,7 @@ impl Agent {
 
     pub fn start_vm(self: &Arc<Self>, id: &str) -> Result<proto::VirtualMachine> {
         let (spec, cgroup) = self.begin_start(id)?;
-        let launched = vm::launch(
+        let launched = stratum_vm::launch(
             &self.config.vmm_binary,
             &self.config.vm_dir(id),
             &spec,
@@ -598,9 +598,9 @@ fn exit_outcome(stop_requested: bool, oom_killed: bool, exit: &ExitInfo) -> (VmS
 /// overhead the pool model reserves for it.
 pub(super) fn vm_limits(spec: &proto::VmSpec) -> CgroupLimits {
     let vcpus = spec.vcpus.max(1);
-    let shares = crate::pool::convert::shares_from_proto(
+    let shares = stratum_pool::convert::shares_from_proto(
         spec.cpu_shares.as_ref(),
-        crate::pool::Resource::Cpu,
+        stratum_pool::Resource::Cpu,
     )
     .unwrap_or(Shares::Normal);
     CgroupLimits {
@@ -612,7 +612,7 @@ pub(super) fn vm_limits(spec: &proto::VmSpec) -> CgroupLimits {
         ),
         memory_limit_bytes: spec
             .memory_mib
-            .checked_mul(crate::pool::MIB)
+            .checked_mul(stratum_pool::MIB)
             .and_then(|m| m.checked_add(VMM_MEMORY_OVERHEAD_BYTES)),
         memory_reservation_bytes: None,
         pids_max: None,
@@ -626,11 +626,11 @@ fn check_spec(spec: &proto::VmSpec, host_memory: u64) -> Result<VmSizing> {
     validate_name(&spec.name).map_err(|e| invalid(format!("VM name: {e}")))?;
     let sizing = VmSizing::try_from(spec)?;
     sizing.reservation()?;
-    if spec.memory_mib.saturating_mul(crate::pool::MIB) > host_memory {
+    if spec.memory_mib.saturating_mul(stratum_pool::MIB) > host_memory {
         return Err(invalid(format!(
             "{} MiB of memory is more than the host has ({} MiB)",
             spec.memory_mib,
-            host_memory / crate::pool::MIB
+            host_memory / stratum_pool::MIB
         )));
     }
     check_file("kernel", &spec.kernel)?;
@@ -672,7 +672,7 @@ fn clone_disks(dir: &Path, spec: &proto::VmSpec) -> Result<Vec<String>> {
         .enumerate()
         .map(|(i, disk)| {
             let dest = dir.join(format!("disk{i}.img"));
-            vm::disk::clone_disk(Path::new(&disk.base_image), &dest)
+            stratum_vm::disk::clone_disk(Path::new(&disk.base_image), &dest)
                 .map_err(|e| AgentError::Internal(format!("disk {i}: {e}")))?;
             Ok(dest.to_string_lossy().into_owned())
         })
@@ -693,7 +693,7 @@ fn process_spec(id: &str, entry: &VmEntry) -> VmProcessSpec {
             .disks
             .iter()
             .zip(&runtime.disk_paths)
-            .map(|(d, path)| vm::DiskSpec {
+            .map(|(d, path)| stratum_vm::DiskSpec {
                 path: PathBuf::from(path),
                 read_only: d.read_only,
                 serial: (!d.serial.is_empty()).then(|| d.serial.clone()),
@@ -702,7 +702,7 @@ fn process_spec(id: &str, entry: &VmEntry) -> VmProcessSpec {
         nics: spec
             .nics
             .iter()
-            .map(|n| vm::NicSpec {
+            .map(|n| stratum_vm::NicSpec {
                 tap: n.tap_name.clone(),
                 mac: (!n.mac.is_empty()).then(|| n.mac.clone()),
             })

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::agent::Agent;
-use crate::proto;
-use crate::proto::host_server::Host;
+use stratum_api::proto;
+use stratum_api::proto::host_server::Host;
 
 pub struct HostService(pub Arc<Agent>);
 

@@ -15,14 +15,14 @@ use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status};
 
 use crate::agent::Agent;
-use crate::image::{
+use stratum_api::proto;
+use stratum_api::proto::image_service_server::ImageService;
+use stratum_api::proto::pull_image_progress::Event;
+use stratum_api::proto::pull_image_request::Auth;
+use stratum_image::{
     ImageError, ImageRecord, ImageStore, ImportOptions, LayerPhase, ProgressSink, PullEvent,
     RegistryCredentials,
 };
-use crate::proto;
-use crate::proto::image_service_server::ImageService;
-use crate::proto::pull_image_progress::Event;
-use crate::proto::pull_image_request::Auth;
 
 pub struct ImageApi(pub Arc<Agent>);
 

@@ -13,9 +13,9 @@ use tonic::{Request, Response, Status};
 
 use crate::agent::errors::AgentError;
 use crate::agent::Agent;
-use crate::proto;
-use crate::proto::pod_service_server::PodService;
-use crate::runtime::{CriLogLine, LogFollower, LogStream};
+use stratum_api::proto;
+use stratum_api::proto::pod_service_server::PodService;
+use stratum_runtime::{CriLogLine, LogFollower, LogStream};
 
 pub struct PodApi(pub Arc<Agent>);
 

@@ -6,8 +6,8 @@ use tonic::{Request, Response, Status};
 
 use crate::agent::errors::AgentError;
 use crate::agent::Agent;
-use crate::proto;
-use crate::proto::resource_pools_server::ResourcePools;
+use stratum_api::proto;
+use stratum_api::proto::resource_pools_server::ResourcePools;
 
 pub struct PoolService(pub Arc<Agent>);
 

@@ -14,12 +14,12 @@ use super::pods::PodApi;
 use super::pools::PoolService;
 use super::vms::VmService;
 use crate::agent::Agent;
-use crate::proto::host_server::HostServer;
-use crate::proto::image_service_server::ImageServiceServer;
-use crate::proto::pod_service_server::PodServiceServer;
-use crate::proto::resource_pools_server::ResourcePoolsServer;
-use crate::proto::virtual_machines_server::VirtualMachinesServer;
-use crate::{proto, tls};
+use stratum_api::proto::host_server::HostServer;
+use stratum_api::proto::image_service_server::ImageServiceServer;
+use stratum_api::proto::pod_service_server::PodServiceServer;
+use stratum_api::proto::resource_pools_server::ResourcePoolsServer;
+use stratum_api::proto::virtual_machines_server::VirtualMachinesServer;
+use stratum_api::{proto, tls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -69,10 +69,15 @@ pub async fn serve(
         .await;
     health.set_serving::<ImageServiceServer<ImageApi>>().await;
     health.set_serving::<PodServiceServer<PodApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: grpcurl and grpc-java speak v1, Python's
+    // grpcio-reflection and older grpcurl only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
@@ -83,7 +88,8 @@ pub async fn serve(
     tracing::info!(%bound, tls = !insecure, "node-agent serving");
     builder
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(HostServer::new(HostService(agent.clone())))
         .add_service(ResourcePoolsServer::new(PoolService(agent.clone())))
         .add_service(ImageServiceServer::new(ImageApi(agent.clone())))

@@ -14,8 +14,8 @@ use tonic::{Request, Response, Status};
 use crate::agent::errors::AgentError;
 use crate::agent::vms::DEFAULT_SHUTDOWN_TIMEOUT;
 use crate::agent::Agent;
-use crate::proto;
-use crate::proto::virtual_machines_server::VirtualMachines;
+use stratum_api::proto;
+use stratum_api::proto::virtual_machines_server::VirtualMachines;
 
 pub struct VmService(pub Arc<Agent>);
 

@@ -13,12 +13,9 @@
 //! - [`store`]: the [`Store`]: open, typed get/put/delete/list, atomic
 //!   multi-record commits, the id sequence, and load-everything.
 //! - [`record`]: the record layout and the checks made when decoding.
-//! - [`procstat`]: a process's start time, which with its pid names one
-//!   process across pid reuse.
 //! - [`error`]: what can fail, as a [`StoreError`].
 
 pub mod error;
-pub mod procstat;
 pub mod record;
 pub mod store;
 

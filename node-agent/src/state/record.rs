@@ -19,7 +19,7 @@ use prost::Message;
 use redb::TableDefinition;
 
 use super::error::StoreError;
-use crate::proto::records::{PodRecord, PoolRecord, VmRecord};
+use crate::records::{PodRecord, PoolRecord, VmRecord};
 
 /// The layout version written in front of every record.
 pub const FORMAT_VERSION: u8 = 1;
@@ -146,8 +146,8 @@ pub fn decode<R: Record>(key: &str, bytes: &[u8]) -> Result<R, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::records::VmRuntime;
-    use crate::proto::{ResourcePoolSpec, VmSpec};
+    use crate::records::VmRuntime;
+    use stratum_api::proto::{ResourcePoolSpec, VmSpec};
 
     fn pool() -> PoolRecord {
         PoolRecord {

@@ -16,7 +16,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 
 use super::error::StoreError;
 use super::record::{decode, encode, Record};
-use crate::proto::records::{PodRecord, PoolRecord, VmRecord};
+use crate::records::{PodRecord, PoolRecord, VmRecord};
 
 /// The schema this agent writes: the set of tables and what they hold.
 pub const SCHEMA_VERSION: u64 = 1;

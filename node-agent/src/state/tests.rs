@@ -7,8 +7,8 @@ use redb::TableDefinition;
 use tempfile::TempDir;
 
 use super::*;
-use crate::proto::records::{PoolRecord, VmRecord, VmRuntime};
-use crate::proto::{DiskSpec, ResourcePoolSpec, VmRole, VmSpec, VmState};
+use crate::records::{PoolRecord, VmRecord, VmRuntime};
+use stratum_api::proto::{DiskSpec, ResourcePoolSpec, VmRole, VmSpec, VmState};
 
 /// Set in the child process of [`a_put_survives_abort`]: the database path.
 const ABORT_CHILD_ENV: &str = "STRATUM_STATE_TEST_ABORT_DB";

@@ -17,12 +17,12 @@ use super::{
 };
 use crate::agent::errors::{AgentError, Result};
 use crate::agent::{now, Agent};
-use crate::cgroup::CgroupUsage;
-use crate::pool::WorkloadId;
-use crate::proto;
-use crate::proto::records::{ContainerRuntime, PodRecord};
-use crate::proto::{ContainerState, PodState};
-use crate::runtime::{
+use crate::records::{ContainerRuntime, PodRecord};
+use stratum_api::proto;
+use stratum_api::proto::{ContainerState, PodState};
+use stratum_cgroup::CgroupUsage;
+use stratum_pool::WorkloadId;
+use stratum_runtime::{
     decide, Container, ContainerConfig, ExitReason, ExitReport, LogFollower, PodContext,
     RestartDecision, RootfsSource,
 };
@@ -218,7 +218,7 @@ impl Agent {
     /// A run could not be created or started: FAILED, then the policy.
     pub(super) fn run_failed(self: &Arc<Self>, pod_id: &str, name: &str, reason: &str) {
         tracing::warn!(pod = %pod_id, container = %name, "container failed: {reason}");
-        let facts = crate::runtime::ExitFacts {
+        let facts = stratum_runtime::ExitFacts {
             exit_code: None,
             oom_killed: false,
             stop_requested: false,
@@ -266,7 +266,7 @@ impl Agent {
         pod_id: &str,
         name: &str,
         run_id: Option<&str>,
-        mut facts: crate::runtime::ExitFacts,
+        mut facts: stratum_runtime::ExitFacts,
         mark: impl FnOnce(&mut proto::ContainerStatus),
     ) {
         let mut state = self.write_state();
@@ -564,7 +564,7 @@ impl Agent {
             None => None,
         };
         if let Some(run) = runs.as_mut().and_then(|r| r.remove(name)) {
-            if run.status() == crate::runtime::ContainerStatus::Running {
+            if run.status() == stratum_runtime::ContainerStatus::Running {
                 if let Some(r) = runs.as_mut() {
                     r.insert(name.to_string(), run);
                 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use crate::agent::errors::{AgentError, Result};
 use crate::agent::Agent;
-use crate::podnet::{Ipv4Cidr, PodNetConfig, PodNetwork};
-use crate::runtime::{CgroupMapping, OciRuntime, OciRuntimeConfig, RuntimeError};
+use stratum_podnet::{Ipv4Cidr, PodNetConfig, PodNetwork};
+use stratum_runtime::{CgroupMapping, OciRuntime, OciRuntimeConfig, RuntimeError};
 
 /// The pod settings the agent is started with.
 #[derive(Debug, Clone)]

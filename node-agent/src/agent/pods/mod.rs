@@ -1,5 +1,5 @@
 //! Pods directly on the host: the PodService's rules over the container
-//! runtime (`crate::runtime`), the pod network (`crate::podnet`) and the
+//! runtime (`stratum_runtime`), the pod network (`stratum_podnet`) and the
 //! image store, with each pod a workload of its resource pool exactly as a
 //! VM is.
 //!
@@ -39,14 +39,14 @@ use prost_types::Timestamp;
 use super::errors::{AgentError, Result};
 use super::pools::pool_id_or_root;
 use super::{now, Agent, State};
-use crate::cgroup::Cgroup;
-use crate::image::ImageLease;
-use crate::pool::convert::limits_to_proto;
-use crate::pool::{PodSizing, PoolId, Workload, WorkloadId};
-use crate::proto;
-use crate::proto::records::{ContainerRuntime, PodRecord};
-use crate::proto::{ContainerState, PodState};
-use crate::runtime::{Container, PodNetwork as SandboxNetwork, PodSandbox};
+use crate::records::{ContainerRuntime, PodRecord};
+use stratum_api::proto;
+use stratum_api::proto::{ContainerState, PodState};
+use stratum_cgroup::Cgroup;
+use stratum_image::ImageLease;
+use stratum_pool::convert::limits_to_proto;
+use stratum_pool::{PodSizing, PoolId, Workload, WorkloadId};
+use stratum_runtime::{Container, PodNetwork as SandboxNetwork, PodSandbox};
 
 pub use self::containers::live_usage;
 pub use self::host::{PodHost, PodHostConfig};

@@ -20,11 +20,11 @@ use super::{pod_entry, PodEntry, PodLive};
 use crate::agent::errors::Result;
 use crate::agent::pools::pool_id_or_root;
 use crate::agent::Agent;
-use crate::pool::convert::limits_from_proto;
-use crate::pool::{PodSizing, Resources, Workload, WorkloadId};
-use crate::proto::records::PodRecord;
-use crate::proto::{ContainerState, PodState};
-use crate::runtime::{Container, PodNetwork as SandboxNetwork, PodSandbox};
+use crate::records::PodRecord;
+use stratum_api::proto::{ContainerState, PodState};
+use stratum_pool::convert::limits_from_proto;
+use stratum_pool::{PodSizing, Resources, Workload, WorkloadId};
+use stratum_runtime::{Container, PodNetwork as SandboxNetwork, PodSandbox};
 
 impl Agent {
     /// Pods back into the pool tree, with their image leases.

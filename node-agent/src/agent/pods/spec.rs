@@ -6,13 +6,13 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use crate::agent::errors::{AgentError, Result};
-use crate::cgroup::CgroupLimits;
-use crate::image::ImageRecord;
-use crate::podnet::{PortMapping, Protocol};
-use crate::pool::convert::limits_from_proto;
-use crate::pool::{validate_name, PodSizing, MILLICORES_PER_CPU};
-use crate::proto;
-use crate::runtime::{ProcessConfig, RestartPolicy};
+use stratum_api::proto;
+use stratum_cgroup::CgroupLimits;
+use stratum_image::ImageRecord;
+use stratum_podnet::{PortMapping, Protocol};
+use stratum_pool::convert::limits_from_proto;
+use stratum_pool::{validate_name, PodSizing, MILLICORES_PER_CPU};
+use stratum_runtime::{ProcessConfig, RestartPolicy};
 
 /// `PATH` when neither the image nor the spec sets one (containerd's).
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -1,0 +1,125 @@
+//! Leases, removal, garbage collection, persistence and verified writes.
+
+use super::{assert_store_empty, entries, import_layers, store, LayerTar};
+use crate::digest::Digest;
+use crate::txn::Txn;
+use crate::{ImageError, ImageStore};
+
+fn layer(name: &str) -> Vec<u8> {
+    LayerTar::new()
+        .dir("data")
+        .file(&format!("data/{name}"), name)
+        .finish()
+}
+
+#[tokio::test]
+async fn remove_is_refused_while_leased_and_gc_frees_the_rest() {
+    let (dir, store) = store();
+    let records = import_layers(&store, dir.path(), "app:1", &[layer("a")])
+        .await
+        .expect("import");
+    let lease = store.acquire("app:1").expect("acquire");
+    assert_eq!(lease.lowerdirs(), store.lowerdirs(&records[0]).as_slice());
+    assert_eq!(store.lease_count("app:1").ok(), Some(1));
+    let err = store.remove("app:1").expect_err("removed while leased");
+    assert!(matches!(err, ImageError::InUse { leases: 1, .. }), "{err}");
+    assert_eq!(store.gc().await.expect("gc").blobs_removed, 0);
+    assert!(lease.lowerdirs()[0].join("data/a").is_file());
+    drop(lease);
+    store.remove("docker.io/library/app:1").expect("remove");
+    assert!(matches!(
+        store.get("app:1"),
+        Err(ImageError::UnknownImage(_))
+    ));
+    let report = store.gc().await.expect("gc");
+    assert_eq!((report.blobs_removed, report.layers_removed), (3, 1)); // manifest, config, layer
+    assert!(report.blob_bytes_freed > 0);
+    assert_store_empty(&store);
+}
+
+#[tokio::test]
+async fn gc_keeps_layers_shared_with_remaining_images() {
+    let (dir, store) = store();
+    let base = layer("base");
+    import_layers(&store, dir.path(), "one:1", &[base.clone(), layer("one")])
+        .await
+        .expect("one");
+    let two = import_layers(&store, dir.path(), "two:1", &[base, layer("two")])
+        .await
+        .expect("two");
+    assert_eq!(entries(&store.root().join("layers")).len(), 3);
+    store.remove("one:1").expect("remove");
+    let report = store.gc().await.expect("gc");
+    assert_eq!(report.layers_removed, 1);
+    for dir in store.lowerdirs(&two[0]) {
+        assert!(dir.is_dir(), "{} collected", dir.display());
+    }
+    assert!(store.lowerdirs(&two[0])[1].join("data/base").is_file());
+}
+
+#[tokio::test]
+async fn records_survive_reopen_and_are_found_by_any_name() {
+    let (dir, store) = store();
+    let record = import_layers(&store, dir.path(), "keep:2", &[layer("k")])
+        .await
+        .expect("import")
+        .remove(0);
+    drop(store);
+    let store = ImageStore::open(dir.path()).expect("reopen");
+    for name in [
+        "keep:2",
+        "docker.io/library/keep:2",
+        record.id.as_str(),
+        record.id.hex(),
+        record.manifest_digest.as_str(),
+    ] {
+        assert_eq!(store.get(name).ok().as_ref(), Some(&record), "{name}");
+    }
+    assert!(matches!(
+        store.get("keep:3"),
+        Err(ImageError::UnknownImage(_))
+    ));
+    assert_eq!(store.list(), vec![record]);
+}
+
+#[tokio::test]
+async fn a_tag_moves_to_the_newer_image() {
+    let (dir, store) = store();
+    let old = import_layers(&store, dir.path(), "app:latest", &[layer("v1")])
+        .await
+        .expect("v1")
+        .remove(0);
+    let new = import_layers(&store, dir.path(), "app:latest", &[layer("v2")])
+        .await
+        .expect("v2")
+        .remove(0);
+    assert_eq!(store.get("app").map(|r| r.id).ok(), Some(new.id));
+    let old = store.get(old.id.as_str()).expect("old by id");
+    assert!(old.references.is_empty());
+}
+
+#[test]
+fn blobs_whose_bytes_do_not_match_their_digest_are_refused() {
+    let (_dir, store) = store();
+    let claimed = Digest::of_bytes(b"the real content");
+    let mut txn = Txn::new(store.shared.clone());
+    let err = txn
+        .put_bytes(&claimed, b"something else")
+        .expect_err("accepted");
+    assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+    assert!(!store.blob_path(&claimed).exists());
+    txn.put_bytes(&claimed, b"the real content").expect("put");
+    assert!(store.blob_path(&claimed).is_file());
+    drop(txn); // uncommitted: rolled back
+    assert_store_empty(&store);
+}
+
+#[test]
+fn open_clears_leftover_temp_files() {
+    let (dir, store) = store();
+    std::fs::write(store.root().join("tmp/blob-crashed"), b"partial").expect("write");
+    std::fs::create_dir(store.root().join("tmp/layer-crashed")).expect("mkdir");
+    drop(store);
+    let store = ImageStore::open(dir.path()).expect("reopen");
+    assert_store_empty(&store);
+}

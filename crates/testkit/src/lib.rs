@@ -1,0 +1,17 @@
+//! What Stratum's tests and benchmarks share, and nothing production code
+//! may use: no crate depends on this one except as a dev-dependency, and
+//! the benchmarks (`bench-agent`, `bench-pod`) live here as its binaries.
+//!
+//! - [`agent_process`]: a real `node-agent` process with its own data dir,
+//!   port and cgroup subtree, stopped and cleaned up on drop.
+//! - [`test_agent`]: the same wrapped for the API tests: panics on
+//!   failure, gRPC clients, `nodectl` against it, its cgroups.
+//! - [`fixture`]: a throwaway `docker-registry` and a busybox OCI image.
+//! - [`root`]: the one policy for tests that need root.
+//! - [`bins`]: where the workspace's binaries are found.
+
+pub mod agent_process;
+pub mod bins;
+pub mod fixture;
+pub mod root;
+pub mod test_agent;

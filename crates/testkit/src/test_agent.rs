@@ -1,0 +1,180 @@
+//! A real node-agent process for the API tests: its own data dir, port
+//! and cgroup subtree, killed and cleaned up (VMs, cgroups, files) on drop.
+//! Built on [`AgentProcess`]; it panics where that returns errors, as a
+//! test wants.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::agent_process::AgentProcess;
+use crate::bins::bin;
+
+use stratum_api::proto::host_client::HostClient;
+use stratum_api::proto::resource_pools_client::ResourcePoolsClient;
+use stratum_api::proto::virtual_machines_client::VirtualMachinesClient;
+use stratum_cgroup::{Cgroup, Hierarchy, HierarchyConfig};
+use tonic::transport::Channel;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct TestAgent {
+    /// The test's working directory: the agent's data dir and log inside.
+    pub dir: PathBuf,
+    /// The port it listens on now (each start picks a new one).
+    pub port: u16,
+    /// Its cgroup subtree's name.
+    pub cgroup_root: String,
+    process: AgentProcess,
+}
+
+/// The vmm binary the agent runs: `STRATUM_VMM`, else the workspace's
+/// debug build.
+pub fn vmm_binary() -> PathBuf {
+    match std::env::var_os("STRATUM_VMM") {
+        Some(path) => PathBuf::from(path),
+        None => bin("vmm"),
+    }
+}
+
+impl TestAgent {
+    /// Starts an agent with plaintext gRPC on a free loopback port.
+    pub fn start(name: &str) -> TestAgent {
+        Self::start_with(name, &[])
+    }
+
+    pub fn start_with(name: &str, extra: &[&str]) -> TestAgent {
+        Self::start_full(name, extra, false)
+    }
+
+    /// Starts an agent serving mTLS on a free loopback port.
+    pub fn start_mtls(name: &str) -> TestAgent {
+        Self::start_full(name, &[], true)
+    }
+
+    fn start_full(name: &str, extra: &[&str], tls: bool) -> TestAgent {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{name}-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("stratum-agent-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cgroup_root = format!("st-{}", tag.replace('_', "-"));
+        let mut args = vec!["--vmm".to_string(), vmm_binary().display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let process =
+            AgentProcess::start_with(&bin("node-agent"), dir.clone(), cgroup_root.clone(), &args, tls)
+                .unwrap_or_else(|e| panic!("node-agent: {e}"));
+        TestAgent {
+            dir,
+            port: process.port(),
+            cgroup_root,
+            process,
+        }
+    }
+
+    /// Restarts the agent process on the same data dir, on a port of its
+    /// choosing.
+    pub fn spawn(&mut self) {
+        self.process
+            .respawn()
+            .unwrap_or_else(|e| panic!("node-agent: {e}"));
+        self.port = self.process.port();
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    /// kill -9, as a crash.
+    pub fn kill9(&mut self) {
+        self.process.kill9();
+    }
+
+    pub fn url(&self) -> String {
+        self.process.addr()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the agent")
+    }
+
+    pub async fn pools(&self) -> ResourcePoolsClient<Channel> {
+        ResourcePoolsClient::new(self.channel().await)
+    }
+
+    pub async fn vms(&self) -> VirtualMachinesClient<Channel> {
+        VirtualMachinesClient::new(self.channel().await)
+    }
+
+    pub async fn host(&self) -> HostClient<Channel> {
+        HostClient::new(self.channel().await)
+    }
+
+    /// Runs `nodectl` against this (plaintext) agent.
+    pub fn nodectl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("nodectl"))
+            .args(["--addr", &self.url(), "--insecure"])
+            .args(args)
+            .output()
+            .expect("run nodectl")
+    }
+
+    pub fn hierarchy(&self) -> Hierarchy {
+        Hierarchy::detect_with(&HierarchyConfig {
+            root_name: self.cgroup_root.clone(),
+            ..HierarchyConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// The agent's cgroup for `path` below its root (pool ids, `vm-<id>`).
+    pub fn cgroup(&self, path: &str) -> Cgroup {
+        self.hierarchy().open(Path::new(path)).unwrap()
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        // A test tears down hard: kill -9 first, so no orderly shutdown
+        // runs, then the cgroup subtree with whatever still runs in it.
+        self.process.kill9();
+        self.process.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An x86-64 ELF "kernel" that halts forever with interrupts off (cli;
+/// hlt; jmp back): a VM that runs until it is stopped, on any KVM —
+/// this host's PVM-backed one included.
+pub fn halting_kernel(dir: &Path) -> PathBuf {
+    let code = [0xfa, 0xf4, 0xeb, 0xfd];
+    let size = 4096usize;
+    let mut image = vec![0u8; 0x78 + size];
+    image[0..4].copy_from_slice(b"\x7fELF");
+    image[4] = 2;
+    image[5] = 1;
+    image[6] = 1;
+    image[16..18].copy_from_slice(&2u16.to_le_bytes());
+    image[18..20].copy_from_slice(&62u16.to_le_bytes());
+    image[20..24].copy_from_slice(&1u32.to_le_bytes());
+    image[24..32].copy_from_slice(&0x100_0000u64.to_le_bytes());
+    image[32..40].copy_from_slice(&64u64.to_le_bytes());
+    image[52..54].copy_from_slice(&64u16.to_le_bytes());
+    image[54..56].copy_from_slice(&56u16.to_le_bytes());
+    image[56..58].copy_from_slice(&1u16.to_le_bytes());
+    let ph = 64;
+    image[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes());
+    image[ph + 4..ph + 8].copy_from_slice(&5u32.to_le_bytes()); // R+X
+    image[ph + 8..ph + 16].copy_from_slice(&0x78u64.to_le_bytes());
+    image[ph + 16..ph + 24].copy_from_slice(&0x100_0000u64.to_le_bytes());
+    image[ph + 24..ph + 32].copy_from_slice(&0x100_0000u64.to_le_bytes());
+    image[ph + 32..ph + 40].copy_from_slice(&(size as u64).to_le_bytes());
+    image[ph + 40..ph + 48].copy_from_slice(&(size as u64).to_le_bytes());
+    image[0x78..0x78 + code.len()].copy_from_slice(&code);
+    let path = dir.join("halting-kernel");
+    std::fs::write(&path, image).unwrap();
+    path
+}

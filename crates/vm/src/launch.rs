@@ -1,0 +1,462 @@
+//! Starting one `vmm` process for a VM: spawn it into the VM's leaf
+//! cgroup, wait for its API socket, configure it through the API and start
+//! the guest.
+//!
+//! - The child joins its cgroup between fork and exec
+//!   ([`Cgroup::attach_command`]), so every page it touches is charged to
+//!   the VM from its first instruction.
+//! - It must outlive the agent (re-adoption after `kill -9` or an upgrade):
+//!   it calls `setsid` before exec, so signals to the agent's process group
+//!   or terminal never reach it, and no `PR_SET_PDEATHSIG` is set. Its
+//!   stdin/stdout are /dev/null (no pipe to the agent that could break) and
+//!   stderr goes to `vmm.stderr` in the run directory.
+//! - Configuration goes through the API rather than the command line so
+//!   that each refusal comes back as vmm's own `fault_message` for the step
+//!   that failed (machine-config, boot-source, a drive, a NIC, the start).
+//! - On any failure the child is killed and reaped, its socket, console log
+//!   and stderr file are removed (and the run directory if that empties
+//!   it), and the error carries vmm's message: the fault, or the tail of
+//!   its stderr when it exited. Nothing is left running.
+//!
+//! Blocking (up to the socket wait plus a few API timeouts); run it with
+//! `spawn_blocking` from async code.
+
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::api_client::{
+    ApiClient, ApiError, BootSource, Drive, MachineConfig, NetworkInterface, DEFAULT_API_TIMEOUT,
+};
+use super::pidfd;
+use super::process::{ExitInfo, ProcessIdentity, VmProcess};
+use super::run_dir::{RunDir, MAX_SOCKET_PATH};
+use stratum_cgroup::{Cgroup, CgroupError};
+
+/// How much of `vmm.stderr` an error carries.
+const STDERR_TAIL: u64 = 2048;
+
+/// What to run: one VM's `vmm` configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmProcessSpec {
+    /// The VM's id; vmm's `--id` (shown by `GET /`).
+    pub id: String,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// `None`: vmm's default command line.
+    pub cmdline: Option<String>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Virtio-blk disks in order (vda, vdb, …).
+    pub disks: Vec<DiskSpec>,
+    /// Virtio-net interfaces in order (eth0, …).
+    pub nics: Vec<NicSpec>,
+}
+
+/// One disk. vmm makes the API drive id the serial the guest reads, so the
+/// drive id is `serial` when given (1–64 of `[A-Za-z0-9_-]`, unique per
+/// VM), else `disk<N>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub serial: Option<String>,
+}
+
+/// One NIC on an existing TAP device; interface ids are `net<N>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicSpec {
+    pub tap: String,
+    /// `XX:XX:XX:XX:XX:XX`; `None`: vmm picks one.
+    pub mac: Option<String>,
+}
+
+/// Timeouts of a launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchOptions {
+    /// How long vmm may take to bind its API socket.
+    pub socket_timeout: Duration,
+    /// Per API request (InstanceStart allocates guest memory).
+    pub api_timeout: Duration,
+}
+
+impl Default for LaunchOptions {
+    fn default() -> Self {
+        LaunchOptions {
+            socket_timeout: Duration::from_secs(5),
+            api_timeout: DEFAULT_API_TIMEOUT,
+        }
+    }
+}
+
+/// Why a VM could not be launched. Whatever the variant, no `vmm` process
+/// of this launch is left running.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The run directory could not be prepared.
+    #[error("run directory {path}: {op}: {source}")]
+    RunDir {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The socket path is longer than a Unix socket address allows.
+    #[error("API socket path {0} is too long for a Unix socket (max {MAX_SOCKET_PATH} bytes)")]
+    SocketPathTooLong(PathBuf),
+
+    /// Another process already serves the API socket (a vmm of this VM?).
+    #[error("API socket {0} is in use by a running process")]
+    SocketInUse(PathBuf),
+
+    /// The cgroup's `cgroup.procs` could not be opened for the child.
+    #[error("cannot place vmm in its cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
+
+    /// The binary could not be started (or the child failed to join its
+    /// cgroup or session before exec).
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// vmm exited during the launch; `stderr` is the tail of its stderr.
+    #[error("vmm exited during launch ({exit}): {stderr}")]
+    Exited { exit: ExitInfo, stderr: String },
+
+    /// vmm did not bind its API socket in time.
+    #[error("vmm did not open its API socket within {0:?}")]
+    SocketTimeout(Duration),
+
+    /// vmm refused or failed a configuration step; see `ApiError::fault_message`.
+    #[error("vmm {step}: {source}")]
+    Api {
+        step: String,
+        #[source]
+        source: ApiError,
+    },
+
+    /// Watching the child failed.
+    #[error("vmm launch: {op}: {source}")]
+    Process {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl LaunchError {
+    /// vmm's own explanation (fault message or stderr tail), if it gave one.
+    pub fn vmm_message(&self) -> Option<&str> {
+        match self {
+            LaunchError::Api { source, .. } => source.fault_message(),
+            LaunchError::Exited { stderr, .. } => Some(stderr),
+            _ => None,
+        }
+    }
+}
+
+/// Launches `vmm_binary` for `spec` in `cgroup` with default timeouts.
+pub fn launch(
+    vmm_binary: &Path,
+    run_dir: &Path,
+    spec: &VmProcessSpec,
+    cgroup: &Cgroup,
+) -> Result<VmProcess, LaunchError> {
+    launch_with(vmm_binary, run_dir, spec, cgroup, &LaunchOptions::default())
+}
+
+/// [`launch`] with explicit timeouts.
+pub fn launch_with(
+    vmm_binary: &Path,
+    run_dir: &Path,
+    spec: &VmProcessSpec,
+    cgroup: &Cgroup,
+    options: &LaunchOptions,
+) -> Result<VmProcess, LaunchError> {
+    let run_dir = RunDir::new(run_dir);
+    prepare_run_dir(&run_dir)?;
+    let mut child = match spawn(vmm_binary, &run_dir, &spec.id, cgroup) {
+        Ok(child) => child,
+        Err(e) => {
+            run_dir.clean_after_failure();
+            return Err(e);
+        }
+    };
+    let api = ApiClient::new(run_dir.api_sock()).with_timeout(options.api_timeout);
+    match start(&mut child, &run_dir, &api, spec, options) {
+        Ok((identity, fd)) => {
+            // Dropping `Child` neither kills nor reaps; the pidfd now does.
+            drop(child);
+            Ok(VmProcess::from_child(identity, fd, run_dir, api))
+        }
+        Err(e) => {
+            let e = explain(e, &mut child, &run_dir);
+            kill_and_reap(&mut child);
+            run_dir.clean_after_failure();
+            Err(e)
+        }
+    }
+}
+
+/// Creates the directory; refuses a live socket, removes a stale one.
+fn prepare_run_dir(run_dir: &RunDir) -> Result<(), LaunchError> {
+    let dir_err = |op| {
+        let path = run_dir.path().to_path_buf();
+        move |source| LaunchError::RunDir { path, op, source }
+    };
+    let socket = run_dir.api_sock();
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(LaunchError::SocketPathTooLong(socket));
+    }
+    std::fs::create_dir_all(run_dir.path()).map_err(dir_err("create"))?;
+    if UnixStream::connect(&socket).is_ok() {
+        return Err(LaunchError::SocketInUse(socket));
+    }
+    match std::fs::remove_file(&socket) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(dir_err("remove stale socket")(e)),
+        _ => Ok(()),
+    }
+}
+
+fn spawn(binary: &Path, run_dir: &RunDir, id: &str, cgroup: &Cgroup) -> Result<Child, LaunchError> {
+    let stderr_path = run_dir.stderr_log();
+    let stderr = std::fs::File::create(&stderr_path).map_err(|source| LaunchError::RunDir {
+        path: stderr_path,
+        op: "create vmm.stderr",
+        source,
+    })?;
+    let mut cmd = Command::new(binary);
+    cmd.arg("--api-sock")
+        .arg(run_dir.api_sock())
+        .arg("--id")
+        .arg(id)
+        .arg("--console")
+        .arg(run_dir.console_log())
+        .arg("--no-console-input")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    cgroup.attach_command(&mut cmd)?;
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory; it runs
+    // in the forked child after the cgroup hook.
+    unsafe {
+        cmd.pre_exec(|| match libc::setsid() {
+            -1 => Err(io::Error::last_os_error()),
+            _ => Ok(()),
+        });
+    }
+    cmd.spawn().map_err(|source| LaunchError::Spawn {
+        binary: binary.to_path_buf(),
+        source,
+    })
+}
+
+/// Everything after the spawn: identity, socket, configuration, start.
+fn start(
+    child: &mut Child,
+    run_dir: &RunDir,
+    api: &ApiClient,
+    spec: &VmProcessSpec,
+    options: &LaunchOptions,
+) -> Result<(ProcessIdentity, std::os::fd::OwnedFd), LaunchError> {
+    // The child is unreaped until we wait for it, so its pid is still its.
+    let process_err = |op| move |source| LaunchError::Process { op, source };
+    let fd = pidfd::open(child.id()).map_err(process_err("pidfd_open"))?;
+    let identity = ProcessIdentity::of(child.id()).map_err(process_err("read /proc/<pid>/stat"))?;
+    wait_for_socket(child, run_dir, options.socket_timeout)?;
+    configure(api, spec)?;
+    step(api, "InstanceStart", ApiClient::instance_start)?;
+    Ok((identity, fd))
+}
+
+/// Polls until the socket accepts a connection, vmm exits, or time runs out.
+fn wait_for_socket(
+    child: &mut Child,
+    run_dir: &RunDir,
+    timeout: Duration,
+) -> Result<(), LaunchError> {
+    let deadline = Instant::now() + timeout;
+    let socket = run_dir.api_sock();
+    loop {
+        if UnixStream::connect(&socket).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = try_wait(child)? {
+            return Err(exited(status, run_dir));
+        }
+        if Instant::now() >= deadline {
+            return Err(LaunchError::SocketTimeout(timeout));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn configure(api: &ApiClient, spec: &VmProcessSpec) -> Result<(), LaunchError> {
+    let machine = MachineConfig {
+        vcpu_count: spec.vcpus,
+        mem_size_mib: spec.memory_mib,
+    };
+    step(api, "machine-config", |a| a.put_machine_config(&machine))?;
+    let boot = BootSource {
+        kernel_image_path: spec.kernel.clone(),
+        initrd_path: spec.initrd.clone(),
+        boot_args: spec.cmdline.clone(),
+    };
+    step(api, "boot-source", |a| a.put_boot_source(&boot))?;
+    for drive in drives(spec) {
+        step(api, &format!("drive {}", drive.drive_id), |a| {
+            a.put_drive(&drive)
+        })?;
+    }
+    for nic in nics(spec) {
+        step(api, &format!("network interface {}", nic.iface_id), |a| {
+            a.put_network_interface(&nic)
+        })?;
+    }
+    Ok(())
+}
+
+/// The API drive bodies: ids from the serials, else `disk<N>`; no root
+/// device (the guest's command line names its root itself).
+pub fn drives(spec: &VmProcessSpec) -> Vec<Drive> {
+    let drive = |(i, disk): (usize, &DiskSpec)| Drive {
+        drive_id: disk.serial.clone().unwrap_or_else(|| format!("disk{i}")),
+        path_on_host: disk.path.clone(),
+        is_root_device: false,
+        is_read_only: disk.read_only,
+    };
+    spec.disks.iter().enumerate().map(drive).collect()
+}
+
+/// The API network interface bodies, ids `net<N>`.
+pub fn nics(spec: &VmProcessSpec) -> Vec<NetworkInterface> {
+    let nic = |(i, nic): (usize, &NicSpec)| NetworkInterface {
+        iface_id: format!("net{i}"),
+        host_dev_name: nic.tap.clone(),
+        guest_mac: nic.mac.clone(),
+    };
+    spec.nics.iter().enumerate().map(nic).collect()
+}
+
+fn step(
+    api: &ApiClient,
+    name: &str,
+    call: impl FnOnce(&ApiClient) -> Result<(), ApiError>,
+) -> Result<(), LaunchError> {
+    call(api).map_err(|source| LaunchError::Api {
+        step: name.to_string(),
+        source,
+    })
+}
+
+/// An API error that is really "vmm died" becomes `Exited` with its stderr.
+fn explain(error: LaunchError, child: &mut Child, run_dir: &RunDir) -> LaunchError {
+    let LaunchError::Api { source, .. } = &error else {
+        return error;
+    };
+    if source.fault_message().is_some() {
+        return error;
+    }
+    // Connection errors: give a dying vmm a moment to finish exiting.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return exited(status, run_dir);
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    error
+}
+
+fn try_wait(child: &mut Child) -> Result<Option<ExitStatus>, LaunchError> {
+    child.try_wait().map_err(|source| LaunchError::Process {
+        op: "waitpid",
+        source,
+    })
+}
+
+fn exited(status: ExitStatus, run_dir: &RunDir) -> LaunchError {
+    LaunchError::Exited {
+        exit: ExitInfo {
+            code: status.code(),
+            signal: status.signal(),
+        },
+        stderr: stderr_tail(&run_dir.stderr_log()),
+    }
+}
+
+/// The last few lines of vmm's stderr, trimmed (empty if unreadable).
+fn stderr_tail(path: &Path) -> String {
+    let read = || -> io::Result<Vec<u8>> {
+        let mut file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(STDERR_TAIL)))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail)?;
+        Ok(tail)
+    };
+    read()
+        .map(|tail| String::from_utf8_lossy(&tail).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn kill_and_reap(child: &mut Child) {
+    // Errors mean it is already gone (and maybe already reaped by try_wait).
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(disks: Vec<DiskSpec>, nics: Vec<NicSpec>) -> VmProcessSpec {
+        VmProcessSpec {
+            id: "t".into(),
+            kernel: "k".into(),
+            initrd: None,
+            cmdline: None,
+            vcpus: 1,
+            memory_mib: 64,
+            disks,
+            nics,
+        }
+    }
+
+    #[test]
+    fn drive_ids_are_serials_or_numbered() {
+        let disk = |serial: Option<&str>| DiskSpec {
+            path: "d".into(),
+            read_only: true,
+            serial: serial.map(str::to_string),
+        };
+        let drives = drives(&spec(
+            vec![disk(None), disk(Some("data")), disk(None)],
+            vec![],
+        ));
+        let ids: Vec<_> = drives.iter().map(|d| d.drive_id.as_str()).collect();
+        assert_eq!(ids, ["disk0", "data", "disk2"]);
+        assert!(drives.iter().all(|d| !d.is_root_device && d.is_read_only));
+    }
+
+    #[test]
+    fn nic_ids_are_numbered() {
+        let nic = NicSpec {
+            tap: "tap0".into(),
+            mac: None,
+        };
+        let ids: Vec<_> = nics(&spec(vec![], vec![nic.clone(), nic]))
+            .into_iter()
+            .map(|n| n.iface_id)
+            .collect();
+        assert_eq!(ids, ["net0", "net1"]);
+    }
+}

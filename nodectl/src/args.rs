@@ -1,0 +1,303 @@
+//! Parsers for nodectl's structured arguments (`--disk`, `--nic`,
+//! `--label`, `--selector`, `--role`, shares, a pod's `--port`, `--env`
+//! and `--restart`), turning text straight into the API's messages so clap
+//! reports a bad value as a usage error.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use stratum_api::proto::{
+    DiskSpec, EnvVar, NicSpec, PortMapping, PortProtocol, RestartPolicy, Shares, SharesLevel,
+    VmRole,
+};
+
+/// `low`, `normal`, `high` (1:2:4) or a custom number of shares.
+pub fn parse_shares(text: &str) -> Result<Shares, String> {
+    let level = match text {
+        "low" => SharesLevel::Low,
+        "normal" => SharesLevel::Normal,
+        "high" => SharesLevel::High,
+        custom => {
+            let custom = custom.parse().map_err(|_| {
+                format!("invalid shares {text:?}: expected low, normal, high or a number")
+            })?;
+            return Ok(Shares {
+                level: SharesLevel::Custom as i32,
+                custom,
+            });
+        }
+    };
+    Ok(Shares {
+        level: level as i32,
+        custom: 0,
+    })
+}
+
+/// `control-plane`, `etcd` or `worker`.
+pub fn parse_role(text: &str) -> Result<VmRole, String> {
+    match text {
+        "control-plane" => Ok(VmRole::ControlPlane),
+        "etcd" => Ok(VmRole::Etcd),
+        "worker" => Ok(VmRole::Worker),
+        _ => Err(format!(
+            "invalid role {text:?}: expected control-plane, etcd or worker"
+        )),
+    }
+}
+
+/// The role as the CLI spells it (the inverse of [`parse_role`]).
+pub fn role_name(role: VmRole) -> &'static str {
+    match role {
+        VmRole::Unspecified => "-",
+        VmRole::ControlPlane => "control-plane",
+        VmRole::Etcd => "etcd",
+        VmRole::Worker => "worker",
+    }
+}
+
+/// Splits `key=value,flag,...` into (key, optional value) pairs.
+fn options(text: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    text.split(',').map(|part| match part.split_once('=') {
+        Some((key, value)) => (key, Some(value)),
+        None => (part, None),
+    })
+}
+
+fn required<'a>(what: &str, key: &str, value: Option<&'a str>) -> Result<&'a str, String> {
+    match value {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(format!("{what}: {key}= needs a value")),
+    }
+}
+
+/// `base=PATH[,ro][,serial=S]`. Paths containing commas are not supported.
+pub fn parse_disk(text: &str) -> Result<DiskSpec, String> {
+    let what = format!("invalid --disk {text:?}");
+    let mut disk = DiskSpec::default();
+    for (key, value) in options(text) {
+        match (key, value) {
+            ("base", v) => disk.base_image = required(&what, key, v)?.to_string(),
+            ("ro", None) => disk.read_only = true,
+            ("serial", v) => disk.serial = required(&what, key, v)?.to_string(),
+            _ => {
+                return Err(format!(
+                    "{what}: unknown option {key:?} (expected base=, ro, serial=)"
+                ))
+            }
+        }
+    }
+    if disk.base_image.is_empty() {
+        return Err(format!("{what}: base=PATH is required"));
+    }
+    Ok(disk)
+}
+
+/// `tap=NAME[,mac=MAC]`.
+pub fn parse_nic(text: &str) -> Result<NicSpec, String> {
+    let what = format!("invalid --nic {text:?}");
+    let mut nic = NicSpec::default();
+    for (key, value) in options(text) {
+        match key {
+            "tap" => nic.tap_name = required(&what, key, value)?.to_string(),
+            "mac" => nic.mac = required(&what, key, value)?.to_string(),
+            _ => {
+                return Err(format!(
+                    "{what}: unknown option {key:?} (expected tap=, mac=)"
+                ))
+            }
+        }
+    }
+    if nic.tap_name.is_empty() {
+        return Err(format!("{what}: tap=NAME is required"));
+    }
+    Ok(nic)
+}
+
+/// One `key=value` label; the key must not be empty.
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("invalid label {text:?}: expected key=value")),
+    }
+}
+
+/// `k=v,k2=v2`: every pair must match (equality selector).
+pub fn parse_selector(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',').map(parse_label).collect()
+}
+
+/// Labels or selectors as the map the API takes; a later key wins.
+pub fn label_map(pairs: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, String> {
+    pairs.into_iter().collect()
+}
+
+/// `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]`, as `docker run -p`:
+/// `8080:80`, `5353:53/udp`, `127.0.0.1:8080:80`. TCP when no protocol is
+/// given; every host address but loopback when no host IP is.
+pub fn parse_port(text: &str) -> Result<PortMapping, String> {
+    let what = format!(
+        "invalid --port {text:?}: expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp], \
+         e.g. 8080:80 or 5353:53/udp"
+    );
+    let (ports, protocol) = match text.split_once('/') {
+        None => (text, PortProtocol::Tcp),
+        Some((ports, "tcp")) => (ports, PortProtocol::Tcp),
+        Some((ports, "udp")) => (ports, PortProtocol::Udp),
+        Some((_, other)) => {
+            return Err(format!(
+                "invalid --port {text:?}: protocol {other:?} is neither tcp nor udp"
+            ))
+        }
+    };
+    let parts: Vec<&str> = ports.split(':').collect();
+    let (host_ip, host, container) = match parts.as_slice() {
+        [host, container] => (String::new(), *host, *container),
+        [ip, host, container] => {
+            let ip: Ipv4Addr = ip
+                .parse()
+                .map_err(|_| format!("invalid --port {text:?}: {ip:?} is not an IPv4 address"))?;
+            (ip.to_string(), *host, *container)
+        }
+        _ => return Err(what),
+    };
+    let port = |p: &str| -> Result<u32, String> {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(what.clone());
+        }
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(u32::from(n)),
+            _ => Err(format!(
+                "invalid --port {text:?}: port {p} is not in 1..=65535"
+            )),
+        }
+    };
+    Ok(PortMapping {
+        host_port: port(host)?,
+        container_port: port(container)?,
+        protocol: protocol as i32,
+        host_ip,
+    })
+}
+
+/// A port mapping as `--port` takes it, with the protocol always spelt:
+/// `8080:80/tcp`, `127.0.0.1:5353:53/udp` (the inverse of [`parse_port`]).
+pub fn port_text(port: &PortMapping) -> String {
+    let protocol = match PortProtocol::try_from(port.protocol) {
+        Ok(PortProtocol::Unspecified | PortProtocol::Tcp) => "tcp".to_string(),
+        Ok(PortProtocol::Udp) => "udp".to_string(),
+        Err(_) => format!("unknown({})", port.protocol),
+    };
+    let ip = if port.host_ip.is_empty() {
+        String::new()
+    } else {
+        format!("{}:", port.host_ip)
+    };
+    format!("{ip}{}:{}/{protocol}", port.host_port, port.container_port)
+}
+
+/// `NAME=VALUE` for a container's environment; the value may be empty or
+/// hold `=`, the name may not be empty or hold `=`.
+pub fn parse_env(text: &str) -> Result<EnvVar, String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() && !name.contains(char::is_whitespace) => {
+            Ok(EnvVar {
+                name: name.to_string(),
+                value: value.to_string(),
+            })
+        }
+        _ => Err(format!(
+            "invalid --env {text:?}: expected NAME=VALUE (a name without blanks)"
+        )),
+    }
+}
+
+/// `never`, `on-failure` or `always`.
+pub fn parse_restart(text: &str) -> Result<RestartPolicy, String> {
+    match text {
+        "never" => Ok(RestartPolicy::Never),
+        "on-failure" => Ok(RestartPolicy::OnFailure),
+        "always" => Ok(RestartPolicy::Always),
+        _ => Err(format!(
+            "invalid restart policy {text:?}: expected never, on-failure or always"
+        )),
+    }
+}
+
+/// The restart policy as the CLI spells it; unset reads as `never`, as the
+/// agent treats it (the inverse of [`parse_restart`]).
+pub fn restart_name(policy: RestartPolicy) -> &'static str {
+    match policy {
+        RestartPolicy::Unspecified | RestartPolicy::Never => "never",
+        RestartPolicy::OnFailure => "on-failure",
+        RestartPolicy::Always => "always",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_are_levels_or_custom_numbers() {
+        assert_eq!(
+            parse_shares("high").unwrap().level,
+            SharesLevel::High as i32
+        );
+        let custom = parse_shares("1500").unwrap();
+        assert_eq!(
+            (custom.level, custom.custom),
+            (SharesLevel::Custom as i32, 1500)
+        );
+        assert!(parse_shares("huge").is_err());
+        assert!(parse_shares("-1").is_err());
+    }
+
+    #[test]
+    fn roles_round_trip() {
+        for role in [VmRole::ControlPlane, VmRole::Etcd, VmRole::Worker] {
+            assert_eq!(parse_role(role_name(role)), Ok(role));
+        }
+        assert!(parse_role("master").is_err());
+    }
+
+    #[test]
+    fn disks_parse_base_ro_and_serial() {
+        let d = parse_disk("base=/img/root.raw,ro,serial=root").unwrap();
+        assert_eq!(d.base_image, "/img/root.raw");
+        assert!(d.read_only);
+        assert_eq!(d.serial, "root");
+        assert!(!parse_disk("base=/a").unwrap().read_only);
+        for bad in [
+            "",
+            "ro",
+            "base=",
+            "base=/a,rw",
+            "base=/a,serial",
+            "base=/a,ro=1",
+        ] {
+            assert!(parse_disk(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn nics_parse_tap_and_mac() {
+        let n = parse_nic("tap=tap0,mac=52:54:00:12:34:56").unwrap();
+        assert_eq!(
+            (n.tap_name.as_str(), n.mac.as_str()),
+            ("tap0", "52:54:00:12:34:56")
+        );
+        assert!(parse_nic("mac=52:54:00:12:34:56").is_err());
+        assert!(parse_nic("tap=tap0,vlan=3").is_err());
+    }
+
+    #[test]
+    fn labels_and_selectors() {
+        assert_eq!(parse_label("tier=web"), Ok(("tier".into(), "web".into())));
+        assert_eq!(parse_label("empty="), Ok(("empty".into(), String::new())));
+        assert!(parse_label("=x").is_err());
+        assert!(parse_label("novalue").is_err());
+        let sel = parse_selector("a=1,b=2").unwrap();
+        assert_eq!(label_map(sel).len(), 2);
+        assert!(parse_selector("a=1,,b=2").is_err());
+    }
+}

@@ -1,0 +1,523 @@
+//! nodectl's command line (clap derive). Values are parsed into the API's
+//! types here, so a malformed size, role, `--disk` or `--port` is a usage
+//! error (exit 2) before any connection is made.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use super::args::{
+    parse_disk, parse_env, parse_label, parse_nic, parse_port, parse_restart, parse_role,
+    parse_selector, parse_shares,
+};
+use super::size::{parse_memory_mib, parse_millicores, parse_size};
+use stratum_api::proto::{DiskSpec, EnvVar, NicSpec, PortMapping, RestartPolicy, Shares, VmRole};
+
+/// Where the agent listens by default (its `--listen` default).
+pub const DEFAULT_ADDR: &str = "https://127.0.0.1:7443";
+/// The agent's default certificate directory (`data/certs` under its
+/// working directory, i.e. the repository when started by `make run`).
+pub const DEFAULT_CERTS: &str = "data/certs";
+
+/// Operator CLI for the Stratum node agent.
+///
+/// Talks to the agent over mTLS with the client certificate in --certs
+/// (made by `nodectl certs init` or by the agent on first start).
+#[derive(Debug, Parser)]
+#[command(name = "nodectl", version, propagate_version = true)]
+pub struct Cli {
+    /// The agent's gRPC address (https://HOST:PORT; http:// or --insecure for plaintext).
+    #[arg(long, global = true, env = "NODECTL_ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: String,
+    /// Directory with ca.pem, client.pem and client.key. The default is
+    /// the agent's default, relative to the current directory.
+    #[arg(long, global = true, env = "NODECTL_CERTS", default_value = DEFAULT_CERTS)]
+    pub certs: PathBuf,
+    /// Plaintext h2c instead of mTLS; only to a loopback address, and the
+    /// agent must run with --insecure-plaintext.
+    #[arg(long, global = true)]
+    pub insecure: bool,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// The messages as JSON (one object per line for streams).
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The host: hardware, KVM, cgroups, capacity.
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// Resource pools.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Virtual machines.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Pods: containers run on the host, in the same pools as the VMs.
+    #[command(subcommand)]
+    Pod(PodCommand),
+    /// OCI images in the agent's store.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Development certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// CPUs, memory, KVM, cgroup version, versions.
+    Info,
+    /// Total, system reserve, reserved and unreserved CPU and memory.
+    Capacity,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// The pool tree with reservations, limits, shares and usage; with
+    /// --workloads, the inventory: every VM and pod beneath its pool.
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only this pool's subtree.
+        #[arg(long)]
+        root: Option<String>,
+        /// The one inventory: each pool's VMs and pods indented beneath it,
+        /// side by side (kind, id, state, reservation, limits), with the
+        /// live CPU time and memory of every pool and running workload
+        /// read from their cgroups.
+        #[arg(long, short = 'w')]
+        workloads: bool,
+    },
+    /// One pool in full.
+    Get { id: String },
+    /// Create a pool (defaults: no reservation, no limit, normal shares,
+    /// expandable reservation as in vSphere, no quota).
+    Create {
+        name: String,
+        /// Parent pool id [default: the root pool].
+        #[arg(long)]
+        parent: Option<String>,
+        #[command(flatten)]
+        settings: PoolSettings,
+    },
+    /// Change a pool: only the given settings change (the current spec is
+    /// read, edited and written back).
+    Update {
+        id: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        settings: PoolSettings,
+    },
+    /// Delete an empty pool.
+    Delete { id: String },
+}
+
+/// Allocation and quota flags shared by `pool create` and `pool update`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct PoolSettings {
+    /// Guaranteed CPU in millicores (500 or 500m).
+    #[arg(long, value_name = "MILLICORES", value_parser = parse_millicores)]
+    pub cpu_reservation: Option<u64>,
+    /// CPU ceiling in millicores; 0 = unlimited.
+    #[arg(long, value_name = "MILLICORES", value_parser = parse_millicores)]
+    pub cpu_limit: Option<u64>,
+    /// low | normal | high | a number (2..=262144).
+    #[arg(long, value_name = "SHARES", value_parser = parse_shares)]
+    pub cpu_shares: Option<Shares>,
+    /// Guaranteed memory (512Mi, 2Gi, bytes).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub mem_reservation: Option<u64>,
+    /// Memory ceiling; 0 = unlimited.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub mem_limit: Option<u64>,
+    /// low | normal | high | a number.
+    #[arg(long, value_name = "SHARES", value_parser = parse_shares)]
+    pub mem_shares: Option<Shares>,
+    /// Children may borrow reservation from ancestors (CPU and memory).
+    #[arg(long, overrides_with = "no_expandable")]
+    pub expandable: bool,
+    /// Children's reservations must fit this pool's own.
+    #[arg(long, overrides_with = "expandable")]
+    pub no_expandable: bool,
+    /// Most VMs in this pool and below; 0 = no cap.
+    #[arg(long, value_name = "N")]
+    pub max_vms: Option<u32>,
+    /// Most vCPUs of the VMs in this pool and below; 0 = no cap.
+    #[arg(long, value_name = "N")]
+    pub max_vcpus: Option<u32>,
+    /// Most pods in this pool and below; 0 = no cap.
+    #[arg(long, value_name = "N")]
+    pub max_pods: Option<u32>,
+    /// Most memory ceilings in this pool and below (VMs' guest memory plus
+    /// pods' memory limits); 0 = no cap.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+}
+
+impl PoolSettings {
+    /// The expandable flag given, if any (the last of the pair wins).
+    pub fn expandable(&self) -> Option<bool> {
+        match (self.expandable, self.no_expandable) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Define a VM (it does not start).
+    Create(Box<VmCreate>),
+    /// VMs in name order, optionally filtered.
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only VMs directly in this pool.
+        #[arg(long)]
+        pool: Option<String>,
+        /// Only VMs of this role.
+        #[arg(long, value_parser = parse_role)]
+        role: Option<VmRole>,
+        /// k=v,... : every label must match (repeatable).
+        #[arg(long, value_parser = parse_selector)]
+        selector: Vec<Vec<(String, String)>>,
+    },
+    /// One VM in full.
+    Get { id: String },
+    /// Admit and start a VM.
+    Start { id: String },
+    /// Ask the guest to power off; stop it hard after the timeout.
+    Stop {
+        id: String,
+        /// Grace period in seconds [default: the agent's, 30 s].
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        timeout: u32,
+    },
+    /// Stop the VM's vmm process at once.
+    Kill { id: String },
+    /// Pause the vCPUs.
+    Pause { id: String },
+    /// Resume a paused VM.
+    Resume { id: String },
+    /// Remove a stopped VM and its disks.
+    Delete { id: String },
+    /// Stream the serial console to stdout until interrupted.
+    Console {
+        id: String,
+        /// Start with the output the agent kept.
+        #[arg(long)]
+        history: bool,
+    },
+    /// Print lifecycle events as they happen, one per line.
+    Watch {
+        /// Only this VM.
+        #[arg(long)]
+        vm: Option<String>,
+        /// Only VMs directly in this pool.
+        #[arg(long)]
+        pool: Option<String>,
+    },
+}
+
+/// `vm create`'s spec. Relative paths are made absolute against nodectl's
+/// working directory, since the agent resolves paths in its own.
+#[derive(Debug, Clone, Args)]
+pub struct VmCreate {
+    pub name: String,
+    /// Resource pool id [default: the root pool].
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// control-plane | etcd | worker.
+    #[arg(long, value_parser = parse_role)]
+    pub role: VmRole,
+    #[arg(long)]
+    pub vcpus: u32,
+    /// Guest RAM: MiB, or a size that is a whole number of MiB (2Gi).
+    #[arg(long, value_name = "MIB", value_parser = parse_memory_mib)]
+    pub memory: u64,
+    /// Guest kernel (vmlinux or bzImage).
+    #[arg(long)]
+    pub kernel: PathBuf,
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line [default: the vmm's].
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// base=PATH[,ro][,serial=S] (repeatable; cloned copy-on-write).
+    #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
+    pub disk: Vec<DiskSpec>,
+    /// tap=NAME[,mac=MAC] (repeatable).
+    #[arg(long, value_name = "SPEC", value_parser = parse_nic)]
+    pub nic: Vec<NicSpec>,
+    /// k=v (repeatable).
+    #[arg(long, value_name = "K=V", value_parser = parse_label)]
+    pub label: Vec<(String, String)>,
+    /// CPU reservation in millicores [default: the role's].
+    #[arg(long, value_name = "MILLICORES", value_parser = parse_millicores)]
+    pub cpu_reservation: Option<u64>,
+    /// CPU limit in millicores [default: vcpus x 1000].
+    #[arg(long, value_name = "MILLICORES", value_parser = parse_millicores)]
+    pub cpu_limit: Option<u64>,
+    /// low | normal | high | a number.
+    #[arg(long, value_name = "SHARES", value_parser = parse_shares)]
+    pub cpu_shares: Option<Shares>,
+    /// Memory reservation, MiB or a whole-MiB size [default: all of
+    /// --memory]; less overcommits the VM.
+    #[arg(long, value_name = "MIB", value_parser = parse_memory_mib)]
+    pub mem_reservation: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image from its registry, showing progress.
+    Pull {
+        /// `[registry/]repository[:tag][@digest]`.
+        reference: String,
+        /// Registry user name (the password is read from stdin).
+        #[arg(long, requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the registry password (or access token) from stdin.
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+        /// A bearer token for the registry.
+        #[arg(long, conflicts_with_all = ["username", "password_stdin"])]
+        token: Option<String>,
+    },
+    /// Import an OCI layout or `docker save` archive (a path on the
+    /// agent's host; relative paths are made absolute here).
+    Import {
+        path: PathBuf,
+        /// Name the imported image this (single-image sources only).
+        #[arg(long)]
+        reference: Option<String>,
+    },
+    /// Stored images.
+    #[command(visible_alias = "ls")]
+    List,
+    /// One image in full (by reference, manifest digest or id).
+    Get { name: String },
+    /// Remove an image and all its names.
+    #[command(alias = "remove")]
+    Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PodCommand {
+    /// Run a pod of one container and answer it once its container is
+    /// started (add more with `pod add-container`).
+    Run(Box<PodRun>),
+    /// Add a container to a running pod and start it.
+    AddContainer(Box<PodAddContainer>),
+    /// Pods by namespace and name, optionally filtered.
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only pods directly in this pool.
+        #[arg(long)]
+        pool: Option<String>,
+        /// k=v,... : every label must match (repeatable).
+        #[arg(long, value_parser = parse_selector)]
+        selector: Vec<Vec<(String, String)>>,
+    },
+    /// One pod in full, with each container's state, exit code, restarts
+    /// and pid.
+    Get { id: String },
+    /// Stop every container (SIGTERM, then SIGKILL after the grace period)
+    /// and release the pod's reservation and address; it cannot start
+    /// again.
+    Stop {
+        id: String,
+        /// Seconds between SIGTERM and SIGKILL; 0 = SIGKILL at once
+        /// [default: the agent's, 30 s].
+        #[arg(long, value_name = "SECONDS")]
+        grace: Option<u32>,
+    },
+    /// Remove a stopped pod: its containers, logs and record.
+    #[command(visible_aliases = ["remove", "delete"])]
+    Rm { id: String },
+    /// A container's log: the output of all its runs, each record's
+    /// message written raw to stdout or stderr as the container wrote it
+    /// (`-o json`: one object per record).
+    Logs {
+        id: String,
+        /// The container [default: the pod's only container].
+        #[arg(short = 'c', long = "container", value_name = "NAME")]
+        container: Option<String>,
+        /// Keep printing new records until the container ends or Ctrl-C.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Start with the last N records (0: only new ones, with -f).
+        #[arg(long, value_name = "N")]
+        tail: Option<u32>,
+    },
+    /// Run a command in a running container (not through a shell, stdin
+    /// empty) and print its output; nodectl exits with the command's exit
+    /// status.
+    Exec {
+        id: String,
+        /// The container [default: the pod's only container].
+        #[arg(short = 'c', long = "container", value_name = "NAME")]
+        container: Option<String>,
+        /// Seconds before the command is killed (DEADLINE_EXCEEDED)
+        /// [default: the agent's, 60 s].
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            default_value_t = 0,
+            hide_default_value = true
+        )]
+        timeout: u32,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Live CPU time and memory of a running pod and of each container.
+    Stats { id: String },
+    /// Start, stop or remove one container of a pod.
+    #[command(subcommand)]
+    Container(PodContainerCommand),
+}
+
+/// What a container runs, shared by `pod run` and `pod add-container`.
+#[derive(Debug, Clone, Args)]
+pub struct ContainerArgs {
+    /// Image in the agent's store: a reference, manifest digest or image
+    /// id (`nodectl image pull` or `import` it first).
+    #[arg(long)]
+    pub image: String,
+    /// The program to run, replacing the image's ENTRYPOINT (the image's
+    /// CMD is then dropped: give its arguments after `--`).
+    #[arg(long, value_name = "CMD")]
+    pub command: Option<String>,
+    /// NAME=VALUE added to the image's environment (repeatable, in order).
+    #[arg(long, value_name = "NAME=VALUE", value_parser = parse_env)]
+    pub env: Vec<EnvVar>,
+    /// Absolute working directory [default: the image's WORKDIR, else /].
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Arguments after `--`, replacing the image's CMD.
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+}
+
+/// `pod run`: the pod's spec with one container.
+#[derive(Debug, Clone, Args)]
+pub struct PodRun {
+    /// The pod's name, unique in its namespace (a DNS label).
+    pub name: String,
+    #[command(flatten)]
+    pub container: ContainerArgs,
+    /// The container's name [default: the pod's name].
+    #[arg(long, value_name = "NAME")]
+    pub container_name: Option<String>,
+    /// Resource pool id [default: the root pool].
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Network isolation namespace [default: the pod's top-level pool].
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Host name inside the pod [default: the pod's name].
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// CPU the pod reserves in its pool, millicores (250 or 250m)
+    /// [default: none].
+    #[arg(long, value_name = "MILLICORES", value_parser = parse_millicores)]
+    pub cpu_request: Option<u64>,
+    /// Memory the pod reserves in its pool (64Mi, 1Gi) [default: none].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_request: Option<u64>,
+    /// CPU ceiling of the pod's cgroup, millicores [default: none].
+    #[arg(long, value_name = "MILLICORES", value_parser = parse_millicores)]
+    pub cpu_limit: Option<u64>,
+    /// Memory ceiling of the pod's cgroup [default: none; required under
+    /// a memory quota].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+    /// [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp], a host port
+    /// forwarded to the pod (repeatable; e.g. 8080:80).
+    #[arg(long = "port", value_name = "MAPPING", value_parser = parse_port)]
+    pub ports: Vec<PortMapping>,
+    /// never | on-failure | always [default: never].
+    #[arg(long, value_name = "POLICY", value_parser = parse_restart)]
+    pub restart: Option<RestartPolicy>,
+    /// k=v (repeatable).
+    #[arg(long, value_name = "K=V", value_parser = parse_label)]
+    pub label: Vec<(String, String)>,
+}
+
+/// `pod add-container`: one more container in a running pod.
+#[derive(Debug, Clone, Args)]
+pub struct PodAddContainer {
+    /// The pod's id.
+    pub pod: String,
+    /// The container's name, unique in the pod (a DNS label).
+    pub name: String,
+    #[command(flatten)]
+    pub container: ContainerArgs,
+    /// CPU ceiling of the container's cgroup, millicores, at most the
+    /// pod's [default: the pod's].
+    #[arg(long, value_name = "MILLICORES", value_parser = parse_millicores)]
+    pub cpu_limit: Option<u64>,
+    /// Memory ceiling of the container's cgroup, at most the pod's
+    /// [default: the pod's].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PodContainerCommand {
+    /// Start a created container, or an ended one afresh.
+    Start {
+        /// The pod's id.
+        pod: String,
+        /// The container's name.
+        name: String,
+    },
+    /// Stop a running container (SIGTERM, then SIGKILL after the grace
+    /// period); the restart policy does not restart it.
+    Stop {
+        /// The pod's id.
+        pod: String,
+        /// The container's name.
+        name: String,
+        /// Seconds between SIGTERM and SIGKILL; 0 = SIGKILL at once
+        /// [default: the agent's, 30 s].
+        #[arg(long, value_name = "SECONDS")]
+        grace: Option<u32>,
+    },
+    /// Remove a container that is not running, and its log.
+    #[command(visible_aliases = ["remove", "delete"])]
+    Rm {
+        /// The pod's id.
+        pod: String,
+        /// The container's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create a development CA, server and client certificate (kept if a
+    /// complete set exists).
+    Init {
+        /// Where to write them [default: --certs].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Extra DNS name or IP for the server certificate (repeatable);
+        /// localhost, 127.0.0.1 and ::1 are always included.
+        #[arg(long = "name", value_name = "HOST")]
+        names: Vec<String>,
+    },
+}

@@ -1,0 +1,10 @@
+//! The Stratum node API as both ends see it: the `stratum.v1` protobuf
+//! messages and gRPC stubs generated from `proto/stratum/v1` ([`proto`]),
+//! and the mTLS helpers the agent and `nodectl` share ([`tls`]).
+//!
+//! It is the bottom of the node agent's crates: it knows nothing of pools,
+//! cgroups, images or processes, so a client (`nodectl`, a Supervisor)
+//! links it without linking the agent.
+
+pub mod proto;
+pub mod tls;
