@@ -8,12 +8,12 @@ use stratum_testkit::fixture;
 
 use std::process::Output;
 
-use stratum_testkit::test_agent::TestAgent;
 use stratum_api::proto::image_service_client::ImageServiceClient;
 use stratum_api::proto::pull_image_progress::Event;
 use stratum_api::proto::{
     GetImageRequest, LayerPhase, ListImagesRequest, PullImageRequest, RemoveImageRequest,
 };
+use stratum_testkit::test_agent::TestAgent;
 use tonic::transport::Channel;
 use tonic::Code;
 

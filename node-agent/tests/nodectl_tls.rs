@@ -4,7 +4,6 @@
 //! not; plaintext off loopback is refused at start. Also nodectl's pool and
 //! VM commands against the real agent.
 
-
 use std::process::{Command, Output};
 
 use stratum_testkit::test_agent::{halting_kernel, TestAgent};

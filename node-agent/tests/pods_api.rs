@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use stratum_testkit::test_agent::TestAgent;
 use stratum_api::proto::image_service_client::ImageServiceClient;
 use stratum_api::proto::pod_service_client::PodServiceClient;
 use stratum_api::proto::{
@@ -29,6 +28,7 @@ use stratum_api::proto::{
     ResourcePoolSpec, RestartPolicy, RunPodRequest, RuntimeClass, StopPodRequest, WorkloadKind,
 };
 use stratum_podnet::{Ipv4Cidr, PodNetConfig, PodNetwork};
+use stratum_testkit::test_agent::TestAgent;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -528,6 +528,22 @@ async fn pods_two_containers_share_localhost_and_leave_nothing() {
         })
         .await
         .expect("the image is free once the pod is removed");
+
+    // The pool that held the pod leaves no directory in any hierarchy,
+    // the ones only the OCI runtime wrote to included.
+    let root = pa.agent.hierarchy().root().unwrap();
+    let mapping = stratum_runtime::CgroupMapping::detect(&root).unwrap();
+    let pool_dirs = mapping.host_dirs(&format!("{}/{pool}", mapping.runtime_path(&root).unwrap()));
+    assert!(
+        pool_dirs.iter().any(|d| d.exists()),
+        "the pool has directories before its delete: {pool_dirs:?}"
+    );
+    stratum_api::proto::resource_pools_client::ResourcePoolsClient::new(pa.agent.channel().await)
+        .delete(stratum_api::proto::DeleteResourcePoolRequest { id: pool.clone() })
+        .await
+        .expect("delete the pool");
+    let left: Vec<_> = pool_dirs.iter().filter(|d| d.exists()).collect();
+    assert!(left.is_empty(), "the deleted pool's cgroups stay: {left:?}");
 }
 
 /// Admission: a pod fits a pool with room and is refused by a full one,
@@ -616,6 +632,22 @@ async fn pods_are_admitted_into_pools_with_room_only() {
     assert_eq!(
         run(&mut client, no_pool).await.unwrap_err().code(),
         Code::NotFound
+    );
+    let mut one_byte = pod_spec("onebyte", &pool, vec![pa.container("a", "true")]);
+    one_byte.containers[0].limits = Some(stratum_api::proto::ResourceAmounts {
+        memory_bytes: 1,
+        ..Default::default()
+    });
+    let refused = run(&mut client, one_byte).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("memory limit"), "{refused:?}");
+    let long_name = pod_spec(&"p".repeat(10_000), &pool, vec![pa.container("a", "true")]);
+    let refused = run(&mut client, long_name).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().len() < 1024,
+        "{}",
+        refused.message().len()
     );
     let listed = client
         .list_pods(stratum_api::proto::ListPodsRequest::default())

@@ -2,9 +2,8 @@
 //! control, the cgroups that enforce it (read back from the cgroup files),
 //! errors with their codes, and durability across kill -9.
 
-
-use stratum_testkit::test_agent::TestAgent;
 use stratum_api::proto;
+use stratum_testkit::test_agent::TestAgent;
 use tonic::Code;
 
 const MIB: u64 = 1 << 20;
@@ -246,4 +245,120 @@ async fn host_info_and_capacity() {
         cap.total.unwrap().cpu_millicores,
         u64::from(info.cpus) * 1000
     );
+}
+
+/// Every directory below the agent's cgroup root, relative to it, in every
+/// mounted hierarchy (the ones an OCI runtime makes directories in too).
+fn cgroup_dirs(agent: &TestAgent) -> std::collections::BTreeSet<String> {
+    let root = agent.hierarchy().root().unwrap();
+    let mapping = stratum_runtime::CgroupMapping::detect(&root).unwrap();
+    let root_path = mapping.runtime_path(&root).unwrap();
+    let mut found = std::collections::BTreeSet::new();
+    fn walk(base: &std::path::Path, rel: &str, found: &mut std::collections::BTreeSet<String>) {
+        let Ok(entries) = std::fs::read_dir(base.join(rel)) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let child = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                walk(base, &child, found);
+                found.insert(child);
+            }
+        }
+    }
+    for base in mapping.host_dirs(&root_path) {
+        walk(&base, "", &mut found);
+    }
+    found
+}
+
+/// The cgroup paths the agent's pools have (`pool-1`, `pool-1/pool-2`).
+async fn pool_paths(agent: &TestAgent) -> std::collections::BTreeSet<String> {
+    let pools = agent
+        .pools()
+        .await
+        .list(proto::ListResourcePoolsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pools;
+    let parent: std::collections::BTreeMap<String, String> = pools
+        .iter()
+        .map(|p| (p.id.clone(), p.parent_id.clone()))
+        .collect();
+    pools
+        .iter()
+        .filter(|p| !p.parent_id.is_empty())
+        .map(|p| {
+            let mut chain = vec![p.id.clone()];
+            let mut at = p.parent_id.clone();
+            while let Some(up) = parent.get(&at).filter(|up| !up.is_empty()) {
+                chain.push(at.clone());
+                at = up.clone();
+            }
+            chain.reverse();
+            chain.join("/")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn no_cgroup_outlives_its_record_across_kill_9() {
+    let mut agent = TestAgent::start("cgleak");
+    let keep = create(&agent, "", spec("keep", None, None)).await.unwrap();
+    // Creates in flight when the agent dies: some acknowledged, some made
+    // on the host but never committed.
+    let url = agent.url();
+    let storm = tokio::spawn(async move {
+        let channel = tonic::transport::Channel::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = proto::resource_pools_client::ResourcePoolsClient::new(channel);
+        for i in 0..10_000 {
+            let request = proto::CreateResourcePoolRequest {
+                parent_id: String::new(),
+                spec: Some(spec(&format!("p{i}"), None, None)),
+            };
+            if client.create(request).await.is_err() {
+                return i;
+            }
+        }
+        10_000
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    agent.kill9();
+    let sent = storm.await.unwrap();
+    assert!(sent > 0, "the storm created nothing before the kill");
+    // What a crash can leave and no record names: directories in the
+    // managed hierarchies and a nested one; and one a process still runs
+    // in, which must be left alone.
+    let root = agent.hierarchy().root().unwrap();
+    for dir in root.dirs() {
+        std::fs::create_dir_all(dir.join("pool-9999")).unwrap();
+        std::fs::create_dir_all(dir.join(&keep.id).join("pool-9998")).unwrap();
+    }
+    let busy = agent.hierarchy().create_pool(&root, "pool-9997").unwrap();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    busy.attach_pid(sleeper.id()).unwrap();
+    agent.spawn();
+    let mut expected = pool_paths(&agent).await;
+    assert!(expected.contains(&keep.id));
+    expected.insert("pool-9997".into());
+    assert_eq!(
+        cgroup_dirs(&agent),
+        expected,
+        "cgroups after the restart are the pools' (and the busy stray)"
+    );
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
 }

@@ -4,12 +4,11 @@
 //! cgroup placement, events, bad specs, quotas, admission, a vmm that dies,
 //! and re-adoption after kill -9 of the agent.
 
-
 use std::time::Duration;
 
-use stratum_testkit::test_agent::{halting_kernel, TestAgent};
 use stratum_api::proto;
 use stratum_api::proto::VmState;
+use stratum_testkit::test_agent::{halting_kernel, TestAgent};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -298,10 +297,54 @@ async fn bad_vm_specs_get_their_codes_and_leave_nothing() {
             },
             Code::NotFound,
         ),
+        (
+            "CPU limit below the reservation",
+            proto::VmSpec {
+                cpu_reservation_millicores: Some(500),
+                cpu_limit_millicores: Some(200),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "MAC that is no MAC",
+            proto::VmSpec {
+                nics: vec![proto::NicSpec {
+                    tap_name: "tap0".into(),
+                    mac: "zz:zz".into(),
+                }],
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "multicast MAC",
+            proto::VmSpec {
+                nics: vec![proto::NicSpec {
+                    tap_name: "tap0".into(),
+                    mac: "01:00:5e:00:00:01".into(),
+                }],
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "a 10 kB name",
+            proto::VmSpec {
+                name: "x".repeat(10_000),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
     ];
     for (what, spec, code) in cases {
         let e = create_vm(&agent, spec).await.unwrap_err();
         assert_eq!(e.code(), code, "{what}: {e:?}");
+        assert!(
+            e.message().len() < 1024,
+            "{what}: the message echoes the input: {} bytes",
+            e.message().len()
+        );
     }
     let vms = agent
         .vms()

@@ -197,8 +197,16 @@ pub enum VmCommand {
     },
     /// One VM in full.
     Get { id: String },
-    /// Admit and start a VM.
-    Start { id: String },
+    /// Admit and start a VM, then watch it for a moment: a guest that
+    /// fails early (a kernel KVM cannot run) is reported as FAILED, with
+    /// why, and exit status 1.
+    Start {
+        id: String,
+        /// How long to watch after the start, in seconds (0: report the
+        /// state the start returned).
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+        settle: f64,
+    },
     /// Ask the guest to power off; stop it hard after the timeout.
     Stop {
         id: String,

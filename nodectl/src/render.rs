@@ -81,9 +81,9 @@ fn or_dash(text: &str) -> String {
     }
 }
 
-/// A limit of 0 means unlimited.
+/// A limit of 0 (or `u64::MAX`, from an older agent) means unlimited.
 fn limit_text(limit: u64, fmt: fn(u64) -> String) -> String {
-    if limit == 0 {
+    if limit == 0 || limit == u64::MAX {
         "-".into()
     } else {
         fmt(limit)

@@ -27,7 +27,8 @@ use stratum_api::proto::{
     DeleteResourcePoolRequest, DeleteVmRequest, GetHostCapacityRequest, GetHostInfoRequest,
     GetResourcePoolRequest, GetVmRequest, KillVmRequest, ListResourcePoolsRequest, ListVmsRequest,
     PauseVmRequest, PullImageRequest, ResourcePoolSpec, ResumeVmRequest, Shares, SharesLevel,
-    ShutdownVmRequest, StartVmRequest, UpdateResourcePoolRequest, VmSpec, WatchVmsRequest,
+    ShutdownVmRequest, StartVmRequest, UpdateResourcePoolRequest, VirtualMachine, VmSpec, VmState,
+    WatchVmsRequest,
 };
 use stratum_api::proto::{
     ContainerSpec, CreateContainerRequest, ExecSyncRequest, GetPodRequest, ListPodsRequest,
@@ -262,7 +263,15 @@ async fn vm(
             client.create(CreateVmRequest { spec }).await?
         }
         VmCommand::Get { id } => client.get(GetVmRequest { id }).await?,
-        VmCommand::Start { id } => client.start(StartVmRequest { id }).await?,
+        VmCommand::Start { id, settle } => {
+            let started = client.start(StartVmRequest { id: id.clone() }).await?;
+            let vm = settled(&mut client, started.into_inner(), settle).await?;
+            emit(output, &vm, render::vm_detail, json::vm)?;
+            return match vm_failure(&vm) {
+                Some(reason) => Err(anyhow::anyhow!("vm {id} failed: {reason}")),
+                None => Ok(()),
+            };
+        }
         VmCommand::Stop { id, timeout } => {
             let request = ShutdownVmRequest {
                 id,
@@ -280,6 +289,38 @@ async fn vm(
         other => return vm_stream_or_list(client, other, output).await,
     };
     emit(output, &vm.into_inner(), render::vm_detail, json::vm)
+}
+
+/// The VM after `settle` seconds of watching, or as soon as it has
+/// left RUNNING/STARTING (failed or stopped).
+async fn settled(
+    client: &mut VirtualMachinesClient<Channel>,
+    mut vm: VirtualMachine,
+    settle: f64,
+) -> anyhow::Result<VirtualMachine> {
+    const POLL: std::time::Duration = std::time::Duration::from_millis(100);
+    let settle = std::time::Duration::try_from_secs_f64(settle)
+        .map_err(|_| UsageError(format!("--settle {settle}: not a number of seconds")))?;
+    let deadline = tokio::time::Instant::now() + settle;
+    while tokio::time::Instant::now() < deadline && is_starting_or_running(&vm) {
+        tokio::time::sleep(POLL).await;
+        vm = client
+            .get(GetVmRequest { id: vm.id.clone() })
+            .await?
+            .into_inner();
+    }
+    Ok(vm)
+}
+
+fn is_starting_or_running(vm: &VirtualMachine) -> bool {
+    let state = vm.status.as_ref().map(|s| s.state());
+    matches!(state, Some(VmState::Starting | VmState::Running))
+}
+
+/// The reason of a FAILED VM.
+fn vm_failure(vm: &VirtualMachine) -> Option<&str> {
+    let status = vm.status.as_ref()?;
+    (status.state() == VmState::Failed).then_some(status.reason.as_str())
 }
 
 async fn vm_stream_or_list(

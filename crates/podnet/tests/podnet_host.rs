@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use stratum_testkit::root::require_root;
 use stratum_podnet::netlink::Netlink;
 use stratum_podnet::netns;
 use stratum_podnet::nft::Nft;
 use stratum_podnet::{names, PodNetConfig, PodNetError, PodNetwork, PortMapping};
+use stratum_testkit::root::require_root;
 
 /// A test's network settings and the guard that removes what they name.
 struct Fixture {

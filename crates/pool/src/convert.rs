@@ -51,7 +51,9 @@ pub fn shares_to_proto(s: Shares) -> proto::Shares {
 }
 
 /// An allocation from the API; absent = the default (expandable, no
-/// reservation, no limit), limit 0 = none.
+/// reservation, no limit), limit 0 = none. A limit of `u64::MAX` (what a
+/// client writes for "as much as there is") is none too, so it reads back
+/// as unlimited instead of as a number nobody can enforce.
 pub fn allocation_from_proto(
     a: Option<&proto::Allocation>,
     r: Resource,
@@ -62,7 +64,7 @@ pub fn allocation_from_proto(
     let alloc = Allocation {
         shares: shares_from_proto(a.shares.as_ref(), r)?,
         reservation: a.reservation,
-        limit: (a.limit != 0).then_some(a.limit),
+        limit: (a.limit != 0 && a.limit != u64::MAX).then_some(a.limit),
         expandable: a.expandable_reservation,
     };
     alloc.validate(r)?;
@@ -388,6 +390,17 @@ mod tests {
             quota_from_proto(Some(&proto::Quota::default())),
             Quota::default()
         );
+    }
+
+    #[test]
+    fn a_u64_max_limit_is_no_limit() {
+        let a = proto::Allocation {
+            limit: u64::MAX,
+            ..Default::default()
+        };
+        let alloc = allocation_from_proto(Some(&a), Resource::Cpu).unwrap();
+        assert_eq!(alloc.limit, None);
+        assert_eq!(allocation_to_proto(&alloc).limit, 0);
     }
 
     #[test]

@@ -30,9 +30,9 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PoolError {
     /// A name that is not a DNS label.
-    #[error("invalid name {name:?}: {reason}")]
+    #[error("invalid name {name}: {reason}")]
     InvalidName {
-        /// The name given.
+        /// The name given, quoted and cut to a readable length.
         name: String,
         /// What is wrong with it.
         reason: &'static str,

@@ -53,7 +53,7 @@ mod tests;
 
 pub use allocation::Allocation;
 pub use error::{ErrorKind, PoolError};
-pub use name::{validate_name, ROOT_NAME};
+pub use name::{quoted, validate_name, ROOT_NAME};
 pub use quota::{Quota, QuotaItem, Usage};
 pub use resource::{Resource, Resources, MIB, MILLICORES_PER_CPU};
 pub use restore::StoredPool;

@@ -15,6 +15,23 @@ pub const MAX_NAME_LEN: usize = 63;
 /// The root pool's name.
 pub const ROOT_NAME: &str = "root";
 
+/// How much of a caller's string an error message quotes.
+pub const MAX_QUOTED: usize = 64;
+
+/// `s` quoted for an error message, at most [`MAX_QUOTED`] bytes of it: a
+/// caller who sends 10 kB of name gets a readable error back, not their
+/// input twice (which would not even fit a gRPC status header).
+pub fn quoted(s: &str) -> String {
+    if s.len() <= MAX_QUOTED {
+        return format!("{s:?}");
+    }
+    let mut end = MAX_QUOTED;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &s[..end], s.len())
+}
+
 /// Check that `name` is a DNS label.
 pub fn validate_name(name: &str) -> Result<(), PoolError> {
     let reason = if name.is_empty() {
@@ -33,7 +50,7 @@ pub fn validate_name(name: &str) -> Result<(), PoolError> {
     };
     match reason {
         Some(reason) => Err(PoolError::InvalidName {
-            name: name.to_string(),
+            name: quoted(name),
             reason,
         }),
         None => Ok(()),
@@ -49,6 +66,17 @@ mod tests {
         for name in ["a", "web", "prod-1", "0", &"x".repeat(63)] {
             assert!(validate_name(name).is_ok(), "{name}");
         }
+    }
+
+    #[test]
+    fn long_input_is_quoted_bounded() {
+        assert_eq!(quoted("web"), "\"web\"");
+        let long = "é".repeat(5000);
+        let q = quoted(&long);
+        assert!(q.len() < MAX_QUOTED + 32, "{q}");
+        assert!(q.ends_with("… (10000 bytes)"), "{q}");
+        let err = validate_name(&long).unwrap_err().to_string();
+        assert!(err.len() < 200, "{err}");
     }
 
     #[test]

@@ -20,13 +20,13 @@ use std::sync::Once;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use stratum_cgroup::{Cgroup, CgroupLimits, Hierarchy, HierarchyConfig};
-use stratum_testkit::root::require_root;
 use stratum_runtime::mountinfo;
 use stratum_runtime::{
     become_subreaper, reap_orphans, CgroupMapping, Container, ContainerConfig, ExitReason,
     LogStream, OciRuntime, OciRuntimeConfig, PodContext, PodNetwork, PodSandbox, ProcessConfig,
     ProcessExit, RootfsSource, RuntimeError, RuntimeKind,
 };
+use stratum_testkit::root::require_root;
 
 const MIB: u64 = 1 << 20;
 

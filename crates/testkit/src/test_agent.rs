@@ -60,9 +60,14 @@ impl TestAgent {
         let cgroup_root = format!("st-{}", tag.replace('_', "-"));
         let mut args = vec!["--vmm".to_string(), vmm_binary().display().to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let process =
-            AgentProcess::start_with(&bin("node-agent"), dir.clone(), cgroup_root.clone(), &args, tls)
-                .unwrap_or_else(|e| panic!("node-agent: {e}"));
+        let process = AgentProcess::start_with(
+            &bin("node-agent"),
+            dir.clone(),
+            cgroup_root.clone(),
+            &args,
+            tls,
+        )
+        .unwrap_or_else(|e| panic!("node-agent: {e}"));
         TestAgent {
             dir,
             port: process.port(),

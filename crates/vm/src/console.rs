@@ -10,10 +10,13 @@
 //!
 //! [`ConsoleFollower`] yields chunks of new bytes from an offset
 //! (0 = the whole log); at end of file it sleeps for the poll interval and
-//! looks again. It ends when the optional [`ProcessIdentity`] it watches
-//! is no longer running and everything written has been yielded; without
-//! one it follows until dropped. A missing file is waited for (vmm creates
-//! it when the VM is built). [`ConsoleFollower::into_stream`] turns it into
+//! looks again. It ends when the [`ProcessIdentity`] it watches is no
+//! longer running and everything written has been yielded
+//! ([`ConsoleFollower::until_exit_of`]), or at the end of the file when
+//! nothing writes to it any more ([`ConsoleFollower::until_eof`], for a VM
+//! that has stopped); otherwise it follows until dropped. A missing file
+//! is waited for (vmm creates it when the VM is built), except in
+//! `until_eof` mode, where it is an empty log. [`ConsoleFollower::into_stream`] turns it into
 //! a `Stream` for tonic.
 
 use std::future::Future;
@@ -35,12 +38,23 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Largest chunk yielded at once.
 const MAX_CHUNK: usize = 64 * 1024;
 
+/// When a follower stops.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// Never: it waits for more until dropped.
+    Never,
+    /// Once this process has exited and the log is drained.
+    AtExitOf(ProcessIdentity),
+    /// At the end of the file as it is.
+    AtEof,
+}
+
 /// Follows one console log file.
 #[derive(Debug)]
 pub struct ConsoleFollower {
     path: PathBuf,
     offset: u64,
-    until_exit_of: Option<ProcessIdentity>,
+    end: End,
     poll_interval: Duration,
     file: Option<File>,
 }
@@ -51,7 +65,7 @@ impl ConsoleFollower {
         ConsoleFollower {
             path: path.into(),
             offset,
-            until_exit_of: None,
+            end: End::Never,
             poll_interval: DEFAULT_POLL_INTERVAL,
             file: None,
         }
@@ -59,7 +73,14 @@ impl ConsoleFollower {
 
     /// Ends the stream once `process` has exited and the log is drained.
     pub fn until_exit_of(mut self, process: ProcessIdentity) -> ConsoleFollower {
-        self.until_exit_of = Some(process);
+        self.end = End::AtExitOf(process);
+        self
+    }
+
+    /// Ends the stream at the end of the file: nothing writes to it any
+    /// more (the VM has stopped).
+    pub fn until_eof(mut self) -> ConsoleFollower {
+        self.end = End::AtEof;
         self
     }
 
@@ -79,7 +100,11 @@ impl ConsoleFollower {
         loop {
             // Decide "ended" before reading, so bytes written just before
             // the exit are still read below.
-            let ended = self.until_exit_of.is_some_and(|p| !p.is_running());
+            let ended = match self.end {
+                End::Never => false,
+                End::AtExitOf(process) => !process.is_running(),
+                End::AtEof => true,
+            };
             let chunk = self.read_available().await?;
             if !chunk.is_empty() {
                 return Ok(Some(chunk));
@@ -213,5 +238,29 @@ mod tests {
         let bytes: Vec<u8> = all.into_iter().flat_map(|c| c.unwrap()).collect();
         assert_eq!(bytes, b"boot ok");
         reaper.join().unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn until_eof_ends_at_the_end_of_a_finished_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("console.log");
+        std::fs::write(&path, vec![b'x'; 100_000]).unwrap();
+        let stream = ConsoleFollower::new(&path, 0)
+            .poll_interval(FAST)
+            .until_eof()
+            .into_stream();
+        let all = tokio::time::timeout(Duration::from_secs(10), stream.collect::<Vec<_>>())
+            .await
+            .expect("a finished log ends");
+        let bytes: Vec<u8> = all.into_iter().flat_map(|c| c.unwrap()).collect();
+        assert_eq!(bytes.len(), 100_000);
+        let missing = ConsoleFollower::new(dir.path().join("none"), 0)
+            .poll_interval(FAST)
+            .until_eof()
+            .into_stream();
+        let none = tokio::time::timeout(Duration::from_secs(10), missing.collect::<Vec<_>>())
+            .await
+            .expect("a missing log of a stopped VM is empty");
+        assert!(none.is_empty());
     }
 }

@@ -21,7 +21,7 @@
 //! Blocking (up to the socket wait plus a few API timeouts); run it with
 //! `spawn_blocking` from async code.
 
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -395,15 +395,7 @@ fn exited(status: ExitStatus, run_dir: &RunDir) -> LaunchError {
 
 /// The last few lines of vmm's stderr, trimmed (empty if unreadable).
 fn stderr_tail(path: &Path) -> String {
-    let read = || -> io::Result<Vec<u8>> {
-        let mut file = std::fs::File::open(path)?;
-        let len = file.metadata()?.len();
-        file.seek(SeekFrom::Start(len.saturating_sub(STDERR_TAIL)))?;
-        let mut tail = Vec::new();
-        file.read_to_end(&mut tail)?;
-        Ok(tail)
-    };
-    read()
+    crate::run_dir::read_tail(path, STDERR_TAIL)
         .map(|tail| String::from_utf8_lossy(&tail).trim().to_string())
         .unwrap_or_default()
 }

@@ -5,11 +5,21 @@
 //! an agent restart and the console stream agree on the paths from the run
 //! directory alone (the state store keeps just that directory).
 
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// Longest Unix socket path the kernel accepts (`sun_path` minus the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
+
+/// The last `limit` bytes of the file at `path`.
+pub(crate) fn read_tail(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(limit)))?;
+    let mut tail = Vec::new();
+    file.take(limit).read_to_end(&mut tail)?;
+    Ok(tail)
+}
 
 /// A VM's run directory and the files in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +53,26 @@ impl RunDir {
         self.dir.join("vmm.stderr")
     }
 
+    /// vmm's own explanation of why it failed: the last `vmm: error: …`
+    /// line of its stderr, without the prefix, at most 1 KiB of it. `None`
+    /// when vmm said nothing (it was killed, or is still running).
+    pub fn vmm_error(&self) -> Option<String> {
+        const PREFIX: &str = "vmm: error: ";
+        const MAX: usize = 1024;
+        let tail = read_tail(&self.stderr_log(), 16 * 1024).ok()?;
+        let text = String::from_utf8_lossy(&tail);
+        let line = text.lines().rev().find_map(|l| l.strip_prefix(PREFIX))?;
+        let line = line.trim();
+        if line.len() <= MAX {
+            return Some(line.to_string());
+        }
+        let mut end = MAX;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        Some(format!("{}…", &line[..end]))
+    }
+
     /// Removes the directory and everything in it (VM delete); a missing
     /// directory is not an error.
     pub fn remove(&self) -> io::Result<()> {
@@ -60,5 +90,30 @@ impl RunDir {
             let _ = std::fs::remove_file(file);
         }
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmm_error_is_the_last_error_line_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = RunDir::new(dir.path());
+        assert_eq!(run.vmm_error(), None, "no stderr yet");
+        std::fs::write(
+            run.stderr_log(),
+            "booting\nvmm: error: first\nnoise\nvmm: error: KVM said no\n",
+        )
+        .unwrap();
+        assert_eq!(run.vmm_error().as_deref(), Some("KVM said no"));
+        let long = format!("vmm: error: {}\n", "é".repeat(4000));
+        std::fs::write(run.stderr_log(), long).unwrap();
+        let bounded = run.vmm_error().expect("the long line");
+        assert!(bounded.len() <= 1024 + '…'.len_utf8(), "{}", bounded.len());
+        assert!(bounded.ends_with('…'));
+        std::fs::write(run.stderr_log(), "killed without a word\n").unwrap();
+        assert_eq!(run.vmm_error(), None);
     }
 }

@@ -78,9 +78,22 @@ impl AgentError {
     }
 }
 
+/// Longest message a status carries: gRPC sends it as a header, and a
+/// header over the peer's limit turns the answer into RESOURCE_EXHAUSTED.
+const MAX_STATUS_MESSAGE: usize = 2048;
+
 impl From<AgentError> for Status {
     fn from(e: AgentError) -> Status {
-        Status::new(e.code(), e.to_string())
+        let mut message = e.to_string();
+        if message.len() > MAX_STATUS_MESSAGE {
+            let mut end = MAX_STATUS_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
+        Status::new(e.code(), message)
     }
 }
 

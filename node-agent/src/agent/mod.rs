@@ -13,7 +13,9 @@
 //! - [`pods`]: pods on the host through the OCI runtime and pod network.
 //! - [`inventory`]: the pool tree with every workload and live usage.
 //! - [`errors`]: failures and their gRPC codes.
+//! - `cgroups`: the cgroup tree kept equal to the records.
 
+mod cgroups;
 pub mod config;
 pub mod errors;
 pub mod host;
@@ -104,6 +106,7 @@ impl Agent {
         agent.restore_pools(snapshot.pools)?;
         agent.restore_vms(snapshot.vms)?;
         agent.restore_pods(snapshot.pods)?;
+        agent.reconcile_cgroups();
         Ok(agent)
     }
 

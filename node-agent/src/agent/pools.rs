@@ -131,14 +131,18 @@ impl Agent {
         let mut state = self.write_state();
         // A cgroup removed behind the agent's back does not block the delete.
         let cgroup = self.pool_cgroup(&state.tree, &id).ok();
+        let path = pool_cgroup_path(&state.tree, &id)?;
         let removed = state.tree.delete_pool(&id)?;
         if let Err(e) = self.store.delete_pool(id.as_str()) {
             let parent = removed.parent().cloned().unwrap_or_else(PoolId::root);
             let _ = state.tree.create_pool(id, &parent, removed.spec().clone());
             return Err(e.into());
         }
-        if let Some(Err(e)) = cgroup.map(|c| c.remove()) {
-            tracing::warn!(pool = %id, "pool deleted, its cgroup stays: {e}");
+        match cgroup.map(|c| c.remove()) {
+            Some(Err(e)) => tracing::warn!(pool = %id, "pool deleted, its cgroup stays: {e}"),
+            // What an OCI runtime made for the pool's pods in hierarchies
+            // the cgroup layer does not manage.
+            _ => self.prune_cgroup_everywhere(&path),
         }
         Ok(())
     }

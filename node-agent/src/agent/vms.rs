@@ -28,7 +28,7 @@ use stratum_pool::{
     validate_name, PoolId, Shares, VmSizing, Workload, WorkloadId, MILLICORES_PER_CPU,
     VMM_MEMORY_OVERHEAD_BYTES,
 };
-use stratum_vm::{ExitInfo, VmProcess, VmProcessSpec};
+use stratum_vm::{ConsoleFollower, ExitInfo, VmProcess, VmProcessSpec};
 
 /// Grace period of a Shutdown that names none.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,7 +51,7 @@ impl VmEntry {
         self.runtime().state()
     }
 
-    fn runtime(&self) -> &VmRuntime {
+    pub(super) fn runtime(&self) -> &VmRuntime {
         self.record.runtime.as_ref().unwrap_or(&DEFAULT_RUNTIME)
     }
 
@@ -302,7 +302,10 @@ impl Agent {
             .as_ref()
             .and_then(|c| c.usage().ok())
             .is_some_and(|u| u.oom_kills > 0);
-        let (new_state, reason) = exit_outcome(entry.stop_requested, oom_killed, &exit);
+        let (new_state, mut reason) = exit_outcome(entry.stop_requested, oom_killed, &exit);
+        if new_state == VmState::Failed {
+            with_vmm_error(&mut reason, &self.config.vm_dir(id));
+        }
         if let Some(cgroup) = cgroup {
             let _ = cgroup.kill_all(Duration::from_secs(5));
             if let Err(e) = cgroup.remove() {
@@ -442,9 +445,25 @@ impl Agent {
     }
 
     /// The console log of VM `id`.
-    pub fn console_path(&self, id: &str) -> Result<PathBuf> {
+    /// A follower of the VM's console log: from its start with `history`,
+    /// else from its end now. It ends once a running VM's vmm has exited
+    /// and its output is read; for a VM that has run and stopped, at the
+    /// end of the log; for one not started yet it waits for the start.
+    pub fn console(&self, id: &str, history: bool) -> Result<ConsoleFollower> {
         let state = self.read_state();
-        Ok(PathBuf::from(&vm_entry(&state, id)?.runtime().console_path))
+        let vm = vm_entry(&state, id)?;
+        let path = PathBuf::from(&vm.runtime().console_path);
+        let offset = if history {
+            0
+        } else {
+            std::fs::metadata(&path).map_or(0, |m| m.len())
+        };
+        let follower = ConsoleFollower::new(path, offset);
+        Ok(match (&vm.process, vm.state()) {
+            (Some(process), _) => follower.until_exit_of(process.identity()),
+            (None, VmState::Created) => follower,
+            (None, _) => follower.until_eof(),
+        })
     }
 
     /// The VM's pool, for watch filters.
@@ -530,7 +549,8 @@ impl Agent {
                         tracing::info!(vm = %id, pid = process.pid(), "re-adopted running vmm");
                         entry.process = Some(Arc::new(process));
                     }
-                    Err(reason) => {
+                    Err(mut reason) => {
+                        with_vmm_error(&mut reason, &self.config.vm_dir(&id));
                         self.clean_up_dead(&entry, &reason);
                         state.vms.insert(id.clone(), entry);
                         self.transition(&mut state, &id, VmState::Failed, &reason, clear_process)?;
@@ -565,6 +585,15 @@ fn clear_process(runtime: &mut VmRuntime) {
     runtime.pid = 0;
     runtime.process_start_time = 0;
     runtime.control_socket.clear();
+}
+
+/// Adds vmm's own last error line to `reason`, when it wrote one: it says
+/// what failed in terms the operator can act on (KVM's exit, a device).
+fn with_vmm_error(reason: &mut String, run_dir: &Path) {
+    if let Some(message) = stratum_vm::RunDir::new(run_dir).vmm_error() {
+        reason.push_str(": ");
+        reason.push_str(&message);
+    }
 }
 
 /// STOPPED or FAILED, and why, for a vmm that exited.
@@ -625,7 +654,15 @@ fn check_spec(spec: &proto::VmSpec, host_memory: u64) -> Result<VmSizing> {
     let invalid = |m: String| AgentError::InvalidArgument(m);
     validate_name(&spec.name).map_err(|e| invalid(format!("VM name: {e}")))?;
     let sizing = VmSizing::try_from(spec)?;
-    sizing.reservation()?;
+    let reservation = sizing.reservation()?;
+    if let Some(limit) = spec.cpu_limit_millicores.filter(|&l| l > 0) {
+        if limit < reservation.cpu_millicores {
+            return Err(invalid(format!(
+                "CPU limit {limit}m is below the VM's CPU reservation {}m",
+                reservation.cpu_millicores
+            )));
+        }
+    }
     if spec.memory_mib.saturating_mul(stratum_pool::MIB) > host_memory {
         return Err(invalid(format!(
             "{} MiB of memory is more than the host has ({} MiB)",
@@ -647,8 +684,25 @@ fn check_spec(spec: &proto::VmSpec, host_memory: u64) -> Result<VmSizing> {
         if nic.tap_name.is_empty() || nic.tap_name.len() > 15 {
             return Err(invalid(format!("nic {i}: tap_name must be 1 to 15 bytes")));
         }
+        if !nic.mac.is_empty() && !is_unicast_mac(&nic.mac) {
+            return Err(invalid(format!(
+                "nic {i}: MAC {} is not a unicast address of the form 02:00:00:00:00:01",
+                stratum_pool::quoted(&nic.mac)
+            )));
+        }
     }
     Ok(sizing)
+}
+
+/// Six colon-separated pairs of hex digits, the group bit clear: what a
+/// NIC may take as its own address.
+fn is_unicast_mac(mac: &str) -> bool {
+    let octets: Vec<&str> = mac.split(':').collect();
+    let hex = |o: &&str| o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit());
+    if octets.len() != 6 || !octets.iter().all(hex) {
+        return false;
+    }
+    u8::from_str_radix(octets[0], 16).is_ok_and(|first| first & 1 == 0)
 }
 
 fn check_file(what: &str, path: &str) -> Result<()> {

@@ -1,14 +1,12 @@
 //! `stratum.v1.VirtualMachines`.
 
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::agent::errors::AgentError;
@@ -21,9 +19,6 @@ pub struct VmService(pub Arc<Agent>);
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::VmEvent, Status>> + Send>>;
 type ConsoleStream = Pin<Box<dyn Stream<Item = Result<proto::ConsoleOutput, Status>> + Send>>;
-
-/// How often a console follower looks for new output.
-const CONSOLE_POLL: Duration = Duration::from_millis(100);
 
 #[tonic::async_trait]
 impl VirtualMachines for VmService {
@@ -167,55 +162,13 @@ impl VirtualMachines for VmService {
         request: Request<proto::ConsoleRequest>,
     ) -> Result<Response<ConsoleStream>, Status> {
         let r = request.into_inner();
-        let id = r.id.clone();
-        let path = super::blocking(&self.0, move |a| a.console_path(&id)).await?;
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(follow_console(path, r.include_history, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-/// Streams what the vmm appends to its console log until the client goes
-/// away; with `history`, the log so far first. The log may not exist yet
-/// (the VM has not started): it is waited for.
-async fn follow_console(
-    path: PathBuf,
-    history: bool,
-    tx: mpsc::Sender<Result<proto::ConsoleOutput, Status>>,
-) {
-    let mut file = loop {
-        match tokio::fs::File::open(&path).await {
-            Ok(f) => break f,
-            Err(_) if !tx.is_closed() => tokio::time::sleep(CONSOLE_POLL).await,
-            Err(_) => return,
-        }
-    };
-    if !history && file.seek(std::io::SeekFrom::End(0)).await.is_err() {
-        return;
-    }
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match file.read(&mut buf).await {
-            Ok(0) => {
-                if tx.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(CONSOLE_POLL).await;
-            }
-            Ok(n) => {
-                let chunk = proto::ConsoleOutput {
-                    data: buf[..n].to_vec(),
-                };
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                let _ = tx
-                    .send(Err(Status::internal(format!("console: {e}"))))
-                    .await;
-                return;
-            }
-        }
+        let follower =
+            super::blocking(&self.0, move |a| a.console(&r.id, r.include_history)).await?;
+        let stream = follower.into_stream().map(|chunk| {
+            chunk
+                .map(|data| proto::ConsoleOutput { data })
+                .map_err(|e| Status::internal(format!("console: {e}")))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

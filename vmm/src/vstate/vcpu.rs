@@ -266,7 +266,7 @@ impl Vcpu {
         self.failed(format!(
             "KVM cannot run this guest: KVM_EXIT_INTERNAL_ERROR ({what}, suberror {suberror}) \
              at rip {rip:#x}. Hint: a /dev/kvm backed by PVM runs only PVM-enabled guest \
-             kernels; boot a PVM guest kernel, or run the VM in the nested test host (make run)"
+             kernels; boot a PVM guest kernel, or run the VM in the nested test host (make run-vm)"
         ))
     }
 

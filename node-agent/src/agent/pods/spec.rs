@@ -58,13 +58,36 @@ pub fn check_pod(spec: &proto::PodSpec) -> Result<PodSizing> {
             )));
         }
     }
+    if let Some(limits) = spec.resources.as_ref().and_then(|r| r.limits.as_ref()) {
+        check_memory_limit("the pod", limits.memory_bytes)?;
+    }
     let sizing = PodSizing::try_from(spec)?;
     Ok(sizing)
+}
+
+/// Least memory limit a pod or container may have (Docker's minimum): a
+/// runtime and a shell need a few MiB before the workload starts; below
+/// that every container would only fail to start.
+pub const MIN_MEMORY_LIMIT: u64 = 6 * 1024 * 1024;
+
+/// A memory limit is 0 (none) or at least [`MIN_MEMORY_LIMIT`].
+fn check_memory_limit(whose: &str, bytes: u64) -> Result<()> {
+    if bytes != 0 && bytes < MIN_MEMORY_LIMIT {
+        return Err(invalid(format!(
+            "{whose}: a memory limit of {bytes} bytes is below the least a container \
+             can start in ({} MiB)",
+            MIN_MEMORY_LIMIT >> 20
+        )));
+    }
+    Ok(())
 }
 
 /// Checks one container spec on its own (not its image).
 pub fn check_container(spec: &proto::ContainerSpec) -> Result<()> {
     check_label("container name", &spec.name)?;
+    if let Some(limits) = &spec.limits {
+        check_memory_limit(&format!("container {:?}", spec.name), limits.memory_bytes)?;
+    }
     if spec.image.is_empty() {
         return Err(invalid(format!("container {:?}: no image", spec.name)));
     }
@@ -124,7 +147,7 @@ pub fn check_container_fits(
 
 /// DNS label: 1-63 of `[a-z0-9-]`, not starting or ending with `-`.
 fn check_label(what: &str, value: &str) -> Result<()> {
-    validate_name(value).map_err(|e| invalid(format!("{what} {value:?}: {e}")))
+    validate_name(value).map_err(|e| invalid(format!("{what}: {e}")))
 }
 
 /// The restart policy, NEVER when unspecified.

@@ -1,0 +1,127 @@
+//! The agent's cgroup tree kept equal to its records.
+//!
+//! The cgroup layer ([`stratum_cgroup`]) manages the hierarchies whose
+//! controllers enforce pools (cpu, memory, pids...). An OCI runtime also
+//! makes a pod's directories in every other mounted hierarchy (devices,
+//! freezer, name=systemd...), and removes only its containers' leaves.
+//! Directories left there, or left anywhere by a `kill -9` between making
+//! a cgroup and committing its record, name nothing the agent knows.
+//!
+//! This module owns their removal: a deleted pool's directories go from
+//! every hierarchy, and at start every directory below the agent's root
+//! that no pool, VM or pod record accounts for is removed. It never kills:
+//! a stray directory that still holds processes is left in place with a
+//! warning (something runs there that the agent did not start, or a
+//! workload it lost; an operator decides).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use stratum_pool::PoolId;
+use stratum_runtime::CgroupMapping;
+
+use super::pools::pool_cgroup_path;
+use super::Agent;
+
+impl Agent {
+    /// Removes the cgroup at `path` (below the agent's root) and all below
+    /// it from every mounted hierarchy, the unmanaged ones included. A
+    /// directory that holds processes stays.
+    pub(super) fn prune_cgroup_everywhere(&self, path: &Path) {
+        let Some((mapping, root)) = self.cgroup_mapping() else {
+            return;
+        };
+        let runtime_path = format!("{}/{}", root.trim_end_matches('/'), path.display());
+        if let Err(e) = mapping.prune(&runtime_path) {
+            tracing::warn!(cgroup = %path.display(), "a cgroup stays: {e}");
+        }
+    }
+
+    /// Removes, from every hierarchy, the directories below the agent's
+    /// root that no record accounts for. Run at start, after the pools,
+    /// VMs and pods are restored.
+    pub(super) fn reconcile_cgroups(&self) {
+        let Some((mapping, root)) = self.cgroup_mapping() else {
+            return;
+        };
+        let (pools, workloads) = self.recorded_cgroups();
+        let mut strays = BTreeSet::new();
+        for base in mapping.host_dirs(&root) {
+            find_strays(&base, Path::new(""), &pools, &workloads, &mut strays);
+        }
+        for stray in strays {
+            tracing::warn!(cgroup = %stray.display(), "removing a cgroup no record accounts for");
+            self.prune_cgroup_everywhere(&stray);
+        }
+    }
+
+    /// The pools' cgroup paths, and the workloads' (whose insides are
+    /// their managers' business).
+    fn recorded_cgroups(&self) -> (BTreeSet<PathBuf>, BTreeSet<PathBuf>) {
+        let state = self.read_state();
+        let pools = state
+            .tree
+            .subtree(&PoolId::root())
+            .map(|all| {
+                all.iter()
+                    .filter_map(|p| pool_cgroup_path(&state.tree, p.id()).ok())
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let vms = state
+            .vms
+            .values()
+            .map(|vm| vm.runtime().cgroup_path.as_str());
+        let pods = state.pods.values().filter_map(|pod| pod.cgroup_path());
+        let workloads = vms
+            .chain(pods)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        (pools, workloads)
+    }
+
+    /// The runtime's view of the hierarchies and the agent root's path in
+    /// it; `None` (and a warning) when the mounts cannot be read.
+    fn cgroup_mapping(&self) -> Option<(CgroupMapping, String)> {
+        let found = self
+            .cgroups
+            .root()
+            .map_err(|e| e.to_string())
+            .and_then(|root| {
+                let mapping = CgroupMapping::detect(&root).map_err(|e| e.to_string())?;
+                let path = mapping.runtime_path(&root).map_err(|e| e.to_string())?;
+                Ok((mapping, path))
+            });
+        found
+            .map_err(|e| tracing::warn!("cannot map the cgroup hierarchies: {e}"))
+            .ok()
+    }
+}
+
+/// Walks the directories below `base/rel`: a pool's is entered, a
+/// workload's skipped, anything else is a stray (recorded once, its
+/// subtree with it).
+fn find_strays(
+    base: &Path,
+    rel: &Path,
+    pools: &BTreeSet<PathBuf>,
+    workloads: &BTreeSet<PathBuf>,
+    strays: &mut BTreeSet<PathBuf>,
+) {
+    let Ok(entries) = std::fs::read_dir(base.join(rel)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let child = rel.join(entry.file_name());
+        if pools.contains(&child) {
+            find_strays(base, &child, pools, workloads, strays);
+        } else if !workloads.contains(&child) {
+            strays.insert(child);
+        }
+    }
+}
