@@ -57,7 +57,8 @@ images: deps
 static:
 	$(STATIC_CARGO) -p vmm --bin vmm
 	$(STATIC_CARGO) -p stratum-tests --bin boot-probe --bin api-call --bin mktap --bin vsock-host
-	$(STATIC_CARGO) -p node-agent --bin node-agent -p nodectl --bin nodectl
+	$(STATIC_CARGO) -p node-agent --bin node-agent -p nodectl --bin nodectl \
+		-p stratum-runtime --bin stratum-log-writer
 
 build:
 	$(CARGO) build --workspace
@@ -67,7 +68,7 @@ build:
 AGENT_ARGS ?=
 run: images static
 	mkdir -p build/bin
-	for b in node-agent nodectl vmm; do ln -sfn ../../$(STATIC_BIN)/$$b build/bin/$$b; done
+	for b in node-agent nodectl vmm stratum-log-writer; do ln -sfn ../../$(STATIC_BIN)/$$b build/bin/$$b; done
 	build/bin/node-agent --data-dir data --vmm build/bin/vmm $(AGENT_ARGS)
 
 run-vm: images static
@@ -82,7 +83,8 @@ bench: images static bench-pod-deps
 	$(CARGO) run -q --release -p stratum-tests --bin bench-io
 	$(CARGO) run -q --release -p stratum-tests --bin bench-vsock
 	$(CARGO) build -q --release -p node-agent --bin node-agent && $(CARGO) run -q --release -p stratum-testkit --bin bench-agent
-	$(CARGO) build -q --release -p node-agent --bin node-agent -p nodectl --bin nodectl && $(CARGO) run -q --release -p stratum-testkit --bin bench-pod
+	$(CARGO) build -q --release -p node-agent --bin node-agent -p nodectl --bin nodectl -p stratum-runtime --bin stratum-log-writer \
+		&& $(CARGO) run -q --release -p stratum-testkit --bin bench-pod
 
 # The cargo-fuzz targets (vmm/fuzz) over seeded random inputs, on stable.
 fuzz-test:

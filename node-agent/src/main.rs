@@ -59,6 +59,10 @@ struct Cli {
     /// refuses, the agent falls back to runc when it is installed.
     #[arg(long, default_value = "crun")]
     oci_runtime: PathBuf,
+    /// The per-container log writer [default: `stratum-log-writer` next
+    /// to this binary, else on PATH].
+    #[arg(long)]
+    log_writer: Option<PathBuf>,
     /// The pod network's host bridge (at most 15 bytes); also the name of
     /// its nftables table.
     #[arg(long, default_value = "stratum0")]
@@ -149,6 +153,11 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
             bridge: cli.pod_bridge.clone(),
             cidr: cli.pod_cidr,
             allow: cli.allow_namespaces.clone(),
+            log_writer: cli.log_writer.clone().unwrap_or_else(|| {
+                stratum_runtime::log_writer::default_program(
+                    std::env::current_exe().ok().as_deref(),
+                )
+            }),
         },
     })
 }

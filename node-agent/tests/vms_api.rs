@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use stratum_api::proto;
 use stratum_api::proto::VmState;
-use stratum_testkit::test_agent::{halting_kernel, TestAgent};
+use stratum_testkit::test_agent::{emulation_failure_kernel, halting_kernel, TestAgent};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -475,4 +475,84 @@ async fn a_dead_vmm_is_reported_and_running_vms_are_readopted_after_kill_9() {
     unsafe { libc::kill(keep_pid as i32, libc::SIGKILL) };
     let failed = wait_state(&agent, &keep.id, VmState::Failed).await;
     assert!(!failed.status.unwrap().reason.is_empty());
+}
+
+/// A guest KVM cannot run starts, then fails: the VM's reason carries
+/// vmm's own error, and `nodectl vm start` reports the failure.
+#[tokio::test]
+async fn a_failed_vm_says_why() {
+    let agent = TestAgent::start("failing");
+    let spec = proto::VmSpec {
+        kernel: emulation_failure_kernel(&agent.dir)
+            .to_string_lossy()
+            .into_owned(),
+        ..vm_spec(&agent, "doomed", "")
+    };
+    let vm = create_vm(&agent, spec.clone()).await.unwrap();
+    agent
+        .vms()
+        .await
+        .start(proto::StartVmRequest { id: vm.id.clone() })
+        .await
+        .expect("the start itself succeeds");
+    let failed = wait_state(&agent, &vm.id, VmState::Failed).await;
+    let reason = failed.status.unwrap().reason;
+    assert!(
+        reason.contains("exited with status 1") && reason.contains("KVM_EXIT_INTERNAL_ERROR"),
+        "{reason}"
+    );
+
+    let again = create_vm(
+        &agent,
+        proto::VmSpec {
+            name: "doomed-too".into(),
+            ..spec
+        },
+    )
+    .await
+    .unwrap();
+    let out = agent.nodectl(&["vm", "start", &again.id]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("failed") && stderr.contains("KVM_EXIT_INTERNAL_ERROR"),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("FAILED"),
+        "the VM as it ended up is printed"
+    );
+}
+
+/// The console of a VM that has stopped ends with its log.
+#[tokio::test]
+async fn the_console_of_a_stopped_vm_ends() {
+    let agent = TestAgent::start("console-end");
+    let vm = create_vm(&agent, vm_spec(&agent, "brief", ""))
+        .await
+        .unwrap();
+    let mut client = agent.vms().await;
+    client
+        .start(proto::StartVmRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    client
+        .kill(proto::KillVmRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    wait_state(&agent, &vm.id, VmState::Stopped).await;
+    let stream = client
+        .console(proto::ConsoleRequest {
+            id: vm.id.clone(),
+            include_history: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let chunks = tokio::time::timeout(Duration::from_secs(10), stream.collect::<Vec<_>>())
+        .await
+        .expect("the console stream of a stopped VM ends");
+    assert!(chunks.iter().all(Result::is_ok), "{chunks:?}");
+    let out = agent.nodectl(&["vm", "console", "--history", &vm.id]);
+    assert!(out.status.success(), "{out:?}");
 }

@@ -10,15 +10,17 @@
 //!    `linux.resources`;
 //! 3. `config.json` (see `spec`), `cgroupsPath` naming that leaf (see
 //!    `cgpath`);
-//! 4. the raw stdout/stderr files and the log pump task (see `logs`);
+//! 4. the log writer process and its pipes, the container's stdout and
+//!    stderr (see `log_writer`);
 //! 5. `runtime create`, then a pidfd on the init (see `reaper`), opened
 //!    while the init is still blocked before exec and so cannot be a
 //!    recycled pid.
 //!
 //! Exit: the pidfd says when; `waitid` (the agent is a subreaper) says how;
 //! the leaf's `oom_kill` counter says whether the OOM killer did it. The
-//! report is computed once and shared by all waiters; the log pump then
-//! drains the rest of the output and ends, which ends log followers.
+//! report is computed once and shared by all waiters. The log writer
+//! drains the rest of the output and ends when the last writer of the
+//! pipes is gone, which ends log followers.
 //!
 //! `state.json` in the container's directory records what an agent
 //! restarted after a `kill -9` needs to [`Container::adopt`] it.
@@ -31,12 +33,12 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, OnceCell};
-use tokio::task::JoinHandle;
+use tokio::sync::OnceCell;
 
 use super::cgpath::CgroupMapping;
 use super::error::{Result, RuntimeError};
-use super::logs::{LogFollower, LogPaths, LogPump};
+use super::log_writer;
+use super::logs::LogFollower;
 use super::oci::{self, ContainerStdio, ExecOutput, OciRuntime, RuntimeStatus};
 use super::reaper::{ExitWatch, ProcessExit};
 use super::resources::OciResources;
@@ -79,6 +81,8 @@ pub struct PodContext<'a> {
     pub sandbox: &'a PodSandbox,
     /// How cgroups are named for the runtime.
     pub mapping: &'a CgroupMapping,
+    /// The log writer program (`stratum-log-writer`).
+    pub log_writer: &'a Path,
 }
 
 /// Why a container ended.
@@ -191,10 +195,7 @@ pub struct Container {
     pid: u32,
     /// `None` for an adopted container found already exited.
     watch: Option<ExitWatch>,
-    log_paths: LogPaths,
-    log_stop: watch::Sender<bool>,
-    log_done: watch::Receiver<bool>,
-    pump: Mutex<Option<JoinHandle<Result<()>>>>,
+    log_path: PathBuf,
     started_at: Mutex<Option<SystemTime>>,
     stop_requested: AtomicBool,
     exit: OnceCell<ExitReport>,
@@ -224,7 +225,7 @@ impl Container {
         }
         fs::create_dir_all(dir).map_err(RuntimeError::io(dir, "create container directory"))?;
         let rootfs = Rootfs::prepare(&config.rootfs, dir)?;
-        let (cgroup, cgroups_path, log_paths, pid) =
+        let (cgroup, cgroups_path, pid) =
             match Container::prepare(runtime, pod, dir, config, &rootfs).await {
                 Ok(parts) => parts,
                 Err((e, cgroup)) => {
@@ -241,7 +242,6 @@ impl Container {
             }
         };
         let start_time = identity::process_start_time(pid).unwrap_or(0);
-        let (pump, log_stop, log_done) = spawn_pump(&log_paths)?;
         let container = Container {
             id: config.id.clone(),
             dir: dir.to_path_buf(),
@@ -251,10 +251,7 @@ impl Container {
             mapping: pod.mapping.clone(),
             pid,
             watch: Some(watch),
-            log_paths,
-            log_stop,
-            log_done,
-            pump: Mutex::new(Some(pump)),
+            log_path: config.log_path.clone(),
             started_at: Mutex::new(None),
             stop_requested: AtomicBool::new(false),
             exit: OnceCell::new(),
@@ -271,10 +268,7 @@ impl Container {
         dir: &Path,
         config: &ContainerConfig,
         rootfs: &Rootfs,
-    ) -> std::result::Result<
-        (Cgroup, String, LogPaths, u32),
-        (RuntimeError, Option<(Cgroup, String)>),
-    > {
+    ) -> std::result::Result<(Cgroup, String, u32), (RuntimeError, Option<(Cgroup, String)>)> {
         let cgroup = pod
             .hierarchy
             .create_leaf(pod.pod_cgroup, &config.id)
@@ -303,15 +297,19 @@ impl Container {
         })
         .map_err(with_cgroup)?;
         spec::write_config(&spec, dir).map_err(with_cgroup)?;
-        let log_paths = LogPaths::new(dir, &config.log_path);
-        let (stdout, stderr) = log_paths.open_raw_for_container().map_err(with_cgroup)?;
+        // The writer ends by itself once the container's output is closed,
+        // so a failed create below leaves nothing of it behind.
+        let output = log_writer::spawn(pod.log_writer, &config.log_path).map_err(with_cgroup)?;
         let pid_file = dir.join("init.pid");
         runtime
             .create(
                 &config.id,
                 dir,
                 &pid_file,
-                ContainerStdio { stdout, stderr },
+                ContainerStdio {
+                    stdout: output.stdout,
+                    stderr: output.stderr,
+                },
             )
             .await
             .map_err(with_cgroup)?;
@@ -322,7 +320,7 @@ impl Container {
                 "missing or not a pid",
             ))
         })?;
-        Ok((cgroup, cgroups_path, log_paths, pid))
+        Ok((cgroup, cgroups_path, pid))
     }
 
     /// Re-adopts a container an earlier agent created in `dir` (after an
@@ -350,8 +348,6 @@ impl Container {
         let alive = runtime_state.pid == Some(state.pid)
             && runtime_state.status != RuntimeStatus::Stopped
             && identity::process_start_time(state.pid).ok() == Some(state.start_time);
-        let log_paths = LogPaths::new(dir, &state.log_path);
-        let (pump, log_stop, log_done) = spawn_pump(&log_paths)?;
         let started_at = state
             .started_at_unix_ns
             .and_then(|ns| u64::try_from(ns).ok())
@@ -365,7 +361,6 @@ impl Container {
         if watch.is_none() {
             let oom = cgroup.usage().map(|u| u.oom_killed()).unwrap_or(false);
             let _ = exit.set(ExitReport::new(ProcessExit::Unknown, oom, started_at));
-            let _ = log_stop.send(true);
         }
         Ok(Container {
             id: state.id,
@@ -376,10 +371,7 @@ impl Container {
             mapping: mapping.clone(),
             pid: state.pid,
             watch,
-            log_paths,
-            log_stop,
-            log_done,
-            pump: Mutex::new(Some(pump)),
+            log_path: state.log_path,
             started_at: Mutex::new(started_at),
             stop_requested: AtomicBool::new(false),
             exit,
@@ -421,7 +413,6 @@ impl Container {
                 Ok::<_, RuntimeError>(ExitReport::new(exit, oom, started))
             })
             .await?;
-        let _ = self.log_stop.send(true);
         Ok(*report)
     }
 
@@ -516,30 +507,16 @@ impl Container {
         }
     }
 
-    /// Reads the CRI log; with `follow`, waits for more until the
-    /// container's output ended.
+    /// Reads the CRI log; with `follow`, waits for more while this run's
+    /// log writer still writes (the container's output is open).
     pub fn logs(&self, follow: bool) -> Result<LogFollower> {
-        LogFollower::open(
-            &self.log_paths.cri_log,
-            follow.then(|| self.log_done.clone()),
-        )
+        LogFollower::open(&self.log_path, follow)
     }
 
-    /// Waits until the log pump has converted everything (after exit).
+    /// Waits (at most 10 s) until the log writer has written everything
+    /// the container wrote (after its exit).
     pub async fn finish_logs(&self) -> Result<()> {
-        let _ = self.log_stop.send(true);
-        let handle = self.pump.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(handle) = handle {
-            match handle.await {
-                Ok(result) => result?,
-                Err(e) => {
-                    return Err(RuntimeError::sys("log pump")(io::Error::other(
-                        e.to_string(),
-                    )));
-                }
-            }
-        }
-        Ok(())
+        log_writer::wait_finished(&self.log_path, Duration::from_secs(10)).await
     }
 
     /// The container id.
@@ -574,7 +551,7 @@ impl Container {
 
     /// The CRI log file.
     pub fn log_path(&self) -> &Path {
-        &self.log_paths.cri_log
+        &self.log_path
     }
 
     /// Created, running or exited.
@@ -601,7 +578,7 @@ impl Container {
             start_time,
             cgroup: self.cgroup.path().to_path_buf(),
             cgroups_path: self.cgroups_path.clone(),
-            log_path: self.log_paths.cri_log.clone(),
+            log_path: self.log_path.clone(),
             overlay: self.rootfs.is_overlay(),
             rootfs: self.rootfs.path().to_path_buf(),
             started_at_unix_ns: started
@@ -634,25 +611,6 @@ async fn undo_create(
         let _ = mapping.prune(path);
     }
     let _ = rootfs.remove();
-}
-
-type PumpParts = (
-    JoinHandle<Result<()>>,
-    watch::Sender<bool>,
-    watch::Receiver<bool>,
-);
-
-/// Starts the log pump; `done` turns true when it finished.
-fn spawn_pump(paths: &LogPaths) -> Result<PumpParts> {
-    let pump = LogPump::open(paths.clone())?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (done_tx, done_rx) = watch::channel(false);
-    let handle = tokio::spawn(async move {
-        let result = pump.run(stop_rx).await;
-        let _ = done_tx.send(true);
-        result
-    });
-    Ok((handle, stop_tx, done_rx))
 }
 
 #[cfg(test)]

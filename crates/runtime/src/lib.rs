@@ -17,7 +17,9 @@
 //!   enforces.
 //! - [`spec`]: the OCI runtime spec (oci-spec).
 //! - [`oci`]: the runtime CLI driver (create/start/state/kill/delete/exec).
-//! - [`logs`]: CRI log format, the raw-file-to-CRI pump, the follower.
+//! - [`logs`]: CRI log format and the follower.
+//! - [`log_writer`]: the per-container log writer process that owns a
+//!   container's log (`stratum-log-writer`).
 //! - [`reaper`]: exit detection: subreaper, pidfd, orphan reaping.
 //! - [`container`]: the lifecycle glue; [`restart`]: the restart policy.
 //!
@@ -36,6 +38,7 @@
 pub mod cgpath;
 pub mod container;
 mod error;
+pub mod log_writer;
 pub mod logs;
 pub mod mountinfo;
 pub mod oci;
@@ -51,7 +54,7 @@ pub use container::{
     Container, ContainerConfig, ContainerStatus, ExitReason, ExitReport, PodContext,
 };
 pub use error::{Result, RuntimeError};
-pub use logs::{CriLogLine, LogFollower, LogPaths, LogPump, LogStream, MAX_LOG_LINE};
+pub use logs::{CriLogLine, LogFollower, LogStream, MAX_LOG_LINE};
 pub use oci::{
     ContainerStdio, ExecOutput, OciRuntime, OciRuntimeConfig, RuntimeKind, RuntimeState,
     RuntimeStatus,

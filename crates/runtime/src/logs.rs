@@ -5,54 +5,26 @@
 //! `F` ends a line and `P` is a piece of a longer one: lines over 16 KiB
 //! are split into `P` records followed by an `F`.
 //!
-//! Design choice: **the container writes plain files; the agent converts.**
-//! The runtime gives the container `stdout.raw` and `stderr.raw` in its
-//! directory, opened `O_APPEND`, as stdout/stderr. A [`LogPump`] task
-//! tails both, splits lines, timestamps them and appends CRI records to
-//! the container's log file, persisting how far it got (`log.offsets`).
-//!
-//! Why not pipes (or FIFOs) read by the agent: a pipe lives only as long as
-//! its reader. After an agent `kill -9` a container writing to a pipe gets
-//! `SIGPIPE`/`EPIPE` and usually dies, or — if something else keeps the
-//! read end open — blocks once the 64 KiB buffer fills, until the agent is
-//! back. With files nothing depends on the agent: the container writes at
-//! disk speed and never blocks or dies because of logging; a restarted
-//! agent resumes converting at the persisted offsets, so nothing is lost
-//! (the one cost: records converted after a restart carry the conversion
-//! time, not the write time). A per-container log shim (conmon's design)
-//! would avoid that too, at the price of a process per container.
-//!
-//! Disk use: converted bytes of the raw files are released with
-//! `fallocate(PUNCH_HOLE)`, so raw files stay sparse while the container
-//! writes on at its growing offset. Stdout and stderr are converted in
-//! passes; order within a stream is exact, across streams within a pass
-//! it is not (as with containerd's two copy loops).
+//! The records are written by the container's log writer process (see
+//! [`crate::log_writer`]), which owns the file; this module holds the
+//! format and the reader.
 //!
 //! [`LogFollower`] reads CRI records back, from the start, and with
-//! `follow` waits for more until the pump says the container's output
-//! ended.
+//! `follow` waits for more while a log writer still holds the file.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
-
 use super::error::{Result, RuntimeError};
+use super::log_writer::writer_active;
 
 /// Longest message of one CRI record; longer lines become `P` records.
 pub const MAX_LOG_LINE: usize = 16 * 1024;
 
-/// How often the pump and a following reader look for new output.
+/// How often a following reader looks for new output.
 pub const LOG_POLL: Duration = Duration::from_millis(50);
-
-/// Most bytes one pump pass reads from one stream.
-const PASS_LIMIT: u64 = 1 << 20;
-
-/// Hole punching works in file system blocks.
-const PUNCH_ALIGN: u64 = 4096;
 
 /// Which output stream a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,291 +160,26 @@ impl LineSplitter {
     }
 }
 
-/// The files of one container's logging.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogPaths {
-    /// What the container writes to stdout.
-    pub stdout_raw: PathBuf,
-    /// What the container writes to stderr.
-    pub stderr_raw: PathBuf,
-    /// Converted offsets (`<stdout> <stderr>`).
-    pub offsets: PathBuf,
-    /// The CRI log.
-    pub cri_log: PathBuf,
-}
-
-impl LogPaths {
-    /// Raw files and offsets in `container_dir`, CRI log at `cri_log`.
-    pub fn new(container_dir: &Path, cri_log: &Path) -> LogPaths {
-        LogPaths {
-            stdout_raw: container_dir.join("stdout.raw"),
-            stderr_raw: container_dir.join("stderr.raw"),
-            offsets: container_dir.join("log.offsets"),
-            cri_log: cri_log.to_path_buf(),
-        }
-    }
-
-    /// Opens (creating) the raw files append-only, for the container.
-    pub fn open_raw_for_container(&self) -> Result<(File, File)> {
-        let open = |p: &Path| {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(RuntimeError::io(p, "open raw log"))
-        };
-        Ok((open(&self.stdout_raw)?, open(&self.stderr_raw)?))
-    }
-}
-
-#[derive(Debug)]
-struct StreamState {
-    stream: LogStream,
-    path: PathBuf,
-    file: Option<File>,
-    /// Bytes of the raw file read so far.
-    consumed: u64,
-    /// Raw bytes released by hole punching so far.
-    punched: u64,
-    splitter: LineSplitter,
-}
-
-impl StreamState {
-    /// Raw bytes whose records are written (`consumed` minus held back).
-    fn emitted(&self) -> u64 {
-        self.consumed
-            .saturating_sub(self.splitter.pending_len() as u64)
-    }
-}
-
-/// Converts a container's raw output into its CRI log (see module docs).
-#[derive(Debug)]
-pub struct LogPump {
-    paths: LogPaths,
-    streams: [StreamState; 2],
-    out: File,
-}
-
-impl LogPump {
-    /// Opens the CRI log for appending and resumes at the persisted
-    /// offsets (zero for a new container).
-    pub fn open(paths: LogPaths) -> Result<LogPump> {
-        if let Some(parent) = paths.cri_log.parent() {
-            fs::create_dir_all(parent).map_err(RuntimeError::io(parent, "create log directory"))?;
-        }
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&paths.cri_log)
-            .map_err(RuntimeError::io(&paths.cri_log, "open CRI log"))?;
-        let (stdout_off, stderr_off) = read_offsets(&paths.offsets)?;
-        let state = |stream, path: &Path, offset| StreamState {
-            stream,
-            path: path.to_path_buf(),
-            file: None,
-            consumed: offset,
-            punched: 0,
-            splitter: LineSplitter::default(),
-        };
-        Ok(LogPump {
-            streams: [
-                state(LogStream::Stdout, &paths.stdout_raw, stdout_off),
-                state(LogStream::Stderr, &paths.stderr_raw, stderr_off),
-            ],
-            paths,
-            out,
-        })
-    }
-
-    /// One pass: converts what is new in both raw files. Returns the
-    /// number of raw bytes consumed.
-    pub fn pump(&mut self) -> Result<u64> {
-        let mut total = 0;
-        let mut records = Vec::new();
-        for state in &mut self.streams {
-            let data = read_new(state)?;
-            total += data.len() as u64;
-            let now = format_timestamp(SystemTime::now());
-            for (partial, message) in state.splitter.push(&data) {
-                records.extend(
-                    CriLogLine {
-                        timestamp: now.clone(),
-                        stream: state.stream,
-                        partial,
-                        message,
-                    }
-                    .encode(),
-                );
-            }
-        }
-        if !records.is_empty() {
-            self.write_and_commit(&records)?;
-        }
-        Ok(total)
-    }
-
-    /// The output ended (the container exited): converts the rest and
-    /// writes unfinished lines as final `F` records.
-    pub fn finish(&mut self) -> Result<()> {
-        while self.pump()? > 0 {}
-        let now = format_timestamp(SystemTime::now());
-        let mut records = Vec::new();
-        for state in &mut self.streams {
-            if let Some(message) = state.splitter.flush() {
-                records.extend(
-                    CriLogLine {
-                        timestamp: now.clone(),
-                        stream: state.stream,
-                        partial: false,
-                        message,
-                    }
-                    .encode(),
-                );
-            }
-        }
-        if !records.is_empty() {
-            self.write_and_commit(&records)?;
-        }
-        Ok(())
-    }
-
-    /// Pumps every [`LOG_POLL`] until `stop` turns true (or its sender is
-    /// dropped), then finishes.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
-        loop {
-            if *stop.borrow_and_update() {
-                break;
-            }
-            while self.pump()? >= PASS_LIMIT {}
-            tokio::select! {
-                changed = stop.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                }
-                () = tokio::time::sleep(LOG_POLL) => {}
-            }
-        }
-        self.finish()
-    }
-
-    /// The paths this pump works on.
-    pub fn paths(&self) -> &LogPaths {
-        &self.paths
-    }
-
-    fn write_and_commit(&mut self, records: &[u8]) -> Result<()> {
-        self.out
-            .write_all(records)
-            .map_err(RuntimeError::io(&self.paths.cri_log, "append"))?;
-        // Offsets after the records: a crash in between repeats records
-        // (at least once) rather than losing them.
-        write_offsets(
-            &self.paths.offsets,
-            self.streams[0].emitted(),
-            self.streams[1].emitted(),
-        )?;
-        for state in &mut self.streams {
-            punch_consumed(state);
-        }
-        Ok(())
-    }
-}
-
-fn read_new(state: &mut StreamState) -> Result<Vec<u8>> {
-    if state.file.is_none() {
-        match OpenOptions::new().read(true).write(true).open(&state.path) {
-            Ok(file) => state.file = Some(file),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(RuntimeError::io(&state.path, "open raw log")(e)),
-        }
-    }
-    let Some(file) = state.file.as_mut() else {
-        return Ok(Vec::new());
-    };
-    file.seek(SeekFrom::Start(state.consumed))
-        .map_err(RuntimeError::io(&state.path, "seek"))?;
-    let mut data = Vec::new();
-    file.take(PASS_LIMIT)
-        .read_to_end(&mut data)
-        .map_err(RuntimeError::io(&state.path, "read"))?;
-    state.consumed += data.len() as u64;
-    Ok(data)
-}
-
-/// Releases converted raw bytes (best effort: file systems without hole
-/// punching just keep them).
-fn punch_consumed(state: &mut StreamState) {
-    let upto = state.emitted() / PUNCH_ALIGN * PUNCH_ALIGN;
-    let Some(file) = &state.file else {
-        return;
-    };
-    if upto <= state.punched {
-        return;
-    }
-    let (Ok(offset), Ok(len)) = (
-        libc::off_t::try_from(state.punched),
-        libc::off_t::try_from(upto - state.punched),
-    ) else {
-        return;
-    };
-    // SAFETY: fallocate on our open descriptor; no memory is passed.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        )
-    };
-    if rc == 0 {
-        state.punched = upto;
-    }
-}
-
-fn read_offsets(path: &Path) -> Result<(u64, u64)> {
-    let content = match fs::read_to_string(path) {
-        Ok(c) => c,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
-        Err(e) => return Err(RuntimeError::io(path, "read")(e)),
-    };
-    let mut fields = content.split_whitespace().map(str::parse::<u64>);
-    match (fields.next(), fields.next()) {
-        (Some(Ok(out)), Some(Ok(err))) => Ok((out, err)),
-        _ => Err(RuntimeError::invalid(
-            "log offsets",
-            content.trim(),
-            "not two numbers",
-        )),
-    }
-}
-
-fn write_offsets(path: &Path, stdout: u64, stderr: u64) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, format!("{stdout} {stderr}\n")).map_err(RuntimeError::io(&tmp, "write"))?;
-    fs::rename(&tmp, path).map_err(RuntimeError::io(path, "rename into place"))
-}
-
 /// Reads CRI records back from a log file, optionally following it.
 #[derive(Debug)]
 pub struct LogFollower {
     path: PathBuf,
     file: File,
     buf: Vec<u8>,
-    done: Option<watch::Receiver<bool>>,
+    follow: bool,
 }
 
 impl LogFollower {
-    /// Reads `path` from the start. With `done` (follow mode) it waits for
-    /// more records at the end until `done` is true (or its sender gone)
-    /// and everything was read; without, it stops at the end.
-    pub fn open(path: &Path, done: Option<watch::Receiver<bool>>) -> Result<LogFollower> {
+    /// Reads `path` from the start. With `follow` it waits for more
+    /// records at the end while a log writer holds the file (the
+    /// container's run has output to come); without, it stops at the end.
+    pub fn open(path: &Path, follow: bool) -> Result<LogFollower> {
         let file = File::open(path).map_err(RuntimeError::io(path, "open CRI log"))?;
         Ok(LogFollower {
             path: path.to_path_buf(),
             file,
             buf: Vec::new(),
-            done,
+            follow,
         })
     }
 
@@ -487,26 +194,18 @@ impl LogFollower {
             if self.read_more()? > 0 {
                 continue;
             }
-            let Some(done) = self.done.as_mut() else {
+            if !self.follow {
                 return Ok(None);
-            };
-            let finished = *done.borrow_and_update();
-            if finished {
-                // The pump finished before we looked: one last read.
+            }
+            // Checked before the last read: records written just before
+            // the writer let go are still read.
+            if !writer_active(&self.path) {
                 if self.read_more()? == 0 {
                     return Ok(None);
                 }
                 continue;
             }
-            tokio::select! {
-                changed = done.changed() => {
-                    if changed.is_err() {
-                        // Sender gone: treat as finished after a last read.
-                        self.done = None;
-                    }
-                }
-                () = tokio::time::sleep(LOG_POLL) => {}
-            }
+            tokio::time::sleep(LOG_POLL).await;
         }
     }
 
@@ -524,6 +223,9 @@ impl LogFollower {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::{self, OpenOptions};
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn runtime_logs_timestamp_is_rfc3339_nano_utc() {
@@ -585,75 +287,42 @@ mod tests {
         assert_eq!(s.flush(), None);
     }
 
-    #[test]
-    fn runtime_logs_pump_converts_and_resumes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let paths = LogPaths::new(dir.path(), &dir.path().join("logs/0.log"));
-        let (mut out, mut err) = paths.open_raw_for_container().expect("raw");
-        out.write_all(b"hello\npart").expect("write");
-        err.write_all(b"oops\n").expect("write");
-        let mut pump = LogPump::open(paths.clone()).expect("pump");
-        pump.pump().expect("pump");
-        drop(pump); // "agent killed": the held-back "part" is not committed
-        out.write_all(b"ial\n").expect("write");
-        let mut pump = LogPump::open(paths.clone()).expect("resume");
-        pump.pump().expect("pump");
-        out.write_all(b"tail without newline").expect("write");
-        pump.finish().expect("finish");
-        let log = fs::read(&paths.cri_log).expect("read log");
-        let lines: Vec<CriLogLine> = log
-            .split_inclusive(|&b| b == b'\n')
-            .map(|l| CriLogLine::parse(l).expect("record"))
-            .collect();
-        let text: Vec<(LogStream, bool, String)> = lines
-            .iter()
-            .map(|l| {
-                (
-                    l.stream,
-                    l.partial,
-                    String::from_utf8_lossy(&l.message).into_owned(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            text,
-            vec![
-                (LogStream::Stdout, false, "hello".to_string()),
-                (LogStream::Stderr, false, "oops".to_string()),
-                (LogStream::Stdout, false, "partial".to_string()),
-                (LogStream::Stdout, false, "tail without newline".to_string()),
-            ]
-        );
-    }
-
     #[tokio::test]
-    async fn runtime_logs_follower_waits_until_done() {
+    async fn runtime_logs_follower_waits_while_a_writer_holds_the_log() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("0.log");
         fs::write(&path, b"t stdout F one\n").expect("write");
-        let (tx, rx) = watch::channel(false);
-        let mut follower = LogFollower::open(&path, Some(rx)).expect("open");
+        // A writer's lock, as the log writer holds it.
+        let held = OpenOptions::new().append(true).open(&path).expect("open");
+        // SAFETY: flock on our own descriptor.
+        assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let mut follower = LogFollower::open(&path, true).expect("open");
         let first = follower.next().await.expect("next").expect("line");
         assert_eq!(first.message, b"one");
-        let writer = {
-            let path = path.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(120)).await;
-                let mut f = OpenOptions::new().append(true).open(&path).expect("append");
-                f.write_all(b"t stderr F two\n").expect("write");
-                tx.send(true).expect("send");
-            })
-        };
-        let second = follower.next().await.expect("next").expect("line");
+        let writer = tokio::spawn(async move {
+            let mut held = held;
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            held.write_all(b"t stderr F two\n").expect("write");
+            drop(held); // the writer is done: its lock goes with it
+        });
+        let second = tokio::time::timeout(Duration::from_secs(5), follower.next())
+            .await
+            .expect("in time")
+            .expect("next")
+            .expect("line");
         assert_eq!(
             (second.stream, second.message.as_slice()),
             (LogStream::Stderr, &b"two"[..])
         );
-        assert_eq!(follower.next().await.expect("end"), None);
+        let end = tokio::time::timeout(Duration::from_secs(5), follower.next()).await;
+        assert_eq!(
+            end.expect("ends once the writer let go").expect("end"),
+            None
+        );
         writer.await.expect("writer");
-        let mut plain = LogFollower::open(&path, None).expect("open");
-        assert!(plain.next().await.expect("next").is_some());
-        assert!(plain.next().await.expect("next").is_some());
-        assert_eq!(plain.next().await.expect("end"), None);
+        let mut unfollowed = LogFollower::open(&path, false).expect("open");
+        assert!(unfollowed.next().await.expect("next").is_some());
+        assert!(unfollowed.next().await.expect("next").is_some());
+        assert_eq!(unfollowed.next().await.expect("end"), None);
     }
 }

@@ -153,6 +153,7 @@ impl Fixture {
             pod_cgroup: &self.pod,
             sandbox: &self.sandbox,
             mapping: &self.mapping,
+            log_writer: Path::new(env!("CARGO_BIN_EXE_stratum-log-writer")),
         }
     }
 
@@ -510,6 +511,47 @@ async fn runtime_container_over_memory_limit_is_oom_killed() {
     ctr.finish_logs().await.expect("logs");
     let log = fs::read_to_string(ctr.log_path()).expect("log");
     assert!(log.contains("stdout F start"), "{log}");
+    let path = ctr.cgroups_path().to_string();
+    ctr.remove(&fx.runtime).await.expect("remove");
+    fx.assert_gone(&id, &path).await;
+}
+
+/// The entrypoint idioms that reopen the output (`> /dev/stdout`, which
+/// truncates a file) and a fast writer lose no line and cut none: the
+/// container's output is a pipe its log writer owns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_logs_keep_every_line_through_dev_stdout() {
+    let fx = Fixture::new("devout", "crun");
+    let id = unique("devout");
+    let script = "echo before; \
+                  echo reopened-out > /dev/stdout; \
+                  echo reopened-err > /dev/stderr; \
+                  i=0; while [ $i -lt 20000 ]; do echo line-$i; i=$((i+1)); done; \
+                  echo after > /dev/stdout";
+    let ctr = fx.run(&id, script, CgroupLimits::default()).await;
+    let report = tokio::time::timeout(Duration::from_secs(120), ctr.wait())
+        .await
+        .expect("the writer finishes")
+        .expect("wait");
+    assert_eq!(report.exit_code, Some(0), "{report:?}");
+    ctr.finish_logs().await.expect("logs");
+    let mut follower = ctr.logs(false).expect("read");
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    while let Some(line) = follower.next().await.expect("record") {
+        assert!(!line.partial, "no line is cut: {line:?}");
+        let text = String::from_utf8(line.message).expect("utf-8");
+        match line.stream {
+            LogStream::Stdout => stdout.push(text),
+            LogStream::Stderr => stderr.push(text),
+        }
+    }
+    let mut expected = vec!["before".to_string(), "reopened-out".to_string()];
+    expected.extend((0..20000).map(|i| format!("line-{i}")));
+    expected.push("after".to_string());
+    assert_eq!(stdout.len(), expected.len(), "every stdout line is there");
+    assert_eq!(stdout, expected);
+    assert_eq!(stderr, vec!["reopened-err".to_string()]);
     let path = ctr.cgroups_path().to_string();
     ctr.remove(&fx.runtime).await.expect("remove");
     fx.assert_gone(&id, &path).await;

@@ -155,7 +155,24 @@ impl Drop for TestAgent {
 /// hlt; jmp back): a VM that runs until it is stopped, on any KVM —
 /// this host's PVM-backed one included.
 pub fn halting_kernel(dir: &Path) -> PathBuf {
-    let code = [0xfa, 0xf4, 0xeb, 0xfd];
+    tiny_kernel(dir, "halting-kernel", &[0xfa, 0xf4, 0xeb, 0xfd])
+}
+
+/// An x86-64 ELF "kernel" that KVM cannot run, on any host: it reads an
+/// address no memory backs with `crc32`, an instruction KVM's emulator
+/// does not know, so the vCPU exits with KVM_EXIT_INTERNAL_ERROR
+/// (emulation failure) and vmm fails with its own error line — a VM that
+/// fails after a successful start.
+pub fn emulation_failure_kernel(dir: &Path) -> PathBuf {
+    let mut code = vec![0x48, 0xb8]; // mov rax, 0x3000_0000 (no RAM there)
+    code.extend_from_slice(&0x3000_0000u64.to_le_bytes());
+    code.extend_from_slice(&[0xf2, 0x0f, 0x38, 0xf0, 0x00]); // crc32 eax, byte [rax]
+    code.extend_from_slice(&[0xfa, 0xf4, 0xeb, 0xfd]); // cli; hlt; jmp back
+    tiny_kernel(dir, "emulation-failure-kernel", &code)
+}
+
+/// A one-segment ELF at 16 MiB whose entry runs `code`.
+fn tiny_kernel(dir: &Path, name: &str, code: &[u8]) -> PathBuf {
     let size = 4096usize;
     let mut image = vec![0u8; 0x78 + size];
     image[0..4].copy_from_slice(b"\x7fELF");
@@ -178,8 +195,8 @@ pub fn halting_kernel(dir: &Path) -> PathBuf {
     image[ph + 24..ph + 32].copy_from_slice(&0x100_0000u64.to_le_bytes());
     image[ph + 32..ph + 40].copy_from_slice(&(size as u64).to_le_bytes());
     image[ph + 40..ph + 48].copy_from_slice(&(size as u64).to_le_bytes());
-    image[0x78..0x78 + code.len()].copy_from_slice(&code);
-    let path = dir.join("halting-kernel");
+    image[0x78..0x78 + code.len()].copy_from_slice(code);
+    let path = dir.join(name);
     std::fs::write(&path, image).unwrap();
     path
 }

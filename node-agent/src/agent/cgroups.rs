@@ -73,7 +73,10 @@ impl Agent {
             .vms
             .values()
             .map(|vm| vm.runtime().cgroup_path.as_str());
-        let pods = state.pods.values().filter_map(|pod| pod.cgroup_path());
+        let pods = state
+            .pods
+            .values()
+            .filter_map(|pod| pod.recorded_cgroup_path());
         let workloads = vms
             .chain(pods)
             .filter(|p| !p.is_empty())

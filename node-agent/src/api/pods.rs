@@ -5,24 +5,18 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use prost_types::Timestamp;
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::agent::errors::AgentError;
 use crate::agent::Agent;
 use stratum_api::proto;
 use stratum_api::proto::pod_service_server::PodService;
-use stratum_runtime::{CriLogLine, LogFollower, LogStream};
 
 pub struct PodApi(pub Arc<Agent>);
 
 type LogRecordStream = Pin<Box<dyn Stream<Item = Result<proto::LogRecord, Status>> + Send>>;
-
-/// Log records buffered for a slow client before the reader waits.
-const LOG_BUFFER: usize = 256;
 
 #[tonic::async_trait]
 impl PodService for PodApi {
@@ -142,22 +136,12 @@ impl PodService for PodApi {
         request: Request<proto::LogsRequest>,
     ) -> Result<Response<LogRecordStream>, Status> {
         let r = request.into_inner();
-        let follower = self
+        let records = self
             .0
-            .container_logs(&r.pod_id, &r.container_name, r.follow)
+            .container_log_records(&r.pod_id, &r.container_name, r.follow, r.tail_lines)
             .await?;
-        let skip = match (r.tail_lines, &follower) {
-            (Some(tail), Some(_)) => {
-                let path = self.0.pod_log_path(&r.pod_id, &r.container_name);
-                count_records(&path).await?.saturating_sub(u64::from(tail))
-            }
-            _ => 0,
-        };
-        let (tx, rx) = mpsc::channel(LOG_BUFFER);
-        if let Some(follower) = follower {
-            tokio::spawn(send_records(follower, skip, tx));
-        }
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let stream = ReceiverStream::new(records).map(|r| r.map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn stats(
@@ -184,54 +168,4 @@ where
         .map_err(|e| Status::internal(format!("agent task failed: {e}")))?
         .map(Response::new)
         .map_err(Status::from)
-}
-
-/// How many records the log holds now.
-async fn count_records(path: &std::path::Path) -> Result<u64, Status> {
-    let mut reader = LogFollower::open(path, None).map_err(AgentError::from)?;
-    let mut count = 0u64;
-    while reader.next().await.map_err(AgentError::from)?.is_some() {
-        count += 1;
-    }
-    Ok(count)
-}
-
-/// Streams records after the first `skip` until the follower ends or the
-/// client goes away.
-async fn send_records(
-    mut follower: LogFollower,
-    mut skip: u64,
-    tx: mpsc::Sender<Result<proto::LogRecord, Status>>,
-) {
-    loop {
-        let next = tokio::select! {
-            next = follower.next() => next,
-            () = tx.closed() => return,
-        };
-        match next {
-            Ok(Some(_)) if skip > 0 => skip -= 1,
-            Ok(Some(line)) => {
-                if tx.send(Ok(log_record(line))).await.is_err() {
-                    return;
-                }
-            }
-            Ok(None) => return,
-            Err(e) => {
-                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                return;
-            }
-        }
-    }
-}
-
-fn log_record(line: CriLogLine) -> proto::LogRecord {
-    proto::LogRecord {
-        time: line.timestamp.parse::<Timestamp>().ok(),
-        stream: match line.stream {
-            LogStream::Stdout => proto::LogStream::Stdout as i32,
-            LogStream::Stderr => proto::LogStream::Stderr as i32,
-        },
-        partial: line.partial,
-        message: line.message,
-    }
 }

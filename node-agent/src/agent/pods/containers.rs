@@ -106,6 +106,7 @@ impl Agent {
             pod_cgroup: &live.cgroup,
             sandbox: &live.sandbox,
             mapping: &host.mapping,
+            log_writer: &self.config.pods.log_writer,
         };
         let run = match Container::create(&host.runtime, context, &dir, &config).await {
             Ok(run) => Arc::new(run),
@@ -679,7 +680,7 @@ impl Agent {
         if !path.exists() {
             return Ok(None);
         }
-        Ok(Some(LogFollower::open(&path, None)?))
+        Ok(Some(LogFollower::open(&path, false)?))
     }
 
     /// Stats: see pods.proto.

@@ -23,12 +23,15 @@ pub struct PodHostConfig {
     /// Namespaces whose pods may open connections to another namespace's
     /// pods, as (from, to); every other pair is isolated.
     pub allow: Vec<(String, String)>,
+    /// The per-container log writer (`stratum-log-writer`).
+    pub log_writer: PathBuf,
 }
 
 impl Default for PodHostConfig {
     fn default() -> Self {
         PodHostConfig {
             oci_runtime: PathBuf::from("crun"),
+            log_writer: PathBuf::from("stratum-log-writer"),
             bridge: "stratum0".to_string(),
             cidr: Ipv4Cidr::DEFAULT,
             allow: Vec::new(),

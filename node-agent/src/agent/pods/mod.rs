@@ -26,6 +26,7 @@
 
 mod containers;
 mod host;
+mod logs;
 mod restore;
 pub mod spec;
 
@@ -80,6 +81,12 @@ impl PodEntry {
 
     pub fn name(&self) -> &str {
         &self.spec().name
+    }
+
+    /// The cgroup path its record names (also before the pod is taken
+    /// back after a restart), if any.
+    pub fn recorded_cgroup_path(&self) -> Option<&str> {
+        Some(self.record.cgroup_path.as_str()).filter(|p| !p.is_empty())
     }
 
     /// The pod's cgroup path below the agent's root, while it has one.
