@@ -60,7 +60,7 @@ impl AgentError {
             AgentError::Store(_) | AgentError::Cgroup(_) | AgentError::Internal(_) => {
                 Code::Internal
             }
-            AgentError::Image(e) => crate::api::images::status(e).code(),
+            AgentError::Image(e) => image_code(e),
             AgentError::PodNet(e) => match e {
                 PodNetError::InvalidArgument(_) => Code::InvalidArgument,
                 PodNetError::PortInUse { .. } | PodNetError::AlreadyAttached { .. } => {
@@ -75,6 +75,27 @@ impl AgentError {
             AgentError::Unimplemented(_) => Code::Unimplemented,
             AgentError::Unavailable(_) => Code::Unavailable,
         }
+    }
+}
+
+/// The class of an image store failure.
+fn image_code(e: &ImageError) -> Code {
+    match e {
+        ImageError::UnknownImage(_)
+        | ImageError::RegistryNotFound { .. }
+        | ImageError::NoMatchingPlatform { .. } => Code::NotFound,
+        ImageError::InvalidReference { .. }
+        | ImageError::InvalidDigest(_)
+        | ImageError::UnsupportedMediaType { .. }
+        | ImageError::InvalidImage { .. }
+        | ImageError::RefusedEntry { .. }
+        | ImageError::BadArchive { .. }
+        | ImageError::Import { .. } => Code::InvalidArgument,
+        ImageError::DigestMismatch { .. } | ImageError::SizeMismatch { .. } => Code::DataLoss,
+        ImageError::RegistryAuth { .. } => Code::PermissionDenied,
+        ImageError::RegistryTls { .. } | ImageError::Registry { .. } => Code::Unavailable,
+        ImageError::InUse { .. } => Code::FailedPrecondition,
+        ImageError::CorruptIndex { .. } | ImageError::Io { .. } => Code::Internal,
     }
 }
 

@@ -8,6 +8,7 @@
 //!
 //! - [`config`]: what the agent is started with.
 //! - [`host`]: host capacity and information.
+//! - [`images`]: the node's image store.
 //! - [`pools`]: resource pool operations and their cgroups.
 //! - [`vms`]: VM lifecycle over `vmm` processes.
 //! - [`pods`]: pods on the host through the OCI runtime and pod network.
@@ -19,6 +20,7 @@ mod cgroups;
 pub mod config;
 pub mod errors;
 pub mod host;
+pub mod images;
 pub mod inventory;
 pub mod pods;
 pub mod pools;

@@ -1,0 +1,242 @@
+//! Images: the node's image store ([`ImageStore`]) behind the agent.
+//!
+//! Pulls report the store's progress events as they come; a caller that
+//! goes away (drops the receiver) cancels its pull, and the store rolls
+//! back what it wrote. Registry credentials come with each pull and go
+//! straight to the store: they are never logged, kept or returned.
+
+use std::path::Path;
+
+use stratum_api::proto;
+use stratum_api::proto::pull_image_progress::Event;
+use stratum_api::proto::pull_image_request::Auth;
+use stratum_image::{
+    ImageRecord, ImageStore, ImportOptions, LayerPhase, ProgressSink, PullEvent,
+    RegistryCredentials,
+};
+use tokio::sync::mpsc;
+
+use super::errors::{AgentError, Result};
+use super::Agent;
+
+/// Progress events buffered for a slow client.
+const PULL_BUFFER: usize = 64;
+
+/// What a pull reports: progress, then the image (or the failure).
+pub type PullUpdates = mpsc::Receiver<Result<proto::PullImageProgress>>;
+
+impl Agent {
+    /// PullImage: see images.proto.
+    pub fn pull_image(&self, reference: String, auth: Option<Auth>) -> PullUpdates {
+        let creds = credentials(auth);
+        let store = self.images().clone();
+        let options = self.pull_options();
+        let (tx, rx) = mpsc::channel::<Result<proto::PullImageProgress>>(PULL_BUFFER);
+        // The sink is called synchronously by the pull: an unbounded
+        // channel takes the events, a forwarder feeds the bounded stream.
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+        let sink = ProgressSink::channel(events_tx);
+        tokio::spawn(async move {
+            let pull = async {
+                let result = store.pull(&reference, &creds, &options, &sink).await;
+                drop(sink);
+                result
+            };
+            let forward = {
+                let tx = tx.clone();
+                async move {
+                    while let Some(event) = events_rx.recv().await {
+                        if tx.send(Ok(progress(event))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            };
+            let cancelled = tx.closed();
+            tokio::pin!(pull, cancelled);
+            // Run the pull and the forwarder together; the forwarder ends
+            // when the pull has dropped the sink and every event is sent.
+            let (result, ()) = tokio::select! {
+                both = async { tokio::join!(&mut pull, forward) } => both,
+                () = &mut cancelled => {
+                    tracing::info!(reference, "image pull cancelled by the client");
+                    return;
+                }
+            };
+            let message = match result {
+                Ok(record) => {
+                    tracing::info!(reference, image = %record.id, "image pulled");
+                    Ok(proto::PullImageProgress {
+                        event: Some(Event::Image(Box::new(image(&store, &record)))),
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(reference, error = %e, "image pull failed");
+                    Err(AgentError::from(e))
+                }
+            };
+            let _ = tx.send(message).await;
+        });
+        rx
+    }
+
+    /// ImportImage: see images.proto.
+    pub async fn import_image(&self, path: &str, reference: String) -> Result<Vec<proto::Image>> {
+        let file = Path::new(path);
+        if !file.is_absolute() {
+            return Err(AgentError::InvalidArgument(format!(
+                "import path {} is not absolute",
+                stratum_pool::quoted(path)
+            )));
+        }
+        if std::fs::symlink_metadata(file).is_err() {
+            return Err(AgentError::NotFound(format!(
+                "{}: no such file",
+                stratum_pool::quoted(path)
+            )));
+        }
+        let options = ImportOptions {
+            reference: Some(reference).filter(|s| !s.is_empty()),
+        };
+        let store = self.images();
+        let records = store.import(file, &options).await?;
+        tracing::info!(path, images = records.len(), "images imported");
+        Ok(records.iter().map(|rec| image(store, rec)).collect())
+    }
+
+    /// ListImages: see images.proto.
+    pub fn list_images(&self) -> Vec<proto::Image> {
+        let store = self.images();
+        let mut records = store.list();
+        records.sort_by(list_order);
+        records.iter().map(|r| image(store, r)).collect()
+    }
+
+    /// GetImage: see images.proto.
+    pub fn get_image(&self, name: &str) -> Result<proto::Image> {
+        let store = self.images();
+        Ok(image(store, &store.get(name)?))
+    }
+
+    /// RemoveImage: see images.proto. The index is written (fsync) on
+    /// removal: off the async threads. Unreferenced blobs and layers are
+    /// collected afterwards.
+    pub async fn remove_image(&self, name: String) -> Result<proto::Image> {
+        let store = self.images().clone();
+        let record = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.remove(&name))
+                .await
+                .map_err(|e| AgentError::Internal(format!("image remove task: {e}")))??
+        };
+        tracing::info!(image = %record.display_name(), "image removed");
+        match store.gc().await {
+            Ok(report) => tracing::info!(
+                blobs = report.blobs_removed,
+                bytes = report.blob_bytes_freed,
+                layers = report.layers_removed,
+                "image gc"
+            ),
+            // The image is gone; what GC could not free now it frees later.
+            Err(e) => tracing::warn!(error = %e, "image gc after remove failed"),
+        }
+        let mut removed = image(&store, &record);
+        removed.users = 0;
+        Ok(removed)
+    }
+}
+
+/// The request's credentials (moved, not copied, so no stray copy lives on).
+fn credentials(auth: Option<Auth>) -> RegistryCredentials {
+    match auth {
+        None => RegistryCredentials::Anonymous,
+        Some(Auth::Basic(b)) => RegistryCredentials::Basic {
+            username: b.username,
+            password: b.password,
+        },
+        Some(Auth::BearerToken(token)) => RegistryCredentials::Bearer { token },
+    }
+}
+
+fn phase(p: LayerPhase) -> proto::LayerPhase {
+    match p {
+        LayerPhase::Downloading => proto::LayerPhase::Downloading,
+        LayerPhase::Unpacking => proto::LayerPhase::Unpacking,
+        LayerPhase::Done => proto::LayerPhase::Done,
+        LayerPhase::AlreadyPresent => proto::LayerPhase::AlreadyPresent,
+    }
+}
+
+/// A progress event as the API's message.
+fn progress(event: PullEvent) -> proto::PullImageProgress {
+    let event = match event {
+        PullEvent::Resolved {
+            reference,
+            manifest_digest,
+            layers,
+            total_bytes,
+        } => Event::Resolved(proto::PullResolved {
+            reference,
+            manifest_digest: manifest_digest.to_string(),
+            layers: u32::try_from(layers).unwrap_or(u32::MAX),
+            total_bytes,
+        }),
+        PullEvent::Layer(l) => Event::Layer(proto::LayerProgress {
+            digest: l.digest.to_string(),
+            total_bytes: l.total_bytes,
+            done_bytes: l.done_bytes,
+            phase: phase(l.phase) as i32,
+        }),
+    };
+    proto::PullImageProgress { event: Some(event) }
+}
+
+/// A stored image as the API's message, with its current lease count.
+fn image(store: &ImageStore, r: &ImageRecord) -> proto::Image {
+    let users = store.lease_count(r.manifest_digest.as_str()).unwrap_or(0);
+    let config = r.config.config().as_ref().map(|c| proto::ImageConfig {
+        entrypoint: c.entrypoint().clone().unwrap_or_default(),
+        cmd: c.cmd().clone().unwrap_or_default(),
+        env: c.env().clone().unwrap_or_default(),
+        working_dir: c.working_dir().clone().unwrap_or_default(),
+        user: c.user().clone().unwrap_or_default(),
+        exposed_ports: c.exposed_ports().clone().unwrap_or_default(),
+        labels: c
+            .labels()
+            .as_ref()
+            .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
+    });
+    proto::Image {
+        id: r.id.to_string(),
+        manifest_digest: r.manifest_digest.to_string(),
+        references: r.references.clone(),
+        size_bytes: r.size_bytes,
+        layers: r
+            .layers
+            .iter()
+            .map(|l| proto::ImageLayer {
+                digest: l.digest.to_string(),
+                media_type: l.media_type.clone(),
+                size_bytes: l.size,
+                diff_id: l.diff_id.to_string(),
+            })
+            .collect(),
+        config: Some(config.unwrap_or_default()),
+        stored_at: Some(prost_types::Timestamp {
+            seconds: i64::try_from(r.stored_at_unix).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
+        users: u32::try_from(users).unwrap_or(u32::MAX),
+    }
+}
+
+/// List order: by first reference, unnamed images last by id.
+fn list_order(a: &ImageRecord, b: &ImageRecord) -> std::cmp::Ordering {
+    match (a.references.first(), b.references.first()) {
+        (Some(x), Some(y)) => x.cmp(y),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => a.id.as_str().cmp(b.id.as_str()),
+    }
+}
