@@ -42,21 +42,8 @@ static HOST: Once = Once::new();
 fn prepare_host() {
     HOST.call_once(|| {
         require_root("cgroups, mounts and an OCI runtime");
-        let list =
-            fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
-        for controller in list.split_whitespace() {
-            let dir = PathBuf::from("/sys/fs/cgroup").join(controller);
-            fs::create_dir_all(&dir).expect("mkdir for v1 hierarchy");
-            let status = std::process::Command::new("mount")
-                .args(["-t", "cgroup", "-o", controller, "cgroup"])
-                .arg(&dir)
-                .status()
-                .expect("run mount");
-            assert!(
-                status.success(),
-                "mounting the {controller} v1 hierarchy failed"
-            );
-        }
+        stratum_testkit::fixture::mount_unified_controllers_as_v1()
+            .expect("mount hybrid controllers as v1");
         become_subreaper().expect("become subreaper");
     });
 }

@@ -151,6 +151,9 @@ fn http_get_ok(addr: &str, path: &str) -> bool {
 /// offers as a v1 hierarchy at `/sys/fs/cgroup/<controller>` (as systemd
 /// does), which crun needs to accept the host; idempotent. Returns the
 /// controllers it mounted. Needs root.
+///
+/// What it mounts it unmounts when the process exits (a test binary ends
+/// with `exit`), so a test run leaves the host's mounts as it found them.
 pub fn mount_unified_controllers_as_v1() -> Result<Vec<String>, String> {
     let list = fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -166,9 +169,39 @@ pub fn mount_unified_controllers_as_v1() -> Result<Vec<String>, String> {
         fs::create_dir_all(&dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
         run(Command::new("mount").args(["-t", "cgroup", "-o", controller, "cgroup", &dir]))
             .map_err(|e| format!("mounting the {controller} v1 hierarchy: {e}"))?;
+        unmount_at_exit(dir);
         mounted.push(controller.to_string());
     }
     Ok(mounted)
+}
+
+/// Mount points [`mount_unified_controllers_as_v1`] made, for the exit
+/// handler.
+static MOUNTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn unmount_at_exit(dir: String) {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    MOUNTED.lock().unwrap_or_else(|e| e.into_inner()).push(dir);
+    REGISTER.call_once(|| {
+        // SAFETY: registers a plain `extern "C"` function without
+        // arguments; it runs once, at exit.
+        unsafe { libc::atexit(unmount_mounted) };
+    });
+}
+
+extern "C" fn unmount_mounted() {
+    let dirs = std::mem::take(&mut *MOUNTED.lock().unwrap_or_else(|e| e.into_inner()));
+    for dir in dirs {
+        // Lazy: a cgroup some process still sits in keeps the hierarchy
+        // alive, but no longer mounted on the host.
+        let _ = Command::new("umount")
+            .args(["-l", &dir])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = fs::remove_dir(&dir);
+    }
 }
 
 /// Runs a command to completion: its stdout, or an error with its output.
