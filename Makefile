@@ -25,7 +25,7 @@ STATIC_BIN := $(STATIC_DIR)/$(STATIC_TARGET)/release
 STATIC_CARGO := RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release \
 	--target $(STATIC_TARGET) --target-dir $(STATIC_DIR)
 
-DEB_PACKAGES := qemu-system-x86 qemu-utils busybox-static cpio linux-source-6.1 \
+DEB_PACKAGES := qemu-system-x86 busybox-static cpio linux-source-6.1 \
 	build-essential flex bison bc libelf-dev libssl-dev xz-utils kmod \
 	docker-registry skopeo umoci nftables crun runc
 
@@ -34,22 +34,13 @@ DEB_PACKAGES := qemu-system-x86 qemu-utils busybox-static cpio linux-source-6.1 
 all: build
 
 deps:
-	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing:" $$missing; \
-		apt-get update -qq; \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
+	@guest-images/install-debs.sh $(DEB_PACKAGES)
 
 # containerd is the peer of bench-pod only: installed for `make bench`, not
 # for everything else (its Debian package would start a system daemon where
 # systemd runs; bench-pod starts a private instance of its own).
 bench-pod-deps: deps
-	@dpkg -s containerd >/dev/null 2>&1 || { \
-		echo "installing: containerd"; \
-		apt-get update -qq; \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd; \
-	}
+	@guest-images/install-debs.sh containerd
 
 images: deps
 	guest-images/build-all.sh

@@ -10,17 +10,54 @@ CACHE_ROOT="${STRATUM_CACHE:-/var/cache/stratum}"
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-# Install the given Debian packages only if some are missing (fast when present).
+# Install the given Debian packages only if some are missing (fast when
+# present). Nothing the machine has is ever removed (`--no-remove`): a
+# conflict stops the install with apt's explanation instead.
+#
+# QEMU: a machine whose QEMU tools (qemu-utils) come from
+# bookworm-backports cannot take Debian 12's own emulator (qemu-utils 10
+# breaks qemu-system-common 7.2). It gets the emulator of the very same
+# version from bookworm-backports, through a source list kept in the cache
+# and given to apt for this install only; the machine's apt configuration
+# is not changed.
 ensure_pkgs() {
-    local missing=() p
+    local missing=() p i
     for p in "$@"; do
         dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
     done
-    if ((${#missing[@]})); then
-        log "installing: ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    ((${#missing[@]})) || return 0
+    local apt_opts=() qemu_ver
+    qemu_ver=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+    if [[ $qemu_ver == *~bpo* ]]; then
+        for i in "${!missing[@]}"; do
+            if [[ ${missing[$i]} == qemu-system-x86 ]]; then
+                missing[i]="qemu-system-x86=$qemu_ver"
+            fi
+        done
+        apt_opts=(-o "Dir::Etc::SourceParts=$(backports_source_parts)")
     fi
+    log "installing: ${missing[*]}"
+    apt-get "${apt_opts[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}" install -y -qq --no-remove "${missing[@]}"
+}
+
+# A sources.list.d for apt: the machine's own entries plus
+# bookworm-backports. Prints its path.
+backports_source_parts() {
+    local dir="$CACHE_ROOT/apt/sources.list.d" f
+    mkdir -p "$dir"
+    find "$dir" -mindepth 1 -delete
+    for f in /etc/apt/sources.list.d/*; do
+        [[ -e $f ]] && ln -s "$f" "$dir/"
+    done
+    cat >"$dir/stratum-bookworm-backports.sources" <<'SOURCES'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+    printf '%s\n' "$dir"
 }
 
 # Hash of the given strings/files: used as the cache key for outputs.
