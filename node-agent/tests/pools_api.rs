@@ -2,6 +2,9 @@
 //! control, the cgroups that enforce it (read back from the cgroup files),
 //! errors with their codes, and durability across kill -9.
 
+// Test helpers may panic: a broken fixture fails the test that uses it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use stratum_api::proto;
 use stratum_testkit::test_agent::TestAgent;
 use tonic::Code;
@@ -361,4 +364,48 @@ async fn no_cgroup_outlives_its_record_across_kill_9() {
     );
     let _ = sleeper.kill();
     let _ = sleeper.wait();
+}
+
+/// An unreadable record does not keep the agent from starting: it is moved
+/// to quarantine, reported in the log, and everything else is served.
+#[tokio::test]
+async fn an_unreadable_record_is_quarantined_not_fatal() {
+    let mut agent = TestAgent::start("quarantine");
+    let kept = create(&agent, "", spec("kept", None, None)).await.unwrap();
+    agent.kill9();
+    {
+        let db = redb::Database::create(agent.dir.join("data/state.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        let vms: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("vms");
+        tx.open_table(vms)
+            .unwrap()
+            .insert("vm-77", [9u8, 1, 2, 3].as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    agent.spawn();
+    let got = agent
+        .pools()
+        .await
+        .get(proto::GetResourcePoolRequest {
+            id: kept.id.clone(),
+        })
+        .await
+        .expect("the agent serves what it could read")
+        .into_inner();
+    assert_eq!(got.id, kept.id);
+    let log = agent.log();
+    assert!(
+        log.contains("quarantine") && log.contains("vm-77"),
+        "the quarantined record is reported:\n{log}"
+    );
+    let vms = agent
+        .vms()
+        .await
+        .list(proto::ListVmsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .vms;
+    assert!(vms.is_empty(), "{vms:?}");
 }

@@ -105,6 +105,14 @@ impl Agent {
             vmm_version: vmm_version(&config_vmm),
         });
         let snapshot = agent.store.load()?;
+        for q in &snapshot.quarantined {
+            tracing::error!(
+                table = q.table,
+                key = %q.key,
+                reason = %q.reason,
+                "an unreadable record was moved to the store's quarantine table"
+            );
+        }
         agent.restore_pools(snapshot.pools)?;
         agent.restore_vms(snapshot.vms)?;
         agent.restore_pods(snapshot.pods)?;

@@ -24,4 +24,4 @@ mod tests;
 
 pub use error::StoreError;
 pub use record::{Record, FORMAT_VERSION};
-pub use store::{Change, Snapshot, Store, SCHEMA_VERSION};
+pub use store::{Change, Quarantined, Snapshot, Store, SCHEMA_VERSION};

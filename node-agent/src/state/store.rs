@@ -1,6 +1,7 @@
 //! The agent's state database: one redb file in the agent's data dir with
 //! a table of pools, a table of VMs and a small table of metadata (schema
-//! version and the id sequence).
+//! version and the id sequence), and a quarantine for records that could
+//! not be read.
 //!
 //! Every mutation is one write transaction committed with redb's default
 //! `Durability::Immediate`: when the call returns the data has been
@@ -22,6 +23,9 @@ use crate::records::{PodRecord, PoolRecord, VmRecord};
 pub const SCHEMA_VERSION: u64 = 1;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Records that could not be decoded, moved aside at load: key
+/// `<table>/<id>`, value the bytes as they were.
+const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
 const META_SCHEMA: &str = "schema_version";
 const META_NEXT_ID: &str = "next_id";
 
@@ -50,6 +54,19 @@ pub struct Snapshot {
     pub pods: Vec<PodRecord>,
     /// The id [`Store::next_id`] will hand out next.
     pub next_id: u64,
+    /// Records this load found unreadable and moved to quarantine.
+    pub quarantined: Vec<Quarantined>,
+}
+
+/// A record moved aside because it could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// Its table.
+    pub table: &'static str,
+    /// Its key there.
+    pub key: String,
+    /// Why it could not be read.
+    pub reason: String,
 }
 
 /// The state database.
@@ -84,6 +101,7 @@ impl Store {
             tx.open_table(PoolRecord::TABLE)?;
             tx.open_table(VmRecord::TABLE)?;
             tx.open_table(PodRecord::TABLE)?;
+            tx.open_table(QUARANTINE)?;
             let mut meta = tx.open_table(META)?;
             let found = meta.get(META_SCHEMA)?.map(|v| v.value());
             match found {
@@ -216,18 +234,41 @@ impl Store {
     }
 
     /// Everything, from one consistent snapshot: what the agent rebuilds
-    /// its pools and VMs from at startup. Fails on the first unreadable
-    /// record rather than silently forgetting a VM.
+    /// its pools, VMs and pods from at startup. A record that cannot be
+    /// read (a foreign format version, undecodable bytes, required fields
+    /// missing) does not stop the agent: it is moved, bytes unchanged, to
+    /// the `quarantine` table (key `<table>/<id>`) in the same transaction,
+    /// and reported in [`Snapshot::quarantined`] for the operator.
     pub fn load(&self) -> Result<Snapshot, StoreError> {
-        let tx = self.db.begin_read()?;
-        let meta = tx.open_table(META)?;
-        let next_id = meta.get(META_NEXT_ID)?.map_or(1, |v| v.value());
-        Ok(Snapshot {
-            pools: list_in(&tx.open_table(PoolRecord::TABLE)?)?,
-            vms: list_in(&tx.open_table(VmRecord::TABLE)?)?,
-            pods: list_in(&tx.open_table(PodRecord::TABLE)?)?,
-            next_id,
+        self.write(|tx| {
+            let next_id = tx
+                .open_table(META)?
+                .get(META_NEXT_ID)?
+                .map_or(1, |v| v.value());
+            let mut quarantined = Vec::new();
+            let pools = load_in::<PoolRecord>(tx, &mut quarantined)?;
+            let vms = load_in::<VmRecord>(tx, &mut quarantined)?;
+            let pods = load_in::<PodRecord>(tx, &mut quarantined)?;
+            Ok(Snapshot {
+                pools,
+                vms,
+                pods,
+                next_id,
+                quarantined,
+            })
         })
+    }
+
+    /// The records in quarantine: (`<table>/<id>`, size in bytes).
+    pub fn quarantine(&self) -> Result<Vec<(String, usize)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(QUARANTINE)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            out.push((key.value().to_string(), value.value().len()));
+        }
+        Ok(out)
     }
 
     /// Store raw bytes under `key` in `R`'s table, bypassing encoding: lets
@@ -250,6 +291,47 @@ fn put_in<R: Record>(tx: &WriteTransaction, record: &R) -> Result<(), StoreError
 
 fn delete_in<R: Record>(tx: &WriteTransaction, id: &str) -> Result<bool, StoreError> {
     Ok(tx.open_table(R::TABLE)?.remove(id)?.is_some())
+}
+
+/// Every readable record of `R`'s table; unreadable ones are moved to
+/// quarantine and listed in `quarantined`.
+fn load_in<R: Record>(
+    tx: &WriteTransaction,
+    quarantined: &mut Vec<Quarantined>,
+) -> Result<Vec<R>, StoreError> {
+    let mut records = Vec::new();
+    let mut bad: Vec<(String, Vec<u8>, String)> = Vec::new();
+    {
+        let table = tx.open_table(R::TABLE)?;
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            match decode::<R>(key.value(), value.value()) {
+                Ok(record) => records.push(record),
+                Err(e) => bad.push((
+                    key.value().to_string(),
+                    value.value().to_vec(),
+                    e.to_string(),
+                )),
+            }
+        }
+    }
+    if !bad.is_empty() {
+        let mut table = tx.open_table(R::TABLE)?;
+        let mut quarantine = tx.open_table(QUARANTINE)?;
+        for (key, bytes, reason) in bad {
+            quarantine.insert(
+                format!("{}/{key}", R::TABLE_NAME).as_str(),
+                bytes.as_slice(),
+            )?;
+            table.remove(key.as_str())?;
+            quarantined.push(Quarantined {
+                table: R::TABLE_NAME,
+                key,
+                reason,
+            });
+        }
+    }
+    Ok(records)
 }
 
 fn list_in<R: Record>(

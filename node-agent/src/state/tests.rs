@@ -203,7 +203,7 @@ fn unusable_records_are_refused_before_writing() {
 }
 
 #[test]
-fn unreadable_records_are_typed_errors() {
+fn unreadable_records_are_typed_errors_and_quarantined_at_load() {
     let (_dir, path) = scratch();
     let store = Store::open(&path).unwrap();
     store.put_vm(&vm("vm-1")).unwrap();
@@ -221,8 +221,31 @@ fn unreadable_records_are_typed_errors() {
     assert!(store.get_vm("vm-1").is_ok(), "other records stay readable");
     let err = store.get_pool("pool-9").unwrap_err();
     assert!(err.to_string().contains("format version 7"), "{err}");
-    assert!(matches!(store.load(), Err(StoreError::Corrupt { .. })));
     assert!(matches!(store.list_vms(), Err(StoreError::Corrupt { .. })));
+
+    // Loading moves the unreadable records aside and keeps the rest.
+    let snapshot = store
+        .load()
+        .expect("a load with unreadable records succeeds");
+    assert_eq!(snapshot.vms.len(), 1);
+    assert_eq!(snapshot.vms[0].id, "vm-1");
+    let mut moved: Vec<_> = snapshot
+        .quarantined
+        .iter()
+        .map(|q| format!("{}/{}", q.table, q.key))
+        .collect();
+    moved.sort();
+    assert_eq!(moved, ["pools/pool-9", "vms/vm-2"]);
+    assert!(store.get_vm("vm-2").unwrap().is_none());
+    assert_eq!(store.list_vms().unwrap().len(), 1);
+    let kept = store.quarantine().unwrap();
+    assert_eq!(
+        kept,
+        [("pools/pool-9".to_string(), 4), ("vms/vm-2".to_string(), 5)]
+    );
+    drop(store);
+    let again = Store::open(&path).unwrap().load().unwrap();
+    assert!(again.quarantined.is_empty(), "quarantined once");
 }
 
 #[test]
