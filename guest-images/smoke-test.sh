@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Boot the guest images under QEMU TCG (no KVM needed) and check that the
 # guest init contract holds: the STRATUM-GUEST-UP line appears and the guest
-# ends QEMU by itself (stratum.exit=reboot with -no-reboot).
+# ends QEMU by itself (stratum.exit=reboot with -no-reboot), and with
+# stratum.exit=run it runs the script from the command line, reports its
+# status and ends QEMU too.
 set -euo pipefail
 # shellcheck source=guest-images/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -35,3 +37,10 @@ boot "microvm + PVH vmlinux" 'STRATUM-GUEST-UP cpus=2 kernel=[^ ]+' \
 boot "pc + bzImage" 'STRATUM-GUEST-UP cpus=[0-9]+ kernel=[^ ]+' \
     -M pc -smp 2 -kernel "$IMAGES_DIR/guest-bzImage" \
     -append "console=ttyS0 reboot=k panic=-1 quiet"
+
+# The script runs (its status is computed), the status is reported, then
+# the guest reboots.
+run_script=$(printf 'exit $((6 * 7))\n' | base64 -w0)
+boot "microvm + stratum.exit=run" 'STRATUM-GUEST-RUN-EXIT=42' \
+    -M microvm,acpi=off -kernel "$IMAGES_DIR/guest-vmlinux" \
+    -append "console=ttyS0 reboot=k panic=-1 quiet stratum.exit=run stratum.run=$run_script"

@@ -13,23 +13,53 @@ use crate::{Outcome, Scenario};
 /// microvm's default firmware (qboot) and the PVH option ROM QEMU loads
 /// for ELF kernels with a PVH note (it warns if the latter is missing).
 pub const QEMU_ROMS: &[&str] = &["bios-microvm.bin", "pvh.bin"];
+/// Where QEMU looks for them when `-L help` does not say.
 pub const QEMU_DATA_DIR: &str = "/usr/share/qemu";
 
 /// Adds this machine's QEMU binary to `scenario` at the same path, with
 /// every library `ldd` lists (same paths, so the loader finds them without
-/// configuration) and the microvm firmware.
+/// configuration) and the microvm firmware, from whichever of QEMU's data
+/// directories holds it (Debian's QEMU 10 takes bios-microvm.bin from
+/// /usr/share/seabios, 7.2 from /usr/share/qemu).
 pub fn with_qemu(mut scenario: Scenario, qemu: &Path) -> Result<Scenario> {
     let dest = qemu.to_str().context("QEMU path is not UTF-8")?;
     scenario = scenario.file(dest, qemu);
     for lib in shared_libs(qemu)? {
         scenario = scenario.file(lib.to_string_lossy(), &lib);
     }
+    let dirs = qemu_data_dirs(qemu);
     for rom in QEMU_ROMS {
-        let path = Path::new(QEMU_DATA_DIR).join(rom);
-        ensure!(path.is_file(), "{} is missing", path.display());
+        let path = dirs
+            .iter()
+            .map(|dir| dir.join(rom))
+            .find(|path| path.is_file())
+            .with_context(|| format!("{rom} is in none of QEMU's data directories {dirs:?}"))?;
         scenario = scenario.file(path.to_string_lossy(), &path);
     }
     Ok(scenario)
+}
+
+/// The directories `qemu -L help` lists, else [`QEMU_DATA_DIR`].
+fn qemu_data_dirs(qemu: &Path) -> Vec<PathBuf> {
+    let listed = Command::new(qemu)
+        .args(["-L", "help"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with('/'))
+                .map(PathBuf::from)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    if listed.is_empty() {
+        vec![PathBuf::from(QEMU_DATA_DIR)]
+    } else {
+        listed
+    }
 }
 
 /// Every absolute path in `ldd`'s output: libraries and the loader.

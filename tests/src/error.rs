@@ -54,6 +54,17 @@ pub enum Error {
         console_tail: String,
     },
 
+    /// A guest script does not fit on the kernel command line.
+    #[error(
+        "the {script_len}-byte guest script makes a kernel command line of {len} bytes; \
+         Linux and vmm take at most {max} (its base64 is 4/3 of its length): shorten the script"
+    )]
+    CmdlineTooLong {
+        len: usize,
+        max: usize,
+        script_len: usize,
+    },
+
     #[error(
         "scenario exit code was {actual:?}, expected {expected}; console tail:\n{console_tail}"
     )]

@@ -1,9 +1,9 @@
 //! virtio-blk with a real Linux guest on real KVM, in the nested test
-//! host. Images live on the nested host's tmpfs; the guest's shell runs
-//! commands fed to vmm's stdin, and the nested host's shell checks the
-//! image after vmm exits.
+//! host. Images live on the nested host's tmpfs; the guest's init runs the
+//! test's script from the kernel command line, and the nested host's shell
+//! checks the image after vmm exits.
 
-use stratum_tests::guest::in_guest_shell;
+use stratum_tests::guest::{in_guest, run_exits};
 use stratum_tests::paths::GUEST_VMLINUX;
 use stratum_tests::{NestedHost, Outcome, Scenario};
 
@@ -20,17 +20,14 @@ fn run_scenario(scenario: Scenario) -> Outcome {
     outcome
 }
 
-/// The value of the first console line `NAME=value`. The guest's shell
-/// echoes the commands it is sent, wrapped at 80 columns, so a line can
-/// start with `NAME=$(...` too: values with a `$` are such echoes.
+/// The value of the first console line `NAME=value`.
 fn value<'a>(outcome: &'a Outcome, name: &str) -> Option<&'a str> {
     let prefix = format!("{name}=");
     outcome
         .console
         .lines()
         .map(str::trim)
-        .filter_map(|l| l.strip_prefix(prefix.as_str()))
-        .find(|v| !v.contains('$'))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
 }
 
 /// The hex bytes of the lines labelled `label:` (from `od -v -An -tx1 |
@@ -67,25 +64,25 @@ fn guest_and_host_see_each_others_writes_through_acpi_and_the_command_line() {
     );
     // First boot, with ACPI: the guest reads the host's pattern, checks
     // size and serial, and writes its own pattern at sector 2051.
-    script += &in_guest_shell(
+    script += &in_guest(
         "--drive path=/tmp/disk.img,serial=stratum-sn-1",
         "",
         "test -b /dev/vda && echo SERIAL=$(cat /sys/block/vda/serial) && \
          echo SIZE=$(cat /sys/block/vda/size) && \
          echo CACHE=$(cat /sys/block/vda/queue/write_cache) && \
          echo READ=$(dd if=/dev/vda bs=512 skip=100 count=1 2>/dev/null | head -c 16) && \
-         printf GUESTPATTERN-ABC | dd of=/dev/vda bs=512 seek=2051 conv=fsync && sync && reboot -f",
+         printf GUESTPATTERN-ABC | dd of=/dev/vda bs=512 seek=2051 conv=fsync && sync",
     );
     script += &dump("/tmp/disk.img", 2051 * SECTOR - 16, 3, "IMG-1");
     // Second boot, without ACPI (the device is declared on the kernel
     // command line): the guest reads what it wrote before and writes the
     // image's last sector.
-    script += &in_guest_shell(
+    script += &in_guest(
         "--drive path=/tmp/disk.img",
         "acpi=off",
         "test -b /dev/vda && \
          echo READ2=$(dd if=/dev/vda bs=512 skip=2051 count=1 2>/dev/null | head -c 16) && \
-         printf SECONDWRITE-XYZW | dd of=/dev/vda bs=512 seek=16383 conv=fsync && sync && reboot -f",
+         printf SECONDWRITE-XYZW | dd of=/dev/vda bs=512 seek=16383 conv=fsync && sync",
     );
     script += &dump("/tmp/disk.img", 16383 * SECTOR - 16, 2, "IMG-2");
     script += "echo IMAGE-SIZE=$(wc -c < /tmp/disk.img)\n";
@@ -94,6 +91,7 @@ fn guest_and_host_see_each_others_writes_through_acpi_and_the_command_line() {
 
     let exits: Vec<&str> = outcome.lines_with("VMM-EXIT=").map(str::trim).collect();
     assert_eq!(exits, ["VMM-EXIT=0", "VMM-EXIT=0"], "{}", tail());
+    assert_eq!(run_exits(&outcome), ["0", "0"], "{}", tail());
     assert_eq!(
         value(&outcome, "SERIAL"),
         Some("stratum-sn-1"),
@@ -138,7 +136,7 @@ fn read_only_drive_refuses_writes_drives_come_in_order_and_a_missing_image_is_an
     );
     // vda is the read-write drive, vdb the read-only one, then the
     // entropy device: all three are found.
-    script += &in_guest_shell(
+    script += &in_guest(
         "--drive path=/tmp/rw.img,id=rw,serial=first \
          --drive path=/tmp/ro.img,id=ro,ro,serial=second --entropy",
         "",
@@ -147,7 +145,7 @@ fn read_only_drive_refuses_writes_drives_come_in_order_and_a_missing_image_is_an
          echo RNG=$(cat /sys/class/misc/hw_random/rng_current) && \
          echo READ=$(head -c 16 /dev/vdb) && \
          { printf XXXXXXXXXXXXXXXX | dd of=/dev/vdb conv=fsync; echo WRITE-RC=$?; } && \
-         sync && reboot -f",
+         sync",
     );
     script += "echo AFTER=$(md5sum < /tmp/ro.img)\n";
     script += &dump("/tmp/ro.img", 0, 2, "IMG");
@@ -164,6 +162,7 @@ fn read_only_drive_refuses_writes_drives_come_in_order_and_a_missing_image_is_an
 
     let exits: Vec<&str> = outcome.lines_with("VMM-EXIT=").map(str::trim).collect();
     assert_eq!(exits, ["VMM-EXIT=0"], "{}", tail());
+    assert_eq!(run_exits(&outcome), ["0"], "{}", tail());
     assert_eq!(
         value(&outcome, "SERIALS"),
         Some("first,second"),
@@ -282,7 +281,7 @@ fn discard_and_write_zeroes_reach_the_image() {
     // The guest writes a pattern over the first 2 MiB, then clears the
     // first MiB: 512 KiB discarded (busybox blkdiscard), 256 KiB zeroed
     // without unmap and 256 KiB with it (the tool, from the second drive).
-    script += &in_guest_shell(
+    script += &in_guest(
         &format!("--drive path=/tmp/disk.img --drive path={TOOL},ro"),
         "",
         &format!(
@@ -295,7 +294,7 @@ fn discard_and_write_zeroes_reach_the_image() {
              cat /dev/vdb > /tmp/zero-tool && chmod +x /tmp/zero-tool && \
              {{ /tmp/zero-tool zero /dev/vda {half} {quarter}; echo ZERO-RC=$?; }} && \
              {{ /tmp/zero-tool punch /dev/vda {three_quarters} {quarter}; echo PUNCH-RC=$?; }} && \
-             sync && echo GUEST-ZERO=$(cmp -n {MIB} /dev/vda /dev/zero && echo yes) && reboot -f",
+             sync && echo GUEST-ZERO=$(cmp -n {MIB} /dev/vda /dev/zero && echo yes)",
             two_mib = 2 * MIB,
             half = MIB / 2,
             quarter = MIB / 4,
@@ -314,6 +313,7 @@ fn discard_and_write_zeroes_reach_the_image() {
 
     let exits: Vec<&str> = outcome.lines_with("VMM-EXIT=").map(str::trim).collect();
     assert_eq!(exits, ["VMM-EXIT=0"], "{}", tail());
+    assert_eq!(run_exits(&outcome), ["0"], "{}", tail());
     // The config space's limits, as the guest's block layer took them:
     // 2 GiB per range, 4 KiB granularity.
     assert_eq!(

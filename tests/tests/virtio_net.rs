@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use stratum_tests::guest::{run_cmdline, run_exits, CMDLINE};
 use stratum_tests::paths::{GUEST_INITRAMFS, GUEST_VMLINUX};
 use stratum_tests::{NestedHost, Outcome, Scenario};
 
@@ -27,38 +28,35 @@ fn run(script: String) -> Outcome {
 
 #[test]
 fn guest_and_host_ping_each_other_over_the_tap() {
-    // The guest configures eth0, pings the host, says so, stays up long
-    // enough for the host to ping it back, then reboots.
+    // The guest configures eth0, pings the host, says so, and stays up long
+    // enough for the host to ping it back; its init then reboots.
     let guest = "ip addr add 192.0.2.2/24 dev eth0 && ip link set eth0 up && \
-                 ping -c 3 -W 5 192.0.2.1 > /dev/null && echo GUEST-PING-$((40+2)) && \
-                 sleep 8 && reboot -f";
+                 ping -c 3 -W 5 192.0.2.1 > /dev/null && echo GUEST-PING-OK && sleep 8";
+    let cmdline = run_cmdline(CMDLINE, guest).unwrap_or_else(|e| panic!("{e}"));
     let script = format!(
         "{MKTAP} tap0 && ip addr add 192.0.2.1/24 dev tap0 && ip link set tap0 up\n\
-         i=0; while [ $i -lt 60 ]; do echo '{guest}'; sleep 1; i=$((i+1)); done 2>/dev/null | \
          vmm --kernel {GUEST_VMLINUX} --initrd {GUEST_INITRAMFS} --memory 256 \
-         --net tap=tap0,mac=02:53:54:52:00:02 \
-         --cmdline 'console=ttyS0 reboot=k panic=-1 pci=off quiet stratum.exit=shell' > /tmp/console.log 2>&1 &\n\
+         --net tap=tap0,mac=02:53:54:52:00:02 --no-console-input \
+         --cmdline '{cmdline}' > /tmp/console.log 2>&1 &\n\
          VMM=$!\n\
-         i=0; while ! grep -q GUEST-PING-42 /tmp/console.log && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done\n\
+         i=0; while ! grep -q GUEST-PING-OK /tmp/console.log && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done\n\
          ping -c 3 -W 5 192.0.2.2 > /dev/null && echo HOST-PING-OK\n\
          wait $VMM; echo VMM-EXIT=$?\n\
-         grep -c GUEST-PING-42 /tmp/console.log | sed s/^/GUEST-PINGS=/\n\
-         grep -i 'link/ether\\|eth0' /tmp/console.log | head -5\n"
+         grep -c GUEST-PING-OK /tmp/console.log | sed s/^/GUEST-PINGS=/\n\
+         grep -e 'link/ether' -e eth0 -e STRATUM-GUEST-RUN-EXIT= /tmp/console.log\n"
     );
     let outcome = run(script);
     let tail = outcome.console_tail(40);
-    // GUEST-PING-42 is computed by the guest's shell, so the typed command
-    // (which the console echoes) never contains it.
     assert!(
         outcome.console.contains("HOST-PING-OK"),
         "the host could not ping the guest:\n{tail}"
     );
-    assert!(
-        outcome
-            .lines_with("GUEST-PINGS=")
-            .any(|l| l != "GUEST-PINGS=0"),
-        "{tail}"
+    assert_eq!(
+        outcome.lines_with("GUEST-PINGS=").collect::<Vec<_>>(),
+        ["GUEST-PINGS=1"],
+        "the guest could not ping the host:\n{tail}"
     );
+    assert_eq!(run_exits(&outcome), ["0"], "{tail}");
     assert!(outcome.lines_with("VMM-EXIT=0").next().is_some(), "{tail}");
 }
 

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use stratum_tests::guest::{run_cmdline, run_exits, CMDLINE};
 use stratum_tests::paths::{GUEST_INITRAMFS, GUEST_VMLINUX};
 use stratum_tests::{NestedHost, Outcome, Scenario};
 
@@ -31,24 +32,26 @@ fn run(script: String) -> Outcome {
 #[test]
 fn streams_echo_both_ways_over_hybrid_vsock() {
     // Guest: an echo server on port 52, then a stream of its own to the
-    // host's port 5000; it stays up while the host streams to port 52. The
-    // braces make a copy of the line that lost its first bytes a syntax
-    // error, so no part of it runs.
+    // host's port 5000; it stays up while the host streams to port 52 —
+    // until the host listens on port 5001, its sign that it is done (2 min
+    // at most) — then its init reboots.
     let guest = format!(
-        "{{ vsock-tool serve 52 >/dev/null & }} && vsock-tool echo 2 5000 {ECHO_BYTES} && \
-         echo GUEST-ECHO-$((40+2)) && sleep 20 && reboot -f"
+        "vsock-tool serve 52 >/dev/null &\n\
+         vsock-tool echo 2 5000 {ECHO_BYTES} && echo GUEST-ECHO-DONE && \
+         i=0 && until vsock-tool echo 2 5001 1 >/dev/null 2>&1 || [ $i -ge 120 ]; do sleep 1; i=$((i+1)); done"
     );
+    let cmdline = run_cmdline(CMDLINE, &guest).unwrap_or_else(|e| panic!("{e}"));
     let script = format!(
         "{VSOCK_HOST} serve /run/v.sock_5000 &\n\
-         i=0; while [ $i -lt 60 ]; do echo '{guest}'; sleep 1; i=$((i+1)); done 2>/dev/null | \
          vmm --kernel {GUEST_VMLINUX} --initrd {GUEST_INITRAMFS} --memory 256 \
-         --vsock cid=3,uds=/run/v.sock \
-         --cmdline 'console=ttyS0 reboot=k panic=-1 pci=off quiet stratum.exit=shell' > /tmp/console.log 2>&1 &\n\
+         --vsock cid=3,uds=/run/v.sock --no-console-input \
+         --cmdline '{cmdline}' > /tmp/console.log 2>&1 &\n\
          VMM=$!\n\
-         i=0; while ! grep -q GUEST-ECHO-42 /tmp/console.log && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done\n\
+         i=0; while ! grep -q GUEST-ECHO-DONE /tmp/console.log && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done\n\
          {VSOCK_HOST} echo /run/v.sock 52 {ECHO_BYTES}\n\
+         {VSOCK_HOST} serve /run/v.sock_5001 &\n\
          wait $VMM; echo VMM-EXIT=$?\n\
-         grep -E 'VSOCK-ECHO-OK|vsock-tool' /tmp/console.log | head -5\n\
+         grep -E 'VSOCK-ECHO-OK|vsock-tool|STRATUM-GUEST-RUN-EXIT=' /tmp/console.log\n\
          [ -e /run/v.sock ] && echo SOCKET=left || echo SOCKET=removed\n"
     );
     let outcome = run(script);
@@ -67,6 +70,7 @@ fn streams_echo_both_ways_over_hybrid_vsock() {
             .is_some(),
         "host → guest echo failed:\n{tail}"
     );
+    assert_eq!(run_exits(&outcome), ["0"], "{tail}");
     assert!(outcome.lines_with("VMM-EXIT=0").next().is_some(), "{tail}");
     assert!(
         outcome.lines_with("SOCKET=removed").next().is_some(),

@@ -2,9 +2,11 @@
 //! host: PVH entry of the ELF vmlinux with 1 and 2 vCPUs, the 64-bit Linux
 //! boot protocol of the bzImage, CPUs found through ACPI and through the MP
 //! table, every way a guest can end its VM (i8042 reset, triple fault, ACPI
-//! reset, ACPI power-off), console input, and the error paths that need a
-//! real KVM.
+//! reset, ACPI power-off), console input (pastes of random bytes and of
+//! lines, early ones and flow-controlled ones, each arriving whole), and
+//! the error paths that need a real KVM.
 
+use stratum_tests::guest::{run_cmdline, run_exits, CMDLINE};
 use stratum_tests::paths::{GUEST_BZIMAGE, GUEST_INITRAMFS, GUEST_VMLINUX};
 use stratum_tests::{NestedHost, Outcome, Scenario};
 
@@ -132,27 +134,132 @@ fn console_can_go_to_a_file() {
     );
 }
 
+/// Random bytes behind the paste made before the guest is up, sent as
+/// base64 lines of [`LINE_CHARS`].
+const EARLY_RANDOM: usize = 1500;
+/// Bytes pasted in raw mode, with and without flow control.
+const RAW_BYTES: usize = 64 * 1024;
+/// Lines of [`LINE_CHARS`] characters pasted in canonical mode.
+const LINES: usize = 200;
+const LINE_CHARS: usize = 80;
+/// How long the guest leaves its input unread with flow control on.
+const STALL_SECS: u32 = 8;
+
 #[test]
-fn console_input_reaches_the_guest_shell() {
-    // The guest drops to a shell; a command typed on vmm's stdin prints a
-    // value only the guest computes, waits for the UART to drain, reboots. The command is resent
-    // each second because bytes sent before the guest's UART driver is up
-    // are discarded, and a line that lost its first bytes fails as a whole
-    // thanks to `&&`. The loop is bounded and ends when vmm exits.
+fn console_input_reaches_the_guest_whole() {
+    // Pastes into the console, as a user makes them: the host writes each
+    // to vmm's stdin at once, and the guest must get every byte. vmm's
+    // stdin is a FIFO the nested host holds open, so vmm never sees its
+    // end. The guest reads with tools that write what they got at once
+    // (`dd bs=1`, `read`), so a paste cut short still shows how much came.
+    // In order:
+    // 1. EARLY: base64 lines written as vmm starts, long before the guest's
+    //    UART driver is up; the guest reads them once its script runs.
+    // 2. RAW: 64 KiB of random bytes with the console in raw mode (every
+    //    byte value is data), written when the guest says it is ready.
+    // 3. LINES: 200 lines of 80 characters in canonical mode with echo, as
+    //    a shell reads them.
+    // 4. FLOW: 64 KiB in raw mode with `crtscts`, which the guest leaves
+    //    unread for a while: its tty drops RTS once its buffer is full, vmm
+    //    must hold the rest back (the UART's receive counter stays put),
+    //    and all of it must arrive once the guest reads.
+    let early_bytes = EARLY_RANDOM / 3 * 4 / LINE_CHARS * (LINE_CHARS + 1);
+    let guest = format!(
+        "rx() {{ echo GUEST-$1-RX=$(grep -o 'rx:[0-9]*' /proc/tty/driver/serial | head -n 1 | cut -c4-); }}\n\
+         got() {{ echo GUEST-$1-BYTES=$(wc -c < /tmp/$1) GUEST-$1-LINES=$(wc -l < /tmp/$1) \
+         GUEST-$1-SHA=$(sha256sum < /tmp/$1 | cut -c1-64); }}\n\
+         bytes() {{ timeout $1 dd bs=1 count=$2 of=/tmp/$3 2>/dev/null; got $3; }}\n\
+         stty raw -echo\n\
+         bytes 60 {early_bytes} EARLY\n\
+         echo GUEST-RAW-READY\n\
+         bytes 120 {RAW_BYTES} RAW\n\
+         stty sane\n\
+         echo GUEST-LINES-READY\n\
+         timeout 120 sh -c 'i=0; while [ $i -lt {LINES} ] && read -r l; do echo $l; i=$((i+1)); done' > /tmp/LINES\n\
+         got LINES\n\
+         stty raw -echo crtscts\n\
+         rx READY; echo GUEST-FLOW-READY\n\
+         sleep {STALL_SECS}; rx STALLED\n\
+         bytes 120 {RAW_BYTES} FLOW\n"
+    );
+    let cmdline = run_cmdline(CMDLINE, &guest).unwrap_or_else(|e| panic!("{e}"));
     let script = format!(
-        "i=0; while [ $i -lt 90 ]; do echo 'echo stdin-ok-$((6*7)) && sleep 1 && reboot -f'; \
-         sleep 1; i=$((i+1)); done 2>/dev/null | \
+        "sha() {{ echo HOST-$1-BYTES=$(wc -c < /tmp/$1) HOST-$1-LINES=$(wc -l < /tmp/$1) \
+         HOST-$1-SHA=$(sha256sum < /tmp/$1 | cut -c1-64); }}\n\
+         head -c {EARLY_RANDOM} /dev/urandom | base64 -w {LINE_CHARS} > /tmp/EARLY; sha EARLY\n\
+         head -c {RAW_BYTES} /dev/urandom > /tmp/RAW; sha RAW\n\
+         head -c {line_random} /dev/urandom | base64 -w {LINE_CHARS} > /tmp/LINES; sha LINES\n\
+         head -c {RAW_BYTES} /dev/urandom > /tmp/FLOW; sha FLOW\n\
+         mkfifo /tmp/in && exec 3<>/tmp/in\n\
          vmm --kernel {GUEST_VMLINUX} --initrd {GUEST_INITRAMFS} --memory 256 \
-         --cmdline 'console=ttyS0 reboot=k panic=-1 pci=off quiet stratum.exit=shell'\n\
-         echo VMM-EXIT=$?\n"
+         --cmdline '{cmdline}' < /tmp/in > /tmp/console.log 2>&1 &\n\
+         VMM=$!\n\
+         cat /tmp/EARLY >&3\n\
+         ready() {{ i=0; while ! grep -q $1 /tmp/console.log && [ $i -lt 1800 ]; do sleep 0.1; i=$((i+1)); done; }}\n\
+         ready GUEST-RAW-READY && cat /tmp/RAW >&3\n\
+         ready GUEST-LINES-READY && cat /tmp/LINES >&3\n\
+         ready GUEST-FLOW-READY && {{ cat /tmp/FLOW >&3 & }}\n\
+         wait $VMM; echo VMM-EXIT=$?\n\
+         exec 3>&-\n\
+         grep -a -e GUEST- /tmp/console.log\n",
+        line_random = LINES * LINE_CHARS / 4 * 3,
     );
-    let outcome = run(script);
+    let outcome = host()
+        .run(&Scenario::new(script).timeout(std::time::Duration::from_secs(480)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(outcome.host_kvm, "the nested host has no /dev/kvm");
+    // What both sides counted, for `--nocapture`.
+    let counted = |l: &&str| l.starts_with("HOST-") || l.starts_with("GUEST-");
+    for line in outcome.console.lines().filter(counted) {
+        println!("{line}");
+    }
+    let tail = outcome.console_tail(40);
+    let value = |name: &str| {
+        let prefix = format!("{name}=");
+        outcome
+            .console
+            .lines()
+            .flat_map(str::split_whitespace)
+            .find_map(|w| w.strip_prefix(prefix.as_str()))
+    };
+    let number = |name: &str| {
+        value(name)
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("no {name}:\n{tail}"))
+    };
+    // The host's data is what the test says it is.
+    assert_eq!(number("HOST-EARLY-BYTES"), early_bytes, "{tail}");
+    assert_eq!(number("HOST-RAW-BYTES"), RAW_BYTES, "{tail}");
+    assert_eq!(number("HOST-LINES-LINES"), LINES, "{tail}");
+    assert_eq!(
+        number("HOST-LINES-BYTES"),
+        LINES * (LINE_CHARS + 1),
+        "{tail}"
+    );
+    // Each paste arrived whole: as many bytes, the same digest.
+    for paste in ["EARLY", "RAW", "LINES", "FLOW"] {
+        let host_sha = value(&format!("HOST-{paste}-SHA"));
+        assert!(host_sha.is_some_and(|s| s.len() == 64), "{tail}");
+        assert_eq!(
+            value(&format!("GUEST-{paste}-BYTES")),
+            value(&format!("HOST-{paste}-BYTES")),
+            "{paste}: bytes lost:\n{tail}"
+        );
+        assert_eq!(
+            value(&format!("GUEST-{paste}-SHA")),
+            host_sha,
+            "{paste}: the paste arrived changed:\n{tail}"
+        );
+    }
+    // While the guest did not read, the UART took no more than its tty
+    // could buffer (4 KiB) and the FIFO (64 bytes), with room to spare.
+    let held = number("GUEST-STALLED-RX") - number("GUEST-READY-RX");
     assert!(
-        outcome.lines_with("stdin-ok-42").next().is_some(),
-        "the guest shell did not run the command:\n{}",
-        outcome.console_tail(40)
+        held < 16 * 1024,
+        "vmm kept feeding a guest that dropped RTS: {held} bytes in {STALL_SECS} s\n{tail}"
     );
-    assert_eq!(vmm_exit(&outcome), Some(0));
+    assert_eq!(run_exits(&outcome), ["0"], "{tail}");
+    assert_eq!(vmm_exit(&outcome), Some(0), "{tail}");
 }
 
 #[test]

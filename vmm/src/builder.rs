@@ -5,7 +5,6 @@
 //! input fails fast and the same way on any host.
 
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
@@ -22,7 +21,7 @@ use crate::arch::{acpi, boot, mptable};
 use crate::config::{self, ConsoleOutput, DriveConfig, NetConfig, VmConfig, VsockConfig};
 use crate::devices::legacy::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN};
 use crate::devices::legacy::i8042::{I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN};
-use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
+use crate::devices::legacy::serial::{self, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 use crate::devices::legacy::{AcpiPm, SerialConsole, I8042};
 use crate::devices::pseudo::boot_timer::{BootTime, BootTimer, BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use crate::devices::virtio::block::{Block, Disk, DiskError};
@@ -602,27 +601,7 @@ struct DeviceHandle {
 fn forward_stdin(serial: Arc<Mutex<SerialConsole>>) {
     let spawned = std::thread::Builder::new()
         .name("console-in".into())
-        .spawn(move || {
-            let mut stdin = std::io::stdin().lock();
-            let mut buf = [0u8; 64];
-            while let Ok(n) = stdin.read(&mut buf) {
-                if n == 0 {
-                    return;
-                }
-                let mut pending = &buf[..n];
-                while !pending.is_empty() {
-                    let taken = serial
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .queue_input(pending);
-                    pending = &pending[taken..];
-                    if taken == 0 {
-                        // The guest has not drained its receive FIFO yet.
-                        std::thread::sleep(std::time::Duration::from_millis(5));
-                    }
-                }
-            }
-        });
+        .spawn(move || serial::forward_input(std::io::stdin().lock(), &serial));
     // Without console input the VM still runs; nothing to undo.
     drop(spawned);
 }

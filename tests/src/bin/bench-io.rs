@@ -5,29 +5,24 @@
 //! Both VMMs run inside ONE nested test host, interleaved, with the same
 //! disk: a raw image of `--image-mib` MiB written with zeroes to the nested
 //! host's /tmp (tmpfs), so that the host side is the page cache for both.
-//! Each run boots the guest (ELF kernel, initramfs, 1 vCPU, 256 MiB) into
-//! its shell and types one command line into the console, which runs
-//! `blkbench` (guest-images/blkbench.c) on /dev/vda:
+//! Each run boots the guest (ELF kernel, initramfs, 1 vCPU, 256 MiB) with
+//! the same kernel command line, which carries the guest's script
+//! ([`stratum_tests::guest::run_cmdline`]): it runs `blkbench`
+//! (guest-images/blkbench.c) on /dev/vda:
 //!
 //! * `blkbench randread /dev/vda SECS`: 4 KiB O_DIRECT reads at random
 //!   offsets over the whole device, one outstanding I/O -> IOPS;
 //! * `blkbench seqwrite /dev/vda MIB`: 1 MiB O_DIRECT writes from offset 0,
 //!   then fsync -> MiB/s;
 //!
-//! then `reboot -f` (a triple fault with `reboot=t`, which ends QEMU under
-//! `-no-reboot` and our vmm alike, both with status 0).
+//! then the guest's init reboots (a triple fault with `reboot=t`, which
+//! ends QEMU under `-no-reboot` and our vmm alike, both with status 0).
 //!
 //! Our vmm serves virtio-blk from the image with pread/pwrite through the
 //! host page cache and answers FLUSH with fdatasync. The QEMU drive uses
 //! the matching mode: `cache=writeback` (no O_DIRECT on the host, flushes
 //! become fdatasync) with `aio=threads` (QEMU's default; `cache=none` needs
 //! O_DIRECT, which tmpfs refuses anyway).
-//!
-//! The console is driven as [`stratum_tests::guest::in_guest_shell`] does
-//! (the command is resent each second, as bytes typed before the guest's
-//! UART is up are lost), but through a FIFO held open by the nested host's
-//! script, which stops typing once the guest printed that the command
-//! started: echoes of resent lines would otherwise disturb the measurement.
 //!
 //! Exits 0 when every run was measured (even if the target is missed), 1
 //! if a run failed, 2 on setup errors.
@@ -38,10 +33,11 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
 use stratum_tests::bench::{self, fields, verdict, with_qemu, PeerArgs, Stats};
-use stratum_tests::{paths, NestedHost, Outcome, Scenario};
+use stratum_tests::{guest, paths, NestedHost, Outcome, Scenario};
 
 const GUEST_MIB: u32 = 256;
-const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 pci=off quiet stratum.exit=shell";
+/// The guest's command line before its script; `reboot=t` ends both VMMs.
+const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 pci=off quiet";
 const IMAGE: &str = "/tmp/bench.img";
 /// The QEMU drive's cache mode; see the module docs.
 const QEMU_CACHE: &str = "cache=writeback,aio=threads";
@@ -91,7 +87,7 @@ fn run(args: &Args) -> Result<()> {
     let host = NestedHost::from_env()?;
     check_initramfs(&host)?;
     let runs = args.warmup + args.iterations;
-    let scenario = Scenario::new(script(args))
+    let scenario = Scenario::new(script(args)?)
         .timeout(Duration::from_secs(
             180 + 2 * u64::from(runs) * u64::from(RUN_LIMIT_SECS),
         ))
@@ -144,7 +140,7 @@ fn label(vmm: &str, i: u32, warmup: u32) -> String {
 /// turn, the order alternating between iterations. For each run it prints
 /// the guest's console prefixed with `<label>| ` and a line
 /// `BENCHIO label=<label> status=exit:<VMM status> secs=<wall seconds>`.
-fn script(args: &Args) -> String {
+fn script(args: &Args) -> Result<String> {
     let vmm = format!(
         "{vmm} --kernel {k} --initrd {i} --cmdline \"$CL\" --vcpus 1 --memory {GUEST_MIB} \
          --drive path={IMAGE}",
@@ -162,32 +158,23 @@ fn script(args: &Args) -> String {
         k = paths::GUEST_VMLINUX,
         i = paths::GUEST_INITRAMFS,
     );
-    // `BLKBENCH-$X` in the typed line, `BLKBENCH-GO` in its output: the
-    // shell's echo of the line is not taken for the marker. A copy of the
-    // line that lost its first bytes fails at once and does nothing.
     let guest = format!(
-        "X=GO && echo BLKBENCH-$X && {{ blkbench randread /dev/vda {r}; \
-         blkbench seqwrite /dev/vda {w}; reboot -f; }}",
+        "blkbench randread /dev/vda {r}; blkbench seqwrite /dev/vda {w}",
         r = args.randread_secs,
         w = args.seqwrite_mib,
     );
+    let cmdline = guest::run_cmdline(CMDLINE, &guest)?;
     let mut s = format!(
-        r#"CL='{CMDLINE}'
-GUEST='{guest}'
+        r#"CL='{cmdline}'
 dd if=/dev/zero of={IMAGE} bs=1M count={image_mib} 2>/dev/null || {{ echo "bench-io: cannot create {IMAGE}"; exit 2; }}
-# run LABEL COMMAND...: runs the VMM with its stdin on a FIFO, types
-# $GUEST into the guest's shell each second until the guest says it
-# started, then waits for the VMM to exit.
+# run LABEL COMMAND...: runs the VMM, whose guest runs the benchmark from
+# its command line and then reboots, and waits for it to exit.
 run() {{
     label=$1; shift
-    rm -f /tmp/in /tmp/out /tmp/rc /tmp/pid
-    mkfifo /tmp/in || exit 2
-    ( "$@" </tmp/in >/tmp/out 2>&1 & echo $! >/tmp/pid; wait $!; echo $? >/tmp/rc ) &
-    exec 3>/tmp/in
+    rm -f /tmp/out /tmp/rc /tmp/pid
+    ( "$@" </dev/null >/tmp/out 2>&1 & echo $! >/tmp/pid; wait $!; echo $? >/tmp/rc ) &
     t=0
     while [ ! -f /tmp/rc ]; do
-        # In a subshell: a write after the VMM exited must not SIGPIPE us.
-        grep -q BLKBENCH-GO /tmp/out || ( echo "$GUEST" >&3 ) 2>/dev/null
         sleep 1
         t=$((t + 1))
         if [ $t -eq {limit} ]; then
@@ -195,7 +182,6 @@ run() {{
             kill "$(cat /tmp/pid)"
         fi
     done
-    exec 3>&-
     wait
     sed "s/^/$label| /" /tmp/out
     echo "BENCHIO label=$label status=exit:$(cat /tmp/rc) secs=$t"
@@ -213,7 +199,7 @@ run() {{
             s.push_str(&format!("run {} {cmd}\n", label(name, i, args.warmup)));
         }
     }
-    s
+    Ok(s)
 }
 
 type Samples = bench::Samples<Sample>;
@@ -236,15 +222,15 @@ fn parse_run(outcome: &Outcome, label: &str) -> Result<Sample> {
         .map(|l| fields(l).get("status").copied().unwrap_or("?").to_owned())
         .context("the run never finished")?;
     ensure!(status == "exit:0", "the VMM ended with status {status}");
-    let prefix = format!("{label}| ");
-    // The guest's own lines, with the tests' output anywhere in them (the
-    // shell may have echoed typed text on the same line).
+    let prefix = format!("{label}| BLKBENCH ");
+    // The guest's own lines: `BLKBENCH <test> key=value...`.
     let result = |test: &str, key: &str| -> Result<f64> {
-        let marker = format!("BLKBENCH {test} ");
+        let marker = format!("{prefix}{test} ");
         let line = outcome
-            .lines_with(&prefix)
-            .find_map(|l| l.find(&marker).map(|at| &l[at + marker.len()..]))
-            .with_context(|| format!("no `{marker}` line"))?;
+            .lines_with(&marker)
+            .next()
+            .map(|l| &l[marker.len()..])
+            .with_context(|| format!("no `BLKBENCH {test}` line"))?;
         let value = fields(line).get(key).copied().unwrap_or("none");
         value
             .parse()

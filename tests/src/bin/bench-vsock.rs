@@ -4,11 +4,13 @@
 //! nested host's kernel, host side on AF_VSOCK). A benchmark, not a test.
 //!
 //! Both VMMs run inside ONE nested test host, interleaved. Each run boots
-//! the guest (ELF kernel, initramfs, 1 vCPU, 256 MiB) into its shell, where
-//! `vsock-tool serve 52` (guest-images/vsock-tool.c) echoes every stream;
-//! the nested host then runs `vsock-host rtt` (tests/src/bin/vsock-host.rs):
-//! `--count` round trips of `--size` bytes on one stream after 10
-//! unmeasured ones, and the VM is killed.
+//! the guest (ELF kernel, initramfs, 1 vCPU, 256 MiB) with the same kernel
+//! command line, which carries the guest's script
+//! ([`stratum_tests::guest::run_cmdline`]): `vsock-tool serve 52`
+//! (guest-images/vsock-tool.c) echoes every stream; once the guest says it
+//! serves, the nested host runs `vsock-host rtt`
+//! (tests/src/bin/vsock-host.rs): `--count` round trips of `--size` bytes
+//! on one stream after 10 unmeasured ones, and the VM is killed.
 //!
 //! Exits 0 when every run was measured, 1 if a run failed, 2 on setup
 //! errors.
@@ -20,10 +22,11 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
 use stratum_tests::bench::{self, fields, with_qemu, PeerArgs, Stats};
-use stratum_tests::{paths, NestedHost, Outcome, Scenario};
+use stratum_tests::{guest, paths, NestedHost, Outcome, Scenario};
 
 const GUEST_MIB: u32 = 256;
-const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 pci=off quiet stratum.exit=shell";
+/// The guest's command line before its script.
+const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 pci=off quiet";
 const VSOCK_HOST: &str = "/stratum/bin/vsock-host";
 const PORT: u32 = 52;
 const VMMS: [&str; 2] = ["vmm", "qemu"];
@@ -74,7 +77,7 @@ fn run(args: &Args) -> Result<()> {
         "{} is missing; run `make static`",
         tool.display()
     );
-    let scenario = Scenario::new(script(args))
+    let scenario = Scenario::new(script(args)?)
         .file(VSOCK_HOST, tool)
         .timeout(Duration::from_secs(
             120 + 2 * u64::from(args.iterations) * u64::from(RUN_LIMIT_SECS),
@@ -92,10 +95,11 @@ fn run(args: &Args) -> Result<()> {
 }
 
 /// The nested host's script: for each run, starts the VMM in the
-/// background with the guest's echo server typed into its console, runs
-/// the round trips, kills the VMM. Prints the guest's console prefixed
-/// with `<label>| ` and `BENCHVSOCK label=<label> <vsock-host's fields>`.
-fn script(args: &Args) -> String {
+/// background (its guest starts the echo server), waits until the guest
+/// serves, runs the round trips, kills the VMM. Prints the guest's console
+/// prefixed with `<label>| ` and `BENCHVSOCK label=<label> <vsock-host's
+/// fields>`.
+fn script(args: &Args) -> Result<String> {
     let vmm = format!(
         "{vmm} --kernel {k} --initrd {i} --cmdline \"$CL\" --vcpus 1 --memory {GUEST_MIB} \
          --vsock cid=3,uds=/run/v.sock",
@@ -118,27 +122,26 @@ fn script(args: &Args) -> String {
             args.count, args.size
         )
     };
+    // The server listens before the guest says so: it binds at once, the
+    // second is slack for a loaded nested host.
+    let guest = format!("vsock-tool serve {PORT} &\nsleep 1\necho VSOCKBENCH-SERVING\nwait");
+    let cmdline = guest::run_cmdline(CMDLINE, &guest)?;
     let mut s = format!(
-        r#"CL='{CMDLINE}'
-GUEST='X=GO && echo VSOCKBENCH-$X && vsock-tool serve {PORT}'
-# run LABEL RTT-COMMAND VMM-COMMAND...: runs the VMM with its stdin on a
-# FIFO, types $GUEST until the guest says it started, measures, kills it.
+        r#"CL='{cmdline}'
+# run LABEL RTT-COMMAND VMM-COMMAND...: runs the VMM, waits until its guest
+# serves, measures, kills it.
 run() {{
     label=$1; rtt=$2; shift 2
-    rm -f /tmp/in /tmp/out /run/v.sock
-    mkfifo /tmp/in || exit 2
-    "$@" </tmp/in >/tmp/out 2>&1 &
+    rm -f /tmp/out /run/v.sock
+    "$@" </dev/null >/tmp/out 2>&1 &
     pid=$!
-    exec 3>/tmp/in
     t=0
-    while ! grep -q VSOCKBENCH-GO /tmp/out && [ $t -lt {limit} ]; do
-        ( echo "$GUEST" >&3 ) 2>/dev/null
+    while ! grep -q VSOCKBENCH-SERVING /tmp/out && [ $t -lt {limit} ]; do
         sleep 1
         t=$((t + 1))
     done
     result=$($rtt 2>&1 | tail -n 1)
     kill $pid; wait $pid
-    exec 3>&-
     sed "s/^/$label| /" /tmp/out | tail -n 20
     echo "BENCHVSOCK label=$label $result"
 }}
@@ -157,7 +160,7 @@ run() {{
             s.push_str(&format!("run {name}-{} '{rtt}' {cmd}\n", i + 1));
         }
     }
-    s
+    Ok(s)
 }
 
 type Samples = bench::Samples<Sample>;
