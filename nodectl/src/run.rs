@@ -267,6 +267,13 @@ async fn vm(
             let started = client.start(StartVmRequest { id: id.clone() }).await?;
             let vm = settled(&mut client, started.into_inner(), settle).await?;
             emit(output, &vm, render::vm_detail, json::vm)?;
+            if is_starting_or_running(&vm) {
+                // The agent knows the vmm runs, not that the guest booted.
+                eprintln!(
+                    "nodectl: vm {id} is running; its guest may still be booting \
+                     (`nodectl vm watch --vm {id}` follows its state)"
+                );
+            }
             return match vm_failure(&vm) {
                 Some(reason) => Err(anyhow::anyhow!("vm {id} failed: {reason}")),
                 None => Ok(()),
