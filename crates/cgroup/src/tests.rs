@@ -387,7 +387,7 @@ fn cgroup_fs_memory_hog_is_oom_killed() {
     let mut cmd = Command::new(exe);
     cmd.args([
         "--exact",
-        "cgroup::tests::cgroup_memory_hog_child",
+        "tests::cgroup_memory_hog_child",
         "--test-threads=1",
     ])
     .env(HOG_ENV, "1")

@@ -7,7 +7,12 @@
 //!
 //! - [`identity`]: a process's start time, which with its pid names one
 //!   process across pid reuse.
+//! - [`pidfd`]: a descriptor naming one process, to signal it, wait for
+//!   its end and collect its status without a pid race.
 //!
 //! It refuses nothing and knows nothing of VMs, pods or the agent.
 
 pub mod identity;
+pub mod pidfd;
+
+pub use pidfd::ProcessExit;

@@ -33,16 +33,15 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::error::{Result, RuntimeError};
+use stratum_process::pidfd;
 
-/// `idtype_t` value of `P_PIDFD` (Linux ≥ 5.4).
-const P_PIDFD: libc::idtype_t = 3;
+use super::error::{Result, RuntimeError};
 
 /// Container init pids with an [`ExitWatch`]; the orphan reaper skips them.
 static WATCHED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
@@ -99,28 +98,7 @@ pub fn is_subreaper() -> Result<bool> {
     Ok(flag != 0)
 }
 
-/// How a watched process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProcessExit {
-    /// Exited with this code.
-    Exited(i32),
-    /// Killed by this signal.
-    Signaled(i32),
-    /// Ended, but its status went to another parent (adopted after an
-    /// agent restart, or the agent is not a subreaper).
-    Unknown,
-}
-
-impl ProcessExit {
-    /// The exit code as a shell shows it (128 + signal); `None` if unknown.
-    pub fn code(self) -> Option<i32> {
-        match self {
-            ProcessExit::Exited(code) => Some(code),
-            ProcessExit::Signaled(signal) => Some(128 + signal),
-            ProcessExit::Unknown => None,
-        }
-    }
-}
+pub use stratum_process::ProcessExit;
 
 /// A pidfd on a container's init, to wait for its end.
 #[derive(Debug)]
@@ -134,17 +112,7 @@ impl ExitWatch {
     /// right after `create` (the init waits for `start`), or after checking
     /// the process start time (adoption). Needs a tokio runtime.
     pub fn open(pid: u32) -> Result<ExitWatch> {
-        let raw = libc::pid_t::try_from(pid)
-            .map_err(|_| RuntimeError::invalid("pid", pid.to_string(), "out of range"))?;
-        // SAFETY: pidfd_open takes a pid and flags, returns an fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
-        if fd < 0 {
-            return Err(RuntimeError::sys("pidfd_open")(io::Error::last_os_error()));
-        }
-        let fd = i32::try_from(fd)
-            .map_err(|_| RuntimeError::sys("pidfd_open")(io::Error::other("fd out of range")))?;
-        // SAFETY: the kernel just returned this descriptor to us.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let owned = pidfd::open(pid).map_err(RuntimeError::sys("pidfd_open"))?;
         // SAFETY: `owned` is the open pidfd just returned; the AsyncFd owns
         // it until it drops and nothing else closes or replaces it.
         let fd = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
@@ -168,7 +136,9 @@ impl ExitWatch {
                 .readable()
                 .await
                 .map_err(RuntimeError::sys("wait for pidfd"))?;
-            match collect(self.fd.get_ref())? {
+            let exit = pidfd::reap(self.fd.get_ref().as_fd(), false)
+                .map_err(RuntimeError::sys("waitid"))?;
+            match exit {
                 Some(exit) => return Ok(exit),
                 None => guard.clear_ready(),
             }
@@ -177,23 +147,8 @@ impl ExitWatch {
 
     /// Sends `signal` through the pidfd; `Ok(false)` if the process is gone.
     pub fn signal(&self, signal: i32) -> Result<bool> {
-        // SAFETY: a valid pidfd; null siginfo means "as kill(2)".
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.fd.get_ref().as_raw_fd(),
-                signal,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        if rc == 0 {
-            return Ok(true);
-        }
-        match io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
-            e => Err(RuntimeError::sys("pidfd_send_signal")(e)),
-        }
+        pidfd::send_signal(self.fd.get_ref().as_fd(), signal)
+            .map_err(RuntimeError::sys("pidfd_send_signal"))
     }
 }
 
@@ -201,50 +156,6 @@ impl Drop for ExitWatch {
     fn drop(&mut self) {
         watched_remove(self.pid);
     }
-}
-
-/// `waitid(P_PIDFD, WEXITED | WNOHANG)`: `Some` once the process ended.
-fn collect(fd: &OwnedFd) -> Result<Option<ProcessExit>> {
-    // SAFETY: an all-zero siginfo_t is valid for the kernel to fill.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let id = libc::id_t::try_from(fd.as_raw_fd())
-        .map_err(|_| RuntimeError::sys("waitid")(io::Error::other("negative fd")))?;
-    // SAFETY: valid pidfd, pointer to a live siginfo_t.
-    let rc = unsafe { libc::waitid(P_PIDFD, id, &mut info, libc::WEXITED | libc::WNOHANG) };
-    if rc != 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ECHILD) {
-            // Not our child: the pidfd is readable only once it ended.
-            return Ok(if pidfd_exited(fd) {
-                Some(ProcessExit::Unknown)
-            } else {
-                None
-            });
-        }
-        return Err(RuntimeError::sys("waitid")(err));
-    }
-    // SAFETY: after a successful waitid the pid/status fields are set (pid
-    // 0 means "still running" with WNOHANG).
-    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
-    if pid == 0 {
-        return Ok(None);
-    }
-    Ok(Some(match info.si_code {
-        libc::CLD_EXITED => ProcessExit::Exited(status),
-        libc::CLD_KILLED | libc::CLD_DUMPED => ProcessExit::Signaled(status),
-        _ => ProcessExit::Unknown,
-    }))
-}
-
-fn pidfd_exited(fd: &OwnedFd) -> bool {
-    let mut pollfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    let rc = unsafe { libc::poll(&mut pollfd, 1, 0) };
-    rc > 0
 }
 
 /// Reaps zombie children that live in a nested PID namespace and are not

@@ -32,10 +32,10 @@ use std::time::{Duration, Instant};
 use super::api_client::{
     ApiClient, ApiError, BootSource, Drive, MachineConfig, NetworkInterface, DEFAULT_API_TIMEOUT,
 };
-use super::pidfd;
 use super::process::{ExitInfo, ProcessIdentity, VmProcess};
 use super::run_dir::{RunDir, MAX_SOCKET_PATH};
 use stratum_cgroup::{Cgroup, CgroupError};
+use stratum_process::pidfd;
 
 /// How much of `vmm.stderr` an error carries.
 const STDERR_TAIL: u64 = 2048;

@@ -32,7 +32,6 @@ pub mod api_client;
 pub mod console;
 pub mod disk;
 pub mod launch;
-mod pidfd;
 pub mod process;
 pub mod run_dir;
 

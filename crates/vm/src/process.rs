@@ -30,9 +30,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::api_client::{ApiClient, ApiError, InstanceInfo, VmStats};
-use super::pidfd;
 use super::run_dir::RunDir;
-use stratum_process::identity;
+use stratum_process::pidfd;
+use stratum_process::{identity, ProcessExit};
 
 /// How long [`VmProcess::hard_stop`] waits for the exit when vmm ended
 /// the connection without a reply.
@@ -55,6 +55,22 @@ impl std::fmt::Display for ExitInfo {
             (Some(code), _) => write!(f, "exit status {code}"),
             (None, Some(signal)) => write!(f, "killed by signal {signal}"),
             (None, None) => f.write_str("exit status unknown"),
+        }
+    }
+}
+
+impl From<ProcessExit> for ExitInfo {
+    fn from(exit: ProcessExit) -> Self {
+        match exit {
+            ProcessExit::Exited(code) => ExitInfo {
+                code: Some(code),
+                signal: None,
+            },
+            ProcessExit::Signaled(signal) => ExitInfo {
+                code: None,
+                signal: Some(signal),
+            },
+            ProcessExit::Unknown => ExitInfo::default(),
         }
     }
 }
@@ -355,7 +371,9 @@ impl VmProcess {
             return Ok(exit);
         }
         let exit = if self.is_child {
-            pidfd::reap(self.pidfd.as_fd()).map_err(|e| self.error("waitid", e))?
+            pidfd::reap(self.pidfd.as_fd(), true)
+                .map(|exit| ExitInfo::from(exit.unwrap_or(ProcessExit::Unknown)))
+                .map_err(|e| self.error("waitid", e))?
         } else {
             ExitInfo::default()
         };

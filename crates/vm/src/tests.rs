@@ -379,7 +379,7 @@ async fn vmm_survives_the_agent_process_group_dying() {
     let mut agent = Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
-            "vm::tests::launcher_child",
+            "tests::launcher_child",
             "--nocapture",
             "--test-threads=1",
         ])
