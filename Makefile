@@ -5,7 +5,8 @@
 #               first start); drive it with build/bin/nodectl. More agent
 #               options: make run AGENT_ARGS='--insecure-registry 127.0.0.1:5000'
 #   make run-vm boot the guest VM with our vmm inside the nested test host
-#   make test   every test: unit, CLI error paths, real boots in the nested host
+#   make test   every test: the lints (make lint), unit, CLI error paths, real
+#               boots in the nested host
 #   make bench  boot time, memory, disk I/O and vsock latency of vmm beside QEMU microvm;
 #               the agent's API under load; pod start beside containerd + crun
 #
@@ -66,6 +67,7 @@ run-vm: images static
 	$(CARGO) run -q -p stratum-tests --bin nested-host -- --script guest-images/run-guest.sh --echo
 
 test: deps images static
+	$(MAKE) lint
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) fuzz-test
 

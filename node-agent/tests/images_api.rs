@@ -4,6 +4,9 @@
 //!
 //! Needs root and the Debian packages named in `src/image/fixture.rs`.
 
+// Test helpers may panic: a broken fixture fails the test that uses it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use stratum_testkit::fixture;
 
 use std::process::Output;

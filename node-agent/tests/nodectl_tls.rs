@@ -4,6 +4,9 @@
 //! not; plaintext off loopback is refused at start. Also nodectl's pool and
 //! VM commands against the real agent.
 
+// Test helpers may panic: a broken fixture fails the test that uses it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::{Command, Output};
 
 use stratum_testkit::test_agent::{halting_kernel, TestAgent};

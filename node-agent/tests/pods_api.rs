@@ -9,6 +9,9 @@
 //! controllers are mounted as v1 hierarchies, as systemd does on hybrid
 //! hosts. Without it the agent would fall back to runc.
 
+// Test helpers may panic: a broken fixture fails the test that uses it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use stratum_testkit::fixture;
 
 use std::io::{Read, Write};

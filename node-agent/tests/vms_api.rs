@@ -4,6 +4,9 @@
 //! cgroup placement, events, bad specs, quotas, admission, a vmm that dies,
 //! and re-adoption after kill -9 of the agent.
 
+// Test helpers may panic: a broken fixture fails the test that uses it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use stratum_api::proto;

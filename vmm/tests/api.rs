@@ -3,6 +3,9 @@
 //! do. None of these needs a guest to run, so they pass on any Linux host;
 //! booting through the API is covered by the nested-host tests.
 
+// Test helpers may panic: a broken fixture fails the test that uses it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,9 @@
 //! or a crash. These run on any Linux host: every check here happens before
 //! (or instead of) running a guest.
 
+// Test helpers may panic: a broken fixture fails the test that uses it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

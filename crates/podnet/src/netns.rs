@@ -67,8 +67,10 @@ fn umount_detach(target: &Path) -> io::Result<()> {
 /// Whether `path` is a bound network namespace (an nsfs mount).
 pub fn is_bound(path: &Path) -> bool {
     let Ok(c) = cstr(path) else { return false };
-    // SAFETY: statfs fills the zeroed struct; the path is valid.
+    // SAFETY: statfs is plain old data; all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a live, writable
+    // statfs that the call fills.
     let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
     #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs
     let nsfs = st.f_type as i64 == NSFS_MAGIC;

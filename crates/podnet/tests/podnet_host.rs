@@ -3,6 +3,9 @@
 //! nftables table, netns directory and state file, so they run in
 //! parallel, and a guard purges all of it even when the test fails.
 
+// Test helpers may panic: a broken fixture fails the test that uses it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};

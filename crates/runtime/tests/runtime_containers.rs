@@ -13,6 +13,9 @@
 //! `/sys/fs/cgroup/unified` offers `hugetlb`); such controllers are mounted
 //! as v1 hierarchies, as systemd does on hybrid hosts.
 
+// Test helpers may panic: a broken fixture fails the test that uses it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};

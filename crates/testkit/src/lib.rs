@@ -10,6 +10,10 @@
 //! - [`root`]: the one policy for tests that need root.
 //! - [`bins`]: where the workspace's binaries are found.
 
+// Test-only crate: a broken fixture or a failed setup panics the test that
+// asked for it, which is the report a test wants.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod agent_process;
 pub mod bins;
 pub mod fixture;

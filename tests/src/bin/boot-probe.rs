@@ -264,8 +264,9 @@ fn wait_exit_nowait(pid: u32) -> Result<()> {
 /// Reaps the exited child: (`exit:N` or `signal:N`, ru_maxrss in KiB).
 fn reap(pid: libc::pid_t) -> Result<(String, i64)> {
     let mut status = 0;
-    // SAFETY: plain syscall; both out-pointers are valid locals.
+    // SAFETY: rusage is plain old data; all zeroes is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: plain syscall; both out-pointers are valid locals.
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     if rc != pid {
         return Err(std::io::Error::last_os_error()).context("wait4");

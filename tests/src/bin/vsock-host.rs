@@ -32,7 +32,11 @@ fn serve(path: &str) -> Result<()> {
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         std::thread::spawn(move || {
-            let mut reader = stream.try_clone().expect("dup a socket");
+            // A socket that cannot be duplicated is dropped: the guest sees
+            // the connection close, as for any other echo failure.
+            let Ok(mut reader) = stream.try_clone() else {
+                return;
+            };
             let _ = std::io::copy(&mut reader, &mut stream);
         });
     }

@@ -34,6 +34,8 @@ pub enum Error {
         #[source]
         source: kvm_ioctls::Error,
     },
+    #[error("cannot build the boot MSR list: {0}")]
+    MsrList(#[source] vmm_sys_util::fam::Error),
     #[error("KVM accepted only {set} of {wanted} boot MSRs of vCPU {index}")]
     Msrs {
         index: u8,
@@ -130,7 +132,7 @@ impl Vcpu {
             .set_cpuid2(&cpuid)
             .map_err(self.configure_error("CPUID"))?;
 
-        let msrs = msr::boot_msrs();
+        let msrs = msr::boot_msrs().map_err(Error::MsrList)?;
         let set = self
             .fd
             .set_msrs(&msrs)

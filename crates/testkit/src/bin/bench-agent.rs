@@ -19,6 +19,9 @@
 //! target is reported, not an error: the exit status is 0 when it
 //! measured, 1 when the agent failed (or could not be started).
 
+// Benchmark binary (dev only): a failed setup ends the run with a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -234,6 +237,7 @@ fn proc_cpu_time(stat_path: &str) -> Duration {
             .unwrap_or(0)
     };
     // utime and stime are fields 14 and 15, i.e. 11 and 12 after the ')'.
+    // SAFETY: sysconf reads a constant of the system; no memory is involved.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Duration::from_nanos((ticks(11) + ticks(12)) * 1_000_000_000 / hz)
 }
@@ -249,7 +253,10 @@ fn fs_type(path: &Path) -> (i64, &'static str) {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return (0, "unknown");
     };
+    // SAFETY: statfs is plain old data; all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a live, writable
+    // statfs that the call fills.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return (0, "unknown");
     }

@@ -31,6 +31,9 @@
 //! target is reported, not an error: the exit status is 0 when it
 //! measured, 1 when something failed, 2 for a usage error.
 
+// Benchmark binary (dev only): a failed setup ends the run with a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -262,6 +265,7 @@ fn unmount_under(dir: &Path) {
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in points {
         if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
+            // SAFETY: `c` is a valid NUL-terminated path for the call's duration.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
     }
@@ -287,8 +291,11 @@ fn is_tmpfs(path: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };
+    // SAFETY: statfs is plain old data; all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     #[allow(clippy::unnecessary_cast)]
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a live, writable
+    // statfs that the call fills.
     let magic = if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 {
         st.f_type as i64
     } else {
@@ -527,6 +534,8 @@ fn remove_cgroup_dirs(dir: &Path) {
             .split_whitespace()
             .filter_map(|p| p.parse::<i32>().ok())
         {
+            // SAFETY: kill takes no pointers; the pid is one of the
+            // benchmark's own cgroup's processes.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         match std::fs::remove_dir(dir) {

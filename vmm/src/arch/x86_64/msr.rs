@@ -42,10 +42,11 @@ pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
     ]
 }
 
-/// The boot MSRs as the FAM wrapper `KVM_SET_MSRS` takes.
-pub fn boot_msrs() -> Msrs {
-    // The list is a fixed, small constant: it always fits the wrapper's limit.
-    Msrs::from_entries(&boot_msr_entries()).expect("boot MSR list fits KVM_MAX_MSR_ENTRIES")
+/// The boot MSRs as the FAM wrapper `KVM_SET_MSRS` takes. The list is a
+/// small constant, far below `KVM_MAX_MSR_ENTRIES`; the wrapper's size
+/// check is passed on rather than assumed.
+pub fn boot_msrs() -> Result<Msrs, vmm_sys_util::fam::Error> {
+    Msrs::from_entries(&boot_msr_entries())
 }
 
 #[cfg(test)]
@@ -54,7 +55,7 @@ mod tests {
 
     #[test]
     fn boot_msrs_enable_writeback_mtrrs_and_zero_the_tsc() {
-        let msrs = boot_msrs();
+        let msrs = boot_msrs().unwrap();
         let find = |index| {
             msrs.as_slice()
                 .iter()
