@@ -428,8 +428,8 @@ fn legacy_bus(
     acpi_pm: AcpiPm,
 ) -> Result<Bus, Error> {
     let mut pio = Bus::new();
-    pio.insert(serial, COM1_PORT, COM1_PORT_LEN)?;
-    pio.insert(i8042, I8042_PORT, I8042_PORT_LEN)?;
+    pio.insert(serial, COM1_PORT.into(), COM1_PORT_LEN.into())?;
+    pio.insert(i8042, I8042_PORT.into(), I8042_PORT_LEN)?;
     pio.insert(
         Arc::new(Mutex::new(acpi_pm)),
         ACPI_PM_PORT,
@@ -571,8 +571,8 @@ fn virtio_bus(
             interrupt: interrupt.clone(),
         });
         let transport = MmioTransport::new(slot.device, mem.clone(), interrupt)?;
-        for (queue, event) in transport.queue_notify_events().iter().enumerate() {
-            vm.connect_mmio_notify(event, slot.base + QUEUE_NOTIFY_OFFSET, queue as u32)?;
+        for (queue, event) in (0u32..).zip(transport.queue_notify_events()) {
+            vm.connect_mmio_notify(event, slot.base + QUEUE_NOTIFY_OFFSET, queue)?;
         }
         mmio.insert(Arc::new(Mutex::new(transport)), slot.base, MMIO_WINDOW_SIZE)?;
     }

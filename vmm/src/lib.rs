@@ -6,6 +6,12 @@
 //! devices on port I/O, and one thread per vCPU. See DESIGN.md for the boot
 //! path step by step.
 
+// A guest-controlled length or address silently cut to a narrower type is
+// how a device model corrupts memory or lies to its driver: narrowing goes
+// through `try_from`, or is bounded where it happens (a mask, a checked
+// constant) with a comment saying why it fits. Test modules may cast.
+#![deny(clippy::cast_possible_truncation)]
+
 pub mod api;
 pub mod arch;
 pub mod builder;

@@ -230,6 +230,7 @@ pub fn load_initrd(
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data: small, known values
 mod tests {
     use super::*;
     use std::io::Write;

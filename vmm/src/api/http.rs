@@ -141,12 +141,11 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, ParseError> {
         }
     }
 
-    let length = content_length.unwrap_or(0);
-    if length > MAX_BODY_SIZE as u64 {
-        return Err(ParseError::BodyTooLarge { size: length });
-    }
-    // Bounded by MAX_BODY_SIZE just above, so the cast cannot truncate.
-    let length = length as usize;
+    let size = content_length.unwrap_or(0);
+    let length = match usize::try_from(size) {
+        Ok(length) if length <= MAX_BODY_SIZE => length,
+        _ => return Err(ParseError::BodyTooLarge { size }),
+    };
     let available = buf.len() - body_start;
     if available < length {
         return Ok(Parsed::Partial { expects_continue });

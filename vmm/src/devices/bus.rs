@@ -96,6 +96,7 @@ fn lock<'a>(
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data: small, known values
 mod tests {
     use super::*;
 

@@ -49,7 +49,7 @@ impl VmResources {
             .enumerate()
             .find(|(_, d)| d.is_root_device)
         {
-            let letter = char::from(b'a' + (index % 26) as u8);
+            let letter = char::from(b"abcdefghijklmnopqrstuvwxyz"[index % 26]);
             let mode = if root.is_read_only { "ro" } else { "rw" };
             cmdline.push_str(&format!(" root=/dev/vd{letter} {mode}"));
         }

@@ -139,12 +139,12 @@ impl Vm {
 
     /// Tells KVM where each guest memory region lives in this process.
     pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), Error> {
-        for (slot, region) in mem.iter().enumerate() {
+        for (slot, region) in (0u32..).zip(mem.iter()) {
             let host_addr = mem
                 .get_host_address(region.start_addr())
                 .map_err(|_| Error::RegisterMemory(kvm_ioctls::Error::new(libc::EFAULT)))?;
             let region_desc = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot,
                 flags: 0,
                 guest_phys_addr: region.start_addr().raw_value(),
                 memory_size: region.len(),
@@ -165,7 +165,7 @@ impl Vm {
             .set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
             .map_err(Error::Irqchip)?;
         self.fd
-            .set_tss_address(KVM_TSS_ADDRESS as usize)
+            .set_tss_address(KVM_TSS_ADDRESS)
             .map_err(Error::Irqchip)?;
         self.fd.create_irq_chip().map_err(Error::Irqchip)?;
         // The dummy speaker port keeps port 0x61 in the kernel, where Linux

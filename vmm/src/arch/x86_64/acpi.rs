@@ -47,6 +47,8 @@ pub enum Error {
     TooLarge(u8),
     #[error("cannot write the ACPI tables into guest memory")]
     Write,
+    #[error("the virtio-mmio window at {base:#x} ({size:#x} bytes) is not below 4 GiB")]
+    MmioWindow { base: u64, size: u64 },
 }
 
 /// Serialises an ACPI object.
@@ -89,23 +91,29 @@ pub struct MmioDevice {
 
 /// A virtio-mmio device as Linux's virtio_mmio driver matches it in ACPI
 /// (hardware ID "LNRO0005"): its register window and its interrupt.
-fn virtio_mmio_device(index: usize, device: &MmioDevice) -> Vec<u8> {
-    let window = aml::Memory32Fixed::new(true, device.base as u32, device.size as u32);
+fn virtio_mmio_device(index: u32, device: &MmioDevice) -> Result<Vec<u8>, Error> {
+    let outside = || Error::MmioWindow {
+        base: device.base,
+        size: device.size,
+    };
+    let base = u32::try_from(device.base).map_err(|_| outside())?;
+    let size = u32::try_from(device.size).map_err(|_| outside())?;
+    let window = aml::Memory32Fixed::new(true, base, size);
     let interrupt = aml::Interrupt::new(true, true, false, false, device.irq);
     let crs = aml::ResourceTemplate::new(vec![&window, &interrupt]);
     let hid: aml::AmlStr = "LNRO0005";
-    let uid = index as u32;
+    let uid = index;
     let hid = aml::Name::new("_HID".into(), &hid);
     let uid = aml::Name::new("_UID".into(), &uid);
     let crs = aml::Name::new("_CRS".into(), &crs);
     let path = format!("_SB_.V{index:03X}");
-    bytes_of(&aml::Device::new(
+    Ok(bytes_of(&aml::Device::new(
         path.as_str().into(),
         vec![&hid, &uid, &crs],
-    ))
+    )))
 }
 
-fn dsdt(virtio: &[MmioDevice]) -> Vec<u8> {
+fn dsdt(virtio: &[MmioDevice]) -> Result<Vec<u8>, Error> {
     let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     // Name (_S5, Package () { 5 }): the sleep type written for soft-off.
     let s5 = aml::Name::new("_S5_".into(), &aml::Package::new(vec![&S5_SLEEP_TYPE]));
@@ -113,21 +121,21 @@ fn dsdt(virtio: &[MmioDevice]) -> Vec<u8> {
     let com1 = isa_device(
         "_SB_.COM1",
         "PNP0501",
-        &[(COM1_PORT as u16, COM1_PORT_LEN as u8)],
+        &[(COM1_PORT, COM1_PORT_LEN)],
         COM1_IRQ,
     );
     table.append_slice(&com1);
     let ps2 = isa_device(
         "_SB_.PS2_",
         "PNP0303",
-        &[(I8042_PORT as u16, 1), (I8042_PORT as u16 + 4, 1)],
+        &[(I8042_PORT, 1), (I8042_PORT + 4, 1)],
         I8042_KBD_IRQ,
     );
     table.append_slice(&ps2);
-    for (index, device) in virtio.iter().enumerate() {
-        table.append_slice(&virtio_mmio_device(index, device));
+    for (index, device) in (0u32..).zip(virtio) {
+        table.append_slice(&virtio_mmio_device(index, device)?);
     }
-    table.as_slice().to_vec()
+    Ok(table.as_slice().to_vec())
 }
 
 fn fadt(dsdt_addr: u64) -> Vec<u8> {
@@ -153,12 +161,12 @@ fn madt(vcpus: u8) -> Vec<u8> {
         OEM_ID,
         OEM_TABLE_ID,
         OEM_REVISION,
-        LocalInterruptController::Address(APIC_ADDR as u32),
+        LocalInterruptController::Address(APIC_ADDR),
     );
     for cpu in 0..vcpus {
         madt.add_structure(ProcessorLocalApic::new(cpu, cpu, EnabledStatus::Enabled));
     }
-    madt.add_structure(IoApic::new(vcpus, IOAPIC_ADDR as u32, 0));
+    madt.add_structure(IoApic::new(vcpus, IOAPIC_ADDR, 0));
     bytes_of(&madt)
 }
 
@@ -178,7 +186,7 @@ impl Placer {
 pub fn build(vcpus: u8, virtio: &[MmioDevice]) -> Result<Vec<(u64, Vec<u8>)>, Error> {
     let mut placer = Placer(ACPI_START);
     let rsdp_addr = placer.place(Rsdp::len());
-    let dsdt = dsdt(virtio);
+    let dsdt = dsdt(virtio)?;
     let dsdt_addr = placer.place(dsdt.len());
     let fadt = fadt(dsdt_addr);
     let fadt_addr = placer.place(fadt.len());
@@ -217,6 +225,7 @@ pub fn setup(
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data: small, known values
 mod tests {
     use super::*;
 
@@ -305,7 +314,7 @@ mod tests {
                     1 => {
                         ioapics += 1;
                         assert_eq!(madt[at + 2], vcpus);
-                        assert_eq!(u64::from(u32_at(&madt, at + 4)), IOAPIC_ADDR);
+                        assert_eq!(u32_at(&madt, at + 4), IOAPIC_ADDR);
                     }
                     other => panic!("unexpected MADT entry {other}"),
                 }

@@ -33,6 +33,10 @@ pub enum Error {
     Cmdline(#[source] linux_loader::loader::Error),
     #[error("the memory map has {0} entries, more than the zero page holds")]
     TooManyMemoryMapEntries(usize),
+    #[error("the command line is {0} bytes, more than a 32-bit length")]
+    CmdlineTooLong(usize),
+    #[error("the initrd at {addr:#x} ({size} bytes) does not fit the zero page's 32-bit fields")]
+    InitrdAbove4GiB { addr: u64, size: u64 },
     #[error("cannot write the boot parameters: {0}")]
     Write(#[source] linux_loader::configurator::Error),
 }
@@ -52,9 +56,9 @@ pub fn write_boot_params(
     inputs: &BootInputs,
     cmdline: &Cmdline,
 ) -> Result<(), Error> {
-    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
+    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START.into()), cmdline)
         .map_err(Error::Cmdline)?;
-    let cmdline_len = cmdline_size(cmdline);
+    let cmdline_len = cmdline_size(cmdline)?;
     let map = memory_map(inputs.mem_size);
     match kernel.protocol {
         BootProtocol::Pvh => write_pvh(mem, &map, inputs),
@@ -62,11 +66,12 @@ pub fn write_boot_params(
     }
 }
 
-fn cmdline_size(cmdline: &Cmdline) -> u32 {
-    cmdline
+fn cmdline_size(cmdline: &Cmdline) -> Result<u32, Error> {
+    let len = cmdline
         .as_cstring()
-        .map(|s| s.as_bytes().len() as u32)
-        .unwrap_or(0)
+        .map(|s| s.as_bytes().len())
+        .unwrap_or(0);
+    u32::try_from(len).map_err(|_| Error::CmdlineTooLong(len))
 }
 
 fn write_pvh(
@@ -87,9 +92,10 @@ fn write_pvh(
     let mut start_info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC,
         version: 1,
-        cmdline_paddr: CMDLINE_START,
+        cmdline_paddr: CMDLINE_START.into(),
         memmap_paddr: PVH_MEMMAP_START,
-        memmap_entries: memmap.len() as u32,
+        memmap_entries: u32::try_from(memmap.len())
+            .map_err(|_| Error::TooManyMemoryMapEntries(memmap.len()))?,
         rsdp_paddr: inputs.rsdp.raw_value(),
         ..Default::default()
     };
@@ -129,18 +135,27 @@ fn write_zero_page(
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
+    params.hdr.cmd_line_ptr = CMDLINE_START;
     params.hdr.cmdline_size = cmdline_len;
     if params.hdr.kernel_alignment == 0 {
         params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
     }
     if let Some(initrd) = initrd {
-        params.hdr.ramdisk_image = initrd.addr.raw_value() as u32;
-        params.hdr.ramdisk_size = initrd.size as u32;
+        // The loader puts the initrd below the MMIO hole; the zero page's
+        // 32-bit fields (no ext_ramdisk_*) rely on that.
+        let addr = initrd.addr.raw_value();
+        let above = || Error::InitrdAbove4GiB {
+            addr,
+            size: initrd.size,
+        };
+        params.hdr.ramdisk_image = u32::try_from(addr).map_err(|_| above())?;
+        params.hdr.ramdisk_size = u32::try_from(initrd.size).map_err(|_| above())?;
     }
     if map.len() > params.e820_table.len() {
         return Err(Error::TooManyMemoryMapEntries(map.len()));
     }
+    let e820_entries =
+        u8::try_from(map.len()).map_err(|_| Error::TooManyMemoryMapEntries(map.len()))?;
     for (slot, entry) in params.e820_table.iter_mut().zip(map) {
         *slot = boot_e820_entry {
             addr: entry.addr,
@@ -148,12 +163,13 @@ fn write_zero_page(
             r#type: entry.kind,
         };
     }
-    params.e820_entries = map.len() as u8;
+    params.e820_entries = e820_entries;
     let params = BootParams::new(&params, GuestAddress(ZERO_PAGE_START));
     LinuxBootConfigurator::write_bootparams(&params, mem).map_err(Error::Write)
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data: small, known values
 mod tests {
     use super::*;
     use crate::arch::layout::{E820_RAM, HIMEM_START};
@@ -194,7 +210,7 @@ mod tests {
         let hdr = params.hdr;
         assert_eq!({ hdr.boot_flag }, KERNEL_BOOT_FLAG_MAGIC);
         assert_eq!({ hdr.header }, KERNEL_HDR_MAGIC);
-        assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_START);
         assert_eq!({ hdr.cmdline_size }, "console=ttyS0 quiet".len() as u32);
         assert_eq!({ hdr.ramdisk_image }, 0x300_0000);
         assert_eq!({ hdr.ramdisk_size }, 4096);
@@ -206,7 +222,7 @@ mod tests {
             (HIMEM_START, 63 * MIB, E820_RAM)
         );
         let mut text = [0u8; 20];
-        mem.read_slice(&mut text, GuestAddress(CMDLINE_START))
+        mem.read_slice(&mut text, GuestAddress(CMDLINE_START.into()))
             .unwrap();
         assert_eq!(&text, b"console=ttyS0 quiet\0");
     }
@@ -216,7 +232,7 @@ mod tests {
         let mem = setup(BootProtocol::Pvh, initrd());
         let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!(info.magic, XEN_HVM_START_MAGIC);
-        assert_eq!(info.cmdline_paddr, CMDLINE_START);
+        assert_eq!(info.cmdline_paddr, u64::from(CMDLINE_START));
         assert_eq!(info.memmap_paddr, PVH_MEMMAP_START);
         assert_eq!(info.memmap_entries, 3);
         assert_eq!(info.nr_modules, 1);

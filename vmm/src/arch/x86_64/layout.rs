@@ -24,8 +24,8 @@ pub const PML4_START: u64 = 0x9000;
 pub const PDPTE_START: u64 = 0xa000;
 pub const PDE_START: u64 = 0xb000;
 pub const PDE_COUNT: u64 = 4;
-/// Kernel command line.
-pub const CMDLINE_START: u64 = 0x20000;
+/// Kernel command line. 32 bits: the zero page's `cmd_line_ptr` is.
+pub const CMDLINE_START: u32 = 0x20000;
 /// Linux on x86 accepts at most 2048 bytes of command line, NUL included.
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Start of the Extended BIOS Data Area, where the MP table lives.
@@ -45,12 +45,13 @@ pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 /// IOAPIC pins for virtio devices: 5..=23 (1 is the keyboard, 4 the UART).
 pub const VIRTIO_FIRST_IRQ: u32 = 5;
 pub const VIRTIO_LAST_IRQ: u32 = 23;
-/// Default addresses of the IOAPIC and of every vCPU's LAPIC.
-pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
-pub const APIC_ADDR: u64 = 0xfee0_0000;
+/// Default addresses of the IOAPIC and of every vCPU's LAPIC, 32 bits as
+/// the MP table and the MADT carry them.
+pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
+pub const APIC_ADDR: u32 = 0xfee0_0000;
 /// KVM on Intel needs three pages for the real-mode TSS and one for the
 /// identity map, somewhere the guest will not use: just below the BIOS area.
-pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+pub const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 
 // The boot structures must not overlap each other, checked at compile time.
@@ -58,8 +59,8 @@ const _: () = {
     assert!(BOOT_IDT_START + 8 <= PVH_INFO_START);
     assert!(PVH_MEMMAP_START + 0x1000 <= BOOT_STACK_POINTER - 0x800);
     assert!(BOOT_STACK_POINTER < PML4_START);
-    assert!(PDE_START + PDE_COUNT * 0x1000 <= CMDLINE_START);
-    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(PDE_START + PDE_COUNT * 0x1000 <= CMDLINE_START as u64);
+    assert!(CMDLINE_START as u64 + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
 };
 
 /// The e820 memory types used here.

@@ -40,6 +40,10 @@ pub enum Error {
     CpuCount(u16),
     #[error("the MP table does not fit in guest memory")]
     Write,
+    #[error("the MP table at {0:#x} is not below 4 GiB")]
+    Address(u64),
+    #[error("the MP table is {0} bytes, more than its 16-bit length field")]
+    TooLarge(usize),
 }
 
 /// Serialises the floating pointer and configuration table for `cpus` vCPUs,
@@ -60,7 +64,7 @@ pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>, Error> {
     entries.extend_from_slice(&[ENTRY_BUS, ISA_BUS_ID]);
     entries.extend_from_slice(b"ISA   ");
     entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
-    entries.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
+    entries.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
     // The legacy PIC's output reaches IOAPIC pin 0 as ExtINT, then every
     // ISA IRQ n is wired to pin n with the bus's default polarity.
     push_interrupt(
@@ -101,25 +105,28 @@ pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>, Error> {
 
     let entry_count = count_entries(cpus);
     let table_len = HEADER_SIZE + entries.len();
+    // At most 44 + 254 * 20 + 30 * 8 bytes (MAX_CPUS): well inside 16 bits.
+    let table_len_16 = u16::try_from(table_len).map_err(|_| Error::TooLarge(table_len))?;
     let table_addr = base + FLOATING_POINTER_SIZE as u64;
+    let table_addr_32 = u32::try_from(table_addr).map_err(|_| Error::Address(table_addr))?;
 
     let mut table = Vec::with_capacity(table_len);
     table.extend_from_slice(b"PCMP");
-    table.extend_from_slice(&(table_len as u16).to_le_bytes());
+    table.extend_from_slice(&table_len_16.to_le_bytes());
     table.extend_from_slice(&[4, 0]); // spec revision 1.4, checksum below
     table.extend_from_slice(b"STRATUM ");
     table.extend_from_slice(b"KVM-VMM     ");
     table.extend_from_slice(&0u32.to_le_bytes()); // no OEM table
     table.extend_from_slice(&0u16.to_le_bytes());
-    table.extend_from_slice(&(entry_count as u16).to_le_bytes());
-    table.extend_from_slice(&(APIC_ADDR as u32).to_le_bytes());
+    table.extend_from_slice(&entry_count.to_le_bytes());
+    table.extend_from_slice(&APIC_ADDR.to_le_bytes());
     table.extend_from_slice(&0u32.to_le_bytes());
     table.extend_from_slice(&entries);
     table[7] = checksum(&table);
 
     let mut floating = Vec::with_capacity(FLOATING_POINTER_SIZE);
     floating.extend_from_slice(b"_MP_");
-    floating.extend_from_slice(&(table_addr as u32).to_le_bytes());
+    floating.extend_from_slice(&table_addr_32.to_le_bytes());
     floating.extend_from_slice(&[1, 4, 0, 0, 0, 0, 0, 0]); // 1 paragraph, rev 1.4
     floating[10] = checksum(&floating);
 
@@ -128,9 +135,9 @@ pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>, Error> {
 }
 
 /// Number of entries the table holds for `cpus` vCPUs.
-fn count_entries(cpus: u8) -> u32 {
+fn count_entries(cpus: u8) -> u16 {
     // processors + bus + IOAPIC + ExtINT source + one per pin + two local.
-    u32::from(cpus) + 1 + 1 + 1 + u32::from(IOAPIC_PINS) + 2
+    u16::from(cpus) + 1 + 1 + 1 + u16::from(IOAPIC_PINS) + 2
 }
 
 fn push_interrupt(
@@ -186,7 +193,7 @@ mod tests {
         assert_eq!(&table[0..4], b"PCMP");
         assert_eq!(usize::from(u16_at(table, 4)), table.len());
         assert_eq!(sum(table), 0);
-        assert_eq!(u64::from(u32_at(table, 36)), APIC_ADDR);
+        assert_eq!(u32_at(table, 36), APIC_ADDR);
     }
 
     #[test]
@@ -210,7 +217,7 @@ mod tests {
                     }
                     ENTRY_IOAPIC => {
                         assert_eq!(table[at + 1], cpus, "IOAPIC ID follows the vCPUs");
-                        assert_eq!(u64::from(u32_at(table, at + 4)), IOAPIC_ADDR);
+                        assert_eq!(u32_at(table, at + 4), IOAPIC_ADDR);
                         at += 8;
                     }
                     _ => at += 8,

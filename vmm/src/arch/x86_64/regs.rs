@@ -50,7 +50,8 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 /// Decodes a GDT entry into the segment KVM expects in `kvm_sregs`.
 pub fn segment_from_gdt(entry: u64, table_index: u8) -> kvm_segment {
     let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
-    let raw_limit = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
+    // 20 bits: bits 0..16 and 48..52 of the entry.
+    let raw_limit = ((entry & 0xffff) as u32) | (((entry >> 32) & 0x000f_0000) as u32);
     let granularity = ((entry >> 55) & 1) as u8;
     // With 4 KiB granularity the limit counts pages.
     let limit = if granularity == 1 {
@@ -76,9 +77,16 @@ pub fn segment_from_gdt(entry: u64, table_index: u8) -> kvm_segment {
     }
 }
 
+/// The boot GDT's entries: null, code, data, TSS.
+const BOOT_GDT_ENTRIES: usize = 4;
+/// Its limit as `kvm_sregs` takes it: the size in bytes, less one.
+const BOOT_GDT_LIMIT: u16 = 4 * 8 - 1;
+const _: () =
+    assert!(BOOT_GDT_LIMIT as usize == std::mem::size_of::<[u64; BOOT_GDT_ENTRIES]>() - 1);
+
 /// The boot GDT: null, code, data, TSS. The code segment is 32-bit for PVH
 /// and 64-bit for the Linux 64-bit protocol.
-pub fn boot_gdt(protocol: BootProtocol) -> [u64; 4] {
+pub fn boot_gdt(protocol: BootProtocol) -> [u64; BOOT_GDT_ENTRIES] {
     let code = match protocol {
         BootProtocol::Pvh => gdt_entry(0xc09b, 0, 0xfffff),
         BootProtocol::Linux64 => gdt_entry(0xa09b, 0, 0xfffff),
@@ -107,7 +115,7 @@ pub fn setup_segments(
         .map_err(|_| Error::WriteDescriptorTables)?;
 
     sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&gdt) - 1) as u16;
+    sregs.gdt.limit = BOOT_GDT_LIMIT;
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
 

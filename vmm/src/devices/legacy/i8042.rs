@@ -17,7 +17,8 @@ use std::collections::VecDeque;
 use crate::devices::{BusDevice, IrqLine, VmEvent, VmEventSender};
 
 /// Base of the i8042's data port; the command/status port is base + 4.
-pub const I8042_PORT: u64 = 0x60;
+/// 16 bits, as the ACPI I/O descriptor carries it.
+pub const I8042_PORT: u16 = 0x60;
 pub const I8042_PORT_LEN: u64 = 5;
 pub const I8042_KBD_IRQ: u32 = 1;
 

@@ -25,8 +25,9 @@ use crate::devices::{BusDevice, IrqLine};
 use vm_superio::serial::NoEvents;
 use vm_superio::Serial;
 
-pub const COM1_PORT: u64 = 0x3f8;
-pub const COM1_PORT_LEN: u64 = 8;
+/// COM1's ports, typed as the ACPI I/O descriptor carries them.
+pub const COM1_PORT: u16 = 0x3f8;
+pub const COM1_PORT_LEN: u8 = 8;
 pub const COM1_IRQ: u32 = 4;
 
 const MCR_OFFSET: u8 = 4;
@@ -110,6 +111,7 @@ impl BusDevice for SerialConsole {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data: small, known values
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};

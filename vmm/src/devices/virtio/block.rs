@@ -68,6 +68,16 @@ pub const SIZE_MAX: u32 = 1 << 20;
 /// The most data descriptors in one request (config `seg_max`): the queue
 /// less the header and the status.
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// The status byte the device writes last (virtio 1.1, 5.2.6): the
+/// bindings' u32 values as the byte the driver reads, checked at build time.
+const STATUS_OK: u8 = 0;
+const STATUS_IOERR: u8 = 1;
+const STATUS_UNSUPP: u8 = 2;
+const _: () = assert!(
+    STATUS_OK as u32 == VIRTIO_BLK_S_OK
+        && STATUS_IOERR as u32 == VIRTIO_BLK_S_IOERR
+        && STATUS_UNSUPP as u32 == VIRTIO_BLK_S_UNSUPP
+);
 /// Header: le32 type, le32 reserved, le64 sector.
 const HEADER_LEN: usize = 16;
 /// The most sectors in one discard range (config `max_discard_sectors`):
@@ -223,8 +233,8 @@ enum Failure {
 impl Failure {
     fn status(&self) -> u8 {
         match self {
-            Failure::IoErr => VIRTIO_BLK_S_IOERR as u8,
-            Failure::Unsupported => VIRTIO_BLK_S_UNSUPP as u8,
+            Failure::IoErr => STATUS_IOERR,
+            Failure::Unsupported => STATUS_UNSUPP,
         }
     }
 }
@@ -295,7 +305,7 @@ impl Processor {
         };
         let (status, data_written) =
             match parse(mem, &descriptors).and_then(|parsed| self.execute(mem, &parsed)) {
-                Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
+                Ok(written) => (STATUS_OK, written),
                 Err(failure) => (failure.status(), 0),
             };
         if mem.write_obj(status, status_addr).is_err() {
@@ -457,7 +467,7 @@ impl Processor {
             return Err(Failure::IoErr);
         }
         // At most max_seg * 16 bytes.
-        let mut bytes = vec![0u8; len as usize];
+        let mut bytes = vec![0u8; usize::try_from(len).map_err(|_| Failure::IoErr)?];
         let rest = read_from_segments(mem, data, &mut bytes)?;
         debug_assert!(rest.is_empty());
         let mut ranges = Vec::with_capacity(bytes.len() / RANGE_LEN);
@@ -512,8 +522,8 @@ impl Processor {
     fn write_zeroes(&mut self, mut offset: u64, len: u64) -> Result<(), Failure> {
         let end = offset + len;
         while offset < end {
-            // At most SIZE_MAX, so it fits in u32.
-            let n = (end - offset).min(u64::from(SIZE_MAX)) as u32;
+            // At most SIZE_MAX at a time.
+            let n = u32::try_from(end - offset).map_or(SIZE_MAX, |left| left.min(SIZE_MAX));
             let buf = bounce(&mut self.bounce, n);
             buf.fill(0);
             self.disk
@@ -740,21 +750,23 @@ fn read_from_segments(
     let mut rest = Vec::new();
     for segment in segments {
         let wanted = out.len() - filled;
-        let take = wanted.min(segment.len as usize);
+        // At most the segment's length, so within u32.
+        let take = u32::try_from(wanted).map_or(segment.len, |w| w.min(segment.len));
         if take > 0 {
-            mem.read_slice(&mut out[filled..filled + take], segment.addr)
+            let end = filled + take as usize;
+            mem.read_slice(&mut out[filled..end], segment.addr)
                 .map_err(|_| Failure::IoErr)?;
-            filled += take;
+            filled = end;
         }
-        if take < segment.len as usize {
+        if take < segment.len {
             rest.push(Segment {
                 addr: segment
                     .addr
                     .0
-                    .checked_add(take as u64)
+                    .checked_add(u64::from(take))
                     .map(GuestAddress)
                     .ok_or(Failure::IoErr)?,
-                len: segment.len - take as u32,
+                len: segment.len - take,
             });
         }
     }
@@ -781,7 +793,8 @@ fn write_to_segments(
             .map_err(|_| Failure::IoErr)?;
         written += n;
     }
-    Ok(written as u32)
+    // At most the chain's data buffers: SEG_MAX * SIZE_MAX, within u32.
+    u32::try_from(written).map_err(|_| Failure::IoErr)
 }
 
 impl VirtioDevice for Block {
@@ -840,6 +853,7 @@ impl VirtioDevice for Block {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data: small, known values
 mod tests {
     use super::*;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};

@@ -106,7 +106,7 @@ impl MmioTransport {
             0x08 => self.device.device_type(),
             0x0c => VENDOR_ID,
             0x10 => match self.device_features_select {
-                0 => self.device.features() as u32,
+                0 => (self.device.features() & 0xffff_ffff) as u32,
                 1 => (self.device.features() >> 32) as u32,
                 _ => 0,
             },
@@ -125,7 +125,13 @@ impl MmioTransport {
             0x20 => self.write_driver_features(value),
             0x24 => self.driver_features_select = value,
             0x30 => self.queue_select = value,
-            0x38 => self.with_queue(|q| q.set_size(value as u16)),
+            // A size beyond 16 bits is beyond any queue's maximum: ignored,
+            // as the queue ignores every other invalid size.
+            0x38 => {
+                if let Ok(size) = u16::try_from(value) {
+                    self.with_queue(|q| q.set_size(size));
+                }
+            }
             0x44 => self.with_queue(|q| q.set_ready(value == 1)),
             // A notification KVM did not take as an ioeventfd (a queue
             // index with no eventfd): nothing listens, so it is dropped.

@@ -168,6 +168,15 @@ pub fn stop_worker(worker: &mut Option<worker::Worker>) -> bool {
     true
 }
 
+/// A byte count as the u32 the virtio structures carry: used-ring lengths,
+/// vsock packet lengths and credit counters. Every caller's count is
+/// bounded by one buffer of at most a few hundred KiB (a frame, a vsock
+/// packet or buffer, a request), so this never saturates; were a count
+/// ever beyond 4 GiB, saturating keeps it from wrapping to a small one.
+pub fn len_u32(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
 /// Reads `data.len()` bytes of a configuration space at `offset`, zero
 /// beyond its end, so a driver probing odd offsets gets zeros.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {

@@ -17,7 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::tap::{Tap, VNET_HDR_LEN};
 use super::worker::{wait, Worker};
 use super::{
-    chain_is_well_formed, expect_queues, read_config_bytes, signal_used, stop_worker,
+    chain_is_well_formed, expect_queues, len_u32, read_config_bytes, signal_used, stop_worker,
     ActivateError, ActiveQueue, Interrupt, SharedMemory, VirtioDevice, TYPE_NET,
     VIRTIO_F_VERSION_1,
 };
@@ -93,7 +93,8 @@ fn receive(
         // A frame that does not fit the guest's buffer is dropped, as a
         // NIC drops a frame larger than its receive buffer.
         rx.pending = 0;
-        if queue.add_used(mem, head, written as u32).is_err() {
+        // At most MAX_FRAME bytes.
+        if queue.add_used(mem, head, len_u32(written)).is_err() {
             return (used, false);
         }
         used = true;
@@ -249,6 +250,7 @@ impl VirtioDevice for Net {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data: small, known values
 mod tests {
     use super::*;
     use std::io::Cursor;

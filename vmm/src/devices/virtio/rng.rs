@@ -8,8 +8,8 @@ use vm_memory::GuestMemoryMmap;
 
 use super::worker::Worker;
 use super::{
-    chain_is_well_formed, expect_queues, signal_used, stop_worker, ActivateError, ActiveQueue,
-    Interrupt, SharedMemory, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1,
+    chain_is_well_formed, expect_queues, len_u32, signal_used, stop_worker, ActivateError,
+    ActiveQueue, Interrupt, SharedMemory, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1,
 };
 
 const QUEUE_SIZES: &[u16] = &[256];
@@ -63,7 +63,8 @@ fn fill_random(out: &mut impl Write) -> u32 {
             Ok(w) => total += w,
         }
     }
-    total as u32
+    // Below MAX_REQUEST_BYTES plus one chunk.
+    len_u32(total)
 }
 
 impl VirtioDevice for Rng {

@@ -8,8 +8,15 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// The virtio 1.x net header (`virtio_net_hdr_v1`, with `num_buffers`).
-pub const VNET_HDR_LEN: usize = 12;
+/// The virtio 1.x net header (`virtio_net_hdr_v1`, with `num_buffers`),
+/// as TUNSETVNETHDRSZ takes its length and as a byte count.
+const VNET_HDR_SIZE: libc::c_int = 12;
+pub const VNET_HDR_LEN: usize = VNET_HDR_SIZE as usize;
+/// TUNSETIFF flags: a TAP, no packet information, a virtio net header.
+/// The kernel's IFF_* are ints; `ifreq` carries them in a short.
+const TAP_FLAGS: libc::c_short = 0x0002 | 0x1000 | 0x4000;
+const _: () =
+    assert!(TAP_FLAGS as libc::c_int == libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR);
 const IFNAMSIZ: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,11 +70,11 @@ impl Tap {
         };
         let mut req = IfReq {
             name: [0; IFNAMSIZ],
-            flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+            flags: TAP_FLAGS,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
-        let hdr_len = VNET_HDR_LEN as libc::c_int;
+        let hdr_len = VNET_HDR_SIZE;
         // SAFETY: each ioctl gets an argument of the type it expects and
         // `file` is an open tun device.
         unsafe {

@@ -18,6 +18,7 @@ use super::packet::{
     Header, Op, Packet, HOST_CID, MAX_PAYLOAD, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND,
     TYPE_STREAM,
 };
+use crate::devices::virtio::len_u32;
 
 /// Bytes of guest data we buffer per connection.
 pub const BUF_ALLOC: u32 = 256 * 1024;
@@ -246,7 +247,8 @@ impl Connection {
                 Ok(0) => return self.reset(),
                 Ok(n) => {
                     self.to_host.drain(..n);
-                    self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
+                    // At most the buffered guest data (BUF_ALLOC bytes).
+                    self.fwd_cnt = self.fwd_cnt.wrapping_add(len_u32(n));
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -289,9 +291,11 @@ impl Connection {
                 }
                 Ok(n) => {
                     data.truncate(n);
-                    self.rx_cnt = self.rx_cnt.wrapping_add(n as u32);
+                    // At most `room`, which is at most MAX_PAYLOAD.
+                    let len = len_u32(n);
+                    self.rx_cnt = self.rx_cnt.wrapping_add(len);
                     let mut packet = self.control(Op::Rw, 0);
-                    packet.header.len = n as u32;
+                    packet.header.len = len;
                     packet.payload = data;
                     return Some(packet);
                 }

@@ -24,7 +24,7 @@ use self::muxer::{Muxer, Token};
 use self::packet::{Header, HDR_LEN, MAX_PAYLOAD};
 use super::worker::Worker;
 use super::{
-    chain_is_well_formed, expect_queues, read_config_bytes, signal_used, stop_worker,
+    chain_is_well_formed, expect_queues, len_u32, read_config_bytes, signal_used, stop_worker,
     ActivateError, ActiveQueue, Interrupt, SharedMemory, VirtioDevice, TYPE_VSOCK,
     VIRTIO_F_VERSION_1,
 };
@@ -152,7 +152,8 @@ pub fn fill_rx(mem: &GuestMemoryMmap, queue: &mut Queue, muxer: &mut Muxer) -> b
             // returned empty so the guest driver sees and drops it.
             None => 0,
         };
-        if queue.add_used(mem, head, written as u32).is_err() {
+        // A header and at most MAX_PAYLOAD bytes.
+        if queue.add_used(mem, head, len_u32(written)).is_err() {
             break;
         }
         used = true;
@@ -280,4 +281,5 @@ impl VirtioDevice for Vsock {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data: small, known values
 mod tests;
