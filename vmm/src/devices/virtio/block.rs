@@ -666,7 +666,9 @@ fn pwrite_all<B: BitmapSlice>(
 
 /// Fuzzing entry point (vmm/fuzz): completes every available request of
 /// `queue` on `disk` as the device's worker does, with the driver having
-/// accepted `acked_features`. Not part of the device's API.
+/// accepted `acked_features`. Not part of the device's API: built only
+/// with the `fuzz-hooks` feature, which vmm/fuzz enables.
+#[cfg(feature = "fuzz-hooks")]
 #[doc(hidden)]
 pub fn fuzz_process_queue(
     disk: Arc<Disk>,

@@ -128,14 +128,18 @@ fn transmit(mem: &GuestMemoryMmap, queue: &mut Queue, tap: &mut impl Write) -> b
 }
 
 /// Fuzzing entry point (vmm/fuzz): `transmit` as the device's worker runs
-/// it. Not part of the device's API.
+/// it. Not part of the device's API: built only with the `fuzz-hooks`
+/// feature, which vmm/fuzz enables.
+#[cfg(feature = "fuzz-hooks")]
 #[doc(hidden)]
 pub fn fuzz_transmit(mem: &GuestMemoryMmap, queue: &mut Queue, tap: &mut impl Write) -> bool {
     transmit(mem, queue, tap)
 }
 
 /// Fuzzing entry point (vmm/fuzz): `receive` from a fresh state, as the
-/// device's worker runs it. Not part of the device's API.
+/// device's worker runs it. Not part of the device's API: built only with
+/// the `fuzz-hooks` feature, which vmm/fuzz enables.
+#[cfg(feature = "fuzz-hooks")]
 #[doc(hidden)]
 pub fn fuzz_receive(mem: &GuestMemoryMmap, queue: &mut Queue, tap: &mut impl Read) -> (bool, bool) {
     let mut rx = RxState {
