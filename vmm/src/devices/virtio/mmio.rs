@@ -278,3 +278,40 @@ impl BusDevice for MmioTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::rng::Rng;
+    use crate::devices::IrqLine;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    fn transport() -> MmioTransport {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let line = IrqLine(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        MmioTransport::new(
+            Box::new(Rng::new()),
+            Arc::new(mem),
+            Arc::new(Interrupt::new(line)),
+        )
+        .unwrap()
+    }
+
+    fn write(t: &mut MmioTransport, offset: u64, value: u32) {
+        t.write(offset, &value.to_le_bytes());
+    }
+
+    #[test]
+    fn a_queue_size_beyond_16_bits_is_ignored_not_truncated() {
+        let mut t = transport();
+        for status in [1, 1 | 2, 1 | 2 | 8] {
+            write(&mut t, 0x70, status);
+        }
+        let max = t.queues[0].max_size();
+        // Truncated to 16 bits this would be 16, a valid size.
+        write(&mut t, 0x38, 0x1_0010);
+        assert_eq!(t.queues[0].size(), max);
+        write(&mut t, 0x38, 16);
+        assert_eq!(t.queues[0].size(), 16);
+    }
+}
