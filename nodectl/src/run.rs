@@ -5,7 +5,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde_json::Value;
 use tonic::transport::Channel;
 
 use super::args::label_map;
@@ -73,15 +72,14 @@ fn print(text: &str) -> anyhow::Result<()> {
 }
 
 /// Prints `msg` as its table or its JSON.
-fn emit<T>(
+fn emit<T: serde::Serialize>(
     output: Output,
     msg: &T,
     table: fn(&T) -> String,
-    to_json: fn(&T) -> Value,
 ) -> anyhow::Result<()> {
     match output {
         Output::Table => print(&table(msg)),
-        Output::Json => print(&format!("{:#}\n", to_json(msg))),
+        Output::Json => print(&format!("{:#}\n", json::to_value(msg)?)),
     }
 }
 
@@ -93,14 +91,14 @@ async fn host(
     match cmd {
         HostCommand::Info => {
             let info = client.get_info(GetHostInfoRequest {}).await?.into_inner();
-            emit(output, &info, render::host_info, json::host_info)
+            emit(output, &info, render::host_info)
         }
         HostCommand::Capacity => {
             let cap = client
                 .get_capacity(GetHostCapacityRequest {})
                 .await?
                 .into_inner();
-            emit(output, &cap, render::host_capacity, json::host_capacity)
+            emit(output, &cap, render::host_capacity)
         }
     }
 }
@@ -125,7 +123,7 @@ async fn pool(
             } else {
                 render::pool_tree
             };
-            return emit(output, &list, table, json::pools);
+            return emit(output, &list, table);
         }
         PoolCommand::Delete { id } => {
             client
@@ -150,7 +148,7 @@ async fn pool(
             update_pool(&mut client, id, name, &settings).await?
         }
     };
-    emit(output, &pool.into_inner(), render::pool_detail, json::pool)
+    emit(output, &pool.into_inner(), render::pool_detail)
 }
 
 /// Read, edit, write back: Update replaces the whole spec, so flags not
@@ -266,7 +264,7 @@ async fn vm(
         VmCommand::Start { id, settle } => {
             let started = client.start(StartVmRequest { id: id.clone() }).await?;
             let vm = settled(&mut client, started.into_inner(), settle).await?;
-            emit(output, &vm, render::vm_detail, json::vm)?;
+            emit(output, &vm, render::vm_detail)?;
             if is_starting_or_running(&vm) {
                 // The agent knows the vmm runs, not that the guest booted.
                 eprintln!(
@@ -295,7 +293,7 @@ async fn vm(
         }
         other => return vm_stream_or_list(client, other, output).await,
     };
-    emit(output, &vm.into_inner(), render::vm_detail, json::vm)
+    emit(output, &vm.into_inner(), render::vm_detail)
 }
 
 /// The VM after `settle` seconds of watching, or as soon as it has
@@ -347,7 +345,7 @@ async fn vm_stream_or_list(
                 label_selector: label_map(selector.into_iter().flatten()),
             };
             let list = client.list(request).await?.into_inner();
-            emit(output, &list, |l| render::vm_table(&l.vms), json::vms)
+            emit(output, &list, |l| render::vm_table(&l.vms))
         }
         VmCommand::Console { id, history } => console(client, id, history).await,
         VmCommand::Watch { vm, pool } => watch(client, vm, pool, output).await,
@@ -404,7 +402,7 @@ async fn watch(
             event = stream.message() => match event? {
                 Some(event) => print(&match output {
                     Output::Table => format!("{}\n", render::event_line(&event)),
-                    Output::Json => format!("{}\n", json::vm_event(&event)),
+                    Output::Json => format!("{}\n", json::to_value(&event)?),
                 })?,
                 None => return Ok(()),
             },
@@ -480,7 +478,7 @@ async fn pod(
         PodCommand::Container(c) => container_command(&mut client, c).await?,
         other => return pod_stream_or_list(client, other, output).await,
     };
-    emit(output, &pod.into_inner(), render::pod_detail, json::pod)
+    emit(output, &pod.into_inner(), render::pod_detail)
 }
 
 async fn pod_stream_or_list(
@@ -495,14 +493,14 @@ async fn pod_stream_or_list(
                 label_selector: label_map(selector.into_iter().flatten()),
             };
             let list = client.list_pods(request).await?.into_inner();
-            emit(output, &list, |l| render::pod_table(&l.pods), json::pods)
+            emit(output, &list, |l| render::pod_table(&l.pods))
         }
         PodCommand::Stats { id } => {
             let stats = client
                 .stats(PodStatsRequest { pod_id: id })
                 .await?
                 .into_inner();
-            emit(output, &stats, render::pod_stats, json::pod_stats)
+            emit(output, &stats, render::pod_stats)
         }
         PodCommand::Logs {
             id,
@@ -595,7 +593,7 @@ async fn add_container(
             return Err(status.into());
         }
     };
-    emit(output, &pod, render::pod_detail, json::pod)
+    emit(output, &pod, render::pod_detail)
 }
 
 /// The container to read or exec in: the one named, else the pod's only
@@ -747,7 +745,7 @@ async fn logs(
                         let (to, bytes) = log_output(&record);
                         write_to(to, &bytes)?;
                     }
-                    Output::Json => print(&format!("{}\n", json::log_record(&record)))?,
+                    Output::Json => print(&format!("{}\n", json::log_record(&record)?))?,
                 },
                 None => return Ok(()),
             },
@@ -770,7 +768,7 @@ async fn exec(
             write_to(LogStream::Stdout, &resp.stdout)?;
             write_to(LogStream::Stderr, &resp.stderr)?;
         }
-        Output::Json => print(&format!("{:#}\n", json::exec_result(&resp)))?,
+        Output::Json => print(&format!("{:#}\n", json::exec_result(&resp)?))?,
     }
     if resp.exit_code != 0 {
         return Err(CommandExit(resp.exit_code).into());
@@ -828,25 +826,15 @@ async fn image(
                 reference: reference.unwrap_or_default(),
             };
             let resp = client.import(request).await?.into_inner();
-            emit(
-                output,
-                &resp,
-                |r| render::image_table(&r.images),
-                json::imported,
-            )
+            emit(output, &resp, |r| render::image_table(&r.images))
         }
         ImageCommand::List => {
             let list = client.list(ListImagesRequest {}).await?.into_inner();
-            emit(
-                output,
-                &list,
-                |l| render::image_table(&l.images),
-                json::images,
-            )
+            emit(output, &list, |l| render::image_table(&l.images))
         }
         ImageCommand::Get { name } => {
             let image = client.get(GetImageRequest { name }).await?.into_inner();
-            emit(output, &image, render::image_detail, json::image)
+            emit(output, &image, render::image_detail)
         }
         ImageCommand::Rm { name } => {
             let resp = client
@@ -861,7 +849,7 @@ async fn image(
                 Output::Json => print(&format!(
                     "{:#}\n",
                     serde_json::json!({
-                        "removed": resp.image.as_ref().map(json::image),
+                        "removed": json::to_value(&resp.image)?,
                     })
                 )),
             }
@@ -919,7 +907,7 @@ async fn pull(
             }
         };
         match output {
-            Output::Json => print(&format!("{}\n", json::pull_progress(&event)))?,
+            Output::Json => print(&format!("{}\n", json::to_value(&event)?))?,
             Output::Table => print(&bar.event(&event))?,
         }
         if let Some(pull_image_progress::Event::Image(image)) = event.event {

@@ -163,18 +163,18 @@ fn a_subtree_starts_at_depth_zero_and_cycles_do_not_hang() {
 }
 
 #[test]
-fn pools_convert_to_json_with_proto_field_names() {
-    let v = json::pools(&tree());
+fn pools_convert_to_json_with_proto_json_names() {
+    let v = json::to_value(&tree()).unwrap();
     let prod = &v["pools"][1];
     assert_eq!(prod["id"], "p-prod");
     assert_eq!(prod["spec"]["name"], "prod");
     assert_eq!(prod["spec"]["cpu"]["shares"]["level"], "SHARES_LEVEL_HIGH");
     assert_eq!(prod["spec"]["memory"]["reservation"], 2u64 << 30);
     assert_eq!(prod["spec"]["quota"], serde_json::Value::Null);
-    assert_eq!(prod["status"]["cpu"]["reserved_by_children"], 500);
-    assert_eq!(prod["status"]["usage"]["running_workloads"], 1);
-    assert_eq!(prod["child_pool_ids"], serde_json::json!(["p-web"]));
-    assert_eq!(v["pools"][0]["spec"]["quota"]["max_vms"], 10);
+    assert_eq!(prod["status"]["cpu"]["reservedByChildren"], 500);
+    assert_eq!(prod["status"]["usage"]["runningWorkloads"], 1);
+    assert_eq!(prod["childPoolIds"], serde_json::json!(["p-web"]));
+    assert_eq!(v["pools"][0]["spec"]["quota"]["maxVms"], 10);
 }
 
 fn vm() -> VirtualMachine {
@@ -205,27 +205,27 @@ fn vm() -> VirtualMachine {
 
 #[test]
 fn vms_convert_to_json() {
-    let v = json::vm(&vm());
+    let v = json::to_value(&vm()).unwrap();
     assert_eq!(v["spec"]["role"], "VM_ROLE_CONTROL_PLANE");
-    assert_eq!(v["spec"]["memory_mib"], 2048);
+    assert_eq!(v["spec"]["memoryMib"], 2048);
     assert_eq!(v["spec"]["labels"]["tier"], "cp");
-    assert_eq!(v["spec"]["cpu_limit_millicores"], 1500);
+    assert_eq!(v["spec"]["cpuLimitMillicores"], 1500);
     assert_eq!(
-        v["spec"]["cpu_reservation_millicores"],
+        v["spec"]["cpuReservationMillicores"],
         serde_json::Value::Null
     );
     assert_eq!(v["status"]["state"], "VM_STATE_RUNNING");
-    assert_eq!(v["status"]["created_at"], "2023-11-14T22:13:20Z");
-    assert_eq!(v["status"]["started_at"], serde_json::Value::Null);
+    assert_eq!(v["status"]["createdAt"], "2023-11-14T22:13:20Z");
+    assert_eq!(v["status"]["startedAt"], serde_json::Value::Null);
     let unknown = VmEvent {
         vm_id: "vm-1".into(),
         old_state: VmState::Running as i32,
         new_state: 99,
         ..Default::default()
     };
-    let e = json::vm_event(&unknown);
+    let e = json::to_value(&unknown).unwrap();
     assert_eq!(
-        (e["old_state"].as_str(), e["new_state"].as_i64()),
+        (e["oldState"].as_str(), e["newState"].as_i64()),
         (Some("VM_STATE_RUNNING"), Some(99))
     );
 }
@@ -1161,28 +1161,29 @@ fn the_default_container_is_the_only_one() {
 
 #[test]
 fn pods_convert_to_json() {
-    let v = json::pod(&two_container_pod());
+    let v = json::to_value(&two_container_pod()).unwrap();
     assert_eq!(v["id"], "pod-7");
-    assert_eq!(v["spec"]["restart_policy"], "RESTART_POLICY_ON_FAILURE");
-    assert_eq!(v["spec"]["runtime_class"], "RUNTIME_CLASS_UNSPECIFIED");
+    assert_eq!(v["spec"]["restartPolicy"], "RESTART_POLICY_ON_FAILURE");
+    assert_eq!(v["spec"]["runtimeClass"], "RUNTIME_CLASS_UNSPECIFIED");
     assert_eq!(
-        v["spec"]["port_mappings"][0]["protocol"],
+        v["spec"]["portMappings"][0]["protocol"],
         "PORT_PROTOCOL_TCP"
     );
-    assert_eq!(v["spec"]["resources"]["limits"]["memory_bytes"], 64 * MIB);
+    assert_eq!(v["spec"]["resources"]["limits"]["memoryBytes"], 64 * MIB);
     assert_eq!(v["spec"]["containers"][1]["env"][0]["name"], "LEVEL");
     assert_eq!(v["spec"]["labels"]["app"], "web");
     assert_eq!(v["status"]["state"], "POD_STATE_RUNNING");
     let web = &v["status"]["containers"][0];
     assert_eq!(web["state"], "CONTAINER_STATE_RUNNING");
-    assert_eq!(web["exit_code"], serde_json::Value::Null);
+    assert_eq!(web["exitCode"], serde_json::Value::Null);
     assert_eq!(web["pid"], 4242);
     let log = &v["status"]["containers"][1];
-    assert_eq!(log["exit_code"], 1);
-    assert_eq!(log["restart_at"], "2023-11-14T22:16:40Z");
-    let list = json::pods(&stratum_api::proto::ListPodsResponse {
+    assert_eq!(log["exitCode"], 1);
+    assert_eq!(log["restartAt"], "2023-11-14T22:16:40Z");
+    let list = json::to_value(&stratum_api::proto::ListPodsResponse {
         pods: vec![two_container_pod()],
-    });
+    })
+    .unwrap();
     assert_eq!(list["pods"][0]["spec"]["name"], "web");
 }
 
@@ -1212,7 +1213,7 @@ fn log_records_print_raw_by_stream() {
         (LogStream::Stdout, b"\xff\x00\n".to_vec())
     );
 
-    let v = json::log_record(&record(LogStream::Stderr, false, b"oops"));
+    let v = json::log_record(&record(LogStream::Stderr, false, b"oops")).unwrap();
     assert_eq!(
         v,
         serde_json::json!({
@@ -1222,9 +1223,9 @@ fn log_records_print_raw_by_stream() {
             "message": "oops",
         })
     );
-    let v = json::log_record(&record(LogStream::Stdout, true, b"caf\xe9"));
+    let v = json::log_record(&record(LogStream::Stdout, true, b"caf\xe9")).unwrap();
     assert_eq!(v["message"], "caf\u{fffd}");
-    assert_eq!(v["message_base64"], "Y2Fm6Q==");
+    assert_eq!(v["messageBase64"], "Y2Fm6Q==");
     assert_eq!(v["partial"], true);
 }
 
@@ -1234,10 +1235,11 @@ fn exec_output_and_exit_codes() {
         stdout: b"hi\n".to_vec(),
         stderr: vec![],
         exit_code: 3,
-    });
+    })
+    .unwrap();
     assert_eq!(
         v,
-        serde_json::json!({ "stdout": "hi\n", "stderr": "", "exit_code": 3 })
+        serde_json::json!({ "stdout": "hi\n", "stderr": "", "exitCode": 3 })
     );
     assert_eq!(super::exit_status(3), 3);
     assert_eq!(super::exit_status(137), 137);
@@ -1303,10 +1305,10 @@ fn pod_stats_render_pod_then_containers() {
         ]
     );
     assert!(text.lines().nth(2).unwrap().starts_with("  web"), "{text}");
-    let v = json::pod_stats(&stats);
-    assert_eq!(v["pod"]["cpu_usage_ns"], 1_500_000_000u64);
+    let v = json::to_value(&stats).unwrap();
+    assert_eq!(v["pod"]["cpuUsageNs"], 1_500_000_000u64);
     assert_eq!(v["containers"][1]["usage"], serde_json::Value::Null);
-    assert_eq!(v["read_at"], "2023-11-14T22:13:20Z");
+    assert_eq!(v["readAt"], "2023-11-14T22:13:20Z");
 }
 
 fn vm_workload(id: &str, pool: &str, name: &str) -> Workload {
@@ -1441,26 +1443,29 @@ fn the_inventory_puts_workloads_beneath_their_pools() {
 
 #[test]
 fn the_inventory_converts_to_json() {
-    let v = json::pools(&inventory());
+    let v = json::to_value(&inventory()).unwrap();
     assert_eq!(
-        v["pools"][1]["status"]["live"]["cpu_usage_ns"],
+        v["pools"][1]["status"]["live"]["cpuUsageNs"],
         130_000_000_000u64
     );
     assert_eq!(v["pools"][0]["status"]["live"], serde_json::Value::Null);
     let vm = &v["workloads"][0];
     assert_eq!(vm["kind"], "WORKLOAD_KIND_VM");
-    assert_eq!(vm["vm_state"], "VM_STATE_RUNNING");
-    assert!(vm.get("pod_state").is_none());
-    assert_eq!(vm["live"]["memory_current_bytes"], 300 * MIB);
+    assert_eq!(vm["vmState"], "VM_STATE_RUNNING");
+    assert!(vm.get("podState").is_none() && vm.get("state").is_none());
+    assert_eq!(vm["live"]["memoryCurrentBytes"], 300 * MIB);
     assert_eq!(vm["vcpus"], 2);
     let pod = &v["workloads"][1];
     assert_eq!(pod["kind"], "WORKLOAD_KIND_POD");
-    assert_eq!(pod["pod_state"], "POD_STATE_STOPPED");
+    assert_eq!(pod["podState"], "POD_STATE_STOPPED");
     assert_eq!(pod["live"], serde_json::Value::Null);
     assert_eq!(pod["running"], false);
     assert_eq!(pod["containers"], 2);
     // Without --workloads the list is empty, not missing.
-    assert_eq!(json::pools(&tree())["workloads"], serde_json::json!([]));
+    assert_eq!(
+        json::to_value(&tree()).unwrap()["workloads"],
+        serde_json::json!([])
+    );
 }
 
 #[test]

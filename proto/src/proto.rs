@@ -8,6 +8,8 @@ pub mod stratum {
     /// The public API.
     pub mod v1 {
         tonic::include_proto!("stratum.v1");
+        #[cfg(feature = "serde")]
+        include!(concat!(env!("OUT_DIR"), "/stratum.v1.serde.rs"));
     }
 }
 
