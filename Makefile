@@ -66,8 +66,12 @@ run: images static
 run-vm: images static
 	$(CARGO) run -q -p stratum-tests --bin nested-host -- --script guest-images/run-guest.sh --echo
 
+# Tests drive the workspace's binaries (an agent test runs nodectl), and
+# cargo builds a package's binaries for tests only when that package has
+# integration tests of its own: every binary is built first.
 test: deps images static
 	$(MAKE) lint
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) fuzz-test
 

@@ -362,7 +362,7 @@ fn workload_row(w: &Workload, depth: usize) -> Vec<String> {
         if !detail.is_empty() {
             detail.push_str("; ");
         }
-        detail.push_str(&w.reason);
+        detail.push_str(&cut(&w.reason, TABLE_REASON_CHARS));
     }
     let [cpu_time, memory] = live_cells(w.live.as_ref());
     vec![
@@ -790,6 +790,17 @@ fn runtime_class_text(class: i32) -> String {
         Ok(RuntimeClass::Unspecified | RuntimeClass::Container) => "container".into(),
         Ok(RuntimeClass::Microvm) => "microvm".into(),
         Err(_) => format!("unknown({class})"),
+    }
+}
+
+/// Most characters of a reason a table row shows (`get` shows it whole).
+const TABLE_REASON_CHARS: usize = 60;
+
+/// `text`, or its first `max` characters and `…` when longer.
+fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
     }
 }
 

@@ -1442,6 +1442,25 @@ fn the_inventory_puts_workloads_beneath_their_pools() {
 }
 
 #[test]
+fn a_long_reason_is_cut_in_the_inventory_table() {
+    let mut response = inventory();
+    let long = "é".repeat(300);
+    let pod = response
+        .workloads
+        .iter_mut()
+        .find(|w| w.id == "pod-7")
+        .expect("pod-7 in the fixture");
+    pod.reason = long;
+    let text = render::inventory(&response);
+    let row = text
+        .lines()
+        .find(|l| l.contains("pod-7"))
+        .expect("pod-7's row");
+    assert!(row.ends_with('…'), "{row}");
+    assert!(row.chars().filter(|&c| c == 'é').count() < 80, "{row}");
+}
+
+#[test]
 fn the_inventory_converts_to_json() {
     let v = json::to_value(&inventory()).unwrap();
     assert_eq!(

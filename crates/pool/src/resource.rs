@@ -2,7 +2,7 @@
 //!
 //! CPU is counted in millicores (1000 = one logical host CPU for the whole
 //! time): unlike vSphere's MHz it means the same on every host, and it is
-//! the unit Kubernetes requests use, so pods (issue 5) and VMs share it.
+//! the unit Kubernetes requests use, so pods and VMs share it.
 //! Memory is counted in bytes, the unit of the cgroup files that enforce it
 //! and of Kubernetes memory quantities, so nothing is rounded on the way.
 

@@ -15,7 +15,7 @@
 //!
 //! It prints calls/s, p50 and p99 per operation, the agent's and its own
 //! CPU time per call (where the 2 cores went), and each figure against the
-//! targets of issue 4: ≥ 2,000 calls/s, p99 < 10 ms, RSS ≤ 30 MiB. A missed
+//! agent's targets: ≥ 2,000 calls/s, p99 < 10 ms, RSS ≤ 30 MiB. A missed
 //! target is reported, not an error: the exit status is 0 when it
 //! measured, 1 when the agent failed (or could not be started).
 
