@@ -172,15 +172,15 @@ fn console_input_reaches_the_guest_whole() {
          stty raw -echo\n\
          bytes 60 {early_bytes} EARLY\n\
          echo GUEST-RAW-READY\n\
-         bytes 120 {RAW_BYTES} RAW\n\
+         bytes 300 {RAW_BYTES} RAW\n\
          stty sane\n\
          echo GUEST-LINES-READY\n\
-         timeout 120 sh -c 'i=0; while [ $i -lt {LINES} ] && read -r l; do echo $l; i=$((i+1)); done' > /tmp/LINES\n\
+         timeout 300 sh -c 'i=0; while [ $i -lt {LINES} ] && read -r l; do echo $l; i=$((i+1)); done' > /tmp/LINES\n\
          got LINES\n\
          stty raw -echo crtscts\n\
          rx READY; echo GUEST-FLOW-READY\n\
          sleep {STALL_SECS}; rx STALLED\n\
-         bytes 120 {RAW_BYTES} FLOW\n"
+         bytes 300 {RAW_BYTES} FLOW; rx END\n"
     );
     let cmdline = run_cmdline(CMDLINE, &guest).unwrap_or_else(|e| panic!("{e}"));
     let script = format!(
@@ -205,7 +205,7 @@ fn console_input_reaches_the_guest_whole() {
         line_random = LINES * LINE_CHARS / 4 * 3,
     );
     let outcome = host()
-        .run(&Scenario::new(script).timeout(std::time::Duration::from_secs(480)))
+        .run(&Scenario::new(script).timeout(std::time::Duration::from_secs(1200)))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(outcome.host_kvm, "the nested host has no /dev/kvm");
     // What both sides counted, for `--nocapture`.
@@ -251,6 +251,14 @@ fn console_input_reaches_the_guest_whole() {
             "{paste}: the paste arrived changed:\n{tail}"
         );
     }
+    // Everything the host sent went through the UART (the receive counter
+    // moved by the paste's size): a shortfall above is the guest's, not
+    // the device's.
+    assert_eq!(
+        number("GUEST-END-RX") - number("GUEST-READY-RX"),
+        RAW_BYTES,
+        "the UART did not take the whole paste:\n{tail}"
+    );
     // While the guest did not read, the UART took no more than its tty
     // could buffer (4 KiB) and the FIFO (64 bytes), with room to spare.
     let held = number("GUEST-STALLED-RX") - number("GUEST-READY-RX");
