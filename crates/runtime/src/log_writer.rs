@@ -34,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::error::{Result, RuntimeError};
 use super::logs::{format_timestamp, CriLogLine, LineSplitter, LogStream};
+use super::reaper::ExitWatch;
 
 /// The descriptors the writer process is given: the read ends of the
 /// container's stdout and stderr pipes, and a pipe it signals readiness on.
@@ -101,20 +102,36 @@ pub fn spawn(program: &Path, log: &Path) -> Result<ContainerOutput> {
         .spawn()
         .map_err(RuntimeError::io(program, "start the log writer"))?;
     drop((out_r, err_r, ready_w));
-    // The writer is in its own session and exits by itself; its exit
-    // status is collected by whoever reaps orphans (the agent, a
-    // subreaper, or init after an agent restart).
     let ready = wait_ready(ready_r);
     if let Err(e) = ready {
         let _ = child.kill();
         let _ = child.wait();
         return Err(RuntimeError::io(program, "start the log writer")(e));
     }
-    drop(child);
+    reap_when_done(child);
     Ok(ContainerOutput {
         stdout: File::from(out_w),
         stderr: File::from(err_w),
     })
+}
+
+/// The writer is our child until an agent restart: its status is
+/// collected when it ends, or it would stay a zombie. After a restart it
+/// belongs to init (or the nearest subreaper above the old agent).
+fn reap_when_done(child: std::process::Child) {
+    // The pid cannot be reused before the watch is open: `child` is not
+    // reaped yet.
+    match ExitWatch::open(child.id()) {
+        Ok(watch) => {
+            tokio::spawn(async move {
+                let _ = watch.wait().await;
+            });
+        }
+        Err(_) => {
+            let mut child = child;
+            std::thread::spawn(move || child.wait());
+        }
+    }
 }
 
 /// Waits for the writer's one byte on the ready pipe (EOF: it died).

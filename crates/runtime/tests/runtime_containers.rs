@@ -506,6 +506,28 @@ async fn runtime_container_over_memory_limit_is_oom_killed() {
     fx.assert_gone(&id, &path).await;
 }
 
+/// Zombie `stratum-log-writer` children of this test process.
+fn zombie_log_writers() -> usize {
+    let me = std::process::id().to_string();
+    fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
+                .filter(|stat| {
+                    let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+                        return false;
+                    };
+                    let mut fields = after.split_whitespace();
+                    stat.contains("(stratum-log-wr")
+                        && fields.next() == Some("Z")
+                        && fields.next() == Some(me.as_str())
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// The entrypoint idioms that reopen the output (`> /dev/stdout`, which
 /// truncates a file) and a fast writer lose no line and cut none: the
 /// container's output is a pipe its log writer owns.
@@ -542,6 +564,16 @@ async fn runtime_logs_keep_every_line_through_dev_stdout() {
     assert_eq!(stdout.len(), expected.len(), "every stdout line is there");
     assert_eq!(stdout, expected);
     assert_eq!(stderr, vec!["reopened-err".to_string()]);
+    // The writer, our child, was reaped once it ended: no zombie stays.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while zombie_log_writers() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        zombie_log_writers(),
+        0,
+        "a finished log writer stays a zombie"
+    );
     let path = ctr.cgroups_path().to_string();
     ctr.remove(&fx.runtime).await.expect("remove");
     fx.assert_gone(&id, &path).await;
