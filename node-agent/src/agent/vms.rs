@@ -450,17 +450,22 @@ impl Agent {
     /// and its output is read; for a VM that has run and stopped, at the
     /// end of the log; for one not started yet it waits for the start.
     pub fn console(&self, id: &str, history: bool) -> Result<ConsoleFollower> {
-        let state = self.read_state();
-        let vm = vm_entry(&state, id)?;
-        let path = PathBuf::from(&vm.runtime().console_path);
+        let (path, process, vm_state) = {
+            let state = self.read_state();
+            let vm = vm_entry(&state, id)?;
+            let process = vm.process.as_ref().map(|p| p.identity());
+            (PathBuf::from(&vm.runtime().console_path), process, vm.state())
+        };
+        // Looked at with the lock released: a file system stall must not
+        // hold up every other call.
         let offset = if history {
             0
         } else {
             std::fs::metadata(&path).map_or(0, |m| m.len())
         };
         let follower = ConsoleFollower::new(path, offset);
-        Ok(match (&vm.process, vm.state()) {
-            (Some(process), _) => follower.until_exit_of(process.identity()),
+        Ok(match (process, vm_state) {
+            (Some(process), _) => follower.until_exit_of(process),
             (None, VmState::Created) => follower,
             (None, _) => follower.until_eof(),
         })
