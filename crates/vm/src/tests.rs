@@ -203,13 +203,15 @@ async fn launch_drive_and_hard_stop_in_a_real_cgroup() {
     assert_eq!(state(vm), InstanceState::Paused);
     vm.resume().expect("resume");
     assert_eq!(state(vm), InstanceState::Running);
+    // The marker first: the guest may still be writing it (a loaded
+    // machine runs it late), and the exits are counted as it writes.
+    let log = wait_for_console(&vm.console_log(), MARKER);
     let stats = vm.stats().expect("stats");
     assert_eq!(stats.vcpus.len(), 1);
     assert!(
         stats.vcpus[0].exits.io_out >= MARKER.len() as u64,
         "{stats:?}"
     );
-    let log = wait_for_console(&vm.console_log(), MARKER);
     assert!(
         log.ends_with(MARKER),
         "console: {:?}",
