@@ -454,7 +454,11 @@ impl Agent {
             let state = self.read_state();
             let vm = vm_entry(&state, id)?;
             let process = vm.process.as_ref().map(|p| p.identity());
-            (PathBuf::from(&vm.runtime().console_path), process, vm.state())
+            (
+                PathBuf::from(&vm.runtime().console_path),
+                process,
+                vm.state(),
+            )
         };
         // Looked at with the lock released: a file system stall must not
         // hold up every other call.
