@@ -46,7 +46,7 @@ impl Agent {
         };
         let (pools, workloads) = self.recorded_cgroups();
         let mut strays = BTreeSet::new();
-        for base in mapping.host_dirs(&root) {
+        for base in mapping.host_dirs(root) {
             find_strays(&base, Path::new(""), &pools, &workloads, &mut strays);
         }
         for stray in strays {
@@ -86,8 +86,12 @@ impl Agent {
     }
 
     /// The runtime's view of the hierarchies and the agent root's path in
-    /// it; `None` (and a warning) when the mounts cannot be read.
-    fn cgroup_mapping(&self) -> Option<(CgroupMapping, String)> {
+    /// it, read from the mounts on first use; `None` (and a warning) when
+    /// they cannot be read, to be tried again next time.
+    fn cgroup_mapping(&self) -> Option<&(CgroupMapping, String)> {
+        if let Some(found) = self.cgroup_map.get() {
+            return Some(found);
+        }
         let found = self
             .cgroups
             .root()
@@ -97,9 +101,13 @@ impl Agent {
                 let path = mapping.runtime_path(&root).map_err(|e| e.to_string())?;
                 Ok((mapping, path))
             });
-        found
-            .map_err(|e| tracing::warn!("cannot map the cgroup hierarchies: {e}"))
-            .ok()
+        match found {
+            Ok(found) => Some(self.cgroup_map.get_or_init(|| found)),
+            Err(e) => {
+                tracing::warn!("cannot map the cgroup hierarchies: {e}");
+                None
+            }
+        }
     }
 }
 

@@ -63,6 +63,9 @@ pub struct Agent {
     ids: std::sync::Mutex<(u64, u64)>,
     /// The OCI runtime and pod network, set up on first use.
     pod_host: tokio::sync::OnceCell<std::sync::Arc<pods::PodHost>>,
+    /// Every mounted cgroup hierarchy as an OCI runtime sees it, and the
+    /// agent root's path there: read from the mounts once (see `cgroups`).
+    cgroup_map: std::sync::OnceLock<(stratum_runtime::CgroupMapping, String)>,
 }
 
 /// What the lock guards.
@@ -102,6 +105,7 @@ impl Agent {
             events,
             ids: std::sync::Mutex::new((0, 0)),
             pod_host: tokio::sync::OnceCell::new(),
+            cgroup_map: std::sync::OnceLock::new(),
             vmm_version: vmm_version(&config_vmm),
         });
         let snapshot = agent.store.load()?;
