@@ -185,6 +185,13 @@ async fn bad_pool_requests_get_their_codes_and_change_nothing() {
         [small.id.as_str()],
         "no cgroup was left behind"
     );
+    // The refused child of `small` had its cgroup made before admission
+    // refused it: it went again.
+    let small_cgroup = agent
+        .hierarchy()
+        .open(std::path::Path::new(&small.id))
+        .unwrap();
+    assert!(small_cgroup.children().unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -221,6 +228,57 @@ async fn acknowledged_pools_survive_kill_9() {
     // Ids keep counting after the restart.
     let c = create(&agent, "", spec("c", None, None)).await.unwrap();
     assert!(c.id != a.id && c.id != b.id);
+}
+
+/// Many clients at once share group commits: every create that was
+/// answered is there after a kill -9, with its cgroup.
+#[tokio::test]
+async fn concurrent_creates_are_all_durable() {
+    let mut agent = TestAgent::start("groupcommit");
+    let mut calls = Vec::new();
+    for c in 0..8 {
+        let mut client = agent.pools().await;
+        calls.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..25 {
+                let request = proto::CreateResourcePoolRequest {
+                    parent_id: String::new(),
+                    spec: Some(spec(&format!("c{c}-{i}"), None, None)),
+                };
+                ids.push(client.create(request).await.unwrap().into_inner().id);
+            }
+            ids
+        }));
+    }
+    let mut created = std::collections::BTreeSet::new();
+    for call in calls {
+        created.extend(call.await.unwrap());
+    }
+    assert_eq!(created.len(), 200, "200 distinct ids");
+    agent.kill9();
+    agent.spawn();
+    let listed: std::collections::BTreeSet<String> = agent
+        .pools()
+        .await
+        .list(proto::ListResourcePoolsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pools
+        .into_iter()
+        .map(|p| p.id)
+        .filter(|id| id != "root")
+        .collect();
+    assert_eq!(listed, created);
+    let cgroups: std::collections::BTreeSet<String> = agent
+        .hierarchy()
+        .root()
+        .unwrap()
+        .children()
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(cgroups, created);
 }
 
 #[tokio::test]

@@ -1,10 +1,15 @@
 //! The agent: the pool tree, the VMs and the store behind the gRPC
 //! services, and the rules that keep them in step.
 //!
-//! State lives in memory behind one lock and in the store; every mutation
-//! takes the write lock, decides with the pool model, makes the change on
-//! the host (cgroups, files, processes), commits it to the store, and only
-//! then answers — undoing the earlier steps when a later one fails.
+//! State lives in memory behind one lock and in the store. A mutation
+//! makes its slow host changes (cgroup directories, disk clones) with no
+//! lock held where it can, then takes the write lock to decide with the
+//! pool model, change memory and stage its records in the store's journal,
+//! and settles the journal (waits for the group commit's fsync) after
+//! releasing the lock; only then does it answer. A refused or failed step
+//! undoes the earlier ones. Reads take the read lock and, before they
+//! answer, settle whatever was staged when they looked (see
+//! [`Agent::durable_view`]): nothing is shown that a crash could take back.
 //!
 //! - [`config`]: what the agent is started with.
 //! - [`host`]: host capacity and information.
@@ -37,7 +42,7 @@ use self::config::AgentConfig;
 use self::errors::Result;
 use self::pods::PodEntry;
 use self::vms::VmEntry;
-use crate::state::Store;
+use crate::state::{Change, Journal, Store, Ticket};
 use stratum_api::proto;
 use stratum_cgroup::{Hierarchy, HierarchyConfig};
 use stratum_image::{ImageStore, PullOptions};
@@ -45,13 +50,14 @@ use stratum_pool::PoolTree;
 
 /// Lifecycle events kept for slow watchers before they miss some.
 const EVENT_BACKLOG: usize = 1024;
-/// Ids reserved in the store at a time: one fsync per block instead of
+/// Ids reserved in the store at a time: one commit per block instead of
 /// one per create.
 const ID_BLOCK: u64 = 64;
 
 pub struct Agent {
     config: AgentConfig,
-    store: Store,
+    /// Where every record goes, in order, through group commits.
+    journal: Journal,
     cgroups: Hierarchy,
     /// The node's image store (`<data_dir>/images`).
     images: ImageStore,
@@ -71,6 +77,8 @@ pub struct Agent {
 /// What the lock guards.
 pub struct State {
     tree: PoolTree,
+    /// When each pool was created, kept for its record's rewrites.
+    pool_created: BTreeMap<stratum_pool::PoolId, Timestamp>,
     vms: BTreeMap<String, VmEntry>,
     pods: BTreeMap<String, PodEntry>,
 }
@@ -82,7 +90,9 @@ impl Agent {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             errors::AgentError::Internal(format!("data dir {}: {e}", config.data_dir.display()))
         })?;
-        let store = Store::open(config.store_path())?;
+        let store = std::sync::Arc::new(Store::open(config.store_path())?);
+        let snapshot = store.load()?;
+        let journal = Journal::start(store)?;
         let cgroups = Hierarchy::detect_with(&HierarchyConfig {
             root_name: config.cgroup_root.clone(),
             ..HierarchyConfig::default()
@@ -94,21 +104,21 @@ impl Agent {
         let config_vmm = config.vmm_binary.clone();
         let agent = std::sync::Arc::new(Agent {
             config,
-            store,
+            journal,
             cgroups,
             images,
             state: RwLock::new(State {
                 tree,
+                pool_created: BTreeMap::new(),
                 vms: BTreeMap::new(),
                 pods: BTreeMap::new(),
             }),
             events,
-            ids: std::sync::Mutex::new((0, 0)),
+            ids: std::sync::Mutex::new((snapshot.next_id, snapshot.next_id)),
             pod_host: tokio::sync::OnceCell::new(),
             cgroup_map: std::sync::OnceLock::new(),
             vmm_version: vmm_version(&config_vmm),
         });
-        let snapshot = agent.store.load()?;
         for q in &snapshot.quarantined {
             tracing::error!(
                 table = q.table,
@@ -129,8 +139,9 @@ impl Agent {
     fn next_id(&self) -> Result<u64> {
         let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
         if ids.0 == ids.1 {
-            let first = self.store.reserve_ids(ID_BLOCK)?;
-            *ids = (first, first + ID_BLOCK);
+            let end = ids.1.saturating_add(ID_BLOCK);
+            self.journal.commit([Change::ReserveIdsBelow(end)])?;
+            ids.1 = end;
         }
         let id = ids.0;
         ids.0 += 1;
@@ -165,6 +176,30 @@ impl Agent {
 
     pub fn subscribe(&self) -> broadcast::Receiver<proto::VmEvent> {
         self.events.subscribe()
+    }
+
+    /// Queues `changes` for the next group commit. Called under the write
+    /// lock, so the store sees changes in the order memory made them;
+    /// settle the ticket once the lock is released.
+    fn stage(&self, changes: impl IntoIterator<Item = Change>) -> Result<Ticket> {
+        Ok(self.journal.stage(changes)?)
+    }
+
+    /// Waits until `ticket` is durable. Never called under the state lock.
+    fn settle(&self, ticket: Ticket) -> Result<()> {
+        Ok(self.journal.settle(ticket)?)
+    }
+
+    /// [`Agent::settle`] for async callers.
+    async fn settled(&self, ticket: Ticket) -> Result<()> {
+        Ok(self.journal.settled(ticket).await?)
+    }
+
+    /// Waits until everything staged so far is durable. A read calls it
+    /// after looking and before answering: what it saw may include
+    /// another call's change that is staged but not yet committed.
+    pub async fn durable_view(&self) -> Result<()> {
+        self.settled(self.journal.last_staged()).await
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, State> {

@@ -3,8 +3,11 @@
 //! later one fails, so a refused or failed call leaves nothing behind.
 
 use super::errors::{AgentError, Result};
+use std::path::Path;
+
 use super::{now, Agent, State};
 use crate::records::PoolRecord;
+use crate::state::{Change, Ticket};
 use stratum_api::proto;
 use stratum_cgroup::{Cgroup, CgroupLimits};
 use stratum_pool::{PoolId, PoolSpec, PoolTree};
@@ -24,6 +27,10 @@ pub fn pool_limits(spec: &PoolSpec) -> CgroupLimits {
 }
 
 impl Agent {
+    /// Makes the pool's cgroup with no lock held (cgroupfs directories are
+    /// the slow part of a create), then admits the pool and stages its
+    /// record under the write lock, and answers once the record is
+    /// durable.
     pub fn create_pool(
         &self,
         parent: &str,
@@ -31,35 +38,71 @@ impl Agent {
     ) -> Result<proto::ResourcePool> {
         let spec = PoolSpec::try_from(spec)?;
         let parent = pool_id_or_root(parent);
+        let parent_path = pool_cgroup_path(&self.read_state().tree, &parent)?;
         let id = PoolId::from(format!("pool-{}", self.next_id()?));
-        let mut state = self.write_state();
-        state.tree.create_pool(id.clone(), &parent, spec.clone())?;
-        if let Err(e) = self.persist_new_pool(&state.tree, &id, &parent, &spec) {
-            let _ = state.tree.delete_pool(&id);
-            return Err(e);
+        let cgroup = self.cgroup_below(&parent_path, &id)?;
+        if let Err(e) = cgroup.apply(&pool_limits(&spec)) {
+            let _ = cgroup.remove();
+            return Err(e.into());
         }
-        Ok(state.tree.to_proto(&id)?)
+        let staged = self.admit_pool(&id, &parent, &spec);
+        let (ticket, pool) = match staged {
+            Ok(staged) => staged,
+            Err(e) => {
+                let _ = cgroup.remove();
+                // The parent may have been deleted meanwhile, its cgroup
+                // kept alive by the one just removed.
+                if self.read_state().tree.get(&parent).is_err() {
+                    self.prune_cgroup_everywhere(&parent_path);
+                }
+                return Err(e);
+            }
+        };
+        // On failure the store has stopped (see `state::journal`): the
+        // restart reloads the pools and removes the cgroup.
+        self.settle(ticket)?;
+        Ok(pool)
     }
 
-    fn persist_new_pool(
+    /// Admits pool `id` into the tree and stages its record.
+    fn admit_pool(
         &self,
-        tree: &PoolTree,
         id: &PoolId,
         parent: &PoolId,
         spec: &PoolSpec,
-    ) -> Result<()> {
-        let cgroup = self.make_pool_cgroup(tree, id)?;
-        cgroup.apply(&pool_limits(spec))?;
+    ) -> Result<(Ticket, proto::ResourcePool)> {
+        let mut state = self.write_state();
+        state.tree.create_pool(id.clone(), parent, spec.clone())?;
+        let created_at = now();
         let record = PoolRecord {
             id: id.to_string(),
             parent_id: parent.to_string(),
             spec: Some(spec.into()),
-            created_at: Some(now()),
+            created_at: Some(created_at),
         };
-        self.store.put_pool(&record).inspect_err(|_| {
-            let _ = cgroup.remove();
-        })?;
-        Ok(())
+        let staged = self
+            .stage([Change::PutPool(record)])
+            .and_then(|ticket| Ok((ticket, state.tree.to_proto(id)?)));
+        match staged {
+            Ok(_) => {
+                state.pool_created.insert(id.clone(), created_at);
+            }
+            Err(_) => {
+                let _ = state.tree.delete_pool(id);
+            }
+        }
+        staged
+    }
+
+    /// Creates (or adopts) the cgroup `id` below the pool cgroup at
+    /// `parent_path` (empty: the agent's root).
+    fn cgroup_below(&self, parent_path: &Path, id: &PoolId) -> Result<Cgroup> {
+        let parent = if parent_path.as_os_str().is_empty() {
+            self.cgroups.root()?
+        } else {
+            self.cgroups.open(parent_path)?
+        };
+        Ok(self.cgroups.create_pool(&parent, id.as_str())?)
     }
 
     pub fn get_pool(&self, id: &str) -> Result<proto::ResourcePool> {
@@ -83,26 +126,36 @@ impl Agent {
     ) -> Result<proto::ResourcePool> {
         let spec = PoolSpec::try_from(spec)?;
         let id = PoolId::from(id);
-        let mut state = self.write_state();
-        let old = state.tree.get(&id)?.spec().clone();
-        state.tree.update_pool(&id, spec.clone())?;
-        if let Err(e) = self.persist_pool_update(&state, &id, &spec) {
-            let _ = state.tree.update_pool(&id, old);
-            let _ = self.apply_subtree_limits(&state, &id);
-            return Err(e);
-        }
-        Ok(state.tree.to_proto(&id)?)
+        let (ticket, pool) = {
+            let mut state = self.write_state();
+            let old = state.tree.get(&id)?.spec().clone();
+            state.tree.update_pool(&id, spec.clone())?;
+            match self.stage_pool_update(&state, &id) {
+                Ok(ticket) => (ticket, state.tree.to_proto(&id)?),
+                Err(e) => {
+                    let _ = state.tree.update_pool(&id, old);
+                    let _ = self.apply_subtree_limits(&state, &id);
+                    return Err(e);
+                }
+            }
+        };
+        self.settle(ticket)?;
+        Ok(pool)
     }
 
-    fn persist_pool_update(&self, state: &State, id: &PoolId, spec: &PoolSpec) -> Result<()> {
+    /// Writes the new limits to the cgroups and stages the record. The
+    /// cgroup writes stay under the lock: a concurrent update of a parent
+    /// re-applies its children's limits, and the last writer must win.
+    fn stage_pool_update(&self, state: &State, id: &PoolId) -> Result<Ticket> {
         self.apply_subtree_limits(state, id)?;
-        let mut record = self
-            .store
-            .get_pool(id.as_str())?
-            .ok_or_else(|| AgentError::Internal(format!("pool {id} is not in the store")))?;
-        record.spec = Some(spec.into());
-        self.store.put_pool(&record)?;
-        Ok(())
+        let pool = state.tree.get(id)?;
+        let record = PoolRecord {
+            id: id.to_string(),
+            parent_id: pool.parent().map(ToString::to_string).unwrap_or_default(),
+            spec: Some(pool.spec().into()),
+            created_at: state.pool_created.get(id).copied(),
+        };
+        self.stage([Change::PutPool(record)])
     }
 
     /// Writes the limits of `id` and of every pool below it: on cgroup v1
@@ -128,16 +181,25 @@ impl Agent {
 
     pub fn delete_pool(&self, id: &str) -> Result<()> {
         let id = PoolId::from(id);
-        let mut state = self.write_state();
-        // A cgroup removed behind the agent's back does not block the delete.
-        let cgroup = self.pool_cgroup(&state.tree, &id).ok();
-        let path = pool_cgroup_path(&state.tree, &id)?;
-        let removed = state.tree.delete_pool(&id)?;
-        if let Err(e) = self.store.delete_pool(id.as_str()) {
-            let parent = removed.parent().cloned().unwrap_or_else(PoolId::root);
-            let _ = state.tree.create_pool(id, &parent, removed.spec().clone());
-            return Err(e.into());
-        }
+        let (ticket, cgroup, path) = {
+            let mut state = self.write_state();
+            // A cgroup removed behind the agent's back does not block the delete.
+            let cgroup = self.pool_cgroup(&state.tree, &id).ok();
+            let path = pool_cgroup_path(&state.tree, &id)?;
+            let removed = state.tree.delete_pool(&id)?;
+            match self.stage([Change::DeletePool(id.to_string())]) {
+                Ok(ticket) => {
+                    state.pool_created.remove(&id);
+                    (ticket, cgroup, path)
+                }
+                Err(e) => {
+                    let parent = removed.parent().cloned().unwrap_or_else(PoolId::root);
+                    let _ = state.tree.create_pool(id, &parent, removed.spec().clone());
+                    return Err(e);
+                }
+            }
+        };
+        self.settle(ticket)?;
         match cgroup.map(|c| c.remove()) {
             Some(Err(e)) => tracing::warn!(pool = %id, "pool deleted, its cgroup stays: {e}"),
             // What an OCI runtime made for the pool's pods in hierarchies
@@ -167,7 +229,11 @@ impl Agent {
     /// cgroup limits.
     pub(super) fn restore_pools(&self, records: Vec<PoolRecord>) -> Result<()> {
         let mut stored = Vec::with_capacity(records.len());
+        let mut created = std::collections::BTreeMap::new();
         for record in records {
+            if let Some(at) = &record.created_at {
+                created.insert(PoolId::from(record.id.clone()), *at);
+            }
             let spec = record
                 .spec
                 .as_ref()
@@ -180,6 +246,7 @@ impl Agent {
         }
         let mut state = self.write_state();
         state.tree.create_pools(stored)?;
+        state.pool_created = created;
         self.cgroups.root()?;
         for pool in state.tree.subtree(&PoolId::root())? {
             if pool.parent().is_some() {

@@ -21,6 +21,7 @@ use super::errors::{AgentError, Result};
 use super::pools::pool_id_or_root;
 use super::{now, Agent, State};
 use crate::records::{VmRecord, VmRuntime};
+use crate::state::{Change, Ticket};
 use stratum_api::proto;
 use stratum_api::proto::VmState;
 use stratum_cgroup::{Cgroup, CgroupLimits};
@@ -92,47 +93,77 @@ static DEFAULT_SPEC: proto::VmSpec = proto::VmSpec {
 };
 
 impl Agent {
+    /// Checks and admits the VM, clones its disks with no lock held (they
+    /// are files a caller named, of any size), then admits it again and
+    /// stages its record under the write lock, and answers once the record
+    /// is durable.
     pub fn create_vm(&self, spec: &proto::VmSpec) -> Result<proto::VirtualMachine> {
         let sizing = check_spec(spec, self.read_state().tree.host().memory_bytes)?;
         let pool = pool_id_or_root(&spec.pool_id);
         let id = format!("vm-{}", self.next_id()?);
-        let mut state = self.write_state();
-        if state.vms.values().any(|vm| vm.spec().name == spec.name) {
-            return Err(AgentError::AlreadyExists(format!(
-                "a VM named {:?} already exists",
-                spec.name
-            )));
-        }
         let workload = Workload::vm(WorkloadId::from(id.as_str()), pool.clone(), &sizing)?;
-        state.tree.add_workload(workload)?;
-        match self.make_vm(&id, spec) {
-            Ok(record) => {
-                let entry = VmEntry {
-                    record,
-                    pool,
-                    process: None,
-                    stop_requested: false,
-                };
-                let vm = to_proto(&state, &entry);
-                state.vms.insert(id, entry);
+        // Refused before any disk is cloned: a dry run of the admission.
+        {
+            let mut state = self.write_state();
+            check_name_free(&state, &spec.name)?;
+            state.tree.add_workload(workload.clone())?;
+            let _ = state.tree.remove_workload(workload.id());
+        }
+        let record = self.make_vm_files(&id, spec)?;
+        let staged = self.admit_vm(record, pool, workload);
+        match staged {
+            Ok((ticket, vm)) => {
+                // On failure the store has stopped (see `state::journal`).
+                self.settle(ticket)?;
                 Ok(vm)
             }
             Err(e) => {
-                let _ = state.tree.remove_workload(&WorkloadId::from(id.as_str()));
+                let _ = std::fs::remove_dir_all(self.config.vm_dir(&id));
                 Err(e)
             }
         }
     }
 
-    /// Clones the disks and stores the record; on failure removes what it
-    /// made.
-    fn make_vm(&self, id: &str, spec: &proto::VmSpec) -> Result<VmRecord> {
+    /// Admits the VM for real (the tree may have changed since the dry
+    /// run), adds it and stages its record.
+    fn admit_vm(
+        &self,
+        record: VmRecord,
+        pool: PoolId,
+        workload: Workload,
+    ) -> Result<(Ticket, proto::VirtualMachine)> {
+        let mut state = self.write_state();
+        let spec = record.spec.as_ref().unwrap_or(&DEFAULT_SPEC);
+        check_name_free(&state, &spec.name)?;
+        let workload_id = workload.id().clone();
+        state.tree.add_workload(workload)?;
+        let ticket = match self.stage([Change::PutVm(Box::new(record.clone()))]) {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                let _ = state.tree.remove_workload(&workload_id);
+                return Err(e);
+            }
+        };
+        let entry = VmEntry {
+            record,
+            pool,
+            process: None,
+            stop_requested: false,
+        };
+        let vm = to_proto(&state, &entry);
+        state.vms.insert(entry.record.id.clone(), entry);
+        Ok((ticket, vm))
+    }
+
+    /// Makes the VM's directory and clones its disks into it; on failure
+    /// removes what it made.
+    fn make_vm_files(&self, id: &str, spec: &proto::VmSpec) -> Result<VmRecord> {
         let dir = self.config.vm_dir(id);
         let made = (|| {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| AgentError::Internal(format!("{}: {e}", dir.display())))?;
             let disk_paths = clone_disks(&dir, spec)?;
-            let record = VmRecord {
+            Ok(VmRecord {
                 id: id.to_string(),
                 spec: Some(spec.clone()),
                 runtime: Some(VmRuntime {
@@ -143,9 +174,7 @@ impl Agent {
                     ..VmRuntime::default()
                 }),
                 created_at: Some(now()),
-            };
-            self.store.put_vm(&record)?;
-            Ok(record)
+            })
         })();
         if made.is_err() {
             let _ = std::fs::remove_dir_all(&dir);
@@ -154,7 +183,11 @@ impl Agent {
     }
 
     pub fn start_vm(self: &Arc<Self>, id: &str) -> Result<proto::VirtualMachine> {
-        let (spec, cgroup) = self.begin_start(id)?;
+        let (spec, cgroup, ticket) = self.begin_start(id)?;
+        if let Err(e) = self.settle(ticket) {
+            let _ = cgroup.remove();
+            return Err(e);
+        }
         let launched = stratum_vm::launch(
             &self.config.vmm_binary,
             &self.config.vm_dir(id),
@@ -172,8 +205,8 @@ impl Agent {
     }
 
     /// Admits the VM's reservation, makes its leaf cgroup and marks it
-    /// STARTING; returns what the launch needs.
-    fn begin_start(&self, id: &str) -> Result<(VmProcessSpec, Cgroup)> {
+    /// STARTING; returns what the launch needs and the record's ticket.
+    fn begin_start(&self, id: &str) -> Result<(VmProcessSpec, Cgroup, Ticket)> {
         let mut state = self.write_state();
         let entry = vm_entry(&state, id)?;
         if !matches!(
@@ -202,14 +235,16 @@ impl Agent {
             }
         };
         let cgroup_path = cgroup.path().to_string_lossy().into_owned();
-        if let Err(e) = self.transition(&mut state, id, VmState::Starting, "", |rt| {
+        match self.transition(&mut state, id, VmState::Starting, "", |rt| {
             rt.cgroup_path = cgroup_path;
         }) {
-            let _ = state.tree.release(&workload);
-            let _ = cgroup.remove();
-            return Err(e);
+            Ok(ticket) => Ok((spec, cgroup, ticket)),
+            Err(e) => {
+                let _ = state.tree.release(&workload);
+                let _ = cgroup.remove();
+                Err(e)
+            }
         }
-        Ok((spec, cgroup))
     }
 
     fn finish_start(
@@ -225,29 +260,42 @@ impl Agent {
             rt.control_socket = process.api_sock().to_string_lossy().into_owned();
             rt.started_at = Some(now());
         });
-        if let Err(e) = stored {
-            // Not recorded, so not started: nothing may outlive the call.
-            let _ = process.kill();
-            drop(state);
-            self.fail_start(id, cgroup, &format!("cannot record the start: {e}"));
-            return Err(e);
-        }
+        let ticket = match stored {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                // Not recorded, so not started: nothing may outlive the call.
+                let _ = process.kill();
+                drop(state);
+                self.fail_start(id, cgroup, &format!("cannot record the start: {e}"));
+                return Err(e);
+            }
+        };
         if let Some(entry) = state.vms.get_mut(id) {
             entry.process = Some(process.clone());
             entry.stop_requested = false;
         }
         let vm = to_proto(&state, vm_entry(&state, id)?);
         drop(state);
-        self.watch_exit(id.to_string(), process);
+        self.watch_exit(id.to_string(), process.clone());
+        if let Err(e) = self.settle(ticket) {
+            // Not durably recorded: not started either.
+            let _ = process.kill();
+            return Err(e);
+        }
         Ok(vm)
     }
 
     fn fail_start(&self, id: &str, cgroup: &Cgroup, reason: &str) {
         let _ = cgroup.kill_all(Duration::from_secs(5));
         let _ = cgroup.remove();
-        let mut state = self.write_state();
-        let _ = state.tree.release(&WorkloadId::from(id));
-        let _ = self.transition(&mut state, id, VmState::Failed, reason, clear_process);
+        let ticket = {
+            let mut state = self.write_state();
+            let _ = state.tree.release(&WorkloadId::from(id));
+            self.transition(&mut state, id, VmState::Failed, reason, clear_process)
+        };
+        if let Err(e) = ticket.and_then(|ticket| self.settle(ticket)) {
+            tracing::error!(vm = %id, "cannot record that the start failed: {e}");
+        }
     }
 
     /// Waits for the vmm to exit on a tokio task and records how it ended.
@@ -282,9 +330,23 @@ impl Agent {
     }
 
     fn on_vmm_exit(&self, id: &str, process: &Arc<VmProcess>, exit: ExitInfo) {
+        let recorded = self.record_vmm_exit(id, process, exit);
+        if let Err(e) = recorded.and_then(|ticket| self.settle(ticket)) {
+            tracing::error!(vm = %id, "cannot record that the vmm exited: {e}");
+        }
+    }
+
+    /// Releases the exited VM's reservation and cgroup and stages its new
+    /// state.
+    fn record_vmm_exit(
+        &self,
+        id: &str,
+        process: &Arc<VmProcess>,
+        exit: ExitInfo,
+    ) -> Result<Ticket> {
         let mut state = self.write_state();
         let Some(entry) = state.vms.get(id) else {
-            return;
+            return Ok(Ticket::NONE);
         };
         // A later start may have replaced the process already.
         if !entry
@@ -292,7 +354,7 @@ impl Agent {
             .as_ref()
             .is_some_and(|p| Arc::ptr_eq(p, process))
         {
-            return;
+            return Ok(Ticket::NONE);
         }
         let cgroup = self
             .cgroups
@@ -316,27 +378,26 @@ impl Agent {
         if let Some(entry) = state.vms.get_mut(id) {
             entry.process = None;
         }
-        if let Err(e) = self.transition(&mut state, id, new_state, &reason, clear_process) {
-            tracing::error!(vm = %id, "cannot record that the vmm exited: {e}");
-        }
+        self.transition(&mut state, id, new_state, &reason, clear_process)
     }
 
     pub fn shutdown_vm(&self, id: &str, timeout: Duration) -> Result<proto::VirtualMachine> {
-        let process = {
+        let (process, ticket) = {
             let mut state = self.write_state();
             let process = running_process(&state, id)?;
             if let Some(entry) = state.vms.get_mut(id) {
                 entry.stop_requested = true;
             }
-            self.transition(
+            let ticket = self.transition(
                 &mut state,
                 id,
                 VmState::Stopping,
                 "shutdown requested",
                 |_| {},
             )?;
-            process
+            (process, ticket)
         };
+        self.settle(ticket)?;
         // A paused guest cannot react to Ctrl+Alt+Del.
         let _ = process.resume();
         if let Err(e) = process.ctrl_alt_del() {
@@ -375,8 +436,11 @@ impl Agent {
         process
             .kill()
             .map_err(|e| AgentError::Internal(format!("cannot kill VM {id}: {e}")))?;
-        self.transition(&mut state, id, VmState::Stopping, "killed", |_| {})?;
-        Ok(to_proto(&state, vm_entry(&state, id)?))
+        let ticket = self.transition(&mut state, id, VmState::Stopping, "killed", |_| {})?;
+        let vm = to_proto(&state, vm_entry(&state, id)?);
+        drop(state);
+        self.settle(ticket)?;
+        Ok(vm)
     }
 
     pub fn pause_vm(&self, id: &str, pause: bool) -> Result<proto::VirtualMachine> {
@@ -401,8 +465,11 @@ impl Agent {
             process.resume()
         };
         done.map_err(|e| AgentError::Internal(format!("VM {id}: {e}")))?;
-        self.transition(&mut state, id, to, "", |_| {})?;
-        Ok(to_proto(&state, vm_entry(&state, id)?))
+        let ticket = self.transition(&mut state, id, to, "", |_| {})?;
+        let vm = to_proto(&state, vm_entry(&state, id)?);
+        drop(state);
+        self.settle(ticket)?;
+        Ok(vm)
     }
 
     pub fn delete_vm(&self, id: &str) -> Result<()> {
@@ -417,9 +484,11 @@ impl Agent {
                 state_name(entry.state())
             )));
         }
-        self.store.delete_vm(id)?;
+        let ticket = self.stage([Change::DeleteVm(id.to_string())])?;
         let _ = state.tree.remove_workload(&WorkloadId::from(id));
         state.vms.remove(id);
+        drop(state);
+        self.settle(ticket)?;
         let dir = self.config.vm_dir(id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(vm = %id, "cannot remove {}: {e}", dir.display());
@@ -490,8 +559,10 @@ impl Agent {
         Ok(())
     }
 
-    /// Sets the VM's state, stores the record and publishes the event;
-    /// the in-memory record changes only if the store took it.
+    /// Sets the VM's state, stages the record and publishes the event
+    /// (watchers forward it once it is durable); the in-memory record
+    /// changes only if the store took it. The caller settles the ticket
+    /// after releasing the lock.
     fn transition(
         &self,
         state: &mut State,
@@ -499,7 +570,7 @@ impl Agent {
         to: VmState,
         reason: &str,
         update: impl FnOnce(&mut VmRuntime),
-    ) -> Result<()> {
+    ) -> Result<Ticket> {
         let entry = state
             .vms
             .get_mut(id)
@@ -513,7 +584,7 @@ impl Agent {
             runtime.updated_at = Some(now());
             update(runtime);
         }
-        self.store.put_vm(&record)?;
+        let ticket = self.stage([Change::PutVm(Box::new(record.clone()))])?;
         entry.record = record;
         let _ = self.events.send(proto::VmEvent {
             vm_id: id.to_string(),
@@ -522,7 +593,7 @@ impl Agent {
             reason: reason.to_string(),
             timestamp: Some(now()),
         });
-        Ok(())
+        Ok(ticket)
     }
 
     /// Takes stock of the stored VMs at startup: running ones whose vmm
@@ -530,6 +601,7 @@ impl Agent {
     /// re-adopted with their reservation; the others are marked FAILED and
     /// whatever they left in their cgroup is killed and removed.
     pub(super) fn restore_vms(&self, records: Vec<VmRecord>) -> Result<()> {
+        let mut ticket = Ticket::NONE;
         let mut state = self.write_state();
         for record in records {
             let id = record.id.clone();
@@ -562,14 +634,21 @@ impl Agent {
                         with_vmm_error(&mut reason, &self.config.vm_dir(&id));
                         self.clean_up_dead(&entry, &reason);
                         state.vms.insert(id.clone(), entry);
-                        self.transition(&mut state, &id, VmState::Failed, &reason, clear_process)?;
+                        ticket = ticket.max(self.transition(
+                            &mut state,
+                            &id,
+                            VmState::Failed,
+                            &reason,
+                            clear_process,
+                        )?);
                         continue;
                     }
                 }
             }
             state.vms.insert(id, entry);
         }
-        Ok(())
+        drop(state);
+        self.settle(ticket)
     }
 
     fn clean_up_dead(&self, entry: &VmEntry, reason: &str) {
@@ -580,6 +659,16 @@ impl Agent {
             let _ = cgroup.remove();
         }
     }
+}
+
+/// Refuses a second VM named `name`.
+fn check_name_free(state: &State, name: &str) -> Result<()> {
+    if state.vms.values().any(|vm| vm.spec().name == name) {
+        return Err(AgentError::AlreadyExists(format!(
+            "a VM named {name:?} already exists"
+        )));
+    }
+    Ok(())
 }
 
 fn adopt(runtime: &VmRuntime, run_dir: &Path) -> std::result::Result<VmProcess, String> {

@@ -25,8 +25,7 @@ impl Host for HostService {
         &self,
         _: Request<proto::GetHostCapacityRequest>,
     ) -> Result<Response<proto::HostCapacity>, Status> {
-        super::blocking(&self.0, |a| Ok(a.host_capacity()))
-            .await
-            .map(Response::new)
+        let capacity = super::blocking(&self.0, |a| Ok(a.host_capacity())).await?;
+        super::durable(&self.0, Response::new(capacity)).await
     }
 }

@@ -1,6 +1,7 @@
 //! The gRPC services over the [`Agent`]: thin adapters that run each call
-//! on the blocking pool (agent calls fsync the store, write cgroup files
-//! and spawn processes) and turn its errors into statuses.
+//! on the blocking pool (agent calls wait for the store's fsync, write
+//! cgroup files and spawn processes) and turn its errors into statuses.
+//! A read answers through [`durable`]: only once what it saw is durable.
 //!
 //! - [`host`]: the `stratum.v1.Host` service
 //! - [`images`]: the `stratum.v1.ImageService` service
@@ -35,4 +36,13 @@ where
         .await
         .map_err(|e| Status::internal(format!("agent task failed: {e}")))?
         .map_err(Status::from)
+}
+
+/// `out`, once everything the agent had staged when the call looked at
+/// its state is durable: a read must not show what a crash could take
+/// back. Mutations of pools and VMs settle their own changes; reads and
+/// pod calls (whose records change at many points) come through here.
+pub async fn durable<T>(agent: &Agent, out: T) -> Result<T, Status> {
+    agent.durable_view().await?;
+    Ok(out)
 }

@@ -49,16 +49,16 @@ impl PodService for PodApi {
         request: Request<proto::RemovePodRequest>,
     ) -> Result<Response<proto::RemovePodResponse>, Status> {
         let id = request.into_inner().id;
-        super::blocking(&self.0, move |a| a.remove_pod(&id))
-            .await
-            .map(|()| Response::new(proto::RemovePodResponse {}))
+        super::blocking(&self.0, move |a| a.remove_pod(&id)).await?;
+        super::durable(&self.0, Response::new(proto::RemovePodResponse {})).await
     }
 
     async fn get_pod(
         &self,
         request: Request<proto::GetPodRequest>,
     ) -> Result<Response<proto::Pod>, Status> {
-        Ok(Response::new(self.0.get_pod(&request.into_inner().id)?))
+        let pod = self.0.get_pod(&request.into_inner().id)?;
+        super::durable(&self.0, Response::new(pod)).await
     }
 
     async fn list_pods(
@@ -66,7 +66,7 @@ impl PodService for PodApi {
         request: Request<proto::ListPodsRequest>,
     ) -> Result<Response<proto::ListPodsResponse>, Status> {
         let pods = self.0.list_pods(&request.into_inner());
-        Ok(Response::new(proto::ListPodsResponse { pods }))
+        super::durable(&self.0, Response::new(proto::ListPodsResponse { pods })).await
     }
 
     async fn create_container(
@@ -163,9 +163,10 @@ where
     F: FnOnce(Arc<Agent>) -> Fut,
     Fut: std::future::Future<Output = Result<T, AgentError>> + Send + 'static,
 {
-    tokio::spawn(f(Arc::clone(agent)))
+    let out = tokio::spawn(f(Arc::clone(agent)))
         .await
         .map_err(|e| Status::internal(format!("agent task failed: {e}")))?
         .map(Response::new)
-        .map_err(Status::from)
+        .map_err(Status::from)?;
+    super::durable(agent, out).await
 }

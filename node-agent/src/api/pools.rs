@@ -32,7 +32,8 @@ impl ResourcePools for PoolService {
     ) -> Result<Response<proto::ResourcePool>, Status> {
         // Reads take the state's read lock only: no need for the blocking pool.
         let id = request.into_inner().id;
-        Ok(Response::new(self.0.get_pool(&id)?))
+        let pool = self.0.get_pool(&id)?;
+        super::durable(&self.0, Response::new(pool)).await
     }
 
     async fn list(
@@ -42,15 +43,15 @@ impl ResourcePools for PoolService {
         let r = request.into_inner();
         if r.include_workloads {
             // Reads cgroup files: off the async threads.
-            return super::blocking(&self.0, move |a| a.inventory(&r.root_id))
-                .await
-                .map(Response::new);
+            let inventory = super::blocking(&self.0, move |a| a.inventory(&r.root_id)).await?;
+            return super::durable(&self.0, Response::new(inventory)).await;
         }
         let pools = self.0.list_pools(&r.root_id)?;
-        Ok(Response::new(proto::ListResourcePoolsResponse {
+        let list = proto::ListResourcePoolsResponse {
             pools,
             ..Default::default()
-        }))
+        };
+        super::durable(&self.0, Response::new(list)).await
     }
 
     async fn update(

@@ -111,7 +111,8 @@ impl VirtualMachines for VmService {
     ) -> Result<Response<proto::VirtualMachine>, Status> {
         // Reads take the state's read lock only: no need for the blocking pool.
         let id = request.into_inner().id;
-        Ok(Response::new(self.0.get_vm(&id)?))
+        let vm = self.0.get_vm(&id)?;
+        super::durable(&self.0, Response::new(vm)).await
     }
 
     async fn list(
@@ -119,7 +120,7 @@ impl VirtualMachines for VmService {
         request: Request<proto::ListVmsRequest>,
     ) -> Result<Response<proto::ListVmsResponse>, Status> {
         let vms = self.0.list_vms(&request.into_inner());
-        Ok(Response::new(proto::ListVmsResponse { vms }))
+        super::durable(&self.0, Response::new(proto::ListVmsResponse { vms })).await
     }
 
     type WatchStream = EventStream;
@@ -144,6 +145,12 @@ impl VirtualMachines for VmService {
                     }
                     Err(_) => return,
                 };
+                // Events are sent when a change is staged: forwarded once
+                // it is durable.
+                if let Err(e) = agent.durable_view().await {
+                    let _ = tx.send(Err(Status::from(e))).await;
+                    return;
+                }
                 let wanted = (filter.vm_id.is_empty() || event.vm_id == filter.vm_id)
                     && (filter.pool_id.is_empty()
                         || agent.vm_pool(&event.vm_id).as_deref() == Some(&filter.pool_id));

@@ -39,6 +39,13 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// An earlier commit failed: the store takes no more changes until the
+    /// agent restarts and reloads what is durable.
+    #[error(
+        "the state store stopped after a failed commit ({0}); restart the agent to reload its \
+         durable state"
+    )]
+    Stopped(String),
     /// A record refused before writing (no id, required field missing).
     #[error("invalid {table} record: {reason}")]
     InvalidRecord {

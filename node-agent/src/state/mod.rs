@@ -12,10 +12,13 @@
 //!
 //! - [`store`]: the [`Store`]: open, typed get/put/delete/list, atomic
 //!   multi-record commits, the id sequence, and load-everything.
+//! - [`journal`]: group commit: changes staged under the agent's lock,
+//!   made durable together by one committer, waited for without the lock.
 //! - [`record`]: the record layout and the checks made when decoding.
 //! - [`error`]: what can fail, as a [`StoreError`].
 
 pub mod error;
+pub mod journal;
 pub mod record;
 pub mod store;
 
@@ -23,5 +26,6 @@ pub mod store;
 mod tests;
 
 pub use error::StoreError;
+pub use journal::{Journal, Ticket};
 pub use record::{Record, FORMAT_VERSION};
 pub use store::{Change, Quarantined, Snapshot, Store, SCHEMA_VERSION};

@@ -7,8 +7,9 @@
 //! `Durability::Immediate`: when the call returns the data has been
 //! fsynced, so an API call that acknowledges after it has survived a
 //! `kill -9` of the agent or a crash of the host. Several changes that must
-//! happen together (a VM and its pool's record, say) go through
-//! [`Store::commit`], one transaction for all of them. Reads take a
+//! happen together go through [`Store::commit`], one transaction for all
+//! of them; the agent's journal ([`super::Journal`]) uses it to commit many
+//! callers' changes at once. Reads take a
 //! read transaction, so [`Store::load`] sees one consistent snapshot.
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,37 @@ pub enum Change {
     PutVm(Box<VmRecord>),
     /// Remove the VM with this id (no error if absent).
     DeleteVm(String),
+    /// Insert or replace a pod.
+    PutPod(Box<PodRecord>),
+    /// Remove the pod with this id (no error if absent).
+    DeletePod(String),
+    /// Ids below this one have been handed out (it only ever grows).
+    ReserveIdsBelow(u64),
+}
+
+impl Change {
+    /// Refuses a record the store could not write (no id, a required
+    /// field missing), before it is queued with other callers' changes.
+    pub fn check(&self) -> Result<(), StoreError> {
+        fn complete<R: Record>(record: &R) -> Result<(), StoreError> {
+            match record.missing() {
+                Some(reason) => Err(StoreError::InvalidRecord {
+                    table: R::TABLE_NAME,
+                    reason: reason.to_string(),
+                }),
+                None => Ok(()),
+            }
+        }
+        match self {
+            Change::PutPool(r) => complete(r),
+            Change::PutVm(r) => complete(r.as_ref()),
+            Change::PutPod(r) => complete(r.as_ref()),
+            Change::DeletePool(_)
+            | Change::DeleteVm(_)
+            | Change::DeletePod(_)
+            | Change::ReserveIdsBelow(_) => Ok(()),
+        }
+    }
 }
 
 /// Everything stored, read in one transaction.
@@ -154,7 +186,9 @@ impl Store {
         })
     }
 
-    /// Apply `changes` atomically: all of them or none.
+    /// Apply `changes` atomically, in order: all of them or none. The
+    /// agent goes through its [`super::Journal`], which batches many
+    /// callers' changes into one call of this.
     pub fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
         self.write(|tx| {
             for change in changes {
@@ -163,6 +197,13 @@ impl Store {
                     Change::DeletePool(id) => delete_in::<PoolRecord>(tx, id).map(drop)?,
                     Change::PutVm(r) => put_in(tx, r.as_ref())?,
                     Change::DeleteVm(id) => delete_in::<VmRecord>(tx, id).map(drop)?,
+                    Change::PutPod(r) => put_in(tx, r.as_ref())?,
+                    Change::DeletePod(id) => delete_in::<PodRecord>(tx, id).map(drop)?,
+                    Change::ReserveIdsBelow(end) => {
+                        let mut meta = tx.open_table(META)?;
+                        let next = meta.get(META_NEXT_ID)?.map_or(1, |v| v.value());
+                        meta.insert(META_NEXT_ID, next.max(*end))?;
+                    }
                 }
             }
             Ok(())

@@ -41,6 +41,7 @@ use super::errors::{AgentError, Result};
 use super::pools::pool_id_or_root;
 use super::{now, Agent, State};
 use crate::records::{ContainerRuntime, PodRecord};
+use crate::state::{Change, Ticket};
 use stratum_api::proto;
 use stratum_api::proto::{ContainerState, PodState};
 use stratum_cgroup::Cgroup;
@@ -267,10 +268,10 @@ impl Agent {
             containers: vec![ContainerRuntime::default(); spec.containers.len()],
             cgroup_path: String::new(),
         };
-        if let Err(e) = self.store.put(&record) {
+        if let Err(e) = self.stage_pod(Change::PutPod(Box::new(record.clone()))) {
             let _ = state.tree.release(&workload);
             let _ = state.tree.remove_workload(&workload);
-            return Err(e.into());
+            return Err(e);
         }
         state.pods.insert(
             id.to_string(),
@@ -355,7 +356,7 @@ impl Agent {
         let workload = WorkloadId::from(id);
         let _ = state.tree.release(&workload);
         let _ = state.tree.remove_workload(&workload);
-        if let Err(e) = self.store.delete::<PodRecord>(id) {
+        if let Err(e) = self.stage_pod(Change::DeletePod(id.to_string())) {
             tracing::error!(pod = %id, "cannot delete the record of a pod that failed to start: {e}");
         }
         state.pods.remove(id);
@@ -485,7 +486,7 @@ impl Agent {
                 pod_state_name(entry.state())
             )));
         }
-        self.store.delete::<PodRecord>(id)?;
+        self.stage_pod(Change::DeletePod(id.to_string()))?;
         let _ = state.tree.remove_workload(&WorkloadId::from(id));
         state.pods.remove(id);
         drop(state);
@@ -533,8 +534,8 @@ impl Agent {
         pods
     }
 
-    /// Applies `change` to a copy of the pod's record, stores it, then
-    /// keeps it: memory never runs ahead of the store.
+    /// Applies `change` to a copy of the pod's record, stages it, then
+    /// keeps it: memory never holds what the store refused.
     fn update_pod(&self, id: &str, change: impl FnOnce(&mut PodRecord)) -> Result<()> {
         let mut state = self.write_state();
         self.update_pod_locked(&mut state, id, change)
@@ -552,8 +553,18 @@ impl Agent {
             .ok_or_else(|| AgentError::NotFound(format!("no pod {id}")))?;
         let mut record = entry.record.clone();
         change(&mut record);
-        self.store.put(&record)?;
+        self.stage_pod(Change::PutPod(Box::new(record.clone())))?;
         entry.record = record;
+        Ok(())
+    }
+
+    /// Stages a pod record change. Pod calls run on the async side and
+    /// change records at many points (a container's every start and
+    /// exit), so they do not wait for each one: the API answers of pod
+    /// calls wait for everything staged before them (`api::settled`),
+    /// which covers these.
+    fn stage_pod(&self, change: Change) -> Result<()> {
+        let _ticket: Ticket = self.stage([change])?;
         Ok(())
     }
 
