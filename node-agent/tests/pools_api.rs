@@ -281,6 +281,76 @@ async fn concurrent_creates_are_all_durable() {
     assert_eq!(cgroups, created);
 }
 
+async fn whole_tree(agent: &TestAgent) -> Vec<proto::ResourcePool> {
+    agent
+        .pools()
+        .await
+        .list(proto::ListResourcePoolsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pools
+}
+
+/// The whole-tree list is served from encoded bytes kept between changes:
+/// every create, update and delete shows in the next list, and a subtree
+/// list agrees with it.
+#[tokio::test]
+async fn the_whole_tree_list_follows_every_change() {
+    let agent = TestAgent::start("treelist");
+    let ids = |pools: &[proto::ResourcePool]| -> Vec<String> {
+        pools.iter().map(|p| p.id.clone()).collect()
+    };
+    assert_eq!(ids(&whole_tree(&agent).await), ["root"]);
+    let a = create(&agent, "", spec("a", alloc(300, 0, false), None))
+        .await
+        .unwrap();
+    // Twice: the second comes from the cache.
+    for _ in 0..2 {
+        assert_eq!(ids(&whole_tree(&agent).await), ["root", a.id.as_str()]);
+    }
+    let b = create(&agent, &a.id, spec("b", alloc(100, 0, false), None))
+        .await
+        .unwrap();
+    let tree = whole_tree(&agent).await;
+    assert_eq!(ids(&tree), ["root", a.id.as_str(), b.id.as_str()]);
+    assert_eq!(tree[1].child_pool_ids, [b.id.as_str()]);
+    agent
+        .pools()
+        .await
+        .update(proto::UpdateResourcePoolRequest {
+            id: b.id.clone(),
+            spec: Some(spec("b", alloc(200, 0, false), None)),
+        })
+        .await
+        .unwrap();
+    let tree = whole_tree(&agent).await;
+    let b_listed = tree.iter().find(|p| p.id == b.id).unwrap();
+    assert_eq!(
+        b_listed.spec.as_ref().unwrap().cpu.unwrap().reservation,
+        200
+    );
+    let subtree = agent
+        .pools()
+        .await
+        .list(proto::ListResourcePoolsRequest {
+            root_id: a.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pools;
+    assert_eq!(subtree, tree[1..]);
+    agent
+        .pools()
+        .await
+        .delete(proto::DeleteResourcePoolRequest { id: b.id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(ids(&whole_tree(&agent).await), ["root", a.id.as_str()]);
+}
+
 #[tokio::test]
 async fn host_info_and_capacity() {
     let agent = TestAgent::start("host");

@@ -149,6 +149,10 @@ pub enum ImageError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// The index's table could not be read or written (redb: I/O error,
+    /// full disk, corruption it detected).
+    #[error("image index: {0}")]
+    Index(#[source] redb::Error),
     /// A filesystem operation on the store failed.
     #[error("{context}: {source}")]
     Io {

@@ -1,10 +1,9 @@
-//! Small durable-filesystem helpers shared by the blob store, the layer
-//! store and the index: unique temp names, fsync of a directory after a
-//! rename (the rename itself is only durable once its directory is), and
-//! an atomic replace of a small file.
+//! Small durable-filesystem helpers shared by the blob store and the layer
+//! store: unique temp names, fsync of a directory after a rename (the
+//! rename itself is only durable once its directory is), and removal.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,20 +28,6 @@ pub(crate) fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
         Some(parent) => fsync_dir(parent),
         None => Ok(()),
     }
-}
-
-/// Replaces `path` with `bytes` atomically: write a temp file in `tmp_dir`
-/// (same filesystem), fsync it, rename over `path`, fsync the directory.
-/// A crash leaves either the old or the new file, never a torn one.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], tmp_dir: &Path) -> io::Result<()> {
-    let tmp = tmp_dir.join(unique_name("write"));
-    let result = File::create(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| rename_durable(&tmp, path));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Removes a file or a directory tree; absent is fine. `remove_dir_all`

@@ -65,7 +65,7 @@ pub use gc::GcReport;
 pub use import::ImportOptions;
 pub use lease::ImageLease;
 pub use progress::{LayerPhase, LayerProgress, ProgressSink, PullEvent};
-pub use record::{ImageRecord, LayerRecord};
+pub use record::{import_index_file, ImageRecord, LayerRecord};
 pub use registry::{PullOptions, RegistryCredentials};
 pub use store::ImageStore;
 pub use whiteout::OPAQUE_XATTR;

@@ -1,28 +1,36 @@
 //! Image records and the index that persists them.
 //!
-//! The index is one JSON file, `<images>/index.json`, replaced atomically
-//! (temp file, fsync, rename, fsync of the directory) on every change. It
-//! is small (one record per image), written only by pull, import and
-//! remove, and read once at open; a whole-file replace makes every change
-//! all-or-nothing without a second database next to the agent's redb state
-//! file, and leaves an index an operator can read. Records are committed
-//! only after their blobs and layers are durable, so a crash at any point
-//! leaves either no record (and unreferenced files that GC removes) or a
-//! complete image.
+//! The index is a redb table, `images`: one row per image, keyed by its
+//! manifest digest, the value a format version byte and the record as
+//! JSON. The table lives in the agent's state file beside every other
+//! record (shared through [`crate::ImageStore::open_shared`]), or in
+//! `<images>/index.redb` for a store used alone. Each change is one
+//! fsynced transaction, all-or-nothing; records are committed only after
+//! their blobs and layers are durable, so a crash at any point leaves
+//! either no record (and unreferenced files that GC removes) or a complete
+//! image. A row that cannot be read at open is moved, bytes unchanged, to
+//! the shared `quarantine` table (key `images/<digest>`) and reported; the
+//! other images are served. [`import_index_file`] moves a store's earlier
+//! `index.json` into the table.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 
 use oci_spec::image::ImageConfiguration;
 use serde::{Deserialize, Serialize};
 
 use super::digest::{is_hex64, Digest};
 use super::error::ImageError;
-use super::fsutil::write_atomic;
 use super::reference;
 
 /// The index file's format version.
 pub const INDEX_VERSION: u32 = 1;
+
+/// The format of an `images` row (its first byte).
+const ROW_VERSION: u8 = 1;
 
 /// One stored image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,56 +81,84 @@ struct IndexFile {
 }
 
 /// The records in memory and where they persist.
-#[derive(Debug)]
+/// manifest digest → format version byte + JSON [`ImageRecord`].
+const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
+/// Rows that could not be read, moved aside: `images/<key>` → the bytes.
+const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
+
+/// The index: every record in memory, each change committed to the table.
 pub(crate) struct Index {
-    path: PathBuf,
-    tmp: PathBuf,
+    db: Arc<Database>,
     images: BTreeMap<Digest, ImageRecord>,
 }
 
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("images", &self.images.len())
+            .finish()
+    }
+}
+
 impl Index {
-    /// Loads `path` (absent means empty).
-    pub(crate) fn load(path: &Path, tmp: &Path) -> Result<Self, ImageError> {
-        let mut index = Index {
-            path: path.to_owned(),
-            tmp: tmp.to_owned(),
-            images: BTreeMap::new(),
-        };
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(index),
-            Err(e) => return Err(ImageError::io("read", path, e)),
-        };
-        let corrupt = |reason: String| ImageError::CorruptIndex {
-            path: path.to_owned(),
-            reason,
-        };
-        let file: IndexFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        if file.version != INDEX_VERSION {
-            return Err(corrupt(format!(
-                "format version {} (this agent reads {INDEX_VERSION})",
-                file.version
-            )));
+    /// Loads the index from `db`, creating the table if missing; rows that
+    /// cannot be read go to quarantine (logged), in the same transaction.
+    pub(crate) fn load(db: Arc<Database>) -> Result<Self, ImageError> {
+        let tx = db.begin_write().map_err(db_error)?;
+        let mut images = BTreeMap::new();
+        let mut unreadable = Vec::new();
+        {
+            let table = tx.open_table(IMAGES).map_err(db_error)?;
+            for row in table.iter().map_err(db_error)? {
+                let (key, value) = row.map_err(db_error)?;
+                match decode(key.value(), value.value()) {
+                    Ok(record) => {
+                        images.insert(record.manifest_digest.clone(), record);
+                    }
+                    Err(reason) => {
+                        unreadable.push((key.value().to_string(), value.value().to_vec(), reason))
+                    }
+                }
+            }
         }
-        for record in file.images {
-            index.images.insert(record.manifest_digest.clone(), record);
+        if !unreadable.is_empty() {
+            let mut table = tx.open_table(IMAGES).map_err(db_error)?;
+            let mut quarantine = tx.open_table(QUARANTINE).map_err(db_error)?;
+            for (key, bytes, reason) in unreadable {
+                tracing::error!(
+                    image = %key,
+                    %reason,
+                    "an unreadable image record was moved to the store's quarantine table"
+                );
+                quarantine
+                    .insert(format!("images/{key}").as_str(), bytes.as_slice())
+                    .map_err(db_error)?;
+                table.remove(key.as_str()).map_err(db_error)?;
+            }
         }
-        Ok(index)
+        tx.commit().map_err(db_error)?;
+        Ok(Index { db, images })
     }
 
-    fn save(&self) -> Result<(), ImageError> {
-        let file = IndexFile {
-            version: INDEX_VERSION,
-            images: self.images.values().cloned().collect(),
-        };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| ImageError::Io {
-            context: "encode image index".into(),
-            source: e.into(),
-        })?;
-        write_atomic(&self.path, &bytes, &self.tmp).map_err(ImageError::io_at("write", &self.path))
+    /// Commits the rows that differ between `before` and the index now.
+    fn save(&self, before: &BTreeMap<Digest, ImageRecord>) -> Result<(), ImageError> {
+        let tx = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut table = tx.open_table(IMAGES).map_err(db_error)?;
+            for digest in before.keys().filter(|d| !self.images.contains_key(*d)) {
+                table.remove(digest.as_str()).map_err(db_error)?;
+            }
+            for (digest, record) in &self.images {
+                if before.get(digest) != Some(record) {
+                    table
+                        .insert(digest.as_str(), encode(record)?.as_slice())
+                        .map_err(db_error)?;
+                }
+            }
+        }
+        tx.commit().map_err(db_error)
     }
 
-    /// Every record, in manifest-digest order.
     pub(crate) fn all(&self) -> impl Iterator<Item = &ImageRecord> {
         self.images.values()
     }
@@ -176,7 +212,7 @@ impl Index {
     }
 
     fn save_or_restore(&mut self, before: BTreeMap<Digest, ImageRecord>) -> Result<(), ImageError> {
-        let result = self.save();
+        let result = self.save(&before);
         if result.is_err() {
             self.images = before;
         }
@@ -206,4 +242,65 @@ impl Index {
 fn dedup(refs: &mut Vec<String>) {
     let mut seen = HashSet::new();
     refs.retain(|r| seen.insert(r.clone()));
+}
+
+/// Copies the records of a store's earlier `index.json` at `path` into the
+/// `images` table in `into`; its caller commits it, or drops it and
+/// nothing moved. A missing file moves nothing.
+pub fn import_index_file(path: &Path, into: &WriteTransaction) -> Result<usize, ImageError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(ImageError::io("read", path, e)),
+    };
+    let corrupt = |reason: String| ImageError::CorruptIndex {
+        path: path.to_owned(),
+        reason,
+    };
+    let file: IndexFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if file.version != INDEX_VERSION {
+        return Err(corrupt(format!(
+            "format version {} (this agent reads {INDEX_VERSION})",
+            file.version
+        )));
+    }
+    let mut table = into.open_table(IMAGES).map_err(db_error)?;
+    for record in &file.images {
+        table
+            .insert(record.manifest_digest.as_str(), encode(record)?.as_slice())
+            .map_err(db_error)?;
+    }
+    Ok(file.images.len())
+}
+
+/// A record's row: the format version byte, then JSON.
+fn encode(record: &ImageRecord) -> Result<Vec<u8>, ImageError> {
+    let mut bytes = vec![ROW_VERSION];
+    serde_json::to_writer(&mut bytes, record).map_err(|e| ImageError::Io {
+        context: "encode an image record".into(),
+        source: e.into(),
+    })?;
+    Ok(bytes)
+}
+
+/// The record in a row, or why it cannot be read.
+fn decode(key: &str, bytes: &[u8]) -> Result<ImageRecord, String> {
+    let (version, body) = bytes.split_first().ok_or("empty row")?;
+    if *version != ROW_VERSION {
+        return Err(format!(
+            "format version {version}, this agent reads {ROW_VERSION}"
+        ));
+    }
+    let record: ImageRecord = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if record.manifest_digest.as_str() != key {
+        return Err(format!(
+            "the record is of {}, not of its key",
+            record.manifest_digest
+        ));
+    }
+    Ok(record)
+}
+
+fn db_error(e: impl Into<redb::Error>) -> ImageError {
+    ImageError::Index(e.into())
 }

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! <data>/images/
-//!   index.json            image records (see record.rs)
+//!   index.redb            image records, for a store used alone (see
+//!                         record.rs; the agent keeps them in its state file)
 //!   blobs/sha256/<hex>    manifests, configs, layer blobs (see blobs.rs)
 //!   layers/<diff-id hex>/ unpacked layers, overlayfs lowerdirs (see layers.rs)
 //!   tmp/                  work files and directories, emptied at open
@@ -111,16 +112,30 @@ pub(crate) fn empty_trash(paths: Vec<PathBuf>) {
 }
 
 impl ImageStore {
-    /// Opens (creating) the store in `<data_dir>/images`, clearing what an
-    /// interrupted pull, import or GC left in `tmp/`.
+    /// Opens (creating) the store in `<data_dir>/images`, with its index in
+    /// `<data_dir>/images/index.redb`, clearing what an interrupted pull,
+    /// import or GC left in `tmp/`.
     pub fn open(data_dir: &Path) -> Result<Self, ImageError> {
+        let root = data_dir.join("images");
+        fs::create_dir_all(&root).map_err(ImageError::io_at("create", &root))?;
+        let path = root.join("index.redb");
+        let db = redb::Database::create(&path).map_err(|e| ImageError::CorruptIndex {
+            path,
+            reason: e.to_string(),
+        })?;
+        ImageStore::open_shared(data_dir, Arc::new(db))
+    }
+
+    /// [`ImageStore::open`] with the index's table in `db`, a database the
+    /// caller shares (the agent's state file).
+    pub fn open_shared(data_dir: &Path, db: Arc<redb::Database>) -> Result<Self, ImageError> {
         let root = data_dir.join("images");
         let tmp = root.join("tmp");
         fs::create_dir_all(&tmp).map_err(ImageError::io_at("create", &tmp))?;
         clear_dir(&tmp)?;
         let blobs = BlobStore::open(&root, &tmp)?;
         let layers = LayerStore::open(&root, &tmp)?;
-        let index = Index::load(&root.join("index.json"), &tmp)?;
+        let index = Index::load(db)?;
         let state = Mutex::new(State {
             index,
             leases: HashMap::new(),

@@ -18,7 +18,9 @@ pub struct PodNetConfig {
     pub cidr: Ipv4Cidr,
     /// Where each pod's netns is bound, as `<netns_dir>/<pod-id>`.
     pub netns_dir: PathBuf,
-    /// The redb file with allocations, pod records and policies.
+    /// The redb file with allocations, pod records and policies, when the
+    /// network has one of its own ([`crate::PodNetwork::open`]; the agent
+    /// shares its state file instead).
     pub state_file: PathBuf,
     /// The `inet` table holding every rule of this network.
     pub nft_table: String,

@@ -202,6 +202,27 @@ pub(crate) fn release_in(tx: &WriteTransaction, owner: &str) -> Result<Option<Ip
     Ok(Some(Ipv4Addr::from(addr)))
 }
 
+/// Copies every allocation, the cursor and the CIDR from `from` into `into`
+/// (moving the pod network's state from its own file into a shared one).
+pub(crate) fn copy_in(from: &redb::ReadTransaction, into: &WriteTransaction) -> Result<()> {
+    let mut by_addr = into.open_table(BY_ADDR)?;
+    for row in from.open_table(BY_ADDR)?.iter()? {
+        let (k, v) = row?;
+        by_addr.insert(k.value(), v.value())?;
+    }
+    let mut by_owner = into.open_table(BY_OWNER)?;
+    for row in from.open_table(BY_OWNER)?.iter()? {
+        let (k, v) = row?;
+        by_owner.insert(k.value(), v.value())?;
+    }
+    let mut meta = into.open_table(META)?;
+    for row in from.open_table(META)?.iter()? {
+        let (k, v) = row?;
+        meta.insert(k.value(), v.value())?;
+    }
+    Ok(())
+}
+
 /// Every allocation in `tx`, in address order.
 pub(crate) fn allocations_in(tx: &redb::ReadTransaction) -> Result<Vec<(Ipv4Addr, String)>> {
     list(&tx.open_table(BY_ADDR)?)

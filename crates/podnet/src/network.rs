@@ -142,8 +142,23 @@ impl PodNetwork {
         config.validate()?;
         let store = {
             let (path, cidr) = (config.state_file.clone(), config.cidr);
-            Arc::new(blocking(move || Store::open(&path, cidr)).await?)
+            blocking(move || Store::open(&path, cidr)).await?
         };
+        PodNetwork::open_with(config, store).await
+    }
+
+    /// [`PodNetwork::open`] with the network's tables in `db`, a database
+    /// the caller shares (the agent's state file); `config.state_file` is
+    /// not used.
+    pub async fn open_shared(config: PodNetConfig, db: Arc<redb::Database>) -> Result<Self> {
+        config.validate()?;
+        let cidr = config.cidr;
+        let store = blocking(move || Store::with_db(db, cidr)).await?;
+        PodNetwork::open_with(config, store).await
+    }
+
+    async fn open_with(config: PodNetConfig, store: Store) -> Result<Self> {
+        let store = Arc::new(store);
         let nl = Netlink::connect()?;
         let bridge_index = bridge::ensure_bridge(&nl, &config.bridge, config.cidr).await?;
         if config.ip_forward {

@@ -1,15 +1,17 @@
-//! The pod network's durable state: one redb file (by default
-//! `podnet.redb` in the agent's data dir) holding IPAM's allocations (see
-//! [`super::ipam`]), a record per attached pod and the namespace policies.
+//! The pod network's durable state: IPAM's allocations (see
+//! [`super::ipam`]), a record per attached pod and the namespace policies,
+//! in tables of a redb database — the agent's one state file, shared with
+//! [`Store::with_db`], or a file of its own ([`Store::open`], for using the
+//! network alone). Its tables are named `podnet_*` and `ipam_*`, so they
+//! live beside anyone else's.
 //!
 //! A pod's record is written in the same transaction as its address
 //! allocation, before any link or netns exists, so after a crash at any
 //! point the record names everything that may be left in the kernel and
 //! reconcile can finish or undo it; it is deleted (with the address
 //! released) only after the kernel state is gone. Every commit is fsynced
-//! (redb's `Durability::Immediate`). The file is separate from the agent's
-//! main state store so that this module owns its schema and can be tested
-//! alone.
+//! (redb's `Durability::Immediate`). [`import_file`] moves a state file
+//! of its own into a shared database.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -58,6 +60,25 @@ pub struct Loaded {
     pub orphan_allocations: Vec<(Ipv4Addr, String)>,
 }
 
+/// Copies everything in the pod network's own state file at `path` into
+/// `into`, a transaction on a shared database: its caller commits it, or
+/// drops it and nothing moved.
+pub fn import_file(path: &Path, into: &redb::WriteTransaction) -> Result<()> {
+    let from = open_db(path)?;
+    let tx = from.begin_read()?;
+    let mut pods = into.open_table(PODS)?;
+    for row in tx.open_table(PODS)?.iter()? {
+        let (k, v) = row?;
+        pods.insert(k.value(), v.value())?;
+    }
+    let mut policies = into.open_table(POLICIES)?;
+    for row in tx.open_table(POLICIES)?.iter()? {
+        let (k, _) = row?;
+        policies.insert(k.value(), ())?;
+    }
+    ipam::copy_in(&tx, into)
+}
+
 /// Open (or create) a redb file.
 pub(crate) fn open_db(path: &Path) -> Result<Arc<Database>> {
     Database::create(path)
@@ -82,7 +103,12 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(PodNetError::io(format!("create {}", dir.display())))?;
         }
-        let db = open_db(path)?;
+        Store::with_db(open_db(path)?, cidr)
+    }
+
+    /// Keep the network's tables in `db`, a database others use too
+    /// (creating them if missing).
+    pub fn with_db(db: Arc<Database>, cidr: Ipv4Cidr) -> Result<Self> {
         let tx = db.begin_write()?;
         tx.open_table(PODS)?;
         tx.open_table(POLICIES)?;

@@ -95,7 +95,9 @@ fn image_code(e: &ImageError) -> Code {
         ImageError::RegistryAuth { .. } => Code::PermissionDenied,
         ImageError::RegistryTls { .. } | ImageError::Registry { .. } => Code::Unavailable,
         ImageError::InUse { .. } => Code::FailedPrecondition,
-        ImageError::CorruptIndex { .. } | ImageError::Io { .. } => Code::Internal,
+        ImageError::CorruptIndex { .. } | ImageError::Index(_) | ImageError::Io { .. } => {
+            Code::Internal
+        }
     }
 }
 

@@ -62,6 +62,9 @@ pub struct Agent {
     /// The node's image store (`<data_dir>/images`).
     images: ImageStore,
     state: RwLock<State>,
+    /// Bumped every time the write lock is taken: a value read under the
+    /// read lock names the state that was seen (see `api::pools`' cache).
+    generation: std::sync::atomic::AtomicU64,
     events: broadcast::Sender<proto::VmEvent>,
     /// `vmm --version`, asked once at start.
     vmm_version: String,
@@ -97,7 +100,7 @@ impl Agent {
             root_name: config.cgroup_root.clone(),
             ..HierarchyConfig::default()
         })?;
-        let images = ImageStore::open(&config.data_dir)
+        let images = ImageStore::open_shared(&config.data_dir, journal.store().database())
             .map_err(|e| errors::AgentError::Internal(format!("image store: {e}")))?;
         let tree = PoolTree::new(host::capacity(), config.system_reserve)?;
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
@@ -114,6 +117,7 @@ impl Agent {
                 pods: BTreeMap::new(),
             }),
             events,
+            generation: std::sync::atomic::AtomicU64::new(0),
             ids: std::sync::Mutex::new((snapshot.next_id, snapshot.next_id)),
             pod_host: tokio::sync::OnceCell::new(),
             cgroup_map: std::sync::OnceLock::new(),
@@ -209,7 +213,17 @@ impl Agent {
     }
 
     fn write_state(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
+        let guard = self.state.write().unwrap_or_else(|p| p.into_inner());
+        // Under the write lock, before any change: a reader that sees the
+        // old value saw the old state.
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        guard
+    }
+
+    /// The state's generation now: unchanged means the state is.
+    pub fn state_generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

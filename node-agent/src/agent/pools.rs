@@ -80,9 +80,11 @@ impl Agent {
             spec: Some(spec.into()),
             created_at: Some(created_at),
         };
-        let staged = self
-            .stage([Change::PutPool(record)])
-            .and_then(|ticket| Ok((ticket, state.tree.to_proto(id)?)));
+        let staged = state
+            .tree
+            .to_proto(id)
+            .map_err(AgentError::from)
+            .and_then(|pool| Ok((self.stage([Change::PutPool(record)])?, pool)));
         match staged {
             Ok(_) => {
                 state.pool_created.insert(id.clone(), created_at);
@@ -112,11 +114,18 @@ impl Agent {
     /// The subtree under `root` (empty = the whole tree), parents before
     /// children.
     pub fn list_pools(&self, root: &str) -> Result<Vec<proto::ResourcePool>> {
+        self.list_pools_at(root).map(|(_, pools)| pools)
+    }
+
+    /// [`Agent::list_pools`] and the state generation it was read at.
+    pub fn list_pools_at(&self, root: &str) -> Result<(u64, Vec<proto::ResourcePool>)> {
         let state = self.read_state();
-        subtree_ids(&state.tree, root)?
+        let generation = self.state_generation();
+        let pools = subtree_ids(&state.tree, root)?
             .iter()
             .map(|id| Ok(state.tree.to_proto(id)?))
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((generation, pools))
     }
 
     pub fn update_pool(

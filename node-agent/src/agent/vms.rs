@@ -98,7 +98,9 @@ impl Agent {
     /// stages its record under the write lock, and answers once the record
     /// is durable.
     pub fn create_vm(&self, spec: &proto::VmSpec) -> Result<proto::VirtualMachine> {
-        let sizing = check_spec(spec, self.read_state().tree.host().memory_bytes)?;
+        let host_memory = self.read_state().tree.host().memory_bytes;
+        // Opens the files the spec names: no lock held.
+        let sizing = check_spec(spec, host_memory)?;
         let pool = pool_id_or_root(&spec.pool_id);
         let id = format!("vm-{}", self.next_id()?);
         let workload = Workload::vm(WorkloadId::from(id.as_str()), pool.clone(), &sizing)?;

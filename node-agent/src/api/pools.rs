@@ -1,13 +1,29 @@
-//! `stratum.v1.ResourcePools`.
+//! `stratum.v1.ResourcePools`, with the whole-tree `List` answered from
+//! bytes encoded once per change of the state.
+//!
+//! Listing every pool is what a Supervisor polls; at 1,000 pools building
+//! and encoding the answer costs more than serving it. [`PoolsApi`] wraps
+//! the generated server and answers that one call from a cache keyed by
+//! the agent's state generation (which every write lock bumps): the first
+//! list after a change builds the bytes, the others send them as they
+//! are. Every other call, a subtree list included, goes to the generated
+//! server unchanged.
 
-use std::sync::Arc;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 
+use prost::Message;
+use tonic::codec::{Codec, EncodeBuf, Encoder};
+use tonic::codegen::{http, BoxFuture, Bytes, Context, Poll, Service, StdError};
+use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
 use crate::agent::errors::AgentError;
 use crate::agent::Agent;
 use stratum_api::proto;
-use stratum_api::proto::resource_pools_server::ResourcePools;
+use stratum_api::proto::resource_pools_server::{ResourcePools, ResourcePoolsServer};
+
+const LIST_PATH: &str = "/stratum.v1.ResourcePools/List";
 
 pub struct PoolService(pub Arc<Agent>);
 
@@ -40,17 +56,7 @@ impl ResourcePools for PoolService {
         &self,
         request: Request<proto::ListResourcePoolsRequest>,
     ) -> Result<Response<proto::ListResourcePoolsResponse>, Status> {
-        let r = request.into_inner();
-        if r.include_workloads {
-            // Reads cgroup files: off the async threads.
-            let inventory = super::blocking(&self.0, move |a| a.inventory(&r.root_id)).await?;
-            return super::durable(&self.0, Response::new(inventory)).await;
-        }
-        let pools = self.0.list_pools(&r.root_id)?;
-        let list = proto::ListResourcePoolsResponse {
-            pools,
-            ..Default::default()
-        };
+        let list = list(&self.0, request.into_inner()).await?;
         super::durable(&self.0, Response::new(list)).await
     }
 
@@ -75,5 +81,160 @@ impl ResourcePools for PoolService {
         super::blocking(&self.0, move |a| a.delete_pool(&id))
             .await
             .map(|()| Response::new(proto::DeleteResourcePoolResponse {}))
+    }
+}
+
+/// A subtree, or the inventory with workloads and usage.
+async fn list(
+    agent: &Arc<Agent>,
+    r: proto::ListResourcePoolsRequest,
+) -> Result<proto::ListResourcePoolsResponse, Status> {
+    if r.include_workloads {
+        // Reads cgroup files: off the async threads.
+        return super::blocking(agent, move |a| a.inventory(&r.root_id)).await;
+    }
+    Ok(proto::ListResourcePoolsResponse {
+        pools: agent.list_pools(&r.root_id)?,
+        ..Default::default()
+    })
+}
+
+/// The `ResourcePools` service as served: the generated server, but the
+/// whole-tree `List` from [`TreeCache`].
+#[derive(Clone)]
+pub struct PoolsApi {
+    generated: ResourcePoolsServer<PoolService>,
+    agent: Arc<Agent>,
+    cache: Arc<TreeCache>,
+}
+
+impl PoolsApi {
+    pub fn new(agent: Arc<Agent>) -> Self {
+        PoolsApi {
+            generated: ResourcePoolsServer::new(PoolService(Arc::clone(&agent))),
+            agent,
+            cache: Arc::new(TreeCache::default()),
+        }
+    }
+}
+
+impl NamedService for PoolsApi {
+    const NAME: &'static str = <ResourcePoolsServer<PoolService> as NamedService>::NAME;
+}
+
+impl<B> Service<http::Request<B>> for PoolsApi
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != LIST_PATH {
+            return self.generated.call(req);
+        }
+        let list = CachedList {
+            agent: Arc::clone(&self.agent),
+            cache: Arc::clone(&self.cache),
+        };
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(EncodedCodec);
+            Ok(grpc.unary(list, req).await)
+        })
+    }
+}
+
+/// The whole tree's `ListResourcePoolsResponse`, encoded, and the state
+/// generation it was built at.
+#[derive(Default)]
+pub struct TreeCache {
+    encoded: Mutex<Option<(u64, Bytes)>>,
+}
+
+impl TreeCache {
+    /// The encoded whole tree as of now: the cached bytes while the state
+    /// has not changed since they were built, else built again.
+    fn whole_tree(&self, agent: &Agent) -> Result<Bytes, AgentError> {
+        let now = agent.state_generation();
+        if let Some((built_at, bytes)) = self.lock().as_ref() {
+            if *built_at == now {
+                return Ok(bytes.clone());
+            }
+        }
+        let (built_at, pools) = agent.list_pools_at("")?;
+        let bytes = Bytes::from(
+            proto::ListResourcePoolsResponse {
+                pools,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        *self.lock() = Some((built_at, bytes.clone()));
+        Ok(bytes)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(u64, Bytes)>> {
+        // Holds one value, replaced whole: a panic cannot leave it torn.
+        self.encoded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `List`, answered with encoded bytes.
+struct CachedList {
+    agent: Arc<Agent>,
+    cache: Arc<TreeCache>,
+}
+
+impl UnaryService<proto::ListResourcePoolsRequest> for CachedList {
+    type Response = Bytes;
+    type Future = BoxFuture<Response<Bytes>, Status>;
+
+    fn call(&mut self, request: Request<proto::ListResourcePoolsRequest>) -> Self::Future {
+        let (agent, cache) = (Arc::clone(&self.agent), Arc::clone(&self.cache));
+        Box::pin(async move {
+            let r = request.into_inner();
+            let bytes = if r.root_id.is_empty() && !r.include_workloads {
+                cache.whole_tree(&agent)?
+            } else {
+                Bytes::from(list(&agent, r).await?.encode_to_vec())
+            };
+            super::durable(&agent, Response::new(bytes)).await
+        })
+    }
+}
+
+/// Sends a message that is already encoded; decodes the request with prost.
+struct EncodedCodec;
+
+impl Codec for EncodedCodec {
+    type Encode = Bytes;
+    type Decode = proto::ListResourcePoolsRequest;
+    type Encoder = EncodedEncoder;
+    type Decoder = tonic_prost::ProstDecoder<proto::ListResourcePoolsRequest>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
+struct EncodedEncoder;
+
+impl Encoder for EncodedEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
     }
 }

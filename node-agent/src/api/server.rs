@@ -11,7 +11,7 @@ use tonic::transport::Server;
 use super::host::HostService;
 use super::images::ImageApi;
 use super::pods::PodApi;
-use super::pools::PoolService;
+use super::pools::{PoolService, PoolsApi};
 use super::vms::VmService;
 use crate::agent::Agent;
 use stratum_api::proto::host_server::HostServer;
@@ -91,7 +91,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(HostServer::new(HostService(agent.clone())))
-        .add_service(ResourcePoolsServer::new(PoolService(agent.clone())))
+        .add_service(PoolsApi::new(agent.clone()))
         .add_service(ImageServiceServer::new(ImageApi(agent.clone())))
         .add_service(PodServiceServer::new(PodApi(agent.clone())))
         .add_service(VirtualMachinesServer::new(VmService(agent)))

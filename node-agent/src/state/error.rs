@@ -39,6 +39,15 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// An older file could not be brought up to this agent's schema;
+    /// nothing was changed.
+    #[error("cannot migrate the state database from schema version {from}: {reason}")]
+    Migration {
+        /// The version found.
+        from: u64,
+        /// What failed.
+        reason: String,
+    },
     /// An earlier commit failed: the store takes no more changes until the
     /// agent restarts and reloads what is durable.
     #[error(

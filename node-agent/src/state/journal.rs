@@ -135,6 +135,11 @@ impl Journal {
         Ticket(self.shared.lock().last_staged)
     }
 
+    /// The store it commits to.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.shared.store
+    }
+
     /// How many transactions the committer has made: fewer than the
     /// tickets settled when calls shared commits.
     pub fn commits(&self) -> u64 {

@@ -28,4 +28,6 @@ mod tests;
 pub use error::StoreError;
 pub use journal::{Journal, Ticket};
 pub use record::{Record, FORMAT_VERSION};
-pub use store::{Change, Quarantined, Snapshot, Store, SCHEMA_VERSION};
+pub use store::{
+    Change, Quarantined, Snapshot, Store, IMAGE_INDEX_V1, PODNET_FILE_V1, SCHEMA_VERSION,
+};

@@ -14,6 +14,8 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::error::StoreError;
@@ -21,7 +23,20 @@ use super::record::{decode, encode, Record};
 use crate::records::{PodRecord, PoolRecord, VmRecord};
 
 /// The schema this agent writes: the set of tables and what they hold.
-pub const SCHEMA_VERSION: u64 = 1;
+///
+/// 1. pools, VMs, pods, the id sequence, quarantine.
+/// 2. and the pod network's tables (`podnet_*`, `ipam_*`, owned by
+///    `stratum-podnet`) and the image index (`images`, owned by
+///    `stratum-image`), which version 1 kept in `podnet.redb` and
+///    `images/index.json` beside this file: opening a version 1 file moves
+///    them in, in the same transaction as the new version.
+pub const SCHEMA_VERSION: u64 = 2;
+
+/// Where a version 1 agent kept the pod network's state (relative to the
+/// directory of this file).
+pub const PODNET_FILE_V1: &str = "podnet.redb";
+/// Where a version 1 agent kept the image index.
+pub const IMAGE_INDEX_V1: &str = "images/index.json";
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Records that could not be decoded, moved aside at load: key
@@ -104,7 +119,7 @@ pub struct Quarantined {
 /// The state database.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
 }
 
@@ -117,9 +132,26 @@ impl Store {
             path: path.clone(),
             source,
         })?;
-        let store = Store { db, path };
+        let store = Store {
+            db: Arc::new(db),
+            path,
+        };
         store.init()?;
+        // Moved in by a migration (now, or by a start that stopped before
+        // renaming them): nothing reads them again.
+        for v1_file in [PODNET_FILE_V1, IMAGE_INDEX_V1] {
+            let path = store.path.with_file_name(v1_file);
+            if path.exists() {
+                store.set_aside(&path);
+            }
+        }
         Ok(store)
+    }
+
+    /// The database, for the crates that keep their own tables in it (the
+    /// pod network).
+    pub fn database(&self) -> Arc<Database> {
+        Arc::clone(&self.db)
     }
 
     /// The database file.
@@ -127,7 +159,8 @@ impl Store {
         &self.path
     }
 
-    /// Create missing tables and check or write the schema version.
+    /// Create missing tables and check or write the schema version,
+    /// migrating an older file in the same transaction.
     fn init(&self) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.open_table(PoolRecord::TABLE)?;
@@ -137,17 +170,62 @@ impl Store {
             let mut meta = tx.open_table(META)?;
             let found = meta.get(META_SCHEMA)?.map(|v| v.value());
             match found {
-                Some(found) if found != SCHEMA_VERSION => Err(StoreError::UnknownSchema {
+                Some(found) if found > SCHEMA_VERSION => Err(StoreError::UnknownSchema {
                     found,
                     supported: SCHEMA_VERSION,
                 }),
-                Some(_) => Ok(()),
+                Some(SCHEMA_VERSION) => Ok(()),
+                Some(found) => {
+                    self.migrate(tx, found)?;
+                    meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
+                    tracing::info!(from = found, to = SCHEMA_VERSION, "state database migrated");
+                    Ok(())
+                }
                 None => {
                     meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
                     Ok(())
                 }
             }
         })
+    }
+
+    /// Brings a file of schema `found` up to [`SCHEMA_VERSION`] inside
+    /// `tx`: all of it commits with the new version, or none of it.
+    fn migrate(&self, tx: &WriteTransaction, found: u64) -> Result<(), StoreError> {
+        if found != 1 {
+            return Err(StoreError::UnknownSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        // 1 → 2: the pod network's own file and the image index move in.
+        let failed = |path: &Path, e: &dyn std::fmt::Display| StoreError::Migration {
+            from: found,
+            reason: format!("{}: {e}", path.display()),
+        };
+        let podnet = self.path.with_file_name(PODNET_FILE_V1);
+        if podnet.exists() {
+            stratum_podnet::store::import_file(&podnet, tx).map_err(|e| failed(&podnet, &e))?;
+        }
+        let index = self.path.with_file_name(IMAGE_INDEX_V1);
+        stratum_image::import_index_file(&index, tx).map_err(|e| failed(&index, &e))?;
+        Ok(())
+    }
+
+    /// Renames a file whose contents a migration moved into this one, so
+    /// nothing reads it again; it stays for the operator to look at.
+    fn set_aside(&self, moved: &Path) {
+        let mut aside = moved.as_os_str().to_owned();
+        aside.push(".migrated");
+        match std::fs::rename(moved, &aside) {
+            Ok(()) => tracing::info!(
+                "{} was moved into {}; the old file is now {}",
+                moved.display(),
+                self.path.display(),
+                Path::new(&aside).display()
+            ),
+            Err(e) => tracing::warn!("{} was migrated but stays in place: {e}", moved.display()),
+        }
     }
 
     /// Run `f` in one write transaction and commit it durably, or abort it

@@ -248,31 +248,147 @@ fn unreadable_records_are_typed_errors_and_quarantined_at_load() {
     assert!(again.quarantined.is_empty(), "quarantined once");
 }
 
+/// Writes `version` as the file's schema version, behind the store's back.
+fn set_schema(path: &std::path::Path, version: u64) {
+    let db = redb::Database::create(path).unwrap();
+    let tx = db.begin_write().unwrap();
+    let meta: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    tx.open_table(meta)
+        .unwrap()
+        .insert("schema_version", version)
+        .unwrap();
+    tx.commit().unwrap();
+}
+
 #[test]
 fn a_newer_schema_is_refused() {
     let (_dir, path) = scratch();
     drop(Store::open(&path).unwrap());
-    {
-        let db = redb::Database::create(&path).unwrap();
-        let tx = db.begin_write().unwrap();
-        let meta: TableDefinition<&str, u64> = TableDefinition::new("meta");
-        tx.open_table(meta)
-            .unwrap()
-            .insert("schema_version", 2)
-            .unwrap();
-        tx.commit().unwrap();
-    }
+    set_schema(&path, SCHEMA_VERSION + 1);
     let err = Store::open(&path).unwrap_err();
     assert!(
         matches!(
             err,
-            StoreError::UnknownSchema {
-                found: 2,
-                supported: 1
-            }
+            StoreError::UnknownSchema { found, supported: SCHEMA_VERSION } if found == SCHEMA_VERSION + 1
         ),
         "{err}"
     );
+}
+
+/// A version 1 data dir: the agent's file, and the pod network's own file
+/// beside it with an attached pod and a policy.
+fn v1_data_dir() -> (TempDir, std::path::PathBuf, stratum_podnet::cidr::Ipv4Cidr) {
+    let (dir, path) = scratch();
+    let store = Store::open(&path).unwrap();
+    store.put_pool(&pool("pool-1", "web")).unwrap();
+    drop(store);
+    set_schema(&path, 1);
+    let cidr: stratum_podnet::cidr::Ipv4Cidr = "10.77.0.0/24".parse().unwrap();
+    let podnet =
+        stratum_podnet::store::Store::open(&dir.path().join(PODNET_FILE_V1), cidr).unwrap();
+    podnet
+        .attach("pod-7", |ip| stratum_podnet::store::PodRecord {
+            pod_id: "pod-7".into(),
+            namespace: "pool-1".into(),
+            ip,
+            host_veth: "veth-pod7".into(),
+            netns: "/run/stratum/netns/pod-7".into(),
+            port_mappings: Vec::new(),
+        })
+        .unwrap();
+    podnet.allow("pool-1", "pool-2").unwrap();
+    // The image index as a version 1 agent wrote it.
+    let record = stratum_image::ImageRecord {
+        id: digest('c'),
+        manifest_digest: digest('m'),
+        references: vec!["registry.local/busybox:1.36".into()],
+        layers: Vec::new(),
+        config: Default::default(),
+        size_bytes: 4096,
+        stored_at_unix: 1_700_000_000,
+    };
+    std::fs::create_dir_all(dir.path().join("images")).unwrap();
+    std::fs::write(
+        dir.path().join(IMAGE_INDEX_V1),
+        serde_json::to_vec(&serde_json::json!({ "version": 1, "images": [record] })).unwrap(),
+    )
+    .unwrap();
+    (dir, path, cidr)
+}
+
+fn digest(fill: char) -> stratum_image::Digest {
+    let hex: String = std::iter::repeat_n(if fill == 'm' { 'a' } else { 'b' }, 64).collect();
+    stratum_image::Digest::parse(&format!("sha256:{hex}")).unwrap()
+}
+
+#[test]
+fn a_version_1_file_migrates_and_takes_the_pod_network_in() {
+    let (dir, path, cidr) = v1_data_dir();
+    let store = Store::open(&path).unwrap();
+    assert_eq!(
+        store.list_pools().unwrap().len(),
+        1,
+        "the agent's records stay"
+    );
+    let podnet = stratum_podnet::store::Store::with_db(store.database(), cidr).unwrap();
+    let loaded = podnet.load().unwrap();
+    let pod = loaded
+        .pods
+        .get("pod-7")
+        .expect("the pod network's record moved in");
+    assert_eq!(pod.host_veth, "veth-pod7");
+    assert_eq!(
+        podnet.ipam().unwrap().get("pod-7").unwrap(),
+        Some(pod.ip),
+        "its address is still allocated to it"
+    );
+    assert!(loaded
+        .policies
+        .contains(&("pool-1".to_string(), "pool-2".to_string())));
+    assert!(!dir.path().join(PODNET_FILE_V1).exists());
+    assert!(dir.path().join("podnet.redb.migrated").exists());
+    let images = stratum_image::ImageStore::open_shared(dir.path(), store.database()).unwrap();
+    let listed = images.list();
+    assert_eq!(listed.len(), 1, "the image index moved in");
+    assert_eq!(listed[0].references, ["registry.local/busybox:1.36"]);
+    assert_eq!(listed[0].manifest_digest, digest('m'));
+    assert!(!dir.path().join(IMAGE_INDEX_V1).exists());
+    assert!(dir.path().join("images/index.json.migrated").exists());
+    drop(images);
+    // The next address is not the migrated one.
+    let next = podnet.ipam().unwrap().allocate("pod-8").unwrap();
+    assert_ne!(next, pod.ip);
+    drop((podnet, store));
+    // Reopened: version 2 now, nothing to migrate.
+    let again = Store::open(&path).unwrap();
+    let podnet = stratum_podnet::store::Store::with_db(again.database(), cidr).unwrap();
+    assert_eq!(podnet.load().unwrap().pods.len(), 1);
+    let images = stratum_image::ImageStore::open_shared(dir.path(), again.database()).unwrap();
+    assert_eq!(images.list().len(), 1);
+}
+
+#[test]
+fn a_failed_migration_changes_nothing() {
+    let (dir, path, _cidr) = v1_data_dir();
+    let podnet_file = dir.path().join(PODNET_FILE_V1);
+    std::fs::write(
+        &podnet_file,
+        b"not a redb file, and long enough to look like one",
+    )
+    .unwrap();
+    let err = Store::open(&path).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Migration { from: 1, .. }),
+        "{err}"
+    );
+    assert!(podnet_file.exists(), "the old file stays where it was");
+    // Still version 1, and the image index was not taken either: without
+    // the broken file it migrates.
+    std::fs::remove_file(&podnet_file).unwrap();
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.list_pools().unwrap().len(), 1);
+    let images = stratum_image::ImageStore::open_shared(dir.path(), store.database()).unwrap();
+    assert_eq!(images.list().len(), 1);
 }
 
 #[test]

@@ -82,6 +82,46 @@ async fn records_survive_reopen_and_are_found_by_any_name() {
     assert_eq!(store.list(), vec![record]);
 }
 
+/// A row that cannot be read (garbage, a foreign format version) is moved
+/// to quarantine at open; the other images are served.
+#[tokio::test]
+async fn an_unreadable_record_is_quarantined_and_the_rest_served() {
+    let (dir, store) = store();
+    let record = import_layers(&store, dir.path(), "keep:1", &[layer("q")])
+        .await
+        .expect("import")
+        .remove(0);
+    drop(store);
+    let images: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("images");
+    let quarantine: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("quarantine");
+    let path = dir.path().join("images/index.redb");
+    {
+        let db = redb::Database::create(&path).expect("db");
+        let tx = db.begin_write().expect("tx");
+        {
+            let mut table = tx.open_table(images).expect("images");
+            table
+                .insert("sha256:garbage", &b"\x01{not json"[..])
+                .expect("insert");
+            table
+                .insert("sha256:future", &b"\x09{}"[..])
+                .expect("insert");
+        }
+        tx.commit().expect("commit");
+    }
+    let store = ImageStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.list(), vec![record]);
+    drop(store);
+    let db = redb::Database::create(&path).expect("db");
+    let tx = redb::ReadableDatabase::begin_read(&db).expect("tx");
+    let table = tx.open_table(quarantine).expect("quarantine");
+    let mut keys = Vec::new();
+    for row in redb::ReadableTable::iter(&table).expect("iter") {
+        keys.push(row.expect("row").0.value().to_string());
+    }
+    assert_eq!(keys, ["images/sha256:future", "images/sha256:garbage"]);
+}
+
 #[tokio::test]
 async fn a_tag_moves_to_the_newer_image() {
     let (dir, store) = store();

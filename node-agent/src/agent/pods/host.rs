@@ -74,7 +74,8 @@ impl Agent {
         net.nft_table = pods.bridge.clone();
         net.cidr = pods.cidr;
         net.netns_dir = run_dir.join("netns");
-        let network = PodNetwork::open(net).await?;
+        // The network's tables live in the agent's state file.
+        let network = PodNetwork::open_shared(net, self.journal.store().database()).await?;
         sync_policies(&network, &pods.allow).await?;
         tracing::info!(
             runtime = %runtime.binary().display(),
