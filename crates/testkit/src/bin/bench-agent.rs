@@ -52,29 +52,47 @@ const VM_POOLS: usize = 100;
 const TARGET_CALLS_PER_S: f64 = 2000.0;
 const TARGET_P99: Duration = Duration::from_millis(10);
 const TARGET_RSS_KIB: u64 = 30 * 1024;
-const USAGE: &str = "usage: bench-agent [--agent PATH] [--vmm PATH] [--seconds N] [--dir DIR]
-  --agent PATH  node-agent binary [default: node-agent next to bench-agent]
-  --vmm PATH    vmm binary handed to the agent (VMs are only created, never
-                started) [default: vmm next to bench-agent, else /bin/true]
-  --seconds N   duration of each get/list run [default: 5]
-  --dir DIR     where the temporary data dir goes [default: $TMPDIR or /tmp,
-                /var/tmp if that is a tmpfs: fsync must reach a disk]";
-
+/// The node agent's gRPC API under load (see the module docs).
+#[derive(clap::Parser)]
+#[command(name = "bench-agent")]
 struct Options {
-    agent: PathBuf,
-    vmm: PathBuf,
+    /// node-agent binary [default: node-agent next to bench-agent]
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
+    /// vmm binary handed to the agent (VMs are only created, never
+    /// started) [default: vmm next to bench-agent, else /bin/true]
+    #[arg(long, value_name = "PATH")]
+    vmm: Option<PathBuf>,
+    /// Duration of each get/list run, in seconds
+    #[arg(long, value_name = "N", default_value_t = 5.0, value_parser = positive_seconds)]
     seconds: f64,
+    /// Where the temporary data dir goes [default: $TMPDIR or /tmp,
+    /// /var/tmp if that is a tmpfs: fsync must reach a disk]
+    #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
 }
 
+impl Options {
+    /// The agent binary, once [`resolve_binaries`] has filled it in.
+    fn agent_binary(&self) -> &Path {
+        self.agent.as_deref().unwrap_or(Path::new("node-agent"))
+    }
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(n) if n > 0.0 => Ok(n),
+        Ok(_) => Err("must be > 0".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn main() -> ExitCode {
-    let options = match parse_args() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("bench-agent: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let mut options = <Options as clap::Parser>::parse();
+    if let Err(e) = resolve_binaries(&mut options) {
+        eprintln!("bench-agent: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -102,49 +120,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_args() -> Result<Options, String> {
+/// Fills in the binaries next to this one and checks the agent's exists.
+fn resolve_binaries(options: &mut Options) -> Result<(), String> {
     let exe_dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_default();
-    let mut options = Options {
-        agent: exe_dir.join("node-agent"),
-        vmm: Some(exe_dir.join("vmm"))
-            .filter(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from("/bin/true")),
-        seconds: 5.0,
-        dir: None,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--agent" => options.agent = PathBuf::from(value()?),
-            "--vmm" => options.vmm = PathBuf::from(value()?),
-            "--dir" => options.dir = Some(PathBuf::from(value()?)),
-            "--seconds" => {
-                options.seconds = value()?
-                    .parse()
-                    .map_err(|e| format!("--seconds: {e}"))
-                    .and_then(|s: f64| {
-                        if s > 0.0 {
-                            Ok(s)
-                        } else {
-                            Err("--seconds must be > 0".into())
-                        }
-                    })?
-            }
-            "-h" | "--help" => return Err("help".into()),
-            _ => return Err(format!("unknown argument {arg}")),
-        }
-    }
-    if !options.agent.exists() {
+    let agent = options
+        .agent
+        .get_or_insert_with(|| exe_dir.join("node-agent"));
+    if !agent.exists() {
         return Err(format!(
             "{} is missing: build it with `cargo build --release -p node-agent --bins` or pass --agent",
-            options.agent.display()
+            agent.display()
         ));
     }
-    Ok(options)
+    options.vmm.get_or_insert_with(|| {
+        Some(exe_dir.join("vmm"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("/bin/true"))
+    });
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -171,10 +167,11 @@ impl BenchAgent {
             std::path::absolute(base.join(format!("stratum-bench-agent-{}", std::process::id())))
                 .map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(&work);
-        let args = vec!["--vmm".to_string(), options.vmm.display().to_string()];
+        let vmm = options.vmm.as_deref().unwrap_or(Path::new("/bin/true"));
+        let args = vec!["--vmm".to_string(), vmm.display().to_string()];
         let cgroup_root = format!("bench-agent-{}", std::process::id());
         Ok(BenchAgent {
-            process: AgentProcess::start(&options.agent, work, cgroup_root, &args)?,
+            process: AgentProcess::start(options.agent_binary(), work, cgroup_root, &args)?,
         })
     }
 
@@ -930,7 +927,7 @@ fn report(r: &Report) {
     println!("node-agent gRPC API benchmark");
     println!(
         "  agent     {} (pid {}), plaintext on 127.0.0.1:{}, cgroup root {}",
-        r.options.agent.display(),
+        r.options.agent_binary().display(),
         r.agent.process.pid(),
         r.agent.process.port(),
         r.agent.process.cgroup_root()

@@ -61,26 +61,42 @@ const POD_CIDR: &str = "10.231.0.0/24";
 const RUN_STRATUM: &str = "/run/stratum";
 /// Where containerd's shims put their sockets, whatever its configuration.
 const RUN_CONTAINERD: &str = "/run/containerd";
-const USAGE: &str =
-    "usage: bench-pod [--agent PATH] [--nodectl PATH] [--runs N] [--warmup N] [--dir DIR]
-  --agent PATH    node-agent binary [default: node-agent next to bench-pod]
-  --nodectl PATH  nodectl binary for the `nodectl pod run` row [default:
-                  nodectl next to bench-pod; the row is left out when it
-                  has no pod commands]
-  --runs N        measured runs of each kind, interleaved [default: 20]
-  --warmup N      unmeasured runs of each kind first [default: 2]
-  --dir DIR       where the temporary work dir goes (agent data, containerd
-                  root, image build) [default: $TMPDIR or /tmp, /var/tmp if
-                  that is a tmpfs: overlayfs and fsync need a disk]
-Needs root, crun, runc, containerd (`make bench-pod-deps`), docker-registry,
-umoci, skopeo and busybox-static (`make deps`).";
-
+/// Pod start beside containerd + crun (see the module docs). Needs root,
+/// crun, runc, containerd (`make bench-pod-deps`), docker-registry, umoci,
+/// skopeo and busybox-static (`make deps`).
+#[derive(clap::Parser)]
+#[command(name = "bench-pod")]
 struct Options {
-    agent: PathBuf,
-    nodectl: PathBuf,
-    runs: usize,
-    warmup: usize,
+    /// node-agent binary [default: node-agent next to bench-pod]
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
+    /// nodectl binary for the `nodectl pod run` row [default: nodectl next
+    /// to bench-pod; the row is left out when it has no pod commands]
+    #[arg(long, value_name = "PATH")]
+    nodectl: Option<PathBuf>,
+    /// Measured runs of each kind, interleaved
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    runs: u64,
+    /// Unmeasured runs of each kind first
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    warmup: u64,
+    /// Where the temporary work dir goes (agent data, containerd root, image
+    /// build) [default: $TMPDIR or /tmp, /var/tmp if that is a tmpfs:
+    /// overlayfs and fsync need a disk]
+    #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+}
+
+impl Options {
+    /// The agent binary, once [`resolve_binaries`] has filled it in.
+    fn agent_binary(&self) -> &Path {
+        self.agent.as_deref().unwrap_or(Path::new("node-agent"))
+    }
+
+    /// The nodectl binary, once [`resolve_binaries`] has filled it in.
+    fn nodectl_binary(&self) -> &Path {
+        self.nodectl.as_deref().unwrap_or(Path::new("nodectl"))
+    }
 }
 
 /// Set by SIGINT or SIGTERM: stop after the current run and clean up.
@@ -112,13 +128,11 @@ fn check_stop() -> Result<(), String> {
 
 fn main() -> ExitCode {
     catch_stop_signals();
-    let options = match parse_args() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("bench-pod: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let mut options = <Options as clap::Parser>::parse();
+    if let Err(e) = resolve_binaries(&mut options) {
+        eprintln!("bench-pod: {e}");
+        return ExitCode::from(2);
+    }
     match run(&options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -128,51 +142,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_args() -> Result<Options, String> {
+/// Fills in the binaries next to this one and checks the agent's exists.
+fn resolve_binaries(options: &mut Options) -> Result<(), String> {
     let exe_dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_default();
-    let mut options = Options {
-        agent: exe_dir.join("node-agent"),
-        nodectl: exe_dir.join("nodectl"),
-        runs: 20,
-        warmup: 2,
-        dir: None,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--agent" => options.agent = PathBuf::from(value()?),
-            "--nodectl" => options.nodectl = PathBuf::from(value()?),
-            "--dir" => options.dir = Some(PathBuf::from(value()?)),
-            "--runs" => {
-                options.runs = value()?
-                    .parse()
-                    .map_err(|e| format!("--runs: {e}"))
-                    .and_then(|n: usize| {
-                        if n > 0 {
-                            Ok(n)
-                        } else {
-                            Err("--runs must be > 0".into())
-                        }
-                    })?
-            }
-            "--warmup" => {
-                options.warmup = value()?.parse().map_err(|e| format!("--warmup: {e}"))?
-            }
-            "-h" | "--help" => return Err("help".into()),
-            _ => return Err(format!("unknown argument {arg}")),
-        }
-    }
-    if !options.agent.exists() {
+    options
+        .nodectl
+        .get_or_insert_with(|| exe_dir.join("nodectl"));
+    let agent = options
+        .agent
+        .get_or_insert_with(|| exe_dir.join("node-agent"));
+    if !agent.exists() {
         return Err(format!(
             "{} is missing: build it with `cargo build --release -p node-agent --bins` or pass --agent",
-            options.agent.display()
+            agent.display()
         ));
     }
-    Ok(options)
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -362,7 +350,7 @@ impl BenchAgent {
         work: &Path,
         registry: &str,
     ) -> Result<BenchAgent, String> {
-        let help = Command::new(&options.agent)
+        let help = Command::new(options.agent_binary())
             .arg("--help")
             .stdin(Stdio::null())
             .output()
@@ -394,7 +382,12 @@ impl BenchAgent {
         args.extend(pod_args.iter().cloned());
         let made_run_dir = !Path::new(RUN_STRATUM).exists();
         let cgroup_root = format!("bench-pod-{}", std::process::id());
-        let process = AgentProcess::start(&options.agent, work.join("agent"), cgroup_root, &args)?;
+        let process = AgentProcess::start(
+            options.agent_binary(),
+            work.join("agent"),
+            cgroup_root,
+            &args,
+        )?;
         Ok(BenchAgent {
             process,
             bridge,
@@ -993,7 +986,7 @@ fn run(options: &Options) -> Result<(), String> {
     let channel = rt.block_on(agent.channel())?;
     let image_id = rt.block_on(agent_pull(channel.clone(), &reference))?;
     containerd.pull(&reference)?;
-    let nodectl = usable_nodectl(&options.nodectl);
+    let nodectl = usable_nodectl(options.nodectl_binary());
     let mut kinds = vec![Kind::RunPod];
     if nodectl.is_some() {
         kinds.push(Kind::NodectlPodRun);
@@ -1100,7 +1093,7 @@ fn report(r: &Report) {
     );
     println!(
         "  stratum     {} {}: RunPod in the root pool, no requests or limits, from a connected client; StopPod (grace 0) + RemovePod untimed",
-        r.options.agent.display(),
+        r.options.agent_binary().display(),
         r.pod_args.join(" ")
     );
     println!("              pods ran with {}", r.pod_support);
