@@ -121,8 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // their exit status (see runtime::reaper).
         stratum_runtime::become_subreaper()?;
         stratum_runtime::spawn_orphan_reaper()?;
-        agent.clone().watch_running_vms();
-        agent.resume_pods().await;
+        agent.resume().await;
         api::server::serve(agent, cli.listen, cli.insecure_plaintext, shutdown_signal()).await?;
         Ok::<_, anyhow::Error>(())
     })?;

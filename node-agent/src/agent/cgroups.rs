@@ -17,13 +17,12 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use stratum_pool::PoolId;
 use stratum_runtime::CgroupMapping;
 
-use super::pools::pool_cgroup_path;
+use super::shared::Shared;
 use super::Agent;
 
-impl Agent {
+impl Shared {
     /// Removes the cgroup at `path` (below the agent's root) and all below
     /// it from every mounted hierarchy, the unmanaged ones included. A
     /// directory that holds processes stays.
@@ -38,16 +37,16 @@ impl Agent {
     }
 
     /// Removes, from every hierarchy, the directories below the agent's
-    /// root that no record accounts for. Run at start, after the pools,
-    /// VMs and pods are restored.
-    pub(super) fn reconcile_cgroups(&self) {
+    /// root that no record accounts for: `pools`, the pools' cgroup paths,
+    /// and `workloads`, the VMs' and pods' (whose insides are their
+    /// managers' business).
+    pub(super) fn prune_strays(&self, pools: &BTreeSet<PathBuf>, workloads: &BTreeSet<PathBuf>) {
         let Some((mapping, root)) = self.cgroup_mapping() else {
             return;
         };
-        let (pools, workloads) = self.recorded_cgroups();
         let mut strays = BTreeSet::new();
         for base in mapping.host_dirs(root) {
-            find_strays(&base, Path::new(""), &pools, &workloads, &mut strays);
+            find_strays(&base, Path::new(""), pools, workloads, &mut strays);
         }
         for stray in strays {
             tracing::warn!(cgroup = %stray.display(), "removing a cgroup no record accounts for");
@@ -55,40 +54,10 @@ impl Agent {
         }
     }
 
-    /// The pools' cgroup paths, and the workloads' (whose insides are
-    /// their managers' business).
-    fn recorded_cgroups(&self) -> (BTreeSet<PathBuf>, BTreeSet<PathBuf>) {
-        let state = self.read_state();
-        let pools = state
-            .tree
-            .subtree(&PoolId::root())
-            .map(|all| {
-                all.iter()
-                    .filter_map(|p| pool_cgroup_path(&state.tree, p.id()).ok())
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let vms = state
-            .vms
-            .values()
-            .map(|vm| vm.runtime().cgroup_path.as_str());
-        let pods = state
-            .pods
-            .values()
-            .filter_map(|pod| pod.recorded_cgroup_path());
-        let workloads = vms
-            .chain(pods)
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .collect();
-        (pools, workloads)
-    }
-
     /// The runtime's view of the hierarchies and the agent root's path in
     /// it, read from the mounts on first use; `None` (and a warning) when
     /// they cannot be read, to be tried again next time.
-    fn cgroup_mapping(&self) -> Option<&(CgroupMapping, String)> {
+    pub(super) fn cgroup_mapping(&self) -> Option<&(CgroupMapping, String)> {
         if let Some(found) = self.cgroup_map.get() {
             return Some(found);
         }
@@ -108,6 +77,22 @@ impl Agent {
                 None
             }
         }
+    }
+}
+
+impl Agent {
+    /// Removes, from every hierarchy, the directories below the agent's
+    /// root that no pool, VM or pod record accounts for. Run at start,
+    /// after the pools, VMs and pods are restored.
+    pub(super) fn reconcile_cgroups(&self) {
+        let pools = self.pools.cgroup_paths();
+        let workloads = self
+            .vms
+            .cgroup_paths()
+            .into_iter()
+            .chain(self.pods.cgroup_paths())
+            .collect();
+        self.shared.prune_strays(&pools, &workloads);
     }
 }
 

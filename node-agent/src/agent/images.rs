@@ -11,13 +11,12 @@ use stratum_api::proto;
 use stratum_api::proto::pull_image_progress::Event;
 use stratum_api::proto::pull_image_request::Auth;
 use stratum_image::{
-    ImageRecord, ImageStore, ImportOptions, LayerPhase, ProgressSink, PullEvent,
+    ImageRecord, ImageStore, ImportOptions, LayerPhase, ProgressSink, PullEvent, PullOptions,
     RegistryCredentials,
 };
 use tokio::sync::mpsc;
 
 use super::errors::{AgentError, Result};
-use super::Agent;
 
 /// Progress events buffered for a slow client.
 const PULL_BUFFER: usize = 64;
@@ -25,11 +24,40 @@ const PULL_BUFFER: usize = 64;
 /// What a pull reports: progress, then the image (or the failure).
 pub type PullUpdates = mpsc::Receiver<Result<proto::PullImageProgress>>;
 
-impl Agent {
+/// The image manager: the node's image store (which keeps its own index
+/// and leases behind its own lock) and how pulls reach registries.
+pub struct ImageManager {
+    store: ImageStore,
+    /// Registries reached over plain HTTP.
+    insecure_registries: Vec<String>,
+}
+
+impl ImageManager {
+    pub fn new(store: ImageStore, insecure_registries: Vec<String>) -> Self {
+        ImageManager {
+            store,
+            insecure_registries,
+        }
+    }
+
+    /// The node's image store.
+    pub fn store(&self) -> &ImageStore {
+        &self.store
+    }
+
+    /// How pulls reach registries: HTTPS except for the configured
+    /// insecure registries.
+    pub fn pull_options(&self) -> PullOptions {
+        PullOptions {
+            insecure_registries: self.insecure_registries.clone(),
+            ..PullOptions::default()
+        }
+    }
+
     /// PullImage: see images.proto.
     pub fn pull_image(&self, reference: String, auth: Option<Auth>) -> PullUpdates {
         let creds = credentials(auth);
-        let store = self.images().clone();
+        let store = self.store().clone();
         let options = self.pull_options();
         let (tx, rx) = mpsc::channel::<Result<proto::PullImageProgress>>(PULL_BUFFER);
         // The sink is called synchronously by the pull: an unbounded
@@ -98,7 +126,7 @@ impl Agent {
         let options = ImportOptions {
             reference: Some(reference).filter(|s| !s.is_empty()),
         };
-        let store = self.images();
+        let store = self.store();
         let records = store.import(file, &options).await?;
         tracing::info!(path, images = records.len(), "images imported");
         Ok(records.iter().map(|rec| image(store, rec)).collect())
@@ -106,7 +134,7 @@ impl Agent {
 
     /// ListImages: see images.proto.
     pub fn list_images(&self) -> Vec<proto::Image> {
-        let store = self.images();
+        let store = self.store();
         let mut records = store.list();
         records.sort_by(list_order);
         records.iter().map(|r| image(store, r)).collect()
@@ -114,7 +142,7 @@ impl Agent {
 
     /// GetImage: see images.proto.
     pub fn get_image(&self, name: &str) -> Result<proto::Image> {
-        let store = self.images();
+        let store = self.store();
         Ok(image(store, &store.get(name)?))
     }
 
@@ -122,7 +150,7 @@ impl Agent {
     /// removal: off the async threads. Unreferenced blobs and layers are
     /// collected afterwards.
     pub async fn remove_image(&self, name: String) -> Result<proto::Image> {
-        let store = self.images().clone();
+        let store = self.store().clone();
         let record = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.remove(&name))

@@ -1,25 +1,33 @@
-//! The agent: the pool tree, the VMs and the store behind the gRPC
-//! services, and the rules that keep them in step.
+//! The agent: one manager per resource, each owning its state and its
+//! lock, over what they share (configuration, the store's journal, the
+//! cgroup hierarchy, the id sequence: [`shared`]).
 //!
-//! State lives in memory behind one lock and in the store. A mutation
-//! makes its slow host changes (cgroup directories, disk clones) with no
-//! lock held where it can, then takes the write lock to decide with the
-//! pool model, change memory and stage its records in the store's journal,
-//! and settles the journal (waits for the group commit's fsync) after
-//! releasing the lock; only then does it answer. A refused or failed step
-//! undoes the earlier ones. Reads take the read lock and, before they
+//! - [`pools`]: the [`PoolManager`]: the pool tree, admission control and
+//!   the pools' cgroups. VMs and pods are workloads in its tree, added,
+//!   admitted and released through it.
+//! - [`vms`]: the [`VmManager`]: VM lifecycle over `vmm` processes.
+//! - [`pods`]: the [`PodManager`]: pods on the host through the OCI
+//!   runtime and pod network.
+//! - [`images`]: the [`ImageManager`]: the node's image store.
+//! - [`inventory`]: the pool tree with every workload and live usage,
+//!   read across the managers.
+//! - `cgroups`: the cgroup tree kept equal to the records.
+//! - [`config`], [`host`], [`errors`]: what the agent is started with, the
+//!   host's capacity and information, failures and their gRPC codes.
+//!
+//! A mutation makes its slow host changes (cgroup directories, disk
+//! clones) with no lock held where it can, then takes its manager's write
+//! lock to decide (with the pool model, through the pool manager), change
+//! memory and stage its records in the store's journal, and settles the
+//! journal (waits for the group commit's fsync) after releasing the lock;
+//! only then does it answer. Reads take a read lock and, before they
 //! answer, settle whatever was staged when they looked (see
 //! [`Agent::durable_view`]): nothing is shown that a crash could take back.
 //!
-//! - [`config`]: what the agent is started with.
-//! - [`host`]: host capacity and information.
-//! - [`images`]: the node's image store.
-//! - [`pools`]: resource pool operations and their cgroups.
-//! - [`vms`]: VM lifecycle over `vmm` processes.
-//! - [`pods`]: pods on the host through the OCI runtime and pod network.
-//! - [`inventory`]: the pool tree with every workload and live usage.
-//! - [`errors`]: failures and their gRPC codes.
-//! - `cgroups`: the cgroup tree kept equal to the records.
+//! Locks are taken in one order: a VM's or a pod's, then the pools'. The
+//! pool manager never calls the others; what spans managers (a pool
+//! update re-applying its VMs' limits, the inventory, restart) is the
+//! [`Agent`]'s.
 
 mod cgroups;
 pub mod config;
@@ -29,100 +37,44 @@ pub mod images;
 pub mod inventory;
 pub mod pods;
 pub mod pools;
+pub mod shared;
 pub mod vms;
 
-use std::collections::BTreeMap;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use prost_types::Timestamp;
-use tokio::sync::broadcast;
 
 use self::config::AgentConfig;
 use self::errors::Result;
-use self::pods::PodEntry;
-use self::vms::VmEntry;
-use crate::state::{Change, Journal, Store, Ticket};
+pub use self::images::ImageManager;
+pub use self::pods::PodManager;
+pub use self::pools::PoolManager;
+use self::shared::Shared;
+pub use self::vms::VmManager;
+use crate::state::{Journal, Store};
 use stratum_api::proto;
 use stratum_cgroup::{Hierarchy, HierarchyConfig};
-use stratum_image::{ImageStore, PullOptions};
-use stratum_pool::PoolTree;
-
-/// Lifecycle events kept for slow watchers before they miss some.
-const EVENT_BACKLOG: usize = 1024;
-/// Ids reserved in the store at a time: one commit per block instead of
-/// one per create.
-const ID_BLOCK: u64 = 64;
+use stratum_image::ImageStore;
 
 pub struct Agent {
-    config: AgentConfig,
-    /// Where every record goes, in order, through group commits.
-    journal: Journal,
-    cgroups: Hierarchy,
-    /// The node's image store (`<data_dir>/images`).
-    images: ImageStore,
-    state: RwLock<State>,
-    /// Bumped every time the write lock is taken: a value read under the
-    /// read lock names the state that was seen (see `api::pools`' cache).
-    generation: std::sync::atomic::AtomicU64,
-    events: broadcast::Sender<proto::VmEvent>,
-    /// `vmm --version`, asked once at start.
-    vmm_version: String,
-    /// The next id to hand out and the end of the reserved block.
-    ids: std::sync::Mutex<(u64, u64)>,
-    /// The OCI runtime and pod network, set up on first use.
-    pod_host: tokio::sync::OnceCell<std::sync::Arc<pods::PodHost>>,
-    /// Every mounted cgroup hierarchy as an OCI runtime sees it, and the
-    /// agent root's path there: read from the mounts once (see `cgroups`).
-    cgroup_map: std::sync::OnceLock<(stratum_runtime::CgroupMapping, String)>,
-}
-
-/// What the lock guards.
-pub struct State {
-    tree: PoolTree,
-    /// When each pool was created, kept for its record's rewrites.
-    pool_created: BTreeMap<stratum_pool::PoolId, Timestamp>,
-    vms: BTreeMap<String, VmEntry>,
-    pods: BTreeMap<String, PodEntry>,
+    shared: Arc<Shared>,
+    pools: Arc<PoolManager>,
+    vms: Arc<VmManager>,
+    pods: Arc<PodManager>,
+    images: ImageManager,
 }
 
 impl Agent {
     /// Opens the store, rebuilds the pool tree and its cgroups, and takes
-    /// stock of the VMs: running ones are re-adopted, dead ones marked.
-    pub fn start(config: AgentConfig) -> Result<std::sync::Arc<Agent>> {
+    /// stock of the VMs and pods: running ones are re-adopted (pods once
+    /// the async runtime runs, [`PodManager::resume`]), dead ones marked.
+    pub fn start(config: AgentConfig) -> Result<Arc<Agent>> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             errors::AgentError::Internal(format!("data dir {}: {e}", config.data_dir.display()))
         })?;
-        let store = std::sync::Arc::new(Store::open(config.store_path())?);
+        let store = Arc::new(Store::open(config.store_path())?);
         let snapshot = store.load()?;
-        let journal = Journal::start(store)?;
-        let cgroups = Hierarchy::detect_with(&HierarchyConfig {
-            root_name: config.cgroup_root.clone(),
-            ..HierarchyConfig::default()
-        })?;
-        let images = ImageStore::open_shared(&config.data_dir, journal.store().database())
-            .map_err(|e| errors::AgentError::Internal(format!("image store: {e}")))?;
-        let tree = PoolTree::new(host::capacity(), config.system_reserve)?;
-        let (events, _) = broadcast::channel(EVENT_BACKLOG);
-        let config_vmm = config.vmm_binary.clone();
-        let agent = std::sync::Arc::new(Agent {
-            config,
-            journal,
-            cgroups,
-            images,
-            state: RwLock::new(State {
-                tree,
-                pool_created: BTreeMap::new(),
-                vms: BTreeMap::new(),
-                pods: BTreeMap::new(),
-            }),
-            events,
-            generation: std::sync::atomic::AtomicU64::new(0),
-            ids: std::sync::Mutex::new((snapshot.next_id, snapshot.next_id)),
-            pod_host: tokio::sync::OnceCell::new(),
-            cgroup_map: std::sync::OnceLock::new(),
-            vmm_version: vmm_version(&config_vmm),
-        });
         for q in &snapshot.quarantined {
             tracing::error!(
                 table = q.table,
@@ -131,99 +83,98 @@ impl Agent {
                 "an unreadable record was moved to the store's quarantine table"
             );
         }
-        agent.restore_pools(snapshot.pools)?;
-        agent.restore_vms(snapshot.vms)?;
-        agent.restore_pods(snapshot.pods)?;
+        let journal = Journal::start(store)?;
+        let cgroups = Hierarchy::detect_with(&HierarchyConfig {
+            root_name: config.cgroup_root.clone(),
+            ..HierarchyConfig::default()
+        })?;
+        let image_store = ImageStore::open_shared(&config.data_dir, journal.store().database())
+            .map_err(|e| errors::AgentError::Internal(format!("image store: {e}")))?;
+        let images = ImageManager::new(image_store.clone(), config.insecure_registries.clone());
+        let vmm_version = vmm_version(&config.vmm_binary);
+        let shared = Arc::new(Shared::new(config, journal, cgroups, snapshot.next_id));
+        let pools = Arc::new(PoolManager::restore(
+            Arc::clone(&shared),
+            host::capacity(),
+            snapshot.pools,
+        )?);
+        let vms = Arc::new(VmManager::restore(
+            Arc::clone(&shared),
+            Arc::clone(&pools),
+            vmm_version,
+            snapshot.vms,
+        )?);
+        let pods = Arc::new(PodManager::restore(
+            Arc::clone(&shared),
+            Arc::clone(&pools),
+            image_store,
+            snapshot.pods,
+        )?);
+        let agent = Arc::new(Agent {
+            shared,
+            pools,
+            vms,
+            pods,
+            images,
+        });
         agent.reconcile_cgroups();
         Ok(agent)
     }
 
-    /// A fresh id (for `pool-N`, `vm-N`, `pod-N`), never handed out before, even
-    /// across crashes.
-    fn next_id(&self) -> Result<u64> {
-        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
-        if ids.0 == ids.1 {
-            let end = ids.1.saturating_add(ID_BLOCK);
-            self.journal.commit([Change::ReserveIdsBelow(end)])?;
-            ids.1 = end;
-        }
-        let id = ids.0;
-        ids.0 += 1;
-        Ok(id)
+    /// What needs the async runtime after a start: the re-adopted vmms'
+    /// exits watched, the stored pods taken back.
+    pub async fn resume(&self) {
+        Arc::clone(&self.vms).watch_running();
+        self.pods.resume().await;
     }
 
     pub fn config(&self) -> &AgentConfig {
-        &self.config
+        &self.shared.config
     }
 
-    /// The node's image store.
-    pub fn images(&self) -> &ImageStore {
+    pub fn pools(&self) -> &Arc<PoolManager> {
+        &self.pools
+    }
+
+    pub fn vms(&self) -> &Arc<VmManager> {
+        &self.vms
+    }
+
+    pub fn pods(&self) -> &Arc<PodManager> {
+        &self.pods
+    }
+
+    pub fn images(&self) -> &ImageManager {
         &self.images
     }
 
-    /// How pulls reach registries: HTTPS except for the configured
-    /// insecure registries.
-    pub fn pull_options(&self) -> PullOptions {
-        PullOptions {
-            insecure_registries: self.config.insecure_registries.clone(),
-            ..PullOptions::default()
-        }
-    }
-
     pub fn host_info(&self) -> proto::HostInfo {
-        host::info(self.cgroups.version(), self.vmm_version.clone())
+        host::info(self.shared.cgroups.version(), self.vms.vmm_version())
     }
 
     pub fn host_capacity(&self) -> proto::HostCapacity {
-        self.read_state().tree.capacity().into()
+        self.pools.capacity()
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<proto::VmEvent> {
-        self.events.subscribe()
-    }
-
-    /// Queues `changes` for the next group commit. Called under the write
-    /// lock, so the store sees changes in the order memory made them;
-    /// settle the ticket once the lock is released.
-    fn stage(&self, changes: impl IntoIterator<Item = Change>) -> Result<Ticket> {
-        Ok(self.journal.stage(changes)?)
-    }
-
-    /// Waits until `ticket` is durable. Never called under the state lock.
-    fn settle(&self, ticket: Ticket) -> Result<()> {
-        Ok(self.journal.settle(ticket)?)
-    }
-
-    /// [`Agent::settle`] for async callers.
-    async fn settled(&self, ticket: Ticket) -> Result<()> {
-        Ok(self.journal.settled(ticket).await?)
+    /// UpdateResourcePool: the pool manager changes the pool and its
+    /// subtree's cgroups; the VMs running below it get their limits
+    /// written again (on cgroup v1 a child's stored CPU quota was capped
+    /// at its parent's).
+    pub fn update_pool(
+        &self,
+        id: &str,
+        spec: &proto::ResourcePoolSpec,
+    ) -> Result<proto::ResourcePool> {
+        let (pool, subtree) = self.pools.update(id, spec)?;
+        self.vms.apply_limits_in(&subtree);
+        Ok(pool)
     }
 
     /// Waits until everything staged so far is durable. A read calls it
     /// after looking and before answering: what it saw may include
     /// another call's change that is staged but not yet committed.
     pub async fn durable_view(&self) -> Result<()> {
-        self.settled(self.journal.last_staged()).await
-    }
-
-    fn read_state(&self) -> RwLockReadGuard<'_, State> {
-        // A panic while holding the lock leaves the state as consistent as
-        // the model's own all-or-nothing operations made it.
-        self.state.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
-        let guard = self.state.write().unwrap_or_else(|p| p.into_inner());
-        // Under the write lock, before any change: a reader that sees the
-        // old value saw the old state.
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        guard
-    }
-
-    /// The state's generation now: unchanged means the state is.
-    pub fn state_generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Acquire)
+        self.shared.durable_view().await
     }
 }
 

@@ -1,5 +1,7 @@
-//! VM lifecycle: one `vmm` process per VM, in a leaf cgroup of its pool,
-//! driven through its control API.
+//! The VM manager: VM lifecycle, one `vmm` process per VM, in a leaf
+//! cgroup of its pool, driven through its control API. It owns the VMs'
+//! records and processes behind its lock; each VM is a workload of the
+//! pool manager's tree, placed, admitted and released there.
 //!
 //! States: CREATED → (Start) STARTING → RUNNING ⇄ PAUSED → (Shutdown)
 //! STOPPING → STOPPED; a vmm that exits on its own ends STOPPED when the
@@ -9,17 +11,22 @@
 //! watch stream. A running VM holds its reservation in the pool tree;
 //! STOPPED, FAILED and CREATED VMs hold none but count against quotas.
 //!
-//! Launching happens outside the state lock (STARTING marks the VM busy),
-//! so a slow vmm start does not stall the API.
+//! Launching happens outside the manager's lock (STARTING marks the VM
+//! busy), so a slow vmm start does not stall the API.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tokio::sync::broadcast;
+
 use super::errors::{AgentError, Result};
-use super::pools::pool_id_or_root;
-use super::{now, Agent, State};
+use super::now;
+use super::pools::{pool_id_or_root, PoolManager};
+use super::shared::Shared;
 use crate::records::{VmRecord, VmRuntime};
 use crate::state::{Change, Ticket};
 use stratum_api::proto;
@@ -35,6 +42,24 @@ use stratum_vm::{ConsoleFollower, ExitInfo, VmProcess, VmProcessSpec};
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a hard stop through the API, how long before SIGKILL.
 const HARD_STOP_GRACE: Duration = Duration::from_secs(5);
+/// Lifecycle events kept for slow watchers before they miss some.
+const EVENT_BACKLOG: usize = 1024;
+
+/// The VM manager: every VM's record and running vmm, behind its lock.
+pub struct VmManager {
+    shared: Arc<Shared>,
+    /// Where each VM is a workload: placed, admitted and released there.
+    pools: Arc<PoolManager>,
+    state: RwLock<State>,
+    events: broadcast::Sender<proto::VmEvent>,
+    /// `vmm --version`, asked once at start.
+    vmm_version: String,
+}
+
+/// What the lock guards.
+struct State {
+    vms: BTreeMap<String, VmEntry>,
+}
 
 /// A VM as the agent keeps it.
 pub struct VmEntry {
@@ -92,35 +117,69 @@ static DEFAULT_SPEC: proto::VmSpec = proto::VmSpec {
     memory_reservation_mib: None,
 };
 
-impl Agent {
+impl VmManager {
+    /// Takes stock of the stored VMs at startup (see
+    /// [`VmManager::restore_records`]).
+    pub fn restore(
+        shared: Arc<Shared>,
+        pools: Arc<PoolManager>,
+        vmm_version: String,
+        records: Vec<VmRecord>,
+    ) -> Result<Self> {
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        let manager = VmManager {
+            shared,
+            pools,
+            state: RwLock::new(State {
+                vms: BTreeMap::new(),
+            }),
+            events,
+            vmm_version,
+        };
+        manager.restore_records(records)?;
+        Ok(manager)
+    }
+
+    pub fn vmm_version(&self) -> String {
+        self.vmm_version.clone()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<proto::VmEvent> {
+        self.events.subscribe()
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Checks and admits the VM, clones its disks with no lock held (they
     /// are files a caller named, of any size), then admits it again and
     /// stages its record under the write lock, and answers once the record
     /// is durable.
-    pub fn create_vm(&self, spec: &proto::VmSpec) -> Result<proto::VirtualMachine> {
-        let host_memory = self.read_state().tree.host().memory_bytes;
+    pub fn create(&self, spec: &proto::VmSpec) -> Result<proto::VirtualMachine> {
+        let host_memory = self.pools.host_memory();
         // Opens the files the spec names: no lock held.
         let sizing = check_spec(spec, host_memory)?;
         let pool = pool_id_or_root(&spec.pool_id);
-        let id = format!("vm-{}", self.next_id()?);
+        let id = format!("vm-{}", self.shared.next_id()?);
         let workload = Workload::vm(WorkloadId::from(id.as_str()), pool.clone(), &sizing)?;
         // Refused before any disk is cloned: a dry run of the admission.
-        {
-            let mut state = self.write_state();
-            check_name_free(&state, &spec.name)?;
-            state.tree.add_workload(workload.clone())?;
-            let _ = state.tree.remove_workload(workload.id());
-        }
+        check_name_free(&self.read_state(), &spec.name)?;
+        self.pools.check_workload(&workload)?;
         let record = self.make_vm_files(&id, spec)?;
         let staged = self.admit_vm(record, pool, workload);
         match staged {
             Ok((ticket, vm)) => {
                 // On failure the store has stopped (see `state::journal`).
-                self.settle(ticket)?;
+                self.shared.settle(ticket)?;
                 Ok(vm)
             }
             Err(e) => {
-                let _ = std::fs::remove_dir_all(self.config.vm_dir(&id));
+                let _ = std::fs::remove_dir_all(self.shared.config.vm_dir(&id));
                 Err(e)
             }
         }
@@ -138,11 +197,11 @@ impl Agent {
         let spec = record.spec.as_ref().unwrap_or(&DEFAULT_SPEC);
         check_name_free(&state, &spec.name)?;
         let workload_id = workload.id().clone();
-        state.tree.add_workload(workload)?;
-        let ticket = match self.stage([Change::PutVm(Box::new(record.clone()))]) {
+        self.pools.add_workload(workload)?;
+        let ticket = match self.shared.stage([Change::PutVm(Box::new(record.clone()))]) {
             Ok(ticket) => ticket,
             Err(e) => {
-                let _ = state.tree.remove_workload(&workload_id);
+                self.pools.remove_workload(workload_id.as_str());
                 return Err(e);
             }
         };
@@ -152,7 +211,7 @@ impl Agent {
             process: None,
             stop_requested: false,
         };
-        let vm = to_proto(&state, &entry);
+        let vm = self.to_proto(&entry);
         state.vms.insert(entry.record.id.clone(), entry);
         Ok((ticket, vm))
     }
@@ -160,7 +219,7 @@ impl Agent {
     /// Makes the VM's directory and clones its disks into it; on failure
     /// removes what it made.
     fn make_vm_files(&self, id: &str, spec: &proto::VmSpec) -> Result<VmRecord> {
-        let dir = self.config.vm_dir(id);
+        let dir = self.shared.config.vm_dir(id);
         let made = (|| {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| AgentError::Internal(format!("{}: {e}", dir.display())))?;
@@ -184,15 +243,15 @@ impl Agent {
         made
     }
 
-    pub fn start_vm(self: &Arc<Self>, id: &str) -> Result<proto::VirtualMachine> {
+    pub fn start(self: &Arc<Self>, id: &str) -> Result<proto::VirtualMachine> {
         let (spec, cgroup, ticket) = self.begin_start(id)?;
-        if let Err(e) = self.settle(ticket) {
+        if let Err(e) = self.shared.settle(ticket) {
             let _ = cgroup.remove();
             return Err(e);
         }
         let launched = stratum_vm::launch(
-            &self.config.vmm_binary,
-            &self.config.vm_dir(id),
+            &self.shared.config.vmm_binary,
+            &self.shared.config.vm_dir(id),
             &spec,
             &cgroup,
         );
@@ -220,19 +279,18 @@ impl Agent {
                 state_name(entry.state())
             )));
         }
-        let workload = WorkloadId::from(id);
-        state.tree.admit(&workload)?;
+        self.pools.admit(id)?;
         let prepared = (|| {
             let entry = vm_entry(&state, id)?;
-            let pool_cgroup = self.pool_cgroup(&state.tree, &entry.pool)?;
-            let cgroup = self.cgroups.create_vm_leaf(&pool_cgroup, id)?;
+            let pool_cgroup = self.pools.pool_cgroup(&entry.pool)?;
+            let cgroup = self.shared.cgroups.create_vm_leaf(&pool_cgroup, id)?;
             cgroup.apply(&vm_limits(entry.spec()))?;
             Ok((process_spec(id, entry), cgroup))
         })();
         let (spec, cgroup) = match prepared {
             Ok(p) => p,
             Err(e) => {
-                let _ = state.tree.release(&workload);
+                self.pools.release(id);
                 return Err(e);
             }
         };
@@ -242,7 +300,7 @@ impl Agent {
         }) {
             Ok(ticket) => Ok((spec, cgroup, ticket)),
             Err(e) => {
-                let _ = state.tree.release(&workload);
+                self.pools.release(id);
                 let _ = cgroup.remove();
                 Err(e)
             }
@@ -276,10 +334,10 @@ impl Agent {
             entry.process = Some(process.clone());
             entry.stop_requested = false;
         }
-        let vm = to_proto(&state, vm_entry(&state, id)?);
+        let vm = self.to_proto(vm_entry(&state, id)?);
         drop(state);
         self.watch_exit(id.to_string(), process.clone());
-        if let Err(e) = self.settle(ticket) {
+        if let Err(e) = self.shared.settle(ticket) {
             // Not durably recorded: not started either.
             let _ = process.kill();
             return Err(e);
@@ -292,10 +350,10 @@ impl Agent {
         let _ = cgroup.remove();
         let ticket = {
             let mut state = self.write_state();
-            let _ = state.tree.release(&WorkloadId::from(id));
+            self.pools.release(id);
             self.transition(&mut state, id, VmState::Failed, reason, clear_process)
         };
-        if let Err(e) = ticket.and_then(|ticket| self.settle(ticket)) {
+        if let Err(e) = ticket.and_then(|ticket| self.shared.settle(ticket)) {
             tracing::error!(vm = %id, "cannot record that the start failed: {e}");
         }
     }
@@ -319,7 +377,7 @@ impl Agent {
     }
 
     /// Watches every VM that is running (after a restart re-adopted them).
-    pub fn watch_running_vms(self: Arc<Self>) {
+    pub fn watch_running(self: Arc<Self>) {
         let running: Vec<(String, Arc<VmProcess>)> = self
             .read_state()
             .vms
@@ -333,7 +391,7 @@ impl Agent {
 
     fn on_vmm_exit(&self, id: &str, process: &Arc<VmProcess>, exit: ExitInfo) {
         let recorded = self.record_vmm_exit(id, process, exit);
-        if let Err(e) = recorded.and_then(|ticket| self.settle(ticket)) {
+        if let Err(e) = recorded.and_then(|ticket| self.shared.settle(ticket)) {
             tracing::error!(vm = %id, "cannot record that the vmm exited: {e}");
         }
     }
@@ -359,6 +417,7 @@ impl Agent {
             return Ok(Ticket::NONE);
         }
         let cgroup = self
+            .shared
             .cgroups
             .open(Path::new(&entry.runtime().cgroup_path))
             .ok();
@@ -368,7 +427,7 @@ impl Agent {
             .is_some_and(|u| u.oom_kills > 0);
         let (new_state, mut reason) = exit_outcome(entry.stop_requested, oom_killed, &exit);
         if new_state == VmState::Failed {
-            with_vmm_error(&mut reason, &self.config.vm_dir(id));
+            with_vmm_error(&mut reason, &self.shared.config.vm_dir(id));
         }
         if let Some(cgroup) = cgroup {
             let _ = cgroup.kill_all(Duration::from_secs(5));
@@ -376,14 +435,14 @@ impl Agent {
                 tracing::warn!(vm = %id, "cannot remove the VM's cgroup: {e}");
             }
         }
-        let _ = state.tree.release(&WorkloadId::from(id));
+        self.pools.release(id);
         if let Some(entry) = state.vms.get_mut(id) {
             entry.process = None;
         }
         self.transition(&mut state, id, new_state, &reason, clear_process)
     }
 
-    pub fn shutdown_vm(&self, id: &str, timeout: Duration) -> Result<proto::VirtualMachine> {
+    pub fn shutdown(&self, id: &str, timeout: Duration) -> Result<proto::VirtualMachine> {
         let (process, ticket) = {
             let mut state = self.write_state();
             let process = running_process(&state, id)?;
@@ -399,7 +458,7 @@ impl Agent {
             )?;
             (process, ticket)
         };
-        self.settle(ticket)?;
+        self.shared.settle(ticket)?;
         // A paused guest cannot react to Ctrl+Alt+Del.
         let _ = process.resume();
         if let Err(e) = process.ctrl_alt_del() {
@@ -426,10 +485,10 @@ impl Agent {
                 }
             });
         }
-        self.get_vm(id)
+        self.get(id)
     }
 
-    pub fn kill_vm(&self, id: &str) -> Result<proto::VirtualMachine> {
+    pub fn kill(&self, id: &str) -> Result<proto::VirtualMachine> {
         let mut state = self.write_state();
         let process = running_process(&state, id)?;
         if let Some(entry) = state.vms.get_mut(id) {
@@ -439,13 +498,13 @@ impl Agent {
             .kill()
             .map_err(|e| AgentError::Internal(format!("cannot kill VM {id}: {e}")))?;
         let ticket = self.transition(&mut state, id, VmState::Stopping, "killed", |_| {})?;
-        let vm = to_proto(&state, vm_entry(&state, id)?);
+        let vm = self.to_proto(vm_entry(&state, id)?);
         drop(state);
-        self.settle(ticket)?;
+        self.shared.settle(ticket)?;
         Ok(vm)
     }
 
-    pub fn pause_vm(&self, id: &str, pause: bool) -> Result<proto::VirtualMachine> {
+    pub fn pause(&self, id: &str, pause: bool) -> Result<proto::VirtualMachine> {
         let mut state = self.write_state();
         let process = running_process(&state, id)?;
         let (from, to) = if pause {
@@ -468,13 +527,13 @@ impl Agent {
         };
         done.map_err(|e| AgentError::Internal(format!("VM {id}: {e}")))?;
         let ticket = self.transition(&mut state, id, to, "", |_| {})?;
-        let vm = to_proto(&state, vm_entry(&state, id)?);
+        let vm = self.to_proto(vm_entry(&state, id)?);
         drop(state);
-        self.settle(ticket)?;
+        self.shared.settle(ticket)?;
         Ok(vm)
     }
 
-    pub fn delete_vm(&self, id: &str) -> Result<()> {
+    pub fn delete(&self, id: &str) -> Result<()> {
         let mut state = self.write_state();
         let entry = vm_entry(&state, id)?;
         if !matches!(
@@ -486,30 +545,30 @@ impl Agent {
                 state_name(entry.state())
             )));
         }
-        let ticket = self.stage([Change::DeleteVm(id.to_string())])?;
-        let _ = state.tree.remove_workload(&WorkloadId::from(id));
+        let ticket = self.shared.stage([Change::DeleteVm(id.to_string())])?;
+        self.pools.remove_workload(id);
         state.vms.remove(id);
         drop(state);
-        self.settle(ticket)?;
-        let dir = self.config.vm_dir(id);
+        self.shared.settle(ticket)?;
+        let dir = self.shared.config.vm_dir(id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(vm = %id, "cannot remove {}: {e}", dir.display());
         }
         Ok(())
     }
 
-    pub fn get_vm(&self, id: &str) -> Result<proto::VirtualMachine> {
+    pub fn get(&self, id: &str) -> Result<proto::VirtualMachine> {
         let state = self.read_state();
-        Ok(to_proto(&state, vm_entry(&state, id)?))
+        Ok(self.to_proto(vm_entry(&state, id)?))
     }
 
-    pub fn list_vms(&self, filter: &proto::ListVmsRequest) -> Vec<proto::VirtualMachine> {
+    pub fn list(&self, filter: &proto::ListVmsRequest) -> Vec<proto::VirtualMachine> {
         let state = self.read_state();
         let mut vms: Vec<proto::VirtualMachine> = state
             .vms
             .values()
             .filter(|vm| matches_filter(vm, filter))
-            .map(|vm| to_proto(&state, vm))
+            .map(|vm| self.to_proto(vm))
             .collect();
         vms.sort_by(|a, b| name_of(a).cmp(name_of(b)));
         vms
@@ -547,15 +606,48 @@ impl Agent {
     }
 
     /// The VM's pool, for watch filters.
-    pub fn vm_pool(&self, id: &str) -> Option<String> {
+    pub fn pool_of(&self, id: &str) -> Option<String> {
         self.read_state().vms.get(id).map(|vm| vm.pool.to_string())
+    }
+
+    fn to_proto(&self, vm: &VmEntry) -> proto::VirtualMachine {
+        vm_to_proto(vm, self.pools.reservation_of(&vm.record.id))
+    }
+
+    /// Writes again the limits of every running VM in `pools` (after a
+    /// pool update rewrote theirs). A failure is logged: the pool update
+    /// stands, and the VM keeps the limits it had.
+    pub fn apply_limits_in(&self, pools: &[PoolId]) {
+        let pools: std::collections::HashSet<&PoolId> = pools.iter().collect();
+        let state = self.read_state();
+        for vm in state.vms.values().filter(|vm| pools.contains(&vm.pool)) {
+            if let Err(e) = self.apply_vm_limits(vm) {
+                tracing::warn!(vm = %vm.record.id, "cannot write the VM's limits again: {e}");
+            }
+        }
+    }
+
+    /// The cgroup paths the VMs' records name (for the reconcile at start).
+    pub(super) fn cgroup_paths(&self) -> Vec<PathBuf> {
+        self.read_state()
+            .vms
+            .values()
+            .map(|vm| PathBuf::from(&vm.runtime().cgroup_path))
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect()
+    }
+
+    /// Every VM's record, for the inventory (taken before the pools' lock).
+    pub(super) fn with_each<T>(&self, f: impl FnOnce(&BTreeMap<String, VmEntry>) -> T) -> T {
+        f(&self.read_state().vms)
     }
 
     pub(super) fn apply_vm_limits(&self, vm: &VmEntry) -> Result<()> {
         if vm.process.is_none() || vm.runtime().cgroup_path.is_empty() {
             return Ok(());
         }
-        self.cgroups
+        self.shared
+            .cgroups
             .open(Path::new(&vm.runtime().cgroup_path))?
             .apply(&vm_limits(vm.spec()))?;
         Ok(())
@@ -586,7 +678,9 @@ impl Agent {
             runtime.updated_at = Some(now());
             update(runtime);
         }
-        let ticket = self.stage([Change::PutVm(Box::new(record.clone()))])?;
+        let ticket = self
+            .shared
+            .stage([Change::PutVm(Box::new(record.clone()))])?;
         entry.record = record;
         let _ = self.events.send(proto::VmEvent {
             vm_id: id.to_string(),
@@ -602,7 +696,7 @@ impl Agent {
     /// is still there (same pid, same start time, API answering) are
     /// re-adopted with their reservation; the others are marked FAILED and
     /// whatever they left in their cgroup is killed and removed.
-    pub(super) fn restore_vms(&self, records: Vec<VmRecord>) -> Result<()> {
+    fn restore_records(&self, records: Vec<VmRecord>) -> Result<()> {
         let mut ticket = Ticket::NONE;
         let mut state = self.write_state();
         for record in records {
@@ -610,7 +704,7 @@ impl Agent {
             let spec = record.spec.clone().unwrap_or_default();
             let sizing = VmSizing::try_from(&spec)?;
             let pool = pool_id_or_root(&spec.pool_id);
-            state.tree.add_workload(Workload::vm(
+            self.pools.add_workload(Workload::vm(
                 WorkloadId::from(id.as_str()),
                 pool.clone(),
                 &sizing,
@@ -626,14 +720,14 @@ impl Agent {
                 VmState::Starting | VmState::Running | VmState::Paused | VmState::Stopping
             );
             if was_running {
-                match adopt(entry.runtime(), &self.config.vm_dir(&id)) {
+                match adopt(entry.runtime(), &self.shared.config.vm_dir(&id)) {
                     Ok(process) => {
-                        state.tree.admit(&WorkloadId::from(id.as_str()))?;
+                        self.pools.admit(&id)?;
                         tracing::info!(vm = %id, pid = process.pid(), "re-adopted running vmm");
                         entry.process = Some(Arc::new(process));
                     }
                     Err(mut reason) => {
-                        with_vmm_error(&mut reason, &self.config.vm_dir(&id));
+                        with_vmm_error(&mut reason, &self.shared.config.vm_dir(&id));
                         self.clean_up_dead(&entry, &reason);
                         state.vms.insert(id.clone(), entry);
                         ticket = ticket.max(self.transition(
@@ -650,13 +744,13 @@ impl Agent {
             state.vms.insert(id, entry);
         }
         drop(state);
-        self.settle(ticket)
+        self.shared.settle(ticket)
     }
 
     fn clean_up_dead(&self, entry: &VmEntry, reason: &str) {
         tracing::warn!(vm = %entry.record.id, "{reason}");
         let runtime = entry.runtime();
-        if let Ok(cgroup) = self.cgroups.open(Path::new(&runtime.cgroup_path)) {
+        if let Ok(cgroup) = self.shared.cgroups.open(Path::new(&runtime.cgroup_path)) {
             let _ = cgroup.kill_all(Duration::from_secs(5));
             let _ = cgroup.remove();
         }
@@ -892,13 +986,13 @@ fn matches_filter(vm: &VmEntry, filter: &proto::ListVmsRequest) -> bool {
             .all(|(k, v)| spec.labels.get(k) == Some(v))
 }
 
-fn to_proto(state: &State, vm: &VmEntry) -> proto::VirtualMachine {
+/// The API's view of a VM, with the reservation it holds while admitted.
+fn vm_to_proto(
+    vm: &VmEntry,
+    reservation: Option<stratum_pool::Resources>,
+) -> proto::VirtualMachine {
     let runtime = vm.runtime();
-    let reservation = state
-        .tree
-        .workload(&WorkloadId::from(vm.record.id.as_str()))
-        .filter(|w| w.is_admitted())
-        .map(|w| w.reservation().into());
+    let reservation = reservation.map(Into::into);
     proto::VirtualMachine {
         id: vm.record.id.clone(),
         spec: vm.record.spec.clone(),

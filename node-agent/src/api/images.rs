@@ -24,7 +24,7 @@ impl ImageService for ImageApi {
         request: Request<proto::PullImageRequest>,
     ) -> Result<Response<PullStream>, Status> {
         let r = request.into_inner();
-        let updates = self.0.pull_image(r.reference, r.auth);
+        let updates = self.0.images().pull_image(r.reference, r.auth);
         let stream = ReceiverStream::new(updates).map(|u| u.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -34,7 +34,7 @@ impl ImageService for ImageApi {
         request: Request<proto::ImportImageRequest>,
     ) -> Result<Response<proto::ImportImageResponse>, Status> {
         let r = request.into_inner();
-        let images = self.0.import_image(&r.path, r.reference).await?;
+        let images = self.0.images().import_image(&r.path, r.reference).await?;
         Ok(Response::new(proto::ImportImageResponse { images }))
     }
 
@@ -43,7 +43,7 @@ impl ImageService for ImageApi {
         _: Request<proto::ListImagesRequest>,
     ) -> Result<Response<proto::ListImagesResponse>, Status> {
         Ok(Response::new(proto::ListImagesResponse {
-            images: self.0.list_images(),
+            images: self.0.images().list_images(),
         }))
     }
 
@@ -51,14 +51,20 @@ impl ImageService for ImageApi {
         &self,
         request: Request<proto::GetImageRequest>,
     ) -> Result<Response<proto::Image>, Status> {
-        Ok(Response::new(self.0.get_image(&request.into_inner().name)?))
+        Ok(Response::new(
+            self.0.images().get_image(&request.into_inner().name)?,
+        ))
     }
 
     async fn remove(
         &self,
         request: Request<proto::RemoveImageRequest>,
     ) -> Result<Response<proto::RemoveImageResponse>, Status> {
-        let image = self.0.remove_image(request.into_inner().name).await?;
+        let image = self
+            .0
+            .images()
+            .remove_image(request.into_inner().name)
+            .await?;
         Ok(Response::new(proto::RemoveImageResponse {
             image: Some(image),
         }))

@@ -10,7 +10,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::agent::errors::AgentError;
-use crate::agent::Agent;
+use crate::agent::{Agent, PodManager};
 use stratum_api::proto;
 use stratum_api::proto::pod_service_server::PodService;
 
@@ -28,7 +28,11 @@ impl PodService for PodApi {
             .into_inner()
             .spec
             .ok_or_else(|| AgentError::InvalidArgument("spec is required".into()))?;
-        detached(&self.0, move |a| async move { a.run_pod(spec).await }).await
+        detached(
+            &self.0,
+            move |a| async move { a.pods().run_pod(spec).await },
+        )
+        .await
     }
 
     async fn stop_pod(
@@ -36,11 +40,10 @@ impl PodService for PodApi {
         request: Request<proto::StopPodRequest>,
     ) -> Result<Response<proto::Pod>, Status> {
         let r = request.into_inner();
-        let grace = Agent::default_grace(r.grace_period_seconds);
-        detached(
-            &self.0,
-            move |a| async move { a.stop_pod(&r.id, grace).await },
-        )
+        let grace = PodManager::default_grace(r.grace_period_seconds);
+        detached(&self.0, move |a| async move {
+            a.pods().stop_pod(&r.id, grace).await
+        })
         .await
     }
 
@@ -49,7 +52,7 @@ impl PodService for PodApi {
         request: Request<proto::RemovePodRequest>,
     ) -> Result<Response<proto::RemovePodResponse>, Status> {
         let id = request.into_inner().id;
-        super::blocking(&self.0, move |a| a.remove_pod(&id)).await?;
+        super::blocking(&self.0, move |a| a.pods().remove_pod(&id)).await?;
         super::durable(&self.0, Response::new(proto::RemovePodResponse {})).await
     }
 
@@ -57,7 +60,7 @@ impl PodService for PodApi {
         &self,
         request: Request<proto::GetPodRequest>,
     ) -> Result<Response<proto::Pod>, Status> {
-        let pod = self.0.get_pod(&request.into_inner().id)?;
+        let pod = self.0.pods().get_pod(&request.into_inner().id)?;
         super::durable(&self.0, Response::new(pod)).await
     }
 
@@ -65,7 +68,7 @@ impl PodService for PodApi {
         &self,
         request: Request<proto::ListPodsRequest>,
     ) -> Result<Response<proto::ListPodsResponse>, Status> {
-        let pods = self.0.list_pods(&request.into_inner());
+        let pods = self.0.pods().list_pods(&request.into_inner());
         super::durable(&self.0, Response::new(proto::ListPodsResponse { pods })).await
     }
 
@@ -78,7 +81,7 @@ impl PodService for PodApi {
             .container
             .ok_or_else(|| AgentError::InvalidArgument("container is required".into()))?;
         detached(&self.0, move |a| async move {
-            a.create_container(&r.pod_id, container).await
+            a.pods().create_container(&r.pod_id, container).await
         })
         .await
     }
@@ -89,7 +92,7 @@ impl PodService for PodApi {
     ) -> Result<Response<proto::Pod>, Status> {
         let r = request.into_inner();
         detached(&self.0, move |a| async move {
-            a.start_container(&r.pod_id, &r.container_name).await
+            a.pods().start_container(&r.pod_id, &r.container_name).await
         })
         .await
     }
@@ -99,9 +102,11 @@ impl PodService for PodApi {
         request: Request<proto::StopContainerRequest>,
     ) -> Result<Response<proto::Pod>, Status> {
         let r = request.into_inner();
-        let grace = Agent::default_grace(r.grace_period_seconds);
+        let grace = PodManager::default_grace(r.grace_period_seconds);
         detached(&self.0, move |a| async move {
-            a.stop_container(&r.pod_id, &r.container_name, grace).await
+            a.pods()
+                .stop_container(&r.pod_id, &r.container_name, grace)
+                .await
         })
         .await
     }
@@ -112,7 +117,9 @@ impl PodService for PodApi {
     ) -> Result<Response<proto::Pod>, Status> {
         let r = request.into_inner();
         detached(&self.0, move |a| async move {
-            a.remove_container(&r.pod_id, &r.container_name).await
+            a.pods()
+                .remove_container(&r.pod_id, &r.container_name)
+                .await
         })
         .await
     }
@@ -124,6 +131,7 @@ impl PodService for PodApi {
         let r = request.into_inner();
         Ok(Response::new(
             self.0
+                .pods()
                 .exec_sync(&r.pod_id, &r.container_name, r.command, r.timeout_seconds)
                 .await?,
         ))
@@ -138,6 +146,7 @@ impl PodService for PodApi {
         let r = request.into_inner();
         let records = self
             .0
+            .pods()
             .container_log_records(&r.pod_id, &r.container_name, r.follow, r.tail_lines)
             .await?;
         let stream = ReceiverStream::new(records).map(|r| r.map_err(Status::from));
@@ -149,7 +158,10 @@ impl PodService for PodApi {
         request: Request<proto::PodStatsRequest>,
     ) -> Result<Response<proto::PodStats>, Status> {
         Ok(Response::new(
-            self.0.pod_stats(&request.into_inner().pod_id).await?,
+            self.0
+                .pods()
+                .pod_stats(&request.into_inner().pod_id)
+                .await?,
         ))
     }
 }

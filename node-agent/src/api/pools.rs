@@ -37,7 +37,7 @@ impl ResourcePools for PoolService {
         let spec = r
             .spec
             .ok_or_else(|| AgentError::InvalidArgument("spec is required".into()))?;
-        super::blocking(&self.0, move |a| a.create_pool(&r.parent_id, &spec))
+        super::blocking(&self.0, move |a| a.pools().create(&r.parent_id, &spec))
             .await
             .map(Response::new)
     }
@@ -48,7 +48,7 @@ impl ResourcePools for PoolService {
     ) -> Result<Response<proto::ResourcePool>, Status> {
         // Reads take the state's read lock only: no need for the blocking pool.
         let id = request.into_inner().id;
-        let pool = self.0.get_pool(&id)?;
+        let pool = self.0.pools().get(&id)?;
         super::durable(&self.0, Response::new(pool)).await
     }
 
@@ -78,7 +78,7 @@ impl ResourcePools for PoolService {
         request: Request<proto::DeleteResourcePoolRequest>,
     ) -> Result<Response<proto::DeleteResourcePoolResponse>, Status> {
         let id = request.into_inner().id;
-        super::blocking(&self.0, move |a| a.delete_pool(&id))
+        super::blocking(&self.0, move |a| a.pools().delete(&id))
             .await
             .map(|()| Response::new(proto::DeleteResourcePoolResponse {}))
     }
@@ -94,7 +94,7 @@ async fn list(
         return super::blocking(agent, move |a| a.inventory(&r.root_id)).await;
     }
     Ok(proto::ListResourcePoolsResponse {
-        pools: agent.list_pools(&r.root_id)?,
+        pools: agent.pools().list(&r.root_id)?,
         ..Default::default()
     })
 }
@@ -161,13 +161,13 @@ impl TreeCache {
     /// The encoded whole tree as of now: the cached bytes while the state
     /// has not changed since they were built, else built again.
     fn whole_tree(&self, agent: &Agent) -> Result<Bytes, AgentError> {
-        let now = agent.state_generation();
+        let now = agent.pools().generation();
         if let Some((built_at, bytes)) = self.lock().as_ref() {
             if *built_at == now {
                 return Ok(bytes.clone());
             }
         }
-        let (built_at, pools) = agent.list_pools_at("")?;
+        let (built_at, pools) = agent.pools().list_at("")?;
         let bytes = Bytes::from(
             proto::ListResourcePoolsResponse {
                 pools,

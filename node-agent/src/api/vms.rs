@@ -30,7 +30,7 @@ impl VirtualMachines for VmService {
             .into_inner()
             .spec
             .ok_or_else(|| AgentError::InvalidArgument("spec is required".into()))?;
-        super::blocking(&self.0, move |a| a.create_vm(&spec))
+        super::blocking(&self.0, move |a| a.vms().create(&spec))
             .await
             .map(Response::new)
     }
@@ -41,7 +41,7 @@ impl VirtualMachines for VmService {
     ) -> Result<Response<proto::VirtualMachine>, Status> {
         let id = request.into_inner().id;
         let agent = self.0.clone();
-        super::blocking(&self.0, move |_| agent.start_vm(&id))
+        super::blocking(&self.0, move |_| agent.vms().start(&id))
             .await
             .map(Response::new)
     }
@@ -59,7 +59,7 @@ impl VirtualMachines for VmService {
         let handle = tokio::runtime::Handle::current();
         super::blocking(&self.0, move |_| {
             let _guard = handle.enter();
-            agent.shutdown_vm(&r.id, timeout)
+            agent.vms().shutdown(&r.id, timeout)
         })
         .await
         .map(Response::new)
@@ -70,7 +70,7 @@ impl VirtualMachines for VmService {
         request: Request<proto::KillVmRequest>,
     ) -> Result<Response<proto::VirtualMachine>, Status> {
         let id = request.into_inner().id;
-        super::blocking(&self.0, move |a| a.kill_vm(&id))
+        super::blocking(&self.0, move |a| a.vms().kill(&id))
             .await
             .map(Response::new)
     }
@@ -80,7 +80,7 @@ impl VirtualMachines for VmService {
         request: Request<proto::PauseVmRequest>,
     ) -> Result<Response<proto::VirtualMachine>, Status> {
         let id = request.into_inner().id;
-        super::blocking(&self.0, move |a| a.pause_vm(&id, true))
+        super::blocking(&self.0, move |a| a.vms().pause(&id, true))
             .await
             .map(Response::new)
     }
@@ -90,7 +90,7 @@ impl VirtualMachines for VmService {
         request: Request<proto::ResumeVmRequest>,
     ) -> Result<Response<proto::VirtualMachine>, Status> {
         let id = request.into_inner().id;
-        super::blocking(&self.0, move |a| a.pause_vm(&id, false))
+        super::blocking(&self.0, move |a| a.vms().pause(&id, false))
             .await
             .map(Response::new)
     }
@@ -100,7 +100,7 @@ impl VirtualMachines for VmService {
         request: Request<proto::DeleteVmRequest>,
     ) -> Result<Response<proto::DeleteVmResponse>, Status> {
         let id = request.into_inner().id;
-        super::blocking(&self.0, move |a| a.delete_vm(&id))
+        super::blocking(&self.0, move |a| a.vms().delete(&id))
             .await
             .map(|()| Response::new(proto::DeleteVmResponse {}))
     }
@@ -111,7 +111,7 @@ impl VirtualMachines for VmService {
     ) -> Result<Response<proto::VirtualMachine>, Status> {
         // Reads take the state's read lock only: no need for the blocking pool.
         let id = request.into_inner().id;
-        let vm = self.0.get_vm(&id)?;
+        let vm = self.0.vms().get(&id)?;
         super::durable(&self.0, Response::new(vm)).await
     }
 
@@ -119,7 +119,7 @@ impl VirtualMachines for VmService {
         &self,
         request: Request<proto::ListVmsRequest>,
     ) -> Result<Response<proto::ListVmsResponse>, Status> {
-        let vms = self.0.list_vms(&request.into_inner());
+        let vms = self.0.vms().list(&request.into_inner());
         super::durable(&self.0, Response::new(proto::ListVmsResponse { vms })).await
     }
 
@@ -130,7 +130,7 @@ impl VirtualMachines for VmService {
         request: Request<proto::WatchVmsRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let filter = request.into_inner();
-        let mut events = self.0.subscribe();
+        let mut events = self.0.vms().subscribe();
         let agent = self.0.clone();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
@@ -153,7 +153,7 @@ impl VirtualMachines for VmService {
                 }
                 let wanted = (filter.vm_id.is_empty() || event.vm_id == filter.vm_id)
                     && (filter.pool_id.is_empty()
-                        || agent.vm_pool(&event.vm_id).as_deref() == Some(&filter.pool_id));
+                        || agent.vms().pool_of(&event.vm_id).as_deref() == Some(&filter.pool_id));
                 if wanted && tx.send(Ok(event)).await.is_err() {
                     return;
                 }
@@ -170,7 +170,7 @@ impl VirtualMachines for VmService {
     ) -> Result<Response<ConsoleStream>, Status> {
         let r = request.into_inner();
         let follower =
-            super::blocking(&self.0, move |a| a.console(&r.id, r.include_history)).await?;
+            super::blocking(&self.0, move |a| a.vms().console(&r.id, r.include_history)).await?;
         let stream = follower.into_stream().map(|chunk| {
             chunk
                 .map(|data| proto::ConsoleOutput { data })

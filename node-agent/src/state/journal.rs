@@ -1,10 +1,10 @@
 //! Group commit: many callers' changes made durable by one write
 //! transaction and one fsync, with no caller's lock held across it.
 //!
-//! A mutation has two halves. Under the agent's state lock it changes
-//! memory and *stages* its records here ([`Journal::stage`]), which costs a
-//! mutex and a queue push and hands back a [`Ticket`]; staging under the
-//! state lock is what makes the store's order the memory's order. With the
+//! A mutation has two halves. Under its manager's lock it changes memory
+//! and *stages* its records here ([`Journal::stage`]), which costs a mutex
+//! and a queue push and hands back a [`Ticket`]; staging under that lock
+//! is what makes the store's order the memory's order. With the
 //! lock released it *settles* the ticket ([`Journal::settle`], or
 //! [`Journal::settled`] on the async side), waiting until a committer
 //! thread has written everything staged up to it in one redb transaction

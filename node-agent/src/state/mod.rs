@@ -12,7 +12,7 @@
 //!
 //! - [`store`]: the [`Store`]: open, typed get/put/delete/list, atomic
 //!   multi-record commits, the id sequence, and load-everything.
-//! - [`journal`]: group commit: changes staged under the agent's lock,
+//! - [`journal`]: group commit: changes staged under a manager's lock,
 //!   made durable together by one committer, waited for without the lock.
 //! - [`record`]: the record layout and the checks made when decoding.
 //! - [`error`]: what can fail, as a [`StoreError`].

@@ -12,16 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::host::PodHost;
+use super::PodManager;
 use super::{
     container_state_name, pod_entry, spec, timestamp_in, PodEntry, PodLive, DEFAULT_GRACE,
 };
 use crate::agent::errors::{AgentError, Result};
-use crate::agent::{now, Agent};
+use crate::agent::now;
 use crate::records::{ContainerRuntime, PodRecord};
 use stratum_api::proto;
 use stratum_api::proto::{ContainerState, PodState};
 use stratum_cgroup::CgroupUsage;
-use stratum_pool::WorkloadId;
 use stratum_runtime::{
     decide, Container, ContainerConfig, ExitReason, ExitReport, LogFollower, PodContext,
     RestartDecision, RootfsSource,
@@ -84,7 +84,7 @@ fn not_found(pod: &str, name: &str) -> AgentError {
     AgentError::NotFound(format!("pod {pod} has no container {name:?}"))
 }
 
-impl Agent {
+impl PodManager {
     /// Creates a new run of container `name` (and starts it with `start`).
     /// Failures do not fail the caller: the container is FAILED with the
     /// reason, and the restart policy applies.
@@ -102,11 +102,11 @@ impl Agent {
             Err(e) => return self.run_failed(pod_id, name, &e.to_string()),
         };
         let context = PodContext {
-            hierarchy: &self.cgroups,
+            hierarchy: &self.shared.cgroups,
             pod_cgroup: &live.cgroup,
             sandbox: &live.sandbox,
             mapping: &host.mapping,
-            log_writer: &self.config.pods.log_writer,
+            log_writer: &self.shared.config.pods.log_writer,
         };
         let run = match Container::create(&host.runtime, context, &dir, &config).await {
             Ok(run) => Arc::new(run),
@@ -152,7 +152,12 @@ impl Agent {
         let lowerdirs = lease.lowerdirs().to_vec();
         let run_number = entry.record.containers.get(i).map_or(0, |c| c.runs);
         let id = format!("{pod_id}-{name}-{run_number}");
-        let dir = self.config.pod_dir(pod_id).join("containers").join(&id);
+        let dir = self
+            .shared
+            .config
+            .pod_dir(pod_id)
+            .join("containers")
+            .join(&id);
         let config = ContainerConfig {
             id: id.clone(),
             process,
@@ -454,10 +459,8 @@ impl Agent {
                 }
                 record.containers.push(ContainerRuntime::default());
             })?;
-            let _ = state.tree.set_pod_containers(
-                &WorkloadId::from(pod_id),
-                u32::try_from(count).unwrap_or(u32::MAX),
-            );
+            self.pools
+                .set_pod_containers(pod_id, u32::try_from(count).unwrap_or(u32::MAX));
             if let Some(entry) = state.pods.get_mut(pod_id) {
                 entry.leases.insert(container.name.clone(), lease);
             }
@@ -596,9 +599,7 @@ impl Agent {
             if let Some(entry) = state.pods.get_mut(pod_id) {
                 entry.leases.remove(name);
                 let count = u32::try_from(entry.spec().containers.len()).unwrap_or(u32::MAX);
-                let _ = state
-                    .tree
-                    .set_pod_containers(&WorkloadId::from(pod_id), count);
+                self.pools.set_pod_containers(pod_id, count);
             }
         }
         let _ = std::fs::remove_file(self.pod_log_path(pod_id, name));
@@ -718,7 +719,7 @@ impl Agent {
     }
 
     /// Stops whatever may run after StopPod's grace: a helper for
-    /// [`Agent::stop_pod`] callers that give no period.
+    /// [`PodManager::stop_pod`] callers that give no period.
     pub fn default_grace(grace: Option<u32>) -> Duration {
         grace.map_or(DEFAULT_GRACE, |s| Duration::from_secs(u64::from(s)))
     }

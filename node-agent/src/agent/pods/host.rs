@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::PodManager;
 use crate::agent::errors::{AgentError, Result};
-use crate::agent::Agent;
 use stratum_podnet::{Ipv4Cidr, PodNetConfig, PodNetwork};
 use stratum_runtime::{CgroupMapping, OciRuntime, OciRuntimeConfig, RuntimeError};
 
@@ -46,7 +46,7 @@ pub struct PodHost {
     pub network: PodNetwork,
 }
 
-impl Agent {
+impl PodManager {
     /// The pod host, set up on first call. UNAVAILABLE when this host
     /// cannot run pods (no runtime, a cgroup layout no runtime can use).
     pub(super) async fn pod_host(&self) -> Result<Arc<PodHost>> {
@@ -62,20 +62,20 @@ impl Agent {
     }
 
     async fn open_pod_host(&self) -> Result<PodHost> {
-        let pods = &self.config.pods;
+        let pods = &self.shared.config.pods;
         // Per agent (its cgroup root is unique on the host), on tmpfs: the
         // runtime's state and the netns files vanish with a reboot, as the
         // containers do.
-        let run_dir = PathBuf::from("/run/stratum").join(&self.config.cgroup_root);
-        let mapping = CgroupMapping::detect(&self.cgroups.root()?)?;
+        let run_dir = PathBuf::from("/run/stratum").join(&self.shared.config.cgroup_root);
+        let mapping = CgroupMapping::detect(&self.shared.cgroups.root()?)?;
         let runtime = open_runtime(&pods.oci_runtime, &run_dir, &mapping)?;
-        let mut net = PodNetConfig::new(&self.config.data_dir);
+        let mut net = PodNetConfig::new(&self.shared.config.data_dir);
         net.bridge = pods.bridge.clone();
         net.nft_table = pods.bridge.clone();
         net.cidr = pods.cidr;
         net.netns_dir = run_dir.join("netns");
         // The network's tables live in the agent's state file.
-        let network = PodNetwork::open_shared(net, self.journal.store().database()).await?;
+        let network = PodNetwork::open_shared(net, self.shared.journal.store().database()).await?;
         sync_policies(&network, &pods.allow).await?;
         tracing::info!(
             runtime = %runtime.binary().display(),

@@ -7,8 +7,8 @@ use stratum_api::proto;
 use stratum_runtime::{CriLogLine, LogFollower, LogStream};
 use tokio::sync::mpsc;
 
+use super::PodManager;
 use crate::agent::errors::Result;
-use crate::agent::Agent;
 
 /// Log records buffered for a slow client before the reader waits.
 const LOG_BUFFER: usize = 256;
@@ -16,7 +16,7 @@ const LOG_BUFFER: usize = 256;
 /// The records a Logs call streams; the channel closes at the end.
 pub type LogRecords = mpsc::Receiver<Result<proto::LogRecord>>;
 
-impl Agent {
+impl PodManager {
     /// Logs: see pods.proto. The last `tail` records (all without), and
     /// with `follow` what the current run writes next.
     pub async fn container_log_records(

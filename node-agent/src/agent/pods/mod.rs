@@ -13,11 +13,13 @@
 //! containers and tears the sandbox, network and cgroup down (STOPPED);
 //! RemovePod then drops its record, logs and leases.
 //!
-//! Locking: the agent's state lock (a std `RwLock`, never held across an
-//! await) guards the records and the pool tree; each running pod has an
-//! async mutex over its containers' runs, held across runtime calls, so
-//! operations on one pod are serialised while pods proceed in parallel.
-//! Every status change is stored before it is answered.
+//! Locking: the manager's lock (a std `RwLock`, never held across an
+//! await) guards the pods' records; the pool tree is the pool manager's,
+//! reached through it with this lock held or not (never the other way
+//! round). Each running pod has an async mutex over its containers' runs,
+//! held across runtime calls, so operations on one pod are serialised
+//! while pods proceed in parallel. Every status change is staged in the
+//! store under the lock; a pod call's answer waits for it to be durable.
 //!
 //! - [`spec`]: checks and the process a container runs.
 //! - [`host`]: the runtime, cgroup mapping and network, set up on first use.
@@ -37,15 +39,18 @@ use std::time::Duration;
 
 use prost_types::Timestamp;
 
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
 use super::errors::{AgentError, Result};
-use super::pools::pool_id_or_root;
-use super::{now, Agent, State};
+use super::now;
+use super::pools::{pool_id_or_root, PoolManager};
+use super::shared::Shared;
 use crate::records::{ContainerRuntime, PodRecord};
 use crate::state::{Change, Ticket};
 use stratum_api::proto;
 use stratum_api::proto::{ContainerState, PodState};
 use stratum_cgroup::Cgroup;
-use stratum_image::ImageLease;
+use stratum_image::{ImageLease, ImageStore};
 use stratum_pool::convert::limits_to_proto;
 use stratum_pool::{PodSizing, PoolId, Workload, WorkloadId};
 use stratum_runtime::{Container, PodNetwork as SandboxNetwork, PodSandbox};
@@ -55,6 +60,23 @@ pub use self::host::{PodHost, PodHostConfig};
 
 /// StopPod and StopContainer without a grace period.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// The pod manager: every pod's record and live parts, behind its lock.
+pub struct PodManager {
+    shared: Arc<Shared>,
+    /// Where each pod is a workload: placed, admitted and released there.
+    pools: Arc<PoolManager>,
+    /// The node's images, leased by the containers.
+    images: ImageStore,
+    state: RwLock<State>,
+    /// The OCI runtime and pod network, set up on first use.
+    pod_host: tokio::sync::OnceCell<Arc<PodHost>>,
+}
+
+/// What the lock guards.
+struct State {
+    pods: BTreeMap<String, PodEntry>,
+}
 
 /// A pod as the agent keeps it.
 pub struct PodEntry {
@@ -132,14 +154,60 @@ pub struct PodLive {
     runs: tokio::sync::Mutex<BTreeMap<String, Arc<Container>>>,
 }
 
-impl Agent {
+impl PodManager {
+    /// Takes the stored pods back at startup (see
+    /// [`PodManager::restore_records`]; running ones are re-adopted by
+    /// [`PodManager::resume`] once the async runtime runs).
+    pub fn restore(
+        shared: Arc<Shared>,
+        pools: Arc<PoolManager>,
+        images: ImageStore,
+        records: Vec<PodRecord>,
+    ) -> Result<Self> {
+        let manager = PodManager {
+            shared,
+            pools,
+            images,
+            state: RwLock::new(State {
+                pods: BTreeMap::new(),
+            }),
+            pod_host: tokio::sync::OnceCell::new(),
+        };
+        manager.restore_records(records)?;
+        Ok(manager)
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cgroup paths the pods' records name (for the reconcile at
+    /// start).
+    pub(super) fn cgroup_paths(&self) -> Vec<PathBuf> {
+        self.read_state()
+            .pods
+            .values()
+            .filter_map(|pod| pod.recorded_cgroup_path())
+            .map(PathBuf::from)
+            .collect()
+    }
+
+    /// Every pod, for the inventory (taken before the pools' lock).
+    pub(super) fn with_each<T>(&self, f: impl FnOnce(&BTreeMap<String, PodEntry>) -> T) -> T {
+        f(&self.read_state().pods)
+    }
+
     /// RunPod: see the module docs and pods.proto.
     pub async fn run_pod(self: &Arc<Self>, spec: proto::PodSpec) -> Result<proto::Pod> {
         let sizing = spec::check_pod(&spec)?;
         let host = self.pod_host().await?;
         let leases = self.lease_images(&spec.containers)?;
         let pool = pool_id_or_root(&spec.pool_id);
-        let id = format!("pod-{}", self.next_id()?);
+        let id = format!("pod-{}", self.shared.next_id()?);
         let namespace = self.admit_pod(&id, &spec, &pool, &sizing, leases)?;
         let live = match self.set_up_sandbox(&host, &id, &spec, &namespace).await {
             Ok(live) => live,
@@ -219,7 +287,7 @@ impl Agent {
     ) -> Result<String> {
         let mut state = self.write_state();
         let namespace = if spec.namespace.is_empty() {
-            default_namespace(&state, pool)?
+            self.pools.namespace_of(pool)?
         } else {
             spec.namespace.clone()
         };
@@ -234,13 +302,8 @@ impl Agent {
             )));
         }
         let workload = WorkloadId::from(id);
-        state
-            .tree
-            .add_workload(Workload::pod(workload.clone(), pool.clone(), sizing)?)?;
-        if let Err(e) = state.tree.admit(&workload) {
-            let _ = state.tree.remove_workload(&workload);
-            return Err(e.into());
-        }
+        self.pools
+            .add_admitted(Workload::pod(workload.clone(), pool.clone(), sizing)?)?;
         let created = Some(now());
         let record = PodRecord {
             id: id.to_string(),
@@ -269,8 +332,7 @@ impl Agent {
             cgroup_path: String::new(),
         };
         if let Err(e) = self.stage_pod(Change::PutPod(Box::new(record.clone()))) {
-            let _ = state.tree.release(&workload);
-            let _ = state.tree.remove_workload(&workload);
+            self.pools.remove_workload(id);
             return Err(e);
         }
         state.pods.insert(
@@ -301,8 +363,8 @@ impl Agent {
                 .get(id)
                 .map(|p| p.pool.clone())
                 .ok_or_else(|| AgentError::NotFound(format!("pod {id}")))?;
-            let pool_cgroup = self.pool_cgroup(&state.tree, &pool)?;
-            let cgroup = self.cgroups.create_leaf(&pool_cgroup, id)?;
+            let pool_cgroup = self.pools.pool_cgroup(&pool)?;
+            let cgroup = self.shared.cgroups.create_leaf(&pool_cgroup, id)?;
             let status = state.pods.get(id).map(|p| p.status().clone());
             if let Err(e) = cgroup.apply(&spec::pod_limits(&status.unwrap_or_default())) {
                 let _ = cgroup.remove();
@@ -324,7 +386,7 @@ impl Agent {
         } else {
             spec.hostname.clone()
         };
-        let dir = self.config.pod_dir(id).join("sandbox");
+        let dir = self.shared.config.pod_dir(id).join("sandbox");
         let network = SandboxNetwork::Existing(attachment.netns.clone());
         let created =
             tokio::task::spawn_blocking(move || PodSandbox::create(&dir, &hostname, network))
@@ -353,15 +415,13 @@ impl Agent {
     /// leases and directory.
     fn forget_pod(&self, id: &str) {
         let mut state = self.write_state();
-        let workload = WorkloadId::from(id);
-        let _ = state.tree.release(&workload);
-        let _ = state.tree.remove_workload(&workload);
+        self.pools.remove_workload(id);
         if let Err(e) = self.stage_pod(Change::DeletePod(id.to_string())) {
             tracing::error!(pod = %id, "cannot delete the record of a pod that failed to start: {e}");
         }
         state.pods.remove(id);
         drop(state);
-        let _ = std::fs::remove_dir_all(self.config.pod_dir(id));
+        let _ = std::fs::remove_dir_all(self.shared.config.pod_dir(id));
     }
 
     /// StopPod: see pods.proto.
@@ -429,7 +489,7 @@ impl Agent {
         }
         self.tear_down(host, id, live).await;
         let mut state = self.write_state();
-        let _ = state.tree.release(&WorkloadId::from(id));
+        self.pools.release(id);
         let stored = self.update_pod_locked(&mut state, id, |record| {
             set_pod_state(record, end, reason);
             let status = record.status.get_or_insert_with(Default::default);
@@ -487,10 +547,10 @@ impl Agent {
             )));
         }
         self.stage_pod(Change::DeletePod(id.to_string()))?;
-        let _ = state.tree.remove_workload(&WorkloadId::from(id));
+        self.pools.remove_workload(id);
         state.pods.remove(id);
         drop(state);
-        let dir = self.config.pod_dir(id);
+        let dir = self.shared.config.pod_dir(id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(pod = %id, "removing {}: {e}", dir.display());
@@ -561,10 +621,10 @@ impl Agent {
     /// Stages a pod record change. Pod calls run on the async side and
     /// change records at many points (a container's every start and
     /// exit), so they do not wait for each one: the API answers of pod
-    /// calls wait for everything staged before them (`api::settled`),
+    /// calls wait for everything staged before them (`api::durable`),
     /// which covers these.
     fn stage_pod(&self, change: Change) -> Result<()> {
-        let _ticket: Ticket = self.stage([change])?;
+        let _ticket: Ticket = self.shared.stage([change])?;
         Ok(())
     }
 
@@ -589,25 +649,11 @@ impl Agent {
 
     /// The pod's directory: sandbox, container bundles, logs.
     pub fn pod_log_path(&self, id: &str, container: &str) -> PathBuf {
-        self.config
+        self.shared
+            .config
             .pod_dir(id)
             .join("logs")
             .join(format!("{container}.log"))
-    }
-}
-
-/// The namespace a pod in `pool` gets by default: the id of the top-level
-/// pool above it, or `root`.
-fn default_namespace(state: &State, pool: &PoolId) -> Result<String> {
-    let mut current = state.tree.get(pool)?;
-    loop {
-        match current.parent() {
-            None => return Ok("root".to_string()),
-            Some(parent) if parent == state.tree.root().id() => {
-                return Ok(current.id().as_str().to_string())
-            }
-            Some(parent) => current = state.tree.get(parent)?,
-        }
     }
 }
 

@@ -1,9 +1,9 @@
 //! Taking the pods back after an agent restart (`kill -9` included).
 //!
-//! At start ([`Agent::restore_pods`], synchronous, before the API serves):
+//! At start ([`PodManager::restore_records`], synchronous, before the API serves):
 //! every stored pod is a workload of its pool again, running ones admitted,
 //! and every pod leases its containers' images again, so no image in use
-//! can be removed. Then ([`Agent::resume_pods`], once the async runtime
+//! can be removed. Then ([`PodManager::resume`], once the async runtime
 //! runs): a RUNNING pod whose sandbox mounts and cgroup are still there is
 //! re-adopted — its containers' runs are found by their state files, the
 //! live ones watched again (their exit codes are lost: the old agent was
@@ -16,19 +16,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::host::PodHost;
+use super::PodManager;
 use super::{pod_entry, PodEntry, PodLive};
 use crate::agent::errors::Result;
 use crate::agent::pools::pool_id_or_root;
-use crate::agent::Agent;
 use crate::records::PodRecord;
 use stratum_api::proto::{ContainerState, PodState};
 use stratum_pool::convert::limits_from_proto;
 use stratum_pool::{PodSizing, Resources, Workload, WorkloadId};
 use stratum_runtime::{Container, PodNetwork as SandboxNetwork, PodSandbox};
 
-impl Agent {
+impl PodManager {
     /// Pods back into the pool tree, with their image leases.
-    pub(in crate::agent) fn restore_pods(&self, records: Vec<PodRecord>) -> Result<()> {
+    pub(super) fn restore_records(&self, records: Vec<PodRecord>) -> Result<()> {
         let mut state = self.write_state();
         for record in records {
             let id = record.id.clone();
@@ -45,14 +45,13 @@ impl Agent {
             };
             let pool = pool_id_or_root(&spec.pool_id);
             let workload = WorkloadId::from(id.as_str());
-            state
-                .tree
+            self.pools
                 .add_workload(Workload::pod(workload.clone(), pool.clone(), &sizing)?)?;
             if matches!(
                 status.state(),
                 PodState::Starting | PodState::Running | PodState::Stopping
             ) {
-                state.tree.admit(&workload)?;
+                self.pools.admit(&id)?;
             }
             let mut leases = std::collections::BTreeMap::new();
             for (container, st) in spec.containers.iter().zip(&status.containers) {
@@ -84,7 +83,7 @@ impl Agent {
     /// Re-adopts running pods and cleans up after the others (see the
     /// module docs). Does nothing, and sets nothing up, on an agent
     /// without pods to take back.
-    pub async fn resume_pods(self: &Arc<Self>) {
+    pub async fn resume(self: &Arc<Self>) {
         let pending: Vec<(String, PodState)> = self
             .read_state()
             .pods
@@ -165,10 +164,13 @@ impl Agent {
                 entry.status().containers.clone(),
             )
         };
-        let dir = self.config.pod_dir(id).join("sandbox");
+        let dir = self.shared.config.pod_dir(id).join("sandbox");
         let network = SandboxNetwork::Existing(host.network.netns_path(id));
         let sandbox = PodSandbox::open(&dir, &hostname, network)?;
-        let cgroup = self.cgroups.open(std::path::Path::new(&cgroup_path))?;
+        let cgroup = self
+            .shared
+            .cgroups
+            .open(std::path::Path::new(&cgroup_path))?;
         let live = Arc::new(PodLive {
             sandbox,
             cgroup,
@@ -192,8 +194,15 @@ impl Agent {
             {
                 continue;
             }
-            let run_dir = self.config.pod_dir(id).join("containers").join(&status.id);
-            match Container::adopt(&host.runtime, &self.cgroups, &host.mapping, &run_dir).await {
+            let run_dir = self
+                .shared
+                .config
+                .pod_dir(id)
+                .join("containers")
+                .join(&status.id);
+            match Container::adopt(&host.runtime, &self.shared.cgroups, &host.mapping, &run_dir)
+                .await
+            {
                 Ok(run) => {
                     let run = Arc::new(run);
                     runs.insert(name.clone(), run.clone());
@@ -231,16 +240,21 @@ impl Agent {
             )
         };
         for run_id in run_ids {
-            let run_dir = self.config.pod_dir(id).join("containers").join(&run_id);
+            let run_dir = self
+                .shared
+                .config
+                .pod_dir(id)
+                .join("containers")
+                .join(&run_id);
             if let Ok(run) =
-                Container::adopt(&host.runtime, &self.cgroups, &host.mapping, &run_dir).await
+                Container::adopt(&host.runtime, &self.shared.cgroups, &host.mapping, &run_dir).await
             {
                 let _ = run.remove(&host.runtime).await;
             } else {
                 let _ = host.runtime.delete(&run_id, true).await;
             }
         }
-        let dir = self.config.pod_dir(id).join("sandbox");
+        let dir = self.shared.config.pod_dir(id).join("sandbox");
         let sandbox = PodSandbox::at(
             &dir,
             &hostname,
@@ -251,7 +265,7 @@ impl Agent {
         }
         let _ = host.network.detach(id).await;
         if !cgroup_path.is_empty() {
-            if let Ok(cgroup) = self.cgroups.open(std::path::Path::new(&cgroup_path)) {
+            if let Ok(cgroup) = self.shared.cgroups.open(std::path::Path::new(&cgroup_path)) {
                 self.remove_pod_cgroup(host, &cgroup);
             }
         }
@@ -262,7 +276,7 @@ impl Agent {
     fn mark_lost(&self, id: &str, end: PodState, reason: &str) {
         tracing::warn!(pod = %id, "{reason}");
         let mut state = self.write_state();
-        let _ = state.tree.release(&WorkloadId::from(id));
+        self.pools.release(id);
         let stored = self.update_pod_locked(&mut state, id, |record| {
             super::set_pod_state(record, end, reason);
             let status = record.status.get_or_insert_with(Default::default);
