@@ -224,7 +224,7 @@ pub(crate) fn copy_in(from: &redb::ReadTransaction, into: &WriteTransaction) -> 
 }
 
 /// Every allocation in `tx`, in address order.
-pub(crate) fn allocations_in(tx: &redb::ReadTransaction) -> Result<Vec<(Ipv4Addr, String)>> {
+pub(crate) fn allocations_in(tx: &WriteTransaction) -> Result<Vec<(Ipv4Addr, String)>> {
     list(&tx.open_table(BY_ADDR)?)
 }
 

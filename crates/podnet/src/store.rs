@@ -26,8 +26,13 @@ use super::error::{PodNetError, Result};
 use super::ipam;
 use super::portmap::PortMapping;
 
-/// pod id → JSON [`PodRecord`].
+/// pod id → format version byte + JSON [`PodRecord`].
 const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("podnet_pods");
+/// Rows that could not be read, moved aside: `podnet_pods/<key>` → the
+/// bytes (the table the agent's own unreadable records go to).
+const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
+/// The format of a `podnet_pods` row (its first byte).
+const ROW_VERSION: u8 = 1;
 /// (from namespace, to namespace) → nothing: `from` may reach `to`.
 const POLICIES: TableDefinition<(&str, &str), ()> = TableDefinition::new("podnet_policies");
 
@@ -56,8 +61,11 @@ pub struct Loaded {
     /// Allowed (from, to) namespace pairs.
     pub policies: BTreeSet<(String, String)>,
     /// Allocations whose owner has no pod record (attach writes both in one
-    /// transaction, but an allocator used directly may leave some).
+    /// transaction, but an allocator used directly may leave some, and a
+    /// quarantined record leaves its address).
     pub orphan_allocations: Vec<(Ipv4Addr, String)>,
+    /// Pod records this load found unreadable and moved to quarantine.
+    pub quarantined: Vec<String>,
 }
 
 /// Copies everything in the pod network's own state file at `path` into
@@ -69,7 +77,12 @@ pub fn import_file(path: &Path, into: &redb::WriteTransaction) -> Result<()> {
     let mut pods = into.open_table(PODS)?;
     for row in tx.open_table(PODS)?.iter()? {
         let (k, v) = row?;
-        pods.insert(k.value(), v.value())?;
+        // A file of its own held bare JSON: the row gets its version byte.
+        let mut bytes = v.value().to_vec();
+        if bytes.first() == Some(&b'{') {
+            bytes.insert(0, ROW_VERSION);
+        }
+        pods.insert(k.value(), bytes.as_slice())?;
     }
     let mut policies = into.open_table(POLICIES)?;
     for row in tx.open_table(POLICIES)?.iter()? {
@@ -77,6 +90,31 @@ pub fn import_file(path: &Path, into: &redb::WriteTransaction) -> Result<()> {
         policies.insert(k.value(), ())?;
     }
     ipam::copy_in(&tx, into)
+}
+
+/// A pod record's row: the format version byte, then JSON.
+fn encode(rec: &PodRecord) -> Result<Vec<u8>> {
+    let mut bytes = vec![ROW_VERSION];
+    serde_json::to_writer(&mut bytes, rec).map_err(|e| PodNetError::Corrupt {
+        key: rec.pod_id.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(bytes)
+}
+
+/// The record in a row, or why it cannot be read.
+fn decode(key: &str, bytes: &[u8]) -> std::result::Result<PodRecord, String> {
+    let (version, body) = bytes.split_first().ok_or("empty row")?;
+    if *version != ROW_VERSION {
+        return Err(format!(
+            "format version {version}, this agent reads {ROW_VERSION}"
+        ));
+    }
+    let rec: PodRecord = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if rec.pod_id != key {
+        return Err(format!("the record is of {}, not of its key", rec.pod_id));
+    }
+    Ok(rec)
 }
 
 /// Open (or create) a redb file.
@@ -122,18 +160,36 @@ impl Store {
         ipam::Ipam::with_db(self.db.clone(), self.cidr)
     }
 
-    /// Read everything in one snapshot.
+    /// Read everything in one snapshot. A pod record that cannot be read
+    /// (a foreign format version, bytes that do not decode, a record under
+    /// another pod's key) is moved, bytes unchanged, to the `quarantine`
+    /// table and reported in [`Loaded::quarantined`]; the rest is served.
     pub fn load(&self) -> Result<Loaded> {
-        let tx = self.db.begin_read()?;
+        let tx = self.db.begin_write()?;
         let mut out = Loaded::default();
+        let mut unreadable = Vec::new();
         for row in tx.open_table(PODS)?.iter()? {
             let (k, v) = row?;
-            let rec: PodRecord =
-                serde_json::from_slice(v.value()).map_err(|e| PodNetError::Corrupt {
-                    key: k.value().to_string(),
-                    reason: e.to_string(),
-                })?;
-            out.pods.insert(k.value().to_string(), rec);
+            match decode(k.value(), v.value()) {
+                Ok(rec) => {
+                    out.pods.insert(k.value().to_string(), rec);
+                }
+                Err(reason) => unreadable.push((k.value().to_string(), v.value().to_vec(), reason)),
+            }
+        }
+        if !unreadable.is_empty() {
+            let mut pods = tx.open_table(PODS)?;
+            let mut quarantine = tx.open_table(QUARANTINE)?;
+            for (key, bytes, reason) in unreadable {
+                tracing::error!(
+                    pod = %key,
+                    %reason,
+                    "an unreadable pod network record was moved to the store's quarantine table"
+                );
+                quarantine.insert(format!("podnet_pods/{key}").as_str(), bytes.as_slice())?;
+                pods.remove(key.as_str())?;
+                out.quarantined.push(key);
+            }
         }
         for row in tx.open_table(POLICIES)?.iter()? {
             let (k, _) = row?;
@@ -144,6 +200,7 @@ impl Store {
             .into_iter()
             .filter(|(_, owner)| !out.pods.contains_key(owner))
             .collect();
+        tx.commit()?;
         Ok(out)
     }
 
@@ -158,11 +215,8 @@ impl Store {
         let tx = self.db.begin_write()?;
         let ip = ipam::allocate_in(&tx, self.cidr, pod_id)?;
         let rec = make(ip);
-        let json = serde_json::to_vec(&rec).map_err(|e| PodNetError::Corrupt {
-            key: pod_id.to_string(),
-            reason: e.to_string(),
-        })?;
-        tx.open_table(PODS)?.insert(pod_id, json.as_slice())?;
+        tx.open_table(PODS)?
+            .insert(pod_id, encode(&rec)?.as_slice())?;
         tx.commit()?;
         Ok(rec)
     }
@@ -190,5 +244,47 @@ impl Store {
         tx.open_table(POLICIES)?.remove((from, to))?;
         tx.commit()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(pod_id: &str, ip: Ipv4Addr) -> PodRecord {
+        PodRecord {
+            pod_id: pod_id.into(),
+            namespace: "pool-1".into(),
+            ip,
+            host_veth: format!("veth-{pod_id}"),
+            netns: PathBuf::from("/run/stratum/netns").join(pod_id),
+            port_mappings: Vec::new(),
+        }
+    }
+
+    /// An unreadable row is quarantined at load; the other pods are served
+    /// and its address shows as an orphan for reconcile to release.
+    #[test]
+    fn an_unreadable_record_is_quarantined_and_the_rest_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let cidr: Ipv4Cidr = "10.9.0.0/24".parse().unwrap();
+        let store = Store::open(&dir.path().join("podnet.redb"), cidr).unwrap();
+        store.attach("pod-1", |ip| record("pod-1", ip)).unwrap();
+        let bad_ip = store.attach("pod-2", |ip| record("pod-2", ip)).unwrap().ip;
+        let tx = store.db.begin_write().unwrap();
+        tx.open_table(PODS)
+            .unwrap()
+            .insert("pod-2", &b"\x07not json"[..])
+            .unwrap();
+        tx.commit().unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.pods.keys().collect::<Vec<_>>(), ["pod-1"]);
+        assert_eq!(loaded.quarantined, ["pod-2"]);
+        assert_eq!(loaded.orphan_allocations, [(bad_ip, "pod-2".to_string())]);
+        let tx = store.db.begin_read().unwrap();
+        let quarantine = tx.open_table(QUARANTINE).unwrap();
+        assert!(quarantine.get("podnet_pods/pod-2").unwrap().is_some());
+        // Loading again finds nothing more to move.
+        assert!(store.load().unwrap().quarantined.is_empty());
     }
 }
