@@ -547,6 +547,17 @@ async fn pods_two_containers_share_localhost_and_leave_nothing() {
         .expect("delete the pool");
     let left: Vec<_> = pool_dirs.iter().filter(|d| d.exists()).collect();
     assert!(left.is_empty(), "the deleted pool's cgroups stay: {left:?}");
+
+    // A stopped agent under test leaves nothing in any hierarchy: its root
+    // goes from the ones only the OCI runtime wrote to as well.
+    let root_dirs = mapping.host_dirs(&mapping.runtime_path(&root).unwrap());
+    assert!(root_dirs.iter().any(|d| d.exists()));
+    drop(pa);
+    let left: Vec<_> = root_dirs.iter().filter(|d| d.exists()).collect();
+    assert!(
+        left.is_empty(),
+        "the agent's cgroups stay after the test: {left:?}"
+    );
 }
 
 /// Admission: a pod fits a pool with room and is refused by a full one,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use stratum_cgroup::{Cgroup, Hierarchy, HierarchyConfig};
+use stratum_cgroup::{Cgroup, Hierarchy};
 use tonic::transport::Channel;
 
 /// How long the agent may take to listen.
@@ -177,14 +177,9 @@ impl AgentProcess {
         if let Some(mut child) = self.child.take() {
             terminate(&mut child, STOP_GRACE);
         }
-        if let Ok(h) = Hierarchy::detect_with(&HierarchyConfig {
-            root_name: self.cgroup_root.clone(),
-            ..HierarchyConfig::default()
-        }) {
-            if let Ok(root) = h.open(Path::new("")) {
-                teardown(&h, &root, Path::new(""));
-            }
-        }
+        // The pods' directories in the hierarchies the agent does not
+        // manage go too: a test leaves nothing in any of them.
+        crate::cleanup::remove_agent_cgroups(&self.cgroup_root);
     }
 }
 

@@ -6,6 +6,7 @@
 //!   port and cgroup subtree, stopped and cleaned up on drop.
 //! - [`test_agent`]: the same wrapped for the API tests: panics on
 //!   failure, gRPC clients, `nodectl` against it, its cgroups.
+//! - [`cleanup`]: an agent's cgroups removed from every hierarchy.
 //! - [`fixture`]: a throwaway `docker-registry` and a busybox OCI image.
 //! - [`root`]: the one policy for tests that need root.
 //! - [`bins`]: where the workspace's binaries are found.
@@ -16,6 +17,7 @@
 
 pub mod agent_process;
 pub mod bins;
+pub mod cleanup;
 pub mod fixture;
 pub mod root;
 pub mod test_agent;
