@@ -257,14 +257,8 @@ async fn concurrent_creates_are_all_durable() {
     assert_eq!(created.len(), 200, "200 distinct ids");
     agent.kill9();
     agent.spawn();
-    let listed: std::collections::BTreeSet<String> = agent
-        .pools()
+    let listed: std::collections::BTreeSet<String> = whole_tree(&agent)
         .await
-        .list(proto::ListResourcePoolsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .pools
         .into_iter()
         .map(|p| p.id)
         .filter(|id| id != "root")

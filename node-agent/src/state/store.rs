@@ -99,7 +99,7 @@ pub struct Snapshot {
     pub vms: Vec<VmRecord>,
     /// Every pod, in id order.
     pub pods: Vec<PodRecord>,
-    /// The id [`Store::next_id`] will hand out next.
+    /// The first id not handed out yet (see [`Change::ReserveIdsBelow`]).
     pub next_id: u64,
     /// Records this load found unreadable and moved to quarantine.
     pub quarantined: Vec<Quarantined>,
@@ -238,30 +238,6 @@ impl Store {
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
-    }
-
-    /// A fresh id, durably: never handed out again, even after a crash.
-    /// Ids start at 1.
-    pub fn next_id(&self) -> Result<u64, StoreError> {
-        self.write(|tx| {
-            let mut meta = tx.open_table(META)?;
-            let id = meta.get(META_NEXT_ID)?.map_or(1, |v| v.value());
-            meta.insert(META_NEXT_ID, id.saturating_add(1))?;
-            Ok(id)
-        })
-    }
-
-    /// Reserves `count` fresh ids durably and returns the first: the
-    /// caller hands out `first..first + count` without touching the store
-    /// again. Ids of a block not used before a crash are skipped, never
-    /// handed out twice.
-    pub fn reserve_ids(&self, count: u64) -> Result<u64, StoreError> {
-        self.write(|tx| {
-            let mut meta = tx.open_table(META)?;
-            let first = meta.get(META_NEXT_ID)?.map_or(1, |v| v.value());
-            meta.insert(META_NEXT_ID, first.saturating_add(count.max(1)))?;
-            Ok(first)
-        })
     }
 
     /// Apply `changes` atomically, in order: all of them or none. The

@@ -112,8 +112,8 @@ fn data_and_ids_survive_reopening() {
     let (_dir, path) = scratch();
     {
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.next_id().unwrap(), 1);
-        assert_eq!(store.next_id().unwrap(), 2);
+        assert_eq!(store.load().unwrap().next_id, 1);
+        store.commit(&[Change::ReserveIdsBelow(3)]).unwrap();
         store.put_pool(&pool("pool-1", "prod")).unwrap();
         store.put_vm(&vm("vm-1")).unwrap();
     }
@@ -122,7 +122,9 @@ fn data_and_ids_survive_reopening() {
     assert_eq!(snapshot.pools, [pool("pool-1", "prod")]);
     assert_eq!(snapshot.vms, [vm("vm-1")]);
     assert_eq!(snapshot.next_id, 3);
-    assert_eq!(store.next_id().unwrap(), 3);
+    // The sequence only grows: a lower reservation changes nothing.
+    store.commit(&[Change::ReserveIdsBelow(2)]).unwrap();
+    assert_eq!(store.load().unwrap().next_id, 3);
 }
 
 #[test]
@@ -146,7 +148,7 @@ fn a_put_survives_abort() {
     if let Some(path) = std::env::var_os(ABORT_CHILD_ENV) {
         let store = Store::open(&path).unwrap();
         store.put_vm(&vm("vm-1")).unwrap();
-        store.next_id().unwrap();
+        store.commit(&[Change::ReserveIdsBelow(2)]).unwrap();
         std::process::abort();
     }
     let (_dir, path) = scratch();

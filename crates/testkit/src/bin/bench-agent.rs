@@ -346,6 +346,34 @@ struct Run {
 }
 
 impl Run {
+    /// A run of creates that began at `start` (the agent's CPU time, ours,
+    /// the wall clock), measured now.
+    fn of_creates(
+        agent: &BenchAgent,
+        name: &str,
+        clients: usize,
+        mut latencies: Vec<Duration>,
+        start: (Duration, Duration, Instant),
+        paced: Option<f64>,
+    ) -> Run {
+        let (cpu0, self0, t0) = start;
+        let wall = t0.elapsed();
+        latencies.sort();
+        Run {
+            name: name.to_string(),
+            clients,
+            latencies,
+            wall,
+            errors: 0,
+            first_error: None,
+            agent_cpu: agent.cpu_time().saturating_sub(cpu0),
+            bench_cpu: self_cpu_time().saturating_sub(self0),
+            response_bytes: 0,
+            rss_after_kib: agent.rss_kib().0,
+            paced,
+        }
+    }
+
     fn calls_per_s(&self) -> f64 {
         self.latencies.len() as f64 / self.wall.as_secs_f64()
     }
@@ -438,24 +466,8 @@ where
             latencies.push(latency);
         }
     }
-    let wall = t0.elapsed();
-    latencies.sort();
-    Ok((
-        Run {
-            name: name.to_string(),
-            clients: n,
-            latencies,
-            wall,
-            errors: 0,
-            first_error: None,
-            agent_cpu: agent.cpu_time().saturating_sub(cpu0),
-            bench_cpu: self_cpu_time().saturating_sub(self0),
-            response_bytes: 0,
-            rss_after_kib: agent.rss_kib().0,
-            paced: None,
-        },
-        ids,
-    ))
+    let run = Run::of_creates(agent, name, n, latencies, (cpu0, self0, t0), None);
+    Ok((run, ids))
 }
 
 /// Sends `requests` at `rate` calls/s over `clients` (round robin), each
@@ -495,24 +507,8 @@ where
         ids.push(answer.map_err(|s| format!("{name} #{i}: {:?}: {}", s.code(), s.message()))?);
         latencies.push(latency);
     }
-    let wall = t0.elapsed();
-    latencies.sort();
-    Ok((
-        Run {
-            name: name.to_string(),
-            clients: n,
-            latencies,
-            wall,
-            errors: 0,
-            first_error: None,
-            agent_cpu: agent.cpu_time().saturating_sub(cpu0),
-            bench_cpu: self_cpu_time().saturating_sub(self0),
-            response_bytes: 0,
-            rss_after_kib: agent.rss_kib().0,
-            paced: Some(rate),
-        },
-        ids,
-    ))
+    let run = Run::of_creates(agent, name, n, latencies, (cpu0, self0, t0), Some(rate));
+    Ok((run, ids))
 }
 
 async fn read_once(
