@@ -116,26 +116,56 @@ impl Cgroup {
     /// applying is also how limits are updated. Re-applying the same value
     /// is harmless.
     pub fn apply(&self, limits: &CgroupLimits) -> Result<()> {
-        self.apply_cpu(limits)?;
-        self.apply_memory(limits)?;
-        self.apply_pids(limits)
+        self.write_limits(limits, None)
     }
 
-    fn apply_cpu(&self, limits: &CgroupLimits) -> Result<()> {
-        let (weight, op) = match self.version {
-            CgroupVersion::V1 => (shares_to_v1(limits.cpu_shares_weight), "write cpu.shares"),
-            CgroupVersion::V2 => (
-                shares_to_weight(limits.cpu_shares_weight),
-                "write cpu.weight",
-            ),
+    /// [`Cgroup::apply`] for a cgroup whose directories were all just made:
+    /// a new cgroup starts at the kernel's defaults, which
+    /// `CgroupLimits::default()` is, so only the limits that differ are
+    /// written.
+    pub(crate) fn apply_to_new(&self, limits: &CgroupLimits) -> Result<()> {
+        self.write_limits(limits, Some(&CgroupLimits::default()))
+    }
+
+    /// Writes the limits that differ from `current` (all of them when the
+    /// files' values are not known).
+    fn write_limits(&self, limits: &CgroupLimits, current: Option<&CgroupLimits>) -> Result<()> {
+        let differs = |field: fn(&CgroupLimits) -> Option<u64>| {
+            current.is_none_or(|current| field(current) != field(limits))
         };
-        let dir = self.cpu.path();
+        if differs(|l| Some(l.cpu_shares_weight)) {
+            self.apply_shares(limits.cpu_shares_weight)?;
+        }
+        if differs(|l| l.cpu_limit_millicores) {
+            self.apply_cpu_limit(limits.cpu_limit_millicores, current.is_some())?;
+        }
+        self.apply_memory(
+            limits,
+            differs(|l| l.memory_limit_bytes),
+            differs(|l| l.memory_reservation_bytes),
+        )?;
+        if differs(|l| l.pids_max) {
+            self.apply_pids(limits)?;
+        }
+        Ok(())
+    }
+
+    fn apply_shares(&self, shares: u64) -> Result<()> {
+        let (weight, op) = match self.version {
+            CgroupVersion::V1 => (shares_to_v1(shares), "write cpu.shares"),
+            CgroupVersion::V2 => (shares_to_weight(shares), "write cpu.weight"),
+        };
         self.cpu
             .set_shares(weight)
-            .map_err(CgroupError::lib(dir, op))?;
-        let quota = limits.cpu_limit_millicores.map(millicores_to_quota_us);
+            .map_err(CgroupError::lib(self.cpu.path(), op))
+    }
+
+    /// `period_is_ours`: the CFS period is known to be [`CPU_PERIOD_US`].
+    fn apply_cpu_limit(&self, millicores: Option<u64>, period_is_ours: bool) -> Result<()> {
+        let dir = self.cpu.path();
+        let quota = millicores.map(millicores_to_quota_us);
         match self.version {
-            CgroupVersion::V1 => v1_quota::write(dir, quota),
+            CgroupVersion::V1 => v1_quota::write(dir, quota, period_is_ours),
             // "max 100000" when unlimited: cgroups-rs writes -1 as "max".
             CgroupVersion::V2 => self
                 .cpu
@@ -144,25 +174,31 @@ impl Cgroup {
         }
     }
 
-    fn apply_memory(&self, limits: &CgroupLimits) -> Result<()> {
+    /// Writes the memory limit and reservation, each only if asked to.
+    fn apply_memory(&self, limits: &CgroupLimits, limit: bool, reservation: bool) -> Result<()> {
         let dir = self.memory.path();
         let max = limits.memory_limit_bytes.map(to_i64);
         let reserve = limits.memory_reservation_bytes.map(to_i64);
         match self.version {
             CgroupVersion::V1 => {
-                self.memory
-                    .set_limit(max.unwrap_or(-1))
-                    .map_err(CgroupError::lib(dir, "write memory.limit_in_bytes"))?;
+                if limit {
+                    self.memory
+                        .set_limit(max.unwrap_or(-1))
+                        .map_err(CgroupError::lib(dir, "write memory.limit_in_bytes"))?;
+                }
                 // v1 has no memory.min: the soft limit only makes the kernel
                 // reclaim cgroups above it first under global pressure.
-                self.memory
-                    .set_soft_limit(reserve.unwrap_or(-1))
-                    .map_err(CgroupError::lib(dir, "write memory.soft_limit_in_bytes"))
+                if reservation {
+                    self.memory
+                        .set_soft_limit(reserve.unwrap_or(-1))
+                        .map_err(CgroupError::lib(dir, "write memory.soft_limit_in_bytes"))?;
+                }
+                Ok(())
             }
             CgroupVersion::V2 => {
                 let set = SetMemory {
-                    max: Some(max.map_or(MaxValue::Max, MaxValue::Value)),
-                    min: Some(MaxValue::Value(reserve.unwrap_or(0))),
+                    max: limit.then(|| max.map_or(MaxValue::Max, MaxValue::Value)),
+                    min: reservation.then(|| MaxValue::Value(reserve.unwrap_or(0))),
                     low: None,
                     high: None,
                 };

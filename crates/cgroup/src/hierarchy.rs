@@ -7,12 +7,13 @@
 
 use std::fs;
 use std::io::ErrorKind;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use super::discover::{discover, Bases, CgroupVersion, Placement};
 use super::error::{CgroupError, Result};
 use super::fsio;
 use super::group::Cgroup;
+use super::limits::CgroupLimits;
 
 /// Default name of the Stratum root cgroup in each hierarchy.
 pub const DEFAULT_ROOT_NAME: &str = "stratum";
@@ -103,21 +104,42 @@ impl Hierarchy {
         self.create_child(pool, &vm_leaf_name(vm_id))
     }
 
+    /// Creates pool `name` below the pool at `parent` (a path as
+    /// [`Cgroup::path`] gives it; empty for the root) with `limits`: how a
+    /// new pool gets its cgroup. Nothing is checked beforehand (a missing
+    /// parent makes `mkdir` fail with `NotFound`), and where every
+    /// directory is new only the limits that differ from a new cgroup's
+    /// defaults are written: with one directory per v1 hierarchy, that is
+    /// most of the syscalls a pool create makes. A directory left from
+    /// before (a crash between its mkdir and the pool's record) is adopted
+    /// and gets every limit. On failure the directories this call made are
+    /// removed again.
+    pub fn create_pool_with(
+        &self,
+        parent: &Path,
+        name: &str,
+        limits: &CgroupLimits,
+    ) -> Result<Cgroup> {
+        validate_path(parent)?;
+        let parent = Cgroup::at(&self.bases, &self.root_name, parent);
+        let (pool, made) = self.make_child(&parent, name)?;
+        let written = if made.len() == pool.dirs().len() {
+            pool.apply_to_new(limits)
+        } else {
+            pool.apply(limits)
+        };
+        if let Err(e) = written {
+            remove_dirs(&made);
+            return Err(e);
+        }
+        Ok(pool)
+    }
+
     /// Opens an existing cgroup by its path below the Stratum root (as
     /// `Cgroup::path` gives it); fails with `NotFound` if any hierarchy
     /// lacks it. Writes nothing.
     pub fn open(&self, path: &Path) -> Result<Cgroup> {
-        for component in path.components() {
-            match component {
-                Component::Normal(name) => validate_name(&name.to_string_lossy())?,
-                _ => {
-                    return Err(invalid(
-                        &path.to_string_lossy(),
-                        "not a relative path of names",
-                    ))
-                }
-            }
-        }
+        validate_path(path)?;
         let cgroup = Cgroup::at(&self.bases, &self.root_name, path);
         match cgroup.dirs().into_iter().find(|dir| !dir.is_dir()) {
             Some(missing) => Err(CgroupError::NotFound { path: missing }),
@@ -126,16 +148,20 @@ impl Hierarchy {
     }
 
     fn create_child(&self, parent: &Cgroup, name: &str) -> Result<Cgroup> {
+        self.make_child(parent, name).map(|(child, _)| child)
+    }
+
+    /// Creates (or adopts) `name` below `parent`; returns it and the
+    /// directories this call made. A parent missing in any hierarchy is
+    /// `NotFound`, from `mkdir` itself rather than a check before it.
+    fn make_child(&self, parent: &Cgroup, name: &str) -> Result<(Cgroup, Vec<PathBuf>)> {
         validate_name(name)?;
-        if let Some(missing) = parent.dirs().into_iter().find(|dir| !dir.is_dir()) {
-            return Err(CgroupError::NotFound { path: missing });
-        }
         if self.version() == CgroupVersion::V2 {
             self.enable_controllers(parent.primary_dir())?;
         }
         let child = Cgroup::at(&self.bases, &self.root_name, &parent.path().join(name));
-        make_dirs(&child)?;
-        Ok(child)
+        let made = make_dirs(&child)?;
+        Ok((child, made))
     }
 
     /// v2: a child only gets a controller's files (cpu.max, memory.min...)
@@ -148,7 +174,15 @@ impl Hierarchy {
             .chain(self.bases.pids.as_ref().map(|_| "pids"))
             .collect();
         let control = dir.join("cgroup.subtree_control");
-        let enabled = fsio::read(&control)?;
+        let enabled = match fs::read_to_string(&control) {
+            Ok(enabled) => enabled,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(CgroupError::NotFound {
+                    path: dir.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(CgroupError::io(&control, "read")(e)),
+        };
         let missing: Vec<String> = wanted
             .into_iter()
             .filter(|c| !enabled.split_whitespace().any(|e| e == *c))
@@ -161,24 +195,55 @@ impl Hierarchy {
     }
 }
 
-/// Creates each directory that does not exist yet. `create_dir` rather than
-/// cgroups-rs's `create_dir_all`, so that a parent removed meanwhile is an
-/// error instead of being silently recreated without its limits.
-fn make_dirs(cgroup: &Cgroup) -> Result<()> {
+/// Creates each directory that does not exist yet and returns the ones it
+/// made. `create_dir` rather than cgroups-rs's `create_dir_all`, so that a
+/// parent removed meanwhile is an error (`NotFound`, and the directories
+/// already made in other hierarchies go again) instead of being silently
+/// recreated without its limits.
+fn make_dirs(cgroup: &Cgroup) -> Result<Vec<PathBuf>> {
+    let mut made = Vec::new();
     for dir in cgroup.dirs() {
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                if !dir.is_dir() {
-                    return Err(CgroupError::NotADirectory { path: dir });
-                }
+        let failed = match fs::create_dir(&dir) {
+            Ok(()) => {
+                made.push(dir);
+                continue;
             }
-            Err(e) => {
-                return Err(CgroupError::Io {
-                    path: dir,
-                    op: "create cgroup",
-                    source: e,
-                })
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => continue,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                CgroupError::NotADirectory { path: dir }
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => CgroupError::NotFound {
+                path: dir.parent().map_or_else(PathBuf::new, Path::to_path_buf),
+            },
+            Err(e) => CgroupError::Io {
+                path: dir,
+                op: "create cgroup",
+                source: e,
+            },
+        };
+        remove_dirs(&made);
+        return Err(failed);
+    }
+    Ok(made)
+}
+
+/// Removes directories `make_dirs` made (empty: nothing was put in them).
+fn remove_dirs(made: &[PathBuf]) {
+    for dir in made {
+        let _ = fs::remove_dir(dir);
+    }
+}
+
+/// A path below the Stratum root must be relative and made of valid names.
+fn validate_path(path: &Path) -> Result<()> {
+    for component in path.components() {
+        match component {
+            Component::Normal(name) => validate_name(&name.to_string_lossy())?,
+            _ => {
+                return Err(invalid(
+                    &path.to_string_lossy(),
+                    "not a relative path of names",
+                ))
             }
         }
     }

@@ -32,6 +32,8 @@ pub const CPU_WEIGHT_MAX: u64 = 10_000;
 
 /// The limits one cgroup enforces. `None` means "no limit" and writes the
 /// file's unlimited value, so applying a value always sets every file.
+/// `Default` is what the kernel gives a new cgroup on v1 and v2 alike (a
+/// child inherits no limit from its parent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CgroupLimits {
     /// Relative CPU weight against sibling cgroups, on the v1 shares scale

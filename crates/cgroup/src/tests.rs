@@ -200,6 +200,87 @@ fn cgroup_fs_create_apply_update_read_back() {
 }
 
 #[test]
+fn cgroup_fs_new_pool_gets_its_limits_and_keeps_the_defaults_it_was_not_given() {
+    let t = TestTree::new("new");
+    let pool = t
+        .hier
+        .create_pool_with(Path::new(""), "prod", &sample_limits())
+        .expect("create pool with limits");
+    assert_files(&pool, SAMPLE_FILES);
+    let only_memory = CgroupLimits {
+        memory_limit_bytes: Some(64 * MIB),
+        ..Default::default()
+    };
+    let child = t
+        .hier
+        .create_pool_with(Path::new("prod"), "web", &only_memory)
+        .expect("create child pool");
+    assert_eq!(child.path(), Path::new("prod/web"));
+    assert_files(
+        &child,
+        &[(
+            "memory.limit_in_bytes",
+            "67108864",
+            "memory.max",
+            "67108864",
+        )],
+    );
+    assert_files(
+        &child,
+        &DEFAULT_FILES
+            .iter()
+            .copied()
+            .filter(|f| !f.0.starts_with("memory.limit"))
+            .collect::<Vec<_>>(),
+    );
+}
+
+#[test]
+fn cgroup_fs_new_pool_over_a_leftover_directory_gets_every_limit() {
+    // A crash between a create's mkdir and its record leaves the directory
+    // with whatever was written; the next create of that name must not
+    // assume the kernel's defaults.
+    let t = TestTree::new("leftover");
+    let stale = t.hier.create_pool(&t.root, "pool-7").expect("create");
+    stale.apply(&sample_limits()).expect("stale limits");
+    let pool = t
+        .hier
+        .create_pool_with(Path::new(""), "pool-7", &CgroupLimits::default())
+        .expect("adopt");
+    assert_files(&pool, DEFAULT_FILES);
+}
+
+#[test]
+fn cgroup_fs_new_pool_below_a_missing_parent_leaves_nothing() {
+    let t = TestTree::new("orphan");
+    let err = t
+        .hier
+        .create_pool_with(Path::new("gone"), "child", &sample_limits())
+        .expect_err("parent missing");
+    assert!(matches!(err, CgroupError::NotFound { .. }), "{err}");
+    // A parent in only one hierarchy: the child made there goes again.
+    let first = t.root.dirs()[0].join("half");
+    fs::create_dir(&first).expect("parent in one hierarchy");
+    let err = t
+        .hier
+        .create_pool_with(Path::new("half"), "child", &sample_limits())
+        .expect_err("parent missing in the others");
+    assert!(matches!(err, CgroupError::NotFound { .. }), "{err}");
+    assert!(!first.join("child").exists(), "child left in {first:?}");
+    fs::remove_dir(&first).expect("remove half parent");
+    for bad in ["../x", "/abs", "a/../b"] {
+        let err = t
+            .hier
+            .create_pool_with(Path::new(bad), "c", &sample_limits())
+            .expect_err(bad);
+        assert!(
+            matches!(err, CgroupError::InvalidName { .. }),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
 fn cgroup_fs_child_cpu_limit_may_exceed_its_pool() {
     let t = TestTree::new("nested");
     let pool = t.hier.create_pool(&t.root, "pool").expect("create pool");

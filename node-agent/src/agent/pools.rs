@@ -9,7 +9,7 @@
 //! calls them (locks are taken VM or pod first, pools last).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -111,11 +111,10 @@ impl PoolManager {
         let parent = pool_id_or_root(parent);
         let parent_path = pool_cgroup_path(&self.read().tree, &parent)?;
         let id = PoolId::from(format!("pool-{}", self.shared.next_id()?));
-        let cgroup = self.cgroup_below(&parent_path, &id)?;
-        if let Err(e) = cgroup.apply(&pool_limits(&spec)) {
-            let _ = cgroup.remove();
-            return Err(e.into());
-        }
+        let cgroup =
+            self.shared
+                .cgroups
+                .create_pool_with(&parent_path, id.as_str(), &pool_limits(&spec))?;
         let staged = self.admit_pool(&id, &parent, &spec);
         let (ticket, pool) = match staged {
             Ok(staged) => staged,
@@ -165,18 +164,6 @@ impl PoolManager {
             }
         }
         staged
-    }
-
-    /// Creates (or adopts) the cgroup `id` below the pool cgroup at
-    /// `parent_path` (empty: the agent's root).
-    fn cgroup_below(&self, parent_path: &Path, id: &PoolId) -> Result<Cgroup> {
-        let cgroups = &self.shared.cgroups;
-        let parent = if parent_path.as_os_str().is_empty() {
-            cgroups.root()?
-        } else {
-            cgroups.open(parent_path)?
-        };
-        Ok(cgroups.create_pool(&parent, id.as_str())?)
     }
 
     pub fn get(&self, id: &str) -> Result<proto::ResourcePool> {
