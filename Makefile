@@ -57,11 +57,16 @@ build:
 
 # The release binaries `make test` builds (static, for the nested host) are
 # the ones `make run` starts, so a run after a test builds nothing again.
+# VM kernels and initrds may come only from artifact directories: here the
+# built guest images (build/images and the cache it links into).
 AGENT_ARGS ?=
+STRATUM_CACHE ?= /var/cache/stratum
 run: images static
 	mkdir -p build/bin
 	for b in node-agent nodectl vmm stratum-log-writer; do ln -sfn ../../$(STATIC_BIN)/$$b build/bin/$$b; done
-	build/bin/node-agent --data-dir data --vmm build/bin/vmm $(AGENT_ARGS)
+	build/bin/node-agent --data-dir data --vmm build/bin/vmm \
+		--artifact-dir build/images --artifact-dir $(STRATUM_CACHE)/guest-kernel \
+		--artifact-dir $(STRATUM_CACHE)/guest-initramfs $(AGENT_ARGS)
 
 run-vm: images static
 	$(CARGO) run -q -p stratum-tests --bin nested-host -- --script guest-images/run-guest.sh --echo

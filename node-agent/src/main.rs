@@ -2,10 +2,13 @@
 //! the walk-through and DESIGN.md for pools, cgroups and the VM lifecycle.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
+use node_agent::agent::artifacts::{ArtifactDirs, DEFAULT_ARTIFACT_SUBDIR};
 use node_agent::agent::config::{AgentConfig, DEFAULT_SYSTEM_RESERVE};
 use node_agent::agent::pods::PodHostConfig;
 use node_agent::agent::Agent;
@@ -75,6 +78,29 @@ struct Cli {
     /// own). Pods of different namespaces are isolated otherwise.
     #[arg(long = "allow-namespace", value_name = "FROM:TO", value_parser = parse_allow)]
     allow_namespaces: Vec<(String, String)>,
+    /// A directory VM kernels, initrds and disk base images and image
+    /// imports may come from (repeatable; any other host path is refused).
+    /// Writable by root only: whatever is in it, any caller may boot or
+    /// read [default: DATA_DIR/artifacts, created].
+    #[arg(long = "artifact-dir", value_name = "DIR")]
+    artifact_dirs: Vec<PathBuf>,
+    /// The host ports pods may publish; a port a host process holds is
+    /// refused too.
+    #[arg(long, value_name = "FIRST-LAST", default_value = "30000-32767", value_parser = parse_port_range)]
+    host_port_range: RangeInclusive<u16>,
+}
+
+/// `FIRST-LAST` of --host-port-range.
+fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let parsed = s
+        .split_once('-')
+        .and_then(|(first, last)| Some((first.parse::<u16>().ok()?, last.parse::<u16>().ok()?)));
+    match parsed {
+        Some((first, last)) if first >= 1 && first <= last => Ok(first..=last),
+        _ => Err(format!(
+            "{s:?} is not FIRST-LAST with 1 <= FIRST <= LAST <= 65535"
+        )),
+    }
 }
 
 /// `FROM:TO` of --allow-namespace.
@@ -135,6 +161,7 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
         None => default_vmm(),
     };
     let data_dir = std::path::absolute(&cli.data_dir)?;
+    let artifacts = artifact_dirs(&cli.artifact_dirs, &data_dir)?;
     Ok(AgentConfig {
         cert_dir: cli
             .cert_dir
@@ -144,6 +171,7 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
         listen: cli.listen,
         insecure: cli.insecure_plaintext,
         vmm_binary,
+        artifacts,
         system_reserve: Resources::new(cli.reserve_cpu, cli.reserve_memory_mib.saturating_mul(MIB)),
         cgroup_root: cli.cgroup_root.clone(),
         insecure_registries: cli.insecure_registries.clone(),
@@ -152,6 +180,7 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
             bridge: cli.pod_bridge.clone(),
             cidr: cli.pod_cidr,
             allow: cli.allow_namespaces.clone(),
+            host_ports: cli.host_port_range.clone(),
             log_writer: cli.log_writer.clone().unwrap_or_else(|| {
                 stratum_runtime::log_writer::default_program(
                     std::env::current_exe().ok().as_deref(),
@@ -159,6 +188,17 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
             }),
         },
     })
+}
+
+/// The configured artifact directories, or the default one (made if
+/// missing).
+fn artifact_dirs(configured: &[PathBuf], data_dir: &Path) -> anyhow::Result<ArtifactDirs> {
+    if !configured.is_empty() {
+        return Ok(ArtifactDirs::new(configured)?);
+    }
+    let default = data_dir.join(DEFAULT_ARTIFACT_SUBDIR);
+    std::fs::create_dir_all(&default).with_context(|| format!("creating {}", default.display()))?;
+    Ok(ArtifactDirs::new(&[default])?)
 }
 
 /// `vmm` next to this binary (as `cargo build` and packages lay them out),

@@ -2,7 +2,7 @@
 //! (`docker-registry`, plain HTTP) holding a busybox image: pull with
 //! progress, list/get, `nodectl image`, the insecure-registry rule, remove.
 //!
-//! Needs root and the Debian packages named in `src/image/fixture.rs`.
+//! Needs root and the Debian packages named in `stratum_testkit::fixture`.
 
 // Test helpers may panic: a broken fixture fails the test that uses it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,7 +14,8 @@ use std::process::Output;
 use stratum_api::proto::image_service_client::ImageServiceClient;
 use stratum_api::proto::pull_image_progress::Event;
 use stratum_api::proto::{
-    GetImageRequest, LayerPhase, ListImagesRequest, PullImageRequest, RemoveImageRequest,
+    GetImageRequest, ImportImageRequest, LayerPhase, ListImagesRequest, PullImageRequest,
+    RemoveImageRequest,
 };
 use stratum_testkit::test_agent::TestAgent;
 use tonic::transport::Channel;
@@ -223,4 +224,41 @@ async fn a_plain_http_registry_must_be_listed_as_insecure() {
 
     let bad = pull(&mut client, "Not A Reference").await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+}
+
+#[tokio::test]
+async fn imports_come_only_from_the_artifact_directories() {
+    let agent = TestAgent::start("import");
+    let outside_work = tempfile::tempdir().unwrap();
+    let outside = fixture::build_busybox_layout(outside_work.path(), "1").unwrap();
+    let inside = fixture::build_busybox_layout(&agent.dir.join("layouts"), "1").unwrap();
+    let link = agent.dir.join("outside-link");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let mut client = images(&agent).await;
+    let import = |path: &std::path::Path| ImportImageRequest {
+        path: path.to_string_lossy().into_owned(),
+        reference: "localhost/imported:1".into(),
+    };
+    for (what, path) in [
+        ("a layout outside", outside.as_path()),
+        ("a link to it", link.as_path()),
+        ("/etc", std::path::Path::new("/etc")),
+    ] {
+        let e = client.import(import(path)).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{what}: {e:?}");
+    }
+    let listed = client
+        .list(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(listed.is_empty(), "a refused import stored {listed:?}");
+    let imported = client
+        .import(import(&inside))
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(imported.len(), 1, "{imported:?}");
 }

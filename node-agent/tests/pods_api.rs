@@ -311,7 +311,7 @@ async fn pods_two_containers_share_localhost_and_leave_nothing() {
         ],
     );
     spec.port_mappings = vec![PortMapping {
-        host_port: 28080,
+        host_port: 30080,
         container_port: 8080,
         ..Default::default()
     }];
@@ -384,7 +384,7 @@ async fn pods_two_containers_share_localhost_and_leave_nothing() {
     let direct = http_get(SocketAddrV4::new(ip, 8080)).expect("host → pod");
     assert!(direct.contains("pod-local"), "{direct}");
     let gateway = pa.net.cidr.gateway();
-    let mapped = http_get(SocketAddrV4::new(gateway, 28080)).expect("host port → pod");
+    let mapped = http_get(SocketAddrV4::new(gateway, 30080)).expect("host port → pod");
     assert!(mapped.contains("pod-local"), "{mapped}");
 
     // Logs in CRI format, read back as records (the agent converts the
@@ -939,28 +939,74 @@ async fn pods_survive_agent_kill9() {
     );
 }
 
-/// Pods of one namespace reach each other; other namespaces only where an
-/// `--allow-namespace` policy lets them, one way. This agent runs its
-/// containers with runc, the alternative runtime.
+/// Pods of one namespace (top-level pool) reach each other; other
+/// namespaces only where an `--allow-namespace` policy lets them, one way.
+/// A pod cannot claim a namespace that is not its pool's. This agent runs
+/// its containers with runc, the alternative runtime.
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_tenants_are_isolated_unless_allowed() {
+    // A fresh agent's ids start at 1: alpha, beta and gamma, made first,
+    // are pool-1, pool-2 and pool-3 (checked below), so beta → alpha is
+    // the policy pool-2:pool-1.
     let pa = PodAgent::start_with(
         "pods-tenants",
-        &["--oci-runtime", "runc", "--allow-namespace", "beta:alpha"],
+        &[
+            "--oci-runtime",
+            "runc",
+            "--allow-namespace",
+            "pool-2:pool-1",
+        ],
     )
     .await;
+    let mut tenants = std::collections::BTreeMap::new();
+    for (tenant, want) in [("alpha", "pool-1"), ("beta", "pool-2"), ("gamma", "pool-3")] {
+        let spec = ResourcePoolSpec {
+            name: tenant.into(),
+            ..Default::default()
+        };
+        let id = create_pool(&pa.agent, spec).await;
+        assert_eq!(id, want, "the policy above assumed this id");
+        tenants.insert(tenant, id);
+    }
     let mut client = pa.pods().await;
+    let mut claimed = pod_spec("claims", &tenants["gamma"], vec![pa.container("web", WEB)]);
+    claimed.namespace = tenants["alpha"].clone();
+    let e = run(&mut client, claimed)
+        .await
+        .expect_err("another namespace");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Host ports: only in the range (22, 7443 are outside), never one a
+    // host process listens on.
+    let held = std::net::TcpListener::bind("0.0.0.0:30999").unwrap();
+    for (port, code) in [
+        (22, Code::InvalidArgument),
+        (7443, Code::InvalidArgument),
+        (30999, Code::AlreadyExists),
+    ] {
+        let mut spec = pod_spec("ported", &tenants["gamma"], vec![pa.container("web", WEB)]);
+        spec.port_mappings = vec![PortMapping {
+            host_port: port,
+            container_port: 8080,
+            ..Default::default()
+        }];
+        let e = run(&mut client, spec).await.expect_err("host port refused");
+        assert_eq!(e.code(), code, "host port {port}: {e:?}");
+    }
+    drop(held);
     let mut ips = std::collections::BTreeMap::new();
-    for (name, namespace) in [
+    for (name, tenant) in [
         ("a1", "alpha"),
         ("a2", "alpha"),
         ("b1", "beta"),
         ("g1", "gamma"),
     ] {
-        let mut spec = pod_spec(name, "", vec![pa.container("web", WEB)]);
-        spec.namespace = namespace.into();
+        let mut spec = pod_spec(name, &tenants[tenant], vec![pa.container("web", WEB)]);
+        if name == "a2" {
+            // Naming its own namespace is allowed.
+            spec.namespace = tenants[tenant].clone();
+        }
         let pod = run(&mut client, spec).await.expect("run");
-        assert_eq!(status(&pod).namespace, namespace);
+        assert_eq!(status(&pod).namespace, tenants[tenant]);
         ips.insert(name, (pod.id.clone(), status(&pod).ip.clone()));
     }
     // Every server answers the host (which reaches every pod) first.

@@ -1,8 +1,9 @@
 //! VMs through the real agent's gRPC API, with real `vmm` processes on
 //! this host's KVM running a guest that halts forever (real Linux guests
 //! run in the nested test host: tests/tests/node_agent.rs): lifecycle,
-//! cgroup placement, events, bad specs, quotas, admission, a vmm that dies,
-//! and re-adoption after kill -9 of the agent.
+//! cgroup placement, events, bad specs, host files outside the artifact
+//! directories, quotas, admission, a vmm that dies, and re-adoption after
+//! kill -9 of the agent.
 
 // Test helpers may panic: a broken fixture fails the test that uses it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -224,6 +225,10 @@ async fn bad_vm_specs_get_their_codes_and_leave_nothing() {
         .await
         .unwrap();
     let base = vm_spec(&agent, "x", "");
+    // The test agent's artifact directory is its working directory.
+    let artifact = |name: &str| agent.dir.join(name).to_string_lossy().into_owned();
+    let escaping_link = artifact("shadow-link");
+    std::os::unix::fs::symlink("/etc/shadow", &escaping_link).unwrap();
     let cases: Vec<(&str, proto::VmSpec, Code)> = vec![
         (
             "zero vCPUs",
@@ -252,7 +257,7 @@ async fn bad_vm_specs_get_their_codes_and_leave_nothing() {
         (
             "missing kernel",
             proto::VmSpec {
-                kernel: "/no/such/vmlinux".into(),
+                kernel: artifact("no-such-vmlinux"),
                 ..base.clone()
             },
             Code::InvalidArgument,
@@ -261,9 +266,55 @@ async fn bad_vm_specs_get_their_codes_and_leave_nothing() {
             "missing disk base",
             proto::VmSpec {
                 disks: vec![proto::DiskSpec {
-                    base_image: "/no/such.img".into(),
+                    base_image: artifact("no-such.img"),
                     ..Default::default()
                 }],
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "kernel outside the artifact directories",
+            proto::VmSpec {
+                kernel: "/etc/shadow".into(),
+                ..base.clone()
+            },
+            Code::PermissionDenied,
+        ),
+        (
+            "initrd outside the artifact directories",
+            proto::VmSpec {
+                initrd: "/etc/passwd".into(),
+                ..base.clone()
+            },
+            Code::PermissionDenied,
+        ),
+        (
+            "disk cloned from outside the artifact directories",
+            proto::VmSpec {
+                disks: vec![proto::DiskSpec {
+                    base_image: "/etc/shadow".into(),
+                    ..Default::default()
+                }],
+                ..base.clone()
+            },
+            Code::PermissionDenied,
+        ),
+        (
+            "disk through a link that leaves the artifact directories",
+            proto::VmSpec {
+                disks: vec![proto::DiskSpec {
+                    base_image: escaping_link.clone(),
+                    ..Default::default()
+                }],
+                ..base.clone()
+            },
+            Code::PermissionDenied,
+        ),
+        (
+            "kernel through '..'",
+            proto::VmSpec {
+                kernel: format!("{}/../../etc/shadow", agent.dir.display()),
                 ..base.clone()
             },
             Code::InvalidArgument,
@@ -362,6 +413,34 @@ async fn bad_vm_specs_get_their_codes_and_leave_nothing() {
         .unwrap()
         .count();
     assert_eq!(dirs, 1, "no VM directory was left behind");
+}
+
+#[tokio::test]
+async fn a_kernel_that_left_the_artifact_directories_does_not_start() {
+    let agent = TestAgent::start("artifacts");
+    let link = agent.dir.join("kernel-link");
+    std::os::unix::fs::symlink(halting_kernel(&agent.dir), &link).unwrap();
+    let vm = create_vm(
+        &agent,
+        proto::VmSpec {
+            kernel: link.to_string_lossy().into_owned(),
+            ..vm_spec(&agent, "moved", "")
+        },
+    )
+    .await
+    .expect("created from a kernel inside");
+    // Re-pointed after the create: the start checks again.
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", &link).unwrap();
+    let e = agent
+        .vms()
+        .await
+        .start(proto::StartVmRequest { id: vm.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("--artifact-dir"), "{e:?}");
+    assert_eq!(state(&get(&agent, &vm.id).await), VmState::Created);
 }
 
 #[tokio::test]

@@ -256,9 +256,11 @@ pub struct VmCreate {
     /// Guest RAM: MiB, or a size that is a whole number of MiB (2Gi).
     #[arg(long, value_name = "MIB", value_parser = parse_memory_mib)]
     pub memory: u64,
-    /// Guest kernel (vmlinux or bzImage).
+    /// Guest kernel (vmlinux or bzImage), a path on the agent's host in
+    /// one of its artifact directories (as are the initrd and disk bases).
     #[arg(long)]
     pub kernel: PathBuf,
+    /// Initial ramdisk.
     #[arg(long)]
     pub initrd: Option<PathBuf>,
     /// Kernel command line [default: the vmm's].
@@ -305,7 +307,8 @@ pub enum ImageCommand {
         token: Option<String>,
     },
     /// Import an OCI layout or `docker save` archive (a path on the
-    /// agent's host; relative paths are made absolute here).
+    /// agent's host, in one of its artifact directories; relative paths
+    /// are made absolute here).
     Import {
         path: PathBuf,
         /// Name the imported image this (single-image sources only).
@@ -433,7 +436,8 @@ pub struct PodRun {
     /// Resource pool id [default: the root pool].
     #[arg(long)]
     pub pool: Option<String>,
-    /// Network isolation namespace [default: the pod's top-level pool].
+    /// Network isolation namespace: always the id of the pod's top-level
+    /// pool; naming another is refused.
     #[arg(long)]
     pub namespace: Option<String>,
     /// Host name inside the pod [default: the pod's name].

@@ -11,6 +11,8 @@ use stratum_tests::{NestedHost, Outcome, Scenario};
 
 const AGENT: &str = "/stratum/bin/node-agent";
 const NODECTL: &str = "/stratum/bin/nodectl";
+/// Where the guest kernel and initramfs are: the agent's artifact directory.
+const GUEST_DIR: &str = "/stratum/guest";
 
 fn static_bin(name: &str) -> PathBuf {
     NestedHost::workspace_root()
@@ -36,7 +38,8 @@ fn prelude() -> String {
         r#"N="{NODECTL} --insecure --addr http://127.0.0.1:7443"
 start_agent() {{
     {AGENT} --data-dir /run/agent --insecure-plaintext --listen 127.0.0.1:7443 \
-        --vmm {VMM} --reserve-cpu 0 --reserve-memory-mib 256 >> /run/agent.log 2>&1 &
+        --vmm {VMM} --reserve-cpu 0 --reserve-memory-mib 256 --artifact-dir {GUEST_DIR} \
+        >> /run/agent.log 2>&1 &
     AGENT_PID=$!
     i=0; until $N host info > /run/host.txt 2>&1 || [ $i -gt 150 ]; do sleep 0.2; i=$((i+1)); done
 }}

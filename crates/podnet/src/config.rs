@@ -3,11 +3,17 @@
 //! Everything that names a kernel object is configurable so that several
 //! networks (tests side by side, or two agents' data dirs) never collide.
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use super::cidr::Ipv4Cidr;
 use super::error::{PodNetError, Result};
 use super::names::{check_link_name, check_table_name};
+
+/// Host ports pods may publish by default: Kubernetes' NodePort range,
+/// clear of the well-known ports a host's own services listen on (22, and
+/// the agent's 7443) and of Linux's default ephemeral range (32768+).
+pub const DEFAULT_HOST_PORTS: RangeInclusive<u16> = 30000..=32767;
 
 /// A pod network's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +37,8 @@ pub struct PodNetConfig {
     pub ip_forward: bool,
     /// The `nft` binary; `None` for /usr/sbin/nft, else `nft` on PATH.
     pub nft_binary: Option<PathBuf>,
+    /// The host ports a pod may publish (see [`DEFAULT_HOST_PORTS`]).
+    pub host_ports: RangeInclusive<u16>,
 }
 
 impl PodNetConfig {
@@ -47,6 +55,7 @@ impl PodNetConfig {
             masquerade: true,
             ip_forward: true,
             nft_binary: None,
+            host_ports: DEFAULT_HOST_PORTS,
         }
     }
 
@@ -58,6 +67,13 @@ impl PodNetConfig {
             return Err(PodNetError::InvalidConfig(format!(
                 "netns directory {} must be an absolute path",
                 self.netns_dir.display()
+            )));
+        }
+        if self.host_ports.is_empty() || *self.host_ports.start() == 0 {
+            return Err(PodNetError::InvalidConfig(format!(
+                "host port range {}-{} is empty or starts at 0",
+                self.host_ports.start(),
+                self.host_ports.end()
             )));
         }
         if self.netns_dir.parent().is_none() {

@@ -36,6 +36,27 @@ pub enum PodNetError {
         /// The pod holding it.
         holder: String,
     },
+    /// A host port outside the network's host port range.
+    #[error("host port {protocol}/{port} is outside the pods' host port range {first}-{last}")]
+    PortOutOfRange {
+        /// "tcp" or "udp".
+        protocol: &'static str,
+        /// The host port.
+        port: u16,
+        /// The range's first port.
+        first: u16,
+        /// The range's last port.
+        last: u16,
+    },
+    /// A host process already has the host port (a listening socket):
+    /// forwarding it to a pod would take its traffic.
+    #[error("host port {protocol}/{port} is in use on the host")]
+    PortHeldByHost {
+        /// "tcp" or "udp".
+        protocol: &'static str,
+        /// The host port.
+        port: u16,
+    },
     /// Every address of the pod CIDR is allocated.
     #[error("no free address left in pod CIDR {cidr} ({capacity} pod addresses, all allocated)")]
     Exhausted {

@@ -48,7 +48,7 @@ pub mod store;
 pub mod veth;
 
 pub use cidr::Ipv4Cidr;
-pub use config::PodNetConfig;
+pub use config::{PodNetConfig, DEFAULT_HOST_PORTS};
 pub use error::PodNetError;
 pub use ipam::Ipam;
 pub use network::{PodAttachment, PodNetwork, ReconcileReport};

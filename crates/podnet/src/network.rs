@@ -37,7 +37,7 @@ use super::names::{check_id, host_veth, is_host_veth, veth_prefix};
 use super::netlink::Netlink;
 use super::netns::{self, NetnsDir};
 use super::nft::{FirewallPod, Nft, Ruleset};
-use super::portmap::{check_mappings, PortMapping};
+use super::portmap::{check_mappings, check_new_mappings, PortMapping};
 use super::store::{PodRecord, Store};
 use super::veth;
 
@@ -299,6 +299,8 @@ impl PodNetwork {
             {
                 return Ok(PodAttachment::new(rec, self.config.cidr));
             }
+        } else {
+            check_new_mappings(port_mappings, &self.config.host_ports)?;
         }
         for (other, rec) in &inner.pods {
             if other == pod_id {

@@ -4,7 +4,9 @@
 //! type and the checks that keep two pods off one host port.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+use std::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +110,46 @@ pub fn check_mappings(mappings: &[PortMapping]) -> Result<(), PodNetError> {
         }
     }
     Ok(())
+}
+
+/// Checks what only a new attachment must meet (a pod re-attached after a
+/// restart keeps the ports it was given): each host port in `allowed`, and
+/// none that a host process holds.
+pub fn check_new_mappings(
+    mappings: &[PortMapping],
+    allowed: &RangeInclusive<u16>,
+) -> Result<(), PodNetError> {
+    for m in mappings {
+        if !allowed.contains(&m.host_port) {
+            return Err(PodNetError::PortOutOfRange {
+                protocol: m.protocol.as_str(),
+                port: m.host_port,
+                first: *allowed.start(),
+                last: *allowed.end(),
+            });
+        }
+        if held_by_host(m) {
+            return Err(PodNetError::PortHeldByHost {
+                protocol: m.protocol.as_str(),
+                port: m.host_port,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether a host socket has `m`'s port: binding it fails with
+/// EADDRINUSE. A listener on a specific address, on the wildcard or on
+/// `[::]` all make a bind of the wildcard fail, so one probe covers them.
+/// The socket is closed at once; a race with a host process binding the
+/// port just after is the operator's to avoid (the range is theirs).
+fn held_by_host(m: &PortMapping) -> bool {
+    let addr = SocketAddrV4::new(m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), m.host_port);
+    let bound = match m.protocol {
+        Protocol::Tcp => TcpListener::bind(addr).map(drop),
+        Protocol::Udp => UdpSocket::bind(addr).map(drop),
+    };
+    matches!(bound, Err(e) if e.kind() == ErrorKind::AddrInUse)
 }
 
 #[cfg(test)]

@@ -300,14 +300,14 @@ async fn podnet_host_port_mapping_reaches_a_server_in_the_pod() {
     let fx = Fixture::new("pn3", 3);
     let net = PodNetwork::open(fx.config.clone()).await.unwrap();
     let web = net
-        .attach("web", "tenant-a", &[PortMapping::tcp(18080, 8080)])
+        .attach("web", "tenant-a", &[PortMapping::tcp(30880, 8080)])
         .await
         .unwrap();
     let client = net.attach("client", "tenant-b", &[]).await.unwrap();
 
     // Conflicts and idempotence.
     let again = net
-        .attach("web", "tenant-a", &[PortMapping::tcp(18080, 8080)])
+        .attach("web", "tenant-a", &[PortMapping::tcp(30880, 8080)])
         .await
         .unwrap();
     assert_eq!(again, web);
@@ -316,10 +316,28 @@ async fn podnet_host_port_mapping_reaches_a_server_in_the_pod() {
         Err(PodNetError::AlreadyAttached { .. })
     ));
     assert!(matches!(
-        net.attach("other", "tenant-a", &[PortMapping::tcp(18080, 80)])
+        net.attach("other", "tenant-a", &[PortMapping::tcp(30880, 80)])
             .await,
-        Err(PodNetError::PortInUse { port: 18080, .. })
+        Err(PodNetError::PortInUse { port: 30880, .. })
     ));
+    assert!(
+        !netns::is_bound(&net.netns_path("other")),
+        "refused pod left a netns"
+    );
+    // Outside the host port range (ssh's port), and a port a host process
+    // listens on: refused, nothing made.
+    assert!(matches!(
+        net.attach("other", "tenant-a", &[PortMapping::tcp(22, 80)])
+            .await,
+        Err(PodNetError::PortOutOfRange { port: 22, .. })
+    ));
+    let host_server = std::net::TcpListener::bind("127.0.0.1:30881").unwrap();
+    assert!(matches!(
+        net.attach("other", "tenant-a", &[PortMapping::tcp(30881, 80)])
+            .await,
+        Err(PodNetError::PortHeldByHost { port: 30881, .. })
+    ));
+    drop(host_server);
     assert!(
         !netns::is_bound(&net.netns_path("other")),
         "refused pod left a netns"
@@ -329,7 +347,7 @@ async fn podnet_host_port_mapping_reaches_a_server_in_the_pod() {
         .list_table("inet", &fx.config.nft_table)
         .unwrap()
         .unwrap();
-    assert!(table.contains("tcp dport 18080 dnat ip to"), "{table}");
+    assert!(table.contains("tcp dport 30880 dnat ip to"), "{table}");
 
     // From the host to a host address (the bridge's), and from a pod of
     // another namespace through the published port (hairpin NAT), which
@@ -339,8 +357,8 @@ async fn podnet_host_port_mapping_reaches_a_server_in_the_pod() {
     let nc = client.netns.clone();
     let ok = tokio::task::spawn_blocking(move || {
         [
-            echo(None, SocketAddrV4::new(gw, 18080)),
-            echo(Some(&nc), SocketAddrV4::new(gw, 18080)),
+            echo(None, SocketAddrV4::new(gw, 30880)),
+            echo(Some(&nc), SocketAddrV4::new(gw, 30880)),
         ]
     })
     .await
@@ -348,7 +366,7 @@ async fn podnet_host_port_mapping_reaches_a_server_in_the_pod() {
     assert_eq!(
         ok,
         [true, true],
-        "host→host:18080→web, client→host:18080→web"
+        "host→host:30880→web, client→host:30880→web"
     );
     assert_eq!(server.join().unwrap(), 2);
 
@@ -359,8 +377,8 @@ async fn podnet_host_port_mapping_reaches_a_server_in_the_pod() {
         .list_table("inet", &fx.config.nft_table)
         .unwrap()
         .unwrap();
-    assert!(!table.contains("18080"), "{table}");
-    let refused = tokio::task::spawn_blocking(move || echo(None, SocketAddrV4::new(gw, 18080)))
+    assert!(!table.contains("30880"), "{table}");
+    let refused = tokio::task::spawn_blocking(move || echo(None, SocketAddrV4::new(gw, 30880)))
         .await
         .unwrap();
     assert!(!refused);
@@ -378,7 +396,7 @@ async fn podnet_reconcile_and_teardown_leave_nothing_behind() {
             net.attach(
                 id,
                 "ns",
-                &[PortMapping::udp(15353, 53)][..usize::from(id == "r2")],
+                &[PortMapping::udp(30353, 53)][..usize::from(id == "r2")],
             )
             .await
             .unwrap()

@@ -77,6 +77,9 @@ impl AgentProcess {
             .arg("--cgroup-root")
             .arg(&self.cgroup_root)
             .args(["--reserve-cpu", "0", "--reserve-memory-mib", "0"])
+            // Test kernels and disks are made in the working directory.
+            .arg("--artifact-dir")
+            .arg(&self.work)
             .args(&self.args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

@@ -19,6 +19,9 @@ pub struct AgentConfig {
     pub cert_dir: PathBuf,
     /// The `vmm` binary VMs run in.
     pub vmm_binary: PathBuf,
+    /// Where VM kernels, initrds, base images and image imports may come
+    /// from.
+    pub artifacts: super::artifacts::ArtifactDirs,
     /// What the root pool leaves to the host itself.
     pub system_reserve: Resources,
     /// Name of the agent's cgroup subtree.

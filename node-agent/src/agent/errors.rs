@@ -28,6 +28,8 @@ pub enum AgentError {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
     Internal(String),
     #[error("image: {0}")]
     Image(#[from] ImageError),
@@ -57,15 +59,18 @@ impl AgentError {
             AgentError::NotFound(_) => Code::NotFound,
             AgentError::AlreadyExists(_) => Code::AlreadyExists,
             AgentError::FailedPrecondition(_) => Code::FailedPrecondition,
+            AgentError::PermissionDenied(_) => Code::PermissionDenied,
             AgentError::Store(_) | AgentError::Cgroup(_) | AgentError::Internal(_) => {
                 Code::Internal
             }
             AgentError::Image(e) => image_code(e),
             AgentError::PodNet(e) => match e {
-                PodNetError::InvalidArgument(_) => Code::InvalidArgument,
-                PodNetError::PortInUse { .. } | PodNetError::AlreadyAttached { .. } => {
-                    Code::AlreadyExists
+                PodNetError::InvalidArgument(_) | PodNetError::PortOutOfRange { .. } => {
+                    Code::InvalidArgument
                 }
+                PodNetError::PortInUse { .. }
+                | PodNetError::PortHeldByHost { .. }
+                | PodNetError::AlreadyAttached { .. } => Code::AlreadyExists,
                 PodNetError::Exhausted { .. } => Code::ResourceExhausted,
                 _ => Code::Internal,
             },

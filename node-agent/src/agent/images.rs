@@ -5,8 +5,6 @@
 //! back what it wrote. Registry credentials come with each pull and go
 //! straight to the store: they are never logged, kept or returned.
 
-use std::path::Path;
-
 use stratum_api::proto;
 use stratum_api::proto::pull_image_progress::Event;
 use stratum_api::proto::pull_image_request::Auth;
@@ -16,6 +14,7 @@ use stratum_image::{
 };
 use tokio::sync::mpsc;
 
+use super::artifacts::{ArtifactDirs, Kind};
 use super::errors::{AgentError, Result};
 
 /// Progress events buffered for a slow client.
@@ -30,13 +29,20 @@ pub struct ImageManager {
     store: ImageStore,
     /// Registries reached over plain HTTP.
     insecure_registries: Vec<String>,
+    /// Where imports may come from.
+    artifacts: ArtifactDirs,
 }
 
 impl ImageManager {
-    pub fn new(store: ImageStore, insecure_registries: Vec<String>) -> Self {
+    pub fn new(
+        store: ImageStore,
+        insecure_registries: Vec<String>,
+        artifacts: ArtifactDirs,
+    ) -> Self {
         ImageManager {
             store,
             insecure_registries,
+            artifacts,
         }
     }
 
@@ -110,24 +116,18 @@ impl ImageManager {
 
     /// ImportImage: see images.proto.
     pub async fn import_image(&self, path: &str, reference: String) -> Result<Vec<proto::Image>> {
-        let file = Path::new(path);
-        if !file.is_absolute() {
-            return Err(AgentError::InvalidArgument(format!(
-                "import path {} is not absolute",
-                stratum_pool::quoted(path)
-            )));
-        }
-        if std::fs::symlink_metadata(file).is_err() {
-            return Err(AgentError::NotFound(format!(
-                "{}: no such file",
-                stratum_pool::quoted(path)
-            )));
-        }
+        let artifacts = self.artifacts.clone();
+        let what_path = path.to_string();
+        let file = tokio::task::spawn_blocking(move || {
+            artifacts.check("import path", &what_path, Kind::FileOrDirectory)
+        })
+        .await
+        .map_err(|e| AgentError::Internal(format!("import path check: {e}")))??;
         let options = ImportOptions {
             reference: Some(reference).filter(|s| !s.is_empty()),
         };
         let store = self.store();
-        let records = store.import(file, &options).await?;
+        let records = store.import(&file, &options).await?;
         tracing::info!(path, images = records.len(), "images imported");
         Ok(records.iter().map(|rec| image(store, rec)).collect())
     }

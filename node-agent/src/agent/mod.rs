@@ -29,6 +29,7 @@
 //! update re-applying its VMs' limits, the inventory, restart) is the
 //! [`Agent`]'s.
 
+pub mod artifacts;
 mod cgroups;
 pub mod config;
 pub mod errors;
@@ -90,7 +91,11 @@ impl Agent {
         })?;
         let image_store = ImageStore::open_shared(&config.data_dir, journal.store().database())
             .map_err(|e| errors::AgentError::Internal(format!("image store: {e}")))?;
-        let images = ImageManager::new(image_store.clone(), config.insecure_registries.clone());
+        let images = ImageManager::new(
+            image_store.clone(),
+            config.insecure_registries.clone(),
+            config.artifacts.clone(),
+        );
         let vmm_version = vmm_version(&config.vmm_binary);
         let shared = Arc::new(Shared::new(config, journal, cgroups, snapshot.next_id));
         let pools = Arc::new(PoolManager::restore(

@@ -23,6 +23,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::broadcast;
 
+use super::artifacts::Kind;
 use super::errors::{AgentError, Result};
 use super::now;
 use super::pools::{pool_id_or_root, PoolManager};
@@ -164,13 +165,14 @@ impl VmManager {
         let host_memory = self.pools.host_memory();
         // Opens the files the spec names: no lock held.
         let sizing = check_spec(spec, host_memory)?;
+        let base_images = self.check_files(spec)?;
         let pool = pool_id_or_root(&spec.pool_id);
         let id = format!("vm-{}", self.shared.next_id()?);
         let workload = Workload::vm(WorkloadId::from(id.as_str()), pool.clone(), &sizing)?;
         // Refused before any disk is cloned: a dry run of the admission.
         check_name_free(&self.read_state(), &spec.name)?;
         self.pools.check_workload(&workload)?;
-        let record = self.make_vm_files(&id, spec)?;
+        let record = self.make_vm_files(&id, spec, &base_images)?;
         let staged = self.admit_vm(record, pool, workload);
         match staged {
             Ok((ticket, vm)) => {
@@ -216,14 +218,48 @@ impl VmManager {
         Ok((ticket, vm))
     }
 
-    /// Makes the VM's directory and clones its disks into it; on failure
-    /// removes what it made.
-    fn make_vm_files(&self, id: &str, spec: &proto::VmSpec) -> Result<VmRecord> {
+    /// Checks the host files the spec names against the artifact
+    /// directories (see `artifacts`); returns the disks' base images
+    /// resolved. Blocking lookups of caller-named paths: no lock held.
+    fn check_files(&self, spec: &proto::VmSpec) -> Result<Vec<PathBuf>> {
+        self.check_boot_files(spec)?;
+        let artifacts = &self.shared.config.artifacts;
+        spec.disks
+            .iter()
+            .enumerate()
+            .map(|(i, disk)| {
+                artifacts.check(
+                    &format!("disk {i} base image"),
+                    &disk.base_image,
+                    Kind::File,
+                )
+            })
+            .collect()
+    }
+
+    /// The kernel and initrd, which the vmm opens at every start.
+    fn check_boot_files(&self, spec: &proto::VmSpec) -> Result<()> {
+        let artifacts = &self.shared.config.artifacts;
+        artifacts.check("kernel", &spec.kernel, Kind::File)?;
+        if !spec.initrd.is_empty() {
+            artifacts.check("initrd", &spec.initrd, Kind::File)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the VM's directory and clones its disks (from `base_images`,
+    /// resolved) into it; on failure removes what it made.
+    fn make_vm_files(
+        &self,
+        id: &str,
+        spec: &proto::VmSpec,
+        base_images: &[PathBuf],
+    ) -> Result<VmRecord> {
         let dir = self.shared.config.vm_dir(id);
         let made = (|| {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| AgentError::Internal(format!("{}: {e}", dir.display())))?;
-            let disk_paths = clone_disks(&dir, spec)?;
+            let disk_paths = clone_disks(&dir, base_images)?;
             Ok(VmRecord {
                 id: id.to_string(),
                 spec: Some(spec.clone()),
@@ -244,6 +280,10 @@ impl VmManager {
     }
 
     pub fn start(self: &Arc<Self>, id: &str) -> Result<proto::VirtualMachine> {
+        // Checked again at every start, with no lock held: the artifact
+        // directories may have changed since the create.
+        let spec = vm_entry(&self.read_state(), id)?.spec().clone();
+        self.check_boot_files(&spec)?;
         let (spec, cgroup, ticket) = self.begin_start(id)?;
         if let Err(e) = self.shared.settle(ticket) {
             let _ = cgroup.remove();
@@ -864,12 +904,7 @@ fn check_spec(spec: &proto::VmSpec, host_memory: u64) -> Result<VmSizing> {
             host_memory / stratum_pool::MIB
         )));
     }
-    check_file("kernel", &spec.kernel)?;
-    if !spec.initrd.is_empty() {
-        check_file("initrd", &spec.initrd)?;
-    }
     for (i, disk) in spec.disks.iter().enumerate() {
-        check_file(&format!("disk {i} base image"), &disk.base_image)?;
         if disk.serial.len() > 20 {
             return Err(invalid(format!("disk {i}: serial longer than 20 bytes")));
         }
@@ -899,28 +934,13 @@ fn is_unicast_mac(mac: &str) -> bool {
     u8::from_str_radix(octets[0], 16).is_ok_and(|first| first & 1 == 0)
 }
 
-fn check_file(what: &str, path: &str) -> Result<()> {
-    if path.is_empty() {
-        return Err(AgentError::InvalidArgument(format!(
-            "{what}: a path is required"
-        )));
-    }
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(AgentError::InvalidArgument(format!(
-            "{what} {path} is not a file"
-        ))),
-        Err(e) => Err(AgentError::InvalidArgument(format!("{what} {path}: {e}"))),
-    }
-}
-
-fn clone_disks(dir: &Path, spec: &proto::VmSpec) -> Result<Vec<String>> {
-    spec.disks
+fn clone_disks(dir: &Path, base_images: &[PathBuf]) -> Result<Vec<String>> {
+    base_images
         .iter()
         .enumerate()
-        .map(|(i, disk)| {
+        .map(|(i, base_image)| {
             let dest = dir.join(format!("disk{i}.img"));
-            stratum_vm::disk::clone_disk(Path::new(&disk.base_image), &dest)
+            stratum_vm::disk::clone_disk(base_image, &dest)
                 .map_err(|e| AgentError::Internal(format!("disk {i}: {e}")))?;
             Ok(dest.to_string_lossy().into_owned())
         })

@@ -3,12 +3,13 @@
 //! cgroups are named to it, and the pod network. An agent that never runs
 //! a pod creates no bridge, firewall table or runtime state.
 
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::PodManager;
 use crate::agent::errors::{AgentError, Result};
-use stratum_podnet::{Ipv4Cidr, PodNetConfig, PodNetwork};
+use stratum_podnet::{Ipv4Cidr, PodNetConfig, PodNetwork, DEFAULT_HOST_PORTS};
 use stratum_runtime::{CgroupMapping, OciRuntime, OciRuntimeConfig, RuntimeError};
 
 /// The pod settings the agent is started with.
@@ -25,6 +26,8 @@ pub struct PodHostConfig {
     pub allow: Vec<(String, String)>,
     /// The per-container log writer (`stratum-log-writer`).
     pub log_writer: PathBuf,
+    /// The host ports pods may publish.
+    pub host_ports: RangeInclusive<u16>,
 }
 
 impl Default for PodHostConfig {
@@ -35,6 +38,7 @@ impl Default for PodHostConfig {
             bridge: "stratum0".to_string(),
             cidr: Ipv4Cidr::DEFAULT,
             allow: Vec::new(),
+            host_ports: DEFAULT_HOST_PORTS,
         }
     }
 }
@@ -74,6 +78,7 @@ impl PodManager {
         net.nft_table = pods.bridge.clone();
         net.cidr = pods.cidr;
         net.netns_dir = run_dir.join("netns");
+        net.host_ports = pods.host_ports.clone();
         // The network's tables live in the agent's state file.
         let network = PodNetwork::open_shared(net, self.shared.journal.store().database()).await?;
         sync_policies(&network, &pods.allow).await?;

@@ -286,11 +286,17 @@ impl PodManager {
         leases: BTreeMap<String, ImageLease>,
     ) -> Result<String> {
         let mut state = self.write_state();
-        let namespace = if spec.namespace.is_empty() {
-            self.pools.namespace_of(pool)?
-        } else {
-            spec.namespace.clone()
-        };
+        // The namespace is the pool's: a pod naming another would join
+        // that namespace's network policy (and, to a Supervisor, its
+        // tenant).
+        let namespace = self.pools.namespace_of(pool)?;
+        if !spec.namespace.is_empty() && spec.namespace != namespace {
+            return Err(AgentError::PermissionDenied(format!(
+                "pod namespace {:?} is not its pool's: pods in {} are in namespace {namespace}",
+                spec.namespace,
+                pool.as_str()
+            )));
+        }
         if state
             .pods
             .values()
