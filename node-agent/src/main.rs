@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use node_agent::agent::artifacts::{ArtifactDirs, DEFAULT_ARTIFACT_SUBDIR};
 use node_agent::agent::config::{AgentConfig, DEFAULT_SYSTEM_RESERVE};
-use node_agent::agent::pods::PodHostConfig;
+use node_agent::agent::pods::{PodHostConfig, DEFAULT_POD_PIDS_LIMIT};
 use node_agent::agent::Agent;
 use node_agent::api;
 use stratum_api::tls;
@@ -88,6 +88,9 @@ struct Cli {
     /// refused too.
     #[arg(long, value_name = "FIRST-LAST", default_value = "30000-32767", value_parser = parse_port_range)]
     host_port_range: RangeInclusive<u16>,
+    /// Tasks (processes and threads) one pod may have at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_POD_PIDS_LIMIT, value_parser = clap::value_parser!(u64).range(1..))]
+    pod_pids_limit: u64,
 }
 
 /// `FIRST-LAST` of --host-port-range.
@@ -181,6 +184,7 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
             cidr: cli.pod_cidr,
             allow: cli.allow_namespaces.clone(),
             host_ports: cli.host_port_range.clone(),
+            pids_limit: cli.pod_pids_limit,
             log_writer: cli.log_writer.clone().unwrap_or_else(|| {
                 stratum_runtime::log_writer::default_program(
                     std::env::current_exe().ok().as_deref(),

@@ -462,6 +462,7 @@ async fn pods_two_containers_share_localhost_and_leave_nothing() {
         "1000m: {enforced:?}"
     );
     assert_eq!(enforced.cpu_shares, Some(102), "{enforced:?}");
+    assert_eq!(enforced.pids_limit, Some(4096), "default: {enforced:?}");
 
     // nodectl sees it.
     let out = pa.agent.nodectl(&["pod", "ls"]);
@@ -941,8 +942,9 @@ async fn pods_survive_agent_kill9() {
 
 /// Pods of one namespace (top-level pool) reach each other; other
 /// namespaces only where an `--allow-namespace` policy lets them, one way.
-/// A pod cannot claim a namespace that is not its pool's. This agent runs
-/// its containers with runc, the alternative runtime.
+/// A pod cannot claim a namespace that is not its pool's; host ports stay
+/// in their range; a container has no raw sockets and a pod a task limit.
+/// This agent runs its containers with runc, the alternative runtime.
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_tenants_are_isolated_unless_allowed() {
     // A fresh agent's ids start at 1: alpha, beta and gamma, made first,
@@ -955,6 +957,8 @@ async fn pods_tenants_are_isolated_unless_allowed() {
             "runc",
             "--allow-namespace",
             "pool-2:pool-1",
+            "--pod-pids-limit",
+            "64",
         ],
     )
     .await;
@@ -1033,6 +1037,32 @@ async fn pods_tenants_are_isolated_unless_allowed() {
     assert!(
         !reaches(&mut client, &ips, "g1", "a1").await,
         "gamma → alpha is not"
+    );
+    // No raw sockets: CAP_NET_RAW is not in a container's set.
+    let out = exec(
+        &mut client,
+        &ips["g1"].0,
+        "web",
+        &["ping", "-c", "1", "127.0.0.1"],
+    )
+    .await
+    .expect("exec");
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        out.exit_code != 0 && err.contains("permission"),
+        "ping (a raw socket) worked: {out:?}"
+    );
+    // The pod's task limit (--pod-pids-limit 64) stops a fork loop.
+    // (The sleeps let go of the exec's output, or it would wait for them.)
+    let fork_loop = "i=0; while [ $i -lt 100 ]; do sleep 60 </dev/null >/dev/null 2>&1 & \
+                     i=$((i+1)); done; echo done";
+    let out = exec(&mut client, &ips["g1"].0, "web", &["sh", "-c", fork_loop])
+        .await
+        .expect("exec");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("fork"),
+        "100 forks under a limit of 64: {out:?}"
     );
     let log = pa.agent.log();
     assert!(log.contains("runc"), "pods run with runc: {log}");

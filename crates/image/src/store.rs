@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -102,6 +103,17 @@ impl State {
     }
 }
 
+/// Only the store's owner may walk into it: unpacked layers keep their
+/// setuid binaries and their files' modes, and no local user of the host
+/// may run or read them through the host's tree (containerd's fix for
+/// CVE-2021-41103 does the same). Containers are not affected: overlayfs
+/// resolves its lower directories once, as root, at mount time. Set at
+/// every open, so a store made before keeps no wider mode.
+fn restrict_to_owner(root: &Path) -> Result<(), ImageError> {
+    fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+        .map_err(ImageError::io_at("restrict to its owner", root))
+}
+
 /// Deletes what was moved to the trash (outside the lock).
 pub(crate) fn empty_trash(paths: Vec<PathBuf>) {
     for path in paths {
@@ -132,6 +144,7 @@ impl ImageStore {
         let root = data_dir.join("images");
         let tmp = root.join("tmp");
         fs::create_dir_all(&tmp).map_err(ImageError::io_at("create", &tmp))?;
+        restrict_to_owner(&root)?;
         clear_dir(&tmp)?;
         let blobs = BlobStore::open(&root, &tmp)?;
         let layers = LayerStore::open(&root, &tmp)?;

@@ -3,8 +3,9 @@
 //!
 //! What goes in, and why:
 //! - **process**: args, env, cwd, uid/gid, no terminal (stdio goes to log
-//!   files, see `logs`), Docker's default capability set (bounding,
-//!   effective, permitted; inheritable and ambient empty),
+//!   files, see `logs`), Docker's default capability set minus
+//!   `CAP_NET_RAW` (bounding, effective, permitted; inheritable and ambient
+//!   empty),
 //!   `noNewPrivileges`, `RLIMIT_NOFILE` 1024 as containerd sets it.
 //! - **root**: the overlay mount point (see `rootfs`).
 //! - **hostname**: the pod's; the UTS namespace joined already carries it,
@@ -42,14 +43,18 @@ use super::sandbox::SandboxNamespaces;
 /// OCI runtime spec version written (understood by crun 1.x and runc 1.x).
 pub const OCI_VERSION: &str = "1.0.2";
 
-/// Docker's default capabilities (moby `oci/caps/defaults.go`).
-pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
+/// Docker's default capabilities (moby `oci/caps/defaults.go`) without
+/// `CAP_NET_RAW`: raw and packet sockets let a container forge packets on
+/// the pod network (ARP and address spoofing) and reach kernel code few
+/// services need (CVE-2020-14386, an AF_PACKET memory corruption, needed
+/// only this capability). Kubernetes' restricted Pod Security Standard
+/// drops it too.
+pub const DEFAULT_CAPABILITIES: [Capability; 13] = [
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,
     Capability::Fowner,
     Capability::Mknod,
-    Capability::NetRaw,
     Capability::Setgid,
     Capability::Setuid,
     Capability::Setfcap,
@@ -417,9 +422,10 @@ mod tests {
         let caps = json["process"]["capabilities"]["bounding"]
             .as_array()
             .expect("caps");
-        assert_eq!(caps.len(), 14);
+        assert_eq!(caps.len(), 13);
         assert!(caps.iter().any(|c| c == "CAP_NET_BIND_SERVICE"));
         assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
+        assert!(!caps.iter().any(|c| c == "CAP_NET_RAW"));
         let mounts = json["mounts"].as_array().expect("mounts");
         let dests: Vec<&str> = mounts
             .iter()

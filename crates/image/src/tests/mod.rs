@@ -116,6 +116,10 @@ impl LayerTar {
         self.entry(path, tar::EntryType::Link, Some(target), b"", 0o644)
     }
 
+    fn setuid_file(self, path: &str, data: &str) -> Self {
+        self.entry(path, tar::EntryType::Regular, None, data.as_bytes(), 0o4755)
+    }
+
     fn char_device(self, path: &str) -> Self {
         self.entry(path, tar::EntryType::Char, None, b"", 0o600)
     }

@@ -1,5 +1,7 @@
 //! Leases, removal, garbage collection, persistence and verified writes.
 
+use std::os::unix::fs::PermissionsExt;
+
 use super::{assert_store_empty, entries, import_layers, store, LayerTar};
 use crate::digest::Digest;
 use crate::txn::Txn;
@@ -162,4 +164,44 @@ fn open_clears_leftover_temp_files() {
     drop(store);
     let store = ImageStore::open(dir.path()).expect("reopen");
     assert_store_empty(&store);
+}
+
+/// A setuid binary in a layer keeps its mode (the container may need it),
+/// but no local user reaches it through the host's tree: the store is
+/// its owner's only.
+#[tokio::test]
+async fn unpacked_setuid_files_are_out_of_other_users_reach() {
+    stratum_testkit::root::require_root("running a command as nobody");
+    let (dir, store) = store();
+    let tar = LayerTar::new()
+        .dir("bin")
+        .setuid_file("bin/su-like", "#!/bin/sh\nid\n")
+        .finish();
+    let records = import_layers(&store, dir.path(), "suid:1", &[tar])
+        .await
+        .expect("import");
+    let binary = store.lowerdirs(&records[0])[0].join("bin/su-like");
+    let mode = std::fs::metadata(&binary)
+        .expect("unpacked")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o4755, "the layer keeps its mode");
+    let root_mode = std::fs::metadata(store.root())
+        .expect("root")
+        .permissions()
+        .mode();
+    assert_eq!(root_mode & 0o777, 0o700);
+    // The data dir above may be any mode; the store is what closes.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let as_nobody = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg("stat")
+        .arg(&binary)
+        .output()
+        .expect("setpriv");
+    assert!(!as_nobody.status.success(), "nobody reached {binary:?}");
+    assert!(
+        String::from_utf8_lossy(&as_nobody.stderr).contains("Permission denied"),
+        "{as_nobody:?}"
+    );
 }

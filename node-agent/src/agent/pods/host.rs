@@ -28,7 +28,14 @@ pub struct PodHostConfig {
     pub log_writer: PathBuf,
     /// The host ports pods may publish.
     pub host_ports: RangeInclusive<u16>,
+    /// Tasks (processes and threads) one pod may have at once.
+    pub pids_limit: u64,
 }
+
+/// A pod's task limit by default: far above what a service runs, far
+/// below what exhausts the host's pid space (a fork bomb in one pod stops
+/// there). OpenShift's kubelet default.
+pub const DEFAULT_POD_PIDS_LIMIT: u64 = 4096;
 
 impl Default for PodHostConfig {
     fn default() -> Self {
@@ -39,6 +46,7 @@ impl Default for PodHostConfig {
             cidr: Ipv4Cidr::DEFAULT,
             allow: Vec::new(),
             host_ports: DEFAULT_HOST_PORTS,
+            pids_limit: DEFAULT_POD_PIDS_LIMIT,
         }
     }
 }

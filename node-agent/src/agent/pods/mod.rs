@@ -56,7 +56,7 @@ use stratum_pool::{PodSizing, PoolId, Workload, WorkloadId};
 use stratum_runtime::{Container, PodNetwork as SandboxNetwork, PodSandbox};
 
 pub use self::containers::live_usage;
-pub use self::host::{PodHost, PodHostConfig};
+pub use self::host::{PodHost, PodHostConfig, DEFAULT_POD_PIDS_LIMIT};
 
 /// StopPod and StopContainer without a grace period.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
@@ -372,7 +372,9 @@ impl PodManager {
             let pool_cgroup = self.pools.pool_cgroup(&pool)?;
             let cgroup = self.shared.cgroups.create_leaf(&pool_cgroup, id)?;
             let status = state.pods.get(id).map(|p| p.status().clone());
-            if let Err(e) = cgroup.apply(&spec::pod_limits(&status.unwrap_or_default())) {
+            let pids_max = Some(self.shared.config.pods.pids_limit);
+            let limits = spec::pod_limits(&status.unwrap_or_default(), pids_max);
+            if let Err(e) = cgroup.apply(&limits) {
                 let _ = cgroup.remove();
                 return Err(e.into());
             }

@@ -287,13 +287,14 @@ pub fn container_limits(spec: &proto::ContainerSpec) -> CgroupLimits {
 /// The pod cgroup's limits and weight: its limits as RunPod fixed them,
 /// and CPU shares from its CPU request as the kubelet sets them
 /// (1024 per core requested, at least 2 for a pod that requests none).
-pub fn pod_limits(status: &proto::PodStatus) -> CgroupLimits {
+pub fn pod_limits(status: &proto::PodStatus, pids_max: Option<u64>) -> CgroupLimits {
     let limits = limits_from_proto(status.limits.as_ref());
     let cpu_request = status.reservation.map_or(0, |r| r.cpu_millicores);
     CgroupLimits {
         cpu_shares_weight: (cpu_request.saturating_mul(1024) / MILLICORES_PER_CPU).max(2),
         cpu_limit_millicores: limits.cpu_millicores,
         memory_limit_bytes: limits.memory_bytes,
+        pids_max,
         ..CgroupLimits::default()
     }
 }
@@ -376,9 +377,9 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(pod_limits(&status).cpu_shares_weight, 512);
+        assert_eq!(pod_limits(&status, None).cpu_shares_weight, 512);
         assert_eq!(
-            pod_limits(&proto::PodStatus::default()).cpu_shares_weight,
+            pod_limits(&proto::PodStatus::default(), None).cpu_shares_weight,
             2
         );
     }
