@@ -22,7 +22,7 @@ use crate::config::{self, ConsoleOutput, DriveConfig, NetConfig, VmConfig, Vsock
 use crate::devices::legacy::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN};
 use crate::devices::legacy::i8042::{I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{self, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
-use crate::devices::legacy::{AcpiPm, SerialConsole, I8042};
+use crate::devices::legacy::{AcpiPm, ConsoleLog, SerialConsole, I8042};
 use crate::devices::pseudo::boot_timer::{BootTime, BootTimer, BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use crate::devices::virtio::block::{Block, Disk, DiskError};
 use crate::devices::virtio::mmio::{self, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
@@ -263,7 +263,7 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
         Some(path) => Some((path, open("initrd", path)?)),
         None => None,
     };
-    let console = open_console(&config.console)?;
+    let console = open_console(&config.console, config.console_max_bytes)?;
     let disks = open_drives(&config.drives)?;
     let taps = open_taps(&config.nics)?;
     let vsock = open_vsock(config.vsock.as_ref())?;
@@ -391,7 +391,10 @@ fn kernel_cmdline(text: &str) -> Result<Cmdline, Error> {
     Ok(cmdline)
 }
 
-fn open_console(console: &ConsoleOutput) -> Result<Box<dyn std::io::Write + Send>, Error> {
+fn open_console(
+    console: &ConsoleOutput,
+    max_bytes: u64,
+) -> Result<Box<dyn std::io::Write + Send>, Error> {
     match console {
         ConsoleOutput::Stdout => {
             // A raw duplicate of fd 1, not `Stdout`: that one buffers lines,
@@ -405,7 +408,7 @@ fn open_console(console: &ConsoleOutput) -> Result<Box<dyn std::io::Write + Send
                 })?;
             Ok(Box::new(File::from(fd)))
         }
-        ConsoleOutput::File(path) => File::create(path)
+        ConsoleOutput::File(path) => ConsoleLog::create(path, max_bytes)
             .map(|f| Box::new(f) as Box<dyn std::io::Write + Send>)
             .map_err(|source| Error::Open {
                 what: "console file",

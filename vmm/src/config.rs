@@ -29,6 +29,8 @@ pub struct VmConfig {
     pub vcpus: u16,
     pub memory_mib: u64,
     pub console: ConsoleOutput,
+    /// Largest size of the console log file before it rotates (file only).
+    pub console_max_bytes: u64,
     /// Forward the VMM's stdin to the guest's console.
     pub console_input: bool,
     pub kvm_device: PathBuf,
@@ -212,6 +214,7 @@ impl Default for VmConfig {
             vcpus: 1,
             memory_mib: 256,
             console: ConsoleOutput::Stdout,
+            console_max_bytes: crate::devices::legacy::console_log::DEFAULT_MAX_BYTES,
             console_input: true,
             kvm_device: PathBuf::from("/dev/kvm"),
             entropy: false,

@@ -18,6 +18,7 @@ use clap::Parser;
 use vmm::api::controller::{error_chain, DEFAULT_INSTANCE_ID};
 use vmm::api::{ApiServer, Controller};
 use vmm::config::{ConsoleOutput, DEFAULT_CMDLINE};
+use vmm::devices::legacy::console_log::{DEFAULT_MAX_BYTES, MIN_MAX_BYTES};
 use vmm::vmm_config::config_file::ConfigFile;
 use vmm::{vmm_log, RunningVm, VmConfig, VmEvent};
 
@@ -82,6 +83,11 @@ struct Cli {
     /// Write the serial console to this file instead of stdout.
     #[arg(long, value_name = "PATH")]
     console: Option<PathBuf>,
+    /// Largest size of the console file: past it the file becomes
+    /// PATH.1 (replacing the older one) and a new PATH starts.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES,
+          value_parser = clap::value_parser!(u64).range(MIN_MAX_BYTES..))]
+    console_max_bytes: u64,
     /// Do not forward stdin to the guest's console.
     #[arg(long)]
     no_console_input: bool,
@@ -111,6 +117,7 @@ impl Cli {
                 .console
                 .clone()
                 .map_or(ConsoleOutput::Stdout, ConsoleOutput::File),
+            console_max_bytes: self.console_max_bytes,
             console_input: !self.no_console_input,
             kvm_device: self.kvm_device.clone(),
             ..VmConfig::default()

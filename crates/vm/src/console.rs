@@ -14,13 +14,17 @@
 //! longer running and everything written has been yielded
 //! ([`ConsoleFollower::until_exit_of`]), or at the end of the file when
 //! nothing writes to it any more ([`ConsoleFollower::until_eof`], for a VM
-//! that has stopped); otherwise it follows until dropped. A missing file
+//! that has stopped); otherwise it follows until dropped. When vmm rotates
+//! the log (a new file at the path), the follower drains the old one and
+//! goes on at the new one's start; offsets count from the start of the
+//! current file. A missing file
 //! is waited for (vmm creates it when the VM is built), except in
 //! `until_eof` mode, where it is an empty log. [`ConsoleFollower::into_stream`] turns it into
 //! a `Stream` for tonic.
 
 use std::future::Future;
 use std::io::{self, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -117,7 +121,39 @@ impl ConsoleFollower {
     }
 
     /// Whatever is there now past the offset (empty at EOF or no file).
+    /// At the end of the file it has, it looks whether vmm has started a
+    /// new one (`vmm --console-max-bytes`: the log was renamed and another
+    /// made at the same path) and goes on from that one's start. A renamed
+    /// file is complete, so it is drained before the switch.
     async fn read_available(&mut self) -> io::Result<Vec<u8>> {
+        let chunk = self.read_open_file().await?;
+        if !chunk.is_empty() || !self.rotated().await? {
+            return Ok(chunk);
+        }
+        let rest = self.read_open_file().await?;
+        if !rest.is_empty() {
+            return Ok(rest);
+        }
+        self.file = None;
+        self.offset = 0;
+        self.read_open_file().await
+    }
+
+    /// Whether the path names another file than the one open.
+    async fn rotated(&self) -> io::Result<bool> {
+        let Some(file) = &self.file else {
+            return Ok(false);
+        };
+        let open = file.metadata().await?.ino();
+        match tokio::fs::metadata(&self.path).await {
+            Ok(now) => Ok(now.ino() != open),
+            // Between vmm's rename and its create: not yet.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn read_open_file(&mut self) -> io::Result<Vec<u8>> {
         let offset = self.offset;
         let Some(file) = self.open().await? else {
             return Ok(Vec::new());
@@ -215,6 +251,35 @@ mod tests {
         assert_eq!(chunk.expect("in time").unwrap(), Some(b"world".to_vec()));
         assert_eq!(follower.offset(), 11);
         writer.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn follows_the_log_into_the_file_that_replaces_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("console.log");
+        std::fs::write(&path, b"ab").unwrap();
+        let mut follower = ConsoleFollower::new(&path, 0).poll_interval(FAST);
+        assert_eq!(follower.next_chunk().await.unwrap(), Some(b"ab".to_vec()));
+        // As vmm rotates: a last write to the old file, the rename, a new
+        // file with more.
+        let mut old = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        old.write_all(b"c").unwrap();
+        std::fs::rename(&path, dir.path().join("console.log.1")).unwrap();
+        std::fs::write(&path, b"xyz").unwrap();
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), follower.next_chunk())
+                .await
+                .expect("in time")
+                .unwrap()
+                .expect("more");
+            got.extend(chunk);
+        }
+        assert_eq!(got, b"cxyz", "the old file's end, then the new file");
+        assert_eq!(follower.offset(), 3);
     }
 
     #[tokio::test]

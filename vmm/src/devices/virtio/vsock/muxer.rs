@@ -12,9 +12,11 @@
 //! packets for the guest; the device worker owns the queues and the poll.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ffi::OsStr;
 use std::io::{ErrorKind, Read};
 use std::ops::Bound;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 
@@ -208,8 +210,7 @@ impl Muxer {
         }
         let mut path = self.uds_path.clone().into_os_string();
         path.push(format!("_{}", request.dst_port));
-        let stream = UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|()| s));
-        match stream {
+        match connect_nonblocking(&path) {
             Ok(stream) => {
                 let key = (request.dst_port, request.src_port);
                 self.connections
@@ -304,6 +305,55 @@ impl Muxer {
 }
 
 /// The port of a `CONNECT <port>` line.
+/// Connects to the Unix socket at `path` without ever waiting: a blocking
+/// connect to a listener whose backlog is full (one that never accepts)
+/// waits until it accepts, and with it the whole vsock worker; here that
+/// is EAGAIN, and the guest gets a reset. A Unix stream connect that does
+/// not fail at once is complete (there is no EINPROGRESS for AF_UNIX).
+fn connect_nonblocking(path: &OsStr) -> std::io::Result<UnixStream> {
+    let mut addr = libc::sockaddr_un {
+        sun_family: libc::sa_family_t::try_from(libc::AF_UNIX)
+            .map_err(|_| std::io::Error::from(ErrorKind::Unsupported))?,
+        sun_path: [0; 108],
+    };
+    let bytes = path.as_bytes();
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(ErrorKind::InvalidInput.into());
+    }
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = libc::c_char::from_ne_bytes([*src]);
+    }
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_un>())
+        .map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+    // SAFETY: socket(2) with constant arguments creates a new descriptor.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it; the stream
+    // closes it on every path below.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    // SAFETY: `addr` is a valid, NUL-terminated `sockaddr_un` of `len`
+    // bytes that outlives the call; `fd` is a socket we own.
+    let rc = unsafe {
+        libc::connect(
+            stream.as_raw_fd(),
+            std::ptr::from_ref(&addr).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
 fn parse_connect(line: &[u8]) -> Option<u32> {
     let text = std::str::from_utf8(line).ok()?;
     let port = text.trim_end_matches('\r').strip_prefix("CONNECT ")?;

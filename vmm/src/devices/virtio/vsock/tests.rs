@@ -2,6 +2,7 @@
 //! virtio-queue's mock queues.
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -198,6 +199,30 @@ fn guest_connection_to_a_port_nobody_serves_is_reset() {
     assert_eq!(rst.header.op(), Some(Op::Rst));
     assert_eq!((rst.header.src_port, rst.header.dst_port), (77, 40_000));
     assert_eq!(f.muxer.connection_count(), 0);
+}
+
+#[test]
+fn guest_connection_to_a_socket_that_never_accepts_is_reset_at_once() {
+    let mut f = Fixture::new("backlog");
+    let mut path = f.uds().into_os_string();
+    path.push("_77");
+    let server = UnixListener::bind(&path).unwrap();
+    // SAFETY: a listening socket we own; listen(2) again only sets its
+    // backlog, here to the least: one queued connection fills it.
+    assert_eq!(unsafe { libc::listen(server.as_raw_fd(), 0) }, 0);
+    let _queued = UnixStream::connect(&path).unwrap();
+    // A blocking connect would wait for an accept that never comes: the
+    // muxer runs on a thread the test can give up on.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        f.guest_sends(Op::Request, 40_000, 77, &[]);
+        let _ = tx.send(f.expect_packet().header.op());
+    });
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(5)),
+        Ok(Some(Op::Rst)),
+        "the vsock worker waited on a listener that never accepts"
+    );
 }
 
 #[test]
