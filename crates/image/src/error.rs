@@ -227,4 +227,17 @@ pub enum Refusal {
     /// Empty symlink target, bad whiteout name, ownership out of range.
     #[error("{0}")]
     Malformed(String),
+    /// The layer would unpack to more bytes than the store takes from one
+    /// layer (a decompression bomb fills the disk before any digest check).
+    #[error("the layer unpacks to more than {max_bytes} bytes")]
+    TooLarge {
+        /// The store's cap.
+        max_bytes: u64,
+    },
+    /// The layer has more entries than the store takes from one layer.
+    #[error("the layer has more than {max_entries} entries")]
+    TooManyEntries {
+        /// The store's cap.
+        max_entries: u64,
+    },
 }

@@ -22,23 +22,26 @@ use super::digest::{Digest, HashingReader};
 use super::error::ImageError;
 use super::fsutil::{fsync_dir, remove_any, unique_name};
 use super::media::decompress;
-use super::unpack::{unpack, Mode};
+use super::unpack::{unpack, Mode, UnpackLimits};
 
 /// Unpacked layers under `<images>/layers/`.
 #[derive(Debug)]
 pub(crate) struct LayerStore {
     dir: PathBuf,
     tmp: PathBuf,
+    limits: UnpackLimits,
 }
 
 impl LayerStore {
-    /// Opens (creating) `root/layers`; work directories go to `tmp`.
-    pub(crate) fn open(root: &Path, tmp: &Path) -> Result<Self, ImageError> {
+    /// Opens (creating) `root/layers`; work directories go to `tmp`; no
+    /// layer unpacks to more than `limits`.
+    pub(crate) fn open(root: &Path, tmp: &Path, limits: UnpackLimits) -> Result<Self, ImageError> {
         let dir = root.join("layers");
         fs::create_dir_all(&dir).map_err(ImageError::io_at("create", &dir))?;
         Ok(LayerStore {
             dir,
             tmp: tmp.to_owned(),
+            limits,
         })
     }
 
@@ -90,7 +93,7 @@ impl LayerStore {
             source,
         };
         let mut tar = HashingReader::new(decompress(file).map_err(bad)?);
-        unpack(&mut tar, work, Mode::Layer, digest.as_str())?;
+        unpack(&mut tar, work, Mode::Layer, digest.as_str(), self.limits)?;
         let (actual, _) = tar.finish().map_err(bad)?;
         if &actual != diff_id {
             return Err(ImageError::DigestMismatch {

@@ -68,4 +68,5 @@ pub use progress::{LayerPhase, LayerProgress, ProgressSink, PullEvent};
 pub use record::{import_index_file, ImageRecord, LayerRecord};
 pub use registry::{PullOptions, RegistryCredentials};
 pub use store::ImageStore;
+pub use unpack::UnpackLimits;
 pub use whiteout::OPAQUE_XATTR;

@@ -20,7 +20,7 @@ use super::digest::Digest;
 use super::error::ImageError;
 use super::fsutil::{remove_any, unique_name};
 use super::media::decompress;
-use super::unpack::{unpack, Mode as UnpackMode};
+use super::unpack::{unpack, Mode as UnpackMode, UnpackLimits};
 
 /// A directory files are read beneath.
 pub(crate) struct SourceDir {
@@ -120,6 +120,19 @@ pub(crate) fn unpack_archive(archive: &Path, tmp: &Path) -> Result<Unpacked, Ima
         layer: name.clone(),
         source,
     })?;
-    unpack(reader, &unpacked.dir, UnpackMode::Archive, &name)?;
+    // An archive holds every layer of its images: the per-layer caps
+    // would refuse big images, and the file is the operator's (it comes
+    // from an artifact directory); the layers in it are capped when they
+    // are unpacked.
+    unpack(
+        reader,
+        &unpacked.dir,
+        UnpackMode::Archive,
+        &name,
+        UnpackLimits {
+            max_bytes: u64::MAX,
+            max_entries: u64::MAX,
+        },
+    )?;
     Ok(unpacked)
 }

@@ -29,6 +29,7 @@ use super::layers::LayerStore;
 use super::lease::ImageLease;
 use super::record::{ImageRecord, Index};
 use super::txn::Pin;
+use super::unpack::UnpackLimits;
 
 /// The node's image store. See the module docs for the layout.
 #[derive(Clone, Debug)]
@@ -128,6 +129,12 @@ impl ImageStore {
     /// `<data_dir>/images/index.redb`, clearing what an interrupted pull,
     /// import or GC left in `tmp/`.
     pub fn open(data_dir: &Path) -> Result<Self, ImageError> {
+        ImageStore::open_with_limits(data_dir, UnpackLimits::default())
+    }
+
+    /// [`ImageStore::open`] with other caps on what one layer may unpack
+    /// to.
+    pub fn open_with_limits(data_dir: &Path, limits: UnpackLimits) -> Result<Self, ImageError> {
         let root = data_dir.join("images");
         fs::create_dir_all(&root).map_err(ImageError::io_at("create", &root))?;
         let path = root.join("index.redb");
@@ -135,19 +142,29 @@ impl ImageStore {
             path,
             reason: e.to_string(),
         })?;
-        ImageStore::open_shared(data_dir, Arc::new(db))
+        ImageStore::open_shared_with_limits(data_dir, Arc::new(db), limits)
     }
 
     /// [`ImageStore::open`] with the index's table in `db`, a database the
     /// caller shares (the agent's state file).
     pub fn open_shared(data_dir: &Path, db: Arc<redb::Database>) -> Result<Self, ImageError> {
+        ImageStore::open_shared_with_limits(data_dir, db, UnpackLimits::default())
+    }
+
+    /// [`ImageStore::open_shared`] with other caps on what one layer may
+    /// unpack to.
+    pub fn open_shared_with_limits(
+        data_dir: &Path,
+        db: Arc<redb::Database>,
+        limits: UnpackLimits,
+    ) -> Result<Self, ImageError> {
         let root = data_dir.join("images");
         let tmp = root.join("tmp");
         fs::create_dir_all(&tmp).map_err(ImageError::io_at("create", &tmp))?;
         restrict_to_owner(&root)?;
         clear_dir(&tmp)?;
         let blobs = BlobStore::open(&root, &tmp)?;
-        let layers = LayerStore::open(&root, &tmp)?;
+        let layers = LayerStore::open(&root, &tmp, limits)?;
         let index = Index::load(db)?;
         let state = Mutex::new(State {
             index,

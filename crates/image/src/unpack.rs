@@ -13,7 +13,8 @@
 //! user namespace and seccomp, not the store, confine them), mtimes, the
 //! `security.capability` xattr (other xattrs, notably `trusted.*` that
 //! could forge overlay metadata, are dropped), FIFOs, hardlinks and
-//! whiteouts (see [`whiteout`](super::whiteout)). [`Mode::Archive`] is for
+//! whiteouts (see [`whiteout`](super::whiteout)). [`UnpackLimits`] caps
+//! what one archive may unpack to. [`Mode::Archive`] is for
 //! `docker save` / OCI-layout tarballs given to `import`: regular files,
 //! directories and symlinks only, owned by the agent, without setuid bits.
 
@@ -47,6 +48,30 @@ pub(crate) enum Mode {
 
 const CAPABILITY_PAX: &str = "SCHILY.xattr.security.capability";
 
+/// How much one archive may unpack to: checked against each entry's
+/// declared size before anything of it is written, so a small compressed
+/// layer that expands without end (a decompression bomb) is refused at the
+/// cap, not when the disk is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// The sum of the entries' sizes.
+    pub max_bytes: u64,
+    /// Entries of any kind.
+    pub max_entries: u64,
+}
+
+impl Default for UnpackLimits {
+    /// 16 GiB and a million entries per layer: far above real images (a
+    /// full distribution's userland is ~100k files, a few GiB), far below
+    /// what fills a host.
+    fn default() -> Self {
+        UnpackLimits {
+            max_bytes: 16 << 30,
+            max_entries: 1_000_000,
+        }
+    }
+}
+
 /// Unpacks the tar stream `reader` into the existing directory `dest`.
 /// `name` (a layer digest or archive path) is used in errors.
 pub(crate) fn unpack(
@@ -54,6 +79,7 @@ pub(crate) fn unpack(
     dest: &Path,
     mode: Mode,
     name: &str,
+    limits: UnpackLimits,
 ) -> Result<(), ImageError> {
     let root = Root::open(dest).map_err(ImageError::io_at("open", dest))?;
     let mut archive = tar::Archive::new(reader);
@@ -62,9 +88,24 @@ pub(crate) fn unpack(
         source,
     };
     let mut dirs = Vec::new();
+    let (mut bytes, mut entries) = (0u64, 0u64);
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        entries += 1;
+        bytes = bytes.saturating_add(entry.size());
+        if entries > limits.max_entries {
+            let reason = Refusal::TooManyEntries {
+                max_entries: limits.max_entries,
+            };
+            return Err(entry_error(name, path, reason.into()));
+        }
+        if bytes > limits.max_bytes {
+            let reason = Refusal::TooLarge {
+                max_bytes: limits.max_bytes,
+            };
+            return Err(entry_error(name, path, reason.into()));
+        }
         match apply(&root, &mut entry, mode) {
             Ok(Some(dir)) => dirs.push(dir),
             Ok(None) => {}

@@ -189,3 +189,44 @@ fn assert_overlay_view(work: &Path, lowerdirs: &[std::path::PathBuf]) {
     let _ = Command::new("umount").arg(&merged).status();
     assert_eq!(view, (vec!["keep".to_owned()], vec!["new".to_owned()]));
 }
+
+/// A layer past the store's caps is refused at the entry that crosses
+/// them, before it is written, with nothing left: the bytes declared (what
+/// a decompression bomb inflates to) and the number of entries.
+#[tokio::test]
+async fn layers_past_the_caps_are_refused_before_writing() {
+    let limits = crate::UnpackLimits {
+        max_bytes: 1 << 20,
+        max_entries: 10,
+    };
+    let big = "z".repeat(600 << 10);
+    let cases = [
+        (
+            LayerTar::new().file("a", &big).file("b", &big).finish(),
+            "b",
+            Refusal::TooLarge { max_bytes: 1 << 20 },
+        ),
+        (
+            (0..11)
+                .fold(LayerTar::new(), |t, i| t.file(&format!("f{i}"), "x"))
+                .finish(),
+            "f10",
+            Refusal::TooManyEntries { max_entries: 10 },
+        ),
+    ];
+    for (layer, path, reason) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::ImageStore::open_with_limits(dir.path(), limits).expect("open");
+        let err = import_layers(&store, dir.path(), "bomb:1", &[layer])
+            .await
+            .expect_err("layer past the caps accepted");
+        match &err {
+            ImageError::RefusedEntry {
+                path: p, reason: r, ..
+            } => assert_eq!((p.as_str(), r), (path, &reason), "{err}"),
+            other => panic!("expected a refused entry, got {other}"),
+        }
+        assert_store_empty(&store);
+        assert!(store.list().is_empty());
+    }
+}
