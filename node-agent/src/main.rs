@@ -215,15 +215,24 @@ fn default_vmm() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("vmm"))
 }
 
-/// A development PKI on first start, when the cert dir holds nothing.
+/// A development PKI on first start, when the cert dir holds nothing; on
+/// later starts, a new development admin certificate when it is near its
+/// end (a deployment's own certificates, or a set without the CA key,
+/// are left alone).
 fn ensure_certs(config: &AgentConfig) -> anyhow::Result<()> {
-    let empty = std::fs::read_dir(&config.cert_dir).map_or(true, |mut d| d.next().is_none());
+    let dir = &config.cert_dir;
+    let empty = std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none());
     if empty {
         tracing::warn!(
-            dir = %config.cert_dir.display(),
+            dir = %dir.display(),
             "no certificates: creating a development CA, server and client certificate"
         );
-        tls::generate_dev_pki(&config.cert_dir, &[])?;
+        tls::generate_dev_pki(dir, &[])?;
+    } else if dir.join(tls::CA_KEY).exists()
+        && dir.join(tls::CLIENT_CERT).exists()
+        && tls::renew_dev_client(dir)?
+    {
+        tracing::warn!(dir = %dir.display(), "renewed the development admin certificate");
     }
     Ok(())
 }

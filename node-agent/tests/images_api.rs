@@ -9,29 +9,18 @@
 
 use stratum_testkit::fixture;
 
-use std::process::Output;
-
 use stratum_api::proto::image_service_client::ImageServiceClient;
 use stratum_api::proto::pull_image_progress::Event;
 use stratum_api::proto::{
     GetImageRequest, ImportImageRequest, LayerPhase, ListImagesRequest, PullImageRequest,
     RemoveImageRequest,
 };
-use stratum_testkit::test_agent::TestAgent;
+use stratum_testkit::test_agent::{output_text as text, TestAgent};
 use tonic::transport::Channel;
 use tonic::Code;
 
 async fn images(agent: &TestAgent) -> ImageServiceClient<Channel> {
     ImageServiceClient::new(agent.channel().await)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Pulls over gRPC; returns every event, or the status the stream ended with.

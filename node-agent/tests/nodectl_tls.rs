@@ -9,25 +9,10 @@
 
 use std::process::{Command, Output};
 
-use stratum_testkit::test_agent::{halting_kernel, TestAgent};
+use stratum_testkit::test_agent::{halting_kernel, output_text as text, TestAgent};
 
 fn nodectl(agent: &TestAgent, certs: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(stratum_testkit::bins::bin("nodectl"))
-        .arg("--addr")
-        .arg(format!("https://127.0.0.1:{}", agent.port))
-        .arg("--certs")
-        .arg(certs)
-        .args(args)
-        .output()
-        .expect("run nodectl")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    agent.nodectl_as(certs, args)
 }
 
 #[test]

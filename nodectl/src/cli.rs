@@ -532,4 +532,40 @@ pub enum CertsCommand {
         #[arg(long = "name", value_name = "HOST")]
         names: Vec<String>,
     },
+    /// Issue a client certificate, signed by the agent's CA, for one
+    /// caller: its name, role and namespaces.
+    Issue {
+        /// The caller's name (the certificate's common name).
+        name: String,
+        /// admin (everything), user (its namespaces), viewer (reads only:
+        /// its namespaces, or everything without --namespace).
+        #[arg(long)]
+        role: String,
+        /// A namespace (top-level pool id) the caller is confined to
+        /// (repeatable; a user needs one).
+        #[arg(long = "namespace", value_name = "POOL")]
+        namespaces: Vec<String>,
+        /// Lifetime in days (1-365).
+        #[arg(long, default_value_t = stratum_api::certs::DEFAULT_DAYS)]
+        days: u32,
+        /// The directory with the CA's certificate and key [default: --certs].
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+        /// A new directory for the caller: ca.pem, client.pem, client.key
+        /// (what its nodectl takes as --certs).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Revoke client certificates: the agent refuses them from the next
+    /// call on.
+    Revoke {
+        /// Client certificate files (PEM) to revoke.
+        files: Vec<PathBuf>,
+        /// Serial numbers to revoke (hex, as `certs issue` prints them).
+        #[arg(long = "serial", value_name = "HEX")]
+        serials: Vec<String>,
+        /// The directory with the CA's certificate and key [default: --certs].
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+    },
 }

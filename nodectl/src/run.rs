@@ -14,6 +14,7 @@ use super::cli::{
 };
 use super::progress::PullProgress;
 use super::{connect, json, render, CommandExit};
+use stratum_api::certs;
 use stratum_api::proto::host_client::HostClient;
 use stratum_api::proto::image_service_client::ImageServiceClient;
 use stratum_api::proto::pod_service_client::PodServiceClient;
@@ -777,12 +778,93 @@ async fn exec(
 }
 
 fn certs_command(cmd: CertsCommand, default_dir: &Path, output: Output) -> anyhow::Result<()> {
-    let CertsCommand::Init { dir, names } = cmd;
-    let dir = dir.unwrap_or_else(|| default_dir.to_path_buf());
-    let pki = tls::generate_dev_pki(&dir, &names)?;
+    match cmd {
+        CertsCommand::Init { dir, names } => certs_init(
+            &dir.unwrap_or_else(|| default_dir.to_path_buf()),
+            &names,
+            output,
+        ),
+        CertsCommand::Issue {
+            name,
+            role,
+            namespaces,
+            days,
+            ca_dir,
+            out,
+        } => {
+            let ca_dir = ca_dir.unwrap_or_else(|| default_dir.to_path_buf());
+            let spec = certs::ClientSpec {
+                name,
+                role: role.parse()?,
+                namespaces,
+                days,
+            };
+            let issued = certs::issue_client(&ca_dir, &spec)?;
+            certs::write_client_dir(&ca_dir, &out, &issued)?;
+            let c = &issued.claims;
+            let not_after = issued
+                .not_after
+                .format(&time::format_description::well_known::Rfc3339)?;
+            match output {
+                Output::Table => print(&format!(
+                    "issued {} ({}{}) serial {}, valid until {not_after}, in {}\n",
+                    c.name,
+                    c.role,
+                    if c.namespaces.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" of {}", c.namespaces.join(", "))
+                    },
+                    c.serial,
+                    out.display()
+                )),
+                Output::Json => print(&format!(
+                    "{:#}\n",
+                    serde_json::json!({
+                        "name": c.name, "role": c.role.as_str(), "namespaces": c.namespaces,
+                        "serial": c.serial, "notAfter": not_after, "dir": out.display().to_string(),
+                    })
+                )),
+            }
+        }
+        CertsCommand::Revoke {
+            files,
+            mut serials,
+            ca_dir,
+        } => {
+            let ca_dir = ca_dir.unwrap_or_else(|| default_dir.to_path_buf());
+            if files.is_empty() && serials.is_empty() {
+                anyhow::bail!("name a certificate file or --serial to revoke");
+            }
+            for file in &files {
+                serials.push(certs::serial_of_file(file)?);
+            }
+            let list = certs::revoke(&ca_dir, &serials)?;
+            match output {
+                Output::Table => print(&format!(
+                    "revoked {}; {} has {} revoked serial(s)\n",
+                    serials.join(", "),
+                    ca_dir.join(certs::CRL_FILE).display(),
+                    list.serials.len()
+                )),
+                Output::Json => print(&format!(
+                    "{:#}\n",
+                    serde_json::json!({ "revoked": list.serials, "number": list.number })
+                )),
+            }
+        }
+    }
+}
+
+fn certs_init(dir: &Path, names: &[String], output: Output) -> anyhow::Result<()> {
+    let pki = tls::generate_dev_pki(dir, names)?;
     match output {
         Output::Table if pki.created => print(&format!(
             "created a development CA, server and client certificate in {}\n",
+            dir.display()
+        )),
+        Output::Table if pki.renewed => print(&format!(
+            "kept the certificate set in {} and renewed the development admin certificate\n",
             dir.display()
         )),
         Output::Table => print(&format!(
@@ -791,7 +873,7 @@ fn certs_command(cmd: CertsCommand, default_dir: &Path, output: Output) -> anyho
         )),
         Output::Json => print(&format!(
             "{:#}\n",
-            serde_json::json!({ "dir": dir.display().to_string(), "created": pki.created })
+            serde_json::json!({ "dir": dir.display().to_string(), "created": pki.created, "renewed": pki.renewed })
         )),
     }
 }

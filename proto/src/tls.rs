@@ -27,6 +27,8 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, InvalidDnsNameError, PrivateKeyDer, ServerName};
 use time::{Duration, OffsetDateTime};
+
+use crate::certs::{self, Role};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// The CA certificate both sides trust.
@@ -59,9 +61,11 @@ const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 /// Common name of the client certificate (the operator CLI).
 pub const CLIENT_COMMON_NAME: &str = "nodectl";
 
-/// How long development certificates stay valid. Long, because the set is
-/// kept across restarts and an expired dev cert only shows up as an opaque
-/// handshake failure; a real deployment brings its own certificates.
+/// How long the development CA and server certificate stay valid. Long,
+/// because the set is kept across restarts and an expired one only shows
+/// up as an opaque handshake failure; a real deployment brings its own.
+/// Client certificates are short-lived ([`certs::DEFAULT_DAYS`]): the
+/// agent renews the development admin's at start ([`generate_dev_pki`]).
 const VALIDITY_DAYS: i64 = 3650;
 
 /// What can go wrong making or loading TLS material, or choosing plaintext.
@@ -147,6 +151,10 @@ pub struct Pki {
     /// True when [`generate_dev_pki`] wrote the set, false when it kept an
     /// existing one.
     pub created: bool,
+    /// True when it kept the set but issued the development admin a new
+    /// client certificate (the old one was near its end, or from before
+    /// certificates carried roles).
+    pub renewed: bool,
 }
 
 impl Pki {
@@ -154,6 +162,7 @@ impl Pki {
         Self {
             dir: dir.to_path_buf(),
             created,
+            renewed: false,
         }
     }
 
@@ -176,7 +185,11 @@ impl Pki {
 pub fn generate_dev_pki(dir: &Path, server_names: &[String]) -> Result<Pki> {
     let missing = missing_files(dir)?;
     if missing.is_empty() {
-        return Ok(Pki::at(dir, false));
+        let renewed = renew_dev_client(dir)?;
+        return Ok(Pki {
+            renewed,
+            ..Pki::at(dir, false)
+        });
     }
     if missing.len() < PKI_FILES.len() {
         return Err(TlsError::IncompleteSet {
@@ -188,6 +201,93 @@ pub fn generate_dev_pki(dir: &Path, server_names: &[String]) -> Result<Pki> {
     create_private_dir(dir)?;
     write_all_atomically(dir, &files)?;
     Ok(Pki::at(dir, true))
+}
+
+/// A development admin certificate with less than this left is renewed.
+const RENEW_DAYS: i64 = 7;
+
+/// Issues the development admin (CN `nodectl`) a new client certificate
+/// when the one in `dir` carries no role or ends within [`RENEW_DAYS`].
+/// A client certificate with another name is the deployment's own and is
+/// left alone.
+pub fn renew_dev_client(dir: &Path) -> Result<bool> {
+    let path = dir.join(CLIENT_CERT);
+    let pem = read_certificates(&path)?;
+    let bad = |detail: String| TlsError::BadPem {
+        path: path.clone(),
+        expected: "certificate",
+        detail,
+    };
+    let der = CertificateDer::from_pem_slice(&pem).map_err(|e| bad(e.to_string()))?;
+    let (name, not_after) = certs::name_and_end(&der).map_err(|e| bad(e.to_string()))?;
+    let left = not_after - OffsetDateTime::now_utc();
+    let has_role = certs::claims_of(&der).is_ok();
+    if name != CLIENT_COMMON_NAME || (has_role && left > Duration::days(RENEW_DAYS)) {
+        return Ok(false);
+    }
+    let issued = certs::issue_client(
+        dir,
+        &certs::ClientSpec {
+            name: CLIENT_COMMON_NAME.to_string(),
+            role: Role::Admin,
+            namespaces: Vec::new(),
+            days: certs::DEFAULT_DAYS,
+        },
+    )
+    .map_err(|e| bad(format!("renewing the development admin certificate: {e}")))?;
+    write_all_atomically(
+        dir,
+        &[
+            PkiFile::cert(CLIENT_CERT, issued.cert_pem),
+            PkiFile {
+                name: CLIENT_KEY,
+                contents: issued.key_pem,
+                mode: 0o600,
+            },
+        ],
+    )?;
+    Ok(true)
+}
+
+/// Writes a client's certificate directory: the CA certificate, the
+/// client certificate and its key (0600), in `dir` (made 0700).
+pub(crate) fn write_client_set(
+    dir: &Path,
+    ca_pem: String,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<()> {
+    create_private_dir(dir)?;
+    write_all_atomically(
+        dir,
+        &[
+            PkiFile::cert(CA_CERT, ca_pem),
+            PkiFile::cert(CLIENT_CERT, cert_pem.to_string()),
+            PkiFile {
+                name: CLIENT_KEY,
+                contents: key_pem.to_string(),
+                mode: 0o600,
+            },
+        ],
+    )
+}
+
+/// Replaces `dir/name` with `contents` atomically (temporary file, fsync,
+/// rename, directory fsync).
+pub(crate) fn replace_file(
+    dir: &Path,
+    name: &'static str,
+    contents: String,
+    mode: u32,
+) -> Result<()> {
+    write_all_atomically(
+        dir,
+        &[PkiFile {
+            name,
+            contents,
+            mode,
+        }],
+    )
 }
 
 /// Names of the set's files that `dir` lacks (all of them when `dir` does
@@ -271,11 +371,11 @@ fn leaf(
 }
 
 /// Validity from an hour ago (clock skew between agent and client) to
-/// [`VALIDITY_DAYS`] ahead.
-fn validity(params: &mut CertificateParams) {
+/// `days` ahead.
+fn validity(params: &mut CertificateParams, days: i64) {
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::hours(1);
-    params.not_after = now + Duration::days(VALIDITY_DAYS);
+    params.not_after = now + Duration::days(days);
 }
 
 fn ca_params() -> CertificateParams {
@@ -290,7 +390,7 @@ fn ca_params() -> CertificateParams {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    validity(&mut params);
+    validity(&mut params, VALIDITY_DAYS);
     params
 }
 
@@ -317,16 +417,28 @@ fn server_params(extra_names: &[String]) -> Result<CertificateParams> {
         .distinguished_name
         .push(DnType::CommonName, "stratum node-agent");
     leaf_usages(&mut params, ExtendedKeyUsagePurpose::ServerAuth);
+    validity(&mut params, VALIDITY_DAYS);
     Ok(params)
 }
 
+/// The development set's client: an admin named `nodectl`, for
+/// [`certs::DEFAULT_DAYS`].
 fn client_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     params
         .distinguished_name
         .push(DnType::CommonName, CLIENT_COMMON_NAME);
-    leaf_usages(&mut params, ExtendedKeyUsagePurpose::ClientAuth);
     params
+        .distinguished_name
+        .push(DnType::OrganizationName, Role::Admin.as_str());
+    client_leaf(&mut params, i64::from(certs::DEFAULT_DAYS));
+    params
+}
+
+/// A client certificate's end-entity settings, valid for `days`.
+pub(crate) fn client_leaf(params: &mut CertificateParams, days: i64) {
+    leaf_usages(params, ExtendedKeyUsagePurpose::ClientAuth);
+    validity(params, days);
 }
 
 /// End-entity settings: a signing key usable for one purpose only, so a
@@ -336,7 +448,6 @@ fn leaf_usages(params: &mut CertificateParams, purpose: ExtendedKeyUsagePurpose)
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![purpose];
     params.use_authority_key_identifier_extension = true;
-    validity(params);
 }
 
 /// Creates the certificate directory 0700 (its parents with the default
@@ -542,6 +653,51 @@ mod tests {
         let pki = generate_dev_pki(&dir, &["agent.example".to_string()]).unwrap();
         assert!(pki.created);
         (tmp, dir)
+    }
+
+    #[test]
+    fn the_dev_admin_certificate_is_renewed_when_it_carries_no_role() {
+        let (_tmp, dir) = pki();
+        let ca_before = fs::read(dir.join(CA_CERT)).unwrap();
+        // The client certificate of a set made before roles: CN only.
+        let ca_pem = fs::read_to_string(dir.join(CA_CERT)).unwrap();
+        let ca_key = KeyPair::from_pem(&fs::read_to_string(dir.join(CA_KEY)).unwrap()).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, CLIENT_COMMON_NAME);
+        leaf_usages(&mut params, ExtendedKeyUsagePurpose::ClientAuth);
+        validity(&mut params, VALIDITY_DAYS);
+        let key = KeyPair::generate().unwrap();
+        let old = params.signed_by(&key, &issuer).unwrap();
+        fs::write(dir.join(CLIENT_CERT), old.pem()).unwrap();
+
+        let pki = generate_dev_pki(&dir, &[]).unwrap();
+        assert!(pki.renewed && !pki.created);
+        let pem = fs::read(dir.join(CLIENT_CERT)).unwrap();
+        let der = CertificateDer::from_pem_slice(&pem).unwrap();
+        assert_eq!(certs::claims_of(&der).unwrap().role, Role::Admin);
+        let (_, end) = certs::name_and_end(&der).unwrap();
+        let days = (end - OffsetDateTime::now_utc()).whole_days();
+        assert!(days <= i64::from(certs::DEFAULT_DAYS), "{days}");
+        assert_eq!(
+            fs::read(dir.join(CA_CERT)).unwrap(),
+            ca_before,
+            "the CA stays"
+        );
+        // The renewed one is kept from then on; a client certificate with
+        // another name is the deployment's and never replaced.
+        assert!(!generate_dev_pki(&dir, &[]).unwrap().renewed);
+        let mut theirs = CertificateParams::default();
+        theirs.distinguished_name.push(DnType::CommonName, "ops");
+        let theirs = theirs.signed_by(&key, &issuer).unwrap();
+        fs::write(dir.join(CLIENT_CERT), theirs.pem()).unwrap();
+        assert!(!generate_dev_pki(&dir, &[]).unwrap().renewed);
+        assert_eq!(
+            fs::read_to_string(dir.join(CLIENT_CERT)).unwrap(),
+            theirs.pem()
+        );
     }
 
     /// A tonic server with only the health service, mTLS from `dir`, on an

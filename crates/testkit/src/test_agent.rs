@@ -127,6 +127,19 @@ impl TestAgent {
             .expect("run nodectl")
     }
 
+    /// Runs `nodectl` against this mTLS agent ([`Self::start_mtls`]) with
+    /// the client certificate directory `certs`.
+    pub fn nodectl_as(&self, certs: &Path, args: &[&str]) -> std::process::Output {
+        Command::new(bin("nodectl"))
+            .arg("--addr")
+            .arg(format!("https://127.0.0.1:{}", self.port))
+            .arg("--certs")
+            .arg(certs)
+            .args(args)
+            .output()
+            .expect("run nodectl")
+    }
+
     pub fn hierarchy(&self) -> Hierarchy {
         Hierarchy::detect_with(&HierarchyConfig {
             root_name: self.cgroup_root.clone(),
@@ -199,4 +212,14 @@ fn tiny_kernel(dir: &Path, name: &str, code: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, image).unwrap();
     path
+}
+
+/// A finished command's status and output, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

@@ -7,6 +7,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use super::auth::Caller;
 use crate::agent::Agent;
 use stratum_api::proto;
 use stratum_api::proto::image_service_server::ImageService;
@@ -23,6 +24,7 @@ impl ImageService for ImageApi {
         &self,
         request: Request<proto::PullImageRequest>,
     ) -> Result<Response<PullStream>, Status> {
+        Caller::of(&request)?.check_not_viewer("pull images")?;
         let r = request.into_inner();
         let updates = self.0.images().pull_image(r.reference, r.auth);
         let stream = ReceiverStream::new(updates).map(|u| u.map_err(Status::from));
@@ -33,6 +35,8 @@ impl ImageService for ImageApi {
         &self,
         request: Request<proto::ImportImageRequest>,
     ) -> Result<Response<proto::ImportImageResponse>, Status> {
+        // An import reads a host path.
+        Caller::of(&request)?.check_admin("import images")?;
         let r = request.into_inner();
         let images = self.0.images().import_image(&r.path, r.reference).await?;
         Ok(Response::new(proto::ImportImageResponse { images }))
@@ -60,6 +64,8 @@ impl ImageService for ImageApi {
         &self,
         request: Request<proto::RemoveImageRequest>,
     ) -> Result<Response<proto::RemoveImageResponse>, Status> {
+        // The image cache is shared by every namespace's pods.
+        Caller::of(&request)?.check_admin("remove images")?;
         let image = self
             .0
             .images()

@@ -3,6 +3,10 @@
 //! cgroup files and spawn processes) and turn its errors into statuses.
 //! A read answers through [`durable`]: only once what it saw is durable.
 //!
+//! - [`auth`]: who is calling (client certificate, revocation list) and
+//!   the policy of what each role may do
+//! - [`access`]: the namespace of each object a call names, and the
+//!   checks the services make with it
 //! - [`host`]: the `stratum.v1.Host` service
 //! - [`images`]: the `stratum.v1.ImageService` service
 //! - [`pods`]: the `stratum.v1.PodService` service
@@ -11,6 +15,8 @@
 //! - [`server`]: the listener: mTLS (or loopback plaintext), health,
 //!   reflection.
 
+pub mod access;
+pub mod auth;
 pub mod host;
 pub mod images;
 pub mod pods;

@@ -9,6 +9,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use super::access;
+use super::auth::Caller;
 use crate::agent::errors::AgentError;
 use crate::agent::{Agent, PodManager};
 use stratum_api::proto;
@@ -24,10 +26,12 @@ impl PodService for PodApi {
         &self,
         request: Request<proto::RunPodRequest>,
     ) -> Result<Response<proto::Pod>, Status> {
+        let caller = Caller::of(&request)?;
         let spec = request
             .into_inner()
             .spec
             .ok_or_else(|| AgentError::InvalidArgument("spec is required".into()))?;
+        access::create_in_pool(&self.0, &caller, &spec.pool_id, "pods")?;
         detached(
             &self.0,
             move |a| async move { a.pods().run_pod(spec).await },
@@ -39,6 +43,7 @@ impl PodService for PodApi {
         &self,
         request: Request<proto::StopPodRequest>,
     ) -> Result<Response<proto::Pod>, Status> {
+        access::change_pod(&self.0, &Caller::of(&request)?, &request.get_ref().id)?;
         let r = request.into_inner();
         let grace = PodManager::default_grace(r.grace_period_seconds);
         detached(&self.0, move |a| async move {
@@ -51,6 +56,7 @@ impl PodService for PodApi {
         &self,
         request: Request<proto::RemovePodRequest>,
     ) -> Result<Response<proto::RemovePodResponse>, Status> {
+        access::change_pod(&self.0, &Caller::of(&request)?, &request.get_ref().id)?;
         let id = request.into_inner().id;
         super::blocking(&self.0, move |a| a.pods().remove_pod(&id)).await?;
         super::durable(&self.0, Response::new(proto::RemovePodResponse {})).await
@@ -60,6 +66,7 @@ impl PodService for PodApi {
         &self,
         request: Request<proto::GetPodRequest>,
     ) -> Result<Response<proto::Pod>, Status> {
+        access::read_pod(&self.0, &Caller::of(&request)?, &request.get_ref().id)?;
         let pod = self.0.pods().get_pod(&request.into_inner().id)?;
         super::durable(&self.0, Response::new(pod)).await
     }
@@ -68,7 +75,9 @@ impl PodService for PodApi {
         &self,
         request: Request<proto::ListPodsRequest>,
     ) -> Result<Response<proto::ListPodsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let pods = self.0.pods().list_pods(&request.into_inner());
+        let pods = access::visible_pods(&caller, pods);
         super::durable(&self.0, Response::new(proto::ListPodsResponse { pods })).await
     }
 
@@ -76,6 +85,7 @@ impl PodService for PodApi {
         &self,
         request: Request<proto::CreateContainerRequest>,
     ) -> Result<Response<proto::Pod>, Status> {
+        access::change_pod(&self.0, &Caller::of(&request)?, &request.get_ref().pod_id)?;
         let r = request.into_inner();
         let container = r
             .container
@@ -90,6 +100,7 @@ impl PodService for PodApi {
         &self,
         request: Request<proto::StartContainerRequest>,
     ) -> Result<Response<proto::Pod>, Status> {
+        access::change_pod(&self.0, &Caller::of(&request)?, &request.get_ref().pod_id)?;
         let r = request.into_inner();
         detached(&self.0, move |a| async move {
             a.pods().start_container(&r.pod_id, &r.container_name).await
@@ -101,6 +112,7 @@ impl PodService for PodApi {
         &self,
         request: Request<proto::StopContainerRequest>,
     ) -> Result<Response<proto::Pod>, Status> {
+        access::change_pod(&self.0, &Caller::of(&request)?, &request.get_ref().pod_id)?;
         let r = request.into_inner();
         let grace = PodManager::default_grace(r.grace_period_seconds);
         detached(&self.0, move |a| async move {
@@ -115,6 +127,7 @@ impl PodService for PodApi {
         &self,
         request: Request<proto::RemoveContainerRequest>,
     ) -> Result<Response<proto::Pod>, Status> {
+        access::change_pod(&self.0, &Caller::of(&request)?, &request.get_ref().pod_id)?;
         let r = request.into_inner();
         detached(&self.0, move |a| async move {
             a.pods()
@@ -128,6 +141,8 @@ impl PodService for PodApi {
         &self,
         request: Request<proto::ExecSyncRequest>,
     ) -> Result<Response<proto::ExecSyncResponse>, Status> {
+        // Running a command in a container changes what is in it.
+        access::change_pod(&self.0, &Caller::of(&request)?, &request.get_ref().pod_id)?;
         let r = request.into_inner();
         Ok(Response::new(
             self.0
@@ -143,6 +158,7 @@ impl PodService for PodApi {
         &self,
         request: Request<proto::LogsRequest>,
     ) -> Result<Response<LogRecordStream>, Status> {
+        access::read_pod(&self.0, &Caller::of(&request)?, &request.get_ref().pod_id)?;
         let r = request.into_inner();
         let records = self
             .0
@@ -157,6 +173,7 @@ impl PodService for PodApi {
         &self,
         request: Request<proto::PodStatsRequest>,
     ) -> Result<Response<proto::PodStats>, Status> {
+        access::read_pod(&self.0, &Caller::of(&request)?, &request.get_ref().pod_id)?;
         Ok(Response::new(
             self.0
                 .pods()

@@ -18,6 +18,8 @@ use tonic::codegen::{http, BoxFuture, Bytes, Context, Poll, Service, StdError};
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
+use super::access;
+use super::auth::Caller;
 use crate::agent::errors::AgentError;
 use crate::agent::Agent;
 use stratum_api::proto;
@@ -33,10 +35,12 @@ impl ResourcePools for PoolService {
         &self,
         request: Request<proto::CreateResourcePoolRequest>,
     ) -> Result<Response<proto::ResourcePool>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let spec = r
             .spec
             .ok_or_else(|| AgentError::InvalidArgument("spec is required".into()))?;
+        access::create_in_pool(&self.0, &caller, &r.parent_id, "pools")?;
         super::blocking(&self.0, move |a| a.pools().create(&r.parent_id, &spec))
             .await
             .map(Response::new)
@@ -47,7 +51,9 @@ impl ResourcePools for PoolService {
         request: Request<proto::GetResourcePoolRequest>,
     ) -> Result<Response<proto::ResourcePool>, Status> {
         // Reads take the state's read lock only: no need for the blocking pool.
+        let caller = Caller::of(&request)?;
         let id = request.into_inner().id;
+        access::read_pool(&self.0, &caller, &id)?;
         let pool = self.0.pools().get(&id)?;
         super::durable(&self.0, Response::new(pool)).await
     }
@@ -56,7 +62,8 @@ impl ResourcePools for PoolService {
         &self,
         request: Request<proto::ListResourcePoolsRequest>,
     ) -> Result<Response<proto::ListResourcePoolsResponse>, Status> {
-        let list = list(&self.0, request.into_inner()).await?;
+        let caller = Caller::of(&request)?;
+        let list = list(&self.0, &caller, request.into_inner()).await?;
         super::durable(&self.0, Response::new(list)).await
     }
 
@@ -64,10 +71,12 @@ impl ResourcePools for PoolService {
         &self,
         request: Request<proto::UpdateResourcePoolRequest>,
     ) -> Result<Response<proto::ResourcePool>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let spec = r
             .spec
             .ok_or_else(|| AgentError::InvalidArgument("spec is required".into()))?;
+        access::change_pool(&self.0, &caller, &r.id)?;
         super::blocking(&self.0, move |a| a.update_pool(&r.id, &spec))
             .await
             .map(Response::new)
@@ -77,26 +86,35 @@ impl ResourcePools for PoolService {
         &self,
         request: Request<proto::DeleteResourcePoolRequest>,
     ) -> Result<Response<proto::DeleteResourcePoolResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let id = request.into_inner().id;
+        access::change_pool(&self.0, &caller, &id)?;
         super::blocking(&self.0, move |a| a.pools().delete(&id))
             .await
             .map(|()| Response::new(proto::DeleteResourcePoolResponse {}))
     }
 }
 
-/// A subtree, or the inventory with workloads and usage.
+/// A subtree, or the inventory with workloads and usage: what of it the
+/// caller may read.
 async fn list(
     agent: &Arc<Agent>,
+    caller: &Caller,
     r: proto::ListResourcePoolsRequest,
 ) -> Result<proto::ListResourcePoolsResponse, Status> {
-    if r.include_workloads {
-        // Reads cgroup files: off the async threads.
-        return super::blocking(agent, move |a| a.inventory(&r.root_id)).await;
+    if !r.root_id.is_empty() {
+        access::read_pool(agent, caller, &r.root_id)?;
     }
-    Ok(proto::ListResourcePoolsResponse {
-        pools: agent.pools().list(&r.root_id)?,
-        ..Default::default()
-    })
+    let list = if r.include_workloads {
+        // Reads cgroup files: off the async threads.
+        super::blocking(agent, move |a| a.inventory(&r.root_id)).await?
+    } else {
+        proto::ListResourcePoolsResponse {
+            pools: agent.pools().list(&r.root_id)?,
+            ..Default::default()
+        }
+    };
+    Ok(access::visible_pools(agent, caller, list))
 }
 
 /// The `ResourcePools` service as served: the generated server, but the
@@ -136,7 +154,13 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() != LIST_PATH {
+        // The cached bytes are everyone's tree: only for a caller who may
+        // read all of it.
+        let sees_everything = req
+            .extensions()
+            .get::<Caller>()
+            .is_some_and(Caller::sees_everything);
+        if req.uri().path() != LIST_PATH || !sees_everything {
             return self.generated.call(req);
         }
         let list = CachedList {
@@ -198,11 +222,12 @@ impl UnaryService<proto::ListResourcePoolsRequest> for CachedList {
     fn call(&mut self, request: Request<proto::ListResourcePoolsRequest>) -> Self::Future {
         let (agent, cache) = (Arc::clone(&self.agent), Arc::clone(&self.cache));
         Box::pin(async move {
+            let caller = Caller::of(&request)?;
             let r = request.into_inner();
             let bytes = if r.root_id.is_empty() && !r.include_workloads {
                 cache.whole_tree(&agent)?
             } else {
-                Bytes::from(list(&agent, r).await?.encode_to_vec())
+                Bytes::from(list(&agent, &caller, r).await?.encode_to_vec())
             };
             super::durable(&agent, Response::new(bytes)).await
         })

@@ -5,9 +5,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tonic::service::InterceptorLayer;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
+use super::auth::Authenticator;
 use super::host::HostService;
 use super::images::ImageApi;
 use super::pods::PodApi;
@@ -51,14 +53,18 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let mut builder = Server::builder();
-    if insecure {
+    let auth = if insecure {
         tls::check_plaintext_allowed(addr, insecure)?;
+        Authenticator::plaintext()
     } else {
         let config = tls::server_tls_config(&agent.config().cert_dir)?;
         builder = builder
             .tls_config(config)
             .map_err(|source| ServeError::Transport { addr, source })?;
-    }
+        Authenticator::mtls(&agent.config().cert_dir)
+    };
+    // Every request, health and reflection included, is admitted first.
+    let mut builder = builder.layer(InterceptorLayer::new(move |request| auth.admit(request)));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<HostServer<HostService>>().await;
     health

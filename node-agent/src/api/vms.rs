@@ -9,6 +9,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use super::access;
+use super::auth::Caller;
 use crate::agent::errors::AgentError;
 use crate::agent::vms::DEFAULT_SHUTDOWN_TIMEOUT;
 use crate::agent::Agent;
@@ -16,6 +18,39 @@ use stratum_api::proto;
 use stratum_api::proto::virtual_machines_server::VirtualMachines;
 
 pub struct VmService(pub Arc<Agent>);
+
+/// The calls that change one VM name it by id.
+trait NamesVm {
+    fn vm_id(&self) -> &str;
+}
+
+macro_rules! names_vm {
+    ($($request:ty),*) => {
+        $(impl NamesVm for $request {
+            fn vm_id(&self) -> &str {
+                &self.id
+            }
+        })*
+    };
+}
+
+names_vm!(
+    proto::StartVmRequest,
+    proto::KillVmRequest,
+    proto::PauseVmRequest,
+    proto::ResumeVmRequest,
+    proto::DeleteVmRequest
+);
+
+impl VmService {
+    /// The id of the VM `request` changes, once its caller may.
+    fn changed_vm<R: NamesVm>(&self, request: Request<R>) -> Result<String, Status> {
+        let caller = Caller::of(&request)?;
+        let id = request.into_inner().vm_id().to_string();
+        access::change_vm(&self.0, &caller, &id)?;
+        Ok(id)
+    }
+}
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::VmEvent, Status>> + Send>>;
 type ConsoleStream = Pin<Box<dyn Stream<Item = Result<proto::ConsoleOutput, Status>> + Send>>;
@@ -26,10 +61,12 @@ impl VirtualMachines for VmService {
         &self,
         request: Request<proto::CreateVmRequest>,
     ) -> Result<Response<proto::VirtualMachine>, Status> {
+        let caller = Caller::of(&request)?;
         let spec = request
             .into_inner()
             .spec
             .ok_or_else(|| AgentError::InvalidArgument("spec is required".into()))?;
+        access::create_in_pool(&self.0, &caller, &spec.pool_id, "VMs")?;
         super::blocking(&self.0, move |a| a.vms().create(&spec))
             .await
             .map(Response::new)
@@ -39,7 +76,7 @@ impl VirtualMachines for VmService {
         &self,
         request: Request<proto::StartVmRequest>,
     ) -> Result<Response<proto::VirtualMachine>, Status> {
-        let id = request.into_inner().id;
+        let id = self.changed_vm(request)?;
         let agent = self.0.clone();
         super::blocking(&self.0, move |_| agent.vms().start(&id))
             .await
@@ -50,6 +87,7 @@ impl VirtualMachines for VmService {
         &self,
         request: Request<proto::ShutdownVmRequest>,
     ) -> Result<Response<proto::VirtualMachine>, Status> {
+        access::change_vm(&self.0, &Caller::of(&request)?, &request.get_ref().id)?;
         let r = request.into_inner();
         let timeout = match r.timeout_seconds {
             0 => DEFAULT_SHUTDOWN_TIMEOUT,
@@ -69,7 +107,7 @@ impl VirtualMachines for VmService {
         &self,
         request: Request<proto::KillVmRequest>,
     ) -> Result<Response<proto::VirtualMachine>, Status> {
-        let id = request.into_inner().id;
+        let id = self.changed_vm(request)?;
         super::blocking(&self.0, move |a| a.vms().kill(&id))
             .await
             .map(Response::new)
@@ -79,7 +117,7 @@ impl VirtualMachines for VmService {
         &self,
         request: Request<proto::PauseVmRequest>,
     ) -> Result<Response<proto::VirtualMachine>, Status> {
-        let id = request.into_inner().id;
+        let id = self.changed_vm(request)?;
         super::blocking(&self.0, move |a| a.vms().pause(&id, true))
             .await
             .map(Response::new)
@@ -89,7 +127,7 @@ impl VirtualMachines for VmService {
         &self,
         request: Request<proto::ResumeVmRequest>,
     ) -> Result<Response<proto::VirtualMachine>, Status> {
-        let id = request.into_inner().id;
+        let id = self.changed_vm(request)?;
         super::blocking(&self.0, move |a| a.vms().pause(&id, false))
             .await
             .map(Response::new)
@@ -99,7 +137,7 @@ impl VirtualMachines for VmService {
         &self,
         request: Request<proto::DeleteVmRequest>,
     ) -> Result<Response<proto::DeleteVmResponse>, Status> {
-        let id = request.into_inner().id;
+        let id = self.changed_vm(request)?;
         super::blocking(&self.0, move |a| a.vms().delete(&id))
             .await
             .map(|()| Response::new(proto::DeleteVmResponse {}))
@@ -110,7 +148,9 @@ impl VirtualMachines for VmService {
         request: Request<proto::GetVmRequest>,
     ) -> Result<Response<proto::VirtualMachine>, Status> {
         // Reads take the state's read lock only: no need for the blocking pool.
+        let caller = Caller::of(&request)?;
         let id = request.into_inner().id;
+        access::read_vm(&self.0, &caller, &id)?;
         let vm = self.0.vms().get(&id)?;
         super::durable(&self.0, Response::new(vm)).await
     }
@@ -119,7 +159,9 @@ impl VirtualMachines for VmService {
         &self,
         request: Request<proto::ListVmsRequest>,
     ) -> Result<Response<proto::ListVmsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let vms = self.0.vms().list(&request.into_inner());
+        let vms = access::visible_vms(&self.0, &caller, vms);
         super::durable(&self.0, Response::new(proto::ListVmsResponse { vms })).await
     }
 
@@ -129,7 +171,11 @@ impl VirtualMachines for VmService {
         &self,
         request: Request<proto::WatchVmsRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        let caller = Caller::of(&request)?;
         let filter = request.into_inner();
+        if !filter.vm_id.is_empty() {
+            access::read_vm(&self.0, &caller, &filter.vm_id)?;
+        }
         let mut events = self.0.vms().subscribe();
         let agent = self.0.clone();
         let (tx, rx) = mpsc::channel(64);
@@ -153,7 +199,8 @@ impl VirtualMachines for VmService {
                 }
                 let wanted = (filter.vm_id.is_empty() || event.vm_id == filter.vm_id)
                     && (filter.pool_id.is_empty()
-                        || agent.vms().pool_of(&event.vm_id).as_deref() == Some(&filter.pool_id));
+                        || agent.vms().pool_of(&event.vm_id).as_deref() == Some(&filter.pool_id))
+                    && access::may_read_vm(&agent, &caller, &event.vm_id);
                 if wanted && tx.send(Ok(event)).await.is_err() {
                     return;
                 }
@@ -168,7 +215,9 @@ impl VirtualMachines for VmService {
         &self,
         request: Request<proto::ConsoleRequest>,
     ) -> Result<Response<ConsoleStream>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
+        access::read_vm(&self.0, &caller, &r.id)?;
         let follower =
             super::blocking(&self.0, move |a| a.vms().console(&r.id, r.include_history)).await?;
         let stream = follower.into_stream().map(|chunk| {
