@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use node_agent::agent::artifacts::{ArtifactDirs, DEFAULT_ARTIFACT_SUBDIR};
 use node_agent::agent::config::{AgentConfig, DEFAULT_SYSTEM_RESERVE};
+use node_agent::agent::disk::{MinFree, DEFAULT_MIN_FREE};
 use node_agent::agent::pods::{PodHostConfig, DEFAULT_POD_PIDS_LIMIT};
 use node_agent::agent::Agent;
 use node_agent::api;
@@ -91,6 +93,12 @@ struct Cli {
     /// Tasks (processes and threads) one pod may have at once.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_POD_PIDS_LIMIT, value_parser = clap::value_parser!(u64).range(1..))]
     pod_pids_limit: u64,
+    /// Free space the data directory's file system keeps: below it, VM
+    /// creates, pod runs, container creates and image pulls and imports
+    /// are refused (RESOURCE_EXHAUSTED). A percentage of its size (5%) or
+    /// a size (2GiB, 512MiB).
+    #[arg(long, value_name = "PERCENT|SIZE", default_value_t = DEFAULT_MIN_FREE)]
+    min_free_disk: MinFree,
 }
 
 /// `FIRST-LAST` of --host-port-range.
@@ -129,7 +137,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("node-agent: error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<StoreFailed>().is_some() {
+                ExitCode::from(EX_TEMPFAIL)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -151,12 +163,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         stratum_runtime::become_subreaper()?;
         stratum_runtime::spawn_orphan_reaper()?;
         agent.resume().await;
-        api::server::serve(agent, cli.listen, cli.insecure_plaintext, shutdown_signal()).await?;
-        Ok::<_, anyhow::Error>(())
+        let store = Arc::clone(&agent);
+        tokio::select! {
+            served = api::server::serve(agent, cli.listen, cli.insecure_plaintext, shutdown_signal()) => {
+                served?;
+                Ok(())
+            }
+            failure = async {
+                let failure = store.store_failed().await;
+                // The calls the failure refused get their answers first.
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                failure
+            } => Err(anyhow::Error::new(StoreFailed(failure))),
+        }
     })?;
     tracing::info!("node-agent stopped; VMs keep running and are re-adopted at the next start");
     Ok(())
 }
+
+/// The state store failed a commit: the agent exits with [`EX_TEMPFAIL`]
+/// for its service manager to restart it from its durable state.
+#[derive(Debug, thiserror::Error)]
+#[error("the state store failed a commit ({0}); exiting so that a restart reloads the durable state (VMs and pods keep running and are re-adopted)")]
+struct StoreFailed(String);
+
+/// sysexits' "temporary failure, retry": what the agent exits with after
+/// a failed commit.
+const EX_TEMPFAIL: u8 = 75;
 
 fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
     let vmm_binary = match &cli.vmm {
@@ -178,6 +211,7 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
         system_reserve: Resources::new(cli.reserve_cpu, cli.reserve_memory_mib.saturating_mul(MIB)),
         cgroup_root: cli.cgroup_root.clone(),
         insecure_registries: cli.insecure_registries.clone(),
+        min_free_disk: cli.min_free_disk,
         pods: PodHostConfig {
             oci_runtime: cli.oci_runtime.clone(),
             bridge: cli.pod_bridge.clone(),

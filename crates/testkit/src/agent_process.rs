@@ -156,6 +156,23 @@ impl AgentProcess {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit by itself; its
+    /// status, or None if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => {
+                    self.child = None;
+                    return Some(status);
+                }
+                Some(Ok(None)) => std::thread::sleep(Duration::from_millis(50)),
+                _ => return None,
+            }
+        }
+        None
+    }
+
     pub async fn channel(&self) -> Result<Channel, String> {
         Channel::from_shared(self.addr())
             .map_err(|e| e.to_string())?

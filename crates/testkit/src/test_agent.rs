@@ -25,6 +25,8 @@ pub struct TestAgent {
     pub port: u16,
     /// Its cgroup subtree's name.
     pub cgroup_root: String,
+    /// The data dir is a tmpfs of this test's ([`Self::start_on_tmpfs`]).
+    tmpfs: bool,
     process: AgentProcess,
 }
 
@@ -44,19 +46,28 @@ impl TestAgent {
     }
 
     pub fn start_with(name: &str, extra: &[&str]) -> TestAgent {
-        Self::start_full(name, extra, false)
+        Self::start_full(name, extra, false, None)
     }
 
     /// Starts an agent serving mTLS on a free loopback port.
     pub fn start_mtls(name: &str) -> TestAgent {
-        Self::start_full(name, &[], true)
+        Self::start_full(name, &[], true, None)
     }
 
-    fn start_full(name: &str, extra: &[&str], tls: bool) -> TestAgent {
+    /// Starts a plaintext agent whose data dir is a tmpfs of `mib` MiB: a
+    /// small disk a test can fill (needs root, as the agent does).
+    pub fn start_on_tmpfs(name: &str, mib: u32, extra: &[&str]) -> TestAgent {
+        Self::start_full(name, extra, false, Some(mib))
+    }
+
+    fn start_full(name: &str, extra: &[&str], tls: bool, tmpfs_mib: Option<u32>) -> TestAgent {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{name}-{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(format!("stratum-agent-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
+        if let Some(mib) = tmpfs_mib {
+            mount_tmpfs(&dir.join("data"), mib);
+        }
         let cgroup_root = format!("st-{}", tag.replace('_', "-"));
         let mut args = vec!["--vmm".to_string(), vmm_binary().display().to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -72,6 +83,7 @@ impl TestAgent {
             dir,
             port: process.port(),
             cgroup_root,
+            tmpfs: tmpfs_mib.is_some(),
             process,
         }
     }
@@ -87,6 +99,11 @@ impl TestAgent {
 
     pub fn log(&self) -> String {
         self.process.log()
+    }
+
+    /// Waits up to `timeout` for the agent to exit by itself.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        self.process.wait_exit(timeout)
     }
 
     /// kill -9, as a crash.
@@ -160,8 +177,31 @@ impl Drop for TestAgent {
         // runs, then the cgroup subtree with whatever still runs in it.
         self.process.kill9();
         self.process.stop();
+        if self.tmpfs {
+            let _ = Command::new("umount")
+                .arg("--lazy")
+                .arg(self.dir.join("data"))
+                .status();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Mounts a tmpfs of `mib` MiB at `dir` (made first).
+fn mount_tmpfs(dir: &Path, mib: u32) {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let status = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={mib}m,mode=0755"),
+            "tmpfs",
+        ])
+        .arg(dir)
+        .status()
+        .expect("run mount");
+    assert!(status.success(), "mount a tmpfs at {}", dir.display());
 }
 
 /// An x86-64 ELF "kernel" that halts forever with interrupts off (cli;

@@ -29,6 +29,9 @@ pub struct AgentConfig {
     /// Image registries (`host[:port]`, as in references) reached over
     /// plain HTTP instead of HTTPS.
     pub insecure_registries: Vec<String>,
+    /// Free space the data directory keeps: below it, what would fill the
+    /// disk is refused.
+    pub min_free_disk: super::disk::MinFree,
     /// OCI runtime and pod network.
     pub pods: super::pods::PodHostConfig,
 }
@@ -42,6 +45,20 @@ impl AgentConfig {
     /// The run directory of VM `id` (API socket, console log, disks).
     pub fn vm_dir(&self, id: &str) -> PathBuf {
         self.data_dir.join("vms").join(id)
+    }
+
+    /// RESOURCE_EXHAUSTED when the data directory's disk has less free
+    /// than it must keep: `what` would fill it.
+    pub fn check_free_disk(&self, what: &str) -> super::errors::Result<()> {
+        self.disk_floor().check(what)
+    }
+
+    /// The data directory and the free space it keeps.
+    pub fn disk_floor(&self) -> super::disk::DiskFloor {
+        super::disk::DiskFloor {
+            dir: self.data_dir.clone(),
+            min: self.min_free_disk,
+        }
     }
 
     /// The directory of pod `id` (sandbox, container bundles, logs).

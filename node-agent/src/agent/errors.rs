@@ -43,6 +43,8 @@ pub enum AgentError {
     Unavailable(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
 }
 
 impl AgentError {
@@ -60,6 +62,8 @@ impl AgentError {
             AgentError::AlreadyExists(_) => Code::AlreadyExists,
             AgentError::FailedPrecondition(_) => Code::FailedPrecondition,
             AgentError::PermissionDenied(_) => Code::PermissionDenied,
+            // The agent restarts after it: the call may be retried then.
+            AgentError::Store(StoreError::Stopped(_)) => Code::Unavailable,
             AgentError::Store(_) | AgentError::Cgroup(_) | AgentError::Internal(_) => {
                 Code::Internal
             }
@@ -79,6 +83,7 @@ impl AgentError {
             AgentError::Runtime(_) => Code::Internal,
             AgentError::Unimplemented(_) => Code::Unimplemented,
             AgentError::Unavailable(_) => Code::Unavailable,
+            AgentError::ResourceExhausted(_) => Code::ResourceExhausted,
         }
     }
 }

@@ -15,6 +15,7 @@ use stratum_image::{
 use tokio::sync::mpsc;
 
 use super::artifacts::{ArtifactDirs, Kind};
+use super::disk::DiskFloor;
 use super::errors::{AgentError, Result};
 
 /// Progress events buffered for a slow client.
@@ -31,6 +32,8 @@ pub struct ImageManager {
     insecure_registries: Vec<String>,
     /// Where imports may come from.
     artifacts: ArtifactDirs,
+    /// The free space pulls and imports leave.
+    disk: DiskFloor,
 }
 
 impl ImageManager {
@@ -38,11 +41,13 @@ impl ImageManager {
         store: ImageStore,
         insecure_registries: Vec<String>,
         artifacts: ArtifactDirs,
+        disk: DiskFloor,
     ) -> Self {
         ImageManager {
             store,
             insecure_registries,
             artifacts,
+            disk,
         }
     }
 
@@ -62,6 +67,12 @@ impl ImageManager {
 
     /// PullImage: see images.proto.
     pub fn pull_image(&self, reference: String, auth: Option<Auth>) -> PullUpdates {
+        if let Err(e) = self.disk.check("image pull") {
+            let (tx, rx) = mpsc::channel(1);
+            // A fresh channel with room for one: the send cannot fail.
+            let _ = tx.try_send(Err(e));
+            return rx;
+        }
         let creds = credentials(auth);
         let store = self.store().clone();
         let options = self.pull_options();
@@ -116,6 +127,7 @@ impl ImageManager {
 
     /// ImportImage: see images.proto.
     pub async fn import_image(&self, path: &str, reference: String) -> Result<Vec<proto::Image>> {
+        self.disk.check("image import")?;
         let artifacts = self.artifacts.clone();
         let what_path = path.to_string();
         let file = tokio::task::spawn_blocking(move || {

@@ -32,6 +32,7 @@
 pub mod artifacts;
 mod cgroups;
 pub mod config;
+pub mod disk;
 pub mod errors;
 pub mod host;
 pub mod images;
@@ -95,6 +96,7 @@ impl Agent {
             image_store.clone(),
             config.insecure_registries.clone(),
             config.artifacts.clone(),
+            config.disk_floor(),
         );
         let vmm_version = vmm_version(&config.vmm_binary);
         let shared = Arc::new(Shared::new(config, journal, cgroups, snapshot.next_id));
@@ -180,6 +182,12 @@ impl Agent {
     /// another call's change that is staged but not yet committed.
     pub async fn durable_view(&self) -> Result<()> {
         self.shared.durable_view().await
+    }
+
+    /// Waits until the store fails a commit, and says why: the agent must
+    /// restart then (see `state::journal`).
+    pub async fn store_failed(&self) -> String {
+        self.shared.store_failed().await
     }
 }
 

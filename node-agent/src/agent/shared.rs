@@ -69,6 +69,11 @@ impl Shared {
         Ok(self.journal.settled(ticket).await?)
     }
 
+    /// Waits until a commit fails; see [`Journal::failed`].
+    pub async fn store_failed(&self) -> String {
+        self.journal.failed().await
+    }
+
     /// Waits until everything staged so far is durable.
     pub async fn durable_view(&self) -> Result<()> {
         self.settled(self.journal.last_staged()).await

@@ -162,6 +162,7 @@ impl VmManager {
     /// stages its record under the write lock, and answers once the record
     /// is durable.
     pub fn create(&self, spec: &proto::VmSpec) -> Result<proto::VirtualMachine> {
+        self.shared.config.check_free_disk("VM create")?;
         let host_memory = self.pools.host_memory();
         // Opens the files the spec names: no lock held.
         let sizing = check_spec(spec, host_memory)?;

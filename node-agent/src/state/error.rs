@@ -51,7 +51,7 @@ pub enum StoreError {
     /// An earlier commit failed: the store takes no more changes until the
     /// agent restarts and reloads what is durable.
     #[error(
-        "the state store stopped after a failed commit ({0}); restart the agent to reload its \
+        "the state store stopped after a failed commit ({0}); the agent restarts to reload its \
          durable state"
     )]
     Stopped(String),

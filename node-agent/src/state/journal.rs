@@ -22,9 +22,11 @@
 //! A failed commit is sticky. Memory has already run ahead of the store
 //! (the failed changes, and any staged on top of them), so the journal
 //! refuses everything after it: every waiter and every later stage gets
-//! [`StoreError::Stopped`] naming the first failure, and the operator
-//! restarts the agent, which reloads the last durable state. Nothing
-//! acknowledged is lost and nothing unacknowledged is shown.
+//! [`StoreError::Stopped`] naming the first failure, and the agent exits
+//! ([`Journal::failed`]) for its service manager to restart it, as etcd
+//! and PostgreSQL do after a failed write: the restart reloads the last
+//! durable state (a full disk makes it wait until space returns).
+//! Nothing acknowledged is lost and nothing unacknowledged is shown.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -177,6 +179,21 @@ impl Journal {
         }
     }
 
+    /// Waits until a commit fails, and says why. The agent exits then:
+    /// memory has run ahead of the store, and only a restart (which
+    /// reloads what is durable) makes them agree again.
+    pub async fn failed(&self) -> String {
+        loop {
+            let notified = self.shared.done_async.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(failed) = &self.shared.lock().failed {
+                return failed.clone();
+            }
+            notified.await;
+        }
+    }
+
     /// Stage and settle in one call: for callers that hold no lock others
     /// need (the id sequence, start-up).
     pub fn commit(&self, changes: impl IntoIterator<Item = Change>) -> Result<(), StoreError> {
@@ -241,7 +258,7 @@ impl Shared {
                     Err(e) => {
                         tracing::error!(
                             "the state store failed to commit; the agent refuses changes \
-                             until it is restarted: {e}"
+                             and restarts: {e}"
                         );
                         queue.failed = Some(e.to_string());
                         queue.staged.clear();

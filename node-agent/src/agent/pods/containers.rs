@@ -420,6 +420,7 @@ impl PodManager {
         container: proto::ContainerSpec,
     ) -> Result<proto::Pod> {
         spec::check_container(&container)?;
+        self.shared.config.check_free_disk("container create")?;
         let host = self.pod_host().await?;
         let live = self.running_pod(pod_id)?;
         let mut runs = live.runs.lock().await;

@@ -204,6 +204,7 @@ impl PodManager {
     /// RunPod: see the module docs and pods.proto.
     pub async fn run_pod(self: &Arc<Self>, spec: proto::PodSpec) -> Result<proto::Pod> {
         let sizing = spec::check_pod(&spec)?;
+        self.shared.config.check_free_disk("pod run")?;
         let host = self.pod_host().await?;
         let leases = self.lease_images(&spec.containers)?;
         let pool = pool_id_or_root(&spec.pool_id);
