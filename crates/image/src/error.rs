@@ -125,6 +125,28 @@ pub enum ImageError {
         message: String,
     },
     /// The image is leased by pods and cannot be removed.
+    /// A layer's descriptor declares more bytes than the store takes from
+    /// one layer: refused before anything is downloaded.
+    #[error("layer {layer} declares {size} bytes, more than the {max_bytes} the store takes from one layer")]
+    DeclaredTooLarge {
+        /// The layer's blob digest.
+        layer: String,
+        /// What its descriptor says.
+        size: u64,
+        /// The store's cap.
+        max_bytes: u64,
+    },
+    /// The layers a pull still needs would leave less free space than it
+    /// must keep: refused before anything is downloaded.
+    #[error("the pull needs about {needed} bytes (its missing layers, downloaded and unpacked) and {keep_free} must stay free, but the image store's disk has {available}")]
+    NoSpace {
+        /// Twice the declared size of the layers not yet stored.
+        needed: u64,
+        /// Free bytes the pull must leave.
+        keep_free: u64,
+        /// Free bytes now.
+        available: u64,
+    },
     #[error("image {image} is in use ({leases} lease(s) held)")]
     InUse {
         /// The image's first reference, or its id.

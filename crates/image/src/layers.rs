@@ -45,6 +45,11 @@ impl LayerStore {
         })
     }
 
+    /// What one layer may unpack to.
+    pub(crate) fn limits(&self) -> UnpackLimits {
+        self.limits
+    }
+
     /// The directory of the layer with this diff-id.
     pub(crate) fn path(&self, diff_id: &Digest) -> PathBuf {
         self.dir.join(diff_id.hex())

@@ -68,6 +68,7 @@ impl ImageStore {
             layers: image.layers.len(),
             total_bytes: image.layers.iter().map(|l| l.size).sum(),
         });
+        self.check_room(&image.layers, options)?;
         for layer in &image.layers {
             self.fetch_layer(&session, &mut txn, layer, progress)
                 .await?;
@@ -86,6 +87,41 @@ impl ImageStore {
             layers,
             names,
         ))
+    }
+
+    /// Refuses a pull before its first layer: a layer that declares more
+    /// than the store takes from one layer, or missing layers that would
+    /// not fit above `options.keep_free` (each counted twice: its blob,
+    /// and its unpacked tree, which is at least as large).
+    fn check_room(&self, layers: &[LayerRecord], options: &PullOptions) -> Result<(), ImageError> {
+        let max_bytes = self.shared.layers.limits().max_bytes;
+        let mut needed: u64 = 0;
+        for layer in layers {
+            if layer.size > max_bytes {
+                return Err(ImageError::DeclaredTooLarge {
+                    layer: layer.digest.to_string(),
+                    size: layer.size,
+                    max_bytes,
+                });
+            }
+            let stored = self.shared.blobs.contains(&layer.digest)
+                && self.shared.layers.contains(&layer.diff_id);
+            if !stored {
+                needed = needed.saturating_add(layer.size.saturating_mul(2));
+            }
+        }
+        let root = self.root();
+        let stat = rustix::fs::statvfs(root)
+            .map_err(|e| ImageError::io_at("measure the free space of", root)(e.into()))?;
+        let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if needed.saturating_add(options.keep_free) > available {
+            return Err(ImageError::NoSpace {
+                needed,
+                keep_free: options.keep_free,
+                available,
+            });
+        }
+        Ok(())
     }
 
     /// Stores the manifest and config; returns what they say.

@@ -77,6 +77,10 @@ pub struct PullOptions {
     pub connect_timeout: Duration,
     /// Limit for any one read from a connection.
     pub read_timeout: Duration,
+    /// Bytes the image store's disk must keep free after the pull: a pull
+    /// whose missing layers (declared size, twice: the blob and its
+    /// unpacked tree) would eat into them is refused before it starts.
+    pub keep_free: u64,
 }
 
 impl Default for PullOptions {
@@ -85,6 +89,7 @@ impl Default for PullOptions {
             insecure_registries: Vec::new(),
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(60),
+            keep_free: 0,
         }
     }
 }

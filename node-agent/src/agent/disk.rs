@@ -7,7 +7,8 @@
 //! `--min-free-disk` (5% by default, or an absolute size), the calls that
 //! grow it — a VM create (disk clones), a pod run or container create
 //! (writable layers, logs), an image pull or import — are refused with
-//! RESOURCE_EXHAUSTED before they write anything, as the kubelet refuses
+//! RESOURCE_EXHAUSTED before they write anything (a pull also when its
+//! missing layers would take the disk below it), as the kubelet refuses
 //! pods below its eviction thresholds. Everything that frees space
 //! (stops, deletes, removals) and everything small (pools, starts) still
 //! works, so an operator can make room through the API itself.
@@ -122,6 +123,12 @@ impl DiskFloor {
     /// [`check_free`] of the data directory.
     pub fn check(&self, what: &str) -> Result<()> {
         check_free(&self.dir, self.min, what)
+    }
+
+    /// The threshold in bytes on the data directory's file system now (0
+    /// when it cannot be measured: [`Self::check`] refuses then anyway).
+    pub fn floor_bytes(&self) -> u64 {
+        space_of(&self.dir).map_or(0, |space| self.min.bytes_of(space.total))
     }
 }
 

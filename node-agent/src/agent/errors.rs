@@ -105,6 +105,7 @@ fn image_code(e: &ImageError) -> Code {
         ImageError::RegistryAuth { .. } => Code::PermissionDenied,
         ImageError::RegistryTls { .. } | ImageError::Registry { .. } => Code::Unavailable,
         ImageError::InUse { .. } => Code::FailedPrecondition,
+        ImageError::DeclaredTooLarge { .. } | ImageError::NoSpace { .. } => Code::ResourceExhausted,
         ImageError::CorruptIndex { .. } | ImageError::Index(_) | ImageError::Io { .. } => {
             Code::Internal
         }

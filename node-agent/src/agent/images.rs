@@ -61,6 +61,7 @@ impl ImageManager {
     pub fn pull_options(&self) -> PullOptions {
         PullOptions {
             insecure_registries: self.insecure_registries.clone(),
+            keep_free: self.disk.floor_bytes(),
             ..PullOptions::default()
         }
     }

@@ -145,6 +145,71 @@ async fn a_tampered_blob_fails_with_a_digest_mismatch_and_leaves_nothing() {
 }
 
 #[tokio::test]
+async fn a_layer_declaring_more_than_the_cap_is_refused_before_its_download() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = crate::UnpackLimits {
+        max_bytes: 1000,
+        ..crate::UnpackLimits::default()
+    };
+    let store = crate::ImageStore::open_with_limits(dir.path(), limits).expect("open");
+    let (registry, reference) = registry_with_busybox(dir.path()).expect("registry with busybox");
+    let (sink, events) = recorder();
+    let err = store
+        .pull(
+            &reference,
+            &RegistryCredentials::Anonymous,
+            &insecure(&registry),
+            &sink,
+        )
+        .await
+        .expect_err("an oversized layer accepted");
+    assert!(
+        matches!(
+            err,
+            ImageError::DeclaredTooLarge {
+                max_bytes: 1000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(phases(&events), [], "no layer was downloaded");
+    assert_store_empty(&store);
+}
+
+#[tokio::test]
+async fn a_pull_that_would_eat_into_the_kept_free_space_is_refused_before_it_starts() {
+    let (dir, store) = store();
+    let (registry, reference) = registry_with_busybox(dir.path()).expect("registry with busybox");
+    let free = rustix::fs::statvfs(store.root()).expect("statvfs");
+    let options = PullOptions {
+        keep_free: free.f_bavail * free.f_frsize,
+        ..insecure(&registry)
+    };
+    let (sink, events) = recorder();
+    let err = store
+        .pull(&reference, &RegistryCredentials::Anonymous, &options, &sink)
+        .await
+        .expect_err("a pull into the kept space accepted");
+    assert!(
+        matches!(err, ImageError::NoSpace { needed, .. } if needed > 0),
+        "{err}"
+    );
+    assert_eq!(phases(&events), [], "no layer was downloaded");
+    assert_store_empty(&store);
+    // With the room it needs, the same pull goes through.
+    store
+        .pull(
+            &reference,
+            &RegistryCredentials::Anonymous,
+            &insecure(&registry),
+            &ProgressSink::none(),
+        )
+        .await
+        .expect("pull");
+}
+
+#[tokio::test]
 async fn an_unknown_tag_is_not_found() {
     let (dir, store) = store();
     let (registry, _) = registry_with_busybox(dir.path()).expect("registry with busybox");
