@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use super::cidr::Ipv4Cidr;
 use super::error::{PodNetError, Result};
 use super::names::{check_link_name, check_table_name};
+use super::portmap::Protocol;
 
 /// Host ports pods may publish by default: Kubernetes' NodePort range,
 /// clear of the well-known ports a host's own services listen on (22, and
@@ -39,6 +40,10 @@ pub struct PodNetConfig {
     pub nft_binary: Option<PathBuf>,
     /// The host ports a pod may publish (see [`DEFAULT_HOST_PORTS`]).
     pub host_ports: RangeInclusive<u16>,
+    /// The host services pods may reach, on the bridge's address (the
+    /// pods' gateway): every other connection from a pod to the host is
+    /// dropped. None by default.
+    pub host_services: Vec<(Protocol, u16)>,
 }
 
 impl PodNetConfig {
@@ -56,6 +61,7 @@ impl PodNetConfig {
             ip_forward: true,
             nft_binary: None,
             host_ports: DEFAULT_HOST_PORTS,
+            host_services: Vec::new(),
         }
     }
 

@@ -269,6 +269,7 @@ impl PodNetwork {
                 })
                 .collect(),
             policies,
+            host_services: &self.config.host_services,
         }
     }
 

@@ -29,8 +29,13 @@
 //! Pod→pod packets are accepted when they belong to an established
 //! connection, were DNATed to a published port, stay inside one
 //! namespace, or go from a namespace to one a policy allows; the rest are
-//! dropped. Host↔pod traffic is input/output, not forward, and is never
-//! filtered here.
+//! dropped.
+//!
+//! **Pods → host.** What a pod opens to the host itself (any host address:
+//! it arrives through the bridge, so the `input` hook sees the bridge as
+//! its interface) is dropped, except a ping of its gateway and the host
+//! services configured on the gateway address; replies to connections the
+//! host opened pass (conntrack). Host → pod is not filtered.
 //!
 //! **Anti-spoofing.** Isolation trusts source addresses, and any pod with
 //! CAP_NET_RAW can forge one. So the `bridge` table, on every frame a pod
@@ -57,7 +62,7 @@ use std::process::{Command, Stdio};
 
 use super::cidr::Ipv4Cidr;
 use super::error::{PodNetError, Result};
-use super::portmap::PortMapping;
+use super::portmap::{PortMapping, Protocol};
 
 /// One pod as the firewall sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +96,8 @@ pub struct Ruleset<'a> {
     pub pods: Vec<FirewallPod<'a>>,
     /// Allowed (from, to) namespace pairs.
     pub policies: &'a BTreeSet<(String, String)>,
+    /// The host services pods may reach on their gateway.
+    pub host_services: &'a [(Protocol, u16)],
 }
 
 /// The set of a namespace's pod addresses: named after the namespace (its
@@ -232,6 +239,7 @@ impl Ruleset<'_> {
             }
         }
         let _ = writeln!(s, "\t\tcounter drop\n\t}}");
+        self.render_pod_to_host(&mut s);
 
         let _ = writeln!(
             s,
@@ -288,6 +296,31 @@ impl Ruleset<'_> {
             prefix = self.veth_prefix
         );
         s
+    }
+}
+
+impl Ruleset<'_> {
+    /// What pods may open to the host itself (any of its addresses, which
+    /// all arrive through the bridge): ping their gateway and reach the
+    /// configured host services on it; replies to the host's own
+    /// connections pass; everything else is dropped.
+    fn render_pod_to_host(&self, s: &mut String) {
+        let br = self.bridge;
+        let gateway = self.cidr.gateway();
+        let _ = writeln!(
+            s,
+            "\tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n\
+             \t\tiifname \"{br}\" jump pod_to_host\n\t}}\n\
+             \tchain pod_to_host {{\n\t\tct state established,related accept\n\
+             \t\tip daddr {gateway} icmp type echo-request accept"
+        );
+        for (protocol, port) in self.host_services {
+            let _ = writeln!(
+                s,
+                "\t\tip daddr {gateway} {protocol} dport {port} accept comment \"host service\""
+            );
+        }
+        let _ = writeln!(s, "\t\tcounter drop\n\t}}");
     }
 }
 
@@ -414,8 +447,14 @@ mod tests {
                 },
             ],
             policies: &policies,
+            host_services: &[(Protocol::Tcp, 53), (Protocol::Udp, 53)],
         };
         let s = rs.render();
+        assert!(s.contains("iifname \"stratum0\" jump pod_to_host"), "{s}");
+        assert!(
+            s.contains("ip daddr 10.88.0.1 udp dport 53 accept comment \"host service\""),
+            "{s}"
+        );
         assert!(s.contains("elements = { 10.88.0.2 }"), "{s}");
         assert!(s.contains("ip saddr @ns_a ip daddr @ns_a accept"), "{s}");
         assert!(

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use stratum_podnet::netlink::Netlink;
 use stratum_podnet::netns;
 use stratum_podnet::nft::Nft;
-use stratum_podnet::{names, PodNetConfig, PodNetError, PodNetwork, PortMapping};
+use stratum_podnet::{names, PodNetConfig, PodNetError, PodNetwork, PortMapping, Protocol};
 use stratum_testkit::root::require_root;
 
 /// A test's network settings and the guard that removes what they name.
@@ -121,6 +121,15 @@ fn ping(from: Option<&Path>, to: Ipv4Addr) -> bool {
 fn echo_server(path: &Path, port: u16, count: usize) -> std::thread::JoinHandle<usize> {
     let listener: TcpListener =
         in_netns(path, move || TcpListener::bind(("0.0.0.0", port)).unwrap());
+    serve_echo(listener, count)
+}
+
+/// [`echo_server`] on the host itself.
+fn host_echo_server(port: u16, count: usize) -> std::thread::JoinHandle<usize> {
+    serve_echo(TcpListener::bind(("0.0.0.0", port)).unwrap(), count)
+}
+
+fn serve_echo(listener: TcpListener, count: usize) -> std::thread::JoinHandle<usize> {
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -237,6 +246,43 @@ async fn podnet_pods_in_one_namespace_reach_each_other_and_the_host() {
     .unwrap();
     assert_eq!(ok, [true, true], "TCP p1→p2, host→p2");
     assert_eq!(server.join().unwrap(), 2);
+    net.teardown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podnet_pods_reach_only_the_host_services_they_are_given() {
+    let mut fx = Fixture::new("pn8", 8);
+    fx.config.host_services = vec![(Protocol::Tcp, 7170)];
+    let net = PodNetwork::open(fx.config.clone()).await.unwrap();
+    let pod = net.attach("p1", "ns-a", &[]).await.unwrap();
+    let (ns, gw, ip) = (pod.netns.clone(), pod.gateway, pod.ip);
+    let reached = tokio::task::spawn_blocking(move || {
+        let allowed = host_echo_server(7170, 1);
+        let other = host_echo_server(7171, 1);
+        let to_service = echo(Some(&ns), SocketAddrV4::new(gw, 7170));
+        let to_other = echo(Some(&ns), SocketAddrV4::new(gw, 7171));
+        // The host reaches both itself, so the servers end.
+        let host_other = echo(None, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7171));
+        let (_, _) = (allowed.join().unwrap(), other.join().unwrap());
+        // Host → pod: the replies to the host's connection pass.
+        let server = echo_server(&ns, 7172, 1);
+        let host_to_pod = echo(None, SocketAddrV4::new(ip, 7172));
+        server.join().unwrap();
+        (
+            to_service,
+            to_other,
+            host_other,
+            ping(Some(&ns), gw),
+            host_to_pod,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        reached,
+        (true, false, true, true, true),
+        "(pod→host service, pod→other host port, host→itself, pod pings its gateway, host→pod)"
+    );
     net.teardown().await.unwrap();
 }
 
