@@ -26,7 +26,7 @@ use crate::devices::legacy::{AcpiPm, ConsoleLog, SerialConsole, I8042};
 use crate::devices::pseudo::boot_timer::{BootTime, BootTimer, BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use crate::devices::virtio::block::{Block, Disk, DiskError};
 use crate::devices::virtio::mmio::{self, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
-use crate::devices::virtio::net::Net;
+use crate::devices::virtio::net::{Net, NetLimiters};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::tap::Tap;
 use crate::devices::virtio::vsock::Vsock;
@@ -35,6 +35,8 @@ use crate::devices::virtio::{
 };
 use crate::devices::{bus, Bus, Buses, IrqLine, VmEvent, VmEventSender};
 use crate::loader::{self, LoadedInitrd, LoadedKernel};
+use crate::rate_limiter::{self, RateLimiterUpdate, SharedRateLimiter};
+use crate::vmm_config::rate_limiter::RateLimiterConfig;
 use crate::vstate::control::{self, VcpuControl};
 use crate::vstate::vcpu::{self, ExitCounts, Vcpu, VcpuStats};
 use crate::vstate::{memory, vm};
@@ -101,6 +103,21 @@ pub enum Error {
     Virtio(#[from] mmio::Error),
     #[error("{0} virtio devices asked for; at most {max} fit", max = VIRTIO_LAST_IRQ - VIRTIO_FIRST_IRQ + 1)]
     TooManyDevices(usize),
+    #[error("{device}: {source}")]
+    RateLimiter {
+        device: String,
+        #[source]
+        source: rate_limiter::Error,
+    },
+}
+
+/// Why a running device's rate limiter cannot be updated.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UpdateError {
+    #[error("The drive {0} does not exist.")]
+    NoSuchDrive(String),
+    #[error("The network interface {0} does not exist.")]
+    NoSuchInterface(String),
 }
 
 /// A VM whose vCPUs are running.
@@ -178,6 +195,50 @@ pub struct DeviceStats {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub interrupts: u64,
+}
+
+impl VmController {
+    /// Applies `update` to the rate limiter of the drive `id` (`PATCH
+    /// /drives/{id}`).
+    pub fn update_drive_rate_limiter(
+        &self,
+        id: &str,
+        update: RateLimiterUpdate,
+    ) -> Result<(), UpdateError> {
+        match self.limiters(id, TYPE_BLOCK) {
+            Some(DeviceLimiters::Block(limiter)) => {
+                limiter.update(update);
+                Ok(())
+            }
+            _ => Err(UpdateError::NoSuchDrive(id.to_string())),
+        }
+    }
+
+    /// Applies `rx` and `tx` to the rate limiters of the network
+    /// interface `id` (`PATCH /network-interfaces/{id}`).
+    pub fn update_net_rate_limiters(
+        &self,
+        id: &str,
+        rx: RateLimiterUpdate,
+        tx: RateLimiterUpdate,
+    ) -> Result<(), UpdateError> {
+        match self.limiters(id, TYPE_NET) {
+            Some(DeviceLimiters::Net(limiters)) => {
+                limiters.rx.update(rx);
+                limiters.tx.update(tx);
+                Ok(())
+            }
+            _ => Err(UpdateError::NoSuchInterface(id.to_string())),
+        }
+    }
+
+    fn limiters(&self, id: &str, device_type: u32) -> Option<&DeviceLimiters> {
+        self.inner
+            .devices
+            .iter()
+            .find(|d| d.id == id && d.kind == device_kind(device_type))
+            .map(|d| &d.limiters)
+    }
 }
 
 impl std::fmt::Debug for VmController {
@@ -464,8 +525,21 @@ struct VirtioSlot {
     /// The drive or interface id, or "entropy".
     id: String,
     device: Box<dyn VirtioDevice>,
+    limiters: DeviceLimiters,
     base: u64,
     irq: u32,
+}
+
+/// The rate limiters of a device, which the controller updates.
+enum DeviceLimiters {
+    None,
+    Block(SharedRateLimiter),
+    Net(NetLimiters),
+}
+
+/// A rate limiter for `device` built from `config` (unlimited without).
+fn limiter(device: String, config: Option<&RateLimiterConfig>) -> Result<SharedRateLimiter, Error> {
+    SharedRateLimiter::from_config(config).map_err(|source| Error::RateLimiter { device, source })
 }
 
 /// Attaches to each interface's TAP device.
@@ -525,24 +599,48 @@ fn place_virtio_devices(
     taps: Vec<(Tap, [u8; 6])>,
     vsock: Option<Vsock>,
 ) -> Result<Vec<VirtioSlot>, Error> {
-    let mut devices: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
+    let mut devices: Vec<(String, Box<dyn VirtioDevice>, DeviceLimiters)> = Vec::new();
     for (drive, disk) in config.drives.iter().zip(disks) {
-        devices.push((drive.id.clone(), Box::new(Block::new(disk))));
+        // Every drive has a limiter, so that PATCH can limit it later.
+        let limiter = limiter(format!("drive {}", drive.id), drive.rate_limiter.as_ref())?;
+        devices.push((
+            drive.id.clone(),
+            Box::new(Block::new(disk, limiter.clone())),
+            DeviceLimiters::Block(limiter),
+        ));
     }
     for (nic, (tap, mac)) in config.nics.iter().zip(taps) {
-        devices.push((nic.id.clone(), Box::new(Net::new(tap, mac))));
+        let name = format!("network interface {}", nic.id);
+        let limiters = NetLimiters {
+            rx: limiter(name.clone(), nic.rx_rate_limiter.as_ref())?,
+            tx: limiter(name, nic.tx_rate_limiter.as_ref())?,
+        };
+        devices.push((
+            nic.id.clone(),
+            Box::new(Net::new(tap, mac, limiters.clone())),
+            DeviceLimiters::Net(limiters),
+        ));
     }
     if let Some(vsock) = vsock {
-        devices.push(("vsock".into(), Box::new(vsock)));
+        devices.push(("vsock".into(), Box::new(vsock), DeviceLimiters::None));
     }
     if config.entropy {
-        devices.push(("entropy".into(), Box::new(Rng::new())));
+        // Firecracker has no PATCH for the entropy device: a limiter only
+        // when one is configured.
+        let rng = match config
+            .entropy_rate_limiter
+            .filter(RateLimiterConfig::is_enabled)
+        {
+            Some(config) => Rng::with_rate_limiter(limiter("entropy".into(), Some(&config))?),
+            None => Rng::new(),
+        };
+        devices.push(("entropy".into(), Box::new(rng), DeviceLimiters::None));
     }
     let count = devices.len();
     devices
         .into_iter()
         .zip(0u32..)
-        .map(|((id, device), index)| {
+        .map(|((id, device, limiters), index)| {
             let irq = VIRTIO_FIRST_IRQ + index;
             if irq > VIRTIO_LAST_IRQ {
                 return Err(Error::TooManyDevices(count));
@@ -550,6 +648,7 @@ fn place_virtio_devices(
             Ok(VirtioSlot {
                 id,
                 device,
+                limiters,
                 base: VIRTIO_MMIO_START + u64::from(index) * MMIO_WINDOW_SIZE,
                 irq,
             })
@@ -572,6 +671,7 @@ fn virtio_bus(
             id: slot.id,
             kind: device_kind(slot.device.device_type()),
             interrupt: interrupt.clone(),
+            limiters: slot.limiters,
         });
         let transport = MmioTransport::new(slot.device, mem.clone(), interrupt)?;
         for (queue, event) in (0u32..).zip(transport.queue_notify_events()) {
@@ -592,12 +692,13 @@ fn device_kind(device_type: u32) -> &'static str {
     }
 }
 
-/// What the controller keeps of a device: its name and its interrupt
-/// counter.
+/// What the controller keeps of a device: its name, its interrupt
+/// counter and its rate limiters.
 struct DeviceHandle {
     id: String,
     kind: &'static str,
     interrupt: Arc<Interrupt>,
+    limiters: DeviceLimiters,
 }
 
 /// Feeds the VMM's stdin to the guest console until stdin closes.

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use crate::arch::layout::CMDLINE_MAX_SIZE;
 use crate::arch::mptable;
+use crate::vmm_config::rate_limiter::{ConfigError, RateLimiterConfig};
 
 /// Command line used when none is given: serial console, reboot through the
 /// keyboard controller (which ends the VM), no PCI probing, and an i8042
@@ -36,6 +37,8 @@ pub struct VmConfig {
     pub kvm_device: PathBuf,
     /// Give the guest a virtio-rng fed by the host's getrandom.
     pub entropy: bool,
+    /// The entropy device's rate limiter (bytes handed out, requests).
+    pub entropy_rate_limiter: Option<RateLimiterConfig>,
     /// virtio-blk drives, in the order the guest sees them (vda, vdb, ...).
     pub drives: Vec<DriveConfig>,
     /// virtio-net interfaces, in the order the guest sees them (eth0, ...).
@@ -55,6 +58,8 @@ pub struct DriveConfig {
     pub read_only: bool,
     /// What the guest reads as the disk's serial (at most 20 bytes).
     pub serial: Option<String>,
+    /// Limits the drive's requests (bytes read and written, requests).
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 impl DriveConfig {
@@ -91,6 +96,7 @@ impl DriveConfig {
             path,
             read_only,
             serial,
+            rate_limiter: None,
         })
     }
 }
@@ -102,6 +108,10 @@ pub struct NetConfig {
     pub tap: String,
     /// The guest's MAC address; the guest picks a random one without it.
     pub mac: Option<[u8; 6]>,
+    /// Limits the frames the guest receives (TAP to guest).
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Limits the frames the guest sends (guest to TAP).
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 impl NetConfig {
@@ -123,7 +133,13 @@ impl NetConfig {
             }
         }
         let tap = tap.ok_or("tap=NAME is required")?;
-        Ok(Self { id, tap, mac })
+        Ok(Self {
+            id,
+            tap,
+            mac,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        })
     }
 }
 
@@ -218,6 +234,7 @@ impl Default for VmConfig {
             console_input: true,
             kvm_device: PathBuf::from("/dev/kvm"),
             entropy: false,
+            entropy_rate_limiter: None,
             drives: Vec::new(),
             nics: Vec::new(),
             vsock: None,
@@ -251,6 +268,14 @@ pub enum Error {
     DuplicateDriveId(String),
     #[error("drive {id}: the serial is {len} bytes; at most {DRIVE_SERIAL_MAX} fit")]
     DriveSerialTooLong { id: String, len: usize },
+    #[error("{device}: invalid {field}: {error}")]
+    RateLimiter {
+        /// "drive ID", "network interface ID" or "entropy".
+        device: String,
+        /// The API field: rate_limiter, rx_rate_limiter, tx_rate_limiter.
+        field: &'static str,
+        error: ConfigError,
+    },
 }
 
 impl VmConfig {
@@ -292,12 +317,21 @@ impl VmConfig {
                     });
                 }
             }
+            check_limiter(
+                &format!("drive {}", drive.id),
+                "rate_limiter",
+                &drive.rate_limiter,
+            )?;
         }
         for (index, nic) in self.nics.iter().enumerate() {
             if self.nics[..index].iter().any(|n| n.id == nic.id) {
                 return Err(Error::DuplicateNicId(nic.id.clone()));
             }
+            let device = format!("network interface {}", nic.id);
+            check_limiter(&device, "rx_rate_limiter", &nic.rx_rate_limiter)?;
+            check_limiter(&device, "tx_rate_limiter", &nic.tx_rate_limiter)?;
         }
+        check_limiter("entropy", "rate_limiter", &self.entropy_rate_limiter)?;
         if let Some(vsock) = &self.vsock {
             vsock.validate()?;
         }
@@ -306,6 +340,21 @@ impl VmConfig {
 
     pub fn memory_bytes(&self) -> u64 {
         self.memory_mib << 20
+    }
+}
+
+fn check_limiter(
+    device: &str,
+    field: &'static str,
+    limiter: &Option<RateLimiterConfig>,
+) -> Result<(), Error> {
+    match limiter {
+        Some(limiter) => limiter.validate().map_err(|error| Error::RateLimiter {
+            device: device.to_string(),
+            field,
+            error,
+        }),
+        None => Ok(()),
     }
 }
 
@@ -414,6 +463,7 @@ mod tests {
             path: "/tmp/disk.img".into(),
             read_only: false,
             serial: None,
+            rate_limiter: None,
         }
     }
 
@@ -442,6 +492,47 @@ mod tests {
     }
 
     #[test]
+    fn rate_limiters_are_checked() {
+        use crate::vmm_config::rate_limiter::TokenBucketConfig;
+        let limiter = |refill_time| {
+            Some(RateLimiterConfig {
+                bandwidth: Some(TokenBucketConfig {
+                    size: 1 << 20,
+                    one_time_burst: None,
+                    refill_time,
+                }),
+                ops: None,
+            })
+        };
+        let mut c = config();
+        let mut d = drive("a");
+        d.rate_limiter = limiter(1000);
+        c.drives = vec![d.clone()];
+        c.entropy_rate_limiter = limiter(1000);
+        assert_eq!(c.validate(), Ok(()));
+        d.rate_limiter = limiter(u64::MAX);
+        c.drives = vec![d];
+        let error = c.validate().unwrap_err().to_string();
+        assert!(
+            error.starts_with("drive a: invalid rate_limiter: bandwidth: refill_time"),
+            "{error}"
+        );
+        c.drives.clear();
+        let mut nic = NetConfig::parse_cli("tap=tap0").unwrap();
+        nic.id = "eth0".into();
+        nic.tx_rate_limiter = limiter(u64::MAX);
+        c.nics = vec![nic];
+        let error = c.validate().unwrap_err().to_string();
+        assert!(
+            error.starts_with("network interface eth0: invalid tx_rate_limiter"),
+            "{error}"
+        );
+        c.nics.clear();
+        c.entropy_rate_limiter = limiter(u64::MAX);
+        assert!(matches!(c.validate(), Err(Error::RateLimiter { .. })));
+    }
+
+    #[test]
     fn drive_option_is_parsed() {
         assert_eq!(
             DriveConfig::parse_cli("path=/tmp/disk.img,id=root,ro,serial=SN1"),
@@ -450,6 +541,7 @@ mod tests {
                 path: "/tmp/disk.img".into(),
                 read_only: true,
                 serial: Some("SN1".into()),
+                rate_limiter: None,
             })
         );
         let plain = DriveConfig::parse_cli("path=/a").unwrap();

@@ -18,6 +18,7 @@ pub mod builder;
 pub mod config;
 pub mod devices;
 pub mod loader;
+pub mod rate_limiter;
 pub mod vmm_config;
 pub mod vstate;
 

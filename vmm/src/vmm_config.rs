@@ -14,4 +14,5 @@ pub mod devices;
 pub mod logger;
 pub mod machine_config;
 pub mod metrics;
+pub mod rate_limiter;
 pub mod resources;

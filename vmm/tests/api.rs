@@ -264,6 +264,21 @@ fn configure_like_a_firecracker_client_on_one_connection() {
     assert_eq!(config["drives"], json!([]));
     assert_eq!(config["network-interfaces"], json!([]));
     assert_eq!(config["vsock"], Value::Null);
+    // A rate limiter as Firecracker's clients send it; GET /vm/config
+    // shows it back, without a bucket that is off.
+    let image = s.file("disk.img", &[0; 4096]);
+    let limiter = json!({"bandwidth": {"size": 4194304, "one_time_burst": 0, "refill_time": 1000},
+                         "ops": {"size": 0, "refill_time": 1000}});
+    let drive = json!({"drive_id": "data", "path_on_host": image, "is_root_device": false,
+                       "is_read_only": true, "rate_limiter": limiter});
+    assert_eq!(api.put("/drives/data", &drive).status, 204);
+    assert_eq!(
+        api.get("/vm/config").json()["drives"][0]["rate_limiter"],
+        json!({"bandwidth": {"size": 4194304, "one_time_burst": 0, "refill_time": 1000}})
+    );
+    let entropy = json!({"rate_limiter": {"ops": {"size": 10, "refill_time": 100}}});
+    assert_eq!(api.put("/entropy", &entropy).status, 204);
+    assert_eq!(api.get("/vm/config").json()["entropy"], entropy);
     let vsock_path = s.path("v.sock");
     let vsock = json!({"guest_cid": 3, "uds_path": vsock_path});
     assert_eq!(api.put("/vsock", &vsock).status, 204);
@@ -407,8 +422,40 @@ fn bad_requests_get_400_with_a_fault_message_and_change_nothing() {
         (
             "PUT",
             "/entropy",
-            r#"{"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#,
-            "rate limiters are not supported",
+            r#"{"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1000000000000}}}"#,
+            "entropy: invalid rate_limiter: bandwidth: refill_time 1000000000000 ms is longer",
+        ),
+        (
+            "PUT",
+            "/entropy",
+            r#"{"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1, "burst": 5}}}"#,
+            "unknown field `burst`",
+        ),
+        (
+            "PUT",
+            "/drives/rootfs",
+            r#"{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true,
+                "rate_limiter": {"ops": {"size": 1, "refill_time": 18446744073709551615}}}"#,
+            "drive rootfs: invalid rate_limiter: ops: refill_time",
+        ),
+        (
+            "PUT",
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "host_dev_name": "nosuchtap7",
+                "rx_rate_limiter": {"bandwidth": {"size": 1, "refill_time": 18446744073709551615}}}"#,
+            "network interface eth0: invalid rx_rate_limiter",
+        ),
+        (
+            "PATCH",
+            "/drives/rootfs",
+            r#"{"drive_id": "rootfs", "rate_limiter": {"ops": {"size": 1, "refill_time": 1}}}"#,
+            "not supported before starting the microVM: PATCH /drives",
+        ),
+        (
+            "PATCH",
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "rx_rate_limiter": {}}"#,
+            "not supported before starting the microVM: PATCH /network-interfaces",
         ),
         (
             "PATCH",
@@ -701,6 +748,12 @@ fn config_file_errors_exit_1_and_start_nothing() {
         (
             r#"{"boot-source": {"kernel_image_path": "K"}, "drives": [{"drive_id": "rootfs"}]}"#,
             "missing field",
+        ),
+        (
+            r#"{"boot-source": {"kernel_image_path": "K"}, "drives": [{"drive_id": "d",
+                "path_on_host": "K", "is_root_device": false,
+                "rate_limiter": {"ops": {"size": 1, "refill_time": 99999999999999}}}]}"#,
+            "drive d: invalid rate_limiter: ops: refill_time 99999999999999 ms",
         ),
         (
             r#"{"boot-source": {"kernel_image_path": "K"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 8}}"#,

@@ -7,12 +7,17 @@ use std::sync::mpsc::Sender;
 use serde::Serialize;
 
 use crate::config::VmConfig;
+use crate::rate_limiter::RateLimiterUpdate;
 use crate::vmm_config::boot_source::{self, BootSourceConfig};
 use crate::vmm_config::config_file::ConfigFile;
-use crate::vmm_config::devices::{self, DriveBody, EntropyBody, NetworkInterfaceBody, VsockBody};
+use crate::vmm_config::devices::{
+    self, DriveBody, DriveUpdateBody, EntropyBody, NetworkInterfaceBody,
+    NetworkInterfaceUpdateBody, VsockBody,
+};
 use crate::vmm_config::logger::{self, LoggerConfig};
 use crate::vmm_config::machine_config::{self, MachineConfig, MachineConfigUpdate};
 use crate::vmm_config::metrics::{self, Metrics, MetricsConfig};
+use crate::vmm_config::rate_limiter::RateLimiterConfig;
 use crate::vmm_config::resources::{self, FullVmConfig, VmResources};
 use crate::{vmm_log, RunningVm, VmController};
 
@@ -37,6 +42,10 @@ pub enum VmmAction {
     FlushMetrics,
     PutDrive(String, DriveBody),
     PutNetworkInterface(String, NetworkInterfaceBody),
+    /// `PATCH /drives/{id}`: a running drive's rate limiter.
+    PatchDrive(String, DriveUpdateBody),
+    /// `PATCH /network-interfaces/{id}`: a running interface's limiters.
+    PatchNetworkInterface(String, NetworkInterfaceUpdateBody),
     PutEntropy(EntropyBody),
     PutVsock(VsockBody),
     /// `PATCH /vm`: true pauses, false resumes.
@@ -84,6 +93,8 @@ pub enum ActionError {
     NotAllowedBeforeBoot(&'static str),
     #[error("cannot pause the microVM: {0}")]
     Pause(String),
+    #[error("{0}")]
+    Update(#[from] crate::builder::UpdateError),
 }
 
 /// Firecracker's `InstanceInfo`.
@@ -233,27 +244,39 @@ impl Controller {
                 Ok(VmmData::Empty)
             }
             VmmAction::InstanceStart => self.start(),
-            VmmAction::PutDrive(id, drive) => {
+            VmmAction::PutDrive(id, mut drive) => {
                 self.before_boot("PUT /drives")?;
                 drive.validate(Some(&id))?;
+                // Buckets that are off are left out, as GET /vm/config
+                // shows a running limiter.
+                drive.rate_limiter = drive.rate_limiter.and_then(RateLimiterConfig::into_option);
                 let mut drives = self.resources.drives.clone();
                 devices::upsert(&mut drives, drive, |d| d.drive_id == id);
                 devices::check_drives(&drives)?;
                 self.resources.drives = drives;
                 Ok(VmmData::Empty)
             }
-            VmmAction::PutNetworkInterface(id, nic) => {
+            VmmAction::PutNetworkInterface(id, mut nic) => {
                 self.before_boot("PUT /network-interfaces")?;
                 nic.validate(Some(&id))?;
+                nic.rx_rate_limiter = nic.rx_rate_limiter.and_then(RateLimiterConfig::into_option);
+                nic.tx_rate_limiter = nic.tx_rate_limiter.and_then(RateLimiterConfig::into_option);
                 let mut nics = self.resources.network_interfaces.clone();
                 devices::upsert(&mut nics, nic, |n| n.iface_id == id);
                 devices::check_nics(&nics)?;
                 self.resources.network_interfaces = nics;
                 Ok(VmmData::Empty)
             }
-            VmmAction::PutEntropy(entropy) => {
+            VmmAction::PatchDrive(id, update) => self.patch_drive(&id, &update),
+            VmmAction::PatchNetworkInterface(id, update) => {
+                self.patch_network_interface(&id, &update)
+            }
+            VmmAction::PutEntropy(mut entropy) => {
                 self.before_boot("PUT /entropy")?;
                 entropy.validate()?;
+                entropy.rate_limiter = entropy
+                    .rate_limiter
+                    .and_then(RateLimiterConfig::into_option);
                 self.resources.entropy = Some(entropy);
                 Ok(VmmData::Empty)
             }
@@ -283,6 +306,58 @@ impl Controller {
                 self.running_vm("GET /stratum/stats")?.stats(),
             )),
         }
+    }
+
+    /// `PATCH /drives/{id}`: as in Firecracker, only on a running VM (a
+    /// drive not yet booted is changed with PUT). The limiter's buckets the
+    /// body names are replaced by full ones; `GET /vm/config` shows the
+    /// result.
+    fn patch_drive(&mut self, id: &str, update: &DriveUpdateBody) -> Result<VmmData, ActionError> {
+        let vm = self.running_vm("PATCH /drives")?;
+        update.validate(id)?;
+        let index = self
+            .resources
+            .drives
+            .iter()
+            .position(|d| d.drive_id == id)
+            .ok_or_else(|| devices::Error::NoSuchDrive(id.to_string()))?;
+        if let Some(limiter) = &update.rate_limiter {
+            let live = live_update(&format!("drive {id}"), "rate_limiter", limiter)?;
+            vm.update_drive_rate_limiter(id, live)?;
+            let drive = &mut self.resources.drives[index];
+            drive.rate_limiter = RateLimiterConfig::patched(drive.rate_limiter, limiter);
+        }
+        Ok(VmmData::Empty)
+    }
+
+    /// `PATCH /network-interfaces/{id}`: as [`Self::patch_drive`], for the
+    /// receive and transmit limiters.
+    fn patch_network_interface(
+        &mut self,
+        id: &str,
+        update: &NetworkInterfaceUpdateBody,
+    ) -> Result<VmmData, ActionError> {
+        let vm = self.running_vm("PATCH /network-interfaces")?;
+        update.validate(id)?;
+        let index = self
+            .resources
+            .network_interfaces
+            .iter()
+            .position(|n| n.iface_id == id)
+            .ok_or_else(|| devices::Error::NoSuchInterface(id.to_string()))?;
+        let unchanged = RateLimiterConfig::default();
+        let rx = update.rx_rate_limiter.as_ref().unwrap_or(&unchanged);
+        let tx = update.tx_rate_limiter.as_ref().unwrap_or(&unchanged);
+        let device = format!("network interface {id}");
+        vm.update_net_rate_limiters(
+            id,
+            live_update(&device, "rx_rate_limiter", rx)?,
+            live_update(&device, "tx_rate_limiter", tx)?,
+        )?;
+        let nic = &mut self.resources.network_interfaces[index];
+        nic.rx_rate_limiter = RateLimiterConfig::patched(nic.rx_rate_limiter, rx);
+        nic.tx_rate_limiter = RateLimiterConfig::patched(nic.tx_rate_limiter, tx);
+        Ok(VmmData::Empty)
     }
 
     /// The running VM's controller, or the error for `operation` before boot.
@@ -329,6 +404,23 @@ impl Controller {
     }
 }
 
+/// The live update `limiter` (the `field` of `device`'s PATCH body) asks
+/// for. The body was validated already: this cannot fail but says why if
+/// it does.
+fn live_update(
+    device: &str,
+    field: &'static str,
+    limiter: &RateLimiterConfig,
+) -> Result<RateLimiterUpdate, ActionError> {
+    RateLimiterUpdate::from_config(limiter).map_err(|error| {
+        ActionError::Device(devices::Error::RateLimiter {
+            device: device.to_string(),
+            field,
+            error,
+        })
+    })
+}
+
 fn counted(action: &VmmAction) -> metrics::Request {
     use metrics::Request;
     match action {
@@ -350,6 +442,8 @@ fn counted(action: &VmmAction) -> metrics::Request {
         VmmAction::PutEntropy(_) => Request::PutEntropy,
         VmmAction::PutVsock(_) => Request::PutVsock,
         VmmAction::PatchVmPaused(_) => Request::PatchVm,
+        VmmAction::PatchDrive(..) => Request::PatchDrive,
+        VmmAction::PatchNetworkInterface(..) => Request::PatchNetworkInterface,
     }
 }
 

@@ -70,10 +70,8 @@ enum StratumAction {
 const UNSUPPORTED: &[&str] = &[
     "balloon",
     "cpu-config",
-    "drives",
     "hotplug",
     "mmds",
-    "network-interfaces",
     "pmem",
     "serial",
     "snapshot",
@@ -108,6 +106,13 @@ pub fn parse(request: &Request) -> Result<VmmAction, RequestError> {
         }
         (Method::Put, ["drives", id]) => Ok(VmmAction::PutDrive(id.to_string(), body(request)?)),
         (Method::Put, ["network-interfaces", id]) => Ok(VmmAction::PutNetworkInterface(
+            id.to_string(),
+            body(request)?,
+        )),
+        (Method::Patch, ["drives", id]) => {
+            Ok(VmmAction::PatchDrive(id.to_string(), body(request)?))
+        }
+        (Method::Patch, ["network-interfaces", id]) => Ok(VmmAction::PatchNetworkInterface(
             id.to_string(),
             body(request)?,
         )),
@@ -206,6 +211,31 @@ mod tests {
             ),
             Ok(VmmAction::HardStop)
         );
+        assert!(matches!(
+            route(
+                Method::Patch,
+                "/drives/data",
+                r#"{"drive_id": "data", "rate_limiter": {"ops": {"size": 10, "refill_time": 100}}}"#
+            ),
+            Ok(VmmAction::PatchDrive(id, _)) if id == "data"
+        ));
+        assert!(matches!(
+            route(
+                Method::Patch,
+                "/network-interfaces/eth0",
+                r#"{"iface_id": "eth0", "tx_rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#
+            ),
+            Ok(VmmAction::PatchNetworkInterface(id, _)) if id == "eth0"
+        ));
+        let e = route(
+            Method::Patch,
+            "/drives/data",
+            r#"{"drive_id": "data", "is_root_device": true}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("unknown field `is_root_device`"), "{e}");
+        let e = route(Method::Get, "/drives/data", "").unwrap_err();
+        assert_eq!(e, "Invalid request method and/or path: GET /drives/data.");
         let e = route(Method::Get, "/nothing", "").unwrap_err();
         assert_eq!(e, "Invalid request method and/or path: GET /nothing.");
         assert_eq!(

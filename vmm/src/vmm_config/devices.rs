@@ -1,11 +1,15 @@
 //! Device bodies of the Firecracker API and config file: `Drive`,
 //! `NetworkInterface`, `Vsock` and `EntropyDevice`, with their checks, and their
-//! conversion into the builder's device configuration.
+//! conversion into the builder's device configuration; and the bodies of
+//! `PATCH /drives/{id}` and `PATCH /network-interfaces/{id}` (`PartialDrive`,
+//! `PartialNetworkInterface`), which update the rate limiters of a running
+//! VM.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::rate_limiter::{ConfigError, RateLimiterConfig};
 use crate::config::{
     parse_mac, DriveConfig, NetConfig, VsockConfig, DRIVE_SERIAL_MAX, UDS_PATH_MAX,
 };
@@ -28,14 +32,51 @@ pub enum Error {
     SecondRoot(String),
     #[error("network interface {0}: {1}")]
     Net(String, String),
-    #[error("{0}: rate limiters are not supported by this VMM yet")]
-    RateLimiter(String),
+    #[error("{device}: invalid {field}: {error}")]
+    RateLimiter {
+        /// "drive ID", "network interface ID" or "entropy".
+        device: String,
+        /// The body's field: rate_limiter, rx_rate_limiter, tx_rate_limiter.
+        field: &'static str,
+        error: ConfigError,
+    },
+    #[error("Invalid block device ID: no drive {0} was configured.")]
+    NoSuchDrive(String),
+    #[error("Invalid network interface ID: no network interface {0} was configured.")]
+    NoSuchInterface(String),
     #[error("The guest MAC {0} is already in use by another interface.")]
     DuplicateMac(String),
     #[error("The host device {0} is already in use by another interface.")]
     DuplicateTap(String),
     #[error("Cannot create backend for vsock device: {0}")]
     Vsock(String),
+}
+
+/// Checks a limiter of a body; `device` and `field` name it in the error.
+fn check_limiter(
+    device: impl FnOnce() -> String,
+    field: &'static str,
+    limiter: Option<&RateLimiterConfig>,
+) -> Result<(), Error> {
+    match limiter {
+        Some(limiter) => limiter.validate().map_err(|error| Error::RateLimiter {
+            device: device(),
+            field,
+            error,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The id in the path must be the body's.
+fn check_path_id(path_id: Option<&str>, body_id: &str) -> Result<(), Error> {
+    match path_id {
+        Some(path_id) if path_id != body_id => Err(Error::IdMismatch {
+            path: path_id.to_string(),
+            body: body_id.to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn check_id(id: &str) -> Result<(), Error> {
@@ -67,7 +108,7 @@ pub struct DriveBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<serde_json::Value>,
+    pub rate_limiter: Option<RateLimiterConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
 }
@@ -77,14 +118,7 @@ impl DriveBody {
     /// implement, and that the image can be opened the way it will be.
     pub fn validate(&self, path_id: Option<&str>) -> Result<(), Error> {
         check_id(&self.drive_id)?;
-        if let Some(path_id) = path_id {
-            if path_id != self.drive_id {
-                return Err(Error::IdMismatch {
-                    path: path_id.to_string(),
-                    body: self.drive_id.clone(),
-                });
-            }
-        }
+        check_path_id(path_id, &self.drive_id)?;
         let option = |what| Error::DriveOption(self.drive_id.clone(), what);
         if self.socket.is_some() {
             return Err(option("a vhost-user socket"));
@@ -102,9 +136,11 @@ impl DriveBody {
         {
             return Err(option("this cache_type"));
         }
-        if self.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
-            return Err(Error::RateLimiter(self.drive_id.clone()));
-        }
+        check_limiter(
+            || format!("drive {}", self.drive_id),
+            "rate_limiter",
+            self.rate_limiter.as_ref(),
+        )?;
         open_check(&self.path_on_host, self.is_read_only).map_err(|reason| Error::DrivePath {
             drive_id: self.drive_id.clone(),
             path: self.path_on_host.display().to_string(),
@@ -120,6 +156,7 @@ impl DriveBody {
             path: self.path_on_host.clone(),
             read_only: self.is_read_only,
             serial: Some(serial),
+            rate_limiter: self.rate_limiter,
         }
     }
 }
@@ -147,26 +184,20 @@ pub struct NetworkInterfaceBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rx_rate_limiter: Option<serde_json::Value>,
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_rate_limiter: Option<serde_json::Value>,
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 impl NetworkInterfaceBody {
     pub fn validate(&self, path_id: Option<&str>) -> Result<(), Error> {
         check_id(&self.iface_id)?;
-        if let Some(path_id) = path_id {
-            if path_id != self.iface_id {
-                return Err(Error::IdMismatch {
-                    path: path_id.to_string(),
-                    body: self.iface_id.clone(),
-                });
-            }
-        }
-        let limited = |r: &Option<serde_json::Value>| r.as_ref().is_some_and(|r| !r.is_null());
-        if limited(&self.rx_rate_limiter) || limited(&self.tx_rate_limiter) {
-            return Err(Error::RateLimiter(self.iface_id.clone()));
-        }
+        check_path_id(path_id, &self.iface_id)?;
+        check_net_limiters(
+            &self.iface_id,
+            self.rx_rate_limiter.as_ref(),
+            self.tx_rate_limiter.as_ref(),
+        )?;
         self.to_nic().map(|_| ())
     }
 
@@ -199,7 +230,77 @@ impl NetworkInterfaceBody {
             id: self.iface_id.clone(),
             tap: self.host_dev_name.clone(),
             mac,
+            rx_rate_limiter: self.rx_rate_limiter,
+            tx_rate_limiter: self.tx_rate_limiter,
         })
+    }
+}
+
+fn check_net_limiters(
+    iface_id: &str,
+    rx: Option<&RateLimiterConfig>,
+    tx: Option<&RateLimiterConfig>,
+) -> Result<(), Error> {
+    let device = || format!("network interface {iface_id}");
+    check_limiter(device, "rx_rate_limiter", rx)?;
+    check_limiter(device, "tx_rate_limiter", tx)
+}
+
+/// Firecracker's `PartialDrive`, the body of `PATCH /drives/{id}`: what
+/// may change on a running VM. Fields left out stay as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveUpdateBody {
+    pub drive_id: String,
+    #[serde(default)]
+    pub path_on_host: Option<PathBuf>,
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+impl DriveUpdateBody {
+    /// Checks the body against the id of the path. Swapping the backing
+    /// file of a running drive (`path_on_host`) is refused.
+    pub fn validate(&self, path_id: &str) -> Result<(), Error> {
+        check_id(&self.drive_id)?;
+        check_path_id(Some(path_id), &self.drive_id)?;
+        if self.path_on_host.is_some() {
+            return Err(Error::DriveOption(
+                self.drive_id.clone(),
+                "changing path_on_host on a running VM",
+            ));
+        }
+        check_limiter(
+            || format!("drive {}", self.drive_id),
+            "rate_limiter",
+            self.rate_limiter.as_ref(),
+        )
+    }
+}
+
+/// Firecracker's `PartialNetworkInterface`, the body of `PATCH
+/// /network-interfaces/{id}`: new rate limiters for a running VM. A
+/// limiter left out stays as it is; within a limiter, so does a bucket
+/// left out.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceUpdateBody {
+    pub iface_id: String,
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
+impl NetworkInterfaceUpdateBody {
+    pub fn validate(&self, path_id: &str) -> Result<(), Error> {
+        check_id(&self.iface_id)?;
+        check_path_id(Some(path_id), &self.iface_id)?;
+        check_net_limiters(
+            &self.iface_id,
+            self.rx_rate_limiter.as_ref(),
+            self.tx_rate_limiter.as_ref(),
+        )
     }
 }
 
@@ -252,15 +353,16 @@ impl VsockBody {
 #[serde(deny_unknown_fields)]
 pub struct EntropyBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<serde_json::Value>,
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 impl EntropyBody {
     pub fn validate(&self) -> Result<(), Error> {
-        if self.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
-            return Err(Error::RateLimiter("entropy".into()));
-        }
-        Ok(())
+        check_limiter(
+            || "entropy".to_string(),
+            "rate_limiter",
+            self.rate_limiter.as_ref(),
+        )
     }
 }
 
@@ -357,12 +459,117 @@ mod tests {
     }
 
     #[test]
-    fn entropy_refuses_rate_limiters() {
+    fn entropy_takes_a_rate_limiter() {
         assert_eq!(EntropyBody::default().validate(), Ok(()));
         let limited: EntropyBody = serde_json::from_str(
             r#"{"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#,
         )
         .unwrap();
-        assert!(limited.validate().is_err());
+        assert_eq!(limited.validate(), Ok(()));
+        let absurd: EntropyBody = serde_json::from_str(
+            r#"{"rate_limiter": {"ops": {"size": 1, "refill_time": 18446744073709551615}}}"#,
+        )
+        .unwrap();
+        let error = absurd.validate().unwrap_err().to_string();
+        assert!(
+            error.starts_with("entropy: invalid rate_limiter: ops: refill_time"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn drive_rate_limiters_are_parsed_checked_and_passed_on() {
+        let image = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        let body = |limiter: &str| -> Result<DriveBody, String> {
+            let json = format!(
+                r#"{{"drive_id": "data", "path_on_host": {:?}, "is_root_device": false,
+                    "rate_limiter": {limiter}}}"#,
+                image.as_path()
+            );
+            serde_json::from_str(&json).map_err(|e| e.to_string())
+        };
+        let limited = body(r#"{"bandwidth": {"size": 4194304, "refill_time": 1000}}"#).unwrap();
+        assert_eq!(limited.validate(Some("data")), Ok(()));
+        let config = limited.to_drive().rate_limiter.unwrap();
+        assert_eq!(config.bandwidth.map(|b| b.size), Some(4 << 20));
+        assert_eq!(config.ops, None);
+        // null, as Firecracker's clients send for no limiter.
+        assert_eq!(body("null").unwrap().rate_limiter, None);
+        assert!(body(r#"{"bandwidth": {"size": 1}}"#)
+            .unwrap_err()
+            .contains("missing field `refill_time`"));
+        assert!(body(r#"{"iops": {"size": 1, "refill_time": 1}}"#)
+            .unwrap_err()
+            .contains("unknown field `iops`"));
+        let absurd = body(r#"{"bandwidth": {"size": 1, "refill_time": 99999999999999}}"#).unwrap();
+        assert!(matches!(
+            absurd.validate(None),
+            Err(Error::RateLimiter {
+                field: "rate_limiter",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn interface_rate_limiters_are_checked_before_the_tap() {
+        let nic: NetworkInterfaceBody = serde_json::from_str(
+            r#"{"iface_id": "eth0", "host_dev_name": "nosuchtap9",
+                "rx_rate_limiter": {"ops": {"size": 100, "refill_time": 1000}},
+                "tx_rate_limiter": {"bandwidth": {"size": 1, "refill_time": 99999999999999}}}"#,
+        )
+        .unwrap();
+        let error = nic.validate(Some("eth0")).unwrap_err().to_string();
+        assert!(
+            error.starts_with("network interface eth0: invalid tx_rate_limiter: bandwidth"),
+            "{error}"
+        );
+        let mut fine = nic.clone();
+        fine.tx_rate_limiter = None;
+        // Past the limiters: the TAP is missing.
+        assert!(matches!(fine.validate(None), Err(Error::Net(..))));
+    }
+
+    #[test]
+    fn patch_bodies() {
+        let drive: DriveUpdateBody = serde_json::from_str(
+            r#"{"drive_id": "data", "rate_limiter": {"ops": {"size": 10, "refill_time": 100}}}"#,
+        )
+        .unwrap();
+        assert_eq!(drive.validate("data"), Ok(()));
+        assert!(matches!(
+            drive.validate("other"),
+            Err(Error::IdMismatch { .. })
+        ));
+        let swap: DriveUpdateBody =
+            serde_json::from_str(r#"{"drive_id": "data", "path_on_host": "/other.img"}"#).unwrap();
+        let error = swap.validate("data").unwrap_err().to_string();
+        assert!(error.contains("path_on_host"), "{error}");
+        let bare: DriveUpdateBody = serde_json::from_str(r#"{"drive_id": "data"}"#).unwrap();
+        assert_eq!(bare.validate("data"), Ok(()));
+        assert!(serde_json::from_str::<DriveUpdateBody>(
+            r#"{"drive_id": "data", "is_read_only": true}"#
+        )
+        .is_err());
+        let nic: NetworkInterfaceUpdateBody = serde_json::from_str(
+            r#"{"iface_id": "eth0", "rx_rate_limiter": {"bandwidth": {"size": 0, "refill_time": 0}}}"#,
+        )
+        .unwrap();
+        assert_eq!(nic.validate("eth0"), Ok(()));
+        let bad: NetworkInterfaceUpdateBody = serde_json::from_str(
+            r#"{"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 1, "refill_time": 99999999999999}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            bad.validate("eth0"),
+            Err(Error::RateLimiter {
+                field: "tx_rate_limiter",
+                ..
+            })
+        ));
+        assert!(serde_json::from_str::<NetworkInterfaceUpdateBody>(
+            r#"{"iface_id": "eth0", "host_dev_name": "tap1"}"#
+        )
+        .is_err());
     }
 }

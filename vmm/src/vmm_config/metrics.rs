@@ -52,6 +52,8 @@ pub enum Request {
     PutEntropy,
     PutVsock,
     PatchVm,
+    PatchDrive,
+    PatchNetworkInterface,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -86,8 +88,12 @@ struct PutRequests {
 
 #[derive(Debug, Default, Serialize)]
 struct PatchRequests {
+    drive_count: u64,
+    drive_fails: u64,
     machine_cfg_count: u64,
     machine_cfg_fails: u64,
+    network_count: u64,
+    network_fails: u64,
     vm_count: u64,
     vm_fails: u64,
 }
@@ -168,6 +174,10 @@ impl Metrics {
             Request::PutEntropy => (&mut put.entropy_count, Some(&mut put.entropy_fails)),
             Request::PutVsock => (&mut put.vsock_count, Some(&mut put.vsock_fails)),
             Request::PatchVm => (&mut patch.vm_count, Some(&mut patch.vm_fails)),
+            Request::PatchDrive => (&mut patch.drive_count, Some(&mut patch.drive_fails)),
+            Request::PatchNetworkInterface => {
+                (&mut patch.network_count, Some(&mut patch.network_fails))
+            }
         };
         *count += 1;
         if let Some(fails) = fails {

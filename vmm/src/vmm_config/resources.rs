@@ -66,6 +66,7 @@ impl VmResources {
             nics,
             vsock: self.vsock.as_ref().map(VsockBody::to_config).transpose()?,
             entropy: self.entropy.is_some(),
+            entropy_rate_limiter: self.entropy.as_ref().and_then(|e| e.rate_limiter),
             ..self.sized(base)
         })
     }

@@ -5,12 +5,20 @@
 //! translated: none are offered. The worker stops reading the TAP while the
 //! guest has no receive buffers, and starts again at the guest's next
 //! receive-queue notification, so a full queue neither spins nor drops.
+//!
+//! Receiving and transmitting each have a rate limiter (Firecracker's
+//! `rx_rate_limiter` and `tx_rate_limiter`), charged per frame: one op and
+//! the frame's length, its 12-byte virtio header included, as Firecracker
+//! counts it. A sent frame the limiter holds back goes back to the
+//! available ring; a received one stays pending (the TAP is not read
+//! meanwhile, so the kernel queues or drops what arrives, as a busy link
+//! would). Either queue resumes when its limiter's timer fires.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -21,6 +29,7 @@ use super::{
     ActivateError, ActiveQueue, Interrupt, SharedMemory, VirtioDevice, TYPE_NET,
     VIRTIO_F_VERSION_1,
 };
+use crate::rate_limiter::SharedRateLimiter;
 
 const QUEUE_SIZES: &[u16] = &[256, 256];
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
@@ -31,16 +40,38 @@ pub struct Net {
     tap: Option<Tap>,
     mac: [u8; 6],
     worker: Option<Worker>,
+    /// Meter received and sent frames; shared with the controller, which
+    /// updates them on `PATCH /network-interfaces/{id}`.
+    limiters: NetLimiters,
+}
+
+/// The two rate limiters of an interface.
+#[derive(Clone, Debug)]
+pub struct NetLimiters {
+    pub rx: SharedRateLimiter,
+    pub tx: SharedRateLimiter,
 }
 
 impl Net {
-    pub fn new(tap: Tap, mac: [u8; 6]) -> Self {
+    pub fn new(tap: Tap, mac: [u8; 6], limiters: NetLimiters) -> Self {
         Self {
             tap: Some(tap),
             mac,
             worker: None,
+            limiters,
         }
     }
+}
+
+/// Why `receive` stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RxStop {
+    /// The TAP has nothing more (or failed).
+    TapDry,
+    /// The guest has no receive buffer for the pending frame.
+    Starved,
+    /// The rate limiter holds the pending frame back.
+    Limited,
 }
 
 /// A frame read from the TAP that is waiting for a guest buffer.
@@ -49,32 +80,40 @@ struct RxState {
     pending: usize,
 }
 
-/// Moves frames from the TAP into the guest's receive buffers until either
-/// runs dry. Returns (whether any buffer was used, whether the guest ran
-/// out of buffers).
+/// Moves frames from the TAP into the guest's receive buffers until the
+/// TAP runs dry, the guest runs out of buffers or `limiter` holds a frame
+/// back. Returns whether any buffer was used, and why it stopped.
 fn receive(
     mem: &GuestMemoryMmap,
     queue: &mut Queue,
     tap: &mut impl Read,
     rx: &mut RxState,
-) -> (bool, bool) {
+    limiter: Option<&SharedRateLimiter>,
+) -> (bool, RxStop) {
     let mut used = false;
     loop {
         if rx.pending == 0 {
             match tap.read(&mut rx.frame) {
                 Ok(n) if n >= VNET_HDR_LEN => rx.pending = n,
                 // A TAP at EOF (its interface gone) has nothing more to give.
-                Ok(0) => return (used, false),
+                Ok(0) => return (used, RxStop::TapDry),
                 // A runt without a complete header: dropped.
                 Ok(_) => continue,
-                Err(_) => return (used, false),
+                Err(_) => return (used, RxStop::TapDry),
             }
             // One buffer per frame: tell the guest so (num_buffers = 1).
             rx.frame[10..12].copy_from_slice(&1u16.to_le_bytes());
         }
         let Some(chain) = queue.pop_descriptor_chain(mem) else {
-            return (used, true);
+            return (used, RxStop::Starved);
         };
+        if let Some(limiter) = limiter {
+            // At most MAX_FRAME bytes.
+            if !limiter.consume(1, rx.pending as u64) {
+                queue.go_to_previous_position();
+                return (used, RxStop::Limited);
+            }
+        }
         let head = chain.head_index();
         let written = if chain_is_well_formed(&chain) {
             chain
@@ -95,28 +134,47 @@ fn receive(
         rx.pending = 0;
         // At most MAX_FRAME bytes.
         if queue.add_used(mem, head, len_u32(written)).is_err() {
-            return (used, false);
+            return (used, RxStop::TapDry);
         }
         used = true;
     }
 }
 
-/// Sends every frame the guest queued. A malformed request is completed
-/// without being sent.
-fn transmit(mem: &GuestMemoryMmap, queue: &mut Queue, tap: &mut impl Write) -> bool {
+/// Sends every frame the guest queued, until `limiter` holds one back
+/// (it goes back to the queue). A malformed request is completed without
+/// being sent, charged one op.
+fn transmit(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    tap: &mut impl Write,
+    limiter: Option<&SharedRateLimiter>,
+) -> bool {
     let mut used = false;
     let mut frame = Vec::with_capacity(MAX_FRAME);
     while let Some(chain) = queue.pop_descriptor_chain(mem) {
         let head = chain.head_index();
-        if chain_is_well_formed(&chain) {
-            if let Ok(mut reader) = chain.reader(mem) {
-                frame.clear();
-                let len = reader.available_bytes().min(MAX_FRAME);
-                frame.resize(len, 0);
-                if reader.read_exact(&mut frame).is_ok() && len > VNET_HDR_LEN {
-                    // A full TAP queue drops the frame, as a busy link would.
-                    let _ = tap.write(&frame);
-                }
+        let reader = if chain_is_well_formed(&chain) {
+            chain.reader(mem).ok()
+        } else {
+            None
+        };
+        if let Some(limiter) = limiter {
+            let len = reader
+                .as_ref()
+                .map_or(0, |r| r.available_bytes().min(MAX_FRAME));
+            // At most MAX_FRAME bytes.
+            if !limiter.consume(1, len as u64) {
+                queue.go_to_previous_position();
+                break;
+            }
+        }
+        if let Some(mut reader) = reader {
+            frame.clear();
+            let len = reader.available_bytes().min(MAX_FRAME);
+            frame.resize(len, 0);
+            if reader.read_exact(&mut frame).is_ok() && len > VNET_HDR_LEN {
+                // A full TAP queue drops the frame, as a busy link would.
+                let _ = tap.write(&frame);
             }
         }
         if queue.add_used(mem, head, 0).is_err() {
@@ -133,7 +191,7 @@ fn transmit(mem: &GuestMemoryMmap, queue: &mut Queue, tap: &mut impl Write) -> b
 #[cfg(feature = "fuzz-hooks")]
 #[doc(hidden)]
 pub fn fuzz_transmit(mem: &GuestMemoryMmap, queue: &mut Queue, tap: &mut impl Write) -> bool {
-    transmit(mem, queue, tap)
+    transmit(mem, queue, tap, None)
 }
 
 /// Fuzzing entry point (vmm/fuzz): `receive` from a fresh state, as the
@@ -146,7 +204,8 @@ pub fn fuzz_receive(mem: &GuestMemoryMmap, queue: &mut Queue, tap: &mut impl Rea
         frame: vec![0; MAX_FRAME],
         pending: 0,
     };
-    receive(mem, queue, tap, &mut rx)
+    let (used, stop) = receive(mem, queue, tap, &mut rx, None);
+    (used, stop == RxStop::Starved)
 }
 
 struct NetWorker {
@@ -161,13 +220,23 @@ struct NetWorker {
     /// The guest has no receive buffers: leave the TAP alone until it
     /// posts some.
     rx_starved: bool,
+    limiters: NetLimiters,
 }
 
 impl NetWorker {
     fn run(mut self, kill: RawFd) {
         loop {
-            let mut fds = vec![kill, self.rx_notify.as_raw_fd(), self.tx_notify.as_raw_fd()];
-            if !self.rx_starved {
+            // While the receive limiter blocks, the TAP is left alone too:
+            // its timer says when to go on.
+            let read_tap = !self.rx_starved && !self.limiters.rx.is_blocked();
+            let mut fds = vec![
+                kill,
+                self.rx_notify.as_raw_fd(),
+                self.tx_notify.as_raw_fd(),
+                self.limiters.rx.timer_fd(),
+                self.limiters.tx.timer_fd(),
+            ];
+            if read_tap {
                 fds.push(self.tap.as_raw_fd());
             }
             let Some(ready) = wait(&fds) else { return };
@@ -178,16 +247,36 @@ impl NetWorker {
                 let _ = self.rx_notify.read();
                 self.rx_starved = false;
             }
+            if ready[3] {
+                self.limiters.rx.on_timer();
+            }
+            let mut send = false;
             if ready[2] {
                 let _ = self.tx_notify.read();
-                if transmit(&self.mem, &mut self.tx_queue, &mut self.tap) {
-                    signal_used(&self.mem, &mut self.tx_queue, &self.interrupt);
-                }
+                send = true;
             }
-            if !self.rx_starved {
-                let (used, starved) =
-                    receive(&self.mem, &mut self.rx_queue, &mut self.tap, &mut self.rx);
-                self.rx_starved = starved;
+            if ready[4] {
+                send |= self.limiters.tx.on_timer();
+            }
+            if send
+                && transmit(
+                    &self.mem,
+                    &mut self.tx_queue,
+                    &mut self.tap,
+                    Some(&self.limiters.tx),
+                )
+            {
+                signal_used(&self.mem, &mut self.tx_queue, &self.interrupt);
+            }
+            if !self.rx_starved && !self.limiters.rx.is_blocked() {
+                let (used, stop) = receive(
+                    &self.mem,
+                    &mut self.rx_queue,
+                    &mut self.tap,
+                    &mut self.rx,
+                    Some(&self.limiters.rx),
+                );
+                self.rx_starved = stop == RxStop::Starved;
                 if used {
                     signal_used(&self.mem, &mut self.rx_queue, &self.interrupt);
                 }
@@ -227,6 +316,7 @@ impl VirtioDevice for Net {
             .file()
             .try_clone()
             .map_err(ActivateError::Worker)?;
+        let limiters = self.limiters.clone();
         let worker = NetWorker {
             mem,
             interrupt,
@@ -240,6 +330,7 @@ impl VirtioDevice for Net {
                 pending: 0,
             },
             rx_starved: false,
+            limiters,
         };
         self.worker = Some(
             Worker::spawn_loop("virtio-net", move |kill| worker.run(kill))
@@ -261,6 +352,9 @@ mod tests {
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
+
+    use crate::rate_limiter::RateLimiterUpdate;
+    use crate::vmm_config::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 
     const WRITE: u16 = 2;
     const NEXT: u16 = 1;
@@ -296,9 +390,114 @@ mod tests {
         .unwrap();
         let mut queue: Queue = vq.create_queue().unwrap();
         let mut tap = Cursor::new(Vec::new());
-        assert!(transmit(&mem, &mut queue, &mut tap));
+        assert!(transmit(&mem, &mut queue, &mut tap, None));
         assert_eq!(tap.into_inner(), data, "only the good frame went out");
         assert_eq!(vq.used().idx().load(), 3);
+    }
+
+    /// Frames a TAP hands over, one per read, last first.
+    struct Frames(Vec<Vec<u8>>);
+
+    impl Read for Frames {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.0.pop() {
+                Some(f) => {
+                    buf[..f.len()].copy_from_slice(&f);
+                    Ok(f.len())
+                }
+                None => Err(std::io::ErrorKind::WouldBlock.into()),
+            }
+        }
+    }
+
+    /// Limiters with these (size, refill_time) ops buckets.
+    fn limiters(rx_ops: Option<(u64, u64)>, tx_ops: Option<(u64, u64)>) -> NetLimiters {
+        let limiter = |ops: Option<(u64, u64)>| {
+            let config = RateLimiterConfig {
+                bandwidth: None,
+                ops: ops.map(|(size, refill_time)| TokenBucketConfig {
+                    size,
+                    one_time_burst: None,
+                    refill_time,
+                }),
+            };
+            SharedRateLimiter::from_config(Some(&config)).unwrap()
+        };
+        NetLimiters {
+            rx: limiter(rx_ops),
+            tx: limiter(tx_ops),
+        }
+    }
+
+    fn lift(limiter: &SharedRateLimiter) {
+        let off = RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(TokenBucketConfig::default()),
+        };
+        assert!(limiter.is_blocked());
+        limiter.update(RateLimiterUpdate::from_config(&off).unwrap());
+        // A blocked limiter's timer fires at once on an update.
+        assert!(wait(&[limiter.timer_fd()]).is_some());
+        assert!(limiter.on_timer());
+    }
+
+    #[test]
+    fn transmit_stops_where_the_limiter_blocks_and_resumes_there() {
+        let mem = memory();
+        let vq = MockSplitQueue::new(&mem, 16);
+        let frames: Vec<Vec<u8>> = (0..3u8).map(|i| frame(&[b'a' + i; 8])).collect();
+        for (i, f) in frames.iter().enumerate() {
+            mem.write_slice(f, GuestAddress(0x8000 + 0x100 * i as u64))
+                .unwrap();
+        }
+        let descs: Vec<_> = (0..3)
+            .map(|i| desc(0x8000 + 0x100 * i, frames[0].len() as u32, 0, 0))
+            .collect();
+        vq.add_desc_chains(&descs, 0).unwrap();
+        let mut queue: Queue = vq.create_queue().unwrap();
+        // Two frames per hour.
+        let limiters = limiters(None, Some((2, 3_600_000)));
+        let mut tap = Cursor::new(Vec::new());
+        assert!(transmit(&mem, &mut queue, &mut tap, Some(&limiters.tx)));
+        assert_eq!(vq.used().idx().load(), 2, "the third frame waits");
+        assert!(limiters.tx.is_blocked());
+        assert!(!transmit(&mem, &mut queue, &mut tap, Some(&limiters.tx)));
+        lift(&limiters.tx);
+        assert!(transmit(&mem, &mut queue, &mut tap, Some(&limiters.tx)));
+        assert_eq!(vq.used().idx().load(), 3);
+        assert_eq!(tap.into_inner(), frames.concat(), "all three, in order");
+    }
+
+    #[test]
+    fn a_received_frame_the_limiter_holds_back_stays_pending() {
+        let mem = memory();
+        let vq = MockSplitQueue::new(&mem, 16);
+        vq.add_desc_chains(
+            &[desc(0x8000, 2048, WRITE, 0), desc(0x9000, 2048, WRITE, 0)],
+            0,
+        )
+        .unwrap();
+        let mut queue: Queue = vq.create_queue().unwrap();
+        let mut tap = Frames(vec![frame(b"second"), frame(b"first")]);
+        let mut rx = RxState {
+            frame: vec![0; MAX_FRAME],
+            pending: 0,
+        };
+        // One frame per hour.
+        let limiters = limiters(Some((1, 3_600_000)), None);
+        let (used, stop) = receive(&mem, &mut queue, &mut tap, &mut rx, Some(&limiters.rx));
+        assert!(used);
+        assert_eq!(stop, RxStop::Limited);
+        assert_eq!(vq.used().idx().load(), 1);
+        assert_eq!(rx.pending, frame(b"second").len(), "held, not dropped");
+        lift(&limiters.rx);
+        let (used, stop) = receive(&mem, &mut queue, &mut tap, &mut rx, Some(&limiters.rx));
+        assert!(used);
+        assert_eq!(stop, RxStop::TapDry);
+        assert_eq!(vq.used().idx().load(), 2);
+        let mut got = vec![0u8; VNET_HDR_LEN + 6];
+        mem.read_slice(&mut got, GuestAddress(0x9000)).unwrap();
+        assert_eq!(&got[VNET_HDR_LEN..], b"second");
     }
 
     #[test]
@@ -309,26 +508,14 @@ mod tests {
             .unwrap();
         let mut queue: Queue = vq.create_queue().unwrap();
         // Two frames arrive (one per read, as a TAP delivers them).
-        struct Frames(Vec<Vec<u8>>);
-        impl Read for Frames {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                match self.0.pop() {
-                    Some(f) => {
-                        buf[..f.len()].copy_from_slice(&f);
-                        Ok(f.len())
-                    }
-                    None => Err(std::io::ErrorKind::WouldBlock.into()),
-                }
-            }
-        }
         let mut tap = Frames(vec![frame(b"second"), frame(b"first")]);
         let mut rx = RxState {
             frame: vec![0; MAX_FRAME],
             pending: 0,
         };
-        let (used, starved) = receive(&mem, &mut queue, &mut tap, &mut rx);
+        let (used, stop) = receive(&mem, &mut queue, &mut tap, &mut rx, None);
         assert!(used);
-        assert!(starved, "one buffer for two frames");
+        assert_eq!(stop, RxStop::Starved, "one buffer for two frames");
         assert_eq!(rx.pending, frame(b"second").len(), "the second frame waits");
         let mut got = vec![0u8; VNET_HDR_LEN + 5];
         mem.read_slice(&mut got, GuestAddress(0x8000)).unwrap();
@@ -343,6 +530,7 @@ mod tests {
             tap: None,
             mac,
             worker: None,
+            limiters: limiters(None, None),
         };
         let mut data = [0u8; 6];
         net.read_config(0, &mut data);

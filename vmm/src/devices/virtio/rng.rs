@@ -1,9 +1,15 @@
 //! virtio-rng: entropy from the host's getrandom(2).
+//!
+//! With a rate limiter (the `rate_limiter` of `PUT /entropy`), each request
+//! is charged one op and the bytes it will get (its writable length, at
+//! most [`MAX_REQUEST_BYTES`]) before it is served; a request the limiter
+//! holds back goes back to the available ring until the limiter's timer
+//! fires (see [`crate::rate_limiter`]).
 
 use std::io::Write;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::worker::Worker;
@@ -11,6 +17,7 @@ use super::{
     chain_is_well_formed, expect_queues, len_u32, signal_used, stop_worker, ActivateError,
     ActiveQueue, Interrupt, SharedMemory, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1,
 };
+use crate::rate_limiter::SharedRateLimiter;
 
 const QUEUE_SIZES: &[u16] = &[256];
 /// The most bytes one request gets: a guest asking for gigabytes must not
@@ -20,11 +27,21 @@ const MAX_REQUEST_BYTES: usize = 64 * 1024;
 #[derive(Default)]
 pub struct Rng {
     worker: Option<Worker>,
+    limiter: Option<SharedRateLimiter>,
 }
 
 impl Rng {
+    /// An entropy device without a rate limiter.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An entropy device whose requests `limiter` meters.
+    pub fn with_rate_limiter(limiter: SharedRateLimiter) -> Self {
+        Self {
+            worker: None,
+            limiter: Some(limiter),
+        }
     }
 }
 
@@ -32,9 +49,32 @@ impl Rng {
 /// bytes. A malformed request (outside guest memory, no writable buffer)
 /// completes with 0 bytes; the device goes on.
 pub fn process_queue(mem: &GuestMemoryMmap, queue: &mut Queue) -> bool {
+    process_metered_queue(mem, queue, None)
+}
+
+/// [`process_queue`], charging each request to `limiter` first: one op
+/// and the bytes it asks for (at most MAX_REQUEST_BYTES). Stops at the
+/// first request the limiter holds back, which goes back to the queue.
+fn process_metered_queue(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    limiter: Option<&SharedRateLimiter>,
+) -> bool {
     let mut used_any = false;
     while let Some(chain) = queue.pop_descriptor_chain(mem) {
         let head = chain.head_index();
+        if let Some(limiter) = limiter {
+            let asked = chain
+                .clone()
+                .filter(|d| d.is_write_only())
+                .map(|d| u64::from(d.len()))
+                .sum::<u64>()
+                .min(MAX_REQUEST_BYTES as u64);
+            if !limiter.consume(1, asked) {
+                queue.go_to_previous_position();
+                break;
+            }
+        }
         let written = if chain_is_well_formed(&chain) {
             chain
                 .writer(mem)
@@ -92,11 +132,21 @@ impl VirtioDevice for Rng {
     ) -> Result<(), ActivateError> {
         let [active] = expect_queues::<1>(queues)?;
         let mut queue = active.queue;
-        let worker = Worker::spawn("virtio-rng", vec![active.notify], move |_| {
-            if process_queue(&mem, &mut queue) {
-                signal_used(&mem, &mut queue, &interrupt);
+        let worker = match self.limiter.clone() {
+            None => Worker::spawn("virtio-rng", vec![active.notify], move |_| {
+                if process_queue(&mem, &mut queue) {
+                    signal_used(&mem, &mut queue, &interrupt);
+                }
+            }),
+            Some(limiter) => {
+                let metered = limiter.clone();
+                Worker::spawn_metered("virtio-rng", active.notify, limiter, move || {
+                    if process_metered_queue(&mem, &mut queue, Some(&metered)) {
+                        signal_used(&mem, &mut queue, &interrupt);
+                    }
+                })
             }
-        })
+        }
         .map_err(ActivateError::Worker)?;
         self.worker = Some(worker);
         Ok(())
@@ -138,6 +188,40 @@ mod tests {
         let mut bytes = [0u8; 256];
         mem.read_slice(&mut bytes, GuestAddress(0x8000)).unwrap();
         assert!(bytes.iter().any(|&b| b != 0));
+    }
+
+    #[test]
+    fn a_metered_queue_stops_where_its_limiter_blocks() {
+        use crate::vmm_config::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
+        let mem = memory();
+        let vq = MockSplitQueue::new(&mem, 16);
+        vq.add_desc_chains(
+            &[
+                desc(0x8000, 256, WRITE, 0),
+                desc(0x9000, 256, WRITE, 0),
+                desc(0xa000, 256, WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut queue: Queue = vq.create_queue().unwrap();
+        // 512 bytes per hour: two requests of 256, then the third waits.
+        let limiter = SharedRateLimiter::from_config(Some(&RateLimiterConfig {
+            bandwidth: Some(TokenBucketConfig {
+                size: 512,
+                one_time_burst: None,
+                refill_time: 3_600_000,
+            }),
+            ops: None,
+        }))
+        .unwrap();
+        assert!(process_metered_queue(&mem, &mut queue, Some(&limiter)));
+        assert_eq!(vq.used().idx().load(), 2);
+        assert!(limiter.is_blocked());
+        assert!(!process_metered_queue(&mem, &mut queue, Some(&limiter)));
+        // Unmetered, the held request is served.
+        assert!(process_queue(&mem, &mut queue));
+        assert_eq!(vq.used().idx().load(), 3);
     }
 
     #[test]

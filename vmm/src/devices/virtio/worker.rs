@@ -1,11 +1,14 @@
 //! A device's worker thread: waits on the device's eventfds (queue
-//! notifications) and hands each one that fired to the device's handler,
-//! until the device stops it.
+//! notifications, and the rate limiter's timerfd of a metered queue) and
+//! hands each one that fired to the device's handler, until the device
+//! stops it.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::rate_limiter::SharedRateLimiter;
 
 pub struct Worker {
     kill: EventFd,
@@ -33,6 +36,42 @@ impl Worker {
                         let _ = event.read();
                         handler(index);
                     }
+                }
+            }
+        })
+    }
+
+    /// Starts a thread for a device with one queue whose requests
+    /// `limiter` meters: `handler()` runs when the queue is notified and
+    /// when the limiter's timer ends a block, so a queue the limiter
+    /// stopped is processed again (see [`crate::rate_limiter`]).
+    pub fn spawn_metered<F>(
+        name: &str,
+        notify: EventFd,
+        limiter: SharedRateLimiter,
+        mut handler: F,
+    ) -> std::io::Result<Self>
+    where
+        F: FnMut() + Send + 'static,
+    {
+        Self::spawn_loop(name, move |kill| {
+            let fds = [kill, notify.as_raw_fd(), limiter.timer_fd()];
+            while let Some(ready) = wait(&fds) {
+                if ready[0] {
+                    return;
+                }
+                let mut run = false;
+                if ready[1] {
+                    // As in `spawn`: the handler processes everything
+                    // pending (or stops at once while the limiter blocks).
+                    let _ = notify.read();
+                    run = true;
+                }
+                if ready[2] {
+                    run |= limiter.on_timer();
+                }
+                if run {
+                    handler();
                 }
             }
         })
@@ -123,5 +162,44 @@ mod tests {
         worker.stop();
         a.write(1).unwrap();
         assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+    }
+
+    #[test]
+    fn a_metered_worker_runs_again_when_its_limiter_unblocks() {
+        use crate::vmm_config::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
+        let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        // One op per 50 ms.
+        let limiter = SharedRateLimiter::from_config(Some(&RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(TokenBucketConfig {
+                size: 1,
+                one_time_burst: None,
+                refill_time: 50,
+            }),
+        }))
+        .unwrap();
+        let (tx, rx) = channel();
+        let metered = limiter.clone();
+        // Each run serves one request, if the limiter lets it.
+        let mut worker = Worker::spawn_metered(
+            "test-metered",
+            notify.try_clone().unwrap(),
+            limiter.clone(),
+            move || {
+                if metered.consume(1, 0) {
+                    tx.send(()).unwrap();
+                }
+            },
+        )
+        .unwrap();
+        let start = std::time::Instant::now();
+        notify.write(1).unwrap();
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        // The second request blocks; the timer, not a notification, runs
+        // the handler again once the bucket has refilled.
+        notify.write(1).unwrap();
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(45));
+        worker.stop();
     }
 }
