@@ -137,10 +137,23 @@ fn console_can_go_to_a_file() {
 /// Random bytes behind the paste made before the guest is up, sent as
 /// base64 lines of [`LINE_CHARS`].
 const EARLY_RANDOM: usize = 1500;
-/// Bytes pasted in raw mode, with and without flow control.
-const RAW_BYTES: usize = 64 * 1024;
+/// Bytes pasted in raw mode. Every byte costs the nested guest two port
+/// reads that exit to vmm, a millisecond or more under TCG and ten times
+/// that on a loaded machine: 4 KiB covers every byte value many times
+/// over and stays within minutes at the slowest seen.
+const RAW_BYTES: usize = 4 * 1024;
+/// Bytes pasted with flow control: three times what the guest's tty
+/// buffers before it drops RTS (4 KiB), so most of it must wait in vmm.
+const FLOW_BYTES: usize = 12 * 1024;
+/// What the UART may take while the guest leaves its input unread: the
+/// tty's 4 KiB buffer and the FIFO, with room to spare, and well below
+/// [`FLOW_BYTES`].
+const TTY_HOLDS: usize = 8 * 1024;
+/// How long the guest waits for one paste: far beyond what it takes (the
+/// guest's own timeouts, so a slow paste shows as such, not as a hang).
+const PASTE_SECS: u32 = 600;
 /// Lines of [`LINE_CHARS`] characters pasted in canonical mode.
-const LINES: usize = 200;
+const LINES: usize = 50;
 const LINE_CHARS: usize = 80;
 /// How long the guest leaves its input unread with flow control on.
 const STALL_SECS: u32 = 8;
@@ -155,11 +168,11 @@ fn console_input_reaches_the_guest_whole() {
     // In order:
     // 1. EARLY: base64 lines written as vmm starts, long before the guest's
     //    UART driver is up; the guest reads them once its script runs.
-    // 2. RAW: 64 KiB of random bytes with the console in raw mode (every
+    // 2. RAW: 4 KiB of random bytes with the console in raw mode (every
     //    byte value is data), written when the guest says it is ready.
-    // 3. LINES: 200 lines of 80 characters in canonical mode with echo, as
+    // 3. LINES: 50 lines of 80 characters in canonical mode with echo, as
     //    a shell reads them.
-    // 4. FLOW: 64 KiB in raw mode with `crtscts`, which the guest leaves
+    // 4. FLOW: 12 KiB in raw mode with `crtscts`, which the guest leaves
     //    unread for a while: its tty drops RTS once its buffer is full, vmm
     //    must hold the rest back (the UART's receive counter stays put),
     //    and all of it must arrive once the guest reads.
@@ -168,19 +181,20 @@ fn console_input_reaches_the_guest_whole() {
         "rx() {{ echo GUEST-$1-RX=$(grep -o 'rx:[0-9]*' /proc/tty/driver/serial | head -n 1 | cut -c4-); }}\n\
          got() {{ echo GUEST-$1-BYTES=$(wc -c < /tmp/$1) GUEST-$1-LINES=$(wc -l < /tmp/$1) \
          GUEST-$1-SHA=$(sha256sum < /tmp/$1 | cut -c1-64); }}\n\
-         bytes() {{ timeout $1 dd bs=1 count=$2 of=/tmp/$3 2>/dev/null; got $3; }}\n\
+         bytes() {{ timeout $1 dd bs=1 count=$2 of=/tmp/$3 2>/tmp/$3.err; \
+         echo GUEST-$3-DD=$? $(grep -v records /tmp/$3.err); got $3; }}\n\
          stty raw -echo\n\
          bytes 60 {early_bytes} EARLY\n\
          echo GUEST-RAW-READY\n\
-         bytes 300 {RAW_BYTES} RAW\n\
+         bytes {PASTE_SECS} {RAW_BYTES} RAW\n\
          stty sane\n\
          echo GUEST-LINES-READY\n\
-         timeout 300 sh -c 'i=0; while [ $i -lt {LINES} ] && read -r l; do echo $l; i=$((i+1)); done' > /tmp/LINES\n\
+         timeout {PASTE_SECS} sh -c 'i=0; while [ $i -lt {LINES} ] && read -r l; do echo $l; i=$((i+1)); done' > /tmp/LINES\n\
          got LINES\n\
          stty raw -echo crtscts\n\
          rx READY; echo GUEST-FLOW-READY\n\
          sleep {STALL_SECS}; rx STALLED\n\
-         bytes 300 {RAW_BYTES} FLOW; rx END\n"
+         bytes {PASTE_SECS} {FLOW_BYTES} FLOW; rx END\n"
     );
     let cmdline = run_cmdline(CMDLINE, &guest).unwrap_or_else(|e| panic!("{e}"));
     let script = format!(
@@ -189,23 +203,23 @@ fn console_input_reaches_the_guest_whole() {
          head -c {EARLY_RANDOM} /dev/urandom | base64 -w {LINE_CHARS} > /tmp/EARLY; sha EARLY\n\
          head -c {RAW_BYTES} /dev/urandom > /tmp/RAW; sha RAW\n\
          head -c {line_random} /dev/urandom | base64 -w {LINE_CHARS} > /tmp/LINES; sha LINES\n\
-         head -c {RAW_BYTES} /dev/urandom > /tmp/FLOW; sha FLOW\n\
+         head -c {FLOW_BYTES} /dev/urandom > /tmp/FLOW; sha FLOW\n\
          mkfifo /tmp/in && exec 3<>/tmp/in\n\
          vmm --kernel {GUEST_VMLINUX} --initrd {GUEST_INITRAMFS} --memory 256 \
          --cmdline '{cmdline}' < /tmp/in > /tmp/console.log 2>&1 &\n\
          VMM=$!\n\
+         tail -f /tmp/console.log | grep -a GUEST- &\n\
          cat /tmp/EARLY >&3\n\
-         ready() {{ i=0; while ! grep -q $1 /tmp/console.log && [ $i -lt 1800 ]; do sleep 0.1; i=$((i+1)); done; }}\n\
+         ready() {{ while ! grep -q $1 /tmp/console.log && kill -0 $VMM; do sleep 0.1; done; }}\n\
          ready GUEST-RAW-READY && cat /tmp/RAW >&3\n\
          ready GUEST-LINES-READY && cat /tmp/LINES >&3\n\
          ready GUEST-FLOW-READY && {{ cat /tmp/FLOW >&3 & }}\n\
          wait $VMM; echo VMM-EXIT=$?\n\
-         exec 3>&-\n\
-         grep -a -e GUEST- /tmp/console.log\n",
+         exec 3>&-; sleep 2\n",
         line_random = LINES * LINE_CHARS / 4 * 3,
     );
     let outcome = host()
-        .run(&Scenario::new(script).timeout(std::time::Duration::from_secs(1200)))
+        .run(&Scenario::new(script).timeout(std::time::Duration::from_secs(1500)))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(outcome.host_kvm, "the nested host has no /dev/kvm");
     // What both sides counted, for `--nocapture`.
@@ -236,6 +250,17 @@ fn console_input_reaches_the_guest_whole() {
         LINES * (LINE_CHARS + 1),
         "{tail}"
     );
+    assert_eq!(number("HOST-FLOW-BYTES"), FLOW_BYTES, "{tail}");
+    // Each raw read ended by itself, not by its timeout (143: a guest too
+    // slow to read the paste in time, which would also push the rest of
+    // it into the next phase).
+    for paste in ["EARLY", "RAW", "FLOW"] {
+        assert_eq!(
+            value(&format!("GUEST-{paste}-DD")),
+            Some("0"),
+            "{paste}: the guest's read did not finish:\n{tail}"
+        );
+    }
     // Each paste arrived whole: as many bytes, the same digest.
     for paste in ["EARLY", "RAW", "LINES", "FLOW"] {
         let host_sha = value(&format!("HOST-{paste}-SHA"));
@@ -256,14 +281,14 @@ fn console_input_reaches_the_guest_whole() {
     // the device's.
     assert_eq!(
         number("GUEST-END-RX") - number("GUEST-READY-RX"),
-        RAW_BYTES,
+        FLOW_BYTES,
         "the UART did not take the whole paste:\n{tail}"
     );
     // While the guest did not read, the UART took no more than its tty
     // could buffer (4 KiB) and the FIFO (64 bytes), with room to spare.
     let held = number("GUEST-STALLED-RX") - number("GUEST-READY-RX");
     assert!(
-        held < 16 * 1024,
+        held < TTY_HOLDS,
         "vmm kept feeding a guest that dropped RTS: {held} bytes in {STALL_SECS} s\n{tail}"
     );
     assert_eq!(run_exits(&outcome), ["0"], "{tail}");
