@@ -78,6 +78,59 @@ fn pid_alive(pid: u32) -> bool {
 }
 
 #[tokio::test]
+async fn a_disks_rate_limit_reaches_its_vmm() {
+    let agent = TestAgent::start("ratelimit");
+    let base = agent.dir.join("limited.img");
+    std::fs::File::create(&base)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let bucket = |size, refill_time_ms| proto::TokenBucket {
+        size,
+        refill_time_ms,
+        one_time_burst: 0,
+    };
+    let disk = |refill_time_ms| proto::DiskSpec {
+        base_image: base.to_string_lossy().into_owned(),
+        rate_limit: Some(proto::RateLimit {
+            bandwidth: Some(bucket(4 << 20, refill_time_ms)),
+            ops: Some(bucket(0, 1000)),
+        }),
+        ..Default::default()
+    };
+    // A refill time vmm would refuse is refused at create.
+    let too_slow = proto::VmSpec {
+        disks: vec![disk(366 * 24 * 3600 * 1000)],
+        ..vm_spec(&agent, "too-slow", "")
+    };
+    let err = create_vm(&agent, too_slow).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    let spec = proto::VmSpec {
+        disks: vec![disk(1000)],
+        ..vm_spec(&agent, "limited", "")
+    };
+    let vm = create_vm(&agent, spec).await.unwrap();
+    let started = agent
+        .vms()
+        .await
+        .start(proto::StartVmRequest { id: vm.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state(&started), VmState::Running, "{}", agent.log());
+    let run_dir = stratum_vm::RunDir::new(agent.dir.join("data/vms").join(&vm.id));
+    let config = stratum_vm::ApiClient::new(run_dir.api_sock())
+        .vm_config()
+        .unwrap();
+    let limiter = &config["drives"][0]["rate_limiter"];
+    assert_eq!(limiter["bandwidth"]["size"], 4 << 20, "{config}");
+    assert_eq!(limiter["bandwidth"]["refill_time"], 1000, "{config}");
+    // A bucket of size 0 limits nothing and is not sent.
+    assert!(limiter["ops"].is_null(), "{config}");
+}
+
+#[tokio::test]
 async fn a_vm_runs_in_its_pool_cgroup_through_its_lifecycle() {
     let agent = TestAgent::start("lifecycle");
     let mut events = agent
@@ -366,6 +419,7 @@ async fn bad_vm_specs_get_their_codes_and_leave_nothing() {
                 nics: vec![proto::NicSpec {
                     tap_name: "tap0".into(),
                     mac: "zz:zz".into(),
+                    ..Default::default()
                 }],
                 ..base.clone()
             },
@@ -377,6 +431,7 @@ async fn bad_vm_specs_get_their_codes_and_leave_nothing() {
                 nics: vec![proto::NicSpec {
                     tap_name: "tap0".into(),
                     mac: "01:00:5e:00:00:01".into(),
+                    ..Default::default()
                 }],
                 ..base.clone()
             },

@@ -8,8 +8,10 @@ use std::net::Ipv4Addr;
 
 use stratum_api::proto::{
     DiskSpec, EnvVar, NicSpec, PortMapping, PortProtocol, RestartPolicy, Shares, SharesLevel,
-    VmRole,
+    TokenBucket, VmRole,
 };
+
+use crate::size::parse_size;
 
 /// `low`, `normal`, `high` (1:2:4) or a custom number of shares.
 pub fn parse_shares(text: &str) -> Result<Shares, String> {
@@ -79,9 +81,21 @@ pub fn parse_disk(text: &str) -> Result<DiskSpec, String> {
             ("base", v) => disk.base_image = required(&what, key, v)?.to_string(),
             ("ro", None) => disk.read_only = true,
             ("serial", v) => disk.serial = required(&what, key, v)?.to_string(),
+            ("bw", v) => {
+                let bytes = per_second(&what, key, v)?;
+                disk.rate_limit
+                    .get_or_insert_with(Default::default)
+                    .bandwidth = Some(bytes);
+            }
+            ("iops", v) => {
+                let ops = required(&what, key, v)?
+                    .parse::<u64>()
+                    .map_err(|_| format!("{what}: iops= takes a number of operations"))?;
+                disk.rate_limit.get_or_insert_with(Default::default).ops = Some(each_second(ops));
+            }
             _ => {
                 return Err(format!(
-                    "{what}: unknown option {key:?} (expected base=, ro, serial=)"
+                    "{what}: unknown option {key:?} (expected base=, ro, serial=, bw=, iops=)"
                 ))
             }
         }
@@ -92,6 +106,22 @@ pub fn parse_disk(text: &str) -> Result<DiskSpec, String> {
     Ok(disk)
 }
 
+/// A bandwidth option (`bw=4Mi`: bytes per second) as a token bucket that
+/// refills that many bytes every second.
+fn per_second(what: &str, key: &str, value: Option<&str>) -> Result<TokenBucket, String> {
+    let bytes =
+        parse_size(required(what, key, value)?).map_err(|e| format!("{what}: {key}=: {e}"))?;
+    Ok(each_second(bytes))
+}
+
+fn each_second(size: u64) -> TokenBucket {
+    TokenBucket {
+        size,
+        refill_time_ms: 1000,
+        one_time_burst: 0,
+    }
+}
+
 /// `tap=NAME[,mac=MAC]`.
 pub fn parse_nic(text: &str) -> Result<NicSpec, String> {
     let what = format!("invalid --nic {text:?}");
@@ -100,9 +130,21 @@ pub fn parse_nic(text: &str) -> Result<NicSpec, String> {
         match key {
             "tap" => nic.tap_name = required(&what, key, value)?.to_string(),
             "mac" => nic.mac = required(&what, key, value)?.to_string(),
+            "rx-bw" => {
+                let bytes = per_second(&what, key, value)?;
+                nic.rx_rate_limit
+                    .get_or_insert_with(Default::default)
+                    .bandwidth = Some(bytes);
+            }
+            "tx-bw" => {
+                let bytes = per_second(&what, key, value)?;
+                nic.tx_rate_limit
+                    .get_or_insert_with(Default::default)
+                    .bandwidth = Some(bytes);
+            }
             _ => {
                 return Err(format!(
-                    "{what}: unknown option {key:?} (expected tap=, mac=)"
+                    "{what}: unknown option {key:?} (expected tap=, mac=, rx-bw=, tx-bw=)"
                 ))
             }
         }
@@ -277,6 +319,29 @@ mod tests {
         ] {
             assert!(parse_disk(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn disk_and_nic_limits_are_per_second_buckets() {
+        let d = parse_disk("base=/a,bw=4Mi,iops=200").unwrap();
+        let limit = d.rate_limit.unwrap();
+        assert_eq!(limit.bandwidth, Some(each_second(4 << 20)));
+        assert_eq!(limit.ops, Some(each_second(200)));
+        let n = parse_nic("tap=tap0,tx-bw=1Gi").unwrap();
+        assert_eq!(n.rx_rate_limit, None);
+        assert_eq!(
+            n.tx_rate_limit.unwrap().bandwidth,
+            Some(each_second(1 << 30))
+        );
+        for bad in [
+            "base=/a,bw=",
+            "base=/a,bw=fast",
+            "base=/a,iops=-1",
+            "base=/a,iops=x",
+        ] {
+            assert!(parse_disk(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_nic("tap=t,rx-bw=lots").is_err());
     }
 
     #[test]

@@ -266,10 +266,12 @@ pub struct VmCreate {
     /// Kernel command line [default: the vmm's].
     #[arg(long)]
     pub cmdline: Option<String>,
-    /// base=PATH[,ro][,serial=S] (repeatable; cloned copy-on-write).
+    /// base=PATH[,ro][,serial=S][,bw=SIZE][,iops=N] (repeatable; cloned
+    /// copy-on-write; bw= bytes and iops= operations per second at most).
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     pub disk: Vec<DiskSpec>,
-    /// tap=NAME[,mac=MAC] (repeatable).
+    /// tap=NAME[,mac=MAC][,rx-bw=SIZE][,tx-bw=SIZE] (repeatable; bytes per
+    /// second received and sent at most).
     #[arg(long, value_name = "SPEC", value_parser = parse_nic)]
     pub nic: Vec<NicSpec>,
     /// k=v (repeatable).

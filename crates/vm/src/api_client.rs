@@ -129,6 +129,8 @@ pub struct Drive {
     pub path_on_host: PathBuf,
     pub is_root_device: bool,
     pub is_read_only: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiter>,
 }
 
 /// `PUT /network-interfaces/{iface_id}` body.
@@ -138,6 +140,32 @@ pub struct NetworkInterface {
     pub host_dev_name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiter>,
+}
+
+/// A device's rate limiter, as Firecracker's API takes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RateLimiter {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucket>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucket>,
+}
+
+/// `size` units refilled every `refill_time` ms, `one_time_burst` first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TokenBucket {
+    pub size: u64,
+    pub refill_time: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub one_time_burst: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `GET /stratum/stats` body (unknown fields ignored, for newer vmms).
@@ -216,6 +244,11 @@ impl ApiClient {
     /// `GET /`: instance id and state.
     pub fn info(&self) -> Result<InstanceInfo, ApiError> {
         self.get_json("/")
+    }
+
+    /// `GET /vm/config`: the VM's whole configuration as vmm holds it.
+    pub fn vm_config(&self) -> Result<serde_json::Value, ApiError> {
+        self.get_json("/vm/config")
     }
 
     /// `PUT /boot-source`.

@@ -30,7 +30,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::api_client::{
-    ApiClient, ApiError, BootSource, Drive, MachineConfig, NetworkInterface, DEFAULT_API_TIMEOUT,
+    ApiClient, ApiError, BootSource, Drive, MachineConfig, NetworkInterface, RateLimiter,
+    DEFAULT_API_TIMEOUT,
 };
 use super::process::{ExitInfo, ProcessIdentity, VmProcess};
 use super::run_dir::{RunDir, MAX_SOCKET_PATH};
@@ -65,6 +66,7 @@ pub struct DiskSpec {
     pub path: PathBuf,
     pub read_only: bool,
     pub serial: Option<String>,
+    pub rate_limit: Option<RateLimiter>,
 }
 
 /// One NIC on an existing TAP device; interface ids are `net<N>`.
@@ -73,6 +75,8 @@ pub struct NicSpec {
     pub tap: String,
     /// `XX:XX:XX:XX:XX:XX`; `None`: vmm picks one.
     pub mac: Option<String>,
+    pub rx_rate_limit: Option<RateLimiter>,
+    pub tx_rate_limit: Option<RateLimiter>,
 }
 
 /// Timeouts of a launch.
@@ -332,6 +336,7 @@ pub fn drives(spec: &VmProcessSpec) -> Vec<Drive> {
         path_on_host: disk.path.clone(),
         is_root_device: false,
         is_read_only: disk.read_only,
+        rate_limiter: disk.rate_limit,
     };
     spec.disks.iter().enumerate().map(drive).collect()
 }
@@ -342,6 +347,8 @@ pub fn nics(spec: &VmProcessSpec) -> Vec<NetworkInterface> {
         iface_id: format!("net{i}"),
         host_dev_name: nic.tap.clone(),
         guest_mac: nic.mac.clone(),
+        rx_rate_limiter: nic.rx_rate_limit,
+        tx_rate_limiter: nic.tx_rate_limit,
     };
     spec.nics.iter().enumerate().map(nic).collect()
 }
@@ -429,6 +436,7 @@ mod tests {
             path: "d".into(),
             read_only: true,
             serial: serial.map(str::to_string),
+            rate_limit: None,
         };
         let drives = drives(&spec(
             vec![disk(None), disk(Some("data")), disk(None)],
@@ -440,10 +448,44 @@ mod tests {
     }
 
     #[test]
+    fn rate_limits_reach_the_api_bodies_as_firecracker_spells_them() {
+        let limit = RateLimiter {
+            bandwidth: Some(crate::TokenBucket {
+                size: 1 << 20,
+                refill_time: 1000,
+                one_time_burst: 0,
+            }),
+            ops: None,
+        };
+        let disk = DiskSpec {
+            path: "d".into(),
+            read_only: false,
+            serial: None,
+            rate_limit: Some(limit),
+        };
+        let body = serde_json::to_value(&drives(&spec(vec![disk], vec![]))[0]).unwrap();
+        assert_eq!(
+            body["rate_limiter"],
+            serde_json::json!({"bandwidth": {"size": 1048576, "refill_time": 1000}})
+        );
+        let nic = NicSpec {
+            tap: "tap0".into(),
+            mac: None,
+            rx_rate_limit: None,
+            tx_rate_limit: Some(limit),
+        };
+        let body = serde_json::to_value(&nics(&spec(vec![], vec![nic]))[0]).unwrap();
+        assert!(body.get("rx_rate_limiter").is_none(), "{body}");
+        assert_eq!(body["tx_rate_limiter"]["bandwidth"]["size"], 1048576);
+    }
+
+    #[test]
     fn nic_ids_are_numbered() {
         let nic = NicSpec {
             tap: "tap0".into(),
             mac: None,
+            rx_rate_limit: None,
+            tx_rate_limit: None,
         };
         let ids: Vec<_> = nics(&spec(vec![], vec![nic.clone(), nic]))
             .into_iter()

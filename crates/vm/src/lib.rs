@@ -38,7 +38,9 @@ pub mod run_dir;
 #[cfg(test)]
 mod tests;
 
-pub use api_client::{ApiClient, ApiError, InstanceInfo, InstanceState, VmStats};
+pub use api_client::{
+    ApiClient, ApiError, InstanceInfo, InstanceState, RateLimiter, TokenBucket, VmStats,
+};
 pub use console::{ConsoleFollower, ConsoleStream};
 pub use disk::{clone_disk, remove_disk, CloneMethod, DiskError};
 pub use launch::{

@@ -328,6 +328,7 @@ fn a_bad_drive_names_the_drive() {
         path: s.dir.path().join("missing.img"),
         read_only: false,
         serial: None,
+        rate_limit: None,
     });
     let err = launch(&vmm_binary(), &s.run_dir(), &spec, &cg.leaf).unwrap_err();
     assert!(

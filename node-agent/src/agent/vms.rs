@@ -909,11 +909,14 @@ fn check_spec(spec: &proto::VmSpec, host_memory: u64) -> Result<VmSizing> {
         if disk.serial.len() > 20 {
             return Err(invalid(format!("disk {i}: serial longer than 20 bytes")));
         }
+        check_rate_limit(&format!("disk {i}"), disk.rate_limit.as_ref())?;
     }
     for (i, nic) in spec.nics.iter().enumerate() {
         if nic.tap_name.is_empty() || nic.tap_name.len() > 15 {
             return Err(invalid(format!("nic {i}: tap_name must be 1 to 15 bytes")));
         }
+        check_rate_limit(&format!("nic {i} rx"), nic.rx_rate_limit.as_ref())?;
+        check_rate_limit(&format!("nic {i} tx"), nic.tx_rate_limit.as_ref())?;
         if !nic.mac.is_empty() && !is_unicast_mac(&nic.mac) {
             return Err(invalid(format!(
                 "nic {i}: MAC {} is not a unicast address of the form 02:00:00:00:00:01",
@@ -922,6 +925,46 @@ fn check_spec(spec: &proto::VmSpec, host_memory: u64) -> Result<VmSizing> {
         }
     }
     Ok(sizing)
+}
+
+/// The longest refill time a token bucket may have: vmm refuses longer.
+const MAX_REFILL_TIME_MS: u64 = 365 * 24 * 3600 * 1000;
+
+fn check_rate_limit(what: &str, limit: Option<&proto::RateLimit>) -> Result<()> {
+    let buckets = limit
+        .into_iter()
+        .flat_map(|l| [("bandwidth", &l.bandwidth), ("ops", &l.ops)]);
+    for (name, bucket) in buckets {
+        if bucket
+            .as_ref()
+            .is_some_and(|b| b.refill_time_ms > MAX_REFILL_TIME_MS)
+        {
+            return Err(AgentError::InvalidArgument(format!(
+                "{what}: the {name} bucket's refill_time_ms is over a year ({MAX_REFILL_TIME_MS})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// vmm's limiter for a spec's `limit`: None when it limits nothing (no
+/// bucket, or only buckets of size or refill time 0).
+fn rate_limiter(limit: Option<&proto::RateLimit>) -> Option<stratum_vm::RateLimiter> {
+    let bucket = |b: &Option<proto::TokenBucket>| {
+        b.as_ref()
+            .filter(|b| b.size > 0 && b.refill_time_ms > 0)
+            .map(|b| stratum_vm::TokenBucket {
+                size: b.size,
+                refill_time: b.refill_time_ms,
+                one_time_burst: b.one_time_burst,
+            })
+    };
+    let limit = limit?;
+    let limiter = stratum_vm::RateLimiter {
+        bandwidth: bucket(&limit.bandwidth),
+        ops: bucket(&limit.ops),
+    };
+    (limiter != stratum_vm::RateLimiter::default()).then_some(limiter)
 }
 
 /// Six colon-separated pairs of hex digits, the group bit clear: what a
@@ -966,6 +1009,7 @@ fn process_spec(id: &str, entry: &VmEntry) -> VmProcessSpec {
                 path: PathBuf::from(path),
                 read_only: d.read_only,
                 serial: (!d.serial.is_empty()).then(|| d.serial.clone()),
+                rate_limit: rate_limiter(d.rate_limit.as_ref()),
             })
             .collect(),
         nics: spec
@@ -974,6 +1018,8 @@ fn process_spec(id: &str, entry: &VmEntry) -> VmProcessSpec {
             .map(|n| stratum_vm::NicSpec {
                 tap: n.tap_name.clone(),
                 mac: (!n.mac.is_empty()).then(|| n.mac.clone()),
+                rx_rate_limit: rate_limiter(n.rx_rate_limit.as_ref()),
+                tx_rate_limit: rate_limiter(n.tx_rate_limit.as_ref()),
             })
             .collect(),
     }

@@ -48,6 +48,7 @@ fn vm(id: &str) -> VmRecord {
                 base_image: "/img/base.raw".into(),
                 read_only: false,
                 serial: "etcd-data".into(),
+                ..Default::default()
             }],
             labels: [("tier".to_string(), "db".to_string())].into(),
             ..Default::default()
