@@ -49,7 +49,11 @@ struct Fixture {
 
 impl Fixture {
     fn new(name: &str) -> Self {
-        let agent = TestAgent::start_mtls(name);
+        Self::with(name, &[])
+    }
+
+    fn with(name: &str, extra: &[&str]) -> Self {
+        let agent = TestAgent::start_mtls_with(name, extra);
         let admin = agent.dir.join("data/certs");
         Fixture { agent, admin }
     }
@@ -201,6 +205,91 @@ fn users_and_viewers_stay_inside_their_namespaces() {
     ok(f.as_(&alice, &["pool", "delete", &web]));
     let admin_pools = pool_ids(&json(f.as_(&f.admin, &["-o", "json", "pool", "list"])));
     assert!(admin_pools.contains(&ns_b), "{admin_pools:?}");
+}
+
+/// Ids of the images a caller lists.
+fn image_ids(f: &Fixture, certs: &Path) -> Vec<String> {
+    let list = json(f.as_(certs, &["-o", "json", "image", "list"]));
+    let images = list
+        .as_array()
+        .or_else(|| list["images"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    images
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn images_are_seen_by_the_namespaces_that_pulled_them() {
+    let work = tempfile::tempdir().unwrap();
+    let (registry, reference) =
+        stratum_testkit::fixture::registry_with_busybox(work.path()).expect("registry");
+    let mut f = Fixture::with("authz-img", &["--insecure-registry", registry.addr()]);
+    let ns_a = f.pool(&f.admin, "", "team-a");
+    let ns_b = f.pool(&f.admin, "", "team-b");
+    let alice = f.issue("alice", "user", &[&ns_a]);
+    let bob = f.issue("bob", "user", &[&ns_b]);
+    let vic = f.issue("vic", "viewer", &[&ns_a]);
+    let eve = f.issue("eve", "viewer", &[]);
+
+    // Alice pulls for her namespace: she, her namespace's viewer and the
+    // host-wide viewer see it; bob does not, and his pods cannot run it.
+    ok(f.as_(&alice, &["image", "pull", &reference]));
+    let ids = image_ids(&f, &alice);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let id = ids[0].clone();
+    assert_eq!(image_ids(&f, &vic), std::slice::from_ref(&id));
+    assert_eq!(image_ids(&f, &eve), std::slice::from_ref(&id));
+    assert!(image_ids(&f, &bob).is_empty());
+    // Who pulled it is durable: the same after a crash.
+    f.agent.kill9();
+    f.agent.spawn();
+    assert!(image_ids(&f, &bob).is_empty());
+    assert_eq!(image_ids(&f, &alice), std::slice::from_ref(&id));
+    refused(
+        f.as_(&bob, &["image", "get", &reference]),
+        "PERMISSION_DENIED",
+    );
+    refused(
+        f.as_(&bob, &["image", "rm", &reference]),
+        "PERMISSION_DENIED",
+    );
+    let message = refused(
+        f.as_(
+            &bob,
+            &["pod", "run", "web", "--pool", &ns_b, "--image", &reference],
+        ),
+        "PERMISSION_DENIED",
+    );
+    assert!(message.contains("pull it there first"), "{message}");
+    // Alice cannot pull for bob's namespace.
+    refused(
+        f.as_(&alice, &["image", "pull", &reference, "--namespace", &ns_b]),
+        "PERMISSION_DENIED",
+    );
+
+    // Bob pulls it too: one image, two claims. Alice's removal takes hers
+    // only; bob's, the image.
+    ok(f.as_(&bob, &["image", "pull", &reference]));
+    assert_eq!(image_ids(&f, &bob), std::slice::from_ref(&id));
+    ok(f.as_(&alice, &["image", "rm", &reference]));
+    assert!(image_ids(&f, &alice).is_empty());
+    assert_eq!(image_ids(&f, &bob), std::slice::from_ref(&id));
+    ok(f.as_(&bob, &["image", "rm", &reference]));
+    assert!(
+        image_ids(&f, &f.admin).is_empty(),
+        "the last claim took the image"
+    );
+
+    // An admin's pull is the host's: everyone sees it, and it stays the
+    // host's when a user pulls it again and removes it.
+    ok(f.as_(&f.admin, &["image", "pull", &reference]));
+    assert_eq!(image_ids(&f, &bob), std::slice::from_ref(&id));
+    ok(f.as_(&alice, &["image", "pull", &reference]));
+    ok(f.as_(&alice, &["image", "rm", &reference]));
+    assert_eq!(image_ids(&f, &bob), [id]);
 }
 
 #[test]

@@ -31,6 +31,7 @@ async fn pull(
     let request = PullImageRequest {
         reference: reference.into(),
         auth: None,
+        namespace: String::new(),
     };
     let mut stream = client.pull(request).await?.into_inner();
     let mut events = Vec::new();

@@ -102,6 +102,7 @@ impl PodAgent {
             .pull(PullImageRequest {
                 reference: pod_agent.reference.clone(),
                 auth: None,
+                namespace: String::new(),
             })
             .await
             .expect("pull")

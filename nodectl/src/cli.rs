@@ -307,6 +307,10 @@ pub enum ImageCommand {
         /// A bearer token for the registry.
         #[arg(long, conflicts_with_all = ["username", "password_stdin"])]
         token: Option<String>,
+        /// The namespace the image is for: its callers see it, its pods
+        /// run it [default: yours if you have one; an admin's: the host].
+        #[arg(long, value_name = "POOL")]
+        namespace: Option<String>,
     },
     /// Import an OCI layout or `docker save` archive (a path on the
     /// agent's host, in one of its artifact directories; relative paths

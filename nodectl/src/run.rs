@@ -893,11 +893,17 @@ async fn image(
         username,
         password_stdin,
         token,
+        namespace,
     } = cmd
     {
         let auth = pull_auth(username, password_stdin, token)?;
         let client = ImageServiceClient::new(connect()?);
-        return pull(client, reference, auth, output).await;
+        let request = PullImageRequest {
+            reference,
+            auth,
+            namespace: namespace.unwrap_or_default(),
+        };
+        return pull(client, request, output).await;
     }
     let mut client = ImageServiceClient::new(connect()?);
     match cmd {
@@ -968,15 +974,11 @@ fn pull_auth(
 /// bar at a terminal) or, with `-o json`, one JSON object per event.
 async fn pull(
     mut client: ImageServiceClient<Channel>,
-    reference: String,
-    auth: Option<Auth>,
+    request: PullImageRequest,
     output: Output,
 ) -> anyhow::Result<()> {
     use std::io::IsTerminal;
-    let mut stream = client
-        .pull(PullImageRequest { reference, auth })
-        .await?
-        .into_inner();
+    let mut stream = client.pull(request).await?.into_inner();
     let mut bar = PullProgress::new(std::io::stdout().is_terminal());
     let mut pulled = None;
     loop {

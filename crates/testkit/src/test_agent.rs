@@ -51,7 +51,12 @@ impl TestAgent {
 
     /// Starts an agent serving mTLS on a free loopback port.
     pub fn start_mtls(name: &str) -> TestAgent {
-        Self::start_full(name, &[], true, None)
+        Self::start_mtls_with(name, &[])
+    }
+
+    /// [`Self::start_mtls`] with more agent arguments.
+    pub fn start_mtls_with(name: &str, extra: &[&str]) -> TestAgent {
+        Self::start_full(name, extra, true, None)
     }
 
     /// Starts a plaintext agent whose data dir is a tmpfs of `mib` MiB: a

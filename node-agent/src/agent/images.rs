@@ -15,8 +15,12 @@ use stratum_image::{
 use tokio::sync::mpsc;
 
 use super::artifacts::{ArtifactDirs, Kind};
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use super::disk::DiskFloor;
 use super::errors::{AgentError, Result};
+use super::image_owners::{ImageOwners, Owner};
 
 /// Progress events buffered for a slow client.
 const PULL_BUFFER: usize = 64;
@@ -34,6 +38,8 @@ pub struct ImageManager {
     artifacts: ArtifactDirs,
     /// The free space pulls and imports leave.
     disk: DiskFloor,
+    /// Whom each image was pulled for.
+    owners: Arc<ImageOwners>,
 }
 
 impl ImageManager {
@@ -42,18 +48,25 @@ impl ImageManager {
         insecure_registries: Vec<String>,
         artifacts: ArtifactDirs,
         disk: DiskFloor,
+        owners: ImageOwners,
     ) -> Self {
         ImageManager {
             store,
             insecure_registries,
             artifacts,
             disk,
+            owners: Arc::new(owners),
         }
     }
 
     /// The node's image store.
     pub fn store(&self) -> &ImageStore {
         &self.store
+    }
+
+    /// Whom each image was pulled for.
+    pub fn owners(&self) -> &ImageOwners {
+        &self.owners
     }
 
     /// How pulls reach registries: HTTPS except for the configured
@@ -66,8 +79,9 @@ impl ImageManager {
         }
     }
 
-    /// PullImage: see images.proto.
-    pub fn pull_image(&self, reference: String, auth: Option<Auth>) -> PullUpdates {
+    /// PullImage: see images.proto. The image is recorded as `owner`'s
+    /// before the pull's last answer.
+    pub fn pull_image(&self, reference: String, auth: Option<Auth>, owner: Owner) -> PullUpdates {
         if let Err(e) = self.disk.check("image pull") {
             let (tx, rx) = mpsc::channel(1);
             // A fresh channel with room for one: the send cannot fail.
@@ -77,6 +91,11 @@ impl ImageManager {
         let creds = credentials(auth);
         let store = self.store().clone();
         let options = self.pull_options();
+        let owners = Arc::clone(&self.owners);
+        // An image stored before with no owners is a host image, and stays
+        // one when a user pulls it again.
+        let stored_before: HashSet<String> =
+            store.list().iter().map(|r| r.id.to_string()).collect();
         let (tx, rx) = mpsc::channel::<Result<proto::PullImageProgress>>(PULL_BUFFER);
         // The sink is called synchronously by the pull: an unbounded
         // channel takes the events, a forwarder feeds the bounded stream.
@@ -112,7 +131,14 @@ impl ImageManager {
             let message = match result {
                 Ok(record) => {
                     tracing::info!(reference, image = %record.id, "image pulled");
-                    Ok(proto::PullImageProgress {
+                    let id = record.id.to_string();
+                    let was_stored = stored_before.contains(&id);
+                    let claimed =
+                        tokio::task::spawn_blocking(move || owners.claim(&id, owner, was_stored))
+                            .await
+                            .map_err(|e| AgentError::Internal(format!("image owner task: {e}")))
+                            .and_then(|claimed| claimed);
+                    claimed.map(|()| proto::PullImageProgress {
                         event: Some(Event::Image(Box::new(image(&store, &record)))),
                     })
                 }
@@ -171,6 +197,11 @@ impl ImageManager {
                 .map_err(|e| AgentError::Internal(format!("image remove task: {e}")))??
         };
         tracing::info!(image = %record.display_name(), "image removed");
+        let owners = Arc::clone(&self.owners);
+        let id = record.id.to_string();
+        tokio::task::spawn_blocking(move || owners.forget(&id))
+            .await
+            .map_err(|e| AgentError::Internal(format!("image owner task: {e}")))??;
         match store.gc().await {
             Ok(report) => tracing::info!(
                 blobs = report.blobs_removed,

@@ -35,6 +35,7 @@ pub mod config;
 pub mod disk;
 pub mod errors;
 pub mod host;
+pub mod image_owners;
 pub mod images;
 pub mod inventory;
 pub mod pods;
@@ -49,6 +50,7 @@ use prost_types::Timestamp;
 
 use self::config::AgentConfig;
 use self::errors::Result;
+use self::image_owners::ImageOwners;
 pub use self::images::ImageManager;
 pub use self::pods::PodManager;
 pub use self::pools::PoolManager;
@@ -92,14 +94,15 @@ impl Agent {
         })?;
         let image_store = ImageStore::open_shared(&config.data_dir, journal.store().database())
             .map_err(|e| errors::AgentError::Internal(format!("image store: {e}")))?;
-        let images = ImageManager::new(
-            image_store.clone(),
-            config.insecure_registries.clone(),
-            config.artifacts.clone(),
-            config.disk_floor(),
-        );
         let vmm_version = vmm_version(&config.vmm_binary);
         let shared = Arc::new(Shared::new(config, journal, cgroups, snapshot.next_id));
+        let images = ImageManager::new(
+            image_store.clone(),
+            shared.config.insecure_registries.clone(),
+            shared.config.artifacts.clone(),
+            shared.config.disk_floor(),
+            ImageOwners::restore(Arc::clone(&shared), snapshot.image_owners),
+        );
         let pools = Arc::new(PoolManager::restore(
             Arc::clone(&shared),
             host::capacity(),

@@ -33,7 +33,8 @@ fn vm_namespace(agent: &Agent, id: &str) -> Result<String, Status> {
     pool_namespace(agent, &pool)
 }
 
-fn pod_namespace(agent: &Agent, id: &str) -> Result<String, Status> {
+/// The namespace of pod `id`.
+pub fn pod_namespace(agent: &Agent, id: &str) -> Result<String, Status> {
     let pod = agent.pods().get_pod(id)?;
     Ok(pod.status.map(|s| s.namespace).unwrap_or_default())
 }
@@ -68,6 +69,30 @@ pub fn create_in_pool(
         return caller.check_admin("create a namespace (a pool directly below root)");
     }
     caller.check_change(&namespace, what)
+}
+
+/// A user's pods run only the images its namespace may use: host images
+/// and those pulled for that namespace. An image that is not stored is
+/// left to the call (NOT_FOUND there).
+pub fn images_usable<'a>(
+    agent: &Agent,
+    caller: &Caller,
+    namespace: &str,
+    images: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Status> {
+    if caller.role == stratum_api::certs::Role::Admin {
+        return Ok(());
+    }
+    for name in images {
+        if let Ok(image) = agent.images().get_image(name) {
+            if !agent.images().owners().usable_in(&image.id, namespace) {
+                return Err(Status::permission_denied(format!(
+                    "image {name} was not pulled for namespace {namespace}: pull it there first"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn read_vm(agent: &Agent, caller: &Caller, id: &str) -> Result<(), Status> {

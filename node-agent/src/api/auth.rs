@@ -13,9 +13,10 @@
 //! - `admin`: everything.
 //! - `user`: reads and changes objects whose namespace (top-level pool) is
 //!   one of its own: the pools below it (not the namespace pool itself,
-//!   which the admin sized), the VMs and pods in them. Images: pulls them
-//!   and reads them (the image cache is the host's, shared as a kubelet's
-//!   is); imports (host paths) and removals are the admin's.
+//!   which the admin sized), the VMs and pods in them, and the images
+//!   pulled for them (`agent::image_owners`): it sees those and the host's
+//!   images, its pods run only those, its removal takes its namespaces'
+//!   claims. Imports (host paths) are the admin's.
 //! - `viewer`: reads only, in its namespaces, or everywhere when it has
 //!   none.
 //!

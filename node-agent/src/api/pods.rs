@@ -32,6 +32,9 @@ impl PodService for PodApi {
             .spec
             .ok_or_else(|| AgentError::InvalidArgument("spec is required".into()))?;
         access::create_in_pool(&self.0, &caller, &spec.pool_id, "pods")?;
+        let namespace = access::pool_namespace(&self.0, &spec.pool_id)?;
+        let images = spec.containers.iter().map(|c| c.image.as_str());
+        access::images_usable(&self.0, &caller, &namespace, images)?;
         detached(
             &self.0,
             move |a| async move { a.pods().run_pod(spec).await },
@@ -85,11 +88,14 @@ impl PodService for PodApi {
         &self,
         request: Request<proto::CreateContainerRequest>,
     ) -> Result<Response<proto::Pod>, Status> {
-        access::change_pod(&self.0, &Caller::of(&request)?, &request.get_ref().pod_id)?;
+        let caller = Caller::of(&request)?;
+        access::change_pod(&self.0, &caller, &request.get_ref().pod_id)?;
         let r = request.into_inner();
         let container = r
             .container
             .ok_or_else(|| AgentError::InvalidArgument("container is required".into()))?;
+        let namespace = access::pod_namespace(&self.0, &r.pod_id)?;
+        access::images_usable(&self.0, &caller, &namespace, [container.image.as_str()])?;
         detached(&self.0, move |a| async move {
             a.pods().create_container(&r.pod_id, container).await
         })

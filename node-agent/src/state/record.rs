@@ -19,7 +19,7 @@ use prost::Message;
 use redb::TableDefinition;
 
 use super::error::StoreError;
-use crate::records::{PodRecord, PoolRecord, VmRecord};
+use crate::records::{ImageOwnersRecord, PodRecord, PoolRecord, VmRecord};
 
 /// The layout version written in front of every record.
 pub const FORMAT_VERSION: u8 = 1;
@@ -98,6 +98,24 @@ impl Record for PodRecord {
             Some("no spec")
         } else if self.status.is_none() {
             Some("no status")
+        } else {
+            None
+        }
+    }
+}
+
+impl Record for ImageOwnersRecord {
+    const TABLE_NAME: &'static str = "image_owners";
+    const TABLE: TableDefinition<'static, &'static str, &'static [u8]> =
+        TableDefinition::new("image_owners");
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn missing(&self) -> Option<&'static str> {
+        if self.id.is_empty() {
+            Some("no id")
         } else {
             None
         }

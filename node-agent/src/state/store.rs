@@ -20,7 +20,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 
 use super::error::StoreError;
 use super::record::{decode, encode, Record};
-use crate::records::{PodRecord, PoolRecord, VmRecord};
+use crate::records::{ImageOwnersRecord, PodRecord, PoolRecord, VmRecord};
 
 /// The schema this agent writes: the set of tables and what they hold.
 ///
@@ -30,6 +30,9 @@ use crate::records::{PodRecord, PoolRecord, VmRecord};
 ///    `stratum-image`), which version 1 kept in `podnet.redb` and
 ///    `images/index.json` beside this file: opening a version 1 file moves
 ///    them in, in the same transaction as the new version.
+///
+/// Version 2 files gained `image_owners` later: a table only added, which
+/// an older file gets, empty, at open (no image had owners then).
 pub const SCHEMA_VERSION: u64 = 2;
 
 /// Where a version 1 agent kept the pod network's state (relative to the
@@ -63,6 +66,10 @@ pub enum Change {
     DeletePod(String),
     /// Ids below this one have been handed out (it only ever grows).
     ReserveIdsBelow(u64),
+    /// Insert or replace who an image was pulled for.
+    PutImageOwners(ImageOwnersRecord),
+    /// Forget an image's owners (no error if absent).
+    DeleteImageOwners(String),
 }
 
 impl Change {
@@ -82,9 +89,11 @@ impl Change {
             Change::PutPool(r) => complete(r),
             Change::PutVm(r) => complete(r.as_ref()),
             Change::PutPod(r) => complete(r.as_ref()),
+            Change::PutImageOwners(r) => complete(r),
             Change::DeletePool(_)
             | Change::DeleteVm(_)
             | Change::DeletePod(_)
+            | Change::DeleteImageOwners(_)
             | Change::ReserveIdsBelow(_) => Ok(()),
         }
     }
@@ -99,6 +108,8 @@ pub struct Snapshot {
     pub vms: Vec<VmRecord>,
     /// Every pod, in id order.
     pub pods: Vec<PodRecord>,
+    /// Who each image with owners was pulled for, in id order.
+    pub image_owners: Vec<ImageOwnersRecord>,
     /// The first id not handed out yet (see [`Change::ReserveIdsBelow`]).
     pub next_id: u64,
     /// Records this load found unreadable and moved to quarantine.
@@ -166,6 +177,7 @@ impl Store {
             tx.open_table(PoolRecord::TABLE)?;
             tx.open_table(VmRecord::TABLE)?;
             tx.open_table(PodRecord::TABLE)?;
+            tx.open_table(ImageOwnersRecord::TABLE)?;
             tx.open_table(QUARANTINE)?;
             let mut meta = tx.open_table(META)?;
             let found = meta.get(META_SCHEMA)?.map(|v| v.value());
@@ -253,6 +265,10 @@ impl Store {
                     Change::DeleteVm(id) => delete_in::<VmRecord>(tx, id).map(drop)?,
                     Change::PutPod(r) => put_in(tx, r.as_ref())?,
                     Change::DeletePod(id) => delete_in::<PodRecord>(tx, id).map(drop)?,
+                    Change::PutImageOwners(r) => put_in(tx, r)?,
+                    Change::DeleteImageOwners(id) => {
+                        delete_in::<ImageOwnersRecord>(tx, id).map(drop)?
+                    }
                     Change::ReserveIdsBelow(end) => {
                         let mut meta = tx.open_table(META)?;
                         let next = meta.get(META_NEXT_ID)?.map_or(1, |v| v.value());
@@ -344,10 +360,12 @@ impl Store {
             let pools = load_in::<PoolRecord>(tx, &mut quarantined)?;
             let vms = load_in::<VmRecord>(tx, &mut quarantined)?;
             let pods = load_in::<PodRecord>(tx, &mut quarantined)?;
+            let image_owners = load_in::<ImageOwnersRecord>(tx, &mut quarantined)?;
             Ok(Snapshot {
                 pools,
                 vms,
                 pods,
+                image_owners,
                 next_id,
                 quarantined,
             })

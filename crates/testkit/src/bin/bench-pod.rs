@@ -434,6 +434,7 @@ async fn agent_pull(channel: Channel, reference: &str) -> Result<String, String>
         .pull(proto::PullImageRequest {
             reference: reference.to_string(),
             auth: None,
+            namespace: String::new(),
         })
         .await
         .map_err(|s| format!("pull {reference}: {s}"))?
