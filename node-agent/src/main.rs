@@ -16,8 +16,9 @@ use node_agent::agent::pods::{PodHostConfig, DEFAULT_POD_PIDS_LIMIT};
 use node_agent::agent::Agent;
 use node_agent::api;
 use stratum_api::tls;
-use stratum_podnet::Ipv4Cidr;
+use stratum_podnet::{Ipv4Cidr, Protocol};
 use stratum_pool::{Resources, MIB};
+use stratum_runtime::LogRotation;
 
 #[derive(Parser, Debug)]
 #[command(name = "node-agent", version, about = "Stratum node agent")]
@@ -68,6 +69,15 @@ struct Cli {
     /// to this binary, else on PATH].
     #[arg(long)]
     log_writer: Option<PathBuf>,
+    /// A container's log file is rotated before it would pass this size
+    /// (the kubelet's containerLogMaxSize): 10Mi, 16Ki, 1Gi, or bytes; at
+    /// least 1Ki.
+    #[arg(long, value_name = "SIZE", default_value = "10Mi", value_parser = parse_log_size)]
+    container_log_max_size: u64,
+    /// Log files kept per container, the current one included (the
+    /// kubelet's containerLogMaxFiles); the oldest go first.
+    #[arg(long, value_name = "N", default_value_t = LogRotation::DEFAULT_MAX_FILES, value_parser = clap::value_parser!(u32).range(2..))]
+    container_log_max_files: u32,
     /// The pod network's host bridge (at most 15 bytes); also the name of
     /// its nftables table.
     #[arg(long, default_value = "stratum0")]
@@ -90,6 +100,12 @@ struct Cli {
     /// refused too.
     #[arg(long, value_name = "FIRST-LAST", default_value = "30000-32767", value_parser = parse_port_range)]
     host_port_range: RangeInclusive<u16>,
+    /// A host service pods may reach, on their gateway address:
+    /// PROTO:PORT, e.g. udp:53 for a DNS resolver listening there
+    /// (repeatable). Every other connection a pod opens to the host is
+    /// dropped.
+    #[arg(long = "pod-host-service", value_name = "PROTO:PORT", value_parser = parse_host_service)]
+    pod_host_services: Vec<(Protocol, u16)>,
     /// Tasks (processes and threads) one pod may have at once.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_POD_PIDS_LIMIT, value_parser = clap::value_parser!(u64).range(1..))]
     pod_pids_limit: u64,
@@ -112,6 +128,28 @@ fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
             "{s:?} is not FIRST-LAST with 1 <= FIRST <= LAST <= 65535"
         )),
     }
+}
+
+/// `SIZE` of --container-log-max-size.
+fn parse_log_size(s: &str) -> Result<u64, String> {
+    let size = stratum_runtime::log_writer::parse_size(s)?;
+    if size < LogRotation::MIN_MAX_SIZE {
+        return Err(format!("{s:?} is below 1Ki"));
+    }
+    Ok(size)
+}
+
+/// `PROTO:PORT` of --pod-host-service.
+fn parse_host_service(s: &str) -> Result<(Protocol, u16), String> {
+    let parsed = s.split_once(':').and_then(|(proto, port)| {
+        let proto = match proto {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            _ => return None,
+        };
+        Some((proto, port.parse::<u16>().ok().filter(|p| *p > 0)?))
+    });
+    parsed.ok_or_else(|| format!("{s:?} is not tcp:PORT or udp:PORT"))
 }
 
 /// `FROM:TO` of --allow-namespace.
@@ -218,7 +256,12 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
             cidr: cli.pod_cidr,
             allow: cli.allow_namespaces.clone(),
             host_ports: cli.host_port_range.clone(),
+            host_services: cli.pod_host_services.clone(),
             pids_limit: cli.pod_pids_limit,
+            log_rotation: LogRotation::new(
+                cli.container_log_max_size,
+                cli.container_log_max_files,
+            )?,
             log_writer: cli.log_writer.clone().unwrap_or_else(|| {
                 stratum_runtime::log_writer::default_program(
                     std::env::current_exe().ok().as_deref(),

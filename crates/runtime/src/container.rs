@@ -37,7 +37,7 @@ use tokio::sync::OnceCell;
 
 use super::cgpath::CgroupMapping;
 use super::error::{Result, RuntimeError};
-use super::log_writer;
+use super::log_writer::{self, LogRotation};
 use super::logs::LogFollower;
 use super::oci::{self, ContainerStdio, ExecOutput, OciRuntime, RuntimeStatus};
 use super::reaper::{ExitWatch, ProcessExit};
@@ -83,6 +83,8 @@ pub struct PodContext<'a> {
     pub mapping: &'a CgroupMapping,
     /// The log writer program (`stratum-log-writer`).
     pub log_writer: &'a Path,
+    /// When the container's log is rotated.
+    pub log_rotation: LogRotation,
 }
 
 /// Why a container ended.
@@ -299,7 +301,8 @@ impl Container {
         spec::write_config(&spec, dir).map_err(with_cgroup)?;
         // The writer ends by itself once the container's output is closed,
         // so a failed create below leaves nothing of it behind.
-        let output = log_writer::spawn(pod.log_writer, &config.log_path).map_err(with_cgroup)?;
+        let output = log_writer::spawn(pod.log_writer, &config.log_path, pod.log_rotation)
+            .map_err(with_cgroup)?;
         let pid_file = dir.join("init.pid");
         runtime
             .create(

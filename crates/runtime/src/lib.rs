@@ -15,7 +15,8 @@
 //!   the agent sits in different cgroups per hierarchy.
 //! - [`resources`]: `linux.resources` echoing the limits the cgroup layer
 //!   enforces.
-//! - [`spec`]: the OCI runtime spec (oci-spec).
+//! - [`spec`]: the OCI runtime spec (oci-spec); [`seccomp`]: the system
+//!   call filter every container gets (Docker's default profile).
 //! - [`oci`]: the runtime CLI driver (create/start/state/kill/delete/exec).
 //! - [`logs`]: CRI log format and the follower.
 //! - [`log_writer`]: the per-container log writer process that owns a
@@ -47,6 +48,7 @@ pub mod resources;
 pub mod restart;
 pub mod rootfs;
 pub mod sandbox;
+pub mod seccomp;
 pub mod spec;
 
 pub use cgpath::{CgroupMapping, CgroupView, MappingMode};
@@ -54,6 +56,7 @@ pub use container::{
     Container, ContainerConfig, ContainerStatus, ExitReason, ExitReport, PodContext,
 };
 pub use error::{Result, RuntimeError};
+pub use log_writer::LogRotation;
 pub use logs::{CriLogLine, LogFollower, LogStream, MAX_LOG_LINE};
 pub use oci::{
     ContainerStdio, ExecOutput, OciRuntime, OciRuntimeConfig, RuntimeKind, RuntimeState,

@@ -6,14 +6,30 @@
 //! are split into `P` records followed by an `F`.
 //!
 //! The records are written by the container's log writer process (see
-//! [`crate::log_writer`]), which owns the file; this module holds the
-//! format and the reader.
+//! [`crate::log_writer`]), which owns the files and rotates them; this
+//! module holds the format, the names of the files and the reader.
 //!
-//! [`LogFollower`] reads CRI records back, from the start, and with
-//! `follow` waits for more while a log writer still holds the file.
+//! **Files.** A container's log is `<name>.log` and its rotated files
+//! `<name>.log.<N>`, where `N` counts rotations up from 1 and is never
+//! reused: the higher, the newer. (The kubelet names them by a timestamp
+//! of the second; a sequence number stays in order when several rotations
+//! fall in one second or the clock steps back.) Nothing else in the
+//! directory matches that pattern (the writer's staging file is hidden).
+//! Files are not compressed, so a reader reads them as they are.
+//!
+//! [`LogFollower`] reads CRI records back from the oldest file on, in
+//! order, and with `follow` waits for more while a log writer still
+//! holds the log. A file is known by its inode: when the one it reads is
+//! no longer the one at `<name>.log`, the writer is done with it (records
+//! go to the new file only once it is in place), so the follower reads it
+//! to its end and goes on with the next file — no record read twice, none
+//! skipped unless the writer deleted a file before the follower reached
+//! it (then it goes on with the oldest that is left).
 
-use std::fs::File;
-use std::io::Read;
+use std::collections::VecDeque;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -160,26 +176,118 @@ impl LineSplitter {
     }
 }
 
-/// Reads CRI records back from a log file, optionally following it.
+/// The name of `log`'s rotated file number `n`: `<log>.<n>`.
+pub fn rotated_path(log: &Path, n: u64) -> PathBuf {
+    let mut name = log.as_os_str().to_os_string();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// `log`'s rotated files with their numbers, oldest first. None when the
+/// directory does not exist.
+pub fn rotated_files(log: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let (Some(dir), Some(name)) = (log.parent(), log.file_name()) else {
+        return Ok(Vec::new());
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(number) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(n) = number.parse::<u64>() {
+            files.push((n, dir.join(&file_name)));
+        }
+    }
+    files.sort_unstable_by_key(|(n, _)| *n);
+    Ok(files)
+}
+
+/// Removes `log` and its rotated files (a missing file is no error).
+pub fn remove_log_files(log: &Path) -> io::Result<()> {
+    let mut files: Vec<PathBuf> = rotated_files(log)?.into_iter().map(|(_, p)| p).collect();
+    files.push(log.to_path_buf());
+    for file in files {
+        match fs::remove_file(&file) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A file's identity: device and inode.
+type FileId = (u64, u64);
+
+fn id_of(meta: &fs::Metadata) -> FileId {
+    (meta.dev(), meta.ino())
+}
+
+/// Reads CRI records back from a container's log files, optionally
+/// following the log.
 #[derive(Debug)]
 pub struct LogFollower {
+    /// The log (`<name>.log`); its rotated files are found next to it.
     path: PathBuf,
+    /// The file being read (open: it stays readable when it is deleted).
     file: File,
+    id: FileId,
     buf: Vec<u8>,
     follow: bool,
+    /// Records read ahead ([`LogFollower::keep_last`]), handed out first.
+    queued: VecDeque<CriLogLine>,
 }
 
 impl LogFollower {
-    /// Reads `path` from the start. With `follow` it waits for more
-    /// records at the end while a log writer holds the file (the
-    /// container's run has output to come); without, it stops at the end.
+    /// Reads the log at `path` from its oldest file on. With `follow` it
+    /// waits for more records at the end while a log writer holds the log
+    /// (the container's run has output to come); without, it stops at the
+    /// end of the current file.
     pub fn open(path: &Path, follow: bool) -> Result<LogFollower> {
-        let file = File::open(path).map_err(RuntimeError::io(path, "open CRI log"))?;
+        let mut opened = None;
+        for _ in 0..MAX_RELISTS {
+            match open_first(&listed(path)?, None) {
+                Pick::Opened(file, id) => {
+                    opened = Some((file, id));
+                    break;
+                }
+                Pick::Changed => continue,
+                Pick::Nothing => break,
+            }
+        }
+        let (file, id) = match opened {
+            Some(opened) => opened,
+            None => {
+                let file = File::open(path).map_err(RuntimeError::io(path, "open CRI log"))?;
+                let id = file
+                    .metadata()
+                    .map(|m| id_of(&m))
+                    .map_err(RuntimeError::io(path, "stat CRI log"))?;
+                (file, id)
+            }
+        };
         Ok(LogFollower {
             path: path.to_path_buf(),
             file,
+            id,
             buf: Vec::new(),
             follow,
+            queued: VecDeque::new(),
         })
     }
 
@@ -187,26 +295,53 @@ impl LogFollower {
     /// container's output).
     pub async fn next(&mut self) -> Result<Option<CriLogLine>> {
         loop {
+            if let Some(line) = self.queued.pop_front() {
+                return Ok(Some(line));
+            }
             if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=end).collect();
                 return CriLogLine::parse(&line).map(Some);
             }
-            if self.read_more()? > 0 {
+            if self.read_more()? > 0 || self.next_file()? {
                 continue;
             }
             if !self.follow {
                 return Ok(None);
             }
             // Checked before the last read: records written just before
-            // the writer let go are still read.
+            // the writer let go (or rotated once more) are still read.
             if !writer_active(&self.path) {
-                if self.read_more()? == 0 {
+                if self.read_more()? == 0 && !self.next_file()? {
                     return Ok(None);
                 }
                 continue;
             }
             tokio::time::sleep(LOG_POLL).await;
         }
+    }
+
+    /// Reads every record there is now, without waiting for more, and
+    /// keeps the last `n` to be returned first by [`LogFollower::next`];
+    /// following then goes on after them. Memory is bounded by the log's
+    /// retained size (its rotation limits).
+    pub async fn keep_last(&mut self, n: usize) -> Result<()> {
+        let follow = std::mem::replace(&mut self.follow, false);
+        let mut last = VecDeque::new();
+        let read = loop {
+            match self.next().await {
+                Ok(Some(line)) => {
+                    last.push_back(line);
+                    if last.len() > n {
+                        last.pop_front();
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        self.follow = follow;
+        self.queued = last;
+        read
     }
 
     fn read_more(&mut self) -> Result<usize> {
@@ -218,6 +353,105 @@ impl LogFollower {
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(n)
     }
+
+    /// At the end of the file being read: when it has been rotated away,
+    /// reads what is left of it, or moves on to the next file. False when
+    /// it is still the log's current file (or there is no next one).
+    fn next_file(&mut self) -> Result<bool> {
+        let current = match fs::metadata(&self.path) {
+            Ok(meta) => id_of(&meta),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(RuntimeError::io(&self.path, "stat CRI log")(e)),
+        };
+        if current == self.id {
+            return Ok(false);
+        }
+        // The writer switched files after its last write to this one;
+        // that write may have landed after our last read.
+        if self.read_more()? > 0 {
+            return Ok(true);
+        }
+        for _ in 0..MAX_RELISTS {
+            let files = listed(&self.path)?;
+            // After ours; all of them when ours is gone (deleted oldest
+            // first, so whatever is left is newer).
+            let start = files
+                .iter()
+                .position(|(_, id)| *id == Some(self.id))
+                .map_or(0, |i| i + 1);
+            match open_first(&files[start..], Some(self.id)) {
+                Pick::Opened(file, id) => {
+                    self.file = file;
+                    self.id = id;
+                    // A torn record (a failed write) cannot be completed.
+                    self.buf.clear();
+                    return Ok(true);
+                }
+                Pick::Changed => continue,
+                Pick::Nothing => return Ok(false),
+            }
+        }
+        // Rotating faster than we can list: looked at again next time.
+        Ok(false)
+    }
+}
+
+/// How often a reader lists the files again when they changed under it.
+const MAX_RELISTS: usize = 100;
+
+/// The log's files, oldest first, with their identities (`None`: gone
+/// before it was looked at). The current file is looked at before the
+/// directory is read: every file older than it has its rotated name by
+/// then, so the listing misses none of them.
+fn listed(log: &Path) -> Result<Vec<(PathBuf, Option<FileId>)>> {
+    let current = fs::metadata(log).ok().map(|m| id_of(&m));
+    let rotated = rotated_files(log).map_err(RuntimeError::io(log, "list CRI log files"))?;
+    let mut files: Vec<(PathBuf, Option<FileId>)> = rotated
+        .into_iter()
+        .map(|(_, f)| {
+            let id = fs::metadata(&f).ok().map(|m| id_of(&m));
+            (f, id)
+        })
+        .collect();
+    if current.is_some() {
+        files.push((log.to_path_buf(), current));
+    }
+    Ok(files)
+}
+
+/// What [`open_first`] found.
+enum Pick {
+    Opened(File, FileId),
+    /// A name no longer names the file listed (the log's own name, after a
+    /// rotation): list again, or a file would be skipped.
+    Changed,
+    Nothing,
+}
+
+/// Opens the first of `files` that is not `skip` and is still what was
+/// listed. A rotated file deleted since is passed over: it is gone. The
+/// same inode can be listed twice for a moment (linked under its rotated
+/// name before the new file replaces it), hence `skip`.
+fn open_first(files: &[(PathBuf, Option<FileId>)], skip: Option<FileId>) -> Pick {
+    for (path, listed_id) in files {
+        let Some(listed_id) = *listed_id else {
+            continue;
+        };
+        if Some(listed_id) == skip {
+            continue;
+        }
+        let Ok(file) = File::open(path) else {
+            continue;
+        };
+        let Ok(meta) = file.metadata() else {
+            continue;
+        };
+        if id_of(&meta) != listed_id {
+            return Pick::Changed;
+        }
+        return Pick::Opened(file, listed_id);
+    }
+    Pick::Nothing
 }
 
 #[cfg(test)]
@@ -285,6 +519,50 @@ mod tests {
             Some(40 * 1024 - 2 * MAX_LOG_LINE)
         );
         assert_eq!(s.flush(), None);
+    }
+
+    #[test]
+    fn runtime_logs_rotated_files_are_numbered_oldest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("web.log");
+        assert!(rotated_files(&log).expect("list").is_empty());
+        for name in [
+            "web.log",
+            "web.log.10",
+            "web.log.2",
+            "web.log.9",
+            ".web.log.next",
+            "web.log.x",
+            "web.log.",
+            "web.log.3.gz",
+            "webby.log.1",
+            "db.log.1",
+        ] {
+            fs::write(dir.path().join(name), b"").expect("write");
+        }
+        let rotated = rotated_files(&log).expect("list");
+        let numbers: Vec<u64> = rotated.iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, [2, 9, 10]);
+        assert_eq!(rotated[2].1, rotated_path(&log, 10));
+        assert_eq!(rotated_path(&log, 10), dir.path().join("web.log.10"));
+        remove_log_files(&log).expect("remove");
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".web.log.next",
+                "db.log.1",
+                "web.log.",
+                "web.log.3.gz",
+                "web.log.x",
+                "webby.log.1"
+            ]
+        );
+        remove_log_files(&log).expect("nothing left to remove is no error");
     }
 
     #[tokio::test]

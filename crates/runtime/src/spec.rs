@@ -21,9 +21,8 @@
 //! - **linux.cgroupsPath**: the container's cgroup below its pod, named as
 //!   the runtime resolves it (see `cgpath`).
 //! - **maskedPaths / readonlyPaths**: containerd's and runc's defaults.
-//!
-//! Seccomp is not set (the runtime default is none); a Docker-like profile
-//! is future work.
+//! - **linux.seccomp**: Docker's default profile for the capabilities
+//!   above (see `seccomp`), always: no pod runs without it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -39,6 +38,7 @@ use oci_spec::runtime::{
 use super::error::{Result, RuntimeError};
 use super::resources::OciResources;
 use super::sandbox::SandboxNamespaces;
+use super::seccomp::{self, KernelVersion};
 
 /// OCI runtime spec version written (understood by crun 1.x and runc 1.x).
 pub const OCI_VERSION: &str = "1.0.2";
@@ -226,6 +226,10 @@ pub fn build(config: &SpecConfig) -> Result<Spec> {
         .cgroups_path(PathBuf::from(&config.cgroups_path))
         .masked_paths(DEFAULT_MASKED_PATHS.map(String::from).to_vec())
         .readonly_paths(DEFAULT_READONLY_PATHS.map(String::from).to_vec())
+        .seccomp(seccomp::default_profile(
+            &DEFAULT_CAPABILITIES,
+            KernelVersion::host(),
+        )?)
         .build()?;
     let mut spec = SpecBuilder::default()
         .version(OCI_VERSION)
@@ -458,6 +462,65 @@ mod tests {
             .expect("ro")
             .iter()
             .any(|p| p == "/proc/sys"));
+    }
+
+    #[test]
+    fn runtime_spec_carries_the_seccomp_profile() {
+        let json = serde_json::to_value(build(&config()).expect("spec")).expect("json");
+        let profile = &json["linux"]["seccomp"];
+        assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(profile["defaultErrnoRet"], libc::EPERM);
+        assert_eq!(profile["architectures"][0], "SCMP_ARCH_X86_64");
+        let rules = profile["syscalls"].as_array().expect("syscalls");
+        let allowed = |name: &str| {
+            rules.iter().any(|r| {
+                r["action"] == "SCMP_ACT_ALLOW"
+                    && r.get("args").is_none()
+                    && r["names"]
+                        .as_array()
+                        .expect("names")
+                        .iter()
+                        .any(|n| n == name)
+            })
+        };
+        let named = |name: &str| {
+            rules.iter().any(|r| {
+                r["names"]
+                    .as_array()
+                    .expect("names")
+                    .iter()
+                    .any(|n| n == name)
+            })
+        };
+        for name in ["read", "write", "execve", "openat", "futex", "chroot"] {
+            assert!(allowed(name), "{name} allowed");
+        }
+        // Not named at all: the default action (EPERM) answers.
+        for name in [
+            "unshare",
+            "mount",
+            "umount2",
+            "setns",
+            "pivot_root",
+            "bpf",
+            "keyctl",
+        ] {
+            assert!(!named(name), "{name} refused");
+        }
+        let clone: Vec<_> = rules
+            .iter()
+            .filter(|r| {
+                r["names"]
+                    .as_array()
+                    .expect("names")
+                    .iter()
+                    .any(|n| n == "clone")
+            })
+            .collect();
+        assert_eq!(clone.len(), 1, "one conditional clone rule: {clone:?}");
+        assert_eq!(clone[0]["args"][0]["op"], "SCMP_CMP_MASKED_EQ");
+        assert_eq!(clone[0]["args"][0]["value"], seccomp::NAMESPACE_FLAGS);
+        assert_eq!(clone[0]["args"][0]["valueTwo"], 0);
     }
 
     #[test]

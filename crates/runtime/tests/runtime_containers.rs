@@ -144,6 +144,7 @@ impl Fixture {
             sandbox: &self.sandbox,
             mapping: &self.mapping,
             log_writer: Path::new(env!("CARGO_BIN_EXE_stratum-log-writer")),
+            log_rotation: stratum_runtime::LogRotation::default(),
         }
     }
 

@@ -1,20 +1,50 @@
-//! `stratum-log-writer --log PATH`: one container's log writer (see
-//! `stratum_runtime::log_writer`). Started by the node agent with the
-//! container's stdout and stderr pipes on descriptors 3 and 4 and a
-//! readiness pipe on 5; it exits once both pipes are closed.
+//! `stratum-log-writer --log PATH [--max-size BYTES] [--max-files N]`:
+//! one container's log writer (see `stratum_runtime::log_writer`), which
+//! rotates the log past BYTES (10Mi) keeping N files (5). Started by the
+//! node agent with the container's stdout and stderr pipes on descriptors
+//! 3 and 4 and a readiness pipe on 5; it exits once both pipes are closed.
 
+use std::ffi::OsString;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use stratum_runtime::log_writer::{serve, READY_FD, STDERR_FD, STDOUT_FD};
+use stratum_runtime::log_writer::{parse_size, serve, LogRotation, READY_FD, STDERR_FD, STDOUT_FD};
+
+const USAGE: &str = "usage: stratum-log-writer --log PATH [--max-size BYTES] [--max-files N] \
+                     (pipes on fds 3, 4; ready on 5)";
+
+/// The log and its rotation from the command line.
+fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<(PathBuf, LogRotation), String> {
+    let mut log = None;
+    let mut rotation = LogRotation::default();
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .ok_or_else(|| format!("{} needs a value", flag.to_string_lossy()))?;
+        let text = || value.to_string_lossy().into_owned();
+        match flag.to_str() {
+            Some("--log") => log = Some(PathBuf::from(&value)),
+            Some("--max-size") => rotation.max_size = parse_size(&text())?,
+            Some("--max-files") => {
+                rotation.max_files = text()
+                    .parse()
+                    .map_err(|_| format!("--max-files {:?}: not a number", text()))?
+            }
+            _ => return Err(format!("unknown argument {flag:?}")),
+        }
+    }
+    let log = log.ok_or("--log is required")?;
+    let rotation =
+        LogRotation::new(rotation.max_size, rotation.max_files).map_err(|e| e.to_string())?;
+    Ok((log, rotation))
+}
 
 fn main() -> ExitCode {
-    let mut args = std::env::args_os().skip(1);
-    let log = match (args.next(), args.next(), args.next()) {
-        (Some(flag), Some(path), None) if flag == "--log" => PathBuf::from(path),
-        _ => {
-            eprintln!("usage: stratum-log-writer --log PATH (pipes on fds 3, 4; ready on 5)");
+    let (log, rotation) = match parse_args(std::env::args_os().skip(1)) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("stratum-log-writer: {e}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
@@ -34,7 +64,7 @@ fn main() -> ExitCode {
             OwnedFd::from_raw_fd(READY_FD),
         )
     };
-    match serve(&log, stdout, stderr, ready) {
+    match serve(&log, rotation, stdout, stderr, ready) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("stratum-log-writer: {}: {e}", log.display());

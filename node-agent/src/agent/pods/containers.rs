@@ -107,6 +107,7 @@ impl PodManager {
             sandbox: &live.sandbox,
             mapping: &host.mapping,
             log_writer: &self.shared.config.pods.log_writer,
+            log_rotation: self.shared.config.pods.log_rotation,
         };
         let run = match Container::create(&host.runtime, context, &dir, &config).await {
             Ok(run) => Arc::new(run),
@@ -603,7 +604,7 @@ impl PodManager {
                 self.pools.set_pod_containers(pod_id, count);
             }
         }
-        let _ = std::fs::remove_file(self.pod_log_path(pod_id, name));
+        let _ = stratum_runtime::logs::remove_log_files(&self.pod_log_path(pod_id, name));
         drop(runs);
         self.get_pod(pod_id)
     }

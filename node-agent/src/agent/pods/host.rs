@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use super::PodManager;
 use crate::agent::errors::{AgentError, Result};
-use stratum_podnet::{Ipv4Cidr, PodNetConfig, PodNetwork, DEFAULT_HOST_PORTS};
-use stratum_runtime::{CgroupMapping, OciRuntime, OciRuntimeConfig, RuntimeError};
+use stratum_podnet::{Ipv4Cidr, PodNetConfig, PodNetwork, Protocol, DEFAULT_HOST_PORTS};
+use stratum_runtime::{CgroupMapping, LogRotation, OciRuntime, OciRuntimeConfig, RuntimeError};
 
 /// The pod settings the agent is started with.
 #[derive(Debug, Clone)]
@@ -26,8 +26,14 @@ pub struct PodHostConfig {
     pub allow: Vec<(String, String)>,
     /// The per-container log writer (`stratum-log-writer`).
     pub log_writer: PathBuf,
+    /// When containers' logs are rotated and how many files are kept
+    /// (`--container-log-max-size`, `--container-log-max-files`).
+    pub log_rotation: LogRotation,
     /// The host ports pods may publish.
     pub host_ports: RangeInclusive<u16>,
+    /// The host services pods may reach on their gateway; every other
+    /// connection a pod opens to the host is dropped.
+    pub host_services: Vec<(Protocol, u16)>,
     /// Tasks (processes and threads) one pod may have at once.
     pub pids_limit: u64,
 }
@@ -42,10 +48,12 @@ impl Default for PodHostConfig {
         PodHostConfig {
             oci_runtime: PathBuf::from("crun"),
             log_writer: PathBuf::from("stratum-log-writer"),
+            log_rotation: LogRotation::default(),
             bridge: "stratum0".to_string(),
             cidr: Ipv4Cidr::DEFAULT,
             allow: Vec::new(),
             host_ports: DEFAULT_HOST_PORTS,
+            host_services: Vec::new(),
             pids_limit: DEFAULT_POD_PIDS_LIMIT,
         }
     }
@@ -87,6 +95,7 @@ impl PodManager {
         net.cidr = pods.cidr;
         net.netns_dir = run_dir.join("netns");
         net.host_ports = pods.host_ports.clone();
+        net.host_services = pods.host_services.clone();
         // The network's tables live in the agent's state file.
         let network = PodNetwork::open_shared(net, self.shared.journal.store().database()).await?;
         sync_policies(&network, &pods.allow).await?;

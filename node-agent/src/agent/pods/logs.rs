@@ -1,6 +1,7 @@
 //! A container's log as a stream of API records: the CRI log its log
-//! writer keeps, read from the start or its last lines, and followed
-//! while the container's current run writes.
+//! writer keeps (its rotated files, then the current one), read from the
+//! start or its last lines, and followed while the container's current
+//! run writes.
 
 use prost_types::Timestamp;
 use stratum_api::proto;
@@ -27,45 +28,29 @@ impl PodManager {
         tail: Option<u32>,
     ) -> Result<LogRecords> {
         let follower = self.container_logs(pod_id, name, follow).await?;
-        let skip = match (tail, &follower) {
-            (Some(tail), Some(_)) => {
-                let path = self.pod_log_path(pod_id, name);
-                count_records(&path).await?.saturating_sub(u64::from(tail))
-            }
-            _ => 0,
-        };
         let (tx, rx) = mpsc::channel(LOG_BUFFER);
-        if let Some(follower) = follower {
-            tokio::spawn(send_records(follower, skip, tx));
+        if let Some(mut follower) = follower {
+            // One pass over the files as they are now: a count and a
+            // second pass could be off by the files rotated in between.
+            if let Some(tail) = tail {
+                follower
+                    .keep_last(usize::try_from(tail).unwrap_or(usize::MAX))
+                    .await?;
+            }
+            tokio::spawn(send_records(follower, tx));
         }
         Ok(rx)
     }
 }
 
-/// How many records the log holds now.
-async fn count_records(path: &std::path::Path) -> Result<u64> {
-    let mut reader = LogFollower::open(path, false)?;
-    let mut count = 0u64;
-    while reader.next().await?.is_some() {
-        count += 1;
-    }
-    Ok(count)
-}
-
-/// Streams records after the first `skip` until the follower ends or the
-/// client goes away.
-async fn send_records(
-    mut follower: LogFollower,
-    mut skip: u64,
-    tx: mpsc::Sender<Result<proto::LogRecord>>,
-) {
+/// Streams records until the follower ends or the client goes away.
+async fn send_records(mut follower: LogFollower, tx: mpsc::Sender<Result<proto::LogRecord>>) {
     loop {
         let next = tokio::select! {
             next = follower.next() => next,
             () = tx.closed() => return,
         };
         match next {
-            Ok(Some(_)) if skip > 0 => skip -= 1,
             Ok(Some(line)) => {
                 if tx.send(Ok(log_record(line))).await.is_err() {
                     return;

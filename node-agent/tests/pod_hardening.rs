@@ -1,0 +1,595 @@
+//! What a pod's container may not do, and how its logs stay bounded,
+//! against real parts, as root: a real agent process, the busybox image
+//! from a local registry (`docker-registry`), crun, real cgroups and the
+//! real pod network (see `pods_api.rs` for the fixture's preparation).
+//!
+//! - The seccomp profile (Docker's default): every refused call checked
+//!   here is one a container could make *without* the profile — the
+//!   capability set alone does not stop it. Each was seen to succeed with
+//!   the profile left out of the spec, and to fail with it.
+//! - Log rotation: a chatty container under a tiny max size keeps at most
+//!   max-files files, and `Logs` (whole, tail, follow) reads across them.
+
+// Test helpers may panic: a broken fixture fails the test that uses it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use stratum_api::proto::image_service_client::ImageServiceClient;
+use stratum_api::proto::pod_service_client::PodServiceClient;
+use stratum_api::proto::{
+    ContainerSpec, ContainerState, CreateResourcePoolRequest, ExecSyncRequest, ExecSyncResponse,
+    GetPodRequest, LogsRequest, Pod, PodSpec, PodState, PullImageRequest, ResourcePoolSpec,
+    RunPodRequest, StopPodRequest,
+};
+use stratum_podnet::{Ipv4Cidr, PodNetConfig, PodNetwork};
+use stratum_testkit::fixture;
+use stratum_testkit::test_agent::TestAgent;
+use tonic::transport::Channel;
+
+static HOST: Once = Once::new();
+static NEXT_NET: AtomicU32 = AtomicU32::new(0);
+
+/// An agent with its own pod network and the busybox image pulled; on
+/// drop, what its pods leave is unmounted and purged.
+struct PodAgent {
+    net: PodNetConfig,
+    reference: String,
+    // Dropped after `Drop::drop` below, in this order.
+    agent: TestAgent,
+    _registry: fixture::TestRegistry,
+    _work: tempfile::TempDir,
+}
+
+impl PodAgent {
+    async fn start(name: &str, extra: &[&str]) -> PodAgent {
+        HOST.call_once(|| {
+            fixture::mount_unified_controllers_as_v1().expect("mount hybrid controllers as v1");
+        });
+        let work = tempfile::tempdir().unwrap();
+        let (registry, reference) = fixture::registry_with_busybox(work.path()).expect("fixture");
+        let n = NEXT_NET.fetch_add(1, Ordering::Relaxed);
+        // Bridges and CIDRs apart from pods_api.rs' (stp…, 10.200+.…).
+        let tag = std::process::id() % 10_000 * 10 + n;
+        let bridge = format!("sth{tag}");
+        let cidr = format!("10.{}.{}.0/24", 160 + n % 30, std::process::id() % 250);
+        let mut args = vec![
+            "--insecure-registry",
+            registry.addr(),
+            "--pod-bridge",
+            &bridge,
+            "--pod-cidr",
+            &cidr,
+        ];
+        args.extend_from_slice(extra);
+        let agent = TestAgent::start_with(name, &args);
+        let mut net = PodNetConfig::new(&agent.dir.join("data"));
+        net.bridge = bridge.clone();
+        net.nft_table = bridge;
+        net.cidr = cidr.parse::<Ipv4Cidr>().unwrap();
+        net.netns_dir = PathBuf::from("/run/stratum")
+            .join(&agent.cgroup_root)
+            .join("netns");
+        let pod_agent = PodAgent {
+            net,
+            reference,
+            agent,
+            _registry: registry,
+            _work: work,
+        };
+        let mut images = ImageServiceClient::new(pod_agent.agent.channel().await);
+        let mut pull = images
+            .pull(PullImageRequest {
+                reference: pod_agent.reference.clone(),
+                auth: None,
+                namespace: String::new(),
+            })
+            .await
+            .expect("pull")
+            .into_inner();
+        while pull.message().await.expect("pull progress").is_some() {}
+        pod_agent
+    }
+
+    async fn pods(&self) -> PodServiceClient<Channel> {
+        PodServiceClient::new(self.agent.channel().await)
+    }
+
+    fn container(&self, name: &str, script: &str) -> ContainerSpec {
+        ContainerSpec {
+            name: name.into(),
+            image: self.reference.clone(),
+            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        }
+    }
+
+    /// Runs a pod of `containers` in a fresh top-level pool; RUNNING.
+    async fn run(&self, name: &str, containers: Vec<ContainerSpec>) -> Pod {
+        let pool = self
+            .agent
+            .pools()
+            .await
+            .create(CreateResourcePoolRequest {
+                parent_id: String::new(),
+                spec: Some(ResourcePoolSpec {
+                    name: format!("{name}-pool"),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("create pool")
+            .into_inner()
+            .id;
+        let spec = PodSpec {
+            name: name.into(),
+            pool_id: pool,
+            containers,
+            ..Default::default()
+        };
+        let pod = self
+            .pods()
+            .await
+            .run_pod(RunPodRequest { spec: Some(spec) })
+            .await
+            .expect("run pod")
+            .into_inner();
+        let status = pod.status.as_ref().expect("status");
+        assert_eq!(status.state(), PodState::Running, "{pod:#?}");
+        pod
+    }
+
+    fn log_dir(&self, pod: &str) -> PathBuf {
+        self.agent.dir.join(format!("data/pods/{pod}/logs"))
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        PathBuf::from("/run/stratum").join(&self.agent.cgroup_root)
+    }
+}
+
+impl Drop for PodAgent {
+    fn drop(&mut self) {
+        self.agent.kill9();
+        for dir in [self.agent.dir.clone(), self.run_dir()] {
+            unmount_under(&dir);
+        }
+        let net = self.net.clone();
+        let purge = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(PodNetwork::purge(&net))
+        });
+        let _ = purge.join();
+        let _ = std::fs::remove_dir_all(self.run_dir());
+    }
+}
+
+/// Lazily unmounts every mount below `dir`, deepest first.
+fn unmount_under(dir: &Path) {
+    let Ok(mounts) = stratum_runtime::mountinfo::read_self() else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = mounts
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = Command::new("umount").arg("-l").arg(&p).status();
+    }
+}
+
+async fn exec(
+    client: &mut PodServiceClient<Channel>,
+    pod: &str,
+    container: &str,
+    command: &[&str],
+) -> ExecSyncResponse {
+    client
+        .exec_sync(ExecSyncRequest {
+            pod_id: pod.into(),
+            container_name: container.into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            timeout_seconds: 20,
+        })
+        .await
+        .expect("exec")
+        .into_inner()
+}
+
+/// The container's log records' messages (the last `tail` with one).
+async fn logs(
+    client: &mut PodServiceClient<Channel>,
+    pod: &str,
+    container: &str,
+    tail: Option<u32>,
+) -> Vec<String> {
+    let mut stream = client
+        .logs(LogsRequest {
+            pod_id: pod.into(),
+            container_name: container.into(),
+            follow: false,
+            tail_lines: tail,
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let mut lines = Vec::new();
+    while let Some(record) = stream.message().await.expect("log record") {
+        lines.push(String::from_utf8_lossy(&record.message).into_owned());
+    }
+    lines
+}
+
+/// Polls the container's log until a record says `line`.
+async fn wait_for_line(
+    client: &mut PodServiceClient<Channel>,
+    pod: &str,
+    container: &str,
+    line: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if logs(client, pod, container, Some(1))
+            .await
+            .iter()
+            .any(|l| l == line)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{container} never wrote {line:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A call the profile must refuse, tried in the container.
+struct Refused {
+    what: &'static str,
+    command: &'static [&'static str],
+    /// Beside a non-zero exit, the output must say this (EPERM, as the
+    /// filter answers, where the kernel would have said something else).
+    says: &'static str,
+}
+
+/// Each of these succeeds (or fails differently) in a container without
+/// the profile, as the capability set alone allows it: user namespaces
+/// need no capability, and in one the process holds every capability over
+/// the namespaces it makes.
+const REFUSED: &[Refused] = &[
+    Refused {
+        what: "a user namespace (unshare -U)",
+        command: &["unshare", "-U", "true"],
+        says: "Operation not permitted",
+    },
+    Refused {
+        what: "a mount namespace, with a user namespace to own it (unshare -r -m)",
+        command: &["unshare", "-r", "-m", "true"],
+        says: "Operation not permitted",
+    },
+    Refused {
+        // Without the filter the kernel looks the target up before it
+        // checks CAP_SYS_ADMIN and answers ENOENT; with it, mount(2) is
+        // answered EPERM before the kernel sees its arguments.
+        what: "mount(2) itself (mount -t tmpfs on a missing directory)",
+        command: &["mount", "-t", "tmpfs", "none", "/no/such/dir"],
+        says: "permission denied",
+    },
+    Refused {
+        // SOCK_RAW needs CAP_NET_RAW, which the container lacks, but in a
+        // user namespace with a network namespace of its own the process
+        // holds it. The new netns' ping_group_range is the default "1 0",
+        // so busybox ping cannot fall back to an ICMP datagram socket:
+        // its success would mean a raw socket.
+        what: "a raw socket through a user and network namespace (unshare -r -n ping)",
+        command: &[
+            "unshare",
+            "-r",
+            "-n",
+            "sh",
+            "-c",
+            "ip link set lo up && ping -c1 -W1 127.0.0.1",
+        ],
+        says: "Operation not permitted",
+    },
+];
+
+/// The container runs under Docker's default seccomp profile: the calls
+/// it refuses fail, the ones services need work, in the container's own
+/// process and in an exec.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_run_under_the_default_seccomp_profile() {
+    let pa = PodAgent::start("hardening-seccomp", &[]).await;
+    let main = pa.container(
+        "main",
+        "grep Seccomp: /proc/self/status; echo main up; exec sleep 1000",
+    );
+    let pod = pa.run("locked", vec![main]).await;
+    let id = pod.id.clone();
+    let mut client = pa.pods().await;
+    wait_for_line(&mut client, &id, "main", "main up").await;
+
+    // Filter mode (2) in the container's process and in an exec.
+    let main_log = logs(&mut client, &id, "main", None).await;
+    let exec_status = exec(
+        &mut client,
+        &id,
+        "main",
+        &["grep", "Seccomp:", "/proc/self/status"],
+    )
+    .await;
+    let mut wrong = Vec::new();
+    if main_log.first().map(String::as_str) != Some("Seccomp:\t2") {
+        wrong.push(format!(
+            "the container's process has no filter: {main_log:?}"
+        ));
+    }
+    if text(&exec_status.stdout).trim() != "Seccomp:\t2" {
+        wrong.push(format!("an exec has no filter: {exec_status:?}"));
+    }
+    for refused in REFUSED {
+        let out = exec(&mut client, &id, "main", refused.command).await;
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        if out.exit_code == 0 || !said.contains(refused.says) {
+            wrong.push(format!(
+                "{} was not refused: exit {}, {said:?}",
+                refused.what, out.exit_code
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the profile does not hold:\n{}",
+        wrong.join("\n")
+    );
+
+    // The capability set's own refusal, with or without the profile
+    // (Docker's profile allows socket(2) for AF_PACKET and AF_INET): no
+    // raw socket in the pod's network. arping needs an AF_PACKET socket
+    // (CAP_NET_RAW) and opens it first thing.
+    let arping = exec(
+        &mut client,
+        &id,
+        "main",
+        &["arping", "-c1", "-w1", "-I", "lo", "127.0.0.1"],
+    )
+    .await;
+    assert!(
+        arping.exit_code != 0 && text(&arping.stderr).contains("socket: Operation not permitted"),
+        "{arping:?}"
+    );
+
+    // What services do still works: a shell, files, sleeping, the
+    // allowed persona, chroot (CAP_SYS_CHROOT), forks, and a TCP
+    // listener answering on the pod's localhost.
+    let ordinary = exec(
+        &mut client,
+        &id,
+        "main",
+        &[
+            "sh",
+            "-c",
+            "set -e; ls /bin/busybox; cat /proc/self/stat >/dev/null; sleep 0.1; \
+             linux32 true; chroot / true; echo $(echo forked) ok",
+        ],
+    )
+    .await;
+    assert_eq!(
+        (ordinary.exit_code, text(&ordinary.stdout).trim()),
+        (0, "/bin/busybox\nforked ok"),
+        "{ordinary:?}"
+    );
+    let tcp = exec(
+        &mut client,
+        &id,
+        "main",
+        &[
+            "sh",
+            "-c",
+            "nc -l -p 7070 -e echo hello-over-tcp & sleep 0.5; nc 127.0.0.1 7070 </dev/null; wait",
+        ],
+    )
+    .await;
+    assert_eq!(
+        (tcp.exit_code, text(&tcp.stdout).trim()),
+        (0, "hello-over-tcp"),
+        "{tcp:?}"
+    );
+
+    client
+        .stop_pod(StopPodRequest {
+            id,
+            grace_period_seconds: Some(0),
+        })
+        .await
+        .expect("stop");
+}
+
+/// The CRI log files of `container` in `dir`: `<name>.log` and its
+/// rotated `<name>.log.<N>` (the writer's hidden staging file is not one).
+fn log_files(dir: &Path, container: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let current = format!("{container}.log");
+    let rotated = format!("{container}.log.");
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            *n == current
+                || n.strip_prefix(&rotated)
+                    .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn chatty_line(i: usize) -> String {
+    format!("chatty line {i} padded to be a record of a hundred bytes or so, like a service's")
+}
+
+/// A chatty container with a 16 KiB max size and 3 files never has more
+/// than 3 log files, none over the size; Logs returns the latest lines in
+/// order, its tail the last ones, and a follower gets every line of a
+/// paced writer across its rotations.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_rotate_chatty_container_logs() {
+    let pa = PodAgent::start(
+        "hardening-logs",
+        &[
+            "--container-log-max-size",
+            "16Ki",
+            "--container-log-max-files",
+            "3",
+        ],
+    )
+    .await;
+    let total = 3000;
+    let chatty = pa.container(
+        "chatty",
+        &format!(
+            "i=0; while [ $i -lt {total} ]; do i=$((i+1)); \
+             echo \"chatty line $i padded to be a record of a hundred bytes or so, like a service's\"; \
+             done; echo last-line; exec sleep 1000"
+        ),
+    );
+    // Starts after the follower below is reading; ~140 bytes a record,
+    // 20 records every 50 ms: a rotation about every 0.3 s.
+    let ticker = pa.container(
+        "ticker",
+        "sleep 2; i=0; while [ $i -lt 600 ]; do i=$((i+1)); \
+         echo \"tick $i padded to be a record of a hundred bytes or so, for the follower\"; \
+         [ $((i % 20)) = 0 ] && sleep 0.05; done; echo ticker done",
+    );
+    let pod = pa.run("chatty", vec![chatty, ticker]).await;
+    let id = pod.id.clone();
+    let dir = pa.log_dir(&id);
+    let mut client = pa.pods().await;
+    let mut follow = client
+        .logs(LogsRequest {
+            pod_id: id.clone(),
+            container_name: "ticker".into(),
+            follow: true,
+            tail_lines: None,
+        })
+        .await
+        .expect("follow")
+        .into_inner();
+    let followed = tokio::spawn(async move {
+        let mut ticks = Vec::new();
+        while let Some(record) = follow.message().await.expect("record") {
+            ticks.push(String::from_utf8_lossy(&record.message).into_owned());
+        }
+        ticks
+    });
+
+    // While the chatty container writes: never more than three files.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut most = 0;
+    loop {
+        most = most.max(log_files(&dir, "chatty").len());
+        let newest = logs(&mut client, &id, "chatty", Some(1)).await;
+        if newest.iter().any(|l| l == "last-line") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the chatty container never finished: {newest:?}"
+        );
+        for _ in 0..10 {
+            most = most.max(log_files(&dir, "chatty").len());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert!(most <= 3, "{most} log files at once");
+    let files = log_files(&dir, "chatty");
+    assert_eq!(files.len(), 3, "rotated, and the oldest deleted: {files:?}");
+    assert_eq!(files[0], "chatty.log", "{files:?}");
+    for name in &files {
+        let size = std::fs::metadata(dir.join(name)).unwrap().len();
+        assert!(size <= 16 * 1024, "{name}: {size} bytes");
+    }
+
+    // Logs: the latest lines, in order, across the files; the oldest are
+    // gone with their files.
+    let lines = logs(&mut client, &id, "chatty", None).await;
+    assert_eq!(lines.last().map(String::as_str), Some("last-line"));
+    let kept = lines.len() - 1;
+    assert!(
+        (200..total).contains(&kept),
+        "three files of 16 KiB hold a few hundred records: {kept}"
+    );
+    let expected: Vec<String> = (total - kept + 1..=total).map(chatty_line).collect();
+    assert_eq!(lines[..kept], expected[..], "consecutive up to the last");
+    let tail = logs(&mut client, &id, "chatty", Some(3)).await;
+    assert_eq!(
+        tail,
+        [
+            chatty_line(total - 1),
+            chatty_line(total),
+            "last-line".to_string()
+        ]
+    );
+
+    // The follower read every tick across the ticker's rotations.
+    let ticks = tokio::time::timeout(Duration::from_secs(60), followed)
+        .await
+        .expect("the follow ends with the ticker")
+        .expect("follower");
+    let expected: Vec<String> = (1..=600)
+        .map(|i| {
+            format!("tick {i} padded to be a record of a hundred bytes or so, for the follower")
+        })
+        .chain(["ticker done".to_string()])
+        .collect();
+    assert_eq!(ticks.len(), expected.len(), "no line lost or repeated");
+    assert_eq!(ticks, expected);
+    let ticker_files = log_files(&dir, "ticker");
+    assert!(
+        ticker_files.len() == 3
+            && ticker_files.iter().any(|n| n
+                .strip_prefix("ticker.log.")
+                .is_some_and(|k| k.parse::<u32>().unwrap() >= 3)),
+        "the ticker's log rotated several times: {ticker_files:?}"
+    );
+
+    let stopped = client
+        .stop_pod(StopPodRequest {
+            id: id.clone(),
+            grace_period_seconds: Some(0),
+        })
+        .await
+        .expect("stop")
+        .into_inner();
+    assert_eq!(
+        stopped.status.as_ref().expect("status").state(),
+        PodState::Stopped
+    );
+    let pod = client
+        .get_pod(GetPodRequest { id })
+        .await
+        .expect("get")
+        .into_inner();
+    let chatty = pod
+        .status
+        .expect("status")
+        .containers
+        .into_iter()
+        .find(|c| c.name == "chatty")
+        .expect("chatty");
+    assert_eq!(chatty.state(), ContainerState::Exited);
+}
