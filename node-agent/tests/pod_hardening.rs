@@ -14,175 +14,54 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use stratum_api::proto::image_service_client::ImageServiceClient;
 use stratum_api::proto::pod_service_client::PodServiceClient;
 use stratum_api::proto::{
     ContainerSpec, ContainerState, CreateResourcePoolRequest, ExecSyncRequest, ExecSyncResponse,
-    GetPodRequest, LogsRequest, Pod, PodSpec, PodState, PullImageRequest, ResourcePoolSpec,
-    RunPodRequest, StopPodRequest,
+    GetPodRequest, LogsRequest, Pod, PodSpec, PodState, ResourcePoolSpec, RunPodRequest,
+    StopPodRequest,
 };
-use stratum_podnet::{Ipv4Cidr, PodNetConfig, PodNetwork};
-use stratum_testkit::fixture;
-use stratum_testkit::test_agent::TestAgent;
+use stratum_testkit::pod_agent::PodAgent;
 use tonic::transport::Channel;
 
-static HOST: Once = Once::new();
-static NEXT_NET: AtomicU32 = AtomicU32::new(0);
-
-/// An agent with its own pod network and the busybox image pulled; on
-/// drop, what its pods leave is unmounted and purged.
-struct PodAgent {
-    net: PodNetConfig,
-    reference: String,
-    // Dropped after `Drop::drop` below, in this order.
-    agent: TestAgent,
-    _registry: fixture::TestRegistry,
-    _work: tempfile::TempDir,
-}
-
-impl PodAgent {
-    async fn start(name: &str, extra: &[&str]) -> PodAgent {
-        HOST.call_once(|| {
-            fixture::mount_unified_controllers_as_v1().expect("mount hybrid controllers as v1");
-        });
-        let work = tempfile::tempdir().unwrap();
-        let (registry, reference) = fixture::registry_with_busybox(work.path()).expect("fixture");
-        let n = NEXT_NET.fetch_add(1, Ordering::Relaxed);
-        // Bridges and CIDRs apart from pods_api.rs' (stp…, 10.200+.…).
-        let tag = std::process::id() % 10_000 * 10 + n;
-        let bridge = format!("sth{tag}");
-        let cidr = format!("10.{}.{}.0/24", 160 + n % 30, std::process::id() % 250);
-        let mut args = vec![
-            "--insecure-registry",
-            registry.addr(),
-            "--pod-bridge",
-            &bridge,
-            "--pod-cidr",
-            &cidr,
-        ];
-        args.extend_from_slice(extra);
-        let agent = TestAgent::start_with(name, &args);
-        let mut net = PodNetConfig::new(&agent.dir.join("data"));
-        net.bridge = bridge.clone();
-        net.nft_table = bridge;
-        net.cidr = cidr.parse::<Ipv4Cidr>().unwrap();
-        net.netns_dir = PathBuf::from("/run/stratum")
-            .join(&agent.cgroup_root)
-            .join("netns");
-        let pod_agent = PodAgent {
-            net,
-            reference,
-            agent,
-            _registry: registry,
-            _work: work,
-        };
-        let mut images = ImageServiceClient::new(pod_agent.agent.channel().await);
-        let mut pull = images
-            .pull(PullImageRequest {
-                reference: pod_agent.reference.clone(),
-                auth: None,
-                namespace: String::new(),
-            })
-            .await
-            .expect("pull")
-            .into_inner();
-        while pull.message().await.expect("pull progress").is_some() {}
-        pod_agent
-    }
-
-    async fn pods(&self) -> PodServiceClient<Channel> {
-        PodServiceClient::new(self.agent.channel().await)
-    }
-
-    fn container(&self, name: &str, script: &str) -> ContainerSpec {
-        ContainerSpec {
-            name: name.into(),
-            image: self.reference.clone(),
-            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
-            ..Default::default()
-        }
-    }
-
-    /// Runs a pod of `containers` in a fresh top-level pool; RUNNING.
-    async fn run(&self, name: &str, containers: Vec<ContainerSpec>) -> Pod {
-        let pool = self
-            .agent
-            .pools()
-            .await
-            .create(CreateResourcePoolRequest {
-                parent_id: String::new(),
-                spec: Some(ResourcePoolSpec {
-                    name: format!("{name}-pool"),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .expect("create pool")
-            .into_inner()
-            .id;
-        let spec = PodSpec {
-            name: name.into(),
-            pool_id: pool,
-            containers,
-            ..Default::default()
-        };
-        let pod = self
-            .pods()
-            .await
-            .run_pod(RunPodRequest { spec: Some(spec) })
-            .await
-            .expect("run pod")
-            .into_inner();
-        let status = pod.status.as_ref().expect("status");
-        assert_eq!(status.state(), PodState::Running, "{pod:#?}");
-        pod
-    }
-
-    fn log_dir(&self, pod: &str) -> PathBuf {
-        self.agent.dir.join(format!("data/pods/{pod}/logs"))
-    }
-
-    fn run_dir(&self) -> PathBuf {
-        PathBuf::from("/run/stratum").join(&self.agent.cgroup_root)
-    }
-}
-
-impl Drop for PodAgent {
-    fn drop(&mut self) {
-        self.agent.kill9();
-        for dir in [self.agent.dir.clone(), self.run_dir()] {
-            unmount_under(&dir);
-        }
-        let net = self.net.clone();
-        let purge = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new()
-                .unwrap()
-                .block_on(PodNetwork::purge(&net))
-        });
-        let _ = purge.join();
-        let _ = std::fs::remove_dir_all(self.run_dir());
-    }
-}
-
-/// Lazily unmounts every mount below `dir`, deepest first.
-fn unmount_under(dir: &Path) {
-    let Ok(mounts) = stratum_runtime::mountinfo::read_self() else {
-        return;
+/// Runs a pod of `containers` in a fresh top-level pool; RUNNING.
+async fn run(pa: &PodAgent, name: &str, containers: Vec<ContainerSpec>) -> Pod {
+    let pool = pa
+        .agent
+        .pools()
+        .await
+        .create(CreateResourcePoolRequest {
+            parent_id: String::new(),
+            spec: Some(ResourcePoolSpec {
+                name: format!("{name}-pool"),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create pool")
+        .into_inner()
+        .id;
+    let spec = PodSpec {
+        name: name.into(),
+        pool_id: pool,
+        containers,
+        ..Default::default()
     };
-    let mut points: Vec<PathBuf> = mounts
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for p in points {
-        let _ = Command::new("umount").arg("-l").arg(&p).status();
-    }
+    let pod = pa
+        .pods()
+        .await
+        .run_pod(RunPodRequest { spec: Some(spec) })
+        .await
+        .expect("run pod")
+        .into_inner();
+    let status = pod.status.as_ref().expect("status");
+    assert_eq!(status.state(), PodState::Running, "{pod:#?}");
+    pod
+}
+
+fn log_dir(pa: &PodAgent, pod: &str) -> PathBuf {
+    pa.agent.dir.join(format!("data/pods/{pod}/logs"))
 }
 
 async fn exec(
@@ -311,12 +190,12 @@ const REFUSED: &[Refused] = &[
 /// process and in an exec.
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_run_under_the_default_seccomp_profile() {
-    let pa = PodAgent::start("hardening-seccomp", &[]).await;
+    let pa = PodAgent::start("hardening-seccomp").await;
     let main = pa.container(
         "main",
         "grep Seccomp: /proc/self/status; echo main up; exec sleep 1000",
     );
-    let pod = pa.run("locked", vec![main]).await;
+    let pod = run(&pa, "locked", vec![main]).await;
     let id = pod.id.clone();
     let mut client = pa.pods().await;
     wait_for_line(&mut client, &id, "main", "main up").await;
@@ -448,7 +327,7 @@ fn chatty_line(i: usize) -> String {
 /// paced writer across its rotations.
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_rotate_chatty_container_logs() {
-    let pa = PodAgent::start(
+    let pa = PodAgent::start_with(
         "hardening-logs",
         &[
             "--container-log-max-size",
@@ -475,9 +354,9 @@ async fn pods_rotate_chatty_container_logs() {
          echo \"tick $i padded to be a record of a hundred bytes or so, for the follower\"; \
          [ $((i % 20)) = 0 ] && sleep 0.05; done; echo ticker done",
     );
-    let pod = pa.run("chatty", vec![chatty, ticker]).await;
+    let pod = run(&pa, "chatty", vec![chatty, ticker]).await;
     let id = pod.id.clone();
-    let dir = pa.log_dir(&id);
+    let dir = log_dir(&pa, &id);
     let mut client = pa.pods().await;
     let mut follow = client
         .logs(LogsRequest {

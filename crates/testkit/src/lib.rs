@@ -19,5 +19,6 @@ pub mod agent_process;
 pub mod bins;
 pub mod cleanup;
 pub mod fixture;
+pub mod pod_agent;
 pub mod root;
 pub mod test_agent;
