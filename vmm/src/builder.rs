@@ -99,6 +99,8 @@ pub enum Error {
     Bus(#[from] bus::Error),
     #[error("{0}")]
     VcpuControl(#[from] control::Error),
+    #[error("{0}")]
+    Seccomp(#[from] crate::seccomp::Error),
     #[error("virtio device set-up: {0}")]
     Virtio(#[from] mmio::Error),
     #[error("{0} virtio devices asked for; at most {max} fit", max = VIRTIO_LAST_IRQ - VIRTIO_FIRST_IRQ + 1)]
@@ -400,6 +402,9 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
         vcpus.push(vcpu);
     }
     control::install_kick_handler()?;
+    // Device workers start when a vCPU activates a device: through this
+    // thread, so they do not inherit the vCPU's filter (see seccomp.rs).
+    crate::seccomp::start_spawner()?;
     let run = Arc::new(VcpuControl::default());
     let handles = vcpus
         .into_iter()
@@ -420,6 +425,7 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
     if config.console_input {
         forward_stdin(serial);
     }
+    crate::seccomp::mark_vm_started();
     Ok(RunningVm {
         events,
         controller,
@@ -705,7 +711,10 @@ struct DeviceHandle {
 fn forward_stdin(serial: Arc<Mutex<SerialConsole>>) {
     let spawned = std::thread::Builder::new()
         .name("console-in".into())
-        .spawn(move || serial::forward_input(std::io::stdin().lock(), &serial));
+        .spawn(move || {
+            crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::ConsoleIn);
+            serial::forward_input(std::io::stdin().lock(), &serial);
+        });
     // Without console input the VM still runs; nothing to undo.
     drop(spawned);
 }

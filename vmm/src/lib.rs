@@ -19,6 +19,7 @@ pub mod config;
 pub mod devices;
 pub mod loader;
 pub mod rate_limiter;
+pub mod seccomp;
 pub mod vmm_config;
 pub mod vstate;
 

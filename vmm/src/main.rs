@@ -94,6 +94,12 @@ struct Cli {
     /// KVM device node.
     #[arg(long, default_value = "/dev/kvm", value_name = "PATH")]
     kvm_device: PathBuf,
+    /// Run without seccomp filters. For debugging only: by default every
+    /// thread confines itself to the system calls it needs, and a call
+    /// outside that list kills vmm (SIGSYS). Applies however the VM is
+    /// described (command line, --config-file, API).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 /// Firecracker's rule for instance ids: 1 to 64 letters, digits or dashes.
@@ -125,6 +131,21 @@ impl Cli {
     }
 }
 
+/// Fixes glibc's limit on malloc arenas now, at glibc's default (8 per
+/// CPU). Otherwise glibc works it out the first time a thread needs a new
+/// arena, which may be under a seccomp filter: it then reads
+/// /sys/devices/system/cpu/online, a call no thread's filter admits.
+fn fix_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let arenas = libc::c_int::try_from(cpus.saturating_mul(8)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets a malloc parameter; no thread has
+        // started yet.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) };
+    }
+}
+
 /// Command-line defaults (the API's follow Firecracker: 1 vCPU, 128 MiB).
 const DEFAULT_VCPUS: u16 = 1;
 const DEFAULT_MEMORY_MIB: u64 = 256;
@@ -135,6 +156,11 @@ fn report(error: &dyn std::error::Error) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    fix_malloc_arenas();
+    if let Err(error) = vmm::seccomp::configure(!cli.no_seccomp) {
+        report(&error);
+        return ExitCode::from(2);
+    }
     match cli.kernel.clone() {
         Some(kernel) => run_from_command_line(kernel, cli),
         None => run_controlled(&cli),
@@ -234,6 +260,8 @@ fn run_controlled(cli: &Cli) -> ExitCode {
 /// Waits for the guest to end; the process exits with its status, taking
 /// the API thread with it.
 fn wait(vm: RunningVm) -> ExitCode {
+    // The VM runs: this thread only waits for it and cleans up from now on.
+    vmm::seccomp::install_or_exit(vmm::seccomp::ThreadKind::Vmm);
     let event = vm.wait();
     vmm_log!(Info, "the microVM stopped: {event:?}");
     match event {

@@ -60,7 +60,13 @@ impl ApiServer {
 
     fn serve(self, controller: &Arc<Mutex<Controller>>) {
         vmm_log!(Info, "API server listening on {}", self.path.display());
+        // Until the VM runs this thread (and the connection threads it
+        // starts, which inherit its filter) may have to build it; then it
+        // narrows itself to the API's run-time filter.
+        let mut narrowed = false;
+        narrow_once_started(&mut narrowed);
         for stream in self.listener.incoming() {
+            narrow_once_started(&mut narrowed);
             let stream = match stream {
                 Ok(stream) => stream,
                 Err(error) => {
@@ -71,7 +77,7 @@ impl ApiServer {
             let controller = Arc::clone(controller);
             let spawned = std::thread::Builder::new()
                 .name("fc_api_conn".into())
-                .spawn(move || serve_connection(stream, &controller));
+                .spawn(move || serve_connection(stream, &controller, narrowed));
             if let Err(error) = spawned {
                 vmm_log!(
                     Error,
@@ -82,9 +88,21 @@ impl ApiServer {
     }
 }
 
+/// Installs the API filter on this thread once the VM runs, at most once.
+fn narrow_once_started(narrowed: &mut bool) {
+    if !*narrowed && crate::seccomp::vm_started() {
+        crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Api);
+        *narrowed = true;
+    }
+}
+
 /// Reads requests until the client closes, asks to close, or sends bytes
 /// we cannot frame. I/O errors end the connection, never the VMM.
-fn serve_connection(mut stream: UnixStream, controller: &Mutex<Controller>) {
+///
+/// `narrowed`: whether the thread already runs under the API filter
+/// (inherited). If not, it installs it before serving a request once the
+/// VM runs, and after the request that started it.
+fn serve_connection(mut stream: UnixStream, controller: &Mutex<Controller>, mut narrowed: bool) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let mut continue_sent = false;
@@ -94,11 +112,13 @@ fn serve_connection(mut stream: UnixStream, controller: &Mutex<Controller>) {
                 Ok(Parsed::Complete(request, used)) => {
                     buf.drain(..used);
                     continue_sent = false;
+                    narrow_once_started(&mut narrowed);
                     let (response, stop) = dispatch(&request, controller);
                     let written = stream.write_all(&response.to_bytes(request.keep_alive));
                     if let Some(vm) = stop {
                         vm.stop();
                     }
+                    narrow_once_started(&mut narrowed);
                     if written.is_err() || !request.keep_alive {
                         return;
                     }

@@ -186,6 +186,11 @@ impl Vcpu {
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
+                // The filter goes on before the first KVM_RUN.
+                if let Err(error) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
+                    events.send(self.failed(error.to_string()));
+                    return;
+                }
                 if let Some(event) = self.run_loop(&buses, &control) {
                     events.send(event);
                 }

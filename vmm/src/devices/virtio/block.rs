@@ -65,6 +65,7 @@ use super::{
     VIRTIO_F_VERSION_1,
 };
 use crate::rate_limiter::SharedRateLimiter;
+use crate::seccomp::ThreadKind;
 
 pub const SECTOR_SIZE: u64 = 512;
 const QUEUE_SIZE: u16 = 256;
@@ -946,11 +947,17 @@ impl VirtioDevice for Block {
         let limiter = self.limiter.clone();
         let mut processor =
             Processor::new(self.disk.clone(), self.acked_features).metered(limiter.clone());
-        let worker = Worker::spawn_metered("virtio-blk", active.notify, limiter, move || {
-            if processor.process_queue(&mem, &mut queue) {
-                signal_used(&mem, &mut queue, &interrupt);
-            }
-        })
+        let worker = Worker::spawn_metered(
+            "virtio-blk",
+            ThreadKind::Block,
+            active.notify,
+            limiter,
+            move || {
+                if processor.process_queue(&mem, &mut queue) {
+                    signal_used(&mem, &mut queue, &interrupt);
+                }
+            },
+        )
         .map_err(ActivateError::Worker)?;
         self.worker = Some(worker);
         Ok(())

@@ -30,6 +30,7 @@ use super::{
     VIRTIO_F_VERSION_1,
 };
 use crate::rate_limiter::SharedRateLimiter;
+use crate::seccomp::ThreadKind;
 
 const QUEUE_SIZES: &[u16] = &[256, 256];
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
@@ -333,7 +334,7 @@ impl VirtioDevice for Net {
             limiters,
         };
         self.worker = Some(
-            Worker::spawn_loop("virtio-net", move |kill| worker.run(kill))
+            Worker::spawn_loop("virtio-net", ThreadKind::Net, move |kill| worker.run(kill))
                 .map_err(ActivateError::Worker)?,
         );
         Ok(())

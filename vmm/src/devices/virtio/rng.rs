@@ -18,6 +18,7 @@ use super::{
     ActiveQueue, Interrupt, SharedMemory, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1,
 };
 use crate::rate_limiter::SharedRateLimiter;
+use crate::seccomp::ThreadKind;
 
 const QUEUE_SIZES: &[u16] = &[256];
 /// The most bytes one request gets: a guest asking for gigabytes must not
@@ -133,18 +134,29 @@ impl VirtioDevice for Rng {
         let [active] = expect_queues::<1>(queues)?;
         let mut queue = active.queue;
         let worker = match self.limiter.clone() {
-            None => Worker::spawn("virtio-rng", vec![active.notify], move |_| {
-                if process_queue(&mem, &mut queue) {
-                    signal_used(&mem, &mut queue, &interrupt);
-                }
-            }),
-            Some(limiter) => {
-                let metered = limiter.clone();
-                Worker::spawn_metered("virtio-rng", active.notify, limiter, move || {
-                    if process_metered_queue(&mem, &mut queue, Some(&metered)) {
+            None => Worker::spawn(
+                "virtio-rng",
+                ThreadKind::Rng,
+                vec![active.notify],
+                move |_| {
+                    if process_queue(&mem, &mut queue) {
                         signal_used(&mem, &mut queue, &interrupt);
                     }
-                })
+                },
+            ),
+            Some(limiter) => {
+                let metered = limiter.clone();
+                Worker::spawn_metered(
+                    "virtio-rng",
+                    ThreadKind::Rng,
+                    active.notify,
+                    limiter,
+                    move || {
+                        if process_metered_queue(&mem, &mut queue, Some(&metered)) {
+                            signal_used(&mem, &mut queue, &interrupt);
+                        }
+                    },
+                )
             }
         }
         .map_err(ActivateError::Worker)?;

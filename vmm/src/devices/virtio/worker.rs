@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::rate_limiter::SharedRateLimiter;
+use crate::seccomp::{self, ThreadKind};
 
 pub struct Worker {
     kill: EventFd,
@@ -17,11 +18,16 @@ pub struct Worker {
 
 impl Worker {
     /// Starts a thread that calls `handler(i)` whenever `events[i]` fires.
-    pub fn spawn<F>(name: &str, events: Vec<EventFd>, mut handler: F) -> std::io::Result<Self>
+    pub fn spawn<F>(
+        name: &str,
+        kind: ThreadKind,
+        events: Vec<EventFd>,
+        mut handler: F,
+    ) -> std::io::Result<Self>
     where
         F: FnMut(usize) + Send + 'static,
     {
-        Self::spawn_loop(name, move |kill| {
+        Self::spawn_loop(name, kind, move |kill| {
             let mut fds: Vec<RawFd> = vec![kill];
             fds.extend(events.iter().map(|e| e.as_raw_fd()));
             while let Some(ready) = wait(&fds) {
@@ -47,6 +53,7 @@ impl Worker {
     /// stopped is processed again (see [`crate::rate_limiter`]).
     pub fn spawn_metered<F>(
         name: &str,
+        kind: ThreadKind,
         notify: EventFd,
         limiter: SharedRateLimiter,
         mut handler: F,
@@ -54,7 +61,7 @@ impl Worker {
     where
         F: FnMut() + Send + 'static,
     {
-        Self::spawn_loop(name, move |kill| {
+        Self::spawn_loop(name, kind, move |kill| {
             let fds = [kill, notify.as_raw_fd(), limiter.timer_fd()];
             while let Some(ready) = wait(&fds) {
                 if ready[0] {
@@ -81,15 +88,20 @@ impl Worker {
     /// given becomes readable: that is how [`Worker::stop`] ends it. For
     /// devices whose set of fds to wait on changes (a TAP is only worth
     /// reading while the guest has buffers for it).
-    pub fn spawn_loop<F>(name: &str, body: F) -> std::io::Result<Self>
+    ///
+    /// The thread installs `kind`'s seccomp filter before anything else
+    /// (see [`crate::seccomp`]); it is created through the seccomp module,
+    /// which decides which thread is its parent.
+    pub fn spawn_loop<F>(name: &str, kind: ThreadKind, body: F) -> std::io::Result<Self>
     where
         F: FnOnce(RawFd) + Send + 'static,
     {
         let kill = EventFd::new(libc::EFD_NONBLOCK)?;
         let kill_fd = kill.try_clone()?;
-        let handle = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || body(kill_fd.as_raw_fd()))?;
+        let handle = seccomp::spawn(name, move || {
+            seccomp::install_or_exit(kind);
+            body(kill_fd.as_raw_fd());
+        })?;
         Ok(Self {
             kill,
             handle: Some(handle),
@@ -151,6 +163,7 @@ mod tests {
         let (tx, rx) = channel();
         let mut worker = Worker::spawn(
             "test-worker",
+            ThreadKind::Rng,
             vec![a.try_clone().unwrap(), b.try_clone().unwrap()],
             move |i| tx.send(i).unwrap(),
         )
@@ -183,6 +196,7 @@ mod tests {
         // Each run serves one request, if the limiter lets it.
         let mut worker = Worker::spawn_metered(
             "test-metered",
+            ThreadKind::Rng,
             notify.try_clone().unwrap(),
             limiter.clone(),
             move || {

@@ -28,6 +28,7 @@ use super::{
     ActivateError, ActiveQueue, Interrupt, SharedMemory, VirtioDevice, TYPE_VSOCK,
     VIRTIO_F_VERSION_1,
 };
+use crate::seccomp::ThreadKind;
 
 const QUEUE_SIZES: &[u16] = &[256, 256, 256];
 
@@ -269,8 +270,10 @@ impl VirtioDevice for Vsock {
             _event_notify: event.notify,
             muxer: Muxer::new(self.guest_cid, self.uds_path.clone(), listener),
         };
-        let worker = Worker::spawn_loop("virtio-vsock", move |kill| worker.run(kill))
-            .map_err(ActivateError::Worker)?;
+        let worker = Worker::spawn_loop("virtio-vsock", ThreadKind::Vsock, move |kill| {
+            worker.run(kill)
+        })
+        .map_err(ActivateError::Worker)?;
         self.worker = Some(worker);
         Ok(())
     }
