@@ -2,6 +2,9 @@
 //! `qemu-system-x86_64 -M microvm` (a benchmark, not a test: missing a
 //! target is reported, never a failure).
 //!
+//! `vmm` is measured twice: as it runs (seccomp filters on) and with
+//! `--no-seccomp`, so the table shows what the filters cost.
+//!
 //! Both VMMs run inside ONE nested test host, interleaved, booting the same
 //! ELF (PVH) guest kernel, initramfs and command line with 1 vCPU and
 //! 256 MiB. `boot-probe` (statically linked, copied into the host) measures
@@ -114,6 +117,7 @@ fn script(args: &Args, qemu: &str) -> String {
         k = paths::GUEST_VMLINUX,
         i = paths::GUEST_INITRAMFS,
     );
+    let bare = format!("{vmm} --no-seccomp");
     let qemu = format!(
         "{qemu} -M {m} -enable-kvm -cpu host -smp 1 -m {GUEST_MIB} -nodefaults \
          -no-user-config -display none -serial stdio -no-reboot -kernel {k} -initrd {i} \
@@ -125,7 +129,7 @@ fn script(args: &Args, qemu: &str) -> String {
     let mut s = format!("CL='{CMDLINE}'\n");
     for i in 0..args.warmup + args.iterations {
         let prefix = if i < args.warmup { "warmup-" } else { "" };
-        let mut vmms = [("vmm", &vmm), ("qemu", &qemu)];
+        let mut vmms = [("vmm", &vmm), ("bare", &bare), ("qemu", &qemu)];
         if i % 2 == 1 {
             vmms.reverse();
         }
@@ -144,7 +148,14 @@ fn script(args: &Args, qemu: &str) -> String {
 const TIME: &str = "time";
 const MEM: &str = "mem";
 /// Labels of the measured runs (warm-up runs are prefixed `warmup-`).
-const LABELS: [&str; 4] = ["vmm-time", "qemu-time", "vmm-mem", "qemu-mem"];
+const LABELS: [&str; 6] = [
+    "vmm-time",
+    "bare-time",
+    "qemu-time",
+    "vmm-mem",
+    "bare-mem",
+    "qemu-mem",
+];
 
 /// Parses the BENCH lines; fails with [`RunFailed`] unless every label has
 /// `iterations` clean runs.
@@ -232,16 +243,25 @@ fn print_table(samples: &Samples, args: &Args) {
         args.iterations
     );
     let qemu = format!("qemu -M {}", args.peer.machine);
-    println!("{:<38} | {:<26} | {:<26} | vmm/qemu", "metric", "vmm", qemu);
-    println!("{}", "-".repeat(108));
+    println!(
+        "{:<38} | {:<26} | {:<26} | {:<26} | vmm/qemu | vmm/bare",
+        "metric", "vmm (seccomp)", "vmm --no-seccomp", qemu
+    );
+    println!("{}", "-".repeat(148));
     for (name, unit, kind, metric) in metrics {
-        let (a, b) = (get("vmm", kind, metric), get("qemu", kind, metric));
+        let (a, bare, b) = (
+            get("vmm", kind, metric),
+            get("bare", kind, metric),
+            get("qemu", kind, metric),
+        );
         let label = format!("{name} [{unit}]");
-        let ratio = a.median / b.median;
         println!(
-            "{label:<38} | {:<26} | {:<26} | {ratio:.2}",
+            "{label:<38} | {:<26} | {:<26} | {:<26} | {:<8.2} | {:.2}",
             cell(&a),
-            cell(&b)
+            cell(&bare),
+            cell(&b),
+            a.median / b.median,
+            a.median / bare.median
         );
     }
     let ratio = get("vmm", TIME, |s| s.init_ms).median / get("qemu", TIME, |s| s.init_ms).median;
