@@ -133,11 +133,19 @@ impl ImageManager {
                     tracing::info!(reference, image = %record.id, "image pulled");
                     let id = record.id.to_string();
                     let was_stored = stored_before.contains(&id);
-                    let claimed =
-                        tokio::task::spawn_blocking(move || owners.claim(&id, owner, was_stored))
-                            .await
-                            .map_err(|e| AgentError::Internal(format!("image owner task: {e}")))
-                            .and_then(|claimed| claimed);
+                    let claim_store = store.clone();
+                    let claimed = tokio::task::spawn_blocking(move || {
+                        let claimed = owners.claim(&id, owner, was_stored);
+                        // A new image nobody's claim was recorded for would
+                        // read as a host image: it goes again.
+                        if claimed.is_err() && !was_stored {
+                            let _ = claim_store.remove(&id);
+                        }
+                        claimed
+                    })
+                    .await
+                    .map_err(|e| AgentError::Internal(format!("image owner task: {e}")))
+                    .and_then(|claimed| claimed);
                     claimed.map(|()| proto::PullImageProgress {
                         event: Some(Event::Image(Box::new(image(&store, &record)))),
                     })
