@@ -33,7 +33,7 @@ const GUEST_MIB: u32 = 256;
 /// `-no-reboot` and our vmm alike, both with status 0.
 const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 pci=off quiet";
 const PROBE_IN_HOST: &str = "/stratum/bin/boot-probe";
-/// The targets.
+/// The targets set for vmm: boot time against the peer's, memory overhead.
 const TARGET_BOOT_RATIO: f64 = 0.8;
 const TARGET_OVERHEAD_KIB: f64 = 5.0 * 1024.0;
 

@@ -1,6 +1,6 @@
 //! `bench-pod`: pod start latency beside containerd (`make bench`).
 //!
-//! The figure of the issue: the wall time to run a pod sandbox and create
+//! The figure that matters: the wall time to run a pod sandbox and create
 //! and start one container in it, with the image already present, against
 //! `ctr run` of containerd with crun on the same image on the same machine.
 //! Target: ours ≤ 0.8× containerd's.
