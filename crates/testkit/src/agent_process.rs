@@ -67,8 +67,11 @@ impl AgentProcess {
     }
 
     /// (Re)starts the process on the same data dir, on a port of its
-    /// choosing, and waits until it listens. Its log starts anew.
+    /// choosing, and waits until it listens. Its log starts anew. One
+    /// still running is killed first: two would fight over the store, and
+    /// the old one would outlive the test.
     pub fn respawn(&mut self) -> Result<(), String> {
+        self.kill9();
         let log = std::fs::File::create(self.work.join("agent.log")).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--data-dir")
