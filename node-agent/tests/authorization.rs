@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use stratum_testkit::test_agent::{halting_kernel, output_text as text, TestAgent};
+use stratum_testkit::test_agent::{output_text as text, TestAgent};
 
 fn ok(out: Output) -> String {
     assert!(out.status.success(), "{}", text(&out));
@@ -98,27 +98,10 @@ impl Fixture {
     }
 
     fn vm(&self, certs: &Path, pool: &str, name: &str) -> Output {
-        let kernel = halting_kernel(&self.agent.dir);
-        self.as_(
-            certs,
-            &[
-                "-o",
-                "json",
-                "vm",
-                "create",
-                name,
-                "--pool",
-                pool,
-                "--role",
-                "worker",
-                "--vcpus",
-                "1",
-                "--memory",
-                "32",
-                "--kernel",
-                kernel.to_str().unwrap(),
-            ],
-        )
+        let mut args = vec!["-o".to_string(), "json".to_string()];
+        args.extend(self.agent.halting_vm_args(name, pool));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.as_(certs, &args)
     }
 }
 

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Output;
 
 use node_agent::agent::disk::space_of;
-use stratum_testkit::test_agent::{halting_kernel, output_text as text, TestAgent};
+use stratum_testkit::test_agent::{output_text as text, TestAgent};
 
 const FLOOR_MIB: u64 = 16;
 
@@ -58,22 +58,8 @@ fn write_filler(filler: &Path, size: u64) {
 }
 
 fn create_vm(agent: &TestAgent, name: &str, pool: &str) -> Output {
-    let kernel = halting_kernel(&agent.dir);
-    agent.nodectl(&[
-        "vm",
-        "create",
-        name,
-        "--pool",
-        pool,
-        "--role",
-        "worker",
-        "--vcpus",
-        "1",
-        "--memory",
-        "32",
-        "--kernel",
-        kernel.to_str().unwrap(),
-    ])
+    let args = agent.halting_vm_args(name, pool);
+    agent.nodectl(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 #[test]

@@ -9,7 +9,7 @@
 
 use std::process::{Command, Output};
 
-use stratum_testkit::test_agent::{halting_kernel, output_text as text, TestAgent};
+use stratum_testkit::test_agent::{output_text as text, TestAgent};
 
 fn nodectl(agent: &TestAgent, certs: &std::path::Path, args: &[&str]) -> Output {
     agent.nodectl_as(certs, args)
@@ -73,25 +73,11 @@ fn mtls_is_required_and_nodectl_drives_the_agent() {
         .cloned()
         .unwrap_or_else(|| panic!("prod in {pools}"));
     let pool_id = prod["id"].as_str().unwrap().to_string();
-    let kernel = halting_kernel(&agent.dir);
+    let args = agent.halting_vm_args("w1", &pool_id);
     let created = nodectl(
         &agent,
         &certs,
-        &[
-            "vm",
-            "create",
-            "w1",
-            "--pool",
-            &pool_id,
-            "--role",
-            "worker",
-            "--vcpus",
-            "1",
-            "--memory",
-            "32",
-            "--kernel",
-            kernel.to_str().unwrap(),
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     assert!(created.status.success(), "{}", text(&created));
     let list = nodectl(&agent, &certs, &["vm", "list"]);

@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 
 use stratum_api::proto::pod_service_client::PodServiceClient;
 use stratum_api::proto::{
-    ContainerSpec, ContainerState, CreateResourcePoolRequest, ExecSyncRequest, ExecSyncResponse,
-    GetPodRequest, LogsRequest, Pod, PodSpec, PodState, ResourcePoolSpec, RunPodRequest,
-    StopPodRequest,
+    ContainerSpec, ContainerState, CreateResourcePoolRequest, ExecSyncResponse, GetPodRequest,
+    LogsRequest, Pod, PodSpec, PodState, ResourcePoolSpec, RunPodRequest, StopPodRequest,
 };
-use stratum_testkit::pod_agent::PodAgent;
+use stratum_testkit::pod_agent::{self, logs, PodAgent};
 use tonic::transport::Channel;
 
 /// Runs a pod of `containers` in a fresh top-level pool; RUNNING.
@@ -70,40 +69,9 @@ async fn exec(
     container: &str,
     command: &[&str],
 ) -> ExecSyncResponse {
-    client
-        .exec_sync(ExecSyncRequest {
-            pod_id: pod.into(),
-            container_name: container.into(),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            timeout_seconds: 20,
-        })
+    pod_agent::exec(client, pod, container, command)
         .await
         .expect("exec")
-        .into_inner()
-}
-
-/// The container's log records' messages (the last `tail` with one).
-async fn logs(
-    client: &mut PodServiceClient<Channel>,
-    pod: &str,
-    container: &str,
-    tail: Option<u32>,
-) -> Vec<String> {
-    let mut stream = client
-        .logs(LogsRequest {
-            pod_id: pod.into(),
-            container_name: container.into(),
-            follow: false,
-            tail_lines: tail,
-        })
-        .await
-        .expect("logs")
-        .into_inner();
-    let mut lines = Vec::new();
-    while let Some(record) = stream.message().await.expect("log record") {
-        lines.push(String::from_utf8_lossy(&record.message).into_owned());
-    }
-    lines
 }
 
 /// Polls the container's log until a record says `line`.

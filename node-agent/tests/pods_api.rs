@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use stratum_api::proto::image_service_client::ImageServiceClient;
 use stratum_api::proto::pod_service_client::PodServiceClient;
 use stratum_api::proto::{
-    ContainerSpec, ContainerState, CreateResourcePoolRequest, ExecSyncRequest, GetPodRequest,
+    ContainerSpec, ContainerState, CreateResourcePoolRequest, GetPodRequest,
     ListResourcePoolsRequest, LogsRequest, PodResources, PodSpec, PodState, PodStatsRequest,
     PortMapping, RemoveImageRequest, RemovePodRequest, ResourceAmounts, ResourcePoolSpec,
     RestartPolicy, RunPodRequest, RuntimeClass, StopPodRequest, WorkloadKind,
 };
-use stratum_testkit::pod_agent::PodAgent;
+use stratum_testkit::pod_agent::{exec, logs, PodAgent};
 use stratum_testkit::test_agent::TestAgent;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -86,46 +86,6 @@ async fn wait_for(
         assert!(Instant::now() < deadline, "{what}: {pod:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn exec(
-    client: &mut PodServiceClient<Channel>,
-    pod: &str,
-    container: &str,
-    command: &[&str],
-) -> Result<stratum_api::proto::ExecSyncResponse, tonic::Status> {
-    client
-        .exec_sync(ExecSyncRequest {
-            pod_id: pod.into(),
-            container_name: container.into(),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            timeout_seconds: 20,
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn logs(
-    client: &mut PodServiceClient<Channel>,
-    pod: &str,
-    container: &str,
-    tail: Option<u32>,
-) -> Vec<String> {
-    let mut stream = client
-        .logs(LogsRequest {
-            pod_id: pod.into(),
-            container_name: container.into(),
-            follow: false,
-            tail_lines: tail,
-        })
-        .await
-        .expect("logs")
-        .into_inner();
-    let mut lines = Vec::new();
-    while let Some(record) = stream.message().await.expect("log record") {
-        lines.push(String::from_utf8_lossy(&record.message).into_owned());
-    }
-    lines
 }
 
 fn http_get(addr: SocketAddrV4) -> std::io::Result<String> {

@@ -18,7 +18,9 @@ use std::sync::Once;
 
 use stratum_api::proto::image_service_client::ImageServiceClient;
 use stratum_api::proto::pod_service_client::PodServiceClient;
-use stratum_api::proto::{ContainerSpec, PullImageRequest};
+use stratum_api::proto::{
+    ContainerSpec, ExecSyncRequest, ExecSyncResponse, LogsRequest, PullImageRequest,
+};
 use stratum_podnet::{Ipv4Cidr, PodNetConfig, PodNetwork};
 use tonic::transport::Channel;
 
@@ -134,6 +136,48 @@ impl Drop for PodAgent {
         let _ = purge.join();
         let _ = std::fs::remove_dir_all(self.run_dir());
     }
+}
+
+/// ExecSync of `command` in a pod's container, with a 20 s timeout.
+pub async fn exec(
+    client: &mut PodServiceClient<Channel>,
+    pod: &str,
+    container: &str,
+    command: &[&str],
+) -> Result<ExecSyncResponse, tonic::Status> {
+    client
+        .exec_sync(ExecSyncRequest {
+            pod_id: pod.into(),
+            container_name: container.into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            timeout_seconds: 20,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The container's log records' messages (the last `tail` with one).
+pub async fn logs(
+    client: &mut PodServiceClient<Channel>,
+    pod: &str,
+    container: &str,
+    tail: Option<u32>,
+) -> Vec<String> {
+    let mut stream = client
+        .logs(LogsRequest {
+            pod_id: pod.into(),
+            container_name: container.into(),
+            follow: false,
+            tail_lines: tail,
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let mut lines = Vec::new();
+    while let Some(record) = stream.message().await.expect("log record") {
+        lines.push(String::from_utf8_lossy(&record.message).into_owned());
+    }
+    lines
 }
 
 /// Lazily unmounts every mount below `dir`, deepest first.

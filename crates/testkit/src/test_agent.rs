@@ -149,6 +149,20 @@ impl TestAgent {
             .expect("run nodectl")
     }
 
+    /// `nodectl vm create` arguments for a small worker VM of the
+    /// [`halting_kernel`] in pool `pool`.
+    pub fn halting_vm_args(&self, name: &str, pool: &str) -> Vec<String> {
+        let kernel = halting_kernel(&self.dir);
+        [
+            "vm", "create", name, "--pool", pool, "--role", "worker", "--vcpus", "1", "--memory",
+            "32", "--kernel",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([kernel.display().to_string()])
+        .collect()
+    }
+
     /// Runs `nodectl` against this mTLS agent ([`Self::start_mtls`]) with
     /// the client certificate directory `certs`.
     pub fn nodectl_as(&self, certs: &Path, args: &[&str]) -> std::process::Output {
