@@ -47,7 +47,7 @@ images: deps
 	guest-images/build-all.sh
 
 static:
-	$(STATIC_CARGO) -p vmm --bin vmm
+	$(STATIC_CARGO) -p vmm --bin vmm -p stratum-jail --bin stratum-jailer
 	$(STATIC_CARGO) -p stratum-tests --bin boot-probe --bin api-call --bin mktap --bin vsock-host
 	$(STATIC_CARGO) -p node-agent --bin node-agent -p nodectl --bin nodectl \
 		-p stratum-runtime --bin stratum-log-writer
@@ -63,7 +63,7 @@ AGENT_ARGS ?=
 STRATUM_CACHE ?= /var/cache/stratum
 run: images static
 	mkdir -p build/bin
-	for b in node-agent nodectl vmm stratum-log-writer; do ln -sfn ../../$(STATIC_BIN)/$$b build/bin/$$b; done
+	for b in node-agent nodectl vmm stratum-jailer stratum-log-writer; do ln -sfn ../../$(STATIC_BIN)/$$b build/bin/$$b; done
 	build/bin/node-agent --data-dir data --vmm build/bin/vmm \
 		--artifact-dir build/images --artifact-dir $(STRATUM_CACHE)/guest-kernel \
 		--artifact-dir $(STRATUM_CACHE)/guest-initramfs $(AGENT_ARGS)

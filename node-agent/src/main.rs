@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use node_agent::agent::artifacts::{ArtifactDirs, DEFAULT_ARTIFACT_SUBDIR};
-use node_agent::agent::config::{AgentConfig, DEFAULT_SYSTEM_RESERVE};
+use node_agent::agent::config::{AgentConfig, VmJail, DEFAULT_SYSTEM_RESERVE};
 use node_agent::agent::disk::{MinFree, DEFAULT_MIN_FREE};
 use node_agent::agent::pods::{PodHostConfig, DEFAULT_POD_PIDS_LIMIT};
 use node_agent::agent::Agent;
@@ -39,8 +39,21 @@ struct Cli {
     #[arg(long)]
     cert_dir: Option<PathBuf>,
     /// The vmm binary [default: `vmm` next to this binary, else on PATH].
+    /// Statically linked, unless --no-vm-jail: its jail holds no libraries.
     #[arg(long)]
     vmm: Option<PathBuf>,
+    /// The jailer each vmm starts through [default: `stratum-jailer` next
+    /// to this binary, else on PATH].
+    #[arg(long)]
+    jailer: Option<PathBuf>,
+    /// The uids jailed vmms run as, one per running VM, each also its gid:
+    /// FIRST-LAST. They must belong to nobody else on the host.
+    #[arg(long, value_name = "FIRST-LAST", default_value = "1900000000-1900065535", value_parser = parse_uid_range)]
+    vm_uid_range: RangeInclusive<u32>,
+    /// Run each vmm without its jail: as root, in the agent's namespaces,
+    /// with every host file in reach. For debugging vmm only.
+    #[arg(long)]
+    no_vm_jail: bool,
     /// CPU held back for the host, in millicores.
     #[arg(long, default_value_t = DEFAULT_SYSTEM_RESERVE.cpu_millicores)]
     reserve_cpu: u64,
@@ -126,6 +139,19 @@ fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
         Some((first, last)) if first >= 1 && first <= last => Ok(first..=last),
         _ => Err(format!(
             "{s:?} is not FIRST-LAST with 1 <= FIRST <= LAST <= 65535"
+        )),
+    }
+}
+
+/// `FIRST-LAST` of --vm-uid-range: not root, not the overflow id.
+fn parse_uid_range(s: &str) -> Result<RangeInclusive<u32>, String> {
+    let parsed = s
+        .split_once('-')
+        .and_then(|(first, last)| Some((first.parse::<u32>().ok()?, last.parse::<u32>().ok()?)));
+    match parsed {
+        Some((first, last)) if first >= 1 && first <= last && last < u32::MAX => Ok(first..=last),
+        _ => Err(format!(
+            "{s:?} is not FIRST-LAST with 1 <= FIRST <= LAST < 4294967295"
         )),
     }
 }
@@ -232,8 +258,9 @@ const EX_TEMPFAIL: u8 = 75;
 fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
     let vmm_binary = match &cli.vmm {
         Some(path) => path.clone(),
-        None => default_vmm(),
+        None => sibling_or_path("vmm"),
     };
+    let vm_jail = vm_jail(cli, &vmm_binary)?;
     let data_dir = std::path::absolute(&cli.data_dir)?;
     let artifacts = artifact_dirs(&cli.artifact_dirs, &data_dir)?;
     Ok(AgentConfig {
@@ -245,6 +272,7 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
         listen: cli.listen,
         insecure: cli.insecure_plaintext,
         vmm_binary,
+        vm_jail,
         artifacts,
         system_reserve: Resources::new(cli.reserve_cpu, cli.reserve_memory_mib.saturating_mul(MIB)),
         cgroup_root: cli.cgroup_root.clone(),
@@ -282,14 +310,52 @@ fn artifact_dirs(configured: &[PathBuf], data_dir: &Path) -> anyhow::Result<Arti
     Ok(ArtifactDirs::new(&[default])?)
 }
 
-/// `vmm` next to this binary (as `cargo build` and packages lay them out),
-/// else whatever `vmm` is on PATH.
-fn default_vmm() -> PathBuf {
+/// `name` next to this binary (as `cargo build` and packages lay them
+/// out), else whatever `name` is on PATH.
+fn sibling_or_path(name: &str) -> PathBuf {
     std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("vmm")))
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
         .filter(|path| path.exists())
-        .unwrap_or_else(|| PathBuf::from("vmm"))
+        .or_else(|| on_path(name))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// The first `name` on PATH.
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The VM jail, checked now rather than at the first VM start: the jailer
+/// is there and vmm is statically linked.
+fn vm_jail(cli: &Cli, vmm_binary: &Path) -> anyhow::Result<Option<VmJail>> {
+    if cli.no_vm_jail {
+        tracing::warn!("--no-vm-jail: every vmm runs as root with the host in reach");
+        return Ok(None);
+    }
+    let jailer = match &cli.jailer {
+        Some(path) => path.clone(),
+        None => sibling_or_path("stratum-jailer"),
+    };
+    anyhow::ensure!(
+        jailer.is_file(),
+        "the jailer {} is missing (--jailer; or --no-vm-jail to debug vmm without one)",
+        jailer.display()
+    );
+    let is_static = stratum_jail::elf::is_static(vmm_binary)
+        .with_context(|| format!("reading the vmm binary {}", vmm_binary.display()))?;
+    anyhow::ensure!(
+        is_static,
+        "the vmm binary {} is dynamically linked, but its jail holds no libraries: use a static build (make static) or --no-vm-jail to debug",
+        vmm_binary.display()
+    );
+    Ok(Some(VmJail {
+        jailer,
+        ids: cli.vm_uid_range.clone(),
+    }))
 }
 
 /// A development PKI on first start, when the cert dir holds nothing; on

@@ -119,10 +119,14 @@ async fn a_disks_rate_limit_reaches_its_vmm() {
         .unwrap()
         .into_inner();
     assert_eq!(state(&started), VmState::Running, "{}", agent.log());
-    let run_dir = stratum_vm::RunDir::new(agent.dir.join("data/vms").join(&vm.id));
+    let run_dir = stratum_vm::RunDir::new(agent.dir.join("data/vms").join(&vm.id).join("run"));
     let config = stratum_vm::ApiClient::new(run_dir.api_sock())
         .vm_config()
         .unwrap();
+    assert_eq!(
+        config["drives"][0]["path_on_host"], "/vm/disk0",
+        "the jailed vmm sees its disk at its jail path: {config}"
+    );
     let limiter = &config["drives"][0]["rate_limiter"];
     assert_eq!(limiter["bandwidth"]["size"], 4 << 20, "{config}");
     assert_eq!(limiter["bandwidth"]["refill_time"], 1000, "{config}");
@@ -176,6 +180,29 @@ async fn a_vm_runs_in_its_pool_cgroup_through_its_lifecycle() {
         [pid],
         "the vmm runs in the VM's leaf cgroup"
     );
+    // In its jail: the first uid of the agent's range, its own PID
+    // namespace, no capabilities, vmm's seccomp filters; its disk is its.
+    let uid = started.status.as_ref().unwrap().uid;
+    assert_eq!(uid, 1_900_000_000);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(
+        field("Uid:"),
+        format!("{uid}\t{uid}\t{uid}\t{uid}"),
+        "{status}"
+    );
+    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
+    assert_eq!(field("Seccomp:"), "2", "{status}");
+    assert_eq!(field("NSpid:"), format!("{pid}\t1"), "{status}");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&clone).unwrap().uid(), uid);
     let reservation = started.status.as_ref().unwrap().reservation.unwrap();
     assert_eq!(
         reservation.memory_bytes,

@@ -527,6 +527,15 @@ fn pool_id_text(id: &str) -> String {
     }
 }
 
+/// The jailed vmm's uid; `root (unjailed)` for a vmm without a jail.
+fn uid_text(uid: u32, pid: u32) -> String {
+    match (uid, pid) {
+        (_, 0) => "-".to_string(),
+        (0, _) => "root (unjailed)".to_string(),
+        (uid, _) => uid.to_string(),
+    }
+}
+
 fn pid_text(pid: u32) -> String {
     if pid == 0 {
         "-".into()
@@ -554,6 +563,7 @@ pub fn vm_detail(vm: &VirtualMachine) -> String {
     t.row(["ROLE".to_string(), role_text(spec.role)]);
     t.row(["STATE".to_string(), state]);
     t.row(["PID".to_string(), pid_text(status.pid)]);
+    t.row(["UID".to_string(), uid_text(status.uid, status.pid)]);
     t.row(["VCPUS".to_string(), spec.vcpus.to_string()]);
     t.row([
         "MEMORY".to_string(),

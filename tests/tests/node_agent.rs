@@ -1,8 +1,9 @@
 //! The node agent with real Linux guests on real KVM, in the nested test
 //! host (cgroup v2 there): a VM driven through nodectl from create to a
-//! graceful shutdown, its console streamed, its leaf cgroup checked, the
-//! agent killed with -9 and the running VM re-adopted, and a VM in a pool
-//! whose memory limit it outgrows OOM-killed and reported FAILED.
+//! graceful shutdown, its console streamed, its leaf cgroup and its vmm's
+//! jail checked (uid, namespaces, capabilities, seccomp, root), the agent
+//! killed with -9 and the running VM re-adopted, and a VM in a pool whose
+//! memory limit it outgrows OOM-killed and reported FAILED.
 
 use std::path::PathBuf;
 
@@ -11,6 +12,8 @@ use stratum_tests::{NestedHost, Outcome, Scenario};
 
 const AGENT: &str = "/stratum/bin/node-agent";
 const NODECTL: &str = "/stratum/bin/nodectl";
+/// Beside the agent, where it looks for its jailer by default.
+const JAILER: &str = "/stratum/bin/stratum-jailer";
 /// Where the guest kernel and initramfs are: the agent's artifact directory.
 const GUEST_DIR: &str = "/stratum/guest";
 
@@ -25,6 +28,7 @@ fn run(script: String) -> Outcome {
     let scenario = Scenario::new(script)
         .file(AGENT, static_bin("node-agent"))
         .file(NODECTL, static_bin("nodectl"))
+        .file(JAILER, static_bin("stratum-jailer"))
         .timeout(std::time::Duration::from_secs(400));
     let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
     assert!(outcome.host_kvm, "the nested host has no /dev/kvm");
@@ -85,6 +89,15 @@ echo LEAF-MEMORY-MAX=$(cat $leaf/memory.max)
 echo LEAF-CPU-MAX=$(cat $leaf/cpu.max)
 echo POOL-MEMORY-MIN=$(cat /sys/fs/cgroup/stratum/$pool/memory.min)
 pid1=$($N vm get $vm | awk '/^PID/ {{print $2}}')
+# The vmm in its jail, as the host's /proc shows it.
+echo VM-UID=$($N vm get $vm | awk '/^UID/ {{print $2}}')
+for f in Uid CapEff CapBnd NoNewPrivs Seccomp NSpid; do
+    echo "JAIL-$f=$(awk -v k=$f: '$1 == k {{$1 = ""; print substr($0, 2)}}' /proc/$pid1/status)"
+done
+for ns in mnt pid ipc uts net; do
+    [ "$(readlink /proc/$pid1/ns/$ns)" = "$(readlink /proc/$AGENT_PID/ns/$ns)" ] && echo JAIL-SHARES-$ns=yes || echo JAIL-SHARES-$ns=no
+done
+echo JAIL-ROOT=$(ls /proc/$pid1/root | tr '\n' ' ')
 kill -9 $AGENT_PID; wait $AGENT_PID 2>/dev/null
 echo VMM-ALIVE-WITHOUT-AGENT=$([ -d /proc/$pid1 ] && echo yes || echo no)
 start_agent
@@ -94,7 +107,7 @@ $N vm stop $vm --timeout 60 > /dev/null
 wait_state $vm STOPPED
 echo STATE-AFTER-STOP=$(state $vm)
 $N -o json vm get $vm | grep '"reason"' | sed 's/^ */REASON-/'
-echo GUEST-SAW-CAD=$(grep -c STRATUM-GUEST-CTRL-ALT-DEL /run/agent/vms/$vm/console.log)
+echo GUEST-SAW-CAD=$(grep -c STRATUM-GUEST-CTRL-ALT-DEL /run/agent/vms/$vm/run/console.log)
 echo LEAF-GONE=$([ -d $leaf ] && echo no || echo yes)
 $N vm delete $vm; echo DELETE-RC=$?
 echo VM-DIR-GONE=$([ -d /run/agent/vms/$vm ] && echo no || echo yes)
@@ -114,6 +127,23 @@ echo VM-DIR-GONE=$([ -d /run/agent/vms/$vm ] && echo no || echo yes)
     expect("LEAF-MEMORY-MAX=", &((256 + 16) << 20).to_string());
     expect("LEAF-CPU-MAX=", "100000 100000");
     expect("POOL-MEMORY-MIN=", &(1u64 << 30).to_string());
+    let uid = value(&outcome, "VM-UID=").unwrap_or_default().to_string();
+    assert!(uid.starts_with("19000"), "a jail uid: {uid:?}\n{tail}");
+    expect("JAIL-Uid=", &[uid.as_str(); 4].join(" "));
+    expect("JAIL-CapEff=", "0000000000000000");
+    expect("JAIL-CapBnd=", "0000000000000000");
+    expect("JAIL-NoNewPrivs=", "1");
+    expect("JAIL-Seccomp=", "2");
+    let nspid = value(&outcome, "JAIL-NSpid=").unwrap_or_default();
+    assert!(
+        nspid.ends_with(" 1"),
+        "PID 1 of its own namespace: {nspid}\n{tail}"
+    );
+    for ns in ["mnt", "pid", "ipc", "uts"] {
+        expect(&format!("JAIL-SHARES-{ns}="), "no");
+    }
+    expect("JAIL-SHARES-net=", "yes");
+    expect("JAIL-ROOT=", "dev run vm vmm");
     expect("VMM-ALIVE-WITHOUT-AGENT=", "yes");
     expect("STATE-AFTER-RESTART=", "RUNNING");
     expect("PID-SAME=", "yes");
@@ -145,7 +175,7 @@ wait_state $vm FAILED
 echo HOG-STATE=$(state $vm)
 $N -o json vm get $vm | grep '"reason"' | sed 's/^ */REASON-/'
 echo OOM-KILLS=$(awk '/^oom_kill / {{print $2}}' /sys/fs/cgroup/stratum/$pool/memory.events)
-echo FILLED=$(grep -c STRATUM-GUEST-FILLED /run/agent/vms/$vm/console.log)
+echo FILLED=$(grep -c STRATUM-GUEST-FILLED /run/agent/vms/$vm/run/console.log)
 "#
         );
     let outcome = run(script);
@@ -172,7 +202,7 @@ pool=$($N -o json pool create capped --cpu-limit 500m --cpu-shares high | json_i
 vm=$($N -o json vm create spinner --pool $pool --role worker --vcpus 1 --memory 128 \
      --kernel {GUEST_VMLINUX} --initrd {GUEST_INITRAMFS} --cmdline '{cmdline}' | json_id)
 $N vm start $vm > /dev/null; echo START-RC=$?
-i=0; until grep -q STRATUM-GUEST-SPINNING /run/agent/vms/$vm/console.log || [ $i -gt 300 ]; do sleep 0.2; i=$((i+1)); done
+i=0; until grep -q STRATUM-GUEST-SPINNING /run/agent/vms/$vm/run/console.log || [ $i -gt 300 ]; do sleep 0.2; i=$((i+1)); done
 cg=/sys/fs/cgroup/stratum/$pool
 usage() {{ awk '/^usage_usec/ {{print $2}}' $cg/cpu.stat; }}
 a=$(usage); t0=$(cut -d' ' -f1 /proc/uptime)

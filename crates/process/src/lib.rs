@@ -9,10 +9,14 @@
 //!   process across pid reuse.
 //! - [`pidfd`]: a descriptor naming one process, to signal it, wait for
 //!   its end and collect its status without a pid race.
+//! - [`watched`]: pids whose owner collects the exit status, which the
+//!   agent's orphan reaper must leave alone.
 //!
 //! It refuses nothing and knows nothing of VMs, pods or the agent.
 
 pub mod identity;
 pub mod pidfd;
+pub mod watched;
 
 pub use pidfd::ProcessExit;
+pub use watched::Watched;

@@ -74,6 +74,12 @@ pub fn send_signal(fd: BorrowedFd<'_>, signal: i32) -> io::Result<bool> {
 /// Whether the process has exited, waiting at most `timeout` (zero: just
 /// look). A zombie counts as exited.
 pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    poll_readable(fd, timeout)
+}
+
+/// Whether any descriptor (a pidfd, a pipe) is readable, waiting at most
+/// `timeout`; EINTR is retried.
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
     let mut pollfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,

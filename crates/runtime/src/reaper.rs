@@ -27,41 +27,21 @@
 //! process whose runtime was killed on timeout. [`reap_orphans`] (run on
 //! each SIGCHLD by [`spawn_orphan_reaper`]) collects zombies that are our
 //! children *and* live in a nested PID namespace *and* are not watched
-//! container inits — never the agent's own direct children (runtime
-//! commands, `vmm` processes), whose owners wait for them.
+//! ([`stratum_process::watched`]: container inits, jailed `vmm`s) — never
+//! the agent's own direct children (runtime commands), whose owners wait
+//! for them.
 
-use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Mutex;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use stratum_process::pidfd;
+use stratum_process::watched::{is_watched, Watched};
 
 use super::error::{Result, RuntimeError};
-
-/// Container init pids with an [`ExitWatch`]; the orphan reaper skips them.
-static WATCHED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
-
-fn watched_insert(pid: u32) {
-    let mut guard = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
-    guard.get_or_insert_with(HashSet::new).insert(pid);
-}
-
-fn watched_remove(pid: u32) {
-    let mut guard = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(set) = guard.as_mut() {
-        set.remove(&pid);
-    }
-}
-
-fn is_watched(pid: u32) -> bool {
-    let guard = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
-    guard.as_ref().is_some_and(|set| set.contains(&pid))
-}
 
 /// Makes the calling process a child subreaper, so container inits are
 /// re-parented to it when the runtime exits. Process-wide; call once at
@@ -105,6 +85,8 @@ pub use stratum_process::ProcessExit;
 pub struct ExitWatch {
     pid: u32,
     fd: AsyncFd<OwnedFd>,
+    /// Keeps the orphan reaper off this pid while we wait for it.
+    _watched: Watched,
 }
 
 impl ExitWatch {
@@ -117,8 +99,11 @@ impl ExitWatch {
         // it until it drops and nothing else closes or replaces it.
         let fd = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
             .map_err(|e| RuntimeError::sys("register pidfd")(e.into()))?;
-        watched_insert(pid);
-        Ok(ExitWatch { pid, fd })
+        Ok(ExitWatch {
+            pid,
+            fd,
+            _watched: Watched::new(pid),
+        })
     }
 
     /// The watched pid.
@@ -149,12 +134,6 @@ impl ExitWatch {
     pub fn signal(&self, signal: i32) -> Result<bool> {
         pidfd::send_signal(self.fd.get_ref().as_fd(), signal)
             .map_err(RuntimeError::sys("pidfd_send_signal"))
-    }
-}
-
-impl Drop for ExitWatch {
-    fn drop(&mut self) {
-        watched_remove(self.pid);
     }
 }
 

@@ -27,3 +27,18 @@ pub fn bin(name: &str) -> PathBuf {
     );
     path
 }
+
+/// `name` in the workspace's static release build (`make static`:
+/// `target/static/x86_64-unknown-linux-gnu/release`), found from the
+/// running test's cargo target directory.
+pub fn static_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the running test's path");
+    let target = exe
+        .ancestors()
+        .find(|dir| dir.file_name().is_some_and(|n| n == "target"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    target
+        .join("static/x86_64-unknown-linux-gnu/release")
+        .join(name)
+}

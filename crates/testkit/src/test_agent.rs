@@ -31,12 +31,19 @@ pub struct TestAgent {
 }
 
 /// The vmm binary the agent runs: `STRATUM_VMM`, else the workspace's
-/// debug build.
+/// static release build (`make static`): the agent runs vmm in a jail,
+/// which holds no libraries.
 pub fn vmm_binary() -> PathBuf {
-    match std::env::var_os("STRATUM_VMM") {
-        Some(path) => PathBuf::from(path),
-        None => bin("vmm"),
+    if let Some(path) = std::env::var_os("STRATUM_VMM") {
+        return PathBuf::from(path);
     }
+    let path = crate::bins::static_bin("vmm");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `make static` (or set STRATUM_VMM)",
+        path.display()
+    );
+    path
 }
 
 impl TestAgent {

@@ -168,8 +168,12 @@ impl ConsoleFollower {
 
     async fn open(&mut self) -> io::Result<Option<&mut File>> {
         if self.file.is_none() {
-            match File::open(&self.path).await {
-                Ok(file) => self.file = Some(file),
+            let path = self.path.clone();
+            let opened = tokio::task::spawn_blocking(move || crate::run_dir::open_untrusted(&path))
+                .await
+                .map_err(io::Error::other)?;
+            match opened {
+                Ok(file) => self.file = Some(File::from_std(file)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e),
             }

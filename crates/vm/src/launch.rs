@@ -21,11 +21,13 @@
 //! Blocking (up to the socket wait plus a few API timeouts); run it with
 //! `spawn_blocking` from async code.
 
+use std::ffi::OsString;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -33,10 +35,12 @@ use super::api_client::{
     ApiClient, ApiError, BootSource, Drive, MachineConfig, NetworkInterface, RateLimiter,
     DEFAULT_API_TIMEOUT,
 };
+use super::jail::{self, JailConfig};
 use super::process::{ExitInfo, ProcessIdentity, VmProcess};
 use super::run_dir::{RunDir, MAX_SOCKET_PATH};
+use super::tap::TapError;
 use stratum_cgroup::{Cgroup, CgroupError};
-use stratum_process::pidfd;
+use stratum_process::{pidfd, ProcessExit, Watched};
 
 /// How much of `vmm.stderr` an error carries.
 const STDERR_TAIL: u64 = 2048;
@@ -79,13 +83,17 @@ pub struct NicSpec {
     pub tx_rate_limit: Option<RateLimiter>,
 }
 
-/// Timeouts of a launch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Timeouts of a launch, and the jail it runs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchOptions {
-    /// How long vmm may take to bind its API socket.
+    /// How long vmm may take to bind its API socket (in a jail: also how
+    /// long the jailer may take to start it).
     pub socket_timeout: Duration,
     /// Per API request (InstanceStart allocates guest memory).
     pub api_timeout: Duration,
+    /// Run vmm in a jail ([`crate::jail`]); `None`: as the caller, in the
+    /// caller's namespaces (development and tests of the driver itself).
+    pub jail: Option<JailConfig>,
 }
 
 impl Default for LaunchOptions {
@@ -93,6 +101,7 @@ impl Default for LaunchOptions {
         LaunchOptions {
             socket_timeout: Duration::from_secs(5),
             api_timeout: DEFAULT_API_TIMEOUT,
+            jail: None,
         }
     }
 }
@@ -147,6 +156,31 @@ pub enum LaunchError {
         source: ApiError,
     },
 
+    /// A file the VM is given cannot be read by the jailed vmm's uid.
+    #[error("{what} {path} is not readable by the VM's unprivileged uid (mode {mode:o}): make it world-readable")]
+    Unreadable {
+        what: &'static str,
+        path: PathBuf,
+        mode: u32,
+    },
+
+    /// A disk could not be handed to the jailed vmm's uid.
+    #[error("disk {path}: {op}: {source}")]
+    Disk {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A TAP device could not be handed to the jailed vmm's uid.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+
+    /// The jailer did not start vmm in time.
+    #[error("the jailer did not start vmm within {0:?}")]
+    JailTimeout(Duration),
+
     /// Watching the child failed.
     #[error("vmm launch: {op}: {source}")]
     Process {
@@ -177,7 +211,7 @@ pub fn launch(
     launch_with(vmm_binary, run_dir, spec, cgroup, &LaunchOptions::default())
 }
 
-/// [`launch`] with explicit timeouts.
+/// [`launch`] with explicit timeouts and, optionally, a jail.
 pub fn launch_with(
     vmm_binary: &Path,
     run_dir: &Path,
@@ -187,26 +221,75 @@ pub fn launch_with(
 ) -> Result<VmProcess, LaunchError> {
     let run_dir = RunDir::new(run_dir);
     prepare_run_dir(&run_dir)?;
-    let mut child = match spawn(vmm_binary, &run_dir, &spec.id, cgroup) {
-        Ok(child) => child,
+    let spawned = match &options.jail {
+        None => spawn(vmm_binary, &run_dir, spec, cgroup),
+        Some(config) => spawn_jailed(config, vmm_binary, &run_dir, spec, cgroup, options),
+    };
+    let (spawned, api_spec) = match spawned {
+        Ok(spawned) => spawned,
         Err(e) => {
             run_dir.clean_after_failure();
             return Err(e);
         }
     };
     let api = ApiClient::new(run_dir.api_sock()).with_timeout(options.api_timeout);
-    match start(&mut child, &run_dir, &api, spec, options) {
-        Ok((identity, fd)) => {
-            // Dropping `Child` neither kills nor reaps; the pidfd now does.
-            drop(child);
-            Ok(VmProcess::from_child(identity, fd, run_dir, api))
-        }
+    match start(&spawned, &run_dir, &api, &api_spec, options) {
+        Ok(()) => Ok(VmProcess::from_launch(
+            spawned.identity,
+            spawned.pidfd,
+            spawned.watched,
+            run_dir,
+            api,
+        )),
         Err(e) => {
-            let e = explain(e, &mut child, &run_dir);
-            kill_and_reap(&mut child);
+            let e = explain(e, &spawned, &run_dir);
+            kill_and_reap(&spawned);
             run_dir.clean_after_failure();
             Err(e)
         }
+    }
+}
+
+/// A started vmm: named by a pidfd opened while its pid could not have
+/// been reused.
+struct Spawned {
+    identity: ProcessIdentity,
+    pidfd: OwnedFd,
+    /// A jailed vmm: keeps the agent's orphan reaper off it.
+    watched: Option<Watched>,
+}
+
+impl Spawned {
+    /// `pid` is our unreaped child, or held as a zombie by the jailer.
+    fn of(pid: u32, watched: Option<Watched>) -> Result<Spawned, LaunchError> {
+        let process_err = |op| move |source| LaunchError::Process { op, source };
+        let pidfd = pidfd::open(pid).map_err(process_err("pidfd_open"))?;
+        let identity = ProcessIdentity::of(pid).map_err(process_err("read /proc/<pid>/stat"))?;
+        Ok(Spawned {
+            identity,
+            pidfd,
+            watched,
+        })
+    }
+
+    /// Its exit, if it has exited (reaped when it is our child).
+    fn exit(&self) -> Result<Option<ExitInfo>, LaunchError> {
+        let ended = pidfd::wait_readable(self.pidfd.as_fd(), Duration::ZERO).map_err(|source| {
+            LaunchError::Process {
+                op: "poll pidfd",
+                source,
+            }
+        })?;
+        if !ended {
+            return Ok(None);
+        }
+        let exit = pidfd::reap(self.pidfd.as_fd(), true)
+            .map_err(|source| LaunchError::Process {
+                op: "waitid",
+                source,
+            })?
+            .unwrap_or(ProcessExit::Unknown);
+        Ok(Some(ExitInfo::from(exit)))
     }
 }
 
@@ -230,25 +313,33 @@ fn prepare_run_dir(run_dir: &RunDir) -> Result<(), LaunchError> {
     }
 }
 
-fn spawn(binary: &Path, run_dir: &RunDir, id: &str, cgroup: &Cgroup) -> Result<Child, LaunchError> {
+/// vmm's command line: API socket, id, console log, no console input.
+fn vmm_args(api_sock: &Path, id: &str, console: &Path) -> Vec<OsString> {
+    vec![
+        "--api-sock".into(),
+        api_sock.into(),
+        "--id".into(),
+        id.into(),
+        "--console".into(),
+        console.into(),
+        "--no-console-input".into(),
+    ]
+}
+
+/// `program` in the VM's cgroup and a session of its own, stdin and
+/// stdout /dev/null, stderr to `vmm.stderr`.
+fn command(program: &Path, run_dir: &RunDir, cgroup: &Cgroup) -> Result<Command, LaunchError> {
     let stderr_path = run_dir.stderr_log();
     let stderr = std::fs::File::create(&stderr_path).map_err(|source| LaunchError::RunDir {
         path: stderr_path,
         op: "create vmm.stderr",
         source,
     })?;
-    let mut cmd = Command::new(binary);
-    cmd.arg("--api-sock")
-        .arg(run_dir.api_sock())
-        .arg("--id")
-        .arg(id)
-        .arg("--console")
-        .arg(run_dir.console_log())
-        .arg("--no-console-input")
-        // vmm's test-only seccomp switch (a thread's forbidden call, or
-        // violations logged instead of fatal) never comes from the agent's
-        // own environment.
-        .env_remove("STRATUM_VMM_SECCOMP_TEST")
+    let mut cmd = Command::new(program);
+    // vmm's test-only seccomp switch (a thread's forbidden call, or
+    // violations logged instead of fatal) never comes from the agent's
+    // own environment.
+    cmd.env_remove("STRATUM_VMM_SECCOMP_TEST")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);
@@ -261,33 +352,99 @@ fn spawn(binary: &Path, run_dir: &RunDir, id: &str, cgroup: &Cgroup) -> Result<C
             _ => Ok(()),
         });
     }
-    cmd.spawn().map_err(|source| LaunchError::Spawn {
-        binary: binary.to_path_buf(),
-        source,
-    })
+    Ok(cmd)
 }
 
-/// Everything after the spawn: identity, socket, configuration, start.
+fn spawn_error(binary: &Path) -> impl FnOnce(io::Error) -> LaunchError + '_ {
+    move |source| LaunchError::Spawn {
+        binary: binary.to_path_buf(),
+        source,
+    }
+}
+
+/// vmm as our own child; it sees the spec's paths as given.
+fn spawn(
+    binary: &Path,
+    run_dir: &RunDir,
+    spec: &VmProcessSpec,
+    cgroup: &Cgroup,
+) -> Result<(Spawned, VmProcessSpec), LaunchError> {
+    let mut cmd = command(binary, run_dir, cgroup)?;
+    cmd.args(vmm_args(
+        &run_dir.api_sock(),
+        &spec.id,
+        &run_dir.console_log(),
+    ));
+    let mut child = cmd.spawn().map_err(spawn_error(binary))?;
+    // The child is unreaped until we wait for it, so its pid is still its.
+    // Dropping `Child` neither kills nor reaps; the pidfd does both.
+    match Spawned::of(child.id(), None) {
+        Ok(spawned) => Ok((spawned, spec.clone())),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+/// vmm through the jailer ([`crate::jail`]); it sees the spec's files at
+/// their jail paths, which the returned spec names.
+fn spawn_jailed(
+    config: &JailConfig,
+    vmm_binary: &Path,
+    run_dir: &RunDir,
+    spec: &VmProcessSpec,
+    cgroup: &Cgroup,
+    options: &LaunchOptions,
+) -> Result<(Spawned, VmProcessSpec), LaunchError> {
+    let (jail_spec, jailed) = jail::prepare(config, vmm_binary, run_dir, spec)?;
+    let mut cmd = command(&config.jailer, run_dir, cgroup)?;
+    cmd.args(jail_spec.to_args())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut jailer = cmd.spawn().map_err(spawn_error(&config.jailer))?;
+    let pid = match jail::read_pid(&mut jailer, options.socket_timeout) {
+        Ok(Some(pid)) => pid,
+        Ok(None) => {
+            // It exited without a pid: the jail could not be built.
+            let status = jailer.wait().map_err(|source| LaunchError::Process {
+                op: "wait for the jailer",
+                source,
+            })?;
+            return Err(exited(ExitInfo::from(status), run_dir));
+        }
+        Err(e) => {
+            let _ = jailer.kill();
+            let _ = jailer.wait();
+            return Err(e);
+        }
+    };
+    // Registered before the jailer exits and the vmm becomes our child
+    // (the agent is a subreaper), so no orphan reaper takes its status.
+    let spawned = Spawned::of(pid, Some(Watched::new(pid)));
+    // Closing its stdin lets the jailer exit; it has nothing more to say.
+    drop(jailer.stdin.take());
+    let _ = jailer.wait();
+    Ok((spawned?, jailed))
+}
+
+/// Everything after the spawn: socket, configuration, start.
 fn start(
-    child: &mut Child,
+    spawned: &Spawned,
     run_dir: &RunDir,
     api: &ApiClient,
     spec: &VmProcessSpec,
     options: &LaunchOptions,
-) -> Result<(ProcessIdentity, std::os::fd::OwnedFd), LaunchError> {
-    // The child is unreaped until we wait for it, so its pid is still its.
-    let process_err = |op| move |source| LaunchError::Process { op, source };
-    let fd = pidfd::open(child.id()).map_err(process_err("pidfd_open"))?;
-    let identity = ProcessIdentity::of(child.id()).map_err(process_err("read /proc/<pid>/stat"))?;
-    wait_for_socket(child, run_dir, options.socket_timeout)?;
+) -> Result<(), LaunchError> {
+    wait_for_socket(spawned, run_dir, options.socket_timeout)?;
     configure(api, spec)?;
-    step(api, "InstanceStart", ApiClient::instance_start)?;
-    Ok((identity, fd))
+    step(api, "InstanceStart", ApiClient::instance_start)
 }
 
 /// Polls until the socket accepts a connection, vmm exits, or time runs out.
 fn wait_for_socket(
-    child: &mut Child,
+    spawned: &Spawned,
     run_dir: &RunDir,
     timeout: Duration,
 ) -> Result<(), LaunchError> {
@@ -297,8 +454,8 @@ fn wait_for_socket(
         if UnixStream::connect(&socket).is_ok() {
             return Ok(());
         }
-        if let Some(status) = try_wait(child)? {
-            return Err(exited(status, run_dir));
+        if let Some(exit) = spawned.exit()? {
+            return Err(exited(exit, run_dir));
         }
         if Instant::now() >= deadline {
             return Err(LaunchError::SocketTimeout(timeout));
@@ -369,7 +526,7 @@ fn step(
 }
 
 /// An API error that is really "vmm died" becomes `Exited` with its stderr.
-fn explain(error: LaunchError, child: &mut Child, run_dir: &RunDir) -> LaunchError {
+fn explain(error: LaunchError, spawned: &Spawned, run_dir: &RunDir) -> LaunchError {
     let LaunchError::Api { source, .. } = &error else {
         return error;
     };
@@ -379,27 +536,17 @@ fn explain(error: LaunchError, child: &mut Child, run_dir: &RunDir) -> LaunchErr
     // Connection errors: give a dying vmm a moment to finish exiting.
     let deadline = Instant::now() + Duration::from_millis(500);
     while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return exited(status, run_dir);
+        if let Ok(Some(exit)) = spawned.exit() {
+            return exited(exit, run_dir);
         }
         thread::sleep(Duration::from_millis(10));
     }
     error
 }
 
-fn try_wait(child: &mut Child) -> Result<Option<ExitStatus>, LaunchError> {
-    child.try_wait().map_err(|source| LaunchError::Process {
-        op: "waitpid",
-        source,
-    })
-}
-
-fn exited(status: ExitStatus, run_dir: &RunDir) -> LaunchError {
+fn exited(exit: ExitInfo, run_dir: &RunDir) -> LaunchError {
     LaunchError::Exited {
-        exit: ExitInfo {
-            code: status.code(),
-            signal: status.signal(),
-        },
+        exit,
         stderr: stderr_tail(&run_dir.stderr_log()),
     }
 }
@@ -411,10 +558,13 @@ fn stderr_tail(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn kill_and_reap(child: &mut Child) {
-    // Errors mean it is already gone (and maybe already reaped by try_wait).
-    let _ = child.kill();
-    let _ = child.wait();
+fn kill_and_reap(spawned: &Spawned) {
+    // Errors mean it is already gone (and maybe already reaped).
+    let fd = spawned.pidfd.as_fd();
+    let _ = pidfd::send_signal(fd, libc::SIGKILL);
+    if pidfd::wait_readable(fd, Duration::from_secs(5)).unwrap_or(false) {
+        let _ = pidfd::reap(fd, true);
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,10 @@
 //!   errors carrying vmm's `fault_message`.
 //! - [`disk`]: VM disks as reflink or sparse clones of a base image.
 //! - [`launch`]: spawn + cgroup + own session + configure + start, all or
-//!   nothing.
+//!   nothing; directly or in a jail.
+//! - [`jail`]: what a VM's jail holds, and its files made ready for the
+//!   jail's uid.
+//! - [`tap`]: a host TAP given to a jailed vmm's uid.
 //! - [`process`]: a running vmm: API actions, kill, liveness, adoption,
 //!   exit waiting.
 //! - [`console`]: following the console log as a stream.
@@ -31,9 +34,11 @@
 pub mod api_client;
 pub mod console;
 pub mod disk;
+pub mod jail;
 pub mod launch;
 pub mod process;
 pub mod run_dir;
+pub mod tap;
 
 #[cfg(test)]
 mod tests;
@@ -43,6 +48,7 @@ pub use api_client::{
 };
 pub use console::{ConsoleFollower, ConsoleStream};
 pub use disk::{clone_disk, remove_disk, CloneMethod, DiskError};
+pub use jail::JailConfig;
 pub use launch::{
     launch, launch_with, DiskSpec, LaunchError, LaunchOptions, NicSpec, VmProcessSpec,
 };

@@ -32,7 +32,7 @@ use tokio::io::Interest;
 use super::api_client::{ApiClient, ApiError, InstanceInfo, VmStats};
 use super::run_dir::RunDir;
 use stratum_process::pidfd;
-use stratum_process::{identity, ProcessExit};
+use stratum_process::{identity, ProcessExit, Watched};
 
 /// How long [`VmProcess::hard_stop`] waits for the exit when vmm ended
 /// the connection without a reply.
@@ -71,6 +71,16 @@ impl From<ProcessExit> for ExitInfo {
                 signal: Some(signal),
             },
             ProcessExit::Unknown => ExitInfo::default(),
+        }
+    }
+}
+
+impl From<std::process::ExitStatus> for ExitInfo {
+    fn from(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        ExitInfo {
+            code: status.code(),
+            signal: status.signal(),
         }
     }
 }
@@ -166,15 +176,21 @@ pub struct VmProcess {
     api: ApiClient,
     pidfd: OwnedFd,
     is_child: bool,
+    /// A jailed vmm: registered so the agent's orphan reaper leaves its
+    /// status to us.
+    _watched: Option<Watched>,
     /// Filled by the first waiter that sees the exit; reaping happens once.
     exit: Mutex<Option<ExitInfo>>,
 }
 
 impl VmProcess {
-    /// A child we just spawned; `pidfd` was opened before it could be reaped.
-    pub(crate) fn from_child(
+    /// A vmm we just launched; `pidfd` was opened before it could be
+    /// reaped. It is our child, or (jailed) becomes one when the jailer
+    /// exits if we are a child subreaper; if not, its status is unknown.
+    pub(crate) fn from_launch(
         identity: ProcessIdentity,
         pidfd: OwnedFd,
+        watched: Option<Watched>,
         run_dir: RunDir,
         api: ApiClient,
     ) -> VmProcess {
@@ -184,6 +200,7 @@ impl VmProcess {
             api,
             pidfd,
             is_child: true,
+            _watched: watched,
             exit: Mutex::new(None),
         }
     }
@@ -216,6 +233,7 @@ impl VmProcess {
             api,
             pidfd,
             is_child: false,
+            _watched: None,
             exit: Mutex::new(None),
         })
     }

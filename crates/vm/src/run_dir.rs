@@ -4,6 +4,9 @@
 //! One fixed layout, named in one place, so that launch, re-adoption after
 //! an agent restart and the console stream agree on the paths from the run
 //! directory alone (the state store keeps just that directory).
+//!
+//! A jailed vmm owns its run directory (it is the jail's `/run`), so
+//! every file in it is read with [`open_untrusted`].
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -11,9 +14,28 @@ use std::path::{Path, PathBuf};
 /// Longest Unix socket path the kernel accepts (`sun_path` minus the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 
-/// The last `limit` bytes of the file at `path`.
+/// Opens a file of the run directory for reading as the agent (root),
+/// though a jailed vmm, which owns the directory, may have put anything
+/// there: a symlink is not followed (it could name any host file), a FIFO
+/// does not block the open, and only a regular file is accepted.
+pub fn open_untrusted(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// The last `limit` bytes of the file at `path` (see [`open_untrusted`]).
 pub(crate) fn read_tail(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    let mut file = std::fs::File::open(path)?;
+    let mut file = open_untrusted(path)?;
     let len = file.metadata()?.len();
     file.seek(SeekFrom::Start(len.saturating_sub(limit)))?;
     let mut tail = Vec::new();
@@ -115,5 +137,28 @@ mod tests {
         assert!(bounded.ends_with('…'));
         std::fs::write(run.stderr_log(), "killed without a word\n").unwrap();
         assert_eq!(run.vmm_error(), None);
+    }
+
+    #[test]
+    fn files_a_jailed_vmm_could_plant_are_not_followed_or_waited_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "vmm: error: host secret\n").unwrap();
+        let run = RunDir::new(dir.path().join("run"));
+        std::fs::create_dir(run.path()).unwrap();
+        std::os::unix::fs::symlink(&secret, run.stderr_log()).unwrap();
+        assert_eq!(run.vmm_error(), None, "a symlink is not followed");
+        let link = open_untrusted(&run.stderr_log()).unwrap_err();
+        assert_eq!(link.raw_os_error(), Some(libc::ELOOP), "{link}");
+        std::fs::remove_file(run.stderr_log()).unwrap();
+        let fifo =
+            std::ffi::CString::new(run.console_log().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let not_file = open_untrusted(&run.console_log()).unwrap_err();
+        assert!(
+            not_file.to_string().contains("not a regular file"),
+            "{not_file}"
+        );
     }
 }

@@ -454,3 +454,186 @@ fn launcher_child() {
     println!("LAUNCHED {} {}", vm.pid(), vm.start_time());
     std::thread::sleep(Duration::from_secs(60));
 }
+
+/// The uid and gid of the jailed tests' VMs (the agent's default range's
+/// top, which its own tests do not reach).
+const JAIL_ID: u32 = 1_900_065_500;
+
+fn jail_options() -> LaunchOptions {
+    // The jailed vmm becomes our child when the jailer exits only if we
+    // are a subreaper, as the agent is; then its exit status is known.
+    // SAFETY: prctl with integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(rc, 0);
+    LaunchOptions {
+        jail: Some(JailConfig {
+            jailer: stratum_testkit::bins::bin("stratum-jailer"),
+            uid: JAIL_ID,
+            gid: JAIL_ID,
+        }),
+        ..LaunchOptions::default()
+    }
+}
+
+fn proc_status(pid: u32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("{key} not in {status}"))
+        .trim()
+        .to_string()
+}
+
+/// A persistent TAP made for a test and deleted on drop.
+struct TestTap(String);
+
+impl TestTap {
+    fn new(name: &str) -> TestTap {
+        let status = Command::new("ip")
+            .args(["tuntap", "add", name, "mode", "tap"])
+            .status()
+            .expect("ip tuntap");
+        assert!(status.success());
+        TestTap(name.to_string())
+    }
+}
+
+impl Drop for TestTap {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["tuntap", "del", &self.0, "mode", "tap"])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_jailed_vmm_runs_confined_and_is_driven_and_killed_as_any() {
+    let cg = TestCgroup::new("jailed");
+    let s = Scratch::new();
+    let options = jail_options();
+    let disk = s.dir.path().join("disk0.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(1 << 20))
+        .expect("disk");
+    let tap = TestTap::new(&format!("stj{}", std::process::id() % 100_000));
+    let mut spec = s.spec("jailed");
+    spec.disks.push(DiskSpec {
+        path: disk.clone(),
+        read_only: false,
+        serial: None,
+        rate_limit: None,
+    });
+    spec.nics.push(NicSpec {
+        tap: tap.0.clone(),
+        mac: None,
+        rx_rate_limit: None,
+        tx_rate_limit: None,
+    });
+    let vm = Running(
+        launch_with(&vmm_binary(), &s.run_dir(), &spec, &cg.leaf, &options).expect("launch"),
+    );
+    let vm = &vm.0;
+    let pid = vm.pid();
+    let log = wait_for_console(&vm.console_log(), MARKER);
+    assert!(log.starts_with(MARKER));
+    assert_eq!(
+        state(vm),
+        InstanceState::Running,
+        "the API through the jail"
+    );
+    vm.pause().expect("pause");
+    assert_eq!(state(vm), InstanceState::Paused);
+    vm.resume().expect("resume");
+    let ids = format!("{JAIL_ID}\t{JAIL_ID}\t{JAIL_ID}\t{JAIL_ID}");
+    assert_eq!(proc_status(pid, "Uid:"), ids);
+    assert_eq!(proc_status(pid, "Gid:"), ids);
+    assert_eq!(proc_status(pid, "CapEff:"), "0000000000000000");
+    assert_eq!(proc_status(pid, "CapBnd:"), "0000000000000000");
+    assert_eq!(proc_status(pid, "NoNewPrivs:"), "1");
+    assert_eq!(proc_status(pid, "Seccomp:"), "2", "vmm's own filters");
+    assert_eq!(proc_status(pid, "NSpid:"), format!("{pid}\t1"));
+    let mut root: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .expect("its root")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    root.sort();
+    assert_eq!(root, ["dev", "run", "vm", "vmm"]);
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let disk_meta = std::fs::metadata(&disk).expect("disk");
+    assert_eq!(
+        (disk_meta.uid(), disk_meta.mode() & 0o777),
+        (JAIL_ID, 0o600)
+    );
+    let run_meta = std::fs::metadata(s.run_dir()).expect("run dir");
+    assert_eq!((run_meta.uid(), run_meta.mode() & 0o777), (JAIL_ID, 0o700));
+    assert_eq!(
+        tap::owner(&tap.0).expect("owner"),
+        i64::from(JAIL_ID),
+        "the TAP is the VM's uid's"
+    );
+    assert!(
+        std::fs::metadata(s.kernel())
+            .expect("kernel")
+            .permissions()
+            .mode()
+            & 0o777
+            == 0o644,
+        "a shared file is left as it was"
+    );
+    assert!(cg.leaf.procs().expect("procs").contains(&pid));
+    vm.kill().expect("kill");
+    let exit = vm
+        .wait_exit_timeout(Duration::from_secs(5))
+        .expect("wait")
+        .expect("exited");
+    assert_eq!(exit.signal, Some(libc::SIGKILL), "its status reaches us");
+    cg.assert_leaf_empties();
+}
+
+#[test]
+fn a_jail_that_cannot_be_built_is_the_jailers_message_and_nothing_is_left() {
+    let cg = TestCgroup::new("jailfail");
+    let s = Scratch::new();
+    let options = jail_options();
+    // A dynamically linked vmm cannot run in a jail without libraries.
+    let err = launch_with(
+        Path::new("/bin/ls"),
+        &s.run_dir(),
+        &s.spec("x"),
+        &cg.leaf,
+        &options,
+    )
+    .unwrap_err();
+    assert!(matches!(err, LaunchError::Exited { .. }), "{err}");
+    assert!(
+        err.vmm_message()
+            .is_some_and(|m| m.contains("dynamically linked")),
+        "{err}"
+    );
+    // A kernel the VM's uid could not read is refused before anything runs.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(s.kernel(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = launch_with(
+        &vmm_binary(),
+        &s.run_dir(),
+        &s.spec("x"),
+        &cg.leaf,
+        &options,
+    )
+    .unwrap_err();
+    assert!(matches!(err, LaunchError::Unreadable { .. }), "{err}");
+    // A TAP that does not exist is named.
+    std::fs::set_permissions(s.kernel(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut spec = s.spec("x");
+    spec.nics.push(NicSpec {
+        tap: "stjnosuch0".into(),
+        mac: None,
+        rx_rate_limit: None,
+        tx_rate_limit: None,
+    });
+    let err = launch_with(&vmm_binary(), &s.run_dir(), &spec, &cg.leaf, &options).unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    cg.assert_leaf_empties();
+    assert!(!s.run_dir().join("api.sock").exists());
+}

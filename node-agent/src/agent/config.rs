@@ -2,6 +2,7 @@
 //! what it holds back for the host, and which `vmm` it runs.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 use stratum_pool::{Resources, MIB};
@@ -19,6 +20,9 @@ pub struct AgentConfig {
     pub cert_dir: PathBuf,
     /// The `vmm` binary VMs run in.
     pub vmm_binary: PathBuf,
+    /// The jail each vmm runs in; `None`: vmm runs as root in the agent's
+    /// namespaces (debugging only).
+    pub vm_jail: Option<VmJail>,
     /// Where VM kernels, initrds, base images and image imports may come
     /// from.
     pub artifacts: super::artifacts::ArtifactDirs,
@@ -36,15 +40,33 @@ pub struct AgentConfig {
     pub pods: super::pods::PodHostConfig,
 }
 
+/// How VMs are jailed: the jailer and the uids (each the gid too) that
+/// running VMs get, one each.
+#[derive(Debug, Clone)]
+pub struct VmJail {
+    pub jailer: PathBuf,
+    pub ids: RangeInclusive<u32>,
+}
+
+/// The default uid range of jailed VMs: above what systemd hands out to
+/// containers (up to 1879048191) and below 2^31, 65536 of them.
+pub const DEFAULT_VM_IDS: RangeInclusive<u32> = 1_900_000_000..=1_900_065_535;
+
 /// Held back for the host's own processes by default: one core's worth of
 /// CPU is too much on a 2-core test machine, so a quarter core and 512 MiB
 /// (what the Debian host, the agent and sshd need with headroom).
 pub const DEFAULT_SYSTEM_RESERVE: Resources = Resources::new(250, 512 * MIB);
 
 impl AgentConfig {
-    /// The run directory of VM `id` (API socket, console log, disks).
+    /// The directory of VM `id`: its disks and its run directory.
     pub fn vm_dir(&self, id: &str) -> PathBuf {
         self.data_dir.join("vms").join(id)
+    }
+
+    /// The run directory of VM `id` (API socket, console log, vmm's
+    /// stderr): the jail's `/run`, owned by the jailed vmm's uid.
+    pub fn vm_run_dir(&self, id: &str) -> PathBuf {
+        self.vm_dir(id).join("run")
     }
 
     /// RESOURCE_EXHAUSTED when the data directory's disk has less free

@@ -98,6 +98,7 @@ static DEFAULT_RUNTIME: VmRuntime = VmRuntime {
     console_path: String::new(),
     started_at: None,
     updated_at: None,
+    jail_uid: 0,
 };
 
 static DEFAULT_SPEC: proto::VmSpec = proto::VmSpec {
@@ -267,7 +268,10 @@ impl VmManager {
                 runtime: Some(VmRuntime {
                     state: VmState::Created as i32,
                     disk_paths,
-                    console_path: dir.join("console.log").to_string_lossy().into_owned(),
+                    console_path: stratum_vm::RunDir::new(self.shared.config.vm_run_dir(id))
+                        .console_log()
+                        .to_string_lossy()
+                        .into_owned(),
                     updated_at: Some(now()),
                     ..VmRuntime::default()
                 }),
@@ -285,16 +289,26 @@ impl VmManager {
         // directories may have changed since the create.
         let spec = vm_entry(&self.read_state(), id)?.spec().clone();
         self.check_boot_files(&spec)?;
-        let (spec, cgroup, ticket) = self.begin_start(id)?;
+        let (spec, cgroup, jail_uid, ticket) = self.begin_start(id)?;
         if let Err(e) = self.shared.settle(ticket) {
             let _ = cgroup.remove();
             return Err(e);
         }
-        let launched = stratum_vm::launch(
-            &self.shared.config.vmm_binary,
-            &self.shared.config.vm_dir(id),
+        let config = &self.shared.config;
+        let options = stratum_vm::LaunchOptions {
+            jail: config.vm_jail.as_ref().map(|jail| stratum_vm::JailConfig {
+                jailer: jail.jailer.clone(),
+                uid: jail_uid,
+                gid: jail_uid,
+            }),
+            ..stratum_vm::LaunchOptions::default()
+        };
+        let launched = stratum_vm::launch_with(
+            &config.vmm_binary,
+            &config.vm_run_dir(id),
             &spec,
             &cgroup,
+            &options,
         );
         match launched {
             Ok(process) => self.finish_start(id, Arc::new(process), &cgroup),
@@ -306,9 +320,10 @@ impl VmManager {
         }
     }
 
-    /// Admits the VM's reservation, makes its leaf cgroup and marks it
-    /// STARTING; returns what the launch needs and the record's ticket.
-    fn begin_start(&self, id: &str) -> Result<(VmProcessSpec, Cgroup, Ticket)> {
+    /// Admits the VM's reservation, makes its leaf cgroup, picks its jail
+    /// uid and marks it STARTING; returns what the launch needs and the
+    /// record's ticket.
+    fn begin_start(&self, id: &str) -> Result<(VmProcessSpec, Cgroup, u32, Ticket)> {
         let mut state = self.write_state();
         let entry = vm_entry(&state, id)?;
         if !matches!(
@@ -320,6 +335,7 @@ impl VmManager {
                 state_name(entry.state())
             )));
         }
+        let jail_uid = self.free_jail_uid(&state)?;
         self.pools.admit(id)?;
         let prepared = (|| {
             let entry = vm_entry(&state, id)?;
@@ -338,14 +354,40 @@ impl VmManager {
         let cgroup_path = cgroup.path().to_string_lossy().into_owned();
         match self.transition(&mut state, id, VmState::Starting, "", |rt| {
             rt.cgroup_path = cgroup_path;
+            rt.jail_uid = jail_uid;
         }) {
-            Ok(ticket) => Ok((spec, cgroup, ticket)),
+            Ok(ticket) => Ok((spec, cgroup, jail_uid, ticket)),
             Err(e) => {
                 self.pools.release(id);
                 let _ = cgroup.remove();
                 Err(e)
             }
         }
+    }
+
+    /// The lowest uid of the jail range that no starting or running VM
+    /// holds (0 without a jail). A VM that ends gives its uid back
+    /// ([`clear_process`]).
+    fn free_jail_uid(&self, state: &State) -> Result<u32> {
+        let Some(jail) = &self.shared.config.vm_jail else {
+            return Ok(0);
+        };
+        let used: std::collections::BTreeSet<u32> = state
+            .vms
+            .values()
+            .map(|vm| vm.runtime().jail_uid)
+            .filter(|&uid| uid != 0)
+            .collect();
+        jail.ids
+            .clone()
+            .find(|uid| !used.contains(uid))
+            .ok_or_else(|| {
+                AgentError::ResourceExhausted(format!(
+                    "every uid of the VM jail range {}-{} is in use",
+                    jail.ids.start(),
+                    jail.ids.end()
+                ))
+            })
     }
 
     fn finish_start(
@@ -468,7 +510,7 @@ impl VmManager {
             .is_some_and(|u| u.oom_kills > 0);
         let (new_state, mut reason) = exit_outcome(entry.stop_requested, oom_killed, &exit);
         if new_state == VmState::Failed {
-            with_vmm_error(&mut reason, &self.shared.config.vm_dir(id));
+            with_vmm_error(&mut reason, &self.shared.config.vm_run_dir(id));
         }
         if let Some(cgroup) = cgroup {
             let _ = cgroup.kill_all(Duration::from_secs(5));
@@ -761,14 +803,14 @@ impl VmManager {
                 VmState::Starting | VmState::Running | VmState::Paused | VmState::Stopping
             );
             if was_running {
-                match adopt(entry.runtime(), &self.shared.config.vm_dir(&id)) {
+                match adopt(entry.runtime(), &self.shared.config.vm_run_dir(&id)) {
                     Ok(process) => {
                         self.pools.admit(&id)?;
                         tracing::info!(vm = %id, pid = process.pid(), "re-adopted running vmm");
                         entry.process = Some(Arc::new(process));
                     }
                     Err(mut reason) => {
-                        with_vmm_error(&mut reason, &self.shared.config.vm_dir(&id));
+                        with_vmm_error(&mut reason, &self.shared.config.vm_run_dir(&id));
                         self.clean_up_dead(&entry, &reason);
                         state.vms.insert(id.clone(), entry);
                         ticket = ticket.max(self.transition(
@@ -820,6 +862,7 @@ fn clear_process(runtime: &mut VmRuntime) {
     runtime.pid = 0;
     runtime.process_start_time = 0;
     runtime.control_socket.clear();
+    runtime.jail_uid = 0;
 }
 
 /// Adds vmm's own last error line to `reason`, when it wrote one: it says
@@ -1067,6 +1110,11 @@ fn vm_to_proto(
             state: runtime.state,
             reason: runtime.reason.clone(),
             pid: runtime.pid,
+            uid: if runtime.pid == 0 {
+                0
+            } else {
+                runtime.jail_uid
+            },
             created_at: vm.record.created_at,
             started_at: runtime.started_at,
             reservation,

@@ -2,8 +2,10 @@
 //! `qemu-system-x86_64 -M microvm` (a benchmark, not a test: missing a
 //! target is reported, never a failure).
 //!
-//! `vmm` is measured twice: as it runs (seccomp filters on) and with
-//! `--no-seccomp`, so the table shows what the filters cost.
+//! `vmm` is measured three ways: as the agent runs it (in its jail,
+//! through `stratum-jailer`, seccomp filters on), unjailed with its
+//! filters, and unjailed with `--no-seccomp`, so the table shows what the
+//! jail and the filters cost.
 //!
 //! Both VMMs run inside ONE nested test host, interleaved, booting the same
 //! ELF (PVH) guest kernel, initramfs and command line with 1 vCPU and
@@ -33,6 +35,10 @@ const GUEST_MIB: u32 = 256;
 /// `-no-reboot` and our vmm alike, both with status 0.
 const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 pci=off quiet";
 const PROBE_IN_HOST: &str = "/stratum/bin/boot-probe";
+const JAILER_IN_HOST: &str = "/stratum/bin/stratum-jailer";
+/// The jailed runs' run directory (the jail's /run) and uid.
+const JAIL_RUN_DIR: &str = "/tmp/jail-run";
+const JAIL_UID: u32 = 1_900_000_000;
 /// The targets set for vmm: boot time against the peer's, memory overhead.
 const TARGET_BOOT_RATIO: f64 = 0.8;
 const TARGET_OVERHEAD_KIB: f64 = 5.0 * 1024.0;
@@ -80,17 +86,19 @@ fn run(args: &Args) -> Result<()> {
 }
 
 fn scenario(args: &Args) -> Result<Scenario> {
-    let probe = probe_path();
-    ensure!(
-        probe.is_file(),
-        "{} is missing; build it with: RUSTFLAGS='-C target-feature=+crt-static' cargo build \
-         --release -p stratum-tests --bin boot-probe --target x86_64-unknown-linux-gnu \
-         --target-dir target/static",
-        probe.display()
-    );
+    let probe = static_path("STRATUM_BOOT_PROBE", "boot-probe");
+    let jailer = static_path("STRATUM_JAILER", "stratum-jailer");
+    for binary in [&probe, &jailer] {
+        ensure!(
+            binary.is_file(),
+            "{} is missing; build it with: make static",
+            binary.display()
+        );
+    }
     let qemu = args.peer.qemu.to_str().context("QEMU path is not UTF-8")?;
     let scenario = Scenario::new(script(args, qemu))
         .file(PROBE_IN_HOST, probe)
+        .file(JAILER_IN_HOST, jailer)
         // Generous: each boot takes seconds under TCG.
         .timeout(Duration::from_secs(
             120 + 60 * u64::from(args.iterations + args.warmup),
@@ -99,9 +107,10 @@ fn scenario(args: &Args) -> Result<Scenario> {
     with_qemu(scenario, &args.peer.qemu)
 }
 
-fn probe_path() -> PathBuf {
-    let default = "target/static/x86_64-unknown-linux-gnu/release/boot-probe";
-    let rel = std::env::var_os("STRATUM_BOOT_PROBE").unwrap_or_else(|| default.into());
+/// A static build's binary (`make static`), or the path in `var`.
+fn static_path(var: &str, name: &str) -> PathBuf {
+    let default = format!("target/static/x86_64-unknown-linux-gnu/release/{name}");
+    let rel = std::env::var_os(var).unwrap_or_else(|| default.into());
     NestedHost::workspace_root().join(rel)
 }
 
@@ -118,6 +127,18 @@ fn script(args: &Args, qemu: &str) -> String {
         i = paths::GUEST_INITRAMFS,
     );
     let bare = format!("{vmm} --no-seccomp");
+    // The same VM through the jailer, as the agent starts it: kernel and
+    // initrd bound read-only, its own /dev/kvm, console in its /run.
+    let jail = format!(
+        "{JAILER_IN_HOST} --hostname bench --uid {JAIL_UID} --gid {JAIL_UID} \
+         --run-dir {JAIL_RUN_DIR} --ro /vm/kernel={k} --ro /vm/initrd={i} --device /dev/kvm \
+         --device /dev/urandom --exec /vmm={v} -- --kernel /vm/kernel --initrd /vm/initrd \
+         --cmdline \"$CL\" --vcpus 1 --memory {GUEST_MIB} --no-console-input \
+         --console /run/console.log",
+        v = paths::VMM,
+        k = paths::GUEST_VMLINUX,
+        i = paths::GUEST_INITRAMFS,
+    );
     let qemu = format!(
         "{qemu} -M {m} -enable-kvm -cpu host -smp 1 -m {GUEST_MIB} -nodefaults \
          -no-user-config -display none -serial stdio -no-reboot -kernel {k} -initrd {i} \
@@ -129,15 +150,29 @@ fn script(args: &Args, qemu: &str) -> String {
     let mut s = format!("CL='{CMDLINE}'\n");
     for i in 0..args.warmup + args.iterations {
         let prefix = if i < args.warmup { "warmup-" } else { "" };
-        let mut vmms = [("vmm", &vmm), ("bare", &bare), ("qemu", &qemu)];
+        let mut vmms = [
+            ("jail", &jail),
+            ("vmm", &vmm),
+            ("bare", &bare),
+            ("qemu", &qemu),
+        ];
         if i % 2 == 1 {
             vmms.reverse();
         }
         for (kind, sample_ms) in [(TIME, 0), (MEM, 5)] {
             for (name, cmd) in vmms {
+                let jailed = if name == "jail" {
+                    s.push_str(&format!(
+                        "rm -rf {JAIL_RUN_DIR}; mkdir {JAIL_RUN_DIR}; \
+                         chown {JAIL_UID}:{JAIL_UID} {JAIL_RUN_DIR}\n"
+                    ));
+                    format!("--jailed --console-file {JAIL_RUN_DIR}/console.log ")
+                } else {
+                    String::new()
+                };
                 s.push_str(&format!(
                     "{PROBE_IN_HOST} --label {prefix}{name}-{kind} --marker {MARKER} \
-                     --guest-mib {GUEST_MIB} --sample-ms {sample_ms} -- {cmd}\n"
+                     --guest-mib {GUEST_MIB} --sample-ms {sample_ms} {jailed}-- {cmd}\n"
                 ));
             }
         }
@@ -148,10 +183,12 @@ fn script(args: &Args, qemu: &str) -> String {
 const TIME: &str = "time";
 const MEM: &str = "mem";
 /// Labels of the measured runs (warm-up runs are prefixed `warmup-`).
-const LABELS: [&str; 6] = [
+const LABELS: [&str; 8] = [
+    "jail-time",
     "vmm-time",
     "bare-time",
     "qemu-time",
+    "jail-mem",
     "vmm-mem",
     "bare-mem",
     "qemu-mem",
@@ -244,28 +281,32 @@ fn print_table(samples: &Samples, args: &Args) {
     );
     let qemu = format!("qemu -M {}", args.peer.machine);
     println!(
-        "{:<38} | {:<26} | {:<26} | {:<26} | vmm/qemu | vmm/bare",
-        "metric", "vmm (seccomp)", "vmm --no-seccomp", qemu
+        "{:<38} | {:<26} | {:<26} | {:<26} | {:<26} | jail/qemu | jail/vmm | vmm/bare",
+        "metric", "vmm jailed (jail+seccomp)", "vmm (seccomp)", "vmm --no-seccomp", qemu
     );
-    println!("{}", "-".repeat(148));
+    println!("{}", "-".repeat(205));
     for (name, unit, kind, metric) in metrics {
-        let (a, bare, b) = (
+        let (jail, a, bare, b) = (
+            get("jail", kind, metric),
             get("vmm", kind, metric),
             get("bare", kind, metric),
             get("qemu", kind, metric),
         );
         let label = format!("{name} [{unit}]");
         println!(
-            "{label:<38} | {:<26} | {:<26} | {:<26} | {:<8.2} | {:.2}",
+            "{label:<38} | {:<26} | {:<26} | {:<26} | {:<26} | {:<9.2} | {:<8.2} | {:.2}",
+            cell(&jail),
             cell(&a),
             cell(&bare),
             cell(&b),
-            a.median / b.median,
+            jail.median / b.median,
+            jail.median / a.median,
             a.median / bare.median
         );
     }
-    let ratio = get("vmm", TIME, |s| s.init_ms).median / get("qemu", TIME, |s| s.init_ms).median;
-    let overhead = get("vmm", MEM, |s| s.overhead_kib).max;
+    // The targets are for vmm as the agent runs it: jailed.
+    let ratio = get("jail", TIME, |s| s.init_ms).median / get("qemu", TIME, |s| s.init_ms).median;
+    let overhead = get("jail", MEM, |s| s.overhead_kib).max;
     println!(
         "\nTargets: boot time ratio (median time to {MARKER}) <= {TARGET_BOOT_RATIO}: {ratio:.2} \
          -> {}; vmm overhead (worst run) <= 5 MiB: {:.2} MiB -> {}",

@@ -24,13 +24,24 @@
 //!   the difference is what the VMM process itself needs (code, libraries,
 //!   heap, stacks, device state).
 //!
+//! With `--jailed` the command is `stratum-jailer`: the probe reads the
+//! jailed VMM's pid from its first stdout line (the jailer's protocol),
+//! closes its stdin so it exits, and measures the VMM itself, which is
+//! re-parented to the probe (a child subreaper); the console is read from
+//! `--console-file` (the jail's `/run/console.log` seen from the host),
+//! since a jailed VMM's stdout is /dev/null. The times still count from
+//! the jailer's start, so the jail's setup is part of the boot.
+//!
 //! Exits 0 if the marker came and the command exited 0, 1 otherwise, 2 on
 //! usage or setup errors. Must be linked statically: the nested host has no
 //! libc.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -61,6 +72,12 @@ struct Args {
     /// where a boot spends its time.
     #[arg(long)]
     trace: bool,
+    /// The command is `stratum-jailer`: measure the VMM it starts.
+    #[arg(long, requires = "console_file")]
+    jailed: bool,
+    /// Watch this file for the marker instead of the command's stdout.
+    #[arg(long, value_name = "PATH")]
+    console_file: Option<std::path::PathBuf>,
     /// Command to run and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -103,17 +120,49 @@ fn main() -> ExitCode {
 /// `Ok(true)` if the guest came up and the command exited 0.
 fn run(args: &Args) -> Result<bool> {
     let (program, rest) = args.command.split_first().context("no command given")?;
+    if args.jailed {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("PR_SET_CHILD_SUBREAPER");
+        }
+    }
     let start = Instant::now();
     let mut child = Command::new(program)
         .args(rest)
-        .stdin(Stdio::null())
+        .stdin(if args.jailed {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {program}"))?;
-    let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
     let stdout = child.stdout.take().context("child has no stdout pipe")?;
-    let reader = watch_console(stdout, args.marker.clone(), start, args.trace);
-    let (exit, peaks) = supervise(&mut child, pid, args, start)?;
+    let ended = Arc::new(AtomicBool::new(false));
+    let (pid, reader) = match &args.console_file {
+        Some(file) if args.jailed => {
+            let pid = jailed_pid(&mut child, stdout)?;
+            let reader = watch_file(file.clone(), args, start, Arc::clone(&ended));
+            (pid, reader)
+        }
+        Some(file) => {
+            let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+            (
+                pid,
+                watch_file(file.clone(), args, start, Arc::clone(&ended)),
+            )
+        }
+        None => {
+            let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+            (
+                pid,
+                watch_console(stdout, args.marker.clone(), start, args.trace),
+            )
+        }
+    };
+    let supervised = supervise(pid, args, start);
+    ended.store(true, Ordering::Release);
+    let (exit, peaks) = supervised?;
     // EOF normally follows the exit at once; a leftover grandchild holding
     // the pipe must not defeat the timeout.
     let console = reader
@@ -156,6 +205,88 @@ fn millis(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
+/// The jailed VMM's pid: the jailer's first stdout line. Then the jailer
+/// is let go (stdin closed) and reaped; the VMM becomes our child.
+fn jailed_pid(
+    jailer: &mut std::process::Child,
+    stdout: std::process::ChildStdout,
+) -> Result<libc::pid_t> {
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .context("reading the jailer's pid")?;
+    let pid = line
+        .trim()
+        .parse()
+        .with_context(|| format!("the jailer printed {line:?}, not a pid (its stderr says why)"));
+    drop(jailer.stdin.take());
+    let status = jailer.wait().context("waiting for the jailer")?;
+    if !status.success() {
+        bail!("the jailer failed: {status}");
+    }
+    pid
+}
+
+/// Follows a console log file as the VMM writes it, line by line, until
+/// `ended` is set and nothing more is there; notes when the marker first
+/// appears.
+fn watch_file(
+    path: PathBuf,
+    args: &Args,
+    start: Instant,
+    ended: Arc<AtomicBool>,
+) -> Receiver<Console> {
+    let (marker, trace) = (args.marker.clone(), args.trace);
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut console = Console {
+            marker_at: None,
+            tail: Vec::new(),
+        };
+        let mut file = None;
+        let mut pending = Vec::new();
+        loop {
+            let last_look = ended.load(Ordering::Acquire);
+            if file.is_none() {
+                file = std::fs::File::open(&path).ok();
+            }
+            let mut chunk = Vec::new();
+            if let Some(f) = file.as_mut() {
+                let _ = f.read_to_end(&mut chunk);
+            }
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                console_line(&mut console, &line, &marker, start, trace);
+            }
+            if last_look {
+                break;
+            }
+            if chunk.is_empty() {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let _ = tx.send(console);
+    });
+    rx
+}
+
+/// Notes one console line: the marker's time, the tail.
+fn console_line(console: &mut Console, line: &[u8], marker: &str, start: Instant, trace: bool) {
+    const TAIL: usize = 20;
+    let text = String::from_utf8_lossy(line).trim_end().to_owned();
+    if trace {
+        eprintln!("boot-probe: +{} {text}", millis(start.elapsed()));
+    }
+    if console.marker_at.is_none() && text.contains(marker) {
+        console.marker_at = Some(start.elapsed());
+    }
+    if console.tail.len() == TAIL {
+        console.tail.remove(0);
+    }
+    console.tail.push(text);
+}
+
 /// Reads the child's stdout line by line until EOF, noting when the marker
 /// first appears. Bytes, not `String`s: a console may emit invalid UTF-8.
 fn watch_console(
@@ -164,7 +295,6 @@ fn watch_console(
     start: Instant,
     trace: bool,
 ) -> Receiver<Console> {
-    const TAIL: usize = 20;
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut console = Console {
@@ -174,17 +304,7 @@ fn watch_console(
         let mut reader = BufReader::new(stdout);
         let mut line = Vec::new();
         while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-            let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-            if trace {
-                eprintln!("boot-probe: +{} {text}", millis(start.elapsed()));
-            }
-            if console.marker_at.is_none() && text.contains(&marker) {
-                console.marker_at = Some(start.elapsed());
-            }
-            if console.tail.len() == TAIL {
-                console.tail.remove(0);
-            }
-            console.tail.push(text);
+            console_line(&mut console, &line, &marker, start, trace);
             line.clear();
         }
         let _ = tx.send(console);
@@ -198,14 +318,9 @@ fn watch_console(
 /// A helper thread blocks in `waitid(WNOWAIT)`, which reports the exit at
 /// once without reaping: the pid stays valid, so reading its smaps or
 /// killing it can never hit a recycled pid.
-fn supervise(
-    child: &mut Child,
-    pid: libc::pid_t,
-    args: &Args,
-    start: Instant,
-) -> Result<(Exit, MemPeaks)> {
+fn supervise(pid: libc::pid_t, args: &Args, start: Instant) -> Result<(Exit, MemPeaks)> {
     let (tx, rx) = mpsc::channel();
-    let id = child.id();
+    let id = u32::try_from(pid).context("pid out of range")?;
     thread::spawn(move || {
         let _ = tx.send(wait_exit_nowait(id).map(|()| start.elapsed()));
     });
@@ -227,7 +342,8 @@ fn supervise(
             Err(RecvTimeoutError::Timeout) if start.elapsed() > deadline && !timed_out => {
                 timed_out = true;
                 // Not reaped yet (WNOWAIT), so the pid is still ours.
-                let _ = child.kill();
+                // SAFETY: kill with our unreaped child's pid and a signal.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => bail!("exit watcher vanished"),

@@ -217,10 +217,7 @@ impl NetworkInterfaceBody {
                 ),
             ));
         }
-        if !Path::new("/sys/class/net")
-            .join(&self.host_dev_name)
-            .exists()
-        {
+        if crate::devices::virtio::tap::is_known_missing(&self.host_dev_name) {
             return Err(Error::Net(
                 self.iface_id.clone(),
                 format!("TAP device {} does not exist", self.host_dev_name),

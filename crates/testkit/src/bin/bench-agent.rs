@@ -175,7 +175,12 @@ impl BenchAgent {
                 .map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(&work);
         let vmm = options.vmm.as_deref().unwrap_or(Path::new("/bin/true"));
-        let args = vec!["--vmm".to_string(), vmm.display().to_string()];
+        // VMs are only created here, never started: no jail to check.
+        let args = vec![
+            "--vmm".to_string(),
+            vmm.display().to_string(),
+            "--no-vm-jail".to_string(),
+        ];
         let cgroup_root = format!("bench-agent-{}", std::process::id());
         Ok(BenchAgent {
             process: AgentProcess::start(options.agent_binary(), work, cgroup_root, &args)?,

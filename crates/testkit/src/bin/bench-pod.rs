@@ -348,6 +348,10 @@ impl BenchAgent {
         if help.contains("--pod-cidr") {
             pod_args.extend(["--pod-cidr".into(), POD_CIDR.into()]);
         }
+        if help.contains("--no-vm-jail") {
+            // No VM runs here: /bin/true stands in for vmm.
+            pod_args.push("--no-vm-jail".into());
+        }
         let mut args: Vec<String> = vec![
             // Never started: the bench runs no VM.
             "--vmm".into(),

@@ -47,6 +47,15 @@ pub struct Tap {
     file: File,
 }
 
+/// Whether the host says there is no network device `name`. In a jail
+/// there is no /sys to ask: then nothing is known missing, and an unknown
+/// name fails at TUNSETIFF instead (an unprivileged process cannot create
+/// a device; its launcher checked the name where /sys is).
+pub fn is_known_missing(name: &str) -> bool {
+    let sys = Path::new("/sys/class/net");
+    sys.is_dir() && !sys.join(name).exists()
+}
+
 impl Tap {
     /// Opens the existing TAP device `name`. TUNSETIFF would create a new,
     /// temporary device for an unknown name; an operator who mistyped it
@@ -55,7 +64,7 @@ impl Tap {
         if name.is_empty() || name.len() >= IFNAMSIZ || name.contains('/') {
             return Err(Error::Name(name.to_string()));
         }
-        if !Path::new("/sys/class/net").join(name).exists() {
+        if is_known_missing(name) {
             return Err(Error::Missing(name.to_string()));
         }
         let file = OpenOptions::new()
