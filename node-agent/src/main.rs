@@ -119,6 +119,13 @@ struct Cli {
     /// dropped.
     #[arg(long = "pod-host-service", value_name = "PROTO:PORT", value_parser = parse_host_service)]
     pod_host_services: Vec<(Protocol, u16)>,
+    /// Run pods' containers without user namespaces: container root is
+    /// then host root (held in by capabilities and seccomp only). By
+    /// default each pod gets 65536 host ids of its own from 2000000000 up,
+    /// where the kernel can idmap image layers (else this is the fallback,
+    /// with a warning).
+    #[arg(long)]
+    no_pod_user_namespaces: bool,
     /// Tasks (processes and threads) one pod may have at once.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_POD_PIDS_LIMIT, value_parser = clap::value_parser!(u64).range(1..))]
     pod_pids_limit: u64,
@@ -286,6 +293,7 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
             host_ports: cli.host_port_range.clone(),
             host_services: cli.pod_host_services.clone(),
             pids_limit: cli.pod_pids_limit,
+            user_namespaces: !cli.no_pod_user_namespaces,
             log_rotation: LogRotation::new(
                 cli.container_log_max_size,
                 cli.container_log_max_files,

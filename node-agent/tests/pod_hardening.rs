@@ -7,6 +7,9 @@
 //!   here is one a container could make *without* the profile — the
 //!   capability set alone does not stop it. Each was seen to succeed with
 //!   the profile left out of the spec, and to fail with it.
+//! - User namespaces: each pod's container root is a host uid of the
+//!   pod's own range, which changes the image's root-owned files through
+//!   its idmapped layers while the layers stay as they are.
 //! - Log rotation: a chatty container under a tiny max size keeps at most
 //!   max-files files, and `Logs` (whole, tail, follow) reads across them.
 
@@ -19,7 +22,8 @@ use std::time::{Duration, Instant};
 use stratum_api::proto::pod_service_client::PodServiceClient;
 use stratum_api::proto::{
     ContainerSpec, ContainerState, CreateResourcePoolRequest, ExecSyncResponse, GetPodRequest,
-    LogsRequest, Pod, PodSpec, PodState, ResourcePoolSpec, RunPodRequest, StopPodRequest,
+    LogsRequest, Pod, PodSpec, PodState, RemovePodRequest, ResourcePoolSpec, RunPodRequest,
+    StopPodRequest,
 };
 use stratum_testkit::pod_agent::{self, logs, PodAgent};
 use tonic::transport::Channel;
@@ -262,6 +266,141 @@ async fn pods_run_under_the_default_seccomp_profile() {
         })
         .await
         .expect("stop");
+}
+
+/// The first host id of a `/proc/self/uid_map` line `0 HOST 65536`.
+fn mapped_root(line: &str) -> u32 {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        (fields.first(), fields.get(2)),
+        (Some(&"0"), Some(&"65536")),
+        "uid_map: {line:?}"
+    );
+    fields[1].parse().expect("host id")
+}
+
+fn proc_status_field(pid: u32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Each pod's containers run in a user namespace of the pod's own range:
+/// root inside is an unprivileged host uid, different per pod; it changes
+/// a root-owned file of the image (copied up, owned by its host uid)
+/// while the shared layer stays as it was; stopping and removing the pod
+/// leaves none of its idmapped layer mounts behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_run_in_user_namespaces_of_their_own() {
+    let pa = PodAgent::start("hardening-userns").await;
+    let script = "cat /proc/self/uid_map; echo main up; exec sleep 1000";
+    let one = run(&pa, "one", vec![pa.container("main", script)]).await;
+    let two = run(&pa, "two", vec![pa.container("main", script)]).await;
+    let mut client = pa.pods().await;
+    let mut roots = Vec::new();
+    for pod in [&one, &two] {
+        wait_for_line(&mut client, &pod.id, "main", "main up").await;
+        let log = logs(&mut client, &pod.id, "main", None).await;
+        let root = mapped_root(log.first().map(String::as_str).unwrap_or(""));
+        assert!(root >= 2_000_000_000, "an unprivileged range: {root}");
+        let got = client
+            .get_pod(GetPodRequest { id: pod.id.clone() })
+            .await
+            .expect("get")
+            .into_inner();
+        let pid = got.status.as_ref().unwrap().containers[0].pid;
+        let ids = vec![root.to_string(); 4].join(" ");
+        assert_eq!(
+            proc_status_field(pid, "Uid:"),
+            ids,
+            "the host sees uid {root}"
+        );
+        assert_eq!(proc_status_field(pid, "Gid:"), ids);
+        roots.push(root);
+    }
+    assert_ne!(roots[0], roots[1], "each pod its own range");
+
+    // Root of the container changes a file the image's root owns.
+    let out = exec(
+        &mut client,
+        &one.id,
+        "main",
+        &[
+            "sh",
+            "-c",
+            "id -u; echo changed >> /etc/group && tail -n1 /etc/group; stat -c %u /etc/group",
+        ],
+    )
+    .await;
+    assert_eq!(
+        (out.exit_code, text(&out.stdout).trim()),
+        (0, "0\nchanged\n0"),
+        "{out:?}"
+    );
+    let got = client
+        .get_pod(GetPodRequest { id: one.id.clone() })
+        .await
+        .expect("get")
+        .into_inner();
+    let run_id = &got.status.as_ref().unwrap().containers[0].id;
+    let pod_dir = pa.agent.dir.join("data/pods").join(&one.id);
+    let upper = pod_dir
+        .join("containers")
+        .join(run_id)
+        .join("upper/etc/group");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&upper).expect("copied up").uid(),
+        roots[0],
+        "the change belongs to the container's host uid"
+    );
+    let lower_mounts = |dir: &Path| {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let dir = dir.to_string_lossy().into_owned();
+        mounts
+            .lines()
+            .filter(|l| l.contains(&dir) && l.contains("idmapped"))
+            .count()
+    };
+    assert!(lower_mounts(&pod_dir) > 0, "its layers are idmapped mounts");
+    client
+        .stop_pod(StopPodRequest {
+            id: one.id.clone(),
+            grace_period_seconds: Some(0),
+        })
+        .await
+        .expect("stop");
+    client
+        .remove_pod(RemovePodRequest { id: one.id.clone() })
+        .await
+        .expect("remove");
+    assert_eq!(
+        lower_mounts(&pod_dir),
+        0,
+        "nothing of the pod stays mounted"
+    );
+    // The image itself is as it was: a new pod's container sees no change.
+    let three = run(
+        &pa,
+        "three",
+        vec![pa.container("main", "tail -n1 /etc/group; echo main up; exec sleep 1000")],
+    )
+    .await;
+    wait_for_line(&mut client, &three.id, "main", "main up").await;
+    let log = logs(&mut client, &three.id, "main", None).await;
+    assert_ne!(log.first().map(String::as_str), Some("changed"), "{log:?}");
+    for pod in [two.id, three.id] {
+        client
+            .stop_pod(StopPodRequest {
+                id: pod,
+                grace_period_seconds: Some(0),
+            })
+            .await
+            .expect("stop");
+    }
 }
 
 /// The CRI log files of `container` in `dir`: `<name>.log` and its

@@ -840,11 +840,14 @@ async fn pods_tenants_are_isolated_unless_allowed() {
         ips.insert(name, (pod.id.clone(), status(&pod).ip.clone()));
     }
     // Every server answers the host (which reaches every pod) first.
-    for (_, ip) in ips.values() {
+    for (id, ip) in ips.values() {
         let addr = SocketAddrV4::new(ip.parse().expect("pod ip"), 8080);
         let deadline = Instant::now() + Duration::from_secs(20);
         while http_get(addr).is_err() {
-            assert!(Instant::now() < deadline, "{addr} never answered");
+            if Instant::now() > deadline {
+                let said = logs(&mut client, id, "web", None).await;
+                panic!("{addr} ({id}) never answered; its log: {said:?}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -908,6 +911,9 @@ async fn reaches(
     let out = exec(client, &pods[from].0, "web", &command)
         .await
         .expect("exec");
+    if out.exit_code != 0 {
+        eprintln!("{from} → {to}: {out:?}");
+    }
     out.exit_code == 0
 }
 

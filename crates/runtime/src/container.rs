@@ -37,6 +37,7 @@ use tokio::sync::OnceCell;
 
 use super::cgpath::CgroupMapping;
 use super::error::{Result, RuntimeError};
+use super::idmap::IdMap;
 use super::log_writer::{self, LogRotation};
 use super::logs::LogFollower;
 use super::oci::{self, ContainerStdio, ExecOutput, OciRuntime, RuntimeStatus};
@@ -68,6 +69,9 @@ pub struct ContainerConfig {
     pub limits: CgroupLimits,
     /// Where the CRI log goes (kept after the container is removed).
     pub log_path: PathBuf,
+    /// Run in a user namespace of this mapping ([`crate::idmap`]);
+    /// `None`: container root is host root.
+    pub idmap: Option<IdMap>,
 }
 
 /// The pod a container is created in.
@@ -226,7 +230,7 @@ impl Container {
             ));
         }
         fs::create_dir_all(dir).map_err(RuntimeError::io(dir, "create container directory"))?;
-        let rootfs = Rootfs::prepare(&config.rootfs, dir)?;
+        let rootfs = Rootfs::prepare(&config.rootfs, dir, config.idmap)?;
         let (cgroup, cgroups_path, pid) =
             match Container::prepare(runtime, pod, dir, config, &rootfs).await {
                 Ok(parts) => parts,
@@ -296,6 +300,7 @@ impl Container {
             shm: Some(pod.sandbox.shm_dir()),
             resources,
             cgroups_path: cgroups_path.clone(),
+            idmap: config.idmap,
         })
         .map_err(with_cgroup)?;
         spec::write_config(&spec, dir).map_err(with_cgroup)?;

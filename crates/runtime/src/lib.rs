@@ -39,6 +39,7 @@
 pub mod cgpath;
 pub mod container;
 mod error;
+pub mod idmap;
 pub mod log_writer;
 pub mod logs;
 pub mod mountinfo;
@@ -56,6 +57,7 @@ pub use container::{
     Container, ContainerConfig, ContainerStatus, ExitReason, ExitReport, PodContext,
 };
 pub use error::{Result, RuntimeError};
+pub use idmap::IdMap;
 pub use log_writer::LogRotation;
 pub use logs::{CriLogLine, LogFollower, LogStream, MAX_LOG_LINE};
 pub use oci::{

@@ -25,6 +25,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::error::{Result, RuntimeError};
+use super::idmap::{self, IdMap};
 use super::mountinfo;
 
 /// Longest overlay option string the kernel accepts (one page).
@@ -50,16 +51,68 @@ pub struct Rootfs {
 struct OverlayDirs {
     upper: PathBuf,
     work: PathBuf,
+    /// Mount points of the idmapped layers (`lower/<n>`), when the
+    /// container has a user namespace.
+    lower: PathBuf,
 }
 
 impl Rootfs {
     /// Prepares the root described by `source` for the container whose
-    /// directory is `container_dir`.
-    pub fn prepare(source: &RootfsSource, container_dir: &Path) -> Result<Rootfs> {
-        match source {
-            RootfsSource::Layers(layers) => Rootfs::overlay(layers, container_dir),
-            RootfsSource::Directory(dir) => Rootfs::directory(dir),
+    /// directory is `container_dir`; with `idmap`, for a container in a
+    /// user namespace of that mapping ([`crate::idmap`]).
+    pub fn prepare(
+        source: &RootfsSource,
+        container_dir: &Path,
+        idmap: Option<IdMap>,
+    ) -> Result<Rootfs> {
+        match (source, idmap) {
+            (RootfsSource::Layers(layers), None) => Rootfs::overlay(layers, container_dir),
+            (RootfsSource::Layers(layers), Some(map)) => {
+                Rootfs::overlay_idmapped(layers, container_dir, map)
+            }
+            (RootfsSource::Directory(dir), _) => Rootfs::directory(dir),
         }
+    }
+
+    /// [`Rootfs::overlay`] for a container whose ids `map` shifts: each
+    /// layer is mounted idmapped at `lower/<n>` (host root shows as the
+    /// container's root), the overlay stacks those, and the upper and work
+    /// directories belong to the container's root. On failure whatever was
+    /// mounted is undone.
+    pub fn overlay_idmapped(
+        layers: &[PathBuf],
+        container_dir: &Path,
+        map: IdMap,
+    ) -> Result<Rootfs> {
+        let rootfs = Rootfs::overlay_at(container_dir);
+        let Some(dirs) = rootfs.overlay.as_ref() else {
+            return Err(RuntimeError::invalid(
+                "rootfs",
+                rootfs.path.to_string_lossy(),
+                "not an overlay",
+            ));
+        };
+        let made = (|| {
+            let userns = idmap::user_namespace(map)?;
+            let mut lowers = Vec::with_capacity(layers.len());
+            for (i, layer) in layers.iter().enumerate() {
+                let target = dirs.lower.join(i.to_string());
+                fs::create_dir_all(&target)
+                    .map_err(RuntimeError::io(&target, "create directory"))?;
+                idmap::bind_idmapped(layer, &target, std::os::fd::AsFd::as_fd(&userns))?;
+                lowers.push(target);
+            }
+            for dir in [&dirs.upper, &dirs.work] {
+                fs::create_dir_all(dir).map_err(RuntimeError::io(dir, "create directory"))?;
+                std::os::unix::fs::chown(dir, Some(map.host), Some(map.host))
+                    .map_err(RuntimeError::io(dir, "chown"))?;
+            }
+            Rootfs::overlay(&lowers, container_dir)
+        })();
+        if made.is_err() {
+            let _ = rootfs.remove();
+        }
+        made
     }
 
     /// Mounts an overlay of `layers` (top first) at `container_dir/rootfs`
@@ -116,6 +169,7 @@ impl Rootfs {
             overlay: Some(OverlayDirs {
                 upper: container_dir.join("upper"),
                 work: container_dir.join("work"),
+                lower: container_dir.join("lower"),
             }),
         }
     }
@@ -151,6 +205,23 @@ impl Rootfs {
         };
         if mountinfo::is_mount_point(&self.path)? {
             unmount(&self.path)?;
+        }
+        // The idmapped layers, once nothing stacks on them. Their mount
+        // points are removed with `remove_dir`, never recursively: one
+        // still mounted shows the shared layer, which must not be touched.
+        if let Ok(entries) = fs::read_dir(&dirs.lower) {
+            for entry in entries.flatten() {
+                let mount = entry.path();
+                if mountinfo::is_mount_point(&mount)? {
+                    unmount(&mount)?;
+                }
+                fs::remove_dir(&mount).map_err(RuntimeError::io(&mount, "remove"))?;
+            }
+        }
+        match fs::remove_dir(&dirs.lower) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(RuntimeError::io(&dirs.lower, "remove")(e)),
         }
         for dir in [&self.path, &dirs.upper, &dirs.work] {
             match fs::remove_dir_all(dir) {
@@ -222,7 +293,7 @@ fn cstring(value: &[u8], what: &'static str) -> Result<CString> {
         .map_err(|_| RuntimeError::invalid(what, String::from_utf8_lossy(value), "contains NUL"))
 }
 
-fn mount_overlay(target: &Path, options: &str) -> Result<()> {
+pub(crate) fn mount_overlay(target: &Path, options: &str) -> Result<()> {
     let source = cstring(b"overlay", "mount source")?;
     let target_c = cstring(target.as_os_str().as_bytes(), "mount target")?;
     let data = cstring(options.as_bytes(), "overlay options")?;

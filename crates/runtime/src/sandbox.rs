@@ -146,6 +146,13 @@ impl PodSandbox {
         }
     }
 
+    /// Makes the pod's `/dev/shm` (its tmpfs's root) belong to `id` as
+    /// uid and gid: the containers' root in a pod with a user namespace.
+    pub fn give_shm_to(&self, id: u32) -> Result<()> {
+        let shm = self.shm_dir();
+        std::os::unix::fs::chown(&shm, Some(id), Some(id)).map_err(RuntimeError::io(&shm, "chown"))
+    }
+
     /// The pod's directory.
     pub fn dir(&self) -> &Path {
         &self.dir

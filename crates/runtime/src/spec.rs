@@ -29,13 +29,14 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
 };
 
 use super::error::{Result, RuntimeError};
+use super::idmap::IdMap;
 use super::resources::OciResources;
 use super::sandbox::SandboxNamespaces;
 use super::seccomp::{self, KernelVersion};
@@ -183,6 +184,9 @@ pub struct SpecConfig {
     pub resources: OciResources,
     /// `linux.cgroupsPath` (see `cgpath`).
     pub cgroups_path: String,
+    /// A new user namespace with this mapping (see `idmap`); `None`: the
+    /// host's.
+    pub idmap: Option<IdMap>,
 }
 
 /// Builds the spec.
@@ -220,8 +224,25 @@ pub fn build(config: &SpecConfig) -> Result<Spec> {
         .path(config.rootfs.clone())
         .readonly(config.readonly_rootfs)
         .build()?;
-    let linux = LinuxBuilder::default()
-        .namespaces(namespaces(&config.namespaces)?)
+    let mut namespaces = namespaces(&config.namespaces)?;
+    let mut linux = LinuxBuilder::default();
+    if let Some(map) = config.idmap {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .build()?,
+        );
+        let mapping = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(map.host)
+            .size(map.size)
+            .build()?;
+        linux = linux
+            .uid_mappings(vec![mapping])
+            .gid_mappings(vec![mapping]);
+    }
+    let linux = linux
+        .namespaces(namespaces)
         .resources(resources(&config.resources)?)
         .cgroups_path(PathBuf::from(&config.cgroups_path))
         .masked_paths(DEFAULT_MASKED_PATHS.map(String::from).to_vec())
@@ -235,10 +256,16 @@ pub fn build(config: &SpecConfig) -> Result<Spec> {
         .version(OCI_VERSION)
         .process(process)
         .root(root)
-        .mounts(mounts(config.shm.as_deref())?)
+        .mounts(mounts(config.shm.as_deref(), config.idmap.is_some())?)
         .linux(linux)
         .build()?;
-    spec.set_hostname(config.hostname.clone());
+    // In a user namespace the container may not set the hostname of the
+    // pod's UTS namespace (the host's user namespace owns it); the sandbox
+    // set it already.
+    spec.set_hostname(match config.idmap {
+        None => config.hostname.clone(),
+        Some(_) => None,
+    });
     spec.set_annotations(None);
     Ok(spec)
 }
@@ -313,7 +340,13 @@ fn mount(destination: &str, typ: &str, source: &Path, options: &[&str]) -> Resul
         .build()?)
 }
 
-fn mounts(shm: Option<&Path>) -> Result<Vec<Mount>> {
+/// The container's mounts. In a user namespace, what only the owner of
+/// the pod's IPC and network namespaces (the host's user namespace) may
+/// mount is left out or bound instead: no `/dev/mqueue` (POSIX message
+/// queues still work through `mq_open`, which needs no mount), and `/sys`
+/// a read-only bind of the host's (as runc and crun do for rootless
+/// containers; a new sysfs would need to own the network namespace).
+fn mounts(shm: Option<&Path>, in_userns: bool) -> Result<Vec<Mount>> {
     let shm_mount = match shm {
         Some(dir) => mount(
             "/dev/shm",
@@ -328,7 +361,7 @@ fn mounts(shm: Option<&Path>) -> Result<Vec<Mount>> {
             &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
         )?,
     };
-    Ok(vec![
+    let mut all = vec![
         mount(
             "/proc",
             "proc",
@@ -367,7 +400,19 @@ fn mounts(shm: Option<&Path>) -> Result<Vec<Mount>> {
             Path::new("sysfs"),
             &["nosuid", "noexec", "nodev", "ro"],
         )?,
-    ])
+    ];
+    if in_userns {
+        all.retain(|m| {
+            m.destination() != Path::new("/dev/mqueue") && m.destination() != Path::new("/sys")
+        });
+        all.push(mount(
+            "/sys",
+            "bind",
+            Path::new("/sys"),
+            &["rbind", "nosuid", "noexec", "nodev", "ro"],
+        )?);
+    }
+    Ok(all)
 }
 
 #[cfg(test)]
@@ -395,6 +440,7 @@ mod tests {
                 unified: Default::default(),
             },
             cgroups_path: "/stratum/pool-1/pod-7/ctr-1".into(),
+            idmap: None,
         }
     }
 
@@ -533,6 +579,47 @@ mod tests {
         assert_eq!(res["memory"].get("limit"), None);
         assert_eq!(res["cpu"].get("quota"), None);
         assert_eq!(json["mounts"][3]["type"], "tmpfs");
+    }
+
+    #[test]
+    fn runtime_spec_in_a_user_namespace_maps_ids_and_drops_what_it_cannot_own() {
+        let config = SpecConfig {
+            idmap: Some(IdMap::pod(2_000_000_000).unwrap()),
+            ..config()
+        };
+        let json = serde_json::to_value(build(&config).unwrap()).unwrap();
+        let linux = &json["linux"];
+        let ns: Vec<_> = linux["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["type"].as_str().unwrap(), n.get("path").is_some()))
+            .collect();
+        assert!(
+            ns.contains(&("user", false)),
+            "a new user namespace: {ns:?}"
+        );
+        for ids in ["uidMappings", "gidMappings"] {
+            assert_eq!(
+                linux[ids],
+                serde_json::json!([{"containerID": 0, "hostID": 2_000_000_000u32, "size": 65536}])
+            );
+        }
+        let mounts: Vec<_> = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["destination"].as_str().unwrap())
+            .collect();
+        assert!(!mounts.contains(&"/dev/mqueue"), "{mounts:?}");
+        let sys = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/sys")
+            .unwrap();
+        assert_eq!(sys["type"], "bind", "{sys}");
+        assert!(json.get("hostname").is_none(), "the sandbox set it");
     }
 
     #[test]

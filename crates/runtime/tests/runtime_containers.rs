@@ -156,6 +156,7 @@ impl Fixture {
             readonly_rootfs: false,
             limits,
             log_path: self.base.join("logs").join(format!("{id}.log")),
+            idmap: None,
         }
     }
 

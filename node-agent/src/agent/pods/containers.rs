@@ -152,6 +152,13 @@ impl PodManager {
         let process = spec::process(&container, lease.record())?;
         let lowerdirs = lease.lowerdirs().to_vec();
         let run_number = entry.record.containers.get(i).map_or(0, |c| c.runs);
+        let idmap = match entry.record.uid_base {
+            0 => None,
+            base => Some(
+                stratum_runtime::IdMap::pod(base)
+                    .map_err(|e| AgentError::Internal(format!("pod {pod_id}: {e}")))?,
+            ),
+        };
         let id = format!("{pod_id}-{name}-{run_number}");
         let dir = self
             .shared
@@ -166,6 +173,7 @@ impl PodManager {
             readonly_rootfs: false,
             limits: spec::container_limits(&container),
             log_path: self.pod_log_path(pod_id, name),
+            idmap,
         };
         self.update_pod_locked(&mut state, pod_id, |record| {
             if let Some((status, runtime)) = container_mut(record, name) {

@@ -36,6 +36,9 @@ pub struct PodHostConfig {
     pub host_services: Vec<(Protocol, u16)>,
     /// Tasks (processes and threads) one pod may have at once.
     pub pids_limit: u64,
+    /// Run each pod's containers in a user namespace of the pod's own
+    /// (where the kernel can idmap their layers: checked at set-up).
+    pub user_namespaces: bool,
 }
 
 /// A pod's task limit by default: far above what a service runs, far
@@ -55,15 +58,24 @@ impl Default for PodHostConfig {
             host_ports: DEFAULT_HOST_PORTS,
             host_services: Vec::new(),
             pids_limit: DEFAULT_POD_PIDS_LIMIT,
+            user_namespaces: true,
         }
     }
 }
+
+/// The first uid of pod user namespace ranges: above the VM jail's
+/// default range, 65536 ids per pod.
+pub const POD_UID_BASE: u32 = 2_000_000_000;
+/// Pods with user namespaces at once (ranges up to 2^31).
+pub const POD_UID_SLOTS: u32 = 1024;
 
 /// The runtime, mapping and network every pod shares.
 pub struct PodHost {
     pub runtime: OciRuntime,
     pub mapping: CgroupMapping,
     pub network: PodNetwork,
+    /// Pods get user namespaces (configured, and the kernel can).
+    pub user_namespaces: bool,
 }
 
 impl PodManager {
@@ -99,17 +111,46 @@ impl PodManager {
         // The network's tables live in the agent's state file.
         let network = PodNetwork::open_shared(net, self.shared.journal.store().database()).await?;
         sync_policies(&network, &pods.allow).await?;
+        let user_namespaces = pods.user_namespaces && self.can_use_user_namespaces(&runtime);
         tracing::info!(
             runtime = %runtime.binary().display(),
             bridge = %pods.bridge,
             cidr = %pods.cidr,
+            user_namespaces,
             "pod support ready"
         );
         Ok(PodHost {
             runtime,
             mapping,
             network,
+            user_namespaces,
         })
+    }
+
+    /// Whether pods can have user namespaces here: the runtime is crun
+    /// (runc 1.1 cannot `exec` into a container whose user namespace does
+    /// not own the pod's IPC namespace: it joins the user namespace first)
+    /// and the image store's file system and the kernel idmap layers under
+    /// an overlay (a probe in the data directory). If not, pods run
+    /// without, with a warning.
+    fn can_use_user_namespaces(&self, runtime: &OciRuntime) -> bool {
+        if runtime.kind() != stratum_runtime::oci::RuntimeKind::Crun {
+            tracing::warn!(
+                "pods run without user namespaces (container root is host root): {} cannot exec into them; use crun",
+                runtime.binary().display()
+            );
+            return false;
+        }
+        let scratch = self.shared.config.data_dir.join(".idmap-probe");
+        match stratum_runtime::idmap::probe(&scratch) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "pods run without user namespaces (container root is host root): this kernel or file system cannot idmap image layers: {e}"
+                );
+                false
+            }
+        }
     }
 }
 

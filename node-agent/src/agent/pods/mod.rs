@@ -209,7 +209,7 @@ impl PodManager {
         let leases = self.lease_images(&spec.containers)?;
         let pool = pool_id_or_root(&spec.pool_id);
         let id = format!("pod-{}", self.shared.next_id()?);
-        let namespace = self.admit_pod(&id, &spec, &pool, &sizing, leases)?;
+        let namespace = self.admit_pod(&id, &spec, &pool, &sizing, leases, host.user_namespaces)?;
         let live = match self.set_up_sandbox(&host, &id, &spec, &namespace).await {
             Ok(live) => live,
             Err(e) => {
@@ -285,6 +285,7 @@ impl PodManager {
         pool: &PoolId,
         sizing: &PodSizing,
         leases: BTreeMap<String, ImageLease>,
+        user_namespaces: bool,
     ) -> Result<String> {
         let mut state = self.write_state();
         // The namespace is the pool's: a pod naming another would join
@@ -308,6 +309,11 @@ impl PodManager {
                 spec.name
             )));
         }
+        let uid_base = if user_namespaces {
+            free_uid_base(&state)?
+        } else {
+            0
+        };
         let workload = WorkloadId::from(id);
         self.pools
             .add_admitted(Workload::pod(workload.clone(), pool.clone(), sizing)?)?;
@@ -337,6 +343,7 @@ impl PodManager {
             }),
             containers: vec![ContainerRuntime::default(); spec.containers.len()],
             cgroup_path: String::new(),
+            uid_base,
         };
         if let Err(e) = self.stage_pod(Change::PutPod(Box::new(record.clone()))) {
             self.pools.remove_workload(id);
@@ -397,10 +404,24 @@ impl PodManager {
         };
         let dir = self.shared.config.pod_dir(id).join("sandbox");
         let network = SandboxNetwork::Existing(attachment.netns.clone());
-        let created =
-            tokio::task::spawn_blocking(move || PodSandbox::create(&dir, &hostname, network))
-                .await
-                .map_err(|e| AgentError::Internal(format!("sandbox task: {e}")));
+        let uid_base = self
+            .read_state()
+            .pods
+            .get(id)
+            .map_or(0, |p| p.record.uid_base);
+        let created = tokio::task::spawn_blocking(move || {
+            let sandbox = PodSandbox::create(&dir, &hostname, network)?;
+            if uid_base != 0 {
+                // The pod's /dev/shm belongs to its containers' root.
+                if let Err(e) = sandbox.give_shm_to(uid_base) {
+                    let _ = sandbox.remove();
+                    return Err(e);
+                }
+            }
+            Ok(sandbox)
+        })
+        .await
+        .map_err(|e| AgentError::Internal(format!("sandbox task: {e}")));
         match created {
             Ok(Ok(sandbox)) => Ok(PodLive {
                 sandbox,
@@ -664,6 +685,21 @@ impl PodManager {
             .join("logs")
             .join(format!("{container}.log"))
     }
+}
+
+/// The lowest pod user namespace range no stored pod holds.
+fn free_uid_base(state: &State) -> Result<u32> {
+    let used: std::collections::BTreeSet<u32> =
+        state.pods.values().map(|p| p.record.uid_base).collect();
+    (0..host::POD_UID_SLOTS)
+        .map(|slot| host::POD_UID_BASE + slot * stratum_runtime::idmap::IDS_PER_POD)
+        .find(|base| !used.contains(base))
+        .ok_or_else(|| {
+            AgentError::ResourceExhausted(format!(
+                "all {} pod user namespace ranges are taken",
+                host::POD_UID_SLOTS
+            ))
+        })
 }
 
 fn pod_entry<'a>(state: &'a State, id: &str) -> Result<&'a PodEntry> {
