@@ -182,12 +182,11 @@ pub(crate) fn read_pid(jailer: &mut Child, timeout: Duration) -> Result<Option<u
     let mut buf = [0u8; 32];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let ready = pidfd::poll_readable(stdout.as_fd(), left).map_err(|source| {
-            LaunchError::Process {
+        let ready =
+            pidfd::poll_readable(stdout.as_fd(), left).map_err(|source| LaunchError::Process {
                 op: "poll the jailer's output",
                 source,
-            }
-        })?;
+            })?;
         if left.is_zero() || !ready {
             return Err(LaunchError::JailTimeout(timeout));
         }
