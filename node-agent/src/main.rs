@@ -360,10 +360,17 @@ fn vm_jail(cli: &Cli, vmm_binary: &Path) -> anyhow::Result<Option<VmJail>> {
         "the vmm binary {} is dynamically linked, but its jail holds no libraries: use a static build (make static) or --no-vm-jail to debug",
         vmm_binary.display()
     );
-    Ok(Some(VmJail {
-        jailer,
-        ids: cli.vm_uid_range.clone(),
-    }))
+    let ids = cli.vm_uid_range.clone();
+    let pods = node_agent::agent::pods::pod_uid_range();
+    anyhow::ensure!(
+        ids.end() < pods.start() || ids.start() > pods.end(),
+        "--vm-uid-range {}-{} overlaps the pods' user namespace ids {}-{}",
+        ids.start(),
+        ids.end(),
+        pods.start(),
+        pods.end()
+    );
+    Ok(Some(VmJail { jailer, ids }))
 }
 
 /// A development PKI on first start, when the cert dir holds nothing; on

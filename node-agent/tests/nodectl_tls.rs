@@ -1,8 +1,9 @@
 //! mTLS by default, end to end: the agent makes its development PKI on
 //! first start and requires client certificates; `nodectl` with the
 //! client certificate gets through, without it (or in plaintext) it does
-//! not; plaintext off loopback is refused at start. Also nodectl's pool and
-//! VM commands against the real agent.
+//! not; plaintext off loopback is refused at start, as is a VM jail that
+//! cannot work. Also nodectl's pool and VM commands against the real
+//! agent.
 
 // Test helpers may panic: a broken fixture fails the test that uses it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -99,4 +100,50 @@ fn plaintext_off_loopback_is_refused_at_start() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("loopback"), "{err}");
+}
+
+/// What the VM jail needs is checked at start, each with its reason: a
+/// dynamically linked vmm (its jail holds no libraries), a missing
+/// jailer, VM uids that overlap the pods' user namespace ids.
+#[test]
+fn a_vm_jail_that_cannot_work_is_refused_at_start() {
+    let data = std::env::temp_dir().join(format!("stratum-jailcheck-{}", std::process::id()));
+    let start = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_node-agent"))
+            .args([
+                "--insecure-plaintext",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(&data)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let vmm = stratum_testkit::test_agent::vmm_binary();
+    let vmm = vmm.to_str().unwrap();
+    let (code, err) = start(&["--vmm", "/bin/ls"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("dynamically linked") && err.contains("--no-vm-jail"),
+        "{err}"
+    );
+    let (code, err) = start(&["--vmm", vmm, "--jailer", "/no/such/jailer"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("the jailer /no/such/jailer is missing"),
+        "{err}"
+    );
+    let (code, err) = start(&["--vmm", vmm, "--vm-uid-range", "2000000000-2000000010"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("overlaps the pods' user namespace ids"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&data);
 }

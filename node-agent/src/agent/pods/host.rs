@@ -69,6 +69,11 @@ pub const POD_UID_BASE: u32 = 2_000_000_000;
 /// Pods with user namespaces at once (ranges up to 2^31).
 pub const POD_UID_SLOTS: u32 = 1024;
 
+/// Every host id a pod's user namespace may map to.
+pub fn pod_uid_range() -> RangeInclusive<u32> {
+    POD_UID_BASE..=POD_UID_BASE + POD_UID_SLOTS * stratum_runtime::idmap::IDS_PER_POD - 1
+}
+
 /// The runtime, mapping and network every pod shares.
 pub struct PodHost {
     pub runtime: OciRuntime,

@@ -56,7 +56,7 @@ use stratum_pool::{PodSizing, PoolId, Workload, WorkloadId};
 use stratum_runtime::{Container, PodNetwork as SandboxNetwork, PodSandbox};
 
 pub use self::containers::live_usage;
-pub use self::host::{PodHost, PodHostConfig, DEFAULT_POD_PIDS_LIMIT};
+pub use self::host::{pod_uid_range, PodHost, PodHostConfig, DEFAULT_POD_PIDS_LIMIT};
 
 /// StopPod and StopContainer without a grace period.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
