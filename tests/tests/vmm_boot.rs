@@ -197,6 +197,9 @@ fn console_input_reaches_the_guest_whole() {
          bytes {PASTE_SECS} {FLOW_BYTES} FLOW; rx END\n"
     );
     let cmdline = run_cmdline(CMDLINE, &guest).unwrap_or_else(|e| panic!("{e}"));
+    // The console log exists before vmm starts: the background job opens
+    // it whenever it is scheduled, and `tail -f` gives up on a missing
+    // file (seen on a loaded machine: no guest line reached the test).
     let script = format!(
         "sha() {{ echo HOST-$1-BYTES=$(wc -c < /tmp/$1) HOST-$1-LINES=$(wc -l < /tmp/$1) \
          HOST-$1-SHA=$(sha256sum < /tmp/$1 | cut -c1-64); }}\n\
@@ -205,8 +208,9 @@ fn console_input_reaches_the_guest_whole() {
          head -c {line_random} /dev/urandom | base64 -w {LINE_CHARS} > /tmp/LINES; sha LINES\n\
          head -c {FLOW_BYTES} /dev/urandom > /tmp/FLOW; sha FLOW\n\
          mkfifo /tmp/in && exec 3<>/tmp/in\n\
+         : > /tmp/console.log\n\
          vmm --kernel {GUEST_VMLINUX} --initrd {GUEST_INITRAMFS} --memory 256 \
-         --cmdline '{cmdline}' < /tmp/in > /tmp/console.log 2>&1 &\n\
+         --cmdline '{cmdline}' < /tmp/in >> /tmp/console.log 2>&1 &\n\
          VMM=$!\n\
          tail -f /tmp/console.log | grep -a GUEST- &\n\
          cat /tmp/EARLY >&3\n\

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use stratum_jail::{Bind, JailSpec};
 use stratum_process::pidfd;
 
-use super::launch::{DiskSpec, LaunchError, VmProcessSpec};
+use super::launch::{vmm_args, DiskSpec, LaunchError, VmProcessSpec};
 use super::run_dir::RunDir;
 use super::tap;
 
@@ -105,16 +105,15 @@ pub(crate) fn prepare(
     }
     jail.max_file_size = Some(largest_file);
     let in_run = |name: &Path| jail_run.join(name.file_name().unwrap_or_default());
-    jail.args = [
-        "--api-sock".into(),
-        in_run(&run_dir.api_sock()).display().to_string(),
-        "--id".into(),
-        spec.id.clone(),
-        "--console".into(),
-        in_run(&run_dir.console_log()).display().to_string(),
-        "--no-console-input".into(),
-    ]
-    .into();
+    let args = vmm_args(
+        &in_run(&run_dir.api_sock()),
+        &spec.id,
+        &in_run(&run_dir.console_log()),
+    );
+    jail.args = args
+        .iter()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
     remake_run_dir(run_dir, config)?;
     Ok((jail, inside))
 }

@@ -10,6 +10,12 @@
 //!   or terminal never reach it, and no `PR_SET_PDEATHSIG` is set. Its
 //!   stdin/stdout are /dev/null (no pipe to the agent that could break) and
 //!   stderr goes to `vmm.stderr` in the run directory.
+//! - In a jail ([`LaunchOptions::jail`], see [`crate::jail`]) the child
+//!   is `stratum-jailer`, which starts vmm in its namespaces and prints
+//!   its pid; the launch then holds vmm by a pidfd opened while the jailer
+//!   still keeps it from being reaped, and configures it with the paths it
+//!   sees inside (`/vm/kernel`, `/vm/disk0`, …). The jailer's own failure
+//!   comes back like vmm's: its exit and its stderr.
 //! - Configuration goes through the API rather than the command line so
 //!   that each refusal comes back as vmm's own `fault_message` for the step
 //!   that failed (machine-config, boot-source, a drive, a NIC, the start).
@@ -314,7 +320,7 @@ fn prepare_run_dir(run_dir: &RunDir) -> Result<(), LaunchError> {
 }
 
 /// vmm's command line: API socket, id, console log, no console input.
-fn vmm_args(api_sock: &Path, id: &str, console: &Path) -> Vec<OsString> {
+pub(crate) fn vmm_args(api_sock: &Path, id: &str, console: &Path) -> Vec<OsString> {
     vec![
         "--api-sock".into(),
         api_sock.into(),
