@@ -63,8 +63,13 @@ struct Sample {
     init_ms: f64,
     exit_ms: f64,
     peak_rss_kib: f64,
+    /// Page faults of the VMM process (KVM's on the guest's first touches
+    /// included).
+    min_faults: f64,
     /// NaN for runs without smaps sampling.
     overhead_kib: f64,
+    /// Guest RAM backed by huge pages; NaN without smaps sampling.
+    huge_kib: f64,
 }
 
 fn main() -> ExitCode {
@@ -244,11 +249,13 @@ fn parse_sample(f: &BTreeMap<&str, &str>, sampled: bool) -> Result<Sample> {
         init_ms: num("init_ms").context(format!("guest never printed {MARKER}"))?,
         exit_ms: num("exit_ms")?,
         peak_rss_kib: num("peak_rss_kib")?,
+        min_faults: num("minflt")?,
         overhead_kib: if sampled {
             num("overhead_kib")?
         } else {
             f64::NAN
         },
+        huge_kib: if sampled { num("huge_kib")? } else { f64::NAN },
     })
 }
 
@@ -262,13 +269,15 @@ type Samples = BTreeMap<&'static str, Vec<Sample>>;
 /// sampled ones.
 fn print_table(samples: &Samples, args: &Args) {
     type Metric = (&'static str, &'static str, &'static str, fn(&Sample) -> f64);
-    let metrics: [Metric; 4] = [
+    let metrics: [Metric; 6] = [
         ("time to STRATUM-GUEST-UP", "ms", TIME, |s| s.init_ms),
         ("time to process exit", "ms", TIME, |s| s.exit_ms),
         ("peak RSS (ru_maxrss)", "KiB", TIME, |s| s.peak_rss_kib),
+        ("page faults (ru_minflt)", "", TIME, |s| s.min_faults),
         ("peak overhead (RSS - guest RAM)", "KiB", MEM, |s| {
             s.overhead_kib
         }),
+        ("guest RAM in huge pages", "KiB", MEM, |s| s.huge_kib),
     ];
     let get = |vmm: &str, kind: &str, metric: fn(&Sample) -> f64| {
         let list = samples.get(format!("{vmm}-{kind}").as_str());
@@ -292,7 +301,11 @@ fn print_table(samples: &Samples, args: &Args) {
             get("bare", kind, metric),
             get("qemu", kind, metric),
         );
-        let label = format!("{name} [{unit}]");
+        let label = if unit.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name} [{unit}]")
+        };
         println!(
             "{label:<38} | {:<26} | {:<26} | {:<26} | {:<26} | {:<9.2} | {:<8.2} | {:.2}",
             cell(&jail),

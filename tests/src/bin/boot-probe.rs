@@ -15,6 +15,11 @@
 //!   (`none` if it never came);
 //! * `exit_ms`: process start until the process exited;
 //! * `peak_rss_kib`: `ru_maxrss` from `wait4`;
+//! * `minflt`: `ru_minflt` from `wait4`: page faults the VMM process took,
+//!   including those KVM takes on its behalf when the guest first touches
+//!   a page (one per 4 KiB page, or one per 2 MiB huge page);
+//! * `huge_kib`: the peak of `AnonHugePages` over the guest-RAM mappings
+//!   (sampled runs only): how much guest RAM transparent huge pages back;
 //! * `overhead_kib`: the peak, over all samples, of the VMM's own memory.
 //!   Every `--sample-ms` the probe reads `/proc/<pid>/smaps` and computes
 //!   `sum(Rss of all mappings) - sum(Rss of guest-RAM mappings)`, where a
@@ -95,6 +100,7 @@ struct Console {
 struct MemPeaks {
     overhead_kib: u64,
     guest_kib: u64,
+    guest_huge_kib: u64,
     samples: u64,
 }
 
@@ -102,6 +108,7 @@ struct Exit {
     after: Duration,
     status: String,
     max_rss_kib: i64,
+    min_faults: i64,
     timed_out: bool,
 }
 
@@ -190,13 +197,19 @@ fn report(args: &Args, console: &Console, exit: &Exit, peaks: &MemPeaks) {
     } else {
         &exit.status
     };
+    let huge = if peaks.samples > 0 {
+        peaks.guest_huge_kib.to_string()
+    } else {
+        "none".to_owned()
+    };
     println!(
         "BENCH label={} init_ms={init_ms} exit_ms={} peak_rss_kib={} overhead_kib={overhead} \
-         guest_rss_kib={} samples={} status={status}",
+         guest_rss_kib={} huge_kib={huge} minflt={} samples={} status={status}",
         args.label,
         millis(exit.after),
         exit.max_rss_kib,
         peaks.guest_kib,
+        exit.min_faults,
         peaks.samples,
     );
 }
@@ -332,9 +345,10 @@ fn supervise(pid: libc::pid_t, args: &Args, start: Instant) -> Result<(Exit, Mem
     let mut peaks = MemPeaks::default();
     let mut timed_out = false;
     let after = loop {
-        if let Some((total, guest)) = sampling.then(|| sample_smaps(pid, guest_min_kib)).flatten() {
-            peaks.overhead_kib = peaks.overhead_kib.max(total.saturating_sub(guest));
-            peaks.guest_kib = peaks.guest_kib.max(guest);
+        if let Some(rss) = sampling.then(|| sample_smaps(pid, guest_min_kib)).flatten() {
+            peaks.overhead_kib = peaks.overhead_kib.max(rss.total.saturating_sub(rss.guest));
+            peaks.guest_kib = peaks.guest_kib.max(rss.guest);
+            peaks.guest_huge_kib = peaks.guest_huge_kib.max(rss.guest_huge);
             peaks.samples += 1;
         }
         match rx.recv_timeout(interval) {
@@ -349,11 +363,12 @@ fn supervise(pid: libc::pid_t, args: &Args, start: Instant) -> Result<(Exit, Mem
             Err(RecvTimeoutError::Disconnected) => bail!("exit watcher vanished"),
         }
     };
-    let (status, max_rss_kib) = reap(pid)?;
+    let (status, usage) = reap(pid)?;
     let exit = Exit {
         after,
         status,
-        max_rss_kib,
+        max_rss_kib: usage.ru_maxrss,
+        min_faults: usage.ru_minflt,
         timed_out,
     };
     Ok((exit, peaks))
@@ -377,8 +392,8 @@ fn wait_exit_nowait(pid: u32) -> Result<()> {
     }
 }
 
-/// Reaps the exited child: (`exit:N` or `signal:N`, ru_maxrss in KiB).
-fn reap(pid: libc::pid_t) -> Result<(String, i64)> {
+/// Reaps the exited child: (`exit:N` or `signal:N`, its resource usage).
+fn reap(pid: libc::pid_t) -> Result<(String, libc::rusage)> {
     let mut status = 0;
     // SAFETY: rusage is plain old data; all zeroes is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -392,22 +407,31 @@ fn reap(pid: libc::pid_t) -> Result<(String, i64)> {
     } else {
         format!("signal:{}", libc::WTERMSIG(status))
     };
-    Ok((text, usage.ru_maxrss))
+    Ok((text, usage))
 }
 
-/// (total Rss, Rss of guest-RAM mappings) in KiB; `None` if smaps is gone
-/// or unreadable (e.g. the process is exiting).
-fn sample_smaps(pid: libc::pid_t, guest_min_kib: u64) -> Option<(u64, u64)> {
+/// One smaps sample, in KiB.
+#[derive(Debug, PartialEq, Eq)]
+struct Rss {
+    total: u64,
+    /// Rss of the guest-RAM mappings.
+    guest: u64,
+    /// AnonHugePages of the guest-RAM mappings.
+    guest_huge: u64,
+}
+
+/// `None` if smaps is gone or unreadable (e.g. the process is exiting).
+fn sample_smaps(pid: libc::pid_t, guest_min_kib: u64) -> Option<Rss> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    let (total, guest) = parse_smaps(&text, guest_min_kib);
+    let rss = parse_smaps(&text, guest_min_kib);
     // A zombie has an empty smaps; that is no sample.
-    (total > 0).then_some((total, guest))
+    (rss.total > 0).then_some(rss)
 }
 
-/// Sums Rss over all mappings and over the guest-RAM ones: anonymous
-/// mappings (inode 0, no path) of at least `guest_min_kib`.
-fn parse_smaps(text: &str, guest_min_kib: u64) -> (u64, u64) {
-    let (mut total, mut guest) = (0, 0);
+/// Sums Rss over all mappings and Rss and AnonHugePages over the guest-RAM
+/// ones: anonymous mappings (inode 0, no path) of at least `guest_min_kib`.
+fn parse_smaps(text: &str, guest_min_kib: u64) -> Rss {
+    let (mut total, mut guest, mut guest_huge) = (0, 0, 0);
     let mut is_guest = false;
     for line in text.lines() {
         let mut fields = line.split_whitespace();
@@ -423,9 +447,15 @@ fn parse_smaps(text: &str, guest_min_kib: u64) -> (u64, u64) {
             if is_guest {
                 guest += kib;
             }
+        } else if first == "AnonHugePages:" && is_guest {
+            guest_huge += fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
         }
     }
-    (total, guest)
+    Rss {
+        total,
+        guest,
+        guest_huge,
+    }
 }
 
 /// Size of the mapping if `token` is a smaps header's `start-end` range.
@@ -449,12 +479,20 @@ Rss:                1000 kB
 7f0000000000-7f0010000000 rw-p 00000000 00:00 0
 Size:             262144 kB
 Rss:               30000 kB
+AnonHugePages:     28672 kB
 7f0010000000-7f0010100000 rw-p 00000000 00:00 0
 Size:               1024 kB
 Rss:                 200 kB
 7ffd00000000-7ffd10000000 rw-p 00000000 00:00 0 [stack]
 Rss:                  50 kB
 ";
-        assert_eq!(parse_smaps(smaps, 128 * 1024), (31250, 30000));
+        assert_eq!(
+            parse_smaps(smaps, 128 * 1024),
+            Rss {
+                total: 31250,
+                guest: 30000,
+                guest_huge: 28672
+            }
+        );
     }
 }
