@@ -90,11 +90,13 @@ fn mtls_is_required_and_nodectl_drives_the_agent() {
 
 #[test]
 fn plaintext_off_loopback_is_refused_at_start() {
+    // The agent makes its data dir before it refuses: a temporary one.
+    let data = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_node-agent"))
         .args(["--insecure-plaintext", "--listen", "0.0.0.0:0", "--vmm"])
         .arg(stratum_testkit::test_agent::vmm_binary())
         .arg("--data-dir")
-        .arg(std::env::temp_dir().join(format!("stratum-plain-{}", std::process::id())))
+        .arg(data.path().join("data"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
