@@ -28,9 +28,9 @@ STATIC_CARGO := RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --relea
 
 DEB_PACKAGES := qemu-system-x86 busybox-static cpio linux-source-6.1 \
 	build-essential flex bison bc libelf-dev libssl-dev xz-utils kmod \
-	docker-registry skopeo umoci nftables crun runc
+	docker-registry skopeo umoci nftables crun runc mtools dosfstools mmdebstrap
 
-.PHONY: all deps bench-pod-deps images static build run run-vm test bench fuzz fuzz-test fmt lint clean
+.PHONY: all deps bench-pod-deps images node-image static build run run-vm test bench fuzz fuzz-test fmt lint clean
 
 all: build
 
@@ -46,9 +46,16 @@ bench-pod-deps: deps
 images: deps
 	guest-images/build-all.sh
 
+# The node image (guest-images/node-image.sh): Debian 12 with cloud-init and
+# the guest agent, on Debian's stock cloud kernel. Needs the static agent.
+node-image: deps static
+	guest-images/node-image.sh $(STATIC_BIN)/stratum-guest
+
 static:
 	$(STATIC_CARGO) -p vmm --bin vmm -p stratum-jail --bin stratum-jailer
-	$(STATIC_CARGO) -p stratum-tests --bin boot-probe --bin api-call --bin mktap --bin vsock-host
+	$(STATIC_CARGO) -p stratum-guest --bin stratum-guest
+	$(STATIC_CARGO) -p stratum-tests --bin boot-probe --bin api-call --bin mktap --bin vsock-host \
+		--bin guest-probe
 	$(STATIC_CARGO) -p node-agent --bin node-agent -p nodectl --bin nodectl \
 		-p stratum-runtime --bin stratum-log-writer
 
@@ -74,13 +81,13 @@ run-vm: images static
 # Tests drive the workspace's binaries (an agent test runs nodectl), and
 # cargo builds a package's binaries for tests only when that package has
 # integration tests of its own: every binary is built first.
-test: deps images static
+test: deps images static node-image
 	$(MAKE) lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) fuzz-test
 
-bench: images static bench-pod-deps
+bench: images static node-image bench-pod-deps
 	$(CARGO) run -q --release -p stratum-tests --bin bench-boot
 	$(CARGO) run -q --release -p stratum-tests --bin bench-io
 	$(CARGO) run -q --release -p stratum-tests --bin bench-vsock

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetch Debian's cloud kernel + KVM modules for the nested test host.
-# Outputs (symlinks): host-vmlinuz, host-modules/{irqbypass,kvm,kvm-amd,tun}.ko
-# and the vhost-vsock modules QEMU's vsock device needs in `make bench`.
+# Outputs (symlinks): host-vmlinuz, host-modules/{irqbypass,kvm,kvm-amd,tun}.ko,
+# the vhost-vsock modules QEMU's vsock device needs in `make bench`, and
+# virtio-pci + virtio-blk for the disks a scenario attaches (the node image).
 set -euo pipefail
 # shellcheck source=guest-images/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -37,7 +38,9 @@ if [[ ! -f "$out/.done" ]]; then
     # vhost_vsock (with what it needs) /dev/vhost-vsock for QEMU's vsock.
     for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tun \
         drivers/vhost/vhost_iotlb drivers/vhost/vhost net/vmw_vsock/vsock \
-        net/vmw_vsock/vmw_vsock_virtio_transport_common drivers/vhost/vhost_vsock; do
+        net/vmw_vsock/vmw_vsock_virtio_transport_common drivers/vhost/vhost_vsock \
+        drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_legacy_dev \
+        drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci drivers/block/virtio_blk; do
         name=$(basename "$m")
         if [[ -f "$moddir/$m.ko.xz" ]]; then
             # busybox insmod cannot read compressed modules.

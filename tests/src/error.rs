@@ -25,6 +25,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A scenario's drive has a path QEMU's `-drive file=` cannot carry.
+    #[error("drive path {} is not UTF-8 or contains a comma", .0.display())]
+    BadDrivePath(PathBuf),
+
     /// A destination path of a scenario file is unusable inside the host.
     #[error("invalid destination path {dest:?} in the nested host: {reason}")]
     InvalidDest { dest: String, reason: &'static str },

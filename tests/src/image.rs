@@ -12,8 +12,9 @@ use crate::Inputs;
 
 /// Directory holding the KVM modules inside the host (see `host-init`).
 pub const HOST_MODULE_DIR: &str = "/lib/modules/kvm";
-/// Kernel modules in load order: KVM, TUN, vhost-vsock (see `host-init`).
-pub const HOST_MODULES: [&str; 9] = [
+/// Kernel modules in load order: KVM, TUN, vhost-vsock, virtio-blk over
+/// virtio-pci (see `host-init`).
+pub const HOST_MODULES: [&str; 15] = [
     "irqbypass.ko",
     "kvm.ko",
     "kvm-amd.ko",
@@ -23,6 +24,12 @@ pub const HOST_MODULES: [&str; 9] = [
     "vsock.ko",
     "vmw_vsock_virtio_transport_common.ko",
     "vhost_vsock.ko",
+    "virtio_ring.ko",
+    "virtio.ko",
+    "virtio_pci_legacy_dev.ko",
+    "virtio_pci_modern_dev.ko",
+    "virtio_pci.ko",
+    "virtio_blk.ko",
 ];
 
 const BASE_DIRS: &[&str] = &[

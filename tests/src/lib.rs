@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub use error::{Error, Result};
 pub use outcome::Outcome;
-pub use scenario::{ExtraFile, FileSource, Scenario, DEFAULT_TIMEOUT};
+pub use scenario::{Drive, ExtraFile, FileSource, Scenario, DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT};
 
 /// Absolute paths of the composed files inside the nested host.
 pub mod paths {
@@ -113,7 +113,14 @@ impl NestedHost {
 
     /// Where `make static` puts the statically linked vmm.
     pub fn default_vmm_path() -> PathBuf {
-        Self::workspace_root().join("target/static/x86_64-unknown-linux-gnu/release/vmm")
+        Self::static_bin("vmm")
+    }
+
+    /// Where `make static` puts the statically linked binary `name`.
+    pub fn static_bin(name: &str) -> PathBuf {
+        Self::workspace_root()
+            .join("target/static/x86_64-unknown-linux-gnu/release")
+            .join(name)
     }
 
     pub fn images_dir(&self) -> &Path {

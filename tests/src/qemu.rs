@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
 use crate::outcome::{clean_console, tail, Outcome};
-use crate::scenario::Scenario;
+use crate::scenario::{Drive, Scenario};
 
 const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
 /// Extra kernel parameters for the nested host, e.g. `loglevel=7` to see
@@ -26,7 +26,7 @@ pub(crate) fn run(
     scenario: &Scenario,
 ) -> Result<Outcome> {
     let initrd = write_initrd(base, extra)?;
-    let mut child = spawn(kernel, initrd.path(), scenario.interactive)?;
+    let mut child = spawn(kernel, initrd.path(), scenario)?;
     let console: Shared = Arc::default();
     let stderr: Shared = Arc::default();
     let readers = [
@@ -73,18 +73,24 @@ fn write_initrd(base: &[u8], extra: &[u8]) -> Result<tempfile::NamedTempFile> {
     Ok(file)
 }
 
-fn spawn(kernel: &Path, initrd: &Path, interactive: bool) -> Result<Child> {
+fn spawn(kernel: &Path, initrd: &Path, scenario: &Scenario) -> Result<Child> {
     let program = std::env::var("STRATUM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
-    Command::new(&program)
+    let mut command = Command::new(&program);
+    command
         .args(["-M", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "2"])
-        .args(["-m", "2048", "-nodefaults", "-no-user-config"])
+        .args(["-m", &scenario.memory_mib.to_string()])
+        .args(["-nodefaults", "-no-user-config"]);
+    for drive in &scenario.drives {
+        command.arg("-drive").arg(drive_option(drive)?);
+    }
+    command
         .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
         .arg(initrd)
         .args(["-append", &host_cmdline()])
-        .stdin(if interactive {
+        .stdin(if scenario.interactive {
             Stdio::inherit()
         } else {
             Stdio::null()
@@ -97,6 +103,21 @@ fn spawn(kernel: &Path, initrd: &Path, interactive: bool) -> Result<Child> {
             package: "qemu-system-x86",
             source,
         })
+}
+
+/// QEMU's `-drive` value for `drive`. Commas in the path would end the
+/// option's `file=` value, so such a path is refused.
+fn drive_option(drive: &Drive) -> Result<String> {
+    let path = drive.path.to_str().filter(|p| !p.contains(','));
+    let Some(path) = path else {
+        return Err(Error::BadDrivePath(drive.path.clone()));
+    };
+    let writes = if drive.scratch_writes {
+        "snapshot=on"
+    } else {
+        "readonly=on"
+    };
+    Ok(format!("file={path},if=virtio,format=raw,{writes}"))
 }
 
 fn host_cmdline() -> String {

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 /// Default wall-clock limit of one nested-host run (TCG is slow).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Default RAM of the nested host.
+pub const DEFAULT_MEMORY_MIB: u32 = 2048;
 
 /// Where the content of an extra file comes from.
 #[derive(Debug, Clone)]
@@ -24,6 +26,17 @@ pub struct ExtraFile {
     pub source: FileSource,
 }
 
+/// A disk the nested host sees as a virtio-blk device (`/dev/vda`, `/dev/vdb`,
+/// ... in the order they were added): for images too large for the
+/// initramfs, such as the node image.
+#[derive(Debug, Clone)]
+pub struct Drive {
+    pub path: PathBuf,
+    /// The nested host may write to it; the writes go to a temporary
+    /// overlay QEMU discards at exit, never to `path`.
+    pub scratch_writes: bool,
+}
+
 /// A shell script run as `/scenario.sh` by the nested host's init, plus
 /// files it needs and run options. Built with chained methods:
 ///
@@ -38,6 +51,8 @@ pub struct ExtraFile {
 pub struct Scenario {
     pub(crate) script: String,
     pub(crate) files: Vec<ExtraFile>,
+    pub(crate) drives: Vec<Drive>,
+    pub(crate) memory_mib: u32,
     pub(crate) timeout: Duration,
     pub(crate) echo: bool,
     pub(crate) interactive: bool,
@@ -50,6 +65,8 @@ impl Scenario {
         Self {
             script: script.into(),
             files: Vec::new(),
+            drives: Vec::new(),
+            memory_mib: DEFAULT_MEMORY_MIB,
             timeout: DEFAULT_TIMEOUT,
             echo: false,
             interactive: false,
@@ -71,6 +88,23 @@ impl Scenario {
             dest: dest.into(),
             source: FileSource::Bytes { data, mode },
         });
+        self
+    }
+
+    /// Attaches the host file `path` as the next virtio-blk disk of the
+    /// nested host; its writes are discarded (see [`Drive`]).
+    pub fn drive(mut self, path: impl Into<PathBuf>) -> Self {
+        self.drives.push(Drive {
+            path: path.into(),
+            scratch_writes: true,
+        });
+        self
+    }
+
+    /// The nested host's RAM (default [`DEFAULT_MEMORY_MIB`]); QEMU
+    /// allocates it as the nested host touches it.
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
         self
     }
 

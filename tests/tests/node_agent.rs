@@ -5,8 +5,6 @@
 //! killed with -9 and the running VM re-adopted, and a VM in a pool whose
 //! memory limit it outgrows OOM-killed and reported FAILED.
 
-use std::path::PathBuf;
-
 use stratum_tests::paths::{GUEST_INITRAMFS, GUEST_VMLINUX, VMM};
 use stratum_tests::{NestedHost, Outcome, Scenario};
 
@@ -17,18 +15,12 @@ const JAILER: &str = "/stratum/bin/stratum-jailer";
 /// Where the guest kernel and initramfs are: the agent's artifact directory.
 const GUEST_DIR: &str = "/stratum/guest";
 
-fn static_bin(name: &str) -> PathBuf {
-    NestedHost::workspace_root()
-        .join("target/static/x86_64-unknown-linux-gnu/release")
-        .join(name)
-}
-
 fn run(script: String) -> Outcome {
     let host = NestedHost::from_env().unwrap_or_else(|e| panic!("{e}"));
     let scenario = Scenario::new(script)
-        .file(AGENT, static_bin("node-agent"))
-        .file(NODECTL, static_bin("nodectl"))
-        .file(JAILER, static_bin("stratum-jailer"))
+        .file(AGENT, NestedHost::static_bin("node-agent"))
+        .file(NODECTL, NestedHost::static_bin("nodectl"))
+        .file(JAILER, NestedHost::static_bin("stratum-jailer"))
         .timeout(std::time::Duration::from_secs(400));
     let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
     assert!(outcome.host_kvm, "the nested host has no /dev/kvm");

@@ -88,6 +88,20 @@ pub fn clone_disk(base: &Path, dest: &Path) -> Result<CloneMethod, DiskError> {
     Ok(method)
 }
 
+/// Makes the file `dest` with what `fill` writes into it, all or nothing,
+/// the way [`clone_disk`] makes a disk: `dest` must not exist.
+pub fn create_new_with(
+    dest: &Path,
+    fill: impl FnOnce(&File) -> io::Result<()>,
+) -> Result<(), DiskError> {
+    let (dir, name) = split_dest(dest)?;
+    let temp = TempFile::create(&dir, &name)?;
+    fill(&temp.file).map_err(io_err(&temp.path, "write"))?;
+    temp.file.sync_all().map_err(io_err(&temp.path, "fsync"))?;
+    temp.persist(dest)?;
+    sync_dir(&dir)
+}
+
 /// Removes a VM disk; a missing one is not an error.
 pub fn remove_disk(path: &Path) -> Result<(), DiskError> {
     match std::fs::remove_file(path) {

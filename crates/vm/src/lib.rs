@@ -38,6 +38,7 @@ pub mod jail;
 pub mod launch;
 pub mod process;
 pub mod run_dir;
+pub mod seed;
 pub mod tap;
 
 #[cfg(test)]
@@ -47,7 +48,7 @@ pub use api_client::{
     ApiClient, ApiError, InstanceInfo, InstanceState, RateLimiter, TokenBucket, VmStats,
 };
 pub use console::{ConsoleFollower, ConsoleStream};
-pub use disk::{clone_disk, remove_disk, CloneMethod, DiskError};
+pub use disk::{clone_disk, create_new_with, remove_disk, CloneMethod, DiskError};
 pub use jail::JailConfig;
 pub use launch::{
     launch, launch_with, DiskSpec, LaunchError, LaunchOptions, NicSpec, VmProcessSpec,

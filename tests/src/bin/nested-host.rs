@@ -19,6 +19,13 @@ struct Args {
     /// Extra file to place in the host, as DEST=SRC (DEST absolute).
     #[arg(long = "file", value_name = "DEST=SRC", value_parser = parse_file)]
     files: Vec<(String, PathBuf)>,
+    /// A raw disk image the host sees as its next virtio-blk disk
+    /// (/dev/vda, /dev/vdb, ...); its writes are discarded.
+    #[arg(long = "drive", value_name = "PATH")]
+    drives: Vec<PathBuf>,
+    /// The nested host's RAM in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = stratum_tests::DEFAULT_MEMORY_MIB)]
+    memory: u32,
     /// Kill QEMU after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 180)]
     timeout: u64,
@@ -63,6 +70,10 @@ fn run(args: Args) -> Result<ExitCode, Error> {
     for (dest, src) in args.files {
         scenario = scenario.file(dest, src);
     }
+    for drive in args.drives {
+        scenario = scenario.drive(drive);
+    }
+    scenario = scenario.memory_mib(args.memory);
     let outcome = NestedHost::from_env()?.run(&scenario)?;
     if !(args.echo || args.interactive) {
         print!("{}", outcome.console);

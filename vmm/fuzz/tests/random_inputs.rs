@@ -177,3 +177,8 @@ fn virtio_mmio() {
 fn virtio_vsock() {
     run_target("virtio_vsock");
 }
+
+#[test]
+fn guest_protocol() {
+    run_target("guest_protocol");
+}
