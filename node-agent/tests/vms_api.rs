@@ -298,6 +298,75 @@ async fn a_vm_runs_in_its_pool_cgroup_through_its_lifecycle() {
     assert!(!agent.dir.join("data/vms").join(&vm.id).exists());
 }
 
+/// What `mtype` (Debian's mtools) reads of `file` on the FAT volume `image`.
+fn fat_file(image: &std::path::Path, file: &str) -> String {
+    let out = std::process::Command::new("mtype")
+        .arg("-i")
+        .arg(image)
+        .arg(format!("::{file}"))
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .expect("mtype (mtools; `make deps` installs it)");
+    assert!(out.status.success(), "mtype {file}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A VM with cloud-init data gets its NoCloud seed at create, attached
+/// read-only after its disks at start (as its jail sees it), and loses it
+/// with the VM.
+#[tokio::test]
+async fn a_cloud_init_seed_is_made_attached_and_removed_with_the_vm() {
+    let agent = TestAgent::start("seed");
+    let user_data = "#cloud-config\nhostname: seeded\n";
+    let spec = proto::VmSpec {
+        cloud_init: Some(proto::CloudInit {
+            user_data: user_data.as_bytes().to_vec(),
+            meta_data: [("zone".to_string(), "rack-7".to_string())].into(),
+        }),
+        ..vm_spec(&agent, "seeded", "")
+    };
+    let vm = create_vm(&agent, spec).await.unwrap();
+    let vm_dir = agent.dir.join("data/vms").join(&vm.id);
+    let seed = vm_dir.join("seed.img");
+    assert_eq!(fat_file(&seed, "user-data"), user_data);
+    let meta: serde_json::Value = serde_json::from_str(&fat_file(&seed, "meta-data")).unwrap();
+    assert_eq!(meta["instance-id"], vm.id.as_str());
+    assert_eq!(meta["local-hostname"], "seeded");
+    assert_eq!(meta["zone"], "rack-7");
+
+    let started = agent
+        .vms()
+        .await
+        .start(proto::StartVmRequest { id: vm.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state(&started), VmState::Running, "{}", agent.log());
+    let run_dir = stratum_vm::RunDir::new(vm_dir.join("run"));
+    let config = stratum_vm::ApiClient::new(run_dir.api_sock())
+        .vm_config()
+        .unwrap();
+    let drives = config["drives"].as_array().unwrap();
+    assert_eq!(drives.len(), 1, "the seed is the only disk: {config}");
+    assert_eq!(drives[0]["path_on_host"], "/vm/disk0", "{config}");
+    assert_eq!(drives[0]["is_read_only"], true, "{config}");
+
+    agent
+        .vms()
+        .await
+        .kill(proto::KillVmRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    wait_state(&agent, &vm.id, VmState::Stopped).await;
+    agent
+        .vms()
+        .await
+        .delete(proto::DeleteVmRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    assert!(!vm_dir.exists(), "the seed went with the VM");
+}
+
 #[tokio::test]
 async fn bad_vm_specs_get_their_codes_and_leave_nothing() {
     let agent = TestAgent::start("badvms");
@@ -473,6 +542,30 @@ async fn bad_vm_specs_get_their_codes_and_leave_nothing() {
             Code::InvalidArgument,
         ),
     ];
+    let cloud_init = |user_data: Vec<u8>, key: &str| proto::VmSpec {
+        cloud_init: Some(proto::CloudInit {
+            user_data,
+            meta_data: [(key.to_string(), "v".to_string())].into(),
+        }),
+        ..base.clone()
+    };
+    let cases = cases.into_iter().chain([
+        (
+            "user-data over 64 KiB",
+            cloud_init(vec![b'#'; 64 * 1024 + 1], "zone"),
+            Code::InvalidArgument,
+        ),
+        (
+            "meta-data the agent sets",
+            cloud_init(b"#cloud-config\n".to_vec(), "instance-id"),
+            Code::InvalidArgument,
+        ),
+        (
+            "a meta-data key that is not an identifier",
+            cloud_init(b"#cloud-config\n".to_vec(), "a: b"),
+            Code::InvalidArgument,
+        ),
+    ]);
     for (what, spec, code) in cases {
         let e = create_vm(&agent, spec).await.unwrap_err();
         assert_eq!(e.code(), code, "{what}: {e:?}");

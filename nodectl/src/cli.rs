@@ -290,6 +290,14 @@ pub struct VmCreate {
     /// --memory]; less overcommits the VM.
     #[arg(long, value_name = "MIB", value_parser = parse_memory_mib)]
     pub mem_reservation: Option<u64>,
+    /// cloud-init user-data for the guest (read from FILE, `-` for stdin;
+    /// at most 64 KiB), given to it on a NoCloud seed disk.
+    #[arg(long, value_name = "FILE")]
+    pub user_data: Option<PathBuf>,
+    /// k=v added to the seed's meta-data (repeatable; instance-id and
+    /// local-hostname are the VM's id and name).
+    #[arg(long, value_name = "K=V", value_parser = parse_label)]
+    pub meta_data: Vec<(String, String)>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,7 +1,7 @@
 //! Carrying out a parsed command: one RPC (or stream) per command, the
 //! answer printed as a table or JSON.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -23,7 +23,7 @@ use stratum_api::proto::pull_image_request::Auth;
 use stratum_api::proto::resource_pools_client::ResourcePoolsClient;
 use stratum_api::proto::virtual_machines_client::VirtualMachinesClient;
 use stratum_api::proto::{
-    Allocation, BasicAuth, ConsoleRequest, CreateResourcePoolRequest, CreateVmRequest,
+    Allocation, BasicAuth, CloudInit, ConsoleRequest, CreateResourcePoolRequest, CreateVmRequest,
     DeleteResourcePoolRequest, DeleteVmRequest, GetHostCapacityRequest, GetHostInfoRequest,
     GetResourcePoolRequest, GetVmRequest, KillVmRequest, ListResourcePoolsRequest, ListVmsRequest,
     PauseVmRequest, PullImageRequest, ResourcePoolSpec, ResumeVmRequest, Shares, SharesLevel,
@@ -439,7 +439,36 @@ pub fn vm_spec(c: VmCreate) -> anyhow::Result<VmSpec> {
         cpu_limit_millicores: c.cpu_limit,
         cpu_shares: c.cpu_shares,
         memory_reservation_mib: c.mem_reservation,
+        cloud_init: cloud_init(c.user_data.as_deref(), c.meta_data)?,
     })
+}
+
+/// The spec's cloud-init data from `--user-data` and `--meta-data`: none
+/// when neither is given.
+fn cloud_init(
+    user_data: Option<&Path>,
+    meta_data: Vec<(String, String)>,
+) -> anyhow::Result<Option<CloudInit>> {
+    if user_data.is_none() && meta_data.is_empty() {
+        return Ok(None);
+    }
+    let user_data = match user_data {
+        None => Vec::new(),
+        Some(path) if path == Path::new("-") => {
+            let mut data = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut data)
+                .context("reading user-data from stdin")?;
+            data
+        }
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("reading user-data {}", path.display()))?
+        }
+    };
+    Ok(Some(CloudInit {
+        user_data,
+        meta_data: meta_data.into_iter().collect(),
+    }))
 }
 
 /// `path` made absolute against the current directory (the agent runs

@@ -386,6 +386,35 @@ fn vm_flags_build_a_spec_with_absolute_paths() {
     assert_eq!(spec.labels.len(), 2);
     assert_eq!(spec.initrd, "");
     assert_eq!(spec.cpu_reservation_millicores, None);
+    assert_eq!(spec.cloud_init, None, "no seed unless asked for");
+}
+
+#[test]
+fn user_data_comes_from_its_file_and_meta_data_from_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("user-data.yaml");
+    std::fs::write(&file, "#cloud-config\nhostname: n1\n").unwrap();
+    let file = file.to_string_lossy().into_owned();
+    let create = |extra: &[&str]| {
+        let mut args = vec![
+            "vm", "create", "n1", "--role", "worker", "--vcpus", "1", "--memory", "512",
+            "--kernel", "k",
+        ];
+        args.extend_from_slice(extra);
+        let Command::Vm(VmCommand::Create(create)) = parse(&args).command else {
+            panic!("not vm create");
+        };
+        vm_spec(*create)
+    };
+    let spec = create(&["--user-data", &file, "--meta-data", "zone=a"]).unwrap();
+    let cloud_init = spec.cloud_init.unwrap();
+    assert_eq!(cloud_init.user_data, b"#cloud-config\nhostname: n1\n");
+    assert_eq!(cloud_init.meta_data["zone"], "a");
+    let missing = create(&["--user-data", "/nonexistent/user-data"]).unwrap_err();
+    assert!(
+        format!("{missing:#}").contains("/nonexistent/user-data"),
+        "{missing:#}"
+    );
 }
 
 #[test]

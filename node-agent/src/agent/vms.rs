@@ -37,6 +37,7 @@ use stratum_pool::{
     validate_name, PoolId, Shares, VmSizing, Workload, WorkloadId, MILLICORES_PER_CPU,
     VMM_MEMORY_OVERHEAD_BYTES,
 };
+use stratum_vm::seed::Seed;
 use stratum_vm::{ConsoleFollower, ExitInfo, VmProcess, VmProcessSpec};
 
 /// Grace period of a Shutdown that names none.
@@ -99,6 +100,7 @@ static DEFAULT_RUNTIME: VmRuntime = VmRuntime {
     started_at: None,
     updated_at: None,
     jail_uid: 0,
+    seed_path: String::new(),
 };
 
 static DEFAULT_SPEC: proto::VmSpec = proto::VmSpec {
@@ -117,6 +119,7 @@ static DEFAULT_SPEC: proto::VmSpec = proto::VmSpec {
     cpu_limit_millicores: None,
     cpu_shares: None,
     memory_reservation_mib: None,
+    cloud_init: None,
 };
 
 impl VmManager {
@@ -262,12 +265,22 @@ impl VmManager {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| AgentError::Internal(format!("{}: {e}", dir.display())))?;
             let disk_paths = clone_disks(&dir, base_images)?;
+            let seed_path = match seed_of(id, spec) {
+                Some(seed) => {
+                    let path = dir.join(SEED_FILE);
+                    seed.write(&path)
+                        .map_err(|e| AgentError::Internal(format!("cloud-init seed: {e}")))?;
+                    path.to_string_lossy().into_owned()
+                }
+                None => String::new(),
+            };
             Ok(VmRecord {
                 id: id.to_string(),
                 spec: Some(spec.clone()),
                 runtime: Some(VmRuntime {
                     state: VmState::Created as i32,
                     disk_paths,
+                    seed_path,
                     console_path: stratum_vm::RunDir::new(self.shared.config.vm_run_dir(id))
                         .console_log()
                         .to_string_lossy()
@@ -954,6 +967,10 @@ fn check_spec(spec: &proto::VmSpec, host_memory: u64) -> Result<VmSizing> {
         }
         check_rate_limit(&format!("disk {i}"), disk.rate_limit.as_ref())?;
     }
+    if let Some(seed) = seed_of("", spec) {
+        seed.validate()
+            .map_err(|e| invalid(format!("cloud_init: {e}")))?;
+    }
     for (i, nic) in spec.nics.iter().enumerate() {
         if nic.tap_name.is_empty() || nic.tap_name.len() > 15 {
             return Err(invalid(format!("nic {i}: tap_name must be 1 to 15 bytes")));
@@ -1034,6 +1051,26 @@ fn clone_disks(dir: &Path, base_images: &[PathBuf]) -> Result<Vec<String>> {
         .collect()
 }
 
+/// The NoCloud seed volume in a VM's directory.
+const SEED_FILE: &str = "seed.img";
+
+/// The seed of the VM `id` when its spec has cloud-init data: its id is
+/// the instance-id (stable for the VM's life), its name the hostname.
+fn seed_of(id: &str, spec: &proto::VmSpec) -> Option<Seed> {
+    let cloud_init = spec.cloud_init.as_ref()?;
+    Some(Seed {
+        instance_id: id.to_string(),
+        hostname: spec.name.clone(),
+        user_data: cloud_init.user_data.clone(),
+        extra_meta_data: cloud_init
+            .meta_data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        interfaces: Vec::new(),
+    })
+}
+
 fn process_spec(id: &str, entry: &VmEntry) -> VmProcessSpec {
     let spec = entry.spec();
     let runtime = entry.runtime();
@@ -1054,6 +1091,14 @@ fn process_spec(id: &str, entry: &VmEntry) -> VmProcessSpec {
                 serial: (!d.serial.is_empty()).then(|| d.serial.clone()),
                 rate_limit: rate_limiter(d.rate_limit.as_ref()),
             })
+            .chain(
+                (!runtime.seed_path.is_empty()).then(|| stratum_vm::DiskSpec {
+                    path: PathBuf::from(&runtime.seed_path),
+                    read_only: true,
+                    serial: Some("cidata".into()),
+                    rate_limit: None,
+                }),
+            )
             .collect(),
         nics: spec
             .nics
