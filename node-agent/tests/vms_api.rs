@@ -107,10 +107,19 @@ async fn a_disks_rate_limit_reaches_its_vmm() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 
     let spec = proto::VmSpec {
-        disks: vec![disk(1000)],
+        disks: vec![proto::DiskSpec {
+            size_mib: 8,
+            ..disk(1000)
+        }],
         ..vm_spec(&agent, "limited", "")
     };
     let vm = create_vm(&agent, spec).await.unwrap();
+    let clone = agent.dir.join("data/vms").join(&vm.id).join("disk0.img");
+    assert_eq!(
+        std::fs::metadata(&clone).unwrap().len(),
+        8 << 20,
+        "the clone is grown to size_mib"
+    );
     let started = agent
         .vms()
         .await
@@ -549,7 +558,30 @@ async fn bad_vm_specs_get_their_codes_and_leave_nothing() {
         }),
         ..base.clone()
     };
+    let two_mib = agent.dir.join("two-mib.img");
+    std::fs::File::create(&two_mib)
+        .unwrap()
+        .set_len(2 << 20)
+        .unwrap();
+    let sized_disk = |size_mib| proto::VmSpec {
+        disks: vec![proto::DiskSpec {
+            base_image: two_mib.to_string_lossy().into_owned(),
+            size_mib,
+            ..Default::default()
+        }],
+        ..base.clone()
+    };
     let cases = cases.into_iter().chain([
+        (
+            "a disk smaller than its base image",
+            sized_disk(1),
+            Code::InvalidArgument,
+        ),
+        (
+            "a disk over 16 TiB",
+            sized_disk((16 << 20) + 1),
+            Code::InvalidArgument,
+        ),
         (
             "user-data over 64 KiB",
             cloud_init(vec![b'#'; 64 * 1024 + 1], "zone"),

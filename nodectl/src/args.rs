@@ -11,7 +11,7 @@ use stratum_api::proto::{
     TokenBucket, VmRole,
 };
 
-use crate::size::parse_size;
+use crate::size::{parse_memory_mib, parse_size};
 
 /// `low`, `normal`, `high` (1:2:4) or a custom number of shares.
 pub fn parse_shares(text: &str) -> Result<Shares, String> {
@@ -81,6 +81,10 @@ pub fn parse_disk(text: &str) -> Result<DiskSpec, String> {
             ("base", v) => disk.base_image = required(&what, key, v)?.to_string(),
             ("ro", None) => disk.read_only = true,
             ("serial", v) => disk.serial = required(&what, key, v)?.to_string(),
+            ("size", v) => {
+                disk.size_mib = parse_memory_mib(required(&what, key, v)?)
+                    .map_err(|e| format!("{what}: size= takes MiB or a whole-MiB size ({e})"))?;
+            }
             ("bw", v) => {
                 let bytes = per_second(&what, key, v)?;
                 disk.rate_limit
@@ -93,11 +97,9 @@ pub fn parse_disk(text: &str) -> Result<DiskSpec, String> {
                     .map_err(|_| format!("{what}: iops= takes a number of operations"))?;
                 disk.rate_limit.get_or_insert_with(Default::default).ops = Some(each_second(ops));
             }
-            _ => {
-                return Err(format!(
-                    "{what}: unknown option {key:?} (expected base=, ro, serial=, bw=, iops=)"
-                ))
-            }
+            _ => return Err(format!(
+                "{what}: unknown option {key:?} (expected base=, ro, serial=, size=, bw=, iops=)"
+            )),
         }
     }
     if disk.base_image.is_empty() {
@@ -305,6 +307,10 @@ mod tests {
     #[test]
     fn disks_parse_base_ro_and_serial() {
         let d = parse_disk("base=/img/root.raw,ro,serial=root").unwrap();
+        assert_eq!(d.size_mib, 0);
+        assert_eq!(parse_disk("base=/a,size=20Gi").unwrap().size_mib, 20 * 1024);
+        assert_eq!(parse_disk("base=/a,size=512").unwrap().size_mib, 512);
+        assert!(parse_disk("base=/a,size=1.5").is_err());
         assert_eq!(d.base_image, "/img/root.raw");
         assert!(d.read_only);
         assert_eq!(d.serial, "root");

@@ -266,8 +266,9 @@ pub struct VmCreate {
     /// Kernel command line [default: the vmm's].
     #[arg(long)]
     pub cmdline: Option<String>,
-    /// base=PATH[,ro][,serial=S][,bw=SIZE][,iops=N] (repeatable; cloned
-    /// copy-on-write; bw= bytes and iops= operations per second at most).
+    /// base=PATH[,ro][,serial=S][,size=MIB][,bw=SIZE][,iops=N] (repeatable;
+    /// cloned copy-on-write, grown to size= when given; bw= bytes and iops=
+    /// operations per second at most).
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     pub disk: Vec<DiskSpec>,
     /// tap=NAME[,mac=MAC][,rx-bw=SIZE][,tx-bw=SIZE] (repeatable; bytes per

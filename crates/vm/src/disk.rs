@@ -53,6 +53,14 @@ pub enum DiskError {
     #[error("disk {0} already exists")]
     AlreadyExists(PathBuf),
 
+    /// A disk was asked to be smaller than its base image.
+    #[error("a disk of {size} bytes cannot hold its base image {} of {base_size} bytes", base.display())]
+    SmallerThanBase {
+        base: PathBuf,
+        base_size: u64,
+        size: u64,
+    },
+
     /// The destination has no file name or parent directory.
     #[error("disk path {0} has no parent directory and file name")]
     BadPath(PathBuf),
@@ -75,13 +83,38 @@ fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> DiskError 
 /// Makes the disk `dest` from `base` (reflink, else sparse copy). `dest`
 /// must not exist; its directory must.
 pub fn clone_disk(base: &Path, dest: &Path) -> Result<CloneMethod, DiskError> {
+    clone_disk_sized(base, dest, None)
+}
+
+/// Like [`clone_disk`], and the disk is grown to `size` bytes (sparse: the
+/// growth takes no space until the guest writes there; the guest grows
+/// its filesystem, as cloud-init's resizefs does). A size below the base's
+/// is refused before anything is made.
+pub fn clone_disk_sized(
+    base: &Path,
+    dest: &Path,
+    size: Option<u64>,
+) -> Result<CloneMethod, DiskError> {
     let source = open_base(base)?;
+    let base_size = source.metadata().map_err(io_err(base, "stat"))?.len();
+    if let Some(size) = size.filter(|&size| size < base_size) {
+        return Err(DiskError::SmallerThanBase {
+            base: base.to_path_buf(),
+            base_size,
+            size,
+        });
+    }
     let (dir, name) = split_dest(dest)?;
     if dest.symlink_metadata().is_ok() {
         return Err(DiskError::AlreadyExists(dest.to_path_buf()));
     }
     let temp = TempFile::create(&dir, &name)?;
     let method = fill(&source, base, &temp)?;
+    if let Some(size) = size.filter(|&size| size > base_size) {
+        temp.file
+            .set_len(size)
+            .map_err(io_err(&temp.path, "grow"))?;
+    }
     temp.file.sync_all().map_err(io_err(&temp.path, "fsync"))?;
     temp.persist(dest)?;
     sync_dir(&dir)?;
@@ -326,6 +359,29 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.contains(".tmp-"))
             .collect()
+    }
+
+    #[test]
+    fn a_sized_clone_is_grown_sparse_and_a_smaller_size_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = sparse_base(dir.path());
+        let dest = dir.path().join("grown.img");
+        clone_disk_sized(&base, &dest, Some(256 * MIB)).expect("clone");
+        let meta = std::fs::metadata(&dest).unwrap();
+        assert_eq!(meta.len(), 256 * MIB);
+        assert!(meta.blocks() * 512 < MIB, "the growth is a hole");
+        let grown = std::fs::read(&dest).unwrap();
+        assert_eq!(
+            &grown[..(64 * MIB) as usize],
+            &std::fs::read(&base).unwrap()[..]
+        );
+        assert!(grown[(64 * MIB) as usize..].iter().all(|&b| b == 0));
+
+        let small = dir.path().join("small.img");
+        let err = clone_disk_sized(&base, &small, Some(MIB)).unwrap_err();
+        assert!(matches!(err, DiskError::SmallerThanBase { .. }), "{err}");
+        assert!(!small.exists());
+        assert!(leftovers(dir.path()).is_empty());
     }
 
     #[test]

@@ -48,7 +48,9 @@ pub use api_client::{
     ApiClient, ApiError, InstanceInfo, InstanceState, RateLimiter, TokenBucket, VmStats,
 };
 pub use console::{ConsoleFollower, ConsoleStream};
-pub use disk::{clone_disk, create_new_with, remove_disk, CloneMethod, DiskError};
+pub use disk::{
+    clone_disk, clone_disk_sized, create_new_with, remove_disk, CloneMethod, DiskError,
+};
 pub use jail::JailConfig;
 pub use launch::{
     launch, launch_with, DiskSpec, LaunchError, LaunchOptions, NicSpec, VmProcessSpec,

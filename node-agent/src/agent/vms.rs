@@ -38,6 +38,7 @@ use stratum_pool::{
     VMM_MEMORY_OVERHEAD_BYTES,
 };
 use stratum_vm::seed::Seed;
+use stratum_vm::DiskError;
 use stratum_vm::{ConsoleFollower, ExitInfo, VmProcess, VmProcessSpec};
 
 /// Grace period of a Shutdown that names none.
@@ -264,7 +265,7 @@ impl VmManager {
         let made = (|| {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| AgentError::Internal(format!("{}: {e}", dir.display())))?;
-            let disk_paths = clone_disks(&dir, base_images)?;
+            let disk_paths = clone_disks(&dir, spec, base_images)?;
             let seed_path = match seed_of(id, spec) {
                 Some(seed) => {
                     let path = dir.join(SEED_FILE);
@@ -965,6 +966,12 @@ fn check_spec(spec: &proto::VmSpec, host_memory: u64) -> Result<VmSizing> {
         if disk.serial.len() > 20 {
             return Err(invalid(format!("disk {i}: serial longer than 20 bytes")));
         }
+        if disk.size_mib > MAX_DISK_MIB {
+            return Err(invalid(format!(
+                "disk {i}: {} MiB is more than the largest disk, {MAX_DISK_MIB} MiB (16 TiB)",
+                disk.size_mib
+            )));
+        }
         check_rate_limit(&format!("disk {i}"), disk.rate_limit.as_ref())?;
     }
     if let Some(seed) = seed_of("", spec) {
@@ -986,6 +993,9 @@ fn check_spec(spec: &proto::VmSpec, host_memory: u64) -> Result<VmSizing> {
     }
     Ok(sizing)
 }
+
+/// The largest disk a spec may ask for: ext4's largest file.
+const MAX_DISK_MIB: u64 = 16 << 20;
 
 /// The longest refill time a token bucket may have: vmm refuses longer.
 const MAX_REFILL_TIME_MS: u64 = 365 * 24 * 3600 * 1000;
@@ -1038,14 +1048,20 @@ fn is_unicast_mac(mac: &str) -> bool {
     u8::from_str_radix(octets[0], 16).is_ok_and(|first| first & 1 == 0)
 }
 
-fn clone_disks(dir: &Path, base_images: &[PathBuf]) -> Result<Vec<String>> {
+fn clone_disks(dir: &Path, spec: &proto::VmSpec, base_images: &[PathBuf]) -> Result<Vec<String>> {
     base_images
         .iter()
+        .zip(&spec.disks)
         .enumerate()
-        .map(|(i, base_image)| {
+        .map(|(i, (base_image, disk))| {
             let dest = dir.join(format!("disk{i}.img"));
-            stratum_vm::disk::clone_disk(base_image, &dest)
-                .map_err(|e| AgentError::Internal(format!("disk {i}: {e}")))?;
+            let size = (disk.size_mib > 0).then(|| disk.size_mib * stratum_pool::MIB);
+            stratum_vm::disk::clone_disk_sized(base_image, &dest, size).map_err(|e| match e {
+                DiskError::SmallerThanBase { .. } => {
+                    AgentError::InvalidArgument(format!("disk {i}: {e}"))
+                }
+                e => AgentError::Internal(format!("disk {i}: {e}")),
+            })?;
             Ok(dest.to_string_lossy().into_owned())
         })
         .collect()
