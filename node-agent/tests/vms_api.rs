@@ -193,7 +193,19 @@ async fn a_vm_runs_in_its_pool_cgroup_through_its_lifecycle() {
     // namespace, no capabilities, vmm's seccomp filters; its disk is its.
     let uid = started.status.as_ref().unwrap().uid;
     assert_eq!(uid, 1_900_000_000);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    // vmm's main thread confines itself once it has taken the VM over,
+    // just after the API answered the start.
+    let mut status = String::new();
+    for _ in 0..200 {
+        status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        if status
+            .lines()
+            .any(|l| l.starts_with("Seccomp:") && l.ends_with('2'))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let field = |key: &str| {
         status
             .lines()

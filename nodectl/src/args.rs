@@ -97,9 +97,11 @@ pub fn parse_disk(text: &str) -> Result<DiskSpec, String> {
                     .map_err(|_| format!("{what}: iops= takes a number of operations"))?;
                 disk.rate_limit.get_or_insert_with(Default::default).ops = Some(each_second(ops));
             }
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "{what}: unknown option {key:?} (expected base=, ro, serial=, size=, bw=, iops=)"
-            )),
+            ))
+            }
         }
     }
     if disk.base_image.is_empty() {

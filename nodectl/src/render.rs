@@ -9,9 +9,9 @@ use super::progress::short_digest;
 use super::size::{format_cpu_time, format_millicores, format_size, MIB};
 use super::table::Table;
 use stratum_api::proto::{
-    workload, Allocation, CgroupVersion, HostCapacity, HostInfo, Image, ListResourcePoolsResponse,
-    LiveUsage, ResourceAmounts, ResourcePool, ResourceUsage, Shares, SharesLevel, VirtualMachine,
-    VmEvent, VmRole, VmState, Workload, WorkloadKind,
+    workload, Allocation, CgroupVersion, GuestInfo, GuestState, HostCapacity, HostInfo, Image,
+    ListResourcePoolsResponse, LiveUsage, ResourceAmounts, ResourcePool, ResourceUsage, Shares,
+    SharesLevel, VirtualMachine, VmEvent, VmEventKind, VmRole, VmState, Workload, WorkloadKind,
 };
 use stratum_api::proto::{
     ContainerSpec, ContainerState, ContainerStatus, Pod, PodState, PodStats, RestartPolicy,
@@ -590,7 +590,47 @@ pub fn vm_detail(vm: &VirtualMachine) -> String {
         "STARTED".to_string(),
         timestamp_text(status.started_at.as_ref()),
     ]);
+    guest_rows(&mut t, status.guest.as_ref());
     t.render()
+}
+
+/// What the guest agent says: its state, then (once it answered) the
+/// guest's hostname, OS, kernel, addresses per interface, last heartbeat.
+fn guest_rows(t: &mut Table, guest: Option<&GuestInfo>) {
+    let Some(guest) = guest else {
+        t.row(["GUEST".to_string(), "-".to_string()]);
+        return;
+    };
+    let state = match guest.state() {
+        GuestState::Unspecified => "unknown",
+        GuestState::Connected => "connected",
+        GuestState::Ready => "ready",
+        GuestState::Lost => "lost",
+    };
+    let state = if guest.reason.is_empty() {
+        state.to_string()
+    } else {
+        format!("{state} ({})", guest.reason)
+    };
+    t.row(["GUEST".to_string(), state]);
+    if guest.agent_version.is_empty() {
+        return;
+    }
+    t.row(["GUEST HOSTNAME".to_string(), or_dash(&guest.hostname)]);
+    t.row(["GUEST OS".to_string(), or_dash(&guest.os)]);
+    t.row(["GUEST KERNEL".to_string(), or_dash(&guest.kernel)]);
+    for interface in &guest.interfaces {
+        let addresses = list_text(&interface.addresses);
+        t.row([
+            format!("GUEST IF {}", interface.name),
+            format!("{} {addresses}", or_dash(&interface.mac)),
+        ]);
+    }
+    t.row(["GUEST AGENT".to_string(), guest.agent_version.clone()]);
+    t.row([
+        "GUEST HEARD".to_string(),
+        timestamp_text(guest.last_heartbeat.as_ref()),
+    ]);
 }
 
 fn vm_cpu_text(spec: &stratum_api::proto::VmSpec) -> String {
@@ -637,12 +677,19 @@ fn vm_devices(t: &mut Table, spec: &stratum_api::proto::VmSpec) {
 
 /// `TIME  VM  OLD -> NEW  reason` on one line.
 pub fn event_line(event: &VmEvent) -> String {
+    let what = match event.kind() {
+        VmEventKind::StateChanged => format!(
+            "{} -> {}",
+            state_name(event.old_state),
+            state_name(event.new_state)
+        ),
+        VmEventKind::GuestReady => "GUEST_READY".to_string(),
+        VmEventKind::GuestLost => "GUEST_LOST".to_string(),
+    };
     let mut line = format!(
-        "{}  {}  {} -> {}",
+        "{}  {}  {what}",
         timestamp_text(event.timestamp.as_ref()),
         event.vm_id,
-        state_name(event.old_state),
-        state_name(event.new_state)
     );
     if !event.reason.is_empty() {
         line.push_str("  ");

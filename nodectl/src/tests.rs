@@ -7,9 +7,9 @@ use super::run::{new_pool_spec, pool_spec, vm_spec};
 use super::size::MIB;
 use super::{code_name, json, render};
 use stratum_api::proto::{
-    Allocation, ListResourcePoolsResponse, Quota, ResourcePool, ResourcePoolSpec,
-    ResourcePoolStatus, ResourceUsage, Shares, SharesLevel, VirtualMachine, VmEvent, VmRole,
-    VmSpec, VmState, VmStatus, WorkloadUsage,
+    Allocation, GuestInfo, GuestInterface, GuestState, ListResourcePoolsResponse, Quota,
+    ResourcePool, ResourcePoolSpec, ResourcePoolStatus, ResourceUsage, Shares, SharesLevel,
+    VirtualMachine, VmEvent, VmEventKind, VmRole, VmSpec, VmState, VmStatus, WorkloadUsage,
 };
 
 fn parse(args: &[&str]) -> Cli {
@@ -257,11 +257,50 @@ fn vms_render_as_rows_and_details() {
         new_state: VmState::Failed as i32,
         reason: "vmm exited with signal 9".into(),
         timestamp: None,
+        kind: VmEventKind::StateChanged as i32,
     };
     assert_eq!(
         render::event_line(&event),
         "-  vm-1  RUNNING -> FAILED  vmm exited with signal 9"
     );
+    let ready = VmEvent {
+        new_state: VmState::Running as i32,
+        reason: "cloud-init: done".into(),
+        kind: VmEventKind::GuestReady as i32,
+        ..event
+    };
+    assert_eq!(
+        render::event_line(&ready),
+        "-  vm-1  GUEST_READY  cloud-init: done"
+    );
+    assert!(detail.contains("GUEST"), "{detail}");
+    let guest = GuestInfo {
+        state: GuestState::Ready as i32,
+        reason: "cloud-init: done".into(),
+        hostname: "etcd-0".into(),
+        interfaces: vec![GuestInterface {
+            name: "eth0".into(),
+            mac: "06:00:ac:10:00:02".into(),
+            addresses: vec!["172.16.0.2/24".into()],
+        }],
+        os: "Debian GNU/Linux 12 (bookworm)".into(),
+        kernel: "6.1.0-57-cloud-amd64".into(),
+        agent_version: "stratum-guest 0.1.0".into(),
+        last_heartbeat: None,
+    };
+    let mut ready_vm = vm();
+    if let Some(status) = ready_vm.status.as_mut() {
+        status.guest = Some(guest);
+    }
+    let detail = render::vm_detail(&ready_vm);
+    for want in [
+        "ready (cloud-init: done)",
+        "etcd-0",
+        "Debian GNU/Linux 12 (bookworm)",
+        "06:00:ac:10:00:02 172.16.0.2/24",
+    ] {
+        assert!(detail.contains(want), "{want} in {detail}");
+    }
 }
 
 #[test]

@@ -329,7 +329,7 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
     let console = open_console(&config.console, config.console_max_bytes)?;
     let disks = open_drives(&config.drives)?;
     let taps = open_taps(&config.nics)?;
-    let vsock = open_vsock(config.vsock.as_ref())?;
+    let (vsock, socket_files) = open_vsock(config.vsock.as_ref())?;
 
     let mem_size = config.memory_bytes();
     let mem = Arc::new(memory::create_guest_memory(mem_size)?);
@@ -431,7 +431,7 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
         controller,
         _memory: mem,
         _vm: vm,
-        socket_files: config.vsock.iter().map(|v| v.uds_path.clone()).collect(),
+        socket_files: socket_files.into_paths(),
     })
 }
 
@@ -571,12 +571,35 @@ fn random_local_mac() -> [u8; 6] {
     mac
 }
 
-/// Binds the vsock device's host socket. Dropped on a later error, the
-/// device removes the socket file again.
-fn open_vsock(config: Option<&VsockConfig>) -> Result<Option<Vsock>, Error> {
-    config
-        .map(|v| Vsock::new(u64::from(v.guest_cid), &v.uds_path).map_err(Error::from))
-        .transpose()
+/// Binds the vsock device's host socket; the guard removes its file again
+/// if a later step fails.
+fn open_vsock(config: Option<&VsockConfig>) -> Result<(Option<Vsock>, SocketFiles), Error> {
+    let Some(v) = config else {
+        return Ok((None, SocketFiles(Vec::new())));
+    };
+    let vsock = Vsock::new(u64::from(v.guest_cid), &v.uds_path)?;
+    Ok((Some(vsock), SocketFiles(vec![v.uds_path.clone()])))
+}
+
+/// Socket files a build created, removed if the build fails. Once the VM
+/// runs, [`RunningVm::wait`] removes them on the main thread: the devices
+/// holding the sockets may be dropped last by a vCPU thread, whose seccomp
+/// filter rightly has no `unlink`.
+struct SocketFiles(Vec<PathBuf>);
+
+impl SocketFiles {
+    /// The running VM takes them over.
+    fn into_paths(mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for SocketFiles {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// Opens each drive's image (read-only drives O_RDONLY).

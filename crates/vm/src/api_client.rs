@@ -133,6 +133,13 @@ pub struct Drive {
     pub rate_limiter: Option<RateLimiter>,
 }
 
+/// `PUT /vsock` body: the guest's CID and the host's hybrid-vsock socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Vsock {
+    pub guest_cid: u32,
+    pub uds_path: PathBuf,
+}
+
 /// `PUT /network-interfaces/{iface_id}` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetworkInterface {
@@ -270,6 +277,10 @@ impl ApiClient {
     pub fn put_network_interface(&self, nic: &NetworkInterface) -> Result<(), ApiError> {
         let path = format!("/network-interfaces/{}", nic.iface_id);
         self.send("PUT", &path, nic)
+    }
+
+    pub fn put_vsock(&self, vsock: &Vsock) -> Result<(), ApiError> {
+        self.send("PUT", "/vsock", vsock)
     }
 
     /// `PUT /actions` InstanceStart: returns once the vCPUs run.

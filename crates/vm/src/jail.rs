@@ -67,7 +67,6 @@ pub(crate) fn prepare(
     run_dir: &RunDir,
     spec: &VmProcessSpec,
 ) -> Result<(JailSpec, VmProcessSpec), LaunchError> {
-    let jail_run = Path::new(stratum_jail::spec::JAIL_RUN_DIR);
     let mut jail = JailSpec::new(
         &spec.id,
         config.uid,
@@ -104,11 +103,10 @@ pub(crate) fn prepare(
         jail.devices.push("/dev/net/tun".into());
     }
     jail.max_file_size = Some(largest_file);
-    let in_run = |name: &Path| jail_run.join(name.file_name().unwrap_or_default());
     let args = vmm_args(
-        &in_run(&run_dir.api_sock()),
+        &in_jail_run(&run_dir.api_sock()),
         &spec.id,
-        &in_run(&run_dir.console_log()),
+        &in_jail_run(&run_dir.console_log()),
     );
     jail.args = args
         .iter()
@@ -116,6 +114,11 @@ pub(crate) fn prepare(
         .collect();
     remake_run_dir(run_dir, config)?;
     Ok((jail, inside))
+}
+
+/// Where a file of the run directory is inside the jail (`/run/<name>`).
+pub(crate) fn in_jail_run(path: &Path) -> PathBuf {
+    Path::new(stratum_jail::spec::JAIL_RUN_DIR).join(path.file_name().unwrap_or_default())
 }
 
 /// A shared file the jailed uid must read: world-readable.

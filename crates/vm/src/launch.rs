@@ -38,7 +38,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::api_client::{
-    ApiClient, ApiError, BootSource, Drive, MachineConfig, NetworkInterface, RateLimiter,
+    ApiClient, ApiError, BootSource, Drive, MachineConfig, NetworkInterface, RateLimiter, Vsock,
     DEFAULT_API_TIMEOUT,
 };
 use super::jail::{self, JailConfig};
@@ -66,6 +66,9 @@ pub struct VmProcessSpec {
     pub disks: Vec<DiskSpec>,
     /// Virtio-net interfaces in order (eth0, …).
     pub nics: Vec<NicSpec>,
+    /// A virtio-vsock device with this guest CID (3 or more); its host
+    /// socket is the run directory's [`RunDir::vsock_sock`].
+    pub vsock_cid: Option<u32>,
 }
 
 /// One disk. vmm makes the API drive id the serial the guest reads, so the
@@ -313,10 +316,17 @@ fn prepare_run_dir(run_dir: &RunDir) -> Result<(), LaunchError> {
     if UnixStream::connect(&socket).is_ok() {
         return Err(LaunchError::SocketInUse(socket));
     }
-    match std::fs::remove_file(&socket) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(dir_err("remove stale socket")(e)),
-        _ => Ok(()),
+    // A vmm killed with SIGKILL leaves its sockets; vmm refuses to bind
+    // over a file.
+    for stale in [socket, run_dir.vsock_sock()] {
+        match std::fs::remove_file(&stale) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(dir_err("remove stale socket")(e))
+            }
+            _ => {}
+        }
     }
+    Ok(())
 }
 
 /// vmm's command line: API socket, id, console log, no console input.
@@ -444,7 +454,11 @@ fn start(
     options: &LaunchOptions,
 ) -> Result<(), LaunchError> {
     wait_for_socket(spawned, run_dir, options.socket_timeout)?;
-    configure(api, spec)?;
+    let vsock_uds = match &options.jail {
+        None => run_dir.vsock_sock(),
+        Some(_) => jail::in_jail_run(&run_dir.vsock_sock()),
+    };
+    configure(api, spec, &vsock_uds)?;
     step(api, "InstanceStart", ApiClient::instance_start)
 }
 
@@ -470,7 +484,9 @@ fn wait_for_socket(
     }
 }
 
-fn configure(api: &ApiClient, spec: &VmProcessSpec) -> Result<(), LaunchError> {
+/// Configures vmm over its API; `vsock_uds` is the vsock socket's path as
+/// vmm sees it.
+fn configure(api: &ApiClient, spec: &VmProcessSpec, vsock_uds: &Path) -> Result<(), LaunchError> {
     let machine = MachineConfig {
         vcpu_count: spec.vcpus,
         mem_size_mib: spec.memory_mib,
@@ -491,6 +507,13 @@ fn configure(api: &ApiClient, spec: &VmProcessSpec) -> Result<(), LaunchError> {
         step(api, &format!("network interface {}", nic.iface_id), |a| {
             a.put_network_interface(&nic)
         })?;
+    }
+    if let Some(guest_cid) = spec.vsock_cid {
+        let vsock = Vsock {
+            guest_cid,
+            uds_path: vsock_uds.to_path_buf(),
+        };
+        step(api, "vsock", |a| a.put_vsock(&vsock))?;
     }
     Ok(())
 }
@@ -587,6 +610,7 @@ mod tests {
             memory_mib: 64,
             disks,
             nics,
+            vsock_cid: None,
         }
     }
 

@@ -65,6 +65,12 @@ impl RunDir {
         self.dir.join("api.sock")
     }
 
+    /// The VM's hybrid-vsock socket (when it has a vsock device): a host
+    /// stream connects here and says `CONNECT <port>`.
+    pub fn vsock_sock(&self) -> PathBuf {
+        self.dir.join("vsock.sock")
+    }
+
     /// The guest's serial console output, written by `vmm`.
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
@@ -108,7 +114,12 @@ impl RunDir {
     /// left it empty (other files of the caller's are kept). Best effort:
     /// used on a failed launch, where the error being reported matters more.
     pub(crate) fn clean_after_failure(&self) {
-        for file in [self.api_sock(), self.console_log(), self.stderr_log()] {
+        for file in [
+            self.api_sock(),
+            self.vsock_sock(),
+            self.console_log(),
+            self.stderr_log(),
+        ] {
             let _ = std::fs::remove_file(file);
         }
         let _ = std::fs::remove_dir(&self.dir);

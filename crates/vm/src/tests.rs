@@ -155,6 +155,7 @@ impl Scratch {
             memory_mib: 64,
             disks: Vec::new(),
             nics: Vec::new(),
+            vsock_cid: None,
         }
     }
 }
@@ -530,6 +531,7 @@ async fn a_jailed_vmm_runs_confined_and_is_driven_and_killed_as_any() {
         rx_rate_limit: None,
         tx_rate_limit: None,
     });
+    spec.vsock_cid = Some(3);
     let vm = Running(
         launch_with(&vmm_binary(), &s.run_dir(), &spec, &cg.leaf, &options).expect("launch"),
     );
@@ -567,6 +569,14 @@ async fn a_jailed_vmm_runs_confined_and_is_driven_and_killed_as_any() {
     );
     let run_meta = std::fs::metadata(s.run_dir()).expect("run dir");
     assert_eq!((run_meta.uid(), run_meta.mode() & 0o777), (JAIL_ID, 0o700));
+    let config = vm.api().vm_config().expect("config");
+    assert_eq!(config["vsock"]["uds_path"], "/run/vsock.sock", "{config}");
+    let vsock = crate::RunDir::new(s.run_dir()).vsock_sock();
+    assert!(
+        std::os::unix::net::UnixStream::connect(&vsock).is_ok(),
+        "the host reaches the jailed VM's vsock socket at {}",
+        vsock.display()
+    );
     assert_eq!(
         tap::owner(&tap.0).expect("owner"),
         i64::from(JAIL_ID),

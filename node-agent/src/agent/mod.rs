@@ -34,6 +34,7 @@ mod cgroups;
 pub mod config;
 pub mod disk;
 pub mod errors;
+pub mod guest;
 pub mod host;
 pub mod image_owners;
 pub mod images;

@@ -25,6 +25,7 @@ use tokio::sync::broadcast;
 
 use super::artifacts::Kind;
 use super::errors::{AgentError, Result};
+use super::guest::GuestLink;
 use super::now;
 use super::pools::{pool_id_or_root, PoolManager};
 use super::shared::Shared;
@@ -73,6 +74,8 @@ pub struct VmEntry {
     /// The agent ended the process itself (Kill, Shutdown): its exit is a
     /// stop, not a failure.
     pub stop_requested: bool,
+    /// The link to the guest agent, while the vmm runs.
+    pub guest: Option<Arc<GuestLink>>,
 }
 
 impl VmEntry {
@@ -218,6 +221,7 @@ impl VmManager {
             pool,
             process: None,
             stop_requested: false,
+            guest: None,
         };
         let vm = self.to_proto(&entry);
         state.vms.insert(entry.record.id.clone(), entry);
@@ -455,13 +459,15 @@ impl VmManager {
         }
     }
 
-    /// Waits for the vmm to exit on a tokio task and records how it ended.
+    /// Waits for the vmm to exit on a tokio task and records how it ended;
+    /// links to the guest agent meanwhile.
     fn watch_exit(self: &Arc<Self>, id: String, process: Arc<VmProcess>) {
         let agent = Arc::clone(self);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::error!(vm = %id, "no async runtime to watch the vmm on");
             return;
         };
+        self.link_guest(&runtime, &id, &process);
         runtime.spawn(async move {
             let exit = process.wait_exit().await.unwrap_or(ExitInfo {
                 code: None,
@@ -471,6 +477,27 @@ impl VmManager {
             let _ =
                 tokio::task::spawn_blocking(move || agent2.on_vmm_exit(&id, &process, exit)).await;
         });
+    }
+
+    /// Starts the link to the guest agent of the running VM `id`, unless a
+    /// later start replaced `process` already.
+    fn link_guest(&self, runtime: &tokio::runtime::Handle, id: &str, process: &Arc<VmProcess>) {
+        let socket = stratum_vm::RunDir::new(self.shared.config.vm_run_dir(id)).vsock_sock();
+        let link = GuestLink::spawn(runtime, id.to_string(), socket, self.events.clone());
+        let mut state = self.write_state();
+        match state.vms.get_mut(id) {
+            Some(entry)
+                if entry
+                    .process
+                    .as_ref()
+                    .is_some_and(|p| Arc::ptr_eq(p, process)) =>
+            {
+                if let Some(old) = entry.guest.replace(link) {
+                    old.stop();
+                }
+            }
+            _ => link.stop(),
+        }
     }
 
     /// Watches every VM that is running (after a restart re-adopted them).
@@ -535,6 +562,9 @@ impl VmManager {
         self.pools.release(id);
         if let Some(entry) = state.vms.get_mut(id) {
             entry.process = None;
+            if let Some(guest) = entry.guest.take() {
+                guest.stop();
+            }
         }
         self.transition(&mut state, id, new_state, &reason, clear_process)
     }
@@ -556,10 +586,12 @@ impl VmManager {
             (process, ticket)
         };
         self.shared.settle(ticket)?;
-        // A paused guest cannot react to Ctrl+Alt+Del.
+        // A paused guest can react to nothing.
         let _ = process.resume();
-        if let Err(e) = process.ctrl_alt_del() {
-            tracing::warn!(vm = %id, "Ctrl+Alt+Del failed, stopping hard: {e}");
+        if !self.shutdown_through_guest_agent(id) {
+            if let Err(e) = process.ctrl_alt_del() {
+                tracing::warn!(vm = %id, "Ctrl+Alt+Del failed, stopping hard: {e}");
+            }
         }
         let id_owned = id.to_string();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -583,6 +615,27 @@ impl VmManager {
             });
         }
         self.get(id)
+    }
+
+    /// Asks the guest agent, when one answers, to power the guest off;
+    /// false when there is none or it did not acknowledge (Ctrl+Alt+Del
+    /// is then the way).
+    fn shutdown_through_guest_agent(&self, id: &str) -> bool {
+        let link = self
+            .read_state()
+            .vms
+            .get(id)
+            .and_then(|entry| entry.guest.clone());
+        let Some(link) = link.filter(|link| link.answers()) else {
+            return false;
+        };
+        match link.request_shutdown(false) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(vm = %id, "shutdown through the guest agent failed ({e}); Ctrl+Alt+Del");
+                false
+            }
+        }
     }
 
     pub fn kill(&self, id: &str) -> Result<proto::VirtualMachine> {
@@ -708,7 +761,8 @@ impl VmManager {
     }
 
     fn to_proto(&self, vm: &VmEntry) -> proto::VirtualMachine {
-        vm_to_proto(vm, self.pools.reservation_of(&vm.record.id))
+        let guest = vm.guest.as_ref().map(|link| link.info());
+        vm_to_proto(vm, self.pools.reservation_of(&vm.record.id), guest)
     }
 
     /// Writes again the limits of every running VM in `pools` (after a
@@ -780,6 +834,7 @@ impl VmManager {
             .stage([Change::PutVm(Box::new(record.clone()))])?;
         entry.record = record;
         let _ = self.events.send(proto::VmEvent {
+            kind: proto::VmEventKind::StateChanged as i32,
             vm_id: id.to_string(),
             old_state: from as i32,
             new_state: to as i32,
@@ -811,6 +866,7 @@ impl VmManager {
                 pool,
                 process: None,
                 stop_requested: false,
+                guest: None,
             };
             let was_running = matches!(
                 entry.state(),
@@ -1087,6 +1143,10 @@ fn seed_of(id: &str, spec: &proto::VmSpec) -> Option<Seed> {
     })
 }
 
+/// The guest CID of every VM's vsock device. Each VM's vsock is its own
+/// (its host end is its hybrid-vsock socket), so one CID serves them all.
+const GUEST_CID: u32 = 3;
+
 fn process_spec(id: &str, entry: &VmEntry) -> VmProcessSpec {
     let spec = entry.spec();
     let runtime = entry.runtime();
@@ -1126,6 +1186,7 @@ fn process_spec(id: &str, entry: &VmEntry) -> VmProcessSpec {
                 tx_rate_limit: rate_limiter(n.tx_rate_limit.as_ref()),
             })
             .collect(),
+        vsock_cid: Some(GUEST_CID),
     }
 }
 
@@ -1161,6 +1222,7 @@ fn matches_filter(vm: &VmEntry, filter: &proto::ListVmsRequest) -> bool {
 fn vm_to_proto(
     vm: &VmEntry,
     reservation: Option<stratum_pool::Resources>,
+    guest: Option<proto::GuestInfo>,
 ) -> proto::VirtualMachine {
     let runtime = vm.runtime();
     let reservation = reservation.map(Into::into);
@@ -1179,6 +1241,7 @@ fn vm_to_proto(
             created_at: vm.record.created_at,
             started_at: runtime.started_at,
             reservation,
+            guest,
         }),
     }
 }

@@ -68,13 +68,6 @@ impl Vsock {
     }
 }
 
-impl Drop for Vsock {
-    fn drop(&mut self) {
-        // The socket file is ours: bind created it.
-        let _ = std::fs::remove_file(&self.uds_path);
-    }
-}
-
 /// Passes every packet the guest queued to the muxer. A malformed request
 /// (short header, payload beyond the limit or the buffers) is completed
 /// and dropped; the device goes on.
