@@ -319,6 +319,27 @@ async fn a_vm_runs_in_its_pool_cgroup_through_its_lifecycle() {
     assert!(!agent.dir.join("data/vms").join(&vm.id).exists());
 }
 
+/// A spec that names only its role gets the role's size and shares,
+/// stored as the VM's spec.
+#[tokio::test]
+async fn a_roles_template_fills_what_the_spec_leaves_out() {
+    let agent = TestAgent::start("roles");
+    let spec = proto::VmSpec {
+        role: proto::VmRole::Etcd as i32,
+        vcpus: 0,
+        memory_mib: 0,
+        ..vm_spec(&agent, "etcd-0", "")
+    };
+    let vm = create_vm(&agent, spec).await.unwrap();
+    let spec = vm.spec.unwrap();
+    assert_eq!((spec.vcpus, spec.memory_mib), (2, 2048));
+    assert_eq!(spec.cpu_shares.unwrap().level(), proto::SharesLevel::High);
+    let reservation = vm.status.unwrap().reservation;
+    assert!(reservation.is_none(), "nothing reserved before a start");
+    let stored = get(&agent, &vm.id).await.spec.unwrap();
+    assert_eq!((stored.vcpus, stored.memory_mib), (2, 2048));
+}
+
 /// What `mtype` (Debian's mtools) reads of `file` on the FAT volume `image`.
 fn fat_file(image: &std::path::Path, file: &str) -> String {
     let out = std::process::Command::new("mtype")
@@ -338,12 +359,34 @@ fn fat_file(image: &std::path::Path, file: &str) -> String {
 #[tokio::test]
 async fn a_cloud_init_seed_is_made_attached_and_removed_with_the_vm() {
     let agent = TestAgent::start("seed");
+    let tap = format!("sts{}", std::process::id() % 100_000);
+    let made = std::process::Command::new("ip")
+        .args(["tuntap", "add", "dev", &tap, "mode", "tap"])
+        .status()
+        .unwrap();
+    assert!(made.success(), "ip tuntap add {tap}");
+    struct Tap(String);
+    impl Drop for Tap {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &self.0])
+                .status();
+        }
+    }
+    let _tap = Tap(tap.clone());
     let user_data = "#cloud-config\nhostname: seeded\n";
     let spec = proto::VmSpec {
         cloud_init: Some(proto::CloudInit {
             user_data: user_data.as_bytes().to_vec(),
             meta_data: [("zone".to_string(), "rack-7".to_string())].into(),
         }),
+        nics: vec![proto::NicSpec {
+            tap_name: tap.clone(),
+            mac: "06:00:00:00:00:0A".into(),
+            addresses: vec!["10.9.0.2/24".into()],
+            gateway: "10.9.0.1".into(),
+            ..Default::default()
+        }],
         ..vm_spec(&agent, "seeded", "")
     };
     let vm = create_vm(&agent, spec).await.unwrap();
@@ -354,6 +397,11 @@ async fn a_cloud_init_seed_is_made_attached_and_removed_with_the_vm() {
     assert_eq!(meta["instance-id"], vm.id.as_str());
     assert_eq!(meta["local-hostname"], "seeded");
     assert_eq!(meta["zone"], "rack-7");
+    let net: serde_json::Value = serde_json::from_str(&fat_file(&seed, "network-config")).unwrap();
+    let nic = &net["ethernets"]["nic0"];
+    assert_eq!(nic["match"]["macaddress"], "06:00:00:00:00:0a", "{net}");
+    assert_eq!(nic["addresses"][0], "10.9.0.2/24", "{net}");
+    assert_eq!(nic["routes"][0]["via"], "10.9.0.1", "{net}");
 
     let started = agent
         .vms()
@@ -371,6 +419,7 @@ async fn a_cloud_init_seed_is_made_attached_and_removed_with_the_vm() {
     assert_eq!(drives.len(), 1, "the seed is the only disk: {config}");
     assert_eq!(drives[0]["path_on_host"], "/vm/disk0", "{config}");
     assert_eq!(drives[0]["is_read_only"], true, "{config}");
+    assert_eq!(config["vsock"]["uds_path"], "/run/vsock.sock", "{config}");
 
     agent
         .vms()
@@ -401,16 +450,18 @@ async fn bad_vm_specs_get_their_codes_and_leave_nothing() {
     std::os::unix::fs::symlink("/etc/shadow", &escaping_link).unwrap();
     let cases: Vec<(&str, proto::VmSpec, Code)> = vec![
         (
-            "zero vCPUs",
+            "more vCPUs than a VM may have",
             proto::VmSpec {
-                vcpus: 0,
+                vcpus: 255,
                 ..base.clone()
             },
             Code::InvalidArgument,
         ),
         (
-            "no memory",
+            "no role, so no template for the missing size",
             proto::VmSpec {
+                role: proto::VmRole::Unspecified as i32,
+                vcpus: 0,
                 memory_mib: 0,
                 ..base.clone()
             },
@@ -602,6 +653,43 @@ async fn bad_vm_specs_get_their_codes_and_leave_nothing() {
         (
             "meta-data the agent sets",
             cloud_init(b"#cloud-config\n".to_vec(), "instance-id"),
+            Code::InvalidArgument,
+        ),
+        (
+            "static addresses without the NIC's mac",
+            proto::VmSpec {
+                nics: vec![proto::NicSpec {
+                    tap_name: "tap0".into(),
+                    addresses: vec!["10.0.0.2/24".into()],
+                    ..Default::default()
+                }],
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "an address that is not CIDR",
+            proto::VmSpec {
+                nics: vec![proto::NicSpec {
+                    tap_name: "tap0".into(),
+                    mac: "06:00:00:00:00:01".into(),
+                    addresses: vec!["10.0.0.2/33".into()],
+                    ..Default::default()
+                }],
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "a gateway without addresses",
+            proto::VmSpec {
+                nics: vec![proto::NicSpec {
+                    tap_name: "tap0".into(),
+                    gateway: "10.0.0.1".into(),
+                    ..Default::default()
+                }],
+                ..base.clone()
+            },
             Code::InvalidArgument,
         ),
         (

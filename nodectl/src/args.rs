@@ -134,6 +134,9 @@ pub fn parse_nic(text: &str) -> Result<NicSpec, String> {
         match key {
             "tap" => nic.tap_name = required(&what, key, value)?.to_string(),
             "mac" => nic.mac = required(&what, key, value)?.to_string(),
+            "ip" => nic.addresses.push(required(&what, key, value)?.to_string()),
+            "gw" => nic.gateway = required(&what, key, value)?.to_string(),
+            "dns" => nic.nameservers.push(required(&what, key, value)?.to_string()),
             "rx-bw" => {
                 let bytes = per_second(&what, key, value)?;
                 nic.rx_rate_limit
@@ -148,7 +151,7 @@ pub fn parse_nic(text: &str) -> Result<NicSpec, String> {
             }
             _ => {
                 return Err(format!(
-                    "{what}: unknown option {key:?} (expected tap=, mac=, rx-bw=, tx-bw=)"
+                    "{what}: unknown option {key:?} (expected tap=, mac=, ip=, gw=, dns=, rx-bw=, tx-bw=)"
                 ))
             }
         }
@@ -327,6 +330,18 @@ mod tests {
         ] {
             assert!(parse_disk(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn nics_take_static_addressing() {
+        let n = parse_nic(
+            "tap=t0,mac=06:00:00:00:00:01,ip=10.0.0.2/24,ip=fd00::2/64,gw=10.0.0.1,dns=10.0.0.1",
+        )
+        .unwrap();
+        assert_eq!(n.addresses, ["10.0.0.2/24", "fd00::2/64"]);
+        assert_eq!(n.gateway, "10.0.0.1");
+        assert_eq!(n.nameservers, ["10.0.0.1"]);
+        assert!(parse_nic("tap=t0,ip").is_err());
     }
 
     #[test]

@@ -251,11 +251,13 @@ pub struct VmCreate {
     /// control-plane | etcd | worker.
     #[arg(long, value_parser = parse_role)]
     pub role: VmRole,
+    /// vCPUs [default: the role's: 2].
     #[arg(long)]
-    pub vcpus: u32,
-    /// Guest RAM: MiB, or a size that is a whole number of MiB (2Gi).
+    pub vcpus: Option<u32>,
+    /// Guest RAM: MiB, or a size that is a whole number of MiB (2Gi)
+    /// [default: the role's: etcd 2Gi, control-plane and worker 4Gi].
     #[arg(long, value_name = "MIB", value_parser = parse_memory_mib)]
-    pub memory: u64,
+    pub memory: Option<u64>,
     /// Guest kernel (vmlinux or bzImage), a path on the agent's host in
     /// one of its artifact directories (as are the initrd and disk bases).
     #[arg(long)]
@@ -271,8 +273,10 @@ pub struct VmCreate {
     /// operations per second at most).
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     pub disk: Vec<DiskSpec>,
-    /// tap=NAME[,mac=MAC][,rx-bw=SIZE][,tx-bw=SIZE] (repeatable; bytes per
-    /// second received and sent at most).
+    /// tap=NAME[,mac=MAC][,ip=CIDR]...[,gw=IP][,dns=IP]...[,rx-bw=SIZE][,tx-bw=SIZE]
+    /// (repeatable; ip=, gw= and dns= are static addressing given to the
+    /// guest by cloud-init, with --user-data; bytes per second received and
+    /// sent at most).
     #[arg(long, value_name = "SPEC", value_parser = parse_nic)]
     pub nic: Vec<NicSpec>,
     /// k=v (repeatable).
@@ -284,7 +288,8 @@ pub struct VmCreate {
     /// CPU limit in millicores [default: vcpus x 1000].
     #[arg(long, value_name = "MILLICORES", value_parser = parse_millicores)]
     pub cpu_limit: Option<u64>,
-    /// low | normal | high | a number.
+    /// low | normal | high | a number [default: the role's: high for etcd
+    /// and control-plane, normal for worker].
     #[arg(long, value_name = "SHARES", value_parser = parse_shares)]
     pub cpu_shares: Option<Shares>,
     /// Memory reservation, MiB or a whole-MiB size [default: all of

@@ -665,7 +665,14 @@ fn vm_devices(t: &mut Table, spec: &stratum_api::proto::VmSpec) {
         } else {
             &nic.mac
         };
-        t.row([format!("NIC {i}"), format!("{} mac={mac}", nic.tap_name)]);
+        let mut text = format!("{} mac={mac}", nic.tap_name);
+        if !nic.addresses.is_empty() {
+            text.push_str(&format!(" ip={}", nic.addresses.join(",")));
+        }
+        if !nic.gateway.is_empty() {
+            text.push_str(&format!(" gw={}", nic.gateway));
+        }
+        t.row([format!("NIC {i}"), text]);
     }
     let labels: Vec<String> = spec
         .labels

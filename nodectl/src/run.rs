@@ -422,8 +422,8 @@ pub fn vm_spec(c: VmCreate) -> anyhow::Result<VmSpec> {
         name: c.name,
         pool_id: c.pool.unwrap_or_default(),
         role: c.role as i32,
-        vcpus: c.vcpus,
-        memory_mib: c.memory,
+        vcpus: c.vcpus.unwrap_or(0),
+        memory_mib: c.memory.unwrap_or(0),
         kernel: absolute(&c.kernel)?,
         initrd: c
             .initrd

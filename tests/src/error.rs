@@ -25,6 +25,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A host tool the harness runs failed.
+    #[error("{0}")]
+    Tool(String),
+
     /// A scenario's drive has a path QEMU's `-drive file=` cannot carry.
     #[error("drive path {} is not UTF-8 or contains a comma", .0.display())]
     BadDrivePath(PathBuf),

@@ -16,6 +16,7 @@ mod cpio;
 mod error;
 pub mod guest;
 mod image;
+mod node;
 mod outcome;
 mod qemu;
 mod scenario;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub use error::{Error, Result};
+pub use node::node_image_volume;
 pub use outcome::Outcome;
 pub use scenario::{Drive, ExtraFile, FileSource, Scenario, DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT};
 

@@ -41,6 +41,7 @@ pub mod images;
 pub mod inventory;
 pub mod pods;
 pub mod pools;
+pub mod roles;
 pub mod shared;
 pub mod vms;
 

@@ -28,6 +28,7 @@ use super::errors::{AgentError, Result};
 use super::guest::GuestLink;
 use super::now;
 use super::pools::{pool_id_or_root, PoolManager};
+use super::roles;
 use super::shared::Shared;
 use crate::records::{VmRecord, VmRuntime};
 use crate::state::{Change, Ticket};
@@ -38,7 +39,7 @@ use stratum_pool::{
     validate_name, PoolId, Shares, VmSizing, Workload, WorkloadId, MILLICORES_PER_CPU,
     VMM_MEMORY_OVERHEAD_BYTES,
 };
-use stratum_vm::seed::Seed;
+use stratum_vm::seed::{Seed, StaticInterface};
 use stratum_vm::DiskError;
 use stratum_vm::{ConsoleFollower, ExitInfo, VmProcess, VmProcessSpec};
 
@@ -170,6 +171,9 @@ impl VmManager {
     /// stages its record under the write lock, and answers once the record
     /// is durable.
     pub fn create(&self, spec: &proto::VmSpec) -> Result<proto::VirtualMachine> {
+        let mut spec = spec.clone();
+        roles::apply_defaults(&mut spec);
+        let spec = &spec;
         self.shared.config.check_free_disk("VM create")?;
         let host_memory = self.pools.host_memory();
         // Opens the files the spec names: no lock held.
@@ -1046,8 +1050,60 @@ fn check_spec(spec: &proto::VmSpec, host_memory: u64) -> Result<VmSizing> {
                 stratum_pool::quoted(&nic.mac)
             )));
         }
+        check_nic_addressing(i, nic).map_err(invalid)?;
     }
     Ok(sizing)
+}
+
+/// A NIC's static addressing: CIDR addresses, IP gateway and name
+/// servers, and the MAC the guest finds the NIC by.
+fn check_nic_addressing(i: usize, nic: &proto::NicSpec) -> std::result::Result<(), String> {
+    const MAX_ADDRESSES: usize = 16;
+    let ip = |what: &str, text: &str| {
+        text.parse::<std::net::IpAddr>().map_err(|_| {
+            format!(
+                "nic {i}: {what} {} is not an IP address",
+                stratum_pool::quoted(text)
+            )
+        })
+    };
+    if nic.addresses.is_empty() {
+        if !nic.gateway.is_empty() || !nic.nameservers.is_empty() {
+            return Err(format!("nic {i}: a gateway or name servers need addresses"));
+        }
+        return Ok(());
+    }
+    if nic.mac.is_empty() {
+        return Err(format!(
+            "nic {i}: static addresses need the NIC's mac, which the guest finds it by"
+        ));
+    }
+    if nic.addresses.len() > MAX_ADDRESSES || nic.nameservers.len() > MAX_ADDRESSES {
+        return Err(format!(
+            "nic {i}: at most {MAX_ADDRESSES} addresses and name servers"
+        ));
+    }
+    for address in &nic.addresses {
+        let bad = || {
+            format!(
+                "nic {i}: address {} is not CIDR (10.0.0.2/24)",
+                stratum_pool::quoted(address)
+            )
+        };
+        let (addr, prefix) = address.split_once('/').ok_or_else(bad)?;
+        let addr = ip("address", addr).map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if !prefix.parse::<u8>().is_ok_and(|p| p <= max) {
+            return Err(bad());
+        }
+    }
+    if !nic.gateway.is_empty() {
+        ip("gateway", &nic.gateway)?;
+    }
+    for nameserver in &nic.nameservers {
+        ip("name server", nameserver)?;
+    }
+    Ok(())
 }
 
 /// The largest disk a spec may ask for: ext4's largest file.
@@ -1139,7 +1195,17 @@ fn seed_of(id: &str, spec: &proto::VmSpec) -> Option<Seed> {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        interfaces: Vec::new(),
+        interfaces: spec
+            .nics
+            .iter()
+            .filter(|nic| !nic.addresses.is_empty())
+            .map(|nic| StaticInterface {
+                mac: nic.mac.clone(),
+                addresses: nic.addresses.clone(),
+                gateway: (!nic.gateway.is_empty()).then(|| nic.gateway.clone()),
+                nameservers: nic.nameservers.clone(),
+            })
+            .collect(),
     })
 }
 
