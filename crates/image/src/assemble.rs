@@ -8,7 +8,7 @@ use oci_spec::image::{Arch, ImageConfiguration, ImageManifest, Os};
 
 use super::digest::Digest;
 use super::error::ImageError;
-use super::media::{check_config_type, check_layer_type};
+use super::media::{check_config_type, check_layer_type, VmPayload};
 use super::platform::PLATFORM;
 use super::record::{ImageRecord, LayerRecord};
 use super::txn::{Pin, Txn};
@@ -86,7 +86,34 @@ pub(crate) fn layer_records(
             diff_id: Digest::parse(diff_id)?,
         });
     }
+    check_vm_payloads(&out, digest)?;
     Ok(out)
+}
+
+/// A VM image is VM payloads only: one kernel, at most one initramfs, one
+/// disk. Payloads mixed with filesystem layers make neither a container
+/// image nor a VM image.
+fn check_vm_payloads(layers: &[LayerRecord], digest: &Digest) -> Result<(), ImageError> {
+    let payloads: Vec<Option<VmPayload>> = layers
+        .iter()
+        .map(|l| VmPayload::of(&l.media_type))
+        .collect();
+    if payloads.iter().all(Option::is_none) {
+        return Ok(());
+    }
+    let count = |kind| payloads.iter().filter(|p| **p == Some(kind)).count();
+    let valid = payloads.iter().all(Option::is_some)
+        && count(VmPayload::Kernel) == 1
+        && count(VmPayload::Initrd) <= 1
+        && count(VmPayload::Disk) == 1;
+    if valid {
+        Ok(())
+    } else {
+        Err(ImageError::invalid(
+            format!("manifest {digest}"),
+            "a VM image has one kernel, at most one initramfs and one disk, and nothing else",
+        ))
+    }
 }
 
 /// A new record.
@@ -138,6 +165,7 @@ pub(crate) fn finish(staged: Staged) -> Result<ImageRecord, ImageError> {
             &shared.blobs.path(&layer.digest),
             &layer.digest,
             &layer.diff_id,
+            &layer.media_type,
         )?;
     }
     txn.commit(new_record(

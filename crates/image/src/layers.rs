@@ -14,6 +14,8 @@
 //! blob store (verified against their digest) are ever unpacked.
 
 use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -21,7 +23,7 @@ use super::blobs::list_digests;
 use super::digest::{Digest, HashingReader};
 use super::error::ImageError;
 use super::fsutil::{fsync_dir, remove_any, unique_name};
-use super::media::decompress;
+use super::media::{decompress, VmPayload};
 use super::unpack::{unpack, Mode, UnpackLimits};
 
 /// Unpacked layers under `<images>/layers/`.
@@ -65,20 +67,26 @@ impl LayerStore {
         list_digests(&self.dir)
     }
 
-    /// Unpacks the stored blob at `blob` (layer `digest`, compressed or
-    /// not) as the layer `diff_id`, unless it already is.
+    /// Unpacks the stored blob at `blob` (layer `digest` of type
+    /// `media_type`, compressed or not) as the layer `diff_id`, unless it
+    /// already is: a filesystem layer as a tree, a VM payload as its one
+    /// file.
     pub(crate) fn unpack(
         &self,
         blob: &Path,
         digest: &Digest,
         diff_id: &Digest,
+        media_type: &str,
     ) -> Result<(), ImageError> {
         if self.contains(diff_id) {
             return Ok(());
         }
         let work = self.tmp.join(unique_name("layer"));
         fs::create_dir(&work).map_err(ImageError::io_at("create", &work))?;
-        let result = self.unpack_into(&work, blob, digest, diff_id);
+        let result = match VmPayload::of(media_type) {
+            Some(payload) => self.unpack_payload(&work, blob, digest, diff_id, payload),
+            None => self.unpack_into(&work, blob, digest, diff_id),
+        };
         if result.is_err() {
             let _ = remove_any(&work);
         }
@@ -110,6 +118,49 @@ impl LayerStore {
         self.publish(work, diff_id)
     }
 
+    /// A VM payload: its bytes (gunzipped when its type says so) into one
+    /// world-readable file, sparse where they are zero, checked against
+    /// the diff-id. A payload may not decode to more than the unpack
+    /// limit's bytes.
+    fn unpack_payload(
+        &self,
+        work: &Path,
+        blob: &Path,
+        digest: &Digest,
+        diff_id: &Digest,
+        payload: VmPayload,
+    ) -> Result<(), ImageError> {
+        let file = File::open(blob).map_err(ImageError::io_at("open blob", blob))?;
+        let bad = |source| ImageError::BadArchive {
+            layer: digest.to_string(),
+            source,
+        };
+        let reader: Box<dyn Read> = if payload.gzipped() {
+            Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
+                file,
+            )))
+        } else {
+            Box::new(file)
+        };
+        let mut reader = HashingReader::new(reader);
+        let path = work.join(payload.file_name());
+        let out = File::create(&path).map_err(ImageError::io_at("create", &path))?;
+        let written = write_sparse(&mut reader, &out, self.limits.max_bytes).map_err(bad)?;
+        let (actual, _) = reader.finish().map_err(bad)?;
+        if &actual != diff_id {
+            return Err(ImageError::DigestMismatch {
+                what: format!("uncompressed VM payload {digest} (diff-id)"),
+                expected: diff_id.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        out.set_len(written)
+            .map_err(ImageError::io_at("size", &path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+            .map_err(ImageError::io_at("chmod", &path))?;
+        self.publish(work, diff_id)
+    }
+
     /// Makes the finished work directory the layer: mode 0755, data
     /// synced, renamed into place, the rename synced.
     fn publish(&self, work: &Path, diff_id: &Digest) -> Result<(), ImageError> {
@@ -126,5 +177,38 @@ impl LayerStore {
             }
             Err(e) => Err(ImageError::io("rename layer to", &dest, e)),
         }
+    }
+}
+
+/// Copies `reader` into `out`, leaving 4 KiB blocks of zeros as holes;
+/// returns the bytes read. More than `max_bytes` is an error.
+fn write_sparse(reader: &mut impl Read, out: &File, max_bytes: u64) -> std::io::Result<u64> {
+    const BLOCK: usize = 4096;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at: u64 = 0;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match reader.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            return Ok(at);
+        }
+        if at.saturating_add(filled as u64) > max_bytes {
+            return Err(std::io::Error::other(format!(
+                "the payload decodes to more than {max_bytes} bytes"
+            )));
+        }
+        for (i, block) in buf[..filled].chunks(BLOCK).enumerate() {
+            if block.iter().any(|&b| b != 0) {
+                out.write_all_at(block, at + (i * BLOCK) as u64)?;
+            }
+        }
+        at += filled as u64;
     }
 }

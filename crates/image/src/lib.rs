@@ -54,6 +54,7 @@ mod source;
 pub mod store;
 mod txn;
 mod unpack;
+pub mod vm_layout;
 pub mod whiteout;
 
 #[cfg(test)]
@@ -67,6 +68,6 @@ pub use lease::ImageLease;
 pub use progress::{LayerPhase, LayerProgress, ProgressSink, PullEvent};
 pub use record::{import_index_file, ImageRecord, LayerRecord};
 pub use registry::{PullOptions, RegistryCredentials};
-pub use store::ImageStore;
+pub use store::{ImageStore, VmImageFiles};
 pub use unpack::UnpackLimits;
 pub use whiteout::OPAQUE_XATTR;

@@ -27,6 +27,54 @@ pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// Zstd OCI layer.
 pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
+/// A VM image's kernel (bzImage or ELF vmlinux), as is.
+pub const VM_KERNEL: &str = "application/vnd.stratum.vm.kernel.v1";
+/// A VM image's initramfs, as is (however it is compressed inside).
+pub const VM_INITRD: &str = "application/vnd.stratum.vm.initrd.v1";
+/// A VM image's root disk: a raw disk image, gzip-compressed for transport
+/// and storage (a raw disk is mostly zeros); stored unpacked as a sparse
+/// file.
+pub const VM_DISK_GZIP: &str = "application/vnd.stratum.vm.disk.raw.v1+gzip";
+/// The config label a VM image's default kernel command line is in.
+pub const VM_CMDLINE_LABEL: &str = "org.stratum.vm.cmdline";
+
+/// What a VM image layer holds, and the file it is unpacked to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmPayload {
+    Kernel,
+    Initrd,
+    Disk,
+}
+
+impl VmPayload {
+    /// The VM payload a layer media type names; `None` for a filesystem
+    /// layer. Unlike a filesystem layer, a payload is decompressed by its
+    /// declared type, never by its magic: a kernel or an initramfs may
+    /// itself begin with a compressor's magic number.
+    pub fn of(media_type: &str) -> Option<Self> {
+        match media_type {
+            VM_KERNEL => Some(VmPayload::Kernel),
+            VM_INITRD => Some(VmPayload::Initrd),
+            VM_DISK_GZIP => Some(VmPayload::Disk),
+            _ => None,
+        }
+    }
+
+    /// The file in its layer directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            VmPayload::Kernel => "kernel",
+            VmPayload::Initrd => "initrd",
+            VmPayload::Disk => "disk.raw",
+        }
+    }
+
+    /// Whether the blob is gzip-compressed.
+    pub fn gzipped(self) -> bool {
+        self == VmPayload::Disk
+    }
+}
+
 /// The manifest types asked for from a registry (`Accept`).
 pub const MANIFEST_TYPES: &[&str] = &[OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
 
@@ -39,6 +87,9 @@ const LAYER_TYPES: &[&str] = &[
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
     "application/vnd.docker.image.rootfs.diff.tar.gzip",
     "application/vnd.docker.image.rootfs.diff.tar",
+    VM_KERNEL,
+    VM_INITRD,
+    VM_DISK_GZIP,
 ];
 
 /// A single-image manifest or a multi-platform index.

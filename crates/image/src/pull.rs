@@ -177,9 +177,12 @@ impl ImageStore {
         progress.layer(&layer.digest, layer.size, layer.size, LayerPhase::Unpacking);
         let (shared, l) = (shared.clone(), layer.clone());
         tokio::task::spawn_blocking(move || {
-            shared
-                .layers
-                .unpack(&shared.blobs.path(&l.digest), &l.digest, &l.diff_id)
+            shared.layers.unpack(
+                &shared.blobs.path(&l.digest),
+                &l.digest,
+                &l.diff_id,
+                &l.media_type,
+            )
         })
         .await
         .map_err(|e| ImageError::Io {

@@ -65,6 +65,14 @@ pub struct LayerRecord {
 }
 
 impl ImageRecord {
+    /// Whether this is a VM image (kernel, initramfs, disk) rather than a
+    /// container image.
+    pub fn is_vm_image(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| super::media::VmPayload::of(&l.media_type).is_some())
+    }
+
     /// The first reference, or the short id when it has none.
     pub fn display_name(&self) -> String {
         self.references

@@ -27,6 +27,7 @@ use super::error::ImageError;
 use super::fsutil::{remove_any, unique_name};
 use super::layers::LayerStore;
 use super::lease::ImageLease;
+use super::media::{VmPayload, VM_CMDLINE_LABEL};
 use super::record::{ImageRecord, Index};
 use super::txn::Pin;
 use super::unpack::UnpackLimits;
@@ -122,6 +123,17 @@ pub(crate) fn empty_trash(paths: Vec<PathBuf>) {
             tracing::warn!(path = %path.display(), error = %e, "cannot delete removed image data");
         }
     }
+}
+
+/// Where a VM image's parts are in the store. Read-only: every VM gets its
+/// own copy of the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmImageFiles {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub disk: PathBuf,
+    /// The image's default kernel command line.
+    pub cmdline: Option<String>,
 }
 
 impl ImageStore {
@@ -272,6 +284,33 @@ impl ImageStore {
             .collect()
     }
 
+    /// A VM image's files in the store, and its default kernel command
+    /// line; `None` for a container image.
+    pub fn vm_files(&self, record: &ImageRecord) -> Option<VmImageFiles> {
+        if !record.is_vm_image() {
+            return None;
+        }
+        let file = |kind: VmPayload| {
+            record
+                .layers
+                .iter()
+                .find(|l| VmPayload::of(&l.media_type) == Some(kind))
+                .map(|l| self.layer_dir(&l.diff_id).join(kind.file_name()))
+        };
+        let cmdline = record
+            .config
+            .config()
+            .as_ref()
+            .and_then(|c| c.labels().as_ref())
+            .and_then(|labels| labels.get(VM_CMDLINE_LABEL))
+            .cloned();
+        Some(VmImageFiles {
+            kernel: file(VmPayload::Kernel)?,
+            initrd: file(VmPayload::Initrd),
+            disk: file(VmPayload::Disk)?,
+            cmdline,
+        })
+    }
     /// The directory of the unpacked layer with this diff-id.
     pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
         self.shared.layers.path(diff_id)

@@ -7,6 +7,7 @@ mod import;
 mod registry;
 mod store;
 mod unpack;
+mod vm;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -439,6 +439,7 @@ impl PodManager {
                 container.name
             ))
         })?;
+        super::refuse_vm_image(&container.name, &lease)?;
         {
             let mut state = self.write_state();
             let entry = pod_entry(&state, pod_id)?;

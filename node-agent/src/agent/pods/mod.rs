@@ -271,6 +271,7 @@ impl PodManager {
                         c.name
                     ))
                 })?;
+                refuse_vm_image(&c.name, &lease)?;
                 Ok((c.name.clone(), lease))
             })
             .collect()
@@ -748,4 +749,15 @@ pub fn container_state_name(state: ContainerState) -> &'static str {
 /// A timestamp `after` from now.
 fn timestamp_in(after: Duration) -> Timestamp {
     Timestamp::from(std::time::SystemTime::now() + after)
+}
+
+/// A VM image's layers are a kernel and a disk, not a root filesystem.
+pub(super) fn refuse_vm_image(container: &str, lease: &ImageLease) -> Result<()> {
+    if lease.record().is_vm_image() {
+        return Err(AgentError::InvalidArgument(format!(
+            "container {container:?}: {} is a VM image; a container runs a container image",
+            lease.record().display_name()
+        )));
+    }
+    Ok(())
 }
