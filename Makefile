@@ -5,6 +5,7 @@
 #               first start); drive it with build/bin/nodectl. More agent
 #               options: make run AGENT_ARGS='--insecure-registry 127.0.0.1:5000'
 #   make run-vm boot the guest VM with our vmm inside the nested test host
+#   make run-node  the node image through the agent in the nested test host
 #   make test   every test: the lints (make lint), unit, CLI error paths, real
 #               boots in the nested host
 #   make bench  boot time, memory, disk I/O and vsock latency of vmm beside QEMU microvm;
@@ -30,7 +31,7 @@ DEB_PACKAGES := qemu-system-x86 busybox-static cpio linux-source-6.1 \
 	build-essential flex bison bc libelf-dev libssl-dev xz-utils kmod \
 	docker-registry skopeo umoci nftables crun runc mtools dosfstools mmdebstrap
 
-.PHONY: all deps bench-pod-deps images node-image static build run run-vm test bench fuzz fuzz-test fmt lint clean
+.PHONY: all deps bench-pod-deps images node-image run-node static build run run-vm test bench fuzz fuzz-test fmt lint clean
 
 all: build
 
@@ -49,11 +50,11 @@ images: deps
 # The node image (guest-images/node-image.sh): Debian 12 with cloud-init and
 # the guest agent, on Debian's stock cloud kernel. Needs the static agent.
 node-image: deps static
-	guest-images/node-image.sh $(STATIC_BIN)/stratum-guest
+	guest-images/node-image.sh $(STATIC_BIN)/stratum-guest $(STATIC_BIN)/stratum-vm-image
 
 static:
 	$(STATIC_CARGO) -p vmm --bin vmm -p stratum-jail --bin stratum-jailer
-	$(STATIC_CARGO) -p stratum-guest --bin stratum-guest
+	$(STATIC_CARGO) -p stratum-guest --bin stratum-guest -p stratum-image --bin stratum-vm-image
 	$(STATIC_CARGO) -p stratum-tests --bin boot-probe --bin api-call --bin mktap --bin vsock-host \
 		--bin guest-probe
 	$(STATIC_CARGO) -p node-agent --bin node-agent -p nodectl --bin nodectl \
@@ -70,13 +71,21 @@ AGENT_ARGS ?=
 STRATUM_CACHE ?= /var/cache/stratum
 run: images static
 	mkdir -p build/bin
-	for b in node-agent nodectl vmm stratum-jailer stratum-log-writer; do ln -sfn ../../$(STATIC_BIN)/$$b build/bin/$$b; done
+	for b in node-agent nodectl vmm stratum-jailer stratum-log-writer stratum-vm-image; do ln -sfn ../../$(STATIC_BIN)/$$b build/bin/$$b; done
 	build/bin/node-agent --data-dir data --vmm build/bin/vmm \
 		--artifact-dir build/images --artifact-dir $(STRATUM_CACHE)/guest-kernel \
 		--artifact-dir $(STRATUM_CACHE)/guest-initramfs $(AGENT_ARGS)
 
 run-vm: images static
 	$(CARGO) run -q -p stratum-tests --bin nested-host -- --script guest-images/run-guest.sh --echo
+
+# The node image through the agent, in the nested test host: imported as a
+# VM image, a worker VM from it with user-data, ready, shut down.
+run-node: images static node-image
+	$(CARGO) run -q -p stratum-tests --bin nested-host -- --script guest-images/run-node.sh \
+		--node-image --memory 5120 --timeout 900 \
+		--file /stratum/bin/node-agent=$(STATIC_BIN)/node-agent --file /stratum/bin/nodectl=$(STATIC_BIN)/nodectl \
+		--file /stratum/bin/stratum-jailer=$(STATIC_BIN)/stratum-jailer --file /stratum/bin/mktap=$(STATIC_BIN)/mktap
 
 # Tests drive the workspace's binaries (an agent test runs nodectl), and
 # cargo builds a package's binaries for tests only when that package has

@@ -2,7 +2,7 @@
 # The node image: Debian 12 from Debian's packages (mmdebstrap) booted with
 # Debian's stock cloud kernel and an initramfs made by initramfs-tools.
 #
-# Usage: node-image.sh GUEST_AGENT_BINARY
+# Usage: node-image.sh GUEST_AGENT_BINARY VM_IMAGE_TOOL
 #
 # Outputs (symlinks in $STRATUM_IMAGES):
 #   node-vmlinuz      linux-image-cloud-amd64's kernel, unchanged
@@ -13,6 +13,9 @@
 #                     (server, client), containerd + runc, and the guest
 #                     agent as the systemd unit stratum-guest.service
 #   node-cmdline      the image's default kernel command line
+#   node-image.oci    the three as one VM image: an OCI image layout (tag
+#                     bookworm) made by VM_IMAGE_TOOL (stratum-vm-image),
+#                     for `nodectl image import` or a registry
 #
 # Two cache stages: the Debian tree (slow: downloads, dpkg; keyed by this
 # script and the kernel's version) and the disk image (quick: the tree plus
@@ -22,7 +25,8 @@ set -euo pipefail
 # shellcheck source=guest-images/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-guest_agent=${1:?usage: node-image.sh GUEST_AGENT_BINARY}
+guest_agent=${1:?usage: node-image.sh GUEST_AGENT_BINARY VM_IMAGE_TOOL}
+vm_image_tool=${2:?usage: node-image.sh GUEST_AGENT_BINARY VM_IMAGE_TOOL}
 [[ -x $guest_agent ]] || die "guest agent $guest_agent is not an executable"
 if ! file -b "$guest_agent" | grep -q 'static'; then
     die "guest agent $guest_agent is not statically linked"
@@ -106,7 +110,8 @@ fi
 
 # hash_inputs reads files as text: the binary goes in as its digest.
 agent_digest=$(sha256sum "$guest_agent" | cut -d' ' -f1)
-image_key=$(hash_inputs "$tree_key" "$agent_digest" "$DISK_SIZE" "$CMDLINE" "${BASH_SOURCE[0]}")
+image_key=$(hash_inputs "$tree_key" "$agent_digest" "$DISK_SIZE" "$CMDLINE" "${BASH_SOURCE[0]}" \
+    "$(sha256sum "$vm_image_tool" | cut -d' ' -f1)")
 image_out="$CACHE_ROOT/node-image/$image_key"
 if [[ ! -f $image_out/.done ]]; then
     log "making the node disk image in $image_out"
@@ -137,6 +142,8 @@ UNIT
     ln -sfn "$tree_out/vmlinuz" "$image_out/vmlinuz"
     ln -sfn "$tree_out/initrd.img" "$image_out/initrd.img"
     echo "$CMDLINE" >"$image_out/cmdline"
+    "$vm_image_tool" --kernel "$tree_out/vmlinuz" --initrd "$tree_out/initrd.img" \
+        --disk "$image_out/rootfs.raw" --cmdline "$CMDLINE" --tag bookworm --out "$image_out/node.oci"
     touch "$image_out/.done"
 fi
 
@@ -149,4 +156,5 @@ expose "$image_out/vmlinuz" node-vmlinuz
 expose "$image_out/initrd.img" node-initrd.img
 expose "$image_out/rootfs.raw" node-rootfs.raw
 expose "$image_out/cmdline" node-cmdline
+expose "$image_out/node.oci" node-image.oci
 log "node image ready: $IMAGES_DIR/node-rootfs.raw ($(du -h --apparent-size "$image_out/rootfs.raw" | cut -f1) apparent, $(du -h "$image_out/rootfs.raw" | cut -f1) used; kernel $(cat "$tree_out/kernel-release"); tree built in $(cat "$tree_out/build-seconds")s)"

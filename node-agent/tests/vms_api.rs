@@ -73,6 +73,18 @@ async fn wait_state(agent: &TestAgent, id: &str, want: VmState) -> proto::Virtua
     );
 }
 
+/// Kills VM `id`, waits until it is STOPPED, deletes it.
+async fn kill_and_delete(agent: &TestAgent, id: &str) {
+    let mut vms = agent.vms().await;
+    vms.kill(proto::KillVmRequest { id: id.into() })
+        .await
+        .unwrap();
+    wait_state(agent, id, VmState::Stopped).await;
+    vms.delete(proto::DeleteVmRequest { id: id.into() })
+        .await
+        .unwrap();
+}
+
 fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -421,19 +433,7 @@ async fn a_cloud_init_seed_is_made_attached_and_removed_with_the_vm() {
     assert_eq!(drives[0]["is_read_only"], true, "{config}");
     assert_eq!(config["vsock"]["uds_path"], "/run/vsock.sock", "{config}");
 
-    agent
-        .vms()
-        .await
-        .kill(proto::KillVmRequest { id: vm.id.clone() })
-        .await
-        .unwrap();
-    wait_state(&agent, &vm.id, VmState::Stopped).await;
-    agent
-        .vms()
-        .await
-        .delete(proto::DeleteVmRequest { id: vm.id.clone() })
-        .await
-        .unwrap();
+    kill_and_delete(&agent, &vm.id).await;
     assert!(!vm_dir.exists(), "the seed went with the VM");
 }
 
@@ -944,4 +944,122 @@ async fn the_console_of_a_stopped_vm_ends() {
     assert!(chunks.iter().all(Result::is_ok), "{chunks:?}");
     let out = agent.nodectl(&["vm", "console", "--history", &vm.id]);
     assert!(out.status.success(), "{out:?}");
+}
+
+/// A VM made from a VM image the agent imported: the image's kernel and
+/// command line boot it, its own copy of the image's disk (grown to the
+/// role's root disk size, sparse) is its first disk, and the image cannot
+/// be removed while the VM exists. Bad image references change nothing.
+#[tokio::test]
+async fn a_vm_is_made_from_an_imported_vm_image_which_it_leases() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let agent = TestAgent::start("vm-image");
+    let disk = agent.dir.join("root.raw");
+    let file = std::fs::File::create(&disk).unwrap();
+    file.set_len(4 << 20).unwrap();
+    file.write_all_at(b"stratum root disk", 0).unwrap();
+    let layout = agent.dir.join("vm-image");
+    let cmdline = "console=ttyS0 stratum.from=image";
+    stratum_image::vm_layout::write_vm_layout(
+        &stratum_image::vm_layout::VmImageSource {
+            kernel: halting_kernel(&agent.dir),
+            initrd: None,
+            disk,
+            cmdline: cmdline.into(),
+            tag: "1".into(),
+        },
+        &layout,
+    )
+    .unwrap();
+    let imported = agent.nodectl(&[
+        "image",
+        "import",
+        &layout.to_string_lossy(),
+        "--reference",
+        "stratum/test-vm:1",
+    ]);
+    assert!(imported.status.success(), "{imported:?}");
+
+    let from_image = |image: &str| proto::VmSpec {
+        image: image.into(),
+        kernel: String::new(),
+        cmdline: String::new(),
+        ..vm_spec(&agent, "from-image", "")
+    };
+    let cases = [
+        (
+            "an image not in the store",
+            from_image("stratum/absent:1"),
+            Code::NotFound,
+        ),
+        (
+            "an image and a kernel",
+            proto::VmSpec {
+                kernel: halting_kernel(&agent.dir).to_string_lossy().into_owned(),
+                ..from_image("stratum/test-vm:1")
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "a root disk smaller than the image's",
+            proto::VmSpec {
+                root_disk_mib: 1,
+                ..from_image("stratum/test-vm:1")
+            },
+            Code::InvalidArgument,
+        ),
+    ];
+    for (what, spec, code) in cases {
+        let e = create_vm(&agent, spec).await.unwrap_err();
+        assert_eq!(e.code(), code, "{what}: {e:?}");
+    }
+    let vms_dir = agent.dir.join("data/vms");
+    let left = std::fs::read_dir(&vms_dir).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "no VM directory was left behind");
+
+    let vm = create_vm(&agent, from_image("stratum/test-vm:1"))
+        .await
+        .unwrap();
+    let root = vms_dir.join(&vm.id).join("root.img");
+    let meta = std::fs::metadata(&root).unwrap();
+    assert_eq!(meta.len(), 40 << 30, "a worker's root disk");
+    assert!(meta.blocks() * 512 < 1 << 20, "grown sparse");
+    let mut head = [0u8; 17];
+    std::fs::File::open(&root)
+        .unwrap()
+        .read_exact_at(&mut head, 0)
+        .unwrap();
+    assert_eq!(&head, b"stratum root disk");
+
+    let started = agent
+        .vms()
+        .await
+        .start(proto::StartVmRequest { id: vm.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state(&started), VmState::Running, "{}", agent.log());
+    let run_dir = stratum_vm::RunDir::new(vms_dir.join(&vm.id).join("run"));
+    let config = stratum_vm::ApiClient::new(run_dir.api_sock())
+        .vm_config()
+        .unwrap();
+    assert_eq!(config["boot-source"]["boot_args"], cmdline, "{config}");
+    assert_eq!(config["drives"][0]["drive_id"], "root", "{config}");
+    assert_eq!(config["drives"][0]["is_read_only"], false, "{config}");
+
+    let refused = agent.nodectl(&["image", "rm", "stratum/test-vm:1"]);
+    assert!(!refused.status.success(), "removed under a VM: {refused:?}");
+    // After kill -9 the agent leases the image again for the VM.
+    let mut agent = agent;
+    agent.kill9();
+    agent.spawn();
+    assert_eq!(state(&get(&agent, &vm.id).await), VmState::Running);
+    let refused = agent.nodectl(&["image", "rm", "stratum/test-vm:1"]);
+    assert!(
+        !refused.status.success(),
+        "removed under a VM after a restart: {refused:?}"
+    );
+    kill_and_delete(&agent, &vm.id).await;
+    let removed = agent.nodectl(&["image", "rm", "stratum/test-vm:1"]);
+    assert!(removed.status.success(), "{removed:?}");
 }

@@ -258,14 +258,24 @@ pub struct VmCreate {
     /// [default: the role's: etcd 2Gi, control-plane and worker 4Gi].
     #[arg(long, value_name = "MIB", value_parser = parse_memory_mib)]
     pub memory: Option<u64>,
-    /// Guest kernel (vmlinux or bzImage), a path on the agent's host in
-    /// one of its artifact directories (as are the initrd and disk bases).
-    #[arg(long)]
-    pub kernel: PathBuf,
-    /// Initial ramdisk.
-    #[arg(long)]
+    /// A VM image in the agent's store (`nodectl image list`): its kernel,
+    /// initramfs and command line boot the VM, a copy of its disk is the
+    /// VM's first disk.
+    #[arg(long, value_name = "REF", required_unless_present = "kernel")]
+    pub image: Option<String>,
+    /// The root disk's size when made from --image: MiB or a whole-MiB size
+    /// [default: the role's: etcd 10Gi, control-plane 20Gi, worker 40Gi].
+    #[arg(long, value_name = "MIB", value_parser = parse_memory_mib, requires = "image")]
+    pub root_disk: Option<u64>,
+    /// For development, instead of --image: a guest kernel (vmlinux or
+    /// bzImage), a path on the agent's host in one of its artifact
+    /// directories (as are the initrd and disk bases).
+    #[arg(long, conflicts_with = "image")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk (with --kernel).
+    #[arg(long, requires = "kernel")]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line [default: the vmm's].
+    /// Kernel command line [default: the image's, else the vmm's].
     #[arg(long)]
     pub cmdline: Option<String>,
     /// base=PATH[,ro][,serial=S][,size=MIB][,bw=SIZE][,iops=N] (repeatable;

@@ -578,8 +578,12 @@ pub fn vm_detail(vm: &VirtualMachine) -> String {
         "RESERVATION".to_string(),
         amounts_cells(status.reservation.as_ref()).join("/"),
     ]);
-    t.row(["KERNEL".to_string(), or_dash(&spec.kernel)]);
-    t.row(["INITRD".to_string(), or_dash(&spec.initrd)]);
+    if spec.image.is_empty() {
+        t.row(["KERNEL".to_string(), or_dash(&spec.kernel)]);
+        t.row(["INITRD".to_string(), or_dash(&spec.initrd)]);
+    } else {
+        t.row(["IMAGE".to_string(), spec.image.clone()]);
+    }
     t.row(["CMDLINE".to_string(), or_dash(&spec.cmdline)]);
     vm_devices(&mut t, &spec);
     t.row([

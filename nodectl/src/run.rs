@@ -424,7 +424,12 @@ pub fn vm_spec(c: VmCreate) -> anyhow::Result<VmSpec> {
         role: c.role as i32,
         vcpus: c.vcpus.unwrap_or(0),
         memory_mib: c.memory.unwrap_or(0),
-        kernel: absolute(&c.kernel)?,
+        kernel: c
+            .kernel
+            .as_deref()
+            .map(absolute)
+            .transpose()?
+            .unwrap_or_default(),
         initrd: c
             .initrd
             .as_deref()
@@ -440,6 +445,8 @@ pub fn vm_spec(c: VmCreate) -> anyhow::Result<VmSpec> {
         cpu_shares: c.cpu_shares,
         memory_reservation_mib: c.mem_reservation,
         cloud_init: cloud_init(c.user_data.as_deref(), c.meta_data)?,
+        image: c.image.unwrap_or_default(),
+        root_disk_mib: c.root_disk.unwrap_or(0),
     })
 }
 

@@ -4,26 +4,28 @@ use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
 
-/// The node image's files (`make node-image`) as they go into the nested
-/// host, where they are too large for the initramfs: an ext4 volume made
-/// at `dest` (sparse) holding `vmlinuz`, `initrd.img`, `rootfs.raw` and
-/// `cmdline`, for [`Scenario::drive`]; the scenario mounts it read-only.
+/// The node image (`make node-image`) as it goes into the nested host,
+/// where it is too large for the initramfs: an ext4 volume made at `dest`
+/// (sparse) holding the VM image's OCI layout `node.oci`, for
+/// [`crate::Scenario::drive`]; the scenario mounts it read-only and
+/// imports the layout.
 pub fn node_image_volume(images_dir: &Path, dest: &Path) -> Result<()> {
-    let files = [
-        ("node-vmlinuz", "vmlinuz"),
-        ("node-initrd.img", "initrd.img"),
-        ("node-rootfs.raw", "rootfs.raw"),
-        ("node-cmdline", "cmdline"),
-    ];
+    let files = [("node-image.oci", "node.oci")];
     let staging = tempfile::Builder::new()
         .prefix("stratum-node-volume-")
         .tempdir_in(dest.parent().unwrap_or(Path::new("/tmp")))
         .context(|| "making a staging directory".to_owned())?;
     for (image, name) in files {
-        let src = crate::require(images_dir.join(image), "node image file", "node-image")?;
-        // The disk image is sparse: copy its data, not its holes.
+        let src = images_dir.join(image);
+        if !src.join("index.json").is_file() {
+            return Err(Error::MissingInput {
+                what: "node image layout",
+                path: src,
+                make_target: "node-image",
+            });
+        }
         let copied = std::process::Command::new("cp")
-            .args(["--sparse=always", "--reflink=auto", "-L"])
+            .args(["-R", "-L"])
             .arg(&src)
             .arg(staging.path().join(name))
             .status()
@@ -36,7 +38,7 @@ pub fn node_image_volume(images_dir: &Path, dest: &Path) -> Result<()> {
         .args(["-q", "-F", "-L", "stratum-node", "-d"])
         .arg(staging.path())
         .arg(dest)
-        .arg("3G")
+        .arg("1G")
         .status()
         .context(|| "running mkfs.ext4".to_owned())?;
     if !made.success() {

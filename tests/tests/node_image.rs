@@ -5,9 +5,10 @@
 //! `stratum_vm::seed` and reporting to the host through its guest agent
 //! over vsock. The host side of the protocol is `guest-probe`.
 //!
-//! The second test does the same through the node agent: the image's
-//! files as artifacts, a VM created from them with user-data and a static
-//! address, GUEST_READY, the guest's view in `nodectl vm get`, the link
+//! The second test does the same through the node agent: the node image
+//! imported as a VM image (its OCI layout, on an ext4 volume the nested
+//! host mounts as the artifact directory), a VM created from it with
+//! user-data and a static address, GUEST_READY, the guest's view in `nodectl vm get`, the link
 //! coming back after the agent is killed with -9, shutdown through the
 //! guest agent (a power-off, not Ctrl+Alt+Del's reboot), and nothing left
 //! after delete.
@@ -180,9 +181,10 @@ runcmd:
   - [sh, -c, 'echo STRATUM-TEST-FILE=$(cat /var/lib/stratum-test-file) > /dev/console']
 USERDATA
 start_agent
+$N image import {NODE}/node.oci --reference stratum/node:bookworm > /dev/null; echo IMPORT-RC=$?
+$N image list | grep -o 'stratum/node:bookworm' | head -1 | sed 's/^/LISTED-/'
 vm=$($N -o json vm create node1 --role worker --vcpus 2 --memory 1024 \
-    --kernel {NODE}/vmlinuz --initrd {NODE}/initrd.img --cmdline "$(cat {NODE}/cmdline) reboot=k" \
-    --disk base={NODE}/rootfs.raw,size=3Gi --nic tap=tap0,mac={MAC},ip={ADDRESS} \
+    --image stratum/node:bookworm --root-disk 3Gi --nic tap=tap0,mac={MAC},ip={ADDRESS} \
     --user-data /run/user-data | sed -n 's/^  "id": "\(vm-[0-9]*\)".*/\1/p')
 echo VM=$vm
 $N vm watch --vm $vm > /run/watch.log 2>&1 &
@@ -193,7 +195,8 @@ $N vm get $vm | grep '^GUEST' | sed 's/^/DETAIL-/'
 echo WATCH-READY=$(grep -c GUEST_READY /run/watch.log)
 console=/run/agent/vms/$vm/run/console.log
 grep -a -o 'STRATUM-TEST-FILE=[a-z-]*' $console | head -1
-echo DISK-SIZE=$(stat -c %s /run/agent/vms/$vm/disk0.img)
+echo DISK-SIZE=$(stat -c %s /run/agent/vms/$vm/root.img)
+$N image rm stratum/node:bookworm > /dev/null 2>&1; echo RM-UNDER-VM-RC=$?
 kill -9 $AGENT_PID; wait $AGENT_PID 2>/dev/null
 start_agent
 echo STATE-AFTER-RESTART=$(state $vm)
@@ -205,6 +208,7 @@ echo STATE-AFTER-STOP=$(state $vm)
 echo POWER-DOWN=$(grep -a -c 'reboot: Power down' $console)
 echo RESTARTING=$(grep -a -c 'reboot: Restarting' $console)
 $N vm delete $vm > /dev/null; echo DELETE-RC=$?
+$N image rm stratum/node:bookworm > /dev/null; echo RM-AFTER-RC=$?
 echo VM-DIR-GONE=$([ -d /run/agent/vms/$vm ] && echo no || echo yes)
 echo LEAVES-LEFT=$(find /sys/fs/cgroup/stratum -name "vm-$vm" | wc -l)
 [ "$(guest $vm 2>/dev/null)" = ready ] || tail -40 /run/agent.log
@@ -216,7 +220,7 @@ echo LEAVES-LEFT=$(find /sys/fs/cgroup/stratum -name "vm-$vm" | wc -l)
         .file(JAILER, NestedHost::static_bin("stratum-jailer"))
         .file(MKTAP, NestedHost::static_bin("mktap"))
         .drive(&volume)
-        .memory_mib(4096)
+        .memory_mib(5120)
         .timeout(Duration::from_secs(900));
     let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
     assert!(outcome.host_kvm, "the nested host has no /dev/kvm");
@@ -233,6 +237,8 @@ echo LEAVES-LEFT=$(find /sys/fs/cgroup/stratum -name "vm-$vm" | wc -l)
     for line in console.lines().filter(|l| l.starts_with("DETAIL-")) {
         eprintln!("{line}");
     }
+    assert_eq!(value("IMPORT-RC="), "0", "{tail}");
+    assert_eq!(value("LISTED-"), "stratum/node:bookworm", "{tail}");
     assert_eq!(value("START-RC="), "0", "{tail}");
     assert_eq!(value("GUEST-STATE="), "ready", "{tail}");
     let detail = |key: &str| value(&format!("DETAIL-{key}"));
@@ -263,6 +269,12 @@ echo LEAVES-LEFT=$(find /sys/fs/cgroup/stratum -name "vm-$vm" | wc -l)
         "not Ctrl+Alt+Del's reboot\n{tail}"
     );
     assert_eq!(value("DELETE-RC="), "0", "{tail}");
+    assert_ne!(
+        value("RM-UNDER-VM-RC="),
+        "0",
+        "the VM leases its image\n{tail}"
+    );
+    assert_eq!(value("RM-AFTER-RC="), "0", "{tail}");
     assert_eq!(value("VM-DIR-GONE="), "yes", "{tail}");
     assert_eq!(value("LEAVES-LEFT="), "0", "{tail}");
 }

@@ -114,6 +114,7 @@ impl Agent {
             Arc::clone(&shared),
             Arc::clone(&pools),
             vmm_version,
+            image_store.clone(),
             snapshot.vms,
         )?);
         let pods = Arc::new(PodManager::restore(

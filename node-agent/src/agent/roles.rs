@@ -6,11 +6,14 @@
 //! default left to the pool model (`stratum_pool::Role`), which also caps
 //! it at one core per vCPU.
 //!
-//! | role | vCPUs | memory | CPU reservation | CPU shares |
-//! |---|---|---|---|---|
-//! | etcd | 2 | 2 GiB | 1000m | high |
-//! | control-plane | 2 | 4 GiB | 1000m | high |
-//! | worker | 2 | 4 GiB | 250m | normal |
+//! | role | vCPUs | memory | CPU reservation | CPU shares | root disk |
+//! |---|---|---|---|---|---|
+//! | etcd | 2 | 2 GiB | 1000m | high | 10 GiB |
+//! | control-plane | 2 | 4 GiB | 1000m | high | 20 GiB |
+//! | worker | 2 | 4 GiB | 250m | normal | 40 GiB |
+//!
+//! The root disk size applies to a VM made from an image (its disk is
+//! grown, sparse, when smaller).
 //!
 //! etcd and the control plane are what a cluster cannot lose time on: a
 //! core reserved and high shares, so a busy worker on the same host does
@@ -26,20 +29,23 @@ pub struct RoleTemplate {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub cpu_shares: SharesLevel,
+    pub root_disk_mib: u64,
 }
 
 /// The template of `role`; none for UNSPECIFIED (which create refuses).
 pub fn template(role: VmRole) -> Option<RoleTemplate> {
-    let (vcpus, memory_mib, cpu_shares) = match role {
-        VmRole::Etcd => (2, 2048, SharesLevel::High),
-        VmRole::ControlPlane => (2, 4096, SharesLevel::High),
-        VmRole::Worker => (2, 4096, SharesLevel::Normal),
+    const GIB: u64 = 1024;
+    let (vcpus, memory_mib, cpu_shares, root_disk_mib) = match role {
+        VmRole::Etcd => (2, 2 * GIB, SharesLevel::High, 10 * GIB),
+        VmRole::ControlPlane => (2, 4 * GIB, SharesLevel::High, 20 * GIB),
+        VmRole::Worker => (2, 4 * GIB, SharesLevel::Normal, 40 * GIB),
         VmRole::Unspecified => return None,
     };
     Some(RoleTemplate {
         vcpus,
         memory_mib,
         cpu_shares,
+        root_disk_mib,
     })
 }
 

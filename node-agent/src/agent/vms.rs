@@ -35,6 +35,7 @@ use crate::state::{Change, Ticket};
 use stratum_api::proto;
 use stratum_api::proto::VmState;
 use stratum_cgroup::{Cgroup, CgroupLimits};
+use stratum_image::{ImageLease, ImageStore, VmImageFiles};
 use stratum_pool::{
     validate_name, PoolId, Shares, VmSizing, Workload, WorkloadId, MILLICORES_PER_CPU,
     VMM_MEMORY_OVERHEAD_BYTES,
@@ -59,6 +60,8 @@ pub struct VmManager {
     events: broadcast::Sender<proto::VmEvent>,
     /// `vmm --version`, asked once at start.
     vmm_version: String,
+    /// Where VM images are (shared with pods and the image service).
+    images: ImageStore,
 }
 
 /// What the lock guards.
@@ -77,6 +80,16 @@ pub struct VmEntry {
     pub stop_requested: bool,
     /// The link to the guest agent, while the vmm runs.
     pub guest: Option<Arc<GuestLink>>,
+    /// The VM image it was made from, leased for its life.
+    pub image: Option<VmImage>,
+}
+
+/// A VM's image: held, and where its parts are.
+pub struct VmImage {
+    _lease: ImageLease,
+    pub files: VmImageFiles,
+    /// The image's manifest digest: it is leased again by this.
+    pub digest: String,
 }
 
 impl VmEntry {
@@ -106,6 +119,8 @@ static DEFAULT_RUNTIME: VmRuntime = VmRuntime {
     updated_at: None,
     jail_uid: 0,
     seed_path: String::new(),
+    root_disk_path: String::new(),
+    image_digest: String::new(),
 };
 
 static DEFAULT_SPEC: proto::VmSpec = proto::VmSpec {
@@ -125,6 +140,8 @@ static DEFAULT_SPEC: proto::VmSpec = proto::VmSpec {
     cpu_shares: None,
     memory_reservation_mib: None,
     cloud_init: None,
+    image: String::new(),
+    root_disk_mib: 0,
 };
 
 impl VmManager {
@@ -134,6 +151,7 @@ impl VmManager {
         shared: Arc<Shared>,
         pools: Arc<PoolManager>,
         vmm_version: String,
+        images: ImageStore,
         records: Vec<VmRecord>,
     ) -> Result<Self> {
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
@@ -145,6 +163,7 @@ impl VmManager {
             }),
             events,
             vmm_version,
+            images,
         };
         manager.restore_records(records)?;
         Ok(manager)
@@ -178,6 +197,7 @@ impl VmManager {
         let host_memory = self.pools.host_memory();
         // Opens the files the spec names: no lock held.
         let sizing = check_spec(spec, host_memory)?;
+        let image = self.lease_image(spec)?;
         let base_images = self.check_files(spec)?;
         let pool = pool_id_or_root(&spec.pool_id);
         let id = format!("vm-{}", self.shared.next_id()?);
@@ -185,8 +205,8 @@ impl VmManager {
         // Refused before any disk is cloned: a dry run of the admission.
         check_name_free(&self.read_state(), &spec.name)?;
         self.pools.check_workload(&workload)?;
-        let record = self.make_vm_files(&id, spec, &base_images)?;
-        let staged = self.admit_vm(record, pool, workload);
+        let record = self.make_vm_files(&id, spec, &base_images, image.as_ref())?;
+        let staged = self.admit_vm(record, pool, workload, image);
         match staged {
             Ok((ticket, vm)) => {
                 // On failure the store has stopped (see `state::journal`).
@@ -207,6 +227,7 @@ impl VmManager {
         record: VmRecord,
         pool: PoolId,
         workload: Workload,
+        image: Option<VmImage>,
     ) -> Result<(Ticket, proto::VirtualMachine)> {
         let mut state = self.write_state();
         let spec = record.spec.as_ref().unwrap_or(&DEFAULT_SPEC);
@@ -226,10 +247,63 @@ impl VmManager {
             process: None,
             stop_requested: false,
             guest: None,
+            image,
         };
         let vm = self.to_proto(&entry);
         state.vms.insert(entry.record.id.clone(), entry);
         Ok((ticket, vm))
+    }
+
+    /// Leases the spec's VM image, if it names one: NOT_FOUND when the
+    /// store has none such, INVALID_ARGUMENT for a container image or a
+    /// spec that also names a kernel.
+    fn lease_image(&self, spec: &proto::VmSpec) -> Result<Option<VmImage>> {
+        if spec.image.is_empty() {
+            if spec.kernel.is_empty() {
+                return Err(AgentError::InvalidArgument(
+                    "a VM needs an image (or, for development, a kernel)".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        if !spec.kernel.is_empty() || !spec.initrd.is_empty() {
+            return Err(AgentError::InvalidArgument(
+                "a VM made from an image boots the image's kernel: give no kernel or initrd".into(),
+            ));
+        }
+        let lease = self.images.acquire(&spec.image).map_err(|e| {
+            AgentError::NotFound(format!("VM image: {e} (pull or import it first)"))
+        })?;
+        let Some(files) = self.images.vm_files(lease.record()) else {
+            return Err(AgentError::InvalidArgument(format!(
+                "{} is a container image, not a VM image",
+                stratum_pool::quoted(&spec.image)
+            )));
+        };
+        let digest = lease.record().manifest_digest.to_string();
+        Ok(Some(VmImage {
+            _lease: lease,
+            files,
+            digest,
+        }))
+    }
+
+    /// The image of a stored VM, leased again after a restart. It cannot
+    /// have been removed while leased; if it is gone all the same, the VM
+    /// keeps its disk and cannot start (its start says why).
+    fn lease_again(&self, id: &str, digest: &str) -> Option<VmImage> {
+        let leased = self.images.acquire(digest).ok().and_then(|lease| {
+            let files = self.images.vm_files(lease.record())?;
+            Some(VmImage {
+                _lease: lease,
+                files,
+                digest: digest.to_string(),
+            })
+        });
+        if leased.is_none() {
+            tracing::error!(vm = %id, image = %digest, "the VM's image is no longer in the store");
+        }
+        leased
     }
 
     /// Checks the host files the spec names against the artifact
@@ -253,6 +327,10 @@ impl VmManager {
 
     /// The kernel and initrd, which the vmm opens at every start.
     fn check_boot_files(&self, spec: &proto::VmSpec) -> Result<()> {
+        if !spec.image.is_empty() {
+            // They are the image's, in the store.
+            return Ok(());
+        }
         let artifacts = &self.shared.config.artifacts;
         artifacts.check("kernel", &spec.kernel, Kind::File)?;
         if !spec.initrd.is_empty() {
@@ -268,11 +346,16 @@ impl VmManager {
         id: &str,
         spec: &proto::VmSpec,
         base_images: &[PathBuf],
+        image: Option<&VmImage>,
     ) -> Result<VmRecord> {
         let dir = self.shared.config.vm_dir(id);
         let made = (|| {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| AgentError::Internal(format!("{}: {e}", dir.display())))?;
+            let root_disk_path = match image {
+                Some(image) => copy_root_disk(&dir, spec, &image.files.disk)?,
+                None => String::new(),
+            };
             let disk_paths = clone_disks(&dir, spec, base_images)?;
             let seed_path = match seed_of(id, spec) {
                 Some(seed) => {
@@ -290,6 +373,8 @@ impl VmManager {
                     state: VmState::Created as i32,
                     disk_paths,
                     seed_path,
+                    root_disk_path,
+                    image_digest: image.map(|i| i.digest.clone()).unwrap_or_default(),
                     console_path: stratum_vm::RunDir::new(self.shared.config.vm_run_dir(id))
                         .console_log()
                         .to_string_lossy()
@@ -309,7 +394,18 @@ impl VmManager {
     pub fn start(self: &Arc<Self>, id: &str) -> Result<proto::VirtualMachine> {
         // Checked again at every start, with no lock held: the artifact
         // directories may have changed since the create.
-        let spec = vm_entry(&self.read_state(), id)?.spec().clone();
+        let (spec, image_missing) = {
+            let state = self.read_state();
+            let entry = vm_entry(&state, id)?;
+            let missing = !entry.spec().image.is_empty() && entry.image.is_none();
+            (entry.spec().clone(), missing)
+        };
+        if image_missing {
+            return Err(AgentError::FailedPrecondition(format!(
+                "VM {id}'s image {} is no longer in the store",
+                stratum_pool::quoted(&spec.image)
+            )));
+        }
         self.check_boot_files(&spec)?;
         let (spec, cgroup, jail_uid, ticket) = self.begin_start(id)?;
         if let Err(e) = self.shared.settle(ticket) {
@@ -871,7 +967,11 @@ impl VmManager {
                 process: None,
                 stop_requested: false,
                 guest: None,
+                image: None,
             };
+            if !entry.runtime().image_digest.is_empty() {
+                entry.image = self.lease_again(&id, &entry.runtime().image_digest);
+            }
             let was_running = matches!(
                 entry.state(),
                 VmState::Starting | VmState::Running | VmState::Paused | VmState::Stopping
@@ -1022,6 +1122,17 @@ fn check_spec(spec: &proto::VmSpec, host_memory: u64) -> Result<VmSizing> {
             host_memory / stratum_pool::MIB
         )));
     }
+    if spec.root_disk_mib > MAX_DISK_MIB {
+        return Err(invalid(format!(
+            "root disk: {} MiB is more than the largest disk, {MAX_DISK_MIB} MiB (16 TiB)",
+            spec.root_disk_mib
+        )));
+    }
+    if spec.root_disk_mib > 0 && spec.image.is_empty() {
+        return Err(invalid(
+            "root_disk_mib is for a VM made from an image".into(),
+        ));
+    }
     for (i, disk) in spec.disks.iter().enumerate() {
         if disk.serial.len() > 20 {
             return Err(invalid(format!("disk {i}: serial longer than 20 bytes")));
@@ -1160,6 +1271,26 @@ fn is_unicast_mac(mac: &str) -> bool {
     u8::from_str_radix(octets[0], 16).is_ok_and(|first| first & 1 == 0)
 }
 
+/// The VM's own copy of its image's disk, `root.img`: reflink or sparse
+/// copy, grown to `root_disk_mib` or the role's root disk size.
+fn copy_root_disk(dir: &Path, spec: &proto::VmSpec, image_disk: &Path) -> Result<String> {
+    let dest = dir.join("root.img");
+    let image_size = std::fs::metadata(image_disk)
+        .map_err(|e| AgentError::Internal(format!("the image's disk: {e}")))?
+        .len();
+    let size = match spec.root_disk_mib {
+        0 => roles::template(spec.role())
+            .map(|t| t.root_disk_mib * stratum_pool::MIB)
+            .filter(|&size| size > image_size),
+        mib => Some(mib.saturating_mul(stratum_pool::MIB)),
+    };
+    stratum_vm::disk::clone_disk_sized(image_disk, &dest, size).map_err(|e| match e {
+        DiskError::SmallerThanBase { .. } => AgentError::InvalidArgument(format!("root disk: {e}")),
+        e => AgentError::Internal(format!("root disk: {e}")),
+    })?;
+    Ok(dest.to_string_lossy().into_owned())
+}
+
 fn clone_disks(dir: &Path, spec: &proto::VmSpec, base_images: &[PathBuf]) -> Result<Vec<String>> {
     base_images
         .iter()
@@ -1216,23 +1347,44 @@ const GUEST_CID: u32 = 3;
 fn process_spec(id: &str, entry: &VmEntry) -> VmProcessSpec {
     let spec = entry.spec();
     let runtime = entry.runtime();
+    let image = entry.image.as_ref().map(|i| &i.files);
+    let (kernel, initrd, image_cmdline) = match image {
+        Some(files) => (
+            files.kernel.clone(),
+            files.initrd.clone(),
+            files.cmdline.clone(),
+        ),
+        None => (
+            PathBuf::from(&spec.kernel),
+            (!spec.initrd.is_empty()).then(|| PathBuf::from(&spec.initrd)),
+            None,
+        ),
+    };
+    let root_disk = (!runtime.root_disk_path.is_empty()).then(|| stratum_vm::DiskSpec {
+        path: PathBuf::from(&runtime.root_disk_path),
+        read_only: false,
+        serial: Some("root".into()),
+        rate_limit: None,
+    });
     VmProcessSpec {
         id: id.to_string(),
-        kernel: PathBuf::from(&spec.kernel),
-        initrd: (!spec.initrd.is_empty()).then(|| PathBuf::from(&spec.initrd)),
-        cmdline: (!spec.cmdline.is_empty()).then(|| spec.cmdline.clone()),
+        kernel,
+        initrd,
+        cmdline: (!spec.cmdline.is_empty())
+            .then(|| spec.cmdline.clone())
+            .or(image_cmdline),
         vcpus: spec.vcpus,
         memory_mib: spec.memory_mib,
-        disks: spec
-            .disks
-            .iter()
-            .zip(&runtime.disk_paths)
-            .map(|(d, path)| stratum_vm::DiskSpec {
-                path: PathBuf::from(path),
-                read_only: d.read_only,
-                serial: (!d.serial.is_empty()).then(|| d.serial.clone()),
-                rate_limit: rate_limiter(d.rate_limit.as_ref()),
-            })
+        disks: root_disk
+            .into_iter()
+            .chain(spec.disks.iter().zip(&runtime.disk_paths).map(|(d, path)| {
+                stratum_vm::DiskSpec {
+                    path: PathBuf::from(path),
+                    read_only: d.read_only,
+                    serial: (!d.serial.is_empty()).then(|| d.serial.clone()),
+                    rate_limit: rate_limiter(d.rate_limit.as_ref()),
+                }
+            }))
             .chain(
                 (!runtime.seed_path.is_empty()).then(|| stratum_vm::DiskSpec {
                     path: PathBuf::from(&runtime.seed_path),

@@ -23,6 +23,10 @@ struct Args {
     /// (/dev/vda, /dev/vdb, ...); its writes are discarded.
     #[arg(long = "drive", value_name = "PATH")]
     drives: Vec<PathBuf>,
+    /// Attach the node image (`make node-image`) as a volume holding its
+    /// OCI layout `node.oci` (the next /dev/vdX).
+    #[arg(long)]
+    node_image: bool,
     /// The nested host's RAM in MiB.
     #[arg(long, value_name = "MIB", default_value_t = stratum_tests::DEFAULT_MEMORY_MIB)]
     memory: u32,
@@ -73,8 +77,18 @@ fn run(args: Args) -> Result<ExitCode, Error> {
     for drive in args.drives {
         scenario = scenario.drive(drive);
     }
+    let host = NestedHost::from_env()?;
+    let volume_dir = tempfile::tempdir().map_err(|source| Error::Io {
+        context: "making a temporary directory".into(),
+        source,
+    })?;
+    if args.node_image {
+        let volume = volume_dir.path().join("node.ext4");
+        stratum_tests::node_image_volume(host.images_dir(), &volume)?;
+        scenario = scenario.drive(volume);
+    }
     scenario = scenario.memory_mib(args.memory);
-    let outcome = NestedHost::from_env()?.run(&scenario)?;
+    let outcome = host.run(&scenario)?;
     if !(args.echo || args.interactive) {
         print!("{}", outcome.console);
     }
