@@ -335,3 +335,47 @@ fn initrd_too_large_for_memory_is_refused_before_boot() {
         outcome.console_tail(20)
     );
 }
+
+/// `--huge-pages`: guest memory comes from the host's hugetlbfs pool (all
+/// of it reserved when vmm starts: 64 pages for 128 MiB), and goes back
+/// when vmm ends; without pages in the pool vmm says how to reserve them.
+#[test]
+fn guest_memory_from_the_hugetlbfs_pool() {
+    let cmdline = "console=ttyS0 reboot=k panic=-1 pci=off quiet stratum.exit=wait";
+    let available =
+        "$(awk '/HugePages_Free/ {f=$2} /HugePages_Rsvd/ {r=$2} END {print f-r}' /proc/meminfo)";
+    let script = format!(
+        "echo 72 > /proc/sys/vm/nr_hugepages\n\
+         echo AVAILABLE-BEFORE={available}\n\
+         vmm --kernel {GUEST_VMLINUX} --initrd {GUEST_INITRAMFS} --memory 128 --huge-pages \
+            --no-console-input --console /tmp/c.log --cmdline '{cmdline}' &\n\
+         pid=$!\n\
+         i=0; until grep -q STRATUM-GUEST-UP /tmp/c.log 2>/dev/null || [ $i -gt 900 ]; do sleep 0.1; i=$((i+1)); done\n\
+         echo BOOTED=$(grep -c STRATUM-GUEST-UP /tmp/c.log)\n\
+         echo AVAILABLE-WHILE-RUNNING={available}\n\
+         kill $pid; wait $pid\n\
+         echo AVAILABLE-AFTER={available}\n\
+         echo 0 > /proc/sys/vm/nr_hugepages\n\
+         vmm --kernel {GUEST_VMLINUX} --initrd {GUEST_INITRAMFS} --memory 128 --huge-pages \
+            --no-console-input --cmdline '{cmdline}'\n\
+         echo VMM-EXIT=$?\n"
+    );
+    let outcome = run(script);
+    let tail = outcome.console_tail(30);
+    let value = |key: &str| {
+        outcome
+            .lines_with(key)
+            .next()
+            .map(|l| l.trim_start_matches(key).trim().to_string())
+    };
+    assert_eq!(value("AVAILABLE-BEFORE=").as_deref(), Some("72"), "{tail}");
+    assert_eq!(value("BOOTED=").as_deref(), Some("1"), "{tail}");
+    assert_eq!(
+        value("AVAILABLE-WHILE-RUNNING=").as_deref(),
+        Some("8"),
+        "the guest's 64 pages are taken from the pool\n{tail}"
+    );
+    assert_eq!(value("AVAILABLE-AFTER=").as_deref(), Some("72"), "{tail}");
+    assert_eq!(vmm_exit(&outcome), Some(1), "{tail}");
+    assert!(outcome.console.contains("nr_hugepages"), "{tail}");
+}

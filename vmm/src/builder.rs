@@ -332,7 +332,7 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
     let (vsock, socket_files) = open_vsock(config.vsock.as_ref())?;
 
     let mem_size = config.memory_bytes();
-    let mem = Arc::new(memory::create_guest_memory(mem_size)?);
+    let mem = Arc::new(memory::create_guest_memory(mem_size, config.huge_pages)?);
     let kernel =
         loader::load_kernel(&mem, mem_size, &mut kernel_file).map_err(|source| Error::Kernel {
             path: config.kernel.clone(),

@@ -45,6 +45,10 @@ pub struct VmConfig {
     pub nics: Vec<NetConfig>,
     /// A virtio-vsock device with its host Unix socket.
     pub vsock: Option<VsockConfig>,
+    /// Back guest memory with 2 MiB pages from the host's hugetlbfs pool
+    /// (reserved in advance: /proc/sys/vm/nr_hugepages) instead of
+    /// anonymous memory advised for transparent huge pages.
+    pub huge_pages: bool,
 }
 
 /// The most bytes of a drive's serial (virtio-blk GET_ID).
@@ -238,6 +242,7 @@ impl Default for VmConfig {
             drives: Vec::new(),
             nics: Vec::new(),
             vsock: None,
+            huge_pages: false,
         }
     }
 }
@@ -254,6 +259,8 @@ pub enum Error {
     TooManyVcpus(u16),
     #[error("a VM needs some memory: --memory must be at least 1 MiB")]
     NoMemory,
+    #[error("{0} MiB is not a whole number of 2 MiB huge pages")]
+    HugePagesSize(u64),
     #[error("{requested} MiB of guest memory asked for, but the host has only {host} MiB")]
     MoreMemoryThanHost { requested: u64, host: u64 },
     #[error("the kernel command line is {0} bytes; Linux accepts at most {max}", max = CMDLINE_MAX_SIZE - 1)]
@@ -288,6 +295,9 @@ impl VmConfig {
         }
         if self.memory_mib == 0 {
             return Err(Error::NoMemory);
+        }
+        if self.huge_pages && !self.memory_mib.is_multiple_of(2) {
+            return Err(Error::HugePagesSize(self.memory_mib));
         }
         let host = host_memory_mib();
         if self.memory_mib > host {
@@ -387,6 +397,15 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert_eq!(config().validate(), Ok(()));
+    }
+
+    #[test]
+    fn huge_pages_need_whole_2_mib_pages() {
+        let mut c = config();
+        c.huge_pages = true;
+        assert_eq!(c.validate(), Ok(()));
+        c.memory_mib = 255;
+        assert_eq!(c.validate(), Err(Error::HugePagesSize(255)));
     }
 
     #[test]

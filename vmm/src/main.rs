@@ -56,6 +56,11 @@ struct Cli {
     /// Guest memory in MiB [default: 256].
     #[arg(long, requires = "kernel")]
     memory: Option<u64>,
+    /// Back guest memory with 2 MiB pages of the host's hugetlbfs pool,
+    /// reserved beforehand (/proc/sys/vm/nr_hugepages), as Firecracker's
+    /// `huge_pages: "2M"`; the memory must be a whole number of them.
+    #[arg(long, requires = "kernel")]
+    huge_pages: bool,
     /// Give the guest a virtio-rng device fed by the host's getrandom.
     #[arg(long, requires = "kernel")]
     entropy: bool,
@@ -181,6 +186,7 @@ fn run_from_command_line(kernel: PathBuf, cli: Cli) -> ExitCode {
         drives: vmm::config::name_drives(cli.drive.clone()),
         nics: vmm::config::name_nics(cli.net.clone()),
         vsock: cli.vsock.clone(),
+        huge_pages: cli.huge_pages,
         ..cli.base_config()
     };
     match vmm::build_and_start(&config) {

@@ -1,6 +1,7 @@
-//! `machine-config`: vCPUs and memory, plus the Firecracker knobs we accept
-//! only at their "off" value (SMT, CPU templates, huge pages, dirty-page
-//! tracking) so clients that send them explicitly keep working.
+//! `machine-config`: vCPUs, memory and its huge pages (`"2M"`: hugetlbfs),
+//! plus the Firecracker knobs we accept only at their "off" value (SMT, CPU
+//! templates, dirty-page tracking) so clients that send them explicitly
+//! keep working.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +23,7 @@ pub enum Error {
     Smt,
     #[error("cpu_template {0:?} is not supported: this VMM exposes the host's CPUID, filtered")]
     CpuTemplate(CpuTemplate),
-    #[error("huge_pages {0:?} is not supported: guest memory uses 4 KiB pages")]
+    #[error("huge_pages {0:?} is not supported: give \"2M\" (hugetlbfs) or \"None\" (anonymous memory, advised for transparent huge pages)")]
     HugePages(HugePages),
     #[error("track_dirty_pages is not supported: there are no snapshots to use it")]
     DirtyPages,
@@ -135,7 +136,7 @@ impl MachineConfig {
             None | Some(CpuTemplate::None) => self.cpu_template = None,
             Some(template) => return Err(Error::CpuTemplate(template)),
         }
-        if self.huge_pages != HugePages::None {
+        if self.huge_pages == HugePages::Transparent {
             return Err(Error::HugePages(self.huge_pages));
         }
         if self.track_dirty_pages {
@@ -180,6 +181,13 @@ mod tests {
                 .contains("cpu_template")
         );
         assert!(parse(r#"{"vcpu_count": 300, "mem_size_mib": 1}"#).is_err());
+        let huge = parse(r#"{"vcpu_count": 1, "mem_size_mib": 256, "huge_pages": "2M"}"#).unwrap();
+        assert_eq!(huge.huge_pages, HugePages::Hugetlbfs2M);
+        assert!(
+            parse(r#"{"vcpu_count": 1, "mem_size_mib": 256, "huge_pages": "Transparent"}"#)
+                .unwrap_err()
+                .contains("huge_pages")
+        );
     }
 
     #[test]

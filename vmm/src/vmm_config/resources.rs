@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::boot_source::BootSourceConfig;
 use super::devices::{self, DriveBody, EntropyBody, NetworkInterfaceBody, VsockBody};
 use super::logger::LoggerConfig;
-use super::machine_config::MachineConfig;
+use super::machine_config::{HugePages, MachineConfig};
 use super::metrics::MetricsConfig;
 use crate::config::{self, VmConfig, DEFAULT_CMDLINE};
 
@@ -86,6 +86,7 @@ impl VmResources {
         VmConfig {
             vcpus: u16::from(self.machine_config.vcpu_count),
             memory_mib: self.machine_config.mem_size_mib,
+            huge_pages: self.machine_config.huge_pages == HugePages::Hugetlbfs2M,
             ..base.clone()
         }
     }

@@ -1,6 +1,7 @@
 //! Guest RAM: anonymous private mappings, one per range around the MMIO
 //! hole, each placed at a 2 MiB-aligned host address and marked for
-//! transparent huge pages.
+//! transparent huge pages — or, when asked (`--huge-pages`, the API's
+//! `huge_pages: "2M"`), 2 MiB pages of the host's hugetlbfs pool.
 //!
 //! Why aligned: KVM maps a 2 MiB guest page with one 2 MiB host page only
 //! when the host address and the guest address agree modulo 2 MiB and the
@@ -37,9 +38,14 @@ pub enum Error {
 const PROT: i32 = libc::PROT_READ | libc::PROT_WRITE;
 const FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
 
-/// Maps `mem_size` bytes of guest RAM. Pages are only backed by host memory
-/// once the guest touches them.
-pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap, Error> {
+/// `mmap`'s flag for 2 MiB hugetlb pages (log2 of the size, shifted).
+const MAP_HUGE_2MB: i32 = 21 << libc::MAP_HUGE_SHIFT;
+
+/// Maps `mem_size` bytes of guest RAM. Anonymous pages are only backed by
+/// host memory once the guest touches them; with `hugetlb`, the whole size
+/// is taken from the host's pool of 2 MiB pages at once (a pool too small
+/// is an error now rather than a SIGBUS when the guest touches a page).
+pub fn create_guest_memory(mem_size: u64, hugetlb: bool) -> Result<GuestMemoryMmap, Error> {
     let map_error = |reason: String| Error::Map {
         mib: mem_size >> 20,
         reason,
@@ -49,13 +55,21 @@ pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap, Error> {
         .map(|r| {
             let size = usize::try_from(r.size)
                 .map_err(|_| map_error("size exceeds the address space".into()))?;
-            let host = map_aligned(size).map_err(|e| map_error(e.to_string()))?;
+            let (host, flags) = if hugetlb {
+                let host = map_hugetlb(size).map_err(|e| map_error(hugetlb_reason(&e)))?;
+                (host, HUGETLB_FLAGS)
+            } else {
+                (
+                    map_aligned(size).map_err(|e| map_error(e.to_string()))?,
+                    FLAGS,
+                )
+            };
             // SAFETY: `host` is the start of a live mapping of `size` bytes
-            // made just above with PROT and FLAGS, never unmapped.
+            // made just above with PROT and `flags`, never unmapped.
             let region = unsafe {
                 MmapRegionBuilder::new(size)
                     .with_mmap_prot(PROT)
-                    .with_mmap_flags(FLAGS)
+                    .with_mmap_flags(flags)
                     .with_raw_mmap_pointer(host)
             }
             .build()
@@ -65,6 +79,30 @@ pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap, Error> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     GuestMemoryMmap::from_regions(regions).map_err(|e| map_error(e.to_string()))
+}
+
+const HUGETLB_FLAGS: i32 =
+    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | MAP_HUGE_2MB;
+
+/// A mapping of `size` bytes (a whole number of 2 MiB pages) from the
+/// hugetlbfs pool, 2 MiB-aligned by the kernel, its pages reserved now.
+fn map_hugetlb(size: usize) -> io::Result<*mut u8> {
+    // SAFETY: a fresh mapping at an address of the kernel's choice.
+    let addr = unsafe { libc::mmap(std::ptr::null_mut(), size, PROT, HUGETLB_FLAGS, -1, 0) };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(addr.cast())
+}
+
+fn hugetlb_reason(error: &io::Error) -> String {
+    match error.raw_os_error() {
+        Some(libc::ENOMEM) => format!(
+            "not enough free 2 MiB huge pages ({error}): reserve them first, \
+             e.g. echo N > /proc/sys/vm/nr_hugepages"
+        ),
+        _ => format!("2 MiB huge pages: {error}"),
+    }
 }
 
 /// An anonymous mapping of `size` bytes at a [`HUGE_PAGE`]-aligned
@@ -116,7 +154,7 @@ mod tests {
 
     #[test]
     fn guest_ram_is_huge_page_aligned_advised_and_usable() {
-        let mem = create_guest_memory(256 << 20).unwrap();
+        let mem = create_guest_memory(256 << 20, false).unwrap();
         for region in mem.iter() {
             assert_eq!(
                 host_start(region) % HUGE_PAGE,
