@@ -9,6 +9,7 @@
 #   make test   every test: the lints (make lint), unit, CLI error paths, real
 #               boots in the nested host
 #   make bench  boot time, memory, disk I/O and vsock latency of vmm beside QEMU microvm;
+#               the node image's boot to multi-user and to ready beside QEMU microvm;
 #               the agent's API under load; pod start beside containerd + crun
 #
 # A fresh Debian 12 machine needs nothing but this Makefile: missing Debian
@@ -98,6 +99,7 @@ test: deps images static node-image
 
 bench: images static node-image bench-pod-deps
 	$(CARGO) run -q --release -p stratum-tests --bin bench-boot
+	$(CARGO) run -q --release -p stratum-tests --bin bench-node
 	$(CARGO) run -q --release -p stratum-tests --bin bench-io
 	$(CARGO) run -q --release -p stratum-tests --bin bench-vsock
 	$(CARGO) build -q --release -p node-agent --bin node-agent && $(CARGO) run -q --release -p stratum-testkit --bin bench-agent

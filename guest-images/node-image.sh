@@ -147,9 +147,15 @@ UNIT
     touch "$image_out/.done"
 fi
 
-# Older builds are hundreds of MiB each: only the current one is kept.
-for old in "$CACHE_ROOT"/node-tree/* "$CACHE_ROOT"/node-image/*; do
-    [[ $old == "$tree_out" || $old == "$image_out" ]] || rm -rf "$old"
+# Older builds are hundreds of MiB each: the current one and the most
+# recent other one are kept (another checkout, e.g. a fresh clone beside a
+# working tree, has binaries of its own and so a build of its own).
+touch "$tree_out" "$image_out"
+for kind in node-tree node-image; do
+    ls -1dt "$CACHE_ROOT/$kind"/*/ 2>/dev/null | tail -n +3 | while read -r old; do
+        old=${old%/}
+        [[ $old == "$tree_out" || $old == "$image_out" ]] || rm -rf "$old"
+    done
 done
 
 expose "$image_out/vmlinuz" node-vmlinuz

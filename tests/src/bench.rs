@@ -10,9 +10,10 @@ use anyhow::{ensure, Context, Result};
 
 use crate::{Outcome, Scenario};
 
-/// microvm's default firmware (qboot) and the PVH option ROM QEMU loads
-/// for ELF kernels with a PVH note (it warns if the latter is missing).
-pub const QEMU_ROMS: &[&str] = &["bios-microvm.bin", "pvh.bin"];
+/// microvm's default firmware (qboot), the PVH option ROM QEMU loads for
+/// ELF kernels with a PVH note (it warns if the latter is missing), and
+/// the one it loads for a bzImage (the node image's stock kernel).
+pub const QEMU_ROMS: &[&str] = &["bios-microvm.bin", "pvh.bin", "linuxboot_dma.bin"];
 /// Where QEMU looks for them when `-L help` does not say.
 pub const QEMU_DATA_DIR: &str = "/usr/share/qemu";
 

@@ -249,13 +249,25 @@ fn copy_range(source: &File, dest: &File, start: u64, end: u64, buf: &mut [u8]) 
     Ok(())
 }
 
+/// Writes the runs of non-zero blocks of `chunk` (one write per run, not
+/// per block), leaving the zero blocks as holes.
 fn write_nonzero_blocks(dest: &File, chunk: &[u8], at: u64) -> io::Result<()> {
-    let mut block_at = at;
+    let mut run_start: Option<usize> = None;
+    let mut offset = 0;
     for block in chunk.chunks(BLOCK) {
-        if block.iter().any(|&b| b != 0) {
-            dest.write_all_at(block, block_at)?;
+        let zero = block.iter().all(|&b| b == 0);
+        match (run_start, zero) {
+            (None, false) => run_start = Some(offset),
+            (Some(start), true) => {
+                dest.write_all_at(&chunk[start..offset], at + start as u64)?;
+                run_start = None;
+            }
+            _ => {}
         }
-        block_at += block.len() as u64;
+        offset += block.len();
+    }
+    if let Some(start) = run_start {
+        dest.write_all_at(&chunk[start..], at + start as u64)?;
     }
     Ok(())
 }

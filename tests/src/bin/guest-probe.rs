@@ -1,9 +1,12 @@
 //! `guest-probe`: the host end of the guest agent protocol, for tests and
 //! benchmarks in the nested host. Connects to a VM's guest agent through
-//! the VM's hybrid-vsock socket, says Hello, waits until the guest reports
-//! ready, pings it, optionally asks it to power off, and prints what it saw
-//! as `GUEST-...` lines:
+//! the VM's hybrid-vsock socket (our vmm) or to its vsock CID (QEMU's
+//! vhost-vsock), says Hello, waits until the guest reports ready, pings
+//! it, optionally asks it to power off, and prints what it saw as
+//! `GUEST-...` lines. With `--console FILE --mark NAME=TEXT` it also
+//! follows the VM's console and notes when each TEXT first appears:
 //!
+//!   GUEST-MARK <name> after_ms=<since start>
 //!   GUEST-HELLO agent=<agent version> after_ms=<since start>
 //!   GUEST-READY after_ms=<since start> detail=<how> hostname=<h> os=<os> kernel=<k>
 //!   GUEST-IF <name> <mac> <address>...
@@ -24,11 +27,21 @@ use stratum_guest::proto::{guest_message, host_message, GuestMessage, HostMessag
 use stratum_guest::{encode, FrameDecoder, PROTOCOL_VERSION};
 
 #[derive(Parser)]
-#[command(about = "Talk to a VM's guest agent over hybrid vsock")]
+#[command(about = "Talk to a VM's guest agent over hybrid vsock or vsock")]
 struct Args {
     /// The VM's hybrid-vsock Unix socket.
-    #[arg(long)]
-    uds: PathBuf,
+    #[arg(long, required_unless_present = "cid")]
+    uds: Option<PathBuf>,
+    /// The VM's vsock CID (vhost-vsock), instead of --uds.
+    #[arg(long, conflicts_with = "uds")]
+    cid: Option<u32>,
+    /// The VM's console log, followed for --mark texts.
+    #[arg(long, requires = "mark")]
+    console: Option<PathBuf>,
+    /// NAME=TEXT: print `GUEST-MARK NAME after_ms=…` when TEXT first
+    /// appears in the console (repeatable).
+    #[arg(long, value_parser = parse_mark)]
+    mark: Vec<(String, String)>,
     #[arg(long, default_value_t = stratum_guest::PORT)]
     port: u32,
     /// Give up after this many seconds.
@@ -38,6 +51,16 @@ struct Args {
     #[arg(long)]
     shutdown: bool,
 }
+
+fn parse_mark(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(n, t)| (n.to_owned(), t.to_owned()))
+        .ok_or_else(|| format!("expected NAME=TEXT, got {text:?}"))
+}
+
+/// A connection to the guest agent, whichever the transport.
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -53,6 +76,9 @@ fn main() -> ExitCode {
 fn probe(args: &Args) -> Result<(), String> {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.timeout);
+    if let Some(console) = &args.console {
+        follow_console(console.clone(), args.mark.clone(), start, deadline);
+    }
     let mut stream = connect(args, deadline)?;
     let ms = || start.elapsed().as_millis();
     send(
@@ -107,19 +133,56 @@ fn probe(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Prints a `GUEST-MARK` line the first time each mark's text appears in
+/// the console file, on a thread of its own, until all have or the
+/// deadline passes.
+fn follow_console(
+    console: PathBuf,
+    mut marks: Vec<(String, String)>,
+    start: Instant,
+    deadline: Instant,
+) {
+    thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut offset = 0;
+        while !marks.is_empty() && Instant::now() < deadline {
+            if let Ok(bytes) = std::fs::read(&console) {
+                seen.extend_from_slice(bytes.get(offset..).unwrap_or_default());
+                offset = bytes.len();
+            }
+            let text = String::from_utf8_lossy(&seen);
+            marks.retain(|(name, pattern)| {
+                let found = text.contains(pattern.as_str());
+                if found {
+                    println!("GUEST-MARK {name} after_ms={}", start.elapsed().as_millis());
+                }
+                !found
+            });
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
+
 /// Retries until the guest agent listens: before that the VM's vsock
-/// device refuses the stream and vmm closes the socket.
-fn connect(args: &Args, deadline: Instant) -> Result<UnixStream, String> {
+/// device refuses the stream (and vmm closes the socket).
+fn connect(args: &Args, deadline: Instant) -> Result<Box<dyn Stream>, String> {
     let mut last = String::new();
     while Instant::now() < deadline {
-        match try_connect(args) {
-            Ok(stream) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                stream
-                    .set_read_timeout(Some(left.max(Duration::from_secs(1))))
-                    .map_err(|e| e.to_string())?;
-                return Ok(stream);
-            }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timeout = Some(left.max(Duration::from_secs(1)));
+        let connected: Result<Box<dyn Stream>, String> = match args.cid {
+            Some(cid) => vsock::VsockStream::connect_with_cid_port(cid, args.port)
+                .and_then(|s| s.set_read_timeout(timeout).map(|()| s))
+                .map(|s| Box::new(s) as Box<dyn Stream>)
+                .map_err(|e| e.to_string()),
+            None => try_connect(args).and_then(|s| {
+                s.set_read_timeout(timeout)
+                    .map(|()| Box::new(s) as Box<dyn Stream>)
+                    .map_err(|e| e.to_string())
+            }),
+        };
+        match connected {
+            Ok(stream) => return Ok(stream),
             Err(e) => last = e,
         }
         thread::sleep(Duration::from_millis(500));
@@ -131,7 +194,8 @@ fn connect(args: &Args, deadline: Instant) -> Result<UnixStream, String> {
 }
 
 fn try_connect(args: &Args) -> Result<UnixStream, String> {
-    let mut stream = UnixStream::connect(&args.uds).map_err(|e| e.to_string())?;
+    let uds = args.uds.as_ref().ok_or("no --uds")?;
+    let mut stream = UnixStream::connect(uds).map_err(|e| e.to_string())?;
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
@@ -150,7 +214,7 @@ fn try_connect(args: &Args) -> Result<UnixStream, String> {
     }
 }
 
-fn send(stream: &mut UnixStream, id: u64, body: host_message::Body) -> Result<(), String> {
+fn send(stream: &mut dyn Stream, id: u64, body: host_message::Body) -> Result<(), String> {
     let frame = encode(&HostMessage {
         id,
         body: Some(body),
@@ -159,7 +223,7 @@ fn send(stream: &mut UnixStream, id: u64, body: host_message::Body) -> Result<()
     stream.write_all(&frame).map_err(|e| e.to_string())
 }
 
-fn receive(stream: &mut UnixStream, decoder: &mut FrameDecoder) -> Result<GuestMessage, String> {
+fn receive(stream: &mut dyn Stream, decoder: &mut FrameDecoder) -> Result<GuestMessage, String> {
     let mut buf = vec![0u8; stratum_guest::HEADER_LEN + stratum_guest::MAX_FRAME];
     loop {
         if let Some(message) = decoder.next_message().map_err(|e| e.to_string())? {
@@ -178,7 +242,7 @@ fn receive(stream: &mut UnixStream, decoder: &mut FrameDecoder) -> Result<GuestM
 
 /// Reads until the answer to `id`, printing `marker` when it is not an error.
 fn wait_for(
-    stream: &mut UnixStream,
+    stream: &mut dyn Stream,
     decoder: &mut FrameDecoder,
     id: u64,
     marker: &str,
