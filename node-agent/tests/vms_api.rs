@@ -634,6 +634,14 @@ async fn bad_vm_specs_get_their_codes_and_leave_nothing() {
         }],
         ..base.clone()
     };
+    // A NIC on tap0 with what `nic` says of it.
+    let with_nic = |nic: proto::NicSpec| proto::VmSpec {
+        nics: vec![proto::NicSpec {
+            tap_name: "tap0".into(),
+            ..nic
+        }],
+        ..base.clone()
+    };
     let cases = cases.into_iter().chain([
         (
             "a disk smaller than its base image",
@@ -657,39 +665,27 @@ async fn bad_vm_specs_get_their_codes_and_leave_nothing() {
         ),
         (
             "static addresses without the NIC's mac",
-            proto::VmSpec {
-                nics: vec![proto::NicSpec {
-                    tap_name: "tap0".into(),
-                    addresses: vec!["10.0.0.2/24".into()],
-                    ..Default::default()
-                }],
-                ..base.clone()
-            },
+            with_nic(proto::NicSpec {
+                addresses: vec!["10.0.0.2/24".into()],
+                ..Default::default()
+            }),
             Code::InvalidArgument,
         ),
         (
             "an address that is not CIDR",
-            proto::VmSpec {
-                nics: vec![proto::NicSpec {
-                    tap_name: "tap0".into(),
-                    mac: "06:00:00:00:00:01".into(),
-                    addresses: vec!["10.0.0.2/33".into()],
-                    ..Default::default()
-                }],
-                ..base.clone()
-            },
+            with_nic(proto::NicSpec {
+                mac: "06:00:00:00:00:01".into(),
+                addresses: vec!["10.0.0.2/33".into()],
+                ..Default::default()
+            }),
             Code::InvalidArgument,
         ),
         (
             "a gateway without addresses",
-            proto::VmSpec {
-                nics: vec![proto::NicSpec {
-                    tap_name: "tap0".into(),
-                    gateway: "10.0.0.1".into(),
-                    ..Default::default()
-                }],
-                ..base.clone()
-            },
+            with_nic(proto::NicSpec {
+                gateway: "10.0.0.1".into(),
+                ..Default::default()
+            }),
             Code::InvalidArgument,
         ),
         (
