@@ -87,6 +87,7 @@ fn node_image_boots_with_cloud_init_and_reports_through_the_guest_agent() {
          i=0; while kill -0 $vmm 2>/dev/null && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done\n\
          kill -0 $vmm 2>/dev/null && {{ echo VMM-STILL-RUNNING; kill -9 $vmm; }}\n\
          wait $vmm; echo VMM-EXIT=$?\n\
+         sed 's/^/VMM-SAID /' /tmp/vmm.out\n\
          grep -a 'STRATUM-TEST-FILE=' /tmp/console.log\n\
          grep -a -E 'Reached target.*Multi-User|Kernel panic|Failed to start' /tmp/console.log | head -20\n\
          echo PROBE-EXIT=$probe\n\
@@ -144,6 +145,10 @@ fn node_image_boots_with_cloud_init_and_reports_through_the_guest_agent() {
         "powered off: {console}"
     );
     assert!(console.contains("VMM-EXIT=0"), "{console}");
+    assert!(
+        console.contains("VMM-SAID vmm: the guest powered off (ACPI S5)"),
+        "the guest agent's poweroff, not a reset: {console}"
+    );
 }
 
 const AGENT: &str = "/stratum/bin/node-agent";
@@ -205,6 +210,7 @@ echo GUEST-AFTER-RESTART=$(guest $vm)
 $N vm stop $vm --timeout 120 > /dev/null
 i=0; while [ "$(state $vm)" != STOPPED ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
 echo STATE-AFTER-STOP=$(state $vm)
+$N vm get $vm | grep '^STATE' | sed 's/^/STOPPED-/'
 echo POWER-DOWN=$(grep -a -c 'reboot: Power down' $console)
 echo RESTARTING=$(grep -a -c 'reboot: Restarting' $console)
 $N vm delete $vm > /dev/null; echo DELETE-RC=$?
@@ -258,6 +264,10 @@ echo LEAVES-LEFT=$(find /sys/fs/cgroup/stratum -name "vm-$vm" | wc -l)
     assert_eq!(value("STATE-AFTER-RESTART="), "RUNNING", "{tail}");
     assert_eq!(value("GUEST-AFTER-RESTART="), "ready", "{tail}");
     assert_eq!(value("STATE-AFTER-STOP="), "STOPPED", "{tail}");
+    assert!(
+        value("STOPPED-STATE").ends_with("(the guest powered off (ACPI S5))"),
+        "vmm's word on how the guest ended\n{tail}"
+    );
     assert_eq!(
         value("POWER-DOWN="),
         "1",

@@ -38,9 +38,16 @@ fn vmm_exit(outcome: &Outcome) -> Option<i32> {
         .and_then(|l| l.trim_start_matches("VMM-EXIT=").trim().parse().ok())
 }
 
-/// The guest reached its init with `cpus` CPUs online and vmm exited 0
-/// after the guest rebooted.
+/// How `reboot=k` (the default of [`boot_script`]) ends the VM, as vmm says.
+const KEYBOARD_RESET: &str = "vmm: the guest reset (keyboard controller reset line)";
+
+/// The guest reached its init with `cpus` CPUs online, vmm exited 0
+/// after the guest rebooted, and said `ended` of how.
 fn assert_booted(outcome: &Outcome, cpus: u8) {
+    assert_ended(outcome, cpus, KEYBOARD_RESET);
+}
+
+fn assert_ended(outcome: &Outcome, cpus: u8, ended: &str) {
     let markers: Vec<&str> = outcome.lines_with("STRATUM-GUEST-UP").collect();
     assert_eq!(
         markers.len(),
@@ -58,6 +65,11 @@ fn assert_booted(outcome: &Outcome, cpus: u8) {
         Some(0),
         "vmm must exit 0 on guest reboot:\n{}",
         outcome.console_tail(60)
+    );
+    assert!(
+        outcome.console.contains(ended),
+        "vmm must say {ended:?}:\n{}",
+        outcome.console_tail(20)
     );
     outcome.assert_exit(0);
 }
@@ -84,14 +96,22 @@ fn bzimage_boots_through_the_64_bit_protocol() {
 fn triple_fault_reset_also_ends_the_vm() {
     // reboot=t resets through a triple fault instead of the i8042.
     let script = boot_script(GUEST_VMLINUX, 1, "").replace("reboot=k", "reboot=t");
-    assert_booted(&run(script), 1);
+    assert_ended(
+        &run(script),
+        1,
+        "vmm: the guest reset (triple fault on vCPU 0: rip 0x",
+    );
 }
 
 #[test]
 fn acpi_reset_ends_the_vm() {
     // reboot=a writes the FADT's reset register.
     let script = boot_script(GUEST_VMLINUX, 1, "").replace("reboot=k", "reboot=a");
-    assert_booted(&run(script), 1);
+    assert_ended(
+        &run(script),
+        1,
+        "vmm: the guest reset (ACPI reset register)",
+    );
 }
 
 #[test]
@@ -99,7 +119,7 @@ fn acpi_poweroff_ends_the_vm() {
     // poweroff enters ACPI S5 through the sleep control register; without
     // it the guest would halt forever and vmm would never exit.
     let outcome = run(boot_script(GUEST_VMLINUX, 2, "stratum.exit=poweroff"));
-    assert_booted(&outcome, 2);
+    assert_ended(&outcome, 2, "vmm: the guest powered off (ACPI S5)");
     assert!(
         outcome.console.contains("reboot: Power down"),
         "{}",

@@ -85,11 +85,28 @@ impl RunDir {
     /// line of its stderr, without the prefix, at most 1 KiB of it. `None`
     /// when vmm said nothing (it was killed, or is still running).
     pub fn vmm_error(&self) -> Option<String> {
-        const PREFIX: &str = "vmm: error: ";
+        self.last_stderr_line("vmm: error: ", false)
+    }
+
+    /// How the guest ended, in vmm's words (`the guest reset (triple fault
+    /// on vCPU 0: …)`, `the guest powered off (ACPI S5)`), at most 1 KiB.
+    /// `None` when vmm did not say (it was killed, or is still running).
+    pub fn guest_end(&self) -> Option<String> {
+        self.last_stderr_line("vmm: the guest ", true)
+    }
+
+    /// The last stderr line starting with `prefix`, the prefix dropped
+    /// up to its `vmm: ` when `keep_subject`, else entirely.
+    fn last_stderr_line(&self, prefix: &str, keep_subject: bool) -> Option<String> {
         const MAX: usize = 1024;
         let tail = read_tail(&self.stderr_log(), 16 * 1024).ok()?;
         let text = String::from_utf8_lossy(&tail);
-        let line = text.lines().rev().find_map(|l| l.strip_prefix(PREFIX))?;
+        let line = text.lines().rev().find(|l| l.starts_with(prefix))?;
+        let line = if keep_subject {
+            &line["vmm: ".len()..]
+        } else {
+            &line[prefix.len()..]
+        };
         let line = line.trim();
         if line.len() <= MAX {
             return Some(line.to_string());
@@ -148,6 +165,26 @@ mod tests {
         assert!(bounded.ends_with('…'));
         std::fs::write(run.stderr_log(), "killed without a word\n").unwrap();
         assert_eq!(run.vmm_error(), None);
+    }
+
+    #[test]
+    fn the_guest_end_is_vmm_s_last_word_on_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = RunDir::new(dir.path().join("run"));
+        std::fs::create_dir(run.path()).unwrap();
+        assert_eq!(run.guest_end(), None, "no stderr yet");
+        std::fs::write(
+            run.stderr_log(),
+            "vmm: the guest powered off (ACPI S5)\nvmm: the guest reset (triple fault on vCPU 1: rip 0x1)\n",
+        )
+        .unwrap();
+        assert_eq!(
+            run.guest_end().as_deref(),
+            Some("the guest reset (triple fault on vCPU 1: rip 0x1)")
+        );
+        assert_eq!(run.vmm_error(), None, "an end is not an error");
+        std::fs::write(run.stderr_log(), "vmm: error: vCPU 0: KVM said no\n").unwrap();
+        assert_eq!(run.guest_end(), None, "a failure is not a guest's end");
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //!
 //! States: CREATED → (Start) STARTING → RUNNING ⇄ PAUSED → (Shutdown)
 //! STOPPING → STOPPED; a vmm that exits on its own ends STOPPED when the
-//! guest powered off or reset (exit 0) and FAILED otherwise (killed by the
-//! kernel's OOM killer, crashed, or failed to start), with the reason.
+//! guest powered off or reset (exit 0; vmm's line on how is the reason) and
+//! FAILED otherwise (killed by the kernel's OOM killer, crashed, or failed
+//! to start), with the reason.
 //! Every transition is stored before it is reported and published on the
 //! watch stream. A running VM holds its reservation in the pool tree;
 //! STOPPED, FAILED and CREATED VMs hold none but count against quotas.
@@ -650,8 +651,14 @@ impl VmManager {
             .and_then(|c| c.usage().ok())
             .is_some_and(|u| u.oom_kills > 0);
         let (new_state, mut reason) = exit_outcome(entry.stop_requested, oom_killed, &exit);
+        let run_dir = stratum_vm::RunDir::new(self.shared.config.vm_run_dir(id));
         if new_state == VmState::Failed {
-            with_vmm_error(&mut reason, &self.shared.config.vm_run_dir(id));
+            with_vmm_error(&mut reason, run_dir.path());
+        } else if exit.code == Some(0) {
+            // vmm says how: a reset nobody asked for shows as one.
+            if let Some(end) = run_dir.guest_end() {
+                reason = end;
+            }
         }
         if let Some(cgroup) = cgroup {
             let _ = cgroup.kill_all(Duration::from_secs(5));

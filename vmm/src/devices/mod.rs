@@ -41,15 +41,41 @@ impl vm_superio::Trigger for IrqLine {
 /// thread.
 #[derive(Debug)]
 pub enum VmEvent {
-    /// The guest reset itself (keyboard controller, triple fault, PSCI-like
-    /// system event): for a VMM without reboot support that ends the VM.
-    Reset,
+    /// The guest reset itself: for a VMM without reboot support that ends
+    /// the VM. How it did is logged, so an unexpected reset can be told
+    /// apart from a requested one.
+    Reset(ResetBy),
     /// The guest powered itself off.
-    PowerOff,
+    PowerOff(PowerOffBy),
     /// The VMM was asked to end the VM (a hard stop).
     Stopped,
     /// A vCPU failed: the VM cannot go on.
     VcpuFailed { index: u8, error: String },
+}
+
+/// How the guest reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResetBy {
+    /// The i8042's reset line (`reboot=k`).
+    KeyboardController,
+    /// The FADT's reset register (`reboot=a`).
+    AcpiResetRegister,
+    /// KVM_SYSTEM_EVENT_RESET.
+    KvmSystemEvent,
+    /// A triple fault (`reboot=t`, or a guest that crashed before it could
+    /// print why); carries the vCPU's state at the fault.
+    TripleFault { vcpu: u8, state: String },
+}
+
+/// How the guest powered off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PowerOffBy {
+    /// ACPI S5 through the PM1 control register.
+    AcpiSleep,
+    /// KVM_SYSTEM_EVENT_SHUTDOWN.
+    KvmSystemEvent,
+    /// A HLT that reached the VMM: halted with nothing to wake it.
+    Halt { vcpu: u8 },
 }
 
 /// A device-side handle that asks the VMM to stop the VM.

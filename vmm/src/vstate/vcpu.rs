@@ -11,7 +11,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::arch::{cpuid, interrupts, msr, regs};
-use crate::devices::{Buses, VmEvent, VmEventSender};
+use crate::devices::{Buses, PowerOffBy, ResetBy, VmEvent, VmEventSender};
 use crate::loader::LoadedKernel;
 use crate::vstate::control::VcpuControl;
 use crate::vstate::vm::Vm;
@@ -228,10 +228,12 @@ impl Vcpu {
                 }
                 // With the in-kernel LAPIC, HLT only reaches us if the guest
                 // halted for good (interrupts off), i.e. it is finished.
-                Ok(VcpuExit::Hlt) => return Some(VmEvent::PowerOff),
+                Ok(VcpuExit::Hlt) => {
+                    return Some(VmEvent::PowerOff(PowerOffBy::Halt { vcpu: self.index }))
+                }
                 // A triple fault: how `reboot=t` resets, and how a crashed
                 // guest ends. Both stop the VM.
-                Ok(VcpuExit::Shutdown) => return Some(VmEvent::Reset),
+                Ok(VcpuExit::Shutdown) => return Some(self.triple_fault()),
                 Ok(VcpuExit::SystemEvent(kind, _)) => return Some(self.system_event(kind)),
                 Ok(VcpuExit::InternalError) => return Some(self.internal_error()),
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
@@ -253,11 +255,31 @@ impl Vcpu {
 
     fn system_event(&self, kind: u32) -> VmEvent {
         match kind {
-            KVM_SYSTEM_EVENT_SHUTDOWN => VmEvent::PowerOff,
-            KVM_SYSTEM_EVENT_RESET => VmEvent::Reset,
+            KVM_SYSTEM_EVENT_SHUTDOWN => VmEvent::PowerOff(PowerOffBy::KvmSystemEvent),
+            KVM_SYSTEM_EVENT_RESET => VmEvent::Reset(ResetBy::KvmSystemEvent),
             KVM_SYSTEM_EVENT_CRASH => self.failed("the guest reported a crash".into()),
             other => self.failed(format!("unknown KVM system event {other}")),
         }
+    }
+
+    /// The reset a triple fault is, with where the vCPU was: a guest that
+    /// faults while handling a fault leaves no other trace.
+    fn triple_fault(&self) -> VmEvent {
+        let regs = self.fd.get_regs();
+        let sregs = self.fd.get_sregs();
+        let state = match (regs, sregs) {
+            (Ok(r), Ok(s)) => format!(
+                "rip {:#x} rsp {:#x} rflags {:#x} cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} \
+                 efer {:#x} idt {:#x}+{:#x}",
+                r.rip, r.rsp, r.rflags, s.cs.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer,
+                s.idt.base, s.idt.limit
+            ),
+            (Err(e), _) | (_, Err(e)) => format!("registers unreadable: {e}"),
+        };
+        VmEvent::Reset(ResetBy::TripleFault {
+            vcpu: self.index,
+            state,
+        })
     }
 
     fn internal_error(&mut self) -> VmEvent {

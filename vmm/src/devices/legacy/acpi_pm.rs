@@ -4,7 +4,7 @@
 //! the VM, as a guest's `poweroff` and `reboot` (with `reboot=a`, Linux's
 //! default when ACPI is present) should.
 
-use crate::devices::{BusDevice, VmEvent, VmEventSender};
+use crate::devices::{BusDevice, PowerOffBy, ResetBy, VmEvent, VmEventSender};
 
 pub const ACPI_PM_PORT: u64 = 0x600;
 pub const ACPI_PM_PORT_LEN: u64 = 3;
@@ -44,9 +44,11 @@ impl BusDevice for AcpiPm {
                 if value & SLEEP_ENABLE != 0
                     && (value >> SLEEP_TYPE_SHIFT) & SLEEP_TYPE_MASK == S5_SLEEP_TYPE =>
             {
-                self.stop.send(VmEvent::PowerOff)
+                self.stop.send(VmEvent::PowerOff(PowerOffBy::AcpiSleep))
             }
-            RESET_OFFSET if *value == RESET_VALUE => self.stop.send(VmEvent::Reset),
+            RESET_OFFSET if *value == RESET_VALUE => {
+                self.stop.send(VmEvent::Reset(ResetBy::AcpiResetRegister))
+            }
             _ => {}
         }
     }
@@ -63,9 +65,15 @@ mod tests {
         let mut pm = AcpiPm::new(VmEventSender(tx));
         // What Linux writes for S5: SLP_TYP 5 with SLP_EN.
         pm.write(SLEEP_CONTROL_OFFSET, &[(5 << 2) | (1 << 5)]);
-        assert!(matches!(rx.try_recv(), Ok(VmEvent::PowerOff)));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(VmEvent::PowerOff(PowerOffBy::AcpiSleep))
+        ));
         pm.write(RESET_OFFSET, &[RESET_VALUE]);
-        assert!(matches!(rx.try_recv(), Ok(VmEvent::Reset)));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(VmEvent::Reset(ResetBy::AcpiResetRegister))
+        ));
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 
-use crate::devices::{BusDevice, IrqLine, VmEvent, VmEventSender};
+use crate::devices::{BusDevice, IrqLine, ResetBy, VmEvent, VmEventSender};
 
 /// Base of the i8042's data port; the command/status port is base + 4.
 /// 16 bits, as the ACPI I/O descriptor carries it.
@@ -157,7 +157,7 @@ impl I8042 {
             CMD_READ_OUTPUT_PORT => self.push(OUTPUT_PORT_DEFAULT),
             CMD_WRITE_OUTPUT_PORT => self.pending = Pending::WriteOutputPort,
             CMD_WRITE_AUX => self.pending = Pending::WriteAux,
-            CMD_PULSE_RESET => self.reset.send(VmEvent::Reset),
+            CMD_PULSE_RESET => self.reset.send(VmEvent::Reset(ResetBy::KeyboardController)),
             _ => {}
         }
     }
@@ -166,7 +166,9 @@ impl I8042 {
         match std::mem::replace(&mut self.pending, Pending::None) {
             Pending::WriteCtr => self.ctr = byte,
             // Clearing the reset bit of the output port resets the CPU.
-            Pending::WriteOutputPort if byte & 1 == 0 => self.reset.send(VmEvent::Reset),
+            Pending::WriteOutputPort if byte & 1 == 0 => {
+                self.reset.send(VmEvent::Reset(ResetBy::KeyboardController))
+            }
             Pending::WriteOutputPort => {}
             // No mouse is attached: bytes for it vanish, as with a real
             // controller whose aux port is empty.
@@ -257,7 +259,10 @@ mod tests {
         dev.write(COMMAND_OFFSET, &[CMD_PULSE_RESET, 0]); // wrong width
         assert!(rx.try_recv().is_err());
         dev.write(COMMAND_OFFSET, &[CMD_PULSE_RESET]);
-        assert!(matches!(rx.try_recv(), Ok(VmEvent::Reset)));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(VmEvent::Reset(ResetBy::KeyboardController))
+        ));
     }
 
     #[test]
@@ -268,7 +273,10 @@ mod tests {
         assert!(rx.try_recv().is_err());
         dev.write(COMMAND_OFFSET, &[CMD_WRITE_OUTPUT_PORT]);
         dev.write(DATA_OFFSET, &[0x02]);
-        assert!(matches!(rx.try_recv(), Ok(VmEvent::Reset)));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(VmEvent::Reset(ResetBy::KeyboardController))
+        ));
     }
 
     #[test]
