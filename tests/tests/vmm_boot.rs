@@ -128,6 +128,40 @@ fn acpi_poweroff_ends_the_vm() {
 }
 
 #[test]
+fn the_guest_is_not_offered_hardware_virtualization() {
+    // The nested host has SVM and nested KVM; vmm hides both VMX and SVM.
+    let guest = run_cmdline(
+        "",
+        "echo GUEST-VIRT-FLAGS=$(grep -c -w -E 'svm|vmx' /proc/cpuinfo)",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let script = format!(
+        "echo HOST-VIRT-FLAGS=$(grep -c -w -E 'svm|vmx' /proc/cpuinfo)\n{}",
+        boot_script(GUEST_VMLINUX, 2, guest.trim())
+    );
+    let outcome = run(script);
+    assert_booted(&outcome, 2);
+    let count = |key: &str| {
+        outcome
+            .lines_with(key)
+            .next()
+            .and_then(|l| l.trim().strip_prefix(key).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {key}: {}", outcome.console_tail(20)))
+    };
+    assert_eq!(
+        count("HOST-VIRT-FLAGS="),
+        "2",
+        "the host's two CPUs have it"
+    );
+    assert_eq!(
+        count("GUEST-VIRT-FLAGS="),
+        "0",
+        "{}",
+        outcome.console_tail(20)
+    );
+}
+
+#[test]
 fn mp_table_describes_the_cpus_without_acpi() {
     let outcome = run(boot_script(GUEST_VMLINUX, 2, "acpi=off"));
     assert_booted(&outcome, 2);

@@ -1,5 +1,11 @@
 //! The CPUID the guest sees: what KVM supports, with the topology rewritten
 //! for this VM's vCPU count and the leaves a guest must not trust removed.
+//!
+//! Hardware virtualization (VMX, SVM) is not offered: a node VM runs pods
+//! and etcd, not VMs of its own, and a guest hypervisor would drive the
+//! host kernel's nested-virtualization code, a large attack surface for
+//! nothing it needs. Without the bit a distro guest does not even load
+//! kvm_intel or kvm_amd.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
@@ -15,6 +21,10 @@ const LEAF1_EDX_HTT: u32 = 1 << 28;
 const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// CPUID.6:EAX bit 2: the APIC timer keeps running in deep C-states.
 const LEAF6_EAX_ARAT: u32 = 1 << 2;
+/// CPUID.1:ECX bit 5: Intel VMX.
+const LEAF1_ECX_VMX: u32 = 1 << 5;
+/// CPUID.80000001h:ECX bit 2: AMD SVM.
+const EXT_LEAF1_ECX_SVM: u32 = 1 << 2;
 
 /// Extended topology levels (leaf 0xB / 0x1F, ECX[15:8]).
 const LEVEL_TYPE_SMT: u32 = 1;
@@ -28,7 +38,10 @@ pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, cpu_count: u8) {
     let core_bits = bits_for(u32::from(cpu_count));
     for entry in cpuid.as_mut_slice().iter_mut() {
         match entry.function {
-            0x1 => set_basic_topology(entry, cpu_index, cpu_count),
+            0x1 => {
+                set_basic_topology(entry, cpu_index, cpu_count);
+                entry.ecx &= !LEAF1_ECX_VMX;
+            }
             0x4 => set_cache_topology(entry, cpu_count),
             // Thermal and power management: the guest cannot manage the
             // host's power states, only rely on an always-running timer.
@@ -41,6 +54,9 @@ pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, cpu_count: u8) {
             // Architectural performance monitoring is not set up for the guest.
             0xa => clear(entry),
             0xb | 0x1f => set_extended_topology(entry, cpu_index, cpu_count, core_bits),
+            0x8000_0001 => entry.ecx &= !EXT_LEAF1_ECX_SVM,
+            // AMD: SVM revision and features, meaningless without SVM.
+            0x8000_000a => clear(entry),
             // AMD: number of cores in the package, minus one.
             0x8000_0008 => {
                 entry.ecx = (entry.ecx & !0xf0ff) | (core_bits << 12) | (u32::from(cpu_count) - 1);
@@ -162,6 +178,8 @@ mod tests {
             entry(0xb, 0),
             entry(0xb, 1),
             entry(0xb, 2),
+            entry(0x8000_0001, 0),
+            entry(0x8000_000a, 0),
         ])
         .unwrap()
     }
@@ -217,6 +235,27 @@ mod tests {
         );
         let leafa = find(&cpuid, 0xa, 0);
         assert_eq!((leafa.eax, leafa.ebx, leafa.ecx, leafa.edx), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn hardware_virtualization_is_not_offered() {
+        let mut cpuid = sample();
+        find_mut(&mut cpuid, 1).ecx = u32::MAX;
+        filter_cpuid(&mut cpuid, 0, 2);
+        assert_eq!(find(&cpuid, 1, 0).ecx & LEAF1_ECX_VMX, 0);
+        let ext = find(&cpuid, 0x8000_0001, 0);
+        assert_eq!(ext.ecx & EXT_LEAF1_ECX_SVM, 0);
+        assert_eq!(ext.ecx | EXT_LEAF1_ECX_SVM, u32::MAX, "other bits kept");
+        let svm = find(&cpuid, 0x8000_000a, 0);
+        assert_eq!((svm.eax, svm.ebx, svm.ecx, svm.edx), (0, 0, 0, 0));
+    }
+
+    fn find_mut(cpuid: &mut CpuId, function: u32) -> &mut kvm_cpuid_entry2 {
+        cpuid
+            .as_mut_slice()
+            .iter_mut()
+            .find(|e| e.function == function)
+            .unwrap()
     }
 
     #[test]
