@@ -650,15 +650,20 @@ impl VmManager {
             .as_ref()
             .and_then(|c| c.usage().ok())
             .is_some_and(|u| u.oom_kills > 0);
-        let (new_state, mut reason) = exit_outcome(entry.stop_requested, oom_killed, &exit);
+        let (mut new_state, mut reason) = exit_outcome(entry.stop_requested, oom_killed, &exit);
         let run_dir = stratum_vm::RunDir::new(self.shared.config.vm_run_dir(id));
-        if new_state == VmState::Failed {
-            with_vmm_error(&mut reason, run_dir.path());
-        } else if exit.code == Some(0) {
-            // vmm says how: a reset nobody asked for shows as one.
-            if let Some(end) = run_dir.guest_end() {
+        match run_dir.guest_end() {
+            // vmm says how the guest ended, also when the agent re-adopted
+            // it and cannot read its status: a reset nobody asked for
+            // shows as one.
+            Some(end)
+                if !oom_killed && exit.signal.is_none() && exit.code.is_none_or(|c| c == 0) =>
+            {
+                new_state = VmState::Stopped;
                 reason = end;
             }
+            _ if new_state == VmState::Failed => with_vmm_error(&mut reason, run_dir.path()),
+            _ => {}
         }
         if let Some(cgroup) = cgroup {
             let _ = cgroup.kill_all(Duration::from_secs(5));
