@@ -352,6 +352,7 @@ mod kvm {
     const KVMIO: u32 = 0xAE;
     ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
     ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_bindings::kvm_regs);
+    ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_bindings::kvm_sregs);
 
     pub fn run() -> u64 {
         KVM_RUN()
@@ -359,6 +360,10 @@ mod kvm {
 
     pub fn get_regs() -> u64 {
         KVM_GET_REGS()
+    }
+
+    pub fn get_sregs() -> u64 {
+        KVM_GET_SREGS()
     }
 }
 
@@ -480,7 +485,13 @@ fn vcpu(rules: &mut Rules) -> RuleResult<()> {
     // The console log's rotation (console_log.rs); eventfd writes (irqfds,
     // a device's kill fd) are `write`s.
     allow(rules, &[libc::SYS_rename, libc::SYS_renameat]);
-    allow_requests(rules, libc::SYS_ioctl, &[kvm::run(), kvm::get_regs()])?;
+    // The registers are read only to say where a failed or triple-faulted
+    // vCPU was.
+    allow_requests(
+        rules,
+        libc::SYS_ioctl,
+        &[kvm::run(), kvm::get_regs(), kvm::get_sregs()],
+    )?;
     // Activating a device (a guest's MMIO write) clones its eventfds and
     // makes its worker's stop eventfd.
     allow_requests(rules, libc::SYS_fcntl, &[libc::F_DUPFD_CLOEXEC as u64])?;
@@ -667,7 +678,11 @@ mod tests {
     #[test]
     fn the_vcpu_filter_admits_only_its_kvm_ioctls() {
         let vcpu = rules(ThreadKind::Vcpu).unwrap();
-        assert_eq!(vcpu[&libc::SYS_ioctl].len(), 2);
+        assert_eq!(
+            vcpu[&libc::SYS_ioctl].len(),
+            3,
+            "KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS"
+        );
         assert!(!vcpu.contains_key(&libc::SYS_clone3));
         assert!(!vcpu.contains_key(&libc::SYS_socket));
         for kind in ThreadKind::ALL {
@@ -716,9 +731,11 @@ mod tests {
 
     #[test]
     fn kvm_request_numbers_are_the_kernels() {
-        // <linux/kvm.h>: _IO(KVMIO, 0x80), _IOR(KVMIO, 0x81, struct kvm_regs).
+        // <linux/kvm.h>: _IO(KVMIO, 0x80), _IOR(KVMIO, 0x81, struct kvm_regs),
+        // _IOR(KVMIO, 0x83, struct kvm_sregs).
         assert_eq!(kvm::run(), 0xAE80);
         assert_eq!(kvm::get_regs(), 0x8090_AE81);
+        assert_eq!(kvm::get_sregs(), 0x8138_AE83);
     }
 
     #[test]
