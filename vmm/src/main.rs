@@ -273,11 +273,11 @@ fn wait(vm: RunningVm) -> ExitCode {
     match event {
         VmEvent::Reset(by) => {
             // Always said: a reset nobody asked for is a crash to look into.
-            eprintln!("vmm: the guest reset ({})", describe_reset(&by));
+            eprintln!("vmm: the guest reset ({by})");
             ExitCode::SUCCESS
         }
         VmEvent::PowerOff(by) => {
-            eprintln!("vmm: the guest powered off ({})", describe_power_off(&by));
+            eprintln!("vmm: the guest powered off ({by})");
             ExitCode::SUCCESS
         }
         VmEvent::Stopped => ExitCode::SUCCESS,
@@ -285,24 +285,5 @@ fn wait(vm: RunningVm) -> ExitCode {
             eprintln!("vmm: error: vCPU {index}: {error}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn describe_reset(by: &vmm::devices::ResetBy) -> String {
-    use vmm::devices::ResetBy;
-    match by {
-        ResetBy::KeyboardController => "keyboard controller reset line".into(),
-        ResetBy::AcpiResetRegister => "ACPI reset register".into(),
-        ResetBy::KvmSystemEvent => "KVM reset system event".into(),
-        ResetBy::TripleFault { vcpu, state } => format!("triple fault on vCPU {vcpu}: {state}"),
-    }
-}
-
-fn describe_power_off(by: &vmm::devices::PowerOffBy) -> String {
-    use vmm::devices::PowerOffBy;
-    match by {
-        PowerOffBy::AcpiSleep => "ACPI S5".into(),
-        PowerOffBy::KvmSystemEvent => "KVM shutdown system event".into(),
-        PowerOffBy::Halt { vcpu } => format!("vCPU {vcpu} halted with interrupts off"),
     }
 }

@@ -85,28 +85,23 @@ impl RunDir {
     /// line of its stderr, without the prefix, at most 1 KiB of it. `None`
     /// when vmm said nothing (it was killed, or is still running).
     pub fn vmm_error(&self) -> Option<String> {
-        self.last_stderr_line("vmm: error: ", false)
+        self.last_stderr_line("vmm: error: ")
     }
 
     /// How the guest ended, in vmm's words (`the guest reset (triple fault
     /// on vCPU 0: …)`, `the guest powered off (ACPI S5)`), at most 1 KiB.
     /// `None` when vmm did not say (it was killed, or is still running).
     pub fn guest_end(&self) -> Option<String> {
-        self.last_stderr_line("vmm: the guest ", true)
+        self.last_stderr_line("vmm: the guest ")
+            .map(|how| format!("the guest {how}"))
     }
 
-    /// The last stderr line starting with `prefix`, the prefix dropped
-    /// up to its `vmm: ` when `keep_subject`, else entirely.
-    fn last_stderr_line(&self, prefix: &str, keep_subject: bool) -> Option<String> {
+    /// What follows `prefix` on the last stderr line that starts with it.
+    fn last_stderr_line(&self, prefix: &str) -> Option<String> {
         const MAX: usize = 1024;
         let tail = read_tail(&self.stderr_log(), 16 * 1024).ok()?;
         let text = String::from_utf8_lossy(&tail);
-        let line = text.lines().rev().find(|l| l.starts_with(prefix))?;
-        let line = if keep_subject {
-            &line["vmm: ".len()..]
-        } else {
-            &line[prefix.len()..]
-        };
+        let line = text.lines().rev().find_map(|l| l.strip_prefix(prefix))?;
         let line = line.trim();
         if line.len() <= MAX {
             return Some(line.to_string());

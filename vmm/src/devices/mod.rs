@@ -78,6 +78,29 @@ pub enum PowerOffBy {
     Halt { vcpu: u8 },
 }
 
+impl std::fmt::Display for ResetBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResetBy::KeyboardController => f.write_str("keyboard controller reset line"),
+            ResetBy::AcpiResetRegister => f.write_str("ACPI reset register"),
+            ResetBy::KvmSystemEvent => f.write_str("KVM reset system event"),
+            ResetBy::TripleFault { vcpu, state } => {
+                write!(f, "triple fault on vCPU {vcpu}: {state}")
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for PowerOffBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PowerOffBy::AcpiSleep => f.write_str("ACPI S5"),
+            PowerOffBy::KvmSystemEvent => f.write_str("KVM shutdown system event"),
+            PowerOffBy::Halt { vcpu } => write!(f, "vCPU {vcpu} halted with interrupts off"),
+        }
+    }
+}
+
 /// A device-side handle that asks the VMM to stop the VM.
 #[derive(Clone, Debug)]
 pub struct VmEventSender(pub Sender<VmEvent>);
