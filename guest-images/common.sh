@@ -17,28 +17,43 @@ die() { log "ERROR: $*"; exit 1; }
 # QEMU: a machine whose QEMU tools (qemu-utils) come from
 # bookworm-backports cannot take Debian 12's own emulator (qemu-utils 10
 # breaks qemu-system-common 7.2). It gets the emulator of the very same
-# version from bookworm-backports, through a source list kept in the cache
-# and given to apt for this install only; the machine's apt configuration
-# is not changed.
+# version from bookworm-backports, with that release as apt's target so the
+# emulator's own dependencies (qemu-system-common/-data, seabios) come from
+# there too. The backports source is a list kept in the cache and given to
+# apt for that install only; the machine's apt configuration is not changed.
 ensure_pkgs() {
-    local missing=() p i
+    local missing=() p qemu_ver
     for p in "$@"; do
         dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
     done
     ((${#missing[@]})) || return 0
-    local apt_opts=() qemu_ver
     qemu_ver=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
-    if [[ $qemu_ver == *~bpo* ]]; then
-        for i in "${!missing[@]}"; do
-            if [[ ${missing[$i]} == qemu-system-x86 ]]; then
-                missing[i]="qemu-system-x86=$qemu_ver"
-            fi
-        done
-        apt_opts=(-o "Dir::Etc::SourceParts=$(backports_source_parts)")
+    if [[ $qemu_ver != *~bpo* ]]; then
+        apt_install "${missing[@]}"
+        return
     fi
-    log "installing: ${missing[*]}"
-    apt-get "${apt_opts[@]}" update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}" install -y -qq --no-remove "${missing[@]}"
+    local rest=() want_qemu=no
+    for p in "${missing[@]}"; do
+        if [[ $p == qemu-system-x86 ]]; then want_qemu=yes; else rest+=("$p"); fi
+    done
+    ((${#rest[@]})) && apt_install "${rest[@]}"
+    if [[ $want_qemu == yes ]]; then
+        apt_install -o "Dir::Etc::SourceParts=$(backports_source_parts)" \
+            -t bookworm-backports "qemu-system-x86=$qemu_ver"
+    fi
+}
+
+# apt-get install with the given options and packages, after an index
+# update with the same options; never removes a package.
+apt_install() {
+    local opts=() p
+    while (($#)) && [[ $1 == -* ]]; do
+        opts+=("$1" "$2")
+        shift 2
+    done
+    log "installing: $*"
+    apt-get "${opts[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get "${opts[@]}" install -y -qq --no-remove "$@"
 }
 
 # A sources.list.d for apt: the machine's own entries plus
