@@ -94,12 +94,14 @@ fn bzimage_boots_through_the_64_bit_protocol() {
 
 #[test]
 fn triple_fault_reset_also_ends_the_vm() {
-    // reboot=t resets through a triple fault instead of the i8042.
+    // reboot=t resets through a triple fault instead of the i8042. What
+    // follows the vCPU is its registers, or on AMD (the nested host) that
+    // KVM kept none.
     let script = boot_script(GUEST_VMLINUX, 1, "").replace("reboot=k", "reboot=t");
     assert_ended(
         &run(script),
         1,
-        "vmm: the guest reset (triple fault on vCPU 0: rip 0x",
+        "vmm: the guest reset (triple fault on vCPU 0: ",
     );
 }
 

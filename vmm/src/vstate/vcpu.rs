@@ -268,6 +268,12 @@ impl Vcpu {
         let regs = self.fd.get_regs();
         let sregs = self.fd.get_sregs();
         let state = match (regs, sregs) {
+            // KVM on AMD INITs the vCPU before it reports the shutdown
+            // (the VMCB is undefined after one): the fault's registers
+            // are gone, and the reset vector would only mislead.
+            (Ok(r), Ok(s)) if r.rip == 0xfff0 && s.cs.selector == 0xf000 => {
+                "registers not kept (KVM re-initialised the vCPU, as it does on AMD)".to_owned()
+            }
             (Ok(r), Ok(s)) => format!(
                 "rip {:#x} rsp {:#x} rflags {:#x} cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} \
                  efer {:#x} idt {:#x}+{:#x}",
