@@ -77,7 +77,8 @@ fn spawn(kernel: &Path, initrd: &Path, scenario: &Scenario) -> Result<Child> {
     let program = std::env::var("STRATUM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
     let mut command = Command::new(&program);
     command
-        .args(["-M", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "2"])
+        .args(["-M", "q35", "-accel", "tcg", "-cpu", "max"])
+        .args(["-smp", &scenario.host_cpus.to_string()])
         .args(["-m", &scenario.memory_mib.to_string()])
         .args(["-nodefaults", "-no-user-config"]);
     for drive in &scenario.drives {

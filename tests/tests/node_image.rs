@@ -13,6 +13,9 @@
 //! guest agent (a power-off, not Ctrl+Alt+Del's reboot), and nothing left
 //! after delete.
 //!
+//! Both run the nested host on one CPU: see `Scenario::host_cpus` for why
+//! a full distribution's boot needs that under QEMU's TCG.
+//!
 //! Built by `make node-image` (part of `make test`).
 
 use std::path::{Path, PathBuf};
@@ -105,7 +108,8 @@ fn node_image_boots_with_cloud_init_and_reports_through_the_guest_agent() {
         .file(format!("{NODE}/seed.img"), seed(dir.path()))
         .drive(node_file(&host, "node-rootfs.raw"))
         .memory_mib(3072)
-        .timeout(Duration::from_secs(720));
+        .host_cpus(1)
+        .timeout(Duration::from_secs(900));
     let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
     let console = &outcome.console;
     for line in console.lines().filter(|l| l.starts_with("GUEST-")) {
@@ -139,7 +143,11 @@ fn node_image_boots_with_cloud_init_and_reports_through_the_guest_agent() {
         console.contains("STRATUM-TEST-FILE=made-by-user-data"),
         "user-data's file: {console}"
     );
-    assert!(console.contains("Multi-User System"), "{console}");
+    // No assertion on systemd's "Reached target ... Multi-User System": it
+    // prints status lines only while jobs are pending, so when that
+    // target's job is the last to finish (as it often is on one CPU) the
+    // line never comes. The guest agent's ready and user-data's file say
+    // the boot got through.
     assert!(
         !console.contains("VMM-STILL-RUNNING"),
         "powered off: {console}"
@@ -227,7 +235,8 @@ echo LEAVES-LEFT=$(find /sys/fs/cgroup/stratum -name "vm-$vm" | wc -l)
         .file(MKTAP, NestedHost::static_bin("mktap"))
         .drive(&volume)
         .memory_mib(5120)
-        .timeout(Duration::from_secs(900));
+        .host_cpus(1)
+        .timeout(Duration::from_secs(1200));
     let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
     assert!(outcome.host_kvm, "the nested host has no /dev/kvm");
     let console = &outcome.console;
