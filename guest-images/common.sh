@@ -36,7 +36,9 @@ ensure_pkgs() {
     for p in "${missing[@]}"; do
         if [[ $p == qemu-system-x86 ]]; then want_qemu=yes; else rest+=("$p"); fi
     done
-    ((${#rest[@]})) && apt_install "${rest[@]}"
+    if ((${#rest[@]})); then
+        apt_install "${rest[@]}"
+    fi
     if [[ $want_qemu == yes ]]; then
         apt_install -o "Dir::Etc::SourceParts=$(backports_source_parts)" \
             -t bookworm-backports "qemu-system-x86=$qemu_ver"
@@ -46,7 +48,7 @@ ensure_pkgs() {
 # apt-get install with the given options and packages, after an index
 # update with the same options; never removes a package.
 apt_install() {
-    local opts=() p
+    local opts=()
     while (($#)) && [[ $1 == -* ]]; do
         opts+=("$1" "$2")
         shift 2

@@ -120,8 +120,8 @@ impl Scenario {
     /// one boot in six wedged a vCPU in an endless loop of nested page
     /// faults at an address outside the VM's memory, or ended in a triple
     /// fault; the nested host's own kernel once hit a stack guard page on a
-    /// vCPU thread). With one CPU there is no second TCG thread to race
-    /// with, at the price of a slower boot (about 1.6 times).
+    /// vCPU thread). With one CPU, no boot went wrong, at the price of a
+    /// slower boot (about 1.6 times).
     pub fn host_cpus(mut self, cpus: u8) -> Self {
         self.host_cpus = cpus.max(1);
         self
