@@ -84,7 +84,7 @@ run-vm: images static
 # VM image, a worker VM from it with user-data, ready, shut down.
 run-node: images static node-image
 	$(CARGO) run -q -p stratum-tests --bin nested-host -- --script guest-images/run-node.sh \
-		--node-image --memory 5120 --timeout 900 \
+		--node-image --memory 5120 --cpus 1 --timeout 900 \
 		--file /stratum/bin/node-agent=$(STATIC_BIN)/node-agent --file /stratum/bin/nodectl=$(STATIC_BIN)/nodectl \
 		--file /stratum/bin/stratum-jailer=$(STATIC_BIN)/stratum-jailer --file /stratum/bin/mktap=$(STATIC_BIN)/mktap
 

@@ -28,7 +28,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub use error::{Error, Result};
 pub use node::node_image_volume;
 pub use outcome::Outcome;
-pub use scenario::{Drive, ExtraFile, FileSource, Scenario, DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT};
+pub use scenario::{
+    Drive, ExtraFile, FileSource, Scenario, DEFAULT_HOST_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT,
+};
 
 /// Absolute paths of the composed files inside the nested host.
 pub mod paths {

@@ -30,6 +30,10 @@ struct Args {
     /// The nested host's RAM in MiB.
     #[arg(long, value_name = "MIB", default_value_t = stratum_tests::DEFAULT_MEMORY_MIB)]
     memory: u32,
+    /// The nested host's CPUs (1 for a full distribution's boot, see
+    /// `Scenario::host_cpus`).
+    #[arg(long, value_name = "N", default_value_t = stratum_tests::DEFAULT_HOST_CPUS)]
+    cpus: u8,
     /// Kill QEMU after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 180)]
     timeout: u64,
@@ -87,7 +91,7 @@ fn run(args: Args) -> Result<ExitCode, Error> {
         stratum_tests::node_image_volume(host.images_dir(), &volume)?;
         scenario = scenario.drive(volume);
     }
-    scenario = scenario.memory_mib(args.memory);
+    scenario = scenario.memory_mib(args.memory).host_cpus(args.cpus);
     let outcome = host.run(&scenario)?;
     if !(args.echo || args.interactive) {
         print!("{}", outcome.console);
