@@ -98,10 +98,18 @@ fn triple_fault_reset_also_ends_the_vm() {
     // follows the vCPU is its registers, or on AMD (the nested host) that
     // KVM kept none.
     let script = boot_script(GUEST_VMLINUX, 1, "").replace("reboot=k", "reboot=t");
-    assert_ended(
-        &run(script),
-        1,
-        "vmm: the guest reset (triple fault on vCPU 0: ",
+    let outcome = run(script);
+    let prefix = "vmm: the guest reset (triple fault on vCPU 0: ";
+    assert_ended(&outcome, 1, prefix);
+    let state = outcome
+        .console
+        .lines()
+        .find_map(|l| l.split_once(prefix).map(|(_, rest)| rest))
+        .unwrap_or_default();
+    assert!(
+        state.starts_with("registers not kept (KVM re-initialised the vCPU")
+            || (state.starts_with("rip 0x") && state.contains(" idt 0x")),
+        "neither registers nor why there are none: {state:?}"
     );
 }
 
