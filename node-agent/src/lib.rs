@@ -2,7 +2,7 @@
 //! the pods and the images of one host, keeps them in its durable store,
 //! and serves them over gRPC to a Supervisor. The work on the host is done
 //! by the crates below it: `stratum-pool` (the model), `stratum-cgroup`,
-//! `stratum-image`, `stratum-podnet`, `stratum-runtime`, `stratum-vm`.
+//! `stratum-image`, `stratum-net`, `stratum-runtime`, `stratum-vm`.
 //!
 //! - [`agent`]: the agent and its rules.
 //! - [`api`]: thin gRPC adapters over the agent.

@@ -16,7 +16,7 @@ use node_agent::agent::pods::{PodHostConfig, DEFAULT_POD_PIDS_LIMIT};
 use node_agent::agent::Agent;
 use node_agent::api;
 use stratum_api::tls;
-use stratum_podnet::{Ipv4Cidr, Protocol};
+use stratum_net::{Ipv4Cidr, Protocol};
 use stratum_pool::{Resources, MIB};
 use stratum_runtime::LogRotation;
 

@@ -21,7 +21,7 @@ use stratum_api::proto::pod_service_client::PodServiceClient;
 use stratum_api::proto::{
     ContainerSpec, ExecSyncRequest, ExecSyncResponse, LogsRequest, PullImageRequest,
 };
-use stratum_podnet::{Ipv4Cidr, PodNetConfig, PodNetwork};
+use stratum_net::{HostNetworks, Ipv4Cidr, NetConfig};
 use tonic::transport::Channel;
 
 use crate::fixture;
@@ -40,7 +40,7 @@ pub fn prepare_host() {
 
 /// See the module docs.
 pub struct PodAgent {
-    pub net: PodNetConfig,
+    pub net: NetConfig,
     /// The busybox image's reference, pulled.
     pub reference: String,
     // Dropped after `Drop::drop` below, in this order.
@@ -73,7 +73,7 @@ impl PodAgent {
         ];
         args.extend_from_slice(extra);
         let agent = TestAgent::start_with(name, &args);
-        let mut net = PodNetConfig::new(&agent.dir.join("data"));
+        let mut net = NetConfig::new(&agent.dir.join("data"));
         net.bridge = bridge.clone();
         net.nft_table = bridge;
         net.cidr = cidr.parse::<Ipv4Cidr>().unwrap();
@@ -131,7 +131,7 @@ impl Drop for PodAgent {
         let purge = std::thread::spawn(move || {
             tokio::runtime::Runtime::new()
                 .unwrap()
-                .block_on(PodNetwork::purge(&net))
+                .block_on(HostNetworks::purge(&net))
         });
         let _ = purge.join();
         let _ = std::fs::remove_dir_all(self.run_dir());

@@ -7,7 +7,7 @@ use tonic::{Code, Status};
 use crate::state::StoreError;
 use stratum_cgroup::CgroupError;
 use stratum_image::ImageError;
-use stratum_podnet::PodNetError;
+use stratum_net::NetError;
 use stratum_pool::{ErrorKind, PoolError};
 use stratum_runtime::RuntimeError;
 
@@ -34,7 +34,7 @@ pub enum AgentError {
     #[error("image: {0}")]
     Image(#[from] ImageError),
     #[error("pod network: {0}")]
-    PodNet(#[from] PodNetError),
+    PodNet(#[from] NetError),
     #[error("container runtime: {0}")]
     Runtime(#[from] RuntimeError),
     #[error("{0}")]
@@ -69,13 +69,13 @@ impl AgentError {
             }
             AgentError::Image(e) => image_code(e),
             AgentError::PodNet(e) => match e {
-                PodNetError::InvalidArgument(_) | PodNetError::PortOutOfRange { .. } => {
+                NetError::InvalidArgument(_) | NetError::PortOutOfRange { .. } => {
                     Code::InvalidArgument
                 }
-                PodNetError::PortInUse { .. }
-                | PodNetError::PortHeldByHost { .. }
-                | PodNetError::AlreadyAttached { .. } => Code::AlreadyExists,
-                PodNetError::Exhausted { .. } => Code::ResourceExhausted,
+                NetError::PortInUse { .. }
+                | NetError::PortHeldByHost { .. }
+                | NetError::AlreadyAttached { .. } => Code::AlreadyExists,
+                NetError::Exhausted { .. } => Code::ResourceExhausted,
                 _ => Code::Internal,
             },
             AgentError::Runtime(RuntimeError::ExecTimeout { .. })

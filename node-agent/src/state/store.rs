@@ -26,7 +26,7 @@ use crate::records::{ImageOwnersRecord, PodRecord, PoolRecord, VmRecord};
 ///
 /// 1. pools, VMs, pods, the id sequence, quarantine.
 /// 2. and the pod network's tables (`podnet_*`, `ipam_*`, owned by
-///    `stratum-podnet`) and the image index (`images`, owned by
+///    `stratum-net`) and the image index (`images`, owned by
 ///    `stratum-image`), which version 1 kept in `podnet.redb` and
 ///    `images/index.json` beside this file: opening a version 1 file moves
 ///    them in, in the same transaction as the new version.
@@ -217,7 +217,7 @@ impl Store {
         };
         let podnet = self.path.with_file_name(PODNET_FILE_V1);
         if podnet.exists() {
-            stratum_podnet::store::import_file(&podnet, tx).map_err(|e| failed(&podnet, &e))?;
+            stratum_net::store::import_file(&podnet, tx).map_err(|e| failed(&podnet, &e))?;
         }
         let index = self.path.with_file_name(IMAGE_INDEX_V1);
         stratum_image::import_index_file(&index, tx).map_err(|e| failed(&index, &e))?;

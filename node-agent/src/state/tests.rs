@@ -280,17 +280,16 @@ fn a_newer_schema_is_refused() {
 
 /// A version 1 data dir: the agent's file, and the pod network's own file
 /// beside it with an attached pod and a policy.
-fn v1_data_dir() -> (TempDir, std::path::PathBuf, stratum_podnet::cidr::Ipv4Cidr) {
+fn v1_data_dir() -> (TempDir, std::path::PathBuf, stratum_net::cidr::Ipv4Cidr) {
     let (dir, path) = scratch();
     let store = Store::open(&path).unwrap();
     store.put_pool(&pool("pool-1", "web")).unwrap();
     drop(store);
     set_schema(&path, 1);
-    let cidr: stratum_podnet::cidr::Ipv4Cidr = "10.77.0.0/24".parse().unwrap();
-    let podnet =
-        stratum_podnet::store::Store::open(&dir.path().join(PODNET_FILE_V1), cidr).unwrap();
+    let cidr: stratum_net::cidr::Ipv4Cidr = "10.77.0.0/24".parse().unwrap();
+    let podnet = stratum_net::store::Store::open(&dir.path().join(PODNET_FILE_V1), cidr).unwrap();
     podnet
-        .attach("pod-7", |ip| stratum_podnet::store::PodRecord {
+        .attach("pod-7", |ip| stratum_net::store::PodRecord {
             pod_id: "pod-7".into(),
             namespace: "pool-1".into(),
             ip,
@@ -333,7 +332,7 @@ fn a_version_1_file_migrates_and_takes_the_pod_network_in() {
         1,
         "the agent's records stay"
     );
-    let podnet = stratum_podnet::store::Store::with_db(store.database(), cidr).unwrap();
+    let podnet = stratum_net::store::Store::with_db(store.database(), cidr).unwrap();
     let loaded = podnet.load().unwrap();
     let pod = loaded
         .pods
@@ -364,7 +363,7 @@ fn a_version_1_file_migrates_and_takes_the_pod_network_in() {
     drop((podnet, store));
     // Reopened: version 2 now, nothing to migrate.
     let again = Store::open(&path).unwrap();
-    let podnet = stratum_podnet::store::Store::with_db(again.database(), cidr).unwrap();
+    let podnet = stratum_net::store::Store::with_db(again.database(), cidr).unwrap();
     assert_eq!(podnet.load().unwrap().pods.len(), 1);
     let images = stratum_image::ImageStore::open_shared(dir.path(), again.database()).unwrap();
     assert_eq!(images.list().len(), 1);

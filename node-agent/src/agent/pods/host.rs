@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::PodManager;
 use crate::agent::errors::{AgentError, Result};
-use stratum_podnet::{Ipv4Cidr, PodNetConfig, PodNetwork, Protocol, DEFAULT_HOST_PORTS};
+use stratum_net::{HostNetworks, Ipv4Cidr, NetConfig, Protocol, DEFAULT_HOST_PORTS};
 use stratum_runtime::{CgroupMapping, LogRotation, OciRuntime, OciRuntimeConfig, RuntimeError};
 
 /// The pod settings the agent is started with.
@@ -78,7 +78,7 @@ pub fn pod_uid_range() -> RangeInclusive<u32> {
 pub struct PodHost {
     pub runtime: OciRuntime,
     pub mapping: CgroupMapping,
-    pub network: PodNetwork,
+    pub network: HostNetworks,
     /// Pods get user namespaces (configured, and the kernel can).
     pub user_namespaces: bool,
 }
@@ -106,7 +106,7 @@ impl PodManager {
         let run_dir = PathBuf::from("/run/stratum").join(&self.shared.config.cgroup_root);
         let mapping = CgroupMapping::detect(&self.shared.cgroups.root()?)?;
         let runtime = open_runtime(&pods.oci_runtime, &run_dir, &mapping)?;
-        let mut net = PodNetConfig::new(&self.shared.config.data_dir);
+        let mut net = NetConfig::new(&self.shared.config.data_dir);
         net.bridge = pods.bridge.clone();
         net.nft_table = pods.bridge.clone();
         net.cidr = pods.cidr;
@@ -114,7 +114,8 @@ impl PodManager {
         net.host_ports = pods.host_ports.clone();
         net.host_services = pods.host_services.clone();
         // The network's tables live in the agent's state file.
-        let network = PodNetwork::open_shared(net, self.shared.journal.store().database()).await?;
+        let network =
+            HostNetworks::open_shared(net, self.shared.journal.store().database()).await?;
         sync_policies(&network, &pods.allow).await?;
         let user_namespaces = pods.user_namespaces && self.can_use_user_namespaces(&runtime);
         tracing::info!(
@@ -192,7 +193,7 @@ fn open_runtime(
 
 /// Makes the network's stored policies the configured ones: the agent's
 /// flags are the one source of truth.
-async fn sync_policies(network: &PodNetwork, allow: &[(String, String)]) -> Result<()> {
+async fn sync_policies(network: &HostNetworks, allow: &[(String, String)]) -> Result<()> {
     for (from, to) in network.policies().await {
         if !allow.iter().any(|(f, t)| *f == from && *t == to) {
             network.revoke(&from, &to).await?;

@@ -1,5 +1,5 @@
 //! Pods directly on the host: the PodService's rules over the container
-//! runtime (`stratum_runtime`), the pod network (`stratum_podnet`) and the
+//! runtime (`stratum_runtime`), the pod network (`stratum_net`) and the
 //! image store, with each pod a workload of its resource pool exactly as a
 //! VM is.
 //!

@@ -9,7 +9,7 @@ use crate::agent::errors::{AgentError, Result};
 use stratum_api::proto;
 use stratum_cgroup::CgroupLimits;
 use stratum_image::ImageRecord;
-use stratum_podnet::{PortMapping, Protocol};
+use stratum_net::{PortMapping, Protocol};
 use stratum_pool::convert::limits_from_proto;
 use stratum_pool::{validate_name, PodSizing, MILLICORES_PER_CPU};
 use stratum_runtime::{ProcessConfig, RestartPolicy};

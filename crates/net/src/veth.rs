@@ -15,7 +15,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use super::cidr::Ipv4Cidr;
-use super::error::{PodNetError, Result};
+use super::error::{NetError, Result};
 use super::netlink::Netlink;
 use super::netns;
 
@@ -43,20 +43,17 @@ pub async fn attach(
         .await?;
     drop(ns_fd);
 
-    let lo = pod.link("lo").await?.ok_or_else(|| PodNetError::Netns {
+    let lo = pod.link("lo").await?.ok_or_else(|| NetError::Netns {
         path: netns_path.to_path_buf(),
         op: "find lo in",
         source: std::io::Error::from(std::io::ErrorKind::NotFound),
     })?;
     pod.set_up(lo.index).await?;
-    let eth0 = pod
-        .link(POD_IFNAME)
-        .await?
-        .ok_or_else(|| PodNetError::Netns {
-            path: netns_path.to_path_buf(),
-            op: "find eth0 in",
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        })?;
+    let eth0 = pod.link(POD_IFNAME).await?.ok_or_else(|| NetError::Netns {
+        path: netns_path.to_path_buf(),
+        op: "find eth0 in",
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })?;
     pod.add_address(eth0.index, ip, cidr.prefix()).await?;
     pod.set_up(eth0.index).await?;
     pod.replace_default_route(cidr.gateway()).await?;

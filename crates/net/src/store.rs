@@ -22,7 +22,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::cidr::Ipv4Cidr;
-use super::error::{PodNetError, Result};
+use super::error::{NetError, Result};
 use super::ipam;
 use super::portmap::PortMapping;
 
@@ -95,7 +95,7 @@ pub fn import_file(path: &Path, into: &redb::WriteTransaction) -> Result<()> {
 /// A pod record's row: the format version byte, then JSON.
 fn encode(rec: &PodRecord) -> Result<Vec<u8>> {
     let mut bytes = vec![ROW_VERSION];
-    serde_json::to_writer(&mut bytes, rec).map_err(|e| PodNetError::Corrupt {
+    serde_json::to_writer(&mut bytes, rec).map_err(|e| NetError::Corrupt {
         key: rec.pod_id.clone(),
         reason: e.to_string(),
     })?;
@@ -121,7 +121,7 @@ fn decode(key: &str, bytes: &[u8]) -> std::result::Result<PodRecord, String> {
 pub(crate) fn open_db(path: &Path) -> Result<Arc<Database>> {
     Database::create(path)
         .map(Arc::new)
-        .map_err(|source| PodNetError::StoreOpen {
+        .map_err(|source| NetError::StoreOpen {
             path: path.to_path_buf(),
             source,
         })
@@ -139,7 +139,7 @@ impl Store {
     pub fn open(path: &Path, cidr: Ipv4Cidr) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
-                .map_err(PodNetError::io(format!("create {}", dir.display())))?;
+                .map_err(NetError::io(format!("create {}", dir.display())))?;
         }
         Store::with_db(open_db(path)?, cidr)
     }

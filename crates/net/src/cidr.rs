@@ -7,7 +7,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-use super::error::PodNetError;
+use super::error::NetError;
 
 /// An IPv4 network in CIDR notation, its host bits zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,16 +30,16 @@ impl Ipv4Cidr {
     /// `network/prefix`; refuses set host bits and prefixes outside 8..=30
     /// (a /31 or /32 has no room for a gateway and a pod; a network wider
     /// than /8 is surely a typo).
-    pub fn new(network: Ipv4Addr, prefix: u8) -> Result<Self, PodNetError> {
+    pub fn new(network: Ipv4Addr, prefix: u8) -> Result<Self, NetError> {
         if !(8..=Self::MAX_PREFIX).contains(&prefix) {
-            return Err(PodNetError::InvalidConfig(format!(
+            return Err(NetError::InvalidConfig(format!(
                 "pod CIDR {network}/{prefix}: the prefix length must be between 8 and {}",
                 Self::MAX_PREFIX
             )));
         }
         let cidr = Ipv4Cidr { network, prefix };
         if u32::from(network) & !cidr.mask() != 0 {
-            return Err(PodNetError::InvalidConfig(format!(
+            return Err(NetError::InvalidConfig(format!(
                 "pod CIDR {network}/{prefix} has host bits set (did you mean {}/{prefix}?)",
                 Ipv4Addr::from(u32::from(network) & cidr.mask())
             )));
@@ -100,10 +100,10 @@ impl fmt::Display for Ipv4Cidr {
 }
 
 impl FromStr for Ipv4Cidr {
-    type Err = PodNetError;
+    type Err = NetError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || PodNetError::InvalidConfig(format!("pod CIDR {s:?} is not ADDRESS/PREFIX"));
+        let bad = || NetError::InvalidConfig(format!("pod CIDR {s:?} is not ADDRESS/PREFIX"));
         let (addr, prefix) = s.trim().split_once('/').ok_or_else(bad)?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
         let prefix: u8 = prefix.parse().map_err(|_| bad())?;

@@ -12,7 +12,7 @@
 //! them detached from the bridge. The hash is FNV-1a, fixed here, because
 //! std's hasher may change between Rust releases and names must not.
 
-use super::error::PodNetError;
+use super::error::NetError;
 
 /// Longest Linux interface name.
 pub const MAX_LINK_NAME: usize = 15;
@@ -22,7 +22,7 @@ pub const MAX_ID: usize = 128;
 
 /// Checks a pod or namespace id: 1..=128 bytes of `[A-Za-z0-9._-]`, not
 /// starting with a dot (it names a file and appears in nft comments).
-pub fn check_id(what: &str, id: &str) -> Result<(), PodNetError> {
+pub fn check_id(what: &str, id: &str) -> Result<(), NetError> {
     let ok = !id.is_empty()
         && id.len() <= MAX_ID
         && !id.starts_with('.')
@@ -32,7 +32,7 @@ pub fn check_id(what: &str, id: &str) -> Result<(), PodNetError> {
     if ok {
         Ok(())
     } else {
-        Err(PodNetError::InvalidArgument(format!(
+        Err(NetError::InvalidArgument(format!(
             "{what} {id:?} must be 1 to {MAX_ID} characters of A-Z a-z 0-9 . _ - \
              and not start with a dot"
         )))
@@ -40,7 +40,7 @@ pub fn check_id(what: &str, id: &str) -> Result<(), PodNetError> {
 }
 
 /// Checks a link name the configuration supplies (the bridge).
-pub fn check_link_name(name: &str) -> Result<(), PodNetError> {
+pub fn check_link_name(name: &str) -> Result<(), NetError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_LINK_NAME
         && name
@@ -51,14 +51,14 @@ pub fn check_link_name(name: &str) -> Result<(), PodNetError> {
     if ok {
         Ok(())
     } else {
-        Err(PodNetError::InvalidConfig(format!(
+        Err(NetError::InvalidConfig(format!(
             "link name {name:?} must be 1 to {MAX_LINK_NAME} characters of A-Z a-z 0-9 . _ -"
         )))
     }
 }
 
 /// Checks an nftables table name: a letter, then letters, digits and `_`.
-pub fn check_table_name(name: &str) -> Result<(), PodNetError> {
+pub fn check_table_name(name: &str) -> Result<(), NetError> {
     let mut bytes = name.bytes();
     let ok = name.len() <= 64
         && bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
@@ -66,7 +66,7 @@ pub fn check_table_name(name: &str) -> Result<(), PodNetError> {
     if ok {
         Ok(())
     } else {
-        Err(PodNetError::InvalidConfig(format!(
+        Err(NetError::InvalidConfig(format!(
             "nftables table name {name:?} must be a letter followed by letters, digits or _"
         )))
     }

@@ -25,7 +25,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::error::{PodNetError, Result};
+use super::error::{NetError, Result};
 use super::names::check_id;
 
 /// `statfs` type of an nsfs file (a bound namespace).
@@ -94,17 +94,17 @@ where
             let res = enter(&fd).map(|()| f());
             let _ = tx.send(res);
         })
-        .map_err(|source| PodNetError::Netns {
+        .map_err(|source| NetError::Netns {
             path: owned.clone(),
             op: "spawn a thread to enter",
             source,
         })?;
-    let res = rx.await.map_err(|_| PodNetError::Netns {
+    let res = rx.await.map_err(|_| NetError::Netns {
         path: owned.clone(),
         op: "run a thread in",
         source: io::Error::other("the thread panicked"),
     })?;
-    res.map_err(|source| PodNetError::Netns {
+    res.map_err(|source| NetError::Netns {
         path: owned,
         op: "enter (setns)",
         source,
@@ -117,13 +117,13 @@ pub fn open_netns(path: &Path) -> Result<OwnedFd> {
         .read(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
-        .map_err(|source| PodNetError::Netns {
+        .map_err(|source| NetError::Netns {
             path: path.to_path_buf(),
             op: "open",
             source,
         })?;
     if !is_bound(path) {
-        return Err(PodNetError::Netns {
+        return Err(NetError::Netns {
             path: path.to_path_buf(),
             op: "open",
             source: io::Error::new(io::ErrorKind::InvalidInput, "not a bound network namespace"),
@@ -160,8 +160,8 @@ impl NetnsDir {
         self.dir.join(name)
     }
 
-    fn err(&self, op: &'static str) -> impl FnOnce(io::Error) -> PodNetError + '_ {
-        move |source| PodNetError::Netns {
+    fn err(&self, op: &'static str) -> impl FnOnce(io::Error) -> NetError + '_ {
+        move |source| NetError::Netns {
             path: self.dir.clone(),
             op,
             source,
@@ -199,7 +199,7 @@ impl NetnsDir {
         }
         let err = |op| {
             let path = path.clone();
-            move |source| PodNetError::Netns { path, op, source }
+            move |source| NetError::Netns { path, op, source }
         };
         // The mount point. A leftover plain file (a crash between this and
         // the mount) is reused.
@@ -242,7 +242,7 @@ impl NetnsDir {
     /// not only a valid pod id: reconcile clears whatever is there).
     pub fn remove_entry(&self, name: &str) -> Result<bool> {
         if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-            return Err(PodNetError::InvalidArgument(format!(
+            return Err(NetError::InvalidArgument(format!(
                 "{name:?} is not a file name"
             )));
         }
@@ -296,7 +296,7 @@ impl NetnsDir {
 fn remove_at(path: &Path) -> Result<bool> {
     let err = |op| {
         let path = path.to_path_buf();
-        move |source| PodNetError::Netns { path, op, source }
+        move |source| NetError::Netns { path, op, source }
     };
     match umount_detach(path) {
         Ok(()) => {}
@@ -315,7 +315,7 @@ fn remove_at(path: &Path) -> Result<bool> {
 /// (its root, field 4 of mountinfo, is not `/`).
 fn self_bound(dir: &Path) -> Result<bool> {
     let info = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(PodNetError::io("read /proc/self/mountinfo"))?;
+        .map_err(NetError::io("read /proc/self/mountinfo"))?;
     let want = escape_mountinfo(dir);
     Ok(info.lines().any(|line| {
         let mut f = line.split(' ');

@@ -7,7 +7,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use super::cidr::Ipv4Cidr;
-use super::error::{PodNetError, Result};
+use super::error::{NetError, Result};
 use super::names::{check_link_name, check_table_name};
 use super::portmap::Protocol;
 
@@ -18,7 +18,7 @@ pub const DEFAULT_HOST_PORTS: RangeInclusive<u16> = 30000..=32767;
 
 /// A pod network's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodNetConfig {
+pub struct NetConfig {
     /// The host bridge (at most 15 bytes).
     pub bridge: String,
     /// Pod addresses; the first host address goes to the bridge.
@@ -26,7 +26,7 @@ pub struct PodNetConfig {
     /// Where each pod's netns is bound, as `<netns_dir>/<pod-id>`.
     pub netns_dir: PathBuf,
     /// The redb file with allocations, pod records and policies, when the
-    /// network has one of its own ([`crate::PodNetwork::open`]; the agent
+    /// network has one of its own ([`crate::HostNetworks::open`]; the agent
     /// shares its state file instead).
     pub state_file: PathBuf,
     /// The `inet` table holding every rule of this network.
@@ -46,12 +46,12 @@ pub struct PodNetConfig {
     pub host_services: Vec<(Protocol, u16)>,
 }
 
-impl PodNetConfig {
+impl NetConfig {
     /// The defaults, with the state file in `data_dir`: bridge `stratum0`,
     /// CIDR 10.88.0.0/16, netns files in /run/stratum/netns, table
     /// `inet stratum`, masquerade and forwarding on.
     pub fn new(data_dir: &Path) -> Self {
-        PodNetConfig {
+        NetConfig {
             bridge: "stratum0".into(),
             cidr: Ipv4Cidr::DEFAULT,
             netns_dir: PathBuf::from("/run/stratum/netns"),
@@ -70,20 +70,20 @@ impl PodNetConfig {
         check_link_name(&self.bridge)?;
         check_table_name(&self.nft_table)?;
         if !self.netns_dir.is_absolute() {
-            return Err(PodNetError::InvalidConfig(format!(
+            return Err(NetError::InvalidConfig(format!(
                 "netns directory {} must be an absolute path",
                 self.netns_dir.display()
             )));
         }
         if self.host_ports.is_empty() || *self.host_ports.start() == 0 {
-            return Err(PodNetError::InvalidConfig(format!(
+            return Err(NetError::InvalidConfig(format!(
                 "host port range {}-{} is empty or starts at 0",
                 self.host_ports.start(),
                 self.host_ports.end()
             )));
         }
         if self.netns_dir.parent().is_none() {
-            return Err(PodNetError::InvalidConfig(
+            return Err(NetError::InvalidConfig(
                 "netns directory cannot be /".into(),
             ));
         }

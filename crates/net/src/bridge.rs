@@ -14,7 +14,7 @@ use std::fs;
 use std::path::Path;
 
 use super::cidr::Ipv4Cidr;
-use super::error::{PodNetError, Result};
+use super::error::{NetError, Result};
 use super::netlink::Netlink;
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -24,21 +24,21 @@ const BRIDGE_NF: &str = "/proc/sys/net/bridge";
 /// with netfilter on its bridged traffic. Returns its index.
 pub async fn ensure_bridge(nl: &Netlink, name: &str, cidr: Ipv4Cidr) -> Result<u32> {
     if !Path::new(BRIDGE_NF).is_dir() {
-        return Err(PodNetError::NoBridgeNetfilter);
+        return Err(NetError::NoBridgeNetfilter);
     }
     let link = match nl.link(name).await? {
         Some(l) => {
             if l.kind.as_deref() != Some("bridge") {
-                return Err(PodNetError::NotABridge(name.to_string()));
+                return Err(NetError::NotABridge(name.to_string()));
             }
             nl.set_bridge_nf_call(l.index, name).await?;
             l
         }
         None => {
             nl.add_bridge(name).await?;
-            nl.link(name).await?.ok_or_else(|| {
-                PodNetError::NotABridge(format!("{name} (vanished after creation)"))
-            })?
+            nl.link(name)
+                .await?
+                .ok_or_else(|| NetError::NotABridge(format!("{name} (vanished after creation)")))?
         }
     };
     nl.add_address(link.index, cidr.gateway(), cidr.prefix())
@@ -52,7 +52,7 @@ pub async fn ensure_bridge(nl: &Netlink, name: &str, cidr: Ipv4Cidr) -> Result<u
 /// Turn on IPv4 forwarding (never off: other software may rely on it).
 pub fn enable_ip_forward() -> Result<()> {
     let path = Path::new(IP_FORWARD);
-    let err = |source| PodNetError::Sysctl {
+    let err = |source| NetError::Sysctl {
         path: path.to_path_buf(),
         source,
     };

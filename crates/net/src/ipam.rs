@@ -36,7 +36,7 @@ use redb::{
 };
 
 use super::cidr::Ipv4Cidr;
-use super::error::{PodNetError, Result};
+use super::error::{NetError, Result};
 use super::store::open_db;
 
 /// address (as u32) → owner.
@@ -111,7 +111,7 @@ impl Ipam {
     /// The owner of `ip`, if allocated.
     pub fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<String>> {
         if !self.cidr.contains(ip) {
-            return Err(PodNetError::ForeignAddress(ip));
+            return Err(NetError::ForeignAddress(ip));
         }
         let tx = self.db.begin_read()?;
         let t = tx.open_table(BY_ADDR)?;
@@ -145,7 +145,7 @@ pub(crate) fn init_in(tx: &WriteTransaction, cidr: Ipv4Cidr) -> Result<()> {
             },
             _ => "an unrecorded CIDR".to_string(),
         };
-        return Err(PodNetError::CidrChanged {
+        return Err(NetError::CidrChanged {
             stored,
             configured: cidr.to_string(),
         });
@@ -186,7 +186,7 @@ pub(crate) fn allocate_in(tx: &WriteTransaction, cidr: Ipv4Cidr, owner: &str) ->
             return Ok(ip);
         }
     }
-    Err(PodNetError::Exhausted {
+    Err(NetError::Exhausted {
         cidr: cidr.to_string(),
         capacity: cidr.pod_capacity(),
     })
@@ -282,7 +282,7 @@ mod tests {
         drop(ipam);
         assert!(matches!(
             Ipam::open(&path, cidr("10.9.0.0/24")),
-            Err(PodNetError::CidrChanged { .. })
+            Err(NetError::CidrChanged { .. })
         ));
     }
 
@@ -312,7 +312,7 @@ mod tests {
         assert_eq!(ipam.allocate("only").unwrap(), Ipv4Addr::new(10, 1, 0, 2));
         let err = ipam.allocate("second").unwrap_err();
         assert!(
-            matches!(err, PodNetError::Exhausted { capacity: 1, .. }),
+            matches!(err, NetError::Exhausted { capacity: 1, .. }),
             "{err:?}"
         );
         assert!(err.to_string().contains("10.1.0.0/30"), "{err}");
@@ -351,7 +351,7 @@ mod tests {
         assert!(results
             .iter()
             .filter(|(_, r)| r.is_err())
-            .all(|(_, r)| matches!(r, Err(PodNetError::Exhausted { .. }))));
+            .all(|(_, r)| matches!(r, Err(NetError::Exhausted { .. }))));
         let stored: HashSet<_> = ipam
             .allocations()
             .unwrap()

@@ -23,7 +23,7 @@
 //!
 //! Host requirements: root (CAP_NET_ADMIN, CAP_SYS_ADMIN), the `nft`
 //! binary (Debian package `nftables`), and br_netfilter in the kernel
-//! (checked at open). The crate's public entry point is [`PodNetwork`];
+//! (checked at open). The crate's public entry point is [`HostNetworks`];
 //! the lower layers are public for tests and tools.
 //!
 //! One concept per file: [`cidr`] the address range, [`ipam`] the
@@ -48,8 +48,8 @@ pub mod store;
 pub mod veth;
 
 pub use cidr::Ipv4Cidr;
-pub use config::{PodNetConfig, DEFAULT_HOST_PORTS};
-pub use error::PodNetError;
+pub use config::{NetConfig, DEFAULT_HOST_PORTS};
+pub use error::NetError;
 pub use ipam::Ipam;
-pub use network::{PodAttachment, PodNetwork, ReconcileReport};
+pub use network::{HostNetworks, PodAttachment, ReconcileReport};
 pub use portmap::{PortMapping, Protocol};

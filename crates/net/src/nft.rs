@@ -61,7 +61,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::cidr::Ipv4Cidr;
-use super::error::{PodNetError, Result};
+use super::error::{NetError, Result};
 use super::portmap::{PortMapping, Protocol};
 
 /// One pod as the firewall sees it.
@@ -363,18 +363,18 @@ impl Nft {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| PodNetError::Nft(format!("cannot run {}: {e}", self.binary.display())))?;
+            .map_err(|e| NetError::Nft(format!("cannot run {}: {e}", self.binary.display())))?;
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
             pipe.write_all(text.as_bytes())
-                .map_err(|e| PodNetError::Nft(format!("writing the ruleset to nft: {e}")))?;
+                .map_err(|e| NetError::Nft(format!("writing the ruleset to nft: {e}")))?;
         }
         let out = child
             .wait_with_output()
-            .map_err(|e| PodNetError::Nft(format!("waiting for nft: {e}")))?;
+            .map_err(|e| NetError::Nft(format!("waiting for nft: {e}")))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(PodNetError::Nft(format!(
+            Err(NetError::Nft(format!(
                 "nft {} failed ({}): {}",
                 args.join(" "),
                 out.status,

@@ -1,4 +1,4 @@
-//! [`PodNetwork`]: the pod network of one host, tying the bridge, the
+//! [`HostNetworks`]: the pod network of one host, tying the bridge, the
 //! per-pod netns and veth, IPAM, the firewall and the state file together.
 //!
 //! **Order of operations, for crash safety.** Attach: the address and the
@@ -10,9 +10,9 @@
 //! so an address is never free while something still uses it. Every step
 //! tolerates finding its work already done.
 //!
-//! **Restart.** [`PodNetwork::open`] re-creates the bridge and reloads the
+//! **Restart.** [`HostNetworks::open`] re-creates the bridge and reloads the
 //! firewall from the stored records, touching no pod; the caller then
-//! passes the pods it knows to be alive to [`PodNetwork::reconcile`], which
+//! passes the pods it knows to be alive to [`HostNetworks::reconcile`], which
 //! removes everything else (records, addresses, veths, netns files) and
 //! reports live pods whose network is missing, for the caller to attach
 //! again (attach repairs a pod's network in place, keeping its address).
@@ -30,8 +30,8 @@ use tokio::sync::Mutex;
 
 use super::bridge;
 use super::cidr::Ipv4Cidr;
-use super::config::PodNetConfig;
-use super::error::{PodNetError, Result};
+use super::config::NetConfig;
+use super::error::{NetError, Result};
 use super::ipam::Ipam;
 use super::names::{check_id, host_veth, is_host_veth, veth_prefix};
 use super::netlink::Netlink;
@@ -77,7 +77,7 @@ impl PodAttachment {
     }
 }
 
-/// What [`PodNetwork::reconcile`] found and did.
+/// What [`HostNetworks::reconcile`] found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
     /// Pods not alive whose network was removed and address released.
@@ -101,8 +101,8 @@ struct Inner {
 }
 
 /// The host's pod network.
-pub struct PodNetwork {
-    config: PodNetConfig,
+pub struct HostNetworks {
+    config: NetConfig,
     nl: Netlink,
     nft: Nft,
     store: Arc<Store>,
@@ -110,9 +110,9 @@ pub struct PodNetwork {
     inner: Mutex<Inner>,
 }
 
-impl std::fmt::Debug for PodNetwork {
+impl std::fmt::Debug for HostNetworks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PodNetwork")
+        f.debug_struct("HostNetworks")
             .field("config", &self.config)
             .finish()
     }
@@ -122,14 +122,14 @@ impl std::fmt::Debug for PodNetwork {
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| PodNetError::io("blocking task")(std::io::Error::other(e.to_string())))?
+        .map_err(|e| NetError::io("blocking task")(std::io::Error::other(e.to_string())))?
 }
 
-fn nft_for(config: &PodNetConfig) -> Nft {
+fn nft_for(config: &NetConfig) -> Nft {
     config.nft_binary.clone().map(Nft::new).unwrap_or_default()
 }
 
-impl PodNetwork {
+impl HostNetworks {
     /// Open the network: the state file, the bridge (created if missing),
     /// forwarding, the netns directory, and the firewall reloaded from the
     /// stored pods. Nothing of any pod is touched; see [`reconcile`].
@@ -137,27 +137,27 @@ impl PodNetwork {
     /// Must be called inside a tokio runtime, which then drives the
     /// network's netlink connection.
     ///
-    /// [`reconcile`]: PodNetwork::reconcile
-    pub async fn open(config: PodNetConfig) -> Result<Self> {
+    /// [`reconcile`]: HostNetworks::reconcile
+    pub async fn open(config: NetConfig) -> Result<Self> {
         config.validate()?;
         let store = {
             let (path, cidr) = (config.state_file.clone(), config.cidr);
             blocking(move || Store::open(&path, cidr)).await?
         };
-        PodNetwork::open_with(config, store).await
+        HostNetworks::open_with(config, store).await
     }
 
-    /// [`PodNetwork::open`] with the network's tables in `db`, a database
+    /// [`HostNetworks::open`] with the network's tables in `db`, a database
     /// the caller shares (the agent's state file); `config.state_file` is
     /// not used.
-    pub async fn open_shared(config: PodNetConfig, db: Arc<redb::Database>) -> Result<Self> {
+    pub async fn open_shared(config: NetConfig, db: Arc<redb::Database>) -> Result<Self> {
         config.validate()?;
         let cidr = config.cidr;
         let store = blocking(move || Store::with_db(db, cidr)).await?;
-        PodNetwork::open_with(config, store).await
+        HostNetworks::open_with(config, store).await
     }
 
-    async fn open_with(config: PodNetConfig, store: Store) -> Result<Self> {
+    async fn open_with(config: NetConfig, store: Store) -> Result<Self> {
         let store = Arc::new(store);
         let nl = Netlink::connect()?;
         let bridge_index = bridge::ensure_bridge(&nl, &config.bridge, config.cidr).await?;
@@ -173,7 +173,7 @@ impl PodNetwork {
             let store = store.clone();
             blocking(move || store.load()).await?
         };
-        let net = PodNetwork {
+        let net = HostNetworks {
             nft: nft_for(&config),
             config,
             nl,
@@ -193,7 +193,7 @@ impl PodNetwork {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &PodNetConfig {
+    pub fn config(&self) -> &NetConfig {
         &self.config
     }
 
@@ -277,7 +277,7 @@ impl PodNetwork {
     /// with `lo` and `eth0`, and the published `port_mappings`. Calling it
     /// again for an attached pod returns its attachment, repairing a
     /// missing netns or veth in place (same address); a different
-    /// namespace or different mappings is [`PodNetError::AlreadyAttached`].
+    /// namespace or different mappings is [`NetError::AlreadyAttached`].
     pub async fn attach(
         &self,
         pod_id: &str,
@@ -290,7 +290,7 @@ impl PodNetwork {
         let mut inner = self.inner.lock().await;
         if let Some(rec) = inner.pods.get(pod_id) {
             if rec.namespace != namespace || rec.port_mappings != port_mappings {
-                return Err(PodNetError::AlreadyAttached {
+                return Err(NetError::AlreadyAttached {
                     pod_id: pod_id.to_string(),
                     namespace: rec.namespace.clone(),
                 });
@@ -309,7 +309,7 @@ impl PodNetwork {
             }
             for m in port_mappings {
                 if rec.port_mappings.iter().any(|o| o.overlaps(m)) {
-                    return Err(PodNetError::PortInUse {
+                    return Err(NetError::PortInUse {
                         protocol: m.protocol.as_str(),
                         port: m.host_port,
                         holder: other.clone(),
@@ -569,16 +569,16 @@ impl PodNetwork {
     /// Remove this network's kernel state described by `config` (veths,
     /// bridge, nftables table, netns files and directory) without opening
     /// its state file: for an operator's cleanup, or a test's guard after
-    /// a failure. A later [`open`](PodNetwork::open) plus
-    /// [`reconcile`](PodNetwork::reconcile) clears the stale records.
-    pub async fn purge(config: &PodNetConfig) -> Result<()> {
+    /// a failure. A later [`open`](HostNetworks::open) plus
+    /// [`reconcile`](HostNetworks::reconcile) clears the stale records.
+    pub async fn purge(config: &NetConfig) -> Result<()> {
         config.validate()?;
         let nl = Netlink::connect()?;
         purge_with(config, &nl).await
     }
 }
 
-async fn purge_with(config: &PodNetConfig, nl: &Netlink) -> Result<()> {
+async fn purge_with(config: &NetConfig, nl: &Netlink) -> Result<()> {
     let nft = nft_for(config);
     let table = config.nft_table.clone();
     blocking(move || nft.delete_table(&table)).await?;

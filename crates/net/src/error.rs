@@ -11,7 +11,7 @@ use thiserror::Error;
 
 /// A failed pod-network operation.
 #[derive(Debug, Error)]
-pub enum PodNetError {
+pub enum NetError {
     /// The configuration cannot work (bad bridge name, CIDR too small).
     #[error("invalid pod network configuration: {0}")]
     InvalidConfig(String),
@@ -152,24 +152,24 @@ pub enum PodNetError {
     },
 }
 
-impl PodNetError {
+impl NetError {
     pub(crate) fn netlink(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Self {
         let op = op.into();
-        move |source| PodNetError::Netlink { op, source }
+        move |source| NetError::Netlink { op, source }
     }
 
     pub(crate) fn io(op: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
         let op = op.into();
-        move |source| PodNetError::Io { op, source }
+        move |source| NetError::Io { op, source }
     }
 }
 
-/// Lets `?` lift every specific redb error into [`PodNetError::Store`].
+/// Lets `?` lift every specific redb error into [`NetError::Store`].
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
-        impl From<$t> for PodNetError {
+        impl From<$t> for NetError {
             fn from(e: $t) -> Self {
-                PodNetError::Store(e.into())
+                NetError::Store(e.into())
             }
         }
     )*};
@@ -183,4 +183,4 @@ from_redb!(
 );
 
 /// Shorthand for this module's results.
-pub type Result<T, E = PodNetError> = std::result::Result<T, E>;
+pub type Result<T, E = NetError> = std::result::Result<T, E>;

@@ -14,15 +14,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use stratum_podnet::netlink::Netlink;
-use stratum_podnet::netns;
-use stratum_podnet::nft::Nft;
-use stratum_podnet::{names, PodNetConfig, PodNetError, PodNetwork, PortMapping, Protocol};
+use stratum_net::netlink::Netlink;
+use stratum_net::netns;
+use stratum_net::nft::Nft;
+use stratum_net::{names, HostNetworks, NetConfig, NetError, PortMapping, Protocol};
 use stratum_testkit::root::require_root;
 
 /// A test's network settings and the guard that removes what they name.
 struct Fixture {
-    config: PodNetConfig,
+    config: NetConfig,
     run_dir: PathBuf,
     _state: tempfile::TempDir,
 }
@@ -38,7 +38,7 @@ impl Fixture {
         require_root("bridges, network namespaces and nftables");
         let state = tempfile::tempdir().unwrap();
         let run_dir = PathBuf::from(format!("/run/stratum-test-{tag}"));
-        let mut config = PodNetConfig::new(state.path());
+        let mut config = NetConfig::new(state.path());
         config.bridge = format!("stt{tag}");
         config.cidr = cidr.parse().unwrap();
         config.netns_dir = run_dir.join("netns");
@@ -62,7 +62,7 @@ impl Fixture {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(PodNetwork::purge(&config))
+            rt.block_on(HostNetworks::purge(&config))
         })
         .join()
         .unwrap()
@@ -183,7 +183,7 @@ async fn link_names() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podnet_pods_in_one_namespace_reach_each_other_and_the_host() {
     let fx = Fixture::new("pn1", 1);
-    let net = PodNetwork::open(fx.config.clone()).await.unwrap();
+    let net = HostNetworks::open(fx.config.clone()).await.unwrap();
     let p1 = net.attach("p1", "ns-a", &[]).await.unwrap();
     let p2 = net.attach("p2", "ns-a", &[]).await.unwrap();
     assert_ne!(p1.ip, p2.ip);
@@ -253,7 +253,7 @@ async fn podnet_pods_in_one_namespace_reach_each_other_and_the_host() {
 async fn podnet_pods_reach_only_the_host_services_they_are_given() {
     let mut fx = Fixture::new("pn8", 8);
     fx.config.host_services = vec![(Protocol::Tcp, 7170)];
-    let net = PodNetwork::open(fx.config.clone()).await.unwrap();
+    let net = HostNetworks::open(fx.config.clone()).await.unwrap();
     let pod = net.attach("p1", "ns-a", &[]).await.unwrap();
     let (ns, gw, ip) = (pod.netns.clone(), pod.gateway, pod.ip);
     let reached = tokio::task::spawn_blocking(move || {
@@ -289,7 +289,7 @@ async fn podnet_pods_reach_only_the_host_services_they_are_given() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podnet_namespaces_are_isolated_until_a_policy_allows() {
     let fx = Fixture::new("pn2", 2);
-    let net = PodNetwork::open(fx.config.clone()).await.unwrap();
+    let net = HostNetworks::open(fx.config.clone()).await.unwrap();
     let a = net.attach("a1", "tenant-a", &[]).await.unwrap();
     let b = net.attach("b1", "tenant-b", &[]).await.unwrap();
     let (na, nb, ia, ib, gw) = (a.netns.clone(), b.netns.clone(), a.ip, b.ip, a.gateway);
@@ -336,7 +336,7 @@ async fn podnet_namespaces_are_isolated_until_a_policy_allows() {
     // Policies persist: allowed again, reopened, still allowed.
     net.allow("tenant-b", "tenant-a").await.unwrap();
     drop(net);
-    let net = PodNetwork::open(fx.config.clone()).await.unwrap();
+    let net = HostNetworks::open(fx.config.clone()).await.unwrap();
     assert!(probe().await.0, "policy survived reopen");
     net.teardown().await.unwrap();
 }
@@ -344,7 +344,7 @@ async fn podnet_namespaces_are_isolated_until_a_policy_allows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podnet_host_port_mapping_reaches_a_server_in_the_pod() {
     let fx = Fixture::new("pn3", 3);
-    let net = PodNetwork::open(fx.config.clone()).await.unwrap();
+    let net = HostNetworks::open(fx.config.clone()).await.unwrap();
     let web = net
         .attach("web", "tenant-a", &[PortMapping::tcp(30880, 8080)])
         .await
@@ -359,12 +359,12 @@ async fn podnet_host_port_mapping_reaches_a_server_in_the_pod() {
     assert_eq!(again, web);
     assert!(matches!(
         net.attach("web", "tenant-b", &[]).await,
-        Err(PodNetError::AlreadyAttached { .. })
+        Err(NetError::AlreadyAttached { .. })
     ));
     assert!(matches!(
         net.attach("other", "tenant-a", &[PortMapping::tcp(30880, 80)])
             .await,
-        Err(PodNetError::PortInUse { port: 30880, .. })
+        Err(NetError::PortInUse { port: 30880, .. })
     ));
     assert!(
         !netns::is_bound(&net.netns_path("other")),
@@ -375,13 +375,13 @@ async fn podnet_host_port_mapping_reaches_a_server_in_the_pod() {
     assert!(matches!(
         net.attach("other", "tenant-a", &[PortMapping::tcp(22, 80)])
             .await,
-        Err(PodNetError::PortOutOfRange { port: 22, .. })
+        Err(NetError::PortOutOfRange { port: 22, .. })
     ));
     let host_server = std::net::TcpListener::bind("127.0.0.1:30881").unwrap();
     assert!(matches!(
         net.attach("other", "tenant-a", &[PortMapping::tcp(30881, 80)])
             .await,
-        Err(PodNetError::PortHeldByHost { port: 30881, .. })
+        Err(NetError::PortHeldByHost { port: 30881, .. })
     ));
     drop(host_server);
     assert!(
@@ -435,7 +435,7 @@ async fn podnet_host_port_mapping_reaches_a_server_in_the_pod() {
 async fn podnet_reconcile_and_teardown_leave_nothing_behind() {
     let fx = Fixture::new("pn4", 4);
     let cfg = &fx.config;
-    let net = PodNetwork::open(cfg.clone()).await.unwrap();
+    let net = HostNetworks::open(cfg.clone()).await.unwrap();
     let mut ips = Vec::new();
     for id in ["r1", "r2", "r3"] {
         ips.push(
@@ -468,7 +468,7 @@ async fn podnet_reconcile_and_teardown_leave_nothing_behind() {
     .unwrap();
 
     // Reopened: the same pods with the same addresses.
-    let net = PodNetwork::open(cfg.clone()).await.unwrap();
+    let net = HostNetworks::open(cfg.clone()).await.unwrap();
     let listed: Vec<_> = net
         .list()
         .await
@@ -542,12 +542,12 @@ async fn podnet_reconcile_and_teardown_leave_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podnet_exhausted_cidr_refuses_attach_and_leaves_nothing() {
     let fx = Fixture::with_cidr("pn5", "10.231.5.0/30");
-    let net = PodNetwork::open(fx.config.clone()).await.unwrap();
+    let net = HostNetworks::open(fx.config.clone()).await.unwrap();
     let only = net.attach("only", "ns", &[]).await.unwrap();
     assert_eq!(only.ip, Ipv4Addr::new(10, 231, 5, 2));
     let err = net.attach("second", "ns", &[]).await.unwrap_err();
     assert!(
-        matches!(err, PodNetError::Exhausted { capacity: 1, .. }),
+        matches!(err, NetError::Exhausted { capacity: 1, .. }),
         "{err}"
     );
     assert!(!net.netns_path("second").exists());
@@ -561,7 +561,7 @@ async fn podnet_exhausted_cidr_refuses_attach_and_leaves_nothing() {
     let host = Netlink::connect().unwrap();
     assert!(host.delete_link_named(&fx.config.bridge).await.unwrap());
     let err = net.attach("x", "ns", &[]).await.unwrap_err();
-    assert!(matches!(err, PodNetError::Netlink { .. }), "{err}");
+    assert!(matches!(err, NetError::Netlink { .. }), "{err}");
     assert!(!net.netns_path("x").exists());
     assert!(!link_names()
         .await
@@ -584,7 +584,7 @@ async fn podnet_exhausted_cidr_refuses_attach_and_leaves_nothing() {
     for t in tasks {
         match t.await.unwrap() {
             Ok(_) => ok += 1,
-            Err(e) => assert!(matches!(e, PodNetError::Exhausted { .. }), "{e}"),
+            Err(e) => assert!(matches!(e, NetError::Exhausted { .. }), "{e}"),
         }
     }
     assert_eq!(ok, 1);
@@ -595,7 +595,7 @@ async fn podnet_exhausted_cidr_refuses_attach_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podnet_pods_cannot_forge_another_namespace_source_address() {
     let fx = Fixture::new("pn6", 6);
-    let net = PodNetwork::open(fx.config.clone()).await.unwrap();
+    let net = HostNetworks::open(fx.config.clone()).await.unwrap();
     let a1 = net.attach("a1", "tenant-a", &[]).await.unwrap();
     let a2 = net.attach("a2", "tenant-a", &[]).await.unwrap();
     let b1 = net.attach("b1", "tenant-b", &[]).await.unwrap();

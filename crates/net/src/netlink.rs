@@ -24,7 +24,7 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
-use super::error::{PodNetError, Result};
+use super::error::{NetError, Result};
 use super::netns;
 
 /// What the pod network needs to know of a link.
@@ -88,7 +88,7 @@ impl Netlink {
     /// be called inside a tokio runtime, which drives the connection.
     pub fn connect() -> Result<Self> {
         let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(PodNetError::io("open a netlink socket"))?;
+            rtnetlink::new_connection().map_err(NetError::io("open a netlink socket"))?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
     }
@@ -111,7 +111,7 @@ impl Netlink {
             Ok(unsafe { OwnedFd::from_raw_fd(fd) })
         })
         .await?
-        .map_err(|source| PodNetError::Netns {
+        .map_err(|source| NetError::Netns {
             path: netns_path.to_path_buf(),
             op: "open a netlink socket inside",
             source,
@@ -133,7 +133,7 @@ impl Netlink {
             .execute()
             .try_collect()
             .await
-            .map_err(PodNetError::netlink("list links"))?;
+            .map_err(NetError::netlink("list links"))?;
         Ok(msgs.iter().map(LinkSummary::from_message).collect())
     }
 
@@ -150,7 +150,7 @@ impl Netlink {
         match res {
             Ok(msgs) => Ok(msgs.first().map(LinkSummary::from_message)),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(PodNetError::netlink(format!("get link {name}"))(e)),
+            Err(e) => Err(NetError::netlink(format!("get link {name}"))(e)),
         }
     }
 
@@ -161,7 +161,7 @@ impl Netlink {
             .change(LinkUnspec::new_with_index(index).up().build())
             .execute()
             .await
-            .map_err(PodNetError::netlink(format!("set link {index} up")))
+            .map_err(NetError::netlink(format!("set link {index} up")))
     }
 
     /// Make link `index` a port of bridge `bridge`.
@@ -171,7 +171,7 @@ impl Netlink {
             .set(LinkUnspec::new_with_index(index).controller(bridge).build())
             .execute()
             .await
-            .map_err(PodNetError::netlink(format!(
+            .map_err(NetError::netlink(format!(
                 "attach link {index} to bridge {bridge}"
             )))
     }
@@ -181,7 +181,7 @@ impl Netlink {
         match self.handle.link().del(index).execute().await {
             Ok(()) => Ok(true),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
-            Err(e) => Err(PodNetError::netlink(format!("delete link {index}"))(e)),
+            Err(e) => Err(NetError::netlink(format!("delete link {index}"))(e)),
         }
     }
 
@@ -203,7 +203,7 @@ impl Netlink {
         match self.handle.link().add(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-            Err(e) => Err(PodNetError::netlink(format!("create bridge {name}"))(e)),
+            Err(e) => Err(NetError::netlink(format!("create bridge {name}"))(e)),
         }
     }
 
@@ -220,7 +220,7 @@ impl Netlink {
             .change(msg)
             .execute()
             .await
-            .map_err(PodNetError::netlink(format!(
+            .map_err(NetError::netlink(format!(
                 "enable netfilter on bridge {name}"
             )))
     }
@@ -249,9 +249,7 @@ impl Netlink {
             .add(msg)
             .execute()
             .await
-            .map_err(PodNetError::netlink(format!(
-                "create veth pair {host}/{peer}"
-            )))
+            .map_err(NetError::netlink(format!("create veth pair {host}/{peer}")))
     }
 
     /// The IPv4 addresses on link `index`.
@@ -264,9 +262,7 @@ impl Netlink {
             .execute()
             .try_collect()
             .await
-            .map_err(PodNetError::netlink(format!(
-                "list addresses of link {index}"
-            )))?;
+            .map_err(NetError::netlink(format!("list addresses of link {index}")))?;
         let mut out = Vec::new();
         for m in msgs {
             if m.header.family != AddressFamily::Inet {
@@ -292,7 +288,7 @@ impl Netlink {
         {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-            Err(e) => Err(PodNetError::netlink(format!(
+            Err(e) => Err(NetError::netlink(format!(
                 "add {ip}/{prefix} to link {index}"
             ))(e)),
         }
@@ -309,7 +305,7 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(PodNetError::netlink(format!("default route via {gateway}")))
+            .map_err(NetError::netlink(format!("default route via {gateway}")))
     }
 
     /// The gateway of the IPv4 default route, if there is one.
@@ -322,7 +318,7 @@ impl Netlink {
             .execute()
             .try_collect()
             .await
-            .map_err(PodNetError::netlink("list routes"))?;
+            .map_err(NetError::netlink("list routes"))?;
         for m in msgs {
             if m.header.destination_prefix_length != 0 {
                 continue;

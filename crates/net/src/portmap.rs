@@ -10,7 +10,7 @@ use std::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::PodNetError;
+use super::error::NetError;
 
 /// A transport protocol a mapping forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -85,10 +85,10 @@ impl PortMapping {
 
 /// Checks one pod's mappings: no port 0, no loopback host address, no two
 /// that overlap.
-pub fn check_mappings(mappings: &[PortMapping]) -> Result<(), PodNetError> {
+pub fn check_mappings(mappings: &[PortMapping]) -> Result<(), NetError> {
     for (i, m) in mappings.iter().enumerate() {
         if m.host_port == 0 || m.container_port == 0 {
-            return Err(PodNetError::InvalidArgument(format!(
+            return Err(NetError::InvalidArgument(format!(
                 "port mapping {}/{}->{}: ports must be 1..=65535",
                 m.protocol, m.host_port, m.container_port
             )));
@@ -96,14 +96,14 @@ pub fn check_mappings(mappings: &[PortMapping]) -> Result<(), PodNetError> {
         if m.host_ip
             .is_some_and(|ip| ip.is_loopback() || ip.is_unspecified())
         {
-            return Err(PodNetError::InvalidArgument(format!(
+            return Err(NetError::InvalidArgument(format!(
                 "port mapping {}/{}: host address must be a non-loopback local address \
                  (leave it unset for all addresses)",
                 m.protocol, m.host_port
             )));
         }
         if let Some(other) = mappings[..i].iter().find(|o| o.overlaps(m)) {
-            return Err(PodNetError::InvalidArgument(format!(
+            return Err(NetError::InvalidArgument(format!(
                 "port mappings {}/{} and {}/{} overlap",
                 other.protocol, other.host_port, m.protocol, m.host_port
             )));
@@ -118,10 +118,10 @@ pub fn check_mappings(mappings: &[PortMapping]) -> Result<(), PodNetError> {
 pub fn check_new_mappings(
     mappings: &[PortMapping],
     allowed: &RangeInclusive<u16>,
-) -> Result<(), PodNetError> {
+) -> Result<(), NetError> {
     for m in mappings {
         if !allowed.contains(&m.host_port) {
-            return Err(PodNetError::PortOutOfRange {
+            return Err(NetError::PortOutOfRange {
                 protocol: m.protocol.as_str(),
                 port: m.host_port,
                 first: *allowed.start(),
@@ -129,7 +129,7 @@ pub fn check_new_mappings(
             });
         }
         if held_by_host(m) {
-            return Err(PodNetError::PortHeldByHost {
+            return Err(NetError::PortHeldByHost {
                 protocol: m.protocol.as_str(),
                 port: m.host_port,
             });
