@@ -27,13 +27,14 @@ use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorSet};
 
 const API_DIR: &str = ".";
-const API_FILES: [&str; 6] = [
+const API_FILES: [&str; 7] = [
     "stratum/v1/resources.proto",
     "stratum/v1/host.proto",
     "stratum/v1/resource_pools.proto",
     "stratum/v1/virtual_machines.proto",
     "stratum/v1/images.proto",
     "stratum/v1/pods.proto",
+    "stratum/v1/networks.proto",
 ];
 const PACKAGE: &str = "stratum.v1";
 const DESCRIPTOR_FILE: &str = "stratum_v1_descriptor.bin";

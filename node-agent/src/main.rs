@@ -12,6 +12,7 @@ use clap::Parser;
 use node_agent::agent::artifacts::{ArtifactDirs, DEFAULT_ARTIFACT_SUBDIR};
 use node_agent::agent::config::{AgentConfig, VmJail, DEFAULT_SYSTEM_RESERVE};
 use node_agent::agent::disk::{MinFree, DEFAULT_MIN_FREE};
+use node_agent::agent::networks::NetworksConfig;
 use node_agent::agent::pods::{PodHostConfig, DEFAULT_POD_PIDS_LIMIT};
 use node_agent::agent::Agent;
 use node_agent::api;
@@ -285,13 +286,15 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
         cgroup_root: cli.cgroup_root.clone(),
         insecure_registries: cli.insecure_registries.clone(),
         min_free_disk: cli.min_free_disk,
-        pods: PodHostConfig {
-            oci_runtime: cli.oci_runtime.clone(),
+        networks: NetworksConfig {
             bridge: cli.pod_bridge.clone(),
             cidr: cli.pod_cidr,
             allow: cli.allow_namespaces.clone(),
             host_ports: cli.host_port_range.clone(),
             host_services: cli.pod_host_services.clone(),
+        },
+        pods: PodHostConfig {
+            oci_runtime: cli.oci_runtime.clone(),
             pids_limit: cli.pod_pids_limit,
             user_namespaces: !cli.no_pod_user_namespaces,
             log_rotation: LogRotation::new(

@@ -360,3 +360,104 @@ fn write_expired_client(ca_dir: &Path, out: &Path) {
         params.not_after = now - time::Duration::days(1);
     });
 }
+
+/// Networks: a user makes and deletes them for its own namespaces only,
+/// a network every namespace may use is the admin's, a viewer makes
+/// none; each sees the networks its namespaces may use, with only its
+/// namespaces' attachments.
+#[test]
+fn networks_belong_to_their_namespaces() {
+    let octet = std::process::id() % 200 + 20;
+    let bridge = format!("stz{}", std::process::id() % 100_000);
+    let cidr = |n: u32| format!("10.{n}.{octet}.0/24");
+    let f = Fixture::with(
+        "authz-net",
+        &["--pod-bridge", &bridge, "--pod-cidr", &cidr(229)],
+    );
+    let guard = NetGuard(vec![bridge.clone(), "st-net-a".into(), "st-net-b".into()]);
+    let ns_a = f.pool(&f.admin, "", "team-a");
+    let ns_b = f.pool(&f.admin, "", "team-b");
+    let alice = f.issue("alice", "user", &[&ns_a]);
+    let vic = f.issue("vic", "viewer", &[&ns_a]);
+
+    let net = |certs: &Path, name: &str, n: u32, ns: &[&str]| {
+        let cidr = cidr(n);
+        let mut args = vec!["network", "create", name, "--cidr", &cidr];
+        for ns in ns {
+            args.extend(["--namespace", ns]);
+        }
+        f.as_(certs, &args)
+    };
+    ok(net(&alice, "net-a", 230, &[&ns_a]));
+    refused(net(&alice, "net-b", 231, &[&ns_b]), "PERMISSION_DENIED");
+    refused(net(&alice, "net-x", 232, &[]), "PERMISSION_DENIED");
+    refused(net(&vic, "net-v", 233, &[&ns_a]), "PERMISSION_DENIED");
+    ok(net(&f.admin, "net-b", 231, &[&ns_b]));
+
+    let names = |certs: &Path| -> Vec<String> {
+        json(f.as_(certs, &["-o", "json", "network", "list"]))["networks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["spec"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&alice), ["default", "net-a"]);
+    assert_eq!(names(&vic), ["default", "net-a"]);
+    assert_eq!(names(&f.admin), ["default", "net-a", "net-b"]);
+    refused(
+        f.as_(&alice, &["network", "get", "net-b"]),
+        "PERMISSION_DENIED",
+    );
+    refused(
+        f.as_(&alice, &["network", "delete", "net-b"]),
+        "PERMISSION_DENIED",
+    );
+    refused(
+        f.as_(&vic, &["network", "delete", "net-a"]),
+        "PERMISSION_DENIED",
+    );
+    refused(
+        f.as_(&alice, &["network", "delete", "default"]),
+        "PERMISSION_DENIED",
+    );
+
+    // Alice's VM on her network shows to her; not on Bob's network.
+    let web = f.pool(&alice, &ns_a, "web");
+    let mut args: Vec<String> = f.agent.halting_vm_args("v1", &web);
+    args.extend(["--nic".into(), "network=net-a".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(f.as_(&alice, &args));
+    let shown = json(f.as_(&alice, &["-o", "json", "network", "get", "net-a"]));
+    assert_eq!(
+        shown["status"]["attachments"].as_array().unwrap().len(),
+        1,
+        "{shown}"
+    );
+    let mut args: Vec<String> = f.agent.halting_vm_args("v2", &web);
+    args.extend(["--nic".into(), "network=net-b".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    refused(f.as_(&alice, &args), "PERMISSION_DENIED");
+    ok(f.as_(&f.admin, &["network", "delete", "net-b"]));
+    drop(guard);
+}
+
+/// Removes the test's bridges and its default network's firewall tables.
+struct NetGuard(Vec<String>);
+
+impl Drop for NetGuard {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", name])
+                .stderr(std::process::Stdio::null())
+                .status();
+            for family in ["inet", "bridge"] {
+                let _ = std::process::Command::new("nft")
+                    .args(["delete", "table", family, name])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
+}

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use stratum_api::proto;
 use stratum_api::proto::VmState;
-use stratum_testkit::test_agent::{emulation_failure_kernel, halting_kernel, TestAgent};
+use stratum_testkit::test_agent::{
+    create_vm, emulation_failure_kernel, fat_file, get_vm as get, halting_kernel,
+    vm_state as state, wait_vm_state as wait_state, TestAgent,
+};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -27,50 +30,6 @@ fn vm_spec(agent: &TestAgent, name: &str, pool: &str) -> proto::VmSpec {
         cmdline: "console=ttyS0".into(),
         ..Default::default()
     }
-}
-
-async fn create_vm(
-    agent: &TestAgent,
-    spec: proto::VmSpec,
-) -> Result<proto::VirtualMachine, tonic::Status> {
-    agent
-        .vms()
-        .await
-        .create(proto::CreateVmRequest { spec: Some(spec) })
-        .await
-        .map(|r| r.into_inner())
-}
-
-fn state(vm: &proto::VirtualMachine) -> VmState {
-    vm.status
-        .as_ref()
-        .map_or(VmState::Unspecified, |s| s.state())
-}
-
-async fn get(agent: &TestAgent, id: &str) -> proto::VirtualMachine {
-    agent
-        .vms()
-        .await
-        .get(proto::GetVmRequest { id: id.into() })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-/// Waits until VM `id` reaches `want`.
-async fn wait_state(agent: &TestAgent, id: &str, want: VmState) -> proto::VirtualMachine {
-    for _ in 0..100 {
-        let vm = get(agent, id).await;
-        if state(&vm) == want {
-            return vm;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "VM {id} never became {want:?}: {:?}\n{}",
-        get(agent, id).await,
-        agent.log()
-    );
 }
 
 /// Kills VM `id`, waits until it is STOPPED, deletes it.
@@ -353,18 +312,6 @@ async fn a_roles_template_fills_what_the_spec_leaves_out() {
 }
 
 /// What `mtype` (Debian's mtools) reads of `file` on the FAT volume `image`.
-fn fat_file(image: &std::path::Path, file: &str) -> String {
-    let out = std::process::Command::new("mtype")
-        .arg("-i")
-        .arg(image)
-        .arg(format!("::{file}"))
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .output()
-        .expect("mtype (mtools; `make deps` installs it)");
-    assert!(out.status.success(), "mtype {file}: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// A VM with cloud-init data gets its NoCloud seed at create, attached
 /// read-only after its disks at start (as its jail sees it), and loses it
 /// with the VM.

@@ -1,10 +1,11 @@
 //! Parsers for nodectl's structured arguments (`--disk`, `--nic`,
 //! `--label`, `--selector`, `--role`, shares, a pod's `--port`, `--env`
-//! and `--restart`), turning text straight into the API's messages so clap
-//! reports a bad value as a usage error.
+//! and `--restart`, a network's `--cidr` and `--nameserver`), turning
+//! text straight into the API's messages so clap reports a bad value as a
+//! usage error.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use stratum_api::proto::{
     DiskSpec, EnvVar, NicSpec, PortMapping, PortProtocol, RestartPolicy, Shares, SharesLevel,
@@ -126,13 +127,17 @@ fn each_second(size: u64) -> TokenBucket {
     }
 }
 
-/// `tap=NAME[,mac=MAC]`.
+/// `tap=NAME` or `network=NAME`, then `[,mac=MAC][,ip=CIDR]...[,gw=IP]
+/// [,dns=IP]...[,rx-bw=SIZE][,tx-bw=SIZE]`. A NIC on a network takes at most
+/// one `ip=`, an IPv4 address bare or with its prefix, and no `gw=` or
+/// `dns=`: the network gives those.
 pub fn parse_nic(text: &str) -> Result<NicSpec, String> {
     let what = format!("invalid --nic {text:?}");
     let mut nic = NicSpec::default();
     for (key, value) in options(text) {
         match key {
             "tap" => nic.tap_name = required(&what, key, value)?.to_string(),
+            "network" => nic.network = required(&what, key, value)?.to_string(),
             "mac" => nic.mac = required(&what, key, value)?.to_string(),
             "ip" => nic.addresses.push(required(&what, key, value)?.to_string()),
             "gw" => nic.gateway = required(&what, key, value)?.to_string(),
@@ -151,15 +156,86 @@ pub fn parse_nic(text: &str) -> Result<NicSpec, String> {
             }
             _ => {
                 return Err(format!(
-                    "{what}: unknown option {key:?} (expected tap=, mac=, ip=, gw=, dns=, rx-bw=, tx-bw=)"
+                    "{what}: unknown option {key:?} (expected tap=, network=, mac=, ip=, gw=, dns=, rx-bw=, tx-bw=)"
                 ))
             }
         }
     }
-    if nic.tap_name.is_empty() {
-        return Err(format!("{what}: tap=NAME is required"));
+    match (nic.tap_name.is_empty(), nic.network.is_empty()) {
+        (true, true) => Err(format!("{what}: tap=NAME or network=NAME is required")),
+        (false, false) => Err(format!(
+            "{what}: tap= and network= exclude each other (a NIC is on a host TAP or on a network)"
+        )),
+        (false, true) => Ok(nic),
+        (true, false) => {
+            check_network_nic(&what, &nic)?;
+            Ok(nic)
+        }
     }
-    Ok(nic)
+}
+
+/// What a NIC on a network may not say: the network gives its gateway and
+/// name servers, and its one address is IPv4.
+fn check_network_nic(what: &str, nic: &NicSpec) -> Result<(), String> {
+    if !nic.gateway.is_empty() {
+        return Err(format!(
+            "{what}: gw= is for tap= NICs only (a NIC on a network routes through the network's gateway)"
+        ));
+    }
+    if !nic.nameservers.is_empty() {
+        return Err(format!(
+            "{what}: dns= is for tap= NICs only (a NIC on a network gets the network's name servers)"
+        ));
+    }
+    match nic.addresses.as_slice() {
+        [] => Ok(()),
+        [address] => ipv4_with_prefix(address)
+            .map(|_| ())
+            .map_err(|e| format!("{what}: ip={address}: {e}")),
+        _ => Err(format!(
+            "{what}: a NIC on a network takes at most one ip= (an IPv4 address of the network)"
+        )),
+    }
+}
+
+/// `A.B.C.D` or `A.B.C.D/N` (N in 0..=32): the address and the prefix
+/// length when given.
+fn ipv4_with_prefix(text: &str) -> Result<(Ipv4Addr, Option<u8>), String> {
+    let (address, prefix) = match text.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (text, None),
+    };
+    let address: Ipv4Addr = address
+        .parse()
+        .map_err(|_| format!("{address:?} is not an IPv4 address"))?;
+    let prefix = match prefix {
+        None => None,
+        Some(p) => match p.parse::<u8>() {
+            Ok(n) if n <= 32 && p.bytes().all(|b| b.is_ascii_digit()) => Some(n),
+            _ => return Err(format!("prefix length {p:?} is not in 0..=32")),
+        },
+    };
+    Ok((address, prefix))
+}
+
+/// A network's `--cidr`: an IPv4 address and prefix length,
+/// `10.20.0.0/24` (which prefixes the agent accepts is its to say).
+pub fn parse_ipv4_cidr(text: &str) -> Result<String, String> {
+    let what = format!("invalid CIDR {text:?}");
+    match ipv4_with_prefix(text) {
+        Ok((address, Some(prefix))) => Ok(format!("{address}/{prefix}")),
+        Ok((_, None)) => Err(format!(
+            "{what}: no prefix length (expected an IPv4 network such as 10.20.0.0/24)"
+        )),
+        Err(e) => Err(format!("{what}: {e}")),
+    }
+}
+
+/// An IPv4 or IPv6 address, such as a name server.
+pub fn parse_ip(text: &str) -> Result<String, String> {
+    text.parse::<IpAddr>()
+        .map(|ip| ip.to_string())
+        .map_err(|_| format!("invalid address {text:?}: expected an IPv4 or IPv6 address"))
 }
 
 /// One `key=value` label; the key must not be empty.

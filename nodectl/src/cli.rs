@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use super::args::{
-    parse_disk, parse_env, parse_label, parse_nic, parse_port, parse_restart, parse_role,
-    parse_selector, parse_shares,
+    parse_disk, parse_env, parse_ip, parse_ipv4_cidr, parse_label, parse_nic, parse_port,
+    parse_restart, parse_role, parse_selector, parse_shares,
 };
 use super::size::{parse_memory_mib, parse_millicores, parse_size};
 use stratum_api::proto::{DiskSpec, EnvVar, NicSpec, PortMapping, RestartPolicy, Shares, VmRole};
@@ -67,6 +67,10 @@ pub enum Command {
     /// Pods: containers run on the host, in the same pools as the VMs.
     #[command(subcommand)]
     Pod(PodCommand),
+    /// Networks: host bridges with an IPv4 CIDR that VMs' NICs and pods
+    /// attach to.
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// OCI images in the agent's store.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -283,10 +287,15 @@ pub struct VmCreate {
     /// operations per second at most).
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     pub disk: Vec<DiskSpec>,
-    /// tap=NAME[,mac=MAC][,ip=CIDR]...[,gw=IP][,dns=IP]...[,rx-bw=SIZE][,tx-bw=SIZE]
-    /// (repeatable; ip=, gw= and dns= are static addressing given to the
-    /// guest by cloud-init, with --user-data; bytes per second received and
-    /// sent at most).
+    /// network=NAME|tap=NAME[,mac=MAC][,ip=CIDR]...[,gw=IP][,dns=IP]...[,rx-bw=SIZE][,tx-bw=SIZE]
+    /// (repeatable; mac= [default: generated]; rx-bw= and tx-bw= are bytes
+    /// per second received and sent at most). network=: on a network
+    /// (`nodectl network list`), which gives the guest its address, gateway
+    /// and name servers in the cloud-init network-config; ip= is at most
+    /// one IPv4 address of the network, bare or with its prefix [default:
+    /// the next free one], and gw= and dns= are refused. tap=: a host TAP
+    /// made beforehand (development); ip=, gw= and dns= are static
+    /// addressing given to the guest by cloud-init, with --user-data.
     #[arg(long, value_name = "SPEC", value_parser = parse_nic)]
     pub nic: Vec<NicSpec>,
     /// k=v (repeatable).
@@ -473,6 +482,10 @@ pub struct PodRun {
     /// Host name inside the pod [default: the pod's name].
     #[arg(long)]
     pub hostname: Option<String>,
+    /// The network the pod is on (`nodectl network list`); it must admit
+    /// the pod's namespace [default: default, the pods' network].
+    #[arg(long, value_name = "NAME")]
+    pub network: Option<String>,
     /// CPU the pod reserves in its pool, millicores (250 or 250m)
     /// [default: none].
     #[arg(long, value_name = "MILLICORES", value_parser = parse_millicores)]
@@ -547,6 +560,50 @@ pub enum PodContainerCommand {
         /// The container's name.
         name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Make a network: a host bridge holding the CIDR's first address (the
+    /// gateway), the rules that keep its namespaces apart, and with --nat
+    /// masquerading to the host's uplink.
+    Create(NetworkCreate),
+    /// Networks in name order (those you may use or read).
+    #[command(visible_alias = "ls")]
+    List,
+    /// One network in full, with every VM NIC and pod on it.
+    Get { name: String },
+    /// Remove a network nothing is attached to (a VM, running or not, or a
+    /// pod on it is FAILED_PRECONDITION).
+    #[command(visible_alias = "rm")]
+    Delete { name: String },
+}
+
+/// `network create`'s spec.
+#[derive(Debug, Clone, Args)]
+pub struct NetworkCreate {
+    /// The network's name, unique on the host (a DNS label).
+    pub name: String,
+    /// IPv4 CIDR, /8 to /29 (10.20.0.0/24); its first address is the
+    /// gateway, on the host's bridge.
+    #[arg(long, value_name = "CIDR", value_parser = parse_ipv4_cidr)]
+    pub cidr: String,
+    /// The host bridge, at most 15 characters [default: st- and the name].
+    #[arg(long, value_name = "NAME")]
+    pub bridge: Option<String>,
+    /// Masquerade traffic leaving for the host's uplink behind the host's
+    /// own address.
+    #[arg(long)]
+    pub nat: bool,
+    /// A namespace (top-level pool id) whose VMs and pods may attach
+    /// (repeatable) [default: every namespace, which only an admin may
+    /// make].
+    #[arg(long = "namespace", value_name = "POOL")]
+    pub namespaces: Vec<String>,
+    /// A name server the network's VMs are given (repeatable) [default:
+    /// none].
+    #[arg(long = "nameserver", value_name = "IP", value_parser = parse_ip)]
+    pub nameservers: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

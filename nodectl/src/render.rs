@@ -17,6 +17,7 @@ use stratum_api::proto::{
     ContainerSpec, ContainerState, ContainerStatus, Pod, PodState, PodStats, RestartPolicy,
     RuntimeClass,
 };
+use stratum_api::proto::{Network, NetworkAttachment, NicSpec, NicStatus};
 
 /// `RUNNING` for `VM_STATE_RUNNING`; unknown numbers as `UNKNOWN(n)`.
 pub fn state_name(state: i32) -> String {
@@ -585,7 +586,7 @@ pub fn vm_detail(vm: &VirtualMachine) -> String {
         t.row(["IMAGE".to_string(), spec.image.clone()]);
     }
     t.row(["CMDLINE".to_string(), or_dash(&spec.cmdline)]);
-    vm_devices(&mut t, &spec);
+    vm_devices(&mut t, &spec, &status.nics);
     t.row([
         "CREATED".to_string(),
         timestamp_text(status.created_at.as_ref()),
@@ -652,7 +653,10 @@ fn vm_mem_reservation_text(spec: &stratum_api::proto::VmSpec) -> String {
     )
 }
 
-fn vm_devices(t: &mut Table, spec: &stratum_api::proto::VmSpec) {
+/// Disks, NICs and labels. A NIC on a network shows what the agent set up
+/// (its status) once there is one, else what the spec asks for; a NIC on
+/// a TAP, its spec.
+fn vm_devices(t: &mut Table, spec: &stratum_api::proto::VmSpec, nics: &[NicStatus]) {
     for (i, disk) in spec.disks.iter().enumerate() {
         let mut text = disk.base_image.clone();
         if disk.read_only {
@@ -664,19 +668,19 @@ fn vm_devices(t: &mut Table, spec: &stratum_api::proto::VmSpec) {
         t.row([format!("DISK {i}"), text]);
     }
     for (i, nic) in spec.nics.iter().enumerate() {
-        let mac = if nic.mac.is_empty() {
-            "generated"
-        } else {
-            &nic.mac
+        let on_network = nics.iter().find(|n| usize::try_from(n.index) == Ok(i));
+        let text = match on_network {
+            Some(status) => nic_status_text(status),
+            None => nic_spec_text(nic),
         };
-        let mut text = format!("{} mac={mac}", nic.tap_name);
-        if !nic.addresses.is_empty() {
-            text.push_str(&format!(" ip={}", nic.addresses.join(",")));
-        }
-        if !nic.gateway.is_empty() {
-            text.push_str(&format!(" gw={}", nic.gateway));
-        }
         t.row([format!("NIC {i}"), text]);
+    }
+    // A status the spec has no NIC for (not from a consistent answer).
+    for status in nics
+        .iter()
+        .filter(|n| usize::try_from(n.index).map_or(true, |i| i >= spec.nics.len()))
+    {
+        t.row([format!("NIC {}", status.index), nic_status_text(status)]);
     }
     let labels: Vec<String> = spec
         .labels
@@ -684,6 +688,156 @@ fn vm_devices(t: &mut Table, spec: &stratum_api::proto::VmSpec) {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     t.row(["LABELS".to_string(), list_text(&labels)]);
+}
+
+/// A NIC as the spec has it: `TAP mac=MAC [ip=..] [gw=..]`, or on a
+/// network `net=NAME mac=MAC [ip=..]` (the address asked for).
+fn nic_spec_text(nic: &NicSpec) -> String {
+    let mac = if nic.mac.is_empty() {
+        "generated"
+    } else {
+        &nic.mac
+    };
+    let mut text = if nic.network.is_empty() {
+        format!("{} mac={mac}", nic.tap_name)
+    } else {
+        format!("net={} mac={mac}", nic.network)
+    };
+    if !nic.addresses.is_empty() {
+        text.push_str(&format!(" ip={}", nic.addresses.join(",")));
+    }
+    if !nic.gateway.is_empty() {
+        text.push_str(&format!(" gw={}", nic.gateway));
+    }
+    text
+}
+
+/// A NIC on a network as the agent set it up, every field always there
+/// (`-` when empty): `net=NAME mac=MAC ip=CIDR gw=IP dev=TAP
+/// guest=CIDR,...` (the host TAP while the VM runs; the guest's addresses
+/// on it as its guest agent reports them).
+fn nic_status_text(nic: &NicStatus) -> String {
+    let guest = if nic.guest_addresses.is_empty() {
+        "-".to_string()
+    } else {
+        nic.guest_addresses.join(",")
+    };
+    format!(
+        "net={} mac={} ip={} gw={} dev={} guest={guest}",
+        or_dash(&nic.network),
+        or_dash(&nic.mac),
+        or_dash(&nic.address),
+        or_dash(&nic.gateway),
+        or_dash(&nic.host_device),
+    )
+}
+
+/// The network list's columns.
+pub const NETWORK_HEADER: [&str; 7] = [
+    "NAME",
+    "CIDR",
+    "GATEWAY",
+    "BRIDGE",
+    "NAT",
+    "NAMESPACES",
+    "ATTACHED",
+];
+
+/// Networks, one per row: NAMESPACES `*` for every namespace, ATTACHED
+/// the number of VM NICs and pods on it.
+pub fn network_table(networks: &[Network]) -> String {
+    let mut t = Table::new(NETWORK_HEADER);
+    for network in networks {
+        let spec = network.spec.clone().unwrap_or_default();
+        let status = network.status.clone().unwrap_or_default();
+        let namespaces = if spec.namespaces.is_empty() {
+            "*".to_string()
+        } else {
+            spec.namespaces.join(",")
+        };
+        t.row([
+            spec.name.clone(),
+            or_dash(&spec.cidr),
+            or_dash(&status.gateway),
+            network_bridge(network),
+            yes_no(spec.nat).to_string(),
+            namespaces,
+            status.attachments.len().to_string(),
+        ]);
+    }
+    t.render()
+}
+
+/// The bridge in use, else the one asked for, else `-`.
+fn network_bridge(network: &Network) -> String {
+    let used = network.status.as_ref().map(|s| s.bridge.as_str());
+    let asked = network.spec.as_ref().map(|s| s.bridge.as_str());
+    or_dash(used.filter(|b| !b.is_empty()).or(asked).unwrap_or_default())
+}
+
+fn yes_no(flag: bool) -> &'static str {
+    if flag {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// One network in full, one field per line, then an `ATTACHMENT` line per
+/// VM NIC or pod on it.
+pub fn network_detail(network: &Network) -> String {
+    let spec = network.spec.clone().unwrap_or_default();
+    let status = network.status.clone();
+    let mut t = Table::headless();
+    t.row(["NAME".to_string(), spec.name.clone()]);
+    t.row(["CIDR".to_string(), or_dash(&spec.cidr)]);
+    t.row([
+        "GATEWAY".to_string(),
+        or_dash(status.as_ref().map_or("", |s| s.gateway.as_str())),
+    ]);
+    t.row(["BRIDGE".to_string(), network_bridge(network)]);
+    t.row(["NAT".to_string(), yes_no(spec.nat).to_string()]);
+    let namespaces = if spec.namespaces.is_empty() {
+        "* (every namespace)".to_string()
+    } else {
+        spec.namespaces.join(", ")
+    };
+    t.row(["NAMESPACES".to_string(), namespaces]);
+    t.row(["NAMESERVERS".to_string(), list_text(&spec.nameservers)]);
+    t.row([
+        "FREE".to_string(),
+        status
+            .as_ref()
+            .map_or_else(|| "-".into(), |s| s.free_addresses.to_string()),
+    ]);
+    t.row([
+        "CREATED".to_string(),
+        timestamp_text(status.as_ref().and_then(|s| s.created_at.as_ref())),
+    ]);
+    let attachments = status.map(|s| s.attachments).unwrap_or_default();
+    t.row(["ATTACHED".to_string(), attachments.len().to_string()]);
+    for a in &attachments {
+        t.row(["ATTACHMENT".to_string(), attachment_text(a)]);
+    }
+    t.render()
+}
+
+/// `vm vm-3/0 ns=NS ip=CIDR mac=MAC dev=TAP` (the VM's id and NIC index),
+/// `pod pod-7 ns=NS ip=CIDR mac=- dev=VETH`; `-` for what is empty.
+fn attachment_text(a: &NetworkAttachment) -> String {
+    let kind = or_dash(&a.kind);
+    let id = if a.kind == "vm" {
+        format!("{}/{}", or_dash(&a.id), a.nic)
+    } else {
+        or_dash(&a.id)
+    };
+    format!(
+        "{kind} {id} ns={} ip={} mac={} dev={}",
+        or_dash(&a.namespace),
+        or_dash(&a.address),
+        or_dash(&a.mac),
+        or_dash(&a.host_device),
+    )
 }
 
 /// `TIME  VM  OLD -> NEW  reason` on one line.
@@ -911,6 +1065,12 @@ pub fn pod_detail(pod: &Pod) -> String {
         with_reason(pod_state_name(status.state), &status.reason),
     ]);
     t.row(["IP".to_string(), or_dash(&status.ip)]);
+    let network = if spec.network.is_empty() {
+        "default"
+    } else {
+        &spec.network
+    };
+    t.row(["NETWORK", network]);
     let hostname = if spec.hostname.is_empty() {
         &spec.name
     } else {

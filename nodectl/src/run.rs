@@ -9,14 +9,16 @@ use tonic::transport::Channel;
 
 use super::args::label_map;
 use super::cli::{
-    CertsCommand, Cli, Command, ContainerArgs, HostCommand, ImageCommand, Output, PodAddContainer,
-    PodCommand, PodContainerCommand, PodRun, PoolCommand, PoolSettings, VmCommand, VmCreate,
+    CertsCommand, Cli, Command, ContainerArgs, HostCommand, ImageCommand, NetworkCommand,
+    NetworkCreate, Output, PodAddContainer, PodCommand, PodContainerCommand, PodRun, PoolCommand,
+    PoolSettings, VmCommand, VmCreate,
 };
 use super::progress::PullProgress;
 use super::{connect, json, render, CommandExit};
 use stratum_api::certs;
 use stratum_api::proto::host_client::HostClient;
 use stratum_api::proto::image_service_client::ImageServiceClient;
+use stratum_api::proto::networks_client::NetworksClient;
 use stratum_api::proto::pod_service_client::PodServiceClient;
 use stratum_api::proto::pull_image_progress;
 use stratum_api::proto::pull_image_request::Auth;
@@ -35,6 +37,9 @@ use stratum_api::proto::{
     LogRecord, LogStream, LogsRequest, Pod, PodResources, PodSpec, PodStatsRequest,
     RemoveContainerRequest, RemovePodRequest, ResourceAmounts, RunPodRequest,
     StartContainerRequest, StopContainerRequest, StopPodRequest,
+};
+use stratum_api::proto::{
+    CreateNetworkRequest, DeleteNetworkRequest, GetNetworkRequest, ListNetworksRequest, NetworkSpec,
 };
 use stratum_api::tls;
 
@@ -59,6 +64,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pool(c) => pool(ResourcePoolsClient::new(connect()?), c, output).await,
         Command::Vm(c) => vm(VirtualMachinesClient::new(connect()?), c, output).await,
         Command::Pod(c) => pod(PodServiceClient::new(connect()?), c, output).await,
+        Command::Network(c) => network(NetworksClient::new(connect()?), c, output).await,
         Command::Image(c) => image(c, connect, output).await,
     }
 }
@@ -698,6 +704,7 @@ pub fn pod_spec(r: PodRun) -> PodSpec {
     PodSpec {
         name: r.name,
         pool_id: r.pool.unwrap_or_default(),
+        network: r.network.unwrap_or_default(),
         namespace: r.namespace.unwrap_or_default(),
         hostname: r.hostname.unwrap_or_default(),
         labels: label_map(r.label),
@@ -811,6 +818,43 @@ async fn exec(
         return Err(CommandExit(resp.exit_code).into());
     }
     Ok(())
+}
+
+async fn network(
+    mut client: NetworksClient<Channel>,
+    cmd: NetworkCommand,
+    output: Output,
+) -> anyhow::Result<()> {
+    let network = match cmd {
+        NetworkCommand::Create(c) => {
+            let spec = Some(network_spec(c));
+            client.create(CreateNetworkRequest { spec }).await?
+        }
+        NetworkCommand::Get { name } => client.get(GetNetworkRequest { name }).await?,
+        NetworkCommand::List => {
+            let list = client.list(ListNetworksRequest {}).await?.into_inner();
+            return emit(output, &list, |l| render::network_table(&l.networks));
+        }
+        NetworkCommand::Delete { name } => {
+            client
+                .delete(DeleteNetworkRequest { name: name.clone() })
+                .await?;
+            return deleted(output, "network", &name);
+        }
+    };
+    emit(output, &network.into_inner(), render::network_detail)
+}
+
+/// The API's NetworkSpec from `network create`'s flags.
+pub fn network_spec(c: NetworkCreate) -> NetworkSpec {
+    NetworkSpec {
+        name: c.name,
+        cidr: c.cidr,
+        bridge: c.bridge.unwrap_or_default(),
+        nat: c.nat,
+        namespaces: c.namespaces,
+        nameservers: c.nameservers,
+    }
 }
 
 fn certs_command(cmd: CertsCommand, default_dir: &Path, output: Output) -> anyhow::Result<()> {

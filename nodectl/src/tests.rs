@@ -1575,3 +1575,506 @@ fn pool_quota_flags_include_max_pods() {
         (20, 8 << 30, 0)
     );
 }
+
+// ---- networks ----
+
+use super::args::parse_nic;
+use super::cli::{NetworkCommand, NetworkCreate};
+use super::run::network_spec;
+use stratum_api::proto::{
+    ListNetworksResponse, Network, NetworkAttachment, NetworkSpec, NetworkStatus, NicSpec,
+    NicStatus,
+};
+
+fn network_create(args: &[&str]) -> NetworkCreate {
+    let mut all = vec!["network", "create"];
+    all.extend_from_slice(args);
+    let Command::Network(NetworkCommand::Create(create)) = parse(&all).command else {
+        panic!("not network create");
+    };
+    create
+}
+
+#[test]
+fn network_create_flags_build_a_spec() {
+    let spec = network_spec(network_create(&[
+        "tenant-a",
+        "--cidr",
+        "10.20.0.0/24",
+        "--bridge",
+        "br-tenant-a",
+        "--nat",
+        "--namespace",
+        "p-a",
+        "--namespace",
+        "p-b",
+        "--nameserver",
+        "10.20.0.1",
+        "--nameserver",
+        "fd00::53",
+    ]));
+    assert_eq!(
+        spec,
+        NetworkSpec {
+            name: "tenant-a".into(),
+            cidr: "10.20.0.0/24".into(),
+            bridge: "br-tenant-a".into(),
+            nat: true,
+            namespaces: vec!["p-a".into(), "p-b".into()],
+            nameservers: vec!["10.20.0.1".into(), "fd00::53".into()],
+        }
+    );
+    // The minimum: every namespace, the derived bridge, no NAT.
+    let spec = network_spec(network_create(&["lab", "--cidr", "192.168.50.0/29"]));
+    assert_eq!(
+        spec,
+        NetworkSpec {
+            name: "lab".into(),
+            cidr: "192.168.50.0/29".into(),
+            ..Default::default()
+        }
+    );
+}
+
+#[test]
+fn network_subcommands_and_aliases() {
+    assert!(matches!(
+        parse(&["network", "get", "lab"]).command,
+        Command::Network(NetworkCommand::Get { name }) if name == "lab"
+    ));
+    for list in ["list", "ls"] {
+        assert!(matches!(
+            parse(&["network", list, "-o", "json"]).command,
+            Command::Network(NetworkCommand::List)
+        ));
+    }
+    for delete in ["delete", "rm"] {
+        assert!(matches!(
+            parse(&["network", delete, "lab"]).command,
+            Command::Network(NetworkCommand::Delete { name }) if name == "lab"
+        ));
+    }
+}
+
+#[test]
+fn bad_network_arguments_are_usage_errors_that_say_why() {
+    let create = |extra: &[&'static str]| -> Vec<&'static str> {
+        ["network", "create", "lab"]
+            .iter()
+            .chain(extra.iter())
+            .copied()
+            .collect()
+    };
+    for (args, needle) in [
+        (create(&[]), "--cidr"),
+        (create(&["--cidr", "10.20.0.0"]), "no prefix length"),
+        (create(&["--cidr", "10.20.0.0/33"]), "not in 0..=32"),
+        (create(&["--cidr", "10.20.0.0/+8"]), "not in 0..=32"),
+        (create(&["--cidr", "10.20.0/24"]), "is not an IPv4 address"),
+        (create(&["--cidr", "fd00::/64"]), "is not an IPv4 address"),
+        (
+            create(&["--cidr", "10.20.0.0/24", "--nameserver", "dns.example"]),
+            "expected an IPv4 or IPv6 address",
+        ),
+        (create(&["--cidr", "10.20.0.0/24", "--nat=no"]), "--nat"),
+        (vec!["network", "create", "--cidr", "10.20.0.0/24"], "NAME"),
+        (vec!["network", "get"], "NAME"),
+        (vec!["network", "delete"], "NAME"),
+    ] {
+        let err = usage_error(&args);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn nics_on_a_network_take_an_optional_ipv4_address() {
+    let n = parse_nic("network=tenant-a").unwrap();
+    assert_eq!(
+        n,
+        NicSpec {
+            network: "tenant-a".into(),
+            ..Default::default()
+        }
+    );
+    for ip in ["10.20.0.5", "10.20.0.5/24"] {
+        let n = parse_nic(&format!("network=tenant-a,ip={ip},mac=06:00:0a:14:00:05")).unwrap();
+        assert_eq!(n.addresses, [ip]);
+        assert_eq!(
+            (n.tap_name.as_str(), n.mac.as_str()),
+            ("", "06:00:0a:14:00:05")
+        );
+    }
+    let n = parse_nic("ip=10.20.0.7,network=lab,rx-bw=1Mi").unwrap();
+    assert_eq!((n.network.as_str(), n.addresses.len()), ("lab", 1));
+    assert!(n.rx_rate_limit.is_some());
+    // The tap= form is as it was, static addressing and all.
+    let n = parse_nic("tap=t0,ip=fd00::2/64,ip=10.0.0.2/24,gw=10.0.0.1,dns=1.1.1.1").unwrap();
+    assert_eq!((n.tap_name.as_str(), n.network.as_str()), ("t0", ""));
+    assert_eq!(n.addresses.len(), 2);
+}
+
+#[test]
+fn bad_network_nics_say_why() {
+    for (text, needle) in [
+        (
+            "mac=06:00:00:00:00:01",
+            "tap=NAME or network=NAME is required",
+        ),
+        ("tap=t0,network=lab", "tap= and network= exclude each other"),
+        ("network=", "network= needs a value"),
+        ("network=lab,gw=10.20.0.1", "gw= is for tap= NICs only"),
+        ("gw=10.20.0.1,network=lab", "gw= is for tap= NICs only"),
+        ("network=lab,dns=10.20.0.1", "dns= is for tap= NICs only"),
+        ("network=lab,ip=10.20.0.5,ip=10.20.0.6", "at most one ip="),
+        (
+            "network=lab,ip=fd00::5/64",
+            "\"fd00::5\" is not an IPv4 address",
+        ),
+        (
+            "network=lab,ip=10.20.0.5/40",
+            "prefix length \"40\" is not in 0..=32",
+        ),
+        (
+            "network=lab,ip=10.20.0.5/",
+            "prefix length \"\" is not in 0..=32",
+        ),
+        ("network=lab,vlan=3", "unknown option \"vlan\""),
+    ] {
+        let err = parse_nic(text).unwrap_err();
+        assert!(err.contains(needle), "{text:?}: {err}");
+        assert!(err.starts_with("invalid --nic"), "{text:?}: {err}");
+    }
+    // Through the command line: a usage error naming the key.
+    let err = usage_error(&[
+        "vm",
+        "create",
+        "a",
+        "--role",
+        "worker",
+        "--kernel",
+        "k",
+        "--nic",
+        "network=lab,dns=1.1.1.1",
+    ]);
+    assert!(err.contains("dns= is for tap= NICs only"), "{err}");
+}
+
+#[test]
+fn vm_create_takes_nics_on_networks() {
+    let cli = parse(&[
+        "vm",
+        "create",
+        "w-1",
+        "--role",
+        "worker",
+        "--image",
+        "stratum/node:bookworm",
+        "--nic",
+        "network=tenant-a,ip=10.20.0.5",
+        "--nic",
+        "tap=tap0",
+    ]);
+    let Command::Vm(VmCommand::Create(create)) = cli.command else {
+        panic!("not vm create");
+    };
+    let spec = vm_spec(*create).unwrap();
+    assert_eq!(spec.nics.len(), 2);
+    assert_eq!(
+        (
+            spec.nics[0].network.as_str(),
+            spec.nics[0].tap_name.as_str()
+        ),
+        ("tenant-a", "")
+    );
+    assert_eq!(spec.nics[0].addresses, ["10.20.0.5"]);
+    assert_eq!(
+        (
+            spec.nics[1].network.as_str(),
+            spec.nics[1].tap_name.as_str()
+        ),
+        ("", "tap0")
+    );
+}
+
+#[test]
+fn pod_run_takes_a_network() {
+    let run = |extra: &[&str]| {
+        let mut args = vec!["pod", "run", "web", "--image", "busybox"];
+        args.extend_from_slice(extra);
+        let Command::Pod(PodCommand::Run(run)) = parse(&args).command else {
+            panic!("not pod run");
+        };
+        pod_spec(*run)
+    };
+    assert_eq!(run(&["--network", "tenant-a"]).network, "tenant-a");
+    assert_eq!(run(&[]).network, "", "the agent's default network");
+    let err = usage_error(&["pod", "run", "web", "--image", "busybox", "--network"]);
+    assert!(err.contains("--network"), "{err}");
+}
+
+#[test]
+fn a_pod_in_full_names_its_network() {
+    let mut pod = two_container_pod();
+    let line = |pod: &Pod| {
+        render::pod_detail(pod)
+            .lines()
+            .find(|l| l.starts_with("NETWORK "))
+            .map(|l| l["NETWORK".len()..].trim().to_string())
+    };
+    assert_eq!(line(&pod).as_deref(), Some("default"));
+    pod.spec.as_mut().unwrap().network = "tenant-a".into();
+    assert_eq!(line(&pod).as_deref(), Some("tenant-a"));
+}
+
+fn attachment(
+    kind: &str,
+    id: &str,
+    nic: u32,
+    address: &str,
+    mac: &str,
+    dev: &str,
+) -> NetworkAttachment {
+    NetworkAttachment {
+        kind: kind.into(),
+        id: id.into(),
+        nic,
+        namespace: "p-a".into(),
+        address: address.into(),
+        mac: mac.into(),
+        host_device: dev.into(),
+    }
+}
+
+fn tenant_network() -> Network {
+    Network {
+        spec: Some(NetworkSpec {
+            name: "tenant-a".into(),
+            cidr: "10.20.0.0/24".into(),
+            bridge: String::new(),
+            nat: true,
+            namespaces: vec!["p-a".into(), "p-b".into()],
+            nameservers: vec!["10.20.0.1".into(), "1.1.1.1".into()],
+        }),
+        status: Some(NetworkStatus {
+            gateway: "10.20.0.1".into(),
+            bridge: "st-tenant-a".into(),
+            attachments: vec![
+                attachment(
+                    "vm",
+                    "vm-3",
+                    1,
+                    "10.20.0.5/24",
+                    "06:00:0a:14:00:05",
+                    "t1234abcd",
+                ),
+                attachment("vm", "vm-4", 0, "10.20.0.6/24", "06:00:0a:14:00:06", ""),
+                attachment("pod", "pod-7", 0, "10.20.0.7/24", "", "veth5678"),
+            ],
+            free_addresses: 250,
+            created_at: ts(1_700_000_000),
+        }),
+    }
+}
+
+fn lab_network() -> Network {
+    Network {
+        spec: Some(NetworkSpec {
+            name: "lab".into(),
+            cidr: "192.168.50.0/29".into(),
+            bridge: "br-lab".into(),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[test]
+fn networks_render_as_rows() {
+    let text = render::network_table(&[tenant_network(), lab_network()]);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], render::NETWORK_HEADER);
+    assert_eq!(
+        rows[1],
+        [
+            "tenant-a",
+            "10.20.0.0/24",
+            "10.20.0.1",
+            "st-tenant-a",
+            "yes",
+            "p-a,p-b",
+            "3"
+        ]
+    );
+    // No status: the bridge asked for, every namespace.
+    assert_eq!(
+        rows[2],
+        ["lab", "192.168.50.0/29", "-", "br-lab", "no", "*", "0"]
+    );
+    assert_eq!(rows.len(), 3, "{text}");
+    assert_eq!(
+        render::network_table(&[]),
+        "NAME  CIDR  GATEWAY  BRIDGE  NAT  NAMESPACES  ATTACHED\n"
+    );
+}
+
+#[test]
+fn a_network_in_full_lists_its_attachments() {
+    let text = render::network_detail(&tenant_network());
+    let field = |name: &str| -> String {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}  ")))
+            .unwrap_or_else(|| panic!("{name} in {text}"))[name.len()..]
+            .trim()
+            .to_string()
+    };
+    assert_eq!(field("NAME"), "tenant-a");
+    assert_eq!(field("CIDR"), "10.20.0.0/24");
+    assert_eq!(field("GATEWAY"), "10.20.0.1");
+    assert_eq!(field("BRIDGE"), "st-tenant-a");
+    assert_eq!(field("NAT"), "yes");
+    assert_eq!(field("NAMESPACES"), "p-a, p-b");
+    assert_eq!(field("NAMESERVERS"), "10.20.0.1, 1.1.1.1");
+    assert_eq!(field("FREE"), "250");
+    assert_eq!(field("CREATED"), "2023-11-14T22:13:20Z");
+    assert_eq!(field("ATTACHED"), "3");
+    let attachments: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("ATTACHMENT "))
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        attachments,
+        [
+            "vm vm-3/1 ns=p-a ip=10.20.0.5/24 mac=06:00:0a:14:00:05 dev=t1234abcd",
+            "vm vm-4/0 ns=p-a ip=10.20.0.6/24 mac=06:00:0a:14:00:06 dev=-",
+            "pod pod-7 ns=p-a ip=10.20.0.7/24 mac=- dev=veth5678",
+        ],
+        "{text}"
+    );
+
+    let text = render::network_detail(&lab_network());
+    for want in [
+        "NAT          no\n",
+        "NAMESPACES   * (every namespace)\n",
+        "NAMESERVERS  -\n",
+        "GATEWAY      -\n",
+        "BRIDGE       br-lab\n",
+        "FREE         -\n",
+        "ATTACHED     0\n",
+    ] {
+        assert!(text.contains(want), "{want:?} in {text}");
+    }
+    assert!(!text.contains("ATTACHMENT "), "{text}");
+}
+
+#[test]
+fn networks_convert_to_json() {
+    let v = json::to_value(&ListNetworksResponse {
+        networks: vec![tenant_network(), lab_network()],
+    })
+    .unwrap();
+    let tenant = &v["networks"][0];
+    assert_eq!(tenant["spec"]["cidr"], "10.20.0.0/24");
+    assert_eq!(tenant["spec"]["nat"], true);
+    assert_eq!(tenant["status"]["freeAddresses"], 250);
+    assert_eq!(tenant["status"]["createdAt"], "2023-11-14T22:13:20Z");
+    let pod = &tenant["status"]["attachments"][2];
+    assert_eq!(
+        (&pod["kind"], &pod["hostDevice"]),
+        (&serde_json::json!("pod"), &serde_json::json!("veth5678"))
+    );
+    assert_eq!(v["networks"][1]["status"], serde_json::Value::Null);
+}
+
+fn vm_on_networks() -> VirtualMachine {
+    let mut vm = vm();
+    let spec = vm.spec.as_mut().unwrap();
+    spec.nics = vec![
+        NicSpec {
+            tap_name: "tap0".into(),
+            mac: "52:54:00:12:34:56".into(),
+            addresses: vec!["10.0.0.2/24".into()],
+            gateway: "10.0.0.1".into(),
+            ..Default::default()
+        },
+        NicSpec {
+            network: "tenant-a".into(),
+            ..Default::default()
+        },
+        NicSpec {
+            network: "lab".into(),
+            addresses: vec!["192.168.50.3".into()],
+            ..Default::default()
+        },
+    ];
+    vm.status.as_mut().unwrap().nics = vec![NicStatus {
+        index: 1,
+        network: "tenant-a".into(),
+        mac: "06:00:0a:14:00:05".into(),
+        address: "10.20.0.5/24".into(),
+        gateway: "10.20.0.1".into(),
+        host_device: "t1234abcd".into(),
+        guest_addresses: vec!["10.20.0.5/24".into(), "fe80::4:aff:fe14:5/64".into()],
+    }];
+    vm
+}
+
+#[test]
+fn vm_nics_on_networks_show_what_the_agent_set_up() {
+    /// The value of the one `NIC i` line.
+    fn nic(text: &str, i: u32) -> String {
+        let key = format!("NIC {i} ");
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&key)).collect();
+        assert_eq!(lines.len(), 1, "one line for {key:?}: {text}");
+        lines[0][key.len()..].trim().to_string()
+    }
+    let text = render::vm_detail(&vm_on_networks());
+    assert_eq!(
+        nic(&text, 0),
+        "tap0 mac=52:54:00:12:34:56 ip=10.0.0.2/24 gw=10.0.0.1"
+    );
+    assert_eq!(
+        nic(&text, 1),
+        "net=tenant-a mac=06:00:0a:14:00:05 ip=10.20.0.5/24 gw=10.20.0.1 dev=t1234abcd \
+         guest=10.20.0.5/24,fe80::4:aff:fe14:5/64"
+    );
+    // No status for it yet: what the spec asks for.
+    assert_eq!(nic(&text, 2), "net=lab mac=generated ip=192.168.50.3");
+    // The lines others grep for are where they were, once each.
+    for prefix in ["STATE ", "GUEST "] {
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with(prefix)).count(),
+            1,
+            "{prefix:?}: {text}"
+        );
+    }
+
+    // A stopped VM: no TAP, no guest; a status for a NIC the spec lacks
+    // still shows.
+    let mut stopped = vm_on_networks();
+    let status = stopped.status.as_mut().unwrap();
+    status.state = VmState::Stopped as i32;
+    status.nics[0].host_device.clear();
+    status.nics[0].guest_addresses.clear();
+    status.nics.push(NicStatus {
+        index: 7,
+        network: "extra".into(),
+        ..Default::default()
+    });
+    let text = render::vm_detail(&stopped);
+    assert_eq!(
+        nic(&text, 1),
+        "net=tenant-a mac=06:00:0a:14:00:05 ip=10.20.0.5/24 gw=10.20.0.1 dev=- guest=-"
+    );
+    assert_eq!(nic(&text, 7), "net=extra mac=- ip=- gw=- dev=- guest=-");
+    let v = json::to_value(&vm_on_networks()).unwrap();
+    assert_eq!(v["spec"]["nics"][1]["network"], "tenant-a");
+    assert_eq!(v["status"]["nics"][0]["hostDevice"], "t1234abcd");
+    assert_eq!(
+        v["status"]["nics"][0]["guestAddresses"][1],
+        "fe80::4:aff:fe14:5/64"
+    );
+}

@@ -1,7 +1,8 @@
-//! The pod CIDR: an IPv4 network from which the bridge takes the first
-//! address (the pods' gateway) and IPAM hands out the rest. IPv4 only:
-//! pods get one IPv4 address each, which is what the runtime and the
-//! port mappings need; dual stack can come later without changing callers.
+//! A network's CIDR: an IPv4 network from which the bridge takes the
+//! first address (the workloads' gateway) and IPAM hands out the rest.
+//! IPv4 only: workloads get one IPv4 address each, which is what the
+//! runtime and the port mappings need; dual stack can come later without
+//! changing callers.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -33,14 +34,14 @@ impl Ipv4Cidr {
     pub fn new(network: Ipv4Addr, prefix: u8) -> Result<Self, NetError> {
         if !(8..=Self::MAX_PREFIX).contains(&prefix) {
             return Err(NetError::InvalidConfig(format!(
-                "pod CIDR {network}/{prefix}: the prefix length must be between 8 and {}",
+                "CIDR {network}/{prefix}: the prefix length must be between 8 and {}",
                 Self::MAX_PREFIX
             )));
         }
         let cidr = Ipv4Cidr { network, prefix };
         if u32::from(network) & !cidr.mask() != 0 {
             return Err(NetError::InvalidConfig(format!(
-                "pod CIDR {network}/{prefix} has host bits set (did you mean {}/{prefix}?)",
+                "CIDR {network}/{prefix} has host bits set (did you mean {}/{prefix}?)",
                 Ipv4Addr::from(u32::from(network) & cidr.mask())
             )));
         }
@@ -91,6 +92,18 @@ impl Ipv4Cidr {
     pub fn pod_capacity(&self) -> u32 {
         self.size() - 3
     }
+
+    /// Whether the two networks share an address.
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        self.contains(other.network) || other.contains(self.network)
+    }
+
+    /// Whether `ip` is an address a workload may hold: in the network,
+    /// neither its network, gateway nor broadcast address.
+    pub fn is_workload_address(&self, ip: Ipv4Addr) -> bool {
+        let offset = u32::from(ip).wrapping_sub(u32::from(self.network));
+        self.contains(ip) && self.pod_offsets().contains(&offset)
+    }
 }
 
 impl fmt::Display for Ipv4Cidr {
@@ -99,11 +112,25 @@ impl fmt::Display for Ipv4Cidr {
     }
 }
 
+/// Stored as its text, "10.88.0.0/16".
+impl serde::Serialize for Ipv4Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Ipv4Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for Ipv4Cidr {
     type Err = NetError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || NetError::InvalidConfig(format!("pod CIDR {s:?} is not ADDRESS/PREFIX"));
+        let bad = || NetError::InvalidConfig(format!("CIDR {s:?} is not ADDRESS/PREFIX"));
         let (addr, prefix) = s.trim().split_once('/').ok_or_else(bad)?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
         let prefix: u8 = prefix.parse().map_err(|_| bad())?;

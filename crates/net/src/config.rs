@@ -1,7 +1,10 @@
-//! How a pod network is set up: bridge, CIDR, where netns files and the
-//! state file live, the nftables table, and the two host-wide switches.
-//! Everything that names a kernel object is configurable so that several
-//! networks (tests side by side, or two agents' data dirs) never collide.
+//! How the host's networks are set up: the default network's bridge and
+//! CIDR (the pods' network unless they name another), where netns files
+//! and the state file live, the nftables table, and the host-wide
+//! switches. Everything that names a kernel object is configurable so
+//! that two agents' networks (tests side by side, or two data dirs) never
+//! collide: the default bridge's name also tags every link the agent
+//! makes (see [`crate::names`]).
 
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -11,6 +14,10 @@ use super::error::{NetError, Result};
 use super::names::{check_link_name, check_table_name};
 use super::portmap::Protocol;
 
+/// The name of the network made from the configuration: the pods'
+/// network unless they name another.
+pub const DEFAULT_NETWORK: &str = "default";
+
 /// Host ports pods may publish by default: Kubernetes' NodePort range,
 /// clear of the well-known ports a host's own services listen on (22, and
 /// the agent's 7443) and of Linux's default ephemeral range (32768+).
@@ -19,9 +26,9 @@ pub const DEFAULT_HOST_PORTS: RangeInclusive<u16> = 30000..=32767;
 /// A pod network's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
-    /// The host bridge (at most 15 bytes).
+    /// The default network's bridge (at most 15 bytes).
     pub bridge: String,
-    /// Pod addresses; the first host address goes to the bridge.
+    /// The default network's addresses; the first goes to the bridge.
     pub cidr: Ipv4Cidr,
     /// Where each pod's netns is bound, as `<netns_dir>/<pod-id>`.
     pub netns_dir: PathBuf,
@@ -31,7 +38,8 @@ pub struct NetConfig {
     pub state_file: PathBuf,
     /// The `inet` table holding every rule of this network.
     pub nft_table: String,
-    /// Masquerade pod traffic leaving the CIDR.
+    /// Masquerade the default network's traffic leaving the host's
+    /// networks.
     pub masquerade: bool,
     /// Turn on IPv4 forwarding at open (egress and published ports from
     /// other hosts need it; pod↔pod and host↔pod do not).

@@ -1,7 +1,7 @@
-//! What can go wrong in pod networking, one variant per cause, so the
-//! caller (the pod service) can map each to its gRPC code: a bad argument
-//! or a conflict the client can fix, exhaustion of the pod CIDR, and host
-//! failures (netlink, nftables, the state file) it cannot.
+//! What can go wrong on the host's networks, one variant per cause, so the
+//! caller (the network, VM and pod services) can map each to its gRPC
+//! code: a bad argument or a conflict the client can fix, exhaustion of a
+//! CIDR, and host failures (netlink, nftables, the state file) it cannot.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -9,11 +9,11 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-/// A failed pod-network operation.
+/// A failed network operation.
 #[derive(Debug, Error)]
 pub enum NetError {
     /// The configuration cannot work (bad bridge name, CIDR too small).
-    #[error("invalid pod network configuration: {0}")]
+    #[error("invalid network configuration: {0}")]
     InvalidConfig(String),
     /// A request argument is malformed (pod id, namespace, port).
     #[error("invalid argument: {0}")]
@@ -57,8 +57,44 @@ pub enum NetError {
         /// The host port.
         port: u16,
     },
-    /// Every address of the pod CIDR is allocated.
-    #[error("no free address left in pod CIDR {cidr} ({capacity} pod addresses, all allocated)")]
+    /// No network has this name.
+    #[error("no network {0:?}")]
+    NoSuchNetwork(String),
+    /// A network of this name exists already.
+    #[error("network {0:?} already exists")]
+    NetworkExists(String),
+    /// What a request asks for clashes with something that exists: an
+    /// overlapping CIDR, a bridge name in use, an address the host has.
+    #[error("{0}")]
+    Conflict(String),
+    /// The network does not admit workloads of this namespace.
+    #[error("network {network:?} is not for namespace {namespace:?} (it admits {admits})")]
+    NotAdmitted {
+        /// The network.
+        network: String,
+        /// The workload's namespace.
+        namespace: String,
+        /// The namespaces it admits.
+        admits: String,
+    },
+    /// Something is still attached to the network.
+    #[error("network {network:?} is in use by {users}: detach them first")]
+    InUse {
+        /// The network.
+        network: String,
+        /// Who holds addresses on it.
+        users: String,
+    },
+    /// A requested static address is held by another workload.
+    #[error("address {ip} is taken (by {owner})")]
+    AddressTaken {
+        /// The address.
+        ip: Ipv4Addr,
+        /// Its holder.
+        owner: String,
+    },
+    /// Every address of the network's CIDR is allocated.
+    #[error("no free address left in CIDR {cidr} ({capacity} workload addresses, all allocated)")]
     Exhausted {
         /// The configured CIDR.
         cidr: String,
@@ -68,7 +104,7 @@ pub enum NetError {
     /// The state file holds allocations from another CIDR than the
     /// configured one: changing the CIDR under live pods would hand out
     /// their addresses again or strand them.
-    #[error("pod network state holds live allocations from {stored}, but the configured CIDR is {configured}")]
+    #[error("the default network holds live allocations from {stored}, but the configured CIDR is {configured}")]
     CidrChanged {
         /// The CIDR the allocations came from.
         stored: String,
@@ -76,7 +112,7 @@ pub enum NetError {
         configured: String,
     },
     /// An address to release or look up is not in the pod CIDR.
-    #[error("{0} is not a pod address of this network")]
+    #[error("{0} is not an address of this network")]
     ForeignAddress(Ipv4Addr),
     /// A netlink request failed.
     #[error("netlink: {op}: {source}")]
@@ -131,7 +167,7 @@ pub enum NetError {
     },
     /// The state file could not be opened (missing directory, another
     /// process holding it, not a redb file).
-    #[error("cannot open pod network state {path}: {source}")]
+    #[error("cannot open the network state {path}: {source}")]
     StoreOpen {
         /// The file.
         path: PathBuf,
@@ -140,10 +176,10 @@ pub enum NetError {
         source: redb::DatabaseError,
     },
     /// The state file failed (I/O error, full disk, corruption).
-    #[error("pod network state: {0}")]
+    #[error("network state: {0}")]
     Store(#[from] redb::Error),
     /// A stored record cannot be read.
-    #[error("pod network state: record {key:?} is unreadable: {reason}")]
+    #[error("network state: record {key:?} is unreadable: {reason}")]
     Corrupt {
         /// Its key.
         key: String,

@@ -22,18 +22,22 @@
 //! whole range stays usable (a strict never-reuse would exhaust a /24
 //! after 253 pod starts). This is what CNI's host-local IPAM does as well.
 //!
-//! **Idempotence.** An owner (the pod id) holds at most one address:
-//! allocating again for the same owner returns the address it has, so a
-//! retried or re-run attach cannot leak one.
+//! **Idempotence.** An owner (a pod id, a VM NIC's `<vm id>.<index>`)
+//! holds at most one address: allocating again for the same owner returns
+//! the address it has, so a retried or re-run attach cannot leak one.
+//!
+//! **Several networks.** The host's networks never overlap, so an address
+//! names its network and the two tables serve every network at once; each
+//! network has a cursor of its own (`cursor` for the default network, as
+//! it always was, `cursor/<network>` for the others). A static address
+//! ([`allocate_static_in`]) is taken as asked or refused, and does not
+//! move the cursor.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
-};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::cidr::Ipv4Cidr;
 use super::error::{NetError, Result};
@@ -88,7 +92,7 @@ impl Ipam {
     /// address `owner` already holds if it has one.
     pub fn allocate(&self, owner: &str) -> Result<Ipv4Addr> {
         let tx = self.db.begin_write()?;
-        let ip = allocate_in(&tx, self.cidr, owner)?;
+        let ip = allocate_in(&tx, self.cidr, CURSOR, owner)?;
         tx.commit()?;
         Ok(ip)
     }
@@ -125,7 +129,17 @@ impl Ipam {
     }
 }
 
-/// Create the tables and check the stored CIDR against `cidr`.
+/// The cursor of network `network` in the meta table.
+pub(crate) fn cursor_key(network: &str) -> String {
+    if network == crate::config::DEFAULT_NETWORK {
+        CURSOR.to_string()
+    } else {
+        format!("{CURSOR}/{network}")
+    }
+}
+
+/// Create the tables and check the stored CIDR of the default network
+/// against `cidr`: a change is refused while the old one has allocations.
 pub(crate) fn init_in(tx: &WriteTransaction, cidr: Ipv4Cidr) -> Result<()> {
     let by_addr = tx.open_table(BY_ADDR)?;
     tx.open_table(BY_OWNER)?;
@@ -137,7 +151,23 @@ pub(crate) fn init_in(tx: &WriteTransaction, cidr: Ipv4Cidr) -> Result<()> {
     if same {
         return Ok(());
     }
-    if !by_addr.is_empty()? {
+    let stored_cidr = match (network, prefix) {
+        (Some(n), Some(p)) => u32::try_from(n)
+            .ok()
+            .zip(u8::try_from(p).ok())
+            .and_then(|(n, p)| Ipv4Cidr::new(Ipv4Addr::from(n), p).ok()),
+        _ => None,
+    };
+    let mut live = false;
+    for row in by_addr.iter()? {
+        let (addr, _) = row?;
+        // Without a stored CIDR, any allocation may be the default's.
+        if stored_cidr.is_none_or(|c| c.contains(Ipv4Addr::from(addr.value()))) {
+            live = true;
+            break;
+        }
+    }
+    if live {
         let stored = match (network, prefix) {
             (Some(n), Some(p)) => match u32::try_from(n) {
                 Ok(n) => format!("{}/{p}", Ipv4Addr::from(n)),
@@ -156,8 +186,14 @@ pub(crate) fn init_in(tx: &WriteTransaction, cidr: Ipv4Cidr) -> Result<()> {
     Ok(())
 }
 
-/// Allocate for `owner` inside `tx` (see [`Ipam::allocate`]).
-pub(crate) fn allocate_in(tx: &WriteTransaction, cidr: Ipv4Cidr, owner: &str) -> Result<Ipv4Addr> {
+/// Allocate for `owner` from `cidr` inside `tx` (see [`Ipam::allocate`]),
+/// moving the cursor stored under `cursor`.
+pub(crate) fn allocate_in(
+    tx: &WriteTransaction,
+    cidr: Ipv4Cidr,
+    cursor: &str,
+    owner: &str,
+) -> Result<Ipv4Addr> {
     let mut by_owner = tx.open_table(BY_OWNER)?;
     if let Some(v) = by_owner.get(owner)? {
         return Ok(Ipv4Addr::from(v.value()));
@@ -168,7 +204,7 @@ pub(crate) fn allocate_in(tx: &WriteTransaction, cidr: Ipv4Cidr, owner: &str) ->
     let first = *range.start();
     let count = u64::from(cidr.pod_capacity());
     // Position (0-based within the range) after the last one handed out.
-    let start = match meta.get(CURSOR)?.map(|v| v.value()) {
+    let start = match meta.get(cursor)?.map(|v| v.value()) {
         Some(c) if (u64::from(first)..=u64::from(*range.end())).contains(&c) => {
             (c - u64::from(first) + 1) % count
         }
@@ -182,7 +218,7 @@ pub(crate) fn allocate_in(tx: &WriteTransaction, cidr: Ipv4Cidr, owner: &str) ->
         if by_addr.get(u32::from(ip))?.is_none() {
             by_addr.insert(u32::from(ip), owner)?;
             by_owner.insert(owner, u32::from(ip))?;
-            meta.insert(CURSOR, u64::from(offset))?;
+            meta.insert(cursor, u64::from(offset))?;
             return Ok(ip);
         }
     }
@@ -190,6 +226,49 @@ pub(crate) fn allocate_in(tx: &WriteTransaction, cidr: Ipv4Cidr, owner: &str) ->
         cidr: cidr.to_string(),
         capacity: cidr.pod_capacity(),
     })
+}
+
+/// Give `owner` exactly `ip` of `cidr` inside `tx`: its own already (the
+/// same address again is fine, another one is refused), else free and a
+/// workload address (not the network's, gateway or broadcast address).
+pub(crate) fn allocate_static_in(
+    tx: &WriteTransaction,
+    cidr: Ipv4Cidr,
+    owner: &str,
+    ip: Ipv4Addr,
+) -> Result<Ipv4Addr> {
+    if !cidr.contains(ip) {
+        return Err(NetError::InvalidArgument(format!(
+            "address {ip} is outside the network's CIDR {cidr}"
+        )));
+    }
+    if !cidr.is_workload_address(ip) {
+        return Err(NetError::InvalidArgument(format!(
+            "address {ip} is the network, gateway or broadcast address of {cidr}"
+        )));
+    }
+    let mut by_owner = tx.open_table(BY_OWNER)?;
+    if let Some(held) = by_owner.get(owner)?.map(|v| Ipv4Addr::from(v.value())) {
+        if held == ip {
+            return Ok(ip);
+        }
+        return Err(NetError::InvalidArgument(format!(
+            "{owner} holds {held} already, not {ip}"
+        )));
+    }
+    let mut by_addr = tx.open_table(BY_ADDR)?;
+    if let Some(holder) = by_addr.get(u32::from(ip))?.map(|v| v.value().to_string()) {
+        return Err(NetError::AddressTaken { ip, owner: holder });
+    }
+    by_addr.insert(u32::from(ip), owner)?;
+    by_owner.insert(owner, u32::from(ip))?;
+    Ok(ip)
+}
+
+/// Forget network `network`'s cursor (the network is gone).
+pub(crate) fn forget_cursor_in(tx: &WriteTransaction, network: &str) -> Result<()> {
+    tx.open_table(META)?.remove(cursor_key(network).as_str())?;
+    Ok(())
 }
 
 /// Release `owner`'s address inside `tx`.
@@ -303,6 +382,33 @@ mod tests {
         );
         // Only now, all others handed out since, does `a` come back.
         assert_eq!(ipam.allocate("f").unwrap(), a);
+    }
+
+    #[test]
+    fn static_addresses_are_given_as_asked_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::open(dir.path().join("ipam.redb"), cidr("10.1.0.0/24")).unwrap();
+        let c = cidr("10.1.0.0/24");
+        let ip = |d| Ipv4Addr::new(10, 1, 0, d);
+        let tx = ipam.db.begin_write().unwrap();
+        assert_eq!(allocate_static_in(&tx, c, "a", ip(9)).unwrap(), ip(9));
+        assert_eq!(allocate_static_in(&tx, c, "a", ip(9)).unwrap(), ip(9));
+        assert!(matches!(
+            allocate_static_in(&tx, c, "b", ip(9)),
+            Err(NetError::AddressTaken { owner, .. }) if owner == "a"
+        ));
+        for reserved in [ip(0), ip(1), ip(255), Ipv4Addr::new(10, 2, 0, 9)] {
+            assert!(
+                matches!(
+                    allocate_static_in(&tx, c, "b", reserved),
+                    Err(NetError::InvalidArgument(_))
+                ),
+                "{reserved}"
+            );
+        }
+        // The cursor did not move: the next free address is the first.
+        assert_eq!(allocate_in(&tx, c, CURSOR, "b").unwrap(), ip(2));
+        tx.commit().unwrap();
     }
 
     #[test]

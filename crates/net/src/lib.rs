@@ -45,11 +45,16 @@ pub mod network;
 pub mod nft;
 pub mod portmap;
 pub mod store;
+pub mod tap;
 pub mod veth;
 
 pub use cidr::Ipv4Cidr;
-pub use config::{NetConfig, DEFAULT_HOST_PORTS};
+pub use config::{NetConfig, DEFAULT_HOST_PORTS, DEFAULT_NETWORK};
 pub use error::NetError;
 pub use ipam::Ipam;
-pub use network::{HostNetworks, PodAttachment, ReconcileReport};
+pub use network::{
+    Holder, HostNetworks, Live, NetworkInfo, NetworkRequest, PodAttachment, ReconcileReport,
+    Reservation,
+};
 pub use portmap::{PortMapping, Protocol};
+pub use store::{NetworkRecord, TapRecord};

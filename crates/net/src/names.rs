@@ -95,6 +95,64 @@ pub fn host_veth(bridge: &str, pod_id: &str) -> String {
     )
 }
 
+/// The prefix every TAP the agent makes for VM NICs starts with; `tag`
+/// is the default network's bridge, as for [`veth_prefix`].
+pub fn tap_prefix(tag: &str) -> String {
+    format!("t{:04x}", fnv1a(tag.as_bytes()) & 0xffff)
+}
+
+/// The TAP of VM NIC `owner` (`<vm id>.<index>`).
+pub fn host_tap(tag: &str, owner: &str) -> String {
+    format!(
+        "{}{:010x}",
+        tap_prefix(tag),
+        fnv1a(owner.as_bytes()) & 0xff_ffff_ffff
+    )
+}
+
+/// Whether `name` looks like one of the TAPs [`host_tap`] names.
+pub fn is_host_tap(tag: &str, name: &str) -> bool {
+    name.len() == MAX_LINK_NAME
+        && name.starts_with(&tap_prefix(tag))
+        && name[5..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Checks a network name: a DNS label, 1 to 63 of `[a-z0-9-]`, neither
+/// starting nor ending with `-` (it names a bridge and appears in nft
+/// comments and the state file's keys).
+pub fn check_network_name(name: &str) -> Result<(), NetError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(NetError::InvalidArgument(format!(
+            "network name {name:?} must be a DNS label: 1 to 63 of a-z 0-9 -, \
+             not starting or ending with -"
+        )))
+    }
+}
+
+/// The bridge of a network that names none: `st-` and the name, or, when
+/// the name is longer than 12, its first 8 characters and 4 hex digits of
+/// its hash (15 bytes at most either way).
+pub fn default_bridge(network: &str) -> String {
+    if network.len() <= 12 {
+        format!("st-{network}")
+    } else {
+        format!(
+            "st-{}{:04x}",
+            &network[..8],
+            fnv1a(network.as_bytes()) & 0xffff
+        )
+    }
+}
+
 /// Whether `name` looks like a host veth of the network on `bridge`.
 pub fn is_host_veth(bridge: &str, name: &str) -> bool {
     name.len() == MAX_LINK_NAME
@@ -115,6 +173,10 @@ mod tests {
         assert_ne!(n, host_veth("stratum1", "pod-1"));
         assert!(is_host_veth("stratum0", &n));
         assert!(!is_host_veth("stratum1", &n));
+        let t = host_tap("stratum0", "vm-1.0");
+        assert_eq!(t.len(), MAX_LINK_NAME);
+        assert!(is_host_tap("stratum0", &t) && !is_host_veth("stratum0", &t));
+        assert_ne!(t, host_tap("stratum0", "vm-1.1"));
         // Pinned: a changed hash would orphan every running pod's link.
         assert_eq!(
             veth_prefix("stratum0"),
@@ -140,6 +202,15 @@ mod tests {
             assert!(check_id("pod id", bad).is_err(), "{bad:?}");
         }
         check_link_name("stratum0").unwrap();
+        check_network_name("tenant-a").unwrap();
+        for bad in ["", "-a", "a-", "A", "a_b", &"x".repeat(64)] {
+            assert!(check_network_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(default_bridge("tenant-a"), "st-tenant-a");
+        let long = default_bridge("a-rather-long-network");
+        assert_eq!(long.len(), MAX_LINK_NAME);
+        assert!(long.starts_with("st-a-rather"));
+        check_link_name(&long).unwrap();
         assert!(check_link_name("a-very-long-bridge-name").is_err());
         check_table_name("stratum").unwrap();
         assert!(check_table_name("1x").is_err());

@@ -1,57 +1,65 @@
-//! The pod network's firewall: a table of its own (`stratum` by default),
-//! in two families, `inet` for routing-level rules and `bridge` for the
-//! bridge ports, so replacing or deleting it never touches the host's
-//! rules or another program's.
+//! The firewall of the host's networks: a table of its own (`stratum` by
+//! default), in two families, `inet` for routing-level rules and `bridge`
+//! for the bridge ports, so replacing or deleting it never touches the
+//! host's rules or another program's. One table covers every network of
+//! the agent: isolation is between namespaces, wherever their workloads
+//! sit, and traffic between two networks is routed by the host through
+//! the same `forward` hook.
 //!
-//! Both are rendered from the network's state (pods, their namespaces,
-//! veths and port mappings, the policies) and loaded with `nft -f -` in
-//! one transaction that deletes and recreates them: every change is
-//! atomic (no moment with half a ruleset), the tables always match the
-//! state exactly, and reconcile after a restart is the same operation.
-//! The exception is a pod's attach, on the pod start path: it only *adds*
-//! (its address, its namespace's set and rules if it is the first, its
-//! port mappings) in one transaction, since any deletion makes the kernel
-//! wait for an RCU grace period (~14 ms here, against ~2 ms for
-//! additions); the next full render puts the rules back in canonical
-//! order, with the same verdicts all along.
-//! `nft -f` with generated text rather than the JSON API: the text format
-//! is what operators read in `nft list table`, the tables are small, and
-//! nothing here needs to parse nft's output.
+//! Both are rendered from the networks' state (networks, the endpoints on
+//! them with their namespaces, host ports and port mappings, the policies)
+//! and loaded with `nft -f -` in one transaction that deletes and
+//! recreates them: every change is atomic (no moment with half a
+//! ruleset), the tables always match the state exactly, and reconcile
+//! after a restart is the same operation. The exception is a pod's
+//! attach, on the pod start path: it only *adds* (its address, its
+//! namespace's set and rules if it is the first, its port mappings) in one
+//! transaction, since any deletion makes the kernel wait for an RCU grace
+//! period (~14 ms here, against ~2 ms for additions); the next full render
+//! puts the rules back in canonical order, with the same verdicts all
+//! along. `nft -f` with generated text rather than the JSON API: the text
+//! format is what operators read in `nft list table`, the tables are
+//! small, and nothing here needs to parse nft's output.
 //!
-//! **Isolation.** Pods on the bridge talk at layer 2, which the `inet`
-//! family's forward hook does not see by itself; the bridge is created
+//! **Isolation.** Workloads on a bridge talk at layer 2, which the `inet`
+//! family's forward hook does not see by itself; each bridge is created
 //! with `nf_call_iptables`/`nf_call_ip6tables` (per bridge, so the host's
 //! other bridges are not affected), so br_netfilter passes its IPv4/IPv6
 //! traffic through the inet hooks, with conntrack. The `bridge` family
 //! alone was tried first: it sees the frames, but this kernel has no
 //! conntrack for it (`ct state` fails with EPROTO), so replies to an
 //! allowed direction could not be told from new connections in the other.
-//! Pod→pod packets are accepted when they belong to an established
-//! connection, were DNATed to a published port, stay inside one
-//! namespace, or go from a namespace to one a policy allows; the rest are
-//! dropped.
+//! Packets between workloads (any network's CIDR to any network's) are
+//! accepted when they belong to an established connection, were DNATed
+//! to a published port, stay inside one namespace, or go from a namespace
+//! to one a policy allows; the rest are dropped.
 //!
-//! **Pods → host.** What a pod opens to the host itself (any host address:
-//! it arrives through the bridge, so the `input` hook sees the bridge as
-//! its interface) is dropped, except a ping of its gateway and the host
-//! services configured on the gateway address; replies to connections the
-//! host opened pass (conntrack). Host → pod is not filtered.
+//! **Workloads → host.** What a workload opens to the host itself (any
+//! host address: it arrives through its bridge, so the `input` hook sees
+//! the bridge as its interface) is dropped, except a ping of its own
+//! network's gateway and the host services configured on that gateway
+//! address; replies to connections the host opened pass (conntrack).
+//! Host → workload is not filtered.
 //!
 //! **Anti-spoofing.** Isolation trusts source addresses, and any pod with
-//! CAP_NET_RAW can forge one. So the `bridge` table, on every frame a pod
-//! sends into the bridge (its host veth is the ingress port), accepts only
-//! IPv4 and ARP from the pod's own address (ARP probes from 0.0.0.0 too)
-//! and drops everything else: other sources, IPv6 (pods are IPv4 only),
-//! VLAN-tagged frames that br_netfilter would not inspect.
+//! CAP_NET_RAW, like any VM's kernel, can forge one. So the `bridge`
+//! table, on every frame a workload sends into a bridge (the host end of
+//! its link, a veth or a TAP, is the ingress port), accepts only IPv4 and
+//! ARP from the endpoint's own address (ARP probes from 0.0.0.0 too) and
+//! drops everything else: other sources, IPv6 (networks are IPv4 only),
+//! VLAN-tagged frames that br_netfilter would not inspect. The host ends
+//! are recognised by their name prefixes, so a link is filtered (and
+//! drops everything) from the moment it exists until its endpoint's
+//! element is added.
 //!
 //! **Port mappings.** DNAT in prerouting (from other hosts and from pods)
 //! and output (from host processes), for any local destination address
-//! except loopback (which would need `route_localnet`); a pod reaching a
-//! published port of a pod on the same bridge is masqueraded (hairpin), so
-//! the reply comes back the way the request went.
+//! except loopback (which would need `route_localnet`); a workload
+//! reaching a published port of a pod on the same network is masqueraded
+//! (hairpin), so the reply comes back the way the request went.
 //!
-//! **Egress.** With `masquerade`, pod traffic leaving the CIDR is
-//! masqueraded behind the host's address.
+//! **Egress.** A network with NAT has its traffic to anywhere outside the
+//! host's networks masqueraded behind the host's address.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -64,51 +72,58 @@ use super::cidr::Ipv4Cidr;
 use super::error::{NetError, Result};
 use super::portmap::{PortMapping, Protocol};
 
-/// One pod as the firewall sees it.
+/// One network as the firewall sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FirewallPod<'a> {
-    /// The pod id (in rule comments).
-    pub pod_id: &'a str,
+pub struct FirewallNetwork<'a> {
+    /// Its bridge.
+    pub bridge: &'a str,
+    /// Its CIDR; the gateway is its first address.
+    pub cidr: Ipv4Cidr,
+    /// Masquerade its traffic leaving the host's networks.
+    pub nat: bool,
+}
+
+/// One endpoint (a pod, a VM's NIC) as the firewall sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallEndpoint<'a> {
+    /// The pod id or NIC owner (in rule comments).
+    pub id: &'a str,
     /// Its namespace.
     pub namespace: &'a str,
     /// Its address.
     pub ip: Ipv4Addr,
-    /// The host end of its veth pair.
-    pub host_veth: &'a str,
-    /// Its published ports.
+    /// The host end of its link (a veth, a TAP).
+    pub port: &'a str,
+    /// Its published ports (pods only).
     pub port_mappings: &'a [PortMapping],
 }
 
 /// What the table is rendered from.
 #[derive(Debug, Clone)]
 pub struct Ruleset<'a> {
-    /// The table name (family `inet`).
+    /// The table name (families `inet` and `bridge`).
     pub table: &'a str,
-    /// The bridge.
-    pub bridge: &'a str,
-    /// What every pod's host veth name starts with.
-    pub veth_prefix: &'a str,
-    /// The pod CIDR.
-    pub cidr: Ipv4Cidr,
-    /// Masquerade pod egress.
-    pub masquerade: bool,
-    /// The pods.
-    pub pods: Vec<FirewallPod<'a>>,
+    /// What the host end of every endpoint's link starts with.
+    pub port_prefixes: &'a [String],
+    /// The networks (at least one for a useful ruleset).
+    pub networks: Vec<FirewallNetwork<'a>>,
+    /// The endpoints.
+    pub endpoints: Vec<FirewallEndpoint<'a>>,
     /// Allowed (from, to) namespace pairs.
     pub policies: &'a BTreeSet<(String, String)>,
-    /// The host services pods may reach on their gateway.
+    /// The host services workloads may reach on their gateway.
     pub host_services: &'a [(Protocol, u16)],
 }
 
-/// The set of a namespace's pod addresses: named after the namespace (its
-/// characters are all valid in an nft identifier), so adding a namespace
-/// never renames another's set.
+/// The set of a namespace's endpoint addresses: named after the namespace
+/// (its characters are all valid in an nft identifier), so adding a
+/// namespace never renames another's set.
 fn set_name(namespace: &str) -> String {
     format!("ns_{namespace}")
 }
 
 /// A port mapping's DNAT rule.
-fn dnat_rule(p: &FirewallPod<'_>, m: &PortMapping) -> String {
+fn dnat_rule(p: &FirewallEndpoint<'_>, m: &PortMapping) -> String {
     let dst = m
         .host_ip
         .map(|ip| format!("ip daddr {ip} "))
@@ -119,29 +134,36 @@ fn dnat_rule(p: &FirewallPod<'_>, m: &PortMapping) -> String {
         hp = m.host_port,
         ip = p.ip,
         cp = m.container_port,
-        id = p.pod_id
+        id = p.id
     )
 }
 
+/// `{ a, b }`, nft's anonymous set, of `items` (at least one).
+fn anonymous_set<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let items: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
+    format!("{{ {} }}", items.join(", "))
+}
+
 impl Ruleset<'_> {
-    /// The `nft -f` script that adds pod `new` (already in `self.pods`) to
-    /// tables holding the ruleset of the other pods: its address to its
-    /// namespace's set (the set, its rule and the policy rules that name
-    /// it, when it is the namespace's first pod), its veth to the
-    /// anti-spoofing set, its port mappings. Only additions: the kernel
-    /// commits them in a couple of milliseconds, where replacing the
-    /// tables (any rule deleted) waits for an RCU grace period, ~14 ms on
-    /// our machines — most of a pod start. The rules land in another order
-    /// than [`Ruleset::render`] puts them (inserted accepts come before the
-    /// established-connection rule), with the same verdicts; the next full
-    /// render (detach, reconcile) restores the canonical order.
-    pub fn render_attach(&self, new: &FirewallPod<'_>) -> String {
+    /// The `nft -f` script that adds endpoint `new` (already in
+    /// `self.endpoints`) to tables holding the ruleset of the others: its
+    /// address to its namespace's set (the set, its rule and the policy
+    /// rules that name it, when it is the namespace's first endpoint), its
+    /// port to the anti-spoofing set, its port mappings. Only additions:
+    /// the kernel commits them in a couple of milliseconds, where
+    /// replacing the tables (any rule deleted) waits for an RCU grace
+    /// period, ~14 ms on our machines — most of a pod start. The rules
+    /// land in another order than [`Ruleset::render`] puts them (inserted
+    /// accepts come before the established-connection rule), with the
+    /// same verdicts; the next full render (detach, reconcile) restores
+    /// the canonical order.
+    pub fn render_attach(&self, new: &FirewallEndpoint<'_>) -> String {
         let t = self.table;
         let set = set_name(new.namespace);
         let first_of_namespace = !self
-            .pods
+            .endpoints
             .iter()
-            .any(|p| p.namespace == new.namespace && p.pod_id != new.pod_id);
+            .any(|p| p.namespace == new.namespace && p.id != new.id);
         let mut s = String::new();
         if first_of_namespace {
             let _ = writeln!(
@@ -153,7 +175,7 @@ impl Ruleset<'_> {
                 s,
                 "insert rule inet {t} pod_to_pod ip saddr @{set} ip daddr @{set} accept"
             );
-            let present: BTreeSet<&str> = self.pods.iter().map(|p| p.namespace).collect();
+            let present: BTreeSet<&str> = self.endpoints.iter().map(|p| p.namespace).collect();
             for (from, to) in self.policies {
                 let names_new = from == new.namespace || to == new.namespace;
                 if names_new
@@ -175,7 +197,7 @@ impl Ruleset<'_> {
         let _ = writeln!(
             s,
             "add element bridge {t} pod_addrs {{ \"{}\" . {} }}",
-            new.host_veth, new.ip
+            new.port, new.ip
         );
         for m in new.port_mappings {
             let _ = writeln!(s, "add rule inet {t} host_ports {}", dnat_rule(new, m));
@@ -187,17 +209,20 @@ impl Ruleset<'_> {
     /// ids were checked on the way in ([`super::names`]), so they cannot
     /// break out of their quotes.
     pub fn render(&self) -> String {
+        let mut s = String::new();
+        self.render_inet(&mut s);
+        self.render_bridge(&mut s);
+        s
+    }
+
+    fn render_inet(&self, s: &mut String) {
         let t = self.table;
-        let br = self.bridge;
-        let cidr = self.cidr;
-        // namespace → its pods' addresses; set names by position.
+        // namespace → its endpoints' addresses; set names by position.
         let mut by_ns: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
-        for p in &self.pods {
+        for p in &self.endpoints {
             by_ns.entry(p.namespace).or_default().push(p.ip);
         }
         let set_of: BTreeMap<&str, String> = by_ns.keys().map(|ns| (*ns, set_name(ns))).collect();
-
-        let mut s = String::new();
         // Create-then-delete so the delete cannot fail on a missing table;
         // nft applies the whole script as one transaction.
         let _ = writeln!(
@@ -217,13 +242,22 @@ impl Ruleset<'_> {
         }
         let _ = writeln!(
             s,
-            "\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
-             \t\tip saddr {cidr} ip daddr {cidr} jump pod_to_pod\n\
-             \t\tiifname \"{br}\" oifname \"{br}\" meta nfproto ipv6 drop\n\t}}"
+            "\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;"
         );
+        if !self.networks.is_empty() {
+            let cidrs = anonymous_set(self.networks.iter().map(|n| n.cidr));
+            let _ = writeln!(s, "\t\tip saddr {cidrs} ip daddr {cidrs} jump pod_to_pod");
+        }
+        for n in &self.networks {
+            let _ = writeln!(
+                s,
+                "\t\tiifname \"{br}\" oifname \"{br}\" meta nfproto ipv6 drop",
+                br = n.bridge
+            );
+        }
         let _ = writeln!(
             s,
-            "\tchain pod_to_pod {{\n\t\tct state established,related accept\n\t\tct status dnat accept"
+            "\t}}\n\tchain pod_to_pod {{\n\t\tct state established,related accept\n\t\tct status dnat accept"
         );
         for set in set_of.values() {
             let _ = writeln!(s, "\t\tip saddr @{set} ip daddr @{set} accept");
@@ -239,15 +273,19 @@ impl Ruleset<'_> {
             }
         }
         let _ = writeln!(s, "\t\tcounter drop\n\t}}");
-        self.render_pod_to_host(&mut s);
+        self.render_pod_to_host(s);
+        self.render_nat(s);
+        let _ = writeln!(s, "}}");
+    }
 
+    fn render_nat(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "\tchain host_ports {{\n\t\tmeta nfproto != ipv4 return\n\t\tip daddr 127.0.0.0/8 return"
         );
-        let mut pods: Vec<&FirewallPod<'_>> = self.pods.iter().collect();
-        pods.sort_by_key(|p| p.pod_id);
-        for p in &pods {
+        let mut endpoints: Vec<&FirewallEndpoint<'_>> = self.endpoints.iter().collect();
+        endpoints.sort_by_key(|p| p.id);
+        for p in &endpoints {
             for m in p.port_mappings {
                 let _ = writeln!(s, "\t\t{}", dnat_rule(p, m));
             }
@@ -263,62 +301,86 @@ impl Ruleset<'_> {
         }
         let _ = writeln!(
             s,
-            "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-             \t\tip saddr {cidr} ip daddr {cidr} ct status dnat masquerade"
+            "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;"
         );
-        if self.masquerade {
-            let _ = writeln!(s, "\t\tip saddr {cidr} ip daddr != {cidr} masquerade");
+        for n in &self.networks {
+            let _ = writeln!(
+                s,
+                "\t\tip saddr {c} ip daddr {c} ct status dnat masquerade",
+                c = n.cidr
+            );
         }
-        let _ = writeln!(s, "\t}}\n}}");
+        let all = anonymous_set(self.networks.iter().map(|n| n.cidr));
+        for n in self.networks.iter().filter(|n| n.nat) {
+            let _ = writeln!(s, "\t\tip saddr {} ip daddr != {all} masquerade", n.cidr);
+        }
+        let _ = writeln!(s, "\t}}");
+    }
 
+    fn render_bridge(&self, s: &mut String) {
+        let t = self.table;
         let _ = writeln!(
             s,
             "table bridge {t} {{}}\ndelete table bridge {t}\ntable bridge {t} {{\n\
              \tset pod_addrs {{\n\t\ttype ifname . ipv4_addr"
         );
-        if !pods.is_empty() {
-            let elems: Vec<String> = pods
+        let mut endpoints: Vec<&FirewallEndpoint<'_>> = self.endpoints.iter().collect();
+        endpoints.sort_by_key(|p| p.id);
+        if !endpoints.is_empty() {
+            let elems: Vec<String> = endpoints
                 .iter()
-                .map(|p| format!("\"{}\" . {}", p.host_veth, p.ip))
+                .map(|p| format!("\"{}\" . {}", p.port, p.ip))
                 .collect();
             let _ = writeln!(s, "\t\telements = {{ {} }}", elems.join(", "));
         }
+        let others: String = self
+            .port_prefixes
+            .iter()
+            .map(|p| format!(" iifname != \"{p}*\""))
+            .collect();
         let _ = writeln!(
             s,
             "\t}}\n\tchain pod_ingress {{\n\
              \t\ttype filter hook prerouting priority filter; policy accept;\n\
-             \t\tiifname != \"{prefix}*\" accept\n\
+             \t\t{others} accept\n\
              \t\tether type != {{ ip, arp }} drop\n\
              \t\tiifname . ip saddr @pod_addrs accept\n\
              \t\tiifname . arp saddr ip @pod_addrs accept\n\
              \t\tarp saddr ip 0.0.0.0 accept\n\
              \t\tcounter drop\n\t}}\n}}",
-            prefix = self.veth_prefix
+            others = others.trim_start()
         );
-        s
     }
-}
 
-impl Ruleset<'_> {
-    /// What pods may open to the host itself (any of its addresses, which
-    /// all arrive through the bridge): ping their gateway and reach the
-    /// configured host services on it; replies to the host's own
-    /// connections pass; everything else is dropped.
+    /// What workloads may open to the host itself (any of its addresses,
+    /// which all arrive through their bridge): ping their own gateway and
+    /// reach the configured host services on it; replies to the host's
+    /// own connections pass; everything else is dropped.
     fn render_pod_to_host(&self, s: &mut String) {
-        let br = self.bridge;
-        let gateway = self.cidr.gateway();
         let _ = writeln!(
             s,
-            "\tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n\
-             \t\tiifname \"{br}\" jump pod_to_host\n\t}}\n\
-             \tchain pod_to_host {{\n\t\tct state established,related accept\n\
-             \t\tip daddr {gateway} icmp type echo-request accept"
+            "\tchain input {{\n\t\ttype filter hook input priority filter; policy accept;"
         );
-        for (protocol, port) in self.host_services {
+        if !self.networks.is_empty() {
+            let bridges = anonymous_set(self.networks.iter().map(|n| format!("\"{}\"", n.bridge)));
+            let _ = writeln!(s, "\t\tiifname {bridges} jump pod_to_host");
+        }
+        let _ = writeln!(
+            s,
+            "\t}}\n\tchain pod_to_host {{\n\t\tct state established,related accept"
+        );
+        for n in &self.networks {
+            let (br, gateway) = (n.bridge, n.cidr.gateway());
             let _ = writeln!(
                 s,
-                "\t\tip daddr {gateway} {protocol} dport {port} accept comment \"host service\""
+                "\t\tiifname \"{br}\" ip daddr {gateway} icmp type echo-request accept"
             );
+            for (protocol, port) in self.host_services {
+                let _ = writeln!(
+                    s,
+                    "\t\tiifname \"{br}\" ip daddr {gateway} {protocol} dport {port} accept comment \"host service\""
+                );
+            }
         }
         let _ = writeln!(s, "\t\tcounter drop\n\t}}");
     }
@@ -424,25 +486,42 @@ mod tests {
         ]
         .into();
         let maps = [PortMapping::tcp(8080, 80)];
+        let prefixes = ["s1234".to_string(), "t1234".to_string()];
         let rs = Ruleset {
             table: "stratum",
-            bridge: "stratum0",
-            veth_prefix: "s1234",
-            cidr: "10.88.0.0/16".parse().unwrap(),
-            masquerade: true,
-            pods: vec![
-                FirewallPod {
-                    pod_id: "p1",
+            port_prefixes: &prefixes,
+            networks: vec![
+                FirewallNetwork {
+                    bridge: "stratum0",
+                    cidr: "10.88.0.0/16".parse().unwrap(),
+                    nat: true,
+                },
+                FirewallNetwork {
+                    bridge: "st-tenant",
+                    cidr: "10.20.0.0/24".parse().unwrap(),
+                    nat: false,
+                },
+            ],
+            endpoints: vec![
+                FirewallEndpoint {
+                    id: "p1",
                     namespace: "a",
                     ip: Ipv4Addr::new(10, 88, 0, 2),
-                    host_veth: "s1234aaaaaaaaaa",
+                    port: "s1234aaaaaaaaaa",
                     port_mappings: &maps,
                 },
-                FirewallPod {
-                    pod_id: "p2",
+                FirewallEndpoint {
+                    id: "p2",
                     namespace: "b",
                     ip: Ipv4Addr::new(10, 88, 0, 3),
-                    host_veth: "s1234bbbbbbbbbb",
+                    port: "s1234bbbbbbbbbb",
+                    port_mappings: &[],
+                },
+                FirewallEndpoint {
+                    id: "vm-1/0",
+                    namespace: "a",
+                    ip: Ipv4Addr::new(10, 20, 0, 2),
+                    port: "t1234cccccccccc",
                     port_mappings: &[],
                 },
             ],
@@ -450,12 +529,24 @@ mod tests {
             host_services: &[(Protocol::Tcp, 53), (Protocol::Udp, 53)],
         };
         let s = rs.render();
-        assert!(s.contains("iifname \"stratum0\" jump pod_to_host"), "{s}");
         assert!(
-            s.contains("ip daddr 10.88.0.1 udp dport 53 accept comment \"host service\""),
+            s.contains("iifname { \"stratum0\", \"st-tenant\" } jump pod_to_host"),
             "{s}"
         );
-        assert!(s.contains("elements = { 10.88.0.2 }"), "{s}");
+        assert!(
+            s.contains("iifname \"stratum0\" ip daddr 10.88.0.1 udp dport 53 accept comment \"host service\""),
+            "{s}"
+        );
+        assert!(
+            s.contains("iifname \"st-tenant\" ip daddr 10.20.0.1 icmp type echo-request accept"),
+            "{s}"
+        );
+        // Namespace a spans both networks: one set.
+        assert!(s.contains("elements = { 10.20.0.2, 10.88.0.2 }"), "{s}");
+        assert!(
+            s.contains("ip saddr { 10.88.0.0/16, 10.20.0.0/24 } ip daddr { 10.88.0.0/16, 10.20.0.0/24 } jump pod_to_pod"),
+            "{s}"
+        );
         assert!(s.contains("ip saddr @ns_a ip daddr @ns_a accept"), "{s}");
         assert!(
             s.contains("ip saddr @ns_b ip daddr @ns_a accept comment \"policy b -> a\""),
@@ -467,10 +558,21 @@ mod tests {
             s.contains("tcp dport 8080 dnat ip to 10.88.0.2:80 comment \"pod p1\""),
             "{s}"
         );
-        assert!(s.contains("ip daddr != 10.88.0.0/16 masquerade"), "{s}");
+        // NAT for the network that asked, to outside every network.
+        assert!(
+            s.contains(
+                "ip saddr 10.88.0.0/16 ip daddr != { 10.88.0.0/16, 10.20.0.0/24 } masquerade"
+            ),
+            "{s}"
+        );
+        assert!(!s.contains("ip saddr 10.20.0.0/24 ip daddr != "), "{s}");
         // Attaching p1 when only p2 is in the tables: a's set and rule and
         // the policy rule that names a, nothing deleted.
-        let attach = rs.render_attach(&rs.pods[0]);
+        let rs = Ruleset {
+            endpoints: rs.endpoints[..2].to_vec(),
+            ..rs
+        };
+        let attach = rs.render_attach(&rs.endpoints[0]);
         assert!(attach.contains("add set inet stratum ns_a "), "{attach}");
         assert!(
             attach.contains("add element inet stratum ns_a { 10.88.0.2 }"),
@@ -491,17 +593,20 @@ mod tests {
             "{attach}"
         );
         // A second pod of b: its addresses only.
-        let again = rs.render_attach(&FirewallPod {
-            pod_id: "p3",
-            ..rs.pods[1].clone()
+        let again = rs.render_attach(&FirewallEndpoint {
+            id: "p3",
+            ..rs.endpoints[1].clone()
         });
         assert_eq!(again.lines().count(), 2, "{again}");
         assert!(
             s.contains(
-                "elements = { \"s1234aaaaaaaaaa\" . 10.88.0.2, \"s1234bbbbbbbbbb\" . 10.88.0.3 }"
+                "elements = { \"s1234aaaaaaaaaa\" . 10.88.0.2, \"s1234bbbbbbbbbb\" . 10.88.0.3, \"t1234cccccccccc\" . 10.20.0.2 }"
             ),
             "{s}"
         );
-        assert!(s.contains("iifname != \"s1234*\" accept"), "{s}");
+        assert!(
+            s.contains("iifname != \"s1234*\" iifname != \"t1234*\" accept"),
+            "{s}"
+        );
     }
 }

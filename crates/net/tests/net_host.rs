@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use stratum_net::netlink::Netlink;
 use stratum_net::netns;
 use stratum_net::nft::Nft;
-use stratum_net::{names, HostNetworks, NetConfig, NetError, PortMapping, Protocol};
+use stratum_net::{
+    names, HostNetworks, Live, NetConfig, NetError, NetworkRequest, PortMapping, Protocol,
+};
 use stratum_testkit::root::require_root;
 
 /// A test's network settings and the guard that removes what they name.
@@ -484,7 +486,7 @@ async fn podnet_reconcile_and_teardown_leave_nothing_behind() {
         ]
     );
 
-    let report = net.reconcile(["r1", "ghost"]).await.unwrap();
+    let report = net.reconcile(&Live::pods(["r1", "ghost"])).await.unwrap();
     assert_eq!(
         report.removed_pods,
         vec!["r2".to_string(), "r3".to_string()]
@@ -513,7 +515,10 @@ async fn podnet_reconcile_and_teardown_leave_nothing_behind() {
     // A pod whose veth vanished is reported broken and repaired by attach.
     host.delete_link_named(&r4.host_veth).await.unwrap();
     assert_eq!(
-        net.reconcile(["r1", "r4"]).await.unwrap().broken,
+        net.reconcile(&Live::pods(["r1", "r4"]))
+            .await
+            .unwrap()
+            .broken,
         vec!["r4".to_string()]
     );
     assert_eq!(net.attach("r4", "ns", &[]).await.unwrap(), r4);
@@ -569,7 +574,7 @@ async fn podnet_exhausted_cidr_refuses_attach_and_leaves_nothing() {
     assert_eq!(net.ipam().unwrap().allocations().unwrap(), vec![]);
     assert!(net.list().await.is_empty());
     // Reconcile brings the bridge back.
-    net.reconcile([]).await.unwrap();
+    net.reconcile(&Live::default()).await.unwrap();
     assert!(link_names().await.contains(&fx.config.bridge));
 
     // Concurrent attaches: one address, one winner.
@@ -646,5 +651,326 @@ async fn podnet_pods_cannot_forge_another_namespace_source_address() {
         got.1.map(|(m, from)| (m, from.ip())),
         Some((b"genuine".to_vec(), a2.ip.into()))
     );
+    net.teardown().await.unwrap();
+}
+
+/// Deletes the named links on drop: the bridges of a test's own networks,
+/// which the fixture's purge (the default network's) does not know.
+struct LinkGuard(Vec<String>);
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("ip")
+                .args(["link", "del", name])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn request(name: &str, cidr: &str, namespaces: &[&str]) -> NetworkRequest {
+    NetworkRequest {
+        name: name.into(),
+        cidr: cidr.parse().unwrap(),
+        bridge: Some(format!("stn{name}")),
+        nat: false,
+        namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+        nameservers: Vec::new(),
+    }
+}
+
+fn sys_net(link: &str, attr: &str) -> Option<String> {
+    std::fs::read_to_string(Path::new("/sys/class/net").join(link).join(attr))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// A link's bridge, as sysfs names it.
+fn master_of(link: &str) -> Option<String> {
+    std::fs::read_link(Path::new("/sys/class/net").join(link).join("master"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
+/// Workloads of one namespace reach each other across networks (the host
+/// routes between the bridges); another namespace's do not, on the same
+/// network or another; each reaches only its own gateway on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networks_route_between_each_other_and_keep_namespaces_apart() {
+    let fx = Fixture::with_cidr("nw1", "10.232.1.0/24");
+    let _links = LinkGuard(vec!["stnnw1t".into(), "stnnw1o".into()]);
+    let net = HostNetworks::open(fx.config.clone()).await.unwrap();
+    let tenant = net
+        .create_network(request("nw1t", "10.232.2.0/24", &["tenant-a", "tenant-b"]))
+        .await
+        .unwrap();
+    assert_eq!(tenant.record.bridge, "stnnw1t");
+    net.create_network(request("nw1o", "10.232.3.0/24", &["tenant-a"]))
+        .await
+        .unwrap();
+    let a1 = net.attach("a1", "tenant-a", &[]).await.unwrap();
+    let a2 = net.attach_to("nw1t", "a2", "tenant-a", &[]).await.unwrap();
+    let b2 = net.attach_to("nw1t", "b2", "tenant-b", &[]).await.unwrap();
+    assert_eq!(a2.network, "nw1t");
+    assert!(tenant.record.cidr.contains(a2.ip) && a2.gateway == Ipv4Addr::new(10, 232, 2, 1));
+    assert_eq!(master_of(&a2.host_veth).as_deref(), Some("stnnw1t"));
+    // A network that does not admit the namespace refuses it, and makes
+    // nothing for it.
+    let err = net
+        .attach_to("nw1o", "b3", "tenant-b", &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::NotAdmitted { .. }), "{err}");
+    assert!(net.get("b3").await.is_none());
+    assert!(!link_names()
+        .await
+        .contains(&names::host_veth(&fx.config.bridge, "b3")));
+
+    let (n1, n2, nb) = (a1.netns.clone(), a2.netns.clone(), b2.netns.clone());
+    let (ip1, ip2) = (a1.ip, a2.ip);
+    let seen = tokio::task::spawn_blocking(move || {
+        let server = echo_server(&n1, 7101, 1);
+        let tcp = echo(Some(&n2), SocketAddrV4::new(ip1, 7101));
+        server.join().unwrap();
+        (
+            ping(Some(&n2), ip1),
+            tcp,
+            ping(Some(&n1), ip2),
+            ping(Some(&nb), ip2),
+            ping(Some(&nb), ip1),
+            ping(Some(&n2), Ipv4Addr::new(10, 232, 2, 1)),
+            ping(Some(&n2), Ipv4Addr::new(10, 232, 1, 1)),
+        )
+    })
+    .await
+    .unwrap();
+    // (a2→a1 ping, a2→a1 tcp, a1→a2, b2→a2 same network, b2→a1 other
+    // network, a2→own gateway, a2→the other network's gateway)
+    assert_eq!(seen, (true, true, true, false, false, true, false));
+    net.teardown().await.unwrap();
+    let left = link_names().await;
+    assert!(
+        !left.iter().any(|l| l == "stnnw1t" || l == "stnnw1o"),
+        "{left:?}"
+    );
+}
+
+/// Bad requests are refused with the error that names the cause, and
+/// change nothing: no network, bridge or address is left of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_bad_input_is_refused_and_changes_nothing() {
+    let fx = Fixture::with_cidr("nw2", "10.232.4.0/24");
+    let _links = LinkGuard(vec!["stnnw2t".into(), "stnnw2x".into()]);
+    let net = HostNetworks::open(fx.config.clone()).await.unwrap();
+    net.create_network(request("nw2t", "10.232.5.0/24", &["tenant-a"]))
+        .await
+        .unwrap();
+    let before = net.networks().await.unwrap();
+    let links_before = link_names().await;
+    let refused = [
+        (request("nw2x", "10.232.5.128/25", &[]), "overlaps"),
+        (request("nw2x", "10.232.4.0/23", &[]), "overlaps"),
+        (request("nw2t", "10.232.6.0/24", &[]), "already exists"),
+        (
+            NetworkRequest {
+                bridge: Some("stnnw2t".into()),
+                ..request("nw2x", "10.232.6.0/24", &[])
+            },
+            "bridge stnnw2t",
+        ),
+        (
+            NetworkRequest {
+                bridge: Some("lo".into()),
+                ..request("nw2x", "10.232.6.0/24", &[])
+            },
+            "a link named lo",
+        ),
+        (request("nw2x", "127.0.0.0/8", &[]), "127.0.0.1"),
+        (request("Bad_Name", "10.232.6.0/24", &[]), "DNS label"),
+        (request("nw2x", "10.232.6.0/24", &["../x"]), "namespace"),
+    ];
+    for (req, says) in refused {
+        let err = net.create_network(req.clone()).await.unwrap_err();
+        assert!(err.to_string().contains(says), "{req:?}: {err}");
+    }
+    assert_eq!(net.networks().await.unwrap(), before);
+    assert_eq!(link_names().await, links_before);
+
+    let ip = |d| Ipv4Addr::new(10, 232, 5, d);
+    let r = net
+        .reserve("nw2t", "vm-1.0", "tenant-a", Some(ip(9)))
+        .await
+        .unwrap();
+    assert_eq!((r.ip, r.prefix_len, r.gateway), (ip(9), 24, ip(1)));
+    let bad = [
+        (
+            "nw2t",
+            "vm-2.0",
+            "tenant-a",
+            Some(ip(9)),
+            "taken (by vm-1.0)",
+        ),
+        ("nw2t", "vm-2.0", "tenant-a", Some(ip(1)), "gateway"),
+        (
+            "nw2t",
+            "vm-2.0",
+            "tenant-a",
+            Some(Ipv4Addr::new(10, 9, 0, 2)),
+            "outside",
+        ),
+        ("nw2t", "vm-2.0", "tenant-b", None, "not for namespace"),
+        ("nope", "vm-2.0", "tenant-a", None, "no network"),
+    ];
+    for (network, owner, ns, want, says) in bad {
+        let err = net.reserve(network, owner, ns, want).await.unwrap_err();
+        assert!(err.to_string().contains(says), "{network} {want:?}: {err}");
+    }
+    let held: Vec<String> = net
+        .network("nw2t")
+        .await
+        .unwrap()
+        .holders
+        .into_iter()
+        .map(|h| h.owner)
+        .collect();
+    assert_eq!(held, ["vm-1.0"], "refused reservations hold nothing");
+
+    let err = net.delete_network("nw2t").await.unwrap_err();
+    assert!(
+        matches!(err, NetError::InUse { .. }) && err.to_string().contains("vm-1.0"),
+        "{err}"
+    );
+    assert!(net.delete_network("default").await.is_err());
+    assert_eq!(net.release("vm-1.0").await.unwrap(), Some(ip(9)));
+    net.delete_network("nw2t").await.unwrap();
+    assert!(!link_names().await.iter().any(|l| l == "stnnw2t"));
+    assert!(matches!(
+        net.network("nw2t").await,
+        Err(NetError::NoSuchNetwork(_))
+    ));
+    net.teardown().await.unwrap();
+}
+
+/// A VM NIC's TAP: made on plug-in (persistent, virtio-net header, the
+/// VM's uid its owner, on the network's bridge, up, in the anti-spoofing
+/// set), gone on unplug; after a restart, reconcile removes the TAPs of
+/// VMs that no longer run and the addresses of VMs that no longer exist,
+/// and keeps the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_nic_taps_are_plugged_unplugged_and_reconciled() {
+    let fx = Fixture::with_cidr("nw3", "10.232.7.0/24");
+    let _links = LinkGuard(vec!["stnnw3t".into()]);
+    let net = HostNetworks::open(fx.config.clone()).await.unwrap();
+    net.create_network(request("nw3t", "10.232.8.0/24", &["tenant-a"]))
+        .await
+        .unwrap();
+    let r1 = net
+        .reserve("nw3t", "vm-1.0", "tenant-a", None)
+        .await
+        .unwrap();
+    let r2 = net
+        .reserve("nw3t", "vm-2.0", "tenant-a", None)
+        .await
+        .unwrap();
+    assert_ne!(r1.ip, r2.ip);
+    let tap = net
+        .plug("vm-1.0", "tenant-a", Some((4242, 4242)))
+        .await
+        .unwrap();
+    assert_eq!(tap.tap, names::host_tap(&fx.config.bridge, "vm-1.0"));
+    assert_eq!((tap.network.as_str(), tap.ip), ("nw3t", r1.ip));
+    let flags = sys_net(&tap.tap, "tun_flags").unwrap();
+    let flags = u32::from_str_radix(flags.trim_start_matches("0x"), 16).unwrap();
+    let (tap_flag, no_pi, vnet_hdr) = (0x0002, 0x1000, 0x4000);
+    assert_eq!(
+        flags & (tap_flag | no_pi | vnet_hdr),
+        tap_flag | no_pi | vnet_hdr,
+        "{flags:#x}"
+    );
+    assert_eq!(sys_net(&tap.tap, "owner").as_deref(), Some("4242"));
+    assert_eq!(master_of(&tap.tap).as_deref(), Some("stnnw3t"));
+    let if_flags = sys_net(&tap.tap, "flags").unwrap();
+    let if_flags = u32::from_str_radix(if_flags.trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(if_flags & 1, 1, "IFF_UP");
+    let table = Nft::default()
+        .list_table("bridge", &fx.config.nft_table)
+        .unwrap()
+        .unwrap();
+    assert!(
+        table.contains(&format!("\"{}\" . {}", tap.tap, r1.ip)),
+        "{table}"
+    );
+    // Again: the same TAP, still in place.
+    assert_eq!(
+        net.plug("vm-1.0", "tenant-a", Some((4242, 4242)))
+            .await
+            .unwrap(),
+        tap
+    );
+    // A NIC without an address cannot be plugged in.
+    assert!(net.plug("vm-9.0", "tenant-a", None).await.is_err());
+    assert!(!link_names()
+        .await
+        .contains(&names::host_tap(&fx.config.bridge, "vm-9.0")));
+
+    assert!(net.unplug("vm-1.0").await.unwrap());
+    assert!(!link_names().await.contains(&tap.tap));
+    assert!(!net.unplug("vm-1.0").await.unwrap());
+    assert_eq!(
+        net.plug("vm-1.0", "tenant-a", None).await.unwrap().ip,
+        r1.ip,
+        "address kept"
+    );
+    net.plug("vm-2.0", "tenant-a", None).await.unwrap();
+
+    // The agent dies; meanwhile VM 2 stops and VM 3 is deleted, and a
+    // stray TAP of ours appears (a crash between record and creation).
+    let r3 = net
+        .reserve("nw3t", "vm-3.0", "tenant-a", None)
+        .await
+        .unwrap();
+    drop(net);
+    let stray = names::host_tap(&fx.config.bridge, "vm-8.0");
+    assert!(Command::new("ip")
+        .args(["tuntap", "add", &stray, "mode", "tap"])
+        .status()
+        .unwrap()
+        .success());
+    let net = HostNetworks::open(fx.config.clone()).await.unwrap();
+    let live = Live {
+        reserved: ["vm-1.0", "vm-2.0"].into(),
+        plugged: ["vm-1.0"].into(),
+        ..Live::default()
+    };
+    let report = net.reconcile(&live).await.unwrap();
+    assert_eq!(report.removed_taps, ["vm-2.0"]);
+    assert_eq!(report.released_addresses, [r3.ip]);
+    assert!(report.removed_links.contains(&stray), "{report:?}");
+    let links = link_names().await;
+    assert!(links.contains(&tap.tap) && !links.contains(&stray));
+    assert!(!links.contains(&names::host_tap(&fx.config.bridge, "vm-2.0")));
+    let held: Vec<(String, Option<String>)> = net
+        .network("nw3t")
+        .await
+        .unwrap()
+        .holders
+        .into_iter()
+        .map(|h| (h.owner, h.port))
+        .collect();
+    assert_eq!(
+        held,
+        [
+            ("vm-1.0".to_string(), Some(tap.tap.clone())),
+            ("vm-2.0".to_string(), None)
+        ]
+    );
+    assert_eq!(net.release("vm-1.0").await.unwrap(), Some(r1.ip));
+    assert!(
+        !link_names().await.contains(&tap.tap),
+        "release unplugs first"
+    );
+    net.release("vm-2.0").await.unwrap();
+    net.delete_network("nw3t").await.unwrap();
     net.teardown().await.unwrap();
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::agent_process::AgentProcess;
 use crate::bins::bin;
 
+use stratum_api::proto;
 use stratum_api::proto::host_client::HostClient;
 use stratum_api::proto::resource_pools_client::ResourcePoolsClient;
 use stratum_api::proto::virtual_machines_client::VirtualMachinesClient;
@@ -210,7 +211,77 @@ impl Drop for TestAgent {
                 .status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The agent's runtime directory: netns files (the networks' bind
+        // mount among them) and pods' state.
+        let run_dir = Path::new("/run/stratum").join(&self.cgroup_root);
+        crate::pod_agent::unmount_under(&run_dir);
+        let _ = std::fs::remove_dir_all(&run_dir);
     }
+}
+
+/// Creates a VM through the agent's API.
+pub async fn create_vm(
+    agent: &TestAgent,
+    spec: proto::VmSpec,
+) -> Result<proto::VirtualMachine, tonic::Status> {
+    agent
+        .vms()
+        .await
+        .create(proto::CreateVmRequest { spec: Some(spec) })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// A VM's state (UNSPECIFIED without a status).
+pub fn vm_state(vm: &proto::VirtualMachine) -> proto::VmState {
+    vm.status
+        .as_ref()
+        .map_or(proto::VmState::Unspecified, |s| s.state())
+}
+
+/// VM `id`, which must exist.
+pub async fn get_vm(agent: &TestAgent, id: &str) -> proto::VirtualMachine {
+    agent
+        .vms()
+        .await
+        .get(proto::GetVmRequest { id: id.into() })
+        .await
+        .unwrap_or_else(|e| panic!("get VM {id}: {e}"))
+        .into_inner()
+}
+
+/// Waits (up to 10 s) until VM `id` reaches `want`.
+pub async fn wait_vm_state(
+    agent: &TestAgent,
+    id: &str,
+    want: proto::VmState,
+) -> proto::VirtualMachine {
+    for _ in 0..100 {
+        let vm = get_vm(agent, id).await;
+        if vm_state(&vm) == want {
+            return vm;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!(
+        "VM {id} never became {want:?}: {:?}\n{}",
+        get_vm(agent, id).await,
+        agent.log()
+    );
+}
+
+/// File `file` of the FAT image `image` (a VM's cloud-init seed), read
+/// with mtools.
+pub fn fat_file(image: &Path, file: &str) -> String {
+    let out = Command::new("mtype")
+        .arg("-i")
+        .arg(image)
+        .arg(format!("::{file}"))
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("mtype (mtools; `make deps` installs it): {e}"));
+    assert!(out.status.success(), "mtype {file}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Mounts a tmpfs of `mib` MiB at `dir` (made first).

@@ -36,8 +36,10 @@ pub struct AgentConfig {
     /// Free space the data directory keeps: below it, what would fill the
     /// disk is refused.
     pub min_free_disk: super::disk::MinFree,
-    /// OCI runtime and pod network.
+    /// The OCI runtime and pods' limits.
     pub pods: super::pods::PodHostConfig,
+    /// The default network, isolation policies, host ports and services.
+    pub networks: super::networks::NetworksConfig,
 }
 
 /// How VMs are jailed: the jailer and the uids (each the gid too) that

@@ -33,8 +33,8 @@ pub enum AgentError {
     Internal(String),
     #[error("image: {0}")]
     Image(#[from] ImageError),
-    #[error("pod network: {0}")]
-    PodNet(#[from] NetError),
+    #[error("network: {0}")]
+    Net(#[from] NetError),
     #[error("container runtime: {0}")]
     Runtime(#[from] RuntimeError),
     #[error("{0}")]
@@ -68,13 +68,19 @@ impl AgentError {
                 Code::Internal
             }
             AgentError::Image(e) => image_code(e),
-            AgentError::PodNet(e) => match e {
+            AgentError::Net(e) => match e {
                 NetError::InvalidArgument(_) | NetError::PortOutOfRange { .. } => {
                     Code::InvalidArgument
                 }
                 NetError::PortInUse { .. }
                 | NetError::PortHeldByHost { .. }
-                | NetError::AlreadyAttached { .. } => Code::AlreadyExists,
+                | NetError::AlreadyAttached { .. }
+                | NetError::NetworkExists(_)
+                | NetError::Conflict(_)
+                | NetError::AddressTaken { .. } => Code::AlreadyExists,
+                NetError::NoSuchNetwork(_) => Code::NotFound,
+                NetError::NotAdmitted { .. } => Code::PermissionDenied,
+                NetError::InUse { .. } => Code::FailedPrecondition,
                 NetError::Exhausted { .. } => Code::ResourceExhausted,
                 _ => Code::Internal,
             },

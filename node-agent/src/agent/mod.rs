@@ -9,6 +9,8 @@
 //! - [`pods`]: the [`PodManager`]: pods on the host through the OCI
 //!   runtime and pod network.
 //! - [`images`]: the [`ImageManager`]: the node's image store.
+//! - [`networks`]: the [`NetworkManager`]: the host's networks, which VM
+//!   NICs and pods are on.
 //! - [`inventory`]: the pool tree with every workload and live usage,
 //!   read across the managers.
 //! - `cgroups`: the cgroup tree kept equal to the records.
@@ -39,6 +41,7 @@ pub mod host;
 pub mod image_owners;
 pub mod images;
 pub mod inventory;
+pub mod networks;
 pub mod pods;
 pub mod pools;
 pub mod roles;
@@ -54,6 +57,7 @@ use self::config::AgentConfig;
 use self::errors::Result;
 use self::image_owners::ImageOwners;
 pub use self::images::ImageManager;
+pub use self::networks::NetworkManager;
 pub use self::pods::PodManager;
 pub use self::pools::PoolManager;
 use self::shared::Shared;
@@ -66,6 +70,7 @@ use stratum_image::ImageStore;
 pub struct Agent {
     shared: Arc<Shared>,
     pools: Arc<PoolManager>,
+    networks: Arc<NetworkManager>,
     vms: Arc<VmManager>,
     pods: Arc<PodManager>,
     images: ImageManager,
@@ -110,9 +115,11 @@ impl Agent {
             host::capacity(),
             snapshot.pools,
         )?);
+        let networks = Arc::new(NetworkManager::new(Arc::clone(&shared)));
         let vms = Arc::new(VmManager::restore(
             Arc::clone(&shared),
             Arc::clone(&pools),
+            Arc::clone(&networks),
             vmm_version,
             image_store.clone(),
             snapshot.vms,
@@ -120,12 +127,14 @@ impl Agent {
         let pods = Arc::new(PodManager::restore(
             Arc::clone(&shared),
             Arc::clone(&pools),
+            Arc::clone(&networks),
             image_store,
             snapshot.pods,
         )?);
         let agent = Arc::new(Agent {
             shared,
             pools,
+            networks,
             vms,
             pods,
             images,
@@ -135,10 +144,33 @@ impl Agent {
     }
 
     /// What needs the async runtime after a start: the re-adopted vmms'
-    /// exits watched, the stored pods taken back.
+    /// exits watched, the stored pods taken back, the networks brought in
+    /// line with both.
     pub async fn resume(&self) {
         Arc::clone(&self.vms).watch_running();
         self.pods.resume().await;
+        self.reconcile_networks().await;
+    }
+
+    /// Reconciles the networks with the pods that run, the VMs that exist
+    /// (their NICs' addresses stay) and those that run (their TAPs stay),
+    /// and repairs live pods' networks. Only when the networks were ever
+    /// used: an agent without them makes no bridge.
+    async fn reconcile_networks(&self) {
+        let pods = self.pods.live_pod_ids();
+        let (reserved, plugged) = self.vms.nic_owners();
+        if pods.is_empty() && reserved.is_empty() && !self.networks.has_stored_networks() {
+            return;
+        }
+        let live = stratum_net::Live {
+            pods: pods.iter().map(String::as_str).collect(),
+            reserved: reserved.iter().map(String::as_str).collect(),
+            plugged: plugged.iter().map(String::as_str).collect(),
+        };
+        match self.networks.reconcile(&live).await {
+            Ok(broken) => self.pods.reattach(&broken).await,
+            Err(e) => tracing::error!("reconciling the networks: {e}"),
+        }
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -159,6 +191,10 @@ impl Agent {
 
     pub fn images(&self) -> &ImageManager {
         &self.images
+    }
+
+    pub fn networks(&self) -> &Arc<NetworkManager> {
+        &self.networks
     }
 
     pub fn host_info(&self) -> proto::HostInfo {

@@ -27,6 +27,7 @@ use tokio::sync::broadcast;
 use super::artifacts::Kind;
 use super::errors::{AgentError, Result};
 use super::guest::GuestLink;
+use super::networks::{mac_for, nic_owner, NetworkManager};
 use super::now;
 use super::pools::{pool_id_or_root, PoolManager};
 use super::roles;
@@ -57,6 +58,8 @@ pub struct VmManager {
     shared: Arc<Shared>,
     /// Where each VM is a workload: placed, admitted and released there.
     pools: Arc<PoolManager>,
+    /// What VMs' NICs on networks are plugged into.
+    networks: Arc<NetworkManager>,
     state: RwLock<State>,
     events: broadcast::Sender<proto::VmEvent>,
     /// `vmm --version`, asked once at start.
@@ -122,6 +125,7 @@ static DEFAULT_RUNTIME: VmRuntime = VmRuntime {
     seed_path: String::new(),
     root_disk_path: String::new(),
     image_digest: String::new(),
+    nics: Vec::new(),
 };
 
 static DEFAULT_SPEC: proto::VmSpec = proto::VmSpec {
@@ -151,6 +155,7 @@ impl VmManager {
     pub fn restore(
         shared: Arc<Shared>,
         pools: Arc<PoolManager>,
+        networks: Arc<NetworkManager>,
         vmm_version: String,
         images: ImageStore,
         records: Vec<VmRecord>,
@@ -159,6 +164,7 @@ impl VmManager {
         let manager = VmManager {
             shared,
             pools,
+            networks,
             state: RwLock::new(State {
                 vms: BTreeMap::new(),
             }),
@@ -206,9 +212,12 @@ impl VmManager {
         // Refused before any disk is cloned: a dry run of the admission.
         check_name_free(&self.read_state(), &spec.name)?;
         self.pools.check_workload(&workload)?;
-        let record = self.make_vm_files(&id, spec, &base_images, image.as_ref())?;
-        let staged = self.admit_vm(record, pool, workload, image);
-        match staged {
+        let namespace = self.pools.namespace_of(&pool)?;
+        let nics = self.reserve_nics(&id, spec, &namespace)?;
+        let made = self
+            .make_vm_files(&id, spec, &base_images, image.as_ref(), &nics)
+            .and_then(|record| self.admit_vm(record, pool, workload, image));
+        match made {
             Ok((ticket, vm)) => {
                 // On failure the store has stopped (see `state::journal`).
                 self.shared.settle(ticket)?;
@@ -216,9 +225,159 @@ impl VmManager {
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(self.shared.config.vm_dir(&id));
+                self.release_nics(&id, nics.iter().map(|n| n.status.index));
                 Err(e)
             }
         }
+    }
+
+    /// Reserves an address on its network for each of the spec's NICs
+    /// that names one; on failure releases what it reserved.
+    fn reserve_nics(
+        &self,
+        id: &str,
+        spec: &proto::VmSpec,
+        namespace: &str,
+    ) -> Result<Vec<NetworkNic>> {
+        let mut nics = Vec::new();
+        for (i, nic) in spec.nics.iter().enumerate() {
+            if nic.network.is_empty() {
+                continue;
+            }
+            let owner = nic_owner(id, i);
+            let requested = nic.addresses.first().map(String::as_str);
+            let reserved = self.networks.blocking(async |host| {
+                let r = self
+                    .networks
+                    .reserve(&nic.network, &owner, namespace, requested)
+                    .await?;
+                Ok((r, host.tap_name(&owner)))
+            });
+            let (reservation, tap) = match reserved {
+                Ok(r) => r,
+                Err(e) => {
+                    // The failed NIC may hold an address already (a taken
+                    // one is never its own, so releasing is safe).
+                    self.release_nics(id, nics.iter().map(|n: &NetworkNic| n.status.index));
+                    return Err(e);
+                }
+            };
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            let mac = if nic.mac.is_empty() {
+                mac_for(reservation.ip)
+            } else {
+                nic.mac.clone()
+            };
+            nics.push(NetworkNic {
+                status: proto::NicStatus {
+                    index,
+                    network: nic.network.clone(),
+                    mac,
+                    address: format!("{}/{}", reservation.ip, reservation.prefix_len),
+                    gateway: reservation.gateway.to_string(),
+                    host_device: tap,
+                    guest_addresses: Vec::new(),
+                },
+                nameservers: reservation
+                    .nameservers
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect(),
+            });
+        }
+        Ok(nics)
+    }
+
+    /// Releases the addresses of VM `id`'s NICs `indexes` (unplugging any
+    /// still plugged in). Failures are logged: reconcile at the next start
+    /// releases what no VM holds.
+    fn release_nics(&self, id: &str, indexes: impl IntoIterator<Item = u32>) {
+        for index in indexes {
+            let owner = nic_owner(id, index as usize);
+            let released = self
+                .networks
+                .blocking(async |host| Ok(host.release(&owner).await?));
+            if let Err(e) = released {
+                tracing::warn!(nic = %owner, "cannot release the NIC's address: {e}");
+            }
+        }
+    }
+
+    /// Plugs VM `id`'s NICs on networks in: TAPs owned by `uid` (0: the
+    /// vmm is not jailed), on their bridges. On failure unplugs them.
+    fn plug_nics(
+        &self,
+        id: &str,
+        nics: &[proto::NicStatus],
+        namespace: &str,
+        uid: u32,
+    ) -> Result<()> {
+        if nics.is_empty() {
+            return Ok(());
+        }
+        let owner_ids = (uid != 0).then_some((uid, uid));
+        let plugged = self.networks.blocking(async |host| {
+            for nic in nics {
+                host.plug(&nic_owner(id, nic.index as usize), namespace, owner_ids)
+                    .await?;
+            }
+            Ok(())
+        });
+        if plugged.is_err() {
+            self.unplug_nics(id, nics);
+        }
+        plugged
+    }
+
+    /// Unplugs VM `id`'s NICs on networks (their TAPs go, their addresses
+    /// stay). Failures are logged: reconcile removes TAPs of VMs that do
+    /// not run.
+    fn unplug_nics(&self, id: &str, nics: &[proto::NicStatus]) {
+        if nics.is_empty() {
+            return;
+        }
+        let unplugged = self.networks.blocking(async |host| {
+            for nic in nics {
+                host.unplug(&nic_owner(id, nic.index as usize)).await?;
+            }
+            Ok(())
+        });
+        if let Err(e) = unplugged {
+            tracing::warn!(vm = %id, "cannot unplug the VM's NICs: {e}");
+        }
+    }
+
+    /// The NICs on networks of every VM (their addresses stay at a
+    /// reconcile), and of the VMs that run (their TAPs stay).
+    pub fn nic_owners(&self) -> (Vec<String>, Vec<String>) {
+        let state = self.read_state();
+        let mut reserved = Vec::new();
+        let mut plugged = Vec::new();
+        for (id, vm) in &state.vms {
+            for nic in &vm.runtime().nics {
+                let owner = nic_owner(id, nic.index as usize);
+                if vm.process.is_some() {
+                    plugged.push(owner.clone());
+                }
+                reserved.push(owner);
+            }
+        }
+        (reserved, plugged)
+    }
+
+    /// The MAC of each VM NIC on a network, by its IPAM owner.
+    pub fn nic_macs(&self) -> BTreeMap<String, String> {
+        let state = self.read_state();
+        state
+            .vms
+            .iter()
+            .flat_map(|(id, vm)| {
+                vm.runtime()
+                    .nics
+                    .iter()
+                    .map(|nic| (nic_owner(id, nic.index as usize), nic.mac.clone()))
+            })
+            .collect()
     }
 
     /// Admits the VM for real (the tree may have changed since the dry
@@ -348,6 +507,7 @@ impl VmManager {
         spec: &proto::VmSpec,
         base_images: &[PathBuf],
         image: Option<&VmImage>,
+        nics: &[NetworkNic],
     ) -> Result<VmRecord> {
         let dir = self.shared.config.vm_dir(id);
         let made = (|| {
@@ -358,7 +518,7 @@ impl VmManager {
                 None => String::new(),
             };
             let disk_paths = clone_disks(&dir, spec, base_images)?;
-            let seed_path = match seed_of(id, spec) {
+            let seed_path = match seed_of(id, spec, nics) {
                 Some(seed) => {
                     let path = dir.join(SEED_FILE);
                     seed.write(&path)
@@ -376,6 +536,7 @@ impl VmManager {
                     seed_path,
                     root_disk_path,
                     image_digest: image.map(|i| i.digest.clone()).unwrap_or_default(),
+                    nics: nics.iter().map(|n| n.status.clone()).collect(),
                     console_path: stratum_vm::RunDir::new(self.shared.config.vm_run_dir(id))
                         .console_log()
                         .to_string_lossy()
@@ -413,6 +574,12 @@ impl VmManager {
             let _ = cgroup.remove();
             return Err(e);
         }
+        let (nics, namespace) = self.nics_of(id)?;
+        if let Err(e) = self.plug_nics(id, &nics, &namespace, jail_uid) {
+            let reason = format!("cannot plug the VM's NICs in: {e}");
+            self.fail_start(id, &cgroup, &reason);
+            return Err(e);
+        }
         let config = &self.shared.config;
         let options = stratum_vm::LaunchOptions {
             jail: config.vm_jail.as_ref().map(|jail| stratum_vm::JailConfig {
@@ -433,10 +600,19 @@ impl VmManager {
             Ok(process) => self.finish_start(id, Arc::new(process), &cgroup),
             Err(e) => {
                 let reason = format!("vmm failed to start: {e}");
+                self.unplug_nics(id, &nics);
                 self.fail_start(id, &cgroup, &reason);
                 Err(AgentError::FailedPrecondition(reason))
             }
         }
+    }
+
+    /// VM `id`'s NICs on networks and its namespace.
+    fn nics_of(&self, id: &str) -> Result<(Vec<proto::NicStatus>, String)> {
+        let state = self.read_state();
+        let entry = vm_entry(&state, id)?;
+        let namespace = self.pools.namespace_of(&entry.pool)?;
+        Ok((entry.runtime().nics.clone(), namespace))
     }
 
     /// Admits the VM's reservation, makes its leaf cgroup, picks its jail
@@ -616,6 +792,13 @@ impl VmManager {
 
     fn on_vmm_exit(&self, id: &str, process: &Arc<VmProcess>, exit: ExitInfo) {
         let recorded = self.record_vmm_exit(id, process, exit);
+        if let Ok(ticket) = &recorded {
+            if *ticket != Ticket::NONE {
+                if let Ok((nics, _)) = self.nics_of(id) {
+                    self.unplug_nics(id, &nics);
+                }
+            }
+        }
         if let Err(e) = recorded.and_then(|ticket| self.shared.settle(ticket)) {
             tracing::error!(vm = %id, "cannot record that the vmm exited: {e}");
         }
@@ -809,9 +992,14 @@ impl VmManager {
         }
         let ticket = self.shared.stage([Change::DeleteVm(id.to_string())])?;
         self.pools.remove_workload(id);
-        state.vms.remove(id);
+        let nics: Vec<u32> = state
+            .vms
+            .remove(id)
+            .map(|vm| vm.runtime().nics.iter().map(|n| n.index).collect())
+            .unwrap_or_default();
         drop(state);
         self.shared.settle(ticket)?;
+        self.release_nics(id, nics);
         let dir = self.shared.config.vm_dir(id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(vm = %id, "cannot remove {}: {e}", dir.display());
@@ -1157,13 +1345,17 @@ fn check_spec(spec: &proto::VmSpec, host_memory: u64) -> Result<VmSizing> {
         }
         check_rate_limit(&format!("disk {i}"), disk.rate_limit.as_ref())?;
     }
-    if let Some(seed) = seed_of("", spec) {
+    if let Some(seed) = seed_of("", spec, &[]) {
         seed.validate()
             .map_err(|e| invalid(format!("cloud_init: {e}")))?;
     }
     for (i, nic) in spec.nics.iter().enumerate() {
-        if nic.tap_name.is_empty() || nic.tap_name.len() > 15 {
-            return Err(invalid(format!("nic {i}: tap_name must be 1 to 15 bytes")));
+        if !nic.network.is_empty() {
+            check_network_nic(i, nic).map_err(invalid)?;
+        } else if nic.tap_name.is_empty() || nic.tap_name.len() > 15 {
+            return Err(invalid(format!(
+                "nic {i}: give a network, or (for development) a tap_name of 1 to 15 bytes"
+            )));
         }
         check_rate_limit(&format!("nic {i} rx"), nic.rx_rate_limit.as_ref())?;
         check_rate_limit(&format!("nic {i} tx"), nic.tx_rate_limit.as_ref())?;
@@ -1173,9 +1365,34 @@ fn check_spec(spec: &proto::VmSpec, host_memory: u64) -> Result<VmSizing> {
                 stratum_pool::quoted(&nic.mac)
             )));
         }
-        check_nic_addressing(i, nic).map_err(invalid)?;
+        if nic.network.is_empty() {
+            check_nic_addressing(i, nic).map_err(invalid)?;
+        }
     }
     Ok(sizing)
+}
+
+/// A NIC on a network: no TAP of its own, at most one requested address,
+/// the network's gateway and name servers.
+fn check_network_nic(i: usize, nic: &proto::NicSpec) -> std::result::Result<(), String> {
+    if !nic.tap_name.is_empty() {
+        return Err(format!(
+            "nic {i}: a NIC on network {} gets its TAP from the agent: give no tap_name",
+            nic.network
+        ));
+    }
+    if nic.addresses.len() > 1 {
+        return Err(format!(
+            "nic {i}: a NIC on a network has one address (give at most one)"
+        ));
+    }
+    if !nic.gateway.is_empty() || !nic.nameservers.is_empty() {
+        return Err(format!(
+            "nic {i}: a NIC on network {} uses the network's gateway and name servers",
+            nic.network
+        ));
+    }
+    Ok(())
 }
 
 /// A NIC's static addressing: CIDR addresses, IP gateway and name
@@ -1327,29 +1544,43 @@ const SEED_FILE: &str = "seed.img";
 
 /// The seed of the VM `id` when its spec has cloud-init data: its id is
 /// the instance-id (stable for the VM's life), its name the hostname.
-fn seed_of(id: &str, spec: &proto::VmSpec) -> Option<Seed> {
-    let cloud_init = spec.cloud_init.as_ref()?;
+/// The NICs on networks get their addressing from the network's IPAM
+/// (`network_nics`), in the same network-config; a VM with such a NIC gets
+/// a seed even without cloud_init, so that its guest can use the address.
+fn seed_of(id: &str, spec: &proto::VmSpec, network_nics: &[NetworkNic]) -> Option<Seed> {
+    if spec.cloud_init.is_none() && network_nics.is_empty() {
+        return None;
+    }
+    let cloud_init = spec.cloud_init.clone().unwrap_or_default();
+    let tap_nics = spec
+        .nics
+        .iter()
+        .filter(|nic| nic.network.is_empty() && !nic.addresses.is_empty())
+        .map(|nic| StaticInterface {
+            mac: nic.mac.clone(),
+            addresses: nic.addresses.clone(),
+            gateway: (!nic.gateway.is_empty()).then(|| nic.gateway.clone()),
+            nameservers: nic.nameservers.clone(),
+        });
+    let on_networks = network_nics.iter().map(|nic| StaticInterface {
+        mac: nic.status.mac.clone(),
+        addresses: vec![nic.status.address.clone()],
+        gateway: Some(nic.status.gateway.clone()),
+        nameservers: nic.nameservers.clone(),
+    });
     Some(Seed {
         instance_id: id.to_string(),
         hostname: spec.name.clone(),
-        user_data: cloud_init.user_data.clone(),
-        extra_meta_data: cloud_init
-            .meta_data
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        interfaces: spec
-            .nics
-            .iter()
-            .filter(|nic| !nic.addresses.is_empty())
-            .map(|nic| StaticInterface {
-                mac: nic.mac.clone(),
-                addresses: nic.addresses.clone(),
-                gateway: (!nic.gateway.is_empty()).then(|| nic.gateway.clone()),
-                nameservers: nic.nameservers.clone(),
-            })
-            .collect(),
+        user_data: cloud_init.user_data,
+        extra_meta_data: cloud_init.meta_data.into_iter().collect(),
+        interfaces: tap_nics.chain(on_networks).collect(),
     })
+}
+
+/// A NIC on a network as create chose it, with what its guest is told.
+struct NetworkNic {
+    status: proto::NicStatus,
+    nameservers: Vec<String>,
 }
 
 /// The guest CID of every VM's vsock device. Each VM's vsock is its own
@@ -1409,11 +1640,19 @@ fn process_spec(id: &str, entry: &VmEntry) -> VmProcessSpec {
         nics: spec
             .nics
             .iter()
-            .map(|n| stratum_vm::NicSpec {
-                tap: n.tap_name.clone(),
-                mac: (!n.mac.is_empty()).then(|| n.mac.clone()),
-                rx_rate_limit: rate_limiter(n.rx_rate_limit.as_ref()),
-                tx_rate_limit: rate_limiter(n.tx_rate_limit.as_ref()),
+            .enumerate()
+            .map(|(i, n)| {
+                let on_network = runtime.nics.iter().find(|s| s.index as usize == i);
+                let (tap, mac) = match on_network {
+                    Some(s) => (s.host_device.clone(), s.mac.clone()),
+                    None => (n.tap_name.clone(), n.mac.clone()),
+                };
+                stratum_vm::NicSpec {
+                    tap,
+                    mac: (!mac.is_empty()).then_some(mac),
+                    rx_rate_limit: rate_limiter(n.rx_rate_limit.as_ref()),
+                    tx_rate_limit: rate_limiter(n.tx_rate_limit.as_ref()),
+                }
             })
             .collect(),
         vsock_cid: Some(GUEST_CID),
@@ -1471,6 +1710,7 @@ fn vm_to_proto(
             created_at: vm.record.created_at,
             started_at: runtime.started_at,
             reservation,
+            nics: nic_statuses(&runtime.nics, runtime.pid != 0, guest.as_ref()),
             guest,
         }),
     }
@@ -1491,4 +1731,33 @@ pub fn state_name(state: VmState) -> &'static str {
         VmState::Stopped => "stopped",
         VmState::Failed => "failed",
     }
+}
+
+/// The VM's NICs on networks as the status shows them: what was chosen
+/// at create, the TAP while the VM runs, and the guest agent's addresses
+/// for each MAC.
+fn nic_statuses(
+    nics: &[proto::NicStatus],
+    running: bool,
+    guest: Option<&proto::GuestInfo>,
+) -> Vec<proto::NicStatus> {
+    nics.iter()
+        .map(|nic| {
+            let guest_addresses = guest
+                .into_iter()
+                .flat_map(|g| &g.interfaces)
+                .filter(|i| i.mac.eq_ignore_ascii_case(&nic.mac))
+                .flat_map(|i| i.addresses.iter().cloned())
+                .collect();
+            proto::NicStatus {
+                guest_addresses,
+                host_device: if running {
+                    nic.host_device.clone()
+                } else {
+                    String::new()
+                },
+                ..nic.clone()
+            }
+        })
+        .collect()
 }

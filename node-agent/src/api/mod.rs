@@ -9,6 +9,7 @@
 //!   checks the services make with it
 //! - [`host`]: the `stratum.v1.Host` service
 //! - [`images`]: the `stratum.v1.ImageService` service
+//! - [`networks`]: the `stratum.v1.Networks` service
 //! - [`pods`]: the `stratum.v1.PodService` service
 //! - [`pools`]: the `stratum.v1.ResourcePools` service
 //! - [`vms`]: the `stratum.v1.VirtualMachines` service
@@ -19,6 +20,7 @@ pub mod access;
 pub mod auth;
 pub mod host;
 pub mod images;
+pub mod networks;
 pub mod pods;
 pub mod pools;
 pub mod server;

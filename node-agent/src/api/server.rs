@@ -12,12 +12,14 @@ use tonic::transport::Server;
 use super::auth::Authenticator;
 use super::host::HostService;
 use super::images::ImageApi;
+use super::networks::NetworkService;
 use super::pods::PodApi;
 use super::pools::{PoolService, PoolsApi};
 use super::vms::VmService;
 use crate::agent::Agent;
 use stratum_api::proto::host_server::HostServer;
 use stratum_api::proto::image_service_server::ImageServiceServer;
+use stratum_api::proto::networks_server::NetworksServer;
 use stratum_api::proto::pod_service_server::PodServiceServer;
 use stratum_api::proto::resource_pools_server::ResourcePoolsServer;
 use stratum_api::proto::virtual_machines_server::VirtualMachinesServer;
@@ -75,6 +77,7 @@ pub async fn serve(
         .await;
     health.set_serving::<ImageServiceServer<ImageApi>>().await;
     health.set_serving::<PodServiceServer<PodApi>>().await;
+    health.set_serving::<NetworksServer<NetworkService>>().await;
     // Both reflection versions: grpcurl and grpc-java speak v1, Python's
     // grpcio-reflection and older grpcurl only v1alpha.
     let reflection = || {
@@ -100,6 +103,7 @@ pub async fn serve(
         .add_service(PoolsApi::new(agent.clone()))
         .add_service(ImageServiceServer::new(ImageApi(agent.clone())))
         .add_service(PodServiceServer::new(PodApi(agent.clone())))
+        .add_service(NetworksServer::new(NetworkService(agent.clone())))
         .add_service(VirtualMachinesServer::new(VmService(agent)))
         .serve_with_incoming_shutdown(
             // Replies are small and each waits for its request: without

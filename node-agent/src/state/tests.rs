@@ -288,9 +288,19 @@ fn v1_data_dir() -> (TempDir, std::path::PathBuf, stratum_net::cidr::Ipv4Cidr) {
     set_schema(&path, 1);
     let cidr: stratum_net::cidr::Ipv4Cidr = "10.77.0.0/24".parse().unwrap();
     let podnet = stratum_net::store::Store::open(&dir.path().join(PODNET_FILE_V1), cidr).unwrap();
+    let default = stratum_net::NetworkRecord {
+        name: stratum_net::DEFAULT_NETWORK.into(),
+        bridge: "stratum0".into(),
+        cidr,
+        nat: true,
+        namespaces: Vec::new(),
+        nameservers: Vec::new(),
+        created_at: 0,
+    };
     podnet
-        .attach("pod-7", |ip| stratum_net::store::PodRecord {
+        .attach("pod-7", &default, |ip| stratum_net::store::PodRecord {
             pod_id: "pod-7".into(),
+            network: stratum_net::DEFAULT_NETWORK.into(),
             namespace: "pool-1".into(),
             ip,
             host_veth: "veth-pod7".into(),

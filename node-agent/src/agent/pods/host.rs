@@ -1,7 +1,7 @@
 //! What pods need from the host, set up once on first use (or at start
 //! when stored pods are to be taken back): the OCI runtime, the way
-//! cgroups are named to it, and the pod network. An agent that never runs
-//! a pod creates no bridge, firewall table or runtime state.
+//! cgroups are named to it, and the host's networks (the network
+//! manager's). An agent that never runs a pod creates no runtime state.
 
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::PodManager;
 use crate::agent::errors::{AgentError, Result};
-use stratum_net::{HostNetworks, Ipv4Cidr, NetConfig, Protocol, DEFAULT_HOST_PORTS};
+use stratum_net::HostNetworks;
 use stratum_runtime::{CgroupMapping, LogRotation, OciRuntime, OciRuntimeConfig, RuntimeError};
 
 /// The pod settings the agent is started with.
@@ -17,23 +17,11 @@ use stratum_runtime::{CgroupMapping, LogRotation, OciRuntime, OciRuntimeConfig, 
 pub struct PodHostConfig {
     /// The OCI runtime binary (`crun` or `runc`, a name on PATH or a path).
     pub oci_runtime: PathBuf,
-    /// The pod network's host bridge; also names its nftables table.
-    pub bridge: String,
-    /// Pod addresses.
-    pub cidr: Ipv4Cidr,
-    /// Namespaces whose pods may open connections to another namespace's
-    /// pods, as (from, to); every other pair is isolated.
-    pub allow: Vec<(String, String)>,
     /// The per-container log writer (`stratum-log-writer`).
     pub log_writer: PathBuf,
     /// When containers' logs are rotated and how many files are kept
     /// (`--container-log-max-size`, `--container-log-max-files`).
     pub log_rotation: LogRotation,
-    /// The host ports pods may publish.
-    pub host_ports: RangeInclusive<u16>,
-    /// The host services pods may reach on their gateway; every other
-    /// connection a pod opens to the host is dropped.
-    pub host_services: Vec<(Protocol, u16)>,
     /// Tasks (processes and threads) one pod may have at once.
     pub pids_limit: u64,
     /// Run each pod's containers in a user namespace of the pod's own
@@ -52,11 +40,6 @@ impl Default for PodHostConfig {
             oci_runtime: PathBuf::from("crun"),
             log_writer: PathBuf::from("stratum-log-writer"),
             log_rotation: LogRotation::default(),
-            bridge: "stratum0".to_string(),
-            cidr: Ipv4Cidr::DEFAULT,
-            allow: Vec::new(),
-            host_ports: DEFAULT_HOST_PORTS,
-            host_services: Vec::new(),
             pids_limit: DEFAULT_POD_PIDS_LIMIT,
             user_namespaces: true,
         }
@@ -74,11 +57,11 @@ pub fn pod_uid_range() -> RangeInclusive<u32> {
     POD_UID_BASE..=POD_UID_BASE + POD_UID_SLOTS * stratum_runtime::idmap::IDS_PER_POD - 1
 }
 
-/// The runtime, mapping and network every pod shares.
+/// The runtime, mapping and networks every pod shares.
 pub struct PodHost {
     pub runtime: OciRuntime,
     pub mapping: CgroupMapping,
-    pub network: HostNetworks,
+    pub network: Arc<HostNetworks>,
     /// Pods get user namespaces (configured, and the kernel can).
     pub user_namespaces: bool,
 }
@@ -101,27 +84,14 @@ impl PodManager {
     async fn open_pod_host(&self) -> Result<PodHost> {
         let pods = &self.shared.config.pods;
         // Per agent (its cgroup root is unique on the host), on tmpfs: the
-        // runtime's state and the netns files vanish with a reboot, as the
-        // containers do.
+        // runtime's state vanishes with a reboot, as the containers do.
         let run_dir = PathBuf::from("/run/stratum").join(&self.shared.config.cgroup_root);
         let mapping = CgroupMapping::detect(&self.shared.cgroups.root()?)?;
         let runtime = open_runtime(&pods.oci_runtime, &run_dir, &mapping)?;
-        let mut net = NetConfig::new(&self.shared.config.data_dir);
-        net.bridge = pods.bridge.clone();
-        net.nft_table = pods.bridge.clone();
-        net.cidr = pods.cidr;
-        net.netns_dir = run_dir.join("netns");
-        net.host_ports = pods.host_ports.clone();
-        net.host_services = pods.host_services.clone();
-        // The network's tables live in the agent's state file.
-        let network =
-            HostNetworks::open_shared(net, self.shared.journal.store().database()).await?;
-        sync_policies(&network, &pods.allow).await?;
+        let network = self.networks.host().await?;
         let user_namespaces = pods.user_namespaces && self.can_use_user_namespaces(&runtime);
         tracing::info!(
             runtime = %runtime.binary().display(),
-            bridge = %pods.bridge,
-            cidr = %pods.cidr,
             user_namespaces,
             "pod support ready"
         );
@@ -189,18 +159,4 @@ fn open_runtime(
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// Makes the network's stored policies the configured ones: the agent's
-/// flags are the one source of truth.
-async fn sync_policies(network: &HostNetworks, allow: &[(String, String)]) -> Result<()> {
-    for (from, to) in network.policies().await {
-        if !allow.iter().any(|(f, t)| *f == from && *t == to) {
-            network.revoke(&from, &to).await?;
-        }
-    }
-    for (from, to) in allow {
-        network.allow(from, to).await?;
-    }
-    Ok(())
 }

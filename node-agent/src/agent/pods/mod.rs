@@ -42,6 +42,7 @@ use prost_types::Timestamp;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::errors::{AgentError, Result};
+use super::networks::NetworkManager;
 use super::now;
 use super::pools::{pool_id_or_root, PoolManager};
 use super::shared::Shared;
@@ -71,6 +72,17 @@ pub struct PodManager {
     state: RwLock<State>,
     /// The OCI runtime and pod network, set up on first use.
     pod_host: tokio::sync::OnceCell<Arc<PodHost>>,
+    /// The host's networks, which pods attach to.
+    networks: Arc<NetworkManager>,
+}
+
+/// The network pod `spec` is on.
+fn network_of(spec: &proto::PodSpec) -> &str {
+    if spec.network.is_empty() {
+        stratum_net::DEFAULT_NETWORK
+    } else {
+        &spec.network
+    }
 }
 
 /// What the lock guards.
@@ -134,6 +146,7 @@ static EMPTY_STATUS: proto::PodStatus = proto::PodStatus {
 
 static EMPTY_SPEC: proto::PodSpec = proto::PodSpec {
     name: String::new(),
+    network: String::new(),
     pool_id: String::new(),
     namespace: String::new(),
     hostname: String::new(),
@@ -161,12 +174,14 @@ impl PodManager {
     pub fn restore(
         shared: Arc<Shared>,
         pools: Arc<PoolManager>,
+        networks: Arc<NetworkManager>,
         images: ImageStore,
         records: Vec<PodRecord>,
     ) -> Result<Self> {
         let manager = PodManager {
             shared,
             pools,
+            networks,
             images,
             state: RwLock::new(State {
                 pods: BTreeMap::new(),
@@ -390,7 +405,11 @@ impl PodManager {
             cgroup
         };
         let mappings = spec::port_mappings(&spec.port_mappings)?;
-        let attachment = match host.network.attach(id, namespace, &mappings).await {
+        let attachment = match host
+            .network
+            .attach_to(network_of(spec), id, namespace, &mappings)
+            .await
+        {
             Ok(a) => a,
             Err(e) => {
                 let _ = host.network.detach(id).await;

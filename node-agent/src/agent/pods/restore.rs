@@ -9,15 +9,17 @@
 //! live ones watched again (their exit codes are lost: the old agent was
 //! their parent), the ones that ended meanwhile recorded with the restart
 //! policy applied; a pod whose sandbox is gone, or one caught STARTING or
-//! STOPPING, is torn down (FAILED or STOPPED). Finally the pod network is
-//! reconciled with the pods that live.
+//! STOPPING, is torn down (FAILED or STOPPED). Finally the agent
+//! reconciles the networks with the pods that live and the VMs, and gives
+//! live pods whose network went missing theirs again
+//! ([`PodManager::reattach`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::host::PodHost;
 use super::PodManager;
-use super::{pod_entry, PodEntry, PodLive};
+use super::{network_of, pod_entry, PodEntry, PodLive};
 use crate::agent::errors::Result;
 use crate::agent::pools::pool_id_or_root;
 use crate::records::PodRecord;
@@ -126,25 +128,16 @@ impl PodManager {
             self.clean_up_lost(&host, &id).await;
             self.mark_lost(&id, outcome.0, &outcome.1);
         }
-        let live: Vec<String> = self
-            .read_state()
+    }
+
+    /// The pods that run: their network stays at a reconcile.
+    pub fn live_pod_ids(&self) -> Vec<String> {
+        self.read_state()
             .pods
             .iter()
             .filter(|(_, p)| p.state() == PodState::Running)
             .map(|(id, _)| id.clone())
-            .collect();
-        match host
-            .network
-            .reconcile(live.iter().map(String::as_str))
-            .await
-        {
-            Ok(report) => {
-                for id in report.broken.iter().chain(&report.unknown) {
-                    self.reattach(&host, id).await;
-                }
-            }
-            Err(e) => tracing::error!("reconciling the pod network: {e}"),
-        }
+            .collect()
     }
 
     /// Opens a running pod's sandbox and cgroup and takes its runs back.
@@ -300,16 +293,31 @@ impl PodManager {
         }
     }
 
-    /// Gives a live pod its network again (same address), after reconcile
-    /// found its netns or veth missing.
-    async fn reattach(&self, host: &PodHost, id: &str) {
-        let (namespace, mappings) = {
+    /// Gives live pods their network again (same address), after
+    /// reconcile found their netns or veth missing.
+    pub async fn reattach(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        match self.pod_host().await {
+            Ok(host) => {
+                for id in ids {
+                    self.reattach_one(&host, id).await;
+                }
+            }
+            Err(e) => tracing::error!("cannot repair pods' networks: {e}"),
+        }
+    }
+
+    async fn reattach_one(&self, host: &PodHost, id: &str) {
+        let (namespace, network, mappings) = {
             let state = self.read_state();
             let Ok(entry) = pod_entry(&state, id) else {
                 return;
             };
             (
                 entry.status().namespace.clone(),
+                network_of(entry.spec()).to_string(),
                 entry.spec().port_mappings.clone(),
             )
         };
@@ -317,7 +325,11 @@ impl PodManager {
             Ok(m) => m,
             Err(e) => return tracing::error!(pod = %id, "stored port mappings: {e}"),
         };
-        if let Err(e) = host.network.attach(id, &namespace, &mappings).await {
+        if let Err(e) = host
+            .network
+            .attach_to(&network, id, &namespace, &mappings)
+            .await
+        {
             tracing::error!(pod = %id, "repairing the pod's network: {e}");
         }
     }
