@@ -30,7 +30,7 @@ STATIC_CARGO := RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --relea
 
 DEB_PACKAGES := qemu-system-x86 busybox-static cpio linux-source-6.1 \
 	build-essential flex bison bc libelf-dev libssl-dev xz-utils kmod \
-	docker-registry skopeo umoci nftables crun runc mtools dosfstools mmdebstrap
+	docker-registry skopeo umoci nftables crun runc mtools dosfstools mmdebstrap etcd-client
 
 .PHONY: all deps bench-pod-deps images node-image run-node static build run run-vm test bench fuzz fuzz-test fmt lint clean
 

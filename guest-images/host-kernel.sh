@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fetch Debian's cloud kernel + KVM modules for the nested test host.
 # Outputs (symlinks): host-vmlinuz, host-modules/{irqbypass,kvm,kvm-amd,tun}.ko,
-# the vhost-vsock modules QEMU's vsock device needs in `make bench`, and
-# virtio-pci + virtio-blk for the disks a scenario attaches (the node image).
+# the vhost-vsock modules QEMU's vsock device needs in `make bench`,
+# virtio-pci + virtio-blk for the disks a scenario attaches (the node image),
+# and the bridge and nftables modules the agent's networks need.
 set -euo pipefail
 # shellcheck source=guest-images/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -40,7 +41,13 @@ if [[ ! -f "$out/.done" ]]; then
         drivers/vhost/vhost_iotlb drivers/vhost/vhost net/vmw_vsock/vsock \
         net/vmw_vsock/vmw_vsock_virtio_transport_common drivers/vhost/vhost_vsock \
         drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_legacy_dev \
-        drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci drivers/block/virtio_blk; do
+        drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci drivers/block/virtio_blk \
+        net/llc/llc net/802/stp net/bridge/bridge net/bridge/br_netfilter lib/libcrc32c \
+        net/netfilter/nfnetlink net/netfilter/nf_tables net/ipv4/netfilter/nf_defrag_ipv4 \
+        net/ipv6/netfilter/nf_defrag_ipv6 net/netfilter/nf_conntrack net/netfilter/nf_nat \
+        net/netfilter/nft_ct net/netfilter/nft_chain_nat net/netfilter/nft_nat net/netfilter/nft_masq \
+        net/netfilter/nft_fib net/ipv4/netfilter/nft_fib_ipv4 net/ipv6/netfilter/nft_fib_ipv6 \
+        net/netfilter/nft_fib_inet net/bridge/netfilter/nft_meta_bridge; do
         name=$(basename "$m")
         if [[ -f "$moddir/$m.ko.xz" ]]; then
             # busybox insmod cannot read compressed modules.

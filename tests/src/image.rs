@@ -13,8 +13,9 @@ use crate::Inputs;
 /// Directory holding the KVM modules inside the host (see `host-init`).
 pub const HOST_MODULE_DIR: &str = "/lib/modules/kvm";
 /// Kernel modules in load order: KVM, TUN, vhost-vsock, virtio-blk over
-/// virtio-pci (see `host-init`).
-pub const HOST_MODULES: [&str; 15] = [
+/// virtio-pci, the bridge with br_netfilter and nftables with conntrack,
+/// NAT and fib (the agent's networks) (see `host-init`).
+pub const HOST_MODULES: [&str; 35] = [
     "irqbypass.ko",
     "kvm.ko",
     "kvm-amd.ko",
@@ -30,6 +31,26 @@ pub const HOST_MODULES: [&str; 15] = [
     "virtio_pci_modern_dev.ko",
     "virtio_pci.ko",
     "virtio_blk.ko",
+    "llc.ko",
+    "stp.ko",
+    "bridge.ko",
+    "br_netfilter.ko",
+    "libcrc32c.ko",
+    "nfnetlink.ko",
+    "nf_tables.ko",
+    "nf_defrag_ipv4.ko",
+    "nf_defrag_ipv6.ko",
+    "nf_conntrack.ko",
+    "nf_nat.ko",
+    "nft_ct.ko",
+    "nft_chain_nat.ko",
+    "nft_nat.ko",
+    "nft_masq.ko",
+    "nft_fib.ko",
+    "nft_fib_ipv4.ko",
+    "nft_fib_ipv6.ko",
+    "nft_fib_inet.ko",
+    "nft_meta_bridge.ko",
 ];
 
 const BASE_DIRS: &[&str] = &[

@@ -61,6 +61,19 @@ pub struct Scenario {
     pub(crate) interactive: bool,
 }
 
+/// The absolute paths of the libraries (and the loader) in `ldd` output.
+fn shared_libraries(ldd: &str) -> Vec<String> {
+    ldd.lines()
+        .filter_map(|line| {
+            let path = match line.split_once("=>") {
+                Some((_, right)) => right.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| path.to_string())
+        })
+        .collect()
+}
+
 impl Scenario {
     /// A scenario running `script` with `sh` (not `sh -e`); its exit status
     /// becomes [`crate::Outcome::exit_code`].
@@ -84,6 +97,27 @@ impl Scenario {
             source: FileSource::Path(src.into()),
         });
         self
+    }
+
+    /// Copies the dynamically linked host program `src` to `dest` inside
+    /// the nested host, with the shared libraries and loader `ldd` names,
+    /// each at its own path (the nested host has no libraries of its own):
+    /// for Debian's tools the tests drive there (`nft` for the agent,
+    /// `docker-registry`, `etcdctl`). Panics if `ldd` cannot say, as a
+    /// scenario without its program is a broken test.
+    pub fn dynamic_binary(mut self, dest: impl Into<String>, src: impl Into<PathBuf>) -> Self {
+        let src = src.into();
+        let out = std::process::Command::new("ldd")
+            .arg(&src)
+            .output()
+            .unwrap_or_else(|e| panic!("ldd {}: {e}", src.display()));
+        assert!(out.status.success(), "ldd {}: {out:?}", src.display());
+        for lib in shared_libraries(&String::from_utf8_lossy(&out.stdout)) {
+            if !self.files.iter().any(|f| f.dest == lib) {
+                self = self.file(lib.clone(), lib);
+            }
+        }
+        self.file(dest, src)
     }
 
     /// Creates `dest` inside the nested host with literal content.
@@ -157,5 +191,24 @@ impl Scenario {
 
     pub fn timeout_value(&self) -> Duration {
         self.timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_names_libraries_and_the_loader() {
+        let ldd = "\tlinux-vdso.so.1 (0x00007f)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
+        assert_eq!(
+            shared_libraries(ldd),
+            [
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
     }
 }

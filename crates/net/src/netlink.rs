@@ -208,9 +208,11 @@ impl Netlink {
     }
 
     /// Turn on netfilter for bridged IPv4/IPv6 traffic on existing bridge
-    /// `index` (a bridge created by an older agent or by hand).
+    /// `index` (a bridge created by an older agent or by hand). By index
+    /// alone: a name in the message is a rename, which older kernels (Debian 12's 6.1)
+    /// refuse (EBUSY) for an up device even when the name is its own.
     pub async fn set_bridge_nf_call(&self, index: u32, name: &str) -> Result<()> {
-        let msg = LinkMessageBuilder::<LinkBridge>::new(name)
+        let msg = LinkMessageBuilder::<LinkBridge>::new_with_info_kind(InfoKind::Bridge)
             .index(index)
             .nf_call_iptables(true)
             .nf_call_ip6tables(true)
