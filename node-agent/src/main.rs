@@ -92,16 +92,19 @@ struct Cli {
     /// kubelet's containerLogMaxFiles); the oldest go first.
     #[arg(long, value_name = "N", default_value_t = LogRotation::DEFAULT_MAX_FILES, value_parser = clap::value_parser!(u32).range(2..))]
     container_log_max_files: u32,
-    /// The pod network's host bridge (at most 15 bytes); also the name of
-    /// its nftables table.
+    /// The bridge of the default network, the pods' unless they name
+    /// another (at most 15 bytes); also the name of the networks' nftables
+    /// tables, and the tag of every link the agent makes.
     #[arg(long, default_value = "stratum0")]
     pod_bridge: String,
-    /// Pod addresses (IPv4 CIDR); the first goes to the bridge.
+    /// The default network's addresses (IPv4 CIDR); the first goes to the
+    /// bridge. Other networks come from the Networks API.
     #[arg(long, default_value = "10.88.0.0/16")]
     pod_cidr: Ipv4Cidr,
-    /// Let pods of namespace FROM open connections to pods of namespace
-    /// TO (repeatable; one way: replies flow back, the reverse needs its
-    /// own). Pods of different namespaces are isolated otherwise.
+    /// Let workloads (VMs and pods) of namespace FROM open connections to
+    /// those of namespace TO (repeatable; one way: replies flow back, the
+    /// reverse needs its own). Namespaces are isolated otherwise, on every
+    /// network.
     #[arg(long = "allow-namespace", value_name = "FROM:TO", value_parser = parse_allow)]
     allow_namespaces: Vec<(String, String)>,
     /// A directory VM kernels, initrds and disk base images and image
@@ -114,10 +117,11 @@ struct Cli {
     /// refused too.
     #[arg(long, value_name = "FIRST-LAST", default_value = "30000-32767", value_parser = parse_port_range)]
     host_port_range: RangeInclusive<u16>,
-    /// A host service pods may reach, on their gateway address:
-    /// PROTO:PORT, e.g. udp:53 for a DNS resolver listening there
-    /// (repeatable). Every other connection a pod opens to the host is
-    /// dropped.
+    /// A host service workloads (VMs and pods) may reach, on their
+    /// network's gateway address: PROTO:PORT, e.g. udp:53 for a DNS
+    /// resolver listening there (repeatable). Every other connection a
+    /// workload opens to the host is dropped, the agent's own port
+    /// included.
     #[arg(long = "pod-host-service", value_name = "PROTO:PORT", value_parser = parse_host_service)]
     pod_host_services: Vec<(Protocol, u16)>,
     /// Run pods' containers without user namespaces: container root is
@@ -269,6 +273,15 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
         None => sibling_or_path("vmm"),
     };
     let vm_jail = vm_jail(cli, &vmm_binary)?;
+    if cli
+        .pod_host_services
+        .contains(&(Protocol::Tcp, cli.listen.port()))
+    {
+        anyhow::bail!(
+            "--pod-host-service tcp:{} is the agent's own port: workloads never reach it",
+            cli.listen.port()
+        );
+    }
     let data_dir = std::path::absolute(&cli.data_dir)?;
     let artifacts = artifact_dirs(&cli.artifact_dirs, &data_dir)?;
     Ok(AgentConfig {

@@ -548,3 +548,24 @@ async fn taps_are_reconciled_after_the_agent_is_killed() {
     wait_state(&agent, &ids[0], VmState::Stopped).await;
     wait_gone(&keep_tap).await;
 }
+
+/// The agent's own port cannot be made a host service of the networks:
+/// the agent refuses to start, saying why.
+#[test]
+fn the_agents_port_is_never_a_host_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(stratum_testkit::bins::bin("node-agent"))
+        .args(["--listen", "127.0.0.1:17999", "--insecure-plaintext"])
+        .args([
+            "--no-vm-jail",
+            "--pod-host-service",
+            "tcp:17999",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the agent's own port"), "{err}");
+}

@@ -1016,3 +1016,116 @@ async fn pods_through_nodectl() {
         "{out:?}"
     );
 }
+
+/// A pod may name a network of its namespace: it gets its address there,
+/// and reaches a pod of its namespace on the default network through the
+/// host's routing; a network not of its namespace, or none of that name,
+/// is refused. A network is deleted only once its pods are gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_on_a_network_of_their_namespace() {
+    let pa = PodAgent::start_with("pods-nets", &["--oci-runtime", "runc"]).await;
+    let alpha = create_pool(
+        &pa.agent,
+        ResourcePoolSpec {
+            name: "alpha".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let beta = create_pool(
+        &pa.agent,
+        ResourcePoolSpec {
+            name: "beta".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    struct Bridge;
+    impl Drop for Bridge {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", "st-pods-a"])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+    let _bridge = Bridge;
+    let cidr = format!("10.199.{}.0/24", std::process::id() % 250);
+    let mut networks =
+        stratum_api::proto::networks_client::NetworksClient::new(pa.agent.channel().await);
+    networks
+        .create(stratum_api::proto::CreateNetworkRequest {
+            spec: Some(stratum_api::proto::NetworkSpec {
+                name: "pods-a".into(),
+                cidr: cidr.clone(),
+                namespaces: vec![alpha.clone()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create network");
+    let mut client = pa.pods().await;
+    let mut on_net = pod_spec("a1", &alpha, vec![pa.container("web", WEB)]);
+    on_net.network = "pods-a".into();
+    let a1 = run(&mut client, on_net).await.expect("run on pods-a");
+    let a1_ip: Ipv4Addr = status(&a1).ip.parse().expect("pod ip");
+    let prefix = cidr.trim_end_matches(".0/24");
+    assert!(a1_ip.to_string().starts_with(prefix), "{a1_ip} in {cidr}");
+    let a2 = run(
+        &mut client,
+        pod_spec("a2", &alpha, vec![pa.container("web", WEB)]),
+    )
+    .await
+    .expect("run on the default network");
+    let addr = SocketAddrV4::new(a1_ip, 8080);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pods = std::collections::BTreeMap::from([
+        ("a1", (a1.id.clone(), status(&a1).ip.clone())),
+        ("a2", (a2.id.clone(), status(&a2).ip.clone())),
+    ]);
+    assert!(
+        reaches(&mut client, &pods, "a2", "a1").await,
+        "across networks, one namespace"
+    );
+
+    let mut foreign = pod_spec("b1", &beta, vec![pa.container("web", WEB)]);
+    foreign.network = "pods-a".into();
+    let e = run(&mut client, foreign)
+        .await
+        .expect_err("not beta's network");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let mut nowhere = pod_spec("b2", &beta, vec![pa.container("web", WEB)]);
+    nowhere.network = "no-such-net".into();
+    let e = run(&mut client, nowhere)
+        .await
+        .expect_err("no such network");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    let delete = stratum_api::proto::DeleteNetworkRequest {
+        name: "pods-a".into(),
+    };
+    let e = networks
+        .delete(delete.clone())
+        .await
+        .expect_err("a1 is on it");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    for id in [&a1.id, &a2.id] {
+        client
+            .stop_pod(StopPodRequest {
+                id: id.clone(),
+                grace_period_seconds: Some(1),
+            })
+            .await
+            .expect("stop");
+        client
+            .remove_pod(RemovePodRequest { id: id.clone() })
+            .await
+            .expect("remove");
+    }
+    networks.delete(delete).await.expect("deleted once empty");
+    assert!(!Path::new("/sys/class/net/st-pods-a").exists());
+}
