@@ -439,6 +439,20 @@ fn networks_belong_to_their_namespaces() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     refused(f.as_(&alice, &args), "PERMISSION_DENIED");
     ok(f.as_(&f.admin, &["network", "delete", "net-b"]));
+    // On a network every namespace may use, each sees its own only, a VM
+    // not running included.
+    let team_b = f.pool(&f.admin, &ns_b, "team-b-vms");
+    let mut args: Vec<String> = f.agent.halting_vm_args("v3", &team_b);
+    args.extend(["--nic".into(), "network=default".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(f.as_(&f.admin, &args));
+    let attached = |certs: &Path| {
+        json(f.as_(certs, &["-o", "json", "network", "get", "default"]))["status"]["attachments"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(attached(&f.admin), 1);
+    assert_eq!(attached(&alice), 0, "Bob's VM is not Alice's to see");
     drop(guard);
 }
 

@@ -584,7 +584,7 @@ pub enum NetworkCommand {
 pub struct NetworkCreate {
     /// The network's name, unique on the host (a DNS label).
     pub name: String,
-    /// IPv4 CIDR, /8 to /29 (10.20.0.0/24); its first address is the
+    /// IPv4 CIDR, /8 to /30 (10.20.0.0/24); its first address is the
     /// gateway, on the host's bridge.
     #[arg(long, value_name = "CIDR", value_parser = parse_ipv4_cidr)]
     pub cidr: String,

@@ -251,32 +251,42 @@ fn network_request(spec: &proto::NetworkSpec) -> Result<NetworkRequest> {
 }
 
 /// A network as the API shows it; `macs` gives VM NICs' MACs by owner,
-/// and `visible` says which namespaces' attachments the caller may see.
+/// `vm_namespace` a VM's namespace (for NICs not plugged in, which the
+/// network knows by address only), and `visible` says which namespaces'
+/// attachments the caller may see: an attachment of no known namespace
+/// is shown to nobody but those who see everything.
 pub fn network_to_proto(
     info: &NetworkInfo,
     macs: &BTreeMap<String, String>,
-    visible: impl Fn(&str) -> bool,
+    vm_namespace: impl Fn(&str) -> Option<String>,
+    visible: impl Fn(Option<&str>) -> bool,
 ) -> proto::Network {
     let record = &info.record;
     let prefix = record.cidr.prefix();
     let attachments = info
         .holders
         .iter()
-        .filter(|h| h.namespace.as_deref().is_none_or(&visible))
-        .map(|h| {
+        .filter_map(|h| {
             let (kind, id, nic) = match parse_nic_owner(&h.owner) {
                 Some((vm, index)) => ("vm", vm.to_string(), index),
                 None => ("pod", h.owner.clone(), 0),
             };
-            proto::NetworkAttachment {
+            let namespace = h.namespace.clone().or_else(|| match kind {
+                "vm" => vm_namespace(&id),
+                _ => None,
+            });
+            if !visible(namespace.as_deref()) {
+                return None;
+            }
+            Some(proto::NetworkAttachment {
                 kind: kind.to_string(),
                 id,
                 nic,
-                namespace: h.namespace.clone().unwrap_or_default(),
+                namespace: namespace.unwrap_or_default(),
                 address: format!("{}/{prefix}", h.ip),
                 mac: macs.get(&h.owner).cloned().unwrap_or_default(),
                 host_device: h.port.clone().unwrap_or_default(),
-            }
+            })
         })
         .collect();
     proto::Network {

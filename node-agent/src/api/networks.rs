@@ -39,7 +39,13 @@ fn may_read(caller: &Caller, record: &NetworkRecord) -> bool {
 impl NetworkService {
     fn to_proto(&self, caller: &Caller, info: &NetworkInfo) -> proto::Network {
         let macs = self.0.vms().nic_macs();
-        network_to_proto(info, &macs, |ns| caller.may_read(ns))
+        let vm_namespace = |vm: &str| {
+            let pool = self.0.vms().pool_of(vm)?;
+            super::access::pool_namespace(&self.0, &pool).ok()
+        };
+        let visible =
+            |ns: Option<&str>| caller.sees_everything() || ns.is_some_and(|ns| caller.may_read(ns));
+        network_to_proto(info, &macs, vm_namespace, visible)
     }
 }
 
