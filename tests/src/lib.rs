@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub use error::{Error, Result};
-pub use node::node_image_volume;
+pub use node::{node_image_volume, node_image_volume_with};
 pub use outcome::Outcome;
 pub use scenario::{
     Drive, ExtraFile, FileSource, Scenario, DEFAULT_HOST_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT,

@@ -10,6 +10,20 @@ use crate::error::{Error, IoContext, Result};
 /// [`crate::Scenario::drive`]; the scenario mounts it read-only and
 /// imports the layout.
 pub fn node_image_volume(images_dir: &Path, dest: &Path) -> Result<()> {
+    node_image_volume_with(images_dir, dest, &[], 1)
+}
+
+/// [`node_image_volume`] of `size_gib` GiB (sparse) with more directories
+/// on it: `(src, name)` is copied to `/<name>` on the volume. Room beyond
+/// the image is for what the nested host writes there (with
+/// [`crate::Scenario::drive`], to a scratch overlay): an agent's data
+/// directory on a disk rather than in its RAM.
+pub fn node_image_volume_with(
+    images_dir: &Path,
+    dest: &Path,
+    extra: &[(&Path, &str)],
+    size_gib: u32,
+) -> Result<()> {
     let files = [("node-image.oci", "node.oci")];
     let staging = tempfile::Builder::new()
         .prefix("stratum-node-volume-")
@@ -34,11 +48,22 @@ pub fn node_image_volume(images_dir: &Path, dest: &Path) -> Result<()> {
             return Err(Error::Tool(format!("cp {} failed", src.display())));
         }
     }
+    for (src, name) in extra {
+        let copied = std::process::Command::new("cp")
+            .args(["-R", "-L"])
+            .arg(src)
+            .arg(staging.path().join(name))
+            .status()
+            .context(|| "running cp".to_owned())?;
+        if !copied.success() {
+            return Err(Error::Tool(format!("cp {} failed", src.display())));
+        }
+    }
     let made = std::process::Command::new("mkfs.ext4")
         .args(["-q", "-F", "-L", "stratum-node", "-d"])
         .arg(staging.path())
         .arg(dest)
-        .arg("1G")
+        .arg(format!("{size_gib}G"))
         .status()
         .context(|| "running mkfs.ext4".to_owned())?;
     if !made.success() {

@@ -66,6 +66,12 @@ impl TestRegistry {
         Ok(registry)
     }
 
+    /// The registry's storage directory: what it serves, to be served
+    /// again by another registry (the nested host's).
+    pub fn storage(&self) -> &Path {
+        &self.storage
+    }
+
     /// `127.0.0.1:<port>`: list it in `PullOptions::insecure_registries`.
     pub fn addr(&self) -> &str {
         &self.addr

@@ -1,0 +1,393 @@
+//! A three-member etcd cluster of Stratum VMs, in the nested test host,
+//! made through the agent's API only (nodectl): a pool `tenant-a` with a
+//! CPU and memory limit, a network in it, the node image imported, three
+//! VMs of role etcd whose user-data makes each a member of one cluster
+//! (their addresses known up front: static, from the network's IPAM), and
+//! a worker VM that pulls an image from a registry on the network (Debian's
+//! docker-registry on the nested host's gateway address, a host service of
+//! the network) and runs it with containerd. From the nested host, with
+//! Debian's etcdctl: a key written through member 1 is read through member
+//! 3; with member 2 killed the cluster still takes a write (quorum 2 of
+//! 3); started again, member 2 has caught up. A busybox VM of another
+//! namespace, on another network, cannot reach the members. The pool's
+//! limits are in its cgroup while the cluster runs, and the VMs'
+//! reservations are what the pool holds. Everything is shut down through
+//! the guest agents and deleted; then no TAP, bridge, address, firewall
+//! rule, disk, seed or cgroup is left.
+//!
+//! On one nested-host CPU, as every full-distribution boot here (see
+//! `Scenario::host_cpus`). The agent's data directory is on the volume
+//! (an ext4 disk of the nested host), not on its tmpfs: a VM's writes to
+//! a disk file on tmpfs are memory charged to the VM's cgroup, which a
+//! member's preallocated etcd WAL alone pushes past its limit. Built by `make node-image` (part of `make
+//! test`).
+
+// Test helpers may panic: a broken fixture fails the test that uses it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use stratum_tests::{paths, NestedHost, Outcome, Scenario};
+
+const AGENT: &str = "/stratum/bin/node-agent";
+const NODECTL: &str = "/stratum/bin/nodectl";
+const JAILER: &str = "/stratum/bin/stratum-jailer";
+const NODE: &str = "/stratum/node";
+const NET: &str = "10.40.0";
+const MEMBERS: [(&str, &str); 3] = [("etcd-1", "11"), ("etcd-2", "12"), ("etcd-3", "13")];
+
+/// A member's user-data: etcd's settings (Debian's unit reads
+/// /etc/default/etcd), enabled so that it comes back after a restart,
+/// started without waiting (its start blocks until a quorum is up). Slow
+/// heartbeats: three guests share one emulated CPU.
+fn member_user_data(name: &str) -> String {
+    let cluster: Vec<String> = MEMBERS
+        .iter()
+        .map(|(n, host)| format!("{n}=http://{NET}.{host}:2380"))
+        .collect();
+    let host = MEMBERS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, h)| *h)
+        .unwrap();
+    let ip = format!("{NET}.{host}");
+    format!(
+        "#cloud-config\n\
+         write_files:\n\
+         \x20 - path: /etc/default/etcd\n\
+         \x20   content: |\n\
+         \x20     ETCD_NAME={name}\n\
+         \x20     ETCD_DATA_DIR=/var/lib/etcd/stratum\n\
+         \x20     ETCD_LISTEN_PEER_URLS=http://{ip}:2380\n\
+         \x20     ETCD_LISTEN_CLIENT_URLS=http://{ip}:2379,http://127.0.0.1:2379\n\
+         \x20     ETCD_INITIAL_ADVERTISE_PEER_URLS=http://{ip}:2380\n\
+         \x20     ETCD_ADVERTISE_CLIENT_URLS=http://{ip}:2379\n\
+         \x20     ETCD_INITIAL_CLUSTER={}\n\
+         \x20     ETCD_INITIAL_CLUSTER_STATE=new\n\
+         \x20     ETCD_INITIAL_CLUSTER_TOKEN=stratum-test\n\
+         \x20     ETCD_HEARTBEAT_INTERVAL=500\n\
+         \x20     ETCD_ELECTION_TIMEOUT=5000\n\
+         runcmd:\n\
+         \x20 - [systemctl, enable, --now, --no-block, etcd]\n",
+        cluster.join(",")
+    )
+}
+
+/// The worker's user-data: containerd pulls the image from the registry
+/// on the network's gateway and runs it; both outcomes go to the console.
+fn worker_user_data() -> String {
+    let image = format!("{NET}.1:5000/busybox:1");
+    format!(
+        "#cloud-config\n\
+         runcmd:\n\
+         \x20 - [sh, -c, 'systemctl start containerd && ctr images pull --plain-http {image} > /dev/null; echo WORKER-PULL-EXIT=$? > /dev/console']\n\
+         \x20 - [sh, -c, 'ctr run --rm {image} hello /bin/busybox echo RAN-IN-CONTAINERD > /dev/console 2>&1; echo WORKER-RUN-EXIT=$? > /dev/console']\n"
+    )
+}
+
+/// The busybox VM of the other namespace: its own gateway answers, the
+/// etcd members' client port does not.
+fn outsider_script() -> String {
+    format!(
+        "ip addr add 10.41.0.21/24 dev eth0 && ip link set eth0 up && ip route add default via 10.41.0.1\n\
+         probe() {{ echo | nc -w 3 \"$1\" \"$2\" > /dev/null 2>&1 && echo yes || echo no; }}\n\
+         echo OUTSIDER-GATEWAY=$(ping -c 1 -W 5 10.41.0.1 > /dev/null && echo yes || echo no)\n\
+         echo OUTSIDER-TO-ETCD=$(probe {NET}.11 2379)$(probe {NET}.13 2379)\n"
+    )
+}
+
+fn base64(s: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+}
+
+fn script() -> String {
+    let vmm = paths::VMM;
+    let mut s = format!(
+        r#"N="{NODECTL} --addr https://127.0.0.1:7443 --certs /stratum/node/agent/certs"
+E="etcdctl --command-timeout=10s"
+mkdir -p {NODE} && mount /dev/vda {NODE} || exit 10
+# Only the image is an artifact: the data directory on the same volume is
+# the agent's own.
+mkdir -p /stratum/artifacts/node.oci && mount --bind {NODE}/node.oci /stratum/artifacts/node.oci || exit 11
+cat > /run/registry.yml <<'YAML'
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {NODE}/registry
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 0.0.0.0:5000
+YAML
+docker-registry serve /run/registry.yml > /run/registry.log 2>&1 &
+start_agent() {{
+    {AGENT} --data-dir /stratum/node/agent --listen 0.0.0.0:7443 --vmm {vmm} --reserve-cpu 0 \
+        --reserve-memory-mib 512 --artifact-dir /stratum/artifacts --artifact-dir /stratum/guest \
+        --pod-host-service tcp:5000 >> /stratum/node/agent.log 2>&1 &
+    i=0; until $N host info > /dev/null 2>&1 || [ $i -gt 150 ]; do sleep 0.2; i=$((i+1)); done
+}}
+id() {{ sed -n 's/^  "id": "\(.*\)".*/\1/p' | head -1; }}
+state() {{ $N vm get "$1" | awk '/^STATE/ {{print $2}}'; }}
+guest() {{ $N vm get "$1" | awk '$1 == "GUEST" {{print $2; exit}}'; }}
+diagnose() {{
+    $N vm get "$1" | sed "s/^/DIAG-$1 /"
+    console "$1" | tail -60 | sed "s/^/DIAG-$1-CONSOLE /"
+    cat /sys/fs/cgroup/stratum/$A/memory.events /sys/fs/cgroup/stratum/$A/memory.current | sed "s/^/DIAG-POOL /"
+    free -m | sed "s/^/DIAG-FREE /"
+}}
+wait_guest() {{
+    i=0
+    while [ "$(guest "$1")" != ready ]; do
+        case "$(state "$1")" in RUNNING|STARTING) ;; *) echo "VM-DOWN $2"; diagnose "$1"; break ;; esac
+        [ $i -lt 900 ] || {{ echo "VM-NOT-READY $2"; diagnose "$1"; break; }}
+        sleep 1; i=$((i+1))
+    done
+    echo WAITED-$2=$i
+}}
+wait_state() {{
+    i=0; while [ "$(state "$1")" != "$2" ] && [ $i -lt 600 ]; do sleep 0.5; i=$((i+1)); done
+}}
+console() {{ cat /stratum/node/agent/vms/$1/run/console.log 2>/dev/null; }}
+etcd_ok() {{ $E --endpoints=http://{NET}.$1:2379 endpoint health > /dev/null 2>&1; }}
+start_agent
+T0=$(date +%s)
+A=$($N -o json pool create tenant-a --cpu-limit 900m --mem-limit 4Gi | id)
+B=$($N -o json pool create tenant-b | id)
+echo NAMESPACES=$A,$B
+$N network create tenant-net --cidr {NET}.0/24 --namespace $A | sed 's/^/OUT-NETWORK-CREATE /'
+$N network create other-net --cidr 10.41.0.0/24 --namespace $B > /dev/null; echo OTHER-NET-RC=$?
+$N image import /stratum/artifacts/node.oci --reference stratum/node:bookworm > /dev/null; echo IMPORT-RC=$?
+"#
+    );
+    for (name, host) in MEMBERS {
+        s += &format!(
+            "cat > /run/{name}.yaml <<'USERDATA'\n{}USERDATA\n\
+             {var}=$($N -o json vm create {name} --pool $A --role etcd --vcpus 1 --memory 512 \
+             --cpu-reservation 100 --image stratum/node:bookworm --root-disk 3Gi \
+             --nic network=tenant-net,ip={NET}.{host} --user-data /run/{name}.yaml | id)\n\
+             $N vm start ${var} > /dev/null; echo START-{var}-RC=$?\n",
+            member_user_data(name),
+            var = name.replace('-', "").to_uppercase(),
+        );
+    }
+    s += &format!(
+        "cat > /run/worker.yaml <<'USERDATA'\n{}USERDATA\n\
+         W=$($N -o json vm create worker-1 --pool $A --role worker --vcpus 1 --memory 768 \
+         --cpu-reservation 100 --image stratum/node:bookworm --root-disk 3Gi \
+         --nic network=tenant-net,ip={NET}.20 --user-data /run/worker.yaml | id)\n\
+         $N vm start $W > /dev/null; echo START-W-RC=$?\n",
+        worker_user_data()
+    );
+    s += &format!(
+        r#"echo POOL-CPU-MAX=$(cat /sys/fs/cgroup/stratum/$A/cpu.max)
+echo POOL-MEMORY-MAX=$(cat /sys/fs/cgroup/stratum/$A/memory.max)
+for v in $ETCD1 $ETCD2 $ETCD3; do wait_guest $v $v; done
+i=0; until etcd_ok 11 && etcd_ok 12 && etcd_ok 13 || [ $i -gt 300 ]; do sleep 1; i=$((i+1)); done
+echo HEALTHY-AFTER=$(( $(date +%s) - T0 ))
+$E --endpoints=http://{NET}.11:2379 put /stratum/k1 written-through-member-1 | sed 's/^/PUT-1=/'
+echo FIRST-WRITE-AFTER=$(( $(date +%s) - T0 ))
+echo GET-3=$($E --endpoints=http://{NET}.13:2379 get /stratum/k1 --print-value-only)
+$E --endpoints=http://{NET}.11:2379,http://{NET}.12:2379,http://{NET}.13:2379 member list | sed 's/^/MEMBER /'
+$N vm list | sed 's/^/OUT-VM-LIST /'
+$N network get tenant-net | sed 's/^/OUT-NETWORK-GET /'
+$N pool list --workloads | sed 's/^/OUT-INVENTORY /'
+echo POOL-JSON=$($N -o json pool get $A | tr -d '\n')
+for v in $ETCD1 $ETCD2 $ETCD3 $W; do echo VM-JSON=$($N -o json vm get $v | tr -d '\n'); done
+O=$($N -o json vm create outsider --pool $B --role worker --vcpus 1 --memory 64 \
+    --cpu-reservation 50 --kernel /stratum/guest/vmlinux --initrd /stratum/guest/initramfs.cpio.gz \
+    --cmdline "console=ttyS0 reboot=k panic=1 stratum.exit=run stratum.run={outsider}" \
+    --nic network=other-net,ip=10.41.0.21 | id)
+$N vm start $O > /dev/null; echo START-O-RC=$?
+$N vm kill $ETCD2 > /dev/null; wait_state $ETCD2 STOPPED
+echo ETCD2-KILLED=$(state $ETCD2)
+i=0; until $E --endpoints=http://{NET}.11:2379 put /stratum/k2 written-with-two-of-three > /dev/null 2>&1 || [ $i -gt 60 ]; do sleep 1; i=$((i+1)); done
+echo WRITE-WITH-TWO=$($E --endpoints=http://{NET}.13:2379 get /stratum/k2 --print-value-only)
+$N vm start $ETCD2 > /dev/null; echo RESTART-ETCD2-RC=$?
+wait_guest $ETCD2 RESTARTED
+i=0; until [ "$($E --endpoints=http://{NET}.12:2379 get /stratum/k2 --consistency=s --print-value-only 2>/dev/null)" = written-with-two-of-three ] || [ $i -gt 300 ]; do sleep 1; i=$((i+1)); done
+echo CAUGHT-UP=$($E --endpoints=http://{NET}.12:2379 get /stratum/k2 --consistency=s --print-value-only)
+echo ETCD2-ADDRESS-AFTER-RESTART=$($N vm get $ETCD2 | grep '^NIC' | grep -o 'ip=[0-9./]*')
+wait_guest $W WORKER
+console $W | grep -a -o -E 'WORKER-[A-Z]+-EXIT=[0-9]+|RAN-IN-CONTAINERD' | sort -u
+i=0; until console $O | grep -q STRATUM-GUEST-RUN-EXIT || [ $i -gt 120 ]; do sleep 1; i=$((i+1)); done
+console $O | grep -a -E '^OUTSIDER-' | tr -d '\r'
+for v in $ETCD1 $ETCD2 $ETCD3 $W; do $N vm stop $v --timeout 180 > /dev/null; done
+for v in $ETCD1 $ETCD2 $ETCD3 $W; do wait_state $v STOPPED; $N vm get $v | grep '^STATE' | sed 's/^/STOPPED-/'; done
+wait_state $O STOPPED
+echo BRIDGE-PORTS=$(ls /sys/class/net/st-tenant-net/brif | wc -l)
+for v in $ETCD1 $ETCD2 $ETCD3 $W $O; do $N vm delete $v > /dev/null; echo DELETE-RC=$?; done
+echo LEASES-LEFT=$($N network get tenant-net | grep -c '^ATTACHMENT')
+$N network delete tenant-net > /dev/null; echo NET-DELETE-RC=$?
+$N network delete other-net > /dev/null; echo NET-DELETE-RC=$?
+$N image rm stratum/node:bookworm > /dev/null; echo IMAGE-RM-RC=$?
+$N pool delete $A > /dev/null; echo POOL-DELETE-RC=$?
+$N pool delete $B > /dev/null; echo POOL-DELETE-RC=$?
+echo TAPS-LEFT=$(ls /sys/class/net | grep -c '^t')
+echo BRIDGES-LEFT=$(ls /sys/class/net | grep -c '^st-')
+echo RULES-LEFT=$(nft list ruleset | grep -c -E '10\.4[01]\.')
+echo VM-DIRS-LEFT=$(ls /stratum/node/agent/vms | wc -l)
+echo CGROUPS-LEFT=$(find /sys/fs/cgroup/stratum -mindepth 1 -type d | wc -l)
+tail -5 /run/registry.log | sed 's/^/REGISTRY-LOG /'
+[ "$(ls /sys/class/net | grep -c '^t')" = 0 ] || tail -30 /stratum/node/agent.log
+"#,
+        outsider = base64(&outsider_script())
+    );
+    s
+}
+
+fn value<'a>(outcome: &'a Outcome, key: &str) -> &'a str {
+    outcome
+        .console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .map(str::trim)
+        .unwrap_or_default()
+}
+
+/// A 64-bit field of nodectl's JSON (a number; protobuf's JSON mapping
+/// would write a string, which is taken too).
+fn uint(v: &serde_json::Value) -> u64 {
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn three_etcd_vms_form_a_cluster_on_a_network_that_holds_through_a_member_loss() {
+    let host = NestedHost::from_env().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    // The image the worker pulls, in a registry's storage on the volume.
+    let (registry, _reference) = stratum_testkit::fixture::registry_with_busybox(dir.path())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let volume = dir.path().join("node.ext4");
+    stratum_tests::node_image_volume_with(
+        host.images_dir(),
+        &volume,
+        &[(registry.storage(), "registry")],
+        16,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    drop(registry);
+    let scenario = Scenario::new(script())
+        .file(AGENT, NestedHost::static_bin("node-agent"))
+        .file(NODECTL, NestedHost::static_bin("nodectl"))
+        .file(JAILER, NestedHost::static_bin("stratum-jailer"))
+        .dynamic_binary("/usr/sbin/nft", "/usr/sbin/nft")
+        .dynamic_binary("/usr/bin/docker-registry", "/usr/bin/docker-registry")
+        .dynamic_binary("/usr/bin/etcdctl", "/usr/bin/etcdctl")
+        .drive(&volume)
+        .memory_mib(6144)
+        .host_cpus(1)
+        .timeout(Duration::from_secs(2400));
+    let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
+    assert!(outcome.host_kvm, "the nested host has no /dev/kvm");
+    let tail = outcome.console_tail(150);
+    for line in outcome.console.lines().filter(|l| {
+        l.starts_with("OUT-")
+            || l.contains("-AFTER=")
+            || l.starts_with("WAITED-")
+            || l.starts_with("DIAG-")
+            || l.starts_with("VM-")
+    }) {
+        eprintln!("{line}");
+    }
+    let v = |key: &str| value(&outcome, key);
+    for (key, want) in [
+        ("OTHER-NET-RC=", "0"),
+        ("IMPORT-RC=", "0"),
+        ("START-ETCD1-RC=", "0"),
+        ("START-ETCD2-RC=", "0"),
+        ("START-ETCD3-RC=", "0"),
+        ("START-W-RC=", "0"),
+        ("POOL-CPU-MAX=", "90000 100000"),
+        ("POOL-MEMORY-MAX=", &(4u64 << 30).to_string()),
+        ("GET-3=", "written-through-member-1"),
+        ("ETCD2-KILLED=", "STOPPED"),
+        ("WRITE-WITH-TWO=", "written-with-two-of-three"),
+        ("RESTART-ETCD2-RC=", "0"),
+        ("CAUGHT-UP=", "written-with-two-of-three"),
+        ("ETCD2-ADDRESS-AFTER-RESTART=", "ip=10.40.0.12/24"),
+        ("WORKER-PULL-EXIT=", "0"),
+        ("WORKER-RUN-EXIT=", "0"),
+        ("OUTSIDER-GATEWAY=", "yes"),
+        ("OUTSIDER-TO-ETCD=", "nono"),
+        ("BRIDGE-PORTS=", "0"),
+        ("LEASES-LEFT=", "0"),
+        ("IMAGE-RM-RC=", "0"),
+        ("TAPS-LEFT=", "0"),
+        ("BRIDGES-LEFT=", "0"),
+        ("RULES-LEFT=", "0"),
+        ("VM-DIRS-LEFT=", "0"),
+        ("CGROUPS-LEFT=", "0"),
+    ] {
+        assert_eq!(v(key), want, "{key}\n{tail}");
+    }
+    assert!(
+        outcome.console.contains("RAN-IN-CONTAINERD"),
+        "the worker's container ran\n{tail}"
+    );
+    let members = outcome
+        .console
+        .lines()
+        .filter(|l| l.starts_with("MEMBER ") && l.contains("started"))
+        .count();
+    assert_eq!(members, 3, "{tail}");
+    // The pool holds what its four running VMs reserve.
+    let pool: serde_json::Value = serde_json::from_str(v("POOL-JSON=")).unwrap();
+    let held = uint(&pool["status"]["memory"]["reservedByChildren"]);
+    let vms: Vec<serde_json::Value> = outcome
+        .console
+        .lines()
+        .filter_map(|l| l.strip_prefix("VM-JSON="))
+        .map(|j| serde_json::from_str(j).unwrap())
+        .collect();
+    assert_eq!(vms.len(), 4, "{tail}");
+    let reserved: u64 = vms
+        .iter()
+        .map(|vm| uint(&vm["status"]["reservation"]["memoryBytes"]))
+        .sum();
+    assert!(
+        reserved > 0 && held == reserved,
+        "pool {held}, VMs {reserved}\n{tail}"
+    );
+    for stopped in outcome
+        .console
+        .lines()
+        .filter(|l| l.starts_with("STOPPED-STATE"))
+    {
+        assert!(
+            stopped.ends_with("(the guest powered off (ACPI S5))"),
+            "shut down through the guest agent: {stopped}\n{tail}"
+        );
+    }
+    assert_eq!(
+        outcome
+            .console
+            .lines()
+            .filter(|l| l.starts_with("STOPPED-STATE"))
+            .count(),
+        4,
+        "{tail}"
+    );
+    let deleted = outcome
+        .console
+        .lines()
+        .filter(|l| {
+            l.starts_with("DELETE-RC=0")
+                || l.starts_with("NET-DELETE-RC=0")
+                || l.starts_with("POOL-DELETE-RC=0")
+        })
+        .count();
+    assert_eq!(deleted, 9, "{tail}");
+}
