@@ -24,10 +24,9 @@ pub const QEMU_DATA_DIR: &str = "/usr/share/qemu";
 /// /usr/share/seabios, 7.2 from /usr/share/qemu).
 pub fn with_qemu(mut scenario: Scenario, qemu: &Path) -> Result<Scenario> {
     let dest = qemu.to_str().context("QEMU path is not UTF-8")?;
-    scenario = scenario.file(dest, qemu);
-    for lib in shared_libs(qemu)? {
-        scenario = scenario.file(lib.to_string_lossy(), &lib);
-    }
+    // Checked first: dynamic_binary panics where this returns the error.
+    shared_libs(qemu)?;
+    scenario = scenario.dynamic_binary(dest, qemu);
     let dirs = qemu_data_dirs(qemu);
     for rom in QEMU_ROMS {
         let path = dirs

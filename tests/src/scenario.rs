@@ -61,19 +61,6 @@ pub struct Scenario {
     pub(crate) interactive: bool,
 }
 
-/// The absolute paths of the libraries (and the loader) in `ldd` output.
-fn shared_libraries(ldd: &str) -> Vec<String> {
-    ldd.lines()
-        .filter_map(|line| {
-            let path = match line.split_once("=>") {
-                Some((_, right)) => right.split_whitespace().next()?,
-                None => line.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| path.to_string())
-        })
-        .collect()
-}
-
 impl Scenario {
     /// A scenario running `script` with `sh` (not `sh -e`); its exit status
     /// becomes [`crate::Outcome::exit_code`].
@@ -107,14 +94,11 @@ impl Scenario {
     /// scenario without its program is a broken test.
     pub fn dynamic_binary(mut self, dest: impl Into<String>, src: impl Into<PathBuf>) -> Self {
         let src = src.into();
-        let out = std::process::Command::new("ldd")
-            .arg(&src)
-            .output()
-            .unwrap_or_else(|e| panic!("ldd {}: {e}", src.display()));
-        assert!(out.status.success(), "ldd {}: {out:?}", src.display());
-        for lib in shared_libraries(&String::from_utf8_lossy(&out.stdout)) {
-            if !self.files.iter().any(|f| f.dest == lib) {
-                self = self.file(lib.clone(), lib);
+        let libs = crate::bench::shared_libs(&src).unwrap_or_else(|e| panic!("{e:#}"));
+        for lib in libs {
+            let dest = lib.to_string_lossy().into_owned();
+            if !self.files.iter().any(|f| f.dest == dest) {
+                self = self.file(dest, lib);
             }
         }
         self.file(dest, src)
@@ -191,24 +175,5 @@ impl Scenario {
 
     pub fn timeout_value(&self) -> Duration {
         self.timeout
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ldd_output_names_libraries_and_the_loader() {
-        let ldd = "\tlinux-vdso.so.1 (0x00007f)\n\
-                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\
-                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
-        assert_eq!(
-            shared_libraries(ldd),
-            [
-                "/lib/x86_64-linux-gnu/libc.so.6",
-                "/lib64/ld-linux-x86-64.so.2"
-            ]
-        );
     }
 }
