@@ -33,6 +33,7 @@ mod tests {
             "stratum/v1/virtual_machines.proto",
             "stratum/v1/images.proto",
             "stratum/v1/pods.proto",
+            "stratum/v1/networks.proto",
             "google/protobuf/timestamp.proto",
         ] {
             assert!(names.contains(&file), "{file} missing from {names:?}");
@@ -49,6 +50,7 @@ mod tests {
             [
                 "Host",
                 "ImageService",
+                "Networks",
                 "PodService",
                 "ResourcePools",
                 "VirtualMachines"
