@@ -91,23 +91,10 @@ run-node: images static node-image
 # Tests drive the workspace's binaries (an agent test runs nodectl), and
 # cargo builds a package's binaries for tests only when that package has
 # integration tests of its own: every binary is built first.
-#
-# The etcd cluster (tests/tests/etcd_cluster.rs) boots five VMs, four of
-# them Debian, in a one-CPU nested host: the longest test by far, and it
-# keeps one core busy. It runs beside the rest of the suite (its binary
-# run directly, so cargo's build lock is not held meanwhile), its output
-# kept in $(CLUSTER_LOG) and shown at the end; either failing fails.
-CLUSTER_LOG := target/etcd-cluster.log
 test: deps images static node-image
 	$(MAKE) lint
 	$(CARGO) build --workspace --bins
-	@bin=$$($(CARGO) test --no-run -p stratum-tests --test etcd_cluster 2>&1 \
-		| sed -n 's/.*Executable.*(\(.*etcd_cluster-[0-9a-f]*\))$$/\1/p'); \
-	[ -x "$$bin" ] || { echo "no etcd_cluster test binary"; exit 1; }; \
-	( "$$bin" > $(CLUSTER_LOG) 2>&1; echo $$? > $(CLUSTER_LOG).rc ) & cluster=$$!; \
-	$(CARGO) test --workspace --no-fail-fast -- --skip three_etcd_vms_form_a_cluster; rest=$$?; \
-	wait $$cluster; cat $(CLUSTER_LOG); \
-	[ $$rest -eq 0 ] && [ "$$(cat $(CLUSTER_LOG).rc)" = 0 ]
+	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) fuzz-test
 
 bench: images static node-image bench-pod-deps

@@ -289,8 +289,7 @@ fn three_etcd_vms_form_a_cluster_on_a_network_that_holds_through_a_member_loss()
         .drive(&volume)
         .memory_mib(6144)
         .host_cpus(1)
-        // About 21 minutes alone; `make test` runs the rest of the suite
-        // beside it.
+        // About 21 minutes on an idle machine; room for a busy one.
         .timeout(Duration::from_secs(3600));
     let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
     assert!(outcome.host_kvm, "the nested host has no /dev/kvm");

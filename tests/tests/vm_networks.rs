@@ -205,8 +205,7 @@ fn vms_on_networks_reach_their_namespace_and_nothing_else() {
         // the nested host's kernel in __svm_vcpu_run (see
         // `Scenario::host_cpus`).
         .host_cpus(1)
-        // About two minutes alone; `make test` runs the etcd cluster's
-        // nested host beside it, on the other core at best.
+        // About two minutes on an idle machine; room for a busy one.
         .timeout(Duration::from_secs(1200));
     let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
     let tail = outcome.console_tail(120);
