@@ -96,18 +96,6 @@ fn outsider_script() -> String {
     )
 }
 
-fn base64(s: &str) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("base64")
-        .arg("-w0")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
-}
-
 fn script() -> String {
     let vmm = paths::VMM;
     let mut s = format!(
@@ -206,7 +194,7 @@ echo POOL-JSON=$($N -o json pool get $A | tr -d '\n')
 for v in $ETCD1 $ETCD2 $ETCD3 $W; do echo VM-JSON=$($N -o json vm get $v | tr -d '\n'); done
 O=$($N -o json vm create outsider --pool $B --role worker --vcpus 1 --memory 64 \
     --cpu-reservation 50 --kernel /stratum/guest/vmlinux --initrd /stratum/guest/initramfs.cpio.gz \
-    --cmdline "console=ttyS0 reboot=k panic=1 stratum.exit=run stratum.run={outsider}" \
+    --cmdline "{outsider}" \
     --nic network=other-net,ip=10.41.0.21 | id)
 $N vm start $O > /dev/null; echo START-O-RC=$?
 $N vm kill $ETCD2 > /dev/null; wait_state $ETCD2 STOPPED
@@ -241,7 +229,9 @@ echo CGROUPS-LEFT=$(find /sys/fs/cgroup/stratum -mindepth 1 -type d | wc -l)
 tail -5 /run/registry.log | sed 's/^/REGISTRY-LOG /'
 [ "$(ls /sys/class/net | grep -c '^t')" = 0 ] || tail -30 /stratum/node/agent.log
 "#,
-        outsider = base64(&outsider_script())
+        outsider =
+            stratum_tests::guest::run_cmdline("console=ttyS0 reboot=k panic=1", &outsider_script())
+                .unwrap_or_else(|e| panic!("{e}"))
     );
     s
 }

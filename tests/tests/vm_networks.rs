@@ -17,6 +17,12 @@ use std::time::Duration;
 
 use stratum_tests::{paths, NestedHost, Outcome, Scenario};
 
+/// The guest's command line: its console, and `script` to run.
+fn guest_cmdline(script: &str) -> String {
+    let cmdline = stratum_tests::guest::run_cmdline("console=ttyS0 reboot=k panic=1", script);
+    format!("'{}'", cmdline.unwrap_or_else(|e| panic!("{e}")))
+}
+
 const AGENT: &str = "/stratum/bin/node-agent";
 const NODECTL: &str = "/stratum/bin/nodectl";
 const JAILER: &str = "/stratum/bin/stratum-jailer";
@@ -94,18 +100,6 @@ fn scenario_script() -> String {
             unreachable("B2-TO-A1", "10.50.0.11")
         ),
     );
-    let b64 = |s: &str| {
-        use std::io::Write;
-        let mut child = std::process::Command::new("base64")
-            .arg("-w0")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        String::from_utf8(out.stdout).unwrap()
-    };
     let vmm = paths::VMM;
     let guest_dir = "/stratum/guest";
     let mut script = format!(
@@ -123,7 +117,7 @@ id() {{ sed -n 's/^  "id": "\(.*\)".*/\1/p' | head -1; }}
 mkvm() {{
     $N -o json vm create "$1" --pool "$2" --role worker --vcpus 1 --memory 64 --cpu-reservation 100 \
         --kernel {guest_dir}/vmlinux --initrd {guest_dir}/initramfs.cpio.gz \
-        --cmdline "console=ttyS0 reboot=k panic=1 stratum.exit=run stratum.run=$4" --nic "$3" | id
+        --cmdline "$4" --nic "$3" | id
 }}
 console() {{ cat /run/agent/vms/$1/run/console.log 2>/dev/null; }}
 done_vm() {{ console $1 | grep -q STRATUM-GUEST-RUN-EXIT; }}
@@ -149,7 +143,7 @@ $N network create net-x --cidr 10.50.0.128/25 > /dev/null 2>&1; echo OVERLAP-RC=
         let var = name.to_uppercase();
         script += &format!(
             "{var}=$(mkvm {name} {pool} {nic} {})\n$N vm start ${var} > /dev/null; echo START-{var}-RC=$?\n",
-            b64(body)
+            guest_cmdline(body)
         );
     }
     script += r#"
