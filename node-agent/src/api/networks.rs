@@ -37,7 +37,8 @@ fn may_read(caller: &Caller, record: &NetworkRecord) -> bool {
 }
 
 impl NetworkService {
-    fn to_proto(&self, caller: &Caller, info: &NetworkInfo) -> proto::Network {
+    /// `infos` as the caller may see them; the VMs' MACs read once.
+    fn to_proto(&self, caller: &Caller, infos: &[NetworkInfo]) -> Vec<proto::Network> {
         let macs = self.0.vms().nic_macs();
         let vm_namespace = |vm: &str| {
             let pool = self.0.vms().pool_of(vm)?;
@@ -45,7 +46,14 @@ impl NetworkService {
         };
         let visible =
             |ns: Option<&str>| caller.sees_everything() || ns.is_some_and(|ns| caller.may_read(ns));
-        network_to_proto(info, &macs, vm_namespace, visible)
+        infos
+            .iter()
+            .map(|info| network_to_proto(info, &macs, vm_namespace, visible))
+            .collect()
+    }
+
+    fn one_to_proto(&self, caller: &Caller, info: NetworkInfo) -> proto::Network {
+        self.to_proto(caller, &[info]).pop().unwrap_or_default()
     }
 }
 
@@ -62,7 +70,7 @@ impl Networks for NetworkService {
             .ok_or_else(|| AgentError::InvalidArgument("spec is required".into()))?;
         check_change(&caller, &spec.namespaces)?;
         let info = self.0.networks().create(&spec).await?;
-        Ok(Response::new(self.to_proto(&caller, &info)))
+        Ok(Response::new(self.one_to_proto(&caller, info)))
     }
 
     async fn get(
@@ -77,7 +85,7 @@ impl Networks for NetworkService {
                 caller.name, info.record.name
             )));
         }
-        let network = self.to_proto(&caller, &info);
+        let network = self.one_to_proto(&caller, info);
         super::durable(&self.0, Response::new(network)).await
     }
 
@@ -86,15 +94,9 @@ impl Networks for NetworkService {
         request: Request<proto::ListNetworksRequest>,
     ) -> Result<Response<proto::ListNetworksResponse>, Status> {
         let caller = Caller::of(&request)?;
-        let networks = self
-            .0
-            .networks()
-            .list()
-            .await?
-            .iter()
-            .filter(|info| may_read(&caller, &info.record))
-            .map(|info| self.to_proto(&caller, info))
-            .collect();
+        let mut infos = self.0.networks().list().await?;
+        infos.retain(|info| may_read(&caller, &info.record));
+        let networks = self.to_proto(&caller, &infos);
         super::durable(
             &self.0,
             Response::new(proto::ListNetworksResponse { networks }),
