@@ -54,6 +54,17 @@ pub enum Error {
         console_tail: String,
     },
 
+    /// The nested host stopped running: its init's heartbeat (every ten
+    /// seconds) has not been seen for `silent`, and QEMU was
+    /// killed. QEMU's TCG emulation of nested SVM sometimes leaves the
+    /// host's only CPU halted with nothing to wake it (QEMU idle, the
+    /// host's own timers no longer firing).
+    #[error("nested host froze (no heartbeat for {silent:?}); console tail:\n{console_tail}")]
+    HostFroze {
+        silent: Duration,
+        console_tail: String,
+    },
+
     /// QEMU ended before the host's init reported `STRATUM-HOST-UP`.
     #[error("nested host never came up (qemu {status}); qemu stderr:\n{stderr}\nconsole tail:\n{console_tail}")]
     HostDidNotBoot {

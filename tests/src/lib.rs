@@ -14,6 +14,7 @@
 pub mod bench;
 mod cpio;
 mod error;
+pub mod etcd;
 pub mod guest;
 mod image;
 mod node;
@@ -144,7 +145,21 @@ impl NestedHost {
         let base = self.base_archive()?;
         let extra = image::scenario_archive(scenario)?;
         let _serial = RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        qemu::run(&self.inputs.host_vmlinuz, &base, &extra, scenario)
+        match qemu::run(&self.inputs.host_vmlinuz, &base, &extra, scenario) {
+            // The emulator's fault, not the scenario's: a fresh host runs
+            // it once more, and says so. A second freeze is the error.
+            Err(Error::HostFroze {
+                silent,
+                console_tail,
+            }) => {
+                eprintln!(
+                    "stratum-tests: the nested host froze (no heartbeat for {silent:?}); \
+                     running the scenario again on a fresh host. Its console's tail:\n{console_tail}"
+                );
+                qemu::run(&self.inputs.host_vmlinuz, &base, &extra, scenario)
+            }
+            other => other,
+        }
     }
 
     fn base_archive(&self) -> Result<Arc<Vec<u8>>> {

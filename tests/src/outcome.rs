@@ -4,8 +4,12 @@ use crate::error::{Error, Result};
 
 pub(crate) const HOST_UP: &str = "STRATUM-HOST-UP kvm=";
 pub(crate) const SCENARIO_EXIT: &str = "STRATUM-SCENARIO-EXIT=";
-/// Printed by the nested kvm module under TCG; harmless noise.
-const IGNORED: &[&str] = &["Unhandled WRMSR(0xc0010007)"];
+/// Printed by the nested kvm module under TCG (harmless noise), and the
+/// host init's heartbeat.
+const IGNORED: &[&str] = &["Unhandled WRMSR(0xc0010007)", HEARTBEAT_LINE];
+
+/// What the nested host's init prints every ten seconds.
+pub(crate) const HEARTBEAT_LINE: &str = "STRATUM-HOST-ALIVE";
 
 /// What the nested host reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,11 +108,12 @@ mod tests {
     #[test]
     fn parses_markers_and_drops_noise() {
         let raw = "boot\r\n[ 1.0] kvm: Unhandled WRMSR(0xc0010007) = 0x0\r\n\
-                   STRATUM-HOST-UP kvm=yes\r\nhello\r\nSTRATUM-SCENARIO-EXIT=3\r\n";
+                   STRATUM-HOST-UP kvm=yes\r\nhello\r\nSTRATUM-HOST-ALIVE\r\nSTRATUM-SCENARIO-EXIT=3\r\n";
         let o = Outcome::parse(raw).expect("host up");
         assert!(o.host_kvm);
         assert_eq!(o.exit_code, Some(3));
         assert!(!o.console.contains("WRMSR"));
+        assert!(!o.console.contains("ALIVE"));
         assert_eq!(o.lines_with("hel").collect::<Vec<_>>(), ["hello"]);
         o.assert_exit(3);
         assert!(o.check_exit(0).is_err());

@@ -8,7 +8,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
-use crate::outcome::{clean_console, tail, Outcome};
+use crate::outcome::{clean_console, tail, Outcome, HEARTBEAT_LINE};
 use crate::scenario::{Drive, Scenario};
 
 const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
@@ -16,6 +16,9 @@ const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
 /// the nested kernel's own warnings while debugging.
 const CMDLINE_EXTRA_ENV: &str = "STRATUM_HOST_CMDLINE_EXTRA";
 const TAIL_LINES: usize = 40;
+/// Silence after which a host that has sent a heartbeat counts as frozen:
+/// many heartbeats missed, so a busy host is not mistaken for one.
+const FROZEN_AFTER: Duration = Duration::from_secs(180);
 
 type Shared = Arc<Mutex<Vec<u8>>>;
 
@@ -33,23 +36,33 @@ pub(crate) fn run(
         child
             .stdout
             .take()
-            .map(|s| pump(s, Arc::clone(&console), scenario.echo)),
+            .map(|s| pump(s, Arc::clone(&console), scenario.echo || echo_forced())),
         child
             .stderr
             .take()
             .map(|s| pump(s, Arc::clone(&stderr), false)),
     ];
-    let status = wait_until(&mut child, scenario.timeout);
+    let ended = wait_until(&mut child, scenario.timeout, &console);
     // Readers end at EOF, which comes once QEMU is gone.
     for reader in readers.into_iter().flatten() {
         let _ = reader.join();
     }
     let console = text(&console);
-    let Some(status) = status? else {
-        return Err(Error::Timeout {
-            after: scenario.timeout,
-            console_tail: tail(&clean_console(&console), TAIL_LINES),
-        });
+    let console_tail = || tail(&clean_console(&console), TAIL_LINES);
+    let status = match ended? {
+        Ended::Exited(status) => status,
+        Ended::TimedOut => {
+            return Err(Error::Timeout {
+                after: scenario.timeout,
+                console_tail: console_tail(),
+            })
+        }
+        Ended::Froze => {
+            return Err(Error::HostFroze {
+                silent: FROZEN_AFTER,
+                console_tail: console_tail(),
+            })
+        }
     };
     Outcome::parse(&console).ok_or_else(|| Error::HostDidNotBoot {
         status: status.to_string(),
@@ -129,6 +142,12 @@ fn host_cmdline() -> String {
 }
 
 /// Copies `src` into `sink` until EOF, optionally mirroring it to stdout.
+/// `STRATUM_ECHO=1` streams every scenario's console, e.g. to watch a
+/// long test's nested host: `STRATUM_ECHO=1 cargo test ... -- --nocapture`.
+fn echo_forced() -> bool {
+    std::env::var_os("STRATUM_ECHO").is_some_and(|v| v == "1")
+}
+
 fn pump(mut src: impl Read + Send + 'static, sink: Shared, echo: bool) -> JoinHandle<()> {
     thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -147,17 +166,50 @@ fn pump(mut src: impl Read + Send + 'static, sink: Shared, echo: bool) -> JoinHa
     })
 }
 
-/// `Ok(None)` on timeout, after killing QEMU.
-fn wait_until(child: &mut Child, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
-    let deadline = Instant::now() + timeout;
+enum Ended {
+    Exited(std::process::ExitStatus),
+    /// Killed at the scenario's timeout.
+    TimedOut,
+    /// Killed after [`FROZEN_AFTER`] without output once the host's
+    /// heartbeat had begun.
+    Froze,
+}
+
+/// Waits for QEMU to exit; kills it at `timeout`, or when the console
+/// (the heartbeat included) has been silent for [`FROZEN_AFTER`].
+fn wait_until(child: &mut Child, timeout: Duration, console: &Shared) -> Result<Ended> {
+    let started = Instant::now();
+    let (mut seen, mut last_output) = (0, started);
+    let mut beating = false;
     loop {
         if let Some(status) = child.try_wait().context(|| "waiting for qemu".into())? {
-            return Ok(Some(status));
+            return Ok(Ended::Exited(status));
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        {
+            let out = console.lock().unwrap_or_else(|e| e.into_inner());
+            if out.len() != seen {
+                // Only the new bytes (and a line's worth before) are searched.
+                let from = seen.saturating_sub(HEARTBEAT_LINE.len());
+                beating = beating
+                    || out[from..]
+                        .windows(HEARTBEAT_LINE.len())
+                        .any(|w| w == HEARTBEAT_LINE.as_bytes());
+                seen = out.len();
+                last_output = now;
+            }
+        }
+        let ended = if now >= started + timeout {
+            Some(Ended::TimedOut)
+        } else if beating && now >= last_output + FROZEN_AFTER {
+            Some(Ended::Froze)
+        } else {
+            None
+        };
+        if let Some(ended) = ended {
             let _ = child.kill();
             let _ = child.wait();
-            return Ok(None);
+            return Ok(ended);
         }
         thread::sleep(Duration::from_millis(50));
     }
