@@ -7,13 +7,18 @@
 //! docker-registry on the nested host's gateway address, a host service of
 //! the network) and runs it with containerd. From the nested host, with
 //! Debian's etcdctl: a key written through member 1 is read through member
-//! 3; with member 2 killed the cluster still takes a write (quorum 2 of
-//! 3); started again, member 2 has caught up. A busybox VM of another
+//! 3; the agent killed with -9 and started again, the VMs run on and their
+//! guest agents' links come back; with member 2 killed the cluster still
+//! takes a write (quorum 2 of 3); started again, member 2 has caught up.
+//! Each guest agent's view (hostname, OS, kernel, the NIC's MAC and
+//! address) is in `vm get`; the image cannot be removed while VMs use it. A busybox VM of another
 //! namespace, on another network, cannot reach the members. The pool's
 //! limits are in its cgroup while the cluster runs, and the VMs'
 //! reservations are what the pool holds. Everything is shut down through
-//! the guest agents and deleted; then no TAP, bridge, address, firewall
-//! rule, disk, seed or cgroup is left.
+//! the guest agents (each console shows a power-down, not a reboot) and
+//! deleted; then no TAP, bridge, address, firewall rule, disk, seed or
+//! cgroup is left. The members' definition is shared with `bench-cluster`
+//! (`stratum_tests::etcd`).
 //!
 //! On one nested-host CPU, as every full-distribution boot here (see
 //! `Scenario::host_cpus`). The agent's data directory is on the volume
@@ -27,51 +32,15 @@
 
 use std::time::Duration;
 
+use stratum_tests::etcd::{member_user_data, shell_helpers, MEMBERS, NET};
 use stratum_tests::{paths, NestedHost, Outcome, Scenario};
 
 const AGENT: &str = "/stratum/bin/node-agent";
 const NODECTL: &str = "/stratum/bin/nodectl";
 const JAILER: &str = "/stratum/bin/stratum-jailer";
 const NODE: &str = "/stratum/node";
-const NET: &str = "10.40.0";
-const MEMBERS: [(&str, &str); 3] = [("etcd-1", "11"), ("etcd-2", "12"), ("etcd-3", "13")];
-
-/// A member's user-data: etcd's settings (Debian's unit reads
-/// /etc/default/etcd), enabled so that it comes back after a restart,
-/// started without waiting (its start blocks until a quorum is up). Slow
-/// heartbeats: three guests share one emulated CPU.
-fn member_user_data(name: &str) -> String {
-    let cluster: Vec<String> = MEMBERS
-        .iter()
-        .map(|(n, host)| format!("{n}=http://{NET}.{host}:2380"))
-        .collect();
-    let host = MEMBERS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, h)| *h)
-        .unwrap();
-    let ip = format!("{NET}.{host}");
-    format!(
-        "#cloud-config\n\
-         write_files:\n\
-         \x20 - path: /etc/default/etcd\n\
-         \x20   content: |\n\
-         \x20     ETCD_NAME={name}\n\
-         \x20     ETCD_DATA_DIR=/var/lib/etcd/stratum\n\
-         \x20     ETCD_LISTEN_PEER_URLS=http://{ip}:2380\n\
-         \x20     ETCD_LISTEN_CLIENT_URLS=http://{ip}:2379,http://127.0.0.1:2379\n\
-         \x20     ETCD_INITIAL_ADVERTISE_PEER_URLS=http://{ip}:2380\n\
-         \x20     ETCD_ADVERTISE_CLIENT_URLS=http://{ip}:2379\n\
-         \x20     ETCD_INITIAL_CLUSTER={}\n\
-         \x20     ETCD_INITIAL_CLUSTER_STATE=new\n\
-         \x20     ETCD_INITIAL_CLUSTER_TOKEN=stratum-test\n\
-         \x20     ETCD_HEARTBEAT_INTERVAL=500\n\
-         \x20     ETCD_ELECTION_TIMEOUT=5000\n\
-         runcmd:\n\
-         \x20 - [systemctl, enable, --now, --no-block, etcd]\n",
-        cluster.join(",")
-    )
-}
+/// How long the scenario's waits may take in all, from its first Create.
+const SCENARIO_BUDGET: Duration = Duration::from_secs(2700);
 
 /// The worker's user-data: containerd pulls the image from the registry
 /// on the network's gateway and runs it; both outcomes go to the console.
@@ -99,9 +68,10 @@ fn outsider_script() -> String {
 fn script() -> String {
     let vmm = paths::VMM;
     let mut s = format!(
-        r#"N="{NODECTL} --addr https://127.0.0.1:7443 --certs /stratum/node/agent/certs"
-E="etcdctl --command-timeout=10s"
-mkdir -p {NODE} && mount /dev/vda {NODE} || exit 10
+        r#"CTL="{NODECTL} --addr https://127.0.0.1:7443 --certs /stratum/node/agent/certs"
+# No call may hang the scenario: a wedged agent shows as exit 124.
+N="timeout 300 $CTL"
+{etcd}mkdir -p {NODE} && mount /dev/vda {NODE} || exit 10
 # Only the image is an artifact: the data directory on the same volume is
 # the agent's own.
 mkdir -p /stratum/artifacts/node.oci && mount --bind {NODE}/node.oci /stratum/artifacts/node.oci || exit 11
@@ -123,40 +93,67 @@ start_agent() {{
     {AGENT} --data-dir /stratum/node/agent --listen 0.0.0.0:7443 --vmm {vmm} --reserve-cpu 0 \
         --reserve-memory-mib 512 --artifact-dir /stratum/artifacts --artifact-dir /stratum/guest \
         --pod-host-service tcp:5000 >> /stratum/node/agent.log 2>&1 &
+    AGENT_PID=$!
     i=0; until $N host info > /dev/null 2>&1 || [ $i -gt 150 ]; do sleep 0.2; i=$((i+1)); done
 }}
+now() {{ date +%s; }}
+at() {{ echo "AT-$1=$(( $(now) - T0 ))"; }}
 id() {{ sed -n 's/^  "id": "\(.*\)".*/\1/p' | head -1; }}
 state() {{ $N vm get "$1" | awk '/^STATE/ {{print $2}}'; }}
 guest() {{ $N vm get "$1" | awk '$1 == "GUEST" {{print $2; exit}}'; }}
+console() {{ cat /stratum/node/agent/vms/$1/run/console.log 2>/dev/null; }}
 diagnose() {{
     $N vm get "$1" | sed "s/^/DIAG-$1 /"
     console "$1" | tail -60 | sed "s/^/DIAG-$1-CONSOLE /"
     cat /sys/fs/cgroup/stratum/$A/memory.events /sys/fs/cgroup/stratum/$A/memory.current | sed "s/^/DIAG-POOL /"
     free -m | sed "s/^/DIAG-FREE /"
+    tail -30 /stratum/node/agent.log | sed "s/^/DIAG-AGENT /"
 }}
-wait_guest() {{
-    i=0
-    while [ "$(guest "$1")" != ready ]; do
-        case "$(state "$1")" in RUNNING|STARTING) ;; *) echo "VM-DOWN $2"; diagnose "$1"; break ;; esac
-        [ $i -lt 900 ] || {{ echo "VM-NOT-READY $2"; diagnose "$1"; break; }}
-        sleep 1; i=$((i+1))
+# Waits are bounded in seconds (LAST bounds them all); each says how long
+# it took. The pool's events come from one watch, not from polling: on
+# one emulated CPU a nodectl call is CPU the guests do not get.
+deadline() {{ end=$(( $(now) + $1 )); [ $end -lt $LAST ] || end=$LAST; echo $end; }}
+watch_pool() {{ $CTL vm watch --pool $A >> /run/watch.log 2>&1 & }}
+readies() {{ grep -c "  $1  GUEST_READY" /run/watch.log; }}
+# wait_ready VM LABEL SEEN SECONDS: until the VM's guest is ready once
+# more than SEEN times.
+wait_ready() {{
+    t=$(now); end=$(deadline $4); n=0
+    while [ "$(readies $1)" -le $3 ]; do
+        if [ $(now) -gt $end ]; then echo "VM-NOT-READY $2"; FAILED=1; diagnose $1; break; fi
+        n=$((n+1))
+        if [ $((n % 10)) = 0 ]; then
+            case "$(state $1)" in RUNNING|STARTING) ;; *) echo "VM-DOWN $2"; FAILED=1; diagnose $1; break ;; esac
+        fi
+        sleep 3
     done
-    echo WAITED-$2=$i
+    echo "WAITED-$2=$(( $(now) - t ))"
 }}
-wait_state() {{
-    i=0; while [ "$(state "$1")" != "$2" ] && [ $i -lt 600 ]; do sleep 0.5; i=$((i+1)); done
+# wait_until SECONDS LABEL COMMAND...: until COMMAND succeeds.
+wait_until() {{
+    t=$(now); end=$(deadline $1); label=$2; shift 2
+    until "$@"; do
+        if [ $(now) -gt $end ]; then echo "TIMED-OUT $label"; FAILED=1; break; fi
+        sleep 3
+    done
+    echo "WAITED-$label=$(( $(now) - t ))"
 }}
-console() {{ cat /stratum/node/agent/vms/$1/run/console.log 2>/dev/null; }}
-etcd_ok() {{ $E --endpoints=http://{NET}.$1:2379 endpoint health > /dev/null 2>&1; }}
+is_state() {{ [ "$(state $1)" = "$2" ]; }}
+is_ready() {{ [ "$(guest $1)" = ready ]; }}
+caught_up() {{ [ "$($E --endpoints=http://{NET}.12:2379 get /stratum/k2 --consistency=s --print-value-only 2>/dev/null)" = written-with-two-of-three ]; }}
 start_agent
-T0=$(date +%s)
+T0=$(now)
+LAST=$((T0 + {budget}))
 A=$($N -o json pool create tenant-a --cpu-limit 900m --mem-limit 4Gi | id)
 B=$($N -o json pool create tenant-b | id)
 echo NAMESPACES=$A,$B
 $N network create tenant-net --cidr {NET}.0/24 --namespace $A | sed 's/^/OUT-NETWORK-CREATE /'
 $N network create other-net --cidr 10.41.0.0/24 --namespace $B > /dev/null; echo OTHER-NET-RC=$?
 $N image import /stratum/artifacts/node.oci --reference stratum/node:bookworm > /dev/null; echo IMPORT-RC=$?
-"#
+watch_pool
+"#,
+        budget = SCENARIO_BUDGET.as_secs(),
+        etcd = shell_helpers(),
     );
     for (name, host) in MEMBERS {
         s += &format!(
@@ -165,7 +162,7 @@ $N image import /stratum/artifacts/node.oci --reference stratum/node:bookworm > 
              --cpu-reservation 100 --image stratum/node:bookworm --root-disk 3Gi \
              --nic network=tenant-net,ip={NET}.{host} --user-data /run/{name}.yaml | id)\n\
              $N vm start ${var} > /dev/null; echo START-{var}-RC=$?\n",
-            member_user_data(name),
+            member_user_data(name).unwrap_or_default(),
             var = name.replace('-', "").to_uppercase(),
         );
     }
@@ -178,13 +175,16 @@ $N image import /stratum/artifacts/node.oci --reference stratum/node:bookworm > 
         worker_user_data()
     );
     s += &format!(
-        r#"echo POOL-CPU-MAX=$(cat /sys/fs/cgroup/stratum/$A/cpu.max)
+        r#"at STARTED
+$N image rm stratum/node:bookworm > /dev/null 2>&1; echo RM-UNDER-VMS-RC=$?
+echo DISK-SIZE=$(stat -c %s /stratum/node/agent/vms/$ETCD1/root.img)
+echo POOL-CPU-MAX=$(cat /sys/fs/cgroup/stratum/$A/cpu.max)
 echo POOL-MEMORY-MAX=$(cat /sys/fs/cgroup/stratum/$A/memory.max)
-for v in $ETCD1 $ETCD2 $ETCD3; do wait_guest $v $v; done
-i=0; until etcd_ok 11 && etcd_ok 12 && etcd_ok 13 || [ $i -gt 300 ]; do sleep 1; i=$((i+1)); done
-echo HEALTHY-AFTER=$(( $(date +%s) - T0 ))
+for v in $ETCD1 $ETCD2 $ETCD3; do wait_ready $v $v 0 1500; done
+wait_until 300 HEALTHY cluster_ok
+at HEALTHY
 $E --endpoints=http://{NET}.11:2379 put /stratum/k1 written-through-member-1 | sed 's/^/PUT-1=/'
-echo FIRST-WRITE-AFTER=$(( $(date +%s) - T0 ))
+at FIRST-WRITE
 echo GET-3=$($E --endpoints=http://{NET}.13:2379 get /stratum/k1 --print-value-only)
 $E --endpoints=http://{NET}.11:2379,http://{NET}.12:2379,http://{NET}.13:2379 member list | sed 's/^/MEMBER /'
 $N vm list | sed 's/^/OUT-VM-LIST /'
@@ -192,27 +192,52 @@ $N network get tenant-net | sed 's/^/OUT-NETWORK-GET /'
 $N pool list --workloads | sed 's/^/OUT-INVENTORY /'
 echo POOL-JSON=$($N -o json pool get $A | tr -d '\n')
 for v in $ETCD1 $ETCD2 $ETCD3 $W; do echo VM-JSON=$($N -o json vm get $v | tr -d '\n'); done
+# The agent dies with -9: the VMs run on, and the links to their guest
+# agents come back when it is started again.
+kill -9 $AGENT_PID; wait $AGENT_PID 2>/dev/null
+start_agent
+watch_pool
+for v in $ETCD1 $ETCD2 $ETCD3 $W; do echo STATE-AFTER-AGENT-KILL=$(state $v); done
+for v in $ETCD1 $ETCD2 $ETCD3; do wait_until 300 RELINKED-$v is_ready $v; done
+at RELINKED
 O=$($N -o json vm create outsider --pool $B --role worker --vcpus 1 --memory 64 \
     --cpu-reservation 50 --kernel /stratum/guest/vmlinux --initrd /stratum/guest/initramfs.cpio.gz \
     --cmdline "{outsider}" \
     --nic network=other-net,ip=10.41.0.21 | id)
 $N vm start $O > /dev/null; echo START-O-RC=$?
-$N vm kill $ETCD2 > /dev/null; wait_state $ETCD2 STOPPED
+$N vm kill $ETCD2 > /dev/null
+wait_until 300 KILLED is_state $ETCD2 STOPPED
 echo ETCD2-KILLED=$(state $ETCD2)
-i=0; until $E --endpoints=http://{NET}.11:2379 put /stratum/k2 written-with-two-of-three > /dev/null 2>&1 || [ $i -gt 60 ]; do sleep 1; i=$((i+1)); done
+wait_until 300 WRITE-WITH-TWO $E --endpoints=http://{NET}.11:2379 put /stratum/k2 written-with-two-of-three
 echo WRITE-WITH-TWO=$($E --endpoints=http://{NET}.13:2379 get /stratum/k2 --print-value-only)
+SEEN=$(readies $ETCD2)
 $N vm start $ETCD2 > /dev/null; echo RESTART-ETCD2-RC=$?
-wait_guest $ETCD2 RESTARTED
-i=0; until [ "$($E --endpoints=http://{NET}.12:2379 get /stratum/k2 --consistency=s --print-value-only 2>/dev/null)" = written-with-two-of-three ] || [ $i -gt 300 ]; do sleep 1; i=$((i+1)); done
+wait_ready $ETCD2 RESTARTED $SEEN 900
+wait_until 300 CAUGHT-UP caught_up
 echo CAUGHT-UP=$($E --endpoints=http://{NET}.12:2379 get /stratum/k2 --consistency=s --print-value-only)
+at CAUGHT-UP
 echo ETCD2-ADDRESS-AFTER-RESTART=$($N vm get $ETCD2 | grep '^NIC' | grep -o 'ip=[0-9./]*')
-wait_guest $W WORKER
+wait_ready $W WORKER 0 900
+worker_done() {{ console $W | grep -a -q WORKER-RUN-EXIT; }}
+wait_until 600 WORKER-RAN worker_done
 console $W | grep -a -o -E 'WORKER-[A-Z]+-EXIT=[0-9]+|RAN-IN-CONTAINERD' | sort -u
-i=0; until console $O | grep -q STRATUM-GUEST-RUN-EXIT || [ $i -gt 120 ]; do sleep 1; i=$((i+1)); done
+outsider_done() {{ console $O | grep -a -q STRATUM-GUEST-RUN-EXIT; }}
+wait_until 300 OUTSIDER outsider_done
 console $O | grep -a -E '^OUTSIDER-' | tr -d '\r'
-for v in $ETCD1 $ETCD2 $ETCD3 $W; do $N vm stop $v --timeout 180 > /dev/null; done
-for v in $ETCD1 $ETCD2 $ETCD3 $W; do wait_state $v STOPPED; $N vm get $v | grep '^STATE' | sed 's/^/STOPPED-/'; done
-wait_state $O STOPPED
+at STOPPING
+# Shut down through the guest agents, all at once.
+stops=""
+for v in $ETCD1 $ETCD2 $ETCD3 $W; do $N vm stop $v --timeout 180 > /dev/null & stops="$stops $!"; done
+wait $stops
+for v in $ETCD1 $ETCD2 $ETCD3 $W; do
+    wait_until 300 STOPPED-$v is_state $v STOPPED
+    $N vm get $v | grep '^STATE' | sed 's/^/STOPPED-/'
+    echo POWER-DOWN=$(console $v | grep -a -c 'reboot: Power down')
+    echo RESTARTING=$(console $v | grep -a -c 'reboot: Restarting')
+done
+wait_until 300 STOPPED-$O is_state $O STOPPED
+at STOPPED
+echo WATCH-READY=$(for v in $ETCD1 $ETCD2 $ETCD3 $W; do [ "$(readies $v)" -ge 1 ] && echo $v; done | wc -l)
 echo BRIDGE-PORTS=$(ls /sys/class/net/st-tenant-net/brif | wc -l)
 for v in $ETCD1 $ETCD2 $ETCD3 $W $O; do $N vm delete $v > /dev/null; echo DELETE-RC=$?; done
 echo LEASES-LEFT=$($N network get tenant-net | grep -c '^ATTACHMENT')
@@ -226,8 +251,9 @@ echo BRIDGES-LEFT=$(ls /sys/class/net | grep -c '^st-')
 echo RULES-LEFT=$(nft list ruleset | grep -c -E '10\.4[01]\.')
 echo VM-DIRS-LEFT=$(ls /stratum/node/agent/vms | wc -l)
 echo CGROUPS-LEFT=$(find /sys/fs/cgroup/stratum -mindepth 1 -type d | wc -l)
+at DONE
 tail -5 /run/registry.log | sed 's/^/REGISTRY-LOG /'
-[ "$(ls /sys/class/net | grep -c '^t')" = 0 ] || tail -30 /stratum/node/agent.log
+[ -z "$FAILED" ] || tail -60 /stratum/node/agent.log | sed 's/^/AGENT-LOG /'
 "#,
         outsider =
             stratum_tests::guest::run_cmdline("console=ttyS0 reboot=k panic=1", &outsider_script())
@@ -243,6 +269,16 @@ fn value<'a>(outcome: &'a Outcome, key: &str) -> &'a str {
         .find_map(|l| l.trim().strip_prefix(key))
         .map(str::trim)
         .unwrap_or_default()
+}
+
+/// Every value of `key`, in the order printed.
+fn values<'a>(outcome: &'a Outcome, key: &str) -> Vec<&'a str> {
+    outcome
+        .console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(key))
+        .map(str::trim)
+        .collect()
 }
 
 /// A 64-bit field of nodectl's JSON (a number; protobuf's JSON mapping
@@ -279,19 +315,28 @@ fn three_etcd_vms_form_a_cluster_on_a_network_that_holds_through_a_member_loss()
         .drive(&volume)
         .memory_mib(6144)
         .host_cpus(1)
-        // About 21 minutes on an idle machine; room for a busy one.
-        .timeout(Duration::from_secs(3600));
+        // The scenario's waits end by its budget; then the clean-up.
+        .timeout(SCENARIO_BUDGET + Duration::from_secs(600));
     let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
     assert!(outcome.host_kvm, "the nested host has no /dev/kvm");
     let tail = outcome.console_tail(150);
     for line in outcome.console.lines().filter(|l| {
         l.starts_with("OUT-")
-            || l.contains("-AFTER=")
+            || l.starts_with("AT-")
             || l.starts_with("WAITED-")
+            || l.starts_with("TIMED-OUT")
             || l.starts_with("DIAG-")
-            || l.starts_with("VM-")
+            || l.starts_with("AGENT-LOG")
+            || l.starts_with("VM-NOT")
+            || l.starts_with("VM-DOWN")
     }) {
         eprintln!("{line}");
+    }
+    for failed in ["TIMED-OUT", "VM-NOT-READY", "VM-DOWN"] {
+        assert!(
+            !outcome.console.lines().any(|l| l.starts_with(failed)),
+            "a wait ended without its condition ({failed})\n{tail}"
+        );
     }
     let v = |key: &str| value(&outcome, key);
     for (key, want) in [
@@ -304,6 +349,7 @@ fn three_etcd_vms_form_a_cluster_on_a_network_that_holds_through_a_member_loss()
         ("POOL-CPU-MAX=", "90000 100000"),
         ("POOL-MEMORY-MAX=", &(4u64 << 30).to_string()),
         ("GET-3=", "written-through-member-1"),
+        ("DISK-SIZE=", &(3u64 << 30).to_string()),
         ("ETCD2-KILLED=", "STOPPED"),
         ("WRITE-WITH-TWO=", "written-with-two-of-three"),
         ("RESTART-ETCD2-RC=", "0"),
@@ -313,6 +359,7 @@ fn three_etcd_vms_form_a_cluster_on_a_network_that_holds_through_a_member_loss()
         ("WORKER-RUN-EXIT=", "0"),
         ("OUTSIDER-GATEWAY=", "yes"),
         ("OUTSIDER-TO-ETCD=", "nono"),
+        ("WATCH-READY=", "4"),
         ("BRIDGE-PORTS=", "0"),
         ("LEASES-LEFT=", "0"),
         ("IMAGE-RM-RC=", "0"),
@@ -324,6 +371,26 @@ fn three_etcd_vms_form_a_cluster_on_a_network_that_holds_through_a_member_loss()
     ] {
         assert_eq!(v(key), want, "{key}\n{tail}");
     }
+    assert_ne!(
+        v("RM-UNDER-VMS-RC="),
+        "0",
+        "the VMs lease their image\n{tail}"
+    );
+    assert_eq!(
+        values(&outcome, "STATE-AFTER-AGENT-KILL="),
+        ["RUNNING"; 4],
+        "the VMs run on while the agent is down\n{tail}"
+    );
+    assert_eq!(
+        values(&outcome, "POWER-DOWN="),
+        ["1"; 4],
+        "each guest powered itself off\n{tail}"
+    );
+    assert_eq!(
+        values(&outcome, "RESTARTING="),
+        ["0"; 4],
+        "not Ctrl+Alt+Del's reboot\n{tail}"
+    );
     assert!(
         outcome.console.contains("RAN-IN-CONTAINERD"),
         "the worker's container ran\n{tail}"
@@ -352,6 +419,29 @@ fn three_etcd_vms_form_a_cluster_on_a_network_that_holds_through_a_member_loss()
         reserved > 0 && held == reserved,
         "pool {held}, VMs {reserved}\n{tail}"
     );
+    // Each guest agent's view: the guest's own name, OS and kernel, and
+    // the NIC's MAC and address as the network gave them.
+    for vm in &vms {
+        let guest = &vm["status"]["guest"];
+        let nic = &vm["status"]["nics"][0];
+        assert_eq!(guest["hostname"], vm["spec"]["name"], "{vm}");
+        assert_eq!(guest["os"], "Debian GNU/Linux 12 (bookworm)", "{vm}");
+        let kernel = guest["kernel"].as_str().unwrap_or_default();
+        assert!(kernel.ends_with("-cloud-amd64"), "{vm}");
+        let eth0 = guest["interfaces"]
+            .as_array()
+            .and_then(|all| all.iter().find(|i| i["name"] == "eth0"))
+            .unwrap_or_else(|| panic!("no eth0 in the guest's view: {vm}"));
+        assert_eq!(eth0["mac"], nic["mac"], "{vm}");
+        let address = nic["address"].as_str().unwrap_or_default();
+        assert!(
+            address.starts_with("10.40.0.")
+                && eth0["addresses"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == address)),
+            "{vm}"
+        );
+    }
     for stopped in outcome
         .console
         .lines()
