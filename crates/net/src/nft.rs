@@ -245,8 +245,15 @@ impl Ruleset<'_> {
             "\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;"
         );
         if !self.networks.is_empty() {
+            // Only what comes through the networks' bridges (bridged, seen
+            // here through br_netfilter, or routed): another bridge of the
+            // host is not ours to judge, whatever addresses it carries.
+            let bridges = anonymous_set(self.networks.iter().map(|n| format!("\"{}\"", n.bridge)));
             let cidrs = anonymous_set(self.networks.iter().map(|n| n.cidr));
-            let _ = writeln!(s, "\t\tip saddr {cidrs} ip daddr {cidrs} jump pod_to_pod");
+            let _ = writeln!(
+                s,
+                "\t\tiifname {bridges} ip saddr {cidrs} ip daddr {cidrs} jump pod_to_pod"
+            );
         }
         for n in &self.networks {
             let _ = writeln!(
@@ -544,7 +551,7 @@ mod tests {
         // Namespace a spans both networks: one set.
         assert!(s.contains("elements = { 10.20.0.2, 10.88.0.2 }"), "{s}");
         assert!(
-            s.contains("ip saddr { 10.88.0.0/16, 10.20.0.0/24 } ip daddr { 10.88.0.0/16, 10.20.0.0/24 } jump pod_to_pod"),
+            s.contains("iifname { \"stratum0\", \"st-tenant\" } ip saddr { 10.88.0.0/16, 10.20.0.0/24 } ip daddr { 10.88.0.0/16, 10.20.0.0/24 } jump pod_to_pod"),
             "{s}"
         );
         assert!(s.contains("ip saddr @ns_a ip daddr @ns_a accept"), "{s}");
