@@ -10,6 +10,8 @@
 #               boots in the nested host
 #   make bench  boot time, memory, disk I/O and vsock latency of vmm beside QEMU microvm;
 #               the node image's boot to multi-user and to ready beside QEMU microvm;
+#               VM-to-VM TCP over a network and a three-member etcd cluster of
+#               node VMs beside QEMU microvm guests on a bridge;
 #               the agent's API under load; pod start beside containerd + crun
 #
 # A fresh Debian 12 machine needs nothing but this Makefile: missing Debian
@@ -102,6 +104,8 @@ bench: images static node-image bench-pod-deps
 	$(CARGO) run -q --release -p stratum-tests --bin bench-node
 	$(CARGO) run -q --release -p stratum-tests --bin bench-io
 	$(CARGO) run -q --release -p stratum-tests --bin bench-vsock
+	$(CARGO) run -q --release -p stratum-tests --bin bench-net
+	$(CARGO) run -q --release -p stratum-tests --bin bench-cluster
 	$(CARGO) build -q --release -p node-agent --bin node-agent && $(CARGO) run -q --release -p stratum-testkit --bin bench-agent
 	$(CARGO) build -q --release -p node-agent --bin node-agent -p nodectl --bin nodectl -p stratum-runtime --bin stratum-log-writer \
 		&& $(CARGO) run -q --release -p stratum-testkit --bin bench-pod
