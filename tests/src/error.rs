@@ -59,9 +59,13 @@ pub enum Error {
     /// killed. QEMU's TCG emulation of nested SVM sometimes leaves the
     /// host's only CPU halted with nothing to wake it (QEMU idle, the
     /// host's own timers no longer firing).
-    #[error("nested host froze (no heartbeat for {silent:?}); console tail:\n{console_tail}")]
+    #[error(
+        "nested host froze (no heartbeat for {silent:?}); QEMU's view:\n{emulator}\nconsole tail:\n{console_tail}"
+    )]
     HostFroze {
         silent: Duration,
+        /// QEMU's run state and the CPU's registers, from its QMP socket.
+        emulator: String,
         console_tail: String,
     },
 

@@ -148,14 +148,8 @@ impl NestedHost {
         match qemu::run(&self.inputs.host_vmlinuz, &base, &extra, scenario) {
             // The emulator's fault, not the scenario's: a fresh host runs
             // it once more, and says so. A second freeze is the error.
-            Err(Error::HostFroze {
-                silent,
-                console_tail,
-            }) => {
-                eprintln!(
-                    "stratum-tests: the nested host froze (no heartbeat for {silent:?}); \
-                     running the scenario again on a fresh host. Its console's tail:\n{console_tail}"
-                );
+            Err(froze @ Error::HostFroze { .. }) => {
+                eprintln!("stratum-tests: {froze}\nstratum-tests: running the scenario again on a fresh host");
                 qemu::run(&self.inputs.host_vmlinuz, &base, &extra, scenario)
             }
             other => other,

@@ -29,7 +29,12 @@ pub(crate) fn run(
     scenario: &Scenario,
 ) -> Result<Outcome> {
     let initrd = write_initrd(base, extra)?;
-    let mut child = spawn(kernel, initrd.path(), scenario)?;
+    let qmp_dir = tempfile::Builder::new()
+        .prefix("stratum-qmp-")
+        .tempdir()
+        .context(|| "making a directory for QEMU's QMP socket".to_owned())?;
+    let qmp = qmp_dir.path().join("qmp.sock");
+    let mut child = spawn(kernel, initrd.path(), &qmp, scenario)?;
     let console: Shared = Arc::default();
     let stderr: Shared = Arc::default();
     let readers = [
@@ -43,6 +48,15 @@ pub(crate) fn run(
             .map(|s| pump(s, Arc::clone(&stderr), false)),
     ];
     let ended = wait_until(&mut child, scenario.timeout, &console);
+    // What the emulator says of a frozen host, asked before it is killed.
+    let emulator = match &ended {
+        Ok(Ended::Froze) => qmp_report(&qmp),
+        _ => String::new(),
+    };
+    if !matches!(ended, Ok(Ended::Exited(_))) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     // Readers end at EOF, which comes once QEMU is gone.
     for reader in readers.into_iter().flatten() {
         let _ = reader.join();
@@ -60,6 +74,7 @@ pub(crate) fn run(
         Ended::Froze => {
             return Err(Error::HostFroze {
                 silent: FROZEN_AFTER,
+                emulator,
                 console_tail: console_tail(),
             })
         }
@@ -86,7 +101,7 @@ fn write_initrd(base: &[u8], extra: &[u8]) -> Result<tempfile::NamedTempFile> {
     Ok(file)
 }
 
-fn spawn(kernel: &Path, initrd: &Path, scenario: &Scenario) -> Result<Child> {
+fn spawn(kernel: &Path, initrd: &Path, qmp: &Path, scenario: &Scenario) -> Result<Child> {
     let program = std::env::var("STRATUM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
     let mut command = Command::new(&program);
     command
@@ -99,6 +114,8 @@ fn spawn(kernel: &Path, initrd: &Path, scenario: &Scenario) -> Result<Child> {
     }
     command
         .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
@@ -141,13 +158,13 @@ fn host_cmdline() -> String {
     }
 }
 
-/// Copies `src` into `sink` until EOF, optionally mirroring it to stdout.
 /// `STRATUM_ECHO=1` streams every scenario's console, e.g. to watch a
 /// long test's nested host: `STRATUM_ECHO=1 cargo test ... -- --nocapture`.
 fn echo_forced() -> bool {
     std::env::var_os("STRATUM_ECHO").is_some_and(|v| v == "1")
 }
 
+/// Copies `src` into `sink` until EOF, optionally mirroring it to stdout.
 fn pump(mut src: impl Read + Send + 'static, sink: Shared, echo: bool) -> JoinHandle<()> {
     thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -168,15 +185,15 @@ fn pump(mut src: impl Read + Send + 'static, sink: Shared, echo: bool) -> JoinHa
 
 enum Ended {
     Exited(std::process::ExitStatus),
-    /// Killed at the scenario's timeout.
+    /// Still running at the scenario's timeout.
     TimedOut,
-    /// Killed after [`FROZEN_AFTER`] without output once the host's
-    /// heartbeat had begun.
+    /// Silent for [`FROZEN_AFTER`] once the host's heartbeat had begun.
     Froze,
 }
 
-/// Waits for QEMU to exit; kills it at `timeout`, or when the console
-/// (the heartbeat included) has been silent for [`FROZEN_AFTER`].
+/// Waits for QEMU to exit, until `timeout`, or until the console (the
+/// heartbeat included) has been silent for [`FROZEN_AFTER`]; the caller
+/// kills QEMU in the last two cases.
 fn wait_until(child: &mut Child, timeout: Duration, console: &Shared) -> Result<Ended> {
     let started = Instant::now();
     let (mut seen, mut last_output) = (0, started);
@@ -207,12 +224,58 @@ fn wait_until(child: &mut Child, timeout: Duration, console: &Shared) -> Result<
             None
         };
         if let Some(ended) = ended {
-            let _ = child.kill();
-            let _ = child.wait();
             return Ok(ended);
         }
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// QEMU's run state and the host CPU's registers, from its QMP socket;
+/// or why they could not be had.
+fn qmp_report(socket: &Path) -> String {
+    let ask = || -> std::io::Result<String> {
+        let stream = std::os::unix::net::UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut writer = stream.try_clone()?;
+        let mut reader = std::io::BufReader::new(stream);
+        let mut answer = |command: &str| -> std::io::Result<serde_json::Value> {
+            writeln!(writer, "{command}")?;
+            // Events may come before the answer: skip them.
+            loop {
+                let mut line = String::new();
+                if std::io::BufRead::read_line(&mut reader, &mut line)? == 0 {
+                    return Err(std::io::Error::other("QMP closed"));
+                }
+                let value: serde_json::Value =
+                    serde_json::from_str(&line).map_err(std::io::Error::other)?;
+                if value.get("event").is_none() && value.get("QMP").is_none() {
+                    return Ok(value);
+                }
+            }
+        };
+        answer(r#"{"execute":"qmp_capabilities"}"#)?;
+        let status = answer(r#"{"execute":"query-status"}"#)?;
+        let registers = answer(
+            r#"{"execute":"human-monitor-command","arguments":{"command-line":"info registers -a"}}"#,
+        )?;
+        // The general and system registers; not the FPU's and vectors'.
+        let registers: Vec<&str> = registers["return"]
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                !["FCW", "FPR", "XMM", "YMM", "ZMM", "Opmask"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .collect();
+        Ok(format!(
+            "run state: {}\n{}",
+            status["return"],
+            registers.join("\n")
+        ))
+    };
+    ask().unwrap_or_else(|e| format!("QMP did not answer: {e}"))
 }
 
 fn text(buf: &Shared) -> String {

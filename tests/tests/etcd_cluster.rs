@@ -11,8 +11,9 @@
 //! guest agents' links come back; with member 2 killed the cluster still
 //! takes a write (quorum 2 of 3); started again, member 2 has caught up.
 //! Each guest agent's view (hostname, OS, kernel, the NIC's MAC and
-//! address) is in `vm get`; the image cannot be removed while VMs use it. A busybox VM of another
-//! namespace, on another network, cannot reach the members. The pool's
+//! address) is in `vm get`; the image cannot be removed while VMs use
+//! it. A busybox VM of another namespace, on another network, cannot
+//! reach the members. The pool's
 //! limits are in its cgroup while the cluster runs, and the VMs'
 //! reservations are what the pool holds. Everything is shut down through
 //! the guest agents (each console shows a power-down, not a reboot) and
@@ -24,8 +25,8 @@
 //! `Scenario::host_cpus`). The agent's data directory is on the volume
 //! (an ext4 disk of the nested host), not on its tmpfs: a VM's writes to
 //! a disk file on tmpfs are memory charged to the VM's cgroup, which a
-//! member's preallocated etcd WAL alone pushes past its limit. Built by `make node-image` (part of `make
-//! test`).
+//! member's preallocated etcd WAL alone pushes past its limit. Built by
+//! `make node-image` (part of `make test`).
 
 // Test helpers may panic: a broken fixture fails the test that uses it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
