@@ -23,6 +23,7 @@ mod qemu;
 mod scenario;
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -149,7 +150,12 @@ impl NestedHost {
             // The emulator's fault, not the scenario's: a fresh host runs
             // it once more, and says so. A second freeze is the error.
             Err(froze @ Error::HostFroze { .. }) => {
-                eprintln!("stratum-tests: {froze}\nstratum-tests: running the scenario again on a fresh host");
+                // Straight to stderr, past the test harness's capture: a
+                // freeze is worth seeing even when the second run passes.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "stratum-tests: {froze}\nstratum-tests: running the scenario again on a fresh host"
+                );
                 qemu::run(&self.inputs.host_vmlinuz, &base, &extra, scenario)
             }
             other => other,
