@@ -8,6 +8,7 @@
 #   make run-node  the node image through the agent in the nested test host
 #   make test   every test: the lints (make lint), unit, CLI error paths, real
 #               boots in the nested host
+#   make test-cluster  the etcd cluster of node VMs in the nested host
 #   make bench  boot time, memory, disk I/O and vsock latency of vmm beside QEMU microvm;
 #               the node image's boot to multi-user and to ready beside QEMU microvm;
 #               VM-to-VM TCP over a network and a three-member etcd cluster of
@@ -34,7 +35,7 @@ DEB_PACKAGES := qemu-system-x86 busybox-static cpio linux-source-6.1 \
 	build-essential flex bison bc libelf-dev libssl-dev xz-utils kmod \
 	docker-registry skopeo umoci nftables crun runc mtools dosfstools mmdebstrap etcd-client
 
-.PHONY: all deps bench-pod-deps images node-image run-node static build run run-vm test bench fuzz fuzz-test fmt lint clean
+.PHONY: all deps bench-pod-deps images node-image run-node static build run run-vm test test-cluster bench fuzz fuzz-test fmt lint clean
 
 all: build
 
@@ -98,6 +99,12 @@ test: deps images static node-image
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) fuzz-test
+
+# The three-member etcd cluster of node VMs (tests/tests/etcd_cluster.rs):
+# not in `make test` while the nested host freezes under it (DESIGN.md).
+test-cluster: deps images static node-image
+	$(CARGO) build --workspace --bins
+	$(CARGO) test -p stratum-tests --test etcd_cluster -- --ignored --nocapture
 
 bench: images static node-image bench-pod-deps
 	$(CARGO) run -q --release -p stratum-tests --bin bench-boot

@@ -294,6 +294,7 @@ fn uint(v: &serde_json::Value) -> u64 {
 }
 
 #[test]
+#[ignore = "the nested host (QEMU TCG) freezes under this scenario, see DESIGN.md; `make test-cluster` runs it"]
 fn three_etcd_vms_form_a_cluster_on_a_network_that_holds_through_a_member_loss() {
     let host = NestedHost::from_env().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
