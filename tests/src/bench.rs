@@ -163,6 +163,17 @@ pub struct RunFailed(pub String);
 /// Each VMM's samples, in run order.
 pub type Samples<S> = BTreeMap<&'static str, Vec<S>>;
 
+/// The [`Stats`] of `metric` over `vmm`'s samples (NaN when it has none).
+pub fn stats_of<S>(samples: &Samples<S>, vmm: &str, metric: impl Fn(&S) -> f64) -> Stats {
+    Stats::of(
+        samples
+            .get(vmm)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .map(metric),
+    )
+}
+
 /// Parses every measured run — `runs` gives each one's VMM and label —
 /// with `parse`, printing each sample as `show` writes it. Fails with
 /// [`RunFailed`], naming every run that could not be measured, unless all

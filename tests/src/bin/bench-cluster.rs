@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
-use stratum_tests::bench::{self, fields, with_qemu, PeerArgs, Stats};
+use stratum_tests::bench::{self, fields, with_qemu, PeerArgs};
 use stratum_tests::etcd::{member_address, member_user_data, shell_helpers, MEMBERS, NET};
 use stratum_tests::{paths, NestedHost, Outcome, Scenario};
 use stratum_vm::seed::{Seed, StaticInterface};
@@ -257,15 +257,7 @@ fn parse_run(outcome: &Outcome, label: &str) -> Result<f64> {
 }
 
 fn print_table(samples: &bench::Samples<f64>, args: &Args) {
-    let get = |side: &str| {
-        Stats::of(
-            samples
-                .get(side)
-                .map_or(&[][..], Vec::as_slice)
-                .iter()
-                .map(|ms| ms / 1000.0),
-        )
-    };
+    let get = |side: &str| bench::stats_of(samples, side, |ms| ms / 1000.0);
     println!(
         "\netcd cluster benchmark: three node VMs (Debian 12, 1 vCPU, {GUEST_MIB} MiB each) to all \
          members healthy and the first write; {} clusters each inside the nested host (TCG, one \

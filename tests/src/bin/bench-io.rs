@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
-use stratum_tests::bench::{self, fields, verdict, with_qemu, PeerArgs, Stats};
+use stratum_tests::bench::{self, fields, verdict, with_qemu, PeerArgs};
 use stratum_tests::{guest, paths, NestedHost, Outcome, Scenario};
 
 const GUEST_MIB: u32 = 256;
@@ -255,15 +255,7 @@ fn print_table(samples: &Samples, args: &Args) {
             |s| s.mibps,
         ),
     ];
-    let get = |vmm: &str, metric: fn(&Sample) -> f64| {
-        Stats::of(
-            samples
-                .get(vmm)
-                .map_or(&[][..], Vec::as_slice)
-                .iter()
-                .map(metric),
-        )
-    };
+    let get = |vmm: &str, metric: fn(&Sample) -> f64| bench::stats_of(samples, vmm, metric);
     println!(
         "\nI/O benchmark: virtio-blk on a {} MiB raw image in the nested host's tmpfs, \
          O_DIRECT in the guest; 1 vCPU, {GUEST_MIB} MiB; QEMU -drive {QEMU_CACHE}; \

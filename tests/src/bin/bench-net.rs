@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
-use stratum_tests::bench::{self, fields, with_qemu, PeerArgs, Stats};
+use stratum_tests::bench::{self, fields, with_qemu, PeerArgs};
 use stratum_tests::{guest, paths, NestedHost, Outcome, Scenario};
 
 const AGENT: &str = "/stratum/bin/node-agent";
@@ -223,15 +223,7 @@ fn parse_run(outcome: &Outcome, label: &str) -> Result<Sample> {
 }
 
 fn print_table(samples: &bench::Samples<Sample>, args: &Args) {
-    let get = |side: &str, metric: fn(&Sample) -> f64| {
-        Stats::of(
-            samples
-                .get(side)
-                .map_or(&[][..], Vec::as_slice)
-                .iter()
-                .map(metric),
-        )
-    };
+    let get = |side: &str, metric: fn(&Sample) -> f64| bench::stats_of(samples, side, metric);
     println!(
         "\nnetwork benchmark: guest to guest over TCP, {} one-byte round trips and {} MiB sent; \
          1 vCPU, {GUEST_MIB} MiB each; {} runs each inside the nested host (TCG); median (min..max)",

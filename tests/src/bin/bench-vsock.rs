@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
-use stratum_tests::bench::{self, fields, with_qemu, PeerArgs, Stats};
+use stratum_tests::bench::{self, fields, with_qemu, PeerArgs};
 use stratum_tests::{guest, paths, NestedHost, Outcome, Scenario};
 
 const GUEST_MIB: u32 = 256;
@@ -190,15 +190,7 @@ fn parse_run(outcome: &Outcome, label: &str) -> Result<Sample> {
 }
 
 fn print_table(samples: &Samples, args: &Args) {
-    let get = |vmm: &str, metric: fn(&Sample) -> f64| {
-        Stats::of(
-            samples
-                .get(vmm)
-                .map_or(&[][..], Vec::as_slice)
-                .iter()
-                .map(metric),
-        )
-    };
+    let get = |vmm: &str, metric: fn(&Sample) -> f64| bench::stats_of(samples, vmm, metric);
     println!(
         "\nvsock benchmark: {} round trips of {} bytes on one stream, host <-> guest echo; \
          1 vCPU, {GUEST_MIB} MiB; {} runs each inside the nested host (TCG); median (min..max)",
