@@ -11,7 +11,12 @@ use crate::error::{Error, IoContext, Result};
 use crate::outcome::{clean_console, tail, Outcome, HEARTBEAT_LINE};
 use crate::scenario::{Drive, Scenario};
 
-const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+/// `kvm_amd.vgif=0` (passed on to the module by the host's init): with
+/// QEMU's TCG emulation of the virtual GIF, the nested host's one vCPU
+/// sometimes halted for good while it ran VMs, interrupts enabled and its
+/// timers dead (most long multi-VM scenarios froze 9 to 30 minutes in);
+/// without it, none has.
+const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet kvm_amd.vgif=0";
 /// Extra kernel parameters for the nested host, e.g. `loglevel=7` to see
 /// the nested kernel's own warnings while debugging.
 const CMDLINE_EXTRA_ENV: &str = "STRATUM_HOST_CMDLINE_EXTRA";
