@@ -31,7 +31,8 @@ pub use error::{Error, Result};
 pub use node::{node_image_volume, node_image_volume_with};
 pub use outcome::Outcome;
 pub use scenario::{
-    Drive, ExtraFile, FileSource, Scenario, DEFAULT_HOST_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT,
+    Drive, ExtraFile, FileSource, Scenario, DEFAULT_FROZEN_AFTER, DEFAULT_HOST_CPUS,
+    DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT,
 };
 
 /// Absolute paths of the composed files inside the nested host.

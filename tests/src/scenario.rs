@@ -9,6 +9,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
 pub const DEFAULT_MEMORY_MIB: u32 = 2048;
 /// Default CPUs of the nested host.
 pub const DEFAULT_HOST_CPUS: u8 = 2;
+/// Default silence after which a host that has sent a heartbeat counts as
+/// frozen: many heartbeats missed, so a busy host is not mistaken for one.
+pub const DEFAULT_FROZEN_AFTER: Duration = Duration::from_secs(180);
 
 /// Where the content of an extra file comes from.
 #[derive(Debug, Clone)]
@@ -57,6 +60,7 @@ pub struct Scenario {
     pub(crate) memory_mib: u32,
     pub(crate) host_cpus: u8,
     pub(crate) timeout: Duration,
+    pub(crate) frozen_after: Duration,
     pub(crate) echo: bool,
     pub(crate) interactive: bool,
 }
@@ -72,6 +76,7 @@ impl Scenario {
             memory_mib: DEFAULT_MEMORY_MIB,
             host_cpus: DEFAULT_HOST_CPUS,
             timeout: DEFAULT_TIMEOUT,
+            frozen_after: DEFAULT_FROZEN_AFTER,
             echo: false,
             interactive: false,
         }
@@ -148,6 +153,14 @@ impl Scenario {
     /// Overrides [`DEFAULT_TIMEOUT`]; QEMU is killed when it expires.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Overrides [`DEFAULT_FROZEN_AFTER`]: how long a host that has sent
+    /// its heartbeat (`STRATUM-HOST-ALIVE`, every 10 s) may stay silent
+    /// before it counts as frozen; it is kicked on its serial line halfway.
+    pub fn frozen_after(mut self, silence: Duration) -> Self {
+        self.frozen_after = silence;
         self
     }
 

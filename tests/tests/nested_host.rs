@@ -2,7 +2,9 @@
 //! take several seconds each; they need `make images` and `make static`
 //! (or `STRATUM_VMM` pointing at any static binary).
 
-use stratum_tests::{paths, NestedHost, Scenario};
+use std::time::Duration;
+
+use stratum_tests::{paths, Error, NestedHost, Scenario};
 
 fn host() -> NestedHost {
     match NestedHost::from_env() {
@@ -58,4 +60,47 @@ grep -q cgroup2 /proc/mounts
         .run(&scenario)
         .expect("nested host run")
         .assert_exit(0);
+}
+
+/// Waits for the host's first heartbeat (the runner watches for silence
+/// only once it has seen one), then silences it.
+const SILENCE_THE_HEARTBEAT: &str = "sleep 11; kill $STRATUM_HEARTBEAT_PID";
+
+#[test]
+fn a_silent_host_is_kicked_on_its_serial_line_and_goes_on() {
+    // With IXON off and raw input, the kick byte (XON) reaches a reader:
+    // the host prints it, which ends the silence.
+    let script = format!(
+        "{SILENCE_THE_HEARTBEAT}\nstty -ixon -icanon -echo min 1\n\
+         echo KICKED-WITH=$(head -c 1 | od -An -tx1 | tr -d ' ')"
+    );
+    let scenario = Scenario::new(script).frozen_after(Duration::from_secs(16));
+    let outcome = host().run(&scenario).expect("a kicked host goes on");
+    outcome.assert_exit(0);
+    assert_eq!(
+        outcome.lines_with("KICKED-WITH=11").count(),
+        1,
+        "{}",
+        outcome.console_tail(20)
+    );
+}
+
+#[test]
+fn a_host_that_stays_silent_is_reported_frozen_with_the_emulators_view() {
+    // The kick is swallowed (IXON on, as the console starts); the host
+    // stays silent in two runs (the runner tries a fresh host once).
+    let script = format!("{SILENCE_THE_HEARTBEAT}\nsleep 600");
+    let scenario = Scenario::new(script)
+        .frozen_after(Duration::from_secs(16))
+        .timeout(Duration::from_secs(300));
+    match host().run(&scenario) {
+        Err(Error::HostFroze {
+            silent, emulator, ..
+        }) => {
+            assert_eq!(silent, Duration::from_secs(16));
+            assert!(emulator.contains("run state:"), "{emulator}");
+            assert!(emulator.contains("RIP="), "{emulator}");
+        }
+        other => panic!("a silent host is a frozen one: {other:?}"),
+    }
 }

@@ -174,7 +174,7 @@ run_stratum() {{
         s += &format!(
             "    cat > /run/{name}.yaml <<'USERDATA'\n{}USERDATA\n    \
              v=$($N -o json vm create {name}-$1 --pool $P --role etcd --vcpus 1 --memory {GUEST_MIB} \
-             --image stratum/node:bookworm --root-disk 3Gi --nic network=tenant-net,ip={NET}.{host} \
+             --cpu-reservation 100 --image stratum/node:bookworm --root-disk 3Gi --nic network=tenant-net,ip={NET}.{host} \
              --user-data /run/{name}.yaml | id)\n    \
              $N vm start $v > /dev/null || tail -20 /run/agent.log\n    vms=\"$vms $v\"\n",
             member_user_data(name).unwrap_or_default(),

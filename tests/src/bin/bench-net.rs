@@ -167,6 +167,11 @@ run_stratum() {{
     wait_done $out
     report $1 $out
     grep -a -i 'tcp-bench:' $out | tail -3 | sed "s/^/$1| /"
+    # No result: what each guest and the agent last said.
+    grep -a -q TCP-BENCH $out || for v in $C $S; do
+        $N vm get $v | grep -E '^(STATE|REASON)' | sed "s/^/$1| $v /"
+        tail -4 /run/agent/vms/$v/run/console.log | sed "s/^/$1| $v console: /"
+    done
     for v in $C $S; do $N vm kill $v > /dev/null 2>&1; done
     for v in $C $S; do
         i=0; until $N vm delete $v > /dev/null 2>&1 || [ $i -gt 100 ]; do sleep 0.2; i=$((i+1)); done
@@ -181,7 +186,7 @@ run_qemu() {{
     wait_done /tmp/qc.out
     report $1 /tmp/qc.out
     grep -a -i 'tcp-bench:\|qemu' /tmp/qc.out /tmp/qs.out | tail -5 | sed "s/^/$1| /"
-    kill $qs $qc; wait $qs $qc
+    kill $qs $qc 2> /dev/null; wait $qs $qc
 }}
 "#,
         limit = RUN_LIMIT_SECS,
