@@ -50,7 +50,7 @@ fn worker_user_data() -> String {
     format!(
         "#cloud-config\n\
          runcmd:\n\
-         \x20 - [sh, -c, 'systemctl start containerd && ctr images pull --plain-http {image} > /dev/null; echo WORKER-PULL-EXIT=$? > /dev/console']\n\
+         \x20 - [sh, -c, 'ok=1; for try in 1 2 3 4 5; do if systemctl start containerd && ctr images pull --plain-http {image} > /dev/null 2> /run/pull.err; then ok=0; break; fi; sleep 10; done; echo WORKER-PULL-EXIT=$ok WORKER-PULL-TRIES=$try > /dev/console; sed \"s/^/WORKER-PULL-ERR /\" /run/pull.err > /dev/console']\n\
          \x20 - [sh, -c, 'ctr run --rm {image} hello /bin/busybox echo RAN-IN-CONTAINERD > /dev/console 2>&1; echo WORKER-RUN-EXIT=$? > /dev/console']\n"
     )
 }
@@ -224,7 +224,7 @@ echo ETCD2-ADDRESS-AFTER-RESTART=$($N vm get $ETCD2 | grep '^NIC' | grep -o 'ip=
 wait_ready $W WORKER 0 900
 worker_done() {{ console $W | grep -a -q WORKER-RUN-EXIT; }}
 wait_until 600 WORKER-RAN worker_done
-console $W | grep -a -o -E 'WORKER-[A-Z]+-EXIT=[0-9]+|RAN-IN-CONTAINERD' | sort -u
+console $W | grep -a -o -E 'WORKER-[A-Z]+-(EXIT|TRIES)=[0-9]+|RAN-IN-CONTAINERD|WORKER-PULL-ERR .*' | sort -u
 echo WORKER-JSON=$($N -o json vm get $W | tr -d '\n')
 outsider_done() {{ console $O | grep -a -q STRATUM-GUEST-RUN-EXIT; }}
 wait_until 300 OUTSIDER outsider_done
