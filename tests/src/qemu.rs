@@ -15,7 +15,7 @@ use crate::scenario::{Drive, Scenario};
 /// QEMU's TCG emulation of the virtual GIF, the nested host's one vCPU
 /// sometimes halted for good while it ran VMs, interrupts enabled and its
 /// timers dead (most long multi-VM scenarios froze 9 to 30 minutes in);
-/// without it, none has.
+/// without it far fewer do, and [`KICK`] wakes those that still do.
 const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet kvm_amd.vgif=0";
 /// Extra kernel parameters for the nested host, e.g. `loglevel=7` to see
 /// the nested kernel's own warnings while debugging.
