@@ -31,9 +31,12 @@ STATIC_BIN := $(STATIC_DIR)/$(STATIC_TARGET)/release
 STATIC_CARGO := RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release \
 	--target $(STATIC_TARGET) --target-dir $(STATIC_DIR)
 
+# protobuf-compiler: the k8s-cri crate's build script runs protoc on the
+# CRI's proto files.
 DEB_PACKAGES := qemu-system-x86 busybox-static cpio linux-source-6.1 \
 	build-essential flex bison bc libelf-dev libssl-dev xz-utils kmod \
-	docker-registry skopeo umoci nftables crun runc mtools dosfstools mmdebstrap etcd-client
+	docker-registry skopeo umoci nftables crun runc mtools dosfstools mmdebstrap etcd-client \
+	protobuf-compiler
 
 .PHONY: all deps bench-pod-deps images node-image run-node static build run run-vm test test-cluster bench fuzz fuzz-test fmt lint clean
 
@@ -56,7 +59,7 @@ images: deps
 node-image: deps static
 	guest-images/node-image.sh $(STATIC_BIN)/stratum-guest $(STATIC_BIN)/stratum-vm-image
 
-static:
+static: deps
 	$(STATIC_CARGO) -p vmm --bin vmm -p stratum-jail --bin stratum-jailer
 	$(STATIC_CARGO) -p stratum-guest --bin stratum-guest -p stratum-image --bin stratum-vm-image
 	$(STATIC_CARGO) -p stratum-tests --bin boot-probe --bin api-call --bin mktap --bin vsock-host \
@@ -64,7 +67,7 @@ static:
 	$(STATIC_CARGO) -p node-agent --bin node-agent -p nodectl --bin nodectl \
 		-p stratum-runtime --bin stratum-log-writer
 
-build:
+build: deps
 	$(CARGO) build --workspace
 
 # The release binaries `make test` builds (static, for the nested host) are

@@ -6,10 +6,12 @@
 //!
 //! - [`agent`]: the agent and its rules.
 //! - [`api`]: thin gRPC adapters over the agent.
+//! - [`cri`]: the Kubernetes CRI on a Unix socket, over the same agent.
 //! - [`state`]: the durable store.
 //! - [`records`]: the stored record messages.
 
 pub mod agent;
 pub mod api;
+pub mod cri;
 pub mod records;
 pub mod state;

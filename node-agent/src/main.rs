@@ -16,6 +16,7 @@ use node_agent::agent::networks::NetworksConfig;
 use node_agent::agent::pods::{PodHostConfig, DEFAULT_POD_PIDS_LIMIT};
 use node_agent::agent::Agent;
 use node_agent::api;
+use node_agent::cri;
 use stratum_api::tls;
 use stratum_net::{Ipv4Cidr, Protocol};
 use stratum_pool::{Resources, MIB};
@@ -140,6 +141,31 @@ struct Cli {
     /// a size (2GiB, 512MiB).
     #[arg(long, value_name = "PERCENT|SIZE", default_value_t = DEFAULT_MIN_FREE)]
     min_free_disk: MinFree,
+    /// The Kubernetes CRI's Unix socket (a kubelet's
+    /// --container-runtime-endpoint unix://PATH), made mode 0600.
+    #[arg(long, value_name = "PATH", default_value = cri::DEFAULT_SOCKET)]
+    cri_socket: PathBuf,
+    /// Serve no CRI socket.
+    #[arg(long)]
+    no_cri: bool,
+    /// The pool CRI sandboxes land in [default: the root pool]; a sandbox's
+    /// `stratum.io/pool` annotation or its runtime handler's pool comes first.
+    #[arg(long, value_name = "POOL", default_value = "")]
+    cri_pool: String,
+    /// A CRI runtime handler (a RuntimeClass's handler) and the pool its
+    /// sandboxes land in: HANDLER=POOL, repeatable.
+    #[arg(long = "cri-handler", value_name = "HANDLER=POOL", value_parser = parse_handler)]
+    cri_handlers: Vec<(String, String)>,
+}
+
+/// `HANDLER=POOL` of --cri-handler.
+fn parse_handler(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((handler, pool)) if !handler.is_empty() && !pool.is_empty() => {
+            Ok((handler.to_string(), pool.to_string()))
+        }
+        _ => Err(format!("{s:?} is not HANDLER=POOL")),
+    }
 }
 
 /// `FIRST-LAST` of --host-port-range.
@@ -240,10 +266,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         stratum_runtime::spawn_orphan_reaper()?;
         agent.resume().await;
         let store = Arc::clone(&agent);
+        let cri = cri_door(&cli, &agent).await?;
         tokio::select! {
             served = api::server::serve(agent, cli.listen, cli.insecure_plaintext, shutdown_signal()) => {
                 served?;
                 Ok(())
+            }
+            served = cri => {
+                served?;
+                anyhow::bail!("the CRI server stopped")
             }
             failure = async {
                 let failure = store.store_failed().await;
@@ -255,6 +286,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })?;
     tracing::info!("node-agent stopped; VMs keep running and are re-adopted at the next start");
     Ok(())
+}
+
+/// The CRI server, bound now (a socket that cannot be had fails the
+/// start), serving once polled; pending forever with --no-cri.
+async fn cri_door(
+    cli: &Cli,
+    agent: &Arc<Agent>,
+) -> anyhow::Result<
+    std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), cri::server::CriServeError>> + Send>,
+    >,
+> {
+    if cli.no_cri {
+        return Ok(Box::pin(std::future::pending()));
+    }
+    let config = cri::CriConfig {
+        socket: cli.cri_socket.clone(),
+        default_pool: cli.cri_pool.clone(),
+        handler_pools: cli.cri_handlers.iter().cloned().collect(),
+    };
+    let listener = cri::server::bind(&config.socket).await?;
+    Ok(Box::pin(cri::server::serve(
+        Arc::clone(agent),
+        config,
+        listener,
+        shutdown_signal(),
+    )))
 }
 
 /// The state store failed a commit: the agent exits with [`EX_TEMPFAIL`]

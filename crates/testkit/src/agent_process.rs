@@ -95,6 +95,14 @@ impl AgentProcess {
         if !self.tls {
             cmd.arg("--insecure-plaintext");
         }
+        // Agents of parallel tests each serve their own CRI socket.
+        if !self
+            .args
+            .iter()
+            .any(|a| a == "--cri-socket" || a == "--no-cri")
+        {
+            cmd.arg("--cri-socket").arg(self.cri_socket());
+        }
         let child = cmd
             .spawn()
             .map_err(|e| format!("{}: {e}", self.binary.display()))?;
@@ -120,6 +128,11 @@ impl AgentProcess {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The CRI socket the agent serves (unless its args chose another).
+    pub fn cri_socket(&self) -> std::path::PathBuf {
+        self.work.join("cri.sock")
     }
 
     pub fn log(&self) -> String {

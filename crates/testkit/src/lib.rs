@@ -18,6 +18,7 @@
 pub mod agent_process;
 pub mod bins;
 pub mod cleanup;
+pub mod cri;
 pub mod fixture;
 pub mod pod_agent;
 pub mod root;

@@ -128,6 +128,18 @@ impl TestAgent {
         self.process.addr()
     }
 
+    /// The CRI socket the agent serves.
+    pub fn cri_socket(&self) -> PathBuf {
+        self.process.cri_socket()
+    }
+
+    /// A channel to the agent's CRI socket.
+    pub async fn cri_channel(&self) -> Channel {
+        crate::cri::channel(&self.cri_socket())
+            .await
+            .unwrap_or_else(|e| panic!("CRI socket {}: {e}", self.cri_socket().display()))
+    }
+
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(self.url())
             .unwrap()

@@ -125,7 +125,7 @@ fn check_visible(agent: &Agent, caller: &Caller, image: &proto::Image) -> Result
 
 /// A user's removal: its namespaces' claims go; the image with the last
 /// claim (refused while a pod uses it, with the claims kept).
-async fn release(
+pub async fn release(
     agent: &Arc<Agent>,
     caller: &Caller,
     name: String,

@@ -28,7 +28,7 @@ pub mod vms;
 
 use std::sync::Arc;
 
-use tonic::Status;
+use tonic::{Response, Status};
 
 use crate::agent::errors::AgentError;
 use crate::agent::Agent;
@@ -53,4 +53,21 @@ where
 pub async fn durable<T>(agent: &Agent, out: T) -> Result<T, Status> {
     agent.durable_view().await?;
     Ok(out)
+}
+
+/// Runs a mutation on its own task: a client that goes away mid-call
+/// (tonic drops the handler's future) must not cancel it between two
+/// steps and leave a half-made pod; it finishes, or undoes itself, anyway.
+pub async fn detached<T, F, Fut>(agent: &Arc<Agent>, f: F) -> Result<Response<T>, Status>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<Agent>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, AgentError>> + Send + 'static,
+{
+    let out = tokio::spawn(f(Arc::clone(agent)))
+        .await
+        .map_err(|e| Status::internal(format!("agent task failed: {e}")))?
+        .map(Response::new)
+        .map_err(Status::from)?;
+    durable(agent, out).await
 }

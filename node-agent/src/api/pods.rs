@@ -35,7 +35,7 @@ impl PodService for PodApi {
         let namespace = access::pool_namespace(&self.0, &spec.pool_id)?;
         let images = spec.containers.iter().map(|c| c.image.as_str());
         access::images_usable(&self.0, &caller, &namespace, images)?;
-        detached(
+        super::detached(
             &self.0,
             move |a| async move { a.pods().run_pod(spec).await },
         )
@@ -49,7 +49,7 @@ impl PodService for PodApi {
         access::change_pod(&self.0, &Caller::of(&request)?, &request.get_ref().id)?;
         let r = request.into_inner();
         let grace = PodManager::default_grace(r.grace_period_seconds);
-        detached(&self.0, move |a| async move {
+        super::detached(&self.0, move |a| async move {
             a.pods().stop_pod(&r.id, grace).await
         })
         .await
@@ -96,7 +96,7 @@ impl PodService for PodApi {
             .ok_or_else(|| AgentError::InvalidArgument("container is required".into()))?;
         let namespace = access::pod_namespace(&self.0, &r.pod_id)?;
         access::images_usable(&self.0, &caller, &namespace, [container.image.as_str()])?;
-        detached(&self.0, move |a| async move {
+        super::detached(&self.0, move |a| async move {
             a.pods().create_container(&r.pod_id, container).await
         })
         .await
@@ -108,7 +108,7 @@ impl PodService for PodApi {
     ) -> Result<Response<proto::Pod>, Status> {
         access::change_pod(&self.0, &Caller::of(&request)?, &request.get_ref().pod_id)?;
         let r = request.into_inner();
-        detached(&self.0, move |a| async move {
+        super::detached(&self.0, move |a| async move {
             a.pods().start_container(&r.pod_id, &r.container_name).await
         })
         .await
@@ -121,7 +121,7 @@ impl PodService for PodApi {
         access::change_pod(&self.0, &Caller::of(&request)?, &request.get_ref().pod_id)?;
         let r = request.into_inner();
         let grace = PodManager::default_grace(r.grace_period_seconds);
-        detached(&self.0, move |a| async move {
+        super::detached(&self.0, move |a| async move {
             a.pods()
                 .stop_container(&r.pod_id, &r.container_name, grace)
                 .await
@@ -135,7 +135,7 @@ impl PodService for PodApi {
     ) -> Result<Response<proto::Pod>, Status> {
         access::change_pod(&self.0, &Caller::of(&request)?, &request.get_ref().pod_id)?;
         let r = request.into_inner();
-        detached(&self.0, move |a| async move {
+        super::detached(&self.0, move |a| async move {
             a.pods()
                 .remove_container(&r.pod_id, &r.container_name)
                 .await
@@ -187,21 +187,4 @@ impl PodService for PodApi {
                 .await?,
         ))
     }
-}
-
-/// Runs a mutation on its own task: a client that goes away mid-call
-/// (tonic drops the handler's future) must not cancel it between two
-/// steps and leave a half-made pod; it finishes, or undoes itself, anyway.
-async fn detached<T, F, Fut>(agent: &Arc<Agent>, f: F) -> Result<Response<T>, Status>
-where
-    T: Send + 'static,
-    F: FnOnce(Arc<Agent>) -> Fut,
-    Fut: std::future::Future<Output = Result<T, AgentError>> + Send + 'static,
-{
-    let out = tokio::spawn(f(Arc::clone(agent)))
-        .await
-        .map_err(|e| Status::internal(format!("agent task failed: {e}")))?
-        .map(Response::new)
-        .map_err(Status::from)?;
-    super::durable(agent, out).await
 }

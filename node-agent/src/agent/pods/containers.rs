@@ -18,7 +18,7 @@ use super::{
 };
 use crate::agent::errors::{AgentError, Result};
 use crate::agent::now;
-use crate::records::{ContainerRuntime, PodRecord};
+use crate::records::{ContainerRuntime, CriContainer, PodRecord};
 use stratum_api::proto;
 use stratum_api::proto::{ContainerState, PodState};
 use stratum_cgroup::CgroupUsage;
@@ -42,6 +42,20 @@ fn index_of(record: &PodRecord, name: &str) -> Option<usize> {
         .containers
         .iter()
         .position(|c| c.name == name)
+}
+
+/// The log file the CRI asked for container `name`, if it is a CRI
+/// container that asked for one.
+pub(super) fn cri_log_path(record: &PodRecord, name: &str) -> Option<std::path::PathBuf> {
+    let i = index_of(record, name)?;
+    let cri = record.containers.get(i)?.cri.as_ref()?;
+    (!cri.log_path.is_empty()).then(|| std::path::PathBuf::from(&cri.log_path))
+}
+
+/// The CRI container id of container `name`, if it is a CRI container.
+fn cri_id(record: &PodRecord, name: &str) -> Option<String> {
+    let i = index_of(record, name)?;
+    Some(record.containers.get(i)?.cri.as_ref()?.id.clone())
 }
 
 fn container_mut<'a>(
@@ -159,7 +173,10 @@ impl PodManager {
                     .map_err(|e| AgentError::Internal(format!("pod {pod_id}: {e}")))?,
             ),
         };
-        let id = format!("{pod_id}-{name}-{run_number}");
+        // A CRI container has one run, which the runtime knows by the CRI
+        // container id (as containerd's do).
+        let id =
+            cri_id(&entry.record, name).unwrap_or_else(|| format!("{pod_id}-{name}-{run_number}"));
         let dir = self
             .shared
             .config
@@ -172,7 +189,7 @@ impl PodManager {
             rootfs: RootfsSource::Layers(lowerdirs),
             readonly_rootfs: false,
             limits: spec::container_limits(&container),
-            log_path: self.pod_log_path(pod_id, name),
+            log_path: self.log_path_of(&entry.record, name),
             idmap,
         };
         self.update_pod_locked(&mut state, pod_id, |record| {
@@ -330,7 +347,10 @@ impl PodManager {
             tracing::error!(pod = %pod_id, container = %name, "cannot record an exit: {e}");
             return;
         }
-        let idle = state.pods.get(pod_id).is_some_and(|p| is_idle(&p.record));
+        let idle = state
+            .pods
+            .get(pod_id)
+            .is_some_and(|p| !p.kubelet_managed() && is_idle(&p.record));
         drop(state);
         match decision {
             RestartDecision::Restart { delay, .. } => self.schedule_restart(pod_id, name, delay),
@@ -428,6 +448,16 @@ impl PodManager {
         pod_id: &str,
         container: proto::ContainerSpec,
     ) -> Result<proto::Pod> {
+        self.create_container_for(pod_id, container, None).await
+    }
+
+    /// CreateContainer for a PodService caller (`cri` none) or the CRI.
+    pub(crate) async fn create_container_for(
+        self: &Arc<Self>,
+        pod_id: &str,
+        container: proto::ContainerSpec,
+        cri: Option<CriContainer>,
+    ) -> Result<proto::Pod> {
         spec::check_container(&container)?;
         self.shared.config.check_free_disk("container create")?;
         let host = self.pod_host().await?;
@@ -468,7 +498,10 @@ impl PodManager {
                         ..Default::default()
                     });
                 }
-                record.containers.push(ContainerRuntime::default());
+                record.containers.push(ContainerRuntime {
+                    cri,
+                    ..ContainerRuntime::default()
+                });
             })?;
             self.pools
                 .set_pod_containers(pod_id, u32::try_from(count).unwrap_or(u32::MAX));
@@ -495,7 +528,15 @@ impl PodManager {
                     "pod {pod_id} is not running"
                 )));
             }
-            state_of(entry, pod_id, name)?
+            let current = state_of(entry, pod_id, name)?;
+            // A kubelet's container runs once: it makes a new one instead.
+            if entry.kubelet_managed() && current != ContainerState::Created {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "container {name:?} of pod {pod_id} is {}; a CRI container starts once",
+                    container_state_name(current)
+                )));
+            }
+            current
         };
         match current {
             ContainerState::Running => {
@@ -562,7 +603,7 @@ impl PodManager {
         pod_id: &str,
         name: &str,
     ) -> Result<proto::Pod> {
-        let live = {
+        let (live, kubelets_log) = {
             let state = self.read_state();
             let entry = pod_entry(&state, pod_id)?;
             let current = state_of(entry, pod_id, name)?;
@@ -572,7 +613,7 @@ impl PodManager {
                     container_state_name(current)
                 )));
             }
-            entry.live.clone()
+            (entry.live.clone(), cri_id(&entry.record, name).is_some())
         };
         let mut runs = match &live {
             Some(live) => Some(live.runs.lock().await),
@@ -613,7 +654,10 @@ impl PodManager {
                 self.pools.set_pod_containers(pod_id, count);
             }
         }
-        let _ = stratum_runtime::logs::remove_log_files(&self.pod_log_path(pod_id, name));
+        // A CRI container's log is the kubelet's, which removes it.
+        if !kubelets_log {
+            let _ = stratum_runtime::logs::remove_log_files(&self.pod_log_path(pod_id, name));
+        }
         drop(runs);
         self.get_pod(pod_id)
     }
@@ -676,11 +720,11 @@ impl PodManager {
         name: &str,
         follow: bool,
     ) -> Result<Option<LogFollower>> {
-        let live = {
+        let (live, path) = {
             let state = self.read_state();
             let entry = pod_entry(&state, pod_id)?;
             index_of(&entry.record, name).ok_or_else(|| not_found(pod_id, name))?;
-            entry.live.clone()
+            (entry.live.clone(), self.log_path_of(&entry.record, name))
         };
         if let Some(live) = live {
             let run = live.runs.lock().await.get(name).cloned();
@@ -688,7 +732,6 @@ impl PodManager {
                 return Ok(Some(run.logs(follow)?));
             }
         }
-        let path = self.pod_log_path(pod_id, name);
         if !path.exists() {
             return Ok(None);
         }

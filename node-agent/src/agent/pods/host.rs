@@ -69,7 +69,7 @@ pub struct PodHost {
 impl PodManager {
     /// The pod host, set up on first call. UNAVAILABLE when this host
     /// cannot run pods (no runtime, a cgroup layout no runtime can use).
-    pub(super) async fn pod_host(&self) -> Result<Arc<PodHost>> {
+    pub(crate) async fn pod_host(&self) -> Result<Arc<PodHost>> {
         self.pod_host
             .get_or_try_init(|| async {
                 let host = self.open_pod_host().await.map_err(|e| {

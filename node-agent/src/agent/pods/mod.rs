@@ -46,7 +46,7 @@ use super::networks::NetworkManager;
 use super::now;
 use super::pools::{pool_id_or_root, PoolManager};
 use super::shared::Shared;
-use crate::records::{ContainerRuntime, PodRecord};
+use crate::records::{ContainerRuntime, CriSandbox, PodRecord};
 use crate::state::{Change, Ticket};
 use stratum_api::proto;
 use stratum_api::proto::{ContainerState, PodState};
@@ -85,6 +85,14 @@ fn network_of(spec: &proto::PodSpec) -> &str {
     }
 }
 
+/// Where and how a new pod is admitted.
+struct Admission<'a> {
+    pool: &'a PoolId,
+    sizing: &'a PodSizing,
+    user_namespaces: bool,
+    cri: Option<CriSandbox>,
+}
+
 /// What the lock guards.
 struct State {
     pods: BTreeMap<String, PodEntry>,
@@ -116,6 +124,12 @@ impl PodEntry {
 
     pub fn name(&self) -> &str {
         &self.spec().name
+    }
+
+    /// A kubelet's sandbox (made through the CRI): the kubelet restarts
+    /// its containers and stops it, never the agent.
+    pub fn kubelet_managed(&self) -> bool {
+        self.record.cri.is_some()
     }
 
     /// The cgroup path its record names (also before the pod is taken
@@ -212,19 +226,34 @@ impl PodManager {
     }
 
     /// Every pod, for the inventory (taken before the pools' lock).
-    pub(super) fn with_each<T>(&self, f: impl FnOnce(&BTreeMap<String, PodEntry>) -> T) -> T {
+    pub(crate) fn with_each<T>(&self, f: impl FnOnce(&BTreeMap<String, PodEntry>) -> T) -> T {
         f(&self.read_state().pods)
     }
 
     /// RunPod: see the module docs and pods.proto.
     pub async fn run_pod(self: &Arc<Self>, spec: proto::PodSpec) -> Result<proto::Pod> {
+        self.run_pod_for(spec, None).await
+    }
+
+    /// RunPod for a PodService caller (`cri` none) or a CRI sandbox.
+    pub(crate) async fn run_pod_for(
+        self: &Arc<Self>,
+        spec: proto::PodSpec,
+        cri: Option<CriSandbox>,
+    ) -> Result<proto::Pod> {
         let sizing = spec::check_pod(&spec)?;
         self.shared.config.check_free_disk("pod run")?;
         let host = self.pod_host().await?;
         let leases = self.lease_images(&spec.containers)?;
         let pool = pool_id_or_root(&spec.pool_id);
         let id = format!("pod-{}", self.shared.next_id()?);
-        let namespace = self.admit_pod(&id, &spec, &pool, &sizing, leases, host.user_namespaces)?;
+        let admission = Admission {
+            pool: &pool,
+            sizing: &sizing,
+            user_namespaces: host.user_namespaces,
+            cri,
+        };
+        let namespace = self.admit_pod(&id, &spec, admission, leases)?;
         let live = match self.set_up_sandbox(&host, &id, &spec, &namespace).await {
             Ok(live) => live,
             Err(e) => {
@@ -298,11 +327,15 @@ impl PodManager {
         &self,
         id: &str,
         spec: &proto::PodSpec,
-        pool: &PoolId,
-        sizing: &PodSizing,
+        admission: Admission<'_>,
         leases: BTreeMap<String, ImageLease>,
-        user_namespaces: bool,
     ) -> Result<String> {
+        let Admission {
+            pool,
+            sizing,
+            user_namespaces,
+            cri,
+        } = admission;
         let mut state = self.write_state();
         // The namespace is the pool's: a pod naming another would join
         // that namespace's network policy (and, to a Supervisor, its
@@ -360,6 +393,7 @@ impl PodManager {
             containers: vec![ContainerRuntime::default(); spec.containers.len()],
             cgroup_path: String::new(),
             uid_base,
+            cri,
         };
         if let Err(e) = self.stage_pod(Change::PutPod(Box::new(record.clone()))) {
             self.pools.remove_workload(id);
@@ -695,6 +729,13 @@ impl PodManager {
                 pod_state_name(s)
             ))),
         }
+    }
+
+    /// Where container `name` of `record` logs: where the CRI asked, or
+    /// the pod's own log directory.
+    fn log_path_of(&self, record: &PodRecord, name: &str) -> PathBuf {
+        containers::cri_log_path(record, name)
+            .unwrap_or_else(|| self.pod_log_path(&record.id, name))
     }
 
     /// The pod's directory: sandbox, container bundles, logs.

@@ -1,0 +1,350 @@
+//! A CRI container as a container of its pod: the kubelet's
+//! `ContainerConfig` turned into the agent's `ContainerSpec` (checked
+//! first), and a stored container turned back into the CRI's `Container`
+//! and `ContainerStatus`.
+//!
+//! Names: the kubelet makes a new container (attempt + 1) for each
+//! restart and may keep the old one until it collects it, so the agent's
+//! container name is `<name>-<attempt>`, unique in the pod as long as the
+//! two are (a second container with the same name and attempt is
+//! refused).
+//!
+//! What the agent does not do yet is refused rather than ignored: mounts,
+//! devices, a terminal or stdin, capabilities, users and groups, a
+//! read-only root filesystem, privileged containers and host namespaces.
+//! Requests for less confinement than the agent's defaults — no seccomp
+//! profile (`Unconfined`) or no `no_new_privs` — get the defaults
+//! (Docker's seccomp profile, `no_new_privs`, the default masked and
+//! read-only paths): stricter than asked, never looser.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use k8s_cri::v1 as cri;
+use prost::Message;
+use tonic::Status;
+
+use super::sandbox::{fnv1a, hashed_label, quota_millicores, refuse_host_namespaces, to_hash_map};
+use super::unix_nanos;
+use crate::records::{ContainerRuntime, CriContainer};
+use stratum_api::proto;
+use stratum_api::proto::ContainerState;
+
+/// Longest agent container name (a DNS label).
+const NAME_MAX: usize = 63;
+
+/// The agent's container spec for a CRI container with `id`, and the
+/// record part that keeps what the kubelet sent. `log_directory` is the
+/// sandbox's.
+pub fn container_spec(
+    config: &cri::ContainerConfig,
+    id: &str,
+    log_directory: &str,
+) -> Result<(proto::ContainerSpec, CriContainer), Status> {
+    let meta = config
+        .metadata
+        .as_ref()
+        .filter(|m| !m.name.is_empty())
+        .ok_or_else(|| Status::invalid_argument("container config has no metadata name"))?;
+    let image = config
+        .image
+        .as_ref()
+        .map(|i| i.image.as_str())
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| Status::invalid_argument("container config names no image"))?;
+    refuse_unsupported(config)?;
+    let limits = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.resources.as_ref())
+        .map(|r| proto::ResourceAmounts {
+            cpu_millicores: quota_millicores(r.cpu_quota, r.cpu_period),
+            memory_bytes: u64::try_from(r.memory_limit_in_bytes).unwrap_or(0),
+        });
+    let spec = proto::ContainerSpec {
+        name: container_name(&meta.name, meta.attempt),
+        image: image.to_string(),
+        command: config.command.clone(),
+        args: config.args.clone(),
+        env: config
+            .envs
+            .iter()
+            .map(|kv| proto::EnvVar {
+                name: kv.key.clone(),
+                value: kv.value.clone(),
+            })
+            .collect(),
+        working_dir: config.working_dir.clone(),
+        limits,
+    };
+    let log_path = log_path(log_directory, &config.log_path)?;
+    let record = CriContainer {
+        id: id.to_string(),
+        config: config.encode_to_vec(),
+        log_path,
+        image_ref: image.to_string(),
+    };
+    Ok((spec, record))
+}
+
+/// The log file: the sandbox's log directory joined with the container's
+/// relative log path; none when either is missing.
+fn log_path(directory: &str, relative: &str) -> Result<String, Status> {
+    if directory.is_empty() || relative.is_empty() {
+        return Ok(String::new());
+    }
+    if !directory.starts_with('/') {
+        return Err(Status::invalid_argument(format!(
+            "sandbox log directory {directory:?} is not absolute"
+        )));
+    }
+    let relative_path = Path::new(relative);
+    let escapes = relative_path.components().any(|c| {
+        !matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    if escapes || relative.contains('\0') || directory.contains('\0') {
+        return Err(Status::invalid_argument(format!(
+            "container log path {relative:?} must stay below the sandbox's log directory"
+        )));
+    }
+    Ok(Path::new(directory)
+        .join(relative_path)
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// The agent's container name: `<name>-<attempt>`, cut and hashed to fit
+/// a DNS label when it is longer.
+pub fn container_name(name: &str, attempt: u32) -> String {
+    let full = format!("{name}-{attempt}");
+    if full.len() <= NAME_MAX && stratum_pool::validate_name(&full).is_ok() {
+        return full;
+    }
+    let hash = fnv1a(&[name.as_bytes(), &attempt.to_le_bytes()]);
+    hashed_label(name, NAME_MAX - 17, hash, "c")
+}
+
+fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not supported for CRI containers yet"))
+}
+
+/// What a container may ask for that the agent does not do yet.
+fn refuse_unsupported(config: &cri::ContainerConfig) -> Result<(), Status> {
+    if !config.mounts.is_empty() {
+        return Err(unimplemented("a mount"));
+    }
+    if !config.devices.is_empty() || !config.cdi_devices.is_empty() {
+        return Err(unimplemented("a device"));
+    }
+    if config.tty || config.stdin {
+        return Err(unimplemented("a terminal or stdin"));
+    }
+    let Some(security) = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+    else {
+        return Ok(());
+    };
+    if security.privileged {
+        return Err(unimplemented("a privileged container"));
+    }
+    if security
+        .capabilities
+        .as_ref()
+        .is_some_and(|c| !c.add_capabilities.is_empty() || !c.drop_capabilities.is_empty())
+    {
+        return Err(unimplemented("adding or dropping capabilities"));
+    }
+    if security.run_as_user.is_some()
+        || security.run_as_group.is_some()
+        || !security.run_as_username.is_empty()
+        || !security.supplemental_groups.is_empty()
+    {
+        return Err(unimplemented("a user or group"));
+    }
+    if security.readonly_rootfs {
+        return Err(unimplemented("a read-only root filesystem"));
+    }
+    refuse_host_namespaces(security.namespace_options.as_ref(), "container")?;
+    let localhost = cri::security_profile::ProfileType::Localhost as i32;
+    if security
+        .seccomp
+        .as_ref()
+        .is_some_and(|p| p.profile_type == localhost)
+    {
+        return Err(unimplemented("a Localhost seccomp profile"));
+    }
+    if security
+        .apparmor
+        .as_ref()
+        .is_some_and(|p| p.profile_type == localhost)
+        || legacy_localhost_apparmor(security)
+    {
+        return Err(unimplemented("a Localhost AppArmor profile"));
+    }
+    Ok(())
+}
+
+/// Kubelets before 1.30 name AppArmor profiles in the deprecated string
+/// field (`localhost/<name>`).
+#[allow(deprecated)]
+fn legacy_localhost_apparmor(security: &cri::LinuxContainerSecurityContext) -> bool {
+    security.apparmor_profile.starts_with("localhost/")
+}
+
+/// The config the kubelet sent, as stored.
+pub fn stored_config(cri: &CriContainer) -> cri::ContainerConfig {
+    cri::ContainerConfig::decode(cri.config.as_slice()).unwrap_or_default()
+}
+
+/// A container of a CRI sandbox, as the CRI front door reads it.
+pub struct View<'a> {
+    pub pod_id: &'a str,
+    pub status: &'a proto::ContainerStatus,
+    pub runtime: &'a ContainerRuntime,
+    pub cri: &'a CriContainer,
+}
+
+fn state(status: &proto::ContainerStatus) -> cri::ContainerState {
+    match ContainerState::try_from(status.state) {
+        Ok(ContainerState::Created) => cri::ContainerState::ContainerCreated,
+        Ok(ContainerState::Running) => cri::ContainerState::ContainerRunning,
+        Ok(ContainerState::Exited | ContainerState::OomKilled | ContainerState::Failed) => {
+            cri::ContainerState::ContainerExited
+        }
+        Ok(ContainerState::Unspecified) | Err(_) => cri::ContainerState::ContainerUnknown,
+    }
+}
+
+fn image_spec(config: &cri::ContainerConfig) -> Option<cri::ImageSpec> {
+    config.image.clone()
+}
+
+/// The container in a list.
+pub fn to_container(view: &View<'_>) -> cri::Container {
+    let config = stored_config(view.cri);
+    cri::Container {
+        id: view.cri.id.clone(),
+        pod_sandbox_id: view.pod_id.to_string(),
+        metadata: config.metadata.clone(),
+        image: image_spec(&config),
+        image_ref: view.status.image_id.clone(),
+        state: state(view.status) as i32,
+        created_at: unix_nanos(view.status.created_at.as_ref()),
+        labels: to_hash_map(config.labels),
+        annotations: to_hash_map(config.annotations),
+        image_id: view.status.image_id.clone(),
+    }
+}
+
+/// The container's status.
+pub fn to_status(view: &View<'_>) -> cri::ContainerStatus {
+    let config = stored_config(view.cri);
+    let status = view.status;
+    let state = state(status);
+    let failed = status.state == ContainerState::Failed as i32;
+    let (reason, message) = match ContainerState::try_from(status.state) {
+        // The runtime could not create or start it (containerd's words).
+        Ok(ContainerState::Failed) => ("StartError".to_string(), status.reason.clone()),
+        Ok(ContainerState::Exited | ContainerState::OomKilled) => {
+            (status.reason.clone(), String::new())
+        }
+        _ => (String::new(), String::new()),
+    };
+    let exit_code = match status.exit_code {
+        Some(code) => code,
+        // A container that never ran exits as containerd reports it.
+        None if failed => 128,
+        None => 0,
+    };
+    let resources = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.resources.clone())
+        .map(|linux| cri::ContainerResources {
+            linux: Some(linux),
+            windows: None,
+        });
+    cri::ContainerStatus {
+        id: view.cri.id.clone(),
+        metadata: config.metadata.clone(),
+        state: state as i32,
+        created_at: unix_nanos(status.created_at.as_ref()),
+        started_at: unix_nanos(status.started_at.as_ref()),
+        finished_at: unix_nanos(status.finished_at.as_ref()),
+        exit_code,
+        image: image_spec(&config),
+        image_ref: status.image_id.clone(),
+        reason,
+        message,
+        labels: to_hash_map(config.labels),
+        annotations: to_hash_map(config.annotations),
+        mounts: Vec::new(),
+        log_path: view.cri.log_path.clone(),
+        resources,
+        image_id: status.image_id.clone(),
+        user: None,
+    }
+}
+
+/// Whether the container passes a list filter (its sandbox already
+/// checked).
+pub fn matches(container: &cri::Container, filter: &cri::ContainerFilter) -> bool {
+    if let Some(state) = &filter.state {
+        if state.state != container.state {
+            return false;
+        }
+    }
+    filter
+        .label_selector
+        .iter()
+        .all(|(k, v)| container.labels.get(k) == Some(v))
+}
+
+/// Container attributes for stats.
+pub fn attributes(view: &View<'_>) -> cri::ContainerAttributes {
+    let config = stored_config(view.cri);
+    cri::ContainerAttributes {
+        id: view.cri.id.clone(),
+        metadata: config.metadata,
+        labels: to_hash_map(config.labels),
+        annotations: to_hash_map(config.annotations),
+    }
+}
+
+/// An empty map of the CRI's kind.
+pub fn no_info() -> HashMap<String, String> {
+    HashMap::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_attempt_and_stay_labels() {
+        assert_eq!(container_name("web", 0), "web-0");
+        assert_eq!(container_name("web", 3), "web-3");
+        let long = container_name(&"a".repeat(63), 1);
+        assert!(long.len() <= 63);
+        stratum_pool::validate_name(&long).unwrap();
+        assert_ne!(long, container_name(&"a".repeat(63), 2));
+        stratum_pool::validate_name(&container_name("Web_App", 0)).unwrap();
+    }
+
+    #[test]
+    fn log_paths_stay_below_the_log_directory() {
+        assert_eq!(
+            log_path("/var/log/pods/x", "c/0.log").unwrap(),
+            "/var/log/pods/x/c/0.log"
+        );
+        assert_eq!(log_path("", "c/0.log").unwrap(), "");
+        assert!(log_path("/var/log/pods/x", "../../etc/passwd").is_err());
+        assert!(log_path("/var/log/pods/x", "/etc/passwd").is_err());
+        assert!(log_path("relative", "c.log").is_err());
+    }
+}

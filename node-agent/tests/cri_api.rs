@@ -1,0 +1,719 @@
+//! The Kubernetes CRI (`runtime.v1`) against real parts, as root: a real
+//! agent process serving its CRI socket, driven by the CRI's own
+//! generated client (the `k8s-cri` crate, as a kubelet's), with a local
+//! registry, crun, real cgroups and the real pod network
+//! (`stratum_testkit::pod_agent`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use stratum_api::proto::{CreateResourcePoolRequest, ListPodsRequest, ResourcePoolSpec};
+use stratum_testkit::pod_agent::PodAgent;
+use tonic::transport::Channel;
+use tonic::Code;
+
+type Runtime = RuntimeServiceClient<Channel>;
+
+const WEB: &str = "mkdir -p /www && echo pod-local > /www/index.html && echo web up && exec httpd -f -p 8080 -h /www";
+
+fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn sandbox_config(name: &str, attempt: u32, log_dir: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.display().to_string(),
+        labels: labels(&[("app", name), ("io.kubernetes.pod.name", name)]),
+        annotations: labels(&[("note", "kept as sent")]),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, image: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        labels: labels(&[("container", name)]),
+        annotations: labels(&[("io.kubernetes.container.restartCount", "0")]),
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+async fn run_sandbox(
+    rt: &mut Runtime,
+    config: cri::PodSandboxConfig,
+) -> Result<String, tonic::Status> {
+    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config),
+        runtime_handler: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+async fn create(
+    rt: &mut Runtime,
+    sandbox: &str,
+    config: cri::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    rt.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: sandbox.into(),
+        config: Some(config),
+        sandbox_config: None,
+    })
+    .await
+    .map(|r| r.into_inner().container_id)
+}
+
+async fn sandbox_status(rt: &mut Runtime, id: &str) -> cri::PodSandboxStatus {
+    rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+        pod_sandbox_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .expect("sandbox status")
+    .into_inner()
+    .status
+    .expect("status")
+}
+
+async fn container_status(rt: &mut Runtime, id: &str) -> cri::ContainerStatus {
+    rt.container_status(cri::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .expect("container status")
+    .into_inner()
+    .status
+    .expect("status")
+}
+
+async fn list_sandboxes(rt: &mut Runtime) -> Vec<cri::PodSandbox> {
+    rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("list sandboxes")
+        .into_inner()
+        .items
+}
+
+async fn list_containers(rt: &mut Runtime, sandbox: &str) -> Vec<cri::Container> {
+    rt.list_containers(cri::ListContainersRequest {
+        filter: Some(cri::ContainerFilter {
+            pod_sandbox_id: sandbox.into(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("list containers")
+    .into_inner()
+    .containers
+}
+
+async fn exec(rt: &mut Runtime, id: &str, cmd: &[&str]) -> cri::ExecSyncResponse {
+    rt.exec_sync(cri::ExecSyncRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout: 20,
+    })
+    .await
+    .expect("exec sync")
+    .into_inner()
+}
+
+async fn start(rt: &mut Runtime, id: &str) -> Result<(), tonic::Status> {
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .map(|_| ())
+}
+
+async fn wait_state(
+    rt: &mut Runtime,
+    id: &str,
+    state: cri::ContainerState,
+) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = container_status(rt, id).await;
+        if status.state == state as i32 {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {id} never {state:?}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The log file's lines once `wanted` shows in it.
+fn wait_log(path: &Path, wanted: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(wanted) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never had {wanted:?}: {text:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What a kubelet does for a two-container pod, end to end: image pull
+/// and status, the sandbox, both containers sharing its network, exec,
+/// logs where the kubelet asked, stats, stop, remove; the pod also seen
+/// through the agent's own PodService.
+#[tokio::test]
+async fn a_kubelets_pod_runs_through_the_cri() {
+    let pods = PodAgent::start("cri-life").await;
+    let channel = pods.agent.cri_channel().await;
+    let mut rt = RuntimeServiceClient::new(channel.clone());
+    let mut images = ImageServiceClient::new(channel);
+
+    let version = rt
+        .version(cri::VersionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(version.runtime_name, "stratum");
+    assert_eq!(version.runtime_api_version, "v1");
+    let status = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let conditions = status.status.unwrap().conditions;
+    for kind in ["RuntimeReady", "NetworkReady"] {
+        assert!(
+            conditions.iter().any(|c| c.r#type == kind && c.status),
+            "{kind} in {conditions:?}"
+        );
+    }
+
+    // The image: pulled through the CRI, then found by its reference.
+    let pulled = images
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: pods.reference.clone(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .expect("pull")
+        .into_inner()
+        .image_ref;
+    assert!(pulled.starts_with("sha256:"), "{pulled}");
+    let image = images
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: pods.reference.clone(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .expect("the pulled image");
+    assert_eq!(image.id, pulled);
+    assert!(image.repo_tags.contains(&pods.reference), "{image:?}");
+    assert!(image.size > 0);
+    let fs = images
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(fs.image_filesystems[0].used_bytes.unwrap().value > 0);
+
+    // The sandbox, once: the same metadata and attempt again is refused.
+    let logs = tempfile::tempdir().unwrap();
+    let config = sandbox_config("web", 0, logs.path());
+    let sandbox = run_sandbox(&mut rt, config.clone())
+        .await
+        .expect("run sandbox");
+    let again = run_sandbox(&mut rt, config.clone()).await.unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+    assert_eq!(list_sandboxes(&mut rt).await.len(), 1);
+    let status = sandbox_status(&mut rt, &sandbox).await;
+    assert_eq!(status.state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(status.metadata, config.metadata);
+    assert_eq!(status.labels, config.labels);
+    assert_eq!(status.annotations, config.annotations);
+    let ip = status.network.expect("a pod IP").ip;
+    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{ip}");
+    // A unique prefix names it too (as crictl users type them).
+    let prefix = &sandbox[..sandbox.len() - 1];
+    if list_sandboxes(&mut rt)
+        .await
+        .iter()
+        .filter(|s| s.id.starts_with(prefix))
+        .count()
+        == 1
+    {
+        assert_eq!(sandbox_status(&mut rt, prefix).await.id, sandbox);
+    }
+
+    // The same pod through the agent's own API, in the root pool.
+    let listed = pods
+        .pods()
+        .await
+        .list_pods(ListPodsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pods;
+    let agent_pod = listed
+        .iter()
+        .find(|p| p.id == sandbox)
+        .expect("in ListPods");
+    let agent_name = &agent_pod.spec.as_ref().unwrap().name;
+    assert!(agent_name.starts_with("web-"), "{agent_name}");
+
+    // Two containers sharing the sandbox's network namespace.
+    let web = create(&mut rt, &sandbox, container_config("web", &pulled, WEB))
+        .await
+        .expect("create web");
+    let client = create(
+        &mut rt,
+        &sandbox,
+        container_config("client", &pods.reference, "echo client up; exec sleep 1000"),
+    )
+    .await
+    .expect("create client");
+    let dup = create(&mut rt, &sandbox, container_config("web", &pulled, WEB))
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists, "{dup:?}");
+    assert_eq!(list_containers(&mut rt, &sandbox).await.len(), 2);
+    let created = container_status(&mut rt, &web).await;
+    assert_eq!(created.state, cri::ContainerState::ContainerCreated as i32);
+    start(&mut rt, &web).await.expect("start web");
+    start(&mut rt, &client).await.expect("start client");
+    let running = wait_state(&mut rt, &web, cri::ContainerState::ContainerRunning).await;
+    assert_eq!(running.labels, labels(&[("container", "web")]));
+    assert_eq!(running.image_ref, pulled);
+    let log_path = logs.path().join("web/0.log");
+    assert_eq!(running.log_path, log_path.display().to_string());
+    let text = wait_log(&log_path, "web up");
+    assert!(
+        text.lines().any(|l| l.ends_with(" stdout F web up")),
+        "not the CRI log format: {text:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let fetched = loop {
+        let out = exec(
+            &mut rt,
+            &client,
+            &["wget", "-q", "-O", "-", "http://127.0.0.1:8080/"],
+        )
+        .await;
+        if out.exit_code == 0 || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&fetched.stdout).trim(),
+        "pod-local",
+        "{fetched:?}"
+    );
+
+    // Stats of a container and of the sandbox.
+    let stats = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: web.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(stats.attributes.unwrap().id, web);
+    assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    let pod_stats = rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: sandbox.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(pod_stats.linux.unwrap().containers.len(), 2);
+
+    // Stopped, a CRI container stays stopped and the sandbox ready: the
+    // kubelet restarts containers and stops sandboxes, not the agent.
+    for id in [&web, &client] {
+        rt.stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 5,
+        })
+        .await
+        .expect("stop");
+        wait_state(&mut rt, id, cri::ContainerState::ContainerExited).await;
+    }
+    let again = start(&mut rt, &web).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        sandbox_status(&mut rt, &sandbox).await.state,
+        cri::PodSandboxState::SandboxReady as i32
+    );
+
+    // Removal, idempotent as the CRI asks.
+    for _ in 0..2 {
+        rt.remove_container(cri::RemoveContainerRequest {
+            container_id: web.clone(),
+        })
+        .await
+        .expect("remove container");
+    }
+    let left: Vec<String> = list_containers(&mut rt, &sandbox)
+        .await
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(left, vec![client.clone()]);
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: sandbox.clone(),
+    })
+    .await
+    .expect("stop sandbox");
+    assert_eq!(
+        sandbox_status(&mut rt, &sandbox).await.state,
+        cri::PodSandboxState::SandboxNotready as i32
+    );
+    for _ in 0..2 {
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: sandbox.clone(),
+        })
+        .await
+        .expect("remove sandbox");
+    }
+    assert!(list_sandboxes(&mut rt).await.is_empty());
+    assert!(pods
+        .pods()
+        .await
+        .list_pods(ListPodsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pods
+        .is_empty());
+    // The kubelet's log files are the kubelet's to remove.
+    assert!(log_path.exists());
+}
+
+/// Each malformed or impossible request gets its status and leaves
+/// nothing behind.
+#[tokio::test]
+async fn bad_cri_requests_are_refused_and_change_nothing() {
+    let pods = PodAgent::start("cri-bad").await;
+    let mut rt = RuntimeServiceClient::new(pods.agent.cri_channel().await);
+    let logs = tempfile::tempdir().unwrap();
+
+    let none = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::InvalidArgument);
+    let mut no_uid = sandbox_config("a", 0, logs.path());
+    no_uid.metadata.as_mut().unwrap().uid.clear();
+    let refused = run_sandbox(&mut rt, no_uid).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("uid"), "{refused:?}");
+    let handler = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(sandbox_config("a", 0, logs.path())),
+            runtime_handler: "kata".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(handler.code(), Code::InvalidArgument, "{handler:?}");
+    // A pool of another namespace (a tenant's, below root) is not the
+    // CRI's to place pods in.
+    let tenant = pods
+        .agent
+        .pools()
+        .await
+        .create(CreateResourcePoolRequest {
+            parent_id: String::new(),
+            spec: Some(ResourcePoolSpec {
+                name: "tenant-b".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create pool")
+        .into_inner()
+        .id;
+    let mut elsewhere = sandbox_config("a", 0, logs.path());
+    elsewhere
+        .annotations
+        .insert("stratum.io/pool".into(), tenant);
+    let denied = run_sandbox(&mut rt, elsewhere).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    let mut host_net = sandbox_config("a", 0, logs.path());
+    host_net.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let unsupported = run_sandbox(&mut rt, host_net).await.unwrap_err();
+    assert_eq!(unsupported.code(), Code::Unimplemented, "{unsupported:?}");
+    assert!(list_sandboxes(&mut rt).await.is_empty());
+
+    let sandbox = run_sandbox(&mut rt, sandbox_config("a", 0, logs.path()))
+        .await
+        .expect("a good sandbox");
+    let unknown = create(
+        &mut rt,
+        "pod-none",
+        container_config("c", &pods.reference, "true"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    let mut no_meta = container_config("c", &pods.reference, "true");
+    no_meta.metadata = None;
+    assert_eq!(
+        create(&mut rt, &sandbox, no_meta).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let missing = create(
+        &mut rt,
+        &sandbox,
+        container_config("c", "127.0.0.1:1/not/there:1", "true"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    let mut escape = container_config("c", &pods.reference, "true");
+    escape.log_path = "../../../etc/cron.d/x".into();
+    assert_eq!(
+        create(&mut rt, &sandbox, escape).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut mounts = container_config("c", &pods.reference, "true");
+    mounts.mounts = vec![cri::Mount {
+        container_path: "/host".into(),
+        host_path: "/".into(),
+        ..Default::default()
+    }];
+    assert_eq!(
+        create(&mut rt, &sandbox, mounts).await.unwrap_err().code(),
+        Code::Unimplemented
+    );
+    assert!(list_containers(&mut rt, &sandbox).await.is_empty());
+
+    for code in [
+        start(&mut rt, "nothing").await.unwrap_err().code(),
+        rt.container_status(cri::ContainerStatusRequest {
+            container_id: "nothing".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        rt.exec_sync(cri::ExecSyncRequest {
+            container_id: "nothing".into(),
+            cmd: vec!["true".into()],
+            timeout: 1,
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: "pod-none".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err()
+        .code(),
+    ] {
+        assert_eq!(code, Code::NotFound);
+    }
+    // Stopping and removing what is not there is done already.
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: "pod-none".into(),
+    })
+    .await
+    .expect("idempotent stop");
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: "nothing".into(),
+    })
+    .await
+    .expect("idempotent remove");
+    assert_eq!(list_sandboxes(&mut rt).await.len(), 1);
+}
+
+/// CRI sandboxes outlive an agent `kill -9`: re-adopted, listed the same,
+/// their containers still running.
+#[tokio::test]
+async fn cri_pods_are_readopted_after_agent_kill9() {
+    let mut pods = PodAgent::start("cri-kill9").await;
+    let mut rt = RuntimeServiceClient::new(pods.agent.cri_channel().await);
+    let logs = tempfile::tempdir().unwrap();
+    let sandbox = run_sandbox(&mut rt, sandbox_config("kept", 0, logs.path()))
+        .await
+        .unwrap();
+    let sleeper = create(
+        &mut rt,
+        &sandbox,
+        container_config("sleeper", &pods.reference, "exec sleep 1000"),
+    )
+    .await
+    .unwrap();
+    start(&mut rt, &sleeper).await.unwrap();
+    let before_pid = wait_state(&mut rt, &sleeper, cri::ContainerState::ContainerRunning).await;
+    let before = list_sandboxes(&mut rt).await;
+
+    pods.agent.kill9();
+    pods.agent.spawn();
+    let mut rt = RuntimeServiceClient::new(pods.agent.cri_channel().await);
+    assert_eq!(list_sandboxes(&mut rt).await, before);
+    let after = container_status(&mut rt, &sleeper).await;
+    assert_eq!(after.state, cri::ContainerState::ContainerRunning as i32);
+    assert_eq!(after.started_at, before_pid.started_at);
+    let out = exec(&mut rt, &sleeper, &["echo", "still here"]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still here");
+}
+
+/// The socket is its owner's alone, and a caller of another uid is
+/// refused even where the socket's mode would let it connect.
+#[tokio::test]
+async fn only_root_and_the_agents_user_may_use_the_cri_socket() {
+    let pods = PodAgent::start("cri-peer").await;
+    let socket = pods.agent.cri_socket();
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let refused = std::thread::spawn(move || {
+        // Only this thread becomes nobody (the raw syscall changes the
+        // calling thread's credentials; glibc's wrapper would change the
+        // whole test process's).
+        // SAFETY: setresuid takes three plain integers.
+        let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+        assert_eq!(rc, 0, "setresuid: {}", std::io::Error::last_os_error());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let channel = stratum_testkit::cri::channel(&socket).await.unwrap();
+            RuntimeServiceClient::new(channel)
+                .version(cri::VersionRequest::default())
+                .await
+                .unwrap_err()
+        })
+    })
+    .join()
+    .unwrap();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+}
+
+/// What `crictl` and `critest` of Kubernetes 1.26 send: HTTP/2 with the
+/// socket's path as `:authority`, which tonic's h2 alone refuses. Frames
+/// written by hand, as gRPC-Go writes them.
+#[tokio::test]
+async fn a_request_naming_the_socket_path_as_authority_is_served() {
+    use prost::Message;
+    use std::io::{Read, Write};
+
+    let pods = PodAgent::start("cri-authority").await;
+    let socket = pods.agent.cri_socket();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+            let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+            let mut f = vec![len[1], len[2], len[3], kind, flags];
+            f.extend_from_slice(&stream.to_be_bytes());
+            f.extend_from_slice(payload);
+            f
+        };
+        let headers: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", b"/runtime.v1.RuntimeService/Version"),
+            (b":authority", b"/run/stratum/cri.sock"),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        ];
+        let block = loona_hpack::Encoder::new().encode(headers);
+        let request = cri::VersionRequest {
+            version: "v1".into(),
+        }
+        .encode_to_vec();
+        let mut message = vec![0u8];
+        message.extend_from_slice(&u32::try_from(request.len()).unwrap().to_be_bytes());
+        message.extend_from_slice(&request);
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        s.write_all(&frame(4, 0, 0, &[])).unwrap();
+        s.write_all(&frame(1, 0x4, 1, &block)).unwrap();
+        s.write_all(&frame(0, 0x1, 1, &message)).unwrap();
+        // Frames back until the answer's message on stream 1.
+        loop {
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).unwrap();
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).unwrap();
+            let (kind, flags, stream) = (head[3], head[4], head[8]);
+            match kind {
+                // The server's settings, acknowledged.
+                4 if flags & 1 == 0 => s.write_all(&frame(4, 1, 0, &[])).unwrap(),
+                // RST_STREAM or GOAWAY: refused.
+                3 | 7 => panic!("the server refused the request: frame type {kind} {payload:?}"),
+                0 if stream == 1 && payload.len() >= 5 => {
+                    return cri::VersionResponse::decode(&payload[5..]).unwrap();
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(answer.runtime_name, "stratum");
+}
