@@ -113,6 +113,68 @@ async fn create_pool(agent: &TestAgent, spec: ResourcePoolSpec) -> String {
 
 const WEB: &str = "mkdir -p /www && echo pod-local > /www/index.html && echo web up && exec httpd -f -p 8080 -h /www";
 
+/// A pod's root (root of the pod's user namespace only) binds a port
+/// below 1024, as in a containerd pod: its netns lets anyone, since the
+/// container has no capability over it; and ICMP echo sockets are open to
+/// every group there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pods_root_binds_port_80() {
+    let pa = PodAgent::start("pods-lowport").await;
+    let mut client = pa.pods().await;
+    let spec = pod_spec(
+        "low",
+        "",
+        vec![pa.container(
+            "web",
+            "mkdir -p /www && echo low-port > /www/index.html && exec httpd -f -p 80 -h /www",
+        )],
+    );
+    let pod = run(&mut client, spec).await.expect("run pod");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let out = exec(
+            &mut client,
+            &pod.id,
+            "web",
+            &["wget", "-q", "-O", "-", "http://127.0.0.1:80/"],
+        )
+        .await
+        .expect("exec wget");
+        if out.exit_code == 0 {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        let state = get(&mut client, &pod.id).await;
+        assert!(
+            Instant::now() < deadline,
+            "httpd never answered on port 80: {out:?} {:?}",
+            logs(&mut client, &pod.id, "web", None).await
+        );
+        assert_eq!(
+            container_status(&state, "web").state(),
+            ContainerState::Running,
+            "httpd exited: {:?}",
+            logs(&mut client, &pod.id, "web", None).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(body.trim(), "low-port");
+    // ICMP echo sockets for every group, as containerd's pods have them.
+    // Read from the host: in the pod's user namespace the host's group
+    // ids of the range show as unmapped.
+    let netns = pa.run_dir().join("netns").join(&pod.id);
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["cat", "/proc/sys/net/ipv4/ping_group_range"])
+        .output()
+        .expect("nsenter");
+    let range = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        range.split_whitespace().collect::<Vec<_>>(),
+        ["0", "2147483647"],
+        "{out:?}"
+    );
+}
+
 /// Two containers sharing the pod's localhost, hostname and address; exec,
 /// logs, stats, the inventory, a host port, then stop and remove with
 /// nothing left behind.

@@ -11,6 +11,18 @@
 //! unsafe, and a thread that dies takes its netns membership with it; never
 //! a runtime thread, which would stay in the pod's network.
 //!
+//! Before the bind, the same thread sets the two sysctls containerd sets
+//! in a pod's netns (its `enable_unprivileged_ports` and
+//! `enable_unprivileged_icmp`, defaults since 2.0):
+//! `net.ipv4.ip_unprivileged_port_start=0` and
+//! `net.ipv4.ping_group_range=0 2147483647`. A pod's containers run in a
+//! user namespace of their own while the netns belongs to the host's, so
+//! their root holds no `CAP_NET_BIND_SERVICE` over it: without the first,
+//! a web server's root could not bind port 80; without the second, `ping`
+//! (no `CAP_NET_RAW` in a pod) could not send echo requests. Both reach
+//! only this netns (net sysctls are per network namespace), and a thread
+//! opens `/proc/sys/net` of its own netns.
+//!
 //! The directory itself is made a shared mount point (bind-mounted onto
 //! itself first if needed), as `ip netns` does with /run/netns: mount
 //! namespaces created later (containers, systemd services with private
@@ -27,6 +39,12 @@ use std::path::{Path, PathBuf};
 
 use super::error::{NetError, Result};
 use super::names::check_id;
+
+/// Set in every pod netns (see the module docs).
+const POD_SYSCTLS: [(&str, &str); 2] = [
+    ("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0"),
+    ("/proc/sys/net/ipv4/ping_group_range", "0 2147483647"),
+];
 
 /// `statfs` type of an nsfs file (a bound namespace).
 const NSFS_MAGIC: i64 = 0x6e73_6673;
@@ -218,6 +236,11 @@ impl NetnsDir {
             .spawn(move || -> io::Result<()> {
                 // SAFETY: unshare affects only this thread, which exits next.
                 check(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
+                for (sysctl, value) in POD_SYSCTLS {
+                    fs::write(sysctl, value).map_err(|e| {
+                        io::Error::new(e.kind(), format!("write {value:?} to {sysctl}: {e}"))
+                    })?;
+                }
                 let flags = libc::MS_BIND as libc::c_ulong;
                 mount(Path::new("/proc/thread-self/ns/net"), &target, flags)
             })
