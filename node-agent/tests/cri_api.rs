@@ -352,6 +352,49 @@ async fn a_kubelets_pod_runs_through_the_cri() {
         "{fetched:?}"
     );
 
+    // New limits reach the container's cgroup and its status; one below
+    // what a container can run in is refused and changes nothing.
+    let info = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: sandbox.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let info: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let pod_cgroup = info["cgroupPath"].as_str().unwrap().to_string();
+    let update = |memory: i64| cri::UpdateContainerResourcesRequest {
+        container_id: web.clone(),
+        linux: Some(cri::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            memory_limit_in_bytes: memory,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    rt.update_container_resources(update(64 << 20))
+        .await
+        .expect("update resources");
+    let cgroup = pods.agent.cgroup(&format!("{pod_cgroup}/{web}"));
+    let enforced = stratum_runtime::OciResources::effective(&cgroup).unwrap();
+    assert_eq!(enforced.memory_limit_bytes, Some(64 << 20), "{enforced:?}");
+    assert_eq!(
+        enforced
+            .cpu_quota_us
+            .map(|q| q * 1000 / i64::try_from(enforced.cpu_period_us.unwrap()).unwrap()),
+        Some(500),
+        "{enforced:?}"
+    );
+    let resources = container_status(&mut rt, &web).await.resources.unwrap();
+    assert_eq!(resources.linux.unwrap().memory_limit_in_bytes, 64 << 20);
+    let tiny = rt.update_container_resources(update(1)).await.unwrap_err();
+    assert_eq!(tiny.code(), Code::InvalidArgument, "{tiny:?}");
+    let enforced = stratum_runtime::OciResources::effective(&cgroup).unwrap();
+    assert_eq!(enforced.memory_limit_bytes, Some(64 << 20));
+
     // Stats of a container and of the sandbox.
     let stats = rt
         .container_stats(cri::ContainerStatsRequest {

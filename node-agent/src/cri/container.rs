@@ -57,10 +57,7 @@ pub fn container_spec(
         .linux
         .as_ref()
         .and_then(|l| l.resources.as_ref())
-        .map(|r| proto::ResourceAmounts {
-            cpu_millicores: quota_millicores(r.cpu_quota, r.cpu_period),
-            memory_bytes: u64::try_from(r.memory_limit_in_bytes).unwrap_or(0),
-        });
+        .map(resource_limits);
     let spec = proto::ContainerSpec {
         name: container_name(&meta.name, meta.attempt),
         image: image.to_string(),
@@ -85,6 +82,16 @@ pub fn container_spec(
         image_ref: image.to_string(),
     };
     Ok((spec, record))
+}
+
+/// The limits the agent enforces from the CRI's resources: the CPU cap
+/// from the CFS quota and period, the memory limit. (CPU shares and the
+/// OOM score are not applied to a container's own cgroup yet.)
+pub fn resource_limits(r: &cri::LinuxContainerResources) -> proto::ResourceAmounts {
+    proto::ResourceAmounts {
+        cpu_millicores: quota_millicores(r.cpu_quota, r.cpu_period),
+        memory_bytes: u64::try_from(r.memory_limit_in_bytes).unwrap_or(0),
+    }
 }
 
 /// The log file: the sandbox's log directory joined with the container's

@@ -481,11 +481,34 @@ impl RuntimeService for CriRuntime {
 
     async fn update_container_resources(
         &self,
-        _request: Request<cri::UpdateContainerResourcesRequest>,
+        request: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        Err(Status::unimplemented(
-            "updating a CRI container's resources is not supported yet",
-        ))
+        let caller = Caller::of(&request)?;
+        let r = request.into_inner();
+        let found = self.find_container(&caller, &r.container_id)?;
+        access::change_pod(&self.agent, &caller, &found.pod_id)?;
+        let resources = r
+            .linux
+            .ok_or_else(|| Status::invalid_argument("no Linux resources given"))?;
+        let config = self.agent.pods().with_each(|pods| {
+            pods.get(&found.pod_id)
+                .and_then(|p| views(p).find(|v| v.status.name == found.name))
+                .map(|v| container::stored_config(v.cri))
+        });
+        let mut config =
+            config.ok_or_else(|| Status::not_found(format!("no container {}", r.container_id)))?;
+        let limits = container::resource_limits(&resources);
+        config.linux.get_or_insert_with(Default::default).resources = Some(resources);
+        let encoded = prost::Message::encode_to_vec(&config);
+        self.agent
+            .pods()
+            .update_container_limits(&found.pod_id, &found.name, limits, Some(encoded))
+            .await?;
+        crate::api::durable(
+            &self.agent,
+            Response::new(cri::UpdateContainerResourcesResponse {}),
+        )
+        .await
     }
 
     async fn reopen_container_log(

@@ -662,6 +662,68 @@ impl PodManager {
         self.get_pod(pod_id)
     }
 
+    /// New limits for a container of a running pod: its cgroup's CPU cap
+    /// and memory limit now, and in its spec (with `cri_config`, the CRI
+    /// config that asked for them, for its status). A memory limit the
+    /// container already uses more than is refused by the kernel, and
+    /// nothing changes.
+    pub(crate) async fn update_container_limits(
+        &self,
+        pod_id: &str,
+        name: &str,
+        limits: proto::ResourceAmounts,
+        cri_config: Option<Vec<u8>>,
+    ) -> Result<()> {
+        let live = self.running_pod(pod_id)?;
+        let runs = live.runs.lock().await;
+        let mut updated = {
+            let state = self.read_state();
+            let entry = pod_entry(&state, pod_id)?;
+            let i = index_of(&entry.record, name).ok_or_else(|| not_found(pod_id, name))?;
+            entry
+                .spec()
+                .containers
+                .get(i)
+                .cloned()
+                .ok_or_else(|| not_found(pod_id, name))?
+        };
+        updated.limits = Some(limits);
+        spec::check_container(&updated)?;
+        let pod_limits = {
+            let state = self.read_state();
+            pod_entry(&state, pod_id)?
+                .status()
+                .limits
+                .unwrap_or_default()
+        };
+        spec::check_container_fits(&updated, &pod_limits)?;
+        let run = runs.get(name).cloned().ok_or_else(|| {
+            AgentError::FailedPrecondition(format!(
+                "container {name:?} of pod {pod_id} has no run to update"
+            ))
+        })?;
+        let cgroup_limits = spec::container_limits(&updated);
+        let cgroup = run.cgroup().clone();
+        tokio::task::spawn_blocking(move || cgroup.apply(&cgroup_limits))
+            .await
+            .map_err(|e| AgentError::Internal(format!("cgroup task: {e}")))??;
+        self.update_pod(pod_id, |record| {
+            if let Some(i) = index_of(record, name) {
+                if let Some(spec) = record.spec.as_mut().and_then(|s| s.containers.get_mut(i)) {
+                    spec.limits = Some(limits);
+                }
+                if let (Some(config), Some(cri)) = (
+                    cri_config,
+                    record.containers.get_mut(i).and_then(|c| c.cri.as_mut()),
+                ) {
+                    cri.config = config;
+                }
+            }
+        })?;
+        drop(runs);
+        Ok(())
+    }
+
     /// The running run of a container of a running pod.
     async fn running_run(&self, pod_id: &str, name: &str) -> Result<Arc<Container>> {
         let live = self.running_pod(pod_id)?;
