@@ -75,6 +75,12 @@ struct Cli {
         value_delimiter = ','
     )]
     insecure_registries: Vec<String>,
+    /// A registry whose pulls go to a mirror instead, as containerd's
+    /// hosts.toml: REGISTRY=URL (`registry.k8s.io=http://127.0.0.1:5000`),
+    /// repeatable. An http:// mirror is reached over plain HTTP. Images
+    /// keep the registry's names.
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=URL", value_parser = stratum_image::parse_mirror)]
+    registry_mirrors: Vec<(String, stratum_image::RegistryMirror)>,
     /// The OCI runtime pods' containers run with: `crun` (default) or
     /// `runc`, a name on PATH or a path. On a hybrid-cgroup host that crun
     /// refuses, the agent falls back to runc when it is installed.
@@ -356,6 +362,7 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
         system_reserve: Resources::new(cli.reserve_cpu, cli.reserve_memory_mib.saturating_mul(MIB)),
         cgroup_root: cli.cgroup_root.clone(),
         insecure_registries: cli.insecure_registries.clone(),
+        registry_mirrors: cli.registry_mirrors.iter().cloned().collect(),
         min_free_disk: cli.min_free_disk,
         networks: NetworksConfig {
             bridge: cli.pod_bridge.clone(),

@@ -760,3 +760,70 @@ async fn a_request_naming_the_socket_path_as_authority_is_served() {
     .unwrap();
     assert_eq!(answer.runtime_name, "stratum");
 }
+
+/// A registry mirror, as containerd's hosts.toml gives one: a pull of
+/// `registry.k8s.io/...` goes to the local registry, and the image keeps
+/// the name it was asked by, for ImageStatus and CreateContainer.
+#[tokio::test]
+async fn pulls_go_through_a_registry_mirror_and_keep_their_names() {
+    let pods = PodAgent::start_mirroring("cri-mirror", "registry.k8s.io").await;
+    let channel = pods.agent.cri_channel().await;
+    let mut rt = RuntimeServiceClient::new(channel.clone());
+    let mut images = ImageServiceClient::new(channel);
+    // The fixture's image, by the mirrored registry's name.
+    let repository = pods.reference.split_once('/').unwrap().1;
+    let name = format!("registry.k8s.io/{repository}");
+    let spec = |image: &str| {
+        Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        })
+    };
+    let pulled = images
+        .pull_image(cri::PullImageRequest {
+            image: spec(&name),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .expect("pull through the mirror")
+        .into_inner()
+        .image_ref;
+    let image = images
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&name),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .expect("found by its own name");
+    assert_eq!(image.id, pulled);
+    assert!(image.repo_tags.contains(&name), "{image:?}");
+    // A registry without a mirror is still asked itself (and here cannot
+    // be reached): the mirror is per registry.
+    let direct = images
+        .pull_image(cri::PullImageRequest {
+            image: spec(&format!("127.0.0.1:1/{repository}")),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_err();
+    assert_ne!(direct.code(), Code::Ok);
+
+    let logs = tempfile::tempdir().unwrap();
+    let sandbox = run_sandbox(&mut rt, sandbox_config("mirrored", 0, logs.path()))
+        .await
+        .unwrap();
+    let id = create(
+        &mut rt,
+        &sandbox,
+        container_config("c", &name, "echo from-the-mirror; exec sleep 1000"),
+    )
+    .await
+    .expect("a container of the mirrored image");
+    start(&mut rt, &id).await.unwrap();
+    wait_log(&logs.path().join("c/0.log"), "from-the-mirror");
+}

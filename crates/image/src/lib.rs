@@ -67,7 +67,7 @@ pub use import::ImportOptions;
 pub use lease::ImageLease;
 pub use progress::{LayerPhase, LayerProgress, ProgressSink, PullEvent};
 pub use record::{import_index_file, ImageRecord, LayerRecord};
-pub use registry::{PullOptions, RegistryCredentials};
+pub use registry::{parse_mirror, PullOptions, RegistryCredentials, RegistryMirror};
 pub use store::{ImageStore, VmImageFiles};
 pub use unpack::UnpackLimits;
 pub use whiteout::OPAQUE_XATTR;

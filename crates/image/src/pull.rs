@@ -53,7 +53,10 @@ impl ImageStore {
         options: &PullOptions,
         progress: &ProgressSink,
     ) -> Result<ImageRecord, ImageError> {
-        let reference = reference::parse(reference)?;
+        let mut reference = reference::parse(reference)?;
+        if let Some(mirror) = options.mirror_of(reference.registry()) {
+            reference.set_mirror_registry(mirror.host.clone());
+        }
         let session = Session {
             client: client(options)?,
             registry: reference.resolve_registry().to_owned(),
@@ -238,11 +241,15 @@ impl Session {
             reference: self.reference.whole(),
             platform: PLATFORM.into(),
         })?;
-        let pinned = Reference::with_digest(
+        let mut pinned = Reference::with_digest(
             self.reference.registry().to_owned(),
             self.reference.repository().to_owned(),
             chosen.digest().to_string(),
         );
+        if self.reference.namespace().is_some() {
+            // Through the same mirror as the reference.
+            pinned.set_mirror_registry(self.registry.clone());
+        }
         let (digest, bytes) = self.fetch_manifest(&pinned).await?;
         let what = format!("manifest {digest}");
         match manifest_kind(&bytes, &what)? {

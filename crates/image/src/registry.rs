@@ -7,6 +7,7 @@
 //! `ClientProtocol::HttpsExcept`). TLS is rustls with the ring provider
 //! (as the agent's gRPC server) and the system's roots.
 
+use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
@@ -81,6 +82,55 @@ pub struct PullOptions {
     /// whose missing layers (declared size, twice: the blob and its
     /// unpacked tree) would eat into them is refused before it starts.
     pub keep_free: u64,
+    /// Registries (as in references: `registry.k8s.io`, `docker.io`) whose
+    /// pulls go to a mirror instead; the image keeps its own names.
+    pub mirrors: BTreeMap<String, RegistryMirror>,
+}
+
+/// Where the pulls of one registry go instead, as a `host` entry of
+/// containerd's `hosts.toml`: requests go to the mirror with the
+/// registry's name in an `ns` query parameter (which plain registries,
+/// `docker-registry` among them, ignore).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryMirror {
+    /// `host[:port]`.
+    pub host: String,
+    /// Reached over plain HTTP (an `http://` endpoint).
+    pub plain_http: bool,
+}
+
+/// `REGISTRY=URL` (`registry.k8s.io=http://127.0.0.1:5000`): the
+/// registry and its mirror. The URL is `http://` or `https://` and a host
+/// with an optional port, nothing after.
+pub fn parse_mirror(spec: &str) -> Result<(String, RegistryMirror), String> {
+    let (registry, url) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("{spec:?} is not REGISTRY=URL"))?;
+    let (plain_http, host) = if let Some(host) = url.strip_prefix("http://") {
+        (true, host)
+    } else if let Some(host) = url.strip_prefix("https://") {
+        (false, host)
+    } else {
+        return Err(format!("mirror {url:?} is not an http:// or https:// URL"));
+    };
+    let host = host.trim_end_matches('/');
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+    };
+    if !valid(registry) || !valid(host) {
+        return Err(format!(
+            "{spec:?}: the registry and the mirror must be host[:port] (no path)"
+        ));
+    }
+    Ok((
+        registry.to_string(),
+        RegistryMirror {
+            host: host.to_string(),
+            plain_http,
+        },
+    ))
 }
 
 impl Default for PullOptions {
@@ -90,6 +140,7 @@ impl Default for PullOptions {
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(60),
             keep_free: 0,
+            mirrors: BTreeMap::new(),
         }
     }
 }
@@ -97,11 +148,23 @@ impl Default for PullOptions {
 impl PullOptions {
     /// The protocol setting these options give oci-client.
     pub fn protocol(&self) -> ClientProtocol {
-        if self.insecure_registries.is_empty() {
+        let mut plain: Vec<String> = self.insecure_registries.clone();
+        plain.extend(
+            self.mirrors
+                .values()
+                .filter(|m| m.plain_http)
+                .map(|m| m.host.clone()),
+        );
+        if plain.is_empty() {
             ClientProtocol::Https
         } else {
-            ClientProtocol::HttpsExcept(self.insecure_registries.clone())
+            ClientProtocol::HttpsExcept(plain)
         }
+    }
+
+    /// The mirror pulls of `registry` go to, if any.
+    pub fn mirror_of(&self, registry: &str) -> Option<&RegistryMirror> {
+        self.mirrors.get(registry)
     }
 }
 
@@ -276,6 +339,42 @@ mod tests {
         );
         assert_eq!(format!("{basic:?}"), "Basic(\"u\", <redacted>)");
         assert_eq!(format!("{bearer:?}"), "Bearer(<redacted>)");
+    }
+
+    #[test]
+    fn mirrors_parse_and_plain_http_ones_join_the_insecure_list() {
+        let (registry, mirror) = parse_mirror("registry.k8s.io=http://127.0.0.1:5000/").unwrap();
+        assert_eq!(registry, "registry.k8s.io");
+        assert_eq!(
+            mirror,
+            RegistryMirror {
+                host: "127.0.0.1:5000".into(),
+                plain_http: true
+            }
+        );
+        assert!(
+            !parse_mirror("docker.io=https://mirror.example")
+                .unwrap()
+                .1
+                .plain_http
+        );
+        for bad in [
+            "registry.k8s.io",
+            "registry.k8s.io=127.0.0.1:5000",
+            "registry.k8s.io=http://127.0.0.1:5000/v2",
+            "=http://127.0.0.1:5000",
+            "a b=http://x",
+        ] {
+            assert!(parse_mirror(bad).is_err(), "{bad}");
+        }
+        let options = PullOptions {
+            mirrors: [(registry, mirror)].into_iter().collect(),
+            ..PullOptions::default()
+        };
+        assert!(matches!(
+            options.protocol(),
+            ClientProtocol::HttpsExcept(list) if list == vec!["127.0.0.1:5000".to_string()]
+        ));
     }
 
     #[test]

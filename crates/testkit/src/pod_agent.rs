@@ -56,9 +56,20 @@ impl PodAgent {
 
     /// With more agent arguments.
     pub async fn start_with(name: &str, extra: &[&str]) -> PodAgent {
+        Self::start_full(name, extra, None).await
+    }
+
+    /// With the fixture's registry also serving as the mirror of
+    /// `registry` (`--registry-mirror REGISTRY=http://...`).
+    pub async fn start_mirroring(name: &str, registry: &str) -> PodAgent {
+        Self::start_full(name, &[], Some(registry)).await
+    }
+
+    async fn start_full(name: &str, extra: &[&str], mirrored: Option<&str>) -> PodAgent {
         prepare_host();
         let work = tempfile::tempdir().unwrap();
         let (registry, reference) = fixture::registry_with_busybox(work.path()).expect("fixture");
+        let mirror = mirrored.map(|r| format!("{r}=http://{}", registry.addr()));
         let n = NEXT_NET.fetch_add(1, Ordering::Relaxed);
         let tag = std::process::id() % 10_000 * 10 + n;
         let bridge = format!("stp{tag}");
@@ -72,6 +83,9 @@ impl PodAgent {
             &cidr,
         ];
         args.extend_from_slice(extra);
+        if let Some(mirror) = &mirror {
+            args.extend(["--registry-mirror", mirror.as_str()]);
+        }
         let agent = TestAgent::start_with(name, &args);
         let mut net = NetConfig::new(&agent.dir.join("data"));
         net.bridge = bridge.clone();

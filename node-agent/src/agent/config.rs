@@ -33,6 +33,8 @@ pub struct AgentConfig {
     /// Image registries (`host[:port]`, as in references) reached over
     /// plain HTTP instead of HTTPS.
     pub insecure_registries: Vec<String>,
+    /// Registries whose pulls go to a mirror (`--registry-mirror`).
+    pub registry_mirrors: std::collections::BTreeMap<String, stratum_image::RegistryMirror>,
     /// Free space the data directory keeps: below it, what would fill the
     /// disk is refused.
     pub min_free_disk: super::disk::MinFree,

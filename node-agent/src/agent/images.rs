@@ -32,8 +32,8 @@ pub type PullUpdates = mpsc::Receiver<Result<proto::PullImageProgress>>;
 /// and leases behind its own lock) and how pulls reach registries.
 pub struct ImageManager {
     store: ImageStore,
-    /// Registries reached over plain HTTP.
-    insecure_registries: Vec<String>,
+    /// How registries are reached: the plain-HTTP ones, the mirrors.
+    registries: PullOptions,
     /// Where imports may come from.
     artifacts: ArtifactDirs,
     /// The free space pulls and imports leave.
@@ -45,14 +45,14 @@ pub struct ImageManager {
 impl ImageManager {
     pub fn new(
         store: ImageStore,
-        insecure_registries: Vec<String>,
+        registries: PullOptions,
         artifacts: ArtifactDirs,
         disk: DiskFloor,
         owners: ImageOwners,
     ) -> Self {
         ImageManager {
             store,
-            insecure_registries,
+            registries,
             artifacts,
             disk,
             owners: Arc::new(owners),
@@ -70,12 +70,12 @@ impl ImageManager {
     }
 
     /// How pulls reach registries: HTTPS except for the configured
-    /// insecure registries.
+    /// insecure registries and plain-HTTP mirrors; through a registry's
+    /// mirror when it has one.
     pub fn pull_options(&self) -> PullOptions {
         PullOptions {
-            insecure_registries: self.insecure_registries.clone(),
             keep_free: self.disk.floor_bytes(),
-            ..PullOptions::default()
+            ..self.registries.clone()
         }
     }
 

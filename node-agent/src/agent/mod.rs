@@ -105,7 +105,11 @@ impl Agent {
         let shared = Arc::new(Shared::new(config, journal, cgroups, snapshot.next_id));
         let images = ImageManager::new(
             image_store.clone(),
-            shared.config.insecure_registries.clone(),
+            stratum_image::PullOptions {
+                insecure_registries: shared.config.insecure_registries.clone(),
+                mirrors: shared.config.registry_mirrors.clone(),
+                ..Default::default()
+            },
             shared.config.artifacts.clone(),
             shared.config.disk_floor(),
             ImageOwners::restore(Arc::clone(&shared), snapshot.image_owners),
