@@ -544,6 +544,13 @@ async fn bad_cri_requests_are_refused_and_change_nothing() {
     });
     let unsupported = run_sandbox(&mut rt, host_net).await.unwrap_err();
     assert_eq!(unsupported.code(), Code::Unimplemented, "{unsupported:?}");
+    let mut sysctls = sandbox_config("a", 0, logs.path());
+    sysctls.linux = Some(cri::LinuxPodSandboxConfig {
+        sysctls: labels(&[("kernel.shm_rmid_forced", "1")]),
+        ..Default::default()
+    });
+    let unsupported = run_sandbox(&mut rt, sysctls).await.unwrap_err();
+    assert_eq!(unsupported.code(), Code::Unimplemented, "{unsupported:?}");
     assert!(list_sandboxes(&mut rt).await.is_empty());
 
     let sandbox = run_sandbox(&mut rt, sandbox_config("a", 0, logs.path()))

@@ -81,6 +81,11 @@ fn metadata(config: &cri::PodSandboxConfig) -> Result<&cri::PodSandboxMetadata, 
 
 /// What a sandbox may ask for that the agent does not do yet.
 fn refuse_unsupported(config: &cri::PodSandboxConfig) -> Result<(), Status> {
+    if config.linux.as_ref().is_some_and(|l| !l.sysctls.is_empty()) {
+        return Err(Status::unimplemented(
+            "sysctls for a sandbox are not supported yet",
+        ));
+    }
     let Some(security) = config
         .linux
         .as_ref()
@@ -135,6 +140,16 @@ pub fn refuse_host_namespaces(
                 "the host's {what} namespace for a {whose} is not supported yet"
             )));
         }
+    }
+    // Each container has a PID namespace of its own (CONTAINER); one
+    // shared by the pod's containers (POD, `shareProcessNamespace`) or
+    // another container's (TARGET) is not made yet. (With no namespace
+    // options at all, the proto's zero would read as POD: only options
+    // the kubelet sent are checked.)
+    if ns.pid == cri::NamespaceMode::Pod as i32 || ns.pid == cri::NamespaceMode::Target as i32 {
+        return Err(Status::unimplemented(format!(
+            "a PID namespace shared with other containers for a {whose} is not supported yet"
+        )));
     }
     Ok(())
 }
