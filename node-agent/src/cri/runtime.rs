@@ -41,6 +41,8 @@ impl CriRuntime {
 /// Where a CRI container is: its pod and its name there.
 #[derive(Debug, Clone)]
 pub struct Found {
+    /// The CRI container id, whole.
+    pub id: String,
     pub pod_id: String,
     pub name: String,
     pub running: bool,
@@ -95,6 +97,7 @@ impl CriRuntime {
                 .flat_map(|p| {
                     views(p).map(|v| {
                         let found = Found {
+                            id: v.cri.id.clone(),
                             pod_id: v.pod_id.to_string(),
                             name: v.status.name.clone(),
                             running: v.status.state == ContainerState::Running as i32,
@@ -578,7 +581,7 @@ impl RuntimeService for CriRuntime {
         let one = stats
             .containers
             .into_iter()
-            .find(|c| c.attributes.as_ref().is_some_and(|a| is_named(a, &found)))
+            .find(|c| c.attributes.as_ref().is_some_and(|a| a.id == found.id))
             .ok_or_else(|| Status::not_found("the container has no stats"))?;
         Ok(Response::new(cri::ContainerStatsResponse {
             stats: Some(one),
@@ -756,14 +759,6 @@ impl RuntimeService for CriRuntime {
     }
 }
 
-/// Whether stats attributes name the found container.
-fn is_named(attributes: &cri::ContainerAttributes, found: &Found) -> bool {
-    attributes
-        .metadata
-        .as_ref()
-        .is_some_and(|m| container::container_name(&m.name, m.attempt) == found.name)
-}
-
 /// Why container `name` of `pod` failed, if it did.
 fn failure(pod: &proto::Pod, name: &str) -> Option<String> {
     let status = pod
@@ -780,13 +775,11 @@ fn failure(pod: &proto::Pod, name: &str) -> Option<String> {
 async fn make_log_dir(log_path: &str) -> Result<(), Status> {
     let Some(dir) = std::path::Path::new(log_path)
         .parent()
+        .filter(|_| !log_path.is_empty())
         .map(|d| d.to_owned())
     else {
         return Ok(());
     };
-    if log_path.is_empty() {
-        return Ok(());
-    }
     tokio::task::spawn_blocking(move || std::fs::create_dir_all(&dir).map_err(|e| (dir, e)))
         .await
         .map_err(|e| Status::internal(format!("log directory task: {e}")))?
