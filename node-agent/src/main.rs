@@ -13,6 +13,7 @@ use node_agent::agent::artifacts::{ArtifactDirs, DEFAULT_ARTIFACT_SUBDIR};
 use node_agent::agent::config::{AgentConfig, VmJail, DEFAULT_SYSTEM_RESERVE};
 use node_agent::agent::disk::{MinFree, DEFAULT_MIN_FREE};
 use node_agent::agent::networks::NetworksConfig;
+use node_agent::agent::pods::security::{PodSecurity, DEFAULT_MOUNT_ROOT};
 use node_agent::agent::pods::{PodHostConfig, DEFAULT_POD_PIDS_LIMIT};
 use node_agent::agent::Agent;
 use node_agent::api;
@@ -138,6 +139,17 @@ struct Cli {
     /// with a warning).
     #[arg(long)]
     no_pod_user_namespaces: bool,
+    /// What pods' security contexts may ask for, as Kubernetes' Pod
+    /// Security Standards: `baseline` refuses added capabilities outside
+    /// the default set, bidirectional mounts and host paths outside the
+    /// mount roots, and keeps the default seccomp profile and
+    /// no_new_privs; `privileged` gives what is asked.
+    #[arg(long, value_name = "LEVEL", default_value = "baseline")]
+    pod_security: PodSecurity,
+    /// A host directory pods' bind mounts may come from at the baseline
+    /// pod security level (repeatable) [default: /var/lib/kubelet].
+    #[arg(long = "mount-root", value_name = "DIR")]
+    mount_roots: Vec<PathBuf>,
     /// Tasks (processes and threads) one pod may have at once.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_POD_PIDS_LIMIT, value_parser = clap::value_parser!(u64).range(1..))]
     pod_pids_limit: u64,
@@ -162,6 +174,21 @@ struct Cli {
     /// sandboxes land in: HANDLER=POOL, repeatable.
     #[arg(long = "cri-handler", value_name = "HANDLER=POOL", value_parser = parse_handler)]
     cri_handlers: Vec<(String, String)>,
+}
+
+/// The mount roots resolved as host paths are (a root that does not
+/// exist yet is kept as given: nothing is below it).
+fn mount_roots(given: &[PathBuf]) -> Vec<PathBuf> {
+    let defaults = [PathBuf::from(DEFAULT_MOUNT_ROOT)];
+    let roots = if given.is_empty() {
+        &defaults[..]
+    } else {
+        given
+    };
+    roots
+        .iter()
+        .map(|root| std::fs::canonicalize(root).unwrap_or_else(|_| root.clone()))
+        .collect()
 }
 
 /// `HANDLER=POOL` of --cri-handler.
@@ -375,6 +402,8 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
             oci_runtime: cli.oci_runtime.clone(),
             pids_limit: cli.pod_pids_limit,
             user_namespaces: !cli.no_pod_user_namespaces,
+            security: cli.pod_security,
+            mount_roots: mount_roots(&cli.mount_roots),
             log_rotation: LogRotation::new(
                 cli.container_log_max_size,
                 cli.container_log_max_files,

@@ -482,6 +482,252 @@ async fn a_kubelets_pod_runs_through_the_cri() {
     assert!(log_path.exists());
 }
 
+/// The capability mask of a set of capability numbers, as
+/// /proc/PID/status prints it.
+fn cap_mask(numbers: &[u32]) -> String {
+    format!("{:016x}", numbers.iter().fold(0u64, |m, n| m | 1 << n))
+}
+
+/// The default capabilities' numbers (Docker's set without NET_RAW).
+const DEFAULT_CAPS: [u32; 13] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 27, 29, 31];
+
+/// A line of /proc/self/status in the container, by its key.
+async fn status_line(rt: &mut Runtime, id: &str, key: &str) -> String {
+    let out = exec(rt, id, &["cat", "/proc/self/status"]).await;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{key}:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// A kubelet's security context and volumes reach the container as asked,
+/// seen from inside it; what the baseline pod security level does not
+/// allow is refused and makes nothing.
+#[tokio::test]
+async fn security_contexts_and_mounts_confine_containers_as_asked() {
+    let volumes = tempfile::tempdir().unwrap();
+    let allowed = volumes.path().join("kubelet");
+    let shared = allowed.join("pods/uid-sec/volumes/data");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("greeting"), "from the host\n").unwrap();
+    let outside = volumes.path().join("elsewhere");
+    std::fs::create_dir_all(&outside).unwrap();
+    let root_arg = allowed.display().to_string();
+    let pods = PodAgent::start_with("cri-sec", &["--mount-root", &root_arg]).await;
+    let mut rt = RuntimeServiceClient::new(pods.agent.cri_channel().await);
+    let logs = tempfile::tempdir().unwrap();
+    let sandbox = run_sandbox(&mut rt, sandbox_config("sec", 0, logs.path()))
+        .await
+        .expect("run sandbox");
+    let idle = "exec sleep 1000";
+
+    // Dropped capabilities are gone from every set, and chown with them.
+    let mut dropping = container_config("dropping", &pods.reference, idle);
+    dropping.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                drop_capabilities: vec!["CHOWN".into(), "CAP_KILL".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let dropping = create(&mut rt, &sandbox, dropping).await.expect("create");
+    // For comparison: one with the defaults.
+    let plain = create(
+        &mut rt,
+        &sandbox,
+        container_config("plain", &pods.reference, idle),
+    )
+    .await
+    .expect("create");
+    for id in [&dropping, &plain] {
+        start(&mut rt, id).await.expect("start");
+        wait_state(&mut rt, id, cri::ContainerState::ContainerRunning).await;
+    }
+    let kept: Vec<u32> = DEFAULT_CAPS
+        .iter()
+        .copied()
+        .filter(|n| ![0, 5].contains(n))
+        .collect();
+    assert_eq!(
+        status_line(&mut rt, &dropping, "CapBnd").await,
+        cap_mask(&kept)
+    );
+    assert_eq!(
+        status_line(&mut rt, &dropping, "CapEff").await,
+        cap_mask(&kept)
+    );
+    assert_eq!(
+        status_line(&mut rt, &plain, "CapBnd").await,
+        cap_mask(&DEFAULT_CAPS)
+    );
+    let chown = ["sh", "-c", "touch /tmp/f && chown 1:1 /tmp/f"];
+    let denied = exec(&mut rt, &dropping, &chown).await;
+    assert_ne!(denied.exit_code, 0, "{denied:?}");
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("not permitted"),
+        "{denied:?}"
+    );
+    assert_eq!(exec(&mut rt, &plain, &chown).await.exit_code, 0);
+    // The default seccomp profile and no_new_privs, whatever was asked.
+    assert_eq!(status_line(&mut rt, &plain, "Seccomp").await, "2");
+    assert_eq!(status_line(&mut rt, &plain, "NoNewPrivs").await, "1");
+
+    // A user by name from the image, with its groups and an added one.
+    let mut user = container_config("user", &pods.reference, idle);
+    user.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_username: "app".into(),
+            supplemental_groups: vec![1234],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let user = create(&mut rt, &sandbox, user).await.expect("create");
+    start(&mut rt, &user).await.expect("start");
+    wait_state(&mut rt, &user, cri::ContainerState::ContainerRunning).await;
+    let who = exec(&mut rt, &user, &["sh", "-c", "id -u; id -g; id -G"]).await;
+    let who = String::from_utf8_lossy(&who.stdout).to_string();
+    let lines: Vec<&str> = who.lines().collect();
+    assert_eq!(lines.get(..2), Some(&["1000", "1000"][..]), "{who}");
+    let mut groups: Vec<&str> = lines.get(2).unwrap_or(&"").split_whitespace().collect();
+    groups.sort_unstable();
+    assert_eq!(groups, ["1000", "1234", "50"], "{who}");
+    // A non-root user keeps no effective capabilities.
+    assert_eq!(status_line(&mut rt, &user, "CapEff").await, cap_mask(&[]));
+
+    // A read-only root, a host volume read-write and the same one
+    // read-only. (The host directory is open to all: the pod's root is
+    // not the host's, so the host's root-owned files are others' to it.)
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut volumes = container_config("volumes", &pods.reference, idle);
+    volumes.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            readonly_rootfs: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let shared_path = shared.display().to_string();
+    volumes.mounts = vec![
+        cri::Mount {
+            container_path: "/data".into(),
+            host_path: shared_path.clone(),
+            ..Default::default()
+        },
+        cri::Mount {
+            container_path: "/data-ro".into(),
+            host_path: shared_path.clone(),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
+    let volumes = create(&mut rt, &sandbox, volumes).await.expect("create");
+    start(&mut rt, &volumes).await.expect("start");
+    wait_state(&mut rt, &volumes, cri::ContainerState::ContainerRunning).await;
+    let status = container_status(&mut rt, &volumes).await;
+    assert_eq!(status.mounts.len(), 2, "{status:?}");
+    let read_only = |out: &cri::ExecSyncResponse| {
+        out.exit_code != 0 && String::from_utf8_lossy(&out.stderr).contains("Read-only file system")
+    };
+    let root_write = exec(&mut rt, &volumes, &["touch", "/rootfs-write"]).await;
+    assert!(read_only(&root_write), "{root_write:?}");
+    let read = exec(
+        &mut rt,
+        &volumes,
+        &["cat", "/data/greeting", "/data-ro/greeting"],
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&read.stdout),
+        "from the host\nfrom the host\n",
+        "{read:?}"
+    );
+    let write = exec(
+        &mut rt,
+        &volumes,
+        &["sh", "-c", "echo from the pod > /data/reply"],
+    )
+    .await;
+    assert_eq!(write.exit_code, 0, "{write:?}");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("reply")).unwrap(),
+        "from the pod\n"
+    );
+    let ro_write = exec(&mut rt, &volumes, &["touch", "/data-ro/x"]).await;
+    assert!(read_only(&ro_write), "{ro_write:?}");
+    assert!(!shared.join("x").exists());
+
+    // Refused at the baseline level, each with nothing made: an added
+    // capability outside the defaults, a host path outside the mount
+    // roots (also through a symlink below a root), a bidirectional mount.
+    std::os::unix::fs::symlink(&outside, allowed.join("pods/escape")).unwrap();
+    let before = list_containers(&mut rt, &sandbox).await.len();
+    let mut adding = container_config("adding", &pods.reference, idle);
+    adding.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["NET_ADMIN".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let mount_of = |host: &Path, propagation: cri::MountPropagation| {
+        let mut c = container_config("mounting", &pods.reference, idle);
+        c.mounts = vec![cri::Mount {
+            container_path: "/data".into(),
+            host_path: host.display().to_string(),
+            propagation: propagation as i32,
+            ..Default::default()
+        }];
+        c
+    };
+    let refused = [
+        adding,
+        mount_of(&outside, cri::MountPropagation::PropagationPrivate),
+        mount_of(
+            &allowed.join("pods/escape"),
+            cri::MountPropagation::PropagationPrivate,
+        ),
+        mount_of(&shared, cri::MountPropagation::PropagationBidirectional),
+    ];
+    for config in refused {
+        let err = create(&mut rt, &sandbox, config.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{config:?}: {err:?}");
+        assert!(
+            err.message().contains("pod security level baseline"),
+            "{err:?}"
+        );
+    }
+    assert_eq!(list_containers(&mut rt, &sandbox).await.len(), before);
+    let mut missing = mount_of(
+        &allowed.join("absent"),
+        cri::MountPropagation::PropagationPrivate,
+    );
+    missing.metadata.as_mut().unwrap().name = "missing".into();
+    let err = create(&mut rt, &sandbox, missing).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(list_containers(&mut rt, &sandbox).await.len(), before);
+
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: sandbox.clone(),
+    })
+    .await
+    .expect("stop sandbox");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox,
+    })
+    .await
+    .expect("remove sandbox");
+}
+
 /// Each malformed or impossible request gets its status and leaves
 /// nothing behind.
 #[tokio::test]
@@ -592,8 +838,44 @@ async fn bad_cri_requests_are_refused_and_change_nothing() {
     }];
     assert_eq!(
         create(&mut rt, &sandbox, mounts).await.unwrap_err().code(),
-        Code::Unimplemented
+        Code::PermissionDenied
     );
+    let with_context = |security: cri::LinuxContainerSecurityContext| {
+        let mut c = container_config("c", &pods.reference, "true");
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(security),
+            ..Default::default()
+        });
+        c
+    };
+    #[allow(deprecated)]
+    let malformed = [
+        cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: -1 }),
+            ..Default::default()
+        },
+        cri::LinuxContainerSecurityContext {
+            run_as_group: Some(cri::Int64Value { value: 5 }),
+            ..Default::default()
+        },
+        cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                drop_capabilities: vec!["NOT_A_CAPABILITY".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        cri::LinuxContainerSecurityContext {
+            seccomp_profile_path: "my-profile".into(),
+            ..Default::default()
+        },
+    ];
+    for security in malformed {
+        let err = create(&mut rt, &sandbox, with_context(security.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{security:?}: {err:?}");
+    }
     assert!(list_containers(&mut rt, &sandbox).await.is_empty());
 
     for code in [

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use stratum_api::proto::image_service_client::ImageServiceClient;
 use stratum_api::proto::pod_service_client::PodServiceClient;
 use stratum_api::proto::{
-    ContainerSpec, ContainerState, CreateResourcePoolRequest, GetPodRequest,
+    ContainerSpec, ContainerState, CreateResourcePoolRequest, GetPodRequest, ListPodsRequest,
     ListResourcePoolsRequest, LogsRequest, PodResources, PodSpec, PodState, PodStatsRequest,
     PortMapping, RemoveImageRequest, RemovePodRequest, ResourceAmounts, ResourcePoolSpec,
     RestartPolicy, RunPodRequest, RuntimeClass, StopPodRequest, WorkloadKind,
@@ -983,6 +983,15 @@ fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The pod id `nodectl pod run` printed.
+fn pod_id_of(out: &std::process::Output) -> String {
+    stdout(out)
+        .lines()
+        .find_map(|l| l.strip_prefix("ID"))
+        .map(|v| v.trim().to_string())
+        .expect("the pod's id")
+}
+
 /// The operator's path: `nodectl pod` against the real agent — run, exec
 /// passing the exit code on, add a container, logs (with the default
 /// container rule), the inventory, stop and remove.
@@ -1004,11 +1013,7 @@ async fn pods_through_nodectl() {
         "echo hi; exec sleep 1000",
     ]);
     assert!(out.status.success(), "{out:?}");
-    let id = stdout(&out)
-        .lines()
-        .find_map(|l| l.strip_prefix("ID"))
-        .map(|v| v.trim().to_string())
-        .expect("the pod's id");
+    let id = pod_id_of(&out);
     assert!(stdout(&out).contains("RUNNING"), "{out:?}");
 
     let out = pa
@@ -1190,4 +1195,82 @@ async fn pods_on_a_network_of_their_namespace() {
     }
     networks.delete(delete).await.expect("deleted once empty");
     assert!(!Path::new("/sys/class/net/st-pods-a").exists());
+}
+
+/// The PodService's security context, through nodectl's flags: who the
+/// process is, its capabilities, its root's mode, a host volume; and the
+/// pod security level's refusals, which make no pod.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_run_as_their_security_context_says() {
+    let volumes = tempfile::tempdir().unwrap();
+    std::fs::write(volumes.path().join("note"), "host note").unwrap();
+    let root = volumes.path().display().to_string();
+    let pa = PodAgent::start_with("pods-sec", &["--mount-root", &root]).await;
+    let image = pa.reference.as_str();
+    let volume = format!("{root}:/host:ro");
+    let out = pa.agent.nodectl(&[
+        "pod",
+        "run",
+        "sec",
+        "--image",
+        image,
+        "--user",
+        "app",
+        "--group-add",
+        "4321",
+        "--cap-drop",
+        "ALL",
+        "--read-only",
+        "-v",
+        &volume,
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let id = pod_id_of(&out);
+    let script = "id -u; id -G; grep CapBnd /proc/self/status; cat /host/note; echo; \
+                  touch /x 2>&1; touch /host/x 2>&1; true";
+    let out = pa
+        .agent
+        .nodectl(&["pod", "exec", &id, "--", "sh", "-c", script]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&"1000"), "{text}");
+    let mut groups: Vec<&str> = lines.get(1).unwrap_or(&"").split_whitespace().collect();
+    groups.sort_unstable();
+    assert_eq!(groups, ["1000", "4321", "50"], "{text}");
+    assert!(text.contains("CapBnd:\t0000000000000000"), "{text}");
+    assert!(text.contains("host note"), "{text}");
+    assert_eq!(
+        text.matches("Read-only file system").count(),
+        2,
+        "the root and the volume: {text}"
+    );
+
+    // Refused at the baseline level: an added capability, a host path
+    // outside the mount roots. Neither makes a pod.
+    for refused in [
+        vec!["--cap-add", "SYS_ADMIN"],
+        vec!["-v", "/etc:/host-etc:ro"],
+    ] {
+        let mut args = vec!["pod", "run", "refused", "--image", image];
+        args.extend(&refused);
+        args.extend(["--", "sleep", "1"]);
+        let out = pa.agent.nodectl(&args);
+        assert!(!out.status.success(), "{refused:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("PERMISSION_DENIED"),
+            "{refused:?}: {out:?}"
+        );
+    }
+    let mut client = pa.pods().await;
+    let listed = client
+        .list_pods(ListPodsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pods;
+    assert_eq!(listed.len(), 1, "{listed:?}");
 }

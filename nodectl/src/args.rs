@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use stratum_api::proto::{
-    DiskSpec, EnvVar, NicSpec, PortMapping, PortProtocol, RestartPolicy, Shares, SharesLevel,
-    TokenBucket, VmRole,
+    DiskSpec, EnvVar, Mount, NicSpec, PortMapping, PortProtocol, RestartPolicy, Shares,
+    SharesLevel, TokenBucket, VmRole,
 };
 
 use crate::size::{parse_memory_mib, parse_size};
@@ -336,6 +336,56 @@ pub fn parse_env(text: &str) -> Result<EnvVar, String> {
     }
 }
 
+/// `HOST:CONTAINER[:ro]` of --volume: absolute paths.
+pub fn parse_volume(text: &str) -> Result<Mount, String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let (host, container, readonly) = match parts.as_slice() {
+        [host, container] => (*host, *container, false),
+        [host, container, "ro"] => (*host, *container, true),
+        [host, container, "rw"] => (*host, *container, false),
+        _ => {
+            return Err(format!(
+                "invalid --volume {text:?}: expected HOST:CONTAINER[:ro]"
+            ))
+        }
+    };
+    if !host.starts_with('/') || !container.starts_with('/') {
+        return Err(format!(
+            "invalid --volume {text:?}: both paths must be absolute"
+        ));
+    }
+    Ok(Mount {
+        host_path: host.to_string(),
+        container_path: container.to_string(),
+        readonly,
+        propagation: 0,
+    })
+}
+
+/// Who --user names: a uid or a user name, and a gid.
+pub type UserArg = (Option<u32>, String, Option<u32>);
+
+/// `USER[:GID]` of --user: the user by id or name, the group by id.
+pub fn parse_user(text: &str) -> Result<UserArg, String> {
+    let (user, group) = match text.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (text, None),
+    };
+    if user.is_empty() {
+        return Err(format!("invalid --user {text:?}: no user"));
+    }
+    let gid = group
+        .map(|g| {
+            g.parse::<u32>()
+                .map_err(|_| format!("invalid --user {text:?}: the group must be a numeric id"))
+        })
+        .transpose()?;
+    Ok(match user.parse::<u32>() {
+        Ok(uid) => (Some(uid), String::new(), gid),
+        Err(_) => (None, user.to_string(), gid),
+    })
+}
+
 /// `never`, `on-failure` or `always`.
 pub fn parse_restart(text: &str) -> Result<RestartPolicy, String> {
     match text {
@@ -452,6 +502,29 @@ mod tests {
         );
         assert!(parse_nic("mac=52:54:00:12:34:56").is_err());
         assert!(parse_nic("tap=tap0,vlan=3").is_err());
+    }
+
+    #[test]
+    fn volumes_and_users() {
+        let v = parse_volume("/var/lib/kubelet/x:/data:ro").unwrap();
+        assert_eq!(
+            (v.host_path.as_str(), v.container_path.as_str(), v.readonly),
+            ("/var/lib/kubelet/x", "/data", true)
+        );
+        assert!(!parse_volume("/a:/b").unwrap().readonly);
+        for bad in ["/a", "a:/b", "/a:b", "/a:/b:rx", "/a:/b:ro:x"] {
+            assert!(parse_volume(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_user("1000").unwrap(),
+            (Some(1000), String::new(), None)
+        );
+        assert_eq!(
+            parse_user("app:50").unwrap(),
+            (None, "app".into(), Some(50))
+        );
+        assert!(parse_user(":50").is_err());
+        assert!(parse_user("app:staff").is_err());
     }
 
     #[test]

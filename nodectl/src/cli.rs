@@ -8,10 +8,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use super::args::{
     parse_disk, parse_env, parse_ip, parse_ipv4_cidr, parse_label, parse_nic, parse_port,
-    parse_restart, parse_role, parse_selector, parse_shares,
+    parse_restart, parse_role, parse_selector, parse_shares, parse_user, parse_volume, UserArg,
 };
 use super::size::{parse_memory_mib, parse_millicores, parse_size};
-use stratum_api::proto::{DiskSpec, EnvVar, NicSpec, PortMapping, RestartPolicy, Shares, VmRole};
+use stratum_api::proto::{
+    DiskSpec, EnvVar, Mount, NicSpec, PortMapping, RestartPolicy, Shares, VmRole,
+};
 
 /// Where the agent listens by default (its `--listen` default).
 pub const DEFAULT_ADDR: &str = "https://127.0.0.1:7443";
@@ -457,6 +459,27 @@ pub struct ContainerArgs {
     /// Absolute working directory [default: the image's WORKDIR, else /].
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<String>,
+    /// Run as USER[:GID]: a uid or a name from the image's /etc/passwd,
+    /// and a group id [default: the image's USER].
+    #[arg(long, value_name = "USER[:GID]", value_parser = parse_user)]
+    pub user: Option<UserArg>,
+    /// A supplementary group id (repeatable).
+    #[arg(long = "group-add", value_name = "GID")]
+    pub group_add: Vec<u32>,
+    /// Mount the root file system read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// A capability to add (NET_ADMIN, ALL; repeatable): beyond the default
+    /// set only where the agent's pod security level is privileged.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// A capability to drop (NET_BIND_SERVICE, ALL; repeatable).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// Bind a host path: HOST:CONTAINER[:ro] (repeatable); below the
+    /// agent's mount roots unless its pod security level is privileged.
+    #[arg(long = "volume", short = 'v', value_name = "HOST:CONTAINER[:ro]", value_parser = parse_volume)]
+    pub volumes: Vec<Mount>,
     /// Arguments after `--`, replacing the image's CMD.
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<String>,

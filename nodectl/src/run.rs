@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use tonic::transport::Channel;
 
-use super::args::label_map;
+use super::args::{label_map, UserArg};
 use super::cli::{
     CertsCommand, Cli, Command, ContainerArgs, HostCommand, ImageCommand, NetworkCommand,
     NetworkCreate, Output, PodAddContainer, PodCommand, PodContainerCommand, PodRun, PoolCommand,
@@ -35,7 +35,7 @@ use stratum_api::proto::{
 use stratum_api::proto::{
     ContainerSpec, CreateContainerRequest, ExecSyncRequest, GetPodRequest, ListPodsRequest,
     LogRecord, LogStream, LogsRequest, Pod, PodResources, PodSpec, PodStatsRequest,
-    RemoveContainerRequest, RemovePodRequest, ResourceAmounts, RunPodRequest,
+    RemoveContainerRequest, RemovePodRequest, ResourceAmounts, RunPodRequest, SecurityContext,
     StartContainerRequest, StopContainerRequest, StopPodRequest,
 };
 use stratum_api::proto::{
@@ -740,7 +740,35 @@ fn container_spec(
         env: c.env,
         working_dir: c.workdir.unwrap_or_default(),
         limits,
+        security: security_context(&c.user, c.group_add, c.read_only, c.cap_add, c.cap_drop),
+        mounts: c.volumes,
     }
+}
+
+/// The security context the flags ask for; none when they ask nothing.
+fn security_context(
+    user: &Option<UserArg>,
+    group_add: Vec<u32>,
+    read_only: bool,
+    cap_add: Vec<String>,
+    cap_drop: Vec<String>,
+) -> Option<SecurityContext> {
+    let asked = user.is_some()
+        || !group_add.is_empty()
+        || read_only
+        || !cap_add.is_empty()
+        || !cap_drop.is_empty();
+    let (run_as_user, run_as_username, run_as_group) = user.clone().unwrap_or_default();
+    asked.then(|| SecurityContext {
+        run_as_user,
+        run_as_username,
+        run_as_group,
+        supplemental_groups: group_add,
+        readonly_rootfs: read_only,
+        add_capabilities: cap_add,
+        drop_capabilities: cap_drop,
+        ..Default::default()
+    })
 }
 
 /// Where `pod logs` writes a record and what: its message, and the newline

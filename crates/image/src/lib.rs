@@ -27,6 +27,10 @@
 //!   in-flight files are pinned (`txn.rs`), images in use are leased
 //!   ([`lease`]).
 //!
+//! - **Read, not mounted.** What the agent needs from inside an image
+//!   (its `/etc/passwd` and `/etc/group`) is read from the layers by
+//!   descriptor ([`merged`]), as untrusted as the archives were.
+//!
 //! Entry points: [`ImageStore::open`], [`ImageStore::pull`],
 //! [`ImageStore::import`], [`ImageStore::list`], [`ImageStore::get`],
 //! [`ImageStore::acquire`], [`ImageStore::remove`], [`ImageStore::gc`].
@@ -43,6 +47,7 @@ pub mod import;
 mod layers;
 pub mod lease;
 pub mod media;
+pub mod merged;
 mod oci_layout;
 pub mod platform;
 pub mod progress;

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use super::cgpath::CgroupMapping;
+use super::confinement::Confinement;
 use super::error::{Result, RuntimeError};
 use super::idmap::IdMap;
 use super::log_writer::{self, LogRotation};
@@ -46,7 +47,7 @@ use super::resources::OciResources;
 use super::restart::ExitFacts;
 use super::rootfs::{Rootfs, RootfsSource};
 use super::sandbox::PodSandbox;
-use super::spec::{self, ProcessConfig, SpecConfig};
+use super::spec::{self, BindMount, ProcessConfig, SpecConfig};
 use stratum_cgroup::{Cgroup, CgroupLimits, Hierarchy};
 use stratum_process::identity;
 
@@ -72,6 +73,10 @@ pub struct ContainerConfig {
     /// Run in a user namespace of this mapping ([`crate::idmap`]);
     /// `None`: container root is host root.
     pub idmap: Option<IdMap>,
+    /// Capabilities, seccomp, `noNewPrivileges`, masked paths.
+    pub confinement: Confinement,
+    /// Host paths bound in (volumes).
+    pub bind_mounts: Vec<BindMount>,
 }
 
 /// The pod a container is created in.
@@ -301,6 +306,8 @@ impl Container {
             resources,
             cgroups_path: cgroups_path.clone(),
             idmap: config.idmap,
+            confinement: config.confinement.clone(),
+            bind_mounts: config.bind_mounts.clone(),
         })
         .map_err(with_cgroup)?;
         spec::write_config(&spec, dir).map_err(with_cgroup)?;
@@ -477,7 +484,24 @@ impl Container {
                 reason: "is not running",
             });
         }
-        runtime.exec(&self.id, args, timeout).await
+        let process = self.exec_process(args)?;
+        runtime.exec(&self.id, &process, timeout).await
+    }
+
+    /// The container's own process spec (from its bundle's config.json)
+    /// running `args` instead, without a terminal.
+    fn exec_process(&self, args: &[String]) -> Result<oci_spec::runtime::Process> {
+        let path = self.dir.join("config.json");
+        let spec = oci_spec::runtime::Spec::load(&path).map_err(|e| {
+            RuntimeError::io(&path, "read the container's spec")(std::io::Error::other(e))
+        })?;
+        let mut process = spec.process().clone().ok_or_else(|| {
+            RuntimeError::invalid("container spec", path.to_string_lossy(), "has no process")
+        })?;
+        process.set_args(Some(args.to_vec()));
+        process.set_terminal(Some(false));
+        process.set_console_size(None);
+        Ok(process)
     }
 
     /// Removes everything but the CRI log: kills the container if needed,

@@ -15,13 +15,15 @@
 //!   the agent sits in different cgroups per hierarchy.
 //! - [`resources`]: `linux.resources` echoing the limits the cgroup layer
 //!   enforces.
-//! - [`spec`]: the OCI runtime spec (oci-spec); [`seccomp`]: the system
+//! - [`spec`]: the OCI runtime spec (oci-spec); [`confinement`]: a
+//!   container's capabilities, seccomp and paths; [`seccomp`]: the system
 //!   call filter every container gets (Docker's default profile).
 //! - [`oci`]: the runtime CLI driver (create/start/state/kill/delete/exec).
 //! - [`logs`]: CRI log format and the follower.
 //! - [`log_writer`]: the per-container log writer process that owns a
 //!   container's log (`stratum-log-writer`).
 //! - [`reaper`]: exit detection: subreaper, pidfd, orphan reaping.
+//! - [`users`]: user and group names resolved against the image's files.
 //! - [`container`]: the lifecycle glue; [`restart`]: the restart policy.
 //!
 //! Typical use (the pod service's):
@@ -37,6 +39,7 @@
 //! ```
 
 pub mod cgpath;
+pub mod confinement;
 pub mod container;
 mod error;
 pub mod idmap;
@@ -51,8 +54,10 @@ pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;
 pub mod spec;
+pub mod users;
 
 pub use cgpath::{CgroupMapping, CgroupView, MappingMode};
+pub use confinement::{CapabilityName, Confinement};
 pub use container::{
     Container, ContainerConfig, ContainerStatus, ExitReason, ExitReport, PodContext,
 };
@@ -69,4 +74,5 @@ pub use resources::OciResources;
 pub use restart::{decide, ExitFacts, RestartDecision, RestartPolicy};
 pub use rootfs::{Rootfs, RootfsSource};
 pub use sandbox::{PodNetwork, PodSandbox, SandboxNamespaces};
-pub use spec::{ProcessConfig, SpecConfig};
+pub use spec::{BindMount, ProcessConfig, Propagation, SpecConfig};
+pub use users::{Identity, UserDb, UserRef};

@@ -294,22 +294,40 @@ impl OciRuntime {
         self.run("delete", id, &args).await.map(drop)
     }
 
-    /// Runs `args` in the running container `id`, waits at most `timeout`
-    /// and returns its output and exit code. On timeout the process is
-    /// killed and [`RuntimeError::ExecTimeout`] returned.
-    pub async fn exec(&self, id: &str, args: &[String], timeout: Duration) -> Result<ExecOutput> {
+    /// Runs `process` (a process spec: its args, user, capabilities,
+    /// `noNewPrivileges`, env; no terminal) in the running container `id`,
+    /// waits at most `timeout` and returns its output and exit code. On
+    /// timeout the process is killed and [`RuntimeError::ExecTimeout`]
+    /// returned. A whole process spec, not just args: an exec'd process is
+    /// confined exactly as the container's own (runtimes give a bare
+    /// `exec ID ARGS` their own defaults, crun without no_new_privs).
+    pub async fn exec(
+        &self,
+        id: &str,
+        process: &oci_spec::runtime::Process,
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
         validate_id(id)?;
-        if args.is_empty() {
+        if process.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(RuntimeError::invalid("exec command", "", "empty"));
         }
         let pid_dir = tempfile_dir(&self.state_root)?;
         let pid_file = pid_dir.join("exec.pid");
+        let process_file = pid_dir.join("process.json");
+        let json = serde_json::to_vec(process).map_err(|e| {
+            RuntimeError::io(&process_file, "serialize process")(std::io::Error::other(e))
+        })?;
+        if let Err(e) = fs::write(&process_file, json) {
+            let _ = fs::remove_dir_all(&pid_dir);
+            return Err(RuntimeError::io(&process_file, "write")(e));
+        }
         let mut cmd = self.command();
         cmd.arg("exec")
             .arg("--pid-file")
             .arg(&pid_file)
+            .arg("--process")
+            .arg(&process_file)
             .arg(id)
-            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -2,11 +2,12 @@
 //! oci-spec.
 //!
 //! What goes in, and why:
-//! - **process**: args, env, cwd, uid/gid, no terminal (stdio goes to log
-//!   files, see `logs`), Docker's default capability set minus
-//!   `CAP_NET_RAW` (bounding, effective, permitted; inheritable and ambient
-//!   empty),
-//!   `noNewPrivileges`, `RLIMIT_NOFILE` 1024 as containerd sets it.
+//! - **process**: args, env, cwd, uid/gid and groups, no terminal (stdio
+//!   goes to log files, see `logs`), the capabilities of its
+//!   [`Confinement`] (by default Docker's set minus `CAP_NET_RAW`;
+//!   bounding, effective, permitted; inheritable and ambient empty),
+//!   `noNewPrivileges` unless the security context allows escalation,
+//!   `RLIMIT_NOFILE` 1024 as containerd sets it.
 //! - **root**: the overlay mount point (see `rootfs`).
 //! - **hostname**: the pod's; the UTS namespace joined already carries it,
 //!   the runtime sets the same value again.
@@ -20,9 +21,11 @@
 //!   default device nodes' rules).
 //! - **linux.cgroupsPath**: the container's cgroup below its pod, named as
 //!   the runtime resolves it (see `cgpath`).
-//! - **maskedPaths / readonlyPaths**: containerd's and runc's defaults.
+//! - **maskedPaths / readonlyPaths**: containerd's and runc's defaults,
+//!   and whatever more the security context names (never fewer).
 //! - **linux.seccomp**: Docker's default profile for the capabilities
-//!   above (see `seccomp`), always: no pod runs without it.
+//!   above (see `seccomp`), unless the confinement says unconfined (which
+//!   only the agent's `privileged` pod security level lets a caller ask).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -35,6 +38,7 @@ use oci_spec::runtime::{
     SpecBuilder, UserBuilder,
 };
 
+use super::confinement::Confinement;
 use super::error::{Result, RuntimeError};
 use super::idmap::IdMap;
 use super::resources::OciResources;
@@ -187,12 +191,87 @@ pub struct SpecConfig {
     /// A new user namespace with this mapping (see `idmap`); `None`: the
     /// host's.
     pub idmap: Option<IdMap>,
+    /// Capabilities, seccomp, `noNewPrivileges`, masked and read-only
+    /// paths.
+    pub confinement: Confinement,
+    /// Host paths bound in, after the defaults (one on a default's
+    /// destination replaces it).
+    pub bind_mounts: Vec<BindMount>,
+}
+
+/// A host path bound into the container: a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Absolute host path, already resolved and authorized by the caller.
+    pub source: PathBuf,
+    /// Absolute path in the container.
+    pub destination: PathBuf,
+    /// Mounted read-only.
+    pub readonly: bool,
+    /// How mounts below it propagate.
+    pub propagation: Propagation,
+}
+
+/// Mount propagation of a bind mount (Kubernetes' names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Propagation {
+    /// Neither way (`rprivate`).
+    #[default]
+    Private,
+    /// Host mounts below the source appear in the container (`rslave`).
+    HostToContainer,
+    /// Both ways (`rshared`).
+    Bidirectional,
+}
+
+impl BindMount {
+    /// Refuses what no runtime mounts sensibly.
+    pub fn validate(&self) -> Result<()> {
+        for (what, path) in [
+            ("mount source", &self.source),
+            ("mount destination", &self.destination),
+        ] {
+            let text = path.to_string_lossy();
+            if !path.is_absolute() || text.contains('\0') {
+                return Err(RuntimeError::invalid(what, text, "not an absolute path"));
+            }
+        }
+        let escapes = self
+            .destination
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+        if escapes || self.destination == Path::new("/") {
+            return Err(RuntimeError::invalid(
+                "mount destination",
+                self.destination.to_string_lossy(),
+                "must name a path below / without `..`",
+            ));
+        }
+        Ok(())
+    }
+
+    fn to_oci(&self) -> Result<Mount> {
+        let propagation = match self.propagation {
+            Propagation::Private => "rprivate",
+            Propagation::HostToContainer => "rslave",
+            Propagation::Bidirectional => "rshared",
+        };
+        let access = if self.readonly { "ro" } else { "rw" };
+        Ok(MountBuilder::default()
+            .destination(self.destination.clone())
+            .typ("bind")
+            .source(self.source.clone())
+            .options(vec!["rbind".to_string(), propagation.into(), access.into()])
+            .build()?)
+    }
 }
 
 /// Builds the spec.
 pub fn build(config: &SpecConfig) -> Result<Spec> {
     config.process.validate()?;
-    let caps: Capabilities = DEFAULT_CAPABILITIES.into_iter().collect();
+    let confinement = &config.confinement;
+    confinement.validate()?;
+    let caps: Capabilities = confinement.capabilities.iter().copied().collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -213,7 +292,7 @@ pub fn build(config: &SpecConfig) -> Result<Spec> {
         .env(p.env.clone())
         .cwd(p.cwd.clone())
         .capabilities(capabilities)
-        .no_new_privileges(true)
+        .no_new_privileges(confinement.no_new_privileges)
         .rlimits(vec![PosixRlimitBuilder::default()
             .typ(PosixRlimitType::RlimitNofile)
             .soft(DEFAULT_NOFILE)
@@ -241,22 +320,27 @@ pub fn build(config: &SpecConfig) -> Result<Spec> {
             .uid_mappings(vec![mapping])
             .gid_mappings(vec![mapping]);
     }
-    let linux = linux
+    let mut linux = linux
         .namespaces(namespaces)
         .resources(resources(&config.resources)?)
         .cgroups_path(PathBuf::from(&config.cgroups_path))
-        .masked_paths(DEFAULT_MASKED_PATHS.map(String::from).to_vec())
-        .readonly_paths(DEFAULT_READONLY_PATHS.map(String::from).to_vec())
-        .seccomp(seccomp::default_profile(
-            &DEFAULT_CAPABILITIES,
+        .masked_paths(confinement.all_masked_paths())
+        .readonly_paths(confinement.all_readonly_paths());
+    if confinement.seccomp {
+        linux = linux.seccomp(seccomp::default_profile(
+            &confinement.capabilities,
             KernelVersion::host(),
-        )?)
-        .build()?;
+        )?);
+    }
+    let linux = linux.build()?;
     let mut spec = SpecBuilder::default()
         .version(OCI_VERSION)
         .process(process)
         .root(root)
-        .mounts(mounts(config.shm.as_deref(), config.idmap.is_some())?)
+        .mounts(with_binds(
+            mounts(config.shm.as_deref(), config.idmap.is_some())?,
+            &config.bind_mounts,
+        )?)
         .linux(linux)
         .build()?;
     // In a user namespace the container may not set the hostname of the
@@ -268,6 +352,20 @@ pub fn build(config: &SpecConfig) -> Result<Spec> {
     });
     spec.set_annotations(None);
     Ok(spec)
+}
+
+/// The default mounts with the bind mounts after them; a default whose
+/// destination a bind mount takes is left out.
+fn with_binds(defaults: Vec<Mount>, binds: &[BindMount]) -> Result<Vec<Mount>> {
+    let mut all: Vec<Mount> = defaults
+        .into_iter()
+        .filter(|m| !binds.iter().any(|b| &b.destination == m.destination()))
+        .collect();
+    for bind in binds {
+        bind.validate()?;
+        all.push(bind.to_oci()?);
+    }
+    Ok(all)
 }
 
 /// Writes `spec` as `<bundle>/config.json` (via a temporary file renamed
@@ -441,6 +539,8 @@ mod tests {
             },
             cgroups_path: "/stratum/pool-1/pod-7/ctr-1".into(),
             idmap: None,
+            confinement: Confinement::default(),
+            bind_mounts: Vec::new(),
         }
     }
 

@@ -157,6 +157,8 @@ impl Fixture {
             limits,
             log_path: self.base.join("logs").join(format!("{id}.log")),
             idmap: None,
+            confinement: Default::default(),
+            bind_mounts: Vec::new(),
         }
     }
 

@@ -231,7 +231,8 @@ pub fn run(cmd: &mut Command) -> Result<String, String> {
 
 /// Builds an OCI layout at `<work>/busybox-oci` holding the image `tag`:
 /// one layer with /bin/busybox (the host's static one) and a symlink per
-/// applet, /etc/passwd and /etc/group for root, /tmp, and a config with
+/// applet, /etc/passwd and /etc/group for root and `app` (1000, also in
+/// `staff`, 50), /tmp, and a config with
 /// `Cmd ["/bin/sh"]` and a PATH. Returns the layout directory.
 pub fn build_busybox_layout(work: &Path, tag: &str) -> Result<PathBuf, String> {
     let layout = work.join("busybox-oci");
@@ -280,9 +281,17 @@ fn populate_rootfs(rootfs: &Path) -> Result<(), String> {
             symlink("busybox", rootfs.join("bin").join(applet)).map_err(io(applet))?;
         }
     }
-    fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")
-        .map_err(io("passwd"))?;
-    fs::write(rootfs.join("etc/group"), "root:x:0:\n").map_err(io("group"))?;
+    // A user to run as by name, a member of one more group.
+    fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/tmp:/bin/sh\n",
+    )
+    .map_err(io("passwd"))?;
+    fs::write(
+        rootfs.join("etc/group"),
+        "root:x:0:\napp:x:1000:\nstaff:x:50:app\n",
+    )
+    .map_err(io("group"))?;
     Ok(())
 }
 

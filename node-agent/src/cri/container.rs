@@ -9,13 +9,20 @@
 //! two are (a second container with the same name and attempt is
 //! refused).
 //!
-//! What the agent does not do yet is refused rather than ignored: mounts,
-//! devices, a terminal or stdin, capabilities, users and groups, a
-//! read-only root filesystem, privileged containers and host namespaces.
-//! Requests for less confinement than the agent's defaults — no seccomp
-//! profile (`Unconfined`) or no `no_new_privs` — get the defaults
-//! (Docker's seccomp profile, `no_new_privs`, the default masked and
-//! read-only paths): stricter than asked, never looser.
+//! Security contexts and mounts become the agent's own (`SecurityContext`,
+//! `Mount`), so the pod security level rules both front doors the same
+//! way (see `agent::pods::security`). The deprecated string seccomp path
+//! (`unconfined`, `runtime/default`, `docker/default`, `localhost/…`),
+//! which kubelets and critest before 1.27 send, reads as the field that
+//! replaced it; an empty one is Kubernetes' unconfined, which the
+//! baseline level then confines to the default profile anyway.
+//!
+//! What the agent does not do yet is refused rather than ignored:
+//! devices, a terminal or stdin, privileged containers, host namespaces,
+//! ambient capabilities, the Strict supplemental groups policy, Localhost
+//! seccomp and AppArmor profiles, and mounts with id mappings, recursive
+//! read-only or an image as their source. SELinux relabelling is a no-op
+//! (no SELinux on these hosts).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -73,6 +80,8 @@ pub fn container_spec(
             .collect(),
         working_dir: config.working_dir.clone(),
         limits,
+        security: security_context(config)?,
+        mounts: config.mounts.iter().map(mount).collect::<Result<_, _>>()?,
     };
     let log_path = log_path(log_directory, &config.log_path)?;
     let record = CriContainer {
@@ -138,11 +147,113 @@ fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not supported for CRI containers yet"))
 }
 
+/// A kubelet id (an int64) as the agent's.
+fn id(what: &str, value: i64) -> Result<u32, Status> {
+    u32::try_from(value)
+        .map_err(|_| Status::invalid_argument(format!("{what} {value} is not a valid id")))
+}
+
+/// The security context as the agent's; none when the kubelet sent none.
+fn security_context(
+    config: &cri::ContainerConfig,
+) -> Result<Option<proto::SecurityContext>, Status> {
+    let Some(s) = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+    else {
+        return Ok(None);
+    };
+    let capabilities = s.capabilities.clone().unwrap_or_default();
+    Ok(Some(proto::SecurityContext {
+        run_as_user: s
+            .run_as_user
+            .as_ref()
+            .map(|u| id("run_as_user", u.value))
+            .transpose()?,
+        run_as_username: s.run_as_username.clone(),
+        run_as_group: s
+            .run_as_group
+            .as_ref()
+            .map(|g| id("run_as_group", g.value))
+            .transpose()?,
+        supplemental_groups: s
+            .supplemental_groups
+            .iter()
+            .map(|g| id("supplemental group", *g))
+            .collect::<Result<_, _>>()?,
+        readonly_rootfs: s.readonly_rootfs,
+        add_capabilities: capabilities.add_capabilities,
+        drop_capabilities: capabilities.drop_capabilities,
+        allow_privilege_escalation: !s.no_new_privs,
+        seccomp: seccomp_mode(s)? as i32,
+        masked_paths: s.masked_paths.clone(),
+        readonly_paths: s.readonly_paths.clone(),
+    }))
+}
+
+/// The seccomp profile asked for: the field, else the deprecated path.
+#[allow(deprecated)]
+fn seccomp_mode(s: &cri::LinuxContainerSecurityContext) -> Result<proto::SeccompMode, Status> {
+    use cri::security_profile::ProfileType;
+    if let Some(profile) = &s.seccomp {
+        return match ProfileType::try_from(profile.profile_type) {
+            Ok(ProfileType::RuntimeDefault) => Ok(proto::SeccompMode::SeccompRuntimeDefault),
+            Ok(ProfileType::Unconfined) => Ok(proto::SeccompMode::SeccompUnconfined),
+            Ok(ProfileType::Localhost) => Err(unimplemented("a Localhost seccomp profile")),
+            Err(_) => Err(Status::invalid_argument(format!(
+                "unknown seccomp profile type {}",
+                profile.profile_type
+            ))),
+        };
+    }
+    match s.seccomp_profile_path.as_str() {
+        "" | "unconfined" => Ok(proto::SeccompMode::SeccompUnconfined),
+        "runtime/default" | "docker/default" => Ok(proto::SeccompMode::SeccompRuntimeDefault),
+        path if path.starts_with("localhost/") => Err(unimplemented("a Localhost seccomp profile")),
+        path => Err(Status::invalid_argument(format!(
+            "seccomp profile {path:?} is none of unconfined, runtime/default, docker/default \
+             or localhost/<path>"
+        ))),
+    }
+}
+
+/// A kubelet mount as the agent's.
+fn mount(m: &cri::Mount) -> Result<proto::Mount, Status> {
+    if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+        return Err(unimplemented("a mount with id mappings"));
+    }
+    if m.recursive_read_only {
+        return Err(unimplemented("a recursive read-only mount"));
+    }
+    if m.image.is_some() {
+        return Err(unimplemented("an image volume"));
+    }
+    let propagation = match cri::MountPropagation::try_from(m.propagation) {
+        Ok(cri::MountPropagation::PropagationPrivate) => proto::MountPropagation::Private,
+        Ok(cri::MountPropagation::PropagationHostToContainer) => {
+            proto::MountPropagation::HostToContainer
+        }
+        Ok(cri::MountPropagation::PropagationBidirectional) => {
+            proto::MountPropagation::Bidirectional
+        }
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown mount propagation {}",
+                m.propagation
+            )))
+        }
+    };
+    Ok(proto::Mount {
+        host_path: m.host_path.clone(),
+        container_path: m.container_path.clone(),
+        readonly: m.readonly,
+        propagation: propagation as i32,
+    })
+}
+
 /// What a container may ask for that the agent does not do yet.
 fn refuse_unsupported(config: &cri::ContainerConfig) -> Result<(), Status> {
-    if !config.mounts.is_empty() {
-        return Err(unimplemented("a mount"));
-    }
     if !config.devices.is_empty() || !config.cdi_devices.is_empty() {
         return Err(unimplemented("a device"));
     }
@@ -162,29 +273,15 @@ fn refuse_unsupported(config: &cri::ContainerConfig) -> Result<(), Status> {
     if security
         .capabilities
         .as_ref()
-        .is_some_and(|c| !c.add_capabilities.is_empty() || !c.drop_capabilities.is_empty())
+        .is_some_and(|c| !c.add_ambient_capabilities.is_empty())
     {
-        return Err(unimplemented("adding or dropping capabilities"));
+        return Err(unimplemented("an ambient capability"));
     }
-    if security.run_as_user.is_some()
-        || security.run_as_group.is_some()
-        || !security.run_as_username.is_empty()
-        || !security.supplemental_groups.is_empty()
-    {
-        return Err(unimplemented("a user or group"));
-    }
-    if security.readonly_rootfs {
-        return Err(unimplemented("a read-only root filesystem"));
+    if security.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32 {
+        return Err(unimplemented("the Strict supplemental groups policy"));
     }
     refuse_host_namespaces(security.namespace_options.as_ref(), "container")?;
     let localhost = cri::security_profile::ProfileType::Localhost as i32;
-    if security
-        .seccomp
-        .as_ref()
-        .is_some_and(|p| p.profile_type == localhost)
-    {
-        return Err(unimplemented("a Localhost seccomp profile"));
-    }
     if security
         .apparmor
         .as_ref()
@@ -290,7 +387,7 @@ pub fn to_status(view: &View<'_>) -> cri::ContainerStatus {
         message,
         labels: to_hash_map(config.labels),
         annotations: to_hash_map(config.annotations),
-        mounts: Vec::new(),
+        mounts: config.mounts.clone(),
         log_path: view.cri.log_path.clone(),
         resources,
         image_id: status.image_id.clone(),

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::host::PodHost;
+use super::security;
 use super::PodManager;
 use super::{
     container_state_name, pod_entry, spec, timestamp_in, PodEntry, PodLive, DEFAULT_GRACE,
@@ -98,6 +99,13 @@ fn not_found(pod: &str, name: &str) -> AgentError {
     AgentError::NotFound(format!("pod {pod} has no container {name:?}"))
 }
 
+/// What confining a prepared run needs: the container's spec and its
+/// image's `USER`.
+struct Unconfined {
+    spec: proto::ContainerSpec,
+    image_user: String,
+}
+
 impl PodManager {
     /// Creates a new run of container `name` (and starts it with `start`).
     /// Failures do not fail the caller: the container is FAILED with the
@@ -111,10 +119,13 @@ impl PodManager {
         name: &str,
         start: bool,
     ) {
-        let (config, dir) = match self.prepare_run(pod_id, name) {
+        let (mut config, dir, prepared) = match self.prepare_run(pod_id, name) {
             Ok(prepared) => prepared,
             Err(e) => return self.run_failed(pod_id, name, &e.to_string()),
         };
+        if let Err(e) = self.confine(&mut config, prepared).await {
+            return self.run_failed(pod_id, name, &e.to_string());
+        }
         let context = PodContext {
             hierarchy: &self.shared.cgroups,
             pod_cgroup: &live.cgroup,
@@ -143,13 +154,14 @@ impl PodManager {
         }
     }
 
-    /// The run's configuration and bundle directory; stores the new run's
-    /// id first, so the record names whatever a crash leaves behind.
+    /// The run's configuration and bundle directory, not yet confined;
+    /// stores the new run's id first, so the record names whatever a crash
+    /// leaves behind.
     fn prepare_run(
         &self,
         pod_id: &str,
         name: &str,
-    ) -> Result<(ContainerConfig, std::path::PathBuf)> {
+    ) -> Result<(ContainerConfig, std::path::PathBuf, Unconfined)> {
         let mut state = self.write_state();
         let entry = pod_entry(&state, pod_id)?;
         let i = index_of(&entry.record, name).ok_or_else(|| not_found(pod_id, name))?;
@@ -164,6 +176,7 @@ impl PodManager {
             .get(name)
             .ok_or_else(|| AgentError::Internal(format!("container {name:?} holds no image")))?;
         let process = spec::process(&container, lease.record())?;
+        let image_user = spec::image_user(lease.record());
         let lowerdirs = lease.lowerdirs().to_vec();
         let run_number = entry.record.containers.get(i).map_or(0, |c| c.runs);
         let idmap = match entry.record.uid_base {
@@ -191,6 +204,8 @@ impl PodManager {
             limits: spec::container_limits(&container),
             log_path: self.log_path_of(&entry.record, name),
             idmap,
+            confinement: Default::default(),
+            bind_mounts: Vec::new(),
         };
         self.update_pod_locked(&mut state, pod_id, |record| {
             if let Some((status, runtime)) = container_mut(record, name) {
@@ -201,7 +216,51 @@ impl PodManager {
                 status.pid = 0;
             }
         })?;
-        Ok((config, dir))
+        Ok((
+            config,
+            dir,
+            Unconfined {
+                spec: container,
+                image_user,
+            },
+        ))
+    }
+
+    /// Refuses a container whose security context or mounts the agent's
+    /// pod security level does not allow, before anything is made (the
+    /// host paths are checked again at each run).
+    pub(super) async fn check_security(&self, container: &proto::ContainerSpec) -> Result<()> {
+        let pods = &self.shared.config.pods;
+        security::check(container, pods.security)?;
+        security::resolve_mounts(container, pods.security, &pods.mount_roots)
+            .await
+            .map(drop)
+    }
+
+    /// Confines a prepared run as its security context says: capabilities,
+    /// seccomp, the root's mode, its bind mounts (resolved and authorized)
+    /// and who it runs as (resolved in the image's files). Reads the host
+    /// and the image: called with no lock held.
+    async fn confine(&self, config: &mut ContainerConfig, run: Unconfined) -> Result<()> {
+        let pods = &self.shared.config.pods;
+        config.confinement = security::confinement(&run.spec, pods.security);
+        config.readonly_rootfs = security::readonly_rootfs(&run.spec);
+        config.bind_mounts =
+            security::resolve_mounts(&run.spec, pods.security, &pods.mount_roots).await?;
+        let lowerdirs = match &config.rootfs {
+            RootfsSource::Layers(dirs) => dirs.clone(),
+            RootfsSource::Directory(_) => Vec::new(),
+        };
+        let user_namespace = config.idmap.is_some();
+        let identity = tokio::task::spawn_blocking(move || {
+            security::identity(&run.spec, &run.image_user, &lowerdirs, user_namespace)
+        })
+        .await
+        .map_err(|e| AgentError::Internal(format!("resolving the user: {e}")))??;
+        config.process.uid = identity.uid;
+        config.process.gid = identity.gid;
+        config.process.additional_gids = identity.additional_gids;
+        Ok(())
     }
 
     /// Starts a created run and watches it.
@@ -459,6 +518,7 @@ impl PodManager {
         cri: Option<CriContainer>,
     ) -> Result<proto::Pod> {
         spec::check_container(&container)?;
+        self.check_security(&container).await?;
         self.shared.config.check_free_disk("container create")?;
         let host = self.pod_host().await?;
         let live = self.running_pod(pod_id)?;

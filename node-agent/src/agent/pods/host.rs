@@ -7,6 +7,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::security::{PodSecurity, DEFAULT_MOUNT_ROOT};
 use super::PodManager;
 use crate::agent::errors::{AgentError, Result};
 use stratum_net::HostNetworks;
@@ -27,6 +28,11 @@ pub struct PodHostConfig {
     /// Run each pod's containers in a user namespace of the pod's own
     /// (where the kernel can idmap their layers: checked at set-up).
     pub user_namespaces: bool,
+    /// What a container's security context may ask for (`--pod-security`).
+    pub security: PodSecurity,
+    /// Host directories bind mounts may come from below the privileged
+    /// level (`--mount-root`), resolved.
+    pub mount_roots: Vec<PathBuf>,
 }
 
 /// A pod's task limit by default: far above what a service runs, far
@@ -42,6 +48,8 @@ impl Default for PodHostConfig {
             log_rotation: LogRotation::default(),
             pids_limit: DEFAULT_POD_PIDS_LIMIT,
             user_namespaces: true,
+            security: PodSecurity::Baseline,
+            mount_roots: vec![PathBuf::from(DEFAULT_MOUNT_ROOT)],
         }
     }
 }

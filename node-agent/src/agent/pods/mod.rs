@@ -22,6 +22,8 @@
 //! store under the lock; a pod call's answer waits for it to be durable.
 //!
 //! - [`spec`]: checks and the process a container runs.
+//! - [`security`]: security contexts and mounts at the agent's pod
+//!   security level; who a container runs as.
 //! - [`host`]: the runtime, cgroup mapping and network, set up on first use.
 //! - [`containers`]: one container's runs: create, start, exit, restart.
 //! - [`restore`]: taking the pods back after an agent restart.
@@ -30,6 +32,7 @@ mod containers;
 mod host;
 mod logs;
 mod restore;
+pub mod security;
 pub mod spec;
 
 use std::collections::BTreeMap;
@@ -242,6 +245,9 @@ impl PodManager {
         cri: Option<CriSandbox>,
     ) -> Result<proto::Pod> {
         let sizing = spec::check_pod(&spec)?;
+        for container in &spec.containers {
+            self.check_security(container).await?;
+        }
         self.shared.config.check_free_disk("pod run")?;
         let host = self.pod_host().await?;
         let leases = self.lease_images(&spec.containers)?;

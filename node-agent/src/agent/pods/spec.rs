@@ -198,7 +198,8 @@ fn port_mapping(m: &proto::PortMapping) -> Result<PortMapping> {
 
 /// The process a container runs: the spec's command and args over the
 /// image's entrypoint and cmd (Kubernetes' rules), the image's env with
-/// the spec's on top, the working dir, and the image's numeric user.
+/// the spec's on top, the working dir. It runs as root until its
+/// identity is resolved against the image's files (`security::identity`).
 pub fn process(spec: &proto::ContainerSpec, image: &ImageRecord) -> Result<ProcessConfig> {
     let config = image.config.config().as_ref();
     let image_entrypoint = config
@@ -238,40 +239,24 @@ pub fn process(spec: &proto::ContainerSpec, image: &ImageRecord) -> Result<Proce
             .filter(|w| w.starts_with('/'))
             .unwrap_or_else(|| "/".to_string())
     };
-    let user = config.and_then(|c| c.user().clone()).unwrap_or_default();
-    let (uid, gid) = numeric_user(&spec.name, &user)?;
     Ok(ProcessConfig {
         args,
         env,
         cwd: PathBuf::from(cwd),
-        uid,
-        gid,
+        uid: 0,
+        gid: 0,
         additional_gids: Vec::new(),
     })
 }
 
-/// `""`, `root`, `uid` or `uid:gid`; user names other than root would need
-/// the image's /etc/passwd, which the agent does not read.
-fn numeric_user(container: &str, user: &str) -> Result<(u32, u32)> {
-    if user.is_empty() || user == "root" || user == "root:root" {
-        return Ok((0, 0));
-    }
-    let (u, g) = user.split_once(':').unwrap_or((user, ""));
-    let uid: u32 = u.parse().map_err(|_| {
-        invalid(format!(
-            "container {container:?}: image user {user:?} is not numeric (user names are not resolved)"
-        ))
-    })?;
-    let gid = if g.is_empty() {
-        uid
-    } else {
-        g.parse().map_err(|_| {
-            invalid(format!(
-                "container {container:?}: image group in {user:?} is not numeric"
-            ))
-        })?
-    };
-    Ok((uid, gid))
+/// The image's `USER` (empty: root).
+pub fn image_user(image: &ImageRecord) -> String {
+    image
+        .config
+        .config()
+        .as_ref()
+        .and_then(|c| c.user().clone())
+        .unwrap_or_default()
 }
 
 /// The container's leaf cgroup limits (none beyond the pod's when 0).
@@ -357,15 +342,6 @@ mod tests {
         let mut relative = container("a");
         relative.working_dir = "tmp".into();
         assert!(check_pod(&pod(vec![relative])).is_err());
-    }
-
-    #[test]
-    fn users_must_be_numeric() {
-        assert_eq!(numeric_user("c", "").unwrap(), (0, 0));
-        assert_eq!(numeric_user("c", "1000").unwrap(), (1000, 1000));
-        assert_eq!(numeric_user("c", "1000:50").unwrap(), (1000, 50));
-        assert!(numeric_user("c", "nobody").is_err());
-        assert!(numeric_user("c", "1:x").is_err());
     }
 
     #[test]
