@@ -261,7 +261,15 @@ async fn a_kubelets_pod_runs_through_the_cri() {
 
     // The sandbox, once: the same metadata and attempt again is refused.
     let logs = tempfile::tempdir().unwrap();
-    let config = sandbox_config("web", 0, logs.path());
+    let mut config = sandbox_config("web", 0, logs.path());
+    config.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec![
+            "default.svc.cluster.local".into(),
+            "svc.cluster.local".into(),
+        ],
+        options: vec!["ndots:5".into()],
+    });
     let sandbox = run_sandbox(&mut rt, config.clone())
         .await
         .expect("run sandbox");
@@ -351,6 +359,22 @@ async fn a_kubelets_pod_runs_through_the_cri() {
         "pod-local",
         "{fetched:?}"
     );
+    // The pod's resolv.conf from its DNS settings, its hostname and hosts.
+    let etc = exec(
+        &mut rt,
+        &client,
+        &["cat", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts"],
+    )
+    .await;
+    let etc = String::from_utf8_lossy(&etc.stdout).to_string();
+    assert!(
+        etc.starts_with(
+            "search default.svc.cluster.local svc.cluster.local\n\
+             nameserver 10.96.0.10\noptions ndots:5\nweb\n"
+        ),
+        "{etc}"
+    );
+    assert!(etc.contains(&format!("{ip}\tweb\n")), "{etc}");
 
     // New limits reach the container's cgroup and its status; one below
     // what a container can run in is refused and changes nothing.
@@ -614,7 +638,15 @@ async fn security_contexts_and_mounts_confine_containers_as_asked() {
         ..Default::default()
     });
     let shared_path = shared.display().to_string();
+    // The kubelet's own /etc/hosts replaces the pod's.
+    let kubelet_hosts = allowed.join("pods/uid-sec/etc-hosts");
+    std::fs::write(&kubelet_hosts, "# Kubernetes-managed hosts file.\n").unwrap();
     volumes.mounts = vec![
+        cri::Mount {
+            container_path: "/etc/hosts".into(),
+            host_path: kubelet_hosts.display().to_string(),
+            ..Default::default()
+        },
         cri::Mount {
             container_path: "/data".into(),
             host_path: shared_path.clone(),
@@ -631,7 +663,12 @@ async fn security_contexts_and_mounts_confine_containers_as_asked() {
     start(&mut rt, &volumes).await.expect("start");
     wait_state(&mut rt, &volumes, cri::ContainerState::ContainerRunning).await;
     let status = container_status(&mut rt, &volumes).await;
-    assert_eq!(status.mounts.len(), 2, "{status:?}");
+    assert_eq!(status.mounts.len(), 3, "{status:?}");
+    let hosts = exec(&mut rt, &volumes, &["cat", "/etc/hosts"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&hosts.stdout),
+        "# Kubernetes-managed hosts file.\n"
+    );
     let read_only = |out: &cri::ExecSyncResponse| {
         out.exit_code != 0 && String::from_utf8_lossy(&out.stderr).contains("Read-only file system")
     };
@@ -877,6 +914,14 @@ async fn bad_cri_requests_are_refused_and_change_nothing() {
         assert_eq!(err.code(), Code::InvalidArgument, "{security:?}: {err:?}");
     }
     assert!(list_containers(&mut rt, &sandbox).await.is_empty());
+    let mut bad_dns = sandbox_config("dns", 0, logs.path());
+    bad_dns.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.0.0.1\nnameserver 6.6.6.6".into()],
+        ..Default::default()
+    });
+    let err = run_sandbox(&mut rt, bad_dns).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(list_sandboxes(&mut rt).await.len(), 1);
 
     for code in [
         start(&mut rt, "nothing").await.unwrap_err().code(),

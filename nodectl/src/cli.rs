@@ -495,6 +495,16 @@ pub struct PodRun {
     /// The container's name [default: the pod's name].
     #[arg(long, value_name = "NAME")]
     pub container_name: Option<String>,
+    /// A DNS server for the pod's /etc/resolv.conf (repeatable, at most 3)
+    /// [default: each image's own resolv.conf].
+    #[arg(long = "dns", value_name = "IP")]
+    pub dns_servers: Vec<String>,
+    /// A DNS search domain (repeatable).
+    #[arg(long = "dns-search", value_name = "DOMAIN")]
+    pub dns_searches: Vec<String>,
+    /// A resolver option such as ndots:2 (repeatable).
+    #[arg(long = "dns-option", value_name = "OPTION")]
+    pub dns_options: Vec<String>,
     /// Resource pool id [default: the root pool].
     #[arg(long)]
     pub pool: Option<String>,

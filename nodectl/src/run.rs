@@ -34,7 +34,7 @@ use stratum_api::proto::{
 };
 use stratum_api::proto::{
     ContainerSpec, CreateContainerRequest, ExecSyncRequest, GetPodRequest, ListPodsRequest,
-    LogRecord, LogStream, LogsRequest, Pod, PodResources, PodSpec, PodStatsRequest,
+    LogRecord, LogStream, LogsRequest, Pod, PodDns, PodResources, PodSpec, PodStatsRequest,
     RemoveContainerRequest, RemovePodRequest, ResourceAmounts, RunPodRequest, SecurityContext,
     StartContainerRequest, StopContainerRequest, StopPodRequest,
 };
@@ -701,6 +701,13 @@ pub fn pod_spec(r: PodRun) -> PodSpec {
     let limits = amounts(r.cpu_limit, r.memory_limit);
     let resources =
         (requests.is_some() || limits.is_some()).then_some(PodResources { requests, limits });
+    let asks_dns =
+        !(r.dns_servers.is_empty() && r.dns_searches.is_empty() && r.dns_options.is_empty());
+    let dns = asks_dns.then_some(PodDns {
+        servers: r.dns_servers,
+        searches: r.dns_searches,
+        options: r.dns_options,
+    });
     PodSpec {
         name: r.name,
         pool_id: r.pool.unwrap_or_default(),
@@ -713,6 +720,7 @@ pub fn pod_spec(r: PodRun) -> PodSpec {
         resources,
         restart_policy: r.restart.map_or(0, |p| p as i32),
         containers: vec![container_spec(container_name, r.container, None)],
+        dns,
     }
 }
 

@@ -42,6 +42,7 @@ use super::idmap::IdMap;
 use super::log_writer::{self, LogRotation};
 use super::logs::LogFollower;
 use super::oci::{self, ContainerStdio, ExecOutput, OciRuntime, RuntimeStatus};
+use super::pod_etc::PodEtc;
 use super::reaper::{ExitWatch, ProcessExit};
 use super::resources::OciResources;
 use super::restart::ExitFacts;
@@ -94,6 +95,23 @@ pub struct PodContext<'a> {
     pub log_writer: &'a Path,
     /// When the container's log is rotated.
     pub log_rotation: LogRotation,
+}
+
+/// The pod's `/etc` files (see [`PodEtc`]) and then the container's own
+/// bind mounts; one of its own at the same path replaces the pod's.
+fn with_pod_etc(sandbox: &PodSandbox, config: &ContainerConfig) -> Vec<BindMount> {
+    let mut mounts: Vec<BindMount> = PodEtc::of(sandbox.dir())
+        .mounts(config.readonly_rootfs)
+        .into_iter()
+        .filter(|m| {
+            !config
+                .bind_mounts
+                .iter()
+                .any(|own| own.destination == m.destination)
+        })
+        .collect();
+    mounts.extend(config.bind_mounts.iter().cloned());
+    mounts
 }
 
 /// Why a container ended.
@@ -307,7 +325,7 @@ impl Container {
             cgroups_path: cgroups_path.clone(),
             idmap: config.idmap,
             confinement: config.confinement.clone(),
-            bind_mounts: config.bind_mounts.clone(),
+            bind_mounts: with_pod_etc(pod.sandbox, config),
         })
         .map_err(with_cgroup)?;
         spec::write_config(&spec, dir).map_err(with_cgroup)?;

@@ -9,7 +9,9 @@
 //!
 //! - [`rootfs`]: overlayfs over the image layers (or a plain directory).
 //! - [`sandbox`]: the pod's shared network/IPC/UTS namespaces, pinned as
-//!   bind-mounted namespace files (no pause process), and its `/dev/shm`.
+//!   bind-mounted namespace files (no pause process), and its `/dev/shm`;
+//!   [`pod_etc`]: the pod's `/etc/hosts`, `/etc/hostname` and
+//!   `/etc/resolv.conf`.
 //! - [`cgpath`]: naming a Stratum cgroup as the runtime's `cgroupsPath`,
 //!   and the mount view that makes this possible on cgroup v1 hosts where
 //!   the agent sits in different cgroups per hierarchy.
@@ -47,6 +49,7 @@ pub mod log_writer;
 pub mod logs;
 pub mod mountinfo;
 pub mod oci;
+pub mod pod_etc;
 pub mod reaper;
 pub mod resources;
 pub mod restart;
@@ -69,6 +72,7 @@ pub use oci::{
     ContainerStdio, ExecOutput, OciRuntime, OciRuntimeConfig, RuntimeKind, RuntimeState,
     RuntimeStatus,
 };
+pub use pod_etc::{PodDns, PodEtc};
 pub use reaper::{become_subreaper, reap_orphans, spawn_orphan_reaper, ExitWatch, ProcessExit};
 pub use resources::OciResources;
 pub use restart::{decide, ExitFacts, RestartDecision, RestartPolicy};

@@ -3,6 +3,10 @@
 //! refused before anything is made), and a stored pod turned back into
 //! the CRI's `PodSandbox` and `PodSandboxStatus`.
 //!
+//! DNS settings become the pod's resolv.conf, bound into each container
+//! with the pod's own /etc/hosts and /etc/hostname (a kubelet's managed
+//! /etc/hosts, sent as a container mount, replaces the pod's).
+//!
 //! Names: a Kubernetes pod is unique by namespace, name, uid and attempt;
 //! the agent's pod name is a DNS label unique in its namespace, so it is
 //! the Kubernetes name (cut to fit) and a hash of all four. A second
@@ -50,6 +54,11 @@ pub fn pod_spec(
             .and_then(|l| l.resources.as_ref())
             .map(pod_resources),
         restart_policy: proto::RestartPolicy::Never as i32,
+        dns: config.dns_config.as_ref().map(|d| proto::PodDns {
+            servers: d.servers.clone(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        }),
         ..Default::default()
     };
     let record = CriSandbox {

@@ -36,6 +36,7 @@ pub mod security;
 pub mod spec;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +58,7 @@ use stratum_cgroup::Cgroup;
 use stratum_image::{ImageLease, ImageStore};
 use stratum_pool::convert::limits_to_proto;
 use stratum_pool::{PodSizing, PoolId, Workload, WorkloadId};
-use stratum_runtime::{Container, PodNetwork as SandboxNetwork, PodSandbox};
+use stratum_runtime::{Container, PodEtc, PodNetwork as SandboxNetwork, PodSandbox};
 
 pub use self::containers::live_usage;
 pub use self::host::{pod_uid_range, PodHost, PodHostConfig, DEFAULT_POD_PIDS_LIMIT};
@@ -164,6 +165,7 @@ static EMPTY_STATUS: proto::PodStatus = proto::PodStatus {
 static EMPTY_SPEC: proto::PodSpec = proto::PodSpec {
     name: String::new(),
     network: String::new(),
+    dns: None,
     pool_id: String::new(),
     namespace: String::new(),
     hostname: String::new(),
@@ -469,14 +471,19 @@ impl PodManager {
             .pods
             .get(id)
             .map_or(0, |p| p.record.uid_base);
+        let dns = spec::pod_dns(spec)?;
+        let ip = Some(IpAddr::V4(attachment.ip));
         let created = tokio::task::spawn_blocking(move || {
             let sandbox = PodSandbox::create(&dir, &hostname, network)?;
-            if uid_base != 0 {
-                // The pod's /dev/shm belongs to its containers' root.
-                if let Err(e) = sandbox.give_shm_to(uid_base) {
-                    let _ = sandbox.remove();
-                    return Err(e);
-                }
+            // The pod's /dev/shm and /etc files belong to its containers'
+            // root.
+            let owner = (uid_base != 0).then_some(uid_base);
+            let made = owner
+                .map_or(Ok(()), |id| sandbox.give_shm_to(id))
+                .and_then(|()| PodEtc::of(sandbox.dir()).write(&hostname, ip, dns.as_ref(), owner));
+            if let Err(e) = made {
+                let _ = sandbox.remove();
+                return Err(e);
             }
             Ok(sandbox)
         })

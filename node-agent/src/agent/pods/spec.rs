@@ -12,7 +12,7 @@ use stratum_image::ImageRecord;
 use stratum_net::{PortMapping, Protocol};
 use stratum_pool::convert::limits_from_proto;
 use stratum_pool::{validate_name, PodSizing, MILLICORES_PER_CPU};
-use stratum_runtime::{ProcessConfig, RestartPolicy};
+use stratum_runtime::{PodDns, ProcessConfig, RestartPolicy};
 
 /// `PATH` when neither the image nor the spec sets one (containerd's).
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -48,6 +48,7 @@ pub fn check_pod(spec: &proto::PodSpec) -> Result<PodSizing> {
     }
     restart_policy(spec.restart_policy)?;
     port_mappings(&spec.port_mappings)?;
+    pod_dns(spec)?;
     let mut names = BTreeSet::new();
     for container in &spec.containers {
         check_container(container)?;
@@ -160,6 +161,15 @@ pub fn restart_policy(value: i32) -> Result<RestartPolicy> {
         Ok(proto::RestartPolicy::Always) => Ok(RestartPolicy::Always),
         Err(_) => Err(invalid(format!("unknown restart policy {value}"))),
     }
+}
+
+/// The pod's DNS settings, checked; none when the spec has none.
+pub fn pod_dns(spec: &proto::PodSpec) -> Result<Option<PodDns>> {
+    spec.dns
+        .as_ref()
+        .map(|d| PodDns::new(&d.servers, &d.searches, &d.options))
+        .transpose()
+        .map_err(|e| invalid(format!("pod dns: {e}")))
 }
 
 /// The API's port mappings as the pod network takes them.
