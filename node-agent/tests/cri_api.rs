@@ -315,13 +315,20 @@ async fn a_kubelets_pod_runs_through_the_cri() {
     let web = create(&mut rt, &sandbox, container_config("web", &pulled, WEB))
         .await
         .expect("create web");
-    let client = create(
-        &mut rt,
-        &sandbox,
-        container_config("client", &pods.reference, "echo client up; exec sleep 1000"),
-    )
-    .await
-    .expect("create client");
+    // The client asks for a quarter core (as shares) and an OOM score.
+    let mut client_config =
+        container_config("client", &pods.reference, "echo client up; exec sleep 1000");
+    client_config.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            cpu_shares: 256,
+            oom_score_adj: 500,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let client = create(&mut rt, &sandbox, client_config)
+        .await
+        .expect("create client");
     let dup = create(&mut rt, &sandbox, container_config("web", &pulled, WEB))
         .await
         .unwrap_err();
@@ -376,6 +383,13 @@ async fn a_kubelets_pod_runs_through_the_cri() {
     );
     assert!(etc.contains(&format!("{ip}\tweb\n")), "{etc}");
 
+    let oom = exec(&mut rt, &client, &["cat", "/proc/1/oom_score_adj"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&oom.stdout).trim(),
+        "500",
+        "{oom:?}"
+    );
+
     // New limits reach the container's cgroup and its status; one below
     // what a container can run in is refused and changes nothing.
     let info = rt
@@ -394,6 +408,7 @@ async fn a_kubelets_pod_runs_through_the_cri() {
         linux: Some(cri::LinuxContainerResources {
             cpu_period: 100_000,
             cpu_quota: 50_000,
+            cpu_shares: 512,
             memory_limit_in_bytes: memory,
             ..Default::default()
         }),
@@ -405,6 +420,17 @@ async fn a_kubelets_pod_runs_through_the_cri() {
     let cgroup = pods.agent.cgroup(&format!("{pod_cgroup}/{web}"));
     let enforced = stratum_runtime::OciResources::effective(&cgroup).unwrap();
     assert_eq!(enforced.memory_limit_bytes, Some(64 << 20), "{enforced:?}");
+    if let Some(shares) = enforced.cpu_shares {
+        // cgroup v1 shows shares as written (v2 converts them to a weight).
+        assert_eq!(shares, 512, "{enforced:?}");
+        let client_cgroup = pods.agent.cgroup(&format!("{pod_cgroup}/{client}"));
+        let client_resources = stratum_runtime::OciResources::effective(&client_cgroup).unwrap();
+        assert_eq!(
+            client_resources.cpu_shares,
+            Some(256),
+            "{client_resources:?}"
+        );
+    }
     assert_eq!(
         enforced
             .cpu_quota_us

@@ -750,6 +750,7 @@ fn container_spec(
         limits,
         security: security_context(&c.user, c.group_add, c.read_only, c.cap_add, c.cap_drop),
         mounts: c.volumes,
+        ..Default::default()
     }
 }
 

@@ -7,7 +7,8 @@
 //!   [`Confinement`] (by default Docker's set minus `CAP_NET_RAW`;
 //!   bounding, effective, permitted; inheritable and ambient empty),
 //!   `noNewPrivileges` unless the security context allows escalation,
-//!   `RLIMIT_NOFILE` 1024 as containerd sets it.
+//!   `RLIMIT_NOFILE` 1024 as containerd sets it, the OOM score adjustment
+//!   when one is asked for.
 //! - **root**: the overlay mount point (see `rootfs`).
 //! - **hostname**: the pod's; the UTS namespace joined already carries it,
 //!   the runtime sets the same value again.
@@ -113,6 +114,8 @@ pub struct ProcessConfig {
     pub gid: u32,
     /// Supplementary group ids.
     pub additional_gids: Vec<u32>,
+    /// `/proc/PID/oom_score_adj` (-1000..=1000); `None`: inherited.
+    pub oom_score_adj: Option<i32>,
 }
 
 impl ProcessConfig {
@@ -127,6 +130,7 @@ impl ProcessConfig {
             uid: 0,
             gid: 0,
             additional_gids: Vec::new(),
+            oom_score_adj: None,
         }
     }
 
@@ -155,6 +159,13 @@ impl ProcessConfig {
                 "working directory",
                 self.cwd.to_string_lossy(),
                 "not absolute",
+            ));
+        }
+        if let Some(adj) = self.oom_score_adj.filter(|a| !(-1000..=1000).contains(a)) {
+            return Err(RuntimeError::invalid(
+                "oom_score_adj",
+                adj.to_string(),
+                "not in -1000..=1000",
             ));
         }
         let has_nul = self.args.iter().chain(&self.env).any(|s| s.contains('\0'));
@@ -285,7 +296,11 @@ pub fn build(config: &SpecConfig) -> Result<Spec> {
         .gid(p.gid)
         .additional_gids(p.additional_gids.clone())
         .build()?;
-    let process = ProcessBuilder::default()
+    let mut process = ProcessBuilder::default();
+    if let Some(adj) = p.oom_score_adj {
+        process = process.oom_score_adj(adj);
+    }
+    let process = process
         .terminal(false)
         .user(user)
         .args(p.args.clone())

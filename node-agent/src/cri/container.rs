@@ -31,7 +31,9 @@ use k8s_cri::v1 as cri;
 use prost::Message;
 use tonic::Status;
 
-use super::sandbox::{fnv1a, hashed_label, quota_millicores, refuse_host_namespaces, to_hash_map};
+use super::sandbox::{
+    fnv1a, hashed_label, quota_millicores, refuse_host_namespaces, shares_millicores, to_hash_map,
+};
 use super::unix_nanos;
 use crate::records::{ContainerRuntime, CriContainer};
 use stratum_api::proto;
@@ -60,11 +62,8 @@ pub fn container_spec(
         .filter(|i| !i.is_empty())
         .ok_or_else(|| Status::invalid_argument("container config names no image"))?;
     refuse_unsupported(config)?;
-    let limits = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.resources.as_ref())
-        .map(resource_limits);
+    let resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
+    let limits = resources.map(resource_limits);
     let spec = proto::ContainerSpec {
         name: container_name(&meta.name, meta.attempt),
         image: image.to_string(),
@@ -82,6 +81,17 @@ pub fn container_spec(
         limits,
         security: security_context(config)?,
         mounts: config.mounts.iter().map(mount).collect::<Result<_, _>>()?,
+        requests: resources.map(resource_requests),
+        oom_score_adj: resources
+            .map(|r| {
+                i32::try_from(r.oom_score_adj).map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "oom_score_adj {} is out of range",
+                        r.oom_score_adj
+                    ))
+                })
+            })
+            .transpose()?,
     };
     let log_path = log_path(log_directory, &config.log_path)?;
     let record = CriContainer {
@@ -93,9 +103,17 @@ pub fn container_spec(
     Ok((spec, record))
 }
 
+/// The request the CRI's CPU shares stand for (the kubelet makes shares
+/// from the CPU request): the container's CPU weight.
+pub fn resource_requests(r: &cri::LinuxContainerResources) -> proto::ResourceAmounts {
+    proto::ResourceAmounts {
+        cpu_millicores: shares_millicores(r.cpu_shares),
+        memory_bytes: 0,
+    }
+}
+
 /// The limits the agent enforces from the CRI's resources: the CPU cap
-/// from the CFS quota and period, the memory limit. (CPU shares and the
-/// OOM score are not applied to a container's own cgroup yet.)
+/// from the CFS quota and period, the memory limit.
 pub fn resource_limits(r: &cri::LinuxContainerResources) -> proto::ResourceAmounts {
     proto::ResourceAmounts {
         cpu_millicores: quota_millicores(r.cpu_quota, r.cpu_period),

@@ -501,11 +501,18 @@ impl RuntimeService for CriRuntime {
         let mut config =
             config.ok_or_else(|| Status::not_found(format!("no container {}", r.container_id)))?;
         let limits = container::resource_limits(&resources);
+        let requests = container::resource_requests(&resources);
         config.linux.get_or_insert_with(Default::default).resources = Some(resources);
         let encoded = prost::Message::encode_to_vec(&config);
         self.agent
             .pods()
-            .update_container_limits(&found.pod_id, &found.name, limits, Some(encoded))
+            .update_container_limits(
+                &found.pod_id,
+                &found.name,
+                limits,
+                Some(requests),
+                Some(encoded),
+            )
             .await?;
         crate::api::durable(
             &self.agent,

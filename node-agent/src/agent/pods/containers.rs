@@ -732,6 +732,7 @@ impl PodManager {
         pod_id: &str,
         name: &str,
         limits: proto::ResourceAmounts,
+        requests: Option<proto::ResourceAmounts>,
         cri_config: Option<Vec<u8>>,
     ) -> Result<()> {
         let live = self.running_pod(pod_id)?;
@@ -748,6 +749,9 @@ impl PodManager {
                 .ok_or_else(|| not_found(pod_id, name))?
         };
         updated.limits = Some(limits);
+        if requests.is_some() {
+            updated.requests = requests;
+        }
         spec::check_container(&updated)?;
         let pod_limits = {
             let state = self.read_state();
@@ -771,6 +775,7 @@ impl PodManager {
             if let Some(i) = index_of(record, name) {
                 if let Some(spec) = record.spec.as_mut().and_then(|s| s.containers.get_mut(i)) {
                     spec.limits = Some(limits);
+                    spec.requests = updated.requests;
                 }
                 if let (Some(config), Some(cri)) = (
                     cri_config,

@@ -92,6 +92,14 @@ pub fn check_container(spec: &proto::ContainerSpec) -> Result<()> {
     if spec.image.is_empty() {
         return Err(invalid(format!("container {:?}: no image", spec.name)));
     }
+    if let Some(adj) = spec.oom_score_adj.filter(|a| !OOM_SCORE_ADJ.contains(a)) {
+        return Err(invalid(format!(
+            "container {:?}: oom_score_adj {adj} is not in {}..={}",
+            spec.name,
+            OOM_SCORE_ADJ.start(),
+            OOM_SCORE_ADJ.end()
+        )));
+    }
     if !spec.working_dir.is_empty() && !spec.working_dir.starts_with('/') {
         return Err(invalid(format!(
             "container {:?}: working dir {:?} is not absolute",
@@ -256,6 +264,7 @@ pub fn process(spec: &proto::ContainerSpec, image: &ImageRecord) -> Result<Proce
         uid: 0,
         gid: 0,
         additional_gids: Vec::new(),
+        oom_score_adj: spec.oom_score_adj,
     })
 }
 
@@ -269,13 +278,25 @@ pub fn image_user(image: &ImageRecord) -> String {
         .unwrap_or_default()
 }
 
-/// The container's leaf cgroup limits (none beyond the pod's when 0).
+/// The OOM score adjustments a container may have: the kubelet's range
+/// for pods (-997 for Guaranteed ones); below it is the host's own.
+pub const OOM_SCORE_ADJ: std::ops::RangeInclusive<i32> = -997..=1000;
+
+/// The container's leaf cgroup limits (none beyond the pod's when 0) and
+/// CPU weight among its pod's containers: from its CPU request as the
+/// kubelet makes shares (1024 per core, at least 2), the default weight
+/// when it states no requests.
 pub fn container_limits(spec: &proto::ContainerSpec) -> CgroupLimits {
     let limits = limits_from_proto(spec.limits.as_ref());
+    let defaults = CgroupLimits::default();
+    let cpu_shares_weight = spec.requests.map_or(defaults.cpu_shares_weight, |r| {
+        (r.cpu_millicores.saturating_mul(1024) / MILLICORES_PER_CPU).max(2)
+    });
     CgroupLimits {
+        cpu_shares_weight,
         cpu_limit_millicores: limits.cpu_millicores,
         memory_limit_bytes: limits.memory_bytes,
-        ..CgroupLimits::default()
+        ..defaults
     }
 }
 
