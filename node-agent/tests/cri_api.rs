@@ -21,7 +21,7 @@ use tonic::Code;
 
 type Runtime = RuntimeServiceClient<Channel>;
 
-const WEB: &str = "mkdir -p /www && echo pod-local > /www/index.html && echo web up && exec httpd -f -p 8080 -h /www";
+const WEB: &str = "mkdir -p /www && echo pod-local > /www/index.html && echo web up && exec httpd -f -v -p 8080 -h /www";
 
 fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
@@ -383,6 +383,27 @@ async fn a_kubelets_pod_runs_through_the_cri() {
     );
     assert!(etc.contains(&format!("{ip}\tweb\n")), "{etc}");
 
+    // The kubelet's log rotation: rename, reopen; what comes next goes to
+    // a new file under the name.
+    let rotated = logs.path().join("web/0.log.20261206-120000");
+    std::fs::rename(&log_path, &rotated).unwrap();
+    rt.reopen_container_log(cri::ReopenContainerLogRequest {
+        container_id: web.clone(),
+    })
+    .await
+    .expect("reopen log");
+    assert!(log_path.exists());
+    let again = exec(
+        &mut rt,
+        &client,
+        &["wget", "-q", "-O", "-", "http://127.0.0.1:8080/"],
+    )
+    .await;
+    assert_eq!(again.exit_code, 0, "{again:?}");
+    wait_log(&log_path, "response:200");
+    assert!(std::fs::read_to_string(&rotated)
+        .unwrap()
+        .contains("web up"));
     let oom = exec(&mut rt, &client, &["cat", "/proc/1/oom_score_adj"]).await;
     assert_eq!(
         String::from_utf8_lossy(&oom.stdout).trim(),
@@ -482,6 +503,13 @@ async fn a_kubelets_pod_runs_through_the_cri() {
     }
     let again = start(&mut rt, &web).await.unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    let reopen = rt
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: web.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reopen.code(), Code::FailedPrecondition, "{reopen:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         sandbox_status(&mut rt, &sandbox).await.state,

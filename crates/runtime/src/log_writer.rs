@@ -36,6 +36,15 @@
 //! checks that the file it locked is still the log's, and locks the
 //! current one if it was rotated meanwhile.
 //!
+//! **Rotation by someone else** (the kubelet's own log manager renames a
+//! log and then asks for it to be reopened): at least once a second, and
+//! before each batch of records, the writer checks that the log's name
+//! still names the file it holds; when the file was renamed or removed it
+//! makes and locks a new one under the name. Records written before it
+//! noticed stay in the renamed file, where the kubelet expects them. A
+//! file at the name that another writer holds is left alone (the writer
+//! keeps its own) rather than waited for.
+//!
 //! It refuses nothing it reads (any bytes are a message) and never blocks
 //! the container on the disk: a failed write drops those records and the
 //! writer reads on; a failed rotation leaves the current file growing.
@@ -62,6 +71,9 @@ pub const STDOUT_FD: i32 = 3;
 pub const STDERR_FD: i32 = 4;
 /// See [`STDOUT_FD`].
 pub const READY_FD: i32 = 5;
+
+/// How often an idle writer checks that its log was not renamed away.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a spawned writer may take to lock its log.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -329,7 +341,8 @@ pub fn serve(
     ];
     let mut buf = vec![0u8; 64 * 1024];
     while streams.iter().any(|s| s.pipe.is_some()) {
-        wait_readable(&streams)?;
+        wait_readable(&streams, FOLLOW_INTERVAL)?;
+        out.follow_rename();
         let mut records = Vec::new();
         for stream in &mut streams {
             stream.read_into(&mut buf, &mut records)?;
@@ -378,6 +391,32 @@ impl RotatingLog {
         // Fewer files may be kept now than when they were written.
         log.prune(log.keep_rotated());
         Ok(log)
+    }
+
+    /// Puts a new file under the log's name when the one held was renamed
+    /// or removed by someone else (see the module docs).
+    fn follow_rename(&mut self) {
+        let held = self.file.metadata();
+        let named = fs::metadata(&self.path);
+        if let (Ok(held), Ok(named)) = (&held, &named) {
+            if same_file(held, named) {
+                return;
+            }
+        }
+        let Ok(file) = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(&self.path)
+        else {
+            return;
+        };
+        // SAFETY: flock on a descriptor `file` owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return;
+        }
+        self.size = file.metadata().map_or(0, |m| m.len());
+        self.file = file;
     }
 
     /// Rotated files kept besides the current one.
@@ -566,7 +605,7 @@ impl Stream {
 }
 
 /// Blocks until one of the open pipes is readable or hung up.
-fn wait_readable(streams: &[Stream]) -> io::Result<()> {
+fn wait_readable(streams: &[Stream], timeout: Duration) -> io::Result<()> {
     let mut fds: Vec<libc::pollfd> = streams
         .iter()
         .filter_map(|s| s.pipe.as_ref())
@@ -577,9 +616,10 @@ fn wait_readable(streams: &[Stream]) -> io::Result<()> {
         })
         .collect();
     let count = libc::nfds_t::try_from(fds.len()).unwrap_or(0);
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     loop {
         // SAFETY: `fds` holds `count` valid pollfd entries.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), count, -1) };
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), count, timeout_ms) };
         if rc >= 0 {
             return Ok(());
         }
@@ -734,6 +774,44 @@ mod tests {
         let got = messages(&log).await;
         assert!(got.len() > 26, "{}", got.len());
         assert_consecutive(&got, total - got.len());
+    }
+
+    /// The kubelet's rotation: rename the log, ask for a reopen. The
+    /// writer puts a new file under the name by itself, even while the
+    /// container is silent, and new records go there.
+    #[test]
+    fn a_log_renamed_away_is_made_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("c.log");
+        let (mut out, err, handle) = serving(&log);
+        writeln!(out, "before").unwrap();
+        let wait_for = |path: &Path, text: &str| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !fs::read_to_string(path).unwrap_or_default().contains(text) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never had {text:?}",
+                    path.display()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        wait_for(&log, "before");
+        let renamed = dir.path().join("c.log.20261206-160000");
+        fs::rename(&log, &renamed).unwrap();
+        let deadline = Instant::now() + FOLLOW_INTERVAL * 3;
+        while !writer_active(&log) {
+            assert!(Instant::now() < deadline, "no new log under the name");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        writeln!(out, "after").unwrap();
+        wait_for(&log, "after");
+        drop((out, err));
+        handle.join().unwrap().expect("serve");
+        let old = fs::read_to_string(&renamed).unwrap();
+        let new = fs::read_to_string(&log).unwrap();
+        assert!(old.contains("before") && !old.contains("after"), "{old}");
+        assert!(new.contains("after") && !new.contains("before"), "{new}");
     }
 
     #[tokio::test]

@@ -523,11 +523,17 @@ impl RuntimeService for CriRuntime {
 
     async fn reopen_container_log(
         &self,
-        _request: Request<cri::ReopenContainerLogRequest>,
+        request: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        Err(Status::unimplemented(
-            "reopening a container log is not supported yet: the agent rotates logs itself",
-        ))
+        let caller = Caller::of(&request)?;
+        let r = request.into_inner();
+        let found = self.find_container(&caller, &r.container_id)?;
+        access::change_pod(&self.agent, &caller, &found.pod_id)?;
+        self.agent
+            .pods()
+            .reopen_log(&found.pod_id, &found.name)
+            .await?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
     async fn exec_sync(

@@ -106,6 +106,10 @@ struct Unconfined {
     image_user: String,
 }
 
+/// How long ReopenContainerLog waits for the writer (which looks every
+/// `log_writer::FOLLOW_INTERVAL`).
+const LOG_REOPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl PodManager {
     /// Creates a new run of container `name` (and starts it with `start`).
     /// Failures do not fail the caller: the container is FAILED with the
@@ -802,6 +806,39 @@ impl PodManager {
                 "container {name:?} of pod {pod_id} is {}, not running",
                 container_state_name(current)
             ))),
+        }
+    }
+
+    /// Waits until a running container's log writer holds a file under
+    /// the log's name again, after someone (the kubelet) renamed it away.
+    /// The writer notices by itself within a second; this only says when.
+    pub(crate) async fn reopen_log(&self, pod_id: &str, name: &str) -> Result<()> {
+        let run = self.running_run(pod_id, name).await?;
+        let log = run.log_path().to_path_buf();
+        if log.as_os_str().is_empty() {
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {name:?} of pod {pod_id} has no log file"
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + LOG_REOPEN_TIMEOUT;
+        loop {
+            let path = log.clone();
+            let held = tokio::task::spawn_blocking(move || {
+                stratum_runtime::log_writer::writer_active(&path)
+            })
+            .await
+            .unwrap_or(false);
+            if held {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(AgentError::Unavailable(format!(
+                    "the log writer of container {name:?} of pod {pod_id} did not reopen {} within {}s",
+                    log.display(),
+                    LOG_REOPEN_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
