@@ -14,6 +14,11 @@
 #               VM-to-VM TCP over a network and a three-member etcd cluster of
 #               node VMs beside QEMU microvm guests on a bridge;
 #               the agent's API under load; pod start beside containerd + crun
+#   make conformance  the upstream CRI validation suite (critest v1.26.1) against
+#               the agent's CRI socket and against containerd 1.6 + runc on the
+#               same locally built images, side by side (not part of `make test`;
+#               CRITEST=PATH, CONFORMANCE_OUT=DIR, CONFORMANCE_ARGS='--side stratum
+#               --focus REGEX --agent-arg=--pod-security=privileged')
 #
 # A fresh Debian 12 machine needs nothing but this Makefile: missing Debian
 # packages are installed, the guest kernel is built and the nested host's
@@ -38,7 +43,7 @@ DEB_PACKAGES := qemu-system-x86 busybox-static cpio linux-source-6.1 \
 	docker-registry skopeo umoci nftables crun runc mtools dosfstools mmdebstrap etcd-client \
 	protobuf-compiler
 
-.PHONY: all deps bench-pod-deps images node-image run-node static build run run-vm test test-cluster bench fuzz fuzz-test fmt lint clean
+.PHONY: all deps bench-pod-deps images node-image run-node static build run run-vm test test-cluster bench conformance fuzz fuzz-test fmt lint clean
 
 all: build
 
@@ -119,6 +124,23 @@ bench: images static node-image bench-pod-deps
 	$(CARGO) build -q --release -p node-agent --bin node-agent && $(CARGO) run -q --release -p stratum-testkit --bin bench-agent
 	$(CARGO) build -q --release -p node-agent --bin node-agent -p nodectl --bin nodectl -p stratum-runtime --bin stratum-log-writer \
 		&& $(CARGO) run -q --release -p stratum-testkit --bin bench-pod
+
+# critest (cri-tools v1.26.1, ../shared/tools) against a private agent and a
+# private containerd (crates/testkit/src/bin/conformance.rs), the images it
+# pulls built by guest-images/conformance-images.sh (cached) and served by a
+# throwaway registry behind registry mirrors. Reports, critest's output and
+# the summary go to CONFORMANCE_OUT.
+CRITEST ?= ../shared/tools/cri-tools-v1.26.1/critest
+CONFORMANCE_ARGS ?=
+CONFORMANCE_OUT ?= build/conformance
+conformance:
+	@test -f '$(CRITEST)' || { echo "conformance: critest not found at $(CRITEST): it is cri-tools v1.26.1's (../shared/tools/cri-tools-v1.26.1/README.md); set CRITEST=PATH" >&2; exit 1; }
+	@$(MAKE) --no-print-directory bench-pod-deps
+	@guest-images/install-debs.sh containernetworking-plugins iptables
+	images=$$(guest-images/conformance-images.sh | tail -n1) \
+		&& $(CARGO) build -q -p node-agent --bin node-agent -p nodectl --bin nodectl -p stratum-runtime --bin stratum-log-writer \
+		&& $(CARGO) run -q -p stratum-testkit --bin conformance -- --critest '$(CRITEST)' --images "$$images" \
+			--out '$(CONFORMANCE_OUT)' $(CONFORMANCE_ARGS)
 
 # The cargo-fuzz targets (vmm/fuzz) over seeded random inputs, on stable.
 fuzz-test:

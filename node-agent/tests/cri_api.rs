@@ -597,9 +597,12 @@ async fn security_contexts_and_mounts_confine_containers_as_asked() {
     let pods = PodAgent::start_with("cri-sec", &["--mount-root", &root_arg]).await;
     let mut rt = RuntimeServiceClient::new(pods.agent.cri_channel().await);
     let logs = tempfile::tempdir().unwrap();
-    let sandbox = run_sandbox(&mut rt, sandbox_config("sec", 0, logs.path()))
-        .await
-        .expect("run sandbox");
+    let mut config = sandbox_config("sec", 0, logs.path());
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        sysctls: labels(&[("net.ipv4.tcp_keepalive_time", "600")]),
+        ..Default::default()
+    });
+    let sandbox = run_sandbox(&mut rt, config).await.expect("run sandbox");
     let idle = "exec sleep 1000";
 
     // Dropped capabilities are gone from every set, and chown with them.
@@ -652,6 +655,13 @@ async fn security_contexts_and_mounts_confine_containers_as_asked() {
         "{denied:?}"
     );
     assert_eq!(exec(&mut rt, &plain, &chown).await.exit_code, 0);
+    let keepalive = exec(
+        &mut rt,
+        &plain,
+        &["cat", "/proc/sys/net/ipv4/tcp_keepalive_time"],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&keepalive.stdout), "600\n");
     // The default seccomp profile and no_new_privs, whatever was asked.
     assert_eq!(status_line(&mut rt, &plain, "Seccomp").await, "2");
     assert_eq!(status_line(&mut rt, &plain, "NoNewPrivs").await, "1");
@@ -881,13 +891,21 @@ async fn bad_cri_requests_are_refused_and_change_nothing() {
     });
     let unsupported = run_sandbox(&mut rt, host_net).await.unwrap_err();
     assert_eq!(unsupported.code(), Code::Unimplemented, "{unsupported:?}");
-    let mut sysctls = sandbox_config("a", 0, logs.path());
-    sysctls.linux = Some(cri::LinuxPodSandboxConfig {
-        sysctls: labels(&[("kernel.shm_rmid_forced", "1")]),
-        ..Default::default()
-    });
-    let unsupported = run_sandbox(&mut rt, sysctls).await.unwrap_err();
-    assert_eq!(unsupported.code(), Code::Unimplemented, "{unsupported:?}");
+    // A sysctl outside Kubernetes' safe set (at the baseline level), one
+    // of the host's, one that would leave /proc/sys.
+    for (name, code) in [
+        ("kernel.msgmax", Code::PermissionDenied),
+        ("vm.swappiness", Code::InvalidArgument),
+        ("net/../../../etc/x", Code::InvalidArgument),
+    ] {
+        let mut sysctls = sandbox_config("a", 0, logs.path());
+        sysctls.linux = Some(cri::LinuxPodSandboxConfig {
+            sysctls: labels(&[(name, "1")]),
+            ..Default::default()
+        });
+        let err = run_sandbox(&mut rt, sysctls).await.unwrap_err();
+        assert_eq!(err.code(), code, "{name}: {err:?}");
+    }
     assert!(list_sandboxes(&mut rt).await.is_empty());
 
     let sandbox = run_sandbox(&mut rt, sandbox_config("a", 0, logs.path()))

@@ -1198,8 +1198,9 @@ async fn pods_on_a_network_of_their_namespace() {
 }
 
 /// The PodService's security context, through nodectl's flags: who the
-/// process is, its capabilities, its root's mode, a host volume; and the
-/// pod security level's refusals, which make no pod.
+/// process is, its capabilities, its root's mode, a host volume, the
+/// pod's sysctls; and the pod security level's refusals, which make no
+/// pod.
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_run_as_their_security_context_says() {
     let volumes = tempfile::tempdir().unwrap();
@@ -1223,6 +1224,10 @@ async fn pods_run_as_their_security_context_says() {
         "--read-only",
         "-v",
         &volume,
+        "--sysctl",
+        "net.ipv4.ip_local_port_range=20000 30000",
+        "--sysctl",
+        "kernel.shm_rmid_forced=1",
         "--",
         "sleep",
         "1000",
@@ -1230,7 +1235,8 @@ async fn pods_run_as_their_security_context_says() {
     assert!(out.status.success(), "{out:?}");
     let id = pod_id_of(&out);
     let script = "id -u; id -G; grep CapBnd /proc/self/status; cat /host/note; echo; \
-                  touch /x 2>&1; touch /host/x 2>&1; true";
+                  touch /x 2>&1; touch /host/x 2>&1; \
+                  cat /proc/sys/net/ipv4/ip_local_port_range /proc/sys/kernel/shm_rmid_forced";
     let out = pa
         .agent
         .nodectl(&["pod", "exec", &id, "--", "sh", "-c", script]);
@@ -1248,12 +1254,15 @@ async fn pods_run_as_their_security_context_says() {
         2,
         "the root and the volume: {text}"
     );
+    // The pod's own namespaces' settings.
+    assert!(text.ends_with("20000\t30000\n1\n"), "{text}");
 
     // Refused at the baseline level: an added capability, a host path
     // outside the mount roots. Neither makes a pod.
     for refused in [
         vec!["--cap-add", "SYS_ADMIN"],
         vec!["-v", "/etc:/host-etc:ro"],
+        vec!["--sysctl", "kernel.msgmax=1024"],
     ] {
         let mut args = vec!["pod", "run", "refused", "--image", image];
         args.extend(&refused);
@@ -1265,6 +1274,23 @@ async fn pods_run_as_their_security_context_says() {
             "{refused:?}: {out:?}"
         );
     }
+    // A setting of the host's, not the pod's: not a pod's to ask for.
+    let out = pa.agent.nodectl(&[
+        "pod",
+        "run",
+        "host-wide",
+        "--image",
+        image,
+        "--sysctl",
+        "vm.swappiness=1",
+        "--",
+        "sleep",
+        "1",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("INVALID_ARGUMENT"),
+        "{out:?}"
+    );
     let mut client = pa.pods().await;
     let listed = client
         .list_pods(ListPodsRequest::default())

@@ -246,6 +246,14 @@ pub fn parse_label(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `NAME=VALUE` of --sysctl.
+pub fn parse_sysctl(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("invalid --sysctl {text:?}: expected NAME=VALUE")),
+    }
+}
+
 /// `k=v,k2=v2`: every pair must match (equality selector).
 pub fn parse_selector(text: &str) -> Result<Vec<(String, String)>, String> {
     text.split(',').map(parse_label).collect()

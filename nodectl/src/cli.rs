@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use super::args::{
     parse_disk, parse_env, parse_ip, parse_ipv4_cidr, parse_label, parse_nic, parse_port,
-    parse_restart, parse_role, parse_selector, parse_shares, parse_user, parse_volume, UserArg,
+    parse_restart, parse_role, parse_selector, parse_shares, parse_sysctl, parse_user,
+    parse_volume, UserArg,
 };
 use super::size::{parse_memory_mib, parse_millicores, parse_size};
 use stratum_api::proto::{
@@ -505,6 +506,10 @@ pub struct PodRun {
     /// A resolver option such as ndots:2 (repeatable).
     #[arg(long = "dns-option", value_name = "OPTION")]
     pub dns_options: Vec<String>,
+    /// A sysctl of the pod's network or IPC namespace, NAME=VALUE
+    /// (repeatable).
+    #[arg(long = "sysctl", value_name = "NAME=VALUE", value_parser = parse_sysctl)]
+    pub sysctls: Vec<(String, String)>,
     /// Resource pool id [default: the root pool].
     #[arg(long)]
     pub pool: Option<String>,

@@ -721,6 +721,7 @@ pub fn pod_spec(r: PodRun) -> PodSpec {
         restart_policy: r.restart.map_or(0, |p| p as i32),
         containers: vec![container_spec(container_name, r.container, None)],
         dns,
+        sysctls: r.sysctls.into_iter().collect(),
     }
 }
 

@@ -11,7 +11,7 @@
 //! - [`sandbox`]: the pod's shared network/IPC/UTS namespaces, pinned as
 //!   bind-mounted namespace files (no pause process), and its `/dev/shm`;
 //!   [`pod_etc`]: the pod's `/etc/hosts`, `/etc/hostname` and
-//!   `/etc/resolv.conf`.
+//!   `/etc/resolv.conf`; [`sysctls`]: settings of its namespaces.
 //! - [`cgpath`]: naming a Stratum cgroup as the runtime's `cgroupsPath`,
 //!   and the mount view that makes this possible on cgroup v1 hosts where
 //!   the agent sits in different cgroups per hierarchy.
@@ -57,6 +57,7 @@ pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;
 pub mod spec;
+pub mod sysctls;
 pub mod users;
 
 pub use cgpath::{CgroupMapping, CgroupView, MappingMode};

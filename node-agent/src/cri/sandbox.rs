@@ -54,6 +54,16 @@ pub fn pod_spec(
             .and_then(|l| l.resources.as_ref())
             .map(pod_resources),
         restart_policy: proto::RestartPolicy::Never as i32,
+        sysctls: config
+            .linux
+            .as_ref()
+            .map(|l| {
+                l.sysctls
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
         dns: config.dns_config.as_ref().map(|d| proto::PodDns {
             servers: d.servers.clone(),
             searches: d.searches.clone(),
@@ -90,11 +100,6 @@ fn metadata(config: &cri::PodSandboxConfig) -> Result<&cri::PodSandboxMetadata, 
 
 /// What a sandbox may ask for that the agent does not do yet.
 fn refuse_unsupported(config: &cri::PodSandboxConfig) -> Result<(), Status> {
-    if config.linux.as_ref().is_some_and(|l| !l.sysctls.is_empty()) {
-        return Err(Status::unimplemented(
-            "sysctls for a sandbox are not supported yet",
-        ));
-    }
     let Some(security) = config
         .linux
         .as_ref()

@@ -34,9 +34,8 @@
 // Benchmark binary (dev only): a failed setup ends the run with a panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -45,8 +44,8 @@ use stratum_api::proto::image_service_client::ImageServiceClient;
 use stratum_api::proto::pod_service_client::PodServiceClient;
 use tonic::transport::Channel;
 
-use stratum_testkit::agent_process::{tail, terminate, AgentProcess};
-use stratum_testkit::{cleanup, fixture};
+use stratum_testkit::agent_process::{tail, AgentProcess};
+use stratum_testkit::{cleanup, containerd, fixture};
 
 /// Ours at most this times containerd's (p50).
 const TARGET_RATIO: f64 = 0.8;
@@ -58,8 +57,6 @@ const CTR_NAMESPACE: &str = "stratum-bench";
 const POD_CIDR: &str = "10.231.0.0/24";
 /// Where the agent keeps pods' runtime state, per cgroup root.
 const RUN_STRATUM: &str = "/run/stratum";
-/// Where containerd's shims put their sockets, whatever its configuration.
-const RUN_CONTAINERD: &str = "/run/containerd";
 /// Pod start beside containerd + crun (see the module docs). Needs root,
 /// crun, runc, containerd (`make bench-pod-deps`), docker-registry, umoci,
 /// skopeo and busybox-static (`make deps`).
@@ -497,99 +494,40 @@ fn running_pod(pod: &proto::Pod) -> Result<String, String> {
 // ---------------------------------------------------------------------------
 // The peer: a private containerd.
 
+/// The shared private containerd (`stratum_testkit::containerd`) with
+/// the CRI plugin off, driven with `ctr` in the bench's namespace.
 struct Containerd {
-    dir: PathBuf,
-    ctr: PathBuf,
-    child: Option<Child>,
+    inner: containerd::Containerd,
     /// The cgroup (in every hierarchy) its containers' cgroups go below,
     /// instead of ctr's shared `/default`.
     cgroup_parent: String,
-    /// /run/containerd did not exist before: the shims' socket directory
-    /// is fixed there, and is removed with it when empty.
-    made_run_dir: bool,
 }
 
 impl Containerd {
     fn start(tools: &Tools, work: &Path) -> Result<Containerd, String> {
         let dir = work.join("containerd");
-        for sub in ["root", "state", "fifo", "runtime-root"] {
+        for sub in ["fifo", "runtime-root"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("mkdir {sub}: {e}"))?;
         }
         // The CRI plugin is off: `ctr` does not go through it, and its
         // settings (runtimes.runc.options.BinaryName, snapshotter) apply
         // only to CRI clients. `ctr run` passes the runtime binary and the
         // snapshotter itself (--runc-binary, --snapshotter).
-        let config = format!(
-            "version = 2\n\
-             root = \"{root}\"\n\
-             state = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{sock}\"\n\
-             [ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [debug]\n  address = \"{debug}\"\n  level = \"warn\"\n",
-            root = dir.join("root").display(),
-            state = dir.join("state").display(),
-            sock = dir.join("containerd.sock").display(),
-            debug = dir.join("debug.sock").display(),
-        );
-        let config_path = dir.join("config.toml");
-        std::fs::write(&config_path, config).map_err(|e| format!("containerd config: {e}"))?;
-        let log = std::fs::File::create(dir.join("containerd.log")).map_err(|e| e.to_string())?;
-        let made_run_dir = !Path::new(RUN_CONTAINERD).exists();
-        let child = Command::new(&tools.containerd)
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("{}: {e}", tools.containerd.display()))?;
-        let mut containerd = Containerd {
+        let inner = containerd::Containerd::start(
+            &tools.containerd,
+            &tools.ctr,
             dir,
-            ctr: tools.ctr.clone(),
-            child: Some(child),
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+        )?;
+        Ok(Containerd {
+            inner,
             cgroup_parent: format!("bench-pod-ctr-{}", std::process::id()),
-            made_run_dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if containerd
-                .ctr()
-                .arg("version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-            {
-                return Ok(containerd);
-            }
-            if let Some(Ok(Some(status))) = containerd.child.as_mut().map(|c| c.try_wait()) {
-                return Err(format!(
-                    "containerd exited {status}:\n{}",
-                    tail(&containerd.log(), 20)
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "containerd did not answer within 30 s:\n{}",
-                    tail(&containerd.log(), 20)
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+        })
     }
 
     /// `ctr` on this containerd and the bench's namespace.
     fn ctr(&self) -> Command {
-        let mut cmd = Command::new(&self.ctr);
-        cmd.arg("--address")
-            .arg(self.dir.join("containerd.sock"))
-            .args(["--namespace", CTR_NAMESPACE])
-            .stdin(Stdio::null());
-        cmd
+        self.inner.ctr(CTR_NAMESPACE)
     }
 
     fn pull(&self, reference: &str) -> Result<(), String> {
@@ -612,9 +550,9 @@ impl Containerd {
             .arg("--runc-binary")
             .arg(runtime)
             .arg("--runc-root")
-            .arg(self.dir.join("runtime-root"))
+            .arg(self.inner.dir().join("runtime-root"))
             .arg("--fifo-dir")
-            .arg(self.dir.join("fifo"))
+            .arg(self.inner.dir().join("fifo"))
             .arg("--cgroup")
             .arg(format!("/{}/{id}", self.cgroup_parent))
             .args([image, id, "sh", "-c", SLEEP]);
@@ -642,19 +580,12 @@ impl Containerd {
 impl Drop for Containerd {
     fn drop(&mut self) {
         self.remove_all();
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child, Duration::from_secs(10));
-        }
+        self.inner.stop();
         // `ctr run --cgroup /PARENT/ID`: from the top of each hierarchy.
         for (mount, _) in cleanup::cgroup_mounts() {
             cleanup::remove_cgroup_dirs(&mount.join(&self.cgroup_parent));
         }
-        unmount_under(&self.dir);
-        if self.made_run_dir {
-            for dir in ["s", "fifo", "runc", ""] {
-                let _ = std::fs::remove_dir(Path::new(RUN_CONTAINERD).join(dir));
-            }
-        }
+        unmount_under(self.inner.dir());
     }
 }
 

@@ -166,6 +166,7 @@ static EMPTY_SPEC: proto::PodSpec = proto::PodSpec {
     name: String::new(),
     network: String::new(),
     dns: None,
+    sysctls: BTreeMap::new(),
     pool_id: String::new(),
     namespace: String::new(),
     hostname: String::new(),
@@ -247,6 +248,7 @@ impl PodManager {
         cri: Option<CriSandbox>,
     ) -> Result<proto::Pod> {
         let sizing = spec::check_pod(&spec)?;
+        security::sysctls(&spec, self.shared.config.pods.security)?;
         for container in &spec.containers {
             self.check_security(container).await?;
         }
@@ -472,6 +474,7 @@ impl PodManager {
             .get(id)
             .map_or(0, |p| p.record.uid_base);
         let dns = spec::pod_dns(spec)?;
+        let sysctls = security::sysctls(spec, self.shared.config.pods.security)?;
         let ip = Some(IpAddr::V4(attachment.ip));
         let created = tokio::task::spawn_blocking(move || {
             let sandbox = PodSandbox::create(&dir, &hostname, network)?;
@@ -480,7 +483,11 @@ impl PodManager {
             let owner = (uid_base != 0).then_some(uid_base);
             let made = owner
                 .map_or(Ok(()), |id| sandbox.give_shm_to(id))
-                .and_then(|()| PodEtc::of(sandbox.dir()).write(&hostname, ip, dns.as_ref(), owner));
+                .and_then(|()| PodEtc::of(sandbox.dir()).write(&hostname, ip, dns.as_ref(), owner))
+                .and_then(|()| {
+                    let ns = sandbox.namespaces();
+                    stratum_runtime::sysctls::apply(&ns.net, &ns.ipc, &sysctls)
+                });
             if let Err(e) = made {
                 let _ = sandbox.remove();
                 return Err(e);

@@ -31,6 +31,7 @@ use crate::agent::errors::{AgentError, Result};
 use stratum_api::proto;
 use stratum_runtime::confinement::{self, CapabilityName};
 use stratum_runtime::idmap::IDS_PER_POD;
+use stratum_runtime::sysctls::Sysctl;
 use stratum_runtime::users::{parse_user_spec, Identity, UserDb, UserRef};
 use stratum_runtime::{BindMount, Confinement, Propagation};
 
@@ -84,6 +85,26 @@ fn denied(container: &str, level: PodSecurity, what: String) -> AgentError {
         "container {container:?}: {what} is not allowed at pod security level {level} \
          (the agent's --pod-security)"
     ))
+}
+
+/// The pod's sysctls, checked against `level`: each a setting of the
+/// pod's own namespaces, and one of Kubernetes' safe set below the
+/// privileged level.
+pub fn sysctls(spec: &proto::PodSpec, level: PodSecurity) -> Result<Vec<Sysctl>> {
+    let mut checked = Vec::with_capacity(spec.sysctls.len());
+    for (name, value) in &spec.sysctls {
+        let sysctl = Sysctl::new(name, value)
+            .map_err(|e| AgentError::InvalidArgument(format!("pod {:?}: {e}", spec.name)))?;
+        if level != PodSecurity::Privileged && !sysctl.is_safe() {
+            return Err(AgentError::PermissionDenied(format!(
+                "pod {:?}: sysctl {name} (not one of Kubernetes' safe sysctls) is not allowed \
+                 at pod security level {level} (the agent's --pod-security)",
+                spec.name
+            )));
+        }
+        checked.push(sysctl);
+    }
+    Ok(checked)
 }
 
 /// Checks a container's security context and mounts against `level`,
