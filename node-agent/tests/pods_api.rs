@@ -1263,6 +1263,7 @@ async fn pods_run_as_their_security_context_says() {
         vec!["--cap-add", "SYS_ADMIN"],
         vec!["-v", "/etc:/host-etc:ro"],
         vec!["--sysctl", "kernel.msgmax=1024"],
+        vec!["--privileged"],
     ] {
         let mut args = vec!["pod", "run", "refused", "--image", image];
         args.extend(&refused);
@@ -1299,4 +1300,76 @@ async fn pods_run_as_their_security_context_says() {
         .into_inner()
         .pods;
     assert_eq!(listed.len(), 1, "{listed:?}");
+}
+
+/// At the privileged pod security level a privileged pod's container is
+/// what Kubernetes' privileged containers are: host root, every
+/// capability, no seccomp filter, nothing masked, a writable /sys.
+#[tokio::test(flavor = "multi_thread")]
+async fn privileged_pods_run_where_the_level_allows_them() {
+    let pa = PodAgent::start_with("pods-priv", &["--pod-security", "privileged"]).await;
+    let image = pa.reference.as_str();
+    let out = pa.agent.nodectl(&[
+        "pod",
+        "run",
+        "priv",
+        "--image",
+        image,
+        "--privileged",
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let id = pod_id_of(&out);
+    let script = "cat /proc/self/uid_map; grep -E '^(CapEff|Seccomp|NoNewPrivs):' /proc/self/status; \
+                  grep ' /sys ' /proc/self/mounts; grep -q ' /proc/kcore ' /proc/self/mounts || echo kcore-unmasked";
+    let out = pa
+        .agent
+        .nodectl(&["pod", "exec", &id, "--", "sh", "-c", script]);
+    assert!(
+        out.status.success(),
+        "{out:?} {:?}",
+        pa.agent.nodectl(&["pod", "get", &id, "-o", "json"])
+    );
+    let text = stdout(&out);
+    // The host's user namespace: the whole id range, unshifted.
+    assert_eq!(
+        text.lines()
+            .next()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["0", "0", "4294967295"]),
+        "{text}"
+    );
+    // Every capability the agent has (this machine's root lacks some).
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bounding = own.lines().find(|l| l.starts_with("CapBnd:")).unwrap();
+    let effective = bounding.replace("CapBnd:", "CapEff:");
+    assert!(text.contains(&effective), "{text} vs {effective}");
+    assert!(text.contains("Seccomp:\t0"), "{text}");
+    assert!(text.contains("NoNewPrivs:\t0"), "{text}");
+    assert!(text.contains(" /sys sysfs rw,"), "{text}");
+    // /proc/kcore is masked (a mount over it) for every other container.
+    assert!(text.contains("kcore-unmasked"), "{text}");
+
+    // A privileged container needs a privileged pod.
+    let out = pa.agent.nodectl(&[
+        "pod", "run", "plain", "--image", image, "--", "sleep", "1000",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let plain = pod_id_of(&out);
+    let mut client = pa.pods().await;
+    let mut side = pa.container("side", "sleep 1000");
+    side.security = Some(stratum_api::proto::SecurityContext {
+        privileged: true,
+        ..Default::default()
+    });
+    let err = client
+        .create_container(stratum_api::proto::CreateContainerRequest {
+            pod_id: plain.clone(),
+            container: Some(side),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 }

@@ -506,6 +506,11 @@ pub struct PodRun {
     /// A resolver option such as ndots:2 (repeatable).
     #[arg(long = "dns-option", value_name = "OPTION")]
     pub dns_options: Vec<String>,
+    /// A privileged pod whose container is privileged: host root, every
+    /// capability, no seccomp filter (the agent's pod security level must
+    /// be privileged).
+    #[arg(long)]
+    pub privileged: bool,
     /// A sysctl of the pod's network or IPC namespace, NAME=VALUE
     /// (repeatable).
     #[arg(long = "sysctl", value_name = "NAME=VALUE", value_parser = parse_sysctl)]

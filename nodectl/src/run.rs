@@ -701,6 +701,13 @@ pub fn pod_spec(r: PodRun) -> PodSpec {
     let limits = amounts(r.cpu_limit, r.memory_limit);
     let resources =
         (requests.is_some() || limits.is_some()).then_some(PodResources { requests, limits });
+    let mut container = container_spec(container_name, r.container, None);
+    if r.privileged {
+        container
+            .security
+            .get_or_insert_with(Default::default)
+            .privileged = true;
+    }
     let asks_dns =
         !(r.dns_servers.is_empty() && r.dns_searches.is_empty() && r.dns_options.is_empty());
     let dns = asks_dns.then_some(PodDns {
@@ -719,9 +726,10 @@ pub fn pod_spec(r: PodRun) -> PodSpec {
         runtime_class: 0,
         resources,
         restart_policy: r.restart.map_or(0, |p| p as i32),
-        containers: vec![container_spec(container_name, r.container, None)],
+        containers: vec![container],
         dns,
         sysctls: r.sysctls.into_iter().collect(),
+        privileged: r.privileged,
     }
 }
 

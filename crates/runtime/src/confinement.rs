@@ -11,6 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use oci_spec::runtime::Capability;
 
@@ -85,14 +86,42 @@ impl FromStr for CapabilityName {
     }
 }
 
+/// Every capability this process may hand on (its bounding set), which
+/// is what `ALL` and a privileged container get, as containerd gives
+/// them: a runtime asked for one it lacks fails (`capset`), and an agent
+/// may run in a container or under a systemd unit that took some away.
+pub fn current_capabilities() -> Vec<Capability> {
+    static CURRENT: OnceLock<Vec<Capability>> = OnceLock::new();
+    CURRENT
+        .get_or_init(|| {
+            let bounding = std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|status| {
+                    status.lines().find_map(|l| {
+                        l.strip_prefix("CapBnd:")
+                            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                    })
+                })
+                .unwrap_or(u64::MAX);
+            ALL_CAPABILITIES
+                .iter()
+                .enumerate()
+                .filter(|(n, _)| bounding & (1u64 << n) != 0)
+                .map(|(_, c)| *c)
+                .collect()
+        })
+        .clone()
+}
+
 /// The default set changed as containerd and CRI-O change it: `ALL` in
-/// `add` gives every capability, `ALL` in `drop` then leaves none, the
+/// `add` gives every capability this process has (see
+/// [`current_capabilities`]), `ALL` in `drop` then leaves none, the
 /// named adds go in, the named drops come out. So the restricted pod
 /// pattern — drop ALL, add NET_BIND_SERVICE — leaves exactly that one.
 pub fn capabilities(add: &[CapabilityName], drop: &[CapabilityName]) -> Vec<Capability> {
     let mut set: BTreeSet<usize> = DEFAULT_CAPABILITIES.iter().map(|c| number(*c)).collect();
     if add.contains(&CapabilityName::All) {
-        set.extend(0..ALL_CAPABILITIES.len());
+        set.extend(current_capabilities().into_iter().map(number));
     }
     if drop.contains(&CapabilityName::All) {
         set.clear();
@@ -141,6 +170,10 @@ pub struct Confinement {
     pub masked_paths: Vec<String>,
     /// Read-only paths: the defaults and these.
     pub readonly_paths: Vec<String>,
+    /// A privileged container: no masked or read-only paths at all and a
+    /// writable `/sys` (capabilities, seccomp and `noNewPrivileges` as
+    /// the fields above say: see [`Confinement::privileged`]).
+    pub privileged: bool,
 }
 
 impl Default for Confinement {
@@ -151,11 +184,25 @@ impl Default for Confinement {
             no_new_privileges: true,
             masked_paths: Vec::new(),
             readonly_paths: Vec::new(),
+            privileged: false,
         }
     }
 }
 
 impl Confinement {
+    /// A privileged container's: every capability this process has, no
+    /// seccomp filter, privilege escalation allowed, nothing masked.
+    pub fn privileged() -> Confinement {
+        Confinement {
+            capabilities: current_capabilities(),
+            seccomp: false,
+            no_new_privileges: false,
+            masked_paths: Vec::new(),
+            readonly_paths: Vec::new(),
+            privileged: true,
+        }
+    }
+
     /// Refuses paths the runtime would choke on.
     pub fn validate(&self) -> Result<()> {
         for path in self.masked_paths.iter().chain(&self.readonly_paths) {
@@ -173,11 +220,17 @@ impl Confinement {
     /// `linux.maskedPaths`: the defaults, then the extra ones not already
     /// there.
     pub fn all_masked_paths(&self) -> Vec<String> {
+        if self.privileged {
+            return Vec::new();
+        }
         merged(&DEFAULT_MASKED_PATHS, &self.masked_paths)
     }
 
     /// `linux.readonlyPaths`, as [`Self::all_masked_paths`].
     pub fn all_readonly_paths(&self) -> Vec<String> {
+        if self.privileged {
+            return Vec::new();
+        }
         merged(&DEFAULT_READONLY_PATHS, &self.readonly_paths)
     }
 }
@@ -239,7 +292,8 @@ mod tests {
         let dropped = capabilities(&[], &names(&["CHOWN", "KILL"]));
         assert!(!dropped.contains(&Capability::Chown));
         assert_eq!(dropped.len(), default.len() - 2);
-        assert_eq!(capabilities(&names(&["ALL"]), &[]).len(), 41);
+        let current = current_capabilities().len();
+        assert_eq!(capabilities(&names(&["ALL"]), &[]).len(), current);
         assert!(capabilities(&[], &names(&["ALL"])).is_empty());
         assert_eq!(
             capabilities(&names(&["NET_BIND_SERVICE"]), &names(&["ALL"])),
@@ -247,7 +301,7 @@ mod tests {
         );
         assert_eq!(
             capabilities(&names(&["ALL"]), &names(&["SYS_ADMIN"])).len(),
-            40
+            current - 1
         );
     }
 

@@ -353,7 +353,11 @@ pub fn build(config: &SpecConfig) -> Result<Spec> {
         .process(process)
         .root(root)
         .mounts(with_binds(
-            mounts(config.shm.as_deref(), config.idmap.is_some())?,
+            mounts(
+                config.shm.as_deref(),
+                config.idmap.is_some(),
+                config.confinement.privileged,
+            )?,
             &config.bind_mounts,
         )?)
         .linux(linux)
@@ -459,7 +463,8 @@ fn mount(destination: &str, typ: &str, source: &Path, options: &[&str]) -> Resul
 /// queues still work through `mq_open`, which needs no mount), and `/sys`
 /// a read-only bind of the host's (as runc and crun do for rootless
 /// containers; a new sysfs would need to own the network namespace).
-fn mounts(shm: Option<&Path>, in_userns: bool) -> Result<Vec<Mount>> {
+fn mounts(shm: Option<&Path>, in_userns: bool, privileged: bool) -> Result<Vec<Mount>> {
+    let sys_access = if privileged { "rw" } else { "ro" };
     let shm_mount = match shm {
         Some(dir) => mount(
             "/dev/shm",
@@ -511,7 +516,7 @@ fn mounts(shm: Option<&Path>, in_userns: bool) -> Result<Vec<Mount>> {
             "/sys",
             "sysfs",
             Path::new("sysfs"),
-            &["nosuid", "noexec", "nodev", "ro"],
+            &["nosuid", "noexec", "nodev", sys_access],
         )?,
     ];
     if in_userns {

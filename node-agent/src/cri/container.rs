@@ -18,7 +18,7 @@
 //! baseline level then confines to the default profile anyway.
 //!
 //! What the agent does not do yet is refused rather than ignored:
-//! devices, a terminal or stdin, privileged containers, host namespaces,
+//! devices, a terminal or stdin, host namespaces,
 //! ambient capabilities, the Strict supplemental groups policy, Localhost
 //! seccomp and AppArmor profiles, and mounts with id mappings, recursive
 //! read-only or an image as their source. SELinux relabelling is a no-op
@@ -207,6 +207,7 @@ fn security_context(
         seccomp: seccomp_mode(s)? as i32,
         masked_paths: s.masked_paths.clone(),
         readonly_paths: s.readonly_paths.clone(),
+        privileged: s.privileged,
     }))
 }
 
@@ -285,9 +286,6 @@ fn refuse_unsupported(config: &cri::ContainerConfig) -> Result<(), Status> {
     else {
         return Ok(());
     };
-    if security.privileged {
-        return Err(unimplemented("a privileged container"));
-    }
     if security
         .capabilities
         .as_ref()

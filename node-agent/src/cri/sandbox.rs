@@ -54,6 +54,11 @@ pub fn pod_spec(
             .and_then(|l| l.resources.as_ref())
             .map(pod_resources),
         restart_policy: proto::RestartPolicy::Never as i32,
+        privileged: config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .is_some_and(|s| s.privileged),
         sysctls: config
             .linux
             .as_ref()
@@ -107,11 +112,6 @@ fn refuse_unsupported(config: &cri::PodSandboxConfig) -> Result<(), Status> {
     else {
         return Ok(());
     };
-    if security.privileged {
-        return Err(Status::unimplemented(
-            "privileged sandboxes are not supported",
-        ));
-    }
     refuse_host_namespaces(security.namespace_options.as_ref(), "sandbox")
 }
 

@@ -233,9 +233,13 @@ impl PodManager {
     /// Refuses a container whose security context or mounts the agent's
     /// pod security level does not allow, before anything is made (the
     /// host paths are checked again at each run).
-    pub(super) async fn check_security(&self, container: &proto::ContainerSpec) -> Result<()> {
+    pub(super) async fn check_security(
+        &self,
+        container: &proto::ContainerSpec,
+        pod_privileged: bool,
+    ) -> Result<()> {
         let pods = &self.shared.config.pods;
-        security::check(container, pods.security)?;
+        security::check(container, pods.security, pod_privileged)?;
         security::resolve_mounts(container, pods.security, &pods.mount_roots)
             .await
             .map(drop)
@@ -522,7 +526,11 @@ impl PodManager {
         cri: Option<CriContainer>,
     ) -> Result<proto::Pod> {
         spec::check_container(&container)?;
-        self.check_security(&container).await?;
+        let pod_privileged = {
+            let state = self.read_state();
+            pod_entry(&state, pod_id)?.spec().privileged
+        };
+        self.check_security(&container, pod_privileged).await?;
         self.shared.config.check_free_disk("container create")?;
         let host = self.pod_host().await?;
         let live = self.running_pod(pod_id)?;

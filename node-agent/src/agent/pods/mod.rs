@@ -167,6 +167,7 @@ static EMPTY_SPEC: proto::PodSpec = proto::PodSpec {
     network: String::new(),
     dns: None,
     sysctls: BTreeMap::new(),
+    privileged: false,
     pool_id: String::new(),
     namespace: String::new(),
     hostname: String::new(),
@@ -248,9 +249,10 @@ impl PodManager {
         cri: Option<CriSandbox>,
     ) -> Result<proto::Pod> {
         let sizing = spec::check_pod(&spec)?;
+        security::check_pod(&spec, self.shared.config.pods.security)?;
         security::sysctls(&spec, self.shared.config.pods.security)?;
         for container in &spec.containers {
-            self.check_security(container).await?;
+            self.check_security(container, spec.privileged).await?;
         }
         self.shared.config.check_free_disk("pod run")?;
         let host = self.pod_host().await?;
@@ -260,7 +262,8 @@ impl PodManager {
         let admission = Admission {
             pool: &pool,
             sizing: &sizing,
-            user_namespaces: host.user_namespaces,
+            // A privileged pod's containers share the host's.
+            user_namespaces: host.user_namespaces && !spec.privileged,
             cri,
         };
         let namespace = self.admit_pod(&id, &spec, admission, leases)?;

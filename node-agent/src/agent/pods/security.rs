@@ -107,12 +107,31 @@ pub fn sysctls(spec: &proto::PodSpec, level: PodSecurity) -> Result<Vec<Sysctl>>
     Ok(checked)
 }
 
-/// Checks a container's security context and mounts against `level`,
-/// without touching the host.
-pub fn check(spec: &proto::ContainerSpec, level: PodSecurity) -> Result<()> {
+/// A privileged pod (no user namespace of its own) needs the privileged
+/// level.
+pub fn check_pod(spec: &proto::PodSpec, level: PodSecurity) -> Result<()> {
+    if spec.privileged && level != PodSecurity::Privileged {
+        return Err(AgentError::PermissionDenied(format!(
+            "pod {:?}: a privileged pod is not allowed at pod security level {level} \
+             (the agent's --pod-security)",
+            spec.name
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a container's security context and mounts against `level`, in
+/// a pod that is privileged or not, without touching the host.
+pub fn check(spec: &proto::ContainerSpec, level: PodSecurity, pod_privileged: bool) -> Result<()> {
     let name = spec.name.as_str();
     if let Some(security) = &spec.security {
         check_security(name, security, level)?;
+        if security.privileged && !pod_privileged {
+            return Err(invalid(
+                name,
+                "a privileged container needs a privileged pod".into(),
+            ));
+        }
     }
     for mount in &spec.mounts {
         check_mount(name, mount, level)?;
@@ -145,6 +164,9 @@ fn check_security(name: &str, s: &proto::SecurityContext, level: PodSecurity) ->
     }
     if level == PodSecurity::Privileged {
         return Ok(());
+    }
+    if s.privileged {
+        return Err(denied(name, level, "a privileged container".into()));
     }
     for (text, cap) in s.add_capabilities.iter().zip(&added) {
         let widening = match cap {
@@ -209,6 +231,9 @@ pub fn confinement(spec: &proto::ContainerSpec, level: PodSecurity) -> Confineme
         return Confinement::default();
     };
     let privileged = level == PodSecurity::Privileged;
+    if privileged && s.privileged {
+        return Confinement::privileged();
+    }
     let parse = |names: &[String]| -> Vec<CapabilityName> {
         names.iter().filter_map(|n| n.parse().ok()).collect()
     };
@@ -221,6 +246,7 @@ pub fn confinement(spec: &proto::ContainerSpec, level: PodSecurity) -> Confineme
         no_new_privileges: !(privileged && s.allow_privilege_escalation),
         masked_paths: s.masked_paths.clone(),
         readonly_paths: s.readonly_paths.clone(),
+        privileged: false,
     }
 }
 
@@ -361,7 +387,7 @@ mod tests {
             add_capabilities: vec!["NET_BIND_SERVICE".into()],
             ..Default::default()
         });
-        check(&drop_all, PodSecurity::Baseline).unwrap();
+        check(&drop_all, PodSecurity::Baseline, false).unwrap();
         let c = confinement(&drop_all, PodSecurity::Baseline);
         assert_eq!(c.capabilities.len(), 1);
         for add in ["NET_ADMIN", "CAP_SYS_ADMIN", "ALL", "NET_RAW"] {
@@ -370,22 +396,52 @@ mod tests {
                 ..Default::default()
             });
             assert_eq!(
-                code(check(&spec, PodSecurity::Baseline)),
+                code(check(&spec, PodSecurity::Baseline, false)),
                 tonic::Code::PermissionDenied,
                 "{add}"
             );
-            check(&spec, PodSecurity::Privileged).unwrap();
+            check(&spec, PodSecurity::Privileged, false).unwrap();
         }
         let unconfined = container(proto::SecurityContext {
             seccomp: proto::SeccompMode::SeccompUnconfined as i32,
             allow_privilege_escalation: true,
             ..Default::default()
         });
-        check(&unconfined, PodSecurity::Baseline).unwrap();
+        check(&unconfined, PodSecurity::Baseline, false).unwrap();
         let stricter = confinement(&unconfined, PodSecurity::Baseline);
         assert!(stricter.seccomp && stricter.no_new_privileges);
         let asked = confinement(&unconfined, PodSecurity::Privileged);
         assert!(!asked.seccomp && !asked.no_new_privileges);
+    }
+
+    #[test]
+    fn privileged_containers_need_the_level_and_a_privileged_pod() {
+        let spec = container(proto::SecurityContext {
+            privileged: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            code(check(&spec, PodSecurity::Baseline, true)),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            code(check(&spec, PodSecurity::Privileged, false)),
+            tonic::Code::InvalidArgument
+        );
+        check(&spec, PodSecurity::Privileged, true).unwrap();
+        let c = confinement(&spec, PodSecurity::Privileged);
+        assert!(c.privileged && !c.seccomp);
+        assert_eq!(c.capabilities, confinement::current_capabilities());
+        let pod = proto::PodSpec {
+            name: "p".into(),
+            privileged: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            tonic::Status::from(check_pod(&pod, PodSecurity::Baseline).unwrap_err()).code(),
+            tonic::Code::PermissionDenied
+        );
+        check_pod(&pod, PodSecurity::Privileged).unwrap();
     }
 
     #[test]
@@ -412,7 +468,7 @@ mod tests {
         for security in cases {
             let spec = container(security.clone());
             assert_eq!(
-                code(check(&spec, PodSecurity::Privileged)),
+                code(check(&spec, PodSecurity::Privileged, false)),
                 tonic::Code::InvalidArgument,
                 "{security:?}"
             );
@@ -428,16 +484,16 @@ mod tests {
             ..Default::default()
         }];
         assert_eq!(
-            code(check(&spec, PodSecurity::Privileged)),
+            code(check(&spec, PodSecurity::Privileged, false)),
             tonic::Code::InvalidArgument
         );
         spec.mounts[0].container_path = "/data".into();
         spec.mounts[0].propagation = proto::MountPropagation::Bidirectional as i32;
         assert_eq!(
-            code(check(&spec, PodSecurity::Baseline)),
+            code(check(&spec, PodSecurity::Baseline, false)),
             tonic::Code::PermissionDenied
         );
-        check(&spec, PodSecurity::Privileged).unwrap();
+        check(&spec, PodSecurity::Privileged, false).unwrap();
     }
 
     #[tokio::test]
