@@ -1275,6 +1275,38 @@ async fn pods_run_as_their_security_context_says() {
             "{refused:?}: {out:?}"
         );
     }
+    // Asking for the host's user namespace at the baseline level gets the
+    // pod one of its own all the same.
+    let out = pa.agent.nodectl(&[
+        "pod",
+        "run",
+        "hostusers",
+        "--image",
+        image,
+        "--host-users",
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let hostusers = pod_id_of(&out);
+    let out = pa
+        .agent
+        .nodectl(&["pod", "exec", &hostusers, "--", "cat", "/proc/self/uid_map"]);
+    assert!(
+        stdout(&out)
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|h| h.starts_with('2')),
+        "{out:?}"
+    );
+    for step in [&["pod", "stop", "--grace", "0"][..], &["pod", "rm"][..]] {
+        let mut args = step.to_vec();
+        args.push(&hostusers);
+        let out = pa.agent.nodectl(&args);
+        assert!(out.status.success(), "{out:?}");
+    }
+
     // A setting of the host's, not the pod's: not a pod's to ask for.
     let out = pa.agent.nodectl(&[
         "pod",
@@ -1352,12 +1384,31 @@ async fn privileged_pods_run_where_the_level_allows_them() {
     // /proc/kcore is masked (a mount over it) for every other container.
     assert!(text.contains("kcore-unmasked"), "{text}");
 
+    // A pod may ask for the host's user namespace here, and gets it.
+    let uid_map = |args: &[&str]| {
+        let mut run = vec!["pod", "run"];
+        run.extend_from_slice(args);
+        run.extend(["--image", image, "--", "sleep", "1000"]);
+        let out = pa.agent.nodectl(&run);
+        assert!(out.status.success(), "{out:?}");
+        let id = pod_id_of(&out);
+        let out = pa
+            .agent
+            .nodectl(&["pod", "exec", &id, "--", "cat", "/proc/self/uid_map"]);
+        (
+            id,
+            stdout(&out)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+    };
+    assert_eq!(uid_map(&["host", "--host-users"]).1, "0 0 4294967295");
+    // Without asking: a user namespace of the pod's own.
+    let (plain, own) = uid_map(&["plain"]);
+    assert!(own.starts_with("0 2") && own.ends_with(" 65536"), "{own}");
+
     // A privileged container needs a privileged pod.
-    let out = pa.agent.nodectl(&[
-        "pod", "run", "plain", "--image", image, "--", "sleep", "1000",
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let plain = pod_id_of(&out);
     let mut client = pa.pods().await;
     let mut side = pa.container("side", "sleep 1000");
     side.security = Some(stratum_api::proto::SecurityContext {

@@ -511,6 +511,10 @@ pub struct PodRun {
     /// be privileged).
     #[arg(long)]
     pub privileged: bool,
+    /// Share the host's user namespace instead of one of the pod's own
+    /// (honoured where the agent's pod security level is privileged).
+    #[arg(long)]
+    pub host_users: bool,
     /// A sysctl of the pod's network or IPC namespace, NAME=VALUE
     /// (repeatable).
     #[arg(long = "sysctl", value_name = "NAME=VALUE", value_parser = parse_sysctl)]

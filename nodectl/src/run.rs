@@ -730,6 +730,7 @@ pub fn pod_spec(r: PodRun) -> PodSpec {
         dns,
         sysctls: r.sysctls.into_iter().collect(),
         privileged: r.privileged,
+        host_users: r.host_users,
     }
 }
 

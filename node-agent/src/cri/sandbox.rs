@@ -3,6 +3,10 @@
 //! refused before anything is made), and a stored pod turned back into
 //! the CRI's `PodSandbox` and `PodSandboxStatus`.
 //!
+//! User namespaces: a sandbox that asks for the host's (Kubernetes'
+//! default) gets it only at the privileged pod security level; below, every
+//! pod has its own (see `agent::pods::security`).
+//!
 //! DNS settings become the pod's resolv.conf, bound into each container
 //! with the pod's own /etc/hosts and /etc/hostname (a kubelet's managed
 //! /etc/hosts, sent as a container mount, replaces the pod's).
@@ -37,6 +41,10 @@ pub fn pod_spec(
 ) -> Result<(proto::PodSpec, CriSandbox), Status> {
     let meta = metadata(config)?;
     refuse_unsupported(config)?;
+    let security = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
     let spec = proto::PodSpec {
         name: pod_name(meta),
         pool_id: pool.to_string(),
@@ -54,11 +62,8 @@ pub fn pod_spec(
             .and_then(|l| l.resources.as_ref())
             .map(pod_resources),
         restart_policy: proto::RestartPolicy::Never as i32,
-        privileged: config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref())
-            .is_some_and(|s| s.privileged),
+        privileged: security.is_some_and(|s| s.privileged),
+        host_users: host_users(security)?,
         sysctls: config
             .linux
             .as_ref()
@@ -113,6 +118,29 @@ fn refuse_unsupported(config: &cri::PodSandboxConfig) -> Result<(), Status> {
         return Ok(());
     };
     refuse_host_namespaces(security.namespace_options.as_ref(), "sandbox")
+}
+
+/// Whether the sandbox asks for the host's user namespace: Kubernetes'
+/// default (`hostUsers: true`, no user namespace options, or NODE). A
+/// pod user namespace with the kubelet's own id mappings is not made (the
+/// agent allocates pods' ids itself).
+fn host_users(security: Option<&cri::LinuxSandboxSecurityContext>) -> Result<bool, Status> {
+    let Some(userns) = security
+        .and_then(|s| s.namespace_options.as_ref())
+        .and_then(|n| n.userns_options.as_ref())
+    else {
+        return Ok(true);
+    };
+    if userns.mode == cri::NamespaceMode::Pod as i32 {
+        if !userns.uids.is_empty() || !userns.gids.is_empty() {
+            return Err(Status::unimplemented(
+                "a pod user namespace with the kubelet's id mappings is not supported \
+                 (the agent maps each pod's ids itself)",
+            ));
+        }
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// The agent's pod name for a Kubernetes pod: a DNS label.

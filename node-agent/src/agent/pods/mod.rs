@@ -168,6 +168,7 @@ static EMPTY_SPEC: proto::PodSpec = proto::PodSpec {
     dns: None,
     sysctls: BTreeMap::new(),
     privileged: false,
+    host_users: false,
     pool_id: String::new(),
     namespace: String::new(),
     hostname: String::new(),
@@ -262,8 +263,8 @@ impl PodManager {
         let admission = Admission {
             pool: &pool,
             sizing: &sizing,
-            // A privileged pod's containers share the host's.
-            user_namespaces: host.user_namespaces && !spec.privileged,
+            user_namespaces: host.user_namespaces
+                && !security::host_users(&spec, self.shared.config.pods.security),
             cri,
         };
         let namespace = self.admit_pod(&id, &spec, admission, leases)?;

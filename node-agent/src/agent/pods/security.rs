@@ -120,6 +120,13 @@ pub fn check_pod(spec: &proto::PodSpec, level: PodSecurity) -> Result<()> {
     Ok(())
 }
 
+/// Whether the pod's containers share the host's user namespace: a
+/// privileged pod's do; one that asks for the host's gets it at the
+/// privileged level only.
+pub fn host_users(spec: &proto::PodSpec, level: PodSecurity) -> bool {
+    spec.privileged || (spec.host_users && level == PodSecurity::Privileged)
+}
+
 /// Checks a container's security context and mounts against `level`, in
 /// a pod that is privileged or not, without touching the host.
 pub fn check(spec: &proto::ContainerSpec, level: PodSecurity, pod_privileged: bool) -> Result<()> {
