@@ -889,7 +889,36 @@ async fn bad_cri_requests_are_refused_and_change_nothing() {
         }),
         ..Default::default()
     });
+    // (The proto's zero PID mode is POD: this sandbox asks for a shared
+    // PID namespace too, which is refused first.)
     let unsupported = run_sandbox(&mut rt, host_net).await.unwrap_err();
+    assert_eq!(unsupported.code(), Code::Unimplemented, "{unsupported:?}");
+    let mut host_net = sandbox_config("a", 0, logs.path());
+    host_net.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                pid: cri::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let denied = run_sandbox(&mut rt, host_net).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    let mut shared_pid = sandbox_config("a", 0, logs.path());
+    shared_pid.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Pod as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let unsupported = run_sandbox(&mut rt, shared_pid).await.unwrap_err();
     assert_eq!(unsupported.code(), Code::Unimplemented, "{unsupported:?}");
     // A sysctl outside Kubernetes' safe set (at the baseline level), one
     // of the host's, one that would leave /proc/sys.

@@ -1264,6 +1264,8 @@ async fn pods_run_as_their_security_context_says() {
         vec!["-v", "/etc:/host-etc:ro"],
         vec!["--sysctl", "kernel.msgmax=1024"],
         vec!["--privileged"],
+        vec!["--host-network"],
+        vec!["--host-pid"],
     ] {
         let mut args = vec!["pod", "run", "refused", "--image", image];
         args.extend(&refused);
@@ -1407,6 +1409,65 @@ async fn privileged_pods_run_where_the_level_allows_them() {
     // Without asking: a user namespace of the pod's own.
     let (plain, own) = uid_map(&["plain"]);
     assert!(own.starts_with("0 2") && own.ends_with(" 65536"), "{own}");
+
+    // The host's network, hostname, IPC and PID namespaces.
+    let out = pa.agent.nodectl(&[
+        "pod",
+        "run",
+        "hostns",
+        "--image",
+        image,
+        "--host-network",
+        "--host-ipc",
+        "--host-pid",
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let hostns = pod_id_of(&out);
+    let links = "for n in net ipc pid uts; do readlink /proc/self/ns/$n; done; hostname";
+    let out = pa
+        .agent
+        .nodectl(&["pod", "exec", &hostns, "--", "sh", "-c", links]);
+    assert!(out.status.success(), "{out:?}");
+    let mut host_view = String::new();
+    for kind in ["net", "ipc", "pid", "uts"] {
+        // The agent's namespaces are this test's.
+        let link = std::fs::read_link(format!("/proc/self/ns/{kind}")).unwrap();
+        host_view.push_str(&format!("{}\n", link.display()));
+    }
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    host_view.push_str(&hostname);
+    assert_eq!(stdout(&out), host_view);
+    let pod = get(&mut pa.pods().await, &hostns).await;
+    assert_eq!(status(&pod).ip, "", "no address of its own");
+    // On the host's network a host port maps only to itself.
+    let out = pa.agent.nodectl(&[
+        "pod",
+        "run",
+        "badport",
+        "--image",
+        image,
+        "--host-network",
+        "--port",
+        "30080:80",
+        "--",
+        "sleep",
+        "1",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("INVALID_ARGUMENT"),
+        "{out:?}"
+    );
+    for step in [&["pod", "stop", "--grace", "0"][..], &["pod", "rm"][..]] {
+        let mut args = step.to_vec();
+        args.push(&hostns);
+        let out = pa.agent.nodectl(&args);
+        assert!(out.status.success(), "{out:?}");
+    }
+    // The host's /dev/shm is still there (nothing of the host's was removed).
+    assert!(std::path::Path::new("/dev/shm").is_dir());
 
     // A privileged container needs a privileged pod.
     let mut client = pa.pods().await;

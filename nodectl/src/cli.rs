@@ -515,6 +515,16 @@ pub struct PodRun {
     /// (honoured where the agent's pod security level is privileged).
     #[arg(long)]
     pub host_users: bool,
+    /// Use the host's network (and hostname) instead of an address of the
+    /// pod's own (privileged level; --port only as N:N).
+    #[arg(long)]
+    pub host_network: bool,
+    /// Use the host's IPC namespace and /dev/shm (privileged level).
+    #[arg(long)]
+    pub host_ipc: bool,
+    /// Use the host's PID namespace (privileged level).
+    #[arg(long)]
+    pub host_pid: bool,
     /// A sysctl of the pod's network or IPC namespace, NAME=VALUE
     /// (repeatable).
     #[arg(long = "sysctl", value_name = "NAME=VALUE", value_parser = parse_sysctl)]

@@ -731,6 +731,9 @@ pub fn pod_spec(r: PodRun) -> PodSpec {
         sysctls: r.sysctls.into_iter().collect(),
         privileged: r.privileged,
         host_users: r.host_users,
+        host_network: r.host_network,
+        host_ipc: r.host_ipc,
+        host_pid: r.host_pid,
     }
 }
 

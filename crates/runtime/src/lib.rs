@@ -34,7 +34,7 @@
 //! let mapping = CgroupMapping::detect(&hierarchy.root()?)?;
 //! let runtime = OciRuntime::new(&config, mapping.view())?; runtime.check_host()?;
 //! let pod_cg = hierarchy.create_leaf(&pool_cg, "pod-7")?;
-//! let sandbox = PodSandbox::create(&pod_dir, "pod-7", PodNetwork::Existing(netns))?;
+//! let sandbox = PodSandbox::create(&pod_dir, "pod-7", PodNetwork::Existing(netns), HostShares::default())?;
 //! let ctr = Container::create(&runtime, PodContext { .. }, &ctr_dir, &config).await?;
 //! ctr.start(&runtime).await?;  let report = ctr.wait().await?;
 //! ctr.remove(&runtime).await?; sandbox.remove()?; mapping.prune(pod path)?;
@@ -78,6 +78,6 @@ pub use reaper::{become_subreaper, reap_orphans, spawn_orphan_reaper, ExitWatch,
 pub use resources::OciResources;
 pub use restart::{decide, ExitFacts, RestartDecision, RestartPolicy};
 pub use rootfs::{Rootfs, RootfsSource};
-pub use sandbox::{PodNetwork, PodSandbox, SandboxNamespaces};
+pub use sandbox::{HostShares, PodNetwork, PodSandbox, SandboxNamespaces};
 pub use spec::{BindMount, ProcessConfig, Propagation, SpecConfig};
 pub use users::{Identity, UserDb, UserRef};

@@ -27,6 +27,12 @@
 //! through the IPC namespace. Its pages are charged to the memory cgroup of
 //! the container that first touches them.
 //!
+//! A pod may share the host's IPC, UTS or PID namespace instead
+//! ([`HostShares`], the privileged pods of Kubernetes' `hostIPC`,
+//! `hostNetwork` and `hostPID`): containers then join the agent's, nothing of
+//! it is pinned or removed, and with the host's IPC namespace goes the
+//! host's `/dev/shm`.
+//!
 //! Layout: `<pod dir>/ns/{net,ipc,uts}`, `<pod dir>/shm/`.
 
 use std::ffi::CString;
@@ -63,6 +69,30 @@ pub struct SandboxNamespaces {
     pub ipc: PathBuf,
     /// UTS namespace file (holds the pod's hostname).
     pub uts: PathBuf,
+    /// The PID namespace containers join; `None`: a new one each.
+    pub pid: Option<PathBuf>,
+}
+
+/// Namespaces a pod shares with the host instead of having its own
+/// (Kubernetes' `hostIPC`, `hostPID`, and the host's UTS namespace that
+/// goes with `hostNetwork`); the network's is [`PodNetwork`]'s to say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostShares {
+    /// The host's IPC namespace and its `/dev/shm`.
+    pub ipc: bool,
+    /// The host's UTS namespace (its hostname; the pod's is not set).
+    pub uts: bool,
+    /// The host's PID namespace.
+    pub pid: bool,
+}
+
+/// The host's namespace of `kind` (`net`, `ipc`, `uts`, `pid`): the
+/// agent's own, as `/proc/self/ns/<kind>`. Whoever opens it — the agent,
+/// or the runtime it starts, which inherits its namespaces — gets the
+/// same one. (Not PID 1's: the agent may not be allowed to look at PID 1,
+/// and the node it serves is the one it runs in.)
+pub fn host_namespace(kind: &str) -> PathBuf {
+    PathBuf::from("/proc/self/ns").join(kind)
 }
 
 /// A pod's pinned namespaces and shared `/dev/shm`.
@@ -72,14 +102,20 @@ pub struct PodSandbox {
     hostname: String,
     namespaces: SandboxNamespaces,
     owns_net: bool,
+    host: HostShares,
 }
 
 impl PodSandbox {
     /// Creates the pod's namespaces and shm under `dir` (created if
     /// missing). On failure whatever was set up is undone.
-    pub fn create(dir: &Path, hostname: &str, network: PodNetwork) -> Result<PodSandbox> {
+    pub fn create(
+        dir: &Path,
+        hostname: &str,
+        network: PodNetwork,
+        host: HostShares,
+    ) -> Result<PodSandbox> {
         validate_hostname(hostname)?;
-        let sandbox = PodSandbox::at(dir, hostname, &network);
+        let sandbox = PodSandbox::at(dir, hostname, &network, host);
         if let PodNetwork::Existing(path) = &network {
             if !path.exists() {
                 return Err(RuntimeError::invalid(
@@ -92,8 +128,13 @@ impl PodSandbox {
         let ns_dir = dir.join("ns");
         fs::create_dir_all(&ns_dir).map_err(RuntimeError::io(&ns_dir, "create directory"))?;
         let shm = sandbox.shm_dir();
-        fs::create_dir_all(&shm).map_err(RuntimeError::io(&shm, "create directory"))?;
-        let result = sandbox.pin_namespaces().and_then(|()| mount_shm(&shm));
+        if !host.ipc {
+            fs::create_dir_all(&shm).map_err(RuntimeError::io(&shm, "create directory"))?;
+        }
+        let result =
+            sandbox
+                .pin_namespaces()
+                .and_then(|()| if host.ipc { Ok(()) } else { mount_shm(&shm) });
         if let Err(e) = result {
             // Best effort: the original error is the one to report.
             let _ = sandbox.remove();
@@ -104,19 +145,16 @@ impl PodSandbox {
 
     /// The sandbox an earlier agent created in `dir`, checked to be still
     /// mounted (after an agent restart).
-    pub fn open(dir: &Path, hostname: &str, network: PodNetwork) -> Result<PodSandbox> {
-        let sandbox = PodSandbox::at(dir, hostname, &network);
+    pub fn open(
+        dir: &Path,
+        hostname: &str,
+        network: PodNetwork,
+        host: HostShares,
+    ) -> Result<PodSandbox> {
+        let sandbox = PodSandbox::at(dir, hostname, &network, host);
         let mounts = mountinfo::read_self()?;
         let mounted = |p: &Path| mounts.iter().any(|m| m.mount_point == p);
-        let mut needed = vec![
-            sandbox.namespaces.ipc.clone(),
-            sandbox.namespaces.uts.clone(),
-            sandbox.shm_dir(),
-        ];
-        if sandbox.owns_net {
-            needed.push(sandbox.namespaces.net.clone());
-        }
-        if let Some(missing) = needed.into_iter().find(|p| !mounted(p)) {
+        if let Some(missing) = sandbox.owned_mounts().into_iter().find(|p| !mounted(p)) {
             return Err(RuntimeError::invalid(
                 "pod sandbox",
                 missing.to_string_lossy(),
@@ -128,27 +166,56 @@ impl PodSandbox {
 
     /// The sandbox that lives or would live in `dir`, unchecked: for
     /// [`PodSandbox::remove`] of one whose mounts may be partly gone.
-    pub fn at(dir: &Path, hostname: &str, network: &PodNetwork) -> PodSandbox {
+    pub fn at(dir: &Path, hostname: &str, network: &PodNetwork, host: HostShares) -> PodSandbox {
         let ns = dir.join("ns");
         let (net, owns_net) = match network {
             PodNetwork::Existing(path) => (path.clone(), false),
             PodNetwork::New => (ns.join("net"), true),
+        };
+        let own_or_host = |kind: &str, shared: bool| {
+            if shared {
+                host_namespace(kind)
+            } else {
+                ns.join(kind)
+            }
         };
         PodSandbox {
             dir: dir.to_path_buf(),
             hostname: hostname.to_string(),
             namespaces: SandboxNamespaces {
                 net,
-                ipc: ns.join("ipc"),
-                uts: ns.join("uts"),
+                ipc: own_or_host("ipc", host.ipc),
+                uts: own_or_host("uts", host.uts),
+                pid: host.pid.then(|| host_namespace("pid")),
             },
             owns_net,
+            host,
         }
+    }
+
+    /// The sandbox's own mounts: pinned namespace files and its shm (none
+    /// of what it shares with the host).
+    fn owned_mounts(&self) -> Vec<PathBuf> {
+        let mut owned = Vec::new();
+        if !self.host.ipc {
+            owned.push(self.namespaces.ipc.clone());
+            owned.push(self.shm_dir());
+        }
+        if !self.host.uts {
+            owned.push(self.namespaces.uts.clone());
+        }
+        if self.owns_net {
+            owned.push(self.namespaces.net.clone());
+        }
+        owned
     }
 
     /// Makes the pod's `/dev/shm` (its tmpfs's root) belong to `id` as
     /// uid and gid: the containers' root in a pod with a user namespace.
     pub fn give_shm_to(&self, id: u32) -> Result<()> {
+        if self.host.ipc {
+            return Ok(());
+        }
         let shm = self.shm_dir();
         std::os::unix::fs::chown(&shm, Some(id), Some(id)).map_err(RuntimeError::io(&shm, "chown"))
     }
@@ -168,9 +235,19 @@ impl PodSandbox {
         &self.namespaces
     }
 
-    /// The pod's shared `/dev/shm` directory (a tmpfs).
+    /// The pod's shared `/dev/shm` directory (a tmpfs; the host's with
+    /// the host's IPC namespace).
     pub fn shm_dir(&self) -> PathBuf {
-        self.dir.join("shm")
+        if self.host.ipc {
+            PathBuf::from("/dev/shm")
+        } else {
+            self.dir.join("shm")
+        }
+    }
+
+    /// What the pod shares with the host.
+    pub fn host_shares(&self) -> HostShares {
+        self.host
     }
 
     /// Unmounts the pinned namespaces (not an `Existing` network namespace)
@@ -178,14 +255,7 @@ impl PodSandbox {
     /// Idempotent; containers must be gone first (a running container keeps
     /// its namespaces alive anyway, the files just disappear).
     pub fn remove(&self) -> Result<()> {
-        let mut targets = vec![
-            self.namespaces.ipc.clone(),
-            self.namespaces.uts.clone(),
-            self.shm_dir(),
-        ];
-        if self.owns_net {
-            targets.push(self.namespaces.net.clone());
-        }
+        let targets = self.owned_mounts();
         let mounts = mountinfo::read_self()?;
         for target in &targets {
             // A file may carry several stacked mounts after a failed retry.
@@ -216,19 +286,27 @@ impl PodSandbox {
 
     /// Creates the namespaces in a dedicated thread and pins them.
     fn pin_namespaces(&self) -> Result<()> {
-        let mut targets = vec![
-            ("ipc", self.namespaces.ipc.clone()),
-            ("uts", self.namespaces.uts.clone()),
-        ];
-        let mut flags = libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        let mut targets = Vec::new();
+        let mut flags = 0;
+        if !self.host.ipc {
+            targets.push(("ipc", self.namespaces.ipc.clone()));
+            flags |= libc::CLONE_NEWIPC;
+        }
+        if !self.host.uts {
+            targets.push(("uts", self.namespaces.uts.clone()));
+            flags |= libc::CLONE_NEWUTS;
+        }
         if self.owns_net {
             targets.push(("net", self.namespaces.net.clone()));
             flags |= libc::CLONE_NEWNET;
         }
+        if targets.is_empty() {
+            return Ok(());
+        }
         for (_, file) in &targets {
             File::create(file).map_err(RuntimeError::io(file, "create namespace file"))?;
         }
-        let hostname = self.hostname.clone();
+        let hostname = (!self.host.uts).then(|| self.hostname.clone());
         let new_net = self.owns_net;
         // The unshared namespaces belong to this thread only; it ends right
         // after pinning them, so no other agent code ever runs inside them.
@@ -239,7 +317,9 @@ impl PodSandbox {
                     io::Error::last_os_error(),
                 ));
             }
-            set_hostname(&hostname)?;
+            if let Some(hostname) = &hostname {
+                set_hostname(hostname)?;
+            }
             if new_net {
                 loopback_up()?;
             }

@@ -16,7 +16,8 @@
 //!   `/dev/shm` (the pod's shared tmpfs bound in, or a private tmpfs) and
 //!   mqueue — the runtime's usual set, minus a cgroup mount.
 //! - **namespaces**: network, IPC and UTS joined by path (the pod sandbox's
-//!   pinned files); PID and mount namespaces new per container.
+//!   pinned files, or the host's); PID (unless the pod has the host's) and
+//!   mount namespaces new per container.
 //! - **linux.resources**: the effective limits of the container's cgroup
 //!   (see `resources`), and a deny-all device rule (the runtime adds its
 //!   default device nodes' rules).
@@ -407,8 +408,12 @@ fn namespaces(shared: &SandboxNamespaces) -> Result<Vec<LinuxNamespace>> {
             .build()
     };
     let new = |typ| LinuxNamespaceBuilder::default().typ(typ).build();
+    let pid = match &shared.pid {
+        Some(path) => joined(LinuxNamespaceType::Pid, path)?,
+        None => new(LinuxNamespaceType::Pid)?,
+    };
     Ok(vec![
-        new(LinuxNamespaceType::Pid)?,
+        pid,
         new(LinuxNamespaceType::Mount)?,
         joined(LinuxNamespaceType::Network, &shared.net)?,
         joined(LinuxNamespaceType::Ipc, &shared.ipc)?,
@@ -547,6 +552,7 @@ mod tests {
                 net: PathBuf::from("/run/netns/pod-7"),
                 ipc: PathBuf::from("/p/ns/ipc"),
                 uts: PathBuf::from("/p/ns/uts"),
+                pid: None,
             },
             shm: Some(PathBuf::from("/p/shm")),
             resources: OciResources {

@@ -106,6 +106,11 @@ impl Sysctl {
         &self.name
     }
 
+    /// The namespace it is a setting of.
+    pub fn namespace(&self) -> Namespace {
+        self.namespace
+    }
+
     /// Whether Kubernetes allows it to every pod.
     pub fn is_safe(&self) -> bool {
         SAFE.contains(&self.name.as_str())

@@ -122,8 +122,13 @@ impl Fixture {
         )
         .expect("runtime");
         runtime.check_host().expect("host fit for the runtime");
-        let sandbox = PodSandbox::create(&base.join("pod"), &format!("pod-{tag}"), PodNetwork::New)
-            .expect("sandbox");
+        let sandbox = PodSandbox::create(
+            &base.join("pod"),
+            &format!("pod-{tag}"),
+            PodNetwork::New,
+            Default::default(),
+        )
+        .expect("sandbox");
         let layers = busybox_layers(&base);
         Fixture {
             base,

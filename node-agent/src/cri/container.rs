@@ -32,7 +32,8 @@ use prost::Message;
 use tonic::Status;
 
 use super::sandbox::{
-    fnv1a, hashed_label, quota_millicores, refuse_host_namespaces, shares_millicores, to_hash_map,
+    fnv1a, hashed_label, host_namespaces, quota_millicores, refuse_shared_pid, shares_millicores,
+    to_hash_map,
 };
 use super::unix_nanos;
 use crate::records::{ContainerRuntime, CriContainer};
@@ -43,13 +44,19 @@ use stratum_api::proto::ContainerState;
 const NAME_MAX: usize = 63;
 
 /// The agent's container spec for a CRI container with `id`, and the
-/// record part that keeps what the kubelet sent. `log_directory` is the
-/// sandbox's.
+/// record part that keeps what the kubelet sent; `sandbox` is its
+/// sandbox's config (its log directory, its namespaces).
 pub fn container_spec(
     config: &cri::ContainerConfig,
     id: &str,
-    log_directory: &str,
+    sandbox: &cri::PodSandboxConfig,
 ) -> Result<(proto::ContainerSpec, CriContainer), Status> {
+    let log_directory = sandbox.log_directory.as_str();
+    let sandbox_namespaces = sandbox
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
     let meta = config
         .metadata
         .as_ref()
@@ -61,7 +68,7 @@ pub fn container_spec(
         .map(|i| i.image.as_str())
         .filter(|i| !i.is_empty())
         .ok_or_else(|| Status::invalid_argument("container config names no image"))?;
-    refuse_unsupported(config)?;
+    refuse_unsupported(config, sandbox_namespaces)?;
     let resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
     let limits = resources.map(resource_limits);
     let spec = proto::ContainerSpec {
@@ -272,7 +279,10 @@ fn mount(m: &cri::Mount) -> Result<proto::Mount, Status> {
 }
 
 /// What a container may ask for that the agent does not do yet.
-fn refuse_unsupported(config: &cri::ContainerConfig) -> Result<(), Status> {
+fn refuse_unsupported(
+    config: &cri::ContainerConfig,
+    sandbox_namespaces: Option<&cri::NamespaceOption>,
+) -> Result<(), Status> {
     if !config.devices.is_empty() || !config.cdi_devices.is_empty() {
         return Err(unimplemented("a device"));
     }
@@ -296,7 +306,20 @@ fn refuse_unsupported(config: &cri::ContainerConfig) -> Result<(), Status> {
     if security.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32 {
         return Err(unimplemented("the Strict supplemental groups policy"));
     }
-    refuse_host_namespaces(security.namespace_options.as_ref(), "container")?;
+    refuse_shared_pid(security.namespace_options.as_ref(), "container")?;
+    let asked = host_namespaces(security.namespace_options.as_ref());
+    let has = host_namespaces(sandbox_namespaces);
+    for (what, asked, has) in [
+        ("network", asked.0, has.0),
+        ("IPC", asked.1, has.1),
+        ("PID", asked.2, has.2),
+    ] {
+        if asked && !has {
+            return Err(Status::invalid_argument(format!(
+                "the container asks for the host's {what} namespace, which its sandbox does not have"
+            )));
+        }
+    }
     let localhost = cri::security_profile::ProfileType::Localhost as i32;
     if security
         .apparmor

@@ -297,14 +297,14 @@ impl RuntimeService for CriRuntime {
         let config = r
             .config
             .ok_or_else(|| Status::invalid_argument("no container config"))?;
-        let log_directory = self.agent.pods().with_each(|pods| {
+        let sandbox_config = self.agent.pods().with_each(|pods| {
             pods.get(&pod_id)
                 .and_then(|p| p.record.cri.as_ref())
-                .map(|c| sandbox::stored_config(c).log_directory)
+                .map(sandbox::stored_config)
                 .unwrap_or_default()
         });
         let id = ids::new_container_id()?;
-        let (spec, record) = container::container_spec(&config, &id, &log_directory)?;
+        let (spec, record) = container::container_spec(&config, &id, &sandbox_config)?;
         access::change_pod(&self.agent, &caller, &pod_id)?;
         let namespace = access::pod_namespace(&self.agent, &pod_id)?;
         access::images_usable(&self.agent, &caller, &namespace, [spec.image.as_str()])?;

@@ -45,6 +45,8 @@ pub fn pod_spec(
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref());
+    let (host_network, host_ipc, host_pid) =
+        host_namespaces(security.and_then(|s| s.namespace_options.as_ref()));
     let spec = proto::PodSpec {
         name: pod_name(meta),
         pool_id: pool.to_string(),
@@ -63,6 +65,9 @@ pub fn pod_spec(
             .map(pod_resources),
         restart_policy: proto::RestartPolicy::Never as i32,
         privileged: security.is_some_and(|s| s.privileged),
+        host_network,
+        host_ipc,
+        host_pid,
         host_users: host_users(security)?,
         sysctls: config
             .linux
@@ -117,7 +122,7 @@ fn refuse_unsupported(config: &cri::PodSandboxConfig) -> Result<(), Status> {
     else {
         return Ok(());
     };
-    refuse_host_namespaces(security.namespace_options.as_ref(), "sandbox")
+    refuse_shared_pid(security.namespace_options.as_ref(), "sandbox")
 }
 
 /// Whether the sandbox asks for the host's user namespace: Kubernetes'
@@ -171,29 +176,30 @@ pub fn hashed_label(name: &str, max: usize, hash: u64, fallback: &str) -> String
 }
 
 /// UNIMPLEMENTED for a host namespace in `options` (of `whose`).
-pub fn refuse_host_namespaces(
+pub fn refuse_shared_pid(
     options: Option<&cri::NamespaceOption>,
     whose: &str,
 ) -> Result<(), Status> {
     let Some(ns) = options else { return Ok(()) };
-    for (what, mode) in [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)] {
-        if mode == cri::NamespaceMode::Node as i32 {
-            return Err(Status::unimplemented(format!(
-                "the host's {what} namespace for a {whose} is not supported yet"
-            )));
-        }
-    }
-    // Each container has a PID namespace of its own (CONTAINER); one
-    // shared by the pod's containers (POD, `shareProcessNamespace`) or
-    // another container's (TARGET) is not made yet. (With no namespace
-    // options at all, the proto's zero would read as POD: only options
-    // the kubelet sent are checked.)
+    // Each container has a PID namespace of its own (CONTAINER), or the
+    // host's (NODE); one shared by the pod's containers (POD,
+    // `shareProcessNamespace`) or another container's (TARGET) is not made
+    // yet. (With no namespace options at all, the proto's zero would read
+    // as POD: only options the kubelet sent are checked.)
     if ns.pid == cri::NamespaceMode::Pod as i32 || ns.pid == cri::NamespaceMode::Target as i32 {
         return Err(Status::unimplemented(format!(
             "a PID namespace shared with other containers for a {whose} is not supported yet"
         )));
     }
     Ok(())
+}
+
+/// Which namespaces the sandbox shares with the host (NODE).
+pub fn host_namespaces(options: Option<&cri::NamespaceOption>) -> (bool, bool, bool) {
+    let node = cri::NamespaceMode::Node as i32;
+    options.map_or((false, false, false), |ns| {
+        (ns.network == node, ns.ipc == node, ns.pid == node)
+    })
 }
 
 /// FNV-1a over the parts, each followed by a 0 byte (no two different

@@ -58,7 +58,7 @@ use stratum_cgroup::Cgroup;
 use stratum_image::{ImageLease, ImageStore};
 use stratum_pool::convert::limits_to_proto;
 use stratum_pool::{PodSizing, PoolId, Workload, WorkloadId};
-use stratum_runtime::{Container, PodEtc, PodNetwork as SandboxNetwork, PodSandbox};
+use stratum_runtime::{Container, HostShares, PodEtc, PodNetwork as SandboxNetwork, PodSandbox};
 
 pub use self::containers::live_usage;
 pub use self::host::{pod_uid_range, PodHost, PodHostConfig, DEFAULT_POD_PIDS_LIMIT};
@@ -78,6 +78,17 @@ pub struct PodManager {
     pod_host: tokio::sync::OnceCell<Arc<PodHost>>,
     /// The host's networks, which pods attach to.
     networks: Arc<NetworkManager>,
+}
+
+/// Where a pod's sandbox gets its network namespace (its attachment's, or
+/// the host's) and what else it shares with the host.
+fn sandbox_shape(host: &PodHost, id: &str, spec: &proto::PodSpec) -> (SandboxNetwork, HostShares) {
+    let network = if spec.host_network {
+        SandboxNetwork::Existing(stratum_runtime::sandbox::host_namespace("net"))
+    } else {
+        SandboxNetwork::Existing(host.network.netns_path(id))
+    };
+    (network, security::host_shares(spec))
 }
 
 /// The network pod `spec` is on.
@@ -169,6 +180,9 @@ static EMPTY_SPEC: proto::PodSpec = proto::PodSpec {
     sysctls: BTreeMap::new(),
     privileged: false,
     host_users: false,
+    host_network: false,
+    host_ipc: false,
+    host_pid: false,
     pool_id: String::new(),
     namespace: String::new(),
     hostname: String::new(),
@@ -453,16 +467,22 @@ impl PodManager {
             cgroup
         };
         let mappings = spec::port_mappings(&spec.port_mappings)?;
-        let attachment = match host
-            .network
-            .attach_to(network_of(spec), id, namespace, &mappings)
-            .await
-        {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = host.network.detach(id).await;
-                self.remove_pod_cgroup(host, &cgroup);
-                return Err(e.into());
+        // A pod on the host's network has no attachment: no address, veth
+        // or port maps of its own.
+        let attachment = if spec.host_network {
+            None
+        } else {
+            match host
+                .network
+                .attach_to(network_of(spec), id, namespace, &mappings)
+                .await
+            {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    let _ = host.network.detach(id).await;
+                    self.remove_pod_cgroup(host, &cgroup);
+                    return Err(e.into());
+                }
             }
         };
         let hostname = if spec.hostname.is_empty() {
@@ -471,7 +491,7 @@ impl PodManager {
             spec.hostname.clone()
         };
         let dir = self.shared.config.pod_dir(id).join("sandbox");
-        let network = SandboxNetwork::Existing(attachment.netns.clone());
+        let (network, shares) = sandbox_shape(host, id, spec);
         let uid_base = self
             .read_state()
             .pods
@@ -479,9 +499,9 @@ impl PodManager {
             .map_or(0, |p| p.record.uid_base);
         let dns = spec::pod_dns(spec)?;
         let sysctls = security::sysctls(spec, self.shared.config.pods.security)?;
-        let ip = Some(IpAddr::V4(attachment.ip));
+        let ip = attachment.map(|a| IpAddr::V4(a.ip));
         let created = tokio::task::spawn_blocking(move || {
-            let sandbox = PodSandbox::create(&dir, &hostname, network)?;
+            let sandbox = PodSandbox::create(&dir, &hostname, network, shares)?;
             // The pod's /dev/shm and /etc files belong to its containers'
             // root.
             let owner = (uid_base != 0).then_some(uid_base);

@@ -26,7 +26,7 @@ use crate::records::PodRecord;
 use stratum_api::proto::{ContainerState, PodState};
 use stratum_pool::convert::limits_from_proto;
 use stratum_pool::{PodSizing, Resources, Workload, WorkloadId};
-use stratum_runtime::{Container, PodNetwork as SandboxNetwork, PodSandbox};
+use stratum_runtime::{Container, PodSandbox};
 
 impl PodManager {
     /// Pods back into the pool tree, with their image leases.
@@ -142,7 +142,7 @@ impl PodManager {
 
     /// Opens a running pod's sandbox and cgroup and takes its runs back.
     async fn readopt(self: &Arc<Self>, host: &Arc<PodHost>, id: &str) -> Result<()> {
-        let (hostname, cgroup_path, containers) = {
+        let (hostname, cgroup_path, containers, (network, shares)) = {
             let state = self.read_state();
             let entry = pod_entry(&state, id)?;
             let spec = entry.spec();
@@ -155,11 +155,11 @@ impl PodManager {
                 hostname,
                 entry.record.cgroup_path.clone(),
                 entry.status().containers.clone(),
+                super::sandbox_shape(host, id, spec),
             )
         };
         let dir = self.shared.config.pod_dir(id).join("sandbox");
-        let network = SandboxNetwork::Existing(host.network.netns_path(id));
-        let sandbox = PodSandbox::open(&dir, &hostname, network)?;
+        let sandbox = PodSandbox::open(&dir, &hostname, network, shares)?;
         let cgroup = self
             .shared
             .cgroups
@@ -215,7 +215,7 @@ impl PodManager {
     /// Removes what a pod that cannot be taken back may have left: its
     /// runs' runtime state, cgroups and mounts, its sandbox, its network.
     async fn clean_up_lost(&self, host: &PodHost, id: &str) {
-        let (hostname, cgroup_path, run_ids) = {
+        let (hostname, cgroup_path, run_ids, (network, shares)) = {
             let state = self.read_state();
             let Ok(entry) = pod_entry(&state, id) else {
                 return;
@@ -230,6 +230,7 @@ impl PodManager {
                     .filter(|c| !c.id.is_empty())
                     .map(|c| c.id.clone())
                     .collect::<Vec<_>>(),
+                super::sandbox_shape(host, id, entry.spec()),
             )
         };
         for run_id in run_ids {
@@ -248,11 +249,7 @@ impl PodManager {
             }
         }
         let dir = self.shared.config.pod_dir(id).join("sandbox");
-        let sandbox = PodSandbox::at(
-            &dir,
-            &hostname,
-            &SandboxNetwork::Existing(host.network.netns_path(id)),
-        );
+        let sandbox = PodSandbox::at(&dir, &hostname, &network, shares);
         if let Err(e) = sandbox.remove() {
             tracing::warn!(pod = %id, "removing the sandbox: {e}");
         }

@@ -31,9 +31,9 @@ use crate::agent::errors::{AgentError, Result};
 use stratum_api::proto;
 use stratum_runtime::confinement::{self, CapabilityName};
 use stratum_runtime::idmap::IDS_PER_POD;
-use stratum_runtime::sysctls::Sysctl;
+use stratum_runtime::sysctls::{Namespace as SysctlNamespace, Sysctl};
 use stratum_runtime::users::{parse_user_spec, Identity, UserDb, UserRef};
-use stratum_runtime::{BindMount, Confinement, Propagation};
+use stratum_runtime::{BindMount, Confinement, HostShares, Propagation};
 
 /// The most of an image's passwd or group file read.
 const USER_DB_MAX: u64 = 1 << 20;
@@ -102,29 +102,79 @@ pub fn sysctls(spec: &proto::PodSpec, level: PodSecurity) -> Result<Vec<Sysctl>>
                 spec.name
             )));
         }
+        let host_owned = match sysctl.namespace() {
+            SysctlNamespace::Net => spec.host_network,
+            SysctlNamespace::Ipc => spec.host_ipc,
+        };
+        if host_owned {
+            return Err(AgentError::InvalidArgument(format!(
+                "pod {:?}: sysctl {name} would change the host's own namespace",
+                spec.name
+            )));
+        }
         checked.push(sysctl);
     }
     Ok(checked)
 }
 
-/// A privileged pod (no user namespace of its own) needs the privileged
-/// level.
+/// A privileged pod (no user namespace of its own) and one that shares a
+/// namespace with the host need the privileged level; a host-network pod
+/// can have no network of the agent's, and maps a host port only to
+/// itself.
 pub fn check_pod(spec: &proto::PodSpec, level: PodSecurity) -> Result<()> {
-    if spec.privileged && level != PodSecurity::Privileged {
-        return Err(AgentError::PermissionDenied(format!(
-            "pod {:?}: a privileged pod is not allowed at pod security level {level} \
-             (the agent's --pod-security)",
-            spec.name
-        )));
+    let asks = [
+        (spec.privileged, "a privileged pod"),
+        (spec.host_network, "the host's network namespace"),
+        (spec.host_ipc, "the host's IPC namespace"),
+        (spec.host_pid, "the host's PID namespace"),
+    ];
+    if let Some((_, what)) = asks.iter().find(|(asked, _)| *asked) {
+        if level != PodSecurity::Privileged {
+            return Err(AgentError::PermissionDenied(format!(
+                "pod {:?}: {what} is not allowed at pod security level {level} \
+                 (the agent's --pod-security)",
+                spec.name
+            )));
+        }
+    }
+    if spec.host_network {
+        if !spec.network.is_empty() {
+            return Err(AgentError::InvalidArgument(format!(
+                "pod {:?}: a pod on the host's network cannot be on network {:?}",
+                spec.name, spec.network
+            )));
+        }
+        if let Some(m) = spec
+            .port_mappings
+            .iter()
+            .find(|m| m.host_port != m.container_port)
+        {
+            return Err(AgentError::InvalidArgument(format!(
+                "pod {:?}: on the host's network, host port {} cannot map to container port {}",
+                spec.name, m.host_port, m.container_port
+            )));
+        }
     }
     Ok(())
+}
+
+/// What the pod shares with the host besides (maybe) its network.
+pub fn host_shares(spec: &proto::PodSpec) -> HostShares {
+    HostShares {
+        ipc: spec.host_ipc,
+        // The host's network goes with its hostname (Kubernetes').
+        uts: spec.host_network,
+        pid: spec.host_pid,
+    }
 }
 
 /// Whether the pod's containers share the host's user namespace: a
 /// privileged pod's do; one that asks for the host's gets it at the
 /// privileged level only.
 pub fn host_users(spec: &proto::PodSpec, level: PodSecurity) -> bool {
-    spec.privileged || (spec.host_users && level == PodSecurity::Privileged)
+    // A user namespace of the pod's own could not join the host's others.
+    let host_namespaces = spec.host_network || spec.host_ipc || spec.host_pid;
+    spec.privileged || host_namespaces || (spec.host_users && level == PodSecurity::Privileged)
 }
 
 /// Checks a container's security context and mounts against `level`, in
