@@ -13,7 +13,7 @@ use node_agent::agent::artifacts::{ArtifactDirs, DEFAULT_ARTIFACT_SUBDIR};
 use node_agent::agent::config::{AgentConfig, VmJail, DEFAULT_SYSTEM_RESERVE};
 use node_agent::agent::disk::{MinFree, DEFAULT_MIN_FREE};
 use node_agent::agent::networks::NetworksConfig;
-use node_agent::agent::pods::security::{PodSecurity, DEFAULT_MOUNT_ROOT};
+use node_agent::agent::pods::security::{PodSecurity, DEFAULT_MOUNT_ROOT, DEFAULT_SECCOMP_ROOT};
 use node_agent::agent::pods::{PodHostConfig, DEFAULT_POD_PIDS_LIMIT};
 use node_agent::agent::Agent;
 use node_agent::api;
@@ -150,6 +150,10 @@ struct Cli {
     /// pod security level (repeatable) [default: /var/lib/kubelet].
     #[arg(long = "mount-root", value_name = "DIR")]
     mount_roots: Vec<PathBuf>,
+    /// Where containers' Localhost seccomp profiles may come from at the
+    /// baseline pod security level (the kubelet's).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_SECCOMP_ROOT)]
+    seccomp_profile_root: PathBuf,
     /// Tasks (processes and threads) one pod may have at once.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_POD_PIDS_LIMIT, value_parser = clap::value_parser!(u64).range(1..))]
     pod_pids_limit: u64,
@@ -404,6 +408,8 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
             user_namespaces: !cli.no_pod_user_namespaces,
             security: cli.pod_security,
             mount_roots: mount_roots(&cli.mount_roots),
+            seccomp_root: std::fs::canonicalize(&cli.seccomp_profile_root)
+                .unwrap_or_else(|_| cli.seccomp_profile_root.clone()),
             log_rotation: LogRotation::new(
                 cli.container_log_max_size,
                 cli.container_log_max_files,

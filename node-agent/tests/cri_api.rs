@@ -594,7 +594,27 @@ async fn security_contexts_and_mounts_confine_containers_as_asked() {
     let outside = volumes.path().join("elsewhere");
     std::fs::create_dir_all(&outside).unwrap();
     let root_arg = allowed.display().to_string();
-    let pods = PodAgent::start_with("cri-sec", &["--mount-root", &root_arg]).await;
+    let profiles = volumes.path().join("seccomp");
+    std::fs::create_dir_all(&profiles).unwrap();
+    let block_chmod = profiles.join("block-chmod.json");
+    std::fs::write(
+        &block_chmod,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["chmod", "fchmodat", "fchmodat2"], "action": "SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    std::fs::write(profiles.join("broken.json"), "{\"syscalls\": []}").unwrap();
+    let profiles_arg = profiles.display().to_string();
+    let pods = PodAgent::start_with(
+        "cri-sec",
+        &[
+            "--mount-root",
+            &root_arg,
+            "--seccomp-profile-root",
+            &profiles_arg,
+        ],
+    )
+    .await;
     let mut rt = RuntimeServiceClient::new(pods.agent.cri_channel().await);
     let logs = tempfile::tempdir().unwrap();
     let mut config = sandbox_config("sec", 0, logs.path());
@@ -665,6 +685,48 @@ async fn security_contexts_and_mounts_confine_containers_as_asked() {
     // The default seccomp profile and no_new_privs, whatever was asked.
     assert_eq!(status_line(&mut rt, &plain, "Seccomp").await, "2");
     assert_eq!(status_line(&mut rt, &plain, "NoNewPrivs").await, "1");
+
+    // A Localhost seccomp profile of the kubelet's (named the deprecated
+    // way, as kubelets before 1.27 do) replaces the default one.
+    let localhost = |name: &str, path: &Path| {
+        let mut c = container_config(name, &pods.reference, idle);
+        #[allow(deprecated)]
+        let security = cri::LinuxContainerSecurityContext {
+            seccomp_profile_path: format!("localhost/{}", path.display()),
+            ..Default::default()
+        };
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(security),
+            ..Default::default()
+        });
+        c
+    };
+    let filtered = create(&mut rt, &sandbox, localhost("filtered", &block_chmod))
+        .await
+        .expect("create");
+    start(&mut rt, &filtered).await.expect("start");
+    wait_state(&mut rt, &filtered, cri::ContainerState::ContainerRunning).await;
+    let chmod = ["chmod", "700", "/tmp"];
+    let blocked = exec(&mut rt, &filtered, &chmod).await;
+    assert!(
+        String::from_utf8_lossy(&blocked.stderr).contains("not permitted"),
+        "{blocked:?}"
+    );
+    assert_eq!(exec(&mut rt, &plain, &chmod).await.exit_code, 0);
+    let outside = volumes.path().join("outside.json");
+    std::fs::copy(&block_chmod, &outside).unwrap();
+    let before = list_containers(&mut rt, &sandbox).await.len();
+    for (path, code) in [
+        (outside.clone(), Code::PermissionDenied),
+        (profiles.join("broken.json"), Code::InvalidArgument),
+        (profiles.join("missing.json"), Code::FailedPrecondition),
+    ] {
+        let err = create(&mut rt, &sandbox, localhost("bad-profile", &path))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "{path:?}: {err:?}");
+    }
+    assert_eq!(list_containers(&mut rt, &sandbox).await.len(), before);
 
     // A user by name from the image, with its groups and an added one.
     let mut user = container_config("user", &pods.reference, idle);

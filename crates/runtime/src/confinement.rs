@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use oci_spec::runtime::Capability;
+use oci_spec::runtime::{Capability, LinuxSeccomp};
 
 use super::error::{Result, RuntimeError};
 use super::spec::{DEFAULT_CAPABILITIES, DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS};
@@ -160,9 +160,12 @@ pub struct Confinement {
     /// Bounding, effective and permitted set (inheritable and ambient stay
     /// empty).
     pub capabilities: Vec<Capability>,
-    /// Run under the default seccomp profile for these capabilities;
-    /// `false`: no filter.
+    /// Run under a seccomp filter: `seccomp_profile`, else the default
+    /// profile for these capabilities; `false`: no filter.
     pub seccomp: bool,
+    /// A profile of the caller's (a Localhost profile) instead of the
+    /// default one.
+    pub seccomp_profile: Option<LinuxSeccomp>,
     /// Set `noNewPrivileges`: setuid binaries and file capabilities give
     /// nothing.
     pub no_new_privileges: bool,
@@ -181,6 +184,7 @@ impl Default for Confinement {
         Confinement {
             capabilities: DEFAULT_CAPABILITIES.to_vec(),
             seccomp: true,
+            seccomp_profile: None,
             no_new_privileges: true,
             masked_paths: Vec::new(),
             readonly_paths: Vec::new(),
@@ -196,6 +200,7 @@ impl Confinement {
         Confinement {
             capabilities: current_capabilities(),
             seccomp: false,
+            seccomp_profile: None,
             no_new_privileges: false,
             masked_paths: Vec::new(),
             readonly_paths: Vec::new(),

@@ -19,7 +19,8 @@
 //!   enforces.
 //! - [`spec`]: the OCI runtime spec (oci-spec); [`confinement`]: a
 //!   container's capabilities, seccomp and paths; [`seccomp`]: the system
-//!   call filter every container gets (Docker's default profile).
+//!   call filter every container gets (Docker's default profile), or
+//!   [`seccomp_file`]'s, a profile from a file on the host.
 //! - [`oci`]: the runtime CLI driver (create/start/state/kill/delete/exec).
 //! - [`logs`]: CRI log format and the follower.
 //! - [`log_writer`]: the per-container log writer process that owns a
@@ -56,6 +57,7 @@ pub mod restart;
 pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;
+pub mod seccomp_file;
 pub mod spec;
 pub mod sysctls;
 pub mod users;

@@ -343,10 +343,10 @@ pub fn build(config: &SpecConfig) -> Result<Spec> {
         .masked_paths(confinement.all_masked_paths())
         .readonly_paths(confinement.all_readonly_paths());
     if confinement.seccomp {
-        linux = linux.seccomp(seccomp::default_profile(
-            &confinement.capabilities,
-            KernelVersion::host(),
-        )?);
+        linux = linux.seccomp(match &confinement.seccomp_profile {
+            Some(profile) => profile.clone(),
+            None => seccomp::default_profile(&confinement.capabilities, KernelVersion::host())?,
+        });
     }
     let linux = linux.build()?;
     let mut spec = SpecBuilder::default()

@@ -18,11 +18,11 @@
 //! baseline level then confines to the default profile anyway.
 //!
 //! What the agent does not do yet is refused rather than ignored:
-//! devices, a terminal or stdin, host namespaces,
-//! ambient capabilities, the Strict supplemental groups policy, Localhost
-//! seccomp and AppArmor profiles, and mounts with id mappings, recursive
-//! read-only or an image as their source. SELinux relabelling is a no-op
-//! (no SELinux on these hosts).
+//! devices, a terminal or stdin, ambient capabilities, the Strict
+//! supplemental groups policy, a PID namespace shared by the pod's
+//! containers, Localhost AppArmor profiles, and mounts with id mappings,
+//! recursive read-only or an image as their source. SELinux relabelling
+//! is a no-op (no SELinux on these hosts).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -190,6 +190,7 @@ fn security_context(
         return Ok(None);
     };
     let capabilities = s.capabilities.clone().unwrap_or_default();
+    let seccomp = seccomp_mode(s)?;
     Ok(Some(proto::SecurityContext {
         run_as_user: s
             .run_as_user
@@ -211,22 +212,33 @@ fn security_context(
         add_capabilities: capabilities.add_capabilities,
         drop_capabilities: capabilities.drop_capabilities,
         allow_privilege_escalation: !s.no_new_privs,
-        seccomp: seccomp_mode(s)? as i32,
+        seccomp: seccomp.0 as i32,
+        seccomp_localhost_path: seccomp.1,
         masked_paths: s.masked_paths.clone(),
         readonly_paths: s.readonly_paths.clone(),
         privileged: s.privileged,
     }))
 }
 
-/// The seccomp profile asked for: the field, else the deprecated path.
+/// The seccomp profile asked for, and a Localhost profile's path: the
+/// field, else the deprecated path string.
 #[allow(deprecated)]
-fn seccomp_mode(s: &cri::LinuxContainerSecurityContext) -> Result<proto::SeccompMode, Status> {
+fn seccomp_mode(
+    s: &cri::LinuxContainerSecurityContext,
+) -> Result<(proto::SeccompMode, String), Status> {
     use cri::security_profile::ProfileType;
     if let Some(profile) = &s.seccomp {
         return match ProfileType::try_from(profile.profile_type) {
-            Ok(ProfileType::RuntimeDefault) => Ok(proto::SeccompMode::SeccompRuntimeDefault),
-            Ok(ProfileType::Unconfined) => Ok(proto::SeccompMode::SeccompUnconfined),
-            Ok(ProfileType::Localhost) => Err(unimplemented("a Localhost seccomp profile")),
+            Ok(ProfileType::RuntimeDefault) => {
+                Ok((proto::SeccompMode::SeccompRuntimeDefault, String::new()))
+            }
+            Ok(ProfileType::Unconfined) => {
+                Ok((proto::SeccompMode::SeccompUnconfined, String::new()))
+            }
+            Ok(ProfileType::Localhost) => Ok((
+                proto::SeccompMode::SeccompLocalhost,
+                profile.localhost_ref.clone(),
+            )),
             Err(_) => Err(Status::invalid_argument(format!(
                 "unknown seccomp profile type {}",
                 profile.profile_type
@@ -234,13 +246,17 @@ fn seccomp_mode(s: &cri::LinuxContainerSecurityContext) -> Result<proto::Seccomp
         };
     }
     match s.seccomp_profile_path.as_str() {
-        "" | "unconfined" => Ok(proto::SeccompMode::SeccompUnconfined),
-        "runtime/default" | "docker/default" => Ok(proto::SeccompMode::SeccompRuntimeDefault),
-        path if path.starts_with("localhost/") => Err(unimplemented("a Localhost seccomp profile")),
-        path => Err(Status::invalid_argument(format!(
-            "seccomp profile {path:?} is none of unconfined, runtime/default, docker/default \
-             or localhost/<path>"
-        ))),
+        "" | "unconfined" => Ok((proto::SeccompMode::SeccompUnconfined, String::new())),
+        "runtime/default" | "docker/default" => {
+            Ok((proto::SeccompMode::SeccompRuntimeDefault, String::new()))
+        }
+        path => match path.strip_prefix("localhost/") {
+            Some(file) => Ok((proto::SeccompMode::SeccompLocalhost, file.to_string())),
+            None => Err(Status::invalid_argument(format!(
+                "seccomp profile {path:?} is none of unconfined, runtime/default, \
+                 docker/default or localhost/<path>"
+            ))),
+        },
     }
 }
 

@@ -240,6 +240,7 @@ impl PodManager {
     ) -> Result<()> {
         let pods = &self.shared.config.pods;
         security::check(container, pods.security, pod_privileged)?;
+        security::seccomp_profile(container, pods.security, &pods.seccomp_root).await?;
         security::resolve_mounts(container, pods.security, &pods.mount_roots)
             .await
             .map(drop)
@@ -252,6 +253,8 @@ impl PodManager {
     async fn confine(&self, config: &mut ContainerConfig, run: Unconfined) -> Result<()> {
         let pods = &self.shared.config.pods;
         config.confinement = security::confinement(&run.spec, pods.security);
+        config.confinement.seccomp_profile =
+            security::seccomp_profile(&run.spec, pods.security, &pods.seccomp_root).await?;
         config.readonly_rootfs = security::readonly_rootfs(&run.spec);
         config.bind_mounts =
             security::resolve_mounts(&run.spec, pods.security, &pods.mount_roots).await?;

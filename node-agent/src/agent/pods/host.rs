@@ -7,7 +7,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::security::{PodSecurity, DEFAULT_MOUNT_ROOT};
+use super::security::{PodSecurity, DEFAULT_MOUNT_ROOT, DEFAULT_SECCOMP_ROOT};
 use super::PodManager;
 use crate::agent::errors::{AgentError, Result};
 use stratum_net::HostNetworks;
@@ -33,6 +33,9 @@ pub struct PodHostConfig {
     /// Host directories bind mounts may come from below the privileged
     /// level (`--mount-root`), resolved.
     pub mount_roots: Vec<PathBuf>,
+    /// Where Localhost seccomp profiles may come from below the privileged
+    /// level (`--seccomp-profile-root`), resolved.
+    pub seccomp_root: PathBuf,
 }
 
 /// A pod's task limit by default: far above what a service runs, far
@@ -50,6 +53,7 @@ impl Default for PodHostConfig {
             user_namespaces: true,
             security: PodSecurity::Baseline,
             mount_roots: vec![PathBuf::from(DEFAULT_MOUNT_ROOT)],
+            seccomp_root: PathBuf::from(DEFAULT_SECCOMP_ROOT),
         }
     }
 }

@@ -31,6 +31,7 @@ use crate::agent::errors::{AgentError, Result};
 use stratum_api::proto;
 use stratum_runtime::confinement::{self, CapabilityName};
 use stratum_runtime::idmap::IDS_PER_POD;
+use stratum_runtime::seccomp_file::{self, LinuxSeccomp};
 use stratum_runtime::sysctls::{Namespace as SysctlNamespace, Sysctl};
 use stratum_runtime::users::{parse_user_spec, Identity, UserDb, UserRef};
 use stratum_runtime::{BindMount, Confinement, HostShares, Propagation};
@@ -44,6 +45,9 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The kubelet's root directory: where its pods' volumes, `/etc/hosts`
 /// files and termination logs live.
 pub const DEFAULT_MOUNT_ROOT: &str = "/var/lib/kubelet";
+
+/// The kubelet's directory of Localhost seccomp profiles.
+pub const DEFAULT_SECCOMP_ROOT: &str = "/var/lib/kubelet/seccomp";
 
 /// The agent's pod security level (`--pod-security`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -209,6 +213,23 @@ fn check_security(name: &str, s: &proto::SecurityContext, level: PodSecurity) ->
             "run_as_group needs run_as_user or run_as_username".into(),
         ));
     }
+    let localhost = s.seccomp == proto::SeccompMode::SeccompLocalhost as i32;
+    let has_path = !s.seccomp_localhost_path.is_empty();
+    if localhost != has_path {
+        return Err(invalid(
+            name,
+            "seccomp_localhost_path goes with SECCOMP_LOCALHOST, and only with it".into(),
+        ));
+    }
+    if localhost && !s.seccomp_localhost_path.starts_with('/') {
+        return Err(invalid(
+            name,
+            format!(
+                "seccomp profile {:?} is not an absolute path",
+                s.seccomp_localhost_path
+            ),
+        ));
+    }
     let added = capability_names(name, &s.add_capabilities)?;
     capability_names(name, &s.drop_capabilities)?;
     for path in s.masked_paths.iter().chain(&s.readonly_paths) {
@@ -300,11 +321,92 @@ pub fn confinement(spec: &proto::ContainerSpec, level: PodSecurity) -> Confineme
             &parse(&s.drop_capabilities),
         ),
         seccomp: !(privileged && s.seccomp == proto::SeccompMode::SeccompUnconfined as i32),
+        // Read separately (`seccomp_profile`): a file on the host.
+        seccomp_profile: None,
         no_new_privileges: !(privileged && s.allow_privilege_escalation),
         masked_paths: s.masked_paths.clone(),
         readonly_paths: s.readonly_paths.clone(),
         privileged: false,
     }
+}
+
+/// The container's Localhost seccomp profile, read and parsed: `None`
+/// when it has none, or when it is privileged (no filter at all). The
+/// path is resolved and must lie below `root` unless `level` is
+/// privileged; the file is read on a blocking thread with a time limit,
+/// non-blocking and only if regular. Call it holding no lock.
+pub async fn seccomp_profile(
+    spec: &proto::ContainerSpec,
+    level: PodSecurity,
+    root: &Path,
+) -> Result<Option<LinuxSeccomp>> {
+    let Some(s) = spec
+        .security
+        .as_ref()
+        .filter(|s| s.seccomp == proto::SeccompMode::SeccompLocalhost as i32 && !s.privileged)
+    else {
+        return Ok(None);
+    };
+    let (path, name, root) = (
+        PathBuf::from(&s.seccomp_localhost_path),
+        spec.name.clone(),
+        root.to_path_buf(),
+    );
+    let read = tokio::task::spawn_blocking(move || read_profile(&name, &path, level, &root));
+    match tokio::time::timeout(RESOLVE_TIMEOUT, read).await {
+        Ok(Ok(result)) => result.map(Some),
+        Ok(Err(e)) => Err(AgentError::Internal(format!(
+            "reading a seccomp profile: {e}"
+        ))),
+        Err(_) => Err(AgentError::Unavailable(format!(
+            "container {:?}: its seccomp profile was not read within {}s",
+            spec.name,
+            RESOLVE_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+fn read_profile(name: &str, path: &Path, level: PodSecurity, root: &Path) -> Result<LinuxSeccomp> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let failed = |e: std::io::Error| {
+        AgentError::FailedPrecondition(format!(
+            "container {name:?}: seccomp profile {}: {e}",
+            path.display()
+        ))
+    };
+    let resolved = std::fs::canonicalize(path).map_err(failed)?;
+    if level != PodSecurity::Privileged && !resolved.starts_with(root) {
+        return Err(denied(
+            name,
+            level,
+            format!(
+                "seccomp profile {} (outside {})",
+                resolved.display(),
+                root.display()
+            ),
+        ));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(&resolved)
+        .map_err(failed)?;
+    let meta = file.metadata().map_err(failed)?;
+    if !meta.is_file() || meta.len() > seccomp_file::MAX_PROFILE_BYTES {
+        return Err(invalid(
+            name,
+            format!(
+                "seccomp profile {} is not a regular file of at most 1 MiB",
+                resolved.display()
+            ),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(seccomp_file::MAX_PROFILE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(failed)?;
+    seccomp_file::parse(&bytes).map_err(|e| invalid(name, format!("{}: {e}", resolved.display())))
 }
 
 /// Whether the root file system is mounted read-only.
