@@ -13,7 +13,10 @@
 #               the node image's boot to multi-user and to ready beside QEMU microvm;
 #               VM-to-VM TCP over a network and a three-member etcd cluster of
 #               node VMs beside QEMU microvm guests on a bridge;
-#               the agent's API under load; pod start beside containerd + crun
+#               the agent's API under load; pod start beside containerd + crun;
+#               critest's CRI lifecycle benchmarks (critest -benchmark) beside
+#               containerd 1.6 + runc (skipped when CRITEST is missing; output
+#               in CRI_BENCH_OUT, default build/cri-bench)
 #   make conformance  the upstream CRI validation suite (critest v1.26.1) against
 #               the agent's CRI socket and against containerd 1.6 + runc on the
 #               same locally built images, side by side (not part of `make test`;
@@ -124,6 +127,15 @@ bench: images static node-image bench-pod-deps
 	$(CARGO) build -q --release -p node-agent --bin node-agent && $(CARGO) run -q --release -p stratum-testkit --bin bench-agent
 	$(CARGO) build -q --release -p node-agent --bin node-agent -p nodectl --bin nodectl -p stratum-runtime --bin stratum-log-writer \
 		&& $(CARGO) run -q --release -p stratum-testkit --bin bench-pod
+	@if test -f '$(CRITEST)'; then \
+		guest-images/install-debs.sh containernetworking-plugins iptables \
+		&& images=$$(guest-images/conformance-images.sh | tail -n1) \
+		&& $(CARGO) build -q --release -p node-agent --bin node-agent -p nodectl --bin nodectl -p stratum-runtime --bin stratum-log-writer \
+		&& $(CARGO) run -q --release -p stratum-testkit --bin conformance -- --benchmark --critest '$(CRITEST)' \
+			--images "$$images" --out '$(CRI_BENCH_OUT)' $(CRI_BENCH_ARGS); \
+	else \
+		echo "bench: critest not found at $(CRITEST): skipping the CRI lifecycle benchmark (cri-tools v1.26.1, ../shared/tools/cri-tools-v1.26.1/README.md; set CRITEST=PATH)" >&2; \
+	fi
 
 # critest (cri-tools v1.26.1, ../shared/tools) against a private agent and a
 # private containerd (crates/testkit/src/bin/conformance.rs), the images it
@@ -133,6 +145,9 @@ bench: images static node-image bench-pod-deps
 CRITEST ?= ../shared/tools/cri-tools-v1.26.1/critest
 CONFORMANCE_ARGS ?=
 CONFORMANCE_OUT ?= build/conformance
+# critest -benchmark through the same runner (`make bench`'s last step).
+CRI_BENCH_OUT ?= build/cri-bench
+CRI_BENCH_ARGS ?=
 conformance:
 	@test -f '$(CRITEST)' || { echo "conformance: critest not found at $(CRITEST): it is cri-tools v1.26.1's (../shared/tools/cri-tools-v1.26.1/README.md); set CRITEST=PATH" >&2; exit 1; }
 	@$(MAKE) --no-print-directory bench-pod-deps

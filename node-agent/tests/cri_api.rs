@@ -728,6 +728,37 @@ async fn security_contexts_and_mounts_confine_containers_as_asked() {
     }
     assert_eq!(list_containers(&mut rt, &sandbox).await.len(), before);
 
+    // An OOM score below the agent's own only where the agent may lower
+    // scores (this kind of machine's root lacks CAP_SYS_RESOURCE); else the
+    // agent's own, and the container still starts.
+    let mut lowered = container_config("lowered", &pods.reference, idle);
+    lowered.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            oom_score_adj: -500,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let lowered = create(&mut rt, &sandbox, lowered).await.expect("create");
+    start(&mut rt, &lowered).await.expect("start");
+    wait_state(&mut rt, &lowered, cri::ContainerState::ContainerRunning).await;
+    let own_status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bounding = own_status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap();
+    let expected = if bounding & (1 << 24) != 0 {
+        "-500".to_string()
+    } else {
+        std::fs::read_to_string("/proc/self/oom_score_adj")
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let score = exec(&mut rt, &lowered, &["cat", "/proc/1/oom_score_adj"]).await;
+    assert_eq!(String::from_utf8_lossy(&score.stdout).trim(), expected);
+
     // A user by name from the image, with its groups and an added one.
     let mut user = container_config("user", &pods.reference, idle);
     user.linux = Some(cri::LinuxContainerConfig {

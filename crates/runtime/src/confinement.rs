@@ -13,7 +13,8 @@ use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use oci_spec::runtime::{Capability, LinuxSeccomp};
+pub use oci_spec::runtime::Capability;
+use oci_spec::runtime::LinuxSeccomp;
 
 use super::error::{Result, RuntimeError};
 use super::spec::{DEFAULT_CAPABILITIES, DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS};

@@ -21,6 +21,8 @@
 //! - **linux.resources**: the effective limits of the container's cgroup
 //!   (see `resources`), and a deny-all device rule (the runtime adds its
 //!   default device nodes' rules).
+//! - **linux.rootfsPropagation**: `rslave` or `rshared` when a bind mount
+//!   propagates so (else the runtime's `rprivate` root cuts it off).
 //! - **linux.cgroupsPath**: the container's cgroup below its pod, named as
 //!   the runtime resolves it (see `cgpath`).
 //! - **maskedPaths / readonlyPaths**: containerd's and runc's defaults,
@@ -342,6 +344,9 @@ pub fn build(config: &SpecConfig) -> Result<Spec> {
         .cgroups_path(PathBuf::from(&config.cgroups_path))
         .masked_paths(confinement.all_masked_paths())
         .readonly_paths(confinement.all_readonly_paths());
+    if let Some(propagation) = rootfs_propagation(&config.bind_mounts) {
+        linux = linux.rootfs_propagation(propagation);
+    }
     if confinement.seccomp {
         linux = linux.seccomp(match &confinement.seccomp_profile {
             Some(profile) => profile.clone(),
@@ -372,6 +377,25 @@ pub fn build(config: &SpecConfig) -> Result<Spec> {
     });
     spec.set_annotations(None);
     Ok(spec)
+}
+
+/// The root's propagation a bind mount's needs, as containerd sets it:
+/// the runtimes make the container's root `rprivate` by default, which
+/// would cut a `rslave` or `rshared` bind mount off from the host.
+fn rootfs_propagation(binds: &[BindMount]) -> Option<&'static str> {
+    let most = binds
+        .iter()
+        .map(|b| b.propagation)
+        .max_by_key(|p| match p {
+            Propagation::Private => 0,
+            Propagation::HostToContainer => 1,
+            Propagation::Bidirectional => 2,
+        })?;
+    match most {
+        Propagation::Private => None,
+        Propagation::HostToContainer => Some("rslave"),
+        Propagation::Bidirectional => Some("rshared"),
+    }
 }
 
 /// The default mounts with the bind mounts after them; a default whose
@@ -705,6 +729,36 @@ mod tests {
         assert_eq!(res["memory"].get("limit"), None);
         assert_eq!(res["cpu"].get("quota"), None);
         assert_eq!(json["mounts"][3]["type"], "tmpfs");
+    }
+
+    #[test]
+    fn a_propagating_bind_mount_sets_the_roots_propagation() {
+        let bind = |propagation| BindMount {
+            source: PathBuf::from("/var/lib/kubelet/pods/x"),
+            destination: PathBuf::from("/data"),
+            readonly: false,
+            propagation,
+        };
+        let json = |binds: Vec<BindMount>| {
+            let spec = build(&SpecConfig {
+                bind_mounts: binds,
+                ..config()
+            })
+            .unwrap();
+            serde_json::to_value(spec).unwrap()["linux"]["rootfsPropagation"].clone()
+        };
+        assert_eq!(
+            json(vec![bind(Propagation::Private)]),
+            serde_json::Value::Null
+        );
+        assert_eq!(json(vec![bind(Propagation::HostToContainer)]), "rslave");
+        assert_eq!(
+            json(vec![
+                bind(Propagation::HostToContainer),
+                bind(Propagation::Bidirectional)
+            ]),
+            "rshared"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `conformance`: the upstream CRI validation suite (critest v1.26.1)
 //! against Stratum's CRI socket and against containerd 1.6 on the same
-//! images, side by side (`make conformance`; not part of `make test`).
+//! images, side by side (`make conformance`; not part of `make test`);
+//! with `--benchmark`, critest's CRI lifecycle benchmarks instead (the
+//! last step of `make bench`, see "Benchmark mode" below).
 //!
 //! Why both: a spec Stratum fails is only a Stratum bug if a reference
 //! runtime passes it on this machine, with these images. containerd's CRI
@@ -43,12 +45,46 @@
 //! skip is for completeness) and the pull by digest of
 //! `test-image-digest@sha256:9700f9…`, a digest no local build can have.
 //!
+//! Benchmark mode (`--benchmark`): the same host preparation, registry,
+//! runtimes and cleanup; critest runs with `-benchmark` (its own focus on
+//! the specs of pkg/benchmark, ginkgo's succinct output), a
+//! `--benchmarking-params-file` asking for `--samples` (default 50) pod,
+//! container and image lifecycles one at a time (and 150 s, not 60, for a
+//! pod or container sample to end: a StopContainer that waits out its 60 s
+//! grace period is measured, not fatal), the same ginkgo seed on
+//! both sides and `--benchmarking-output-dir` `--out`/<side>.benchmark.
+//! Before it, critest's container image is pulled with crictl (next to
+//! critest) so that no first CreateContainer sample includes a pull
+//! (critest times an ImageStatus, and a pull when the image is missing,
+//! inside CreateContainer). critest times each CRI call on the client
+//! side: a pod lifecycle is RunPodSandbox, PodSandboxStatus, StopPodSandbox,
+//! RemovePodSandbox; a container lifecycle (in a pod of its own, untimed)
+//! CreateContainer, StartContainer, ContainerStatus, StopContainer (of
+//! `top`, 60 s grace) and RemoveContainer; an image lifecycle PullImage
+//! (of gcr.io/k8s-staging-cri-tools/test-image-1 from the loopback
+//! registry), ImageStatus and RemoveImage, and ListImages alone. Those
+//! samples are read from the JSON files critest writes
+//! (`*_benchmark_data.json`); its pod+container start spec
+//! ("create PodSandbox and container": RunPodSandbox, CreateContainer,
+//! StartContainer, then StopPodSandbox and RemovePodSandbox, one sample
+//! after one untimed run) only records a gmeasure experiment, read from
+//! the ginkgo JSON report's entries. The summary (stdout and
+//! `--out`/benchmark.txt) has each operation's p50, p90 and max per runtime,
+//! the ratio Stratum / containerd of the p50s, and the target line
+//! (Stratum's pod+container start ≤ 0.8× containerd's) twice: from the sum
+//! of the p50s of RunPodSandbox, CreateContainer and StartContainer, and
+//! from the single sample of the pod+container spec. A sample that fails
+//! makes critest v1.26.1 panic as a whole 60 s later (its results
+//! collector times out) without a report: that side's summary then shows
+//! the end of critest's output and whatever data files it wrote.
+//!
 //! Everything it starts is stopped and removed at exit, also when critest
 //! fails or on SIGINT/SIGTERM: the agent (with its cgroups, mounts, run
 //! directory, bridge and nftables tables), containerd (with its shims,
 //! pods, bridge and the CNI host-port chains when it made them), the
 //! registry and the work dir. The exit status is 0 when both runs
-//! completed and their reports were read (failed specs are results), 1
+//! completed and their reports were read (failed specs are results; with
+//! `--benchmark`, so is a critest that ended without a report), 1
 //! when something else failed, 2 for a usage error.
 
 use std::fmt::Write as _;
@@ -133,6 +169,14 @@ struct Options {
     /// critest's suite timeout, per runtime (ginkgo duration)
     #[arg(long, value_name = "DURATION", default_value = "90m")]
     timeout: String,
+    /// Run critest's lifecycle benchmarks (`critest -benchmark`) instead
+    /// of the validation suite; the summary compares latencies
+    #[arg(long)]
+    benchmark: bool,
+    /// With --benchmark: how many pods, containers and image pulls the
+    /// lifecycle benchmarks cycle through, one at a time
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    samples: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -187,6 +231,15 @@ fn main() -> ExitCode {
 /// Checks the inputs exist and makes critest's path absolute (it runs in
 /// the work dir); the agent binary's path.
 fn check_options(options: &mut Options) -> Result<PathBuf> {
+    if options.benchmark && options.focus.is_some() {
+        bail!(
+            "--focus selects validation specs: critest -benchmark ORs it with its own focus \
+             (\"benchmark\") and would run them too"
+        );
+    }
+    if options.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
     if !options.critest.is_file() {
         bail!(
             "critest not found at {}: it is cri-tools v1.26.1's (see \
@@ -267,9 +320,13 @@ fn run(options: &Options, agent: &Path) -> Result<()> {
     drop(registry);
     drop(work);
 
-    let summary = summary(options, &results);
+    let (summary, file) = if options.benchmark {
+        (bench_summary(options, &results), "benchmark.txt")
+    } else {
+        (summary(options, &results), "summary.txt")
+    };
     print!("{summary}");
-    let path = out.join("summary.txt");
+    let path = out.join(file);
     std::fs::write(&path, &summary).with_context(|| format!("write {}", path.display()))?;
     eprintln!(
         "conformance: reports, critest output and this summary are in {}",
@@ -514,6 +571,8 @@ struct SideResult {
     log: PathBuf,
     /// What changed on the host under the run that may explain failures.
     notes: Vec<String>,
+    /// With --benchmark: what critest measured.
+    bench: Vec<Operation>,
 }
 
 struct Spec {
@@ -552,12 +611,19 @@ fn critest(
     work: &Path,
     alive: &mut dyn FnMut() -> Result<()>,
 ) -> Result<SideResult> {
+    let slug = if options.benchmark {
+        format!("{slug}.benchmark")
+    } else {
+        slug.to_string()
+    };
     let json = out.join(format!("{slug}.json"));
     let junit = out.join(format!("{slug}.junit.xml"));
     let log_path = out.join(format!("{slug}.critest.log"));
     for f in [&json, &junit] {
         let _ = std::fs::remove_file(f);
     }
+    // critest -benchmark writes its lifecycle data here.
+    let bench_dir = out.join(&slug);
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("create {}", log_path.display()))?;
     let log2 = log.try_clone().context("critest log")?;
@@ -568,12 +634,33 @@ fn critest(
         .arg(format!("--ginkgo.json-report={}", json.display()))
         .arg(format!("--ginkgo.junit-report={}", junit.display()))
         .arg(format!("--ginkgo.timeout={}", options.timeout))
-        .args(["--ginkgo.no-color", "--ginkgo.v"]);
+        .arg("--ginkgo.no-color");
+    // critest -benchmark sets --ginkgo.succinct, which excludes -v.
+    if !options.benchmark {
+        cmd.arg("--ginkgo.v");
+    }
     for (skip, _) in SKIPS {
         cmd.arg(format!("--ginkgo.skip={skip}"));
     }
     if let Some(focus) = &options.focus {
         cmd.arg(format!("--ginkgo.focus={focus}"));
+    }
+    if options.benchmark {
+        let params = work.join("benchmark-params.yaml");
+        std::fs::write(&params, benchmark_params(options.samples))
+            .with_context(|| format!("write {}", params.display()))?;
+        let _ = std::fs::remove_dir_all(&bench_dir);
+        std::fs::create_dir_all(&bench_dir)
+            .with_context(|| format!("mkdir {}", bench_dir.display()))?;
+        cmd.arg("-benchmark")
+            .arg(format!("--benchmarking-params-file={}", params.display()))
+            .arg(format!("--benchmarking-output-dir={}", bench_dir.display()))
+            // The same spec order on both sides.
+            .arg(format!("--ginkgo.seed={BENCHMARK_SEED}"))
+            // Where a spec is stuck, in its output: critest's results
+            // collector panics the whole run 60 s after a failed sample.
+            .arg("--ginkgo.poll-progress-after=30s");
+        pre_pull(options, &endpoint, &name);
     }
     // critest looks for a crictl.yaml in its working directory.
     cmd.current_dir(work)
@@ -639,15 +726,43 @@ fn critest(
         "conformance: critest against {name} ended ({status}) after {}",
         fmt_duration(took)
     );
-    let report = std::fs::read_to_string(&json).with_context(|| {
-        format!(
-            "critest wrote no report {} ({status}); its output ends:\n{}",
+    let report = match std::fs::read_to_string(&json) {
+        Ok(report) => report,
+        // critest -benchmark panics as a whole when a lifecycle sample
+        // fails (its results collector times out): what the other specs
+        // wrote is still shown, with how it ended.
+        Err(_) if options.benchmark => {
+            let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Ok(SideResult {
+                name,
+                specs: Vec::new(),
+                suite_failures: vec![format!(
+                    "critest ended ({status}) without a report; its output ends:\n{}",
+                    tail(&output, 12)
+                )],
+                took,
+                log: log_path,
+                notes,
+                bench: read_lifecycle_data(&bench_dir)?,
+            });
+        }
+        Err(e) => bail!(
+            "critest wrote no report {} ({status}): {e}; its output ends:\n{}",
             json.display(),
             tail(&std::fs::read_to_string(&log_path).unwrap_or_default(), 20)
-        )
-    })?;
+        ),
+    };
     let (specs, suite_failures) =
         parse_report(&report).with_context(|| format!("read {}", json.display()))?;
+    let bench = if options.benchmark {
+        let mut ops = read_lifecycle_data(&bench_dir)?;
+        ops.extend(
+            parse_measurements(&report).with_context(|| format!("read {}", json.display()))?,
+        );
+        ops
+    } else {
+        Vec::new()
+    };
     Ok(SideResult {
         name,
         specs,
@@ -655,6 +770,7 @@ fn critest(
         took,
         log: log_path,
         notes,
+        bench,
     })
 }
 
@@ -1135,11 +1251,7 @@ fn run_containerd(
         "conformance: starting containerd ({})",
         tools.containerd.display()
     );
-    let crictl = options
-        .critest
-        .parent()
-        .map(|d| d.join("crictl"))
-        .filter(|p| p.is_file());
+    let crictl = crictl(options);
     let mut ctrd = CriContainerd::start(tools, work, registry, crictl)?;
     let name = format!("containerd {}", ctrd.version());
     let socket = ctrd.inner.socket();
@@ -1152,6 +1264,391 @@ fn run_containerd(
     }
     drop(ctrd);
     result
+}
+
+/// crictl next to critest (cri-tools ships both), if there.
+fn crictl(options: &Options) -> Option<PathBuf> {
+    options
+        .critest
+        .parent()
+        .map(|d| d.join("crictl"))
+        .filter(|p| p.is_file())
+}
+
+// ---------------------------------------------------------------------------
+// Benchmarks.
+
+/// Ginkgo's seed for `critest -benchmark`: the same spec order on both sides.
+const BENCHMARK_SEED: u32 = 1;
+/// The image critest's containers run (its default test image).
+const DEFAULT_TEST_IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+/// The image the image benchmarks pull, inspect, remove and list (its
+/// default, public.ecr.aws's busybox, is not mirrored here); no other spec
+/// uses it.
+const IMAGE_BENCHMARK_IMAGE: &str = "gcr.io/k8s-staging-cri-tools/test-image-1:latest";
+
+/// critest's `--benchmarking-params-file`: `samples` of each lifecycle,
+/// one at a time. Its pod and container results collector panics the run
+/// when no sample ends within `containerBenchmarkTimeoutSeconds` (default
+/// 60): 150 lets a StopContainer that waits out its 60 s grace period be
+/// measured rather than end the run.
+fn benchmark_params(samples: u32) -> String {
+    format!(
+        "containerBenchmarkTimeoutSeconds: 150\n\
+         podsNumber: {samples}\npodsNumberParallel: 1\n\
+         containersNumber: {samples}\ncontainersNumberParallel: 1\n\
+         imagesNumber: {samples}\nimagesNumberParallel: 1\n\
+         imagePullingBenchmarkImage: {IMAGE_BENCHMARK_IMAGE}\n\
+         imageListingBenchmarkImages:\n  - {IMAGE_BENCHMARK_IMAGE}\n"
+    )
+}
+
+/// Pulls critest's container image before the benchmarks, so that no
+/// side's first CreateContainer sample includes a pull (critest pulls it
+/// inside the timed call when it is missing). Without crictl, says so.
+fn pre_pull(options: &Options, endpoint: &str, name: &str) {
+    let Some(crictl) = crictl(options) else {
+        eprintln!(
+            "conformance: no crictl next to critest: {DEFAULT_TEST_IMAGE} is not pulled \
+             beforehand on {name} (critest's first CreateContainer sample includes its pull)"
+        );
+        return;
+    };
+    let out = Command::new(&crictl)
+        .arg(format!("--runtime-endpoint={endpoint}"))
+        .arg(format!("--image-endpoint={endpoint}"))
+        .args(["--timeout", "120s", "pull", DEFAULT_TEST_IMAGE])
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!(
+            "conformance: crictl pull {DEFAULT_TEST_IMAGE} on {name} failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => eprintln!("conformance: start {}: {e}", crictl.display()),
+    }
+}
+
+/// One measured operation of one runtime: its samples in milliseconds.
+struct Operation {
+    /// critest's name of it.
+    name: String,
+    samples: Vec<f64>,
+}
+
+/// The lifecycle data files `critest -benchmark` writes (v1.26.1,
+/// pkg/benchmark), in the order they are shown.
+const LIFECYCLE_FILES: &[&str] = &[
+    "pod_benchmark_data.json",
+    "container_benchmark_data.json",
+    "image_lifecycle_benchmark_data.json",
+    "image_listing_benchmark_data.json",
+];
+
+/// The operations of the lifecycle files in `dir` (a file a failed spec did
+/// not write is left out).
+fn read_lifecycle_data(dir: &Path) -> Result<Vec<Operation>> {
+    let mut ops = Vec::new();
+    for file in LIFECYCLE_FILES {
+        let path = dir.join(file);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        ops.extend(parse_lifecycle(&text).with_context(|| format!("read {}", path.display()))?);
+    }
+    Ok(ops)
+}
+
+/// A `LifecycleBenchmarksResultsSet`: `operationsNames` and `datapoints`
+/// whose `operationsDurationsNs` are in the names' order.
+fn parse_lifecycle(text: &str) -> Result<Vec<Operation>> {
+    let set: Value = serde_json::from_str(text).context("not JSON")?;
+    let names = set
+        .get("operationsNames")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("no operationsNames"))?;
+    let mut ops: Vec<Operation> = names
+        .iter()
+        .map(|n| {
+            n.as_str()
+                .map(|name| Operation {
+                    name: name.to_string(),
+                    samples: Vec::new(),
+                })
+                .ok_or_else(|| anyhow!("an operation name is not a string: {n}"))
+        })
+        .collect::<Result<_>>()?;
+    let points = set
+        .get("datapoints")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for point in points {
+        let durations = point
+            .get("operationsDurationsNs")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        // critest warns of, and keeps, a datapoint of another length.
+        if durations.len() != ops.len() {
+            continue;
+        }
+        for (op, d) in ops.iter_mut().zip(durations) {
+            let ns = d
+                .as_f64()
+                .ok_or_else(|| anyhow!("a duration is not a number: {d}"))?;
+            op.samples.push(ns / 1e6);
+        }
+    }
+    Ok(ops)
+}
+
+/// The gmeasure experiments of the JSON report's report entries (critest's
+/// pod+container start spec records one): their duration measurements.
+fn parse_measurements(report: &str) -> Result<Vec<Operation>> {
+    let suites: Value = serde_json::from_str(report).context("not JSON")?;
+    let mut ops = Vec::new();
+    let entries = suites
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| s.get("SpecReports").and_then(Value::as_array))
+        .flatten()
+        .filter_map(|r| r.get("ReportEntries").and_then(Value::as_array))
+        .flatten();
+    for entry in entries {
+        let Some(json) = entry.pointer("/Value/AsJSON").and_then(Value::as_str) else {
+            continue;
+        };
+        let experiment: Value = serde_json::from_str(json).context("a report entry's AsJSON")?;
+        let measurements = experiment
+            .get("Measurements")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for m in measurements {
+            if m.get("Type").and_then(Value::as_str) != Some("Duration") {
+                continue;
+            }
+            let name = m.get("Name").and_then(Value::as_str).unwrap_or_default();
+            let samples = m
+                .get("Durations")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(Value::as_f64)
+                .map(|ns| ns / 1e6)
+                .collect();
+            ops.push(Operation {
+                name: name.to_string(),
+                samples,
+            });
+        }
+    }
+    Ok(ops)
+}
+
+/// The nearest-rank `p`-th percentile (0-100) of `samples`.
+fn percentile(samples: &[f64], p: f64) -> Option<f64> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+/// The CRI call(s) each of critest's operation names times.
+fn cri_calls(op: &str) -> &'static str {
+    match op {
+        "CreatePod" => "RunPodSandbox",
+        "StatusPod" => "PodSandboxStatus (verbose)",
+        "StopPod" => "StopPodSandbox",
+        "RemovePod" => "RemovePodSandbox",
+        "CreateContainer" => "ImageStatus + CreateContainer",
+        "StartContainer" => "StartContainer",
+        "StatusContainer" => "ContainerStatus (verbose)",
+        "StopContainer" => "StopContainer (timeout 60 s)",
+        "RemoveContainer" => "RemoveContainer",
+        "PullImage" => "PullImage (loopback registry)",
+        "StatusImage" => "ImageStatus",
+        "RemoveImage" => "RemoveImage",
+        "ListImages" => "ListImages",
+        "create PodSandbox and container" => "Run+Create+Start, Stop+RemovePodSandbox",
+        _ => "",
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// The sum of the p50s of `ops` on `r`, if it measured them all.
+fn p50_sum(r: &SideResult, ops: &[&str]) -> Option<f64> {
+    ops.iter()
+        .map(|name| {
+            r.bench
+                .iter()
+                .find(|o| o.name == *name)
+                .and_then(|o| percentile(&o.samples, 50.0))
+        })
+        .sum()
+}
+
+/// The benchmark summary: each operation's p50 and p90 per runtime, the
+/// ratio of the first runtime's p50 to the second's, the target line and
+/// the failed specs.
+fn bench_summary(options: &Options, results: &[SideResult]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "CRI lifecycle benchmarks: critest v1.26.1 -benchmark ({})",
+        options.critest.display()
+    );
+    let _ = writeln!(
+        s,
+        "  {} samples per lifecycle, one at a time (ginkgo seed {BENCHMARK_SEED}); times in ms; \
+         the pod+container spec times 1 sample after 1 warm-up",
+        options.samples
+    );
+    if !options.agent_args.is_empty() {
+        let _ = writeln!(s, "  node-agent given: {}", options.agent_args.join(" "));
+    }
+    let _ = writeln!(s);
+    // Two header rows: the runtimes (and the ratio's), then the cells'.
+    let widths: Vec<usize> = results.iter().map(|r| r.name.len().max(37)).collect();
+    let _ = write!(s, "{:<32} {:<40}", "operation", "CRI calls timed");
+    for (r, w) in results.iter().zip(&widths) {
+        let _ = write!(s, " {:>w$}", r.name);
+    }
+    if let [a, b] = results {
+        let short = |r: &SideResult| r.name.split(' ').next().unwrap_or_default().to_string();
+        let _ = write!(s, " {:>20}", format!("{}/{}", short(a), short(b)));
+    }
+    let _ = writeln!(s);
+    let _ = write!(s, "{:<32} {:<40}", "", "");
+    for w in &widths {
+        let _ = write!(s, " {:>w$}", "n       p50 /       p90 /       max");
+    }
+    if results.len() == 2 {
+        let _ = write!(s, " {:>20}", "ratio of p50");
+    }
+    let _ = writeln!(s);
+    // Operations in the order the first runtime that measured them has them.
+    let mut names: Vec<&str> = Vec::new();
+    for r in results {
+        for op in &r.bench {
+            if !names.contains(&op.name.as_str()) {
+                names.push(&op.name);
+            }
+        }
+    }
+    for name in &names {
+        let _ = write!(s, "{name:<32} {:<40}", cri_calls(name));
+        let mut p50s = Vec::new();
+        for (r, w) in results.iter().zip(&widths) {
+            let op = r.bench.iter().find(|o| o.name == *name);
+            let samples = op.map(|o| o.samples.as_slice()).unwrap_or_default();
+            let p50 = percentile(samples, 50.0);
+            p50s.push(p50);
+            let cell = if samples.is_empty() {
+                "not measured".to_string()
+            } else {
+                format!(
+                    "{:>3} {:>9} / {:>9} / {:>9}",
+                    samples.len(),
+                    ms(p50),
+                    ms(percentile(samples, 90.0)),
+                    ms(percentile(samples, 100.0))
+                )
+            };
+            let _ = write!(s, " {cell:>w$}");
+        }
+        if let [a, b] = p50s[..] {
+            let _ = write!(
+                s,
+                " {:>20}",
+                ratio(a, b).map_or_else(|| "-".into(), |r| format!("{r:.2}x"))
+            );
+        }
+        let _ = writeln!(s);
+    }
+    if let [a, b] = results {
+        let start = ["CreatePod", "CreateContainer", "StartContainer"];
+        let (sa, sb) = (p50_sum(a, &start), p50_sum(b, &start));
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "target: {}'s pod+container start <= 0.8x {}'s",
+            a.name, b.name
+        );
+        let verdict = |r: Option<f64>| match r {
+            Some(r) if r <= 0.8 => format!("{r:.2}x: met"),
+            Some(r) => format!("{r:.2}x: not met"),
+            None => "not measured".into(),
+        };
+        let _ = writeln!(
+            s,
+            "  RunPodSandbox + CreateContainer + StartContainer, sum of p50s: {} ms vs {} ms = {}",
+            ms(sa),
+            ms(sb),
+            verdict(ratio(sa, sb))
+        );
+        let spec = "create PodSandbox and container";
+        let one = |r: &SideResult| {
+            r.bench
+                .iter()
+                .find(|o| o.name == spec)
+                .and_then(|o| percentile(&o.samples, 50.0))
+        };
+        let _ = writeln!(
+            s,
+            "  critest's \"{spec}\" (1 sample; includes StopPodSandbox + RemovePodSandbox): \
+             {} ms vs {} ms = {}",
+            ms(one(a)),
+            ms(one(b)),
+            verdict(ratio(one(a), one(b)))
+        );
+    }
+    for r in results {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "{}: {} specs, {} passed, {} failed, {} skipped in {} (critest output: {})",
+            r.name,
+            r.specs.len(),
+            r.count(Outcome::Passed),
+            r.count(Outcome::Failed),
+            r.count(Outcome::Skipped),
+            fmt_duration(r.took),
+            r.log.display()
+        );
+        for note in &r.notes {
+            let _ = writeln!(s, "  note: {note}");
+        }
+        for f in &r.suite_failures {
+            let _ = writeln!(s, "  suite: {f}");
+        }
+        for spec in r.failed() {
+            let _ = writeln!(s, "  failed: {}", spec.name);
+            if !spec.message.is_empty() {
+                let _ = writeln!(s, "      {}", spec.message);
+            }
+        }
+    }
+    s
 }
 
 // ---------------------------------------------------------------------------
@@ -1265,6 +1762,51 @@ mod tests {
         assert_eq!(specs[1].message, "rpc error: code = Unimplemented");
         assert!(specs[2].outcome == Outcome::Skipped);
         assert_eq!(suite, vec!["[AfterSuite] panicked: boom".to_string()]);
+    }
+
+    #[test]
+    fn lifecycle_data_per_operation() {
+        let data = r#"{"operationsNames": ["CreatePod", "StatusPod"], "numParallel": 1,
+            "datapoints": [
+              {"sampleIndex": 0, "operationsDurationsNs": [7000000, 300000]},
+              {"sampleIndex": 1, "operationsDurationsNs": [9000000]},
+              {"sampleIndex": 2, "operationsDurationsNs": [5000000, 100000]}
+            ]}"#;
+        let ops = parse_lifecycle(data).unwrap();
+        assert_eq!(ops.len(), 2);
+        assert_eq!(ops[0].name, "CreatePod");
+        // The datapoint of the wrong length is left out.
+        assert_eq!(ops[0].samples, [7.0, 5.0]);
+        assert_eq!(ops[1].samples, [0.3, 0.1]);
+        assert!(parse_lifecycle("{}").is_err());
+    }
+
+    #[test]
+    fn report_entries_give_duration_measurements() {
+        let experiment = r#"{"Name":"start-container-benchmark","Measurements":[
+            {"Type":"Duration","Name":"create PodSandbox and container","Durations":[92395043]},
+            {"Type":"Value","Name":"other","Values":[1]}]}"#;
+        let report = serde_json::json!([{"SpecReports": [
+            {"LeafNodeType": "It", "State": "passed",
+             "ReportEntries": [{"Name": "start-container-benchmark",
+                                "Value": {"Representation": "", "AsJSON": experiment}}]},
+            {"LeafNodeType": "It", "State": "passed", "ReportEntries": null}
+        ]}]);
+        let ops = parse_measurements(&report.to_string()).unwrap();
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0].name, "create PodSandbox and container");
+        assert!((ops[0].samples[0] - 92.395043).abs() < 1e-9);
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let samples = [5.0, 1.0, 4.0, 2.0, 3.0];
+        assert_eq!(percentile(&samples, 50.0), Some(3.0));
+        assert_eq!(percentile(&samples, 90.0), Some(5.0));
+        assert_eq!(percentile(&[8.0], 50.0), Some(8.0));
+        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(ratio(Some(1.0), Some(4.0)), Some(0.25));
+        assert_eq!(ratio(Some(1.0), None), None);
     }
 
     #[test]

@@ -106,6 +106,29 @@ struct Unconfined {
     image_user: String,
 }
 
+/// An OOM score adjustment the runtime can set: one below the agent's own
+/// needs `CAP_SYS_RESOURCE`, and without it (some hosts' root lacks it) the
+/// agent's own is as low as a container goes — what containerd's
+/// `restrict_oom_score_adj` does, rather than a container that cannot
+/// start.
+fn lowest_oom_score_adj(asked: i32) -> i32 {
+    static OWN: std::sync::OnceLock<Option<i32>> = std::sync::OnceLock::new();
+    let own = *OWN.get_or_init(|| {
+        let can_lower = stratum_runtime::confinement::current_capabilities()
+            .contains(&stratum_runtime::confinement::Capability::SysResource);
+        if can_lower {
+            return None;
+        }
+        std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    });
+    match own {
+        Some(own) if asked < own => own,
+        _ => asked,
+    }
+}
+
 /// How long ReopenContainerLog waits for the writer (which looks every
 /// `log_writer::FOLLOW_INTERVAL`).
 const LOG_REOPEN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -268,6 +291,7 @@ impl PodManager {
         })
         .await
         .map_err(|e| AgentError::Internal(format!("resolving the user: {e}")))??;
+        config.process.oom_score_adj = config.process.oom_score_adj.map(lowest_oom_score_adj);
         config.process.uid = identity.uid;
         config.process.gid = identity.gid;
         config.process.additional_gids = identity.additional_gids;
