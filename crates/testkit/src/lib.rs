@@ -27,3 +27,4 @@ pub mod fixture;
 pub mod pod_agent;
 pub mod root;
 pub mod test_agent;
+pub mod work_dir;

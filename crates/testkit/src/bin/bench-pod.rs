@@ -45,6 +45,7 @@ use stratum_api::proto::pod_service_client::PodServiceClient;
 use tonic::transport::Channel;
 
 use stratum_testkit::agent_process::{tail, AgentProcess};
+use stratum_testkit::work_dir::WorkDir;
 use stratum_testkit::{cleanup, containerd, fixture};
 
 /// Ours at most this times containerd's (p50).
@@ -244,62 +245,6 @@ fn version_line(cmd: &mut Command) -> String {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| "?".into())
-}
-
-const TMPFS_MAGIC: i64 = 0x0102_1994;
-
-fn is_tmpfs(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs is plain old data; all zeroes is a valid value.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    #[allow(clippy::unnecessary_cast)]
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a live, writable
-    // statfs that the call fills.
-    let magic = if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 {
-        st.f_type as i64
-    } else {
-        0
-    };
-    magic == TMPFS_MAGIC
-}
-
-/// The bench's temporary directory; removed (after unmounting what is
-/// left under it) on drop, so it must be dropped after the agent and
-/// containerd that use it.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn create(options: &Options) -> Result<WorkDir, String> {
-        let base = match &options.dir {
-            Some(d) => d.clone(),
-            None => {
-                let tmp = std::env::temp_dir();
-                if is_tmpfs(&tmp) {
-                    PathBuf::from("/var/tmp")
-                } else {
-                    tmp
-                }
-            }
-        };
-        let work =
-            std::path::absolute(base.join(format!("stratum-bench-pod-{}", std::process::id())))
-                .map_err(|e| e.to_string())?;
-        unmount_under(&work);
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-        Ok(WorkDir(work))
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        unmount_under(&self.0);
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            eprintln!("bench-pod: {} stays: {e}", self.0.display());
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -793,7 +738,7 @@ fn usable_nodectl(path: &Path) -> Option<PathBuf> {
 fn run(options: &Options) -> Result<(), String> {
     prepare_host()?;
     let tools = find_tools()?;
-    let work = WorkDir::create(options)?;
+    let work = WorkDir::create(options.dir.as_deref(), "stratum-bench-pod")?;
     eprintln!("bench-pod: building the busybox image and starting a registry");
     let (registry, reference) = fixture::registry_with_busybox(&work.0)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

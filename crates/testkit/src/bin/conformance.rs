@@ -98,6 +98,7 @@ use serde_json::Value;
 
 use stratum_testkit::agent_process::{tail, terminate, AgentProcess};
 use stratum_testkit::pod_agent::unmount_under;
+use stratum_testkit::work_dir::WorkDir;
 use stratum_testkit::{cleanup, containerd, fixture};
 
 /// Specs this run leaves out, with why (`--ginkgo.skip` regexes).
@@ -284,7 +285,8 @@ fn run(options: &Options, agent: &Path) -> Result<()> {
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("mkdir {}", options.out.display()))?;
     let out = std::path::absolute(&options.out).context("the output directory")?;
-    let work = WorkDir::create(options.dir.as_deref())?;
+    let work = WorkDir::create(options.dir.as_deref(), "stratum-conformance")
+        .map_err(anyhow::Error::msg)?;
 
     eprintln!("conformance: starting a registry and pushing the test images");
     let registry = fixture::TestRegistry::start().map_err(anyhow::Error::msg)?;
@@ -470,59 +472,6 @@ fn which(name: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-}
-
-const TMPFS_MAGIC: i64 = 0x0102_1994;
-
-fn is_tmpfs(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs is plain old data; all zeroes is a valid value.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a live, writable
-    // statfs that the call fills.
-    let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
-    #[allow(clippy::unnecessary_cast)]
-    let magic = st.f_type as i64;
-    ok && magic == TMPFS_MAGIC
-}
-
-/// The run's temporary directory; removed (after unmounting what is left
-/// under it) on drop, so it must be dropped after what uses it.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn create(base: Option<&Path>) -> Result<WorkDir> {
-        let base = match base {
-            Some(d) => d.to_path_buf(),
-            None => {
-                let tmp = std::env::temp_dir();
-                // overlayfs upper dirs and fsync want a disk.
-                if is_tmpfs(&tmp) {
-                    PathBuf::from("/var/tmp")
-                } else {
-                    tmp
-                }
-            }
-        };
-        let work =
-            std::path::absolute(base.join(format!("stratum-conformance-{}", std::process::id())))
-                .context("the work directory")?;
-        unmount_under(&work);
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work).with_context(|| format!("mkdir {}", work.display()))?;
-        Ok(WorkDir(work))
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        unmount_under(&self.0);
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            eprintln!("conformance: {} stays: {e}", self.0.display());
-        }
-    }
 }
 
 /// Pushes every image of `images.list` ("LAYOUT_TAG REGISTRY/PATH:TAG")
