@@ -230,15 +230,19 @@ outsider_done() {{ console $O | grep -a -q STRATUM-GUEST-RUN-EXIT; }}
 wait_until 300 OUTSIDER outsider_done
 console $O | grep -a -E '^OUTSIDER-' | tr -d '\r'
 at STOPPING
-# Shut down through the guest agents, all at once.
+# Shut down through the guest agents, all at once. Four systemd shutdowns
+# share one emulated CPU: one took just over three minutes, so the agent
+# waits up to seven before it stops a guest hard (which shows as no
+# power-down on its console).
 stops=""
-for v in $ETCD1 $ETCD2 $ETCD3 $W; do $N vm stop $v --timeout 180 > /dev/null & stops="$stops $!"; done
+for v in $ETCD1 $ETCD2 $ETCD3 $W; do $N vm stop $v --timeout 420 > /dev/null & stops="$stops $!"; done
 wait $stops
 for v in $ETCD1 $ETCD2 $ETCD3 $W; do
-    wait_until 300 STOPPED-$v is_state $v STOPPED
+    wait_until 480 STOPPED-$v is_state $v STOPPED
     $N vm get $v | grep '^STATE' | sed 's/^/STOPPED-/'
     echo POWER-DOWN=$(console $v | grep -a -c 'reboot: Power down')
     echo RESTARTING=$(console $v | grep -a -c 'reboot: Restarting')
+    console $v | grep -a -q 'reboot: Power down' || {{ FAILED=1; diagnose $v; }}
 done
 wait_until 300 STOPPED-$O is_state $O STOPPED
 at STOPPED

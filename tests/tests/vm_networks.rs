@@ -103,7 +103,29 @@ fn scenario_script() -> String {
     let vmm = paths::VMM;
     let guest_dir = "/stratum/guest";
     let mut script = format!(
-        r#"N="{NODECTL} --addr https://127.0.0.1:7443 --certs /run/agent/certs"
+        r#"# Every call is bounded: a call the agent never answers shows what the
+# agent was doing instead of leaving the scenario to its timeout.
+nodectl() {{
+    timeout 120 {NODECTL} --addr https://127.0.0.1:7443 --certs /run/agent/certs "$@"; rc=$?
+    [ $rc != 124 ] || agent_stuck "$@"
+    return $rc
+}}
+agent_stuck() {{
+    echo "AGENT-STUCK nodectl $*"
+    tail -40 /run/agent.log | sed 's/^/AGENT-LOG /'
+    for t in /proc/$AGENT_PID/task/*; do
+        echo "AGENT-THREAD $(cat $t/comm) $(cut -d' ' -f3 $t/stat) $(cat $t/wchan)"
+        sed 's/^/AGENT-THREAD-STACK /' $t/stack 2>/dev/null | head -6
+    done
+    # A thread stuck in the kernel (a vmm's included) may hold what the
+    # agent waits for.
+    for t in /proc/[0-9]*/task/[0-9]*; do
+        [ "$(cut -d' ' -f3 $t/stat 2>/dev/null)" = D ] || continue
+        echo "AGENT-SEES-BLOCKED $t $(cat $t/comm) $(cat $t/wchan)"
+        sed 's/^/AGENT-SEES-BLOCKED-STACK /' $t/stack 2>/dev/null | head -8
+    done
+}}
+N=nodectl
 mkdir -p /www && echo host-service-ok > /www/index.html && httpd -p 8080 -h /www
 echo HOST-HTTPD=$(wget -q -O - http://127.0.0.1:8080/)
 start_agent() {{
@@ -203,6 +225,16 @@ fn vms_on_networks_reach_their_namespace_and_nothing_else() {
         .timeout(Duration::from_secs(1200));
     let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
     let tail = outcome.console_tail(120);
+    let stuck: Vec<&str> = outcome
+        .console
+        .lines()
+        .filter(|l| l.starts_with("AGENT-"))
+        .collect();
+    assert!(
+        stuck.is_empty(),
+        "the agent did not answer:\n{}\n{tail}",
+        stuck.join("\n")
+    );
     let v = |key: &str| value(&outcome, key);
     for (key, want) in [
         ("NET-A-RC=", "0"),

@@ -258,7 +258,8 @@ fn console_input_reaches_the_guest_whole() {
          stty raw -echo crtscts\n\
          rx READY; echo GUEST-FLOW-READY\n\
          sleep {STALL_SECS}; rx STALLED\n\
-         bytes {PASTE_SECS} {FLOW_BYTES} FLOW; rx END\n"
+         bytes {PASTE_SECS} {FLOW_BYTES} FLOW; rx END\n\
+         echo GUEST-$(grep 0: /proc/tty/driver/serial)\n"
     );
     let cmdline = run_cmdline(CMDLINE, &guest).unwrap_or_else(|e| panic!("{e}"));
     // The console log exists before vmm starts: the background job opens
@@ -283,7 +284,8 @@ fn console_input_reaches_the_guest_whole() {
          ready GUEST-LINES-READY && cat /tmp/LINES >&3\n\
          ready GUEST-FLOW-READY && {{ cat /tmp/FLOW >&3 & }}\n\
          wait $VMM; echo VMM-EXIT=$?\n\
-         exec 3>&-; sleep 2\n",
+         exec 3>&-; sleep 2\n\
+         grep -a -E '^\\[ *[0-9]+\\.[0-9]+\\]|STRATUM-' /tmp/console.log | tail -n 40 | sed 's/^/GUEST-CONSOLE /'\n",
         line_random = LINES * LINE_CHARS / 4 * 3,
     );
     let outcome = host()
