@@ -38,6 +38,7 @@ use tokio::sync::OnceCell;
 use super::cgpath::CgroupMapping;
 use super::confinement::Confinement;
 use super::error::{Result, RuntimeError};
+use super::exec::ExecChild;
 use super::idmap::IdMap;
 use super::log_writer::{self, LogRotation};
 use super::logs::LogFollower;
@@ -496,19 +497,39 @@ impl Container {
         args: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput> {
+        self.ensure_not_exited()?;
+        let process = self.exec_process(args, false)?;
+        runtime.exec(&self.id, &process, timeout).await
+    }
+
+    /// Starts a command in the running container and returns while it runs
+    /// (interactive exec; see [`crate::exec`]): with `tty` on a terminal
+    /// (`TERM=xterm` unless the container sets `TERM`, as containerd does;
+    /// no initial size: the client's first resize sets it), else on pipes.
+    pub async fn spawn_exec(
+        &self,
+        runtime: &OciRuntime,
+        args: &[String],
+        tty: bool,
+    ) -> Result<ExecChild> {
+        self.ensure_not_exited()?;
+        let process = self.exec_process(args, tty)?;
+        runtime.spawn_exec(&self.id, &process).await
+    }
+
+    fn ensure_not_exited(&self) -> Result<()> {
         if self.exit.initialized() {
             return Err(RuntimeError::WrongState {
                 id: self.id.clone(),
                 reason: "is not running",
             });
         }
-        let process = self.exec_process(args)?;
-        runtime.exec(&self.id, &process, timeout).await
+        Ok(())
     }
 
     /// The container's own process spec (from its bundle's config.json)
-    /// running `args` instead, without a terminal.
-    fn exec_process(&self, args: &[String]) -> Result<oci_spec::runtime::Process> {
+    /// running `args` instead, with a terminal or without.
+    fn exec_process(&self, args: &[String], tty: bool) -> Result<oci_spec::runtime::Process> {
         let path = self.dir.join("config.json");
         let spec = oci_spec::runtime::Spec::load(&path).map_err(|e| {
             RuntimeError::io(&path, "read the container's spec")(std::io::Error::other(e))
@@ -517,8 +538,15 @@ impl Container {
             RuntimeError::invalid("container spec", path.to_string_lossy(), "has no process")
         })?;
         process.set_args(Some(args.to_vec()));
-        process.set_terminal(Some(false));
+        process.set_terminal(Some(tty));
         process.set_console_size(None);
+        if tty {
+            let mut env = process.env().clone().unwrap_or_default();
+            if !env.iter().any(|e| e.starts_with("TERM=")) {
+                env.push("TERM=xterm".to_string());
+            }
+            process.set_env(Some(env));
+        }
         Ok(process)
     }
 

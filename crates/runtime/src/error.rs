@@ -70,6 +70,19 @@ pub enum RuntimeError {
     #[error("exec in container {id}: not finished within {timeout:?}, killed")]
     ExecTimeout { id: String, timeout: Duration },
 
+    /// The runtime's console socket did not yield a pseudo-terminal
+    /// master: the peer sent no fd, something else, or a truncated message.
+    #[error("console socket {socket}: {reason}")]
+    ConsoleSocket {
+        socket: PathBuf,
+        reason: &'static str,
+    },
+
+    /// The runtime did not send a terminal over the console socket within
+    /// its time limit (it was killed).
+    #[error("console socket {socket}: no terminal received within {timeout:?}")]
+    ConsoleTimeout { socket: PathBuf, timeout: Duration },
+
     /// The runtime's `state` output could not be understood.
     #[error("{runtime} state {id}: cannot parse {output:?}: {reason}")]
     State {

@@ -21,7 +21,9 @@
 //!   container's capabilities, seccomp and paths; [`seccomp`]: the system
 //!   call filter every container gets (Docker's default profile), or
 //!   [`seccomp_file`]'s, a profile from a file on the host.
-//! - [`oci`]: the runtime CLI driver (create/start/state/kill/delete/exec).
+//! - [`oci`]: the runtime CLI driver (create/start/state/kill/delete/exec);
+//!   [`exec`]: an exec handed back while it runs (pipes, or a terminal
+//!   received over a console socket), for interactive exec.
 //! - [`logs`]: CRI log format and the follower.
 //! - [`log_writer`]: the per-container log writer process that owns a
 //!   container's log (`stratum-log-writer`).
@@ -45,6 +47,7 @@ pub mod cgpath;
 pub mod confinement;
 pub mod container;
 mod error;
+pub mod exec;
 pub mod idmap;
 pub mod log_writer;
 pub mod logs;
@@ -68,6 +71,7 @@ pub use container::{
     Container, ContainerConfig, ContainerStatus, ExitReason, ExitReport, PodContext,
 };
 pub use error::{Result, RuntimeError};
+pub use exec::{ExecChild, PtyMaster, PtyResizer};
 pub use idmap::IdMap;
 pub use log_writer::LogRotation;
 pub use logs::{CriLogLine, LogFollower, LogStream, MAX_LOG_LINE};

@@ -12,7 +12,9 @@
 //! passed as the runtime's, and the runtime's own error messages are taken
 //! from `--log <bundle>/runtime.log --log-format json` (both runtimes write
 //! errors there; crun also copies them to the container's stderr file,
-//! where they do no harm). All other calls capture stderr; errors carry it.
+//! where they do no harm). All other calls capture stderr; errors carry it,
+//! except an exec with a terminal (`spawn_exec`), whose runtime also has
+//! null stdio and a `--log`.
 //!
 //! In the rebased cgroup mode (see `cgpath`) every call enters the cgroup
 //! view between fork and exec, so `cgroupsPath` resolves to the same
@@ -30,12 +32,17 @@ use tokio::process::Command;
 
 use super::cgpath::{CgroupView, PreparedView};
 use super::error::{Result, RuntimeError};
+use super::exec::{self, ExecChild, ExecDir};
 
 /// Default runtime binary (looked up in `PATH`).
 pub const DEFAULT_RUNTIME: &str = "crun";
 
 /// Default state directory for the runtime's `--root`.
 pub const DEFAULT_STATE_ROOT: &str = "/run/stratum/runtime";
+
+/// How long a terminal-mode exec whose runtime has already ended still
+/// waits for the terminal it may have queued on the console socket.
+const EXITED_GRACE: Duration = Duration::from_millis(500);
 
 /// Default time limit of one runtime command (not of `exec`).
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -307,33 +314,14 @@ impl OciRuntime {
         process: &oci_spec::runtime::Process,
         timeout: Duration,
     ) -> Result<ExecOutput> {
-        validate_id(id)?;
-        if process.args().as_ref().is_none_or(|a| a.is_empty()) {
-            return Err(RuntimeError::invalid("exec command", "", "empty"));
-        }
-        let pid_dir = tempfile_dir(&self.state_root)?;
-        let pid_file = pid_dir.join("exec.pid");
-        let process_file = pid_dir.join("process.json");
-        let json = serde_json::to_vec(process).map_err(|e| {
-            RuntimeError::io(&process_file, "serialize process")(std::io::Error::other(e))
-        })?;
-        if let Err(e) = fs::write(&process_file, json) {
-            let _ = fs::remove_dir_all(&pid_dir);
-            return Err(RuntimeError::io(&process_file, "write")(e));
-        }
-        let mut cmd = self.command();
-        cmd.arg("exec")
-            .arg("--pid-file")
-            .arg(&pid_file)
-            .arg("--process")
-            .arg(&process_file)
-            .arg(id)
-            .stdin(Stdio::null())
+        let dir = self.prepare_exec(id, process)?;
+        let mut cmd = self.exec_command(id, &dir, None);
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let child = cmd.spawn().map_err(|source| self.spawn_error(source))?;
         let result = tokio::time::timeout(timeout, child.wait_with_output()).await;
-        let outcome = match result {
+        match result {
             Ok(Ok(output)) => Ok(ExecOutput {
                 stdout: output.stdout,
                 stderr: output.stderr,
@@ -343,7 +331,7 @@ impl OciRuntime {
             Err(_) => {
                 // The runtime was killed with the dropped future; its child
                 // in the container would run on: kill it by its pid.
-                if let Some(pid) = read_pid(&pid_file) {
+                if let Some(pid) = read_pid(&dir.pid_file()) {
                     kill_pid(pid);
                 }
                 Err(RuntimeError::ExecTimeout {
@@ -351,9 +339,115 @@ impl OciRuntime {
                     timeout,
                 })
             }
+        }
+    }
+
+    /// Starts `process` (a whole process spec, as for [`OciRuntime::exec`])
+    /// in the running container `id` and returns while it runs (see
+    /// [`crate::exec`]). Without `terminal` its stdin, stdout and stderr
+    /// are pipes in the [`ExecChild`]; with `terminal` the runtime makes a
+    /// pseudo-terminal and this waits (at most the command time limit) for
+    /// its master through a console socket: [`ExecChild::terminal`]. The
+    /// process has no time limit; the caller waits for or kills it.
+    pub async fn spawn_exec(
+        &self,
+        id: &str,
+        process: &oci_spec::runtime::Process,
+    ) -> Result<ExecChild> {
+        let dir = self.prepare_exec(id, process)?;
+        if !process.terminal().unwrap_or(false) {
+            let mut cmd = self.exec_command(id, &dir, None);
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let child = cmd.spawn().map_err(|source| self.spawn_error(source))?;
+            return Ok(ExecChild::new(id, child, dir, None, None));
+        }
+        let socket = dir.console_socket();
+        let listener = exec::console_listener(&socket)?;
+        let mut cmd = self.exec_command(id, &dir, Some(&socket));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().map_err(|source| self.spawn_error(source))?;
+        let received = tokio::select! {
+            // Receiving first: a short command may have sent its terminal
+            // and ended by the time both are ready.
+            biased;
+            master = exec::receive_pty_master(&listener, &socket, self.timeout) => {
+                master.map(|m| (m, None))
+            }
+            status = child.wait() => {
+                let status = status.map_err(|source| self.spawn_error(source))?;
+                // A terminal sent before the runtime ended is queued on the
+                // socket already; a short grace period takes it.
+                match exec::receive_pty_master(&listener, &socket, EXITED_GRACE).await {
+                    Ok(master) => Ok((master, Some(exit_code(&status)))),
+                    Err(e) if status.success() => Err(e),
+                    Err(_) => Err(RuntimeError::Runtime {
+                        runtime: self.kind.name().to_string(),
+                        command: "exec",
+                        id: id.to_string(),
+                        status: status.to_string(),
+                        message: read_json_log(&dir.log())
+                            .unwrap_or_else(|| "no terminal received".to_string()),
+                    }),
+                }
+            }
         };
-        let _ = fs::remove_dir_all(&pid_dir);
-        outcome
+        // Nobody else is to connect; the directory keeps only the pid file.
+        drop(listener);
+        let _ = fs::remove_file(&socket);
+        match received {
+            Ok((master, exited)) => Ok(ExecChild::new(id, child, dir, Some(master), exited)),
+            Err(e) => {
+                if let Some(pid) = read_pid(&dir.pid_file()) {
+                    kill_pid(pid);
+                }
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks an exec's arguments and writes its process spec into a
+    /// fresh private directory.
+    fn prepare_exec(&self, id: &str, process: &oci_spec::runtime::Process) -> Result<ExecDir> {
+        validate_id(id)?;
+        if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+            return Err(RuntimeError::invalid("exec command", "", "empty"));
+        }
+        let dir = ExecDir::create(&self.state_root)?;
+        let process_file = dir.process_file();
+        let json = serde_json::to_vec(process).map_err(|e| {
+            RuntimeError::io(&process_file, "serialize process")(std::io::Error::other(e))
+        })?;
+        fs::write(&process_file, json).map_err(RuntimeError::io(&process_file, "write"))?;
+        Ok(dir)
+    }
+
+    /// `exec --pid-file --process [--console-socket] ID`; with a console
+    /// socket the runtime's stdio is not ours to read, so its errors go to
+    /// its JSON log in the exec's directory.
+    fn exec_command(&self, id: &str, dir: &ExecDir, console: Option<&Path>) -> Command {
+        let mut cmd = self.command();
+        if console.is_some() {
+            cmd.arg("--log")
+                .arg(dir.log())
+                .arg("--log-format")
+                .arg("json");
+        }
+        cmd.arg("exec")
+            .arg("--pid-file")
+            .arg(dir.pid_file())
+            .arg("--process")
+            .arg(dir.process_file());
+        if let Some(socket) = console {
+            cmd.arg("--console-socket").arg(socket);
+        }
+        cmd.arg(id);
+        cmd
     }
 
     fn command(&self) -> Command {
@@ -514,7 +608,7 @@ pub(crate) fn read_pid(path: &Path) -> Option<u32> {
         .filter(|&p| p > 1)
 }
 
-fn kill_pid(pid: u32) {
+pub(crate) fn kill_pid(pid: u32) {
     if let Ok(pid) = libc::pid_t::try_from(pid) {
         // SAFETY: kill(2) has no memory-safety preconditions; ESRCH (gone
         // already) is fine.
@@ -522,28 +616,6 @@ fn kill_pid(pid: u32) {
             libc::kill(pid, libc::SIGKILL);
         }
     }
-}
-
-/// A fresh private directory below `root` for one exec's pid file.
-fn tempfile_dir(root: &Path) -> Result<PathBuf> {
-    let base = root.join("exec");
-    fs::create_dir_all(&base).map_err(RuntimeError::io(&base, "create directory"))?;
-    for attempt in 0..100u32 {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir = base.join(format!("{}-{nanos}-{attempt}", std::process::id()));
-        match fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(RuntimeError::io(&dir, "create directory")(e)),
-        }
-    }
-    Err(RuntimeError::invalid(
-        "exec directory",
-        base.to_string_lossy(),
-        "no free name",
-    ))
 }
 
 /// `binary` itself if it contains a `/`, else the first match in `PATH`.

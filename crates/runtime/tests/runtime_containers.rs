@@ -25,17 +25,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use stratum_cgroup::{Cgroup, CgroupLimits, Hierarchy, HierarchyConfig};
 use stratum_runtime::mountinfo;
 use stratum_runtime::{
-    become_subreaper, reap_orphans, CgroupMapping, Container, ContainerConfig, ExitReason,
-    LogStream, OciRuntime, OciRuntimeConfig, PodContext, PodNetwork, PodSandbox, ProcessConfig,
-    ProcessExit, RootfsSource, RuntimeError, RuntimeKind,
+    become_subreaper, reap_orphans, CgroupMapping, Container, ContainerConfig, ExecChild,
+    ExitReason, LogStream, OciRuntime, OciRuntimeConfig, PodContext, PodNetwork, PodSandbox,
+    ProcessConfig, ProcessExit, RootfsSource, RuntimeError, RuntimeKind,
 };
 use stratum_testkit::root::require_root;
 
 const MIB: u64 = 1 << 20;
 
-const APPLETS: [&str; 20] = [
+const APPLETS: [&str; 23] = [
     "sh", "echo", "cat", "sleep", "hostname", "ip", "httpd", "wget", "readlink", "dd", "head",
-    "tail", "ls", "id", "true", "false", "env", "mkdir", "grep", "kill",
+    "tail", "ls", "id", "true", "false", "env", "mkdir", "grep", "kill", "tty", "stty", "test",
 ];
 
 static HOST: Once = Once::new();
@@ -698,6 +698,192 @@ async fn runtime_runc_runs_a_container_in_its_cgroup() {
         log.contains(&expected),
         "memory cgroup not {expected:?}: {log}"
     );
+    let path = ctr.cgroups_path().to_string();
+    ctr.remove(&fx.runtime).await.expect("remove");
+    fx.assert_gone(&id, &path).await;
+}
+
+/// Reads `from` until the text read contains `needle` (or ends, or 10 s
+/// pass); all text read.
+async fn read_until(from: &mut (impl tokio::io::AsyncRead + Unpin), needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut text = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&text).contains(needle) {
+        let mut buf = [0u8; 1024];
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, from.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{needle:?} not read: {:?}", String::from_utf8_lossy(&text)))
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// The exec'd process's pid, once the runtime has written it (crun may
+/// write it after the process has started talking).
+async fn exec_pid(child: &ExecChild) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = child.pid() {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "no exec pid");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_exec(child: &mut ExecChild) -> i32 {
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exec ends")
+        .expect("wait")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_interactive_exec_pipes_and_terminal() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fx = Fixture::new("iexec", "crun");
+    let id = unique("iexec");
+    let ctr = fx.run(&id, "exec sleep 60", CgroupLimits::default()).await;
+    let sh = |script: &str| vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string()];
+    let exec_dirs = || {
+        fs::read_dir(fx.runtime.state_root().join("exec"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+
+    // Pipes: stdin to cat comes back on stdout.
+    let mut cat = ctr
+        .spawn_exec(&fx.runtime, &["cat".to_string()], false)
+        .await
+        .expect("spawn cat");
+    assert!(cat.terminal.is_none());
+    let mut stdin = cat.stdin.take().expect("stdin");
+    stdin
+        .write_all(b"hello through cat\n")
+        .await
+        .expect("write");
+    drop(stdin);
+    let mut out = String::new();
+    cat.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .await
+        .expect("read");
+    assert_eq!(out, "hello through cat\n");
+    assert_eq!(wait_exec(&mut cat).await, 0);
+
+    // stdout and stderr apart; the exit code.
+    let mut child = ctr
+        .spawn_exec(&fx.runtime, &sh("echo out; echo err >&2; exit 3"), false)
+        .await
+        .expect("spawn sh");
+    let (mut out, mut err) = (String::new(), String::new());
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let (a, b) = tokio::join!(
+        stdout.read_to_string(&mut out),
+        stderr.read_to_string(&mut err)
+    );
+    a.expect("stdout");
+    b.expect("stderr");
+    assert_eq!((out.as_str(), err.as_str()), ("out\n", "err\n"));
+    assert_eq!(wait_exec(&mut child).await, 3);
+    assert_eq!(wait_exec(&mut child).await, 3, "wait again");
+
+    // kill: by the pid the runtime wrote.
+    let mut sleeper = ctr
+        .spawn_exec(&fx.runtime, &["sleep".to_string(), "30".to_string()], false)
+        .await
+        .expect("spawn sleep");
+    let pid = exec_pid(&sleeper).await;
+    sleeper.kill().expect("kill");
+    let code = wait_exec(&mut sleeper).await;
+    // crun reports its child's SIGKILL as 128 + 9.
+    assert_eq!(code, 137, "killed sleep");
+    // crun reaped it (`exe` is gone from a zombie too).
+    assert!(!Path::new(&format!("/proc/{pid}/exe")).exists());
+
+    // A terminal: the process sees a tty and TERM; its output comes
+    // through the master; a resize is seen inside; the exit code.
+    let script = "tty; test -t 0 && echo IS-TTY; echo TERM=$TERM; read line; stty size; exit 5";
+    let mut child = ctr
+        .spawn_exec(&fx.runtime, &sh(script), true)
+        .await
+        .expect("spawn with terminal");
+    assert!(child.stdin.is_none() && child.stdout.is_none() && child.stderr.is_none());
+    let mut pty = child.terminal.take().expect("terminal");
+    // (A wrong TERM fails with the text read so far.)
+    let text = read_until(&mut pty, "TERM=xterm\r\n").await;
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert!(text.contains("IS-TTY\r\n"), "{text:?}");
+    let resizer = pty.resizer();
+    resizer.resize(100, 40).expect("resize");
+    pty.write_all(b"go\n").await.expect("write");
+    let text = read_until(&mut pty, "40 100").await;
+    assert!(text.contains("40 100"), "{text:?}");
+    assert_eq!(wait_exec(&mut child).await, 5);
+    // The process is gone: the master reads end of file.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), pty.read_to_end(&mut rest))
+        .await
+        .expect("EOF")
+        .expect("read");
+
+    // A short command ends before we read: its output is still there.
+    let mut child = ctr
+        .spawn_exec(&fx.runtime, &sh("echo quick; exit 2"), true)
+        .await
+        .expect("spawn quick");
+    let mut pty = child.terminal.take().expect("terminal");
+    let text = read_until(&mut pty, "quick").await;
+    assert!(text.contains("quick"), "{text:?}");
+    assert_eq!(wait_exec(&mut child).await, 2);
+
+    // Dropping a running exec kills its process.
+    let mut child = ctr
+        .spawn_exec(&fx.runtime, &sh("echo ready; exec sleep 30"), true)
+        .await
+        .expect("spawn shell");
+    let mut pty = child.terminal.take().expect("terminal");
+    read_until(&mut pty, "ready").await;
+    let pid = exec_pid(&child).await;
+    drop(child);
+    drop(pty);
+    // Killed, re-parented to us (the runtime was killed too) and reaped
+    // as an orphan: a zombie left would keep the cgroup busy.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "exec'd process {pid} survived drop"
+        );
+        reap_orphans();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Runtime failure in terminal mode: an error, not a hang.
+    let started = Instant::now();
+    let res = fx
+        .runtime
+        .spawn_exec("no-such-container", &{
+            let mut p = oci_spec::runtime::Process::default();
+            p.set_args(Some(vec!["sh".into()]));
+            p.set_terminal(Some(true));
+            p
+        })
+        .await;
+    let err = res.expect_err("no container");
+    assert!(matches!(err, RuntimeError::Runtime { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(exec_dirs(), 0, "exec directories left");
+
     let path = ctr.cgroups_path().to_string();
     ctr.remove(&fx.runtime).await.expect("remove");
     fx.assert_gone(&id, &path).await;

@@ -127,3 +127,64 @@ pub enum HeaderError {
     #[error("header {0:?} is too long to encode")]
     TooLong(String),
 }
+
+/// Why a [`crate::session::Session`] ended, or why it refused a request.
+///
+/// The first three end the session with GOAWAY (`PROTOCOL_ERROR`): the
+/// peer broke the protocol. I/O and truncation end it without one (the
+/// connection is gone).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// The peer's bytes are not a valid frame (or a header block we were
+    /// given does not encode).
+    #[error("frame: {0}")]
+    Frame(#[from] Error),
+    /// The peer sent more DATA than the session window allowed.
+    #[error("peer sent {len} bytes of DATA with {window} left in the session window")]
+    SessionWindowExceeded {
+        /// The frame's payload length.
+        len: usize,
+        /// What was left of our session receive window.
+        window: i64,
+    },
+    /// A WINDOW_UPDATE took our session send window past 2^31 - 1.
+    #[error("WINDOW_UPDATE took the session send window past 2^31-1")]
+    SendWindowOverflow,
+    /// Reading or writing the connection failed.
+    #[error("connection {kind:?}: {message}")]
+    Io {
+        /// The I/O error's kind.
+        kind: std::io::ErrorKind,
+        /// Its message.
+        message: String,
+    },
+    /// The connection ended in the middle of a frame.
+    #[error("connection ended in the middle of a frame")]
+    Truncated,
+    /// (Opening a stream) the session has ended.
+    #[error("session closed")]
+    Closed,
+    /// (Opening a stream) the peer sent GOAWAY.
+    #[error("peer sent GOAWAY: no new streams")]
+    GoneAway,
+    /// (Opening a stream) every 31-bit stream ID of our parity is used.
+    #[error("stream IDs exhausted")]
+    StreamIdsExhausted,
+    /// (Opening a stream) the peer answered SYN_STREAM with RST_STREAM.
+    #[error("peer refused stream {stream_id}: RST_STREAM status {}", status.0)]
+    Refused {
+        /// The stream.
+        stream_id: u32,
+        /// The peer's status.
+        status: crate::frame::RstStatus,
+    },
+}
+
+impl From<std::io::Error> for SessionError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}

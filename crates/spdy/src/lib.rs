@@ -10,9 +10,10 @@
 //! ([`Headers`], [`HeaderCodec`]) whose compression context lives as long
 //! as the connection.
 //!
-//! It does no I/O: [`Codec::decode`] reads from a buffer the caller fills
-//! and says when it needs more bytes, and [`Codec::encode`] appends to one.
-//! It knows nothing of HTTP upgrades, stream state, flow-control windows or
+//! The codec does no I/O: [`Codec::decode`] reads from a buffer the caller
+//! fills and says when it needs more bytes, and [`Codec::encode`] appends
+//! to one. Above it, [`session`] runs a connection with Tokio: streams,
+//! flow-control windows, PING and GOAWAY. Neither knows HTTP upgrades or
 //! Kubernetes' stream types (`error`, `stdin`, `stdout`, `stderr`,
 //! `resize`, `data`); those belong to the streaming server above it.
 //!
@@ -41,11 +42,13 @@ mod dictionary;
 pub mod error;
 pub mod frame;
 pub mod headers;
+pub mod session;
 
-pub use error::{Error, HeaderError};
+pub use error::{Error, HeaderError, SessionError};
 pub use frame::{
     Codec, Data, Frame, GoAway, GoAwayStatus, HeadersFrame, RstStatus, RstStream, Setting,
     Settings, SynReply, SynStream, UnknownControl, WindowUpdate, FLAG_FIN, FRAME_HEADER_LEN,
     MAX_FRAME_LEN, SPDY_VERSION,
 };
 pub use headers::{HeaderCodec, Headers, MAX_HEADER_BLOCK};
+pub use session::{Config, FlowControl, Role, Session, Stream};
