@@ -178,6 +178,10 @@ struct Cli {
     /// sandboxes land in: HANDLER=POOL, repeatable.
     #[arg(long = "cri-handler", value_name = "HANDLER=POOL", value_parser = parse_handler)]
     cri_handlers: Vec<(String, String)>,
+    /// Where the CRI's streaming server (exec) listens: a loopback address
+    /// (the kubelet runs on this host); port 0 picks a free one.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:0")]
+    cri_streaming_addr: std::net::SocketAddr,
 }
 
 /// The mount roots resolved as host paths are (a root that does not
@@ -338,10 +342,14 @@ async fn cri_door(
     if cli.no_cri {
         return Ok(Box::pin(std::future::pending()));
     }
+    let (streaming, streaming_listener) =
+        cri::streaming::StreamingServer::bind(cli.cri_streaming_addr).await?;
+    tokio::spawn(Arc::clone(&streaming).serve(streaming_listener, Arc::clone(agent)));
     let config = cri::CriConfig {
         socket: cli.cri_socket.clone(),
         default_pool: cli.cri_pool.clone(),
         handler_pools: cli.cri_handlers.iter().cloned().collect(),
+        streaming: Some(streaming),
     };
     let listener = cri::server::bind(&config.socket).await?;
     Ok(Box::pin(cri::server::serve(

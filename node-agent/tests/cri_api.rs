@@ -146,6 +146,23 @@ async fn exec(rt: &mut Runtime, id: &str, cmd: &[&str]) -> cri::ExecSyncResponse
     .into_inner()
 }
 
+/// Pulls `reference` through the CRI; its image ref.
+async fn pull(images: &mut ImageServiceClient<Channel>, reference: &str) -> String {
+    images
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: reference.into(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .expect("pull")
+        .into_inner()
+        .image_ref
+}
+
 async fn start(rt: &mut Runtime, id: &str) -> Result<(), tonic::Status> {
     rt.start_container(cri::StartContainerRequest {
         container_id: id.into(),
@@ -222,19 +239,7 @@ async fn a_kubelets_pod_runs_through_the_cri() {
     }
 
     // The image: pulled through the CRI, then found by its reference.
-    let pulled = images
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: pods.reference.clone(),
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: None,
-        })
-        .await
-        .expect("pull")
-        .into_inner()
-        .image_ref;
+    let pulled = pull(&mut images, &pods.reference).await;
     assert!(pulled.starts_with("sha256:"), "{pulled}");
     let image = images
         .image_status(cri::ImageStatusRequest {
@@ -1354,4 +1359,278 @@ async fn pulls_go_through_a_registry_mirror_and_keep_their_names() {
     .expect("a container of the mirrored image");
     start(&mut rt, &id).await.unwrap();
     wait_log(&logs.path().join("c/0.log"), "from-the-mirror");
+}
+
+/// One remotecommand connection to an `Exec` URL, as Kubernetes' Go
+/// client makes it: an HTTP/1.1 upgrade to SPDY/3.1 offering `protocols`,
+/// then a stream per channel. `Err` holds the refusal's status line.
+async fn exec_connect(
+    url: &str,
+    protocols: &[&str],
+) -> Result<stratum_spdy::session::Session, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (authority, path) = rest.split_at(rest.find('/').expect("a path"));
+    let mut conn = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+    );
+    for p in protocols {
+        request += &format!("X-Stream-Protocol-Version: {p}\r\n");
+    }
+    request += "Content-Length: 0\r\n\r\n";
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    if !head.starts_with("HTTP/1.1 101 ") {
+        return Err(head.lines().next().unwrap_or_default().to_string());
+    }
+    // The most preferred version is chosen (each test offers it first).
+    assert!(
+        head.contains(&format!("X-Stream-Protocol-Version: {}\r\n", protocols[0])),
+        "{head}"
+    );
+    let config = stratum_spdy::session::Config {
+        flow_control: stratum_spdy::session::FlowControl::Lenient,
+        ..Default::default()
+    };
+    Ok(
+        stratum_spdy::session::Session::new(conn, stratum_spdy::session::Role::Client, config)
+            .unwrap(),
+    )
+}
+
+async fn open_stream(
+    session: &stratum_spdy::session::Session,
+    kind: &str,
+) -> stratum_spdy::session::Stream {
+    let mut headers = stratum_spdy::Headers::new();
+    headers.append("streamtype", kind);
+    headers.append("requestid", "0");
+    session.open(headers).await.unwrap()
+}
+
+async fn read_all(stream: &mut stratum_spdy::session::Stream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut out))
+        .await
+        .expect("the stream ended in time");
+    if let Err(e) = read {
+        panic!("{e}: read {:?}", String::from_utf8_lossy(&out));
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+async fn exec_url(
+    rt: &mut Runtime,
+    id: &str,
+    cmd: &[&str],
+    tty: bool,
+    stderr: bool,
+) -> Result<String, tonic::Status> {
+    rt.exec(cri::ExecRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty,
+        stdin: true,
+        stdout: true,
+        stderr,
+    })
+    .await
+    .map(|r| r.into_inner().url)
+}
+
+#[tokio::test]
+async fn exec_and_port_forward_stream_through_the_streaming_server() {
+    use tokio::io::AsyncWriteExt;
+    let pods = PodAgent::start("cri-exec").await;
+    let channel = pods.agent.cri_channel().await;
+    let mut rt = RuntimeServiceClient::new(channel.clone());
+    let mut images = ImageServiceClient::new(channel);
+    pull(&mut images, &pods.reference).await;
+    let logs = tempfile::tempdir().unwrap();
+    let sandbox = run_sandbox(&mut rt, sandbox_config("shell", 0, logs.path()))
+        .await
+        .expect("run sandbox");
+    let id = create(
+        &mut rt,
+        &sandbox,
+        container_config("shell", &pods.reference, "exec sleep 3600"),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &id).await.expect("start");
+
+    // Pipes: stdin reaches the command, stdout and stderr come apart,
+    // the exit code comes as v4's Status.
+    let url = exec_url(
+        &mut rt,
+        &id,
+        &["sh", "-c", "cat; echo to-stderr >&2; exit 3"],
+        false,
+        true,
+    )
+    .await
+    .expect("exec");
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let session = exec_connect(&url, &["v4.channel.k8s.io", "channel.k8s.io"])
+        .await
+        .unwrap();
+    let mut error = open_stream(&session, "error").await;
+    let mut stdin = open_stream(&session, "stdin").await;
+    let mut stdout = open_stream(&session, "stdout").await;
+    let mut stderr = open_stream(&session, "stderr").await;
+    stdin.write_all(b"line one\nline two\n").await.unwrap();
+    stdin.shutdown().await.unwrap();
+    let _ = &mut error;
+    assert_eq!(read_all(&mut stdout).await, "line one\nline two\n");
+    assert_eq!(read_all(&mut stderr).await, "to-stderr\n");
+    let status: serde_json::Value = serde_json::from_str(&read_all(&mut error).await).unwrap();
+    assert_eq!(status["status"], "Failure", "{status}");
+    assert_eq!(status["reason"], "NonZeroExitCode", "{status}");
+    assert_eq!(
+        status["details"]["causes"][0]["reason"], "ExitCode",
+        "{status}"
+    );
+    assert_eq!(status["details"]["causes"][0]["message"], "3", "{status}");
+    drop((error, stdin, stdout, stderr, session));
+
+    // A URL is good once.
+    let refused = exec_connect(&url, &["v4.channel.k8s.io"])
+        .await
+        .unwrap_err();
+    assert!(refused.contains("404"), "{refused}");
+
+    // A terminal: the command sees one, of the size the client sends, and
+    // what it reads comes from stdin.
+    let url = exec_url(
+        &mut rt,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "test -t 0 && echo is-a-tty; read line; stty size; echo got-$line",
+        ],
+        true,
+        false,
+    )
+    .await
+    .expect("exec tty");
+    let session = exec_connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+    let mut error = open_stream(&session, "error").await;
+    let mut stdin = open_stream(&session, "stdin").await;
+    let mut stdout = open_stream(&session, "stdout").await;
+    let mut resize = open_stream(&session, "resize").await;
+    resize
+        .write_all(br#"{"Width":100,"Height":40}"#)
+        .await
+        .unwrap();
+    // The size is set before the command reads its line.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stdin.write_all(b"typed\n").await.unwrap();
+    let out = read_all(&mut stdout).await;
+    assert!(out.contains("is-a-tty"), "{out:?}");
+    assert!(out.contains("40 100"), "{out:?}");
+    assert!(out.contains("got-typed"), "{out:?}");
+    let status: serde_json::Value = serde_json::from_str(&read_all(&mut error).await).unwrap();
+    assert_eq!(status["status"], "Success", "{status}");
+    drop((error, stdin, stdout, resize, session));
+
+    // Refused before any URL: a terminal with a separate stderr, a
+    // container that does not run; a protocol nobody speaks, at the URL.
+    let both = exec_url(&mut rt, &id, &["true"], true, true)
+        .await
+        .unwrap_err();
+    assert_eq!(both.code(), Code::InvalidArgument, "{both:?}");
+    let url = exec_url(&mut rt, &id, &["true"], false, true)
+        .await
+        .unwrap();
+    let refused = exec_connect(&url, &["v9.channel.k8s.io"])
+        .await
+        .unwrap_err();
+    assert!(refused.contains("403"), "{refused}");
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    let stopped = exec_url(&mut rt, &id, &["true"], false, true)
+        .await
+        .unwrap_err();
+    assert_eq!(stopped.code(), Code::FailedPrecondition, "{stopped:?}");
+
+    // Port forwarding: a web server on the pod's loopback only, reached
+    // through a forwarded connection; a closed port is told on the error
+    // stream; a port the request did not name is refused.
+    let web = create(
+        &mut rt,
+        &sandbox,
+        container_config(
+            "web",
+            &pods.reference,
+            "mkdir -p /www && echo forwarded-ok > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www",
+        ),
+    )
+    .await
+    .expect("create web");
+    start(&mut rt, &web).await.expect("start web");
+    let url = rt
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: sandbox.clone(),
+            port: vec![8080, 8081],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let session = exec_connect(&url, &["portforward.k8s.io"]).await.unwrap();
+    let open_pair = |port: &'static str, request: &'static str| {
+        let session = &session;
+        async move {
+            let mut pair = Vec::new();
+            for kind in ["error", "data"] {
+                let mut headers = stratum_spdy::Headers::new();
+                headers.append("streamtype", kind);
+                headers.append("port", port);
+                headers.append("requestid", request);
+                pair.push(session.open(headers).await.unwrap());
+            }
+            let data = pair.pop().unwrap();
+            (pair.pop().unwrap(), data)
+        }
+    };
+    let mut body = String::new();
+    for _ in 0..50 {
+        let (mut error, mut data) = open_pair("8080", "1").await;
+        data.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        data.shutdown().await.unwrap();
+        body = read_all(&mut data).await;
+        let failure = read_all(&mut error).await;
+        if body.contains("forwarded-ok") || !failure.contains("connect") {
+            break;
+        }
+        // httpd may not listen yet.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(body.contains("forwarded-ok"), "{body:?}");
+    let (mut error, mut data) = open_pair("8081", "2").await;
+    let failure = read_all(&mut error).await;
+    assert!(failure.contains("port 8081"), "{failure:?}");
+    assert_eq!(read_all(&mut data).await, "");
+    let mut headers = stratum_spdy::Headers::new();
+    headers.append("streamtype", "error");
+    headers.append("port", "22");
+    headers.append("requestid", "3");
+    let mut refused = session.open(headers).await.unwrap();
+    let failure = read_all(&mut refused).await;
+    assert!(failure.contains("not asked for"), "{failure:?}");
 }

@@ -11,7 +11,8 @@
 //! the agent's specs and statuses ([`sandbox`], [`container`]), the choice
 //! of pool for a sandbox ([`CriConfig`]), the caller's authority, and the
 //! socket ([`server`], and [`authority`] for the Go clients whose
-//! requests tonic would otherwise refuse). What the kubelet owns and the agent leaves to it:
+//! requests tonic would otherwise refuse), and the streaming server that
+//! `Exec` and `PortForward` send their clients to ([`streaming`]). What the kubelet owns and the agent leaves to it:
 //! restarting containers (a CRI container runs once; the agent never
 //! restarts it, and a sandbox never stops by itself when its containers
 //! end) and removing log files.
@@ -28,9 +29,9 @@
 //! the kubelet always sends, a second sandbox (or container) with the
 //! same metadata and attempt, ids that name nothing (NOT_FOUND, except
 //! where the CRI makes the call idempotent: stopping or removing what is
-//! gone is OK), host namespaces and privileged containers (not supported
-//! yet: UNIMPLEMENTED), a pool annotation naming a pool outside the CRI's
-//! namespaces (PERMISSION_DENIED). Nothing is made by a refused request.
+//! gone is OK), what the agent does not do yet (UNIMPLEMENTED: attach, a
+//! PID namespace shared by a pod's containers), a pool annotation naming
+//! a pool outside the CRI's namespaces (PERMISSION_DENIED). Nothing is made by a refused request.
 
 pub mod authority;
 pub mod container;
@@ -39,6 +40,7 @@ pub mod images;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
+pub mod streaming;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -67,6 +69,8 @@ pub struct CriConfig {
     pub default_pool: String,
     /// Runtime handlers (a RuntimeClass's handler) and their pools.
     pub handler_pools: BTreeMap<String, String>,
+    /// Where `Exec` sends its clients; none: `Exec` is UNAVAILABLE.
+    pub streaming: Option<std::sync::Arc<streaming::StreamingServer>>,
 }
 
 impl CriConfig {

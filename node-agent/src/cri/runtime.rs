@@ -15,7 +15,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::container::{self, View};
-use super::{ids, sandbox, CriConfig};
+use super::{ids, sandbox, streaming, CriConfig};
 use crate::agent::pods::PodEntry;
 use crate::agent::{now, Agent};
 use crate::api::access;
@@ -563,9 +563,26 @@ impl RuntimeService for CriRuntime {
 
     async fn exec(
         &self,
-        _request: Request<cri::ExecRequest>,
+        request: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(Status::unimplemented("streaming exec is not supported yet"))
+        let caller = Caller::of(&request)?;
+        let r = request.into_inner();
+        let found = self.find_container(&caller, &r.container_id)?;
+        access::change_pod(&self.agent, &caller, &found.pod_id)?;
+        if !found.running {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not running",
+                found.id
+            )));
+        }
+        let streaming = self
+            .config
+            .streaming
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("this agent serves no CRI streaming"))?;
+        let target = streaming::ExecTarget::from_request(found.pod_id, found.name, &r)?;
+        let url = streaming.exec_url(target)?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
     async fn attach(
@@ -577,11 +594,20 @@ impl RuntimeService for CriRuntime {
 
     async fn port_forward(
         &self,
-        _request: Request<cri::PortForwardRequest>,
+        request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(Status::unimplemented(
-            "port forwarding is not supported yet",
-        ))
+        let caller = Caller::of(&request)?;
+        let r = request.into_inner();
+        let pod_id = self.find_sandbox(&caller, &r.pod_sandbox_id)?;
+        access::change_pod(&self.agent, &caller, &pod_id)?;
+        let streaming = self
+            .config
+            .streaming
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("this agent serves no CRI streaming"))?;
+        let target = streaming::PortForwardTarget::from_request(pod_id, &r)?;
+        let url = streaming.port_forward_url(target)?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(

@@ -29,6 +29,8 @@ use stratum_runtime::{
 };
 
 /// ExecSync output kept per stream (gRPC messages are limited to 4 MiB).
+/// How long a port forward's connection inside a pod may take.
+const PORT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const EXEC_OUTPUT_MAX: usize = 1 << 20;
 /// ExecSync's timeout when the request gives none.
 const EXEC_DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -885,14 +887,7 @@ impl PodManager {
         command: Vec<String>,
         timeout_seconds: u32,
     ) -> Result<proto::ExecSyncResponse> {
-        if command.is_empty() || command[0].is_empty() {
-            return Err(AgentError::InvalidArgument("exec: no command".into()));
-        }
-        if command.iter().any(|a| a.contains('\0')) {
-            return Err(AgentError::InvalidArgument(
-                "exec: an argument holds a NUL byte".into(),
-            ));
-        }
+        check_command(&command)?;
         let host = self.pod_host().await?;
         let run = self.running_run(pod_id, name).await?;
         let timeout = match timeout_seconds {
@@ -909,6 +904,56 @@ impl PodManager {
             stderr: cut(out.stderr),
             exit_code: out.exit_code,
         })
+    }
+
+    /// Exec with streams: starts `command` in the running container `name`
+    /// (with a terminal if `tty`) and hands the process back, its input
+    /// and output to the caller. Checked as [`Self::exec_sync`] checks.
+    pub async fn spawn_exec(
+        &self,
+        pod_id: &str,
+        name: &str,
+        command: &[String],
+        tty: bool,
+    ) -> Result<stratum_runtime::ExecChild> {
+        check_command(command)?;
+        let host = self.pod_host().await?;
+        let run = self.running_run(pod_id, name).await?;
+        Ok(run.spawn_exec(&host.runtime, command, tty).await?)
+    }
+
+    /// Port forwarding: a TCP connection to `port` on the loopback of pod
+    /// `pod_id`'s network namespace (the host's for a host-network pod),
+    /// made from inside it, as a kubelet's runtime makes it.
+    pub async fn connect_port(&self, pod_id: &str, port: u16) -> Result<tokio::net::TcpStream> {
+        let host_network = {
+            let state = self.read_state();
+            let entry = pod_entry(&state, pod_id)?;
+            if entry.live.is_none() || entry.state() != proto::PodState::Running {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "pod {pod_id} is not running"
+                )));
+            }
+            entry.spec().host_network
+        };
+        let host = self.pod_host().await?;
+        let netns = if host_network {
+            stratum_runtime::sandbox::host_namespace("net")
+        } else {
+            host.network.netns_path(pod_id)
+        };
+        let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let connected = stratum_net::netns::run_in(&netns, move || {
+            let stream = std::net::TcpStream::connect_timeout(&target, PORT_CONNECT_TIMEOUT)?;
+            stream.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(stream)
+        })
+        .await?
+        .map_err(|e| {
+            AgentError::Unavailable(format!("pod {pod_id}: cannot connect to port {port}: {e}"))
+        })?;
+        tokio::net::TcpStream::from_std(connected)
+            .map_err(|e| AgentError::Internal(format!("register a forwarded connection: {e}")))
     }
 
     /// A reader of the container's CRI log; `None` when it wrote nothing
@@ -998,4 +1043,17 @@ pub fn live_usage(u: CgroupUsage) -> proto::LiveUsage {
         oom_kills: u.oom_kills,
         memory_limit_hits: u.memory_limit_hits,
     }
+}
+
+/// An exec's command: a program, and no NUL byte in any argument.
+fn check_command(command: &[String]) -> Result<()> {
+    if command.first().is_none_or(String::is_empty) {
+        return Err(AgentError::InvalidArgument("exec: no command".into()));
+    }
+    if command.iter().any(|a| a.contains('\0')) {
+        return Err(AgentError::InvalidArgument(
+            "exec: an argument holds a NUL byte".into(),
+        ));
+    }
+    Ok(())
 }
