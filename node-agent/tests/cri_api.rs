@@ -1537,6 +1537,8 @@ async fn exec_and_port_forward_stream_through_the_streaming_server() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stdin.write_all(b"typed\n").await.unwrap();
     let out = read_all(&mut stdout).await;
+    // Only what the command wrote and the terminal echoed.
+    assert!(out.starts_with("is-a-tty\r\n"), "{out:?}");
     assert!(out.contains("is-a-tty"), "{out:?}");
     assert!(out.contains("40 100"), "{out:?}");
     assert!(out.contains("got-typed"), "{out:?}");
