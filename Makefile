@@ -73,7 +73,7 @@ static: deps
 	$(STATIC_CARGO) -p stratum-tests --bin boot-probe --bin api-call --bin mktap --bin vsock-host \
 		--bin guest-probe
 	$(STATIC_CARGO) -p node-agent --bin node-agent -p nodectl --bin nodectl \
-		-p stratum-runtime --bin stratum-log-writer
+		-p stratum-runtime --bin stratum-log-writer --bin stratum-pod-init
 
 build: deps
 	$(CARGO) build --workspace
@@ -86,7 +86,7 @@ AGENT_ARGS ?=
 STRATUM_CACHE ?= /var/cache/stratum
 run: images static
 	mkdir -p build/bin
-	for b in node-agent nodectl vmm stratum-jailer stratum-log-writer stratum-vm-image; do ln -sfn ../../$(STATIC_BIN)/$$b build/bin/$$b; done
+	for b in node-agent nodectl vmm stratum-jailer stratum-log-writer stratum-pod-init stratum-vm-image; do ln -sfn ../../$(STATIC_BIN)/$$b build/bin/$$b; done
 	build/bin/node-agent --data-dir data --vmm build/bin/vmm \
 		--artifact-dir build/images --artifact-dir $(STRATUM_CACHE)/guest-kernel \
 		--artifact-dir $(STRATUM_CACHE)/guest-initramfs $(AGENT_ARGS)
@@ -125,12 +125,12 @@ bench: images static node-image bench-pod-deps
 	$(CARGO) run -q --release -p stratum-tests --bin bench-net
 	$(CARGO) run -q --release -p stratum-tests --bin bench-cluster
 	$(CARGO) build -q --release -p node-agent --bin node-agent && $(CARGO) run -q --release -p stratum-testkit --bin bench-agent
-	$(CARGO) build -q --release -p node-agent --bin node-agent -p nodectl --bin nodectl -p stratum-runtime --bin stratum-log-writer \
+	$(CARGO) build -q --release -p node-agent --bin node-agent -p nodectl --bin nodectl -p stratum-runtime --bin stratum-log-writer --bin stratum-pod-init \
 		&& $(CARGO) run -q --release -p stratum-testkit --bin bench-pod
 	@if test -f '$(CRITEST)'; then \
 		guest-images/install-debs.sh containernetworking-plugins iptables \
 		&& images=$$(guest-images/conformance-images.sh | tail -n1) \
-		&& $(CARGO) build -q --release -p node-agent --bin node-agent -p nodectl --bin nodectl -p stratum-runtime --bin stratum-log-writer \
+		&& $(CARGO) build -q --release -p node-agent --bin node-agent -p nodectl --bin nodectl -p stratum-runtime --bin stratum-log-writer --bin stratum-pod-init \
 		&& $(CARGO) run -q --release -p stratum-testkit --bin conformance -- --benchmark --critest '$(CRITEST)' \
 			--images "$$images" --out '$(CRI_BENCH_OUT)' $(CRI_BENCH_ARGS); \
 	else \
@@ -153,7 +153,7 @@ conformance:
 	@$(MAKE) --no-print-directory bench-pod-deps
 	@guest-images/install-debs.sh containernetworking-plugins iptables
 	images=$$(guest-images/conformance-images.sh | tail -n1) \
-		&& $(CARGO) build -q -p node-agent --bin node-agent -p nodectl --bin nodectl -p stratum-runtime --bin stratum-log-writer \
+		&& $(CARGO) build -q -p node-agent --bin node-agent -p nodectl --bin nodectl -p stratum-runtime --bin stratum-log-writer --bin stratum-pod-init \
 		&& $(CARGO) run -q -p stratum-testkit --bin conformance -- --critest '$(CRITEST)' --images "$$images" \
 			--out '$(CONFORMANCE_OUT)' $(CONFORMANCE_ARGS)
 

@@ -91,6 +91,10 @@ struct Cli {
     /// to this binary, else on PATH].
     #[arg(long)]
     log_writer: Option<PathBuf>,
+    /// The init of pods that share one PID namespace [default:
+    /// `stratum-pod-init` next to this binary, else on PATH].
+    #[arg(long)]
+    pod_init: Option<PathBuf>,
     /// A container's log file is rotated before it would pass this size
     /// (the kubelet's containerLogMaxSize): 10Mi, 16Ki, 1Gi, or bytes; at
     /// least 1Ki.
@@ -425,6 +429,12 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
             log_writer: cli.log_writer.clone().unwrap_or_else(|| {
                 stratum_runtime::log_writer::default_program(
                     std::env::current_exe().ok().as_deref(),
+                )
+            }),
+            pod_init: cli.pod_init.clone().unwrap_or_else(|| {
+                stratum_runtime::sibling_program(
+                    std::env::current_exe().ok().as_deref(),
+                    "stratum-pod-init",
                 )
             }),
         },

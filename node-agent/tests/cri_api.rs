@@ -976,47 +976,38 @@ async fn bad_cri_requests_are_refused_and_change_nothing() {
         .insert("stratum.io/pool".into(), tenant);
     let denied = run_sandbox(&mut rt, elsewhere).await.unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
-    let mut host_net = sandbox_config("a", 0, logs.path());
-    host_net.linux = Some(cri::LinuxPodSandboxConfig {
+    // The host's network at the baseline level, with the pod's own PID
+    // namespace (the proto's zero) or per container.
+    for pid in [cri::NamespaceMode::Pod, cri::NamespaceMode::Container] {
+        let mut host_net = sandbox_config("a", 0, logs.path());
+        host_net.linux = Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Node as i32,
+                    pid: pid as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let denied = run_sandbox(&mut rt, host_net).await.unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    }
+    // Another container's PID namespace is not made for a sandbox.
+    let mut target_pid = sandbox_config("a", 0, logs.path());
+    target_pid.linux = Some(cri::LinuxPodSandboxConfig {
         security_context: Some(cri::LinuxSandboxSecurityContext {
             namespace_options: Some(cri::NamespaceOption {
-                network: cri::NamespaceMode::Node as i32,
+                pid: cri::NamespaceMode::Target as i32,
+                target_id: "x".into(),
                 ..Default::default()
             }),
             ..Default::default()
         }),
         ..Default::default()
     });
-    // (The proto's zero PID mode is POD: this sandbox asks for a shared
-    // PID namespace too, which is refused first.)
-    let unsupported = run_sandbox(&mut rt, host_net).await.unwrap_err();
-    assert_eq!(unsupported.code(), Code::Unimplemented, "{unsupported:?}");
-    let mut host_net = sandbox_config("a", 0, logs.path());
-    host_net.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                network: cri::NamespaceMode::Node as i32,
-                pid: cri::NamespaceMode::Container as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let denied = run_sandbox(&mut rt, host_net).await.unwrap_err();
-    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
-    let mut shared_pid = sandbox_config("a", 0, logs.path());
-    shared_pid.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                pid: cri::NamespaceMode::Pod as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let unsupported = run_sandbox(&mut rt, shared_pid).await.unwrap_err();
+    let unsupported = run_sandbox(&mut rt, target_pid).await.unwrap_err();
     assert_eq!(unsupported.code(), Code::Unimplemented, "{unsupported:?}");
     // A sysctl outside Kubernetes' safe set (at the baseline level), one
     // of the host's, one that would leave /proc/sys.
@@ -1193,6 +1184,146 @@ async fn cri_pods_are_readopted_after_agent_kill9() {
     assert_eq!(after.started_at, before_pid.started_at);
     let out = exec(&mut rt, &sleeper, &["echo", "still here"]).await;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still here");
+}
+
+/// The command lines of every process a container sees, one a line.
+const PROCESSES: &str = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done";
+
+/// Host pids of live processes (not zombies) named `comm`.
+fn host_pids_named(comm: &str) -> Vec<u32> {
+    let live = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+            .unwrap_or(false)
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .filter(live)
+        .collect()
+}
+
+/// `shareProcessNamespace`: the pod's containers see each other's
+/// processes, PID 1 is the pod's init (confined: nobody, no capabilities),
+/// the namespace outlives an agent kill -9 (a container made after it
+/// still joins), and goes with the sandbox.
+#[tokio::test]
+async fn a_pods_containers_share_one_pid_namespace_held_by_its_init() {
+    let mut pods = PodAgent::start("cri-sharedpid").await;
+    let mut rt = RuntimeServiceClient::new(pods.agent.cri_channel().await);
+    let logs = tempfile::tempdir().unwrap();
+    let shared = Some(cri::NamespaceOption {
+        pid: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    });
+    let mut config = sandbox_config("shared", 0, logs.path());
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: shared.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let inits_before = host_pids_named("pod-init");
+    let sandbox = run_sandbox(&mut rt, config.clone()).await.unwrap();
+    let in_pod = |name: &str, script: &str| {
+        let mut c = container_config(name, &pods.reference, script);
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: shared.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        c
+    };
+    let mut ids = Vec::new();
+    for (name, script) in [("one", "exec sleep 3601"), ("two", "exec sleep 3602")] {
+        let id = create(&mut rt, &sandbox, in_pod(name, script))
+            .await
+            .unwrap();
+        start(&mut rt, &id).await.unwrap();
+        wait_state(&mut rt, &id, cri::ContainerState::ContainerRunning).await;
+        ids.push(id);
+    }
+    let seen = exec(&mut rt, &ids[0], &["sh", "-c", PROCESSES]).await;
+    let seen = String::from_utf8_lossy(&seen.stdout).to_string();
+    assert!(
+        seen.contains("sleep 3602"),
+        "one sees two's process:\n{seen}"
+    );
+    let init = exec(
+        &mut rt,
+        &ids[1],
+        &[
+            "sh",
+            "-c",
+            "cat /proc/1/comm; grep -E '^(Uid|CapEff|CapBnd)' /proc/1/status",
+        ],
+    )
+    .await;
+    let init = String::from_utf8_lossy(&init.stdout).to_string();
+    assert!(init.starts_with("pod-init\n"), "{init}");
+    assert!(init.contains("Uid:\t65534\t65534\t65534\t65534"), "{init}");
+    assert!(init.contains("CapEff:\t0000000000000000"), "{init}");
+    assert!(init.contains("CapBnd:\t0000000000000000"), "{init}");
+    let inits: Vec<u32> = host_pids_named("pod-init")
+        .into_iter()
+        .filter(|p| !inits_before.contains(p))
+        .collect();
+    assert_eq!(inits.len(), 1, "one init for the pod: {inits:?}");
+
+    // A container asking for its own PID namespace in this pod is refused.
+    let mut own = container_config("own", &pods.reference, "exec sleep 1");
+    own.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let refused = create(&mut rt, &sandbox, own).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+
+    pods.agent.kill9();
+    pods.agent.spawn();
+    let mut rt = RuntimeServiceClient::new(pods.agent.cri_channel().await);
+    let status = sandbox_status(&mut rt, &sandbox).await;
+    assert_eq!(status.state, cri::PodSandboxState::SandboxReady as i32);
+    let three = create(&mut rt, &sandbox, in_pod("three", "exec sleep 3603"))
+        .await
+        .unwrap();
+    start(&mut rt, &three).await.unwrap();
+    wait_state(&mut rt, &three, cri::ContainerState::ContainerRunning).await;
+    let seen = exec(&mut rt, &three, &["sh", "-c", PROCESSES]).await;
+    let seen = String::from_utf8_lossy(&seen.stdout).to_string();
+    assert!(
+        seen.contains("sleep 3601"),
+        "three, made after the restart, sees one:\n{seen}"
+    );
+
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: sandbox.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox.clone(),
+    })
+    .await
+    .unwrap();
+    let left: Vec<u32> = host_pids_named("pod-init")
+        .into_iter()
+        .filter(|p| inits.contains(p))
+        .collect();
+    assert!(left.is_empty(), "the init went with the sandbox: {left:?}");
 }
 
 /// The socket is its owner's alone, and a caller of another uid is

@@ -525,6 +525,11 @@ pub struct PodRun {
     /// Use the host's PID namespace (privileged level).
     #[arg(long)]
     pub host_pid: bool,
+    /// One PID namespace for all the pod's containers, with the pod's init
+    /// as PID 1 (Kubernetes' shareProcessNamespace; the pod then has no
+    /// user namespace of its own).
+    #[arg(long)]
+    pub share_process_namespace: bool,
     /// A sysctl of the pod's network or IPC namespace, NAME=VALUE
     /// (repeatable).
     #[arg(long = "sysctl", value_name = "NAME=VALUE", value_parser = parse_sysctl)]

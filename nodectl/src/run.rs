@@ -734,6 +734,7 @@ pub fn pod_spec(r: PodRun) -> PodSpec {
         host_network: r.host_network,
         host_ipc: r.host_ipc,
         host_pid: r.host_pid,
+        share_process_namespace: r.share_process_namespace,
     }
 }
 

@@ -37,7 +37,7 @@
 //! let mapping = CgroupMapping::detect(&hierarchy.root()?)?;
 //! let runtime = OciRuntime::new(&config, mapping.view())?; runtime.check_host()?;
 //! let pod_cg = hierarchy.create_leaf(&pool_cg, "pod-7")?;
-//! let sandbox = PodSandbox::create(&pod_dir, "pod-7", PodNetwork::Existing(netns), HostShares::default())?;
+//! let sandbox = PodSandbox::create(&pod_dir, "pod-7", PodNetwork::Existing(netns), HostShares::default(), PidSharing::PerContainer)?;
 //! let ctr = Container::create(&runtime, PodContext { .. }, &ctr_dir, &config).await?;
 //! ctr.start(&runtime).await?;  let report = ctr.wait().await?;
 //! ctr.remove(&runtime).await?; sandbox.remove()?; mapping.prune(pod path)?;
@@ -54,6 +54,7 @@ pub mod logs;
 pub mod mountinfo;
 pub mod oci;
 pub mod pod_etc;
+pub mod pod_init;
 pub mod reaper;
 pub mod resources;
 pub mod restart;
@@ -84,6 +85,15 @@ pub use reaper::{become_subreaper, reap_orphans, spawn_orphan_reaper, ExitWatch,
 pub use resources::OciResources;
 pub use restart::{decide, ExitFacts, RestartDecision, RestartPolicy};
 pub use rootfs::{Rootfs, RootfsSource};
-pub use sandbox::{HostShares, PodNetwork, PodSandbox, SandboxNamespaces};
+pub use sandbox::{HostShares, PidSharing, PodNetwork, PodSandbox, SandboxNamespaces};
 pub use spec::{BindMount, ProcessConfig, Propagation, SpecConfig};
 pub use users::{Identity, UserDb, UserRef};
+
+/// The helper program `name` next to `exe` (as cargo and packages lay
+/// them out), else `name` on PATH.
+pub fn sibling_program(exe: Option<&std::path::Path>, name: &str) -> std::path::PathBuf {
+    exe.and_then(std::path::Path::parent)
+        .map(|dir| dir.join(name))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| std::path::PathBuf::from(name))
+}

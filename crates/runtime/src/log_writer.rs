@@ -648,10 +648,7 @@ fn is_readable(pipe: &File) -> io::Result<bool> {
 /// The log writer program next to `exe` (as cargo and packages lay them
 /// out), else `stratum-log-writer` on PATH.
 pub fn default_program(exe: Option<&Path>) -> PathBuf {
-    exe.and_then(Path::parent)
-        .map(|dir| dir.join("stratum-log-writer"))
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("stratum-log-writer"))
+    crate::sibling_program(exe, "stratum-log-writer")
 }
 
 #[cfg(test)]

@@ -20,7 +20,10 @@
 //! its own, survives an agent `kill -9` (the mounts are in the host's mount
 //! namespace), costs nothing while the pod runs, and is removed by
 //! unmounting. What pinned files cannot give — a shared PID namespace
-//! (`shareProcessNamespace`) — is not offered.
+//! (`shareProcessNamespace`) — takes a process after all: a pod that
+//! asks for one ([`PidSharing::Pod`]) gets an init of its own
+//! ([`crate::pod_init`], started by [`PodSandbox::start_init`]), whose
+//! namespace is pinned at `ns/pid` like the others and joined by path.
 //!
 //! `/dev/shm`: a tmpfs per pod (`<pod>/shm`), bind-mounted into every
 //! container, so POSIX shared memory is shared like System V IPC is
@@ -33,7 +36,7 @@
 //! it is pinned or removed, and with the host's IPC namespace goes the
 //! host's `/dev/shm`.
 //!
-//! Layout: `<pod dir>/ns/{net,ipc,uts}`, `<pod dir>/shm/`.
+//! Layout: `<pod dir>/ns/{net,ipc,uts,pid}`, `<pod dir>/shm/`.
 
 use std::ffi::CString;
 use std::fs::{self, File};
@@ -44,7 +47,11 @@ use std::thread;
 
 use super::error::{Result, RuntimeError};
 use super::mountinfo;
+use super::pod_init;
 use super::rootfs::unmount;
+
+/// How long a killed pod init may take to go.
+const INIT_KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Size of a pod's `/dev/shm` tmpfs (Docker's and containerd's default).
 pub const SHM_SIZE: &str = "65536k";
@@ -95,6 +102,17 @@ pub fn host_namespace(kind: &str) -> PathBuf {
     PathBuf::from("/proc/self/ns").join(kind)
 }
 
+/// Whose PID namespace a pod's containers are in (the host's is
+/// [`HostShares::pid`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PidSharing {
+    /// Each container its own (the CRI's CONTAINER).
+    #[default]
+    PerContainer,
+    /// One for the whole pod, held by the pod's init (POD).
+    Pod,
+}
+
 /// A pod's pinned namespaces and shared `/dev/shm`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodSandbox {
@@ -103,6 +121,7 @@ pub struct PodSandbox {
     namespaces: SandboxNamespaces,
     owns_net: bool,
     host: HostShares,
+    pid: PidSharing,
 }
 
 impl PodSandbox {
@@ -113,9 +132,10 @@ impl PodSandbox {
         hostname: &str,
         network: PodNetwork,
         host: HostShares,
+        pid: PidSharing,
     ) -> Result<PodSandbox> {
         validate_hostname(hostname)?;
-        let sandbox = PodSandbox::at(dir, hostname, &network, host);
+        let sandbox = PodSandbox::at(dir, hostname, &network, host, pid);
         if let PodNetwork::Existing(path) = &network {
             if !path.exists() {
                 return Err(RuntimeError::invalid(
@@ -150,8 +170,9 @@ impl PodSandbox {
         hostname: &str,
         network: PodNetwork,
         host: HostShares,
+        pid: PidSharing,
     ) -> Result<PodSandbox> {
-        let sandbox = PodSandbox::at(dir, hostname, &network, host);
+        let sandbox = PodSandbox::at(dir, hostname, &network, host, pid);
         let mounts = mountinfo::read_self()?;
         let mounted = |p: &Path| mounts.iter().any(|m| m.mount_point == p);
         if let Some(missing) = sandbox.owned_mounts().into_iter().find(|p| !mounted(p)) {
@@ -161,12 +182,58 @@ impl PodSandbox {
                 "not mounted (sandbox gone)",
             ));
         }
+        if let Some(pinned) = sandbox.pinned_pid() {
+            if pod_init::find_init(&pinned).is_none() {
+                return Err(RuntimeError::invalid(
+                    "pod sandbox",
+                    pinned.to_string_lossy(),
+                    "its init is gone (the shared PID namespace takes no new process)",
+                ));
+            }
+        }
         Ok(sandbox)
+    }
+
+    /// Starts the pod's init (`program`, `stratum-pod-init`, with
+    /// `prepare` applied to its command) and pins its PID namespace where
+    /// containers join it; for [`PidSharing::Pod`] only, once.
+    pub fn start_init(
+        &self,
+        program: &Path,
+        prepare: impl FnOnce(&mut std::process::Command) -> Result<()>,
+    ) -> Result<u32> {
+        let pinned = self.pinned_pid().ok_or_else(|| {
+            RuntimeError::invalid(
+                "pod sandbox",
+                self.dir.to_string_lossy(),
+                "shares no PID namespace",
+            )
+        })?;
+        let pid = pod_init::spawn(program, prepare)?;
+        let pinned_ok = File::create(&pinned)
+            .map_err(RuntimeError::io(&pinned, "create namespace file"))
+            .and_then(|_| bind(&PathBuf::from(format!("/proc/{pid}/ns/pid")), &pinned));
+        if let Err(e) = pinned_ok {
+            let _ = pod_init::kill(pid, INIT_KILL_WAIT);
+            return Err(e);
+        }
+        Ok(pid)
+    }
+
+    /// The file pinning the pod's own PID namespace, if it has one.
+    fn pinned_pid(&self) -> Option<PathBuf> {
+        (self.pid == PidSharing::Pod && !self.host.pid).then(|| self.dir.join("ns").join("pid"))
     }
 
     /// The sandbox that lives or would live in `dir`, unchecked: for
     /// [`PodSandbox::remove`] of one whose mounts may be partly gone.
-    pub fn at(dir: &Path, hostname: &str, network: &PodNetwork, host: HostShares) -> PodSandbox {
+    pub fn at(
+        dir: &Path,
+        hostname: &str,
+        network: &PodNetwork,
+        host: HostShares,
+        pid: PidSharing,
+    ) -> PodSandbox {
         let ns = dir.join("ns");
         let (net, owns_net) = match network {
             PodNetwork::Existing(path) => (path.clone(), false),
@@ -186,10 +253,15 @@ impl PodSandbox {
                 net,
                 ipc: own_or_host("ipc", host.ipc),
                 uts: own_or_host("uts", host.uts),
-                pid: host.pid.then(|| host_namespace("pid")),
+                pid: if host.pid {
+                    Some(host_namespace("pid"))
+                } else {
+                    (pid == PidSharing::Pod).then(|| ns.join("pid"))
+                },
             },
             owns_net,
             host,
+            pid,
         }
     }
 
@@ -207,6 +279,7 @@ impl PodSandbox {
         if self.owns_net {
             owned.push(self.namespaces.net.clone());
         }
+        owned.extend(self.pinned_pid());
         owned
     }
 
@@ -255,6 +328,11 @@ impl PodSandbox {
     /// Idempotent; containers must be gone first (a running container keeps
     /// its namespaces alive anyway, the files just disappear).
     pub fn remove(&self) -> Result<()> {
+        // The init first: with it go whatever processes the namespace
+        // still holds.
+        if let Some(init) = self.pinned_pid().and_then(|p| pod_init::find_init(&p)) {
+            pod_init::kill(init, INIT_KILL_WAIT)?;
+        }
         let targets = self.owned_mounts();
         let mounts = mountinfo::read_self()?;
         for target in &targets {

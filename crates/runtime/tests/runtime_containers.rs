@@ -127,6 +127,7 @@ impl Fixture {
             &format!("pod-{tag}"),
             PodNetwork::New,
             Default::default(),
+            Default::default(),
         )
         .expect("sandbox");
         let layers = busybox_layers(&base);

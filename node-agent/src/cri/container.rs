@@ -32,8 +32,8 @@ use prost::Message;
 use tonic::Status;
 
 use super::sandbox::{
-    fnv1a, hashed_label, host_namespaces, quota_millicores, refuse_shared_pid, shares_millicores,
-    to_hash_map,
+    fnv1a, hashed_label, host_namespaces, quota_millicores, refuse_target_pid, shares_millicores,
+    shares_pod_pid, to_hash_map,
 };
 use super::unix_nanos;
 use crate::records::{ContainerRuntime, CriContainer};
@@ -322,7 +322,27 @@ fn refuse_unsupported(
     if security.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32 {
         return Err(unimplemented("the Strict supplemental groups policy"));
     }
-    refuse_shared_pid(security.namespace_options.as_ref(), "container")?;
+    refuse_target_pid(security.namespace_options.as_ref(), "container")?;
+    // A container is in its pod's PID namespace exactly when the pod has
+    // one (the kubelet sends the pod's mode for both).
+    let own_pid = security
+        .namespace_options
+        .as_ref()
+        .is_some_and(|ns| ns.pid == cri::NamespaceMode::Container as i32);
+    let pod_pid = shares_pod_pid(security.namespace_options.as_ref());
+    match (pod_pid, own_pid, shares_pod_pid(sandbox_namespaces)) {
+        (true, _, false) => {
+            return Err(Status::invalid_argument(
+                "the container asks for its pod's PID namespace (POD), which its sandbox does not share",
+            ))
+        }
+        (_, true, true) => {
+            return Err(Status::invalid_argument(
+                "the container asks for a PID namespace of its own (CONTAINER), but its sandbox shares one",
+            ))
+        }
+        _ => {}
+    }
     let asked = host_namespaces(security.namespace_options.as_ref());
     let has = host_namespaces(sandbox_namespaces);
     for (what, asked, has) in [

@@ -68,6 +68,9 @@ pub fn pod_spec(
         host_network,
         host_ipc,
         host_pid,
+        share_process_namespace: shares_pod_pid(
+            security.and_then(|s| s.namespace_options.as_ref()),
+        ),
         host_users: host_users(security)?,
         sysctls: config
             .linux
@@ -122,7 +125,7 @@ fn refuse_unsupported(config: &cri::PodSandboxConfig) -> Result<(), Status> {
     else {
         return Ok(());
     };
-    refuse_shared_pid(security.namespace_options.as_ref(), "sandbox")
+    refuse_target_pid(security.namespace_options.as_ref(), "sandbox")
 }
 
 /// Whether the sandbox asks for the host's user namespace: Kubernetes'
@@ -175,23 +178,25 @@ pub fn hashed_label(name: &str, max: usize, hash: u64, fallback: &str) -> String
     format!("{prefix}-{hash:016x}")
 }
 
-/// UNIMPLEMENTED for a host namespace in `options` (of `whose`).
-pub fn refuse_shared_pid(
+/// UNIMPLEMENTED for another container's PID namespace (TARGET, what
+/// ephemeral debug containers ask for) in `options` (of `whose`).
+pub fn refuse_target_pid(
     options: Option<&cri::NamespaceOption>,
     whose: &str,
 ) -> Result<(), Status> {
-    let Some(ns) = options else { return Ok(()) };
-    // Each container has a PID namespace of its own (CONTAINER), or the
-    // host's (NODE); one shared by the pod's containers (POD,
-    // `shareProcessNamespace`) or another container's (TARGET) is not made
-    // yet. (With no namespace options at all, the proto's zero would read
-    // as POD: only options the kubelet sent are checked.)
-    if ns.pid == cri::NamespaceMode::Pod as i32 || ns.pid == cri::NamespaceMode::Target as i32 {
+    if options.is_some_and(|ns| ns.pid == cri::NamespaceMode::Target as i32) {
         return Err(Status::unimplemented(format!(
-            "a PID namespace shared with other containers for a {whose} is not supported yet"
+            "another container's PID namespace (TARGET) for a {whose} is not supported yet"
         )));
     }
     Ok(())
+}
+
+/// Whether `options` ask for one PID namespace for the whole pod (POD,
+/// `shareProcessNamespace`). With no namespace options at all the proto's
+/// zero would read as POD: only options the kubelet sent count.
+pub fn shares_pod_pid(options: Option<&cri::NamespaceOption>) -> bool {
+    options.is_some_and(|ns| ns.pid == cri::NamespaceMode::Pod as i32)
 }
 
 /// Which namespaces the sandbox shares with the host (NODE).

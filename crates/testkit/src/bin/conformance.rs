@@ -268,7 +268,7 @@ fn check_options(options: &mut Options) -> Result<PathBuf> {
     if options.side != Side::Containerd && !agent.is_file() {
         bail!(
             "{} is missing: build it with `cargo build -p node-agent --bin node-agent -p \
-             stratum-runtime --bin stratum-log-writer` or pass --agent",
+             stratum-runtime --bin stratum-log-writer --bin stratum-pod-init` or pass --agent",
             agent.display()
         );
     }

@@ -20,6 +20,9 @@ pub struct PodHostConfig {
     pub oci_runtime: PathBuf,
     /// The per-container log writer (`stratum-log-writer`).
     pub log_writer: PathBuf,
+    /// The init of a pod that shares one PID namespace
+    /// (`stratum-pod-init`).
+    pub pod_init: PathBuf,
     /// When containers' logs are rotated and how many files are kept
     /// (`--container-log-max-size`, `--container-log-max-files`).
     pub log_rotation: LogRotation,
@@ -48,6 +51,7 @@ impl Default for PodHostConfig {
         PodHostConfig {
             oci_runtime: PathBuf::from("crun"),
             log_writer: PathBuf::from("stratum-log-writer"),
+            pod_init: PathBuf::from("stratum-pod-init"),
             log_rotation: LogRotation::default(),
             pids_limit: DEFAULT_POD_PIDS_LIMIT,
             user_namespaces: true,

@@ -58,7 +58,12 @@ use stratum_cgroup::Cgroup;
 use stratum_image::{ImageLease, ImageStore};
 use stratum_pool::convert::limits_to_proto;
 use stratum_pool::{PodSizing, PoolId, Workload, WorkloadId};
-use stratum_runtime::{Container, HostShares, PodEtc, PodNetwork as SandboxNetwork, PodSandbox};
+use stratum_runtime::{
+    Container, HostShares, PidSharing, PodEtc, PodNetwork as SandboxNetwork, PodSandbox,
+};
+
+/// The cgroup leaf of a pod's init, below the pod's.
+const POD_INIT_CGROUP: &str = "pod-init";
 
 pub use self::containers::live_usage;
 pub use self::host::{pod_uid_range, PodHost, PodHostConfig, DEFAULT_POD_PIDS_LIMIT};
@@ -82,14 +87,23 @@ pub struct PodManager {
 
 /// Where a pod's sandbox gets its network namespace (its attachment's, or
 /// the host's) and what else it shares with the host.
-fn sandbox_shape(host: &PodHost, id: &str, spec: &proto::PodSpec) -> (SandboxNetwork, HostShares) {
+fn sandbox_shape(host: &PodHost, id: &str, spec: &proto::PodSpec) -> SandboxShape {
     let network = if spec.host_network {
         SandboxNetwork::Existing(stratum_runtime::sandbox::host_namespace("net"))
     } else {
         SandboxNetwork::Existing(host.network.netns_path(id))
     };
-    (network, security::host_shares(spec))
+    let pid = if spec.share_process_namespace {
+        PidSharing::Pod
+    } else {
+        PidSharing::PerContainer
+    };
+    (network, security::host_shares(spec), pid)
 }
+
+/// A sandbox's network, what it shares with the host, whose PID
+/// namespace its containers are in.
+type SandboxShape = (SandboxNetwork, HostShares, PidSharing);
 
 /// The network pod `spec` is on.
 fn network_of(spec: &proto::PodSpec) -> &str {
@@ -183,6 +197,7 @@ static EMPTY_SPEC: proto::PodSpec = proto::PodSpec {
     host_network: false,
     host_ipc: false,
     host_pid: false,
+    share_process_namespace: false,
     pool_id: String::new(),
     namespace: String::new(),
     hostname: String::new(),
@@ -491,7 +506,19 @@ impl PodManager {
             spec.hostname.clone()
         };
         let dir = self.shared.config.pod_dir(id).join("sandbox");
-        let (network, shares) = sandbox_shape(host, id, spec);
+        let (network, shares, pid_sharing) = sandbox_shape(host, id, spec);
+        let init = (pid_sharing == PidSharing::Pod)
+            .then(|| self.pod_init_cgroup(&cgroup))
+            .transpose();
+        let init = match init {
+            Ok(init) => init,
+            Err(e) => {
+                let _ = host.network.detach(id).await;
+                self.remove_pod_cgroup(host, &cgroup);
+                return Err(e);
+            }
+        };
+        let init_program = self.shared.config.pods.pod_init.clone();
         let uid_base = self
             .read_state()
             .pods
@@ -501,12 +528,18 @@ impl PodManager {
         let sysctls = security::sysctls(spec, self.shared.config.pods.security)?;
         let ip = attachment.map(|a| IpAddr::V4(a.ip));
         let created = tokio::task::spawn_blocking(move || {
-            let sandbox = PodSandbox::create(&dir, &hostname, network, shares)?;
+            let sandbox = PodSandbox::create(&dir, &hostname, network, shares, pid_sharing)?;
             // The pod's /dev/shm and /etc files belong to its containers'
             // root.
             let owner = (uid_base != 0).then_some(uid_base);
-            let made = owner
-                .map_or(Ok(()), |id| sandbox.give_shm_to(id))
+            let started = match &init {
+                Some(leaf) => sandbox
+                    .start_init(&init_program, |cmd| Ok(leaf.attach_command(cmd)?))
+                    .map(drop),
+                None => Ok(()),
+            };
+            let made = started
+                .and_then(|()| owner.map_or(Ok(()), |id| sandbox.give_shm_to(id)))
                 .and_then(|()| PodEtc::of(sandbox.dir()).write(&hostname, ip, dns.as_ref(), owner))
                 .and_then(|()| {
                     let ns = sandbox.namespaces();
@@ -645,6 +678,12 @@ impl PodManager {
             tracing::warn!(pod = %id, "detaching from the pod network: {e}");
         }
         self.remove_pod_cgroup(host, &live.cgroup);
+    }
+
+    /// The leaf of the pod's init, below the pod's cgroup (on v2 a cgroup
+    /// with children holds no process of its own).
+    fn pod_init_cgroup(&self, pod: &Cgroup) -> Result<Cgroup> {
+        Ok(self.shared.cgroups.create_leaf(pod, POD_INIT_CGROUP)?)
     }
 
     fn remove_pod_cgroup(&self, host: &PodHost, cgroup: &Cgroup) {

@@ -142,7 +142,7 @@ impl PodManager {
 
     /// Opens a running pod's sandbox and cgroup and takes its runs back.
     async fn readopt(self: &Arc<Self>, host: &Arc<PodHost>, id: &str) -> Result<()> {
-        let (hostname, cgroup_path, containers, (network, shares)) = {
+        let (hostname, cgroup_path, containers, (network, shares, pid)) = {
             let state = self.read_state();
             let entry = pod_entry(&state, id)?;
             let spec = entry.spec();
@@ -159,7 +159,7 @@ impl PodManager {
             )
         };
         let dir = self.shared.config.pod_dir(id).join("sandbox");
-        let sandbox = PodSandbox::open(&dir, &hostname, network, shares)?;
+        let sandbox = PodSandbox::open(&dir, &hostname, network, shares, pid)?;
         let cgroup = self
             .shared
             .cgroups
@@ -215,7 +215,7 @@ impl PodManager {
     /// Removes what a pod that cannot be taken back may have left: its
     /// runs' runtime state, cgroups and mounts, its sandbox, its network.
     async fn clean_up_lost(&self, host: &PodHost, id: &str) {
-        let (hostname, cgroup_path, run_ids, (network, shares)) = {
+        let (hostname, cgroup_path, run_ids, (network, shares, pid)) = {
             let state = self.read_state();
             let Ok(entry) = pod_entry(&state, id) else {
                 return;
@@ -249,7 +249,7 @@ impl PodManager {
             }
         }
         let dir = self.shared.config.pod_dir(id).join("sandbox");
-        let sandbox = PodSandbox::at(&dir, &hostname, &network, shares);
+        let sandbox = PodSandbox::at(&dir, &hostname, &network, shares, pid);
         if let Err(e) = sandbox.remove() {
             tracing::warn!(pod = %id, "removing the sandbox: {e}");
         }

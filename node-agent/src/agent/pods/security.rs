@@ -141,6 +141,12 @@ pub fn check_pod(spec: &proto::PodSpec, level: PodSecurity) -> Result<()> {
             )));
         }
     }
+    if spec.share_process_namespace && spec.host_pid {
+        return Err(AgentError::InvalidArgument(format!(
+            "pod {:?}: a PID namespace of the pod's own cannot also be the host's",
+            spec.name
+        )));
+    }
     if spec.host_network {
         if !spec.network.is_empty() {
             return Err(AgentError::InvalidArgument(format!(
@@ -178,7 +184,16 @@ pub fn host_shares(spec: &proto::PodSpec) -> HostShares {
 pub fn host_users(spec: &proto::PodSpec, level: PodSecurity) -> bool {
     // A user namespace of the pod's own could not join the host's others.
     let host_namespaces = spec.host_network || spec.host_ipc || spec.host_pid;
-    spec.privileged || host_namespaces || (spec.host_users && level == PodSecurity::Privileged)
+    // Each container has a user namespace of its own, and only a PID
+    // namespace's owner (or an ancestor of it) may mount its /proc: a PID
+    // namespace shared by containers can be owned by the host's alone.
+    // Such a pod runs as containerd runs every pod: no user namespace,
+    // the rest of its confinement as it is.
+    let shared_pid = spec.share_process_namespace;
+    spec.privileged
+        || host_namespaces
+        || shared_pid
+        || (spec.host_users && level == PodSecurity::Privileged)
 }
 
 /// Checks a container's security context and mounts against `level`, in
