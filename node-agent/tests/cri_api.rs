@@ -1276,6 +1276,13 @@ async fn a_pods_containers_share_one_pid_namespace_held_by_its_init() {
         .filter(|p| !inits_before.contains(p))
         .collect();
     assert_eq!(inits.len(), 1, "one init for the pod: {inits:?}");
+    // In a leaf of its own below the pod's cgroup, in every hierarchy.
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", inits[0])).unwrap();
+    let root = format!("/{}/", pods.agent.cgroup_root);
+    for line in cgroups.lines().filter(|l| l.contains(&root)) {
+        assert!(line.ends_with("/pod-init"), "{cgroups}");
+    }
+    assert!(cgroups.contains(&root), "{cgroups}");
 
     // A container asking for its own PID namespace in this pod is refused.
     let mut own = container_config("own", &pods.reference, "exec sleep 1");
@@ -1324,6 +1331,21 @@ async fn a_pods_containers_share_one_pid_namespace_held_by_its_init() {
         .filter(|p| inits.contains(p))
         .collect();
     assert!(left.is_empty(), "the init went with the sandbox: {left:?}");
+    let under_root = format!("*/{}/*", pods.agent.cgroup_root);
+    let leaves = std::process::Command::new("find")
+        .args([
+            "/sys/fs/cgroup",
+            "-type",
+            "d",
+            "-name",
+            "pod-init",
+            "-path",
+            &under_root,
+        ])
+        .output()
+        .unwrap();
+    let leaves = String::from_utf8_lossy(&leaves.stdout).to_string();
+    assert_eq!(leaves, "", "the init's cgroup went with the sandbox");
 }
 
 /// The socket is its owner's alone, and a caller of another uid is

@@ -688,8 +688,16 @@ impl PodManager {
 
     fn remove_pod_cgroup(&self, host: &PodHost, cgroup: &Cgroup) {
         let runtime_path = host.mapping.runtime_path(cgroup).ok();
+        // The init's leaf (a pod sharing its PID namespace) goes first: a
+        // cgroup with a child is not removed.
+        let init_leaf = self
+            .shared
+            .cgroups
+            .open(&cgroup.path().join(POD_INIT_CGROUP))
+            .ok();
         if let Err(e) = cgroup
             .kill_all(Duration::from_secs(5))
+            .and_then(|()| init_leaf.map_or(Ok(()), |leaf| leaf.remove()))
             .and_then(|()| cgroup.remove())
         {
             tracing::warn!(cgroup = %cgroup.path().display(), "removing a pod cgroup: {e}");
