@@ -785,3 +785,128 @@ async fn forward_one(
     let _ = data.shutdown().await;
     let _ = error.shutdown().await;
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn head(lines: &[&str]) -> Vec<u8> {
+        let mut text = lines.join("\r\n");
+        text.push_str("\r\n\r\n");
+        text.into_bytes()
+    }
+
+    #[test]
+    fn an_upgrade_names_its_kind_token_and_offered_versions() {
+        let request = parse_request(&head(&[
+            "POST /exec/00ff?command=sh HTTP/1.1",
+            "Host: 127.0.0.1:1",
+            "Connection: Upgrade",
+            "Upgrade: SPDY/3.1",
+            "X-Stream-Protocol-Version: v4.channel.k8s.io",
+            "X-Stream-Protocol-Version: v3.channel.k8s.io, channel.k8s.io",
+        ]))
+        .map_err(|r| r.message)
+        .unwrap();
+        assert_eq!(request.kind, "exec");
+        assert_eq!(request.token, "00ff");
+        assert_eq!(
+            request.offered,
+            ["v4.channel.k8s.io", "v3.channel.k8s.io", "channel.k8s.io"]
+        );
+        assert_eq!(
+            negotiate(&request, &PROTOCOLS).ok(),
+            Some("v4.channel.k8s.io")
+        );
+        let older = UpgradeRequest {
+            offered: vec!["channel.k8s.io".into()],
+            ..request
+        };
+        assert_eq!(negotiate(&older, &PROTOCOLS).ok(), Some("channel.k8s.io"));
+        let refused = negotiate(&older, &[PORT_FORWARD_PROTOCOL]).unwrap_err();
+        assert_eq!(refused.status, "403 Forbidden");
+    }
+
+    #[test]
+    fn requests_that_are_not_a_spdy_upgrade_of_a_known_url_are_refused() {
+        for (lines, status) in [
+            (
+                vec!["GET /exec/00ff HTTP/1.1", "Host: x"],
+                "400 Bad Request",
+            ),
+            (
+                vec!["GET /exec/00ff HTTP/1.1", "Upgrade: websocket"],
+                "400 Bad Request",
+            ),
+            (
+                vec!["GET /attach/00ff HTTP/1.1", "Upgrade: SPDY/3.1"],
+                "404 Not Found",
+            ),
+            (
+                vec!["GET /exec/../x HTTP/1.1", "Upgrade: SPDY/3.1"],
+                "404 Not Found",
+            ),
+            (
+                vec!["GET /exec/ HTTP/1.1", "Upgrade: SPDY/3.1"],
+                "404 Not Found",
+            ),
+            (
+                vec!["GET /exec HTTP/1.1", "Upgrade: SPDY/3.1"],
+                "404 Not Found",
+            ),
+            (vec!["\u{1}\u{2} garbage"], "400 Bad Request"),
+        ] {
+            let refused = parse_request(&head(&lines)).unwrap_err();
+            assert_eq!(refused.status, status, "{lines:?}: {}", refused.message);
+        }
+    }
+
+    #[test]
+    fn the_exit_status_is_a_kubernetes_status_from_v4_and_text_before() {
+        let ok = status_message("v4.channel.k8s.io", &Ok(0));
+        assert_eq!(ok, r#"{"metadata":{},"status":"Success"}"#);
+        let failed: serde_json::Value =
+            serde_json::from_str(&status_message("v4.channel.k8s.io", &Ok(7))).unwrap();
+        assert_eq!(failed["reason"], "NonZeroExitCode");
+        assert_eq!(failed["details"]["causes"][0]["message"], "7");
+        assert_eq!(status_message("channel.k8s.io", &Ok(0)), "");
+        assert!(status_message("v3.channel.k8s.io", &Ok(7)).contains("exit code: 7"));
+        let error: serde_json::Value = serde_json::from_str(&status_message(
+            "v4.channel.k8s.io",
+            &Err("no such container".into()),
+        ))
+        .unwrap();
+        assert_eq!(error["status"], "Failure");
+        assert_eq!(error["message"], "no such container");
+    }
+
+    #[test]
+    fn resize_messages_are_read_whole_and_garbage_ends_them() {
+        let buf = br#"{"Width":80,"Height":24}{"Width":1"#;
+        let (size, used) = next_size(buf).unwrap().unwrap();
+        assert_eq!((size.width, size.height), (80, 24));
+        assert!(next_size(&buf[used..]).is_none(), "a partial object waits");
+        assert!(next_size(br#"{"Width":-1,"Height":2}"#).unwrap().is_err());
+        assert!(next_size(b"not json").unwrap().is_err());
+    }
+
+    #[test]
+    fn urls_are_one_time_and_of_their_kind() {
+        let server = StreamingServer {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            pending: Mutex::new(HashMap::new()),
+        };
+        let target = PortForwardTarget {
+            pod_id: "pod-1".into(),
+            ports: vec![80],
+        };
+        let url = server.port_forward_url(target).unwrap();
+        let token = url.rsplit('/').next().unwrap().to_string();
+        assert!(url.starts_with("http://127.0.0.1:1/portforward/"), "{url}");
+        assert_eq!(token.len(), 32);
+        assert!(server.take("exec", &token).is_none(), "not an exec URL");
+        assert!(server.take("portforward", &token).is_some());
+        assert!(server.take("portforward", &token).is_none(), "used once");
+    }
+}
