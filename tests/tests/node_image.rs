@@ -84,7 +84,10 @@ fn node_image_boots_with_cloud_init_and_reports_through_the_guest_agent() {
             --net tap=tap0,mac={MAC} --vsock cid=3,uds=/tmp/vsock.sock \
             --cmdline '{} reboot=k' > /tmp/vmm.out 2>&1 &\n\
          vmm=$!\n\
-         {PROBE} --uds /tmp/vsock.sock --timeout 420 --shutdown; probe=$?\n\
+         timeout 480 {PROBE} --uds /tmp/vsock.sock --timeout 420 --shutdown; probe=$?\n\
+         [ $probe != 124 ] || {{ echo PROBE-STUCK; for t in /proc/$vmm/task/*; do \
+            echo \"VMM-THREAD $(cat $t/comm) $(cut -d' ' -f3 $t/stat) $(cat $t/wchan)\"; done; \
+            tail -20 /tmp/console.log; }}\n\
          i=0; while kill -0 $vmm 2>/dev/null && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done\n\
          kill -0 $vmm 2>/dev/null && {{ echo VMM-STILL-RUNNING; kill -9 $vmm; }}\n\
          wait $vmm; echo VMM-EXIT=$?\n\

@@ -105,10 +105,17 @@ pub struct LaunchOptions {
     pub jail: Option<JailConfig>,
 }
 
+/// How long vmm (and, jailed, the jailer before it) may take to come up
+/// by default. A deadline against a hung process only — a launch that
+/// fails ends as soon as the process exits — so it is set for a loaded
+/// host, not a quiet one: with three guests booting on the nested test
+/// host's one emulated CPU, a jailer did not start vmm within 5 s.
+pub const DEFAULT_SOCKET_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Default for LaunchOptions {
     fn default() -> Self {
         LaunchOptions {
-            socket_timeout: Duration::from_secs(5),
+            socket_timeout: DEFAULT_SOCKET_TIMEOUT,
             api_timeout: DEFAULT_API_TIMEOUT,
             jail: None,
         }
