@@ -165,8 +165,8 @@ pub fn kill(pid: u32, timeout: Duration) -> Result<()> {
 fn is_zombie(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
-        .unwrap_or(false)
+        .and_then(|stat| crate::reaper::parse_state_ppid(&stat))
+        .is_some_and(|(state, _)| state == 'Z')
 }
 
 /// The program's body: forks the init into the namespace the launcher's

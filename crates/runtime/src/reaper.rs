@@ -186,7 +186,7 @@ fn is_orphan_zombie(pid: u32, me: u32) -> bool {
 }
 
 /// State and parent pid from `/proc/<pid>/stat` (after the command's `)`).
-fn parse_state_ppid(stat: &str) -> Option<(char, u32)> {
+pub(crate) fn parse_state_ppid(stat: &str) -> Option<(char, u32)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
     let state = fields.next()?.chars().next()?;
