@@ -70,7 +70,7 @@ node-image: deps static
 static: deps
 	$(STATIC_CARGO) -p vmm --bin vmm -p stratum-jail --bin stratum-jailer
 	$(STATIC_CARGO) -p stratum-guest --bin stratum-guest -p stratum-image --bin stratum-vm-image
-	$(STATIC_CARGO) -p stratum-tests --bin boot-probe --bin api-call --bin mktap --bin vsock-host \
+	$(STATIC_CARGO) -p stratum-tests --bin boot-probe --bin snapshot-probe --bin api-call --bin mktap --bin vsock-host \
 		--bin guest-probe
 	$(STATIC_CARGO) -p node-agent --bin node-agent -p nodectl --bin nodectl \
 		-p stratum-runtime --bin stratum-log-writer --bin stratum-pod-init
@@ -119,6 +119,7 @@ test-cluster: deps images static node-image
 
 bench: images static node-image bench-pod-deps
 	$(CARGO) run -q --release -p stratum-tests --bin bench-boot
+	$(CARGO) run -q --release -p stratum-tests --bin bench-snapshot
 	$(CARGO) run -q --release -p stratum-tests --bin bench-node
 	$(CARGO) run -q --release -p stratum-tests --bin bench-io
 	$(CARGO) run -q --release -p stratum-tests --bin bench-vsock

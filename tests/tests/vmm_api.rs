@@ -1,10 +1,14 @@
 //! The Firecracker-compatible control API with a real guest on real KVM,
 //! in the nested test host: boot through a sequence of PUTs as a
 //! Firecracker client sends them, pause and resume with the guest still
-//! alive, Ctrl+Alt+Del for a graceful shutdown, and a config-file boot.
+//! alive, Ctrl+Alt+Del for a graceful shutdown, a config-file boot, and a
+//! running drive's image swapped under the guest (`PATCH /drives/{id}`
+//! with `path_on_host`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use stratum_tests::guest::{run_cmdline, run_exits, CMDLINE};
 use stratum_tests::paths::{GUEST_INITRAMFS, GUEST_VMLINUX};
 use stratum_tests::{NestedHost, Outcome, Scenario};
 
@@ -20,8 +24,12 @@ fn api_call_binary() -> PathBuf {
 }
 
 fn run(script: String) -> Outcome {
+    run_scenario(Scenario::new(script))
+}
+
+fn run_scenario(scenario: Scenario) -> Outcome {
     let host = NestedHost::from_env().unwrap_or_else(|e| panic!("{e}"));
-    let scenario = Scenario::new(script).file(API_CALL, api_call_binary());
+    let scenario = scenario.file(API_CALL, api_call_binary());
     let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
     assert!(outcome.host_kvm, "the nested host has no /dev/kvm");
     outcome
@@ -81,6 +89,7 @@ fn boot_pause_resume_and_ctrl_alt_del_through_the_api() {
         + "wait_for STRATUM-GUEST-TICK\n\
            api PUT /actions '{\"action_type\": \"InstanceStart\"}'\n\
            api PUT /boot-source '{\"kernel_image_path\": \"/stratum/guest/vmlinux\"}'\n\
+           api PUT /actions '{\"action_type\": \"FlushMetrics\"}'\n\
            api GET /\n\
            api PATCH /vm '{\"state\": \"Paused\"}'\n\
            api GET /\n\
@@ -92,13 +101,20 @@ fn boot_pause_resume_and_ctrl_alt_del_through_the_api() {
            api PUT /actions '{\"action_type\": \"SendCtrlAltDel\"}'\n\
            wait $VMM; echo VMM-EXIT=$?\n\
            grep -c STRATUM-GUEST-CTRL-ALT-DEL /tmp/console.log | sed s/^/CAD-SEEN=/\n";
-    let outcome = run(script);
+    // Pausing and resuming on two nested-host CPUs may crash the host's
+    // kernel (see `Scenario::host_cpus`).
+    let outcome = run_scenario(Scenario::new(script).host_cpus(1));
     assert_status(&outcome, "PUT /boot-source", 204);
     assert_status(&outcome, "PUT /machine-config", 204);
     assert_status(&outcome, "PUT /actions", 204);
     // The second InstanceStart and a boot-source change after start fail.
     assert_status(&outcome, "PUT /actions", 400);
     assert_status(&outcome, "PUT /boot-source", 400);
+    // A flush with no metrics configured does nothing once the VM runs,
+    // as in Firecracker.
+    let actions = status_of(&outcome, "PUT /actions");
+    assert_eq!(actions.len(), 4, "{actions:?}");
+    assert!(actions[2].contains("=> HTTP 204"), "{actions:?}");
     assert_status(&outcome, "PATCH /vm", 204);
     assert!(
         status_of(&outcome, "GET /")
@@ -212,4 +228,162 @@ fn boot_from_a_firecracker_config_file() {
         outcome.console_tail(30)
     );
     assert_eq!(value_of(&outcome, "VMM-EXIT=").as_deref(), Some("0"));
+}
+
+/// The guest's part of the image swap; vda is the data drive. It reports
+/// image A (size and marker), waits for the host's `STILL-A` in A's second
+/// sector (written after the refused PATCHes, so the drive still serves
+/// A), then waits for the capacity to change and reads image B: its first
+/// and last sectors with O_DIRECT, the first again through the page cache
+/// once dropped (the guest's cache still holds A's sector 0 from the
+/// partition scan), the serial; and writes a sector, which must land in B.
+fn swap_guest_script() -> String {
+    "rd() { dd if=/dev/vda bs=512 skip=$1 count=1 iflag=direct 2>/dev/null | head -c $2; }\n\
+     size() { cat /sys/block/vda/size; }\n\
+     echo GUEST-A size=$(size) marker=$(rd 0 12)\n\
+     i=0; while [ \"$(rd 1 7)\" != STILL-A ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\n\
+     echo GUEST-STILL-A size=$(size) marker=$(rd 1 7)\n\
+     i=0; while [ \"$(size)\" = 2048 ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\n\
+     echo GUEST-B size=$(size) marker=$(rd 0 12) end=$(rd 4095 11) serial=$(cat /sys/block/vda/serial)\n\
+     echo 3 > /proc/sys/vm/drop_caches\n\
+     echo GUEST-B-CACHED marker=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -c 12)\n\
+     printf GUEST-WROTE-B | dd of=/dev/vda bs=512 seek=2 conv=fsync 2>/dev/null\n"
+        .to_string()
+}
+
+/// The `key=value` fields of the first console line starting with
+/// `prefix`.
+fn fields(outcome: &Outcome, prefix: &str) -> std::collections::HashMap<String, String> {
+    outcome
+        .lines_with(prefix)
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|field| field.split_once('='))
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
+}
+
+fn field<'a>(fields: &'a std::collections::HashMap<String, String>, key: &str) -> &'a str {
+    fields.get(key).map_or("", String::as_str)
+}
+
+/// `PATCH /drives/{id}` with `path_on_host` on a running guest: A (1 MiB)
+/// is swapped for B (2 MiB), and the guest sees B's size and data without
+/// a reboot. First a PATCH before boot, and PATCHes naming a missing
+/// file, a directory and a FIFO are refused (400, the FIFO at once) and
+/// the guest still reads A. The swap's body also sets a rate limiter, and
+/// GET /vm/config shows both.
+#[test]
+fn a_running_drive_gets_a_new_image_through_patch() {
+    let boot_args = run_cmdline(CMDLINE, &swap_guest_script()).unwrap_or_else(|e| panic!("{e}"));
+    let patch = |path: &str, extra: &str| {
+        format!(
+            "api PATCH /drives/data '{{\"drive_id\": \"data\", \"path_on_host\": \"{path}\"{extra}}}'\n"
+        )
+    };
+    let script = "dd if=/dev/zero of=/tmp/a.img bs=1M count=1 2>/dev/null\n\
+                  printf IMAGE-A-0123 | dd of=/tmp/a.img conv=notrunc 2>/dev/null\n\
+                  dd if=/dev/zero of=/tmp/b.img bs=1M count=2 2>/dev/null\n\
+                  printf IMAGE-B-4567 | dd of=/tmp/b.img conv=notrunc 2>/dev/null\n\
+                  printf IMAGE-B-END | dd of=/tmp/b.img bs=512 seek=4095 conv=notrunc 2>/dev/null\n\
+                  mkfifo /tmp/fifo; mkdir -p /tmp/dir\n"
+        .to_string()
+        + &prelude()
+        + "api PUT /drives/data '{\"drive_id\": \"data\", \"path_on_host\": \"/tmp/a.img\", \
+           \"is_root_device\": false}'\n"
+        + &patch("/tmp/b.img", "")
+        + &boot_requests(&boot_args)
+        + "wait_for GUEST-A\n"
+        + &patch("/tmp/missing.img", "")
+        + &patch("/tmp/dir", "")
+        + &patch("/tmp/fifo", "")
+        + "printf STILL-A | dd of=/tmp/a.img bs=512 seek=1 conv=notrunc 2>/dev/null\n\
+           wait_for GUEST-STILL-A\n"
+        + &patch(
+            "/tmp/b.img",
+            ", \"rate_limiter\": {\"ops\": {\"size\": 1000, \"refill_time\": 100}}",
+        )
+        + "api GET /vm/config\n\
+           wait $VMM; echo VMM-EXIT=$?\n\
+           echo A-HAS-GUEST-WRITE=$(grep -c GUEST-WROTE-B /tmp/a.img)\n\
+           echo B-HAS-GUEST-WRITE=$(grep -c GUEST-WROTE-B /tmp/b.img)\n\
+           cat /tmp/console.log\n";
+    let outcome = run_scenario(Scenario::new(script).timeout(Duration::from_secs(360)));
+    let tail = || outcome.console_tail(60);
+    assert_eq!(run_exits(&outcome), ["0"], "{}", tail());
+    assert_eq!(value_of(&outcome, "VMM-EXIT=").as_deref(), Some("0"));
+
+    // The API: refused before boot, then three bad paths with what was
+    // wrong, then the swap.
+    let patches = status_of(&outcome, "PATCH /drives/data");
+    let expected = [
+        (
+            "HTTP 400",
+            "not supported before starting the microVM: PATCH /drives",
+        ),
+        ("HTTP 400", "/tmp/missing.img: No such file or directory"),
+        ("HTTP 400", "/tmp/dir: Is a directory"),
+        (
+            "HTTP 400",
+            "/tmp/fifo: is not a regular file or a block device",
+        ),
+        ("HTTP 204", ""),
+    ];
+    assert_eq!(patches.len(), expected.len(), "{patches:?}\n{}", tail());
+    for (line, (status, message)) in patches.iter().zip(expected) {
+        assert!(
+            line.contains(&format!("=> {status}")) && line.contains(message),
+            "expected {status} {message:?}: {line}"
+        );
+    }
+    let config = status_of(&outcome, "GET /vm/config").join(" ");
+    let body = config.split_once("HTTP 200 ").map_or("", |(_, b)| b);
+    let config: serde_json::Value = serde_json::from_str(body.trim())
+        .unwrap_or_else(|e| panic!("GET /vm/config is JSON ({e}): {config}"));
+    assert_eq!(
+        config["drives"][0]["path_on_host"], "/tmp/b.img",
+        "{config}"
+    );
+    assert_eq!(
+        config["drives"][0]["rate_limiter"],
+        serde_json::json!({"ops": {"size": 1000, "refill_time": 100}}),
+        "{config}"
+    );
+
+    // The guest: A, still A after the refusals, then B without a reboot.
+    let a = fields(&outcome, "GUEST-A ");
+    assert_eq!(
+        (field(&a, "size"), field(&a, "marker")),
+        ("2048", "IMAGE-A-0123"),
+        "{}",
+        tail()
+    );
+    let still = fields(&outcome, "GUEST-STILL-A ");
+    assert_eq!(
+        (field(&still, "size"), field(&still, "marker")),
+        ("2048", "STILL-A"),
+        "{}",
+        tail()
+    );
+    let b = fields(&outcome, "GUEST-B ");
+    assert_eq!(field(&b, "size"), "4096", "the new capacity\n{}", tail());
+    assert_eq!(field(&b, "marker"), "IMAGE-B-4567", "{}", tail());
+    assert_eq!(
+        field(&b, "end"),
+        "IMAGE-B-END",
+        "B's last sector\n{}",
+        tail()
+    );
+    assert_eq!(field(&b, "serial"), "data", "{}", tail());
+    let cached = fields(&outcome, "GUEST-B-CACHED ");
+    assert_eq!(field(&cached, "marker"), "IMAGE-B-4567", "{}", tail());
+    assert_eq!(
+        value_of(&outcome, "B-HAS-GUEST-WRITE=").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        value_of(&outcome, "A-HAS-GUEST-WRITE=").as_deref(),
+        Some("0")
+    );
 }

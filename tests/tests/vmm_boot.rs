@@ -171,6 +171,36 @@ fn the_guest_is_not_offered_hardware_virtualization() {
     );
 }
 
+/// Firecracker's `--boot-timer`: a guest's write of 123 at Firecracker's
+/// boot-timer address is logged as Firecracker logs it; without the flag
+/// only our own init's write (at our address) is.
+#[test]
+fn boot_timer_answers_at_firecrackers_address_with_the_flag() {
+    let guest = run_cmdline("", "devmem 0xc0000000 8 123; echo GUEST-WROTE-TIMER")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut script = String::new();
+    for (label, flag) in [("WITH", "--boot-timer"), ("WITHOUT", "")] {
+        script += &format!(
+            "vmm --kernel {GUEST_VMLINUX} --initrd {GUEST_INITRAMFS} --memory 256 {flag} \
+             --level Info --no-console-input --cmdline 'console=ttyS0 reboot=k panic=-1 pci=off quiet {}' \
+             2> /tmp/vmm.log\n\
+             echo {label}-EXIT=$? {label}-LINES=$(grep -c 'Guest-boot-time = .* us .* ms, .* CPU us .* CPU ms' /tmp/vmm.log)\n",
+            guest.trim()
+        );
+    }
+    let outcome = run(script);
+    let tail = outcome.console_tail(40);
+    assert_eq!(outcome.lines_with("GUEST-WROTE-TIMER").count(), 2, "{tail}");
+    assert!(
+        outcome.console.contains("WITH-EXIT=0 WITH-LINES=2"),
+        "ours and Firecracker's: {tail}"
+    );
+    assert!(
+        outcome.console.contains("WITHOUT-EXIT=0 WITHOUT-LINES=1"),
+        "ours only: {tail}"
+    );
+}
+
 #[test]
 fn mp_table_describes_the_cpus_without_acpi() {
     let outcome = run(boot_script(GUEST_VMLINUX, 2, "acpi=off"));

@@ -82,6 +82,12 @@ fn host_script() -> String {
     let patch = format!(
         r#"{{"drive_id": "limited", "rate_limiter": {{"bandwidth": {{"size": {PATCHED_LIMIT}, "refill_time": 1000}}}}}}"#
     );
+    // A swap to a missing image, with a limiter that would lift the
+    // bandwidth limit: refused as a whole, so neither takes effect.
+    let bad_swap = concat!(
+        r#"{"drive_id": "limited", "path_on_host": "/tmp/nosuch.img", "#,
+        r#""rate_limiter": {"bandwidth": {"size": 0, "refill_time": 0}}}"#
+    );
     format!(
         "api() {{ r=$({API_CALL} /tmp/api.sock \"$@\"); echo \"API $1 $2 => $r\"; }}\n\
          dd if=/dev/zero of=/tmp/limited.img bs=1M count=16 2>/dev/null\n\
@@ -93,7 +99,7 @@ fn host_script() -> String {
          i=0; while ! grep -q PHASE1-DONE /tmp/console.log && [ $i -lt 2400 ]; do \
          sleep 0.1; i=$((i+1)); done\n\
          api PATCH /drives/limited '{patch}'\n\
-         api PATCH /drives/limited '{{\"drive_id\": \"limited\", \"path_on_host\": \"/tmp/free.img\"}}'\n\
+         api PATCH /drives/limited '{bad_swap}'\n\
          api PATCH /drives/nosuch '{{\"drive_id\": \"nosuch\"}}'\n\
          api GET /vm/config\n\
          printf GO | dd of=/tmp/free.img conv=notrunc 2>/dev/null\n\
@@ -177,13 +183,14 @@ fn a_drive_is_read_no_faster_than_its_limit_before_and_after_a_patch() {
         tail()
     );
 
-    // The API: the limiter PATCH is taken, swapping the image and an
-    // unknown drive are refused, and GET /vm/config shows the new limit.
+    // The API: the limiter PATCH is taken, a swap to a missing image (with
+    // a limiter) and an unknown drive are refused, and GET /vm/config
+    // shows the first PATCH's limit.
     let patches = api_status(&outcome, "PATCH /drives/limited");
     assert_eq!(patches.len(), 2, "{}", tail());
     assert!(patches[0].starts_with("HTTP 204"), "{patches:?}");
     assert!(
-        patches[1].starts_with("HTTP 400") && patches[1].contains("path_on_host"),
+        patches[1].starts_with("HTTP 400") && patches[1].contains("/tmp/nosuch.img"),
         "{patches:?}"
     );
     let unknown = api_status(&outcome, "PATCH /drives/nosuch");

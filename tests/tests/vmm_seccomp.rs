@@ -1,6 +1,7 @@
 //! vmm's seccomp filters with a real guest on real KVM, in the nested test
-//! host: a full boot with every device kind (block, net, vsock, entropy),
-//! console input, the API's pause/resume, stats, metrics and Ctrl+Alt+Del
+//! host: a full boot with every device kind (block, net, vsock, entropy,
+//! balloon), console input, the API's pause/resume, stats, metrics, the
+//! balloon's PATCHes and statistics, and Ctrl+Alt+Del
 //! runs with every thread filtered (`Seccomp: 2` in /proc); the test
 //! trigger makes one thread kind's forbidden call kill vmm with SIGSYS;
 //! `--no-seccomp` leaves every thread unfiltered.
@@ -49,9 +50,11 @@ const HELPERS: &str = "api() { r=$(/stratum/bin/api-call /tmp/api.sock \"$@\"); 
 
 /// The full scenario: vmm (run as `launcher vmm ...`) boots from a config
 /// file with every device and serves the API; the guest reads the disk and
-/// the RNG, pings the host, echoes over vsock, reads a console line; the
-/// host pauses, resumes, reads stats, flushes metrics, lists the threads
-/// and sends Ctrl+Alt+Del.
+/// the RNG, pings the host, echoes over vsock, reads a console line, and
+/// its balloon driver inflates 16 MiB at boot and reports statistics every
+/// second; the host pauses, resumes, reads stats, flushes metrics, changes
+/// the balloon's statistics interval and target and reads its statistics,
+/// lists the threads and sends Ctrl+Alt+Del.
 fn full_scenario(launcher: &str, vmm_flags: &str) -> Scenario {
     let guest = "ip addr add 192.0.2.2/24 dev eth0 && ip link set eth0 up && \
                  ping -c 1 -W 10 192.0.2.1 > /dev/null && echo GUEST-NET-OK\n\
@@ -74,6 +77,8 @@ fn full_scenario(launcher: &str, vmm_flags: &str) -> Scenario {
          \"guest_mac\": \"02:53:54:52:00:02\"}}], \
          \"vsock\": {{\"guest_cid\": 3, \"uds_path\": \"/run/v.sock\"}}, \
          \"entropy\": {{}}, \
+         \"balloon\": {{\"amount_mib\": 16, \"deflate_on_oom\": false, \
+         \"stats_polling_interval_s\": 1}}, \
          \"metrics\": {{\"metrics_path\": \"/tmp/metrics.json\"}}}}"
     );
     let script = format!(
@@ -95,12 +100,19 @@ fn full_scenario(launcher: &str, vmm_flags: &str) -> Scenario {
          api PATCH /vm '{{\"state\": \"Resumed\"}}'\n\
          api GET /stratum/stats > /dev/null && echo STATS-READ\n\
          api PUT /actions '{{\"action_type\": \"FlushMetrics\"}}'\n\
+         api PATCH /balloon/statistics '{{\"stats_polling_interval_s\": 2}}'\n\
+         api PATCH /balloon '{{\"amount_mib\": 8}}'\n\
+         sleep 3; api GET /balloon/statistics | grep -q total_memory && echo BALLOON-STATISTICS-OK\n\
          PID=$(pidof vmm); threads $PID\n\
          api PUT /actions '{{\"action_type\": \"SendCtrlAltDel\"}}'\n\
          wait $VMM; echo VMM-EXIT=$?\n\
          grep -a -e GUEST- -e 'vmm:' /tmp/console.log\n"
     );
-    Scenario::new(script).timeout(Duration::from_secs(420))
+    // The VM is paused and resumed: on two nested-host CPUs that may crash
+    // the host's kernel (see `Scenario::host_cpus`).
+    Scenario::new(script)
+        .timeout(Duration::from_secs(420))
+        .host_cpus(1)
 }
 
 /// `(name, seccomp mode)` of each `THREAD` line.
@@ -147,7 +159,13 @@ fn a_full_boot_with_devices_runs_with_every_thread_filtered() {
         "{tail}"
     );
     assert!(outcome.console.contains("STATS-READ"), "{tail}");
-    for request in ["PATCH /vm", "PUT /actions"] {
+    assert!(outcome.console.contains("BALLOON-STATISTICS-OK"), "{tail}");
+    for request in [
+        "PATCH /vm",
+        "PUT /actions",
+        "PATCH /balloon",
+        "PATCH /balloon/statistics",
+    ] {
         for line in outcome.lines_with(&format!("API {request} =>")) {
             assert!(line.contains("HTTP 204"), "{line}\n{tail}");
         }
@@ -164,6 +182,7 @@ fn a_full_boot_with_devices_runs_with_every_thread_filtered() {
         "virtio-net",
         "virtio-rng",
         "virtio-vsock",
+        "virtio-balloon",
     ] {
         assert!(
             threads.iter().any(|(name, _)| name == expected),
@@ -178,18 +197,19 @@ fn a_full_boot_with_devices_runs_with_every_thread_filtered() {
 
 #[test]
 fn the_test_trigger_kills_vmm_with_sigsys() {
-    // The vCPU's call comes before the guest runs at all; the block
-    // worker's once the guest's driver activates the disk (a vCPU exit).
+    // The vCPU's call comes before the guest runs at all; the block and
+    // balloon workers' once the guest's driver activates the device (a
+    // vCPU exit).
     let script = format!(
         "dd if=/dev/zero of=/tmp/disk.img bs=1M count=1 2>/dev/null\n\
-         for kind in vcpu block; do\n\
+         for kind in vcpu block balloon; do\n\
          STRATUM_VMM_SECCOMP_TEST=$kind vmm --kernel {GUEST_VMLINUX} --initrd {GUEST_INITRAMFS} \
-         --memory 256 --drive path=/tmp/disk.img --no-console-input \
+         --memory 256 --drive path=/tmp/disk.img --balloon amount_mib=0 --no-console-input \
          --cmdline '{CMDLINE}' > /tmp/$kind.log 2>&1\n\
          echo TRIGGER-$kind-EXIT=$?\n\
          grep -a 'forbidden system call' /tmp/$kind.log | sed \"s/^/TRIGGER-$kind-LOG /\"\n\
          done\n\
-         dmesg | grep -i -e seccomp -e 'sig=31' | tail -n 4 | sed 's/^/KERNEL-LOG /'\n\
+         dmesg | grep -i -e seccomp -e 'sig=31' | tail -n 6 | sed 's/^/KERNEL-LOG /'\n\
          STRATUM_VMM_SECCOMP_TEST=nothing vmm --kernel {GUEST_VMLINUX} --no-console-input\n\
          echo BAD-TRIGGER-EXIT=$?\n"
     );
@@ -200,7 +220,7 @@ fn the_test_trigger_kills_vmm_with_sigsys() {
     }) {
         println!("{line}");
     }
-    for kind in ["vcpu", "block"] {
+    for kind in ["vcpu", "block", "balloon"] {
         // The shell reports death by signal N as 128 + N; SIGSYS is 31.
         assert_eq!(
             value(&outcome, &format!("TRIGGER-{kind}-EXIT=")),
@@ -216,7 +236,7 @@ fn the_test_trigger_kills_vmm_with_sigsys() {
     }
     // The kernel's log names the thread, the signal and the call
     // (getpgid is 121 on x86_64).
-    for comm in ["vcpu0", "virtio-blk"] {
+    for comm in ["vcpu0", "virtio-blk", "virtio-balloon"] {
         assert!(
             outcome
                 .lines_with("KERNEL-LOG")
@@ -227,6 +247,47 @@ fn the_test_trigger_kills_vmm_with_sigsys() {
         );
     }
     assert_eq!(value(&outcome, "BAD-TRIGGER-EXIT="), Some("2"), "{tail}");
+}
+
+/// Firecracker's `--seccomp-filter`: the file's lists replace the built-in
+/// ones of the kinds it names. A vcpu list that kills on `ioctl` ends vmm
+/// at the vCPU's first KVM_RUN; one that only logs `getpgid` lets the
+/// guest boot and run to its end even with the test trigger's `getpgid`
+/// on the vCPU, which the built-in list would kill.
+#[test]
+fn a_filter_file_replaces_the_built_in_lists() {
+    let allow = r#"{"default_action": "allow", "filter_action": "log", "filter": [{"syscall": "getpgid"}]}"#;
+    let kill_ioctl = r#"{"default_action": "allow", "filter_action": "kill_process", "filter": [{"syscall": "ioctl"}]}"#;
+    let file = |vcpu: &str| format!(r#"{{"vmm": {allow}, "api": {allow}, "vcpu": {vcpu}}}"#);
+    let script = format!(
+        "cat > /tmp/kill.json <<'EOF'\n{}\nEOF\n\
+         cat > /tmp/allow.json <<'EOF'\n{}\nEOF\n\
+         vmm --seccomp-filter /tmp/kill.json --kernel {GUEST_VMLINUX} --initrd {GUEST_INITRAMFS} \
+         --memory 256 --no-console-input --cmdline '{CMDLINE}' > /tmp/kill.log 2>&1\n\
+         echo KILL-EXIT=$?\n\
+         dmesg | grep -i -e seccomp -e 'sig=31' | tail -n 2 | sed 's/^/KERNEL-LOG /'\n\
+         STRATUM_VMM_SECCOMP_TEST=vcpu vmm --seccomp-filter /tmp/allow.json --kernel {GUEST_VMLINUX} \
+         --initrd {GUEST_INITRAMFS} --memory 256 --no-console-input --cmdline '{CMDLINE}' > /tmp/allow.log 2>&1\n\
+         echo ALLOW-EXIT=$?\n\
+         grep -a -c STRATUM-GUEST-UP /tmp/allow.log | sed 's/^/ALLOW-BOOTED=/'\n",
+        file(kill_ioctl),
+        file(allow)
+    );
+    let outcome = run(Scenario::new(script).timeout(Duration::from_secs(300)));
+    let tail = outcome.console_tail(30);
+    assert_eq!(
+        value(&outcome, "KILL-EXIT="),
+        Some("159"),
+        "SIGSYS at KVM_RUN\n{tail}"
+    );
+    assert!(
+        outcome
+            .lines_with("KERNEL-LOG")
+            .any(|l| l.contains("comm=\"vcpu0\"") && l.contains("syscall=16 ")),
+        "the kernel names the vCPU's ioctl\n{tail}"
+    );
+    assert_eq!(value(&outcome, "ALLOW-EXIT="), Some("0"), "{tail}");
+    assert_eq!(value(&outcome, "ALLOW-BOOTED="), Some("1"), "{tail}");
 }
 
 #[test]

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use crate::arch::layout::CMDLINE_MAX_SIZE;
 use crate::arch::mptable;
+use crate::mmds::Mmds;
+use crate::vmm_config::mmds::MmdsConfig;
 use crate::vmm_config::rate_limiter::{ConfigError, RateLimiterConfig};
 
 /// Command line used when none is given: serial console, reboot through the
@@ -16,13 +18,15 @@ pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
 
 /// Where the guest's serial console goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ConsoleOutput {
     Stdout,
     File(PathBuf),
 }
 
-#[derive(Clone, Debug)]
+/// Serialisable: a snapshot keeps the configuration its VM was built with
+/// (see `snapshot::state`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct VmConfig {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
@@ -49,13 +53,72 @@ pub struct VmConfig {
     /// (reserved in advance: /proc/sys/vm/nr_hugepages) instead of
     /// anonymous memory advised for transparent huge pages.
     pub huge_pages: bool,
+    /// Firecracker's `track_dirty_pages`: KVM's dirty log on guest memory
+    /// and vm-memory's bitmap of the devices' writes, for Diff snapshots.
+    /// Absent from snapshots made before it existed (off).
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    /// Firecracker's `--boot-timer`: the boot timer answers at
+    /// Firecracker's address too, where its guests' init writes.
+    pub boot_timer: bool,
+    /// A virtio-balloon device with its initial target.
+    pub balloon: Option<BalloonConfig>,
+    /// The metadata service: which interfaces serve it, where, how.
+    /// Absent from snapshots made before it existed (none).
+    #[serde(default)]
+    pub mmds: Option<MmdsConfig>,
+    /// The metadata service's data store, shared with the control API
+    /// (never saved: a snapshot keeps the configuration, not the data, as
+    /// Firecracker's do). Without one, a VM serving MMDS gets an empty
+    /// store of the default size.
+    #[serde(skip)]
+    pub mmds_store: Option<Mmds>,
+}
+
+/// A virtio-balloon device as it starts: the target the guest is asked
+/// to give back, whether the guest may take pages back under memory
+/// pressure, and how often it is asked for statistics (0: never, and no
+/// statistics queue).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BalloonConfig {
+    pub amount_mib: u32,
+    pub deflate_on_oom: bool,
+    pub stats_polling_interval_s: u16,
+}
+
+impl BalloonConfig {
+    /// Parses `--balloon amount_mib=N[,deflate_on_oom][,stats=S]`.
+    pub fn parse_cli(text: &str) -> Result<Self, String> {
+        let mut config = Self::default();
+        let mut amount = None;
+        let number = |key: &str, value: &str| format!("{key} {value:?} is not a number in range");
+        for part in text.split(',') {
+            match part.split_once('=') {
+                Some(("amount_mib", value)) => {
+                    amount = Some(value.parse().map_err(|_| number("amount_mib", value))?);
+                }
+                Some(("stats", value)) => {
+                    config.stats_polling_interval_s =
+                        value.parse().map_err(|_| number("stats", value))?;
+                }
+                None if part == "deflate_on_oom" => config.deflate_on_oom = true,
+                _ => {
+                    return Err(format!(
+                        "unexpected {part:?}; expected amount_mib=N[,deflate_on_oom][,stats=S]"
+                    ))
+                }
+            }
+        }
+        config.amount_mib = amount.ok_or("amount_mib=N is required")?;
+        Ok(config)
+    }
 }
 
 /// The most bytes of a drive's serial (virtio-blk GET_ID).
 pub const DRIVE_SERIAL_MAX: usize = 20;
 
 /// A virtio-blk drive backed by a raw image file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DriveConfig {
     pub id: String,
     pub path: PathBuf,
@@ -106,7 +169,7 @@ impl DriveConfig {
 }
 
 /// A virtio-net interface attached to an existing host TAP device.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetConfig {
     pub id: String,
     pub tap: String,
@@ -149,7 +212,7 @@ impl NetConfig {
 
 /// A virtio-vsock device: the guest's context id and the host Unix
 /// socket of the hybrid-vsock convention.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VsockConfig {
     pub guest_cid: u32,
     pub uds_path: PathBuf,
@@ -243,6 +306,11 @@ impl Default for VmConfig {
             nics: Vec::new(),
             vsock: None,
             huge_pages: false,
+            track_dirty_pages: false,
+            boot_timer: false,
+            balloon: None,
+            mmds: None,
+            mmds_store: None,
         }
     }
 }
@@ -275,6 +343,10 @@ pub enum Error {
     DuplicateDriveId(String),
     #[error("drive {id}: the serial is {len} bytes; at most {DRIVE_SERIAL_MAX} fit")]
     DriveSerialTooLong { id: String, len: usize },
+    #[error(
+        "the balloon's target of {amount_mib} MiB is larger than the guest's {memory_mib} MiB"
+    )]
+    BalloonTooLarge { amount_mib: u32, memory_mib: u64 },
     #[error("{device}: invalid {field}: {error}")]
     RateLimiter {
         /// "drive ID", "network interface ID" or "entropy".
@@ -305,6 +377,14 @@ impl VmConfig {
                 requested: self.memory_mib,
                 host,
             });
+        }
+        if let Some(balloon) = self.balloon {
+            if u64::from(balloon.amount_mib) > self.memory_mib {
+                return Err(Error::BalloonTooLarge {
+                    amount_mib: balloon.amount_mib,
+                    memory_mib: self.memory_mib,
+                });
+            }
         }
         if self.cmdline.len() >= CMDLINE_MAX_SIZE {
             return Err(Error::CmdlineTooLong(self.cmdline.len()));
@@ -406,6 +486,50 @@ mod tests {
         assert_eq!(c.validate(), Ok(()));
         c.memory_mib = 255;
         assert_eq!(c.validate(), Err(Error::HugePagesSize(255)));
+    }
+
+    #[test]
+    fn balloon_is_parsed_and_must_fit_in_memory() {
+        let b = BalloonConfig::parse_cli("amount_mib=64,deflate_on_oom,stats=1").unwrap();
+        assert_eq!(
+            b,
+            BalloonConfig {
+                amount_mib: 64,
+                deflate_on_oom: true,
+                stats_polling_interval_s: 1,
+            }
+        );
+        assert_eq!(
+            BalloonConfig::parse_cli("amount_mib=0").unwrap(),
+            BalloonConfig::default()
+        );
+        for bad in [
+            "",
+            "deflate_on_oom",
+            "amount_mib=-1",
+            "amount_mib=4294967296",
+            "amount_mib=1,stats=65536",
+            "amount_mib=1,hinting",
+        ] {
+            assert!(BalloonConfig::parse_cli(bad).is_err(), "{bad:?}");
+        }
+        let mut c = config();
+        c.balloon = Some(BalloonConfig {
+            amount_mib: 256,
+            ..b
+        });
+        assert_eq!(c.validate(), Ok(()));
+        c.balloon = Some(BalloonConfig {
+            amount_mib: 257,
+            ..b
+        });
+        assert_eq!(
+            c.validate(),
+            Err(Error::BalloonTooLarge {
+                amount_mib: 257,
+                memory_mib: 256
+            })
+        );
     }
 
     #[test]

@@ -17,9 +17,12 @@ pub mod arch;
 pub mod builder;
 pub mod config;
 pub mod devices;
+pub mod image_file;
 pub mod loader;
+pub mod mmds;
 pub mod rate_limiter;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vmm_config;
 pub mod vstate;
 

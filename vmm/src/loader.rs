@@ -9,9 +9,10 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
+use crate::vstate::memory::GuestMemoryMmap;
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{self, BzImage, Elf, KernelLoader, PvhBootCapability};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use crate::arch::layout::{low_ram_end, HIMEM_START};
 use crate::arch::regs::BootProtocol;

@@ -27,13 +27,25 @@
 //! ([`ThreadKind::Spawner`], see [`spawn`]) whose list is the union of the
 //! workers' lists plus thread creation, rather than widening the vCPU's.
 //!
-//! What it refuses: filters are not configurable from outside (no JSON
-//! files, no API); `--no-seccomp` turns them all off, for debugging only.
+//! Firecracker's `--seccomp-filter FILE` replaces the built-in list of a
+//! thread kind with the operator's: FILE is in the JSON format of
+//! seccompiler (the source Firecracker's `seccompiler-bin` compiles; we
+//! take the source rather than Firecracker's compiled form, whose encoding
+//! changes between its releases), keyed by our thread kinds' names. It
+//! must name Firecracker's three (`vmm`, `api`, `vcpu`); a kind it does not
+//! name (our device workers, which Firecracker runs on its vmm thread)
+//! keeps its built-in list. A name that is not a thread kind, a syscall the
+//! architecture lacks, or a file over 1 MiB is refused at start.
+//!
+//! What it refuses: no API changes a filter; `--no-seccomp` turns them all
+//! off, for debugging only.
 //! KVM ioctls are admitted by request number, only on the threads that
 //! issue them at run time. `mmap`/`mprotect` never admit `PROT_EXEC`.
-//! No thread opens a file at run time except a vCPU creating the console
-//! log's next file: a second filter on every thread ([`probe_filter`])
-//! fails read-only opens (glibc malloc's probes of /proc) with ENOENT.
+//! At run time only two threads open files: a vCPU creating the console
+//! log's next file, and an API thread opening a drive's new image (`PATCH
+//! /drives`, read-only or read-write, never creating). A second filter on
+//! every thread ([`probe_filter`]) fails the exact form of glibc malloc's
+//! read-only probes of /proc with ENOENT.
 //! A thread that cannot install its filter does not run unfiltered: it
 //! ends the process.
 //!
@@ -51,6 +63,8 @@
 //! `--no-seccomp`, with the same reach: the environment vmm starts with.
 
 use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Mutex, OnceLock};
@@ -84,6 +98,22 @@ pub enum Error {
     UnknownTrigger(String),
     #[error("cannot spawn the {0} thread: {1}")]
     Spawn(String, #[source] std::io::Error),
+    #[error("cannot read the seccomp filter file {path}: {source}")]
+    FilterFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the seccomp filter file {0} is larger than {MAX_FILTER_FILE} bytes")]
+    FilterFileTooLarge(PathBuf),
+    #[error("invalid seccomp filter file {path}: {message}")]
+    FilterCompile { path: PathBuf, message: String },
+    #[error("the seccomp filter file names {0:?}, which is not a thread kind (one of {list})", list = ThreadKind::names())]
+    FilterThread(String),
+    #[error(
+        "the seccomp filter file has no filter for the {0} thread (it must name vmm, api and vcpu)"
+    )]
+    FilterMissing(&'static str),
 }
 
 /// The kinds of thread vmm runs, each with its own allow-list.
@@ -105,12 +135,14 @@ pub enum ThreadKind {
     Rng,
     /// virtio-vsock worker.
     Vsock,
+    /// virtio-balloon worker.
+    Balloon,
     /// Forwards stdin to the serial console.
     ConsoleIn,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 9] = [
+    pub const ALL: [ThreadKind; 10] = [
         ThreadKind::Vmm,
         ThreadKind::Vcpu,
         ThreadKind::Api,
@@ -119,6 +151,7 @@ impl ThreadKind {
         ThreadKind::Net,
         ThreadKind::Rng,
         ThreadKind::Vsock,
+        ThreadKind::Balloon,
         ThreadKind::ConsoleIn,
     ];
 
@@ -132,6 +165,7 @@ impl ThreadKind {
             ThreadKind::Net => "net",
             ThreadKind::Rng => "rng",
             ThreadKind::Vsock => "vsock",
+            ThreadKind::Balloon => "balloon",
             ThreadKind::ConsoleIn => "console-in",
         }
     }
@@ -155,12 +189,22 @@ struct Policy {
 }
 
 static POLICY: OnceLock<Policy> = OnceLock::new();
+/// The operator's filters (`--seccomp-filter`), by thread kind name.
+static CUSTOM: OnceLock<BTreeMap<&'static str, BpfProgram>> = OnceLock::new();
+/// The largest filter file read: Firecracker's whole set is ~30 KiB.
+const MAX_FILTER_FILE: u64 = 1 << 20;
+/// The kinds a filter file must name: Firecracker's thread kinds.
+const REQUIRED_IN_FILE: [ThreadKind; 3] = [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Vcpu];
 static VM_STARTED: AtomicBool = AtomicBool::new(false);
 
 /// Turns filtering on (vmm's default) or off (`--no-seccomp`) for the rest
-/// of the process, and reads the test trigger. Without this call (the
-/// library in unit tests) no filter is ever installed.
-pub fn configure(enabled: bool) -> Result<(), Error> {
+/// of the process, compiles the operator's filter file if any, and reads
+/// the test trigger. Without this call (the library in unit tests) no
+/// filter is ever installed.
+pub fn configure(enabled: bool, filter_file: Option<&Path>) -> Result<(), Error> {
+    if let Some(path) = filter_file.filter(|_| enabled) {
+        let _ = CUSTOM.set(load_filter_file(path)?);
+    }
     let mut policy = Policy {
         enabled,
         ..Policy::default()
@@ -206,7 +250,10 @@ pub fn install(kind: ThreadKind) -> Result<(), Error> {
             source,
         })
     };
-    let program = compile(kind, policy.log_only)?;
+    let program = match CUSTOM.get().and_then(|custom| custom.get(kind.name())) {
+        Some(custom) => custom.clone(),
+        None => compile(kind, policy.log_only)?,
+    };
     // The probe filter first: the kind's own may not admit `seccomp`.
     install(&probe_filter(kind)?)?;
     install(&program)?;
@@ -234,6 +281,41 @@ pub fn install_or_exit(kind: ThreadKind) {
         vmm_log!(Error, "{error}");
         eprintln!("vmm: error: {error}");
         std::process::exit(1);
+    }
+}
+
+/// Reads and compiles an operator's filter file (see the module doc).
+fn load_filter_file(path: &Path) -> Result<BTreeMap<&'static str, BpfProgram>, Error> {
+    let read_error = |source| Error::FilterFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = crate::image_file::open(path, false).map_err(read_error)?;
+    let mut text = Vec::new();
+    file.take(MAX_FILTER_FILE + 1)
+        .read_to_end(&mut text)
+        .map_err(read_error)?;
+    if text.len() as u64 > MAX_FILTER_FILE {
+        return Err(Error::FilterFileTooLarge(path.to_path_buf()));
+    }
+    let compiled =
+        seccompiler::compile_from_json(text.as_slice(), TargetArch::x86_64).map_err(|error| {
+            Error::FilterCompile {
+                path: path.to_path_buf(),
+                message: error.to_string(),
+            }
+        })?;
+    let mut filters = BTreeMap::new();
+    for (name, program) in compiled {
+        let kind = ThreadKind::parse(&name).ok_or(Error::FilterThread(name))?;
+        filters.insert(kind.name(), program);
+    }
+    match REQUIRED_IN_FILE
+        .iter()
+        .find(|kind| !filters.contains_key(kind.name()))
+    {
+        Some(missing) => Err(Error::FilterMissing(missing.name())),
+        None => Ok(filters),
     }
 }
 
@@ -347,12 +429,52 @@ fn allow_requests(rules: &mut Rules, nr: i64, requests: &[u64]) -> RuleResult<()
 
 /// KVM ioctl request numbers the run-time threads use.
 mod kvm {
-    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr};
+    use kvm_bindings::{
+        kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+        kvm_msrs, kvm_pit_state2, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    };
+    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
     const KVMIO: u32 = 0xAE;
     ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
     ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_bindings::kvm_regs);
     ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_bindings::kvm_sregs);
+    ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+    ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+    ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+    ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+    ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+    ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+    ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+    ioctl_iowr_nr!(KVM_GET_CPUID2, KVMIO, 0x91, kvm_cpuid2);
+    ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
+    ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+    ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+    ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
+    ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_bindings::kvm_dirty_log);
+
+    /// What a snapshot reads of a paused VM: every vCPU's state, the
+    /// in-kernel devices' (`Vcpu`/`Vm::save_state`) and KVM's dirty page
+    /// log (`Vm::dirty_log`: read and cleared, which changes no vCPU).
+    pub fn snapshot_reads() -> [u64; 15] {
+        [
+            KVM_GET_REGS(),
+            KVM_GET_SREGS(),
+            KVM_GET_MP_STATE(),
+            KVM_GET_XSAVE(),
+            KVM_GET_XCRS(),
+            KVM_GET_DEBUGREGS(),
+            KVM_GET_LAPIC(),
+            KVM_GET_MSRS(),
+            KVM_GET_VCPU_EVENTS(),
+            KVM_GET_CPUID2(),
+            KVM_GET_TSC_KHZ(),
+            KVM_GET_IRQCHIP(),
+            KVM_GET_PIT2(),
+            KVM_GET_CLOCK(),
+            KVM_GET_DIRTY_LOG(),
+        ]
+    }
 
     pub fn run() -> u64 {
         KVM_RUN()
@@ -447,7 +569,11 @@ fn block(rules: &mut Rules) -> RuleResult<()> {
 }
 
 fn net(rules: &mut Rules) -> RuleResult<()> {
-    // The TAP is read and written a frame at a time.
+    // The TAP is read and written a frame at a time. The metadata service
+    // (mmds) needs nothing more: its session tokens and hash keys come
+    // from getrandom, its clocks from clock_gettime (the thread basics),
+    // its TCP timers from a timerfd made at build time and armed here
+    // (the worker basics).
     worker_basics(rules)
 }
 
@@ -478,6 +604,20 @@ fn vsock(rules: &mut Rules) -> RuleResult<()> {
     // set_nonblocking on accepted streams, try_clone of a handshake's.
     allow_requests(rules, libc::SYS_ioctl, &[libc::FIONBIO])?;
     allow_requests(rules, libc::SYS_fcntl, &[libc::F_DUPFD_CLOEXEC as u64])
+}
+
+/// The balloon gives inflated pages back with `madvise(MADV_DONTNEED)`
+/// (balloon.rs), and nothing else: its `madvise` rule replaces the
+/// basics' (any advice) with that one. Its statistics timer is armed and
+/// disarmed with timerfd_settime and read (the worker basics).
+fn balloon(rules: &mut Rules) -> RuleResult<()> {
+    worker_basics(rules)?;
+    rules.remove(&libc::SYS_madvise);
+    allow_if(
+        rules,
+        libc::SYS_madvise,
+        vec![vec![eq(2, libc::MADV_DONTNEED as u64)?]],
+    )
 }
 
 fn vcpu(rules: &mut Rules) -> RuleResult<()> {
@@ -551,7 +691,15 @@ fn spawner(rules: &mut Rules) -> RuleResult<()> {
     net(rules)?;
     rng(rules)?;
     vsock(rules)?;
-    thread_creation(rules)
+    thread_creation(rules)?;
+    // Last: the balloon's narrower madvise must not replace the basics'
+    // any-advice rule the other workers inherit through this filter.
+    let madvise = rules.remove(&libc::SYS_madvise);
+    balloon(rules)?;
+    if let Some(any_advice) = madvise {
+        rules.insert(libc::SYS_madvise, any_advice);
+    }
+    Ok(())
 }
 
 fn api(rules: &mut Rules) -> RuleResult<()> {
@@ -568,6 +716,69 @@ fn api(rules: &mut Rules) -> RuleResult<()> {
             libc::SYS_timerfd_settime,
         ],
     );
+    drive_image_open(rules)?;
+    snapshot_create(rules)
+}
+
+/// `PUT /snapshot/create` runs on the API thread, as Firecracker's does on
+/// its VMM thread: it reads the paused VM's state through KVM (reads only,
+/// and the dirty page log: nothing here can change a vCPU) and creates
+/// the two files the caller named, write-only, non-blocking (a FIFO fails
+/// at once), truncated or (a Diff snapshot's memory file) not, then
+/// writes, sizes and syncs them. It cannot open a file for reading this
+/// way, nor remove or rename one.
+fn snapshot_create(rules: &mut Rules) -> RuleResult<()> {
+    allow_requests(rules, libc::SYS_ioctl, &kvm::snapshot_reads())?;
+    let update = (libc::O_WRONLY | libc::O_CREAT | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
+    let create = update | libc::O_TRUNC as u64;
+    allow_if(
+        rules,
+        libc::SYS_openat,
+        vec![vec![eq(2, create)?], vec![eq(2, update)?]],
+    )?;
+    allow(
+        rules,
+        &[
+            libc::SYS_write,
+            libc::SYS_pwrite64,
+            libc::SYS_ftruncate,
+            libc::SYS_fsync,
+        ],
+    );
+    Ok(())
+}
+
+/// `PATCH /drives/{id}` with `path_on_host` opens the drive's new image on
+/// the API thread (`image_file::open`): the caller must hear at once
+/// whether it opens, and nothing else may change a running drive. Only
+/// that open is admitted: O_RDONLY or O_RDWR, always with O_NONBLOCK (a
+/// FIFO cannot hold the thread, and the controller's lock, waiting for a
+/// writer) and O_CLOEXEC, never O_CREAT, O_TRUNC or O_PATH, so the thread
+/// can neither create nor truncate a file. Then statx of the open
+/// descriptor (std's `File::metadata`: empty path, AT_EMPTY_PATH) for its
+/// type, fcntl F_GETFL/F_SETFL to make it blocking, and lseek to its end
+/// for its size.
+fn drive_image_open(rules: &mut Rules) -> RuleResult<()> {
+    let image = (libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
+    allow_if(
+        rules,
+        libc::SYS_openat,
+        vec![
+            vec![eq(2, libc::O_RDONLY as u64 | image)?],
+            vec![eq(2, libc::O_RDWR as u64 | image)?],
+        ],
+    )?;
+    allow_if(
+        rules,
+        libc::SYS_statx,
+        vec![vec![eq(2, libc::AT_EMPTY_PATH as u64)?]],
+    )?;
+    allow_requests(
+        rules,
+        libc::SYS_fcntl,
+        &[libc::F_GETFL as u64, libc::F_SETFL as u64],
+    )?;
+    allow(rules, &[libc::SYS_lseek]);
     Ok(())
 }
 
@@ -589,6 +800,7 @@ fn rules(kind: ThreadKind) -> RuleResult<Rules> {
         ThreadKind::Net => net(&mut rules)?,
         ThreadKind::Rng => rng(&mut rules)?,
         ThreadKind::Vsock => vsock(&mut rules)?,
+        ThreadKind::Balloon => balloon(&mut rules)?,
         ThreadKind::ConsoleIn => console_in(&mut rules)?,
     }
     Ok(rules)
@@ -664,6 +876,7 @@ mod tests {
             ThreadKind::Net,
             ThreadKind::Rng,
             ThreadKind::Vsock,
+            ThreadKind::Balloon,
         ] {
             for nr in rules(kind).unwrap().keys() {
                 assert!(
@@ -673,6 +886,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_net_worker_may_run_the_metadata_service() {
+        let net = rules(ThreadKind::Net).unwrap();
+        for nr in [
+            libc::SYS_getrandom,
+            libc::SYS_clock_gettime,
+            libc::SYS_timerfd_settime,
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_poll,
+        ] {
+            assert!(net.contains_key(&nr), "syscall {nr}");
+        }
+        // Its timer is made before the filter, never by the worker.
+        assert!(!net.contains_key(&libc::SYS_timerfd_create));
+        assert!(!net.contains_key(&libc::SYS_socket));
+    }
+
+    #[test]
+    fn the_balloon_may_only_drop_pages() {
+        let balloon = rules(ThreadKind::Balloon).unwrap();
+        assert_eq!(
+            balloon[&libc::SYS_madvise].len(),
+            1,
+            "madvise(MADV_DONTNEED) only"
+        );
+        assert!(!balloon.contains_key(&libc::SYS_timerfd_create));
+        assert!(!balloon.contains_key(&libc::SYS_clone3));
+        // The spawner keeps every worker's madvise (any advice).
+        let spawner = rules(ThreadKind::Spawner).unwrap();
+        assert!(spawner[&libc::SYS_madvise].is_empty());
+        assert!(rules(ThreadKind::Rng).unwrap()[&libc::SYS_madvise].is_empty());
     }
 
     #[test]

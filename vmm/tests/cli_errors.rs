@@ -124,6 +124,17 @@ fn vcpu_and_memory_bounds() {
         &["--kernel", &kernel, "--memory", "1099511627776"],
         "but the host has only",
     );
+    assert_fails_with(
+        &[
+            "--kernel",
+            &kernel,
+            "--memory",
+            "64",
+            "--balloon",
+            "amount_mib=65",
+        ],
+        "the balloon's target of 65 MiB is larger than the guest's 64 MiB",
+    );
 }
 
 #[test]
@@ -142,6 +153,11 @@ fn command_line_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--kernel"));
     let out = vmm(&["--kernel", "x", "--vcpus", "many"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = vmm(&["--kernel", "x", "--balloon", "amount_mib=1,hinting"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("amount_mib=N[,deflate_on_oom][,stats=S]"));
+    let out = vmm(&["--api-sock", "/tmp/x.sock", "--balloon", "amount_mib=1"]);
     assert_eq!(out.status.code(), Some(2));
 }
 

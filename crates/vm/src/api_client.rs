@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 
 /// Default per-request timeout (connect, write and each read).
 pub const DEFAULT_API_TIMEOUT: Duration = Duration::from_secs(10);
+/// InstanceStart's timeout: vmm answers once it has loaded the kernel and
+/// initrd into guest memory and started the vCPUs, which on a host busy
+/// booting other VMs takes longer than a configuration request.
+pub const INSTANCE_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Largest response body accepted; vmm's biggest (`/vm/config`) is a few KiB.
 const MAX_BODY: usize = 1 << 20;
@@ -36,7 +40,15 @@ pub enum ApiError {
         source: io::Error,
     },
 
-    /// Writing the request or reading the reply failed or timed out.
+    /// vmm did not take the request or answer it within the timeout.
+    #[error("vmm API {method} {path}: no answer within {after:?}")]
+    TimedOut {
+        method: &'static str,
+        path: String,
+        after: Duration,
+    },
+
+    /// Writing the request or reading the reply failed.
     #[error("vmm API {method} {path}: {source}")]
     Io {
         method: &'static str,
@@ -175,6 +187,49 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// `PUT /snapshot/create` body: a Full snapshot of a paused VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotCreate {
+    pub snapshot_path: PathBuf,
+    pub mem_file_path: PathBuf,
+}
+
+/// `PUT /snapshot/load` body: the memory mapped from `mem_backend`'s file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotLoad {
+    pub snapshot_path: PathBuf,
+    pub mem_backend: MemBackend,
+    pub resume_vm: bool,
+    /// The clone's own TAPs in place of the parent's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub network_overrides: Vec<NetworkOverride>,
+}
+
+/// Where a snapshot's guest memory comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemBackend {
+    /// Always `File` here.
+    pub backend_type: &'static str,
+    pub backend_path: PathBuf,
+}
+
+impl MemBackend {
+    /// Guest memory mapped from the file at `path`.
+    pub fn file(path: impl Into<PathBuf>) -> MemBackend {
+        MemBackend {
+            backend_type: "File",
+            backend_path: path.into(),
+        }
+    }
+}
+
+/// A restored NIC's TAP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkOverride {
+    pub iface_id: String,
+    pub host_dev_name: String,
+}
+
 /// `GET /stratum/stats` body (unknown fields ignored, for newer vmms).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct VmStats {
@@ -283,9 +338,17 @@ impl ApiClient {
         self.send("PUT", "/vsock", vsock)
     }
 
-    /// `PUT /actions` InstanceStart: returns once the vCPUs run.
+    /// `PUT /actions` InstanceStart: returns once the vCPUs run. Waits up
+    /// to [`INSTANCE_START_TIMEOUT`] when that is longer than the client's.
     pub fn instance_start(&self) -> Result<(), ApiError> {
-        self.action("/actions", "InstanceStart")
+        self.with_start_timeout()
+            .action("/actions", "InstanceStart")
+    }
+
+    /// This client, waiting at least [`INSTANCE_START_TIMEOUT`].
+    fn with_start_timeout(&self) -> ApiClient {
+        self.clone()
+            .with_timeout(self.timeout.max(INSTANCE_START_TIMEOUT))
     }
 
     /// `PUT /actions` SendCtrlAltDel: asks the guest to shut down.
@@ -301,6 +364,19 @@ impl ApiClient {
     /// `PATCH /vm` Resumed.
     pub fn resume(&self) -> Result<(), ApiError> {
         self.set_vm_state("Resumed")
+    }
+
+    /// `PUT /snapshot/create`; the VM must be paused. Writing guest memory
+    /// out takes as long as InstanceStart's loading it in.
+    pub fn create_snapshot(&self, snapshot: &SnapshotCreate) -> Result<(), ApiError> {
+        self.with_start_timeout()
+            .send("PUT", "/snapshot/create", snapshot)
+    }
+
+    /// `PUT /snapshot/load` on a vmm that has not been configured.
+    pub fn load_snapshot(&self, snapshot: &SnapshotLoad) -> Result<(), ApiError> {
+        self.with_start_timeout()
+            .send("PUT", "/snapshot/load", snapshot)
     }
 
     /// `PUT /stratum/actions` HardStop: vmm ends the VM at once and exits 0.
@@ -357,10 +433,18 @@ impl ApiClient {
         body: Option<&[u8]>,
     ) -> Result<Reply, ApiError> {
         let stream = self.connect()?;
-        let io_err = |source| ApiError::Io {
-            method,
-            path: path.to_string(),
-            source,
+        // A socket timeout shows as WouldBlock (SO_RCVTIMEO) or TimedOut.
+        let io_err = |source: io::Error| match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ApiError::TimedOut {
+                method,
+                path: path.to_string(),
+                after: self.timeout,
+            },
+            _ => ApiError::Io {
+                method,
+                path: path.to_string(),
+                source,
+            },
         };
         write_request(&stream, method, path, body).map_err(io_err)?;
         let reply = read_reply(&mut BufReader::new(&stream)).map_err(|e| match e {
@@ -579,7 +663,8 @@ mod tests {
         let _listener = UnixListener::bind(&socket).expect("bind");
         let api = ApiClient::new(&socket).with_timeout(Duration::from_millis(200));
         let err = api.info().unwrap_err();
-        assert!(matches!(err, ApiError::Io { .. }), "{err}");
+        assert!(matches!(err, ApiError::TimedOut { .. }), "{err}");
+        assert_eq!(err.to_string(), "vmm API GET /: no answer within 200ms");
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub mod tap;
 mod tests;
 
 pub use api_client::{
-    ApiClient, ApiError, InstanceInfo, InstanceState, RateLimiter, TokenBucket, VmStats,
+    ApiClient, ApiError, BootSource, InstanceInfo, InstanceState, MachineConfig, MemBackend,
+    NetworkOverride, RateLimiter, SnapshotCreate, SnapshotLoad, TokenBucket, VmStats,
 };
 pub use console::{ConsoleFollower, ConsoleStream};
 pub use disk::{

@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use arbitrary::{Arbitrary, Unstructured};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm::devices::virtio::{self, block, mmio, net, rng, vsock};
+use vm_memory::{Bytes, GuestAddress};
+use vmm::devices::virtio::{self, balloon, block, mmio, net, rng, vsock};
 use vmm::devices::{BusDevice, IrqLine};
+use vmm::vstate::memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::tempfile::TempFile;
 
@@ -347,6 +348,81 @@ pub fn rng(data: &[u8]) {
     });
 }
 
+// ---------------------------------------------------------------- balloon
+
+/// A page frame number: mostly one of guest memory's pages (or a few
+/// beyond), sometimes anything at all.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Pfn {
+    Mem(u16),
+    Raw(u32),
+}
+
+impl Pfn {
+    fn get(self) -> u32 {
+        match self {
+            Pfn::Mem(x) => u32::from(x) % ((MEM_END >> 12) as u32 + 16),
+            Pfn::Raw(x) => x,
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum BalloonQueue {
+    Inflate,
+    Deflate,
+    Stats,
+}
+
+#[derive(Arbitrary, Debug)]
+pub struct BalloonInput {
+    queue: BalloonQueue,
+    /// PFN arrays the guest writes (little-endian u32s) for its inflate
+    /// requests to point at.
+    pfn_arrays: Vec<(Addr, Vec<Pfn>)>,
+    driver: Driver,
+}
+
+/// The balloon's state for the statistics harness (statistics on).
+fn balloon_state() -> &'static balloon::SharedBalloon {
+    static SHARED: OnceLock<balloon::SharedBalloon> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let config = vmm::config::BalloonConfig {
+            amount_mib: 0,
+            deflate_on_oom: false,
+            stats_polling_interval_s: 1,
+        };
+        balloon::SharedBalloon::new(&config, MEM_END >> 20).expect("balloon state")
+    })
+}
+
+/// virtio-balloon: the inflate queue (`balloon::process_inflate`, which
+/// gives the pages it is told of back with MADV_DONTNEED: here the
+/// harness's own guest memory), the deflate queue, and the statistics
+/// queue (`balloon::take_stats`, then the held buffer handed back as the
+/// timer would).
+pub fn balloon(data: &[u8]) {
+    decode(data, |input: BalloonInput| {
+        let mut setup = input.driver.setup();
+        for (addr, pfns) in &input.pfn_arrays {
+            let bytes: Vec<u8> = pfns.iter().flat_map(|p| p.get().to_le_bytes()).collect();
+            let _ = setup.mem.write_slice(&bytes, GuestAddress(addr.get()));
+        }
+        match input.queue {
+            BalloonQueue::Inflate => {
+                setup.run(|mem, queue| balloon::process_inflate(mem, queue, true))
+            }
+            BalloonQueue::Deflate => setup.run(balloon::complete_all),
+            BalloonQueue::Stats => setup.run(|mem, queue| {
+                let mut held = None;
+                let returned = balloon::take_stats(mem, queue, &mut held, balloon_state());
+                balloon::return_held_stats(mem, queue, &mut held) | returned
+            }),
+        }
+        let _ = balloon_state().stats();
+    });
+}
+
 // ---------------------------------------------------------------- block
 
 #[derive(Arbitrary, Debug)]
@@ -626,6 +702,11 @@ impl virtio::VirtioDevice for MockDevice {
         virtio::read_config_bytes(&self.config, offset, data);
     }
 
+    /// The mock processes nothing on a thread of its own.
+    fn worker(&self) -> Option<&virtio::worker::Worker> {
+        None
+    }
+
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         let Ok(start) = usize::try_from(offset) else {
             return;
@@ -679,6 +760,9 @@ pub enum DeviceKind {
     /// The real virtio-rng (its worker thread processes the queue on
     /// QueueNotify writes).
     Rng,
+    /// The real virtio-balloon (two or three queues, a configuration
+    /// space the driver writes, a worker with a timer).
+    Balloon { stats: bool, deflate_on_oom: bool },
 }
 
 /// Register offsets: mostly the register block, also the configuration
@@ -788,6 +872,18 @@ pub fn mmio(data: &[u8]) {
                 })
             }
             DeviceKind::Rng => Box::new(rng::Rng::new()),
+            DeviceKind::Balloon {
+                stats,
+                deflate_on_oom,
+            } => {
+                let config = vmm::config::BalloonConfig {
+                    amount_mib: 1,
+                    deflate_on_oom,
+                    stats_polling_interval_s: u16::from(stats),
+                };
+                let shared = balloon::SharedBalloon::new(&config, MEM_END >> 20).unwrap();
+                Box::new(balloon::Balloon::new(shared))
+            }
         };
         // Invalid queue sizes are the VMM's own configuration error.
         let Ok(mut transport) = mmio::MmioTransport::new(device, mem.clone(), interrupt) else {
@@ -856,7 +952,10 @@ pub fn guest_protocol(data: &[u8]) {
             stream.extend_from_slice(&frame.body);
         }
         let read_size = usize::from(input.read_size.max(1));
-        fn run<M: Message + Default + PartialEq + std::fmt::Debug>(stream: &[u8], read_size: usize) -> u64 {
+        fn run<M: Message + Default + PartialEq + std::fmt::Debug>(
+            stream: &[u8],
+            read_size: usize,
+        ) -> u64 {
             let mut decoder = FrameDecoder::new();
             let mut rest = stream;
             let mut frames = 0;
@@ -880,7 +979,8 @@ pub fn guest_protocol(data: &[u8]) {
             }
             frames
         }
-        let framed = run::<GuestMessage>(&stream, read_size) + run::<HostMessage>(&stream, read_size);
+        let framed =
+            run::<GuestMessage>(&stream, read_size) + run::<HostMessage>(&stream, read_size);
         COMPLETED.set(COMPLETED.get() + framed);
     });
 }
@@ -888,13 +988,64 @@ pub fn guest_protocol(data: &[u8]) {
 /// A harness: runs one fuzzer input.
 pub type Harness = fn(&[u8]);
 
+// ---------------------------------------------------------------- mmds
+
+/// What a guest sends the metadata service.
+#[derive(Arbitrary, Debug)]
+pub struct MmdsInput {
+    v2: bool,
+    /// HTTP request heads, as a connection would hand them over.
+    requests: Vec<Vec<u8>>,
+    /// Frames the guest transmits (Ethernet, no virtio header); those
+    /// the stack does not claim are skipped, as they would go to the TAP.
+    frames: Vec<Vec<u8>>,
+}
+
+/// The metadata service: `mmds::http::answer` on request heads, then the
+/// network stack on frames, its replies drained. Nothing may panic, and
+/// no reply frame may exceed an Ethernet frame of the guest's MTU.
+pub fn mmds(data: &[u8]) {
+    use vmm::mmds::{http, stack::MmdsStack, stack::DEFAULT_IPV4, Mmds, MmdsVersion};
+    decode(data, |input: MmdsInput| {
+        let mmds = Mmds::new(4096);
+        {
+            let mut store = mmds.lock();
+            let version = if input.v2 {
+                MmdsVersion::V2
+            } else {
+                MmdsVersion::V1
+            };
+            store.configure(version, false);
+            let _ =
+                store.put(serde_json::json!({"latest": {"meta-data": {"ami-id": "a"}}, "n": 1}));
+        }
+        for request in &input.requests {
+            let answer = http::answer(&mmds, request);
+            let _ = answer.to_bytes();
+            COMPLETED.set(COMPLETED.get() + 1);
+        }
+        let mut stack = MmdsStack::new(mmds, DEFAULT_IPV4, 1);
+        for frame in &input.frames {
+            if stack.is_mmds_frame(frame) {
+                stack.handle_frame(frame);
+            }
+            while let Some(reply) = stack.next_frame() {
+                assert!(reply.len() <= 1514, "a reply of {} bytes", reply.len());
+            }
+        }
+        stack.poll();
+    });
+}
+
 /// The harnesses by fuzz target name.
 pub const TARGETS: &[(&str, Harness)] = &[
     ("virtio_rng", rng),
+    ("virtio_balloon", balloon),
     ("virtio_block", block),
     ("virtio_net_tx", net_tx),
     ("virtio_net_rx", net_rx),
     ("virtio_mmio", mmio),
     ("virtio_vsock", vsock),
     ("guest_protocol", guest_protocol),
+    ("mmds", mmds),
 ];

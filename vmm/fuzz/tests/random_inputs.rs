@@ -154,6 +154,11 @@ fn virtio_rng() {
 }
 
 #[test]
+fn virtio_balloon() {
+    run_target("virtio_balloon");
+}
+
+#[test]
 fn virtio_block() {
     run_target("virtio_block");
 }
@@ -181,4 +186,9 @@ fn virtio_vsock() {
 #[test]
 fn guest_protocol() {
     run_target("guest_protocol");
+}
+
+#[test]
+fn mmds() {
+    run_target("mmds");
 }

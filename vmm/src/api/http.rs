@@ -8,9 +8,10 @@
 
 use std::fmt;
 
-/// Largest request body accepted. API bodies are a few hundred bytes; the
-/// limit keeps a client from making us buffer arbitrary amounts.
-pub const MAX_BODY_SIZE: usize = 64 * 1024;
+/// Largest request body accepted unless `--http-api-max-payload-size`
+/// says otherwise: Firecracker's default. API bodies are a few hundred
+/// bytes; the limit keeps a client from making us buffer arbitrary amounts.
+pub const DEFAULT_MAX_BODY_SIZE: usize = 51_200;
 /// Largest request line plus headers accepted.
 pub const MAX_HEAD_SIZE: usize = 8 * 1024;
 
@@ -62,19 +63,13 @@ pub enum ParseError {
     NotUtf8,
     #[error("invalid Content-Length {0:?}")]
     ContentLength(String),
-    #[error("request payload with size {size} is larger than the limit of {MAX_BODY_SIZE} bytes allowed by the server")]
-    BodyTooLarge { size: u64 },
+    // Firecracker's words, which its clients may match.
+    #[error(
+        "Request payload with size {size} is larger than the limit of {limit} allowed by server."
+    )]
+    BodyTooLarge { size: u64, limit: usize },
     #[error("Transfer-Encoding is not supported: send the body with a Content-Length")]
     TransferEncoding,
-}
-
-impl ParseError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ParseError::BodyTooLarge { .. } => StatusCode::PayloadTooLarge,
-            _ => StatusCode::BadRequest,
-        }
-    }
 }
 
 /// What the bytes received so far amount to.
@@ -89,8 +84,9 @@ pub enum Parsed {
     Partial { expects_continue: bool },
 }
 
-/// Parses the first request in `buf`.
-pub fn parse(buf: &[u8]) -> Result<Parsed, ParseError> {
+/// Parses the first request in `buf`, whose body may be at most
+/// `max_body` bytes.
+pub fn parse(buf: &[u8], max_body: usize) -> Result<Parsed, ParseError> {
     let Some((head_len, body_start)) = find_head_end(buf) else {
         if buf.len() > MAX_HEAD_SIZE {
             return Err(ParseError::HeadTooLarge);
@@ -143,8 +139,13 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, ParseError> {
 
     let size = content_length.unwrap_or(0);
     let length = match usize::try_from(size) {
-        Ok(length) if length <= MAX_BODY_SIZE => length,
-        _ => return Err(ParseError::BodyTooLarge { size }),
+        Ok(length) if length <= max_body => length,
+        _ => {
+            return Err(ParseError::BodyTooLarge {
+                size,
+                limit: max_body,
+            })
+        }
     };
     let available = buf.len() - body_start;
     if available < length {
@@ -266,6 +267,9 @@ pub struct Response {
     pub status: StatusCode,
     /// A JSON document, or nothing (204).
     pub body: Option<Vec<u8>>,
+    /// Firecracker's `Deprecation: true` header: the request used a field
+    /// or form Firecracker deprecates.
+    pub deprecated: bool,
 }
 
 impl Response {
@@ -273,6 +277,7 @@ impl Response {
         Self {
             status: StatusCode::NoContent,
             body: None,
+            deprecated: false,
         }
     }
 
@@ -280,6 +285,7 @@ impl Response {
         Self {
             status,
             body: Some(body),
+            deprecated: false,
         }
     }
 
@@ -287,6 +293,20 @@ impl Response {
     pub fn fault(status: StatusCode, message: &str) -> Self {
         let body = serde_json::json!({ "fault_message": message }).to_string();
         Self::json(status, body.into_bytes())
+    }
+
+    /// A 400 for bytes that are not a request we can frame: Firecracker's
+    /// HTTP layer words these `{"error": ...}`, apart from the API's own
+    /// `fault_message` answers.
+    pub fn framing_error(error: &ParseError) -> Self {
+        let body = serde_json::json!({ "error": error.to_string() }).to_string();
+        Self::json(StatusCode::BadRequest, body.into_bytes())
+    }
+
+    /// The same response, marked as answering a deprecated request.
+    pub fn deprecated(mut self) -> Self {
+        self.deprecated = true;
+        self
     }
 
     /// The bytes on the wire. `keep_alive` tells the client whether we keep
@@ -298,6 +318,9 @@ impl Response {
             self.status.reason(),
             if keep_alive { "keep-alive" } else { "close" },
         );
+        if self.deprecated {
+            out.push_str("Deprecation: true\r\n");
+        }
         match &self.body {
             Some(body) => {
                 out.push_str(&format!(
@@ -326,6 +349,11 @@ pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parses with Firecracker's default body limit.
+    fn parse(buf: &[u8]) -> Result<Parsed, ParseError> {
+        super::parse(buf, DEFAULT_MAX_BODY_SIZE)
+    }
 
     fn complete(buf: &[u8]) -> (Request, usize) {
         match parse(buf) {
@@ -404,12 +432,29 @@ mod tests {
     fn oversize_body_is_refused_before_it_arrives() {
         let buf = format!(
             "PUT / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
-            MAX_BODY_SIZE + 1
+            DEFAULT_MAX_BODY_SIZE + 1
         );
         let error = parse(buf.as_bytes()).unwrap_err();
-        assert_eq!(error.status(), StatusCode::PayloadTooLarge);
-        let buf = format!("PUT / HTTP/1.1\r\nContent-Length: {MAX_BODY_SIZE}\r\n\r\n");
+        assert_eq!(
+            error.to_string(),
+            "Request payload with size 51201 is larger than the limit of 51200 allowed by server."
+        );
+        let buf = format!("PUT / HTTP/1.1\r\nContent-Length: {DEFAULT_MAX_BODY_SIZE}\r\n\r\n");
         assert!(matches!(parse(buf.as_bytes()), Ok(Parsed::Partial { .. })));
+        // The operator's limit, smaller or larger.
+        let buf = b"PUT / HTTP/1.1\r\nContent-Length: 11\r\n\r\n";
+        assert!(matches!(
+            super::parse(buf, 10),
+            Err(ParseError::BodyTooLarge {
+                size: 11,
+                limit: 10
+            })
+        ));
+        let buf = b"PUT / HTTP/1.1\r\nContent-Length: 60000\r\n\r\n";
+        assert!(matches!(
+            super::parse(buf, 100_000),
+            Ok(Parsed::Partial { .. })
+        ));
     }
 
     #[test]

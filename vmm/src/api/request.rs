@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::controller::VmmAction;
 use super::http::{Method, Request};
+use crate::mmds::MmdsVersion;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
@@ -21,6 +22,8 @@ pub enum RequestError {
     EmptyBody(Method),
     #[error("GET request cannot have a body.")]
     BodyOnGet,
+    #[error("Unrecognized PUT request path `{0}`.")]
+    UnrecognizedPutPath(String),
     #[error("An error occurred when deserializing the json body of a request: {0}.")]
     Json(#[from] serde_json::Error),
 }
@@ -66,17 +69,33 @@ enum StratumAction {
     HardStop,
 }
 
-/// Firecracker endpoints we do not serve yet, by first path segment.
-const UNSUPPORTED: &[&str] = &[
-    "balloon",
-    "cpu-config",
-    "hotplug",
-    "mmds",
-    "pmem",
-    "serial",
-    "snapshot",
-    "vm",
-];
+/// Firecracker endpoints we do not serve yet, by first path segment (and
+/// the balloon's free page hinting, `/balloon/hinting/...`).
+const UNSUPPORTED: &[&str] = &["cpu-config", "hotplug", "pmem", "serial", "vm"];
+
+/// Why Firecracker deprecates what `action` asks for, if it does: the
+/// answer then carries `Deprecation: true` and the log says why, as
+/// Firecracker's do.
+pub fn deprecation(action: &VmmAction) -> Option<&'static str> {
+    match action {
+        VmmAction::PutMachineConfig(config) if config.cpu_template.is_some() => {
+            Some("PUT /machine-config: cpu_template is deprecated")
+        }
+        VmmAction::PatchMachineConfig(update) if update.cpu_template.is_some() => {
+            Some("PATCH /machine-config: cpu_template is deprecated")
+        }
+        VmmAction::PutVsock(vsock) if vsock.vsock_id.is_some() => {
+            Some("PUT /vsock: vsock_id is deprecated")
+        }
+        VmmAction::LoadSnapshot(load) if load.deprecated() => {
+            Some("PUT /snapshot/load: mem_file_path and enable_diff_snapshots are deprecated")
+        }
+        VmmAction::PutMmdsConfig(config) if config.version == MmdsVersion::V1 => {
+            Some("PUT /mmds/config: V1 is deprecated. Use V2 instead.")
+        }
+        _ => None,
+    }
+}
 
 /// The action `request` asks for.
 pub fn parse(request: &Request) -> Result<VmmAction, RequestError> {
@@ -118,6 +137,19 @@ pub fn parse(request: &Request) -> Result<VmmAction, RequestError> {
         )),
         (Method::Put, ["entropy"]) => Ok(VmmAction::PutEntropy(body(request)?)),
         (Method::Put, ["vsock"]) => Ok(VmmAction::PutVsock(body(request)?)),
+        (Method::Put, ["snapshot", "create"]) => Ok(VmmAction::CreateSnapshot(body(request)?)),
+        (Method::Put, ["snapshot", "load"]) => Ok(VmmAction::LoadSnapshot(body(request)?)),
+        (Method::Get, ["balloon"]) => Ok(VmmAction::GetBalloon),
+        (Method::Put, ["balloon"]) => Ok(VmmAction::PutBalloon(body(request)?)),
+        (Method::Patch, ["balloon"]) => Ok(VmmAction::PatchBalloon(body(request)?)),
+        (Method::Get, ["balloon", "statistics"]) => Ok(VmmAction::GetBalloonStats),
+        (Method::Patch, ["balloon", "statistics"]) => {
+            Ok(VmmAction::PatchBalloonStats(body(request)?))
+        }
+        (_, ["balloon", "hinting", ..]) => Err(RequestError::UnsupportedEndpoint(
+            method,
+            request.path.clone(),
+        )),
         (Method::Patch, ["vm"]) => {
             let vm: VmStateBody = body(request)?;
             Ok(VmmAction::PatchVmPaused(matches!(
@@ -125,6 +157,15 @@ pub fn parse(request: &Request) -> Result<VmmAction, RequestError> {
                 VmState::Paused
             )))
         }
+        // As Firecracker routes them: by the first segment alone, but for
+        // PUT's `config`.
+        (Method::Get, ["mmds", ..]) => Ok(VmmAction::GetMmds),
+        (Method::Put, ["mmds"]) => Ok(VmmAction::PutMmds(body(request)?)),
+        (Method::Put, ["mmds", "config"]) => Ok(VmmAction::PutMmdsConfig(body(request)?)),
+        (Method::Put, ["mmds", other, ..]) => {
+            Err(RequestError::UnrecognizedPutPath(other.to_string()))
+        }
+        (Method::Patch, ["mmds", ..]) => Ok(VmmAction::PatchMmds(body(request)?)),
         (Method::Get, ["stratum", "stats"]) => Ok(VmmAction::GetStats),
         (Method::Put, ["stratum", "actions"]) => {
             let action: StratumActionBody = body(request)?;
@@ -190,13 +231,66 @@ mod tests {
     }
 
     #[test]
+    fn balloon_routes() {
+        assert!(matches!(
+            route(
+                Method::Put,
+                "/balloon",
+                r#"{"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 1}"#
+            ),
+            Ok(VmmAction::PutBalloon(b)) if b.amount_mib == 64 && b.deflate_on_oom
+        ));
+        assert_eq!(
+            route(Method::Get, "/balloon", ""),
+            Ok(VmmAction::GetBalloon)
+        );
+        assert!(matches!(
+            route(Method::Patch, "/balloon", r#"{"amount_mib": 32}"#),
+            Ok(VmmAction::PatchBalloon(u)) if u.amount_mib == 32
+        ));
+        assert_eq!(
+            route(Method::Get, "/balloon/statistics", ""),
+            Ok(VmmAction::GetBalloonStats)
+        );
+        assert!(matches!(
+            route(
+                Method::Patch,
+                "/balloon/statistics",
+                r#"{"stats_polling_interval_s": 5}"#
+            ),
+            Ok(VmmAction::PatchBalloonStats(u)) if u.stats_polling_interval_s == 5
+        ));
+        let e = route(
+            Method::Patch,
+            "/balloon",
+            r#"{"amount_mib": 1, "deflate_on_oom": true}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("unknown field `deflate_on_oom`"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_problem() {
         let e = route(Method::Put, "/drives/rootfs", "{}").unwrap_err();
         assert!(e.contains("missing field `drive_id`"), "{e}");
         let e = route(Method::Put, "/vsock", "{}").unwrap_err();
         assert!(e.contains("missing field `guest_cid`"), "{e}");
         let e = route(Method::Put, "/balloon", "{}").unwrap_err();
-        assert_eq!(e, "PUT /balloon is not supported by this VMM yet.");
+        assert!(e.contains("missing field `amount_mib`"), "{e}");
+        let e = route(Method::Get, "/balloon/hinting/status", "").unwrap_err();
+        assert_eq!(
+            e,
+            "GET /balloon/hinting/status is not supported by this VMM yet."
+        );
+        let e = route(Method::Patch, "/balloon/hinting/start", "").unwrap_err();
+        assert_eq!(
+            e,
+            "PATCH /balloon/hinting/start is not supported by this VMM yet."
+        );
+        let e = route(Method::Get, "/balloon/other", "").unwrap_err();
+        assert_eq!(e, "Invalid request method and/or path: GET /balloon/other.");
+        let e = route(Method::Patch, "/balloon", "").unwrap_err();
+        assert_eq!(e, "Empty PATCH request.");
         assert_eq!(
             route(Method::Patch, "/vm", r#"{"state": "Paused"}"#),
             Ok(VmmAction::PatchVmPaused(true))

@@ -28,6 +28,7 @@ pub enum Error {
 pub struct ApiServer {
     listener: UnixListener,
     path: PathBuf,
+    max_body: usize,
 }
 
 impl ApiServer {
@@ -41,7 +42,15 @@ impl ApiServer {
         Ok(Self {
             listener,
             path: path.to_path_buf(),
+            max_body: http::DEFAULT_MAX_BODY_SIZE,
         })
+    }
+
+    /// Firecracker's `--http-api-max-payload-size`: the largest request
+    /// body served; a larger one is answered 400.
+    pub fn with_max_body(mut self, max_body: usize) -> Self {
+        self.max_body = max_body;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -64,6 +73,7 @@ impl ApiServer {
         // starts, which inherit its filter) may have to build it; then it
         // narrows itself to the API's run-time filter.
         let mut narrowed = false;
+        let max_body = self.max_body;
         narrow_once_started(&mut narrowed);
         for stream in self.listener.incoming() {
             narrow_once_started(&mut narrowed);
@@ -77,7 +87,7 @@ impl ApiServer {
             let controller = Arc::clone(controller);
             let spawned = std::thread::Builder::new()
                 .name("fc_api_conn".into())
-                .spawn(move || serve_connection(stream, &controller, narrowed));
+                .spawn(move || serve_connection(stream, &controller, narrowed, max_body));
             if let Err(error) = spawned {
                 vmm_log!(
                     Error,
@@ -97,18 +107,26 @@ fn narrow_once_started(narrowed: &mut bool) {
 }
 
 /// Reads requests until the client closes, asks to close, or sends bytes
-/// we cannot frame. I/O errors end the connection, never the VMM.
+/// we cannot frame. I/O errors end the connection, never the VMM. A body
+/// over `max_body` is answered 400 as in Firecracker, which keeps the
+/// connection; this closes it, since the refused body's bytes cannot be
+/// told from the next request's.
 ///
 /// `narrowed`: whether the thread already runs under the API filter
 /// (inherited). If not, it installs it before serving a request once the
 /// VM runs, and after the request that started it.
-fn serve_connection(mut stream: UnixStream, controller: &Mutex<Controller>, mut narrowed: bool) {
+fn serve_connection(
+    mut stream: UnixStream,
+    controller: &Mutex<Controller>,
+    mut narrowed: bool,
+    max_body: usize,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let mut continue_sent = false;
     loop {
         loop {
-            match http::parse(&buf) {
+            match http::parse(&buf, max_body) {
                 Ok(Parsed::Complete(request, used)) => {
                     buf.drain(..used);
                     continue_sent = false;
@@ -134,7 +152,7 @@ fn serve_connection(mut stream: UnixStream, controller: &Mutex<Controller>, mut 
                 }
                 Err(error) => {
                     vmm_log!(Warning, "malformed API request: {error}");
-                    let response = Response::fault(error.status(), &error.to_string());
+                    let response = Response::framing_error(&error);
                     let _ = stream.write_all(&response.to_bytes(false));
                     return;
                 }
@@ -168,18 +186,30 @@ fn dispatch(
             );
         }
     };
+    let deprecation = request::deprecation(&action);
+    if let Some(why) = deprecation {
+        vmm_log!(Warning, "{why}");
+    }
     // A panic while holding the lock would poison it; the controller's
     // state is only changed after every check passed, so it stays usable.
     let mut controller = controller
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    match controller.handle(action) {
+    let (response, stop) = match controller.handle(action) {
         Ok(VmmData::StopAfterReply(vm)) => (Response::no_content(), Some(vm)),
         Ok(data) => (data_response(data), None),
-        Err(error) => (
-            Response::fault(StatusCode::BadRequest, &error.to_string()),
-            None,
-        ),
+        Err(error) => {
+            let status = if error.is_payload_too_large() {
+                StatusCode::PayloadTooLarge
+            } else {
+                StatusCode::BadRequest
+            };
+            (Response::fault(status, &error.to_string()), None)
+        }
+    };
+    match deprecation {
+        Some(_) => (response.deprecated(), stop),
+        None => (response, stop),
     }
 }
 
@@ -191,6 +221,9 @@ fn data_response(data: VmmData) -> Response {
         VmmData::MachineConfig(config) => serde_json::to_vec(&config),
         VmmData::FullConfig(config) => serde_json::to_vec(&config),
         VmmData::Stats(stats) => serde_json::to_vec(&stats),
+        VmmData::Balloon(balloon) => serde_json::to_vec(&balloon),
+        VmmData::BalloonStats(stats) => serde_json::to_vec(&stats),
+        VmmData::Mmds(data) => serde_json::to_vec(&data),
     };
     match body {
         Ok(body) => Response::json(StatusCode::Ok, body),

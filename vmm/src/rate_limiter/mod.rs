@@ -250,7 +250,7 @@ impl RateLimiter {
 }
 
 /// Makes the timer's reads fail with EAGAIN instead of waiting.
-fn set_nonblocking(timer: &TimerFd) -> std::io::Result<()> {
+pub(crate) fn set_nonblocking(timer: &TimerFd) -> std::io::Result<()> {
     let fd = timer.as_raw_fd();
     // SAFETY: fcntl(F_GETFL/F_SETFL) on a descriptor `timer` owns and keeps
     // open for the call; it reads and writes no memory of ours.

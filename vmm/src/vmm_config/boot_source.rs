@@ -1,6 +1,5 @@
 //! `boot-source`: the kernel, initrd and command line.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -68,14 +67,7 @@ impl BootSourceConfig {
 }
 
 fn open_file(path: &Path) -> std::io::Result<()> {
-    let file = File::open(path)?;
-    if file.metadata()?.is_dir() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "is a directory",
-        ));
-    }
-    Ok(())
+    crate::image_file::open(path, false).map(drop)
 }
 
 #[cfg(test)]

@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::balloon::BalloonBody;
 use super::boot_source::BootSourceConfig;
 use super::devices::{DriveBody, EntropyBody, NetworkInterfaceBody, VsockBody};
 use super::logger::LoggerConfig;
 use super::machine_config::MachineConfig;
 use super::metrics::MetricsConfig;
+use super::mmds::MmdsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,9 +60,9 @@ pub struct ConfigFile {
     #[serde(default)]
     pub entropy: Option<EntropyBody>,
     #[serde(default)]
-    balloon: Option<serde_json::Value>,
+    pub balloon: Option<BalloonBody>,
     #[serde(rename = "mmds-config", default)]
-    mmds_config: Option<serde_json::Value>,
+    pub mmds_config: Option<MmdsConfig>,
     #[serde(rename = "cpu-config", default)]
     cpu_config: Option<serde_json::Value>,
     #[serde(rename = "memory-hotplug", default)]
@@ -84,8 +86,6 @@ impl ConfigFile {
         })?;
         let unsupported = [
             ("pmem", !file.pmem.is_empty()),
-            ("balloon", file.balloon.is_some()),
-            ("mmds-config", file.mmds_config.is_some()),
             ("cpu-config", file.cpu_config.is_some()),
             ("memory-hotplug", file.memory_hotplug.is_some()),
         ];
@@ -132,6 +132,17 @@ mod tests {
         assert!(parse(bad_drive).unwrap_err().contains("missing field"));
         let vsock = r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {"guest_cid": 3, "uds_path": "v"}}"#;
         assert_eq!(parse(vsock).unwrap().vsock.unwrap().guest_cid, 3);
+        let balloon = r#"{"boot-source": {"kernel_image_path": "k"},
+            "balloon": {"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 1}}"#;
+        let balloon = parse(balloon).unwrap().balloon.unwrap();
+        assert_eq!((balloon.amount_mib, balloon.deflate_on_oom), (64, true));
+        let bad_balloon =
+            r#"{"boot-source": {"kernel_image_path": "k"}, "balloon": {"amount_mib": 64}}"#;
+        assert!(parse(bad_balloon).unwrap_err().contains("deflate_on_oom"));
+        let mmds = r#"{"boot-source": {"kernel_image_path": "k"},
+            "mmds-config": {"version": "V2", "network_interfaces": ["eth0"]}}"#;
+        let mmds = parse(mmds).unwrap().mmds_config.unwrap();
+        assert_eq!(mmds.network_interfaces, ["eth0"]);
         let pmem = r#"{"boot-source": {"kernel_image_path": "k"}, "pmem": [{"id": "p"}]}"#;
         assert!(parse(pmem).unwrap_err().contains("\"pmem\""));
         let typo = r#"{"boot-source": {"kernel_image_path": "k"}, "machine_config": {}}"#;

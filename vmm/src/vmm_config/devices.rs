@@ -3,7 +3,7 @@
 //! conversion into the builder's device configuration; and the bodies of
 //! `PATCH /drives/{id}` and `PATCH /network-interfaces/{id}` (`PartialDrive`,
 //! `PartialNetworkInterface`), which update the rate limiters of a running
-//! VM.
+//! VM and swap a running drive's image.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +28,8 @@ pub enum Error {
     },
     #[error("drive {0}: {1} is not supported by this VMM")]
     DriveOption(String, &'static str),
+    #[error("drive {0}: path_on_host must not be empty")]
+    EmptyPath(String),
     #[error("A root block device already exists ({0}).")]
     SecondRoot(String),
     #[error("network interface {0}: {1}")]
@@ -163,15 +165,8 @@ impl DriveBody {
 
 /// Whether the image opens as it will at boot (read-only or read-write).
 fn open_check(path: &Path, read_only: bool) -> Result<(), String> {
-    let metadata = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    if metadata.is_dir() {
-        return Err("is a directory".into());
-    }
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(!read_only)
-        .open(path)
-        .map(|_| ())
+    crate::image_file::open(path, !read_only)
+        .map(drop)
         .map_err(|e| e.to_string())
 }
 
@@ -202,6 +197,17 @@ impl NetworkInterfaceBody {
     }
 
     pub fn to_nic(&self) -> Result<NetConfig, Error> {
+        self.nic(true)
+    }
+
+    /// The builder's configuration of an interface that runs (its TAP
+    /// open): a snapshot's record of it, without looking the TAP up — which
+    /// the API thread of a running VM may not do (seccomp).
+    pub fn running_nic(&self) -> Result<NetConfig, Error> {
+        self.nic(false)
+    }
+
+    fn nic(&self, check_tap: bool) -> Result<NetConfig, Error> {
         let mac = self
             .guest_mac
             .as_deref()
@@ -217,7 +223,7 @@ impl NetworkInterfaceBody {
                 ),
             ));
         }
-        if crate::devices::virtio::tap::is_known_missing(&self.host_dev_name) {
+        if check_tap && crate::devices::virtio::tap::is_known_missing(&self.host_dev_name) {
             return Err(Error::Net(
                 self.iface_id.clone(),
                 format!("TAP device {} does not exist", self.host_dev_name),
@@ -244,7 +250,9 @@ fn check_net_limiters(
 }
 
 /// Firecracker's `PartialDrive`, the body of `PATCH /drives/{id}`: what
-/// may change on a running VM. Fields left out stay as they are.
+/// may change on a running VM: the image (`path_on_host`, opened as the
+/// drive was: read-only or read-write) and the rate limiter. Fields left
+/// out stay as they are.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriveUpdateBody {
@@ -256,16 +264,20 @@ pub struct DriveUpdateBody {
 }
 
 impl DriveUpdateBody {
-    /// Checks the body against the id of the path. Swapping the backing
-    /// file of a running drive (`path_on_host`) is refused.
+    /// Checks what can be checked without the running drive: the id
+    /// against the path's, a path that names something, the limiter. The
+    /// new image itself is opened when it replaces the old one, on the
+    /// drive's own terms (its read-only flag), so opening it here too
+    /// would only be a second open that proves nothing.
     pub fn validate(&self, path_id: &str) -> Result<(), Error> {
         check_id(&self.drive_id)?;
         check_path_id(Some(path_id), &self.drive_id)?;
-        if self.path_on_host.is_some() {
-            return Err(Error::DriveOption(
-                self.drive_id.clone(),
-                "changing path_on_host on a running VM",
-            ));
+        if self
+            .path_on_host
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(Error::EmptyPath(self.drive_id.clone()));
         }
         check_limiter(
             || format!("drive {}", self.drive_id),
@@ -313,6 +325,15 @@ pub struct VsockBody {
 }
 
 impl VsockBody {
+    /// The builder's configuration of a vsock device that runs (its socket
+    /// bound): a snapshot's record of it, without the checks of a new one.
+    pub fn running_config(&self) -> VsockConfig {
+        VsockConfig {
+            guest_cid: self.guest_cid,
+            uds_path: self.uds_path.clone(),
+        }
+    }
+
     /// Checks the body as far as it can be before the socket is bound at
     /// boot: the CID, the path's length, a free path in an existing
     /// directory.
@@ -538,10 +559,32 @@ mod tests {
             drive.validate("other"),
             Err(Error::IdMismatch { .. })
         ));
+        // A new image is taken, alone or with a limiter; whether it opens
+        // is for the swap to find out.
         let swap: DriveUpdateBody =
             serde_json::from_str(r#"{"drive_id": "data", "path_on_host": "/other.img"}"#).unwrap();
-        let error = swap.validate("data").unwrap_err().to_string();
+        assert_eq!(swap.validate("data"), Ok(()));
+        assert_eq!(swap.path_on_host.as_deref(), Some(Path::new("/other.img")));
+        let both: DriveUpdateBody = serde_json::from_str(
+            r#"{"drive_id": "data", "path_on_host": "/other.img",
+                "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 99999999999999}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            both.validate("data"),
+            Err(Error::RateLimiter {
+                field: "rate_limiter",
+                ..
+            })
+        ));
+        let empty: DriveUpdateBody =
+            serde_json::from_str(r#"{"drive_id": "data", "path_on_host": ""}"#).unwrap();
+        let error = empty.validate("data").unwrap_err().to_string();
         assert!(error.contains("path_on_host"), "{error}");
+        assert!(serde_json::from_str::<DriveUpdateBody>(
+            r#"{"drive_id": "data", "path_on_host": 7}"#
+        )
+        .is_err());
         let bare: DriveUpdateBody = serde_json::from_str(r#"{"drive_id": "data"}"#).unwrap();
         assert_eq!(bare.validate("data"), Ok(()));
         assert!(serde_json::from_str::<DriveUpdateBody>(

@@ -40,7 +40,7 @@ impl Level {
         match self {
             Level::Off => "Off",
             Level::Error => "Error",
-            Level::Warning => "Warning",
+            Level::Warning => "Warn",
             Level::Info => "Info",
             Level::Debug => "Debug",
             Level::Trace => "Trace",
@@ -61,10 +61,14 @@ impl<'de> Deserialize<'de> for Level {
             Level::Trace,
         ]
         .into_iter()
-        .find(|level| level.name().eq_ignore_ascii_case(&text))
+        .find(|level| {
+            level.name().eq_ignore_ascii_case(&text)
+                || (*level == Level::Warning && text.eq_ignore_ascii_case("warning"))
+        })
         .ok_or_else(|| {
             serde::de::Error::custom(format!(
-                "unknown log level {text:?}: expected Error, Warning, Info, Debug, Trace or Off"
+                "unknown log level {text:?}: expected Error, Warn (or Warning), Info, Debug, \
+                 Trace or Off"
             ))
         })
     }
@@ -119,12 +123,16 @@ pub fn set_instance_id(id: &str) {
 /// Starts (or redirects) logging as `config` says.
 pub fn configure(config: &LoggerConfig) -> Result<(), Error> {
     let sink = match &config.log_path {
-        // Non-blocking, as Firecracker does: opening a named pipe nobody
-        // reads yet fails instead of hanging the API, and a full pipe drops
-        // lines instead of stalling the VMM.
+        // Read-write and non-blocking, as Firecracker opens it: a named
+        // pipe nobody reads yet opens (its reader comes later, as
+        // firecracker-go-sdk's does) instead of failing or hanging the
+        // API, and a full pipe drops lines instead of stalling the VMM.
+        // A regular file is appended to (Firecracker writes from its
+        // start over what was there).
         Some(path) => Sink::File(
             OpenOptions::new()
                 .create(true)
+                .read(true)
                 .append(true)
                 .custom_flags(libc::O_NONBLOCK)
                 .open(path)
@@ -256,6 +264,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.level, Some(Level::Warning));
+        for name in ["warn", "WARN", "Warn", "Warning"] {
+            let c: LoggerConfig =
+                serde_json::from_str(&format!(r#"{{"level": "{name}"}}"#)).unwrap();
+            assert_eq!(c.level, Some(Level::Warning), "{name}");
+        }
         assert!(serde_json::from_str::<LoggerConfig>(r#"{"level": "loud"}"#).is_err());
         assert!(serde_json::from_str::<LoggerConfig>(r#"{"path": "/x"}"#).is_err());
     }

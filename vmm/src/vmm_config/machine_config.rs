@@ -1,7 +1,7 @@
 //! `machine-config`: vCPUs, memory and its huge pages (`"2M"`: hugetlbfs),
+//! dirty-page tracking (`track_dirty_pages`, which Diff snapshots need),
 //! plus the Firecracker knobs we accept only at their "off" value (SMT, CPU
-//! templates, dirty-page tracking) so clients that send them explicitly
-//! keep working.
+//! templates) so clients that send them explicitly keep working.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,10 +25,13 @@ pub enum Error {
     CpuTemplate(CpuTemplate),
     #[error("huge_pages {0:?} is not supported: give \"2M\" (hugetlbfs) or \"None\" (anonymous memory, advised for transparent huge pages)")]
     HugePages(HugePages),
-    #[error("track_dirty_pages is not supported: there are no snapshots to use it")]
-    DirtyPages,
     #[error("empty PATCH request: give at least one machine-config field")]
     EmptyPatch,
+    /// Firecracker's `IncompatibleBalloonSize`.
+    #[error(
+        "The memory size (MiB) is smaller than the previously set balloon device target size."
+    )]
+    IncompatibleBalloonSize,
 }
 
 /// Firecracker's static CPU templates. Only `None` is accepted.
@@ -139,9 +142,6 @@ impl MachineConfig {
         if self.huge_pages == HugePages::Transparent {
             return Err(Error::HugePages(self.huge_pages));
         }
-        if self.track_dirty_pages {
-            return Err(Error::DirtyPages);
-        }
         Ok(self)
     }
 }
@@ -183,6 +183,17 @@ mod tests {
         assert!(parse(r#"{"vcpu_count": 300, "mem_size_mib": 1}"#).is_err());
         let huge = parse(r#"{"vcpu_count": 1, "mem_size_mib": 256, "huge_pages": "2M"}"#).unwrap();
         assert_eq!(huge.huge_pages, HugePages::Hugetlbfs2M);
+        let tracked =
+            parse(r#"{"vcpu_count": 1, "mem_size_mib": 256, "track_dirty_pages": true}"#).unwrap();
+        assert!(tracked.track_dirty_pages);
+        let update: MachineConfigUpdate =
+            serde_json::from_str(r#"{"track_dirty_pages": true}"#).unwrap();
+        assert!(
+            MachineConfig::default()
+                .updated(&update)
+                .unwrap()
+                .track_dirty_pages
+        );
         assert!(
             parse(r#"{"vcpu_count": 1, "mem_size_mib": 256, "huge_pages": "Transparent"}"#)
                 .unwrap_err()

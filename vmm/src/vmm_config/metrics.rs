@@ -54,6 +54,13 @@ pub enum Request {
     PatchVm,
     PatchDrive,
     PatchNetworkInterface,
+    PutSnapshotCreate,
+    PutSnapshotLoad,
+    GetMmds,
+    /// `PUT /mmds` and `PUT /mmds/config`, counted together as in
+    /// Firecracker.
+    PutMmds,
+    PatchMmds,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -62,6 +69,7 @@ struct GetRequests {
     vmm_version_count: u64,
     machine_cfg_count: u64,
     vm_config_count: u64,
+    mmds_count: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -84,6 +92,14 @@ struct PutRequests {
     entropy_fails: u64,
     vsock_count: u64,
     vsock_fails: u64,
+    /// Ours: Firecracker times snapshots (`latencies_us`) rather than
+    /// counting them.
+    snapshot_create_count: u64,
+    snapshot_create_fails: u64,
+    snapshot_load_count: u64,
+    snapshot_load_fails: u64,
+    mmds_count: u64,
+    mmds_fails: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -96,6 +112,8 @@ struct PatchRequests {
     network_fails: u64,
     vm_count: u64,
     vm_fails: u64,
+    mmds_count: u64,
+    mmds_fails: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -105,17 +123,31 @@ struct Counters {
     patch_api_requests: PatchRequests,
 }
 
+/// Firecracker's `api_server` group: how long the process took to serve
+/// its API, from the launcher's `--start-time-us` (monotonic clock) and
+/// `--start-time-cpu-us` plus `--parent-cpu-time-us` (CPU time); kept
+/// across flushes, as Firecracker's store metrics are.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StartupTimes {
+    pub process_startup_time_us: u64,
+    pub process_startup_time_cpu_us: u64,
+}
+
 #[derive(Serialize)]
 struct Line<'a> {
     utc_timestamp_ms: u128,
+    api_server: StartupTimes,
     #[serde(flatten)]
     counters: &'a Counters,
+    /// The guest side of MMDS (taken at each flush).
+    mmds: crate::mmds::metrics::Flushed,
 }
 
 #[derive(Debug, Default)]
 pub struct Metrics {
     sink: Option<(PathBuf, File)>,
     counters: Counters,
+    startup: StartupTimes,
 }
 
 impl Metrics {
@@ -125,9 +157,10 @@ impl Metrics {
         }
         let file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
-            // Same reason as the logger: a named pipe without a reader must
-            // not hang the API.
+            // Same reasons as the logger: a named pipe without a reader
+            // yet opens, and neither it nor a full one hangs the API.
             .custom_flags(libc::O_NONBLOCK)
             .open(&config.metrics_path)
             .map_err(|source| Error::Open {
@@ -136,6 +169,11 @@ impl Metrics {
             })?;
         self.sink = Some((config.metrics_path.clone(), file));
         Ok(())
+    }
+
+    /// Records how long the process took to serve its API.
+    pub fn set_startup_times(&mut self, times: StartupTimes) {
+        self.startup = times;
     }
 
     pub fn config(&self) -> Option<MetricsConfig> {
@@ -173,11 +211,22 @@ impl Metrics {
             Request::PutNetworkInterface => (&mut put.network_count, Some(&mut put.network_fails)),
             Request::PutEntropy => (&mut put.entropy_count, Some(&mut put.entropy_fails)),
             Request::PutVsock => (&mut put.vsock_count, Some(&mut put.vsock_fails)),
+            Request::PutSnapshotCreate => (
+                &mut put.snapshot_create_count,
+                Some(&mut put.snapshot_create_fails),
+            ),
+            Request::PutSnapshotLoad => (
+                &mut put.snapshot_load_count,
+                Some(&mut put.snapshot_load_fails),
+            ),
             Request::PatchVm => (&mut patch.vm_count, Some(&mut patch.vm_fails)),
             Request::PatchDrive => (&mut patch.drive_count, Some(&mut patch.drive_fails)),
             Request::PatchNetworkInterface => {
                 (&mut patch.network_count, Some(&mut patch.network_fails))
             }
+            Request::GetMmds => (&mut get.mmds_count, None),
+            Request::PutMmds => (&mut put.mmds_count, Some(&mut put.mmds_fails)),
+            Request::PatchMmds => (&mut patch.mmds_count, Some(&mut patch.mmds_fails)),
         };
         *count += 1;
         if let Some(fails) = fails {
@@ -195,7 +244,9 @@ impl Metrics {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_millis(),
+            api_server: self.startup,
             counters: &self.counters,
+            mmds: crate::mmds::metrics::Flushed,
         };
         // Serialising plain integers cannot fail.
         let mut text = serde_json::to_string(&line).unwrap_or_default();

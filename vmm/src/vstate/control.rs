@@ -61,8 +61,23 @@ pub fn install_kick_handler() -> Result<(), Error> {
 }
 
 impl VcpuControl {
+    /// Control for vCPUs that start running, or (`paused`) that park before
+    /// their first `KVM_RUN` until resumed: a restored VM not yet resumed.
+    pub fn new(paused: bool) -> Self {
+        let control = Self::default();
+        control.lock().paused = paused;
+        control.pause_requested.store(paused, Ordering::Release);
+        control
+    }
+
     fn lock(&self) -> MutexGuard<'_, RunState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the VM is to be paused: a vCPU thread that sees it settles
+    /// and parks (see `Vcpu::run_loop`).
+    pub fn pause_requested(&self) -> bool {
+        self.pause_requested.load(Ordering::Acquire)
     }
 
     /// Called by a vCPU thread before entering the guest: blocks while the

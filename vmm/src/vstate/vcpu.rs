@@ -1,14 +1,17 @@
 //! vCPUs: their initial state and the thread that runs each one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use crate::vstate::memory::GuestMemoryMmap;
 use kvm_bindings::{
-    kvm_sregs, CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
+    kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+    KVM_MAX_MSR_ENTRIES, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vm_memory::GuestMemoryMmap;
+use serde::{Deserialize, Serialize};
 
 use crate::arch::{cpuid, interrupts, msr, regs};
 use crate::devices::{Buses, PowerOffBy, ResetBy, VmEvent, VmEventSender};
@@ -50,12 +53,156 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read {what} of vCPU {index}: {source}")]
+    Save {
+        index: u8,
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("the snapshot's {what} of vCPU {index} does not fit this KVM: {reason}")]
+    BadState {
+        index: u8,
+        what: &'static str,
+        reason: String,
+    },
 }
 
 pub struct Vcpu {
     index: u8,
-    fd: VcpuFd,
+    /// Shared with the [`VcpuHandle`]: the vCPU's thread holds the lock
+    /// while the guest runs; a paused vCPU's state is read through it.
+    fd: Arc<Mutex<VcpuFd>>,
     stats: Arc<VcpuStats>,
+}
+
+/// A vCPU's architectural state as KVM holds it: what a snapshot saves
+/// and a restore sets, in KVM's own structures.
+#[derive(Serialize, Deserialize)]
+pub struct VcpuState {
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    pub msrs: Vec<kvm_msr_entry>,
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    pub xsave: kvm_xsave,
+    pub xcrs: kvm_xcrs,
+    pub debug_regs: kvm_debugregs,
+    pub lapic: kvm_lapic_state,
+    pub mp_state: kvm_mp_state,
+    pub vcpu_events: kvm_vcpu_events,
+    /// The guest's TSC frequency, where KVM reports one: a restore on a
+    /// host of another frequency sets it, so the guest's clock holds.
+    pub tsc_khz: Option<u32>,
+}
+
+/// A started vCPU's file descriptor, for reading its state while the VM
+/// is paused (its thread is then parked and does not hold the lock).
+#[derive(Clone)]
+pub struct VcpuHandle {
+    index: u8,
+    fd: Arc<Mutex<VcpuFd>>,
+}
+
+fn lock(fd: &Mutex<VcpuFd>) -> MutexGuard<'_, VcpuFd> {
+    fd.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl VcpuHandle {
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// Reads the vCPU's state. `msr_indices`: the MSRs KVM can save
+    /// (KVM_GET_MSR_INDEX_LIST). The VM must be paused: a running vCPU's
+    /// thread holds the lock for as long as the guest runs.
+    pub fn save_state(&self, msr_indices: &[u32]) -> Result<VcpuState, Error> {
+        let fd = lock(&self.fd);
+        let index = self.index;
+        let err = |what: &'static str| {
+            move |source| Error::Save {
+                index,
+                what,
+                source,
+            }
+        };
+        // The order Firecracker reads in: the MP state first, as reading it
+        // makes KVM settle pending APIC events into the state read after.
+        let mp_state = fd.get_mp_state().map_err(err("MP state"))?;
+        let regs = fd.get_regs().map_err(err("registers"))?;
+        let sregs = fd.get_sregs().map_err(err("sregs"))?;
+        let xsave = fd.get_xsave().map_err(err("XSAVE area"))?;
+        let xcrs = fd.get_xcrs().map_err(err("XCRs"))?;
+        let debug_regs = fd.get_debug_regs().map_err(err("debug registers"))?;
+        let lapic = fd.get_lapic().map_err(err("LAPIC"))?;
+        let msrs = save_msrs(&fd, index, msr_indices)?;
+        let vcpu_events = fd.get_vcpu_events().map_err(err("events"))?;
+        let cpuid = fd
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(err("CPUID"))?
+            .as_slice()
+            .to_vec();
+        let tsc_khz = fd.get_tsc_khz().ok();
+        Ok(VcpuState {
+            cpuid,
+            msrs,
+            regs,
+            sregs,
+            xsave,
+            xcrs,
+            debug_regs,
+            lapic,
+            mp_state,
+            vcpu_events,
+            tsc_khz,
+        })
+    }
+}
+
+/// The TSC deadline timer's MSR: KVM takes its value relative to the
+/// guest's TSC as it is when the value is set, so it is saved (and so set)
+/// after the TSC itself (Firecracker orders them the same way).
+const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+/// Reads every MSR of `indices` KVM will give, in chunks of what one
+/// KVM_GET_MSRS takes. KVM stops a read at the first MSR it refuses (one
+/// the list names but this vCPU's CPUID hides): that one is skipped and
+/// the read goes on after it. The TSC deadline comes last.
+fn save_msrs(fd: &VcpuFd, index: u8, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, Error> {
+    let mut ordered: Vec<u32> = indices
+        .iter()
+        .copied()
+        .filter(|&msr| msr != MSR_IA32_TSC_DEADLINE)
+        .collect();
+    if indices.contains(&MSR_IA32_TSC_DEADLINE) {
+        ordered.push(MSR_IA32_TSC_DEADLINE);
+    }
+    let indices = ordered.as_slice();
+    let mut saved = Vec::with_capacity(indices.len());
+    let mut rest = indices;
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(KVM_MAX_MSR_ENTRIES)];
+        let entries: Vec<kvm_msr_entry> = chunk
+            .iter()
+            .map(|&msr| kvm_msr_entry {
+                index: msr,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).map_err(|e| Error::BadState {
+            index,
+            what: "MSR list",
+            reason: e.to_string(),
+        })?;
+        let read = fd.get_msrs(&mut msrs).map_err(|source| Error::Save {
+            index,
+            what: "MSRs",
+            source,
+        })?;
+        saved.extend_from_slice(&msrs.as_slice()[..read.min(chunk.len())]);
+        // Past what was read, and past the one MSR KVM refused, if any.
+        rest = &rest[(read + 1).min(rest.len())..];
+    }
+    Ok(saved)
 }
 
 /// How often a vCPU left the guest for the VMM, by reason: the cost a
@@ -105,9 +252,78 @@ impl Vcpu {
             .map_err(|source| Error::Create { index, source })?;
         Ok(Self {
             index,
-            fd,
+            fd: Arc::new(Mutex::new(fd)),
             stats: Arc::default(),
         })
+    }
+
+    /// What reads this vCPU's state once it runs (see [`VcpuHandle`]).
+    pub fn handle(&self) -> VcpuHandle {
+        VcpuHandle {
+            index: self.index,
+            fd: self.fd.clone(),
+        }
+    }
+
+    /// Sets a snapshot's state, in place of [`Self::configure`] and
+    /// [`Self::set_boot_state`], in the order KVM needs (Firecracker's):
+    /// CPUID first; the registers before the events (setting registers
+    /// clears a pending exception the events restore); sregs before the
+    /// LAPIC (they hold the APIC base); the LAPIC before the MSRs (the TSC
+    /// deadline MSR is dropped unless the LAPIC timer is in deadline mode).
+    pub fn restore_state(&self, state: &VcpuState) -> Result<(), Error> {
+        let fd = lock(&self.fd);
+        let index = self.index;
+        let bad = |what: &'static str| {
+            move |e: vmm_sys_util::fam::Error| Error::BadState {
+                index,
+                what,
+                reason: e.to_string(),
+            }
+        };
+        let cpuid = CpuId::from_entries(&state.cpuid).map_err(bad("CPUID"))?;
+        fd.set_cpuid2(&cpuid)
+            .map_err(self.configure_error("CPUID"))?;
+        if let Some(khz) = state.tsc_khz {
+            // Only where the frequency differs: setting it makes KVM scale
+            // the TSC, which costs on every read.
+            if fd.get_tsc_khz().ok() != Some(khz) {
+                fd.set_tsc_khz(khz)
+                    .map_err(self.configure_error("TSC frequency"))?;
+            }
+        }
+        fd.set_mp_state(state.mp_state)
+            .map_err(self.configure_error("MP state"))?;
+        fd.set_regs(&state.regs)
+            .map_err(self.configure_error("registers"))?;
+        fd.set_sregs(&state.sregs)
+            .map_err(self.configure_error("sregs"))?;
+        // SAFETY: the XSAVE area comes from KVM_GET_XSAVE of the same
+        // size; set_xsave copies it into the kernel, which validates it.
+        unsafe { fd.set_xsave(&state.xsave) }.map_err(self.configure_error("XSAVE area"))?;
+        fd.set_xcrs(&state.xcrs)
+            .map_err(self.configure_error("XCRs"))?;
+        fd.set_debug_regs(&state.debug_regs)
+            .map_err(self.configure_error("debug registers"))?;
+        fd.set_lapic(&state.lapic)
+            .map_err(self.configure_error("LAPIC"))?;
+        for chunk in state.msrs.chunks(KVM_MAX_MSR_ENTRIES) {
+            let msrs = Msrs::from_entries(chunk).map_err(bad("MSRs"))?;
+            let set = fd.set_msrs(&msrs).map_err(self.configure_error("MSRs"))?;
+            if set != chunk.len() {
+                return Err(Error::BadState {
+                    index,
+                    what: "MSRs",
+                    reason: format!(
+                        "KVM refused MSR {:#x}",
+                        chunk.get(set).map_or(0, |m| m.index)
+                    ),
+                });
+            }
+        }
+        fd.set_vcpu_events(&state.vcpu_events)
+            .map_err(self.configure_error("events"))?;
+        Ok(())
     }
 
     /// The vCPU's exit counters, readable while it runs.
@@ -126,17 +342,14 @@ impl Vcpu {
 
     /// State every vCPU needs: CPUID, MSRs, FPU and LAPIC wiring.
     pub fn configure(&self, supported_cpuid: &CpuId, vcpu_count: u8) -> Result<(), Error> {
+        let fd = lock(&self.fd);
         let mut cpuid = supported_cpuid.clone();
         cpuid::filter_cpuid(&mut cpuid, self.index, vcpu_count);
-        self.fd
-            .set_cpuid2(&cpuid)
+        fd.set_cpuid2(&cpuid)
             .map_err(self.configure_error("CPUID"))?;
 
         let msrs = msr::boot_msrs().map_err(Error::MsrList)?;
-        let set = self
-            .fd
-            .set_msrs(&msrs)
-            .map_err(self.configure_error("MSRs"))?;
+        let set = fd.set_msrs(&msrs).map_err(self.configure_error("MSRs"))?;
         if set != msrs.as_slice().len() {
             return Err(Error::Msrs {
                 index: self.index,
@@ -144,15 +357,12 @@ impl Vcpu {
                 wanted: msrs.as_slice().len(),
             });
         }
-        self.fd
-            .set_fpu(&regs::boot_fpu())
+        fd.set_fpu(&regs::boot_fpu())
             .map_err(self.configure_error("FPU"))?;
 
-        let mut lapic = self.fd.get_lapic().map_err(self.configure_error("LAPIC"))?;
+        let mut lapic = fd.get_lapic().map_err(self.configure_error("LAPIC"))?;
         interrupts::set_lint(&mut lapic);
-        self.fd
-            .set_lapic(&lapic)
-            .map_err(self.configure_error("LAPIC"))
+        fd.set_lapic(&lapic).map_err(self.configure_error("LAPIC"))
     }
 
     /// Registers of the boot vCPU at the kernel's entry point. The others
@@ -162,16 +372,15 @@ impl Vcpu {
         mem: &GuestMemoryMmap,
         kernel: &LoadedKernel,
     ) -> Result<(), Error> {
-        let mut sregs: kvm_sregs = self.fd.get_sregs().map_err(self.configure_error("sregs"))?;
+        let fd = lock(&self.fd);
+        let mut sregs: kvm_sregs = fd.get_sregs().map_err(self.configure_error("sregs"))?;
         regs::setup_segments(mem, &mut sregs, kernel.protocol)?;
         if kernel.protocol == regs::BootProtocol::Linux64 {
             regs::setup_page_tables(mem, &mut sregs)?;
         }
-        self.fd
-            .set_sregs(&sregs)
+        fd.set_sregs(&sregs)
             .map_err(self.configure_error("sregs"))?;
-        self.fd
-            .set_regs(&regs::boot_regs(kernel.protocol, kernel.entry))
+        fd.set_regs(&regs::boot_regs(kernel.protocol, kernel.entry))
             .map_err(self.configure_error("registers"))
     }
 
@@ -198,13 +407,26 @@ impl Vcpu {
             .map_err(|source| Error::Spawn { index, source })
     }
 
-    /// Runs the guest until it asks to stop or fails; returns why.
+    /// Runs the guest until it asks to stop or fails; returns why. The fd's
+    /// lock is held from one park to the next: a parked vCPU's state can
+    /// be read through its [`VcpuHandle`].
+    ///
+    /// Before it parks, a vCPU lets KVM finish what it had started: an
+    /// emulated I/O instruction whose exit was handled completes only at
+    /// the next KVM_RUN. That run is made with `immediate_exit` (KVM
+    /// completes the instruction and returns at once), so the state a
+    /// snapshot reads is between two instructions, not in the middle of one
+    /// (restored, such an instruction would run twice or be lost).
     fn run_loop(&mut self, buses: &Buses, control: &VcpuControl) -> Option<VmEvent> {
         let (pio, mmio) = (&buses.pio, &buses.mmio);
         let stats = self.stats.clone();
+        let shared = self.fd.clone();
         loop {
-            control.park_while_paused();
-            match self.fd.run() {
+            let settling = control.pause_requested();
+            let mut fd = lock(&shared);
+            fd.set_kvm_immediate_exit(u8::from(settling));
+            let mut settled = false;
+            match fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     VcpuStats::count(&stats.io_in);
                     if !pio.read(u64::from(port), data) {
@@ -233,9 +455,9 @@ impl Vcpu {
                 }
                 // A triple fault: how `reboot=t` resets, and how a crashed
                 // guest ends. Both stop the VM.
-                Ok(VcpuExit::Shutdown) => return Some(self.triple_fault()),
+                Ok(VcpuExit::Shutdown) => return Some(self.triple_fault(&fd)),
                 Ok(VcpuExit::SystemEvent(kind, _)) => return Some(self.system_event(kind)),
-                Ok(VcpuExit::InternalError) => return Some(self.internal_error()),
+                Ok(VcpuExit::InternalError) => return Some(self.internal_error(&mut fd)),
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
                     return Some(self.failed(format!(
                         "KVM could not enter the guest (hardware reason {reason:#x}, cpu {cpu})"
@@ -247,8 +469,13 @@ impl Vcpu {
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     VcpuStats::count(&stats.interrupted);
+                    settled = settling;
                 }
                 Err(e) => return Some(self.failed(format!("KVM_RUN failed: {e}"))),
+            }
+            drop(fd);
+            if settled {
+                control.park_while_paused();
             }
         }
     }
@@ -264,9 +491,9 @@ impl Vcpu {
 
     /// The reset a triple fault is, with where the vCPU was: a guest that
     /// faults while handling a fault leaves no other trace.
-    fn triple_fault(&self) -> VmEvent {
-        let regs = self.fd.get_regs();
-        let sregs = self.fd.get_sregs();
+    fn triple_fault(&self, fd: &VcpuFd) -> VmEvent {
+        let regs = fd.get_regs();
+        let sregs = fd.get_sregs();
         let state = match (regs, sregs) {
             // KVM on AMD INITs the vCPU before it reports the shutdown
             // (the VMCB is undefined after one): the fault's registers
@@ -288,11 +515,11 @@ impl Vcpu {
         })
     }
 
-    fn internal_error(&mut self) -> VmEvent {
+    fn internal_error(&self, fd: &mut VcpuFd) -> VmEvent {
         // SAFETY: after KVM_EXIT_INTERNAL_ERROR the kernel filled the
         // `internal` member of the exit union.
-        let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
-        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+        let suberror = unsafe { fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+        let rip = fd.get_regs().map(|r| r.rip).unwrap_or(0);
         let what = if suberror == KVM_INTERNAL_ERROR_EMULATION {
             "emulation failure"
         } else {

@@ -1,15 +1,20 @@
 //! The KVM VM: opening /dev/kvm, checking what it can do, registering guest
-//! memory and creating the in-kernel interrupt controllers and PIT.
+//! memory (with KVM's dirty log when dirty pages are tracked, read and
+//! cleared by [`Vm::dirty_log`]) and creating the in-kernel interrupt
+//! controllers and PIT.
 
 use std::os::unix::io::FromRawFd;
 use std::path::Path;
 
+use crate::vstate::memory::GuestMemoryMmap;
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
-    KVM_PIT_SPEAKER_DUMMY,
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    CpuId, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
-use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use serde::{Deserialize, Serialize};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::cpuid;
@@ -67,6 +72,37 @@ pub enum Error {
         #[source]
         source: kvm_ioctls::Error,
     },
+    #[error("cannot read the VM's {what}: {source}")]
+    SaveState {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot set the VM's {what} from the snapshot: {source}")]
+    RestoreState {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot read KVM's dirty page log of memory slot {slot}: {source}")]
+    DirtyLog {
+        slot: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot list the MSRs KVM saves: {0}")]
+    MsrIndexList(#[source] kvm_ioctls::Error),
+}
+
+/// The in-kernel devices' state and the guest's clock: what a snapshot
+/// keeps of the VM besides its vCPUs, memory and our devices.
+#[derive(Serialize, Deserialize)]
+pub struct VmState {
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+    pub pit: kvm_pit_state2,
+    pub clock: kvm_clock_data,
 }
 
 /// An open /dev/kvm whose API version and capabilities were checked.
@@ -100,6 +136,14 @@ impl Hypervisor {
     /// The most vCPUs one VM may have on this host.
     pub fn max_vcpus(&self) -> usize {
         self.kvm.get_max_vcpus()
+    }
+
+    /// The MSRs KVM can save and restore, for a snapshot's vCPU state.
+    pub fn msr_index_list(&self) -> Result<Vec<u32>, Error> {
+        self.kvm
+            .get_msr_index_list()
+            .map(|list| list.as_slice().to_vec())
+            .map_err(Error::MsrIndexList)
     }
 
     /// What KVM can offer a guest, plus the features that KVM implements
@@ -137,15 +181,22 @@ impl Vm {
         &self.fd
     }
 
-    /// Tells KVM where each guest memory region lives in this process.
+    /// Tells KVM where each guest memory region lives in this process, one
+    /// slot a region in `mem`'s order, logging the guest's writes to them
+    /// when `mem` tracks dirty pages.
     pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), Error> {
+        let flags = if crate::vstate::memory::tracks_dirty_pages(mem) {
+            KVM_MEM_LOG_DIRTY_PAGES
+        } else {
+            0
+        };
         for (slot, region) in (0u32..).zip(mem.iter()) {
             let host_addr = mem
                 .get_host_address(region.start_addr())
                 .map_err(|_| Error::RegisterMemory(kvm_ioctls::Error::new(libc::EFAULT)))?;
             let region_desc = kvm_userspace_memory_region {
                 slot,
-                flags: 0,
+                flags,
                 guest_phys_addr: region.start_addr().raw_value(),
                 memory_size: region.len(),
                 userspace_addr: host_addr as u64,
@@ -156,6 +207,25 @@ impl Vm {
                 .map_err(Error::RegisterMemory)?;
         }
         Ok(())
+    }
+
+    /// KVM's log of the pages the guest wrote since the last call (or since
+    /// the slot was registered), one bitmap a region of `mem` (as
+    /// [`Self::register_memory`] numbered them), and clears it. Only for
+    /// memory registered with dirty logging.
+    pub fn dirty_log(&self, mem: &GuestMemoryMmap) -> Result<Vec<Vec<u64>>, Error> {
+        (0u32..)
+            .zip(mem.iter())
+            .map(|(slot, region)| {
+                let size = usize::try_from(region.len()).map_err(|_| Error::DirtyLog {
+                    slot,
+                    source: kvm_ioctls::Error::new(libc::EOVERFLOW),
+                })?;
+                self.fd
+                    .get_dirty_log(slot, size)
+                    .map_err(|source| Error::DirtyLog { slot, source })
+            })
+            .collect()
     }
 
     /// Creates the in-kernel PIC, IOAPIC and PIT. Must happen before vCPUs
@@ -175,6 +245,51 @@ impl Vm {
             ..Default::default()
         };
         self.fd.create_pit2(pit).map_err(Error::Irqchip)
+    }
+
+    /// Reads the in-kernel devices' state and the clock (the vCPUs paused).
+    pub fn save_state(&self) -> Result<VmState, Error> {
+        let chip = |chip_id: u32, what: &'static str| {
+            let mut chip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut chip)
+                .map(|()| chip)
+                .map_err(|source| Error::SaveState { what, source })
+        };
+        let save = |what| move |source| Error::SaveState { what, source };
+        Ok(VmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER, "master PIC")?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE, "slave PIC")?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC, "IOAPIC")?,
+            pit: self.fd.get_pit2().map_err(save("PIT"))?,
+            clock: self.fd.get_clock().map_err(save("clock"))?,
+        })
+    }
+
+    /// Sets a snapshot's in-kernel device state and clock, after
+    /// [`Self::setup_irqchip`] created the devices.
+    pub fn restore_state(&self, state: &VmState) -> Result<(), Error> {
+        let restore = |what| move |source| Error::RestoreState { what, source };
+        for (chip, what) in [
+            (&state.pic_master, "master PIC"),
+            (&state.pic_slave, "slave PIC"),
+            (&state.ioapic, "IOAPIC"),
+        ] {
+            self.fd.set_irqchip(chip).map_err(restore(what))?;
+        }
+        self.fd.set_pit2(&state.pit).map_err(restore("PIT"))?;
+        // The guest's clock goes on from where it was saved, as in
+        // Firecracker: without KVM_CLOCK_REALTIME, no jump by the time the
+        // snapshot lay on disk (the guest agent or NTP sets the wall
+        // clock).
+        let clock = kvm_clock_data {
+            clock: state.clock.clock,
+            ..Default::default()
+        };
+        self.fd.set_clock(&clock).map_err(restore("clock"))
     }
 
     /// Makes a guest write of `datamatch` to MMIO address `addr` signal

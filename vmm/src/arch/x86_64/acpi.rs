@@ -11,6 +11,7 @@
 //! (0xE0000..0x100000), which the memory map already reserves; the MP table
 //! stays as well, for guests booted with `acpi=off`.
 
+use crate::vstate::memory::GuestMemoryMmap;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
@@ -20,7 +21,7 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::{aml, Aml};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{ACPI_END, ACPI_START, APIC_ADDR, IOAPIC_ADDR};
 use crate::devices::legacy::acpi_pm::{

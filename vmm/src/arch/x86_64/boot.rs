@@ -5,6 +5,7 @@
 //! list holding the initrd); the Linux 64-bit protocol passes the zero page,
 //! a `boot_params` with the e820 map inside.
 
+use crate::vstate::memory::GuestMemoryMmap;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
@@ -13,7 +14,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use vm_memory::{Address, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, GuestAddress};
 
 use super::layout::{
     memory_map, MemoryMapEntry, CMDLINE_START, PVH_INFO_START, PVH_MEMMAP_START, ZERO_PAGE_START,

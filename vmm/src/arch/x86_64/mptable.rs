@@ -5,7 +5,8 @@
 //! by field into a byte buffer (little-endian, packed as the spec lays it
 //! out), so no unsafe casting of structs is needed.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use crate::vstate::memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{APIC_ADDR, EBDA_START, IOAPIC_ADDR};
 

@@ -63,7 +63,7 @@ const KBD_SELF_TEST_PASSED: u8 = 0xaa;
 const OUTPUT_QUEUE_MAX: usize = 16;
 
 /// Which command, if any, takes the next byte written to the data port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Pending {
     None,
     WriteCtr,
@@ -80,6 +80,15 @@ pub struct I8042 {
     irq: IrqLine,
 }
 
+/// The controller's registers, for a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042State {
+    ctr: u8,
+    output: Vec<u8>,
+    pending: Pending,
+    last_was_command: bool,
+}
+
 impl I8042 {
     pub fn new(reset: VmEventSender, irq: IrqLine) -> Self {
         Self {
@@ -87,6 +96,33 @@ impl I8042 {
             output: VecDeque::new(),
             pending: Pending::None,
             last_was_command: false,
+            reset,
+            irq,
+        }
+    }
+
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            ctr: self.ctr,
+            output: self.output.iter().copied().collect(),
+            pending: self.pending,
+            last_was_command: self.last_was_command,
+        }
+    }
+
+    /// The controller as a snapshot left it; an output queue longer than
+    /// ours can hold is cut to what a real controller could have held.
+    pub fn from_state(state: &I8042State, reset: VmEventSender, irq: IrqLine) -> Self {
+        Self {
+            ctr: state.ctr,
+            output: state
+                .output
+                .iter()
+                .copied()
+                .take(OUTPUT_QUEUE_MAX)
+                .collect(),
+            pending: state.pending,
+            last_was_command: state.last_was_command,
             reset,
             irq,
         }

@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::devices::{BusDevice, IrqLine};
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::Serial;
 
 /// COM1's ports, typed as the ACPI I/O descriptor carries them.
@@ -43,11 +43,70 @@ pub struct SerialConsole {
     uart: Serial<IrqLine, NoEvents, ConsoleOutput>,
 }
 
+/// The UART's registers and receive FIFO, for a snapshot (vm-superio's
+/// `SerialState`, which has no serde form of its own).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialConsoleState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the snapshot's serial console state is invalid: its receive FIFO holds {0} bytes")]
+pub struct BadSerialState(usize);
+
 impl SerialConsole {
     pub fn new(irq: IrqLine, out: ConsoleOutput) -> Self {
         Self {
             uart: Serial::new(irq, out),
         }
+    }
+
+    pub fn state(&self) -> SerialConsoleState {
+        let s = self.uart.state();
+        SerialConsoleState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// The UART as a snapshot left it, writing to `out`.
+    pub fn from_state(
+        state: &SerialConsoleState,
+        irq: IrqLine,
+        out: ConsoleOutput,
+    ) -> Result<Self, BadSerialState> {
+        let s = SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&s, irq, NoEvents, out)
+            .map_err(|_| BadSerialState(state.in_buffer.len()))?;
+        Ok(Self { uart })
     }
 
     /// Queues host input for the guest. Returns how many bytes it took: 0

@@ -33,6 +33,12 @@
 //! request the limiter holds back goes back to the available ring and the
 //! queue waits for the limiter's timer (see [`crate::rate_limiter`]).
 //!
+//! The image can be swapped while the guest runs (`PATCH /drives/{id}`
+//! with `path_on_host`, see [`SharedDisk`]): each request is carried out
+//! on the image that was current when it was taken off the queue, the
+//! configuration space shows the current image's capacity, and a running
+//! driver gets a configuration-change interrupt.
+//!
 //! A request the device cannot carry out (a malformed chain, a host I/O
 //! error, sectors beyond the capacity, a write to a read-only drive) ends
 //! with VIRTIO_BLK_S_IOERR, or VIRTIO_BLK_S_UNSUPP for an unknown type or
@@ -40,13 +46,14 @@
 //! goes on with the next one. A request without a writable status byte
 //! cannot be answered and is completed with used length 0.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::vstate::memory::GuestMemoryMmap;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
     VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR,
@@ -56,7 +63,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::bitmap::BitmapSlice;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions, VolatileSlice};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions, VolatileSlice};
 
 use super::worker::Worker;
 use super::{
@@ -137,9 +144,10 @@ pub enum DiskError {
 
 impl Disk {
     /// Opens `path` read-write, or read-only (O_RDONLY) for a read-only
-    /// drive. Block devices work too: the size comes from seeking to the end.
+    /// drive: a regular file or a block device (the size comes from
+    /// seeking to the end), never a pipe (see `image_file`).
     pub fn open(path: &Path, read_only: bool, serial: Option<&str>) -> Result<Self, DiskError> {
-        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        let file = crate::image_file::open(path, !read_only)?;
         Self::from_file(file, read_only, serial)
     }
 
@@ -183,10 +191,130 @@ impl Disk {
     pub fn capacity(&self) -> u64 {
         self.capacity
     }
+
+    /// Opens `path` as this drive's next image: with the same access
+    /// (read-only or read-write) and the same GET_ID answer, which is the
+    /// drive's serial, not the file's. Through `image_file`, so a FIFO or
+    /// a directory is refused at once, never waited on.
+    pub fn reopen(&self, path: &Path) -> Result<Self, DiskError> {
+        let file = crate::image_file::open(path, !self.read_only)?;
+        let mut disk = Self::from_file(file, self.read_only, None)?;
+        disk.id = self.id;
+        Ok(disk)
+    }
+
+    /// The byte offset of `sector` on the image, if `len` bytes from there
+    /// fit in the capacity and `len` is whole sectors.
+    fn offset(&self, sector: u64, len: u64) -> Result<u64, Failure> {
+        if !len.is_multiple_of(SECTOR_SIZE) {
+            return Err(Failure::IoErr);
+        }
+        let end = sector
+            .checked_add(len / SECTOR_SIZE)
+            .ok_or(Failure::IoErr)?;
+        if end > self.capacity {
+            return Err(Failure::IoErr);
+        }
+        sector.checked_mul(SECTOR_SIZE).ok_or(Failure::IoErr)
+    }
+}
+
+/// A drive's image as its device, its worker and the controller share it:
+/// `PATCH /drives/{id}` with `path_on_host` swaps it while the guest runs
+/// ([`SharedDisk::replace`]). The worker takes the current image for each
+/// request, so a request under way finishes on the image it started on
+/// and the next one uses the new image; the device reads its capacity
+/// from here for the configuration space. Cheap to clone.
+#[derive(Clone)]
+pub struct SharedDisk {
+    inner: Arc<Mutex<DiskSlot>>,
+    /// Fixed for the drive's life: a swap reopens with the same access.
+    read_only: bool,
+}
+
+struct DiskSlot {
+    disk: Arc<Disk>,
+    /// How many times the image was swapped: the device's part of the
+    /// transport's ConfigGeneration, so a driver reading the 64-bit
+    /// capacity in two halves across a swap sees the generation change
+    /// and reads again (virtio 1.2, 2.5.1). Kept under the same lock as
+    /// the image, so each register read sees both before or both after.
+    generation: u32,
+    /// The device's interrupt while the driver has it running: a swap
+    /// then raises a configuration change. Before (and after a reset) the
+    /// driver reads the capacity when it sets the device up, as
+    /// Firecracker relies on too.
+    interrupt: Option<Arc<Interrupt>>,
+}
+
+impl SharedDisk {
+    pub fn new(disk: Arc<Disk>) -> Self {
+        Self {
+            read_only: disk.read_only,
+            inner: Arc::new(Mutex::new(DiskSlot {
+                disk,
+                generation: 0,
+                interrupt: None,
+            })),
+        }
+    }
+
+    /// The slot. Every change to it is a few assignments that cannot
+    /// panic halfway, so a poisoned lock is used as it is.
+    fn lock(&self) -> MutexGuard<'_, DiskSlot> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The image requests go to now.
+    pub fn current(&self) -> Arc<Disk> {
+        self.lock().disk.clone()
+    }
+
+    /// The current image's size in sectors.
+    pub fn capacity(&self) -> u64 {
+        self.lock().disk.capacity
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// How many times the image was swapped (wrapping).
+    pub fn generation(&self) -> u32 {
+        self.lock().generation
+    }
+
+    /// Makes the file at `path` the drive's image; returns its capacity
+    /// in sectors. The file is opened first (see [`Disk::reopen`]): if that
+    /// fails nothing changes. Requests under way finish on the old image,
+    /// which is closed when the last of them is done. If the driver runs
+    /// the device it gets a configuration-change interrupt and reads the
+    /// new capacity, as with Firecracker's `update_disk_image`.
+    pub fn replace(&self, path: &Path) -> Result<u64, DiskError> {
+        let old = self.current();
+        let new = Arc::new(old.reopen(path)?);
+        let capacity = new.capacity;
+        let mut slot = self.lock();
+        slot.disk = new;
+        slot.generation = slot.generation.wrapping_add(1);
+        // Under the lock, so a reset that clears the interrupt is either
+        // before (no interrupt) or after (the transport's reset then
+        // acknowledges it).
+        if let Some(interrupt) = &slot.interrupt {
+            interrupt.signal_config_change();
+        }
+        Ok(capacity)
+    }
+
+    fn set_interrupt(&self, interrupt: Option<Arc<Interrupt>>) {
+        self.lock().interrupt = interrupt;
+    }
 }
 
 pub struct Block {
-    disk: Arc<Disk>,
+    disk: SharedDisk,
+    /// The configuration space but for the capacity, which is the current
+    /// image's (see [`Block::read_config`]).
     config: [u8; CONFIG_LEN],
     acked_features: u64,
     worker: Option<Worker>,
@@ -216,14 +344,19 @@ impl Block {
             // A write-zeroes with the unmap flag may punch a hole.
             config[CONFIG_WRITE_ZEROES_MAY_UNMAP] = 1;
         }
-        config[..8].copy_from_slice(&disk.capacity.to_le_bytes());
         Self {
-            disk: Arc::new(disk),
+            disk: SharedDisk::new(Arc::new(disk)),
             config,
             acked_features: 0,
             worker: None,
             limiter,
         }
+    }
+
+    /// The drive's image, which the controller swaps on `PATCH
+    /// /drives/{id}`.
+    pub fn disk(&self) -> SharedDisk {
+        self.disk.clone()
     }
 }
 
@@ -308,7 +441,9 @@ impl Prepared {
 
 /// What the per-device worker keeps between requests.
 struct Processor {
-    disk: Arc<Disk>,
+    /// The drive's image, taken afresh for each request: the controller
+    /// may swap it between two.
+    disk: SharedDisk,
     /// Write-through: the driver did not accept FLUSH.
     sync_each_write: bool,
     /// For buffers that straddle guest memory regions and for writing
@@ -319,7 +454,13 @@ struct Processor {
 }
 
 impl Processor {
+    /// A processor on an image nobody swaps (tests, fuzzing).
+    #[cfg(any(test, feature = "fuzz-hooks"))]
     fn new(disk: Arc<Disk>, acked_features: u64) -> Self {
+        Self::sharing(SharedDisk::new(disk), acked_features)
+    }
+
+    fn sharing(disk: SharedDisk, acked_features: u64) -> Self {
         Self {
             disk,
             sync_each_write: acked_features & (1 << VIRTIO_BLK_F_FLUSH) == 0,
@@ -348,7 +489,10 @@ impl Processor {
                     break;
                 }
             }
-            let used_len = self.complete(mem, prepared);
+            // Held for this request only: once the image is swapped, the
+            // old one stays open just until the request under way is done.
+            let disk = self.disk.current();
+            let used_len = self.complete(mem, &disk, prepared);
             if queue.add_used(mem, head, used_len).is_err() {
                 break;
             }
@@ -360,7 +504,7 @@ impl Processor {
     /// Carries out a prepared request and writes its status; returns the
     /// used length (bytes written to the driver's buffers, status
     /// included).
-    fn complete(&mut self, mem: &GuestMemoryMmap, prepared: Prepared) -> u32 {
+    fn complete(&mut self, mem: &GuestMemoryMmap, disk: &Disk, prepared: Prepared) -> u32 {
         let Prepared::Answerable {
             status_addr,
             request,
@@ -368,7 +512,7 @@ impl Processor {
         else {
             return 0;
         };
-        let (status, data_written) = match request.and_then(|r| self.execute(mem, &r)) {
+        let (status, data_written) = match request.and_then(|r| self.execute(mem, disk, &r)) {
             Ok(written) => (STATUS_OK, written),
             Err(failure) => (failure.status(), 0),
         };
@@ -378,9 +522,14 @@ impl Processor {
         data_written.saturating_add(1)
     }
 
-    /// Carries out a well-formed request; returns the data bytes written
-    /// to the driver's buffers.
-    fn execute(&mut self, mem: &GuestMemoryMmap, request: &Request) -> Result<u32, Failure> {
+    /// Carries out a well-formed request on `disk`; returns the data bytes
+    /// written to the driver's buffers.
+    fn execute(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        disk: &Disk,
+        request: &Request,
+    ) -> Result<u32, Failure> {
         let Request {
             kind,
             sector,
@@ -392,26 +541,26 @@ impl Processor {
                 if !data_in.is_empty() {
                     return Err(Failure::IoErr);
                 }
-                self.read(mem, sector, writable)
+                self.read(mem, disk, sector, writable)
             }
             VIRTIO_BLK_T_OUT => {
                 if !writable.is_empty() {
                     return Err(Failure::IoErr);
                 }
-                self.write(mem, sector, data_in).map(|()| 0)
+                self.write(mem, disk, sector, data_in).map(|()| 0)
             }
             VIRTIO_BLK_T_FLUSH => {
                 if !data_in.is_empty() || !writable.is_empty() {
                     return Err(Failure::IoErr);
                 }
-                self.disk.file.sync_data().map_err(|_| Failure::IoErr)?;
+                disk.file.sync_data().map_err(|_| Failure::IoErr)?;
                 Ok(0)
             }
             VIRTIO_BLK_T_GET_ID => {
                 if !data_in.is_empty() {
                     return Err(Failure::IoErr);
                 }
-                write_to_segments(mem, writable, &self.disk.id)
+                write_to_segments(mem, writable, &disk.id)
             }
             VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
                 if !writable.is_empty() {
@@ -423,44 +572,30 @@ impl Processor {
                 } else {
                     RangeOp::WriteZeroes
                 };
-                self.discard_or_write_zeroes(mem, op, data_in).map(|()| 0)
+                self.discard_or_write_zeroes(mem, disk, op, data_in)
+                    .map(|()| 0)
             }
             _ => Err(Failure::Unsupported),
         }
     }
 
-    /// The byte offset of `sector` on the image, if `len` bytes from there
-    /// fit in the capacity and `len` is whole sectors.
-    fn disk_offset(&self, sector: u64, len: u64) -> Result<u64, Failure> {
-        if !len.is_multiple_of(SECTOR_SIZE) {
-            return Err(Failure::IoErr);
-        }
-        let end = sector
-            .checked_add(len / SECTOR_SIZE)
-            .ok_or(Failure::IoErr)?;
-        if end > self.disk.capacity {
-            return Err(Failure::IoErr);
-        }
-        sector.checked_mul(SECTOR_SIZE).ok_or(Failure::IoErr)
-    }
-
     fn read(
         &mut self,
         mem: &GuestMemoryMmap,
+        disk: &Disk,
         sector: u64,
         data: &[Segment],
     ) -> Result<u32, Failure> {
         let total = total_len(data);
-        let mut offset = self.disk_offset(sector, total)?;
+        let mut offset = disk.offset(sector, total)?;
         for segment in data {
             match one_region(mem, *segment) {
                 // The kernel copies straight into guest memory.
-                Some(slice) => pread_exact(&self.disk.file, &slice, offset),
+                Some(slice) => pread_exact(&disk.file, &slice, offset),
                 // Across a region boundary: through the bounce buffer.
                 None => {
                     let buf = bounce(&mut self.bounce, segment.len);
-                    self.disk
-                        .file
+                    disk.file
                         .read_exact_at(buf, offset)
                         .and_then(|()| mem.write_slice(buf, segment.addr).map_err(io::Error::other))
                 }
@@ -475,32 +610,33 @@ impl Processor {
     fn write(
         &mut self,
         mem: &GuestMemoryMmap,
+        disk: &Disk,
         sector: u64,
         data: &[Segment],
     ) -> Result<(), Failure> {
-        if self.disk.read_only {
+        if disk.read_only {
             return Err(Failure::IoErr);
         }
-        let mut offset = self.disk_offset(sector, total_len(data))?;
+        let mut offset = disk.offset(sector, total_len(data))?;
         for segment in data {
             match one_region(mem, *segment) {
-                Some(slice) => pwrite_all(&self.disk.file, &slice, offset),
+                Some(slice) => pwrite_all(&disk.file, &slice, offset),
                 None => {
                     let buf = bounce(&mut self.bounce, segment.len);
                     mem.read_slice(buf, segment.addr)
                         .map_err(io::Error::other)
-                        .and_then(|()| self.disk.file.write_all_at(buf, offset))
+                        .and_then(|()| disk.file.write_all_at(buf, offset))
                 }
             }
             .map_err(|_| Failure::IoErr)?;
             offset += u64::from(segment.len);
         }
-        self.sync_if_write_through()
+        self.sync_if_write_through(disk)
     }
 
-    fn sync_if_write_through(&self) -> Result<(), Failure> {
+    fn sync_if_write_through(&self, disk: &Disk) -> Result<(), Failure> {
         if self.sync_each_write {
-            self.disk.file.sync_data().map_err(|_| Failure::IoErr)?;
+            disk.file.sync_data().map_err(|_| Failure::IoErr)?;
         }
         Ok(())
     }
@@ -511,11 +647,12 @@ impl Processor {
     fn discard_or_write_zeroes(
         &mut self,
         mem: &GuestMemoryMmap,
+        disk: &Disk,
         op: RangeOp,
         data: &[Segment],
     ) -> Result<(), Failure> {
         // Not offered on a read-only drive, and a write all the same.
-        if self.disk.read_only {
+        if disk.read_only {
             return Err(Failure::IoErr);
         }
         let (max_seg, max_sectors) = match op {
@@ -551,7 +688,7 @@ impl Processor {
                 return Err(Failure::IoErr);
             }
             let len = u64::from(num_sectors) * SECTOR_SIZE;
-            let offset = self.disk_offset(sector, len)?;
+            let offset = disk.offset(sector, len)?;
             let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
             ranges.push((offset, len, unmap));
         }
@@ -560,7 +697,7 @@ impl Processor {
                 continue;
             }
             match op {
-                RangeOp::Discard => match fallocate(&self.disk.file, PUNCH_HOLE, offset, len) {
+                RangeOp::Discard => match fallocate(&disk.file, PUNCH_HOLE, offset, len) {
                     // Discard is advisory: a file system that cannot punch
                     // holes keeps the data, which is allowed.
                     Ok(()) | Err(FallocateError::Unsupported) => {}
@@ -570,27 +707,28 @@ impl Processor {
                     // With unmap the range may be deallocated (holes read
                     // as zeroes); without it, it must stay allocated.
                     let mode = if unmap { PUNCH_HOLE } else { ZERO_RANGE };
-                    match fallocate(&self.disk.file, mode, offset, len) {
+                    match fallocate(&disk.file, mode, offset, len) {
                         Ok(()) => {}
-                        Err(FallocateError::Unsupported) => self.write_zeroes(offset, len)?,
+                        Err(FallocateError::Unsupported) => {
+                            self.write_zeroes(disk, offset, len)?;
+                        }
                         Err(FallocateError::Failed) => return Err(Failure::IoErr),
                     }
                 }
             }
         }
-        self.sync_if_write_through()
+        self.sync_if_write_through(disk)
     }
 
     /// Writes `len` zero bytes at `offset`, at most SIZE_MAX at a time.
-    fn write_zeroes(&mut self, mut offset: u64, len: u64) -> Result<(), Failure> {
+    fn write_zeroes(&mut self, disk: &Disk, mut offset: u64, len: u64) -> Result<(), Failure> {
         let end = offset + len;
         while offset < end {
             // At most SIZE_MAX at a time.
             let n = u32::try_from(end - offset).map_or(SIZE_MAX, |left| left.min(SIZE_MAX));
             let buf = bounce(&mut self.bounce, n);
             buf.fill(0);
-            self.disk
-                .file
+            disk.file
                 .write_all_at(buf, offset)
                 .map_err(|_| Failure::IoErr)?;
             offset += u64::from(n);
@@ -638,7 +776,10 @@ fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> Result<()
 
 /// `segment` as one slice of guest memory, if it lies in one region
 /// (`parse` has checked that it lies in guest memory).
-fn one_region(mem: &GuestMemoryMmap, segment: Segment) -> Option<VolatileSlice<'_>> {
+/// A slice of guest memory, with its part of the dirty-page bitmap.
+type GuestSlice<'a> = VolatileSlice<'a, vm_memory::bitmap::BS<'a, vm_memory::bitmap::AtomicBitmap>>;
+
+fn one_region(mem: &GuestMemoryMmap, segment: Segment) -> Option<GuestSlice<'_>> {
     // Called by its path: importing `GuestMemoryBackend` would make
     // `check_range` (in it and in `GuestMemory`) ambiguous.
     vm_memory::GuestMemoryBackend::get_slice(mem, segment.addr, segment.len as usize).ok()
@@ -920,7 +1061,7 @@ impl VirtioDevice for Block {
             | 1 << VIRTIO_BLK_F_FLUSH
             | 1 << VIRTIO_BLK_F_SEG_MAX
             | 1 << VIRTIO_BLK_F_SIZE_MAX;
-        if self.disk.read_only {
+        if self.disk.read_only() {
             features |= 1 << VIRTIO_BLK_F_RO;
         } else {
             features |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
@@ -932,8 +1073,16 @@ impl VirtioDevice for Block {
         self.acked_features = features;
     }
 
+    /// The capacity is the current image's: a swap changes it while the
+    /// driver runs (see [`SharedDisk::replace`]).
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+        let mut config = self.config;
+        config[..8].copy_from_slice(&self.disk.capacity().to_le_bytes());
+        read_config_bytes(&config, offset, data);
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.disk.generation()
     }
 
     fn activate(
@@ -946,7 +1095,8 @@ impl VirtioDevice for Block {
         let mut queue = active.queue;
         let limiter = self.limiter.clone();
         let mut processor =
-            Processor::new(self.disk.clone(), self.acked_features).metered(limiter.clone());
+            Processor::sharing(self.disk.clone(), self.acked_features).metered(limiter.clone());
+        let config_interrupt = interrupt.clone();
         let worker = Worker::spawn_metered(
             "virtio-blk",
             ThreadKind::Block,
@@ -960,12 +1110,18 @@ impl VirtioDevice for Block {
         )
         .map_err(ActivateError::Worker)?;
         self.worker = Some(worker);
+        self.disk.set_interrupt(Some(config_interrupt));
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
         self.acked_features = 0;
+        self.disk.set_interrupt(None);
         stop_worker(&mut self.worker)
+    }
+
+    fn worker(&self) -> Option<&Worker> {
+        self.worker.as_ref()
     }
 }
 
@@ -973,6 +1129,7 @@ impl VirtioDevice for Block {
 #[allow(clippy::cast_possible_truncation)] // test data: small, known values
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vmm_sys_util::tempfile::TempFile;
@@ -1806,5 +1963,238 @@ mod tests {
         let image = image_bytes(file.as_file(), 0, 16);
         assert!(guest(DATA) == image[..4096], "bounced part");
         assert!(guest(DIRECT) == image[4096..], "direct part");
+    }
+
+    /// An image of `sectors` sectors, every byte `fill`.
+    fn image_of(sectors: u64, fill: u8) -> TempFile {
+        let file = TempFile::new().unwrap();
+        let bytes = vec![fill; (sectors * SECTOR_SIZE) as usize];
+        file.as_file().write_all_at(&bytes, 0).unwrap();
+        file
+    }
+
+    /// A FIFO and a directory in a fresh directory, removed on drop.
+    struct NotImages {
+        dir: std::path::PathBuf,
+    }
+
+    impl NotImages {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "vmm-block-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            std::fs::create_dir_all(dir.join("a-directory")).unwrap();
+            let fifo = std::ffi::CString::new(dir.join("fifo").to_str().unwrap()).unwrap();
+            // SAFETY: mkfifo with a NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+            Self { dir }
+        }
+
+        fn paths(&self) -> [std::path::PathBuf; 3] {
+            [
+                self.dir.join("missing.img"),
+                self.dir.join("a-directory"),
+                self.dir.join("fifo"),
+            ]
+        }
+    }
+
+    impl Drop for NotImages {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn transport_register(transport: &mut super::super::mmio::MmioTransport, offset: u64) -> u32 {
+        use crate::devices::BusDevice;
+        let mut value = [0u8; 4];
+        transport.read(offset, &mut value);
+        u32::from_le_bytes(value)
+    }
+
+    /// PATCH /drives/{id} with path_on_host, as the device sees it: the
+    /// capacity in the configuration space is the new image's, the
+    /// transport's ConfigGeneration moves, and a running driver gets a
+    /// configuration-change interrupt; one that does not run yet gets none.
+    #[test]
+    fn a_new_image_changes_the_capacity_and_tells_a_running_driver() {
+        use super::super::mmio::MmioTransport;
+        use super::super::INTERRUPT_CONFIG_CHANGE;
+        use crate::devices::IrqLine;
+        use vmm_sys_util::eventfd::EventFd;
+
+        let (a, b, c) = (image_of(16, 0xa), image_of(40, 0xb), image_of(8, 0xc));
+        let block = Block::new(
+            Disk::open(a.as_path(), false, Some("data")).unwrap(),
+            unlimited(),
+        );
+        let shared = block.disk();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let interrupt = Arc::new(Interrupt::new(IrqLine(irq.try_clone().unwrap())));
+        let mut transport =
+            MmioTransport::new(Box::new(block), Arc::new(memory()), interrupt.clone()).unwrap();
+        let capacity = |t: &mut MmioTransport| {
+            u64::from(transport_register(t, 0x100)) | u64::from(transport_register(t, 0x104)) << 32
+        };
+        assert_eq!(capacity(&mut transport), 16);
+        let generation = transport_register(&mut transport, 0xfc);
+
+        // Not yet activated: the driver will read the capacity at probe.
+        assert_eq!(shared.replace(b.as_path()).unwrap(), 40);
+        assert_eq!(capacity(&mut transport), 40);
+        assert_ne!(transport_register(&mut transport, 0xfc), generation);
+        assert_eq!(interrupt.status(), 0);
+        assert!(irq.read().is_err(), "no interrupt before activation");
+
+        // Running (what `activate` records): InterruptStatus bit 1.
+        shared.set_interrupt(Some(interrupt.clone()));
+        let generation = transport_register(&mut transport, 0xfc);
+        assert_eq!(shared.replace(c.as_path()).unwrap(), 8);
+        assert_eq!(capacity(&mut transport), 8);
+        assert_eq!(
+            transport_register(&mut transport, 0xfc),
+            generation.wrapping_add(1)
+        );
+        assert_eq!(
+            transport_register(&mut transport, 0x60),
+            INTERRUPT_CONFIG_CHANGE
+        );
+        assert_eq!(irq.read().unwrap(), 1);
+
+        // The serial (GET_ID) is the drive's, whatever the file.
+        assert_eq!(&shared.current().id[..5], b"data\0");
+    }
+
+    /// A path that is not an image changes nothing: same file, capacity,
+    /// generation, and no interrupt. A FIFO is refused at once.
+    #[test]
+    fn a_bad_path_leaves_the_drive_as_it_was() {
+        let a = image_of(16, 0xa);
+        let shared = SharedDisk::new(Arc::new(Disk::open(a.as_path(), false, None).unwrap()));
+        let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let interrupt = Arc::new(Interrupt::new(crate::devices::IrqLine(
+            irq.try_clone().unwrap(),
+        )));
+        shared.set_interrupt(Some(interrupt.clone()));
+        let before = shared.current();
+        let not_images = NotImages::new("bad-path");
+        for path in not_images.paths() {
+            let error = shared.replace(&path).unwrap_err().to_string();
+            assert!(!error.is_empty(), "{}", path.display());
+            assert!(
+                Arc::ptr_eq(&shared.current(), &before),
+                "{}",
+                path.display()
+            );
+        }
+        assert_eq!(shared.capacity(), 16);
+        assert_eq!(shared.generation(), 0);
+        assert_eq!(interrupt.status(), 0);
+        assert!(irq.read().is_err());
+    }
+
+    /// The new image is opened as the drive was: a read-only drive's with
+    /// O_RDONLY (it could not be written through even by mistake).
+    #[test]
+    fn a_read_only_drive_gets_its_new_image_read_only() {
+        let (a, b) = (image_of(16, 0xa), image_of(16, 0xb));
+        let shared = SharedDisk::new(Arc::new(Disk::open(a.as_path(), true, None).unwrap()));
+        shared.replace(b.as_path()).unwrap();
+        let disk = shared.current();
+        assert!(disk.read_only);
+        // SAFETY: F_GETFL on a descriptor `disk` keeps open.
+        let flags = unsafe { libc::fcntl(disk.file.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_ACCMODE, libc::O_RDONLY);
+        let rw = SharedDisk::new(Arc::new(Disk::open(a.as_path(), false, None).unwrap()));
+        rw.replace(b.as_path()).unwrap();
+        // SAFETY: as above.
+        let flags = unsafe { libc::fcntl(rw.current().file.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_ACCMODE, libc::O_RDWR);
+    }
+
+    /// The worker takes the image afresh for each request: reads before
+    /// the swap come from the old image, after it from the new one, whose
+    /// capacity now bounds them; flush and writes go to the new one too.
+    #[test]
+    fn requests_after_a_swap_go_to_the_new_image() {
+        let mem = memory();
+        let (a, b) = (image_of(16, 0xa), image_of(40, 0xb));
+        let shared = SharedDisk::new(Arc::new(Disk::open(a.as_path(), false, None).unwrap()));
+        let mut processor = Processor::sharing(shared.clone(), 1 << VIRTIO_BLK_F_FLUSH);
+        let read_first_byte = |processor: &mut Processor, sector: u64| {
+            header(&mem, VIRTIO_BLK_T_IN, sector);
+            let (_, status) = run_on(processor, &mem, &request(512, WRITE));
+            (status, mem.read_obj::<u8>(GuestAddress(DATA)).unwrap())
+        };
+        assert_eq!(read_first_byte(&mut processor, 0), (OK, 0xa));
+        assert_eq!(read_first_byte(&mut processor, 20).0, IOERR, "beyond A");
+        // A request under way holds its image: the old file stays open
+        // (and readable) for as long as it does.
+        let under_way = shared.current();
+        shared.replace(b.as_path()).unwrap();
+        assert_eq!(read_first_byte(&mut processor, 0), (OK, 0xb));
+        assert_eq!(read_first_byte(&mut processor, 20), (OK, 0xb));
+        let mut byte = [0u8; 1];
+        under_way.file.read_exact_at(&mut byte, 0).unwrap();
+        assert_eq!(byte, [0xa]);
+        // A write lands in B only.
+        mem.write_slice(&[0x5a; 512], GuestAddress(DATA)).unwrap();
+        header(&mem, VIRTIO_BLK_T_OUT, 1);
+        assert_eq!(run_on(&mut processor, &mem, &request(512, 0)), (1, OK));
+        assert_eq!(image_bytes(b.as_file(), 1, 1), [0x5a; 512]);
+        assert_eq!(image_bytes(a.as_file(), 1, 1), [0xa; 512]);
+    }
+
+    /// The API thread opens the new image after boot: its seccomp filters
+    /// (the thread kind's list and the probe filter) must admit the whole
+    /// swap, and a FIFO or a missing file must fail rather than kill or
+    /// hang it. Checked in a child process, as the seccomp module's own
+    /// tests do.
+    #[test]
+    fn the_api_threads_filter_admits_swapping_an_image() {
+        use crate::seccomp::{probe_filter, program, ThreadKind};
+        let (a, b) = (image_of(16, 0xa), image_of(40, 0xb));
+        let rw = SharedDisk::new(Arc::new(Disk::open(a.as_path(), false, None).unwrap()));
+        let ro = SharedDisk::new(Arc::new(Disk::open(a.as_path(), true, None).unwrap()));
+        let not_images = NotImages::new("seccomp");
+        let bad = not_images.paths();
+        let probe = probe_filter(ThreadKind::Api).unwrap();
+        let api = program(ThreadKind::Api).unwrap();
+        // SAFETY: the child only applies its filters, swaps images (which
+        // allocates, as the API thread does; glibc's malloc is usable after
+        // fork) and `_exit`s; the parent waits for it.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = if seccompiler::apply_filter(&probe).is_err()
+                || seccompiler::apply_filter(&api).is_err()
+            {
+                3
+            } else if rw.replace(b.as_path()).ok() != Some(40)
+                || ro.replace(b.as_path()).ok() != Some(40)
+            {
+                4
+            } else if bad
+                .iter()
+                .any(|path| rw.replace(path).is_ok() || ro.replace(path).is_ok())
+            {
+                5
+            } else {
+                0
+            };
+            // SAFETY: ends the child without running the parent's
+            // destructors or test harness.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status),
+            "the API thread's filter killed the swap: status {status:#x}"
+        );
+        assert_eq!(libc::WEXITSTATUS(status), 0);
     }
 }

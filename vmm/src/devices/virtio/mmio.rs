@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState, QueueT};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActiveQueue, Interrupt, SharedMemory, VirtioDevice};
@@ -52,6 +54,45 @@ pub enum Error {
     Queue(String),
     #[error("cannot create a queue notification eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    #[error("cannot read the used ring of queue {queue} at {addr:#x} from guest memory")]
+    UsedRing { queue: usize, addr: u64 },
+    #[error(
+        "the snapshot's transport is of device type {found}, the device is of type {expected}"
+    )]
+    DeviceType { expected: u32, found: u32 },
+    #[error("the snapshot's transport has {found} queues, the device has {expected}")]
+    QueueCount { expected: usize, found: usize },
+    #[error("the snapshot's queue {queue} is invalid: {reason}")]
+    BadQueue { queue: usize, reason: String },
+    #[error("the restored device could not start again (it needs a reset)")]
+    Reactivate,
+}
+
+/// A queue as the driver set it up, and where the device is in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+    pub next_avail: u16,
+    pub next_used: u16,
+}
+
+/// The transport's registers and its queues, for a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmioTransportState {
+    pub device_type: u32,
+    pub queue_select: u32,
+    pub device_features_select: u32,
+    pub driver_features_select: u32,
+    pub driver_features: u64,
+    pub status: u32,
+    pub config_generation: u32,
+    pub interrupt_status: u32,
+    pub activated: bool,
+    pub queues: Vec<QueueSnapshot>,
 }
 
 impl MmioTransport {
@@ -85,6 +126,133 @@ impl MmioTransport {
         })
     }
 
+    /// The transport's state. The device's worker must be paused (see
+    /// the rule in [`super`]): a ready queue's position is then the used
+    /// ring's index in guest memory, for both the available and the used
+    /// side.
+    pub fn state(&self) -> Result<MmioTransportState, Error> {
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(index, queue)| {
+                let position = if self.activated && queue.ready() {
+                    self.used_index(index, queue.used_ring())?
+                } else {
+                    0
+                };
+                Ok(QueueSnapshot {
+                    size: queue.size(),
+                    ready: queue.ready(),
+                    desc_table: queue.desc_table(),
+                    avail_ring: queue.avail_ring(),
+                    used_ring: queue.used_ring(),
+                    next_avail: position,
+                    next_used: position,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(MmioTransportState {
+            device_type: self.device.device_type(),
+            queue_select: self.queue_select,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            driver_features: self.driver_features,
+            status: self.status,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            activated: self.activated,
+            queues,
+        })
+    }
+
+    /// The `idx` field of a used ring (after its 16-bit `flags`).
+    fn used_index(&self, queue: usize, used_ring: u64) -> Result<u16, Error> {
+        let addr = used_ring.wrapping_add(2);
+        let mut idx = [0u8; 2];
+        self.mem
+            .read_slice(&mut idx, GuestAddress(addr))
+            .map_err(|_| Error::UsedRing { queue, addr })?;
+        Ok(u16::from_le_bytes(idx))
+    }
+
+    /// A transport for `device` (built as the snapshotted one was) set to
+    /// `state`: its registers, the features the driver accepted, its
+    /// queues where the device had got to, the interrupt bits the driver
+    /// had not acknowledged (raised again), and the device started again
+    /// if it ran. Nothing in `state` is trusted: a queue the device could
+    /// not have had is an error, not a device in an impossible state.
+    pub fn restore(
+        device: Box<dyn VirtioDevice>,
+        mem: SharedMemory,
+        interrupt: Arc<Interrupt>,
+        state: &MmioTransportState,
+    ) -> Result<Self, Error> {
+        let mut transport = Self::new(device, mem, interrupt)?;
+        let expected = transport.device.device_type();
+        if state.device_type != expected {
+            return Err(Error::DeviceType {
+                expected,
+                found: state.device_type,
+            });
+        }
+        if state.queues.len() != transport.queues.len() {
+            return Err(Error::QueueCount {
+                expected: transport.queues.len(),
+                found: state.queues.len(),
+            });
+        }
+        for (index, (queue, saved)) in transport.queues.iter_mut().zip(&state.queues).enumerate() {
+            let restored = QueueState {
+                max_size: queue.max_size(),
+                next_avail: saved.next_avail,
+                next_used: saved.next_used,
+                event_idx_enabled: false,
+                size: saved.size,
+                ready: saved.ready,
+                desc_table: saved.desc_table,
+                avail_ring: saved.avail_ring,
+                used_ring: saved.used_ring,
+            };
+            *queue = Queue::try_from(restored).map_err(|e| Error::BadQueue {
+                queue: index,
+                reason: e.to_string(),
+            })?;
+        }
+        transport.queue_select = state.queue_select;
+        transport.device_features_select = state.device_features_select;
+        transport.driver_features_select = state.driver_features_select;
+        transport.driver_features = state.driver_features & transport.device.features();
+        transport.status = state.status;
+        transport.config_generation = state.config_generation;
+        if state.status & STATUS_FEATURES_OK != 0 {
+            transport.device.ack_features(transport.driver_features);
+        }
+        if state.activated {
+            transport.activate();
+            if !transport.activated {
+                return Err(Error::Reactivate);
+            }
+            // Each worker looks at its queues once: a buffer the device
+            // held when it was saved (the balloon's statistics buffer) is
+            // available again, and no notification will come for it.
+            for notify in &transport.notify {
+                let _ = notify.write(1);
+            }
+        }
+        transport.interrupt.restore(state.interrupt_status);
+        Ok(transport)
+    }
+
+    /// The device, for what a restore or a snapshot asks of it.
+    pub fn device(&self) -> &dyn VirtioDevice {
+        self.device.as_ref()
+    }
+
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.device.as_mut()
+    }
+
     /// The eventfd of each queue, for KVM to signal on QueueNotify writes.
     pub fn queue_notify_events(&self) -> &[EventFd] {
         &self.notify
@@ -114,7 +282,10 @@ impl MmioTransport {
             0x44 => selected.map_or(0, |q| u32::from(q.ready())),
             0x60 => self.interrupt.status(),
             0x70 => self.status,
-            0xfc => self.config_generation,
+            // The driver's config writes and the device's own changes.
+            0xfc => self
+                .config_generation
+                .wrapping_add(self.device.config_generation()),
             _ => 0,
         }
     }
@@ -284,7 +455,8 @@ mod tests {
     use super::*;
     use crate::devices::virtio::rng::Rng;
     use crate::devices::IrqLine;
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use crate::vstate::memory::GuestMemoryMmap;
+    use vm_memory::GuestAddress;
 
     fn transport() -> MmioTransport {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();

@@ -7,7 +7,15 @@
 //! owns a worker thread that waits on those eventfds, processes requests
 //! and raises the device's interrupt through an irqfd: no vCPU exit is
 //! taken on the data path.
+//!
+//! A rule every device keeps, which snapshots rely on: a handler run
+//! completes every descriptor chain it pops (adds it to the used ring) or
+//! puts it back (`go_to_previous_position`) before it returns. Between two
+//! runs, then, a queue's next available and next used positions are both
+//! the used ring's index in guest memory, and a paused device's queues are
+//! saved from guest memory alone (see [`mmio::MmioTransport::state`]).
 
+pub mod balloon;
 pub mod block;
 pub mod mmio;
 pub mod net;
@@ -19,8 +27,8 @@ pub mod worker;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::vstate::memory::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::IrqLine;
@@ -29,6 +37,7 @@ use crate::devices::IrqLine;
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
+pub const TYPE_BALLOON: u32 = 5;
 pub const TYPE_VSOCK: u32 = 19;
 
 /// The device speaks virtio 1.x (no legacy interface).
@@ -86,6 +95,16 @@ impl Interrupt {
     pub fn acknowledge(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
+
+    /// Sets the bits a snapshot saved and, if any is set, raises the line
+    /// again: the driver had not yet handled that interrupt.
+    pub fn restore(&self, bits: u32) {
+        let bits = bits & (INTERRUPT_USED_RING | INTERRUPT_CONFIG_CHANGE);
+        self.status.store(bits, Ordering::SeqCst);
+        if bits != 0 {
+            self.line.raise();
+        }
+    }
 }
 
 /// A queue the driver made ready, with the eventfd its notifications arrive on.
@@ -114,6 +133,13 @@ pub trait VirtioDevice: Send {
     fn ack_features(&mut self, _features: u64) {}
     fn read_config(&self, offset: u64, data: &mut [u8]);
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// How many times the device changed its configuration space on its
+    /// own (a drive's new image: a new capacity), wrapping. The transport
+    /// adds it to its ConfigGeneration register, so a driver reading a
+    /// field in several accesses sees that it changed meanwhile.
+    fn config_generation(&self) -> u32 {
+        0
+    }
     /// Starts processing the queues on the device's worker.
     fn activate(
         &mut self,
@@ -124,6 +150,13 @@ pub trait VirtioDevice: Send {
     /// Stops the worker so the driver can start over; false if the device
     /// cannot be reset (the driver then sees DEVICE_NEEDS_RESET).
     fn reset(&mut self) -> bool;
+    /// The device's worker while it runs: a snapshot pauses it, so that
+    /// nothing writes guest memory or moves a queue while the VM is saved.
+    fn worker(&self) -> Option<&worker::Worker>;
+    /// Called once a restored device's worker runs: what the device owes
+    /// the guest after a restore (vsock tells it its connections are
+    /// gone, as Firecracker's does). Nothing by default.
+    fn after_restore(&mut self) {}
 }
 
 /// Whether a descriptor chain ends properly. virtio-queue stops walking a

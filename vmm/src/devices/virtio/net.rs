@@ -13,14 +13,22 @@
 //! available ring; a received one stays pending (the TAP is not read
 //! meanwhile, so the kernel queues or drops what arrives, as a busy link
 //! would). Either queue resumes when its limiter's timer fires.
+//!
+//! An interface that serves the metadata service (`PUT /mmds/config`)
+//! has an [`MmdsStack`]: frames the guest sends for MMDS go to it instead
+//! of the TAP, and its replies are received by the guest before TAP
+//! frames, alternating with them so neither starves the other. Its TCP
+//! timers wake the worker through a timerfd of its own.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
+use crate::vstate::memory::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::tap::{Tap, VNET_HDR_LEN};
 use super::worker::{wait, Worker};
@@ -29,6 +37,7 @@ use super::{
     ActivateError, ActiveQueue, Interrupt, SharedMemory, VirtioDevice, TYPE_NET,
     VIRTIO_F_VERSION_1,
 };
+use crate::mmds::stack::MmdsStack;
 use crate::rate_limiter::SharedRateLimiter;
 use crate::seccomp::ThreadKind;
 
@@ -44,6 +53,44 @@ pub struct Net {
     /// Meter received and sent frames; shared with the controller, which
     /// updates them on `PATCH /network-interfaces/{id}`.
     limiters: NetLimiters,
+    /// The metadata service, if this interface serves it.
+    mmds: Option<Arc<Mutex<MmdsPort>>>,
+}
+
+/// An interface's MMDS stack and the timer of its TCP timers; kept by the
+/// device across its workers (a reset and a new activation keep it).
+pub struct MmdsPort {
+    stack: MmdsStack,
+    timer: TimerFd,
+}
+
+impl MmdsPort {
+    /// The timer is made here, on the building thread: worker threads may
+    /// not create descriptors.
+    pub fn new(stack: MmdsStack) -> std::io::Result<Self> {
+        let timer = TimerFd::new().map_err(std::io::Error::from)?;
+        crate::rate_limiter::set_nonblocking(&timer)?;
+        Ok(Self { stack, timer })
+    }
+
+    /// Runs the stack's timers and arms the timer for the next.
+    fn poll(&mut self) {
+        let _ = self.timer.wait();
+        self.stack.poll();
+        self.arm();
+    }
+
+    fn arm(&mut self) {
+        // A zero duration would disarm the timer: at least 1 ms.
+        let _ = match self.stack.poll_delay() {
+            Some(delay) => self.timer.reset(delay.max(Duration::from_millis(1)), None),
+            None => self.timer.clear(),
+        };
+    }
+}
+
+fn lock(port: &Mutex<MmdsPort>) -> MutexGuard<'_, MmdsPort> {
+    port.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The two rate limiters of an interface.
@@ -60,6 +107,54 @@ impl Net {
             mac,
             worker: None,
             limiters,
+            mmds: None,
+        }
+    }
+
+    /// The interface serves the metadata service through `port`.
+    pub fn with_mmds(mut self, port: MmdsPort) -> Self {
+        self.mmds = Some(Arc::new(Mutex::new(port)));
+        self
+    }
+}
+
+/// What the guest receives: TAP frames and the metadata service's replies,
+/// alternately while both have some. A reply is framed with a zeroed
+/// virtio header, as a TAP frame is.
+struct RxSource<'a, R: Read> {
+    tap: &'a mut R,
+    mmds: Option<&'a mut MmdsStack>,
+    last_was_mmds: bool,
+}
+
+impl<R: Read> RxSource<'_, R> {
+    fn mmds_frame(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let stack = self.mmds.as_deref_mut()?;
+        let frame = stack.next_frame()?;
+        let len = VNET_HDR_LEN + frame.len();
+        // Replies are at most an MTU, far below a TAP frame's buffer; one
+        // that did not fit would be dropped.
+        let out = buf.get_mut(..len)?;
+        out[..VNET_HDR_LEN].fill(0);
+        out[VNET_HDR_LEN..].copy_from_slice(&frame);
+        self.last_was_mmds = true;
+        Some(len)
+    }
+}
+
+impl<R: Read> Read for RxSource<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.last_was_mmds {
+            if let Some(len) = self.mmds_frame(buf) {
+                return Ok(len);
+            }
+        }
+        match self.tap.read(buf) {
+            Ok(len) if len > 0 => {
+                self.last_was_mmds = false;
+                Ok(len)
+            }
+            dry => self.mmds_frame(buf).map_or(dry, Ok),
         }
     }
 }
@@ -143,12 +238,14 @@ fn receive(
 
 /// Sends every frame the guest queued, until `limiter` holds one back
 /// (it goes back to the queue). A malformed request is completed without
-/// being sent, charged one op.
+/// being sent, charged one op. Frames for the metadata service go to
+/// `mmds` (charged as any other), never to the TAP.
 fn transmit(
     mem: &GuestMemoryMmap,
     queue: &mut Queue,
     tap: &mut impl Write,
     limiter: Option<&SharedRateLimiter>,
+    mut mmds: Option<&mut MmdsStack>,
 ) -> bool {
     let mut used = false;
     let mut frame = Vec::with_capacity(MAX_FRAME);
@@ -174,8 +271,14 @@ fn transmit(
             let len = reader.available_bytes().min(MAX_FRAME);
             frame.resize(len, 0);
             if reader.read_exact(&mut frame).is_ok() && len > VNET_HDR_LEN {
-                // A full TAP queue drops the frame, as a busy link would.
-                let _ = tap.write(&frame);
+                let ethernet = &frame[VNET_HDR_LEN..];
+                match mmds.as_deref_mut() {
+                    Some(stack) if stack.is_mmds_frame(ethernet) => stack.handle_frame(ethernet),
+                    // A full TAP queue drops the frame, as a busy link would.
+                    _ => {
+                        let _ = tap.write(&frame);
+                    }
+                }
             }
         }
         if queue.add_used(mem, head, 0).is_err() {
@@ -192,7 +295,7 @@ fn transmit(
 #[cfg(feature = "fuzz-hooks")]
 #[doc(hidden)]
 pub fn fuzz_transmit(mem: &GuestMemoryMmap, queue: &mut Queue, tap: &mut impl Write) -> bool {
-    transmit(mem, queue, tap, None)
+    transmit(mem, queue, tap, None, None)
 }
 
 /// Fuzzing entry point (vmm/fuzz): `receive` from a fresh state, as the
@@ -222,10 +325,13 @@ struct NetWorker {
     /// posts some.
     rx_starved: bool,
     limiters: NetLimiters,
+    mmds: Option<Arc<Mutex<MmdsPort>>>,
+    /// The MMDS timer's descriptor (the port keeps it open).
+    mmds_timer: Option<RawFd>,
 }
 
 impl NetWorker {
-    fn run(mut self, kill: RawFd) {
+    fn run(&mut self, kill: RawFd) {
         loop {
             // While the receive limiter blocks, the TAP is left alone too:
             // its timer says when to go on.
@@ -237,12 +343,20 @@ impl NetWorker {
                 self.limiters.rx.timer_fd(),
                 self.limiters.tx.timer_fd(),
             ];
+            // Index 5: the MMDS timer (a descriptor of -1 is never ready).
+            fds.push(self.mmds_timer.unwrap_or(-1));
             if read_tap {
                 fds.push(self.tap.as_raw_fd());
             }
             let Some(ready) = wait(&fds) else { return };
             if ready[0] {
                 return;
+            }
+            let mut port = self.mmds.as_deref().map(lock);
+            if ready[5] {
+                if let Some(port) = port.as_deref_mut() {
+                    port.poll();
+                }
             }
             if ready[1] {
                 let _ = self.rx_notify.read();
@@ -259,21 +373,31 @@ impl NetWorker {
             if ready[4] {
                 send |= self.limiters.tx.on_timer();
             }
-            if send
-                && transmit(
+            if send {
+                let sent = transmit(
                     &self.mem,
                     &mut self.tx_queue,
                     &mut self.tap,
                     Some(&self.limiters.tx),
-                )
-            {
-                signal_used(&self.mem, &mut self.tx_queue, &self.interrupt);
+                    port.as_deref_mut().map(|p| &mut p.stack),
+                );
+                if sent {
+                    signal_used(&self.mem, &mut self.tx_queue, &self.interrupt);
+                }
+                if let Some(port) = port.as_deref_mut() {
+                    port.arm();
+                }
             }
             if !self.rx_starved && !self.limiters.rx.is_blocked() {
+                let mut source = RxSource {
+                    tap: &mut self.tap,
+                    mmds: port.as_deref_mut().map(|p| &mut p.stack),
+                    last_was_mmds: false,
+                };
                 let (used, stop) = receive(
                     &self.mem,
                     &mut self.rx_queue,
-                    &mut self.tap,
+                    &mut source,
                     &mut self.rx,
                     Some(&self.limiters.rx),
                 );
@@ -318,7 +442,7 @@ impl VirtioDevice for Net {
             .try_clone()
             .map_err(ActivateError::Worker)?;
         let limiters = self.limiters.clone();
-        let worker = NetWorker {
+        let mut worker = NetWorker {
             mem,
             interrupt,
             rx_queue: rx.queue,
@@ -332,6 +456,8 @@ impl VirtioDevice for Net {
             },
             rx_starved: false,
             limiters,
+            mmds_timer: self.mmds.as_deref().map(|p| lock(p).timer.as_raw_fd()),
+            mmds: self.mmds.clone(),
         };
         self.worker = Some(
             Worker::spawn_loop("virtio-net", ThreadKind::Net, move |kill| worker.run(kill))
@@ -342,6 +468,10 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) -> bool {
         stop_worker(&mut self.worker)
+    }
+
+    fn worker(&self) -> Option<&Worker> {
+        self.worker.as_ref()
     }
 }
 
@@ -391,7 +521,7 @@ mod tests {
         .unwrap();
         let mut queue: Queue = vq.create_queue().unwrap();
         let mut tap = Cursor::new(Vec::new());
-        assert!(transmit(&mem, &mut queue, &mut tap, None));
+        assert!(transmit(&mem, &mut queue, &mut tap, None, None));
         assert_eq!(tap.into_inner(), data, "only the good frame went out");
         assert_eq!(vq.used().idx().load(), 3);
     }
@@ -459,12 +589,30 @@ mod tests {
         // Two frames per hour.
         let limiters = limiters(None, Some((2, 3_600_000)));
         let mut tap = Cursor::new(Vec::new());
-        assert!(transmit(&mem, &mut queue, &mut tap, Some(&limiters.tx)));
+        assert!(transmit(
+            &mem,
+            &mut queue,
+            &mut tap,
+            Some(&limiters.tx),
+            None
+        ));
         assert_eq!(vq.used().idx().load(), 2, "the third frame waits");
         assert!(limiters.tx.is_blocked());
-        assert!(!transmit(&mem, &mut queue, &mut tap, Some(&limiters.tx)));
+        assert!(!transmit(
+            &mem,
+            &mut queue,
+            &mut tap,
+            Some(&limiters.tx),
+            None
+        ));
         lift(&limiters.tx);
-        assert!(transmit(&mem, &mut queue, &mut tap, Some(&limiters.tx)));
+        assert!(transmit(
+            &mem,
+            &mut queue,
+            &mut tap,
+            Some(&limiters.tx),
+            None
+        ));
         assert_eq!(vq.used().idx().load(), 3);
         assert_eq!(tap.into_inner(), frames.concat(), "all three, in order");
     }
@@ -524,6 +672,92 @@ mod tests {
         assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
     }
 
+    /// An ARP request for the MMDS address, as the guest sends it.
+    fn arp_for_mmds() -> Vec<u8> {
+        use smoltcp::wire::{
+            ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+            EthernetRepr,
+        };
+        let guest = EthernetAddress([2, 0, 0, 0, 0, 9]);
+        let arp = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: guest,
+            source_protocol_addr: std::net::Ipv4Addr::new(169, 254, 169, 2),
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: crate::mmds::stack::DEFAULT_IPV4,
+        };
+        let eth = EthernetRepr {
+            src_addr: guest,
+            dst_addr: EthernetAddress::BROADCAST,
+            ethertype: EthernetProtocol::Arp,
+        };
+        let mut bytes = vec![0u8; eth.buffer_len() + arp.buffer_len()];
+        let mut out = EthernetFrame::new_unchecked(&mut bytes[..]);
+        eth.emit(&mut out);
+        arp.emit(&mut ArpPacket::new_unchecked(out.payload_mut()));
+        frame(&bytes)
+    }
+
+    #[test]
+    fn mmds_frames_skip_the_tap_and_their_replies_come_first() {
+        let mem = memory();
+        let vq = MockSplitQueue::new(&mem, 16);
+        let arp = arp_for_mmds();
+        let other = frame(b"\xff\xff\xff\xff\xff\xff\x02\0\0\0\0\x09\x08\x06 not for mmds");
+        mem.write_slice(&arp, GuestAddress(0x8000)).unwrap();
+        mem.write_slice(&other, GuestAddress(0x9000)).unwrap();
+        vq.add_desc_chains(
+            &[
+                desc(0x8000, arp.len() as u32, 0, 0),
+                desc(0x9000, other.len() as u32, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut queue: Queue = vq.create_queue().unwrap();
+        let mut stack = MmdsStack::new(
+            crate::mmds::Mmds::new(1024),
+            crate::mmds::stack::DEFAULT_IPV4,
+            1,
+        );
+        let mut tap = Cursor::new(Vec::new());
+        assert!(transmit(&mem, &mut queue, &mut tap, None, Some(&mut stack)));
+        assert_eq!(tap.into_inner(), other, "only the other frame went out");
+        assert!(stack.has_frames(), "the ARP reply waits for the guest");
+
+        // The guest then receives the reply before the TAP's frames, and
+        // the TAP's after it.
+        let rx_vq = MockSplitQueue::new(&mem, 16);
+        rx_vq
+            .add_desc_chains(
+                &[desc(0xa000, 2048, WRITE, 0), desc(0xb000, 2048, WRITE, 0)],
+                0,
+            )
+            .unwrap();
+        let mut rx_queue: Queue = rx_vq.create_queue().unwrap();
+        let mut frames = Frames(vec![frame(b"from the tap")]);
+        let mut source = RxSource {
+            tap: &mut frames,
+            mmds: Some(&mut stack),
+            last_was_mmds: false,
+        };
+        let mut rx = RxState {
+            frame: vec![0; MAX_FRAME],
+            pending: 0,
+        };
+        let (used, stop) = receive(&mem, &mut rx_queue, &mut source, &mut rx, None);
+        assert!(used);
+        assert_eq!(stop, RxStop::TapDry);
+        assert_eq!(rx_vq.used().idx().load(), 2);
+        let mut reply = vec![0u8; VNET_HDR_LEN + 42];
+        mem.read_slice(&mut reply, GuestAddress(0xa000)).unwrap();
+        assert_eq!(&reply[VNET_HDR_LEN..VNET_HDR_LEN + 6], &[2, 0, 0, 0, 0, 9]);
+        assert_eq!(&reply[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14], &[0x08, 0x06]);
+        let mut second = vec![0u8; VNET_HDR_LEN + 12];
+        mem.read_slice(&mut second, GuestAddress(0xb000)).unwrap();
+        assert_eq!(&second[VNET_HDR_LEN..], b"from the tap");
+    }
+
     #[test]
     fn config_space_holds_the_mac() {
         let mac = [0x02, 0, 0, 0, 0, 0x42];
@@ -532,6 +766,7 @@ mod tests {
             mac,
             worker: None,
             limiters: limiters(None, None),
+            mmds: None,
         };
         let mut data = [0u8; 6];
         net.read_config(0, &mut data);

@@ -9,8 +9,8 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use crate::vstate::memory::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::worker::Worker;
 use super::{
@@ -166,6 +166,10 @@ impl VirtioDevice for Rng {
 
     fn reset(&mut self) -> bool {
         stop_worker(&mut self.worker)
+    }
+
+    fn worker(&self) -> Option<&Worker> {
+        self.worker.as_ref()
     }
 }
 

@@ -14,10 +14,11 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::vstate::memory::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use self::muxer::{Muxer, Token};
@@ -47,7 +48,15 @@ pub struct Vsock {
     uds_path: PathBuf,
     listener: UnixListener,
     worker: Option<Worker>,
+    /// Set to have the worker tell the driver that every connection is
+    /// gone (a restored VM's: their host ends are not in the snapshot),
+    /// with a write to the event queue's eventfd to wake it.
+    reset_connections: Arc<AtomicBool>,
+    event_kick: Option<EventFd>,
 }
+
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` (virtio 1.1, 5.10.6.6.1).
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 impl Vsock {
     /// Binds the host socket now, so a path in use fails the VM before it
@@ -64,8 +73,29 @@ impl Vsock {
             uds_path: uds_path.to_path_buf(),
             listener,
             worker: None,
+            reset_connections: Arc::new(AtomicBool::new(false)),
+            event_kick: None,
         })
     }
+}
+
+/// Puts a transport-reset event in the driver's next event buffer; false
+/// if it has none (the worker tries again when the driver adds one).
+fn send_transport_reset(mem: &GuestMemoryMmap, queue: &mut Queue) -> bool {
+    let Some(chain) = queue.pop_descriptor_chain(mem) else {
+        return false;
+    };
+    let head = chain.head_index();
+    let written = chain_is_well_formed(&chain)
+        && chain
+            .writer(mem)
+            .ok()
+            .is_some_and(|mut w| w.write_all(&EVENT_TRANSPORT_RESET.to_le_bytes()).is_ok());
+    let len = if written { 4 } else { 0 };
+    // A driver whose buffer could not take the event loses it; there is
+    // nothing else to tell it with.
+    let _ = queue.add_used(mem, head, len);
+    true
 }
 
 /// Passes every packet the guest queued to the muxer. A malformed request
@@ -162,23 +192,42 @@ struct VsockWorker {
     tx_queue: Queue,
     rx_notify: EventFd,
     tx_notify: EventFd,
-    /// Kept so the event queue's notifications have somewhere to go.
-    _event_notify: EventFd,
+    event_queue: Queue,
+    event_notify: EventFd,
+    reset_connections: Arc<AtomicBool>,
     muxer: Muxer,
 }
 
 impl VsockWorker {
-    fn run(mut self, kill: RawFd) {
+    fn send_pending_reset(&mut self) {
+        if self.reset_connections.load(Ordering::Acquire)
+            && send_transport_reset(&self.mem, &mut self.event_queue)
+        {
+            self.reset_connections.store(false, Ordering::Release);
+            signal_used(&self.mem, &mut self.event_queue, &self.interrupt);
+        }
+    }
+
+    fn run(&mut self, kill: RawFd) {
         let mut set = Vec::new();
         loop {
             set.clear();
             self.muxer.poll_set(&mut set);
-            let fixed = [kill, self.rx_notify.as_raw_fd(), self.tx_notify.as_raw_fd()];
+            let fixed = [
+                kill,
+                self.rx_notify.as_raw_fd(),
+                self.tx_notify.as_raw_fd(),
+                self.event_notify.as_raw_fd(),
+            ];
             let Some(revents) = poll(&fixed, &set) else {
                 return;
             };
             if revents[0] != 0 {
                 return;
+            }
+            if revents[3] != 0 {
+                let _ = self.event_notify.read();
+                self.send_pending_reset();
             }
             if revents[1] != 0 {
                 let _ = self.rx_notify.read();
@@ -253,16 +302,19 @@ impl VirtioDevice for Vsock {
     ) -> Result<(), ActivateError> {
         let [rx, tx, event] = expect_queues::<3>(queues)?;
         let listener = self.listener.try_clone().map_err(ActivateError::Worker)?;
-        let worker = VsockWorker {
+        let mut worker = VsockWorker {
             mem,
             interrupt,
             rx_queue: rx.queue,
             tx_queue: tx.queue,
             rx_notify: rx.notify,
             tx_notify: tx.notify,
-            _event_notify: event.notify,
+            event_queue: event.queue,
+            event_notify: event.notify.try_clone().map_err(ActivateError::Worker)?,
+            reset_connections: self.reset_connections.clone(),
             muxer: Muxer::new(self.guest_cid, self.uds_path.clone(), listener),
         };
+        self.event_kick = Some(event.notify);
         let worker = Worker::spawn_loop("virtio-vsock", ThreadKind::Vsock, move |kill| {
             worker.run(kill)
         })
@@ -273,6 +325,20 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) -> bool {
         stop_worker(&mut self.worker)
+    }
+
+    fn worker(&self) -> Option<&Worker> {
+        self.worker.as_ref()
+    }
+
+    /// Firecracker's rule: a restored VM's vsock connections are reset,
+    /// their host ends being gone; the guest's sockets see the connection
+    /// reset and its programs connect again.
+    fn after_restore(&mut self) {
+        self.reset_connections.store(true, Ordering::Release);
+        if let Some(kick) = &self.event_kick {
+            let _ = kick.write(1);
+        }
     }
 }
 
