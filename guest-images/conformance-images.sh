@@ -2,9 +2,20 @@
 # Build the images the CRI validation suite (critest v1.26.1, `make
 # conformance`) pulls by name from registry.k8s.io and
 # gcr.io/k8s-staging-cri-tools, which no machine here reaches. Each is a
-# busybox-style image made with umoci from Debian's busybox-static, plus
-# what the Dockerfiles under ../shared/tools/cri-tools-v1.26.1/images and
-# the suite's specs (pkg/validate/*.go) need of it:
+# busybox-style image made with umoci from Debian's busybox, plus what the
+# Dockerfiles under ../shared/tools/cri-tools-v1.26.1/images and the
+# suite's specs (pkg/validate/*.go) need of it.
+#
+# The busybox is Debian's dynamically linked `busybox` package, not
+# busybox-static: the static build's ash prefers applets (standalone
+# shell), so `sh -c ls` runs ls inside the shell, while the upstream
+# image's ash looks `ls` up on PATH and execs /bin/ls. The MaskedPaths
+# spec masks /bin/ls and wants `sh -c ls` to fail with "/bin/sh: ls:
+# Permission denied". The package conflicts with busybox-static, so it is
+# not installed: its .deb (`apt-get download`) is unpacked in the build
+# dir, and the libraries `ldd` names for it (glibc's: libc, libresolv and
+# the loader, the host's libc6 at the version in the cache key) go into
+# the image at the same paths.
 #
 # - busybox: /bin/busybox and its applets (hard links), /etc/passwd and /etc/group as
 #   the busybox image's (root, daemon, bin, sys, sync, mail, www-data=33,
@@ -46,8 +57,16 @@ CRI_TOOLS_IMAGES="${CRI_TOOLS_IMAGES:-$REPO_ROOT/../shared/tools/cri-tools-v1.26
 HOSTNET_CONF="$CRI_TOOLS_IMAGES/hostnet-nginx/default.conf"
 [[ -f $HOSTNET_CONF ]] || die "$HOSTNET_CONF is missing (cri-tools v1.26.1's images/ directory; set CRI_TOOLS_IMAGES)"
 
-ensure_pkgs busybox-static umoci gcc libc6-dev
+ensure_pkgs apt umoci gcc libc6 libc6-dev
 lock_cache conformance-images
+
+# The busybox package's version: apt's candidate, the one downloaded below.
+bb_ver=$(apt-cache policy busybox 2>/dev/null | awk '/Candidate:/ {print $2}')
+if [[ -z $bb_ver || $bb_ver == "(none)" ]]; then
+    apt-get update -qq
+    bb_ver=$(apt-cache policy busybox | awk '/Candidate:/ {print $2}')
+fi
+[[ -n $bb_ver && $bb_ver != "(none)" ]] || die "apt knows no busybox package"
 
 # The nonewprivs test binary (kubernetes test/images/nonewprivs/nnp.c).
 NNP_C='#include <stdio.h>
@@ -73,11 +92,11 @@ int main(void) {
 }
 '
 
-bb_ver=$(dpkg-query -W -f='${Version}' busybox-static)
+libc_ver=$(dpkg-query -W -f='${Version}' libc6)
 cc_ver="$(gcc --version | head -n1) libc6-dev $(dpkg-query -W -f='${Version}' libc6-dev)"
 umoci_ver=$(umoci --version)
 # This script is hashed whole: its heredocs are image contents.
-key=$(printf '%s\n' "$bb_ver" "$cc_ver" "$umoci_ver" "$NNP_C" "$PAUSE_C" \
+key=$(printf '%s\n' "busybox $bb_ver" "libc6 $libc_ver" "$cc_ver" "$umoci_ver" "$NNP_C" "$PAUSE_C" \
     "$(sha256sum <"${BASH_SOURCE[0]}")" "$(sha256sum <"$HOSTNET_CONF")" | sha256sum | cut -c1-16)
 out="$CACHE_ROOT/conformance-images/$key"
 
@@ -98,16 +117,33 @@ umoci init --layout "$layout"
 
 # --- the busybox base ------------------------------------------------------
 
+# Debian's (dynamically linked) busybox, unpacked, not installed.
+mkdir -p "$work/deb"
+chmod 777 "$work/deb" # apt's _apt user downloads into it
+(cd "$work/deb" && apt-get download -qq "busybox=$bb_ver")
+dpkg-deb -x "$work"/deb/busybox_*.deb "$work/deb/root"
+bb="$work/deb/root/bin/busybox"
+[[ -x $bb ]] || die "no bin/busybox in busybox $bb_ver"
+
 umoci new --image "$layout:empty"
 umoci unpack --image "$layout:empty" "$work/base"
 root="$work/base/rootfs"
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,root,home,var/run,var/www}
 install -d -m 1777 "$root/tmp"
-cp /bin/busybox "$root/bin/busybox"
+cp "$bb" "$root/bin/busybox"
+# Its libraries and loader, at the paths ldd resolves them to (the
+# loader's default search path: no ld.so.cache needed).
+libs=$(ldd "$bb") || die "ldd $bb failed"
+! grep -q 'not found' <<<"$libs" || die "busybox $bb_ver needs a library the host lacks: $libs"
+for lib in $(awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' <<<"$libs"); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+done
+chroot "$root" /bin/busybox true || die "busybox $bb_ver does not run in the image (libraries: $libs)"
 # Hard links, as in the busybox images: a masked or replaced applet path
 # (MaskedPaths masks /bin/ls) must not take the others with it, which a
 # symlink to /bin/busybox would (the mount follows it).
-/bin/busybox --list-full | while read -r applet; do
+"$bb" --list-full | while read -r applet; do
     [[ -e "$root/$applet" || -L "$root/$applet" ]] || ln "$root/bin/busybox" "$root/$applet"
 done
 cat >"$root/etc/passwd" <<'EOF'

@@ -1582,6 +1582,57 @@ async fn read_all(stream: &mut stratum_spdy::session::Stream) -> String {
     String::from_utf8_lossy(&out).to_string()
 }
 
+/// A remotecommand session with a terminal, as `crictl exec -it` or
+/// `crictl attach -it` opens it.
+struct TerminalSession {
+    session: stratum_spdy::session::Session,
+    error: stratum_spdy::session::Stream,
+    stdin: stratum_spdy::session::Stream,
+    stdout: stratum_spdy::session::Stream,
+    resize: stratum_spdy::session::Stream,
+}
+
+/// Connects to `url`, opens the terminal's streams, sets its size to
+/// `width` × `height`, waits for the size to be set, then types `typed`.
+async fn terminal_session(url: &str, width: u16, height: u16, typed: &[u8]) -> TerminalSession {
+    use tokio::io::AsyncWriteExt;
+    let session = exec_connect(url, &["v4.channel.k8s.io"]).await.unwrap();
+    let error = open_stream(&session, "error").await;
+    let mut stdin = open_stream(&session, "stdin").await;
+    let stdout = open_stream(&session, "stdout").await;
+    let mut resize = open_stream(&session, "resize").await;
+    let size = format!(r#"{{"Width":{width},"Height":{height}}}"#);
+    resize.write_all(size.as_bytes()).await.unwrap();
+    // The size is set before the process reads its line.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stdin.write_all(typed).await.unwrap();
+    TerminalSession {
+        session,
+        error,
+        stdin,
+        stdout,
+        resize,
+    }
+}
+
+/// An agent with the test image pulled and a running sandbox `name`
+/// whose logs go to the returned directory.
+async fn agent_with_sandbox(
+    tag: &str,
+    name: &str,
+) -> (PodAgent, Runtime, tempfile::TempDir, String) {
+    let pods = PodAgent::start(tag).await;
+    let channel = pods.agent.cri_channel().await;
+    let mut rt = RuntimeServiceClient::new(channel.clone());
+    let mut images = ImageServiceClient::new(channel);
+    pull(&mut images, &pods.reference).await;
+    let logs = tempfile::tempdir().unwrap();
+    let sandbox = run_sandbox(&mut rt, sandbox_config(name, 0, logs.path()))
+        .await
+        .expect("run sandbox");
+    (pods, rt, logs, sandbox)
+}
+
 async fn exec_url(
     rt: &mut Runtime,
     id: &str,
@@ -1604,15 +1655,7 @@ async fn exec_url(
 #[tokio::test]
 async fn exec_and_port_forward_stream_through_the_streaming_server() {
     use tokio::io::AsyncWriteExt;
-    let pods = PodAgent::start("cri-exec").await;
-    let channel = pods.agent.cri_channel().await;
-    let mut rt = RuntimeServiceClient::new(channel.clone());
-    let mut images = ImageServiceClient::new(channel);
-    pull(&mut images, &pods.reference).await;
-    let logs = tempfile::tempdir().unwrap();
-    let sandbox = run_sandbox(&mut rt, sandbox_config("shell", 0, logs.path()))
-        .await
-        .expect("run sandbox");
+    let (pods, mut rt, _logs, sandbox) = agent_with_sandbox("cri-exec", "shell").await;
     let id = create(
         &mut rt,
         &sandbox,
@@ -1677,18 +1720,13 @@ async fn exec_and_port_forward_stream_through_the_streaming_server() {
     )
     .await
     .expect("exec tty");
-    let session = exec_connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
-    let mut error = open_stream(&session, "error").await;
-    let mut stdin = open_stream(&session, "stdin").await;
-    let mut stdout = open_stream(&session, "stdout").await;
-    let mut resize = open_stream(&session, "resize").await;
-    resize
-        .write_all(br#"{"Width":100,"Height":40}"#)
-        .await
-        .unwrap();
-    // The size is set before the command reads its line.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stdin.write_all(b"typed\n").await.unwrap();
+    let TerminalSession {
+        session,
+        mut error,
+        stdin,
+        mut stdout,
+        resize,
+    } = terminal_session(&url, 100, 40, b"typed\n").await;
     let out = read_all(&mut stdout).await;
     // Only what the command wrote and the terminal echoed.
     assert!(out.starts_with("is-a-tty\r\n"), "{out:?}");
@@ -1788,4 +1826,235 @@ async fn exec_and_port_forward_stream_through_the_streaming_server() {
     let mut refused = session.open(headers).await.unwrap();
     let failure = read_all(&mut refused).await;
     assert!(failure.contains("not asked for"), "{failure:?}");
+}
+
+/// Reads `stream` until its text contains `needle` (30 s); the text.
+async fn read_until(stream: &mut stratum_spdy::session::Stream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&out).contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{needle:?} not read: {:?}", String::from_utf8_lossy(&out)))
+            .unwrap();
+        assert!(
+            n > 0,
+            "ended before {needle:?}: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+async fn attach_url(
+    rt: &mut Runtime,
+    id: &str,
+    tty: bool,
+    stdin: bool,
+) -> Result<String, tonic::Status> {
+    rt.attach(cri::AttachRequest {
+        container_id: id.into(),
+        stdin,
+        tty,
+        stdout: true,
+        stderr: !tty,
+    })
+    .await
+    .map(|r| r.into_inner().url)
+}
+
+#[tokio::test]
+async fn attach_joins_a_containers_own_stdin_output_and_terminal() {
+    use tokio::io::AsyncWriteExt;
+    let (pods, mut rt, logs, sandbox) = agent_with_sandbox("cri-attach", "attach").await;
+
+    // stdin + stdinOnce, no terminal: input reaches the container, its
+    // stdout and stderr come apart; the end of the client's input closes
+    // the container's stdin, and the attachment lasts until it exits.
+    let mut config = container_config(
+        "reader",
+        &pods.reference,
+        "while read line; do echo out-$line; echo err-$line >&2; done; echo stdin-closed",
+    );
+    config.stdin = true;
+    config.stdin_once = true;
+    let reader = create(&mut rt, &sandbox, config).await.expect("create");
+    start(&mut rt, &reader).await.expect("start");
+    let url = attach_url(&mut rt, &reader, false, true)
+        .await
+        .expect("attach");
+    assert!(url.contains("/attach/"), "{url}");
+    let session = exec_connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+    let mut error = open_stream(&session, "error").await;
+    let mut stdin = open_stream(&session, "stdin").await;
+    let mut stdout = open_stream(&session, "stdout").await;
+    let mut stderr = open_stream(&session, "stderr").await;
+    stdin.write_all(b"first\n").await.unwrap();
+    read_until(&mut stdout, "out-first\n").await;
+    read_until(&mut stderr, "err-first\n").await;
+    stdin.write_all(b"second\n").await.unwrap();
+    stdin.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut stdout).await, "out-second\nstdin-closed\n");
+    assert_eq!(read_all(&mut stderr).await, "err-second\n");
+    let status: serde_json::Value = serde_json::from_str(&read_all(&mut error).await).unwrap();
+    assert_eq!(status["status"], "Success", "{status}");
+    drop((error, stdin, stdout, stderr, session));
+    let exited = wait_state(&mut rt, &reader, cri::ContainerState::ContainerExited).await;
+    assert_eq!(exited.exit_code, 0);
+    // Everything is in the log too, as the writer logged it.
+    let log = wait_log(&logs.path().join("reader/0.log"), "stdin-closed");
+    assert!(
+        log.contains(" stdout F out-first") && log.contains(" stderr F err-second"),
+        "{log}"
+    );
+    // An exited container is not attached to.
+    let gone = attach_url(&mut rt, &reader, false, false)
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::FailedPrecondition, "{gone:?}");
+
+    // A terminal: resized by the client, typed into; the end of the
+    // client's input detaches it and the container runs on.
+    let mut config = container_config(
+        "terminal",
+        &pods.reference,
+        "read line; stty size; echo got-$line; exec sleep 3600",
+    );
+    config.stdin = true;
+    config.stdin_once = true;
+    config.tty = true;
+    let shell = create(&mut rt, &sandbox, config).await.expect("create tty");
+    start(&mut rt, &shell).await.expect("start tty");
+    let both = rt
+        .attach(cri::AttachRequest {
+            container_id: shell.clone(),
+            stdin: true,
+            tty: true,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(both.code(), Code::InvalidArgument, "{both:?}");
+    let url = attach_url(&mut rt, &shell, true, true)
+        .await
+        .expect("attach tty");
+    let TerminalSession {
+        session,
+        mut error,
+        mut stdin,
+        mut stdout,
+        resize,
+    } = terminal_session(&url, 90, 20, b"typed\n").await;
+    let out = read_until(&mut stdout, "got-typed").await;
+    assert!(out.contains("20 90"), "{out:?}");
+    stdin.shutdown().await.unwrap();
+    read_all(&mut stdout).await;
+    let status: serde_json::Value = serde_json::from_str(&read_all(&mut error).await).unwrap();
+    assert_eq!(status["status"], "Success", "{status}");
+    drop((error, stdin, stdout, resize, session));
+    let status = container_status(&mut rt, &shell).await;
+    assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32);
+    let log = wait_log(&logs.path().join("terminal/0.log"), "got-typed");
+    assert!(
+        !log.contains(" stderr "),
+        "a terminal logs stdout only: {log}"
+    );
+
+    // stdin asked of a container made without it.
+    let config = container_config("quiet", &pods.reference, "exec sleep 3600");
+    let quiet = create(&mut rt, &sandbox, config)
+        .await
+        .expect("create quiet");
+    start(&mut rt, &quiet).await.expect("start quiet");
+    let refused = attach_url(&mut rt, &quiet, false, true).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    let unknown = attach_url(&mut rt, "no-such-container", false, false)
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+
+    // Clients that vanish from a quiet container (more than its log
+    // writer serves at once) leave nothing attached: the next one still
+    // gets what the container writes.
+    for _ in 0..20 {
+        let url = attach_url(&mut rt, &quiet, false, false).await.unwrap();
+        let session = exec_connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+        let streams = (
+            open_stream(&session, "error").await,
+            open_stream(&session, "stdout").await,
+            open_stream(&session, "stderr").await,
+        );
+        drop((streams, session));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let url = attach_url(&mut rt, &quiet, false, false).await.unwrap();
+    let session = exec_connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+    let _error = open_stream(&session, "error").await;
+    let mut stdout = open_stream(&session, "stdout").await;
+    let _stderr = open_stream(&session, "stderr").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let script = "echo still-attached > /proc/1/fd/1";
+    let wrote = exec(&mut rt, &quiet, &["sh", "-c", script]).await;
+    assert_eq!(wrote.exit_code, 0, "{wrote:?}");
+    read_until(&mut stdout, "still-attached").await;
+}
+
+#[tokio::test]
+async fn container_events_follow_a_containers_life() {
+    let (pods, mut rt, _logs, sandbox) = agent_with_sandbox("cri-events", "events").await;
+    let mut events = rt
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let id = create(
+        &mut rt,
+        &sandbox,
+        container_config("brief", &pods.reference, "sleep 1"),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &id).await.expect("start");
+    wait_state(&mut rt, &id, cri::ContainerState::ContainerExited).await;
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("remove");
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.message())
+            .await
+            .unwrap_or_else(|_| panic!("events so far: {got:?}"))
+            .expect("an event")
+            .expect("the stream goes on");
+        assert_eq!(event.container_id, id, "{event:?}");
+        let kind = cri::ContainerEventType::try_from(event.container_event_type).unwrap();
+        if kind != cri::ContainerEventType::ContainerDeletedEvent {
+            // The statuses as they are when the event is made.
+            let pod = event.pod_sandbox_status.as_ref().expect("sandbox status");
+            assert_eq!(pod.id, sandbox, "{event:?}");
+            assert!(
+                event.containers_statuses.iter().any(|c| c.id == id),
+                "{event:?}"
+            );
+        }
+        assert!(event.created_at > 0, "{event:?}");
+        got.push(kind);
+    }
+    use cri::ContainerEventType::*;
+    assert_eq!(
+        got,
+        [
+            ContainerCreatedEvent,
+            ContainerStartedEvent,
+            ContainerStoppedEvent,
+            ContainerDeletedEvent
+        ]
+    );
 }

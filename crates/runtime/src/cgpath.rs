@@ -22,7 +22,9 @@
 //!   `/system.slice/agent.service/stratum/pool-1/pod-7/ctr-1`, and the
 //!   runtime runs in the host's mount namespace.
 //! - **Rebased** (v1, own cgroups differ): every runtime invocation runs in
-//!   a private mount namespace in which each hierarchy's mount point is
+//!   a mount namespace of its own in which each hierarchy's mount point is
+//!   made a slave (so nothing of the view reaches the host; every other
+//!   mount propagates as on the host, `rshared` volumes included) and
 //!   covered by a bind mount of the agent's own cgroup in it
 //!   (`/sys/fs/cgroup/memory` shows `/sys/fs/cgroup/memory/process_api/<id>`).
 //!   In that view every hierarchy is rooted where Stratum's tree is based,
@@ -101,24 +103,24 @@ impl CgroupView {
         for (source, target) in &self.binds {
             binds.push((c(source)?, c(target)?));
         }
-        Ok(PreparedView {
-            root: CString::from(c"/"),
-            binds,
-        })
+        Ok(PreparedView { binds })
     }
 }
 
 /// A [`CgroupView`] with its C strings ready, for `pre_exec`.
 #[derive(Debug, Clone)]
 pub(crate) struct PreparedView {
-    root: CString,
     binds: Vec<(CString, CString)>,
 }
 
 impl PreparedView {
-    /// In the forked child, before exec: a private mount namespace (slave,
-    /// so nothing propagates back to the host) with the bind mounts. Only
-    /// system calls on pre-allocated strings: async-signal-safe.
+    /// In the forked child, before exec: a mount namespace of its own
+    /// in which each hierarchy's mount point is first made a slave, then
+    /// covered by its bind mount — so the view does not propagate to the
+    /// host, while every other mount keeps the host's propagation (a
+    /// container's `rshared` volume shares its mounts with the host, as
+    /// under containerd). Only system calls on pre-allocated strings:
+    /// async-signal-safe.
     pub(crate) fn enter(&self) -> io::Result<()> {
         // SAFETY: unshare and mount take flags and NUL-terminated strings
         // that live in `self`; no memory is allocated in the child.
@@ -126,18 +128,19 @@ impl PreparedView {
             if libc::unshare(libc::CLONE_NEWNS) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            let flags = libc::MS_REC | libc::MS_SLAVE;
-            if libc::mount(
-                std::ptr::null(),
-                self.root.as_ptr(),
-                std::ptr::null(),
-                flags,
-                std::ptr::null(),
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
             for (source, target) in &self.binds {
+                // A mount stacked on a mount point propagates as the mount
+                // it covers: a slave's does not reach its master.
+                if libc::mount(
+                    std::ptr::null(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
                 if libc::mount(
                     source.as_ptr(),
                     target.as_ptr(),
@@ -476,5 +479,65 @@ mod tests {
             mapping(own, &["/sys/fs/cgroup/cpu/a", "/sys/fs/cgroup/memory/a"]).expect("mapping");
         assert!(m.prune("/").is_err());
         assert!(m.prune("").is_err());
+    }
+
+    /// Real mounts, as root: a shared tmpfs stands in for a hierarchy's
+    /// mount point (shared, as systemd mounts them), a shared bind mount
+    /// for a container's `rshared` volume.
+    #[test]
+    fn the_view_stays_out_of_the_host_and_shared_mounts_still_propagate() {
+        use std::os::unix::process::CommandExt;
+        stratum_testkit::root::require_root("mounts");
+        let base = std::env::temp_dir().join(format!("stratum-view-{}", std::process::id()));
+        let (hier, vol) = (base.join("hier"), base.join("vol"));
+        let run = |script: &str| {
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .status()
+                .expect("sh");
+            assert!(status.success(), "{script}");
+        };
+        run(&format!(
+            "mkdir -p {h} {v} && mount -t tmpfs stratum-test {h} && mount --make-shared {h} \
+             && mkdir {h}/own && touch {h}/own/marker \
+             && mount --bind {v} {v} && mount --make-shared {v} && mkdir {v}/sub",
+            h = hier.display(),
+            v = vol.display()
+        ));
+        let view = CgroupView {
+            binds: vec![(hier.join("own"), hier.clone())],
+        };
+        let prepared = view.prepared().expect("prepared");
+        let script = format!(
+            "test -e {h}/marker && mount -t tmpfs stratum-test {v}/sub && touch {v}/sub/from-view",
+            h = hier.display(),
+            v = vol.display()
+        );
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c").arg(&script);
+        // SAFETY: `enter` makes system calls on memory owned by the moved
+        // `prepared` only.
+        unsafe {
+            cmd.pre_exec(move || prepared.enter());
+        }
+        let status = cmd.status().expect("sh in the view");
+        let propagated = vol.join("sub/from-view").exists();
+        let leaked = hier.join("marker").exists();
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "umount {v}/sub; umount {v}; umount {h}; rm -rf {b}",
+                v = vol.display(),
+                h = hier.display(),
+                b = base.display()
+            ))
+            .status();
+        assert!(status.success(), "the view did not show the agent's cgroup");
+        assert!(
+            propagated,
+            "a mount under a shared volume did not reach the host"
+        );
+        assert!(!leaked, "the view's bind mount reached the host");
     }
 }

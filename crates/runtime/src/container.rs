@@ -10,11 +10,13 @@
 //!    `linux.resources`;
 //! 3. `config.json` (see `spec`), `cgroupsPath` naming that leaf (see
 //!    `cgpath`);
-//! 4. the log writer process and its pipes, the container's stdout and
-//!    stderr (see `log_writer`);
+//! 4. the attach socket, and the log writer process and its pipes, the
+//!    container's stdout and stderr, and its stdin if it has one (see
+//!    `log_writer`, `attach`);
 //! 5. `runtime create`, then a pidfd on the init (see `reaper`), opened
 //!    while the init is still blocked before exec and so cannot be a
-//!    recycled pid.
+//!    recycled pid. A container with a terminal is created before its
+//!    writer starts, which then holds the terminal's master.
 //!
 //! Exit: the pidfd says when; `waitid` (the agent is a subreaper) says how;
 //! the leaf's `oom_kill` counter says whether the OOM killer did it. The
@@ -35,12 +37,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
+use super::attach::{self, Attachment};
 use super::cgpath::CgroupMapping;
 use super::confinement::Confinement;
 use super::error::{Result, RuntimeError};
 use super::exec::ExecChild;
 use super::idmap::IdMap;
-use super::log_writer::{self, LogRotation};
+use super::log_writer::{self, LogRotation, WriterSource};
 use super::logs::LogFollower;
 use super::oci::{self, ContainerStdio, ExecOutput, OciRuntime, RuntimeStatus};
 use super::pod_etc::PodEtc;
@@ -79,6 +82,10 @@ pub struct ContainerConfig {
     pub confinement: Confinement,
     /// Host paths bound in (volumes).
     pub bind_mounts: Vec<BindMount>,
+    /// Give the container a stdin that attached clients write to (with
+    /// `process.terminal`, the terminal takes their input); without it
+    /// stdin is `/dev/null`.
+    pub stdin: bool,
 }
 
 /// The pod a container is created in.
@@ -113,6 +120,21 @@ fn with_pod_etc(sandbox: &PodSandbox, config: &ContainerConfig) -> Vec<BindMount
         .collect();
     mounts.extend(config.bind_mounts.iter().cloned());
     mounts
+}
+
+/// How often a stop looks whether an init that could not take SIGTERM
+/// has set a handler for it.
+const SIGTERM_RECHECK: Duration = Duration::from_millis(50);
+
+/// Whether process `pid` has a handler for SIGTERM (`SigCgt` in its
+/// status); `None` if it cannot be read (gone).
+fn catches_sigterm(pid: u32) -> Option<bool> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())?;
+    Some(mask & (1 << (libc::SIGTERM - 1)) != 0)
 }
 
 /// Why a container ended.
@@ -330,23 +352,48 @@ impl Container {
         })
         .map_err(with_cgroup)?;
         spec::write_config(&spec, dir).map_err(with_cgroup)?;
-        // The writer ends by itself once the container's output is closed,
-        // so a failed create below leaves nothing of it behind.
-        let output = log_writer::spawn(pod.log_writer, &config.log_path, pod.log_rotation)
-            .map_err(with_cgroup)?;
+        let attach = attach::bind(dir).map_err(with_cgroup)?;
         let pid_file = dir.join("init.pid");
-        runtime
-            .create(
-                &config.id,
-                dir,
-                &pid_file,
-                ContainerStdio {
-                    stdout: output.stdout,
-                    stderr: output.stderr,
-                },
+        let spawn_writer = |source| {
+            log_writer::spawn(
+                pod.log_writer,
+                &config.log_path,
+                pod.log_rotation,
+                source,
+                Some(attach),
             )
-            .await
+        };
+        if config.process.terminal {
+            // The runtime makes the terminal; the writer then holds its
+            // master (the init waits for `start`, so no output is lost).
+            let master = runtime
+                .create(&config.id, dir, &pid_file, ContainerStdio::Terminal)
+                .await
+                .map_err(with_cgroup)?
+                .ok_or_else(|| {
+                    with_cgroup(RuntimeError::invalid(
+                        "container terminal",
+                        config.id.as_str(),
+                        "the runtime sent none",
+                    ))
+                })?;
+            let source = WriterSource::Terminal {
+                master,
+                stdin: config.stdin,
+            };
+            spawn_writer(source).map_err(with_cgroup)?;
+        } else {
+            // The writer ends by itself once the container's output is
+            // closed, so a failed create below leaves nothing of it behind.
+            let stdio = spawn_writer(WriterSource::Pipes {
+                stdin: config.stdin,
+            })
             .map_err(with_cgroup)?;
+            runtime
+                .create(&config.id, dir, &pid_file, stdio)
+                .await
+                .map_err(with_cgroup)?;
+        }
         let pid = oci::read_pid(&pid_file).ok_or_else(|| {
             with_cgroup(RuntimeError::invalid(
                 "init pid file",
@@ -457,13 +504,39 @@ impl Container {
 
     /// Stops the container: SIGTERM, then SIGKILL after `grace`. Marks the
     /// stop as requested (no restart). Returns the exit report.
+    ///
+    /// A PID namespace's init gets a signal from outside only if it has a
+    /// handler for it: a SIGTERM sent in the moment after start, before
+    /// the program has set its handler (a shell about to exec it, the
+    /// dynamic loader still at work), is dropped by the kernel. So when
+    /// the init did not catch SIGTERM as it was sent but catches it later
+    /// in the grace period, it is sent once more — the one signal it could
+    /// not receive, not a second one (a program that catches SIGTERM
+    /// between our look and the send gets two).
     pub async fn stop(&self, grace: Duration) -> Result<ExitReport> {
         self.stop_requested.store(true, Ordering::SeqCst);
         if let Some(report) = self.exit_report() {
             return Ok(report);
         }
+        let caught_when_sent = catches_sigterm(self.pid);
         self.signal(libc::SIGTERM)?;
-        match tokio::time::timeout(grace, self.wait()).await {
+        let resend = async {
+            if caught_when_sent != Some(false) {
+                return std::future::pending::<Result<()>>().await;
+            }
+            while catches_sigterm(self.pid) == Some(false) {
+                tokio::time::sleep(SIGTERM_RECHECK).await;
+            }
+            self.signal(libc::SIGTERM)?;
+            std::future::pending::<Result<()>>().await
+        };
+        let waited = tokio::time::timeout(grace, async {
+            tokio::select! {
+                report = self.wait() => report,
+                Err(e) = resend => Err(e),
+            }
+        });
+        match waited.await {
             Ok(report) => report,
             Err(_) => {
                 self.signal(libc::SIGKILL)?;
@@ -548,6 +621,14 @@ impl Container {
             process.set_env(Some(env));
         }
         Ok(process)
+    }
+
+    /// Connects to the container's own stdio, served by its log writer
+    /// (see [`crate::attach`]): its output from now on, and its stdin or
+    /// terminal. An error once its output has ended.
+    pub async fn attach(&self) -> Result<Attachment> {
+        self.ensure_not_exited()?;
+        Attachment::connect(&self.dir).await
     }
 
     /// Removes everything but the CRI log: kills the container if needed,

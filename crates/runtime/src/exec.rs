@@ -244,13 +244,39 @@ pub(crate) async fn receive_pty_master(
     socket: &Path,
     limit: Duration,
 ) -> Result<PtyMaster> {
+    PtyMaster::new(receive_pty_fd(listener, socket, limit).await?, socket)
+}
+
+/// As [`receive_pty_master`], the descriptor as it came (blocking), for
+/// another process to hold.
+pub(crate) async fn receive_pty_fd(
+    listener: &UnixListener,
+    socket: &Path,
+    limit: Duration,
+) -> Result<OwnedFd> {
     let fd = tokio::time::timeout(limit, receive_fd(listener, socket))
         .await
         .map_err(|_| RuntimeError::ConsoleTimeout {
             socket: socket.to_path_buf(),
             timeout: limit,
         })??;
-    PtyMaster::new(fd, socket)
+    check_pty_master(&fd, socket)?;
+    Ok(fd)
+}
+
+/// Refuses a descriptor that is not a pty master (what a runtime sends
+/// over a console socket; `socket` names the source in errors).
+fn check_pty_master(fd: &OwnedFd, socket: &Path) -> Result<()> {
+    let mut number: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one c_uint into `number`; on anything but
+    // a pty master it fails (ENOTTY/EINVAL) and writes nothing.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGPTN, &mut number) } != 0 {
+        return Err(RuntimeError::ConsoleSocket {
+            socket: socket.to_path_buf(),
+            reason: "the fd received is not a pseudo-terminal master",
+        });
+    }
+    Ok(())
 }
 
 async fn receive_fd(listener: &UnixListener, socket: &Path) -> Result<OwnedFd> {
@@ -359,28 +385,14 @@ impl PtyMaster {
     /// Takes `fd` if it is a pty master (what a runtime sends; `socket`
     /// names the source in errors); sets it non-blocking.
     pub(crate) fn new(fd: OwnedFd, socket: &Path) -> Result<PtyMaster> {
-        let raw = fd.as_raw_fd();
-        let mut number: libc::c_uint = 0;
-        // SAFETY: TIOCGPTN writes one c_uint into `number`; on anything but
-        // a pty master it fails (ENOTTY/EINVAL) and writes nothing.
-        if unsafe { libc::ioctl(raw, libc::TIOCGPTN, &mut number) } != 0 {
-            return Err(RuntimeError::ConsoleSocket {
-                socket: socket.to_path_buf(),
-                reason: "the fd received is not a pseudo-terminal master",
-            });
-        }
-        // SAFETY: fcntl on an fd we own, integer arguments only.
-        let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
-        // SAFETY: as above.
-        if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-            return Err(RuntimeError::sys("set the pty master non-blocking")(
-                io::Error::last_os_error(),
-            ));
-        }
+        check_pty_master(&fd, socket)?;
+        let file = File::from(fd);
+        super::attach::set_nonblocking(&file)
+            .map_err(RuntimeError::sys("set the pty master non-blocking"))?;
         let interest = Interest::READABLE | Interest::WRITABLE;
         // SAFETY: the File owns the open master fd; the AsyncFd owns the
         // File until it drops, and nothing else closes or replaces the fd.
-        let fd = unsafe { AsyncFd::register_with_interest(File::from(fd), interest) }
+        let fd = unsafe { AsyncFd::register_with_interest(file, interest) }
             .map_err(|e| RuntimeError::sys("register the pty master")(e.into()))?;
         Ok(PtyMaster { fd: Arc::new(fd) })
     }
@@ -420,7 +432,7 @@ impl PtyResizer {
     }
 }
 
-fn set_window_size(master: &File, width: u16, height: u16) -> Result<()> {
+pub(crate) fn set_window_size(master: &File, width: u16, height: u16) -> Result<()> {
     let size = libc::winsize {
         ws_row: height,
         ws_col: width,

@@ -26,7 +26,8 @@
 //!   received over a console socket), for interactive exec.
 //! - [`logs`]: CRI log format and the follower.
 //! - [`log_writer`]: the per-container log writer process that owns a
-//!   container's log (`stratum-log-writer`).
+//!   container's log (`stratum-log-writer`) and, for [`attach`], its
+//!   stdin or terminal.
 //! - [`reaper`]: exit detection: subreaper, pidfd, orphan reaping.
 //! - [`users`]: user and group names resolved against the image's files.
 //! - [`container`]: the lifecycle glue; [`restart`]: the restart policy.
@@ -43,6 +44,7 @@
 //! ctr.remove(&runtime).await?; sandbox.remove()?; mapping.prune(pod path)?;
 //! ```
 
+pub mod attach;
 pub mod cgpath;
 pub mod confinement;
 pub mod container;

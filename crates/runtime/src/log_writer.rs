@@ -53,24 +53,31 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::attach::{pollfd, set_nonblocking, AttachServer, ContainerInput};
 use super::error::{Result, RuntimeError};
 use super::logs::{
     format_timestamp, rotated_files, rotated_path, CriLogLine, LineSplitter, LogStream,
 };
+use super::oci::ContainerStdio;
 use super::reaper::ExitWatch;
 
-/// The descriptors the writer process is given: the read ends of the
-/// container's stdout and stderr pipes, and a pipe it signals readiness on.
+/// The descriptors the writer process is given: the read end of the
+/// container's stdout pipe, or its terminal's master (`--terminal`).
 pub const STDOUT_FD: i32 = 3;
-/// See [`STDOUT_FD`].
+/// The read end of the container's stderr pipe (none with a terminal).
 pub const STDERR_FD: i32 = 4;
-/// See [`STDOUT_FD`].
+/// A pipe the writer signals readiness on.
 pub const READY_FD: i32 = 5;
+/// The write end of the container's stdin pipe (`--stdin`, no terminal).
+pub const STDIN_FD: i32 = 6;
+/// The attach socket's listener (`--attach`; see [`crate::attach`]).
+pub const ATTACH_FD: i32 = 7;
 
 /// How often an idle writer checks that its log was not renamed away.
 pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
@@ -150,28 +157,78 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("{s:?}: a size (10Mi, 16Ki, 1Gi) or bytes"))
 }
 
-/// What a container is given as stdout and stderr: pipe write ends.
+/// Where a container's output comes from and its input goes.
 #[derive(Debug)]
-pub struct ContainerOutput {
-    /// The stdout pipe's write end.
-    pub stdout: File,
-    /// The stderr pipe's write end.
-    pub stderr: File,
+pub enum WriterSource {
+    /// Pipes made by [`spawn`]: stdout and stderr, and stdin when `stdin`.
+    Pipes {
+        /// Give the container a stdin pipe whose write end the writer
+        /// holds for attached clients.
+        stdin: bool,
+    },
+    /// The master of the container's terminal, which the runtime made;
+    /// `stdin`: clients' input is written to it.
+    Terminal {
+        /// The pty master.
+        master: OwnedFd,
+        /// Whether attached clients' input goes to the terminal.
+        stdin: bool,
+    },
 }
 
 /// Starts a writer (`program`, normally `stratum-log-writer`) for the CRI
-/// log at `log`, and returns the pipe ends for the container once the
-/// writer holds its lock. The writer ends on its own (see module docs).
-pub fn spawn(program: &Path, log: &Path, rotation: LogRotation) -> Result<ContainerOutput> {
+/// log at `log`, serving attach clients on `attach` if given, and returns
+/// the pipe ends for the container once the writer holds its lock. The
+/// writer ends on its own (see module docs).
+pub fn spawn(
+    program: &Path,
+    log: &Path,
+    rotation: LogRotation,
+    source: WriterSource,
+    attach: Option<UnixListener>,
+) -> Result<ContainerStdio> {
     if let Some(parent) = log.parent() {
         std::fs::create_dir_all(parent)
             .map_err(RuntimeError::io(parent, "create log directory"))?;
     }
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-    let (ready_r, ready_w) = pipe()?;
-    let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
+    // (descriptor number in the writer, our descriptor)
+    let mut given: Vec<(i32, OwnedFd)> = Vec::new();
     let mut cmd = Command::new(program);
+    let stdio = match source {
+        WriterSource::Pipes { stdin } => {
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            given.push((STDOUT_FD, out_r));
+            given.push((STDERR_FD, err_r));
+            let stdin = if stdin {
+                let (in_r, in_w) = pipe()?;
+                given.push((STDIN_FD, in_w));
+                cmd.arg("--stdin");
+                Some(File::from(in_r))
+            } else {
+                None
+            };
+            ContainerStdio::Files {
+                stdin,
+                stdout: File::from(out_w),
+                stderr: File::from(err_w),
+            }
+        }
+        WriterSource::Terminal { master, stdin } => {
+            given.push((STDOUT_FD, master));
+            cmd.arg("--terminal");
+            if stdin {
+                cmd.arg("--stdin");
+            }
+            ContainerStdio::Terminal
+        }
+    };
+    if let Some(listener) = attach {
+        given.push((ATTACH_FD, OwnedFd::from(listener)));
+        cmd.arg("--attach");
+    }
+    let (ready_r, ready_w) = pipe()?;
+    given.push((READY_FD, ready_w));
     cmd.arg("--log")
         .arg(log)
         .arg("--max-size")
@@ -181,24 +238,26 @@ pub fn spawn(program: &Path, log: &Path, rotation: LogRotation) -> Result<Contai
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    let pairs: Vec<(i32, i32)> = given.iter().map(|(n, fd)| (*n, fd.as_raw_fd())).collect();
     // SAFETY: between fork and exec only async-signal-safe calls: setsid,
-    // fcntl and dup2. The sources are first copied above the targets, so
-    // that one target number being another's source cannot clobber it;
-    // dup2 leaves O_CLOEXEC off the copy it makes.
+    // fcntl and dup2, on a vector allocated before the fork. The sources
+    // are first copied above the targets, so that one target number being
+    // another's source cannot clobber it; dup2 leaves O_CLOEXEC off the
+    // copy it makes.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
-            let mut high = [0; 3];
-            for (slot, fd) in high.iter_mut().zip(fds) {
-                *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+            let mut high = [0; 8];
+            for (slot, (_, fd)) in high.iter_mut().zip(&pairs) {
+                *slot = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10);
                 if *slot < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }
-            for (target, fd) in [STDOUT_FD, STDERR_FD, READY_FD].into_iter().zip(high) {
-                if libc::dup2(fd, target) < 0 {
+            for ((target, _), fd) in pairs.iter().zip(high) {
+                if libc::dup2(fd, *target) < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }
@@ -208,7 +267,7 @@ pub fn spawn(program: &Path, log: &Path, rotation: LogRotation) -> Result<Contai
     let mut child = cmd
         .spawn()
         .map_err(RuntimeError::io(program, "start the log writer"))?;
-    drop((out_r, err_r, ready_w));
+    drop(given);
     let ready = wait_ready(ready_r);
     if let Err(e) = ready {
         let _ = child.kill();
@@ -216,10 +275,7 @@ pub fn spawn(program: &Path, log: &Path, rotation: LogRotation) -> Result<Contai
         return Err(RuntimeError::io(program, "start the log writer")(e));
     }
     reap_when_done(child);
-    Ok(ContainerOutput {
-        stdout: File::from(out_w),
-        stderr: File::from(err_w),
-    })
+    Ok(stdio)
 }
 
 /// The writer is our child until an agent restart: its status is
@@ -323,34 +379,114 @@ pub async fn wait_finished(log: &Path, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-/// The writer process's work: lock `log`, say ready, convert both pipes
-/// until both are closed, rotating the log by `rotation`. Called by
-/// `stratum-log-writer` with the descriptors it was given.
-pub fn serve(
-    log: &Path,
-    rotation: LogRotation,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    ready: OwnedFd,
-) -> io::Result<()> {
+/// The descriptors a writer process was given (see [`spawn`]).
+#[derive(Debug)]
+pub struct WriterIo {
+    /// Where the container's output comes from and its input goes.
+    pub output: WriterOutput,
+    /// The attach socket's listener, if clients may attach.
+    pub attach: Option<OwnedFd>,
+    /// The readiness pipe.
+    pub ready: OwnedFd,
+}
+
+/// The container's side of a writer.
+#[derive(Debug)]
+pub enum WriterOutput {
+    /// Pipes: stdout's and stderr's read ends, stdin's write end.
+    Pipes {
+        /// Read end of the stdout pipe.
+        stdout: OwnedFd,
+        /// Read end of the stderr pipe.
+        stderr: OwnedFd,
+        /// Write end of the stdin pipe, if the container has one.
+        stdin: Option<OwnedFd>,
+    },
+    /// A terminal's master: output (logged as stdout) and input.
+    Terminal {
+        /// The pty master.
+        master: OwnedFd,
+        /// Whether clients' input is written to it.
+        stdin: bool,
+    },
+}
+
+/// The writer process's work: lock `log`, say ready, convert the
+/// container's output into records until it has ended, rotating the log
+/// by `rotation`, and serve attached clients meanwhile (see
+/// [`crate::attach`]). Called by `stratum-log-writer` with the
+/// descriptors it was given.
+pub fn serve(log: &Path, rotation: LogRotation, io: WriterIo) -> io::Result<()> {
     let mut out = RotatingLog::open(log, rotation)?;
-    File::from(ready).write_all(b"r")?;
-    let mut streams = [
-        Stream::new(LogStream::Stdout, stdout),
-        Stream::new(LogStream::Stderr, stderr),
-    ];
+    let (mut streams, mut input) = match io.output {
+        WriterOutput::Pipes {
+            stdout,
+            stderr,
+            stdin,
+        } => (
+            vec![
+                Stream::new(LogStream::Stdout, stdout),
+                Stream::new(LogStream::Stderr, stderr),
+            ],
+            stdin.map(ContainerInput::pipe).transpose()?,
+        ),
+        WriterOutput::Terminal { master, stdin } => {
+            let master = File::from(master);
+            let copy = master.try_clone()?;
+            // Shared by both copies: reads and writes never block the loop.
+            set_nonblocking(&master)?;
+            (
+                vec![Stream::new(LogStream::Stdout, OwnedFd::from(master))],
+                Some(ContainerInput::terminal(copy, stdin)),
+            )
+        }
+    };
+    let mut attach = io.attach.map(AttachServer::new).transpose()?;
+    File::from(io.ready).write_all(b"r")?;
     let mut buf = vec![0u8; 64 * 1024];
     while streams.iter().any(|s| s.pipe.is_some()) {
-        wait_readable(&streams, FOLLOW_INTERVAL)?;
+        // Clients are read (for their frames, and to see them go) unless
+        // the container has not taken what they sent.
+        let read_input = input.as_ref().is_none_or(ContainerInput::has_room);
+        let polled = wait_ready_fds(&streams, attach.as_ref(), input.as_ref(), read_input)?;
+        if let (Some(attach), Some((fds, at))) = (attach.as_mut(), polled) {
+            attach.drop_hung_up(&fds[at..]);
+        }
         out.follow_rename();
         let mut records = Vec::new();
+        let mut chunks = Vec::new();
         for stream in &mut streams {
-            stream.read_into(&mut buf, &mut records)?;
+            stream.read_into(&mut buf, &mut records, &mut chunks)?;
         }
         out.append(&records);
+        if let Some(attach) = attach.as_mut() {
+            for (stream, data) in &chunks {
+                attach.broadcast(*stream, data);
+            }
+            // Clients that went away leave before new ones are counted.
+            let frames = if read_input {
+                attach.read_frames()
+            } else {
+                Vec::new()
+            };
+            if let Some(input) = input.as_mut() {
+                frames.into_iter().for_each(|f| input.apply(f));
+            }
+            attach.accept();
+            attach.flush();
+        }
+        if let Some(sink) = input.as_mut() {
+            sink.flush();
+        }
+    }
+    if let Some(attach) = attach {
+        attach.finish(ATTACH_DRAIN);
     }
     Ok(())
 }
+
+/// How long attached clients may take to receive the last output.
+const ATTACH_DRAIN: Duration = Duration::from_secs(1);
 
 /// The log's current file, held under an exclusive lock, and its
 /// rotation (see the module docs).
@@ -565,8 +701,14 @@ impl Stream {
     }
 
     /// Reads what is there (the pipe was readable) and appends its
-    /// records; at end of file the unfinished line becomes a record.
-    fn read_into(&mut self, buf: &mut [u8], records: &mut Vec<Vec<u8>>) -> io::Result<()> {
+    /// records, and the bytes as read to `chunks`; at end of file the
+    /// unfinished line becomes a record.
+    fn read_into(
+        &mut self,
+        buf: &mut [u8],
+        records: &mut Vec<Vec<u8>>,
+        chunks: &mut Vec<(LogStream, Vec<u8>)>,
+    ) -> io::Result<()> {
         let Some(pipe) = self.pipe.as_mut() else {
             return Ok(());
         };
@@ -576,8 +718,14 @@ impl Stream {
         let n = match pipe.read(buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            // A terminal's master once no process holds the terminal.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => 0,
             Err(e) => return Err(e),
         };
+        if n > 0 {
+            chunks.push((self.kind, buf[..n].to_vec()));
+        }
         let now = format_timestamp(SystemTime::now());
         let mut record = |partial, message| {
             records.push(
@@ -604,24 +752,33 @@ impl Stream {
     }
 }
 
-/// Blocks until one of the open pipes is readable or hung up.
-fn wait_readable(streams: &[Stream], timeout: Duration) -> io::Result<()> {
+/// Blocks until one of the open pipes is readable or hung up, or an
+/// attach client or the container's input wants attention, at most
+/// [`FOLLOW_INTERVAL`]. With an attach server, returns what was polled
+/// and where its entries start.
+fn wait_ready_fds(
+    streams: &[Stream],
+    attach: Option<&AttachServer>,
+    input: Option<&ContainerInput>,
+    read_input: bool,
+) -> io::Result<Option<(Vec<libc::pollfd>, usize)>> {
     let mut fds: Vec<libc::pollfd> = streams
         .iter()
         .filter_map(|s| s.pipe.as_ref())
-        .map(|p| libc::pollfd {
-            fd: p.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|p| pollfd(p.as_raw_fd(), libc::POLLIN))
         .collect();
+    let attach_at = fds.len();
+    if let Some(attach) = attach {
+        attach.poll_fds(read_input, &mut fds);
+    }
+    fds.extend(input.and_then(ContainerInput::poll_fd));
     let count = libc::nfds_t::try_from(fds.len()).unwrap_or(0);
-    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    let timeout_ms = i32::try_from(FOLLOW_INTERVAL.as_millis()).unwrap_or(i32::MAX);
     loop {
         // SAFETY: `fds` holds `count` valid pollfd entries.
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), count, timeout_ms) };
         if rc >= 0 {
-            return Ok(());
+            return Ok(attach.map(|_| (fds, attach_at)));
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
@@ -678,7 +835,16 @@ mod tests {
         let (err_r, err_w) = pipe().unwrap();
         let (ready_r, ready_w) = pipe().unwrap();
         let log = log.to_path_buf();
-        let handle = std::thread::spawn(move || serve(&log, rotation, out_r, err_r, ready_w));
+        let io = WriterIo {
+            output: WriterOutput::Pipes {
+                stdout: out_r,
+                stderr: err_r,
+                stdin: None,
+            },
+            attach: None,
+            ready: ready_w,
+        };
+        let handle = std::thread::spawn(move || serve(&log, rotation, io));
         (File::from(out_w), File::from(err_w), ready_r, handle)
     }
 

@@ -23,6 +23,7 @@
 
 use std::env;
 use std::fs::{self, File};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -89,11 +90,19 @@ impl Default for OciRuntimeConfig {
 
 /// The container's stdio for `create`.
 #[derive(Debug)]
-pub struct ContainerStdio {
-    /// Standard output (e.g. an append-only log file).
-    pub stdout: File,
-    /// Standard error.
-    pub stderr: File,
+pub enum ContainerStdio {
+    /// Given descriptors: stdin (`None`: `/dev/null`), stdout, stderr.
+    Files {
+        /// Standard input.
+        stdin: Option<File>,
+        /// Standard output (e.g. a pipe to the log writer).
+        stdout: File,
+        /// Standard error.
+        stderr: File,
+    },
+    /// A terminal the runtime makes (the spec's `process.terminal`),
+    /// whose master [`OciRuntime::create`] hands back.
+    Terminal,
 }
 
 /// The runtime's view of a container (`state`).
@@ -226,14 +235,16 @@ impl OciRuntime {
     }
 
     /// `create`: sets the container up from `bundle/config.json`, its init
-    /// waiting for `start`; writes the init's pid to `pid_file`.
+    /// waiting for `start`; writes the init's pid to `pid_file`. With
+    /// [`ContainerStdio::Terminal`] the runtime sends the terminal's master
+    /// over a console socket in a private directory, and it is returned.
     pub async fn create(
         &self,
         id: &str,
         bundle: &Path,
         pid_file: &Path,
         stdio: ContainerStdio,
-    ) -> Result<()> {
+    ) -> Result<Option<OwnedFd>> {
         validate_id(id)?;
         let log = bundle.join("runtime.log");
         // A log left from an earlier attempt would mix old errors in.
@@ -247,11 +258,31 @@ impl OciRuntime {
             .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
-            .arg(pid_file)
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(stdio.stdout))
-            .stderr(Stdio::from(stdio.stderr));
+            .arg(pid_file);
+        let console = match stdio {
+            ContainerStdio::Files {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                cmd.stdin(stdin.map_or_else(Stdio::null, Stdio::from))
+                    .stdout(Stdio::from(stdout))
+                    .stderr(Stdio::from(stderr));
+                None
+            }
+            ContainerStdio::Terminal => {
+                let dir = ExecDir::create(&self.state_root)?;
+                let socket = dir.console_socket();
+                let listener = exec::console_listener(&socket)?;
+                cmd.arg("--console-socket")
+                    .arg(&socket)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                Some((dir, socket, listener))
+            }
+        };
+        cmd.arg(id);
         let mut child = cmd.spawn().map_err(|source| self.spawn_error(source))?;
         let status = match tokio::time::timeout(self.timeout, child.wait()).await {
             Ok(status) => status.map_err(|source| self.spawn_error(source))?,
@@ -260,17 +291,23 @@ impl OciRuntime {
                 return Err(self.timeout_error("create", id));
             }
         };
-        if status.success() {
-            return Ok(());
+        if !status.success() {
+            let message = read_json_log(&log).unwrap_or_else(|| format!("see {}", log.display()));
+            return Err(RuntimeError::Runtime {
+                runtime: self.kind.name().to_string(),
+                command: "create",
+                id: id.to_string(),
+                status: status.to_string(),
+                message,
+            });
         }
-        let message = read_json_log(&log).unwrap_or_else(|| format!("see {}", log.display()));
-        Err(RuntimeError::Runtime {
-            runtime: self.kind.name().to_string(),
-            command: "create",
-            id: id.to_string(),
-            status: status.to_string(),
-            message,
-        })
+        let Some((_dir, socket, listener)) = console else {
+            return Ok(None);
+        };
+        // The runtime sent the master before it exited: it is queued.
+        exec::receive_pty_fd(&listener, &socket, EXITED_GRACE)
+            .await
+            .map(Some)
     }
 
     /// `start`: lets the created container's init exec the process.

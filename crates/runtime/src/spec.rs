@@ -2,8 +2,9 @@
 //! oci-spec.
 //!
 //! What goes in, and why:
-//! - **process**: args, env, cwd, uid/gid and groups, no terminal (stdio
-//!   goes to log files, see `logs`), the capabilities of its
+//! - **process**: args, env, cwd, uid/gid and groups, a terminal only
+//!   when asked (else stdio is pipes to the log writer, see
+//!   `log_writer`; with one, `TERM=xterm`), the capabilities of its
 //!   [`Confinement`] (by default Docker's set minus `CAP_NET_RAW`;
 //!   bounding, effective, permitted; inheritable and ambient empty),
 //!   `noNewPrivileges` unless the security context allows escalation,
@@ -119,6 +120,9 @@ pub struct ProcessConfig {
     pub additional_gids: Vec<u32>,
     /// `/proc/PID/oom_score_adj` (-1000..=1000); `None`: inherited.
     pub oom_score_adj: Option<i32>,
+    /// Run on a terminal the runtime makes (its stdin, stdout and
+    /// stderr), with `TERM=xterm` unless `env` sets `TERM`.
+    pub terminal: bool,
 }
 
 impl ProcessConfig {
@@ -134,6 +138,7 @@ impl ProcessConfig {
             gid: 0,
             additional_gids: Vec::new(),
             oom_score_adj: None,
+            terminal: false,
         }
     }
 
@@ -303,11 +308,16 @@ pub fn build(config: &SpecConfig) -> Result<Spec> {
     if let Some(adj) = p.oom_score_adj {
         process = process.oom_score_adj(adj);
     }
+    let mut env = p.env.clone();
+    if p.terminal && !env.iter().any(|e| e.starts_with("TERM=")) {
+        // What containerd gives a container with a terminal.
+        env.push("TERM=xterm".to_string());
+    }
     let process = process
-        .terminal(false)
+        .terminal(p.terminal)
         .user(user)
         .args(p.args.clone())
-        .env(p.env.clone())
+        .env(env)
         .cwd(p.cwd.clone())
         .capabilities(capabilities)
         .no_new_privileges(confinement.no_new_privileges)

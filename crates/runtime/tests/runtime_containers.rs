@@ -165,6 +165,7 @@ impl Fixture {
             idmap: None,
             confinement: Default::default(),
             bind_mounts: Vec::new(),
+            stdin: false,
         }
     }
 
@@ -885,6 +886,187 @@ async fn runtime_interactive_exec_pipes_and_terminal() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(exec_dirs(), 0, "exec directories left");
 
+    let path = ctr.cgroups_path().to_string();
+    ctr.remove(&fx.runtime).await.expect("remove");
+    fx.assert_gone(&id, &path).await;
+}
+
+/// Output read from an attachment until `needle` shows up (10 s), by
+/// stream: (stdout, stderr) so far.
+async fn attached_until(
+    out: &mut stratum_runtime::attach::AttachOutput,
+    seen: &mut (String, String),
+    needle: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.0.contains(needle) && !seen.1.contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let next = tokio::time::timeout(left, out.next())
+            .await
+            .unwrap_or_else(|_| panic!("{needle:?} not attached-read: {seen:?}"))
+            .expect("attach read");
+        match next {
+            Some((LogStream::Stdout, data)) => seen.0.push_str(&String::from_utf8_lossy(&data)),
+            Some((LogStream::Stderr, data)) => seen.1.push_str(&String::from_utf8_lossy(&data)),
+            None => panic!("attachment ended before {needle:?}: {seen:?}"),
+        }
+    }
+}
+
+/// Reads an attachment to its end (10 s): the output ended.
+async fn attached_to_end(out: &mut stratum_runtime::attach::AttachOutput) -> String {
+    let mut text = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some((_, data)) = out.next().await.expect("attach read") {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "attachment did not end: {text:?}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_attach_to_stdin_pipes_and_a_terminal() {
+    use std::io::{Read, Write};
+    let fx = Fixture::new("attach", "crun");
+
+    // Pipes with stdin: two clients see the same output, either one's
+    // input reaches the container, garbage drops only its sender.
+    let id = unique("attach-pipes");
+    let script = "echo ready; while read line; do echo \"got $line\"; echo \"err $line\" >&2; done; echo bye";
+    let mut config = fx.config(&id, script, CgroupLimits::default());
+    config.stdin = true;
+    let ctr = Container::create(&fx.runtime, fx.ctx(), &fx.ctr_dir(&id), &config)
+        .await
+        .expect("create");
+    // Attached before start: nothing the container writes is missed.
+    let (mut out_a, mut in_a) = ctr.attach().await.expect("attach a").split();
+    let (mut out_b, _in_b) = ctr.attach().await.expect("attach b").split();
+    ctr.start(&fx.runtime).await.expect("start");
+    let (mut seen_a, mut seen_b) = Default::default();
+    attached_until(&mut out_a, &mut seen_a, "ready").await;
+    in_a.stdin(b"one\n").await.expect("stdin");
+    attached_until(&mut out_a, &mut seen_a, "err one").await;
+    attached_until(&mut out_b, &mut seen_b, "err one").await;
+    attached_until(&mut out_a, &mut seen_a, "got one").await;
+    attached_until(&mut out_b, &mut seen_b, "got one").await;
+    assert_eq!(seen_b.1, "err one\n", "stderr apart");
+
+    let socket = fx.ctr_dir(&id).join(stratum_runtime::attach::SOCKET_NAME);
+    let mode = fs::metadata(&socket).expect("socket").permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    // A client sending garbage is disconnected; the container goes on.
+    let path = socket.clone();
+    let dropped = tokio::task::spawn_blocking(move || {
+        let mut raw = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+        raw.write_all(&[9, 0, 0, 0, 0]).expect("write garbage");
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut rest = Vec::new();
+        raw.read_to_end(&mut rest).map(|_| rest.len())
+    })
+    .await
+    .unwrap();
+    assert!(
+        dropped.is_ok(),
+        "garbage sender not disconnected: {dropped:?}"
+    );
+    in_a.stdin(b"two\n").await.expect("stdin");
+    attached_until(&mut out_b, &mut seen_b, "got two").await;
+
+    // Closing stdin ends the loop; the attachments end with the output.
+    in_a.close_stdin().await.expect("close stdin");
+    let rest = attached_to_end(&mut out_a).await;
+    assert!(rest.contains("bye"), "{rest:?}");
+    attached_to_end(&mut out_b).await;
+    let report = ctr.wait().await.expect("wait");
+    assert_eq!(report.exit_code, Some(0));
+    let log = wait_for_log(&ctr, "bye", Duration::from_secs(10)).await;
+    assert!(
+        log.contains(" stdout F got two") && log.contains(" stderr F err one"),
+        "{log}"
+    );
+    assert!(
+        ctr.attach().await.is_err(),
+        "attached to an exited container"
+    );
+    let path = ctr.cgroups_path().to_string();
+    ctr.remove(&fx.runtime).await.expect("remove");
+    fx.assert_gone(&id, &path).await;
+
+    // A quiet container without stdin: clients that come and go leave
+    // no trace (more than the writer takes at once), the next one still
+    // gets the output.
+    let id = unique("attach-quiet");
+    let script =
+        "while ! test -e /go; do sleep 0.1; done; while true; do echo tick; sleep 0.2; done";
+    let ctr = fx.run(&id, script, CgroupLimits::default()).await;
+    for _ in 0..stratum_runtime::attach::MAX_CLIENTS + 4 {
+        drop(ctr.attach().await.expect("attach and go"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut out, _input) = ctr.attach().await.expect("attach").split();
+    exec_ok(&fx.runtime, &ctr, "touch /go").await;
+    let mut seen = Default::default();
+    attached_until(&mut out, &mut seen, "tick").await;
+    let path = ctr.cgroups_path().to_string();
+    ctr.remove(&fx.runtime).await.expect("remove");
+    fx.assert_gone(&id, &path).await;
+
+    // A terminal: TERM, input typed in, a resize seen inside; the output
+    // is logged as stdout; no console directory is left.
+    let id = unique("attach-tty");
+    let script =
+        "test -t 0 && echo IS-TTY; echo TERM=$TERM; read line; stty size; echo typed=$line";
+    let mut config = fx.config(&id, script, CgroupLimits::default());
+    config.stdin = true;
+    config.process.terminal = true;
+    let ctr = Container::create(&fx.runtime, fx.ctx(), &fx.ctr_dir(&id), &config)
+        .await
+        .expect("create with terminal");
+    let exec_dirs = fs::read_dir(fx.runtime.state_root().join("exec"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(exec_dirs, 0, "console socket directory left");
+    let (mut out, mut input) = ctr.attach().await.expect("attach").split();
+    ctr.start(&fx.runtime).await.expect("start");
+    let mut seen = Default::default();
+    attached_until(&mut out, &mut seen, "TERM=xterm").await;
+    assert!(seen.0.contains("IS-TTY\r\n"), "{seen:?}");
+    input.resize(100, 30).await.expect("resize");
+    input.stdin(b"hello\n").await.expect("type");
+    attached_until(&mut out, &mut seen, "typed=hello").await;
+    assert!(seen.0.contains("30 100"), "{seen:?}");
+    assert!(seen.1.is_empty(), "a terminal has no stderr: {seen:?}");
+    attached_to_end(&mut out).await;
+    assert_eq!(ctr.wait().await.expect("wait").exit_code, Some(0));
+    let log = wait_for_log(&ctr, "typed=hello", Duration::from_secs(10)).await;
+    assert!(
+        log.contains(" stdout F typed=hello") || log.contains(" stdout P typed=hello"),
+        "{log}"
+    );
+    assert!(!log.contains(" stderr "), "{log}");
+    let path = ctr.cgroups_path().to_string();
+    ctr.remove(&fx.runtime).await.expect("remove");
+    fx.assert_gone(&id, &path).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_stop_reaches_an_init_that_sets_its_handler_late() {
+    let fx = Fixture::new("lateterm", "crun");
+    let id = unique("lateterm");
+    // PID 1 of its namespace: the SIGTERM sent before the trap is set is
+    // dropped by the kernel; the one sent once the trap is there ends it.
+    let script =
+        "sleep 1; trap 'echo got-term; exit 0' TERM; echo trapped; while true; do sleep 0.1; done";
+    let ctr = fx.run(&id, script, CgroupLimits::default()).await;
+    let report = ctr.stop(Duration::from_secs(60)).await.expect("stop");
+    assert_eq!(report.exit_code, Some(0), "{report:?}");
+    let log = wait_for_log(&ctr, "got-term", Duration::from_secs(10)).await;
+    assert!(log.contains("trapped"), "{log}");
     let path = ctr.cgroups_path().to_string();
     ctr.remove(&fx.runtime).await.expect("remove");
     fx.assert_gone(&id, &path).await;

@@ -17,10 +17,11 @@
 //! replaced it; an empty one is Kubernetes' unconfined, which the
 //! baseline level then confines to the default profile anyway.
 //!
-//! What the agent does not do yet is refused rather than ignored:
-//! devices, a terminal or stdin, ambient capabilities, the Strict
-//! supplemental groups policy, a PID namespace shared by the pod's
-//! containers, Localhost AppArmor profiles, and mounts with id mappings,
+//! `stdin`, `stdin_once` and `tty` are the agent's own (attach serves
+//! them). What the agent does not do yet is refused rather than ignored:
+//! devices, ambient capabilities, the Strict supplemental groups policy,
+//! another container's PID namespace (`TARGET`), Localhost AppArmor
+//! profiles, and mounts with id mappings,
 //! recursive read-only or an image as their source. SELinux relabelling
 //! is a no-op (no SELinux on these hosts).
 
@@ -99,6 +100,9 @@ pub fn container_spec(
                 })
             })
             .transpose()?,
+        stdin: config.stdin,
+        stdin_once: config.stdin && config.stdin_once,
+        tty: config.tty,
     };
     let log_path = log_path(log_directory, &config.log_path)?;
     let record = CriContainer {
@@ -302,9 +306,6 @@ fn refuse_unsupported(
     if !config.devices.is_empty() || !config.cdi_devices.is_empty() {
         return Err(unimplemented("a device"));
     }
-    if config.tty || config.stdin {
-        return Err(unimplemented("a terminal or stdin"));
-    }
     let Some(security) = config
         .linux
         .as_ref()
@@ -396,6 +397,32 @@ fn state(status: &proto::ContainerStatus) -> cri::ContainerState {
             cri::ContainerState::ContainerExited
         }
         Ok(ContainerState::Unspecified) | Err(_) => cri::ContainerState::ContainerUnknown,
+    }
+}
+
+/// The CRI event of a container whose state went from `before` to
+/// `after` (`None`: not in its pod), if the CRI has one for it.
+pub fn event_type(
+    before: Option<ContainerState>,
+    after: Option<ContainerState>,
+) -> Option<cri::ContainerEventType> {
+    let ended = |s: ContainerState| {
+        matches!(
+            s,
+            ContainerState::Exited | ContainerState::OomKilled | ContainerState::Failed
+        )
+    };
+    let Some(after) = after else {
+        return before.map(|_| cri::ContainerEventType::ContainerDeletedEvent);
+    };
+    match (before, after) {
+        (Some(ContainerState::Created), ContainerState::Created) => None,
+        (_, ContainerState::Created) => Some(cri::ContainerEventType::ContainerCreatedEvent),
+        (_, ContainerState::Running) => Some(cri::ContainerEventType::ContainerStartedEvent),
+        (b, a) if ended(a) && !b.is_some_and(ended) => {
+            Some(cri::ContainerEventType::ContainerStoppedEvent)
+        }
+        _ => None,
     }
 }
 
@@ -503,6 +530,31 @@ pub fn no_info() -> HashMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_changes_are_the_cris_four_events() {
+        use cri::ContainerEventType::*;
+        use ContainerState::*;
+        let cases = [
+            (None, Some(Unspecified), None),
+            (
+                Some(Unspecified),
+                Some(Created),
+                Some(ContainerCreatedEvent),
+            ),
+            (None, Some(Created), Some(ContainerCreatedEvent)),
+            (Some(Created), Some(Running), Some(ContainerStartedEvent)),
+            (Some(Running), Some(Exited), Some(ContainerStoppedEvent)),
+            (Some(Running), Some(OomKilled), Some(ContainerStoppedEvent)),
+            (Some(Created), Some(Failed), Some(ContainerStoppedEvent)),
+            (Some(Exited), Some(OomKilled), None),
+            (Some(Exited), None, Some(ContainerDeletedEvent)),
+            (None, None, None),
+        ];
+        for (before, after, want) in cases {
+            assert_eq!(event_type(before, after), want, "{before:?} -> {after:?}");
+        }
+    }
 
     #[test]
     fn names_carry_the_attempt_and_stay_labels() {

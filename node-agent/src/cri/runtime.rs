@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::container::{self, View};
 use super::{ids, sandbox, streaming, CriConfig};
+use crate::agent::pods::events::ContainerChange;
 use crate::agent::pods::PodEntry;
 use crate::agent::{now, Agent};
 use crate::api::access;
@@ -27,6 +28,7 @@ use stratum_api::proto::ContainerState;
 /// The CRI version this server implements.
 pub const CRI_API_VERSION: &str = "v1";
 
+#[derive(Clone)]
 pub struct CriRuntime {
     agent: Arc<Agent>,
     config: Arc<CriConfig>,
@@ -89,6 +91,29 @@ impl CriRuntime {
     }
 
     /// The container `wanted` names (an id or a unique prefix).
+    /// A running container the caller may change, and the streaming
+    /// server that will serve its exec or attach.
+    fn stream_to_running(
+        &self,
+        caller: &Caller,
+        container_id: &str,
+    ) -> Result<(Found, &streaming::StreamingServer), Status> {
+        let found = self.find_container(caller, container_id)?;
+        access::change_pod(&self.agent, caller, &found.pod_id)?;
+        if !found.running {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not running",
+                found.id
+            )));
+        }
+        let streaming = self
+            .config
+            .streaming
+            .as_deref()
+            .ok_or_else(|| Status::unavailable("this agent serves no CRI streaming"))?;
+        Ok((found, streaming))
+    }
+
     fn find_container(&self, caller: &Caller, wanted: &str) -> Result<Found, Status> {
         self.agent.pods().with_each(|pods| {
             let all: Vec<(Found, &str)> = pods
@@ -137,6 +162,38 @@ impl CriRuntime {
         })
     }
 
+    /// The CRI event of a container change the caller may see: CRI
+    /// containers only; the sandbox's and its containers' statuses as
+    /// they are now (none once the sandbox is gone).
+    fn container_event(
+        &self,
+        caller: &Caller,
+        change: &ContainerChange,
+    ) -> Option<cri::ContainerEventResponse> {
+        let container_id = change.cri_id.clone()?;
+        if !caller.may_read(&change.namespace) {
+            return None;
+        }
+        let kind = container::event_type(change.before, change.after)?;
+        let (sandbox, containers) = match self.sandbox_status(caller, &change.pod_id) {
+            Ok((sandbox, containers, _)) => (Some(sandbox), containers),
+            Err(_) => (None, Vec::new()),
+        };
+        let created_at = change
+            .at
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_nanos()).ok())
+            .unwrap_or(0);
+        Some(cri::ContainerEventResponse {
+            container_id,
+            container_event_type: kind as i32,
+            created_at,
+            pod_sandbox_status: sandbox,
+            containers_statuses: containers,
+        })
+    }
+
     /// Stops a container now (no grace), if it runs.
     async fn kill_container(&self, found: &Found) -> Result<(), Status> {
         if !found.running {
@@ -152,6 +209,9 @@ impl CriRuntime {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
+
+/// Events made and not yet taken by a `GetContainerEvents` client.
+const EVENTS_BUFFER: usize = 64;
 
 /// How long StopContainer's timeout may be: beyond, it is taken as
 /// this (a kubelet's grace periods are minutes at most).
@@ -567,19 +627,7 @@ impl RuntimeService for CriRuntime {
     ) -> Result<Response<cri::ExecResponse>, Status> {
         let caller = Caller::of(&request)?;
         let r = request.into_inner();
-        let found = self.find_container(&caller, &r.container_id)?;
-        access::change_pod(&self.agent, &caller, &found.pod_id)?;
-        if !found.running {
-            return Err(Status::failed_precondition(format!(
-                "container {} is not running",
-                found.id
-            )));
-        }
-        let streaming = self
-            .config
-            .streaming
-            .as_ref()
-            .ok_or_else(|| Status::unavailable("this agent serves no CRI streaming"))?;
+        let (found, streaming) = self.stream_to_running(&caller, &r.container_id)?;
         let target = streaming::ExecTarget::from_request(found.pod_id, found.name, &r)?;
         let url = streaming.exec_url(target)?;
         Ok(Response::new(cri::ExecResponse { url }))
@@ -587,9 +635,25 @@ impl RuntimeService for CriRuntime {
 
     async fn attach(
         &self,
-        _request: Request<cri::AttachRequest>,
+        request: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(Status::unimplemented("attach is not supported yet"))
+        let caller = Caller::of(&request)?;
+        let r = request.into_inner();
+        let (found, streaming) = self.stream_to_running(&caller, &r.container_id)?;
+        let stdio = self
+            .agent
+            .pods()
+            .stdio_of(&found.pod_id, &found.name)
+            .map_err(Status::from)?;
+        if r.stdin && !stdio.stdin {
+            return Err(Status::invalid_argument(format!(
+                "attach: container {} was not created with stdin",
+                found.id
+            )));
+        }
+        let target = streaming::AttachTarget::from_request(found.pod_id, found.name, &r)?;
+        let url = streaming.attach_url(target)?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
     async fn port_forward(
@@ -762,13 +826,40 @@ impl RuntimeService for CriRuntime {
 
     async fn get_container_events(
         &self,
-        _request: Request<cri::GetEventsRequest>,
+        request: Request<cri::GetEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        // The kubelet polls (its evented PLEG is an alpha feature, off by
-        // default) when a runtime has no events.
-        Err(Status::unimplemented(
-            "container events are not supported yet",
-        ))
+        let caller = Caller::of(&request)?;
+        let mut changes = self.agent.pods().container_events();
+        let (tx, rx) = tokio::sync::mpsc::channel(EVENTS_BUFFER);
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let change = tokio::select! {
+                    change = changes.recv() => change,
+                    () = tx.closed() => return,
+                };
+                let event = match change {
+                    Ok(change) => match this.container_event(&caller, &change) {
+                        Some(event) => Ok(event),
+                        None => continue,
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
+                        Err(Status::aborted(format!(
+                            "{lost} container events were lost to a slow reader: \
+                             list the containers and subscribe again"
+                        )))
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let end = event.is_err();
+                if tx.send(event).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn list_metric_descriptors(

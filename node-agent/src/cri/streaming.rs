@@ -33,6 +33,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Status;
 
+use stratum_runtime::LogStream;
+
 use crate::agent::Agent;
 
 /// How long a URL handed out by `Exec` stays usable (the kubelet's own
@@ -57,20 +59,70 @@ const PROTOCOLS: [&str; 4] = [
 /// Headers a request may carry, at most.
 const MAX_HEADERS: usize = 64;
 
-/// What an `Exec` call authorized: a command in one container.
-#[derive(Debug, Clone)]
-pub struct ExecTarget {
-    pub pod_id: String,
-    pub container: String,
-    pub cmd: Vec<String>,
+/// The channels a remotecommand request asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Channels {
     pub tty: bool,
     pub stdin: bool,
     pub stdout: bool,
     pub stderr: bool,
 }
 
+impl Channels {
+    /// The channels of `call`, checked as the kubelet checks them.
+    fn checked(
+        call: &str,
+        tty: bool,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Result<Self, Status> {
+        if !(stdin || stdout || stderr) {
+            return Err(Status::invalid_argument(format!(
+                "{call}: one of stdin, stdout and stderr must be asked for"
+            )));
+        }
+        if tty && stderr {
+            return Err(Status::invalid_argument(format!(
+                "{call}: a terminal has no separate stderr (tty and stderr both set)"
+            )));
+        }
+        Ok(Self {
+            tty,
+            stdin,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// The stream types the client opens for them.
+    fn expected_streams(&self) -> Vec<&'static str> {
+        let mut kinds = vec!["error"];
+        for (asked, kind) in [
+            (self.stdin, "stdin"),
+            (self.stdout, "stdout"),
+            (self.stderr, "stderr"),
+            (self.tty, "resize"),
+        ] {
+            if asked {
+                kinds.push(kind);
+            }
+        }
+        kinds
+    }
+}
+
+/// What an `Exec` call authorized: a command in one container.
+#[derive(Debug, Clone)]
+pub struct ExecTarget {
+    pub pod_id: String,
+    pub container: String,
+    pub cmd: Vec<String>,
+    pub channels: Channels,
+}
+
 impl ExecTarget {
-    /// The request's channels, checked as the kubelet checks them.
+    /// The request, checked as the kubelet checks it.
     pub fn from_request(
         pod_id: String,
         container: String,
@@ -84,43 +136,35 @@ impl ExecTarget {
                 "exec: an argument holds a NUL byte",
             ));
         }
-        if !(r.stdin || r.stdout || r.stderr) {
-            return Err(Status::invalid_argument(
-                "exec: one of stdin, stdout and stderr must be asked for",
-            ));
-        }
-        if r.tty && r.stderr {
-            return Err(Status::invalid_argument(
-                "exec: a terminal has no separate stderr (tty and stderr both set)",
-            ));
-        }
         Ok(Self {
             pod_id,
             container,
             cmd: r.cmd.clone(),
-            tty: r.tty,
-            stdin: r.stdin,
-            stdout: r.stdout,
-            stderr: r.stderr,
+            channels: Channels::checked("exec", r.tty, r.stdin, r.stdout, r.stderr)?,
         })
     }
+}
 
-    /// The stream types the client opens for this request.
-    fn expected_streams(&self) -> Vec<&'static str> {
-        let mut kinds = vec!["error"];
-        if self.stdin {
-            kinds.push("stdin");
-        }
-        if self.stdout {
-            kinds.push("stdout");
-        }
-        if self.stderr {
-            kinds.push("stderr");
-        }
-        if self.tty {
-            kinds.push("resize");
-        }
-        kinds
+/// What an `Attach` call authorized: a running container's own stdio.
+#[derive(Debug, Clone)]
+pub struct AttachTarget {
+    pub pod_id: String,
+    pub container: String,
+    pub channels: Channels,
+}
+
+impl AttachTarget {
+    /// The request, checked as the kubelet checks it.
+    pub fn from_request(
+        pod_id: String,
+        container: String,
+        r: &cri::AttachRequest,
+    ) -> Result<Self, Status> {
+        Ok(Self {
+            pod_id,
+            container,
+            channels: Channels::checked("attach", r.tty, r.stdin, r.stdout, r.stderr)?,
+        })
     }
 }
 
@@ -151,6 +195,7 @@ impl PortForwardTarget {
 #[derive(Debug, Clone)]
 enum Target {
     Exec(ExecTarget),
+    Attach(AttachTarget),
     PortForward(PortForwardTarget),
 }
 
@@ -159,6 +204,7 @@ impl Target {
     fn kind(&self) -> &'static str {
         match self {
             Target::Exec(_) => "exec",
+            Target::Attach(_) => "attach",
             Target::PortForward(_) => "portforward",
         }
     }
@@ -166,7 +212,7 @@ impl Target {
     /// The protocol versions spoken for it, most preferred first.
     fn protocols(&self) -> &'static [&'static str] {
         match self {
-            Target::Exec(_) => &PROTOCOLS,
+            Target::Exec(_) | Target::Attach(_) => &PROTOCOLS,
             Target::PortForward(_) => &[PORT_FORWARD_PROTOCOL],
         }
     }
@@ -228,6 +274,11 @@ impl StreamingServer {
     /// Hands out a one-time URL for `target`.
     pub fn exec_url(&self, target: ExecTarget) -> Result<String, Status> {
         self.url_for(Target::Exec(target))
+    }
+
+    /// Hands out a one-time URL for `target`.
+    pub fn attach_url(&self, target: AttachTarget) -> Result<String, Status> {
+        self.url_for(Target::Attach(target))
     }
 
     /// Hands out a one-time URL for `target`.
@@ -319,9 +370,19 @@ impl StreamingServer {
             .map_err(|e| format!("SPDY session: {e}"))?;
         match target {
             Target::Exec(target) => {
-                let mut streams = collect_streams(&mut session, &target.expected_streams()).await?;
+                let mut streams =
+                    collect_streams(&mut session, &target.channels.expected_streams()).await?;
                 let error = streams.error.take();
                 let outcome = run_exec(agent, &target, streams).await;
+                finish(error, protocol, outcome).await;
+            }
+            Target::Attach(target) => {
+                let mut streams =
+                    collect_streams(&mut session, &target.channels.expected_streams()).await?;
+                let error = streams.error.take();
+                let outcome = run_attach(agent, &target, streams, &session)
+                    .await
+                    .map(|()| 0);
                 finish(error, protocol, outcome).await;
             }
             Target::PortForward(target) => forward_ports(session, agent, target).await,
@@ -396,7 +457,7 @@ fn parse_request(head: &[u8]) -> Result<UpgradeRequest, Refusal> {
         .strip_prefix('/')
         .and_then(|p| p.split_once('/'))
         .ok_or_else(not_found)?;
-    if !matches!(kind, "exec" | "portforward")
+    if !matches!(kind, "exec" | "attach" | "portforward")
         || token.is_empty()
         || !token.bytes().all(|b| b.is_ascii_hexdigit())
     {
@@ -570,7 +631,12 @@ async fn pump(
 async fn run_exec(agent: &Arc<Agent>, target: &ExecTarget, streams: ClientStreams) -> ExecOutcome {
     let mut child = agent
         .pods()
-        .spawn_exec(&target.pod_id, &target.container, &target.cmd, target.tty)
+        .spawn_exec(
+            &target.pod_id,
+            &target.container,
+            &target.cmd,
+            target.channels.tty,
+        )
         .await
         .map_err(|e| e.to_string())?;
     let mut outputs = tokio::task::JoinSet::new();
@@ -620,6 +686,126 @@ async fn run_exec(agent: &Arc<Agent>, target: &ExecTarget, streams: ClientStream
         input.abort();
     }
     code
+}
+
+/// What a client sends toward an attached container.
+enum AttachInput {
+    Data(Vec<u8>),
+    CloseStdin,
+    Resize(u16, u16),
+}
+
+/// Joins the client's streams to the container's own stdio (its log
+/// writer's attach socket) until the container's output ends, the client
+/// goes away (its session ends: a quiet container must not keep one of
+/// the writer's places), or — unless the container's stdin is closed by
+/// its end — the client's input ends (a detach, as containerd ends an
+/// attach).
+async fn run_attach(
+    agent: &Arc<Agent>,
+    target: &AttachTarget,
+    streams: ClientStreams,
+    session: &Session,
+) -> Result<(), String> {
+    let (attachment, stdio) = agent
+        .pods()
+        .attach(&target.pod_id, &target.container)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut output, mut to_container) = attachment.split();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<AttachInput>(16);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move {
+        while let Some(input) = rx.recv().await {
+            let sent = match input {
+                AttachInput::Data(data) => to_container.stdin(&data).await,
+                AttachInput::CloseStdin => to_container.close_stdin().await,
+                AttachInput::Resize(w, h) => to_container.resize(w, h).await,
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+        // The writer takes a connection whose sending side ends for a
+        // client gone: it stays open while the output is wanted.
+        std::future::pending::<()>().await;
+        drop(to_container);
+    });
+    if let Some(resize) = streams.resize {
+        // Sizes for a container without a terminal are read and dropped.
+        let (tx, tty) = (tx.clone(), stdio.tty);
+        tasks.spawn(follow_resizes(resize, move |w, h| {
+            !tty || tx.try_send(AttachInput::Resize(w, h)).is_ok()
+        }));
+    }
+    let (detach, mut detached) = tokio::sync::oneshot::channel::<()>();
+    match streams.stdin {
+        // (The CRI call refused stdin for a container without one.)
+        Some(stdin) => {
+            let close_at_end = stdio.stdin_once && !stdio.tty;
+            tasks.spawn(read_attach_input(stdin, tx, close_at_end, detach));
+        }
+        None => drop(detach),
+    }
+    let (mut stdout, mut stderr) = (streams.stdout, streams.stderr);
+    let mut may_detach = true;
+    loop {
+        // (`next` is cancel-safe: bytes are consumed only once read.)
+        let next = tokio::select! {
+            next = output.next() => next,
+            _ = session.closed() => break,
+            detach = &mut detached, if may_detach => {
+                if detach.is_ok() {
+                    break;
+                }
+                may_detach = false;
+                continue;
+            }
+        };
+        let Ok(Some((stream, data))) = next else {
+            break;
+        };
+        let to = match stream {
+            LogStream::Stderr if !stdio.tty => stderr.as_mut(),
+            _ => stdout.as_mut(),
+        };
+        if let Some(to) = to {
+            if to.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+    }
+    for stream in [stdout.as_mut(), stderr.as_mut()].into_iter().flatten() {
+        let _ = stream.shutdown().await;
+    }
+    tasks.abort_all();
+    Ok(())
+}
+
+/// Reads the client's stdin stream into `tx`; at its end either closes
+/// the container's stdin or detaches the client.
+async fn read_attach_input(
+    mut stdin: Stream,
+    tx: tokio::sync::mpsc::Sender<AttachInput>,
+    close_at_end: bool,
+    detach: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if tx.send(AttachInput::Data(buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    if close_at_end {
+        let _ = tx.send(AttachInput::CloseStdin).await;
+    } else {
+        let _ = detach.send(());
+    }
 }
 
 /// How long the output of an exited command may take to reach its end.
@@ -840,7 +1026,7 @@ mod tests {
                 "400 Bad Request",
             ),
             (
-                vec!["GET /attach/00ff HTTP/1.1", "Upgrade: SPDY/3.1"],
+                vec!["GET /logs/00ff HTTP/1.1", "Upgrade: SPDY/3.1"],
                 "404 Not Found",
             ),
             (

@@ -101,6 +101,18 @@ fn not_found(pod: &str, name: &str) -> AgentError {
     AgentError::NotFound(format!("pod {pod} has no container {name:?}"))
 }
 
+/// The stdio a container was made with, which an attachment follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttachedStdio {
+    /// Its stdin is open to attached clients.
+    pub stdin: bool,
+    /// The end of an attached client's input closes its stdin (only
+    /// without a terminal, as containerd does).
+    pub stdin_once: bool,
+    /// It runs on a terminal.
+    pub tty: bool,
+}
+
 /// What confining a prepared run needs: the container's spec and its
 /// image's `USER`.
 struct Unconfined {
@@ -235,6 +247,7 @@ impl PodManager {
             idmap,
             confinement: Default::default(),
             bind_mounts: Vec::new(),
+            stdin: container.stdin,
         };
         self.update_pod_locked(&mut state, pod_id, |record| {
             if let Some((status, runtime)) = container_mut(record, name) {
@@ -920,6 +933,41 @@ impl PodManager {
         let host = self.pod_host().await?;
         let run = self.running_run(pod_id, name).await?;
         Ok(run.spawn_exec(&host.runtime, command, tty).await?)
+    }
+
+    /// Attach: the running container `name`'s own output from now on,
+    /// and its stdin or terminal (see `stratum_runtime::attach`), with
+    /// the stdio its spec asked for.
+    pub async fn attach(
+        &self,
+        pod_id: &str,
+        name: &str,
+    ) -> Result<(stratum_runtime::attach::Attachment, AttachedStdio)> {
+        let run = self.running_run(pod_id, name).await?;
+        let stdio = self.stdio_of(pod_id, name)?;
+        let attachment = run.attach().await.map_err(|e| {
+            AgentError::FailedPrecondition(format!(
+                "container {name:?} of pod {pod_id}: its output has ended ({e})"
+            ))
+        })?;
+        Ok((attachment, stdio))
+    }
+
+    /// The stdio container `name` of pod `pod_id` was made with.
+    pub fn stdio_of(&self, pod_id: &str, name: &str) -> Result<AttachedStdio> {
+        let state = self.read_state();
+        let entry = pod_entry(&state, pod_id)?;
+        let spec = entry
+            .spec()
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| not_found(pod_id, name))?;
+        Ok(AttachedStdio {
+            stdin: spec.stdin,
+            stdin_once: spec.stdin && spec.stdin_once,
+            tty: spec.tty,
+        })
     }
 
     /// Port forwarding: a TCP connection to `port` on the loopback of pod

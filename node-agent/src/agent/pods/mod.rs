@@ -29,6 +29,7 @@
 //! - [`restore`]: taking the pods back after an agent restart.
 
 mod containers;
+pub mod events;
 mod host;
 mod logs;
 mod restore;
@@ -83,6 +84,8 @@ pub struct PodManager {
     pod_host: tokio::sync::OnceCell<Arc<PodHost>>,
     /// The host's networks, which pods attach to.
     networks: Arc<NetworkManager>,
+    /// Container state changes, for those who follow them.
+    events: events::ContainerEvents,
 }
 
 /// Where a pod's sandbox gets its network namespace (its attachment's, or
@@ -238,9 +241,15 @@ impl PodManager {
                 pods: BTreeMap::new(),
             }),
             pod_host: tokio::sync::OnceCell::new(),
+            events: events::ContainerEvents::default(),
         };
         manager.restore_records(records)?;
         Ok(manager)
+    }
+
+    /// Container state changes from now on.
+    pub fn container_events(&self) -> tokio::sync::broadcast::Receiver<events::ContainerChange> {
+        self.events.subscribe()
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
@@ -442,6 +451,7 @@ impl PodManager {
             self.pools.remove_workload(id);
             return Err(e);
         }
+        self.events.publish(None, Some(&record));
         state.pods.insert(
             id.to_string(),
             PodEntry {
@@ -580,7 +590,9 @@ impl PodManager {
         if let Err(e) = self.stage_pod(Change::DeletePod(id.to_string())) {
             tracing::error!(pod = %id, "cannot delete the record of a pod that failed to start: {e}");
         }
-        state.pods.remove(id);
+        if let Some(gone) = state.pods.remove(id) {
+            self.events.publish(Some(&gone.record), None);
+        }
         drop(state);
         let _ = std::fs::remove_dir_all(self.shared.config.pod_dir(id));
     }
@@ -723,7 +735,9 @@ impl PodManager {
         }
         self.stage_pod(Change::DeletePod(id.to_string()))?;
         self.pools.remove_workload(id);
-        state.pods.remove(id);
+        if let Some(gone) = state.pods.remove(id) {
+            self.events.publish(Some(&gone.record), None);
+        }
         drop(state);
         let dir = self.shared.config.pod_dir(id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -789,6 +803,7 @@ impl PodManager {
         let mut record = entry.record.clone();
         change(&mut record);
         self.stage_pod(Change::PutPod(Box::new(record.clone())))?;
+        self.events.publish(Some(&entry.record), Some(&record));
         entry.record = record;
         Ok(())
     }

@@ -204,7 +204,8 @@ fn port_mapping(m: &proto::PortMapping) -> Result<PortMapping> {
             .host_ip
             .parse()
             .map_err(|_| invalid(format!("host ip {:?} is not an IPv4 address", m.host_ip)))?;
-        Some(ip)
+        // `0.0.0.0` is "every address" to the kubelet and containerd.
+        (!ip.is_unspecified()).then_some(ip)
     };
     Ok(PortMapping {
         protocol,
@@ -265,6 +266,7 @@ pub fn process(spec: &proto::ContainerSpec, image: &ImageRecord) -> Result<Proce
         gid: 0,
         additional_gids: Vec::new(),
         oom_score_adj: spec.oom_score_adj,
+        terminal: spec.tty,
     })
 }
 
@@ -364,6 +366,9 @@ mod tests {
         ports.port_mappings[0].host_port = 8080;
         ports.port_mappings[0].host_ip = "not-an-ip".into();
         assert!(check_pod(&ports).is_err());
+        ports.port_mappings[0].host_ip = "0.0.0.0".into();
+        let any = port_mappings(&ports.port_mappings).unwrap();
+        assert_eq!(any[0].host_ip, None, "0.0.0.0 is every address");
         let mut env = container("a");
         env.env = vec![proto::EnvVar {
             name: "A=B".into(),
