@@ -53,10 +53,41 @@
 //! element is added.
 //!
 //! **Port mappings.** DNAT in prerouting (from other hosts and from pods)
-//! and output (from host processes), for any local destination address
-//! except loopback (which would need `route_localnet`); a workload
-//! reaching a published port of a pod on the same network is masqueraded
-//! (hairpin), so the reply comes back the way the request went.
+//! and output (from host processes), for any local destination address;
+//! a workload reaching a published port of a pod on the same network is
+//! masqueraded (hairpin), so the reply comes back the way the request
+//! went.
+//!
+//! **Localhost.** A host process reaches a mapping on
+//! `127.0.0.1:<host port>` (any 127.0.0.0/8 address), as under
+//! containerd's CNI portmap plugin, which Kubernetes hostPorts and the
+//! CRI conformance suite expect. Three pieces make it work: the output
+//! hook DNATs loopback destinations like any local one; each network's
+//! bridge has `route_localnet` (its own, never `all`/`default`; see
+//! [`super::bridge`]), without which the kernel refuses to route a
+//! 127.0.0.0/8 source out of a non-loopback device and drops the replies
+//! as martians; and such a connection, source 127.0.0.0/8, DNATed, leaving
+//! by the network's bridge for its CIDR, is masqueraded behind the
+//! gateway, so the pod's reply comes to the host and not to its own `lo`
+//! (nothing else with a loopback source is NATed). Only the output hook
+//! maps loopback addresses: prerouting skips them, so a packet for
+//! 127.0.0.1 from another host or a pod (which no kernel would route
+//! there by itself) never reaches a mapping, even one whose host address
+//! is 127.0.0.1.
+//!
+//! `route_localnet` also makes the kernel accept packets *from* the
+//! bridge with a 127.0.0.0/8 source or destination, which it would
+//! otherwise drop as martians: a pod could then address the host's
+//! loopback-only services (the hazard of CVE-2020-8558, which kube-proxy
+//! closes with its "drop martian localhost" rule). So a `martians` chain
+//! at the `raw` priority of prerouting, before conntrack and NAT, drops
+//! every packet coming in from a network's bridge whose source or
+//! destination is in 127.0.0.0/8, whatever the other rules say. The
+//! replies to the host's own localhost connections are not among them:
+//! until conntrack un-NATs them after that chain, they are addressed to
+//! the gateway. (The `input` rules below would refuse a new connection to
+//! a loopback address anyway, and the anti-spoofing table a pod's
+//! loopback source; this rule does not depend on either.)
 //!
 //! **Egress.** A network with NAT has its traffic to anywhere outside the
 //! host's networks masqueraded behind the host's address.
@@ -281,15 +312,13 @@ impl Ruleset<'_> {
         }
         let _ = writeln!(s, "\t\tcounter drop\n\t}}");
         self.render_pod_to_host(s);
+        self.render_martians(s);
         self.render_nat(s);
         let _ = writeln!(s, "}}");
     }
 
     fn render_nat(&self, s: &mut String) {
-        let _ = writeln!(
-            s,
-            "\tchain host_ports {{\n\t\tmeta nfproto != ipv4 return\n\t\tip daddr 127.0.0.0/8 return"
-        );
+        let _ = writeln!(s, "\tchain host_ports {{\n\t\tmeta nfproto != ipv4 return");
         let mut endpoints: Vec<&FirewallEndpoint<'_>> = self.endpoints.iter().collect();
         endpoints.sort_by_key(|p| p.id);
         for p in &endpoints {
@@ -299,11 +328,13 @@ impl Ruleset<'_> {
         }
         let _ = writeln!(s, "\t}}");
         // -100 is `dstnat`, a name nft 1.0.6 accepts for prerouting only.
-        for (chain, hook) in [("prerouting", "prerouting"), ("output", "output")] {
+        // Loopback destinations are mapped for host processes only (the
+        // output hook): see the module's doc.
+        for (hook, only) in [("prerouting", "ip daddr != 127.0.0.0/8 "), ("output", "")] {
             let _ = writeln!(
                 s,
-                "\tchain {chain} {{\n\t\ttype nat hook {hook} priority -100; policy accept;\n\
-                 \t\tfib daddr type local jump host_ports\n\t}}"
+                "\tchain {hook} {{\n\t\ttype nat hook {hook} priority -100; policy accept;\n\
+                 \t\tfib daddr type local {only}jump host_ports\n\t}}"
             );
         }
         let _ = writeln!(
@@ -314,6 +345,15 @@ impl Ruleset<'_> {
             let _ = writeln!(
                 s,
                 "\t\tip saddr {c} ip daddr {c} ct status dnat masquerade",
+                c = n.cidr
+            );
+            // A host process's connection to 127.0.0.1:<host port>: the
+            // pod would answer its own loopback.
+            let _ = writeln!(
+                s,
+                "\t\toifname \"{br}\" ip saddr 127.0.0.0/8 ip daddr {c} ct status dnat masquerade \
+                 comment \"localhost to a host port\"",
+                br = n.bridge,
                 c = n.cidr
             );
         }
@@ -357,6 +397,29 @@ impl Ruleset<'_> {
              \t\tcounter drop\n\t}}\n}}",
             others = others.trim_start()
         );
+    }
+
+    /// Drops what comes in from a network's bridge with a loopback source
+    /// or destination, which the bridges' `route_localnet` would
+    /// otherwise let the host take (see the module's doc). At `raw`
+    /// priority, before conntrack un-NATs the replies to the host's own
+    /// localhost connections (addressed to the gateway until then).
+    fn render_martians(&self, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "\tchain martians {{\n\t\ttype filter hook prerouting priority raw; policy accept;"
+        );
+        if !self.networks.is_empty() {
+            let bridges = anonymous_set(self.networks.iter().map(|n| format!("\"{}\"", n.bridge)));
+            for dir in ["saddr", "daddr"] {
+                let _ = writeln!(
+                    s,
+                    "\t\tiifname {bridges} ip {dir} 127.0.0.0/8 counter drop \
+                     comment \"martian localhost\""
+                );
+            }
+        }
+        let _ = writeln!(s, "\t}}");
     }
 
     /// What workloads may open to the host itself (any of its addresses,
@@ -573,6 +636,35 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("ip saddr 10.20.0.0/24 ip daddr != "), "{s}");
+        // Localhost: mapped from host processes only (output), their
+        // connections masqueraded onto each network's bridge, and what
+        // comes in from a bridge with a loopback address dropped.
+        assert!(
+            s.contains("fib daddr type local ip daddr != 127.0.0.0/8 jump host_ports"),
+            "{s}"
+        );
+        assert!(
+            s.contains("type nat hook output priority -100; policy accept;\n\t\tfib daddr type local jump host_ports"),
+            "{s}"
+        );
+        assert!(!s.contains("ip daddr 127.0.0.0/8 return"), "{s}");
+        for (br, cidr) in [("stratum0", "10.88.0.0/16"), ("st-tenant", "10.20.0.0/24")] {
+            assert!(
+                s.contains(&format!(
+                    "oifname \"{br}\" ip saddr 127.0.0.0/8 ip daddr {cidr} ct status dnat masquerade"
+                )),
+                "{s}"
+            );
+        }
+        assert_eq!(s.matches("ip saddr 127.0.0.0/8").count(), 3, "{s}");
+        assert!(
+            s.contains("type filter hook prerouting priority raw; policy accept;\n\t\tiifname { \"stratum0\", \"st-tenant\" } ip saddr 127.0.0.0/8 counter drop"),
+            "{s}"
+        );
+        assert!(
+            s.contains("iifname { \"stratum0\", \"st-tenant\" } ip daddr 127.0.0.0/8 counter drop"),
+            "{s}"
+        );
         // Attaching p1 when only p2 is in the tables: a's set and rule and
         // the policy rule that names a, nothing deleted.
         let rs = Ruleset {

@@ -48,8 +48,13 @@ pub struct PortMapping {
     /// The port in the pod.
     pub container_port: u16,
     /// Only connections to this host address are forwarded; `None` means
-    /// any local address except loopback (127.0.0.0/8 would need
-    /// `route_localnet` and source NAT, which this network does not set).
+    /// any local address. Loopback addresses (127.0.0.1, any of
+    /// 127.0.0.0/8) are included, from host processes only, as with
+    /// containerd's CNI portmap plugin: the network's bridge has
+    /// `route_localnet` and those connections are masqueraded behind its
+    /// gateway so the pod's replies come back (see [`super::nft`]). A
+    /// loopback `host_ip` therefore publishes the port to the host
+    /// itself and nowhere else.
     pub host_ip: Option<Ipv4Addr>,
 }
 
@@ -83,8 +88,8 @@ impl PortMapping {
     }
 }
 
-/// Checks one pod's mappings: no port 0, no loopback host address, no two
-/// that overlap.
+/// Checks one pod's mappings: no port 0, no unspecified host address
+/// (0.0.0.0: leave it unset), no two that overlap.
 pub fn check_mappings(mappings: &[PortMapping]) -> Result<(), NetError> {
     for (i, m) in mappings.iter().enumerate() {
         if m.host_port == 0 || m.container_port == 0 {
@@ -93,12 +98,10 @@ pub fn check_mappings(mappings: &[PortMapping]) -> Result<(), NetError> {
                 m.protocol, m.host_port, m.container_port
             )));
         }
-        if m.host_ip
-            .is_some_and(|ip| ip.is_loopback() || ip.is_unspecified())
-        {
+        if m.host_ip.is_some_and(|ip| ip.is_unspecified()) {
             return Err(NetError::InvalidArgument(format!(
-                "port mapping {}/{}: host address must be a non-loopback local address \
-                 (leave it unset for all addresses)",
+                "port mapping {}/{}: host address 0.0.0.0: leave it unset \
+                 for all addresses",
                 m.protocol, m.host_port
             )));
         }
@@ -171,10 +174,18 @@ mod tests {
         check_mappings(&[a, b]).unwrap();
         assert!(check_mappings(&[a, PortMapping::tcp(80, 80)]).is_err());
         assert!(check_mappings(&[PortMapping::tcp(0, 80)]).is_err());
+        // Loopback is a host address like another (the host's own
+        // processes reach it); 0.0.0.0 is not one.
         let lo = PortMapping {
             host_ip: Some(Ipv4Addr::LOCALHOST),
             ..a
         };
-        assert!(check_mappings(&[lo]).is_err());
+        check_mappings(&[lo, a]).unwrap();
+        assert!(check_mappings(&[lo, PortMapping::tcp(80, 81)]).is_err());
+        let any = PortMapping {
+            host_ip: Some(Ipv4Addr::UNSPECIFIED),
+            ..a
+        };
+        assert!(check_mappings(&[any]).is_err());
     }
 }

@@ -100,6 +100,20 @@ fn ping(from: Option<&Path>, to: Ipv4Addr) -> bool {
     cmd.args(["ping", "-c", "1", "-W", "2", &to.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    succeeds_in(from, cmd)
+}
+
+/// `ip <args>` in `from` (a netns, or the host for `None`), which must
+/// succeed.
+fn ip(from: Option<&Path>, args: &[&str]) {
+    let mut cmd = Command::new("ip");
+    cmd.args(args);
+    assert!(succeeds_in(from, cmd), "ip {}", args.join(" "));
+}
+
+/// Runs `cmd` in `from` (a netns, or the host for `None`): whether it
+/// succeeded.
+fn succeeds_in(from: Option<&Path>, mut cmd: Command) -> bool {
     let fd = from.map(open_ns);
     if let Some(fd) = &fd {
         let raw = fd.as_raw_fd();
@@ -979,4 +993,279 @@ async fn vm_nic_taps_are_plugged_unplugged_and_reconciled() {
     net.release("vm-2.0").await.unwrap();
     net.delete_network("nw3t").await.unwrap();
     net.teardown().await.unwrap();
+}
+
+/// `net.ipv4.conf.<link>.route_localnet`, if `link` has one.
+fn route_localnet(link: &str) -> Option<String> {
+    std::fs::read_to_string(stratum_net::bridge::route_localnet_path(link))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The packets the `martian localhost` rule matching `what` (`saddr`,
+/// `daddr`) has dropped.
+fn martians_dropped(table: &str, what: &str) -> u64 {
+    let listing = Nft::default().list_table("inet", table).unwrap().unwrap();
+    let rule = format!("ip {what} 127.0.0.0/8 counter packets ");
+    let line = listing
+        .lines()
+        .find(|l| l.contains(&rule))
+        .unwrap_or_else(|| panic!("no {rule:?} in {listing}"));
+    let after = &line[line.find(&rule).unwrap() + rule.len()..];
+    after.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// A host port is reachable from the host itself on 127.0.0.1 (any
+/// 127.0.0.0/8 address), as under containerd's portmap plugin, on any
+/// network, across a restart, and not once the mapping is gone; a
+/// mapping on host address 127.0.0.1 is reachable there only.
+/// `route_localnet` is on for the networks' bridges and nothing else, and
+/// it does not let loopback addresses in: not from a pod (the `martians`
+/// rule), not from another host (prerouting does not map them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podnet_host_port_mapping_is_reachable_on_localhost() {
+    let fx = Fixture::new("pn9", 9);
+    let (ext_host, ext_peer) = ("stpn9x", "stpn9y");
+    let _links = LinkGuard(vec!["stnpn9t".into(), ext_host.into()]);
+    // What must not change: the host-wide defaults and the host's own
+    // links (the other tests' links, and other software's, come and go
+    // meanwhile: those that are there before and after).
+    let host_links = || {
+        let mut names: Vec<String> = std::fs::read_dir("/proc/sys/net/ipv4/conf")
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('s') && !n.starts_with('t'))
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| {
+                let v = route_localnet(&n);
+                (n, v)
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = host_links();
+    let unchanged = |now: Vec<(String, Option<String>)>| {
+        for name in ["all", "default", "lo"] {
+            assert!(now.iter().any(|(n, _)| n == name), "{now:?}");
+        }
+        let changed: Vec<_> = now
+            .iter()
+            .filter(|(n, v)| before.iter().any(|(b, w)| b == n && w != v))
+            .collect();
+        assert!(changed.is_empty(), "route_localnet changed: {changed:?}");
+    };
+
+    let net = HostNetworks::open(fx.config.clone()).await.unwrap();
+    let bridge = fx.config.bridge.clone();
+    assert_eq!(route_localnet(&bridge).as_deref(), Some("1"));
+    let on_lo = PortMapping {
+        host_ip: Some(Ipv4Addr::LOCALHOST),
+        ..PortMapping::tcp(30891, 8081)
+    };
+    let web = net
+        .attach("web", "tenant-a", &[PortMapping::tcp(30890, 8080), on_lo])
+        .await
+        .unwrap();
+    assert_eq!(
+        route_localnet(&web.host_veth).as_deref(),
+        Some("0"),
+        "the pod's veth"
+    );
+    unchanged(host_links());
+
+    // Another host: a netns behind a veth of the host (not a bridge),
+    // whose kernel routes 127.0.0.0/8 to the host (its lo is down, so it
+    // has no loopback addresses of its own) and takes replies from
+    // 127.0.0.0/8 (route_localnet on its end): were the host to map
+    // 127.0.0.1 for it, its connection would succeed.
+    let ext = netns::NetnsDir::new(fx.config.netns_dir.clone())
+        .create("ext")
+        .unwrap();
+    let ext_path = ext.to_str().unwrap();
+    ip(
+        None,
+        &[
+            "link", "add", ext_host, "type", "veth", "peer", "name", ext_peer,
+        ],
+    );
+    ip(None, &["link", "set", ext_peer, "netns", ext_path]);
+    ip(None, &["addr", "add", "10.231.209.1/30", "dev", ext_host]);
+    ip(None, &["link", "set", ext_host, "up"]);
+    ip(
+        Some(&ext),
+        &["addr", "add", "10.231.209.2/30", "dev", ext_peer],
+    );
+    ip(Some(&ext), &["link", "set", ext_peer, "up"]);
+    let mut sysctl = Command::new("sh");
+    sysctl.args([
+        "-c",
+        &format!("echo 1 > /proc/sys/net/ipv4/conf/{ext_peer}/route_localnet"),
+    ]);
+    assert!(succeeds_in(Some(&ext), sysctl));
+    ip(
+        Some(&ext),
+        &["route", "add", "127.0.0.0/8", "via", "10.231.209.1"],
+    );
+    ip(
+        Some(&ext),
+        &["route", "add", "default", "via", "10.231.209.1"],
+    );
+
+    let (ns, gw) = (web.netns.clone(), web.gateway);
+    let at = |ip: Ipv4Addr, port| SocketAddrV4::new(ip, port);
+    let lo2 = Ipv4Addr::new(127, 0, 0, 2);
+    let (seen, served) = tokio::task::spawn_blocking(move || {
+        let any = echo_server(&ns, 8080, 4);
+        let local = echo_server(&ns, 8081, 1);
+        // What must fail first, while the servers still listen (each
+        // stops after the connections it expects).
+        let seen = [
+            echo(Some(&ext), at(Ipv4Addr::LOCALHOST, 30890)),
+            echo(Some(&ext), at(Ipv4Addr::LOCALHOST, 30891)),
+            echo(None, at(gw, 30891)),
+            echo(None, at(Ipv4Addr::LOCALHOST, 30890)),
+            echo(None, at(lo2, 30890)),
+            echo(None, at(gw, 30890)),
+            echo(None, at(Ipv4Addr::LOCALHOST, 30891)),
+            echo(Some(&ext), at(gw, 30890)),
+        ];
+        (seen, (any.join().unwrap(), local.join().unwrap()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        seen,
+        [false, false, false, true, true, true, true, true],
+        "other host→127.0.0.1:30890, other host→127.0.0.1:30891, \
+         host→gateway:30891 (a mapping on 127.0.0.1 only), \
+         host→127.0.0.1:30890, host→127.0.0.2:30890, host→gateway:30890, \
+         host→127.0.0.1:30891, other host→gateway:30890"
+    );
+    assert_eq!(served, (4, 1));
+
+    // A pod addressing the host's loopback through its gateway (its own
+    // lo's route removed, so its kernel sends it there): dropped before
+    // the host takes it, though route_localnet is on.
+    let dropped = martians_dropped(&fx.config.nft_table, "daddr");
+    ip(
+        Some(&web.netns),
+        &[
+            "route",
+            "del",
+            "local",
+            "127.0.0.0/8",
+            "dev",
+            "lo",
+            "table",
+            "local",
+        ],
+    );
+    let gw_s = gw.to_string();
+    ip(
+        Some(&web.netns),
+        &["route", "add", "127.0.0.2/32", "via", &gw_s],
+    );
+    let ns = web.netns.clone();
+    let received = tokio::task::spawn_blocking(move || {
+        let host = UdpSocket::bind((lo2, 7190)).unwrap();
+        host.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        in_netns(&ns, move || {
+            let s = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            s.send_to(b"martian", (lo2, 7190)).unwrap();
+        });
+        let mut buf = [0u8; 16];
+        host.recv_from(&mut buf).is_ok()
+    })
+    .await
+    .unwrap();
+    assert!(!received, "a pod reached the host's loopback");
+    assert!(
+        martians_dropped(&fx.config.nft_table, "daddr") > dropped,
+        "not dropped by the martian rule"
+    );
+
+    // A network of its own: its bridge gets route_localnet too, its pods'
+    // ports are reachable on 127.0.0.1, and it all goes with it.
+    net.create_network(request("pn9t", "10.231.109.0/24", &[]))
+        .await
+        .unwrap();
+    assert_eq!(route_localnet("stnpn9t").as_deref(), Some("1"));
+    let other = net
+        .attach_to(
+            "pn9t",
+            "other",
+            "tenant-a",
+            &[PortMapping::tcp(30892, 8080)],
+        )
+        .await
+        .unwrap();
+    let ns = other.netns.clone();
+    let reached = tokio::task::spawn_blocking(move || {
+        let server = echo_server(&ns, 8080, 1);
+        let ok = echo(None, at(Ipv4Addr::LOCALHOST, 30892));
+        server.join().unwrap();
+        ok
+    })
+    .await
+    .unwrap();
+    assert!(reached, "host→127.0.0.1:30892 on network pn9t");
+    assert!(net.detach("other").await.unwrap());
+    net.delete_network("pn9t").await.unwrap();
+    assert_eq!(route_localnet("stnpn9t"), None, "the bridge is gone");
+    let gone = tokio::task::spawn_blocking(move || echo(None, at(Ipv4Addr::LOCALHOST, 30892)))
+        .await
+        .unwrap();
+    assert!(!gone, "host→127.0.0.1:30892 after its network was deleted");
+
+    // A restart re-adopts the bridge, setting route_localnet again (here
+    // someone turned it off meanwhile), and reloads the rules.
+    drop(net);
+    std::fs::write(stratum_net::bridge::route_localnet_path(&bridge), "0\n").unwrap();
+    let net = HostNetworks::open(fx.config.clone()).await.unwrap();
+    assert_eq!(route_localnet(&bridge).as_deref(), Some("1"));
+    net.reconcile(&Live::pods(["web"])).await.unwrap();
+    let ns = web.netns.clone();
+    let reached = tokio::task::spawn_blocking(move || {
+        let server = echo_server(&ns, 8080, 1);
+        let ok = echo(None, at(Ipv4Addr::LOCALHOST, 30890));
+        server.join().unwrap();
+        ok
+    })
+    .await
+    .unwrap();
+    assert!(reached, "host→127.0.0.1:30890 after a restart");
+
+    // Gone with the mapping: nothing on the host answers.
+    assert!(net.detach("web").await.unwrap());
+    let table = Nft::default()
+        .list_table("inet", &fx.config.nft_table)
+        .unwrap()
+        .unwrap();
+    assert!(!table.contains("3089"), "{table}");
+    let after = tokio::task::spawn_blocking(move || {
+        [
+            echo(None, at(Ipv4Addr::LOCALHOST, 30890)),
+            echo(None, at(Ipv4Addr::LOCALHOST, 30891)),
+        ]
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        after,
+        [false, false],
+        "127.0.0.1:30890, :30891 after detach"
+    );
+
+    net.teardown().await.unwrap();
+    assert_eq!(route_localnet(&bridge), None, "the bridge is gone");
+    unchanged(host_links());
+    let links = link_names().await;
+    assert!(
+        !links
+            .iter()
+            .any(|l| l == ext_host || l == "stnpn9t" || *l == bridge),
+        "{links:?}"
+    );
 }
