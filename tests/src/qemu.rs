@@ -202,11 +202,13 @@ enum Ended {
 
 /// Waits for QEMU to exit, until the scenario's timeout, or until the
 /// console (the heartbeat included) has been silent for its
-/// `frozen_after`; the caller kills QEMU in the last two cases. Halfway
-/// through a silence the host is sent [`KICK`] through `serial_in`, once:
-/// the freeze seen under QEMU's TCG leaves the CPU halted with interrupts
-/// enabled and its timer interrupt lost, and a device interrupt may wake
-/// it. A host that answers goes on, and that is said on stderr.
+/// `frozen_after`; the caller kills QEMU in the last two cases. While the
+/// host is silent it is sent [`KICK`] through `serial_in` every
+/// [`kick_every`]: the freeze seen under QEMU's TCG leaves the CPU halted
+/// with interrupts enabled and its timer interrupt lost, and a device
+/// interrupt wakes it. Kicking soon keeps a freeze shorter than the
+/// timeouts of what runs inside (the guest agents' 30 s link check). A
+/// host that answers goes on, and that is said on stderr.
 fn wait_until(
     child: &mut Child,
     scenario: &Scenario,
@@ -216,7 +218,8 @@ fn wait_until(
     let started = Instant::now();
     let (mut seen, mut last_output) = (0, started);
     let mut beating = false;
-    let mut kicked = false;
+    let (mut kicks, mut last_kick) = (0u32, started);
+    let kick_every = kick_every(scenario);
     loop {
         if let Some(status) = child.try_wait().context(|| "waiting for qemu".into())? {
             return Ok(Ended::Exited(status));
@@ -232,20 +235,21 @@ fn wait_until(
                         .windows(HEARTBEAT_LINE.len())
                         .any(|w| w == HEARTBEAT_LINE.as_bytes());
                 seen = out.len();
-                if kicked {
-                    kicked = false;
+                if kicks > 0 {
                     let silent = now - last_output;
                     // Past the test harness's capture, as a freeze is.
                     let _ = writeln!(
                         std::io::stderr(),
-                        "stratum-tests: nested host silent for {silent:?}, woken by a kick on its serial line"
+                        "stratum-tests: nested host silent for {silent:?}, woken after {kicks} kick(s) on its serial line"
                     );
+                    kicks = 0;
                 }
                 last_output = now;
             }
         }
-        if beating && !kicked && now >= last_output + scenario.frozen_after / 2 {
-            kicked = true;
+        if beating && now >= last_output.max(last_kick) + kick_every {
+            kicks += 1;
+            last_kick = now;
             if let Some(serial) = serial_in.as_mut() {
                 let _ = serial.write_all(KICK).and_then(|()| serial.flush());
             }
@@ -262,6 +266,13 @@ fn wait_until(
         }
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// How long a silence lasts before a kick: a heartbeat (every 10 s) and
+/// a little more, or half the scenario's `frozen_after` if that is less.
+fn kick_every(scenario: &Scenario) -> Duration {
+    const AFTER_A_MISSED_HEARTBEAT: Duration = Duration::from_secs(12);
+    AFTER_A_MISSED_HEARTBEAT.min(scenario.frozen_after / 2)
 }
 
 /// QEMU's run state and the host CPU's registers, from its QMP socket;

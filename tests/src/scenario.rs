@@ -144,7 +144,9 @@ impl Scenario {
     /// faults at an address outside the VM's memory, or ended in a triple
     /// fault; the nested host's own kernel once hit a stack guard page on a
     /// vCPU thread). With one CPU, no boot went wrong, at the price of a
-    /// slower boot (about 1.6 times).
+    /// slower boot (about 1.6 times). The same guard-page crash came twice
+    /// more in scenarios that pause and resume a VM (a snapshot benchmark,
+    /// a Diff snapshot test): those run on one CPU too.
     pub fn host_cpus(mut self, cpus: u8) -> Self {
         self.host_cpus = cpus.max(1);
         self
@@ -158,7 +160,8 @@ impl Scenario {
 
     /// Overrides [`DEFAULT_FROZEN_AFTER`]: how long a host that has sent
     /// its heartbeat (`STRATUM-HOST-ALIVE`, every 10 s) may stay silent
-    /// before it counts as frozen; it is kicked on its serial line halfway.
+    /// before it counts as frozen; it is kicked on its serial line while
+    /// silent (`qemu::kick_every`).
     pub fn frozen_after(mut self, silence: Duration) -> Self {
         self.frozen_after = silence;
         self

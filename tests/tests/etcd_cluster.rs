@@ -3,7 +3,7 @@
 //! CPU and memory limit, a network in it, the node image imported, three
 //! VMs of role etcd whose user-data makes each a member of one cluster
 //! (their addresses known up front: static, from the network's IPAM), and
-//! a worker VM that pulls an image from a registry on the network (Debian's
+//! once they are up a worker VM that pulls an image from a registry on the network (Debian's
 //! docker-registry on the nested host's gateway address, a host service of
 //! the network) and runs it with containerd. From the nested host, with
 //! Debian's etcdctl: a key written through member 1 is read through member
@@ -142,6 +142,7 @@ wait_until() {{
     done
     echo "WAITED-$label=$(( $(now) - t ))"
 }}
+etcd_diag() {{ for m in 11 12 13; do $E --endpoints=http://{NET}.$m:2379 endpoint status 2>&1 | sed "s/^/DIAG-ETCD-$m /"; done; }}
 is_state() {{ [ "$(state $1)" = "$2" ]; }}
 is_ready() {{ [ "$(guest $1)" = ready ]; }}
 caught_up() {{ [ "$($E --endpoints=http://{NET}.12:2379 get /stratum/k2 --consistency=s --print-value-only 2>/dev/null)" = written-with-two-of-three ]; }}
@@ -171,21 +172,22 @@ watch_pool
         );
     }
     s += &format!(
-        "cat > /run/worker.yaml <<'USERDATA'\n{}USERDATA\n\
-         W=$($N -o json vm create worker-1 --pool $A --role worker --vcpus 1 --memory 768 \
-         --cpu-reservation 100 --image stratum/node:bookworm --root-disk 3Gi \
-         --nic network=tenant-net,ip={NET}.20 --user-data /run/worker.yaml | id)\n\
-         $N vm start $W > /dev/null; echo START-W-RC=$?\n",
-        worker_user_data()
-    );
-    s += &format!(
         r#"at STARTED
 $N image rm stratum/node:bookworm > /dev/null 2>&1; echo RM-UNDER-VMS-RC=$?
 echo DISK-SIZE=$(stat -c %s /stratum/node/agent/vms/$ETCD1/root.img)
 echo POOL-CPU-MAX=$(cat /sys/fs/cgroup/stratum/$A/cpu.max)
 echo POOL-MEMORY-MAX=$(cat /sys/fs/cgroup/stratum/$A/memory.max)
 for v in $ETCD1 $ETCD2 $ETCD3; do wait_ready $v $v 0 1500; done
+# The worker boots once the members have: their boots share one emulated
+# CPU, and three go faster than four.
+cat > /run/worker.yaml <<'USERDATA'
+{worker_data}USERDATA
+W=$($N -o json vm create worker-1 --pool $A --role worker --vcpus 1 --memory 768 \
+    --cpu-reservation 100 --image stratum/node:bookworm --root-disk 3Gi \
+    --nic network=tenant-net,ip={NET}.20 --user-data /run/worker.yaml | id)
+$N vm start $W > /dev/null; echo START-W-RC=$?
 wait_until 300 HEALTHY cluster_ok
+cluster_ok || etcd_diag
 at HEALTHY
 $E --endpoints=http://{NET}.11:2379 put /stratum/k1 written-through-member-1 | sed 's/^/PUT-1=/'
 at FIRST-WRITE
@@ -218,6 +220,7 @@ SEEN=$(readies $ETCD2)
 $N vm start $ETCD2 > /dev/null; echo RESTART-ETCD2-RC=$?
 wait_ready $ETCD2 RESTARTED $SEEN 900
 wait_until 300 CAUGHT-UP caught_up
+caught_up || etcd_diag
 echo CAUGHT-UP=$($E --endpoints=http://{NET}.12:2379 get /stratum/k2 --consistency=s --print-value-only)
 at CAUGHT-UP
 echo ETCD2-ADDRESS-AFTER-RESTART=$($N vm get $ETCD2 | grep '^NIC' | grep -o 'ip=[0-9./]*')
@@ -264,6 +267,7 @@ at DONE
 tail -5 /run/registry.log | sed 's/^/REGISTRY-LOG /'
 [ -z "$FAILED" ] || tail -60 /stratum/node/agent.log | sed 's/^/AGENT-LOG /'
 "#,
+        worker_data = worker_user_data(),
         outsider =
             stratum_tests::guest::run_cmdline("console=ttyS0 reboot=k panic=1", &outsider_script())
                 .unwrap_or_else(|e| panic!("{e}"))
