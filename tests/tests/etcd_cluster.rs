@@ -109,7 +109,18 @@ diagnose() {{
     cat /sys/fs/cgroup/stratum/$A/memory.events /sys/fs/cgroup/stratum/$A/memory.current | sed "s/^/DIAG-POOL /"
     free -m | sed "s/^/DIAG-FREE /"
     tail -30 /stratum/node/agent.log | sed "s/^/DIAG-AGENT /"
+    threads "$1"; sleep 5; threads "$1"
 }}
+# Each thread of a VM's vmm: name, state, user and system ticks, where it
+# waits. Twice, 5 s apart: a guest gone dark shows whether its vCPU spins.
+threads() {{
+    pid=$($N vm get "$1" | awk '$1 == "PID" {{print $2}}')
+    for t in /proc/$pid/task/*; do
+        echo "$(cat $t/comm) $(sed 's/.*) //' $t/stat | cut -d' ' -f1,12,13) $(cat $t/wchan 2>/dev/null)" | sed "s/^/DIAG-$1-THREAD /"
+    done
+}}
+# A member that does not answer: what its guest and its vmm are doing.
+diagnose_members() {{ for v in $ETCD1 $ETCD2 $ETCD3; do diagnose $v; done; }}
 # Waits are bounded in seconds (LAST bounds them all); each says how long
 # it took. The pool's events come from one watch, not from polling: on
 # one emulated CPU a nodectl call is CPU the guests do not get.
@@ -187,7 +198,7 @@ W=$($N -o json vm create worker-1 --pool $A --role worker --vcpus 1 --memory 768
     --nic network=tenant-net,ip={NET}.20 --user-data /run/worker.yaml | id)
 $N vm start $W > /dev/null; echo START-W-RC=$?
 wait_until 300 HEALTHY cluster_ok
-cluster_ok || etcd_diag
+cluster_ok || {{ etcd_diag; diagnose_members; }}
 at HEALTHY
 $E --endpoints=http://{NET}.11:2379 put /stratum/k1 written-through-member-1 | sed 's/^/PUT-1=/'
 at FIRST-WRITE
@@ -204,7 +215,7 @@ kill -9 $AGENT_PID; wait $AGENT_PID 2>/dev/null
 start_agent
 watch_pool
 for v in $ETCD1 $ETCD2 $ETCD3 $W; do echo STATE-AFTER-AGENT-KILL=$(state $v); done
-for v in $ETCD1 $ETCD2 $ETCD3; do wait_until 300 RELINKED-$v is_ready $v; done
+for v in $ETCD1 $ETCD2 $ETCD3; do wait_until 300 RELINKED-$v is_ready $v; is_ready $v || diagnose $v; done
 at RELINKED
 O=$($N -o json vm create outsider --pool $B --role worker --vcpus 1 --memory 64 \
     --cpu-reservation 50 --kernel /stratum/guest/vmlinux --initrd /stratum/guest/initramfs.cpio.gz \
@@ -220,7 +231,7 @@ SEEN=$(readies $ETCD2)
 $N vm start $ETCD2 > /dev/null; echo RESTART-ETCD2-RC=$?
 wait_ready $ETCD2 RESTARTED $SEEN 900
 wait_until 300 CAUGHT-UP caught_up
-caught_up || etcd_diag
+caught_up || {{ etcd_diag; diagnose_members; }}
 echo CAUGHT-UP=$($E --endpoints=http://{NET}.12:2379 get /stratum/k2 --consistency=s --print-value-only)
 at CAUGHT-UP
 echo ETCD2-ADDRESS-AFTER-RESTART=$($N vm get $ETCD2 | grep '^NIC' | grep -o 'ip=[0-9./]*')
