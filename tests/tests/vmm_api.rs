@@ -37,12 +37,13 @@ fn run_scenario(scenario: Scenario) -> Outcome {
 
 /// Shell functions for the scenarios: `api METHOD PATH [BODY]` calls the
 /// API and echoes `API <path> <status>`; `ticks` counts the guest's ticks
-/// in its console log; `wait_for TEXT` waits (bounded) for TEXT there.
+/// in its console log; `wait_for TEXT [FILE]` waits (bounded) for TEXT
+/// there (or in FILE).
 fn prelude() -> String {
     format!(
         "api() {{ r=$({API_CALL} /tmp/api.sock \"$@\"); echo \"API $1 $2 => $r\"; }}\n\
          ticks() {{ grep -c STRATUM-GUEST-TICK /tmp/console.log; }}\n\
-         wait_for() {{ i=0; while ! grep -q \"$1\" /tmp/console.log && [ $i -lt 600 ]; do \
+         wait_for() {{ i=0; while ! grep -q \"$1\" \"${{2:-/tmp/console.log}}\" && [ $i -lt 600 ]; do \
          sleep 0.1; i=$((i+1)); done; }}\n\
          vmm --api-sock /tmp/api.sock --no-console-input > /tmp/console.log 2>&1 &\n\
          VMM=$!\n\
@@ -148,9 +149,15 @@ fn devices_through_the_api_and_a_hard_stop() {
            api PUT /drives/other '{\"drive_id\": \"data\", \"path_on_host\": \"/tmp/disk.img\", \
            \"is_root_device\": false}'\n\
            api PUT /entropy '{}'\n\
-           api PUT /vsock '{\"guest_cid\": 3, \"uds_path\": \"/run/api-v.sock\"}'\n"
+           api PUT /vsock '{\"guest_cid\": 3, \"uds_path\": \"/run/api-v.sock\"}'\n\
+           api PUT /serial '{\"serial_out_path\": \"\"}'\n\
+           api PUT /serial '{\"serial_out_path\": \"/tmp/serial.out\", \
+           \"rate_limiter\": {\"size\": 1048576, \"refill_time\": 100}}'\n"
         + &boot_requests("console=ttyS0 reboot=k panic=-1 pci=off quiet stratum.exit=wait")
-        + "wait_for STRATUM-GUEST-TICK\n\
+        + "wait_for STRATUM-GUEST-TICK /tmp/serial.out\n\
+           echo SERIAL-OUT-TICKS=$(grep -c STRATUM-GUEST-TICK /tmp/serial.out)\n\
+           echo STDOUT-TICKS=$(grep -c STRATUM-GUEST-TICK /tmp/console.log)\n\
+           api PUT /serial '{\"serial_out_path\": \"/tmp/late.out\"}'\n\
            api GET /vm/config\n\
            api PUT /drives/late '{\"drive_id\": \"late\", \"path_on_host\": \"/tmp/disk.img\", \
            \"is_root_device\": false}'\n\
@@ -165,6 +172,30 @@ fn devices_through_the_api_and_a_hard_stop() {
     assert_status(&outcome, "PUT /entropy", 204);
     assert_status(&outcome, "PUT /vsock", 204);
     assert_status(&outcome, "PUT /drives/late", 400); // after boot
+                                                      // The console went where PUT /serial said, not to stdout; a path is
+                                                      // refused after boot, as in Firecracker.
+    let serial: Vec<String> = status_of(&outcome, "PUT /serial")
+        .iter()
+        .map(|l| {
+            l.split("=> HTTP ")
+                .nth(1)
+                .unwrap_or("")
+                .chars()
+                .take(3)
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        serial,
+        ["400", "204", "400"],
+        "empty path, the file, after boot"
+    );
+    let ticks = value_of(&outcome, "SERIAL-OUT-TICKS=").unwrap_or_default();
+    assert!(
+        ticks.parse::<u32>().unwrap_or(0) > 0,
+        "ticks in serial_out_path: {ticks}"
+    );
+    assert_eq!(value_of(&outcome, "STDOUT-TICKS=").as_deref(), Some("0"));
     let config = status_of(&outcome, "GET /vm/config").join(" ");
     assert!(
         config.contains("\"drive_id\":\"data\"") && config.contains("\"is_read_only\":true"),

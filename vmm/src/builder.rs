@@ -24,7 +24,7 @@ use crate::config::{self, ConsoleOutput, DriveConfig, NetConfig, VmConfig, Vsock
 use crate::devices::legacy::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN};
 use crate::devices::legacy::i8042::{I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{self, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
-use crate::devices::legacy::{AcpiPm, ConsoleLog, SerialConsole, I8042};
+use crate::devices::legacy::{console_log, AcpiPm, ConsoleLog, SerialConsole, I8042};
 use crate::devices::pseudo::boot_timer::{
     BootTime, BootTimer, BOOT_TIMER_ADDR, BOOT_TIMER_LEN, FIRECRACKER_BOOT_TIMER_ADDR,
 };
@@ -577,7 +577,7 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
         Some(path) => Some((path, open("initrd", path)?)),
         None => None,
     };
-    let console = open_console(&config.console, config.console_max_bytes)?;
+    let console = open_console(config)?;
     let disks = open_drives(&config.drives)?;
     let taps = open_taps(&config.nics)?;
     let (vsock, socket_files) = open_vsock(config.vsock.as_ref())?;
@@ -660,6 +660,7 @@ pub fn restore_and_start(
         console: base.console.clone(),
         console_max_bytes: base.console_max_bytes,
         console_input: base.console_input,
+        console_rate_limit: base.console_rate_limit,
         kvm_device: base.kvm_device.clone(),
         boot_timer: base.boot_timer,
         ..state.config.clone()
@@ -673,7 +674,7 @@ pub fn restore_and_start(
             state.vcpus.len()
         )));
     }
-    let console = open_console(&config.console, config.console_max_bytes)?;
+    let console = open_console(&config)?;
     let disks = open_drives(&config.drives)?;
     let taps = open_taps(&config.nics)?;
     let (vsock, socket_files) = open_vsock(config.vsock.as_ref())?;
@@ -909,30 +910,42 @@ fn kernel_cmdline(text: &str) -> Result<Cmdline, Error> {
     Ok(cmdline)
 }
 
-fn open_console(
-    console: &ConsoleOutput,
-    max_bytes: u64,
-) -> Result<Box<dyn std::io::Write + Send>, Error> {
-    match console {
+fn open_console(config: &VmConfig) -> Result<Box<dyn std::io::Write + Send>, Error> {
+    let (path, what) = match &config.console {
+        ConsoleOutput::Stdout => (Path::new("stdout"), "console"),
+        ConsoleOutput::File(path) => (path.as_path(), "console file"),
+        ConsoleOutput::Named(path) => (path.as_path(), "serial_out_path"),
+    };
+    let open_error = |source| Error::Open {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    let max_bytes = config.console_max_bytes;
+    let output: Box<dyn std::io::Write + Send> = match &config.console {
         ConsoleOutput::Stdout => {
             // A raw duplicate of fd 1, not `Stdout`: that one buffers lines,
             // and a guest's prompt has no newline.
             let fd = std::os::fd::AsFd::as_fd(&std::io::stdout())
                 .try_clone_to_owned()
-                .map_err(|source| Error::Open {
-                    what: "console",
-                    path: "stdout".into(),
-                    source,
-                })?;
-            Ok(Box::new(File::from(fd)))
+                .map_err(open_error)?;
+            Box::new(File::from(fd))
         }
-        ConsoleOutput::File(path) => ConsoleLog::create(path, max_bytes)
-            .map(|f| Box::new(f) as Box<dyn std::io::Write + Send>)
-            .map_err(|source| Error::Open {
-                what: "console file",
-                path: path.clone(),
-                source,
-            }),
+        ConsoleOutput::File(path) => {
+            Box::new(ConsoleLog::create(path, max_bytes).map_err(open_error)?)
+        }
+        ConsoleOutput::Named(path) => {
+            console_log::open_named(path, max_bytes).map_err(open_error)?
+        }
+    };
+    match config.console_rate_limit {
+        None => Ok(output),
+        Some(bucket) => {
+            let limited = console_log::RateLimited::new(output, &bucket).map_err(|e| {
+                open_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            })?;
+            Ok(Box::new(limited))
+        }
     }
 }
 

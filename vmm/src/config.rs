@@ -9,7 +9,7 @@ use crate::arch::layout::CMDLINE_MAX_SIZE;
 use crate::arch::mptable;
 use crate::mmds::Mmds;
 use crate::vmm_config::mmds::MmdsConfig;
-use crate::vmm_config::rate_limiter::{ConfigError, RateLimiterConfig};
+use crate::vmm_config::rate_limiter::{ConfigError, RateLimiterConfig, TokenBucketConfig};
 
 /// Command line used when none is given: serial console, reboot through the
 /// keyboard controller (which ends the VM), no PCI probing, and an i8042
@@ -22,6 +22,10 @@ pub const DEFAULT_CMDLINE: &str =
 pub enum ConsoleOutput {
     Stdout,
     File(PathBuf),
+    /// `PUT /serial`'s path: a file, named pipe or device, opened
+    /// read-write and non-blocking (created if missing), as Firecracker
+    /// opens it; a regular file is bounded as [`ConsoleOutput::File`] is.
+    Named(PathBuf),
 }
 
 /// Serialisable: a snapshot keeps the configuration its VM was built with
@@ -38,6 +42,10 @@ pub struct VmConfig {
     pub console_max_bytes: u64,
     /// Forward the VMM's stdin to the guest's console.
     pub console_input: bool,
+    /// `PUT /serial`'s token bucket: console output past it is dropped.
+    /// Absent from snapshots made before it existed (none).
+    #[serde(default)]
+    pub console_rate_limit: Option<TokenBucketConfig>,
     pub kvm_device: PathBuf,
     /// Give the guest a virtio-rng fed by the host's getrandom.
     pub entropy: bool,
@@ -299,6 +307,7 @@ impl Default for VmConfig {
             console: ConsoleOutput::Stdout,
             console_max_bytes: crate::devices::legacy::console_log::DEFAULT_MAX_BYTES,
             console_input: true,
+            console_rate_limit: None,
             kvm_device: PathBuf::from("/dev/kvm"),
             entropy: false,
             entropy_rate_limiter: None,

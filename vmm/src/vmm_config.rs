@@ -1,6 +1,7 @@
 //! The VM's configuration as the Firecracker API and config file describe
 //! it: one module per resource (`boot-source`, `machine-config`, `logger`,
-//! `metrics`, the devices, the balloon, `mmds-config`), the set of them before boot ([`resources::VmResources`]),
+//! `metrics`, the devices, the balloon, `mmds-config`, `serial`), the set
+//! of them before boot ([`resources::VmResources`]),
 //! and the config-file format ([`config_file`]).
 //!
 //! These types are the wire format: field names, defaults and
@@ -18,4 +19,5 @@ pub mod metrics;
 pub mod mmds;
 pub mod rate_limiter;
 pub mod resources;
+pub mod serial;
 pub mod snapshot;

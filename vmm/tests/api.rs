@@ -1557,3 +1557,47 @@ fn mmds_metadata_flag() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `PUT /serial` before boot: Firecracker's bodies are taken, bad ones
+/// refused with the reason, and a named pipe without a reader is fine (it
+/// is opened non-blocking at start). It is not a resource of the VM: a
+/// snapshot may still be loaded after it, as in Firecracker.
+#[test]
+fn serial_before_boot() {
+    let s = Scratch::new("serial");
+    let vmm = Vmm::start(&s, &[]);
+    let mut api = vmm.connect();
+    for (body, fault) in [
+        (json!({"serial_out_path": ""}), "serial_out_path is empty"),
+        (
+            json!({"serial_out_path": "x", "stdin": true}),
+            "unknown field",
+        ),
+        (
+            json!({"rate_limiter": {"size": 1, "refill_time": 99_999_999_999_999u64}}),
+            "one year",
+        ),
+        (json!({"rate_limiter": {"size": 1}}), "refill_time"),
+    ] {
+        let reply = api.put("/serial", &body);
+        assert_eq!(reply.status, 400, "{body}");
+        assert!(reply.fault().contains(fault), "{body}: {}", reply.fault());
+    }
+    let fifo = s.path("serial.fifo");
+    mkfifo(&fifo);
+    let body = json!({"serial_out_path": fifo,
+                      "rate_limiter": {"size": 1024, "one_time_burst": 65536, "refill_time": 1000}});
+    assert_eq!(api.put("/serial", &body).status, 204);
+    // Firecracker's GET /vm/config has no serial section either.
+    assert!(api.get("/vm/config").json().get("serial").is_none());
+    let load = api.put(
+        "/snapshot/load",
+        &json!({"snapshot_path": s.path("missing.state"), "mem_file_path": s.path("missing.mem")}),
+    );
+    assert_eq!(load.status, 400);
+    assert!(
+        load.fault().starts_with("Cannot load the snapshot"),
+        "not refused for PUT /serial: {}",
+        load.fault()
+    );
+}

@@ -25,6 +25,7 @@ use crate::vmm_config::metrics::{self, Metrics, MetricsConfig};
 use crate::vmm_config::mmds::{self as mmds_config, MmdsConfig};
 use crate::vmm_config::rate_limiter::RateLimiterConfig;
 use crate::vmm_config::resources::{self, FullVmConfig, VmResources};
+use crate::vmm_config::serial::{self, SerialBody};
 use crate::vmm_config::snapshot::{CreateSnapshotBody, LoadSnapshotBody};
 use crate::{vmm_log, RunningVm, VmController};
 
@@ -90,6 +91,8 @@ pub enum VmmAction {
     /// `PUT /mmds/config`: the interfaces, address and version of the
     /// metadata service.
     PutMmdsConfig(MmdsConfig),
+    /// `PUT /serial`: where the console goes, and its rate limiter.
+    PutSerial(SerialBody),
 }
 
 /// What a successful action returns.
@@ -157,6 +160,8 @@ pub enum ActionError {
     MmdsLimitExceeded(#[source] data_store::Error),
     #[error("{0}")]
     MmdsConfig(#[from] mmds_config::Error),
+    #[error("{0}")]
+    Serial(#[from] serial::Error),
 }
 
 impl ActionError {
@@ -391,6 +396,12 @@ impl Controller {
                     .rate_limiter
                     .and_then(RateLimiterConfig::into_option);
                 self.resources.entropy = Some(entropy);
+                Ok(VmmData::Empty)
+            }
+            VmmAction::PutSerial(serial) => {
+                self.before_boot("PUT /serial")?;
+                serial.validate()?;
+                self.resources.serial = Some(serial);
                 Ok(VmmData::Empty)
             }
             VmmAction::PutVsock(vsock) => {
@@ -669,11 +680,14 @@ impl Controller {
         let mem =
             crate::snapshot::files::map_memory(&state, &mem_path, state.config.track_dirty_pages)
                 .map_err(|e| load_error(&e))?;
-        let vm = crate::builder::restore_and_start(&self.base, &state, mem, body.resume_vm)
+        let base = self.resources.console_base(&self.base);
+        let vm = crate::builder::restore_and_start(&base, &state, mem, body.resume_vm)
             .map_err(|e| load_error(&e))?;
         let logger = self.resources.logger.take();
+        let serial = self.resources.serial.take();
         self.resources = VmResources::from_restored(&state.config);
         self.resources.logger = logger;
+        self.resources.serial = serial;
         self.state = if body.resume_vm {
             InstanceState::Running
         } else {
@@ -786,6 +800,7 @@ fn counted(action: &VmmAction) -> Option<metrics::Request> {
         VmmAction::GetMmds => Request::GetMmds,
         VmmAction::PutMmds(_) | VmmAction::PutMmdsConfig(_) => Request::PutMmds,
         VmmAction::PatchMmds(_) => Request::PatchMmds,
+        VmmAction::PutSerial(_) => Request::PutSerial,
         // Firecracker counts balloon requests nowhere.
         VmmAction::GetBalloon
         | VmmAction::PutBalloon(_)

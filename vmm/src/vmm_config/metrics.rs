@@ -61,6 +61,7 @@ pub enum Request {
     /// Firecracker.
     PutMmds,
     PatchMmds,
+    PutSerial,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -100,6 +101,8 @@ struct PutRequests {
     snapshot_load_fails: u64,
     mmds_count: u64,
     mmds_fails: u64,
+    serial_count: u64,
+    serial_fails: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -226,6 +229,7 @@ impl Metrics {
             }
             Request::GetMmds => (&mut get.mmds_count, None),
             Request::PutMmds => (&mut put.mmds_count, Some(&mut put.mmds_fails)),
+            Request::PutSerial => (&mut put.serial_count, Some(&mut put.serial_fails)),
             Request::PatchMmds => (&mut patch.mmds_count, Some(&mut patch.mmds_fails)),
         };
         *count += 1;

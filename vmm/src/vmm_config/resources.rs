@@ -10,7 +10,8 @@ use super::logger::LoggerConfig;
 use super::machine_config::{HugePages, MachineConfig};
 use super::metrics::MetricsConfig;
 use super::mmds::MmdsConfig;
-use crate::config::{self, VmConfig, DEFAULT_CMDLINE};
+use super::serial::SerialBody;
+use crate::config::{self, ConsoleOutput, VmConfig, DEFAULT_CMDLINE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -37,6 +38,10 @@ pub struct VmResources {
     pub balloon: Option<BalloonBody>,
     /// `PUT /mmds/config`, its address filled in.
     pub mmds_config: Option<MmdsConfig>,
+    /// `PUT /serial`: where the console goes, over the command line's.
+    /// Not a resource of the VM itself: it applies to a snapshot's load
+    /// too, as in Firecracker.
+    pub serial: Option<SerialBody>,
 }
 
 impl VmResources {
@@ -124,7 +129,24 @@ impl VmResources {
                 free_page_reporting: false,
             }),
             mmds_config: config.mmds.clone(),
+            serial: None,
         }
+    }
+
+    /// `base` with `PUT /serial` applied: its path replaces the command
+    /// line's console, whose input (the VMM's stdin) then goes unused, as
+    /// in Firecracker; its bucket limits the output wherever it goes.
+    pub fn console_base(&self, base: &VmConfig) -> VmConfig {
+        let Some(serial) = &self.serial else {
+            return base.clone();
+        };
+        let mut config = base.clone();
+        if let Some(path) = &serial.serial_out_path {
+            config.console = ConsoleOutput::Named(path.clone());
+            config.console_input = false;
+        }
+        config.console_rate_limit = serial.enabled_rate_limiter();
+        config
     }
 
     /// Whether anything of the VM itself was configured (not counting the
@@ -184,7 +206,7 @@ impl VmResources {
             entropy_rate_limiter: self.entropy.as_ref().and_then(|e| e.rate_limiter),
             balloon: self.balloon.as_ref().map(BalloonBody::to_config),
             mmds: self.mmds_config.clone(),
-            ..self.sized(base)
+            ..self.sized(&self.console_base(base))
         })
     }
 
