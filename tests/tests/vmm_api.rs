@@ -1,7 +1,8 @@
 //! The Firecracker-compatible control API with a real guest on real KVM,
 //! in the nested test host: boot through a sequence of PUTs as a
 //! Firecracker client sends them, pause and resume with the guest still
-//! alive, Ctrl+Alt+Del for a graceful shutdown, a config-file boot, and a
+//! alive, Ctrl+Alt+Del for a graceful shutdown, a config-file boot with a
+//! custom CPU template, `PUT /serial`, and a
 //! running drive's image swapped under the guest (`PATCH /drives/{id}`
 //! with `path_on_host`).
 
@@ -236,16 +237,31 @@ fn devices_through_the_api_and_a_hard_stop() {
     assert_eq!(value_of(&outcome, "VMM-EXIT=").as_deref(), Some("0"));
 }
 
+/// A config file as Firecracker takes it, with a custom CPU template
+/// (`cpu-config`) that takes POPCNT (CPUID.1:ECX bit 23) from the guest:
+/// the nested host has it, the guest's /proc/cpuinfo does not. Its MSR
+/// modifier (IA32_MISC_ENABLE, no bit changed) goes through KVM's
+/// read and write of the MSR.
 #[test]
 fn boot_from_a_firecracker_config_file() {
+    let boot_args = run_cmdline(
+        "console=ttyS0 reboot=k panic=-1 pci=off quiet",
+        "echo GUEST-POPCNT=$(grep -c -w popcnt /proc/cpuinfo)\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let config = format!(
         "{{\"boot-source\": {{\"kernel_image_path\": \"{GUEST_VMLINUX}\", \
          \"initrd_path\": \"{GUEST_INITRAMFS}\", \
-         \"boot_args\": \"console=ttyS0 reboot=k panic=-1 pci=off quiet\"}}, \
-         \"machine-config\": {{\"vcpu_count\": 2, \"mem_size_mib\": 256}}}}"
+         \"boot_args\": \"{boot_args}\"}}, \
+         \"machine-config\": {{\"vcpu_count\": 2, \"mem_size_mib\": 256}}, \
+         \"cpu-config\": {{\"cpuid_modifiers\": [{{\"leaf\": \"0x1\", \"subleaf\": \"0x0\", \
+         \"flags\": 0, \"modifiers\": [{{\"register\": \"ecx\", \
+         \"bitmap\": \"0bxxxxxxxx0xxxxxxxxxxxxxxxxxxxxxxx\"}}]}}], \
+         \"msr_modifiers\": [{{\"addr\": \"0x1a0\", \"bitmap\": \"0bx\"}}]}}}}"
     );
     let script = format!(
-        "cat > /tmp/vm.json <<'JSON'\n{config}\nJSON\n\
+        "echo HOST-POPCNT=$(grep -c -w popcnt /proc/cpuinfo)\n\
+         cat > /tmp/vm.json <<'JSON'\n{config}\nJSON\n\
          vmm --config-file /tmp/vm.json --no-console-input\n\
          echo VMM-EXIT=$?\n"
     );
@@ -256,6 +272,17 @@ fn boot_from_a_firecracker_config_file() {
             .next()
             .is_some(),
         "{}",
+        outcome.console_tail(30)
+    );
+    let host = value_of(&outcome, "HOST-POPCNT=").unwrap_or_default();
+    assert!(
+        host.parse::<u32>().unwrap_or(0) > 0,
+        "the nested host has POPCNT: {host}"
+    );
+    assert_eq!(
+        value_of(&outcome, "GUEST-POPCNT=").as_deref(),
+        Some("0"),
+        "the template took it from the guest\n{}",
         outcome.console_tail(30)
     );
     assert_eq!(value_of(&outcome, "VMM-EXIT=").as_deref(), Some("0"));

@@ -44,6 +44,7 @@ use crate::mmds::stack::MmdsStack;
 use crate::mmds::Mmds;
 use crate::rate_limiter::{self, RateLimiterUpdate, SharedRateLimiter};
 use crate::snapshot::state::{MemoryRegion, MicrovmState, VirtioDeviceState};
+use crate::vmm_config::cpu_config::{self, CpuTemplate};
 use crate::vmm_config::rate_limiter::RateLimiterConfig;
 use crate::vstate::control::{self, VcpuControl};
 use crate::vstate::vcpu::{self, ExitCounts, Vcpu, VcpuHandle, VcpuStats};
@@ -127,6 +128,8 @@ pub enum Error {
     },
     #[error("the snapshot does not fit the VM it describes: {0}")]
     Snapshot(String),
+    #[error("{0}")]
+    CpuTemplate(#[from] cpu_config::Error),
     #[error("cannot restore device {id}: {source}")]
     RestoreDevice {
         id: String,
@@ -627,10 +630,14 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, Error> {
 
     let (hypervisor, vm) = kvm_vm(&config.kvm_device, vcpu_count, &mem)?;
     let supported_cpuid = hypervisor.supported_cpuid()?;
+    let msr_indices = hypervisor.msr_index_list()?;
+    if let Some(template) = &config.cpu_template {
+        check_template(&hypervisor, &msr_indices, template)?;
+    }
     start_machine(Machine {
         config: spec,
         build_start,
-        msr_indices: hypervisor.msr_index_list()?,
+        msr_indices,
         mem,
         vm,
         console,
@@ -823,7 +830,7 @@ fn start_machine(machine: Machine<'_>) -> Result<RunningVm, Error> {
                 kernel,
                 supported_cpuid,
             } => {
-                vcpu.configure(supported_cpuid, vcpu_count)?;
+                vcpu.configure(supported_cpuid, vcpu_count, config.cpu_template.as_ref())?;
                 if index == 0 {
                     vcpu.set_boot_state(&mem, kernel)?;
                 }
@@ -947,6 +954,23 @@ fn open_console(config: &VmConfig) -> Result<Box<dyn std::io::Write + Send>, Err
             Ok(Box::new(limited))
         }
     }
+}
+
+/// What a custom CPU template needs of this host's KVM, checked before
+/// any vCPU exists: the capabilities it adds, the MSRs it modifies.
+fn check_template(
+    hypervisor: &vm::Hypervisor,
+    msr_indices: &[u32],
+    template: &CpuTemplate,
+) -> Result<(), Error> {
+    if let Some(missing) = template
+        .required_capabilities()
+        .find(|cap| !hypervisor.has_capability(*cap))
+    {
+        return Err(cpu_config::Error::MissingCapability(missing).into());
+    }
+    template.check_msrs(msr_indices)?;
+    Ok(())
 }
 
 /// An interrupt line wired to guest IRQ `irq` through an irqfd.

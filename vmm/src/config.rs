@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use crate::arch::layout::CMDLINE_MAX_SIZE;
 use crate::arch::mptable;
 use crate::mmds::Mmds;
+use crate::vmm_config::cpu_config::CpuTemplate;
 use crate::vmm_config::mmds::MmdsConfig;
 use crate::vmm_config::rate_limiter::{ConfigError, RateLimiterConfig, TokenBucketConfig};
 
@@ -81,6 +82,11 @@ pub struct VmConfig {
     /// store of the default size.
     #[serde(skip)]
     pub mmds_store: Option<Mmds>,
+    /// Firecracker's custom CPU template (`PUT /cpu-config`), applied to
+    /// each vCPU's CPUID and MSRs at boot. Absent from snapshots made
+    /// before it existed (none).
+    #[serde(default)]
+    pub cpu_template: Option<CpuTemplate>,
 }
 
 /// A virtio-balloon device as it starts: the target the guest is asked
@@ -320,6 +326,7 @@ impl Default for VmConfig {
             balloon: None,
             mmds: None,
             mmds_store: None,
+            cpu_template: None,
         }
     }
 }

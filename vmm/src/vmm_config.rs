@@ -1,6 +1,7 @@
 //! The VM's configuration as the Firecracker API and config file describe
 //! it: one module per resource (`boot-source`, `machine-config`, `logger`,
-//! `metrics`, the devices, the balloon, `mmds-config`, `serial`), the set
+//! `metrics`, the devices, the balloon, `mmds-config`, `serial`,
+//! `cpu-config`), the set
 //! of them before boot ([`resources::VmResources`]),
 //! and the config-file format ([`config_file`]).
 //!
@@ -12,6 +13,7 @@
 pub mod balloon;
 pub mod boot_source;
 pub mod config_file;
+pub mod cpu_config;
 pub mod devices;
 pub mod logger;
 pub mod machine_config;

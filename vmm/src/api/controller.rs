@@ -15,6 +15,7 @@ use crate::rate_limiter::RateLimiterUpdate;
 use crate::vmm_config::balloon::{self, BalloonBody, BalloonStatsUpdateBody, BalloonUpdateBody};
 use crate::vmm_config::boot_source::{self, BootSourceConfig};
 use crate::vmm_config::config_file::ConfigFile;
+use crate::vmm_config::cpu_config::CpuTemplate;
 use crate::vmm_config::devices::{
     self, DriveBody, DriveUpdateBody, EntropyBody, NetworkInterfaceBody,
     NetworkInterfaceUpdateBody, VsockBody,
@@ -93,6 +94,8 @@ pub enum VmmAction {
     PutMmdsConfig(MmdsConfig),
     /// `PUT /serial`: where the console goes, and its rate limiter.
     PutSerial(SerialBody),
+    /// `PUT /cpu-config`: a custom CPU template.
+    PutCpuConfig(CpuTemplate),
 }
 
 /// What a successful action returns.
@@ -282,6 +285,9 @@ impl Controller {
         if let Some(machine) = file.machine_config {
             self.handle(VmmAction::PutMachineConfig(machine))?;
         }
+        if let Some(template) = file.cpu_config {
+            self.handle(VmmAction::PutCpuConfig(template))?;
+        }
         for drive in file.drives {
             self.handle(VmmAction::PutDrive(drive.drive_id.clone(), drive))?;
         }
@@ -396,6 +402,11 @@ impl Controller {
                     .rate_limiter
                     .and_then(RateLimiterConfig::into_option);
                 self.resources.entropy = Some(entropy);
+                Ok(VmmData::Empty)
+            }
+            VmmAction::PutCpuConfig(template) => {
+                self.before_boot("PUT /cpu-config")?;
+                self.resources.cpu_config = Some(template);
                 Ok(VmmData::Empty)
             }
             VmmAction::PutSerial(serial) => {
@@ -801,6 +812,7 @@ fn counted(action: &VmmAction) -> Option<metrics::Request> {
         VmmAction::PutMmds(_) | VmmAction::PutMmdsConfig(_) => Request::PutMmds,
         VmmAction::PatchMmds(_) => Request::PatchMmds,
         VmmAction::PutSerial(_) => Request::PutSerial,
+        VmmAction::PutCpuConfig(_) => Request::PutCpuConfig,
         // Firecracker counts balloon requests nowhere.
         VmmAction::GetBalloon
         | VmmAction::PutBalloon(_)

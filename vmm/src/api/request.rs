@@ -71,7 +71,7 @@ enum StratumAction {
 
 /// Firecracker endpoints we do not serve yet, by first path segment (and
 /// the balloon's free page hinting, `/balloon/hinting/...`).
-const UNSUPPORTED: &[&str] = &["cpu-config", "hotplug", "pmem", "vm"];
+const UNSUPPORTED: &[&str] = &["hotplug", "pmem", "vm"];
 
 /// Why Firecracker deprecates what `action` asks for, if it does: the
 /// answer then carries `Deprecation: true` and the log says why, as
@@ -115,6 +115,7 @@ pub fn parse(request: &Request) -> Result<VmmAction, RequestError> {
         (Method::Put, ["boot-source"]) => Ok(VmmAction::PutBootSource(body(request)?)),
         (Method::Put, ["logger"]) => Ok(VmmAction::PutLogger(body(request)?)),
         (Method::Put, ["serial"]) => Ok(VmmAction::PutSerial(body(request)?)),
+        (Method::Put, ["cpu-config"]) => Ok(VmmAction::PutCpuConfig(body(request)?)),
         (Method::Put, ["metrics"]) => Ok(VmmAction::PutMetrics(body(request)?)),
         (Method::Put, ["actions"]) => {
             let action: ActionBody = body(request)?;

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::balloon::BalloonBody;
 use super::boot_source::BootSourceConfig;
+use super::cpu_config::CpuTemplate;
 use super::devices::{DriveBody, EntropyBody, NetworkInterfaceBody, VsockBody};
 use super::logger::LoggerConfig;
 use super::machine_config::MachineConfig;
@@ -64,7 +65,7 @@ pub struct ConfigFile {
     #[serde(rename = "mmds-config", default)]
     pub mmds_config: Option<MmdsConfig>,
     #[serde(rename = "cpu-config", default)]
-    cpu_config: Option<serde_json::Value>,
+    pub cpu_config: Option<CpuTemplate>,
     #[serde(rename = "memory-hotplug", default)]
     memory_hotplug: Option<serde_json::Value>,
 }
@@ -86,7 +87,6 @@ impl ConfigFile {
         })?;
         let unsupported = [
             ("pmem", !file.pmem.is_empty()),
-            ("cpu-config", file.cpu_config.is_some()),
             ("memory-hotplug", file.memory_hotplug.is_some()),
         ];
         if let Some((section, _)) = unsupported.into_iter().find(|(_, present)| *present) {

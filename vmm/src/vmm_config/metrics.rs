@@ -62,6 +62,7 @@ pub enum Request {
     PutMmds,
     PatchMmds,
     PutSerial,
+    PutCpuConfig,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -103,6 +104,8 @@ struct PutRequests {
     mmds_fails: u64,
     serial_count: u64,
     serial_fails: u64,
+    cpu_cfg_count: u64,
+    cpu_cfg_fails: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -230,6 +233,7 @@ impl Metrics {
             Request::GetMmds => (&mut get.mmds_count, None),
             Request::PutMmds => (&mut put.mmds_count, Some(&mut put.mmds_fails)),
             Request::PutSerial => (&mut put.serial_count, Some(&mut put.serial_fails)),
+            Request::PutCpuConfig => (&mut put.cpu_cfg_count, Some(&mut put.cpu_cfg_fails)),
             Request::PatchMmds => (&mut patch.mmds_count, Some(&mut patch.mmds_fails)),
         };
         *count += 1;

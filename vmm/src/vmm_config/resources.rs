@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::balloon::BalloonBody;
 use super::boot_source::BootSourceConfig;
+use super::cpu_config::CpuTemplate;
 use super::devices::{self, DriveBody, EntropyBody, NetworkInterfaceBody, VsockBody};
 use super::logger::LoggerConfig;
 use super::machine_config::{HugePages, MachineConfig};
@@ -42,6 +43,8 @@ pub struct VmResources {
     /// Not a resource of the VM itself: it applies to a snapshot's load
     /// too, as in Firecracker.
     pub serial: Option<SerialBody>,
+    /// `PUT /cpu-config`: the custom CPU template.
+    pub cpu_config: Option<CpuTemplate>,
 }
 
 impl VmResources {
@@ -130,6 +133,7 @@ impl VmResources {
             }),
             mmds_config: config.mmds.clone(),
             serial: None,
+            cpu_config: config.cpu_template.clone(),
         }
     }
 
@@ -160,6 +164,7 @@ impl VmResources {
             || self.entropy.is_some()
             || self.balloon.is_some()
             || self.mmds_config.is_some()
+            || self.cpu_config.is_some()
     }
 
     fn config(&self, base: &VmConfig, running: bool) -> Result<VmConfig, Error> {
@@ -206,6 +211,7 @@ impl VmResources {
             entropy_rate_limiter: self.entropy.as_ref().and_then(|e| e.rate_limiter),
             balloon: self.balloon.as_ref().map(BalloonBody::to_config),
             mmds: self.mmds_config.clone(),
+            cpu_template: self.cpu_config.clone(),
             ..self.sized(&self.console_base(base))
         })
     }
@@ -239,7 +245,7 @@ impl VmResources {
             balloon: self.balloon.clone(),
             drives: self.drives.clone(),
             boot_source: self.boot_source.clone(),
-            cpu_config: None,
+            cpu_config: self.cpu_config.clone(),
             logger: self.logger.clone(),
             machine_config: self.machine_config.clone(),
             metrics,
@@ -288,7 +294,7 @@ pub struct FullVmConfig {
     #[serde(rename = "boot-source")]
     pub boot_source: Option<BootSourceConfig>,
     #[serde(rename = "cpu-config")]
-    pub cpu_config: Option<serde_json::Value>,
+    pub cpu_config: Option<CpuTemplate>,
     pub logger: Option<LoggerConfig>,
     #[serde(rename = "machine-config")]
     pub machine_config: MachineConfig,

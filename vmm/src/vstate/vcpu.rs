@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::arch::{cpuid, interrupts, msr, regs};
 use crate::devices::{Buses, PowerOffBy, ResetBy, VmEvent, VmEventSender};
 use crate::loader::LoadedKernel;
+use crate::vmm_config::cpu_config::{self, CpuTemplate};
 use crate::vstate::control::VcpuControl;
 use crate::vstate::vm::Vm;
 
@@ -47,6 +48,8 @@ pub enum Error {
     },
     #[error("cannot set up the boot registers: {0}")]
     BootRegisters(#[from] regs::Error),
+    #[error("{0}")]
+    Template(#[from] cpu_config::Error),
     #[error("cannot start the thread of vCPU {index}: {source}")]
     Spawn {
         index: u8,
@@ -340,11 +343,20 @@ impl Vcpu {
         }
     }
 
-    /// State every vCPU needs: CPUID, MSRs, FPU and LAPIC wiring.
-    pub fn configure(&self, supported_cpuid: &CpuId, vcpu_count: u8) -> Result<(), Error> {
+    /// State every vCPU needs: CPUID, MSRs, FPU and LAPIC wiring, with
+    /// a custom CPU template's modifiers applied over ours.
+    pub fn configure(
+        &self,
+        supported_cpuid: &CpuId,
+        vcpu_count: u8,
+        template: Option<&CpuTemplate>,
+    ) -> Result<(), Error> {
         let fd = lock(&self.fd);
         let mut cpuid = supported_cpuid.clone();
         cpuid::filter_cpuid(&mut cpuid, self.index, vcpu_count);
+        if let Some(template) = template {
+            template.apply_to_cpuid(&mut cpuid)?;
+        }
         fd.set_cpuid2(&cpuid)
             .map_err(self.configure_error("CPUID"))?;
 
@@ -357,12 +369,53 @@ impl Vcpu {
                 wanted: msrs.as_slice().len(),
             });
         }
+        if let Some(template) = template {
+            self.apply_msr_modifiers(&fd, template)?;
+        }
         fd.set_fpu(&regs::boot_fpu())
             .map_err(self.configure_error("FPU"))?;
 
         let mut lapic = fd.get_lapic().map_err(self.configure_error("LAPIC"))?;
         interrupts::set_lint(&mut lapic);
         fd.set_lapic(&lapic).map_err(self.configure_error("LAPIC"))
+    }
+
+    /// The template's MSR modifiers over the values KVM and our boot MSRs
+    /// gave this vCPU: read, rewritten bit by bit, written back.
+    fn apply_msr_modifiers(&self, fd: &VcpuFd, template: &CpuTemplate) -> Result<(), Error> {
+        let entries: Vec<kvm_msr_entry> = template
+            .msr_modifiers
+            .iter()
+            .map(|m| kvm_msr_entry {
+                index: m.addr,
+                ..Default::default()
+            })
+            .collect();
+        for chunk in entries.chunks(KVM_MAX_MSR_ENTRIES) {
+            let mut msrs = Msrs::from_entries(chunk).map_err(Error::MsrList)?;
+            let read = fd
+                .get_msrs(&mut msrs)
+                .map_err(self.configure_error("MSRs"))?;
+            if read != chunk.len() {
+                let unknown = chunk.get(read).map_or(0, |e| e.index);
+                return Err(Error::Template(cpu_config::Error::Msr(unknown)));
+            }
+            for entry in msrs.as_mut_slice() {
+                if let Some(m) = template
+                    .msr_modifiers
+                    .iter()
+                    .find(|m| m.addr == entry.index)
+                {
+                    entry.data = m.bitmap.apply(entry.data);
+                }
+            }
+            let set = fd.set_msrs(&msrs).map_err(self.configure_error("MSRs"))?;
+            if set != chunk.len() {
+                let refused = chunk.get(set).map_or(0, |e| e.index);
+                return Err(Error::Template(cpu_config::Error::Msr(refused)));
+            }
+        }
+        Ok(())
     }
 
     /// Registers of the boot vCPU at the kernel's entry point. The others

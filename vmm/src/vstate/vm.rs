@@ -139,6 +139,11 @@ impl Hypervisor {
     }
 
     /// The MSRs KVM can save and restore, for a snapshot's vCPU state.
+    /// Whether KVM has capability `cap` (KVM_CHECK_EXTENSION above 0).
+    pub fn has_capability(&self, cap: u32) -> bool {
+        self.kvm.check_extension_raw(libc::c_ulong::from(cap)) > 0
+    }
+
     pub fn msr_index_list(&self) -> Result<Vec<u32>, Error> {
         self.kvm
             .get_msr_index_list()
