@@ -200,9 +200,15 @@ $N vm start $W > /dev/null; echo START-W-RC=$?
 wait_until 300 HEALTHY cluster_ok
 cluster_ok || {{ etcd_diag; diagnose_members; }}
 at HEALTHY
-$E --endpoints=http://{NET}.11:2379 put /stratum/k1 written-through-member-1 | sed 's/^/PUT-1=/'
+# Each call has 10 s; the worker boots on the same emulated CPU meanwhile,
+# so a call that times out is tried again (the same key and value).
+put_1() {{ PUT1=$($E --endpoints=http://{NET}.11:2379 put /stratum/k1 written-through-member-1 2>&1); [ "$PUT1" = OK ]; }}
+wait_until 120 PUT-1 put_1
+echo PUT-1=$PUT1
 at FIRST-WRITE
-echo GET-3=$($E --endpoints=http://{NET}.13:2379 get /stratum/k1 --print-value-only)
+read_3() {{ GET3=$($E --endpoints=http://{NET}.13:2379 get /stratum/k1 --print-value-only 2>&1); [ "$GET3" = written-through-member-1 ]; }}
+wait_until 120 GET-3 read_3
+echo GET-3=$GET3
 $E --endpoints=http://{NET}.11:2379,http://{NET}.12:2379,http://{NET}.13:2379 member list | sed 's/^/MEMBER /'
 $N vm list | sed 's/^/OUT-VM-LIST /'
 $N network get tenant-net | sed 's/^/OUT-NETWORK-GET /'
