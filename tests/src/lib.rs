@@ -130,6 +130,14 @@ impl NestedHost {
             .join(name)
     }
 
+    /// A static tool for the nested host: the path in environment
+    /// variable `variable` if set, else [`Self::static_bin`]`(name)`.
+    pub fn static_tool(variable: &str, name: &str) -> PathBuf {
+        std::env::var_os(variable)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Self::static_bin(name))
+    }
+
     pub fn images_dir(&self) -> &Path {
         &self.inputs.images_dir
     }

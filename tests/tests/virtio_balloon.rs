@@ -8,7 +8,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -19,22 +18,16 @@ use stratum_tests::{NestedHost, Outcome, Scenario};
 const API_CALL: &str = "/stratum/bin/api-call";
 const MIB: u64 = 1 << 20;
 
-fn api_call_binary() -> PathBuf {
-    std::env::var_os("STRATUM_API_CALL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            NestedHost::workspace_root()
-                .join("target/static/x86_64-unknown-linux-gnu/release/api-call")
-        })
-}
-
 fn run(script: String) -> Outcome {
     let host = NestedHost::from_env().unwrap_or_else(|e| panic!("{e}"));
     // One nested-host CPU: with two, QEMU's emulation of SVM now and then
     // crashed the nested host's kernel in __svm_vcpu_run while the balloon
     // dropped guest pages (about one run in four; see `Scenario::host_cpus`).
     let scenario = Scenario::new(script)
-        .file(API_CALL, api_call_binary())
+        .file(
+            API_CALL,
+            NestedHost::static_tool("STRATUM_API_CALL", "api-call"),
+        )
         .host_cpus(1)
         .timeout(Duration::from_secs(900));
     let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));

@@ -6,7 +6,6 @@
 //! running drive's image swapped under the guest (`PATCH /drives/{id}`
 //! with `path_on_host`).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use stratum_tests::guest::{run_cmdline, run_exits, CMDLINE};
@@ -15,22 +14,16 @@ use stratum_tests::{NestedHost, Outcome, Scenario};
 
 const API_CALL: &str = "/stratum/bin/api-call";
 
-fn api_call_binary() -> PathBuf {
-    std::env::var_os("STRATUM_API_CALL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            NestedHost::workspace_root()
-                .join("target/static/x86_64-unknown-linux-gnu/release/api-call")
-        })
-}
-
 fn run(script: String) -> Outcome {
     run_scenario(Scenario::new(script))
 }
 
 fn run_scenario(scenario: Scenario) -> Outcome {
     let host = NestedHost::from_env().unwrap_or_else(|e| panic!("{e}"));
-    let scenario = scenario.file(API_CALL, api_call_binary());
+    let scenario = scenario.file(
+        API_CALL,
+        NestedHost::static_tool("STRATUM_API_CALL", "api-call"),
+    );
     let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
     assert!(outcome.host_kvm, "the nested host has no /dev/kvm");
     outcome

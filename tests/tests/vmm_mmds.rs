@@ -11,7 +11,6 @@
 // Test helpers may panic: a broken fixture fails the test that uses it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use stratum_tests::guest::{run_cmdline, run_exits, CMDLINE};
@@ -20,16 +19,6 @@ use stratum_tests::{NestedHost, Outcome, Scenario};
 
 const API_CALL: &str = "/stratum/bin/api-call";
 const MKTAP: &str = "/stratum/bin/mktap";
-
-fn static_tool(variable: &str, name: &str) -> PathBuf {
-    std::env::var_os(variable)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            NestedHost::workspace_root()
-                .join("target/static/x86_64-unknown-linux-gnu/release")
-                .join(name)
-        })
-}
 
 /// The guest's part. `R METHOD-AND-PATH HEADERS` sends one request (the
 /// headers as printf escapes) and prints the answer, CRs removed;
@@ -85,8 +74,11 @@ fn lines<'a>(outcome: &'a Outcome, prefix: &'a str) -> Vec<&'a str> {
 fn a_guest_reads_mmds_v2_through_its_nic() {
     let host = NestedHost::from_env().unwrap_or_else(|e| panic!("{e}"));
     let scenario = Scenario::new(script())
-        .file(API_CALL, static_tool("STRATUM_API_CALL", "api-call"))
-        .file(MKTAP, static_tool("STRATUM_MKTAP", "mktap"))
+        .file(
+            API_CALL,
+            NestedHost::static_tool("STRATUM_API_CALL", "api-call"),
+        )
+        .file(MKTAP, NestedHost::static_tool("STRATUM_MKTAP", "mktap"))
         .timeout(Duration::from_secs(600));
     let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
     assert!(outcome.host_kvm, "the nested host has no /dev/kvm");

@@ -9,7 +9,6 @@
 //! for comparison, never asserted against: on a nested TCG host they say
 //! little.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use stratum_tests::guest::{run_cmdline, run_exits, CMDLINE};
@@ -30,15 +29,6 @@ const PATCHED_READ: u64 = 8 * MIB;
 /// The guest measures with its own clock (/proc/uptime, 10 ms steps):
 /// allow it to run 10% slow against the host's.
 const CLOCK_TOLERANCE: f64 = 0.9;
-
-fn api_call_binary() -> PathBuf {
-    std::env::var_os("STRATUM_API_CALL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            NestedHost::workspace_root()
-                .join("target/static/x86_64-unknown-linux-gnu/release/api-call")
-        })
-}
 
 /// The guest's part: time O_DIRECT reads of the unlimited drive (vdb) and
 /// of the limited one (vda), then wait for the host's "GO" in the first
@@ -170,7 +160,10 @@ fn api_status<'a>(outcome: &'a Outcome, request: &str) -> Vec<&'a str> {
 fn a_drive_is_read_no_faster_than_its_limit_before_and_after_a_patch() {
     let host = NestedHost::from_env().unwrap_or_else(|e| panic!("{e}"));
     let scenario = Scenario::new(host_script())
-        .file(API_CALL, api_call_binary())
+        .file(
+            API_CALL,
+            NestedHost::static_tool("STRATUM_API_CALL", "api-call"),
+        )
         .timeout(Duration::from_secs(400));
     let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
     assert!(outcome.host_kvm, "the nested host has no /dev/kvm");

@@ -10,7 +10,7 @@
 //! `strace -f` and prints, per thread, the calls made after its filter went
 //! on: how the allow-lists in vmm/src/seccomp.rs were checked.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use stratum_tests::guest::{run_cmdline, CMDLINE};
@@ -22,20 +22,18 @@ const MKTAP: &str = "/stratum/bin/mktap";
 const VSOCK_HOST: &str = "/stratum/bin/vsock-host";
 const DISK_MARK: &str = "SECCOMP-DISK-OK";
 
-fn static_tool(env: &str, name: &str) -> PathBuf {
-    std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
-        NestedHost::workspace_root()
-            .join("target/static/x86_64-unknown-linux-gnu/release")
-            .join(name)
-    })
-}
-
 fn run(scenario: Scenario) -> Outcome {
     let host = NestedHost::from_env().unwrap_or_else(|e| panic!("{e}"));
     let scenario = scenario
-        .file(API_CALL, static_tool("STRATUM_API_CALL", "api-call"))
-        .file(MKTAP, static_tool("STRATUM_MKTAP", "mktap"))
-        .file(VSOCK_HOST, static_tool("STRATUM_VSOCK_HOST", "vsock-host"));
+        .file(
+            API_CALL,
+            NestedHost::static_tool("STRATUM_API_CALL", "api-call"),
+        )
+        .file(MKTAP, NestedHost::static_tool("STRATUM_MKTAP", "mktap"))
+        .file(
+            VSOCK_HOST,
+            NestedHost::static_tool("STRATUM_VSOCK_HOST", "vsock-host"),
+        );
     let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
     assert!(outcome.host_kvm, "the nested host has no /dev/kvm");
     outcome

@@ -20,7 +20,6 @@
 // Test helpers may panic: a broken fixture fails the test that uses it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use stratum_tests::guest::run_cmdline;
@@ -29,21 +28,6 @@ use stratum_tests::{NestedHost, Outcome, Scenario};
 
 const API_CALL: &str = "/stratum/bin/api-call";
 const VSOCK_HOST: &str = "/stratum/bin/vsock-host";
-
-fn static_tool(name: &str) -> PathBuf {
-    NestedHost::workspace_root()
-        .join("target/static/x86_64-unknown-linux-gnu/release")
-        .join(name)
-}
-
-fn api_call_binary() -> PathBuf {
-    std::env::var_os("STRATUM_API_CALL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            NestedHost::workspace_root()
-                .join("target/static/x86_64-unknown-linux-gnu/release/api-call")
-        })
-}
 
 fn value(outcome: &Outcome, key: &str) -> Option<String> {
     outcome
@@ -156,8 +140,11 @@ for vm in a b c; do tail -c 600 /tmp/$vm.log | sed "s/^/LOG-$vm /"; done
 fn a_snapshot_restores_in_other_vmms_and_bad_ones_are_refused() {
     let host = NestedHost::from_env().unwrap_or_else(|e| panic!("{e}"));
     let scenario = Scenario::new(script())
-        .file(API_CALL, api_call_binary())
-        .file(VSOCK_HOST, static_tool("vsock-host"))
+        .file(
+            API_CALL,
+            NestedHost::static_tool("STRATUM_API_CALL", "api-call"),
+        )
+        .file(VSOCK_HOST, NestedHost::static_bin("vsock-host"))
         // One nested-host CPU, as for the balloon's tests: the restored
         // guest inflates its balloon (see `Scenario::host_cpus`).
         .host_cpus(1)
@@ -387,7 +374,10 @@ fn written(outcome: &Outcome, vm: &str, n: usize) -> (String, u64) {
 fn diff_snapshots_hold_only_dirty_pages_and_layer_onto_the_full_one() {
     let host = NestedHost::from_env().unwrap_or_else(|e| panic!("{e}"));
     let scenario = Scenario::new(diff_script())
-        .file(API_CALL, api_call_binary())
+        .file(
+            API_CALL,
+            NestedHost::static_tool("STRATUM_API_CALL", "api-call"),
+        )
         // Pausing and resuming a VM on two nested-host CPUs once crashed
         // the host's kernel (see `Scenario::host_cpus`).
         .host_cpus(1)
@@ -531,7 +521,10 @@ kill -9 $PIDS 2>/dev/null
 fn ten_clones_of_one_snapshot_run_and_share_their_memory() {
     let host = NestedHost::from_env().unwrap_or_else(|e| panic!("{e}"));
     let scenario = Scenario::new(clones_script())
-        .file(API_CALL, api_call_binary())
+        .file(
+            API_CALL,
+            NestedHost::static_tool("STRATUM_API_CALL", "api-call"),
+        )
         .host_cpus(1)
         .timeout(Duration::from_secs(600));
     let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
@@ -633,8 +626,11 @@ dmesg | grep -i -e seccomp -e 'sig=31' | tail -n 3 | sed 's/^/KERNEL-LOG /'
 fn a_restored_vm_takes_another_tap_through_network_overrides() {
     let host = NestedHost::from_env().unwrap_or_else(|e| panic!("{e}"));
     let scenario = Scenario::new(overrides_script())
-        .file(API_CALL, api_call_binary())
-        .file(MKTAP, static_tool("mktap"))
+        .file(
+            API_CALL,
+            NestedHost::static_tool("STRATUM_API_CALL", "api-call"),
+        )
+        .file(MKTAP, NestedHost::static_bin("mktap"))
         .host_cpus(1)
         .timeout(Duration::from_secs(600));
     let outcome = host.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
