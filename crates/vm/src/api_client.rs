@@ -203,6 +203,15 @@ pub struct SnapshotLoad {
     /// The clone's own TAPs in place of the parent's.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub network_overrides: Vec<NetworkOverride>,
+    /// The clone's own vsock socket in place of the parent's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vsock_override: Option<VsockOverride>,
+}
+
+/// A restored vsock device's host socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VsockOverride {
+    pub uds_path: PathBuf,
 }
 
 /// Where a snapshot's guest memory comes from.

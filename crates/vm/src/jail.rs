@@ -10,6 +10,7 @@
 //! | `/vm/kernel`         | the kernel, read-only                 |
 //! | `/vm/initrd`         | the initrd, read-only                 |
 //! | `/vm/disk<N>`        | disk N, read-only or read-write       |
+//! | `/vm/snapshot`, `/vm/memory` | a restore's state and memory files, read-only |
 //! | `/dev/kvm`, `/dev/urandom`, `/dev/net/tun` (with NICs) | its own nodes |
 //! | `/run`               | the run directory (API socket, console log, vsock sockets) |
 //!
@@ -18,7 +19,9 @@
 //! another uid) left can be in the way or be trusted; the VM's disks
 //! (the agent's own per-VM clones) are given to the uid, mode 0600; the
 //! kernel and initrd must be world-readable (they are shared, so they are
-//! not chowned); each TAP is given to the uid ([`crate::tap`]).
+//! not chowned); each TAP is given to the uid ([`crate::tap`]). A
+//! snapshot's files are shared by its clones and readable by its group
+//! alone: a restoring vmm runs with that group as its gid.
 //!
 //! The uid's file size limit is the largest disk or the console's bound,
 //! whichever is larger.
@@ -51,6 +54,8 @@ pub struct JailConfig {
 const JAIL_VMM: &str = "/vmm";
 const JAIL_KERNEL: &str = "/vm/kernel";
 const JAIL_INITRD: &str = "/vm/initrd";
+const JAIL_SNAPSHOT: &str = "/vm/snapshot";
+const JAIL_MEMORY: &str = "/vm/memory";
 /// vmm's console log bound (`--console-max-bytes`, two generations) with
 /// room: the file size limit never cuts the console short.
 const CONSOLE_FILE_LIMIT: u64 = 64 << 20;
@@ -94,6 +99,15 @@ pub(crate) fn prepare(
             jail.writable.push(bind);
         }
         seen.path = jail_disk(i);
+    }
+    if let Some(restore) = &spec.restore {
+        jail.read_only
+            .push(Bind::new(JAIL_SNAPSHOT, &restore.state));
+        jail.read_only.push(Bind::new(JAIL_MEMORY, &restore.memory));
+        inside.restore = Some(crate::Restore {
+            state: JAIL_SNAPSHOT.into(),
+            memory: JAIL_MEMORY.into(),
+        });
     }
     for nic in &spec.nics {
         tap::give_to(&nic.tap, config.uid, config.gid)?;

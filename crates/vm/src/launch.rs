@@ -38,8 +38,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::api_client::{
-    ApiClient, ApiError, BootSource, Drive, MachineConfig, NetworkInterface, RateLimiter, Vsock,
-    DEFAULT_API_TIMEOUT,
+    ApiClient, ApiError, BootSource, Drive, MachineConfig, MemBackend, NetworkInterface,
+    NetworkOverride, RateLimiter, SnapshotLoad, Vsock, VsockOverride, DEFAULT_API_TIMEOUT,
 };
 use super::jail::{self, JailConfig};
 use super::process::{ExitInfo, ProcessIdentity, VmProcess};
@@ -69,6 +69,19 @@ pub struct VmProcessSpec {
     /// A virtio-vsock device with this guest CID (3 or more); its host
     /// socket is the run directory's [`RunDir::vsock_sock`].
     pub vsock_cid: Option<u32>,
+    /// Start by restoring this snapshot instead of booting: the devices
+    /// above must be the snapshot's, in its order (drives at the same
+    /// indexes, so that in a jail each finds its file at `/vm/disk<N>`);
+    /// the NICs' TAPs and the vsock socket are this VM's own.
+    pub restore: Option<Restore>,
+}
+
+/// A snapshot to restore (`PUT /snapshot/load`), its memory mapped
+/// privately so that every VM restored from it shares its pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restore {
+    pub state: PathBuf,
+    pub memory: PathBuf,
 }
 
 /// One disk. vmm makes the API drive id the serial the guest reads, so the
@@ -465,8 +478,35 @@ fn start(
         None => run_dir.vsock_sock(),
         Some(_) => jail::in_jail_run(&run_dir.vsock_sock()),
     };
-    configure(api, spec, &vsock_uds)?;
-    step(api, "InstanceStart", ApiClient::instance_start)
+    match &spec.restore {
+        Some(restore) => step(api, "snapshot load", |a| {
+            a.load_snapshot(&restore_body(spec, restore, &vsock_uds))
+        }),
+        None => {
+            configure(api, spec, &vsock_uds)?;
+            step(api, "InstanceStart", ApiClient::instance_start)
+        }
+    }
+}
+
+/// The load of `restore`, resumed at once, on this VM's TAPs and vsock
+/// socket.
+fn restore_body(spec: &VmProcessSpec, restore: &Restore, vsock_uds: &Path) -> SnapshotLoad {
+    SnapshotLoad {
+        snapshot_path: restore.state.clone(),
+        mem_backend: MemBackend::file(&restore.memory),
+        resume_vm: true,
+        network_overrides: nics(spec)
+            .into_iter()
+            .map(|nic| NetworkOverride {
+                iface_id: nic.iface_id,
+                host_dev_name: nic.host_dev_name,
+            })
+            .collect(),
+        vsock_override: spec.vsock_cid.map(|_| VsockOverride {
+            uds_path: vsock_uds.to_path_buf(),
+        }),
+    }
 }
 
 /// Polls until the socket accepts a connection, vmm exits, or time runs out.
@@ -618,6 +658,7 @@ mod tests {
             disks,
             nics,
             vsock_cid: None,
+            restore: None,
         }
     }
 

@@ -47,6 +47,7 @@ mod tests;
 pub use api_client::{
     ApiClient, ApiError, BootSource, InstanceInfo, InstanceState, MachineConfig, MemBackend,
     NetworkOverride, RateLimiter, SnapshotCreate, SnapshotLoad, TokenBucket, VmStats,
+    VsockOverride,
 };
 pub use console::{ConsoleFollower, ConsoleStream};
 pub use disk::{
@@ -54,7 +55,7 @@ pub use disk::{
 };
 pub use jail::JailConfig;
 pub use launch::{
-    launch, launch_with, DiskSpec, LaunchError, LaunchOptions, NicSpec, VmProcessSpec,
+    launch, launch_with, DiskSpec, LaunchError, LaunchOptions, NicSpec, Restore, VmProcessSpec,
 };
 pub use process::{AdoptError, ExitInfo, ProcessError, ProcessIdentity, VmProcess};
 pub use run_dir::RunDir;

@@ -156,6 +156,7 @@ impl Scratch {
             disks: Vec::new(),
             nics: Vec::new(),
             vsock_cid: None,
+            restore: None,
         }
     }
 }
