@@ -116,6 +116,8 @@ struct Sample {
     snap_kib: f64,
     disk_kib: f64,
     restore_ms: f64,
+    /// From the restore request (load call, `migrate-incoming`) to a tick.
+    request_ms: f64,
     /// vmm's load call alone; NaN for QEMU.
     load_ms: f64,
     scaleout_ms: f64,
@@ -149,6 +151,7 @@ fn collect(outcome: &Outcome) -> Result<Samples> {
             snap_kib: num("snap_kib"),
             disk_kib: num("disk_kib"),
             restore_ms: num("restore_ms"),
+            request_ms: num("request_ms"),
             load_ms: num("load_ms"),
             scaleout_ms: num("scaleout_ms"),
             clones_pss_kib: num("clones_pss_kib"),
@@ -180,12 +183,13 @@ fn stats(samples: &Samples, kind: &str, metric: fn(&Sample) -> f64) -> Stats {
 
 fn print_table(samples: &Samples, args: &Args) {
     type Metric = (&'static str, &'static str, fn(&Sample) -> f64);
-    let metrics: [Metric; 9] = [
+    let metrics: [Metric; 10] = [
         ("cold boot to first tick", "ms", |s| s.boot_ms),
         ("snapshot create (paused VM)", "ms", |s| s.create_ms),
         ("snapshot files, apparent size", "KiB", |s| s.snap_kib),
         ("snapshot files, on disk", "KiB", |s| s.disk_kib),
         ("restore: start to a new tick", "ms", |s| s.restore_ms),
+        ("restore: request to a new tick", "ms", |s| s.request_ms),
         ("restore: the load call alone", "ms", |s| s.load_ms),
         ("clones: start to all ticking", "ms", |s| s.scaleout_ms),
         ("clones: summed Pss", "KiB", |s| s.clones_pss_kib),
@@ -212,14 +216,19 @@ fn print_table(samples: &Samples, args: &Args) {
             ours.median / peer.median
         );
     }
+    // The target's restore runs from the request to a guest-side marker
+    // (a tick), the process already up, as a cold boot's from its start.
     let boot = stats(samples, "vmm", |s| s.boot_ms).median;
-    let restore = stats(samples, "vmm", |s| s.restore_ms).median;
-    let peer_restore = stats(samples, "qemu", |s| s.restore_ms).median;
+    let restore = stats(samples, "vmm", |s| s.request_ms).median;
+    let peer_restore = stats(samples, "qemu", |s| s.request_ms).median;
+    let with_start = stats(samples, "vmm", |s| s.restore_ms).median;
     println!(
-        "\nTargets: restore <= {TARGET_RESTORE_OF_BOOT} of a cold boot: {:.3} -> {}; restore \
-         ahead of QEMU's: {restore:.1} vs {peer_restore:.1} ms -> {}",
+        "\nTargets: restore (request to tick) <= {TARGET_RESTORE_OF_BOOT} of a cold boot: {:.3} \
+         -> {} (with the process's start: {:.3}); restore ahead of QEMU's: {restore:.1} vs \
+         {peer_restore:.1} ms -> {}",
         restore / boot,
         verdict(restore / boot <= TARGET_RESTORE_OF_BOOT),
+        with_start / boot,
         verdict(restore < peer_restore)
     );
 }

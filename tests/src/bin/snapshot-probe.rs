@@ -17,7 +17,10 @@
 //! 3. kills it and restores one VM from the files: `restore_ms` is a new
 //!    process's start until a tick newer than the last one before the
 //!    snapshot (vmm: spawn, `PUT /snapshot/load` with resume; QEMU: spawn
-//!    with `-incoming`), and for vmm `load_ms`, the load call alone;
+//!    with `-incoming defer`, then `migrate-incoming` and `cont`), and
+//!    `request_ms`, from the restore request (vmm's load call, QEMU's
+//!    `migrate-incoming`) to that tick, and for vmm `load_ms`, the load
+//!    call alone;
 //! 4. restores `--clones` VMs from the same files at once: `scaleout_ms` is
 //!    until every one has ticked, `clones_pss_kib` their summed Pss then
 //!    (memory they share counts once), `one_rss_kib` one clone's RSS.
@@ -186,9 +189,14 @@ fn run(args: &Args) -> Result<String> {
     vm.kill();
 
     // 3. One restore.
-    let (mut vm, load) = restore(args, 0, timeout).context("restore")?;
+    let Restored {
+        mut vm,
+        load,
+        requested,
+    } = restore(args, 0, timeout).context("restore")?;
     let ticked = vm.tick_after(before, timeout).context("restore")?;
     field("restore_ms", ms(ticked - vm.started));
+    field("request_ms", ms(ticked - requested));
     if let Some(load) = load {
         field("load_ms", ms(load));
     }
@@ -200,7 +208,7 @@ fn run(args: &Args) -> Result<String> {
     let mut failed = None;
     for i in 0..args.clones {
         match restore(args, i + 1, timeout) {
-            Ok((vm, _)) => clones.push(vm),
+            Ok(restored) => clones.push(restored.vm),
             Err(e) => {
                 failed = Some(e);
                 break;
@@ -362,9 +370,17 @@ fn snapshot(args: &Args, api: Option<&ApiClient>, timeout: Duration) -> Result<F
     })
 }
 
-/// A VM restored from the snapshot, and for vmm how long the load call
-/// took. `n` tells the VM's sockets apart.
-fn restore(args: &Args, n: usize, timeout: Duration) -> Result<(Vm, Option<Duration>)> {
+/// A VM restored from the snapshot.
+struct Restored {
+    vm: Vm,
+    /// vmm's load call.
+    load: Option<Duration>,
+    /// When the restore was asked for, the process being up.
+    requested: Instant,
+}
+
+/// Restores a VM from the snapshot. `n` tells the VM's sockets apart.
+fn restore(args: &Args, n: usize, timeout: Duration) -> Result<Restored> {
     match args.kind {
         Kind::Vmm => {
             let socket = args.dir.join(format!("restore-{n}.sock"));
@@ -376,22 +392,35 @@ fn restore(args: &Args, n: usize, timeout: Duration) -> Result<(Vm, Option<Durat
                 mem_backend: MemBackend::file(mem_file(args)),
                 resume_vm: true,
                 network_overrides: Vec::new(),
+                vsock_override: None,
             })?;
-            Ok((vm, Some(started.elapsed())))
+            Ok(Restored {
+                vm,
+                load: Some(started.elapsed()),
+                requested: started,
+            })
         }
         Kind::Qemu => {
             let qmp = args.dir.join(format!("restore-{n}.qmp"));
             let mut command = qemu_command(args, &qmp);
-            command
-                .arg("-incoming")
-                .arg(format!("exec:cat {}", qemu_file(args).display()));
+            command.args(["-incoming", "defer"]);
             let vm = Vm::spawn(command)?;
+            let mut qmp = Qmp::connect(&qmp, timeout)?;
+            let requested = Instant::now();
+            let incoming = serde_json::json!({
+                "execute": "migrate-incoming",
+                "arguments": {"uri": format!("exec:cat {}", qemu_file(args).display())},
+            });
+            qmp.execute(&incoming.to_string())?;
             // The stream carries the source's run state, paused: the
             // restored VM waits for `cont` once the stream is in.
-            let mut qmp = Qmp::connect(&qmp, timeout)?;
             qmp.wait_incoming(timeout)?;
             qmp.execute(r#"{"execute":"cont"}"#)?;
-            Ok((vm, None))
+            Ok(Restored {
+                vm,
+                load: None,
+                requested,
+            })
         }
     }
 }
