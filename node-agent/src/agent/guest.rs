@@ -13,6 +13,11 @@
 //! (state LOST, the reason said) and is connected to again after a pause.
 //! A VM without a guest agent costs a failed connection every
 //! [`RETRY_MAX`], and its guest state stays UNSPECIFIED.
+//!
+//! A clone's link carries the clone's identity: on every connection, once
+//! the guest has said hello, it is sent (Reidentify) with fresh entropy;
+//! the guest applies what differs, so a second time changes nothing. A
+//! refusal is logged and kept as the view's reason; the link stays.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -21,7 +26,7 @@ use std::time::Duration;
 
 use stratum_api::proto;
 use stratum_api::proto::{GuestState, VmEventKind, VmState};
-use stratum_guest::proto::{guest_message, host_message, GuestMessage, HostMessage};
+use stratum_guest::proto::{guest_message, host_message, GuestMessage, HostMessage, Reidentify};
 use stratum_guest::{encode, FrameDecoder, HEADER_LEN, MAX_FRAME, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -47,6 +52,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_MAX: usize = 32;
 /// How long a shutdown request waits for the guest's acknowledgement.
 const SHUTDOWN_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Host randomness each Reidentify carries.
+const ENTROPY_BYTES: usize = 64;
 /// Requests waiting for the connection task.
 const REQUEST_BACKLOG: usize = 4;
 
@@ -71,6 +78,7 @@ impl GuestLink {
         vm_id: String,
         socket: PathBuf,
         events: broadcast::Sender<proto::VmEvent>,
+        identity: Option<Reidentify>,
     ) -> Arc<Self> {
         let view = Arc::new(Mutex::new(unknown("no guest agent has answered yet")));
         let (requests, receiver) = mpsc::channel(REQUEST_BACKLOG);
@@ -79,6 +87,7 @@ impl GuestLink {
             socket,
             view: Arc::clone(&view),
             events,
+            identity,
         };
         let task = runtime.spawn(link.run(receiver)).abort_handle();
         Arc::new(Self {
@@ -144,6 +153,19 @@ struct Link {
     socket: PathBuf,
     view: Arc<Mutex<proto::GuestInfo>>,
     events: broadcast::Sender<proto::VmEvent>,
+    /// A clone's identity, given to its guest on every connection.
+    identity: Option<Reidentify>,
+}
+
+/// Where a clone's Reidentify stands in one conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    /// Not a clone, or answered.
+    Settled,
+    /// To send once the guest has said hello.
+    Due,
+    /// Sent with this request id.
+    Sent(u64),
 }
 
 /// How a conversation ended.
@@ -238,6 +260,11 @@ impl Link {
         let mut flood = (Instant::now(), 0u32);
         let mut next_id = 2u64;
         let mut pending: Option<(u64, SyncSender<Result<(), String>>)> = None;
+        let mut identity = if self.identity.is_some() {
+            Identity::Due
+        } else {
+            Identity::Settled
+        };
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         let broken = |answered: bool, reason: String| {
             if answered {
@@ -264,9 +291,16 @@ impl Link {
                             FLOOD_WINDOW.as_secs()
                         ));
                     }
-                    match self.take(message, &mut answered, &mut pending) {
+                    match self.take(message, &mut answered, &mut pending, &mut identity) {
                         Ok(()) => {}
                         Err(reason) => return broken(answered, reason),
+                    }
+                    if answered && identity == Identity::Due {
+                        next_id += 1;
+                        if let Err(e) = self.send_identity(&mut writer, next_id).await {
+                            return broken(answered, e);
+                        }
+                        identity = Identity::Sent(next_id);
                     }
                 }
                 _ = tokio::time::sleep_until(last_heard + HEARTBEAT_TIMEOUT) => {
@@ -297,13 +331,45 @@ impl Link {
         }
     }
 
+    /// Sends the clone's identity, with entropy drawn for this sending.
+    async fn send_identity(&self, writer: &mut OwnedWriteHalf, id: u64) -> Result<(), String> {
+        let Some(identity) = &self.identity else {
+            return Ok(());
+        };
+        let mut entropy = vec![0u8; ENTROPY_BYTES];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut entropy))
+            .map_err(|e| format!("/dev/urandom: {e}"))?;
+        let body = host_message::Body::Reidentify(Reidentify {
+            entropy,
+            ..identity.clone()
+        });
+        send(writer, id, body).await
+    }
+
     /// Takes one message into the view; an error ends the link.
     fn take(
         &self,
         message: GuestMessage,
         answered: &mut bool,
         pending: &mut Option<(u64, SyncSender<Result<(), String>>)>,
+        identity: &mut Identity,
     ) -> Result<(), String> {
+        if *identity == Identity::Sent(message.id) {
+            *identity = Identity::Settled;
+            match &message.body {
+                Some(guest_message::Body::Reidentify(_)) => {
+                    tracing::info!(vm = %self.vm_id, "the clone's guest took its identity");
+                }
+                Some(guest_message::Body::Error(error)) => {
+                    let reason = bounded(error.message.clone());
+                    tracing::warn!(vm = %self.vm_id, "the clone's guest refused its identity: {reason}");
+                    self.view().reason = reason;
+                }
+                _ => return Err("the guest agent did not answer Reidentify".into()),
+            }
+            return Ok(());
+        }
         let mut answer_to_pending = |result: Result<(), String>| {
             if let Some((_, reply)) = pending.take_if(|(id, _)| *id == message.id) {
                 let _ = reply.try_send(result);
@@ -341,7 +407,7 @@ impl Link {
             Some(guest_message::Body::Status(_)) => {
                 return Err("the guest agent sent its status before its hello".into())
             }
-            Some(guest_message::Body::Pong(_)) | None => {}
+            Some(guest_message::Body::Pong(_) | guest_message::Body::Reidentify(_)) | None => {}
         }
         if *answered {
             self.view().last_heartbeat = Some(now());
@@ -469,7 +535,9 @@ mod tests {
     //! host: tests/tests/node_agent.rs.)
 
     use super::*;
-    use stratum_guest::proto::{GuestStatus, HelloReply, Interface, Pong, ShutdownReply};
+    use stratum_guest::proto::{
+        GuestStatus, HelloReply, Interface, Pong, ReidentifyReply, ShutdownReply,
+    };
     use tokio::net::UnixListener;
 
     struct Guest {
@@ -554,6 +622,10 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
+        fixture_with(None)
+    }
+
+    fn fixture_with(identity: Option<Reidentify>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("vsock.sock");
         let listener = UnixListener::bind(&socket).unwrap();
@@ -563,6 +635,7 @@ mod tests {
             "vm-1".into(),
             socket,
             sender,
+            identity,
         );
         Fixture {
             _dir: dir,
@@ -623,6 +696,61 @@ mod tests {
         );
         f.link.stop();
         assert_eq!(f.link.info().state(), GuestState::Unspecified);
+    }
+
+    /// The next message of `guest` that is a Reidentify, with its id.
+    async fn next_reidentify(guest: &mut Guest) -> (u64, Reidentify) {
+        loop {
+            let message = guest.receive().await;
+            if let Some(host_message::Body::Reidentify(r)) = message.body {
+                return (message.id, r);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_clone_is_told_its_identity_on_every_connection_and_a_refusal_keeps_the_link() {
+        let identity = Reidentify {
+            hostname: "clone-1".into(),
+            interfaces: vec![stratum_guest::proto::InterfaceIdentity {
+                old_mac: "06:00:00:00:00:01".into(),
+                mac: "06:00:00:00:00:09".into(),
+                addresses: vec!["10.1.0.9/24".into()],
+                gateway: "10.1.0.1".into(),
+            }],
+            entropy: Vec::new(),
+        };
+        let f = fixture_with(Some(identity.clone()));
+        let mut guest = Guest::accept(&f.listener).await;
+        guest.greet(true).await;
+        let (id, first) = next_reidentify(&mut guest).await;
+        assert_eq!(first.hostname, "clone-1");
+        assert_eq!(first.interfaces, identity.interfaces);
+        assert_eq!(first.entropy.len(), ENTROPY_BYTES, "fresh entropy");
+        let refusal = guest_message::Body::Error(stratum_guest::proto::Error {
+            message: "reidentify: no interface has MAC x".into(),
+        });
+        guest.send(id, refusal).await;
+        // The link stays, and says why the identity did not take.
+        for _ in 0..200 {
+            if f.link.info().reason.contains("no interface") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(f.link.info().reason.contains("no interface"));
+        assert!(f.link.answers());
+        // A new connection (the guest agent restarted) is told again, with
+        // other entropy.
+        drop(guest);
+        let mut again = Guest::accept(&f.listener).await;
+        again.greet(true).await;
+        let (id, second) = next_reidentify(&mut again).await;
+        assert_ne!(second.entropy, first.entropy);
+        again
+            .send(id, guest_message::Body::Reidentify(ReidentifyReply {}))
+            .await;
+        wait_for(&f.link, GuestState::Ready).await;
     }
 
     #[tokio::test]

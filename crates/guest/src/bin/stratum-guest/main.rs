@@ -4,13 +4,15 @@
 //! reports the guest's view of itself (ready once cloud-init has finished,
 //! hostname, addresses per interface, OS, kernel), answers pings, and
 //! powers the guest off or reboots it when asked. It owns nothing in the
-//! guest but its socket: it reads what the guest already says of itself and
-//! changes nothing but the power state, through systemd.
+//! guest but its socket: it reads what the guest already says of itself,
+//! and changes only the power state (through systemd) and, in a clone,
+//! the identity the host gives it (`identity`).
 //!
 //! Several connections may be open at once (a node agent that restarted
 //! connects again before the old connection is noticed dead); each gets
 //! every status update until its write fails.
 
+mod identity;
 mod server;
 mod status;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use stratum_guest::proto::{
     guest_message, host_message, Error as ErrorReply, GuestMessage, GuestStatus, HelloReply,
-    HostMessage, Pong, ShutdownReply,
+    HostMessage, Pong, ReidentifyReply, ShutdownReply,
 };
 use stratum_guest::{encode, FrameDecoder, PROTOCOL_VERSION};
 use vsock::{VsockListener, VsockStream, VMADDR_CID_ANY};
@@ -60,6 +60,12 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// How boot configuration ended, as the current status says.
+    fn ready_detail(&self) -> Option<String> {
+        let status = self.current();
+        status.ready.then_some(status.ready_detail)
     }
 
     fn subscribe(&self, writer: &Writer) {
@@ -213,6 +219,21 @@ fn answer(request: HostMessage, writer: &Writer, shared: &Shared) -> io::Result<
             if let Err(e) = started {
                 send(writer, &error(id, &format!("systemctl {action}: {e}")))?;
             }
+        }
+        Some(host_message::Body::Reidentify(identity)) => {
+            let current = crate::status::collect(None);
+            let applied = crate::identity::plan(&current.hostname, &current.interfaces, &identity)
+                .and_then(|steps| crate::identity::apply(&steps, &identity.entropy));
+            let reply = match applied {
+                Ok(()) => GuestMessage {
+                    id,
+                    body: Some(guest_message::Body::Reidentify(ReidentifyReply {})),
+                },
+                Err(e) => error(id, &format!("reidentify: {e}")),
+            };
+            send(writer, &reply)?;
+            // Everyone hears of the new identity now, not at the next refresh.
+            shared.update(crate::status::collect(shared.ready_detail()));
         }
         None => send(writer, &error(id, "a message without a body"))?,
     }
