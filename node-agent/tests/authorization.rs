@@ -475,3 +475,62 @@ impl Drop for NetGuard {
         }
     }
 }
+
+#[test]
+fn snapshots_and_clones_belong_to_their_vms_namespace() {
+    let f = Fixture::new("authz-snap");
+    let ns_a = f.pool(&f.admin, "", "team-a");
+    let ns_b = f.pool(&f.admin, "", "team-b");
+    let alice = f.issue("alice", "user", &[&ns_a]);
+    let bob = f.issue("bob", "user", &[&ns_b]);
+    let vic = f.issue("vic", "viewer", &[&ns_a]);
+    let vm: serde_json::Value = json(f.vm(&alice, &ns_a, "w1"));
+    let vm_id = vm["id"].as_str().unwrap().to_string();
+    ok(f.as_(&alice, &["vm", "start", &vm_id]));
+    let denied = "PERMISSION_DENIED";
+    refused(f.as_(&bob, &["vm", "snapshot", &vm_id, "stolen"]), denied);
+    refused(f.as_(&vic, &["vm", "snapshot", &vm_id, "viewed"]), denied);
+    let snapshot = json(f.as_(&alice, &["-o", "json", "vm", "snapshot", &vm_id, "gold"]));
+    let snap_id = snapshot["id"].as_str().unwrap().to_string();
+
+    // Bob neither sees, clones nor deletes it; the viewer only reads it.
+    let bob_list = ok(f.as_(&bob, &["snapshot", "list"]));
+    assert!(!bob_list.contains("gold"), "{bob_list}");
+    refused(f.as_(&bob, &["snapshot", "get", &snap_id]), denied);
+    refused(f.as_(&bob, &["vm", "clone", &snap_id, "mine"]), denied);
+    refused(f.as_(&bob, &["snapshot", "delete", &snap_id]), denied);
+    assert!(ok(f.as_(&vic, &["snapshot", "list"])).contains("gold"));
+    refused(f.as_(&vic, &["vm", "clone", &snap_id, "viewed"]), denied);
+    refused(f.as_(&vic, &["snapshot", "delete", &snap_id]), denied);
+
+    // Alice clones it into her namespace, and cleans up.
+    let clones = ok(f.as_(&alice, &["vm", "clone", &snap_id, "copy", "--count", "2"]));
+    assert!(
+        clones.contains("copy-1") && clones.contains("copy-2"),
+        "{clones}"
+    );
+    let table = ok(f.as_(&alice, &["snapshot", "get", &snap_id]));
+    assert!(table.contains("clones"), "{table}");
+    for vm in json(f.as_(&alice, &["-o", "json", "vm", "list"]))["vms"]
+        .as_array()
+        .unwrap()
+    {
+        let id = vm["id"].as_str().unwrap();
+        ok(f.as_(&alice, &["vm", "kill", id]));
+    }
+    // Kill answers before the vmm is gone: delete once each has stopped.
+    for _ in 0..100 {
+        let list = ok(f.as_(&alice, &["vm", "list"]));
+        if !list.contains("RUNNING") && !list.contains("STOPPING") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for vm in json(f.as_(&alice, &["-o", "json", "vm", "list"]))["vms"]
+        .as_array()
+        .unwrap()
+    {
+        ok(f.as_(&alice, &["vm", "delete", vm["id"].as_str().unwrap()]));
+    }
+    ok(f.as_(&alice, &["snapshot", "delete", &snap_id]));
+}

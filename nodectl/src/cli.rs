@@ -74,6 +74,9 @@ pub enum Command {
     /// attach to.
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// VM snapshots (`vm snapshot` takes one, `vm clone` restores it).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// OCI images in the agent's store.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -245,6 +248,41 @@ pub enum VmCommand {
         #[arg(long)]
         pool: Option<String>,
     },
+    /// Snapshot a running or paused VM (memory, devices, its disks); a
+    /// running VM is paused meanwhile.
+    Snapshot {
+        id: String,
+        /// The snapshot's name.
+        name: String,
+    },
+    /// Instant Clone: new running VMs restored from a snapshot, each with
+    /// its own name, disks, MACs and addresses.
+    Clone {
+        /// The snapshot's id.
+        snapshot: String,
+        /// The clone's name; with --count N, NAME-1 to NAME-N.
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// k=v,... added to the snapshot's labels (repeatable).
+        #[arg(long, value_parser = parse_selector)]
+        label: Vec<Vec<(String, String)>>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Snapshots in name order.
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only this VM's.
+        #[arg(long)]
+        vm: Option<String>,
+    },
+    /// One snapshot in full.
+    Get { id: String },
+    /// Remove a snapshot no running clone maps.
+    Delete { id: String },
 }
 
 /// `vm create`'s spec. Relative paths are made absolute against nodectl's

@@ -17,7 +17,7 @@ use stratum_api::proto::{
     ContainerSpec, ContainerState, ContainerStatus, Pod, PodState, PodStats, RestartPolicy,
     RuntimeClass,
 };
-use stratum_api::proto::{Network, NetworkAttachment, NicSpec, NicStatus};
+use stratum_api::proto::{Network, NetworkAttachment, NicSpec, NicStatus, VmSnapshot};
 
 /// `RUNNING` for `VM_STATE_RUNNING`; unknown numbers as `UNKNOWN(n)`.
 pub fn state_name(state: i32) -> String {
@@ -547,6 +547,52 @@ fn pid_text(pid: u32) -> String {
 
 fn timestamp_text(ts: Option<&prost_types::Timestamp>) -> String {
     ts.map_or_else(|| "-".into(), ToString::to_string)
+}
+
+/// The snapshot list's columns.
+pub const SNAPSHOT_HEADER: [&str; 7] = ["ID", "NAME", "VM", "MEMORY", "DISKS", "CLONES", "CREATED"];
+
+/// Snapshots, one per row: the space they take and how many clones.
+pub fn snapshot_table(snapshots: &[VmSnapshot]) -> String {
+    let mut t = Table::new(SNAPSHOT_HEADER);
+    for s in snapshots {
+        t.row(vec![
+            s.id.clone(),
+            s.name.clone(),
+            s.vm_id.clone(),
+            format_size(s.memory_bytes),
+            format_size(s.disk_bytes),
+            s.clones.len().to_string(),
+            timestamp_text(s.created_at.as_ref()),
+        ]);
+    }
+    t.render()
+}
+
+/// One snapshot in full.
+pub fn snapshot_detail(s: &VmSnapshot) -> String {
+    let spec = s.spec.clone().unwrap_or_default();
+    let mut t = Table::headless();
+    t.row(vec!["id".into(), s.id.clone()]);
+    t.row(vec!["name".into(), s.name.clone()]);
+    t.row(vec!["vm".into(), format!("{} ({})", s.vm_id, spec.name)]);
+    t.row(vec!["pool".into(), pool_id_text(&spec.pool_id)]);
+    t.row(vec![
+        "size".into(),
+        format!(
+            "{} vCPUs, {}",
+            spec.vcpus,
+            format_size(spec.memory_mib.saturating_mul(MIB))
+        ),
+    ]);
+    t.row(vec!["memory file".into(), format_size(s.memory_bytes)]);
+    t.row(vec!["disk copies".into(), format_size(s.disk_bytes)]);
+    t.row(vec!["clones".into(), list_text(&s.clones)]);
+    t.row(vec![
+        "created".into(),
+        timestamp_text(s.created_at.as_ref()),
+    ]);
+    t.render()
 }
 
 /// One VM in full, one field per line (disks and NICs one per line).

@@ -11,7 +11,7 @@ use super::args::{label_map, UserArg};
 use super::cli::{
     CertsCommand, Cli, Command, ContainerArgs, HostCommand, ImageCommand, NetworkCommand,
     NetworkCreate, Output, PodAddContainer, PodCommand, PodContainerCommand, PodRun, PoolCommand,
-    PoolSettings, VmCommand, VmCreate,
+    PoolSettings, SnapshotCommand, VmCommand, VmCreate,
 };
 use super::progress::PullProgress;
 use super::{connect, json, render, CommandExit};
@@ -31,6 +31,10 @@ use stratum_api::proto::{
     PauseVmRequest, PullImageRequest, ResourcePoolSpec, ResumeVmRequest, Shares, SharesLevel,
     ShutdownVmRequest, StartVmRequest, UpdateResourcePoolRequest, VirtualMachine, VmSpec, VmState,
     WatchVmsRequest,
+};
+use stratum_api::proto::{
+    CloneVmRequest, DeleteSnapshotRequest, GetSnapshotRequest, ListSnapshotsRequest,
+    SnapshotVmRequest,
 };
 use stratum_api::proto::{
     ContainerSpec, CreateContainerRequest, ExecSyncRequest, GetPodRequest, ListPodsRequest,
@@ -65,6 +69,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vm(c) => vm(VirtualMachinesClient::new(connect()?), c, output).await,
         Command::Pod(c) => pod(PodServiceClient::new(connect()?), c, output).await,
         Command::Network(c) => network(NetworksClient::new(connect()?), c, output).await,
+        Command::Snapshot(c) => snapshot(VirtualMachinesClient::new(connect()?), c, output).await,
         Command::Image(c) => image(c, connect, output).await,
     }
 }
@@ -298,9 +303,53 @@ async fn vm(
             client.delete(DeleteVmRequest { id: id.clone() }).await?;
             return deleted(output, "vm", &id);
         }
+        VmCommand::Snapshot { id, name } => {
+            let snapshot = client.snapshot(SnapshotVmRequest { id, name }).await?;
+            return emit(output, &snapshot.into_inner(), render::snapshot_detail);
+        }
+        VmCommand::Clone {
+            snapshot,
+            name,
+            count,
+            label,
+        } => {
+            let request = CloneVmRequest {
+                snapshot_id: snapshot,
+                name,
+                count,
+                labels: label_map(label.into_iter().flatten()),
+            };
+            let clones = client.clone_vm(request).await?.into_inner();
+            return emit(output, &clones, |c| render::vm_table(&c.vms));
+        }
         other => return vm_stream_or_list(client, other, output).await,
     };
     emit(output, &vm.into_inner(), render::vm_detail)
+}
+
+async fn snapshot(
+    mut client: VirtualMachinesClient<Channel>,
+    cmd: SnapshotCommand,
+    output: Output,
+) -> anyhow::Result<()> {
+    match cmd {
+        SnapshotCommand::List { vm } => {
+            let request = ListSnapshotsRequest {
+                vm_id: vm.unwrap_or_default(),
+            };
+            let list = client.list_snapshots(request).await?.into_inner();
+            emit(output, &list, |l| render::snapshot_table(&l.snapshots))
+        }
+        SnapshotCommand::Get { id } => {
+            let snapshot = client.get_snapshot(GetSnapshotRequest { id }).await?;
+            emit(output, &snapshot.into_inner(), render::snapshot_detail)
+        }
+        SnapshotCommand::Delete { id } => {
+            let request = DeleteSnapshotRequest { id: id.clone() };
+            client.delete_snapshot(request).await?;
+            deleted(output, "snapshot", &id)
+        }
+    }
 }
 
 /// The VM after `settle` seconds of watching, or as soon as it has

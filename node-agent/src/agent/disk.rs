@@ -125,6 +125,29 @@ impl DiskFloor {
         check_free(&self.dir, self.min, what)
     }
 
+    /// RESOURCE_EXHAUSTED unless `bytes` more still leave the floor free:
+    /// `what` is about to write that much.
+    pub fn check_room(&self, what: &str, bytes: u64) -> Result<()> {
+        self.check(what)?;
+        let space = space_of(&self.dir).map_err(|e| {
+            AgentError::Unavailable(format!(
+                "cannot measure the free space of {}: {e}",
+                self.dir.display()
+            ))
+        })?;
+        let floor = self.min.bytes_of(space.total);
+        if space.available < bytes.saturating_add(floor) {
+            return Err(AgentError::ResourceExhausted(format!(
+                "{what} needs {} MiB of disk, and {} has {} MiB free above the {} MiB it keeps",
+                bytes >> 20,
+                self.dir.display(),
+                space.available.saturating_sub(floor) >> 20,
+                floor >> 20
+            )));
+        }
+        Ok(())
+    }
+
     /// The threshold in bytes on the data directory's file system now (0
     /// when it cannot be measured: [`Self::check`] refuses then anyway).
     pub fn floor_bytes(&self) -> u64 {

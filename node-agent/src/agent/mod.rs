@@ -127,6 +127,7 @@ impl Agent {
             vmm_version,
             image_store.clone(),
             snapshot.vms,
+            snapshot.snapshots,
         )?);
         let pods = Arc::new(PodManager::restore(
             Arc::clone(&shared),

@@ -66,11 +66,20 @@ pub struct VmManager {
     vmm_version: String,
     /// Where VM images are (shared with pods and the image service).
     images: ImageStore,
+    /// Held while a snapshot is taken: one at a time (each writes the
+    /// VM's memory and copies its disks), and its group is chosen under it.
+    snapshotting: std::sync::Mutex<()>,
 }
+
+mod snapshots;
+
+use snapshots::SnapshotEntry;
 
 /// What the lock guards.
 struct State {
     vms: BTreeMap<String, VmEntry>,
+    /// VM snapshots, by id.
+    snapshots: BTreeMap<String, SnapshotEntry>,
 }
 
 /// A VM as the agent keeps it.
@@ -86,6 +95,9 @@ pub struct VmEntry {
     pub guest: Option<Arc<GuestLink>>,
     /// The VM image it was made from, leased for its life.
     pub image: Option<VmImage>,
+    /// A snapshot of it is being taken: it may not be paused or resumed
+    /// meanwhile.
+    pub snapshot_busy: bool,
 }
 
 /// A VM's image: held, and where its parts are.
@@ -126,6 +138,9 @@ static DEFAULT_RUNTIME: VmRuntime = VmRuntime {
     root_disk_path: String::new(),
     image_digest: String::new(),
     nics: Vec::new(),
+    cloned_from: String::new(),
+    restore_pending: false,
+    parent_macs: Vec::new(),
 };
 
 static DEFAULT_SPEC: proto::VmSpec = proto::VmSpec {
@@ -159,6 +174,7 @@ impl VmManager {
         vmm_version: String,
         images: ImageStore,
         records: Vec<VmRecord>,
+        snapshots: Vec<crate::records::SnapshotRecord>,
     ) -> Result<Self> {
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
         let manager = VmManager {
@@ -167,12 +183,15 @@ impl VmManager {
             networks,
             state: RwLock::new(State {
                 vms: BTreeMap::new(),
+                snapshots: BTreeMap::new(),
             }),
             events,
             vmm_version,
             images,
+            snapshotting: std::sync::Mutex::new(()),
         };
         manager.restore_records(records)?;
+        manager.restore_snapshots(snapshots);
         Ok(manager)
     }
 
@@ -408,6 +427,7 @@ impl VmManager {
             stop_requested: false,
             guest: None,
             image,
+            snapshot_busy: false,
         };
         let vm = self.to_proto(&entry);
         state.vms.insert(entry.record.id.clone(), entry);
@@ -569,7 +589,7 @@ impl VmManager {
             )));
         }
         self.check_boot_files(&spec)?;
-        let (spec, cgroup, jail_uid, ticket) = self.begin_start(id)?;
+        let (spec, cgroup, (jail_uid, jail_gid), ticket) = self.begin_start(id)?;
         if let Err(e) = self.shared.settle(ticket) {
             let _ = cgroup.remove();
             return Err(e);
@@ -585,7 +605,7 @@ impl VmManager {
             jail: config.vm_jail.as_ref().map(|jail| stratum_vm::JailConfig {
                 jailer: jail.jailer.clone(),
                 uid: jail_uid,
-                gid: jail_uid,
+                gid: jail_gid,
             }),
             ..stratum_vm::LaunchOptions::default()
         };
@@ -616,9 +636,10 @@ impl VmManager {
     }
 
     /// Admits the VM's reservation, makes its leaf cgroup, picks its jail
-    /// uid and marks it STARTING; returns what the launch needs and the
-    /// record's ticket.
-    fn begin_start(&self, id: &str) -> Result<(VmProcessSpec, Cgroup, u32, Ticket)> {
+    /// uid and marks it STARTING; returns what the launch needs (the jail
+    /// uid and gid: the uid's own, or a restoring clone's snapshot group)
+    /// and the record's ticket.
+    fn begin_start(&self, id: &str) -> Result<(VmProcessSpec, Cgroup, (u32, u32), Ticket)> {
         let mut state = self.write_state();
         let entry = vm_entry(&state, id)?;
         if !matches!(
@@ -631,13 +652,17 @@ impl VmManager {
             )));
         }
         let jail_uid = self.free_jail_uid(&state)?;
+        let restore = snapshots::restore_of(&state, entry)?;
+        let jail_gid = restore.as_ref().map_or(jail_uid, |(_, gid)| *gid);
         self.pools.admit(id)?;
         let prepared = (|| {
             let entry = vm_entry(&state, id)?;
             let pool_cgroup = self.pools.pool_cgroup(&entry.pool)?;
             let cgroup = self.shared.cgroups.create_vm_leaf(&pool_cgroup, id)?;
             cgroup.apply(&vm_limits(entry.spec()))?;
-            Ok((process_spec(id, entry), cgroup))
+            let mut spec = process_spec(id, entry);
+            spec.restore = restore.map(|(restore, _)| restore);
+            Ok((spec, cgroup))
         })();
         let (spec, cgroup) = match prepared {
             Ok(p) => p,
@@ -651,7 +676,7 @@ impl VmManager {
             rt.cgroup_path = cgroup_path;
             rt.jail_uid = jail_uid;
         }) {
-            Ok(ticket) => Ok((spec, cgroup, jail_uid, ticket)),
+            Ok(ticket) => Ok((spec, cgroup, (jail_uid, jail_gid), ticket)),
             Err(e) => {
                 self.pools.release(id);
                 let _ = cgroup.remove();
@@ -697,6 +722,8 @@ impl VmManager {
             rt.process_start_time = process.start_time();
             rt.control_socket = process.api_sock().to_string_lossy().into_owned();
             rt.started_at = Some(now());
+            // A clone's restore has run: its next start boots its disks.
+            rt.restore_pending = false;
         });
         let ticket = match stored {
             Ok(ticket) => ticket,
@@ -760,7 +787,18 @@ impl VmManager {
     /// later start replaced `process` already.
     fn link_guest(&self, runtime: &tokio::runtime::Handle, id: &str, process: &Arc<VmProcess>) {
         let socket = stratum_vm::RunDir::new(self.shared.config.vm_run_dir(id)).vsock_sock();
-        let link = GuestLink::spawn(runtime, id.to_string(), socket, self.events.clone());
+        let identity = self
+            .read_state()
+            .vms
+            .get(id)
+            .and_then(snapshots::identity_of);
+        let link = GuestLink::spawn(
+            runtime,
+            id.to_string(),
+            socket,
+            self.events.clone(),
+            identity,
+        );
         let mut state = self.write_state();
         match state.vms.get_mut(id) {
             Some(entry)
@@ -957,7 +995,13 @@ impl VmManager {
         } else {
             (VmState::Paused, VmState::Running)
         };
-        let current = vm_entry(&state, id)?.state();
+        let entry = vm_entry(&state, id)?;
+        if entry.snapshot_busy {
+            return Err(AgentError::FailedPrecondition(format!(
+                "VM {id}: a snapshot of it is being taken"
+            )));
+        }
+        let current = entry.state();
         if current != from {
             return Err(AgentError::FailedPrecondition(format!(
                 "VM {id} is {}, not {}",
@@ -1168,6 +1212,7 @@ impl VmManager {
                 stop_requested: false,
                 guest: None,
                 image: None,
+                snapshot_busy: false,
             };
             if !entry.runtime().image_digest.is_empty() {
                 entry.image = self.lease_again(&id, &entry.runtime().image_digest);
@@ -1656,6 +1701,7 @@ fn process_spec(id: &str, entry: &VmEntry) -> VmProcessSpec {
             })
             .collect(),
         vsock_cid: Some(GUEST_CID),
+        restore: None,
     }
 }
 

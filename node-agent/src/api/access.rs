@@ -106,6 +106,42 @@ pub fn change_vm(agent: &Agent, caller: &Caller, id: &str) -> Result<(), Status>
     caller.check_change(&vm_namespace(agent, id)?, "VMs")
 }
 
+/// A snapshot belongs to the namespace its VM was in when it was taken.
+fn snapshot_namespace(agent: &Agent, id: &str) -> Result<String, Status> {
+    agent
+        .vms()
+        .snapshot_namespace(id)
+        .ok_or_else(|| Status::not_found(format!("no snapshot {id}")))
+}
+
+pub fn read_snapshot(agent: &Agent, caller: &Caller, id: &str) -> Result<(), Status> {
+    if caller.sees_everything() {
+        return Ok(());
+    }
+    caller.check_read(&snapshot_namespace(agent, id)?, "snapshots")
+}
+
+/// Deleting a snapshot, or cloning it (its clones go in its pool, so
+/// making VMs there is checked too).
+pub fn change_snapshot(agent: &Agent, caller: &Caller, id: &str) -> Result<(), Status> {
+    caller.check_change(&snapshot_namespace(agent, id)?, "snapshots")
+}
+
+/// The snapshots of `snapshots` the caller may read.
+pub fn visible_snapshots(
+    agent: &Agent,
+    caller: &Caller,
+    snapshots: Vec<proto::VmSnapshot>,
+) -> Vec<proto::VmSnapshot> {
+    if caller.sees_everything() {
+        return snapshots;
+    }
+    snapshots
+        .into_iter()
+        .filter(|s| snapshot_namespace(agent, &s.id).is_ok_and(|ns| caller.may_read(&ns)))
+        .collect()
+}
+
 pub fn read_pod(agent: &Agent, caller: &Caller, id: &str) -> Result<(), Status> {
     if caller.sees_everything() {
         return Ok(());

@@ -209,6 +209,83 @@ impl VirtualMachines for VmService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn snapshot(
+        &self,
+        request: Request<proto::SnapshotVmRequest>,
+    ) -> Result<Response<proto::VmSnapshot>, Status> {
+        access::change_vm(&self.0, &Caller::of(&request)?, &request.get_ref().id)?;
+        let r = request.into_inner();
+        super::blocking(&self.0, move |a| a.vms().snapshot(&r.id, &r.name))
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<proto::GetSnapshotRequest>,
+    ) -> Result<Response<proto::VmSnapshot>, Status> {
+        let caller = Caller::of(&request)?;
+        let id = request.into_inner().id;
+        access::read_snapshot(&self.0, &caller, &id)?;
+        let snapshot = self.0.vms().get_snapshot(&id)?;
+        super::durable(&self.0, Response::new(snapshot)).await
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<proto::ListSnapshotsRequest>,
+    ) -> Result<Response<proto::ListSnapshotsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let snapshots = self.0.vms().list_snapshots(&request.into_inner().vm_id);
+        let snapshots = access::visible_snapshots(&self.0, &caller, snapshots);
+        super::durable(
+            &self.0,
+            Response::new(proto::ListSnapshotsResponse { snapshots }),
+        )
+        .await
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<proto::DeleteSnapshotRequest>,
+    ) -> Result<Response<proto::DeleteSnapshotResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let id = request.into_inner().id;
+        access::change_snapshot(&self.0, &caller, &id)?;
+        super::blocking(&self.0, move |a| a.vms().delete_snapshot(&id))
+            .await
+            .map(|()| Response::new(proto::DeleteSnapshotResponse {}))
+    }
+
+    async fn clone_vm(
+        &self,
+        request: Request<proto::CloneVmRequest>,
+    ) -> Result<Response<proto::CloneVmResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.into_inner();
+        access::change_snapshot(&self.0, &caller, &r.snapshot_id)?;
+        let pool = self
+            .0
+            .vms()
+            .snapshot_pool(&r.snapshot_id)
+            .unwrap_or_default();
+        access::create_in_pool(&self.0, &caller, &pool, "VMs")?;
+        let agent = self.0.clone();
+        let handle = tokio::runtime::Handle::current();
+        super::blocking(&self.0, move |_| {
+            // Each clone's start watches its vmm on the runtime.
+            let _guard = handle.enter();
+            agent.vms().clone_vm(
+                &r.snapshot_id,
+                &r.name,
+                r.count,
+                &r.labels.into_iter().collect(),
+            )
+        })
+        .await
+        .map(|vms| Response::new(proto::CloneVmResponse { vms }))
+    }
+
     type ConsoleStream = ConsoleStream;
 
     async fn console(

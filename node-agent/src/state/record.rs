@@ -19,7 +19,7 @@ use prost::Message;
 use redb::TableDefinition;
 
 use super::error::StoreError;
-use crate::records::{ImageOwnersRecord, PodRecord, PoolRecord, VmRecord};
+use crate::records::{ImageOwnersRecord, PodRecord, PoolRecord, SnapshotRecord, VmRecord};
 
 /// The layout version written in front of every record.
 pub const FORMAT_VERSION: u8 = 1;
@@ -98,6 +98,28 @@ impl Record for PodRecord {
             Some("no spec")
         } else if self.status.is_none() {
             Some("no status")
+        } else {
+            None
+        }
+    }
+}
+
+impl Record for SnapshotRecord {
+    const TABLE_NAME: &'static str = "snapshots";
+    const TABLE: TableDefinition<'static, &'static str, &'static [u8]> =
+        TableDefinition::new("snapshots");
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn missing(&self) -> Option<&'static str> {
+        if self.id.is_empty() {
+            Some("no id")
+        } else if self.vm.as_ref().is_none_or(|vm| vm.spec.is_none()) {
+            Some("no VM spec")
+        } else if self.gid == 0 {
+            Some("no group")
         } else {
             None
         }

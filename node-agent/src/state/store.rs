@@ -20,7 +20,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 
 use super::error::StoreError;
 use super::record::{decode, encode, Record};
-use crate::records::{ImageOwnersRecord, PodRecord, PoolRecord, VmRecord};
+use crate::records::{ImageOwnersRecord, PodRecord, PoolRecord, SnapshotRecord, VmRecord};
 
 /// The schema this agent writes: the set of tables and what they hold.
 ///
@@ -31,8 +31,9 @@ use crate::records::{ImageOwnersRecord, PodRecord, PoolRecord, VmRecord};
 ///    `images/index.json` beside this file: opening a version 1 file moves
 ///    them in, in the same transaction as the new version.
 ///
-/// Version 2 files gained `image_owners` later: a table only added, which
-/// an older file gets, empty, at open (no image had owners then).
+/// Version 2 files gained `image_owners` and then `snapshots` later:
+/// tables only added, which an older file gets, empty, at open (no image
+/// had owners then, no VM a snapshot).
 pub const SCHEMA_VERSION: u64 = 2;
 
 /// Where a version 1 agent kept the pod network's state (relative to the
@@ -70,6 +71,10 @@ pub enum Change {
     PutImageOwners(ImageOwnersRecord),
     /// Forget an image's owners (no error if absent).
     DeleteImageOwners(String),
+    /// Insert or replace a VM snapshot (boxed: it holds a VM record).
+    PutSnapshot(Box<SnapshotRecord>),
+    /// Remove the snapshot with this id (no error if absent).
+    DeleteSnapshot(String),
 }
 
 impl Change {
@@ -90,7 +95,9 @@ impl Change {
             Change::PutVm(r) => complete(r.as_ref()),
             Change::PutPod(r) => complete(r.as_ref()),
             Change::PutImageOwners(r) => complete(r),
+            Change::PutSnapshot(r) => complete(r.as_ref()),
             Change::DeletePool(_)
+            | Change::DeleteSnapshot(_)
             | Change::DeleteVm(_)
             | Change::DeletePod(_)
             | Change::DeleteImageOwners(_)
@@ -110,6 +117,8 @@ pub struct Snapshot {
     pub pods: Vec<PodRecord>,
     /// Who each image with owners was pulled for, in id order.
     pub image_owners: Vec<ImageOwnersRecord>,
+    /// Every VM snapshot, in id order.
+    pub snapshots: Vec<SnapshotRecord>,
     /// The first id not handed out yet (see [`Change::ReserveIdsBelow`]).
     pub next_id: u64,
     /// Records this load found unreadable and moved to quarantine.
@@ -178,6 +187,7 @@ impl Store {
             tx.open_table(VmRecord::TABLE)?;
             tx.open_table(PodRecord::TABLE)?;
             tx.open_table(ImageOwnersRecord::TABLE)?;
+            tx.open_table(SnapshotRecord::TABLE)?;
             tx.open_table(QUARANTINE)?;
             let mut meta = tx.open_table(META)?;
             let found = meta.get(META_SCHEMA)?.map(|v| v.value());
@@ -269,6 +279,8 @@ impl Store {
                     Change::DeleteImageOwners(id) => {
                         delete_in::<ImageOwnersRecord>(tx, id).map(drop)?
                     }
+                    Change::PutSnapshot(r) => put_in(tx, r.as_ref())?,
+                    Change::DeleteSnapshot(id) => delete_in::<SnapshotRecord>(tx, id).map(drop)?,
                     Change::ReserveIdsBelow(end) => {
                         let mut meta = tx.open_table(META)?;
                         let next = meta.get(META_NEXT_ID)?.map_or(1, |v| v.value());
@@ -361,11 +373,13 @@ impl Store {
             let vms = load_in::<VmRecord>(tx, &mut quarantined)?;
             let pods = load_in::<PodRecord>(tx, &mut quarantined)?;
             let image_owners = load_in::<ImageOwnersRecord>(tx, &mut quarantined)?;
+            let snapshots = load_in::<SnapshotRecord>(tx, &mut quarantined)?;
             Ok(Snapshot {
                 pools,
                 vms,
                 pods,
                 image_owners,
+                snapshots,
                 next_id,
                 quarantined,
             })
