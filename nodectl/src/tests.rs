@@ -2078,3 +2078,67 @@ fn vm_nics_on_networks_show_what_the_agent_set_up() {
         "fe80::4:aff:fe14:5/64"
     );
 }
+
+#[test]
+fn clone_and_snapshot_commands_parse() {
+    let Command::Vm(VmCommand::Clone {
+        snapshot,
+        name,
+        count,
+        label,
+    }) = parse(&[
+        "vm", "clone", "snap-3", "web", "--count", "10", "--label", "tier=web",
+    ])
+    .command
+    else {
+        panic!("not vm clone");
+    };
+    assert_eq!(
+        (snapshot.as_str(), name.as_str(), count),
+        ("snap-3", "web", 10)
+    );
+    assert_eq!(label, [vec![("tier".to_string(), "web".to_string())]]);
+    let Command::Vm(VmCommand::Clone { count, .. }) = parse(&["vm", "clone", "s", "one"]).command
+    else {
+        panic!("not vm clone");
+    };
+    assert_eq!(count, 1, "one clone unless told");
+    assert!(matches!(
+        parse(&["vm", "snapshot", "vm-1", "gold"]).command,
+        Command::Vm(VmCommand::Snapshot { .. })
+    ));
+    assert!(matches!(
+        parse(&["snapshot", "ls", "--vm", "vm-1"]).command,
+        Command::Snapshot(super::cli::SnapshotCommand::List { vm: Some(_) })
+    ));
+    let err =
+        Cli::try_parse_from(["nodectl", "vm", "clone", "s", "w", "--count", "many"]).unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+}
+
+#[test]
+fn a_snapshot_shows_its_sizes_and_clones() {
+    let snapshot = stratum_api::proto::VmSnapshot {
+        id: "snap-3".into(),
+        name: "golden".into(),
+        vm_id: "vm-2".into(),
+        spec: Some(VmSpec {
+            name: "parent".into(),
+            vcpus: 1,
+            memory_mib: 384,
+            ..Default::default()
+        }),
+        memory_bytes: 230_000_000,
+        disk_bytes: 512 * MIB,
+        clones: vec!["vm-4".into(), "vm-5".into()],
+        created_at: None,
+    };
+    let table = render::snapshot_table(std::slice::from_ref(&snapshot));
+    let row = table.lines().nth(1).unwrap();
+    assert!(row.starts_with("snap-3"), "{table}");
+    assert!(row.contains("512Mi") && row.contains(" 2 "), "{table}");
+    let detail = render::snapshot_detail(&snapshot);
+    assert!(detail.contains("vm-2 (parent)"), "{detail}");
+    assert!(detail.contains("vm-4, vm-5"), "{detail}");
+    assert!(detail.contains("1 vCPUs, 384Mi"), "{detail}");
+}
