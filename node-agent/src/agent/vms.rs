@@ -218,13 +218,28 @@ impl VmManager {
     pub fn create(&self, spec: &proto::VmSpec) -> Result<proto::VirtualMachine> {
         let mut spec = spec.clone();
         roles::apply_defaults(&mut spec);
-        let spec = &spec;
-        self.shared.config.check_free_disk("VM create")?;
-        let host_memory = self.pools.host_memory();
         // Opens the files the spec names: no lock held.
-        let sizing = check_spec(spec, host_memory)?;
+        check_spec(&spec, self.pools.host_memory())?;
+        let base_images = self.check_files(&spec)?;
+        self.define(&spec, "VM create", |id, image, nics| {
+            self.make_vm_files(id, &spec, &base_images, image, nics)
+        })
+    }
+
+    /// What a create and a clone share: the checks, the admission's dry
+    /// run and the NICs' addresses before `make_files` makes the VM's
+    /// directory and record (with no lock held); then the admission and
+    /// the record staged, answered once durable. On failure nothing is
+    /// left: directory, addresses, image lease.
+    fn define(
+        &self,
+        spec: &proto::VmSpec,
+        what: &str,
+        make_files: impl FnOnce(&str, Option<&VmImage>, &[NetworkNic]) -> Result<VmRecord>,
+    ) -> Result<proto::VirtualMachine> {
+        self.shared.config.check_free_disk(what)?;
+        let sizing = check_spec(spec, self.pools.host_memory())?;
         let image = self.lease_image(spec)?;
-        let base_images = self.check_files(spec)?;
         let pool = pool_id_or_root(&spec.pool_id);
         let id = format!("vm-{}", self.shared.next_id()?);
         let workload = Workload::vm(WorkloadId::from(id.as_str()), pool.clone(), &sizing)?;
@@ -233,8 +248,7 @@ impl VmManager {
         self.pools.check_workload(&workload)?;
         let namespace = self.pools.namespace_of(&pool)?;
         let nics = self.reserve_nics(&id, spec, &namespace)?;
-        let made = self
-            .make_vm_files(&id, spec, &base_images, image.as_ref(), &nics)
+        let made = make_files(&id, image.as_ref(), &nics)
             .and_then(|record| self.admit_vm(record, pool, workload, image));
         match made {
             Ok((ticket, vm)) => {

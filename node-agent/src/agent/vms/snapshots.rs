@@ -491,30 +491,10 @@ impl VmManager {
             nic.mac.clear();
             nic.addresses.clear();
         }
-        self.shared.config.check_free_disk("VM clone")?;
-        let sizing = check_spec(&spec, self.pools.host_memory())?;
-        let image = self.lease_image(&spec)?;
-        let pool = pool_id_or_root(&spec.pool_id);
-        let id = format!("vm-{}", self.shared.next_id()?);
-        let workload = Workload::vm(WorkloadId::from(id.as_str()), pool.clone(), &sizing)?;
-        check_name_free(&self.read_state(), &spec.name)?;
-        self.pools.check_workload(&workload)?;
-        let namespace = self.pools.namespace_of(&pool)?;
-        let nics = self.reserve_nics(&id, &spec, &namespace)?;
-        let made = self
-            .make_clone_files(&id, &spec, &parent, &snapshot, image.as_ref(), &nics)
-            .and_then(|record| self.admit_vm(record, pool, workload, image));
-        match made {
-            Ok((ticket, _)) => {
-                self.shared.settle(ticket)?;
-                Ok(id)
-            }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(self.shared.config.vm_dir(&id));
-                self.release_nics(&id, nics.iter().map(|n| n.status.index));
-                Err(e)
-            }
-        }
+        let vm = self.define(&spec, "VM clone", |id, image, nics| {
+            self.make_clone_files(id, &spec, &parent, &snapshot, image, nics)
+        })?;
+        Ok(vm.id)
     }
 
     /// The clone's directory: copies of the snapshot's disks named as the
