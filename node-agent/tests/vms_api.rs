@@ -338,6 +338,7 @@ async fn a_cloud_init_seed_is_made_attached_and_removed_with_the_vm() {
         cloud_init: Some(proto::CloudInit {
             user_data: user_data.as_bytes().to_vec(),
             meta_data: [("zone".to_string(), "rack-7".to_string())].into(),
+            metadata_service: true,
         }),
         nics: vec![proto::NicSpec {
             tap_name: tap.clone(),
@@ -379,6 +380,28 @@ async fn a_cloud_init_seed_is_made_attached_and_removed_with_the_vm() {
     assert_eq!(drives[0]["path_on_host"], "/vm/disk0", "{config}");
     assert_eq!(drives[0]["is_read_only"], true, "{config}");
     assert_eq!(config["vsock"]["uds_path"], "/run/vsock.sock", "{config}");
+    // The same files from the metadata service, V2 on the NIC.
+    assert_eq!(config["mmds-config"]["version"], "V2", "{config}");
+    assert_eq!(
+        config["mmds-config"]["network_interfaces"],
+        serde_json::json!(["net0"]),
+        "{config}"
+    );
+    let served = stratum_vm::ApiClient::new(run_dir.api_sock())
+        .mmds()
+        .unwrap();
+    let latest = &served["latest"];
+    assert_eq!(latest["user-data"], user_data, "{served}");
+    assert_eq!(
+        latest["meta-data"].as_str(),
+        Some(fat_file(&seed, "meta-data").as_str()),
+        "{served}"
+    );
+    assert_eq!(
+        latest["network-config"].as_str(),
+        Some(fat_file(&seed, "network-config").as_str()),
+        "{served}"
+    );
 
     kill_and_delete(&agent, &vm.id).await;
     assert!(!vm_dir.exists(), "the seed went with the VM");
@@ -565,8 +588,22 @@ async fn bad_vm_specs_get_their_codes_and_leave_nothing() {
         cloud_init: Some(proto::CloudInit {
             user_data,
             meta_data: [(key.to_string(), "v".to_string())].into(),
+            metadata_service: false,
         }),
         ..base.clone()
+    };
+    let served = |user_data: &[u8], nics: Vec<proto::NicSpec>| proto::VmSpec {
+        cloud_init: Some(proto::CloudInit {
+            user_data: user_data.to_vec(),
+            metadata_service: true,
+            ..Default::default()
+        }),
+        nics,
+        ..base.clone()
+    };
+    let tap0 = proto::NicSpec {
+        tap_name: "tap0".into(),
+        ..Default::default()
     };
     let two_mib = agent.dir.join("two-mib.img");
     std::fs::File::create(&two_mib)
@@ -603,6 +640,16 @@ async fn bad_vm_specs_get_their_codes_and_leave_nothing() {
         (
             "user-data over 64 KiB",
             cloud_init(vec![b'#'; 64 * 1024 + 1], "zone"),
+            Code::InvalidArgument,
+        ),
+        (
+            "a metadata service without a NIC to serve it on",
+            served(b"#cloud-config\n", Vec::new()),
+            Code::InvalidArgument,
+        ),
+        (
+            "user-data the metadata service cannot serve as text",
+            served(&[0x1f, 0x8b, 0xff, 0xfe], vec![tap0.clone()]),
             Code::InvalidArgument,
         ),
         (

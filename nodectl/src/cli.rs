@@ -364,6 +364,10 @@ pub struct VmCreate {
     /// local-hostname are the VM's id and name).
     #[arg(long, value_name = "K=V", value_parser = parse_label)]
     pub meta_data: Vec<(String, String)>,
+    /// Also serve the cloud-init data from the VM's metadata service
+    /// (169.254.169.254 on its first NIC, MMDS version 2).
+    #[arg(long)]
+    pub metadata_service: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -499,19 +499,20 @@ pub fn vm_spec(c: VmCreate) -> anyhow::Result<VmSpec> {
         cpu_limit_millicores: c.cpu_limit,
         cpu_shares: c.cpu_shares,
         memory_reservation_mib: c.mem_reservation,
-        cloud_init: cloud_init(c.user_data.as_deref(), c.meta_data)?,
+        cloud_init: cloud_init(c.user_data.as_deref(), c.meta_data, c.metadata_service)?,
         image: c.image.unwrap_or_default(),
         root_disk_mib: c.root_disk.unwrap_or(0),
     })
 }
 
-/// The spec's cloud-init data from `--user-data` and `--meta-data`: none
-/// when neither is given.
+/// The spec's cloud-init data from `--user-data`, `--meta-data` and
+/// `--metadata-service`: none when none is given.
 fn cloud_init(
     user_data: Option<&Path>,
     meta_data: Vec<(String, String)>,
+    metadata_service: bool,
 ) -> anyhow::Result<Option<CloudInit>> {
-    if user_data.is_none() && meta_data.is_empty() {
+    if user_data.is_none() && meta_data.is_empty() && !metadata_service {
         return Ok(None);
     }
     let user_data = match user_data {
@@ -530,6 +531,7 @@ fn cloud_init(
     Ok(Some(CloudInit {
         user_data,
         meta_data: meta_data.into_iter().collect(),
+        metadata_service,
     }))
 }
 

@@ -6,7 +6,8 @@
 //! across two; a VM of another namespace reaches neither, on the same
 //! network or another; every VM reaches its gateway and the host service
 //! it is given, never the agent's port; a VM that takes an address IPAM
-//! did not give it is cut off. Then the agent is killed with -9 and
+//! did not give it is cut off; a VM made with `--metadata-service` reads
+//! its cloud-init meta-data from 169.254.169.254. Then the agent is killed with -9 and
 //! restarted: the running VM keeps its TAP, the stopped ones have none;
 //! and deleting everything leaves no TAP, bridge or firewall rule.
 
@@ -50,6 +51,14 @@ fn unreachable(name: &str, ip: &str) -> String {
     format!("r=$(probe {ip} 7000); r2=$(probe {ip} 7000); echo {name}=$r$r2")
 }
 
+/// a2 reads its metadata service (the agent's `--metadata-service`): a
+/// version 2 session token, then its meta-data, whose hostname it prints.
+const MMDS_PROBE: &str = r#"ip route add 169.254.169.254 dev eth0
+H='HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n'
+T=$(printf "PUT /latest/api/token $H""X-metadata-token-ttl-seconds: 60\r\n\r\n" | timeout 10 nc 169.254.169.254 80 | tail -1)
+echo A2-MMDS=$(printf "GET /latest/meta-data $H""X-metadata-token: $T\r\n\r\n" | timeout 10 nc 169.254.169.254 80 | grep -o '"local-hostname":"[a-z0-9]*"')
+"#;
+
 fn scenario_script() -> String {
     let a1 = guest(
         "10.50.0.11/24",
@@ -65,7 +74,7 @@ fn scenario_script() -> String {
         "10.50.0.12/24",
         "10.50.0.1",
         &format!(
-            "{}\n\
+            "{MMDS_PROBE}{}\n\
              echo A2-HOST-SERVICE=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 10.50.0.1 8080 | tail -1)\n\
              echo A2-AGENT-PORT=$(probe 10.50.0.1 7443)\n\
              echo A2-OTHER-GATEWAY=$(ping -c 1 -W 3 10.52.0.1 > /dev/null && echo yes || echo no)",
@@ -139,7 +148,7 @@ id() {{ sed -n 's/^  "id": "\(.*\)".*/\1/p' | head -1; }}
 mkvm() {{
     $N -o json vm create "$1" --pool "$2" --role worker --vcpus 1 --memory 64 --cpu-reservation 100 \
         --kernel {guest_dir}/vmlinux --initrd {guest_dir}/initramfs.cpio.gz \
-        --cmdline "$4" --nic "$3" | id
+        --cmdline "$4" --nic "$3" $5 | id
 }}
 console() {{ cat /run/agent/vms/$1/run/console.log 2>/dev/null; }}
 done_vm() {{ console $1 | grep -q STRATUM-GUEST-RUN-EXIT; }}
@@ -155,16 +164,22 @@ $N network create net-x --cidr 10.50.0.128/25 > /dev/null 2>&1; echo OVERLAP-RC=
 "#
     );
     let vms = [
-        ("a1", "$A", "network=net-a,ip=10.50.0.11", &a1),
-        ("a2", "$A", "network=net-a,ip=10.50.0.12", &a2),
-        ("a3", "$A", "network=net-s,ip=10.52.0.13", &a3),
-        ("b1", "$B", "network=net-b,ip=10.51.0.21", &b1),
-        ("b2", "$B", "network=net-s,ip=10.52.0.22", &b2),
+        ("a1", "$A", "network=net-a,ip=10.50.0.11", &a1, ""),
+        (
+            "a2",
+            "$A",
+            "network=net-a,ip=10.50.0.12",
+            &a2,
+            "--metadata-service",
+        ),
+        ("a3", "$A", "network=net-s,ip=10.52.0.13", &a3, ""),
+        ("b1", "$B", "network=net-b,ip=10.51.0.21", &b1, ""),
+        ("b2", "$B", "network=net-s,ip=10.52.0.22", &b2, ""),
     ];
-    for (name, pool, nic, body) in vms {
+    for (name, pool, nic, body, extra) in vms {
         let var = name.to_uppercase();
         script += &format!(
-            "{var}=$(mkvm {name} {pool} {nic} {})\n$N vm start ${var} > /dev/null; echo START-{var}-RC=$?\n",
+            "{var}=$(mkvm {name} {pool} {nic} {} {extra})\n$N vm start ${var} > /dev/null; echo START-{var}-RC=$?\n",
             guest_cmdline(body)
         );
     }
@@ -256,6 +271,8 @@ fn vms_on_networks_reach_their_namespace_and_nothing_else() {
         // The host: the chosen service on the gateway, not the agent, and
         // not another network's gateway.
         ("A2-HOST-SERVICE=", "host-service-ok"),
+        // Its cloud-init data, from the metadata service the agent set up.
+        ("A2-MMDS=", r#""local-hostname":"a2""#),
         ("A2-AGENT-PORT=", "no"),
         ("A2-OTHER-GATEWAY=", "no"),
         // An address IPAM did not give is cut off.

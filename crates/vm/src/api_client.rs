@@ -347,6 +347,26 @@ impl ApiClient {
         self.send("PUT", "/vsock", vsock)
     }
 
+    /// `PUT /mmds/config`: the metadata service (V2, session tokens) on
+    /// the interface `iface_id`.
+    pub fn put_mmds_config(&self, iface_id: &str) -> Result<(), ApiError> {
+        let config = serde_json::json!({
+            "version": "V2",
+            "network_interfaces": [iface_id],
+        });
+        self.send("PUT", "/mmds/config", &config)
+    }
+
+    /// `GET /mmds`: the metadata service's document.
+    pub fn mmds(&self) -> Result<serde_json::Value, ApiError> {
+        self.get_json("/mmds")
+    }
+
+    /// `PUT /mmds`: the metadata service's document.
+    pub fn put_mmds(&self, document: &serde_json::Value) -> Result<(), ApiError> {
+        self.send("PUT", "/mmds", document)
+    }
+
     /// `PUT /actions` InstanceStart: returns once the vCPUs run. Waits up
     /// to [`INSTANCE_START_TIMEOUT`] when that is longer than the client's.
     pub fn instance_start(&self) -> Result<(), ApiError> {

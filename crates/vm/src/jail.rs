@@ -118,8 +118,8 @@ pub(crate) fn prepare(
     }
     jail.max_file_size = Some(largest_file);
     let args = vmm_args(
+        spec,
         &in_jail_run(&run_dir.api_sock()),
-        &spec.id,
         &in_jail_run(&run_dir.console_log()),
     );
     jail.args = args

@@ -74,6 +74,9 @@ pub struct VmProcessSpec {
     /// indexes, so that in a jail each finds its file at `/vm/disk<N>`);
     /// the NICs' TAPs and the vsock socket are this VM's own.
     pub restore: Option<Restore>,
+    /// A metadata service document (JSON, the agent's own file) that vmm
+    /// serves at 169.254.169.254 through the first NIC.
+    pub metadata: Option<PathBuf>,
 }
 
 /// A snapshot to restore (`PUT /snapshot/load`), its memory mapped
@@ -349,17 +352,28 @@ fn prepare_run_dir(run_dir: &RunDir) -> Result<(), LaunchError> {
     Ok(())
 }
 
-/// vmm's command line: API socket, id, console log, no console input.
-pub(crate) fn vmm_args(api_sock: &Path, id: &str, console: &Path) -> Vec<OsString> {
-    vec![
+/// How large a metadata document and the request carrying it may be: the
+/// seed's user-data and meta-data, JSON-escaped, with room.
+const METADATA_LIMIT: &str = "262144";
+
+/// vmm's command line: API socket, id, console log, no console input;
+/// with a metadata service, the limits its document needs.
+pub(crate) fn vmm_args(spec: &VmProcessSpec, api_sock: &Path, console: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
         "--api-sock".into(),
         api_sock.into(),
         "--id".into(),
-        id.into(),
+        spec.id.as_str().into(),
         "--console".into(),
         console.into(),
         "--no-console-input".into(),
-    ]
+    ];
+    if spec.metadata.is_some() {
+        for flag in ["--mmds-size-limit", "--http-api-max-payload-size"] {
+            args.extend([flag.into(), METADATA_LIMIT.into()]);
+        }
+    }
+    args
 }
 
 /// `program` in the VM's cgroup and a session of its own, stdin and
@@ -406,11 +420,7 @@ fn spawn(
     cgroup: &Cgroup,
 ) -> Result<(Spawned, VmProcessSpec), LaunchError> {
     let mut cmd = command(binary, run_dir, cgroup)?;
-    cmd.args(vmm_args(
-        &run_dir.api_sock(),
-        &spec.id,
-        &run_dir.console_log(),
-    ));
+    cmd.args(vmm_args(spec, &run_dir.api_sock(), &run_dir.console_log()));
     let mut child = cmd.spawn().map_err(spawn_error(binary))?;
     // The child is unreaped until we wait for it, so its pid is still its.
     // Dropping `Child` neither kills nor reaps; the pidfd does both.
@@ -479,9 +489,17 @@ fn start(
         Some(_) => jail::in_jail_run(&run_dir.vsock_sock()),
     };
     match &spec.restore {
-        Some(restore) => step(api, "snapshot load", |a| {
-            a.load_snapshot(&restore_body(spec, restore, &vsock_uds))
-        }),
+        Some(restore) => {
+            // The snapshot has the service's configuration, not its data:
+            // this VM's own document goes in before the load.
+            if let Some(path) = &spec.metadata {
+                let document = read_metadata(path)?;
+                step(api, "mmds", |a| a.put_mmds(&document))?;
+            }
+            step(api, "snapshot load", |a| {
+                a.load_snapshot(&restore_body(spec, restore, &vsock_uds))
+            })
+        }
         None => {
             configure(api, spec, &vsock_uds)?;
             step(api, "InstanceStart", ApiClient::instance_start)
@@ -555,6 +573,11 @@ fn configure(api: &ApiClient, spec: &VmProcessSpec, vsock_uds: &Path) -> Result<
             a.put_network_interface(&nic)
         })?;
     }
+    if let Some(path) = &spec.metadata {
+        let document = read_metadata(path)?;
+        step(api, "mmds config", |a| a.put_mmds_config("net0"))?;
+        step(api, "mmds", |a| a.put_mmds(&document))?;
+    }
     if let Some(guest_cid) = spec.vsock_cid {
         let vsock = Vsock {
             guest_cid,
@@ -563,6 +586,17 @@ fn configure(api: &ApiClient, spec: &VmProcessSpec, vsock_uds: &Path) -> Result<
         step(api, "vsock", |a| a.put_vsock(&vsock))?;
     }
     Ok(())
+}
+
+/// The metadata document the agent wrote beside the VM's seed.
+fn read_metadata(path: &Path) -> Result<serde_json::Value, LaunchError> {
+    let bad = |source| LaunchError::RunDir {
+        path: path.to_path_buf(),
+        op: "read the metadata document",
+        source,
+    };
+    let text = std::fs::read(path).map_err(bad)?;
+    serde_json::from_slice(&text).map_err(|e| bad(io::Error::other(e)))
 }
 
 /// The API drive bodies: ids from the serials, else `disk<N>`; no root
@@ -659,6 +693,7 @@ mod tests {
             nics,
             vsock_cid: None,
             restore: None,
+            metadata: None,
         }
     }
 

@@ -74,6 +74,8 @@ pub enum SeedError {
     BadMetaDataKey(String),
     #[error("meta-data key {0:?} is set by the agent")]
     ReservedMetaDataKey(String),
+    #[error("user-data served by the metadata service must be UTF-8 text")]
+    UserDataNotText,
     #[error("{0}")]
     Disk(#[from] DiskError),
 }
@@ -128,6 +130,24 @@ impl Seed {
             .collect();
         let config = json!({ "version": 2, "ethernets": ethernets });
         Some(format!("{config}\n"))
+    }
+
+    /// The same files as a metadata service (MMDS) document: under
+    /// `latest/`, `meta-data`, `user-data` and `network-config` as text,
+    /// the layout cloud-init's NoCloud reads from a URL
+    /// (`ds=nocloud;s=http://169.254.169.254/latest/`). User-data must be
+    /// text: the document is JSON.
+    pub fn metadata_document(&self) -> Result<Value, SeedError> {
+        self.validate()?;
+        let user_data =
+            std::str::from_utf8(&self.user_data).map_err(|_| SeedError::UserDataNotText)?;
+        let mut latest = Map::new();
+        latest.insert("meta-data".into(), self.meta_data().into());
+        latest.insert("user-data".into(), user_data.into());
+        if let Some(network) = self.network_config() {
+            latest.insert("network-config".into(), network.into());
+        }
+        Ok(json!({ "latest": latest }))
     }
 
     /// Writes the seed volume at `dest`, which must not exist.
@@ -321,6 +341,34 @@ mod tests {
         assert!(matches!(
             seed().write(&path),
             Err(SeedError::Disk(DiskError::AlreadyExists(_)))
+        ));
+    }
+
+    #[test]
+    fn the_metadata_document_holds_the_seeds_files_as_text() {
+        let seed = seed();
+        let document = seed.metadata_document().unwrap();
+        let latest = &document["latest"];
+        assert_eq!(latest["meta-data"], seed.meta_data());
+        assert_eq!(
+            latest["user-data"].as_str().map(str::as_bytes),
+            Some(&seed.user_data[..])
+        );
+        assert_eq!(latest["network-config"], seed.network_config().unwrap());
+        let no_nics = Seed {
+            interfaces: Vec::new(),
+            ..seed.clone()
+        };
+        assert!(no_nics.metadata_document().unwrap()["latest"]
+            .get("network-config")
+            .is_none());
+        let binary = Seed {
+            user_data: vec![0x1f, 0x8b, 0xff],
+            ..seed
+        };
+        assert!(matches!(
+            binary.metadata_document(),
+            Err(SeedError::UserDataNotText)
         ));
     }
 }

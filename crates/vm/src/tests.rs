@@ -157,6 +157,7 @@ impl Scratch {
             nics: Vec::new(),
             vsock_cid: None,
             restore: None,
+            metadata: None,
         }
     }
 }

@@ -552,15 +552,7 @@ impl VmManager {
                 None => String::new(),
             };
             let disk_paths = clone_disks(&dir, spec, base_images)?;
-            let seed_path = match seed_of(id, spec, nics) {
-                Some(seed) => {
-                    let path = dir.join(SEED_FILE);
-                    seed.write(&path)
-                        .map_err(|e| AgentError::Internal(format!("cloud-init seed: {e}")))?;
-                    path.to_string_lossy().into_owned()
-                }
-                None => String::new(),
-            };
+            let seed_path = write_seed(&dir, spec, seed_of(id, spec, nics))?;
             Ok(VmRecord {
                 id: id.to_string(),
                 spec: Some(spec.clone()),
@@ -1407,6 +1399,15 @@ fn check_spec(spec: &proto::VmSpec, host_memory: u64) -> Result<VmSizing> {
     if let Some(seed) = seed_of("", spec, &[]) {
         seed.validate()
             .map_err(|e| invalid(format!("cloud_init: {e}")))?;
+        if wants_metadata_service(spec) {
+            if spec.nics.is_empty() {
+                return Err(invalid(
+                    "cloud_init: the metadata service is served through a NIC: give one".into(),
+                ));
+            }
+            seed.metadata_document()
+                .map_err(|e| invalid(format!("cloud_init: {e}")))?;
+        }
     }
     for (i, nic) in spec.nics.iter().enumerate() {
         if !nic.network.is_empty() {
@@ -1600,6 +1601,30 @@ fn clone_disks(dir: &Path, spec: &proto::VmSpec, base_images: &[PathBuf]) -> Res
 
 /// The NoCloud seed volume in a VM's directory.
 const SEED_FILE: &str = "seed.img";
+/// Beside it, the same files as the metadata service's document, when the
+/// spec asks for one.
+const METADATA_FILE: &str = "metadata.json";
+
+/// Writes `seed` into the VM's directory `dir` (and its metadata document
+/// when `spec` asks for the metadata service); returns the seed's path,
+/// empty without a seed.
+fn write_seed(dir: &Path, spec: &proto::VmSpec, seed: Option<Seed>) -> Result<String> {
+    let Some(seed) = seed else {
+        return Ok(String::new());
+    };
+    let failed = |e: &dyn std::fmt::Display| AgentError::Internal(format!("cloud-init seed: {e}"));
+    let path = dir.join(SEED_FILE);
+    seed.write(&path).map_err(|e| failed(&e))?;
+    if wants_metadata_service(spec) {
+        let document = seed.metadata_document().map_err(|e| failed(&e))?;
+        std::fs::write(dir.join(METADATA_FILE), document.to_string()).map_err(|e| failed(&e))?;
+    }
+    Ok(path.to_string_lossy().into_owned())
+}
+
+fn wants_metadata_service(spec: &proto::VmSpec) -> bool {
+    spec.cloud_init.as_ref().is_some_and(|c| c.metadata_service)
+}
 
 /// The seed of the VM `id` when its spec has cloud-init data: its id is
 /// the instance-id (stable for the VM's life), its name the hostname.
@@ -1716,6 +1741,8 @@ fn process_spec(id: &str, entry: &VmEntry) -> VmProcessSpec {
             .collect(),
         vsock_cid: Some(GUEST_CID),
         restore: None,
+        metadata: (wants_metadata_service(spec) && !runtime.seed_path.is_empty())
+            .then(|| Path::new(&runtime.seed_path).with_file_name(METADATA_FILE)),
     }
 }
 

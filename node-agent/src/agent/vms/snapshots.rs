@@ -536,15 +536,7 @@ impl VmManager {
                     "the clone's seed does not match the snapshot's drives".into(),
                 ));
             }
-            let seed_path = match seed {
-                Some(seed) => {
-                    let path = dir.join(SEED_FILE);
-                    seed.write(&path)
-                        .map_err(|e| AgentError::Internal(format!("cloud-init seed: {e}")))?;
-                    path.to_string_lossy().into_owned()
-                }
-                None => String::new(),
-            };
+            let seed_path = write_seed(&dir, spec, seed)?;
             let nic_statuses: Vec<proto::NicStatus> =
                 nics.iter().map(|n| n.status.clone()).collect();
             let parent_macs = nic_statuses
