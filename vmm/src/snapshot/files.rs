@@ -398,70 +398,11 @@ pub fn map_memory(
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
             .build()
             .map_err(|e| map_error(e.to_string()))?;
-            populate_data(&file, region.file_offset, &mapping);
             GuestRegionMmap::new(mapping, GuestAddress(region.guest_base))
                 .ok_or_else(|| map_error("a region ends past the guest address space".into()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     GuestMemoryMmap::from_regions(regions).map_err(|e| map_error(e.to_string()))
-}
-
-/// `MADV_POPULATE_READ` (Linux 5.14), absent from older libc crates.
-const MADV_POPULATE_READ: libc::c_int = 22;
-
-/// Maps the memory file's data pages into `mapping` before the guest
-/// runs (`MADV_POPULATE_READ`: read-only, the page cache's own pages, so
-/// clones still share them and a write still copies), instead of one
-/// fault per page once it runs; holes (pages that were zero) stay
-/// unmapped, so a large, mostly empty guest costs nothing more. Best
-/// effort: a kernel without it, or a file system without `SEEK_DATA`,
-/// leaves the pages to fault in as before.
-fn populate_data<B: vm_memory::bitmap::Bitmap>(
-    file: &File,
-    file_offset: u64,
-    mapping: &vm_memory::MmapRegion<B>,
-) {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    let start = file_offset;
-    let end = file_offset.saturating_add(mapping.size() as u64);
-    let mut at = start;
-    while at < end {
-        let Ok(offset) = libc::off_t::try_from(at) else {
-            return;
-        };
-        // SAFETY: lseek on a descriptor this function borrows; it moves
-        // only the file's offset, which nothing else here relies on (the
-        // mapping is made, reads go by pread).
-        let data = unsafe { libc::lseek(fd, offset, libc::SEEK_DATA) };
-        if data < 0 {
-            return; // ENXIO: no data past `at`; else not supported.
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return;
-        }
-        let (data, hole) = (data as u64, (hole as u64).min(end));
-        if data >= end {
-            return;
-        }
-        let Ok(from) = usize::try_from(data - start) else {
-            return;
-        };
-        let Ok(len) = usize::try_from(hole - data) else {
-            return;
-        };
-        // SAFETY: [from, from + len) lies inside the mapping (data >= start,
-        // hole <= end = start + its size); populating reads nothing into
-        // our memory and changes no page's contents.
-        let done =
-            unsafe { libc::madvise(mapping.as_ptr().add(from).cast(), len, MADV_POPULATE_READ) };
-        if done != 0 {
-            return;
-        }
-        at = hole;
-    }
 }
 
 /// The regions must be the ones this vmm lays out for `mem_size`, each
