@@ -50,6 +50,24 @@ impl Outcome {
             .filter(move |l| l.starts_with(prefix))
     }
 
+    /// What follows `key` on the first console line that starts with it
+    /// (`KEY=value` lines), trimmed; empty when no line does.
+    pub fn value(&self, key: &str) -> &str {
+        self.console
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map_or("", str::trim)
+    }
+
+    /// What follows `key` on every console line that starts with it, in
+    /// the order printed.
+    pub fn values<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.console
+            .lines()
+            .filter_map(move |l| l.trim().strip_prefix(key))
+            .map(str::trim)
+    }
+
     /// The last `n` console lines, for error messages.
     pub fn console_tail(&self, n: usize) -> String {
         tail(&self.console, n)

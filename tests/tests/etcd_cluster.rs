@@ -34,7 +34,7 @@
 use std::time::Duration;
 
 use stratum_tests::etcd::{member_user_data, shell_helpers, MEMBERS, NET};
-use stratum_tests::{paths, NestedHost, Outcome, Scenario};
+use stratum_tests::{paths, NestedHost, Scenario};
 
 const AGENT: &str = "/stratum/bin/node-agent";
 const NODECTL: &str = "/stratum/bin/nodectl";
@@ -292,25 +292,6 @@ tail -5 /run/registry.log | sed 's/^/REGISTRY-LOG /'
     s
 }
 
-fn value<'a>(outcome: &'a Outcome, key: &str) -> &'a str {
-    outcome
-        .console
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(key))
-        .map(str::trim)
-        .unwrap_or_default()
-}
-
-/// Every value of `key`, in the order printed.
-fn values<'a>(outcome: &'a Outcome, key: &str) -> Vec<&'a str> {
-    outcome
-        .console
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix(key))
-        .map(str::trim)
-        .collect()
-}
-
 /// A 64-bit field of nodectl's JSON (a number; protobuf's JSON mapping
 /// would write a string, which is taken too).
 fn uint(v: &serde_json::Value) -> u64 {
@@ -368,7 +349,7 @@ fn three_etcd_vms_form_a_cluster_on_a_network_that_holds_through_a_member_loss()
             "a wait ended without its condition ({failed})\n{tail}"
         );
     }
-    let v = |key: &str| value(&outcome, key);
+    let v = |key: &str| outcome.value(key);
     for (key, want) in [
         ("OTHER-NET-RC=", "0"),
         ("IMPORT-RC=", "0"),
@@ -407,17 +388,19 @@ fn three_etcd_vms_form_a_cluster_on_a_network_that_holds_through_a_member_loss()
         "the VMs lease their image\n{tail}"
     );
     assert_eq!(
-        values(&outcome, "STATE-AFTER-AGENT-KILL="),
+        outcome
+            .values("STATE-AFTER-AGENT-KILL=")
+            .collect::<Vec<_>>(),
         ["RUNNING"; 4],
         "the VMs run on while the agent is down\n{tail}"
     );
     assert_eq!(
-        values(&outcome, "POWER-DOWN="),
+        outcome.values("POWER-DOWN=").collect::<Vec<_>>(),
         ["1"; 4],
         "each guest powered itself off\n{tail}"
     );
     assert_eq!(
-        values(&outcome, "RESTARTING="),
+        outcome.values("RESTARTING=").collect::<Vec<_>>(),
         ["0"; 4],
         "not Ctrl+Alt+Del's reboot\n{tail}"
     );

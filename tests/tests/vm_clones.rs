@@ -27,7 +27,7 @@
 
 use std::time::Duration;
 
-use stratum_tests::{paths, NestedHost, Outcome, Scenario};
+use stratum_tests::{paths, NestedHost, Scenario};
 
 const AGENT: &str = "/stratum/bin/node-agent";
 const NODECTL: &str = "/stratum/bin/nodectl";
@@ -166,24 +166,6 @@ at DONE
     )
 }
 
-fn value<'a>(outcome: &'a Outcome, key: &str) -> &'a str {
-    outcome
-        .console
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(key))
-        .map(str::trim)
-        .unwrap_or_default()
-}
-
-fn values<'a>(outcome: &'a Outcome, key: &str) -> Vec<&'a str> {
-    outcome
-        .console
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix(key))
-        .map(str::trim)
-        .collect()
-}
-
 fn number(text: &str) -> u64 {
     text.parse()
         .unwrap_or_else(|_| panic!("{text:?} is not a number"))
@@ -228,7 +210,7 @@ fn ten_clones_of_a_running_vm_each_take_their_own_identity_and_share_memory() {
         !outcome.console.lines().any(|l| l.starts_with("TIMED-OUT")),
         "a wait ended without its condition\n{tail}"
     );
-    let v = |key: &str| value(&outcome, key);
+    let v = |key: &str| outcome.value(key);
     for (key, want) in [
         ("NET-RC=", "0"),
         ("IMPORT-RC=", "0"),
@@ -256,22 +238,26 @@ fn ten_clones_of_a_running_vm_each_take_their_own_identity_and_share_memory() {
         "running clones keep their snapshot\n{tail}"
     );
     assert_eq!(
-        values(&outcome, "STATE-AFTER-AGENT-KILL="),
+        outcome
+            .values("STATE-AFTER-AGENT-KILL=")
+            .collect::<Vec<_>>(),
         ["RUNNING"; CLONES as usize],
         "{tail}"
     );
     assert_eq!(
-        values(&outcome, "CLONE-DELETE-RC="),
+        outcome.values("CLONE-DELETE-RC=").collect::<Vec<_>>(),
         ["0"; CLONES as usize],
         "{tail}"
     );
     // Each clone's address answers the host: the guest took it, and the
     // network lets the clone's TAP send from it.
-    let pings = values(&outcome, "CLONE-PING=");
+    let pings = outcome.values("CLONE-PING=").collect::<Vec<_>>();
     assert_eq!(pings.len(), CLONES as usize, "{tail}");
     assert!(pings.iter().all(|p| p.starts_with("yes ")), "{pings:?}");
     // Identity: each clone's guest says its own name, MAC and address.
-    let vms: Vec<serde_json::Value> = values(&outcome, "VM-JSON=")
+    let vms: Vec<serde_json::Value> = outcome
+        .values("VM-JSON=")
+        .collect::<Vec<_>>()
         .into_iter()
         .map(|j| serde_json::from_str(j).unwrap())
         .collect();
@@ -310,7 +296,7 @@ fn ten_clones_of_a_running_vm_each_take_their_own_identity_and_share_memory() {
     assert_eq!(addresses.len(), vms.len(), "every address its own");
     // Carried on where the parent was, then under its own name.
     let at_snapshot = number(v("PARENT-TICK-AT-SNAPSHOT="));
-    let ticks: Vec<&str> = values(&outcome, "CLONE-TICKS");
+    let ticks: Vec<&str> = outcome.values("CLONE-TICKS").collect();
     assert_eq!(ticks.len(), CLONES as usize, "{tail}");
     for line in ticks {
         let field = |k: &str| {

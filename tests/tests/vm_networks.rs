@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use stratum_tests::{paths, NestedHost, Outcome, Scenario};
+use stratum_tests::{paths, NestedHost, Scenario};
 
 /// The guest's command line: its console, and `script` to run.
 fn guest_cmdline(script: &str) -> String {
@@ -214,15 +214,6 @@ $N network list | sed 's/^/NETLIST-/'
     script
 }
 
-fn value<'a>(outcome: &'a Outcome, key: &str) -> &'a str {
-    outcome
-        .console
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(key))
-        .map(str::trim)
-        .unwrap_or_default()
-}
-
 #[test]
 fn vms_on_networks_reach_their_namespace_and_nothing_else() {
     let host = NestedHost::from_env().unwrap_or_else(|e| panic!("{e}"));
@@ -250,7 +241,7 @@ fn vms_on_networks_reach_their_namespace_and_nothing_else() {
         "the agent did not answer:\n{}\n{tail}",
         stuck.join("\n")
     );
-    let v = |key: &str| value(&outcome, key);
+    let v = |key: &str| outcome.value(key);
     for (key, want) in [
         ("NET-A-RC=", "0"),
         ("NET-B-RC=", "0"),
