@@ -15,20 +15,12 @@ use std::path::{Path, PathBuf};
 use stratum_api::proto;
 use stratum_api::proto::VmState;
 use stratum_testkit::test_agent::{
-    create_vm, get_vm as get, halting_kernel, wait_vm_state as wait_state, TestAgent,
+    create_vm, get_vm as get, wait_vm_state as wait_state, TestAgent,
 };
 use tonic::Code;
 
 fn spec(agent: &TestAgent, name: &str) -> proto::VmSpec {
-    proto::VmSpec {
-        name: name.into(),
-        role: proto::VmRole::Worker as i32,
-        vcpus: 1,
-        memory_mib: 32,
-        kernel: halting_kernel(&agent.dir).to_string_lossy().into_owned(),
-        cmdline: "console=ttyS0".into(),
-        ..Default::default()
-    }
+    agent.halting_vm_spec(name, "")
 }
 
 /// The uid and gid a process runs as (the real ones of `Uid:`/`Gid:`).

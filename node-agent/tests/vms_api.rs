@@ -20,16 +20,7 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 
 fn vm_spec(agent: &TestAgent, name: &str, pool: &str) -> proto::VmSpec {
-    proto::VmSpec {
-        name: name.into(),
-        pool_id: pool.into(),
-        role: proto::VmRole::Worker as i32,
-        vcpus: 1,
-        memory_mib: 32,
-        kernel: halting_kernel(&agent.dir).to_string_lossy().into_owned(),
-        cmdline: "console=ttyS0".into(),
-        ..Default::default()
-    }
+    agent.halting_vm_spec(name, pool)
 }
 
 /// Kills VM `id`, waits until it is STOPPED, deletes it.

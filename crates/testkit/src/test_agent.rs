@@ -183,6 +183,21 @@ impl TestAgent {
         .collect()
     }
 
+    /// The spec of a 32 MiB, 1-vCPU worker VM in `pool` ("" = root)
+    /// whose guest halts forever ([`halting_kernel`]).
+    pub fn halting_vm_spec(&self, name: &str, pool: &str) -> proto::VmSpec {
+        proto::VmSpec {
+            name: name.into(),
+            pool_id: pool.into(),
+            role: proto::VmRole::Worker as i32,
+            vcpus: 1,
+            memory_mib: 32,
+            kernel: halting_kernel(&self.dir).to_string_lossy().into_owned(),
+            cmdline: "console=ttyS0".into(),
+            ..Default::default()
+        }
+    }
+
     /// Runs `nodectl` against this mTLS agent ([`Self::start_mtls`]) with
     /// the client certificate directory `certs`.
     pub fn nodectl_as(&self, certs: &Path, args: &[&str]) -> std::process::Output {

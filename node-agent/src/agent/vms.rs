@@ -218,31 +218,32 @@ impl VmManager {
     pub fn create(&self, spec: &proto::VmSpec) -> Result<proto::VirtualMachine> {
         let mut spec = spec.clone();
         roles::apply_defaults(&mut spec);
+        let sizing = check_spec(&spec, self.pools.host_memory())?;
         // Opens the files the spec names: no lock held.
-        check_spec(&spec, self.pools.host_memory())?;
         let base_images = self.check_files(&spec)?;
-        self.define(&spec, "VM create", |id, image, nics| {
+        self.define(&spec, &sizing, "VM create", |id, image, nics| {
             self.make_vm_files(id, &spec, &base_images, image, nics)
         })
     }
 
-    /// What a create and a clone share: the checks, the admission's dry
-    /// run and the NICs' addresses before `make_files` makes the VM's
+    /// What a create and a clone share, for a spec `check_spec` passed
+    /// (`sizing`): the free-space floor, the image lease, the admission's
+    /// dry run and the NICs' addresses before `make_files` makes the VM's
     /// directory and record (with no lock held); then the admission and
     /// the record staged, answered once durable. On failure nothing is
     /// left: directory, addresses, image lease.
     fn define(
         &self,
         spec: &proto::VmSpec,
+        sizing: &VmSizing,
         what: &str,
         make_files: impl FnOnce(&str, Option<&VmImage>, &[NetworkNic]) -> Result<VmRecord>,
     ) -> Result<proto::VirtualMachine> {
         self.shared.config.check_free_disk(what)?;
-        let sizing = check_spec(spec, self.pools.host_memory())?;
         let image = self.lease_image(spec)?;
         let pool = pool_id_or_root(&spec.pool_id);
         let id = format!("vm-{}", self.shared.next_id()?);
-        let workload = Workload::vm(WorkloadId::from(id.as_str()), pool.clone(), &sizing)?;
+        let workload = Workload::vm(WorkloadId::from(id.as_str()), pool.clone(), sizing)?;
         // Refused before any disk is cloned: a dry run of the admission.
         check_name_free(&self.read_state(), &spec.name)?;
         self.pools.check_workload(&workload)?;
@@ -553,30 +554,52 @@ impl VmManager {
             };
             let disk_paths = clone_disks(&dir, spec, base_images)?;
             let seed_path = write_seed(&dir, spec, seed_of(id, spec, nics))?;
-            Ok(VmRecord {
-                id: id.to_string(),
-                spec: Some(spec.clone()),
-                runtime: Some(VmRuntime {
-                    state: VmState::Created as i32,
+            Ok(self.created_record(
+                id,
+                spec,
+                image,
+                nics,
+                VmRuntime {
                     disk_paths,
                     seed_path,
                     root_disk_path,
-                    image_digest: image.map(|i| i.digest.clone()).unwrap_or_default(),
-                    nics: nics.iter().map(|n| n.status.clone()).collect(),
-                    console_path: stratum_vm::RunDir::new(self.shared.config.vm_run_dir(id))
-                        .console_log()
-                        .to_string_lossy()
-                        .into_owned(),
-                    updated_at: Some(now()),
                     ..VmRuntime::default()
-                }),
-                created_at: Some(now()),
-            })
+                },
+            ))
         })();
         if made.is_err() {
             let _ = std::fs::remove_dir_all(&dir);
         }
         made
+    }
+
+    /// The record of a VM just made: CREATED, with `files` (its disks and
+    /// seed, and what else the caller sets) and what every VM has (its
+    /// image, NICs and console log).
+    fn created_record(
+        &self,
+        id: &str,
+        spec: &proto::VmSpec,
+        image: Option<&VmImage>,
+        nics: &[NetworkNic],
+        files: VmRuntime,
+    ) -> VmRecord {
+        VmRecord {
+            id: id.to_string(),
+            spec: Some(spec.clone()),
+            runtime: Some(VmRuntime {
+                state: VmState::Created as i32,
+                image_digest: image.map(|i| i.digest.clone()).unwrap_or_default(),
+                nics: nics.iter().map(|n| n.status.clone()).collect(),
+                console_path: stratum_vm::RunDir::new(self.shared.config.vm_run_dir(id))
+                    .console_log()
+                    .to_string_lossy()
+                    .into_owned(),
+                updated_at: Some(now()),
+                ..files
+            }),
+            created_at: Some(now()),
+        }
     }
 
     pub fn start(self: &Arc<Self>, id: &str) -> Result<proto::VirtualMachine> {

@@ -320,7 +320,7 @@ impl VmManager {
                 vm: Some(parent.record.clone()),
                 created_at: Some(now()),
                 gid,
-                disk_bytes: parent.disks.iter().map(|d| allocated(d)).sum(),
+                disk_bytes: disk_paths.iter().map(|d| allocated(Path::new(d))).sum(),
                 disk_paths,
                 memory_bytes,
                 dir: dir.to_string_lossy().into_owned(),
@@ -491,7 +491,8 @@ impl VmManager {
             nic.mac.clear();
             nic.addresses.clear();
         }
-        let vm = self.define(&spec, "VM clone", |id, image, nics| {
+        let sizing = check_spec(&spec, self.pools.host_memory())?;
+        let vm = self.define(&spec, &sizing, "VM clone", |id, image, nics| {
             self.make_clone_files(id, &spec, &parent, &snapshot, image, nics)
         })?;
         Ok(vm.id)
@@ -537,41 +538,32 @@ impl VmManager {
                 ));
             }
             let seed_path = write_seed(&dir, spec, seed)?;
-            let nic_statuses: Vec<proto::NicStatus> =
-                nics.iter().map(|n| n.status.clone()).collect();
-            let parent_macs = nic_statuses
+            let parent_macs = nics
                 .iter()
                 .map(|nic| {
                     parent_runtime
                         .nics
                         .iter()
-                        .find(|p| p.index == nic.index)
+                        .find(|p| p.index == nic.status.index)
                         .map(|p| p.mac.clone())
                         .unwrap_or_default()
                 })
                 .collect();
-            Ok(VmRecord {
-                id: id.to_string(),
-                spec: Some(spec.clone()),
-                runtime: Some(VmRuntime {
-                    state: VmState::Created as i32,
+            Ok(self.created_record(
+                id,
+                spec,
+                image,
+                nics,
+                VmRuntime {
                     disk_paths,
                     seed_path,
                     root_disk_path,
-                    image_digest: image.map(|i| i.digest.clone()).unwrap_or_default(),
-                    nics: nic_statuses,
-                    console_path: stratum_vm::RunDir::new(self.shared.config.vm_run_dir(id))
-                        .console_log()
-                        .to_string_lossy()
-                        .into_owned(),
-                    updated_at: Some(now()),
                     cloned_from: snapshot.id.clone(),
                     restore_pending: true,
                     parent_macs,
                     ..VmRuntime::default()
-                }),
-                created_at: Some(now()),
-            })
+                },
+            ))
         })();
         if made.is_err() {
             let _ = std::fs::remove_dir_all(&dir);
