@@ -232,6 +232,34 @@ impl MemBackend {
     }
 }
 
+/// `PUT /balloon` body: a virtio-balloon device, configured before boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Balloon {
+    /// The target at boot, MiB.
+    pub amount_mib: u32,
+    /// The guest may take pages back from the balloon rather than
+    /// OOM-kill one of its processes.
+    pub deflate_on_oom: bool,
+    /// How often the guest reports its memory statistics; 0: never.
+    pub stats_polling_interval_s: u16,
+}
+
+/// `GET /balloon/statistics` body, the parts the agent reads (unknown
+/// fields ignored; the guest's figures are absent until it reported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct BalloonStatistics {
+    /// What the host asked the balloon to hold.
+    pub target_mib: u32,
+    /// What the guest's driver says it holds.
+    pub actual_mib: u32,
+    /// The guest's MemAvailable, bytes.
+    #[serde(default)]
+    pub available_memory: Option<u64>,
+    /// The guest's MemTotal, bytes (the balloon's pages not counted).
+    #[serde(default)]
+    pub total_memory: Option<u64>,
+}
+
 /// A restored NIC's TAP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetworkOverride {
@@ -365,6 +393,25 @@ impl ApiClient {
     /// `PUT /mmds`: the metadata service's document.
     pub fn put_mmds(&self, document: &serde_json::Value) -> Result<(), ApiError> {
         self.send("PUT", "/mmds", document)
+    }
+
+    /// `PUT /balloon`, before boot.
+    pub fn put_balloon(&self, balloon: &Balloon) -> Result<(), ApiError> {
+        self.send("PUT", "/balloon", balloon)
+    }
+
+    /// `PATCH /balloon`: the running balloon's new target.
+    pub fn set_balloon_target(&self, amount_mib: u32) -> Result<(), ApiError> {
+        self.send(
+            "PATCH",
+            "/balloon",
+            &serde_json::json!({ "amount_mib": amount_mib }),
+        )
+    }
+
+    /// `GET /balloon/statistics`.
+    pub fn balloon_statistics(&self) -> Result<BalloonStatistics, ApiError> {
+        self.get_json("/balloon/statistics")
     }
 
     /// `PUT /actions` InstanceStart: returns once the vCPUs run. Waits up

@@ -38,7 +38,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::api_client::{
-    ApiClient, ApiError, BootSource, Drive, MachineConfig, MemBackend, NetworkInterface,
+    ApiClient, ApiError, Balloon, BootSource, Drive, MachineConfig, MemBackend, NetworkInterface,
     NetworkOverride, RateLimiter, SnapshotLoad, Vsock, VsockOverride, DEFAULT_API_TIMEOUT,
 };
 use super::jail::{self, JailConfig};
@@ -77,6 +77,9 @@ pub struct VmProcessSpec {
     /// A metadata service document (JSON, the agent's own file) that vmm
     /// serves at 169.254.169.254 through the first NIC.
     pub metadata: Option<PathBuf>,
+    /// A virtio-balloon device, empty at boot, through which memory the
+    /// guest does not use can be taken back while it runs.
+    pub balloon: Option<Balloon>,
 }
 
 /// A snapshot to restore (`PUT /snapshot/load`), its memory mapped
@@ -585,6 +588,9 @@ fn configure(api: &ApiClient, spec: &VmProcessSpec, vsock_uds: &Path) -> Result<
         };
         step(api, "vsock", |a| a.put_vsock(&vsock))?;
     }
+    if let Some(balloon) = &spec.balloon {
+        step(api, "balloon", |a| a.put_balloon(balloon))?;
+    }
     Ok(())
 }
 
@@ -694,6 +700,7 @@ mod tests {
             vsock_cid: None,
             restore: None,
             metadata: None,
+            balloon: None,
         }
     }
 

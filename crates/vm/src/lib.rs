@@ -45,9 +45,9 @@ pub mod tap;
 mod tests;
 
 pub use api_client::{
-    ApiClient, ApiError, BootSource, InstanceInfo, InstanceState, MachineConfig, MemBackend,
-    NetworkOverride, RateLimiter, SnapshotCreate, SnapshotLoad, TokenBucket, VmStats,
-    VsockOverride,
+    ApiClient, ApiError, Balloon, BalloonStatistics, BootSource, InstanceInfo, InstanceState,
+    MachineConfig, MemBackend, NetworkOverride, RateLimiter, SnapshotCreate, SnapshotLoad,
+    TokenBucket, VmStats, VsockOverride,
 };
 pub use console::{ConsoleFollower, ConsoleStream};
 pub use disk::{

@@ -158,6 +158,7 @@ impl Scratch {
             vsock_cid: None,
             restore: None,
             metadata: None,
+            balloon: None,
         }
     }
 }
