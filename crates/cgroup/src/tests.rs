@@ -21,6 +21,8 @@ static LOAD: Mutex<()> = Mutex::new(());
 
 /// Env var that turns `cgroup_memory_hog_child` into the memory hog.
 const HOG_ENV: &str = "STRATUM_CGROUP_MEMORY_HOG";
+/// Set for the child of the working-set test.
+const HOLD_ENV: &str = "STRATUM_CGROUP_MEMORY_HOLDER";
 
 const MIB: u64 = 1 << 20;
 
@@ -502,6 +504,73 @@ fn cgroup_memory_hog_child() {
     // Only reached if the limit did not hold.
     eprintln!("memory hog survived holding {} bytes", hog.len());
     std::process::exit(3);
+}
+
+/// A process holding 48 MiB it touched counts in its cgroup's working
+/// set (and its pool's), never above what is charged; once it is gone,
+/// so is the memory.
+#[test]
+fn cgroup_fs_working_set_counts_touched_memory() {
+    let _serial = LOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let t = TestTree::new("wset");
+    let pool = t.hier.create_pool(&t.root, "p").expect("create pool");
+    let leaf = t.hier.create_leaf(&pool, "holder").expect("create leaf");
+    let exe = std::env::current_exe().expect("current exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--exact",
+        "tests::cgroup_memory_holder_child",
+        "--test-threads=1",
+    ])
+    .env(HOLD_ENV, "1")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped());
+    leaf.attach_command(&mut cmd).expect("prepare attach");
+    let mut holder = Reaped(cmd.spawn().expect("spawn holder"));
+    // The harness prints its own words first, on the same line.
+    let stdout = holder.0.stdout.take().expect("holder's stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let holding = lines
+        .by_ref()
+        .map_while(std::result::Result::ok)
+        .any(|line| line.ends_with("HOLDING"));
+    assert!(holding, "the holder never said it held its memory");
+
+    let held = leaf.memory_working_set_bytes().expect("working set");
+    let charged = leaf.usage().expect("usage").memory_current_bytes;
+    assert!(held >= 48 * MIB, "working set {held} while 48 MiB held");
+    assert!(
+        held <= charged,
+        "working set {held} above the charge {charged}"
+    );
+    assert!(pool.memory_working_set_bytes().expect("pool working set") >= held);
+
+    drop(holder.0.stdin.take());
+    let status = wait_exit(&mut holder.0, Duration::from_secs(30));
+    drop(lines);
+    assert!(status.success(), "holder ended with {status}");
+    let after = leaf.memory_working_set_bytes().expect("working set after");
+    assert!(
+        after < 16 * MIB,
+        "working set {after} after the holder left"
+    );
+}
+
+/// Not a test of its own: with `HOLD_ENV` set (by the test above) it
+/// touches 48 MiB, says so, and holds it until its stdin closes.
+#[test]
+fn cgroup_memory_holder_child() {
+    if std::env::var_os(HOLD_ENV).is_none() {
+        return;
+    }
+    let held = std::hint::black_box(vec![1u8; 48 * MIB as usize]);
+    // Straight to the pipe: the test harness captures `println!`.
+    let mut out = std::io::stdout();
+    let _ = std::io::Write::write_all(&mut out, b"HOLDING\n");
+    let _ = std::io::Write::flush(&mut out);
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest);
+    std::hint::black_box(&held);
 }
 
 fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {

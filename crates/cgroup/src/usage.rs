@@ -69,6 +69,27 @@ impl Cgroup {
         }
     }
 
+    /// Memory in use that the kernel could not simply drop: what is
+    /// charged less the inactive page cache (`total_inactive_file` of
+    /// `memory.stat` on v1, `inactive_file` on v2), as the kubelet
+    /// measures a working set. A pool near its limit by this figure is
+    /// short of memory; by the charge alone it may only hold clean cache.
+    pub fn memory_working_set_bytes(&self) -> Result<u64> {
+        let mem = self.memory.path();
+        let (current, inactive_key) = match self.version {
+            CgroupVersion::V1 => (
+                fsio::read_u64(&mem.join("memory.usage_in_bytes"), "memory usage")?,
+                "total_inactive_file",
+            ),
+            CgroupVersion::V2 => (
+                fsio::read_u64(&mem.join("memory.current"), "memory usage")?,
+                "inactive_file",
+            ),
+        };
+        let inactive = fsio::read_keyed(&mem.join("memory.stat"), inactive_key)?.unwrap_or(0);
+        Ok(current.saturating_sub(inactive))
+    }
+
     fn cpu_usage_ns_v1(&self) -> Result<u64> {
         let Some(acct) = &self.cpuacct else {
             return Err(CgroupError::ControllerMissing {
