@@ -17,6 +17,8 @@
 //!   pools.
 //! - [`placement`]: adding, admitting, releasing and removing workloads.
 //! - [`status`]: accounting views.
+//! - [`reclaim`]: which VMs' balloons give memory back when a pool with a
+//!   limit runs short.
 //! - [`restore`]: rebuilding the tree from stored pools at startup.
 //! - [`convert`]: to and from the API's messages.
 //! - [`error`]: what is refused, classed by gRPC code.
@@ -39,6 +41,7 @@ pub mod error;
 pub mod name;
 pub mod placement;
 pub mod quota;
+pub mod reclaim;
 pub mod resource;
 pub mod restore;
 pub mod shares;
