@@ -6,6 +6,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -15,6 +16,7 @@ use node_agent::agent::disk::{MinFree, DEFAULT_MIN_FREE};
 use node_agent::agent::networks::NetworksConfig;
 use node_agent::agent::pods::security::{PodSecurity, DEFAULT_MOUNT_ROOT, DEFAULT_SECCOMP_ROOT};
 use node_agent::agent::pods::{PodHostConfig, DEFAULT_POD_PIDS_LIMIT};
+use node_agent::agent::reclaim::{MemoryReclaim, DEFAULT_RECLAIM_INTERVAL};
 use node_agent::agent::Agent;
 use node_agent::api;
 use node_agent::cri;
@@ -167,6 +169,12 @@ struct Cli {
     /// a size (2GiB, 512MiB).
     #[arg(long, value_name = "PERCENT|SIZE", default_value_t = DEFAULT_MIN_FREE)]
     min_free_disk: MinFree,
+    /// Seconds between the memory reclaim's rounds, which inflate the
+    /// balloons of overcommitted VMs (reservation below memory) when a pool
+    /// nears its memory limit and let them down when it has room; 0: no
+    /// reclaim.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_RECLAIM_INTERVAL.as_secs())]
+    memory_reclaim_interval: u64,
     /// The Kubernetes CRI's Unix socket (a kubelet's
     /// --container-runtime-endpoint unix://PATH), made mode 0600.
     #[arg(long, value_name = "PATH", default_value = cri::DEFAULT_SOCKET)]
@@ -310,6 +318,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         stratum_runtime::become_subreaper()?;
         stratum_runtime::spawn_orphan_reaper()?;
         agent.resume().await;
+        agent.spawn_memory_reclaim();
         let store = Arc::clone(&agent);
         let cri = cri_door(&cli, &agent).await?;
         tokio::select! {
@@ -407,6 +416,11 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
         insecure_registries: cli.insecure_registries.clone(),
         registry_mirrors: cli.registry_mirrors.iter().cloned().collect(),
         min_free_disk: cli.min_free_disk,
+        memory_reclaim: MemoryReclaim {
+            interval: (cli.memory_reclaim_interval > 0)
+                .then(|| Duration::from_secs(cli.memory_reclaim_interval)),
+            ..MemoryReclaim::default()
+        },
         networks: NetworksConfig {
             bridge: cli.pod_bridge.clone(),
             cidr: cli.pod_cidr,

@@ -23,6 +23,26 @@ fn vm_spec(agent: &TestAgent, name: &str, pool: &str) -> proto::VmSpec {
     agent.halting_vm_spec(name, pool)
 }
 
+/// Starts VM `id` and checks it runs.
+async fn start_running(agent: &TestAgent, id: &str) {
+    let started = agent
+        .vms()
+        .await
+        .start(proto::StartVmRequest { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state(&started), VmState::Running, "{}", agent.log());
+}
+
+/// What VM `id`'s vmm holds as its configuration (`GET /vm/config`).
+fn vmm_config(agent: &TestAgent, id: &str) -> serde_json::Value {
+    let run_dir = stratum_vm::RunDir::new(agent.dir.join("data/vms").join(id).join("run"));
+    stratum_vm::ApiClient::new(run_dir.api_sock())
+        .vm_config()
+        .unwrap()
+}
+
 /// Kills VM `id`, waits until it is STOPPED, deletes it.
 async fn kill_and_delete(agent: &TestAgent, id: &str) {
     let mut vms = agent.vms().await;
@@ -82,18 +102,8 @@ async fn a_disks_rate_limit_reaches_its_vmm() {
         8 << 20,
         "the clone is grown to size_mib"
     );
-    let started = agent
-        .vms()
-        .await
-        .start(proto::StartVmRequest { id: vm.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(state(&started), VmState::Running, "{}", agent.log());
-    let run_dir = stratum_vm::RunDir::new(agent.dir.join("data/vms").join(&vm.id).join("run"));
-    let config = stratum_vm::ApiClient::new(run_dir.api_sock())
-        .vm_config()
-        .unwrap();
+    start_running(&agent, &vm.id).await;
+    let config = vmm_config(&agent, &vm.id);
     assert_eq!(
         config["drives"][0]["path_on_host"], "/vm/disk0",
         "the jailed vmm sees its disk at its jail path: {config}"
@@ -103,6 +113,27 @@ async fn a_disks_rate_limit_reaches_its_vmm() {
     assert_eq!(limiter["bandwidth"]["refill_time"], 1000, "{config}");
     // A bucket of size 0 limits nothing and is not sent.
     assert!(limiter["ops"].is_null(), "{config}");
+    // It reserves all its memory: nothing may be taken, no balloon.
+    assert!(config["balloon"].is_null(), "{config}");
+}
+
+/// A VM that reserves less than its memory runs with a balloon, empty at
+/// boot, that the guest may deflate rather than OOM-kill and that reports
+/// the guest's memory every second: the memory reclaim's handle on it.
+#[tokio::test]
+async fn an_overcommitted_vm_gets_a_balloon() {
+    let agent = TestAgent::start("balloon");
+    let spec = proto::VmSpec {
+        memory_reservation_mib: Some(16),
+        ..vm_spec(&agent, "overcommitted", "")
+    };
+    let vm = create_vm(&agent, spec).await.unwrap();
+    start_running(&agent, &vm.id).await;
+    let config = vmm_config(&agent, &vm.id);
+    let balloon = &config["balloon"];
+    assert_eq!(balloon["amount_mib"], 0, "{config}");
+    assert_eq!(balloon["deflate_on_oom"], true, "{config}");
+    assert_eq!(balloon["stats_polling_interval_s"], 1, "{config}");
 }
 
 #[tokio::test]
@@ -1012,18 +1043,8 @@ async fn a_vm_is_made_from_an_imported_vm_image_which_it_leases() {
         .unwrap();
     assert_eq!(&head, b"stratum root disk");
 
-    let started = agent
-        .vms()
-        .await
-        .start(proto::StartVmRequest { id: vm.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(state(&started), VmState::Running, "{}", agent.log());
-    let run_dir = stratum_vm::RunDir::new(vms_dir.join(&vm.id).join("run"));
-    let config = stratum_vm::ApiClient::new(run_dir.api_sock())
-        .vm_config()
-        .unwrap();
+    start_running(&agent, &vm.id).await;
+    let config = vmm_config(&agent, &vm.id);
     assert_eq!(config["boot-source"]["boot_args"], cmdline, "{config}");
     assert_eq!(config["drives"][0]["drive_id"], "root", "{config}");
     assert_eq!(config["drives"][0]["is_read_only"], false, "{config}");

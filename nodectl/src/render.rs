@@ -9,9 +9,10 @@ use super::progress::short_digest;
 use super::size::{format_cpu_time, format_millicores, format_size, MIB};
 use super::table::Table;
 use stratum_api::proto::{
-    workload, Allocation, CgroupVersion, GuestInfo, GuestState, HostCapacity, HostInfo, Image,
-    ListResourcePoolsResponse, LiveUsage, ResourceAmounts, ResourcePool, ResourceUsage, Shares,
-    SharesLevel, VirtualMachine, VmEvent, VmEventKind, VmRole, VmState, Workload, WorkloadKind,
+    workload, Allocation, BalloonStatus, CgroupVersion, GuestInfo, GuestState, HostCapacity,
+    HostInfo, Image, ListResourcePoolsResponse, LiveUsage, ResourceAmounts, ResourcePool,
+    ResourceUsage, Shares, SharesLevel, VirtualMachine, VmEvent, VmEventKind, VmRole, VmState,
+    Workload, WorkloadKind,
 };
 use stratum_api::proto::{
     ContainerSpec, ContainerState, ContainerStatus, Pod, PodState, PodStats, RestartPolicy,
@@ -625,6 +626,9 @@ pub fn vm_detail(vm: &VirtualMachine) -> String {
         "RESERVATION".to_string(),
         amounts_cells(status.reservation.as_ref()).join("/"),
     ]);
+    if let Some(balloon) = &status.balloon {
+        t.row(["BALLOON".to_string(), balloon_text(balloon)]);
+    }
     if spec.image.is_empty() {
         t.row(["KERNEL".to_string(), or_dash(&spec.kernel)]);
         t.row(["INITRD".to_string(), or_dash(&spec.initrd)]);
@@ -643,6 +647,24 @@ pub fn vm_detail(vm: &VirtualMachine) -> String {
     ]);
     guest_rows(&mut t, status.guest.as_ref());
     t.render()
+}
+
+/// `target 96Mi, holds 96Mi; guest 180Mi of 420Mi available`: the
+/// guest's part once it reported.
+fn balloon_text(balloon: &BalloonStatus) -> String {
+    let held = format!(
+        "target {}, holds {}",
+        format_size(balloon.target_mib.saturating_mul(MIB)),
+        format_size(balloon.actual_mib.saturating_mul(MIB))
+    );
+    if balloon.guest_total_mib == 0 {
+        return held;
+    }
+    format!(
+        "{held}; guest {} of {} available",
+        format_size(balloon.guest_available_mib.saturating_mul(MIB)),
+        format_size(balloon.guest_total_mib.saturating_mul(MIB))
+    )
 }
 
 /// What the guest agent says: its state, then (once it answered) the

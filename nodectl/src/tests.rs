@@ -301,6 +301,39 @@ fn vms_render_as_rows_and_details() {
     ] {
         assert!(detail.contains(want), "{want} in {detail}");
     }
+    assert!(!detail.contains("BALLOON"), "{detail}");
+}
+
+#[test]
+fn a_vms_balloon_shows_with_its_guests_memory_once_reported() {
+    let mut ballooned = vm();
+    let balloon = stratum_api::proto::BalloonStatus {
+        target_mib: 96,
+        actual_mib: 64,
+        guest_available_mib: 0,
+        guest_total_mib: 0,
+    };
+    if let Some(status) = ballooned.status.as_mut() {
+        status.balloon = Some(balloon);
+    }
+    let detail = render::vm_detail(&ballooned);
+    let row = detail
+        .lines()
+        .find(|l| l.starts_with("BALLOON"))
+        .unwrap_or_default();
+    assert!(row.ends_with("target 96Mi, holds 64Mi"), "{detail}");
+    if let Some(status) = ballooned.status.as_mut() {
+        status.balloon = Some(stratum_api::proto::BalloonStatus {
+            guest_available_mib: 180,
+            guest_total_mib: 420,
+            ..balloon
+        });
+    }
+    let detail = render::vm_detail(&ballooned);
+    assert!(
+        detail.contains("target 96Mi, holds 64Mi; guest 180Mi of 420Mi available"),
+        "{detail}"
+    );
 }
 
 #[test]

@@ -42,6 +42,8 @@ pub struct AgentConfig {
     pub pods: super::pods::PodHostConfig,
     /// The default network, isolation policies, host ports and services.
     pub networks: super::networks::NetworksConfig,
+    /// When overcommitted VMs' balloons take memory back.
+    pub memory_reclaim: super::reclaim::MemoryReclaim,
 }
 
 /// How VMs are jailed: the jailer and the uids (each the gid too) that

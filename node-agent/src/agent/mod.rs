@@ -13,6 +13,9 @@
 //!   NICs and pods are on.
 //! - [`inventory`]: the pool tree with every workload and live usage,
 //!   read across the managers.
+//! - [`reclaim`]: the memory reclaim, which inflates overcommitted VMs'
+//!   balloons when a pool nears its memory limit, read across the VMs and
+//!   the pools.
 //! - `cgroups`: the cgroup tree kept equal to the records.
 //! - [`config`], [`host`], [`errors`]: what the agent is started with, the
 //!   host's capacity and information, failures and their gRPC codes.
@@ -44,6 +47,7 @@ pub mod inventory;
 pub mod networks;
 pub mod pods;
 pub mod pools;
+pub mod reclaim;
 pub mod roles;
 pub mod shared;
 pub mod vms;

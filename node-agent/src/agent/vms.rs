@@ -69,6 +69,9 @@ pub struct VmManager {
     /// Held while a snapshot is taken: one at a time (each writes the
     /// VM's memory and copies its disks), and its group is chosen under it.
     snapshotting: std::sync::Mutex<()>,
+    /// Running VMs' balloons as the memory reclaim last read them, by VM
+    /// id, with the vmm's pid they were read from.
+    balloons: std::sync::Mutex<BTreeMap<String, (u32, proto::BalloonStatus)>>,
 }
 
 mod snapshots;
@@ -117,7 +120,7 @@ impl VmEntry {
         self.record.runtime.as_ref().unwrap_or(&DEFAULT_RUNTIME)
     }
 
-    fn spec(&self) -> &proto::VmSpec {
+    pub(super) fn spec(&self) -> &proto::VmSpec {
         self.record.spec.as_ref().unwrap_or(&DEFAULT_SPEC)
     }
 }
@@ -189,6 +192,7 @@ impl VmManager {
             vmm_version,
             images,
             snapshotting: std::sync::Mutex::new(()),
+            balloons: std::sync::Mutex::new(BTreeMap::new()),
         };
         manager.restore_records(records)?;
         manager.restore_snapshots(snapshots);
@@ -1135,7 +1139,26 @@ impl VmManager {
 
     fn to_proto(&self, vm: &VmEntry) -> proto::VirtualMachine {
         let guest = vm.guest.as_ref().map(|link| link.info());
-        vm_to_proto(vm, self.pools.reservation_of(&vm.record.id), guest)
+        let mut view = vm_to_proto(vm, self.pools.reservation_of(&vm.record.id), guest);
+        if let Some(status) = view.status.as_mut() {
+            status.balloon = self.balloon_of(&vm.record.id, status.pid);
+        }
+        view
+    }
+
+    /// The balloon last read from the vmm with `pid`.
+    fn balloon_of(&self, id: &str, pid: u32) -> Option<proto::BalloonStatus> {
+        let balloons = self.balloons.lock().unwrap_or_else(|e| e.into_inner());
+        match balloons.get(id) {
+            Some((read_from, status)) if pid != 0 && *read_from == pid => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// What the memory reclaim read of the running VMs' balloons this
+    /// round; VMs it did not read are forgotten.
+    pub(super) fn set_balloons(&self, read: BTreeMap<String, (u32, proto::BalloonStatus)>) {
+        *self.balloons.lock().unwrap_or_else(|e| e.into_inner()) = read;
     }
 
     /// Writes again the limits of every running VM in `pools` (after a
@@ -1766,8 +1789,27 @@ fn process_spec(id: &str, entry: &VmEntry) -> VmProcessSpec {
         restore: None,
         metadata: (wants_metadata_service(spec) && !runtime.seed_path.is_empty())
             .then(|| Path::new(&runtime.seed_path).with_file_name(METADATA_FILE)),
+        balloon: has_balloon(spec).then_some(BALLOON),
     }
 }
+
+/// A VM that reserves less than its memory runs overcommitted and gets a
+/// balloon, through which the memory reclaim takes back what its guest
+/// does not use when its pool runs short. A VM that reserves all of it
+/// has nothing that may be taken.
+pub(super) fn has_balloon(spec: &proto::VmSpec) -> bool {
+    spec.memory_reservation_mib
+        .is_some_and(|reserved| reserved < spec.memory_mib)
+}
+
+/// Empty at boot; the guest may take pages back rather than OOM-kill (a
+/// balloon never costs a guest a process); statistics every second, which
+/// the reclaim reads every few.
+const BALLOON: stratum_vm::Balloon = stratum_vm::Balloon {
+    amount_mib: 0,
+    deflate_on_oom: true,
+    stats_polling_interval_s: 1,
+};
 
 fn vm_entry<'a>(state: &'a State, id: &str) -> Result<&'a VmEntry> {
     state
@@ -1822,6 +1864,7 @@ fn vm_to_proto(
             reservation,
             nics: nic_statuses(&runtime.nics, runtime.pid != 0, guest.as_ref()),
             guest,
+            balloon: None,
         }),
     }
 }
