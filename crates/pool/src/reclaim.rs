@@ -24,10 +24,10 @@
 //! - a balloon the guest has not yet reached (its driver still inflating,
 //!   or deflated on OOM) is not asked for more: its guest's figures are
 //!   from before the last target;
-//! - below [`ReclaimPolicy::release_percent`] of every limit it is under,
-//!   a VM's balloon lets out at most [`ReclaimPolicy::release_step_mib`]
-//!   a round, and a pool's VMs together no more than would bring the pool
-//!   back to the low mark. Between the marks nothing moves, so a pool
+//! - below [`ReclaimPolicy::release_percent`] of every limit it is under
+//!   (or under none, its pool's limit lifted), a VM's balloon lets out at
+//!   most [`ReclaimPolicy::release_step_mib`] a round, and a pool's VMs
+//!   together no more than would bring the pool back to the low mark. Between the marks nothing moves, so a pool
 //!   does not swing between the two.
 //!
 //! Refused here: inflating a VM without guest statistics (nothing says
@@ -194,12 +194,11 @@ fn release(
         if targets[i] != vm.target_mib || vm.target_mib == 0 {
             continue;
         }
+        // Under no limit (its pool's was lifted, or it moved out from
+        // under one), nothing holds its balloon up.
         let over: Vec<usize> = (0..pools.len())
             .filter(|&p| members(&pools[p], vms.len()).contains(&i))
             .collect();
-        if over.is_empty() {
-            continue;
-        }
         let mut step = vm.target_mib.min(policy.release_step_mib);
         for &p in &over {
             step = step.min(room[p].unwrap_or(0));
@@ -340,6 +339,13 @@ mod tests {
     }
 
     #[test]
+    fn a_balloon_under_no_limit_is_let_down() {
+        let vms = [vm(192, 100, Some(10)), vm(192, 100, Some(10))];
+        let targets = plan(&POLICY, &[pool(480, 460, &[1])], &vms);
+        assert_eq!(targets, vec![Some(36), None]);
+    }
+
+    #[test]
     fn a_tight_child_pool_keeps_its_vms_balloons_though_its_parent_has_room() {
         let vms = [vm(192, 100, Some(10))];
         let child = pool(200, 170, &[0]);
@@ -384,9 +390,10 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the pools and guests: no balloon above its ceiling,
-        /// none asked for more than its guest spares, none let down in a
-        /// pool that is short or by more than a step, and a pool short
+        /// Whatever the pools and guests: no balloon inflated outside a
+        /// limited pool or above its ceiling, none asked for more than its
+        /// guest spares, none let down under a limit that is not roomy or
+        /// by more than a step, and a pool short
         /// on its own gets what it needs or everything its VMs spare.
         #[test]
         fn plans_keep_their_bounds(
@@ -399,8 +406,8 @@ mod tests {
                 let Some(target) = *target else { continue };
                 let in_pools: Vec<&LimitedPool> =
                     pools.iter().filter(|p| p.vms.contains(&i)).collect();
-                prop_assert!(!in_pools.is_empty());
                 if target > vm.target_mib {
+                    prop_assert!(!in_pools.is_empty());
                     prop_assert!(target <= vm.ceiling_mib);
                     prop_assert!(vm.actual_mib.abs_diff(vm.target_mib) <= 1);
                     let spare = vm.available_mib.unwrap_or(0).saturating_sub(POLICY.guest_headroom_mib);
