@@ -6,10 +6,11 @@
 //! snapshot-probe --kind qemu --qemu /usr/bin/qemu-system-x86_64 --kernel K ... --dir D
 //! ```
 //!
-//! The guest prints `TICK=n` lines on its console, a few a second. The
+//! The guest prints `TICK=n` lines on its console, every 50 ms. The
 //! probe, for either VMM:
 //!
-//! 1. boots it cold: `boot_ms` is the process's start until the first tick;
+//! 1. boots it cold: `boot_ms` is the process's start until the first tick,
+//!    `tick_ms` the period of the ticks that follow;
 //! 2. pauses it and writes its snapshot (vmm: `PUT /snapshot/create`, a
 //!    Full one; QEMU: `stop`, then `migrate` to a file through `exec:cat`,
 //!    the file form its 7.2 has): `create_ms`, and the files' apparent and
@@ -177,7 +178,12 @@ fn run(args: &Args) -> Result<String> {
     let (mut vm, api) = boot(args, timeout).context("cold boot")?;
     let first = vm.tick_after(0, timeout).context("cold boot")?;
     field("boot_ms", ms(first - vm.started));
-    vm.tick_after(vm.last_tick + 2, timeout)?;
+    // The guest's tick period, which bounds how late a tick can say that
+    // a restored guest runs.
+    let from = (vm.tick_after(vm.last_tick, timeout)?, vm.last_tick);
+    let to = (vm.tick_after(from.1 + 4, timeout)?, vm.last_tick);
+    let periods = u32::try_from(to.1 - from.1).unwrap_or(u32::MAX).max(1);
+    field("tick_ms", ms((to.0 - from.0) / periods));
 
     // 2. Snapshot.
     let files = snapshot(args, api.as_ref(), timeout).context("snapshot")?;
