@@ -13,9 +13,9 @@
 //!
 //! It refuses to guess: a VM whose vmm does not answer, or whose guest
 //! has not reported its memory yet, gives nothing that round; a pool
-//! whose cgroup cannot be read is left alone.
+//! whose cgroup cannot be read is left alone, its VMs' balloons too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,21 +111,7 @@ impl Agent {
         for pool in &mut limited {
             pool.vms.retain(|&i| readings[i].is_some());
         }
-        let pools: Vec<(String, LimitedPool)> = limited
-            .into_iter()
-            .filter(|pool| !pool.vms.is_empty())
-            .filter_map(|pool| {
-                let working_set = self.working_set(&pool)?;
-                Some((
-                    pool.name,
-                    LimitedPool {
-                        limit_bytes: pool.limit_bytes,
-                        working_set_bytes: working_set,
-                        vms: pool.vms,
-                    },
-                ))
-            })
-            .collect();
+        let (pools, unread) = self.pressures(limited);
         let vms: Vec<BalloonedVm> = candidates
             .iter()
             .zip(&readings)
@@ -134,10 +120,36 @@ impl Agent {
         let models: Vec<LimitedPool> = pools.iter().map(|(_, p)| p.clone()).collect();
         let targets = plan(&self.shared.config.memory_reclaim.policy, &models, &vms);
         for (i, target) in targets.into_iter().enumerate() {
-            if let Some(target) = target {
-                set_target(&candidates[i], &vms[i], target, &pools, i);
+            // Under a pool whose memory could not be read, a VM is not
+            // under no limit: its balloon stays as it is.
+            match target {
+                Some(target) if !unread.contains(&i) => {
+                    set_target(&candidates[i], &vms[i], target, &pools, i);
+                }
+                _ => {}
             }
         }
+    }
+
+    /// The limited pools that have VMs, with their working sets; and the
+    /// VMs of those whose cgroup could not be read.
+    fn pressures(&self, limited: Vec<Limited>) -> (Vec<(String, LimitedPool)>, BTreeSet<usize>) {
+        let mut pools = Vec::new();
+        let mut unread = BTreeSet::new();
+        for pool in limited.into_iter().filter(|pool| !pool.vms.is_empty()) {
+            match self.working_set(&pool) {
+                Some(working_set) => pools.push((
+                    pool.name,
+                    LimitedPool {
+                        limit_bytes: pool.limit_bytes,
+                        working_set_bytes: working_set,
+                        vms: pool.vms,
+                    },
+                )),
+                None => unread.extend(pool.vms),
+            }
+        }
+        (pools, unread)
     }
 
     /// The running VMs with balloons and the pools with memory limits,
