@@ -255,7 +255,8 @@ pub struct BalloonStatistics {
     /// The guest's MemAvailable, bytes.
     #[serde(default)]
     pub available_memory: Option<u64>,
-    /// The guest's MemTotal, bytes (the balloon's pages not counted).
+    /// The guest's MemTotal, bytes (with deflate-on-OOM, Linux counts the
+    /// balloon's pages in it, as used).
     #[serde(default)]
     pub total_memory: Option<u64>,
 }

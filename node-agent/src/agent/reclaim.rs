@@ -67,7 +67,6 @@ struct Limited {
     limit_bytes: u64,
     cgroup: PathBuf,
     vms: Vec<usize>,
-    depth: usize,
 }
 
 impl Agent {
@@ -171,13 +170,12 @@ impl Agent {
                 if !running || vm.snapshot_busy || !super::vms::has_balloon(spec) {
                     continue;
                 }
-                let reserved = spec.memory_reservation_mib.unwrap_or(spec.memory_mib);
                 index.insert(id.clone(), candidates.len());
                 candidates.push(Candidate {
                     id: id.clone(),
                     pid: process.pid(),
                     api: process.api().clone().with_timeout(BALLOON_CALL_TIMEOUT),
-                    ceiling_mib: spec.memory_mib.saturating_sub(reserved),
+                    ceiling_mib: super::vms::reclaimable_mib(spec),
                 });
             }
             let mut limited = Vec::new();
@@ -199,12 +197,11 @@ impl Agent {
                 limited.push(Limited {
                     name: pool.spec().name.clone(),
                     limit_bytes: limit,
-                    depth: cgroup.components().count(),
                     cgroup,
                     vms: members,
                 });
             }
-            limited.sort_by_key(|pool| std::cmp::Reverse(pool.depth));
+            limited.sort_by_key(|pool| std::cmp::Reverse(pool.cgroup.components().count()));
             (candidates, limited)
         })
     }
@@ -271,15 +268,19 @@ fn set_target(
             )
         })
         .collect();
+    let pressure = if pressure.is_empty() {
+        "no limit over it".to_string()
+    } else {
+        pressure.join(", ")
+    };
     let Ok(amount) = u32::try_from(target) else {
         return;
     };
     match vm.api.set_balloon_target(amount) {
         Ok(()) => tracing::info!(
             vm = %vm.id,
-            "memory reclaim: balloon {} -> {target} MiB ({})",
+            "memory reclaim: balloon {} -> {target} MiB ({pressure})",
             before.target_mib,
-            pressure.join(", ")
         ),
         Err(e) => {
             tracing::warn!(vm = %vm.id, "memory reclaim: cannot set the balloon to {target} MiB: {e}")

@@ -1798,8 +1798,14 @@ fn process_spec(id: &str, entry: &VmEntry) -> VmProcessSpec {
 /// does not use when its pool runs short. A VM that reserves all of it
 /// has nothing that may be taken.
 pub(super) fn has_balloon(spec: &proto::VmSpec) -> bool {
+    reclaimable_mib(spec) > 0
+}
+
+/// The most of its memory a VM's balloon may hold: what it did not
+/// reserve.
+pub(super) fn reclaimable_mib(spec: &proto::VmSpec) -> u64 {
     spec.memory_reservation_mib
-        .is_some_and(|reserved| reserved < spec.memory_mib)
+        .map_or(0, |reserved| spec.memory_mib.saturating_sub(reserved))
 }
 
 /// Empty at boot; the guest may take pages back rather than OOM-kill (a
